@@ -1,0 +1,52 @@
+# featurewell developer verbs. Everything runs from the project's own virtualenv (.venv), which
+# `make install` creates; every other target depends on it.
+PY ?= .venv/bin/python
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+PROTO_SRC := protos/featurewell/v1/feature_service.proto
+PROTO_OUT := client
+
+.PHONY: install run test bench proto proto-check lint fmt clean
+
+.venv/.installed: pyproject.toml
+	python3 -m venv .venv
+	.venv/bin/pip install --quiet --upgrade pip
+	.venv/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: .venv/.installed
+
+## run: a local 3-master Redis Cluster + the example repo's sample data + the server on :50051
+run: install
+	$(PY) -m featurewell.cli demo
+
+## test: the whole test suite against real Redis Cluster nodes and a real gRPC server
+test: install
+	$(PY) -m pytest
+
+## bench: end-to-end latency table (bare gRPC, raw Redis, GetFeatures) + codec micro-benchmarks
+bench: install
+	$(PY) bench/e2e.py
+	$(PY) -m pytest tests/test_bench_codec.py --benchmark-enable --benchmark-only -q
+
+## proto: regenerate client/featurewell/v1 from protos/
+proto: install
+	$(PY) -m grpc_tools.protoc -I protos \
+		--python_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) \
+		--mypy_out=$(PROTO_OUT) --mypy_grpc_out=$(PROTO_OUT) $(PROTO_SRC)
+
+## proto-check: fail when the committed stubs differ from what `make proto` generates
+proto-check: proto
+	git diff --exit-code -- $(PROTO_OUT)/featurewell/v1 || \
+		(echo "generated stubs are stale: run 'make proto' and commit" >&2; exit 1)
+
+lint: install
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+
+fmt: install
+	.venv/bin/ruff format .
+	.venv/bin/ruff check --fix .
+
+clean:
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache .benchmarks build dist

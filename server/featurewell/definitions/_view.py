@@ -1,0 +1,119 @@
+"""Features and feature views: typed columns stored together for one entity, versioned."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from featurewell.definitions._entity import Entity
+from featurewell.definitions._names import check_name
+from featurewell.definitions._types import FeatureType, Kind
+from featurewell.errors import DefinitionError
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Expected statistics of a feature in training data, the baseline for drift monitoring."""
+
+    mean: float | None = None
+    std: float | None = None
+    min: float | None = None
+    max: float | None = None
+    top_categories: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, eq=False)
+class Feature:
+    """One feature: a name, a type, and the default served when an entity has no value."""
+
+    name: str
+    dtype: FeatureType
+    default: Any = None
+    description: str = ""
+    expected: Stats | None = None
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "feature")
+        if not isinstance(self.dtype, FeatureType):
+            raise DefinitionError(
+                f"feature {self.name!r} has dtype {self.dtype!r}: use Int64, Float32, Float64, "
+                "Bool, String, Embedding(dim) or ListOf(...) from featurewell.definitions"
+            )
+        default = (
+            self.dtype.zero()
+            if self.default is None
+            else self.dtype.coerce(self.default, f"default of feature {self.name!r}")
+        )
+        object.__setattr__(self, "default", default)
+        if self.expected is not None and self.dtype.kind is Kind.STRING:
+            if any(v is not None for v in (self.expected.mean, self.expected.std)):
+                raise DefinitionError(
+                    f"feature {self.name!r} is a string: expected statistics take "
+                    "top_categories, not mean/std"
+                )
+
+
+@dataclass(frozen=True, slots=True)
+class ParquetSource:
+    """Rows for `featurewell materialize`: join keys, a timestamp column and one column per
+    feature. A relative path is resolved against the feature repo's folder."""
+
+    path: str
+    timestamp_field: str = "event_time"
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureView:
+    """Features of one entity stored and served together, under an integer version.
+
+    `max_age`: values older than this are served flagged STALE (freshness).
+    `retention`: keys expire this long after their event time (storage); separate on purpose.
+    A schema change must come with a new `version`; old versions keep serving side by side.
+    """
+
+    name: str
+    entity: Entity
+    features: Sequence[Feature]
+    version: int = 1
+    max_age: timedelta | None = None
+    retention: timedelta | None = None
+    source: ParquetSource | None = None
+    owner: str = ""
+    description: str = ""
+    tags: Mapping[str, str] = field(default_factory=dict)
+    feature_index: Mapping[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "feature view")
+        where = f"feature view {self.name!r} v{self.version}"
+        if not isinstance(self.entity, Entity):
+            raise DefinitionError(f"{where}: entity must be an Entity, got {self.entity!r}")
+        if isinstance(self.version, bool) or not isinstance(self.version, int):
+            raise DefinitionError(f"{where}: version must be an int")
+        if self.version < 1:
+            raise DefinitionError(f"{where}: version must be 1 or more")
+        features = tuple(self.features)
+        if not features:
+            raise DefinitionError(f"{where} has no features")
+        index: dict[str, int] = {}
+        for position, feature in enumerate(features):
+            if not isinstance(feature, Feature):
+                raise DefinitionError(f"{where}: {feature!r} is not a Feature")
+            if feature.name in index:
+                raise DefinitionError(f"{where} defines feature {feature.name!r} twice")
+            if feature.name in self.entity.join_keys:
+                raise DefinitionError(f"{where}: feature {feature.name!r} shadows a join key")
+            index[feature.name] = position
+        for label, age in (("max_age", self.max_age), ("retention", self.retention)):
+            if age is not None and (not isinstance(age, timedelta) or age <= timedelta(0)):
+                raise DefinitionError(f"{where}: {label} must be a positive timedelta")
+        object.__setattr__(self, "features", features)
+        object.__setattr__(self, "feature_index", index)
+        object.__setattr__(self, "tags", dict(self.tags))
+
+    @property
+    def ref(self) -> str:
+        """`name@vN`, the view's fully qualified name."""
+        return f"{self.name}@v{self.version}"

@@ -1,0 +1,177 @@
+"""Start and stop a local Redis Cluster of real `redis-server` processes on free ports.
+
+Used by `featurewell demo` (the README's run command), the benchmark and the test fixtures. The
+cluster is formed with CLUSTER ADDSLOTSRANGE / MEET / REPLICATE directly (no `redis-cli
+--cluster create`, which sleeps a second per step), and torn down by pid.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hiredis
+
+from featurewell.store.connection import Address, encode_command
+from featurewell.store.keys import SLOTS
+
+HOST = "127.0.0.1"
+
+
+@dataclass
+class LocalCluster:
+    """A running local cluster. `stop()` kills every node it started."""
+
+    masters: list[int]
+    replicas: list[int]
+    workdir: Path
+    processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    owns_workdir: bool = True
+
+    @property
+    def seeds(self) -> list[Address]:
+        return [(HOST, port) for port in self.masters]
+
+    @property
+    def ports(self) -> list[int]:
+        return [*self.masters, *self.replicas]
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.kill()
+        for process in self.processes.values():
+            process.wait(timeout=10)
+        self.processes.clear()
+        if self.owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_local_cluster(
+    masters: int = 3,
+    replicas_per_master: int = 0,
+    *,
+    node_timeout_ms: int = 2000,
+    workdir: Path | None = None,
+    redis_server: str = "redis-server",
+) -> LocalCluster:
+    """Start `masters` masters (+ replicas), assign all slots, wait until the cluster is ok."""
+    if shutil.which(redis_server) is None:
+        raise RuntimeError(f"{redis_server!r} not found: install Redis (apt-get install redis-server)")
+    ports = _free_ports(masters * (1 + replicas_per_master))
+    directory = workdir or Path(tempfile.mkdtemp(prefix="featurewell-cluster-"))
+    cluster = LocalCluster(ports[:masters], ports[masters:], directory, owns_workdir=workdir is None)
+    try:
+        for port in ports:
+            cluster.processes[port] = _spawn(redis_server, port, directory, node_timeout_ms)
+        for port in ports:
+            _wait_for(lambda p=port: _call(p, "PING") == b"PONG", f"node {port} to start")
+        _form(cluster)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def _spawn(binary: str, port: int, directory: Path, node_timeout_ms: int) -> subprocess.Popen[bytes]:
+    args = [
+        binary, "--port", str(port), "--bind", HOST, "--protected-mode", "no",
+        "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+        "--cluster-node-timeout", str(node_timeout_ms), "--save", "", "--appendonly", "no",
+        "--dir", str(directory), "--logfile", str(directory / f"redis-{port}.log"),
+    ]  # fmt: skip
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _form(cluster: LocalCluster) -> None:
+    masters = cluster.masters
+    share = SLOTS // len(masters)
+    for n, port in enumerate(masters):
+        last = SLOTS - 1 if n == len(masters) - 1 else (n + 1) * share - 1
+        _check(_call(port, "CLUSTER", "ADDSLOTSRANGE", n * share, last))
+    for port in cluster.ports[1:]:
+        _check(_call(port, "CLUSTER", "MEET", HOST, masters[0]))
+    everyone = len(cluster.ports)
+    for port in cluster.ports:
+        _wait_for(lambda p=port: _known_nodes(p) == everyone, f"node {port} to see all nodes")
+    ids = {port: _call(port, "CLUSTER", "MYID").decode() for port in masters}
+    for n, port in enumerate(cluster.replicas):
+        master = masters[n % len(masters)]
+        _wait_for(
+            lambda p=port, m=master: _call(p, "CLUSTER", "REPLICATE", ids[m]) == b"OK",
+            f"node {port} to replicate {master}",
+        )
+    for port in cluster.ports:
+        _wait_for(lambda p=port: b"cluster_state:ok" in _call(p, "CLUSTER", "INFO"), "cluster ok")
+    for port in cluster.replicas:
+        _wait_for(lambda p=port: b"master_link_status:up" in _call(p, "INFO", "replication"),
+                  f"replica {port} to sync")  # fmt: skip
+
+
+def _known_nodes(port: int) -> int:
+    lines = _call(port, "CLUSTER", "NODES").decode().splitlines()
+    return sum(1 for line in lines if "handshake" not in line and "noaddr" not in line)
+
+
+def _check(reply: Any) -> None:
+    if isinstance(reply, hiredis.ReplyError):
+        raise RuntimeError(f"forming the local cluster failed: {reply}")
+
+
+def _call(port: int, *args: str | int) -> Any:
+    """One blocking command; the launcher runs before any event loop exists."""
+    with socket.create_connection((HOST, port), timeout=5) as sock:
+        sock.sendall(encode_command(*args))
+        reader = hiredis.Reader()
+        while (reply := reader.gets()) is False:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"node {port} closed the connection")
+            reader.feed(chunk)
+        return reply
+
+
+def _wait_for(condition: Any, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except (OSError, ConnectionError) as exc:
+            last = exc
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out waiting for {what}" + (f": {last}" if last else ""))
+
+
+def _free_ports(count: int) -> list[int]:
+    """Ports free both for clients and for the cluster bus (port + 10000)."""
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = random.randint(20000, 29999)
+        if port in chosen or not (_is_free(port) and _is_free(port + 10000)):
+            continue
+        chosen.append(port)
+    return chosen
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True

@@ -1,0 +1,66 @@
+"""The errors featurewell raises on purpose.
+
+Every expected failure is a `FeaturewellError`; anything else that escapes is a bug. The gRPC layer
+maps this tree to status codes in exactly one place (`featurewell.serving.status`), so the rest of
+the code raises domain errors and never touches gRPC.
+
+    FeaturewellError
+    ├── DefinitionError        a feature repo is invalid (raised while loading it)
+    ├── TransformFailed        an on-demand transform raised or returned the wrong shape
+    ├── RequestError           the caller asked for something that cannot be served as asked
+    │   ├── InvalidRequest     malformed input: bad key type, lengths, empty or oversized batch
+    │   ├── UnknownFeature     a feature, view, version or transform that does not exist
+    │   └── EntityNotFound     strict mode and some entities have no stored row
+    └── StoreError             the online store could not answer
+        ├── StoreUnavailable   no connection, cluster down, node unreachable
+        ├── StoreTimeout       the store did not answer within the call's budget
+        └── CorruptRow         a stored row does not match its view's schema
+"""
+
+from __future__ import annotations
+
+
+class FeaturewellError(Exception):
+    """Base of every error featurewell raises deliberately."""
+
+
+class DefinitionError(FeaturewellError):
+    """A feature definition is invalid. The message names the object and what to change."""
+
+
+class TransformFailed(FeaturewellError):
+    """An on-demand transform raised, or returned outputs that do not match its declaration.
+    A bug in the feature repo, not in the request."""
+
+
+class RequestError(FeaturewellError):
+    """The request cannot be served as asked; retrying it unchanged will fail again."""
+
+
+class InvalidRequest(RequestError):
+    """Malformed request: wrong key type, mismatched column lengths, empty or oversized batch."""
+
+
+class UnknownFeature(RequestError):
+    """A referenced feature, view, version or on-demand transform is not defined."""
+
+
+class EntityNotFound(RequestError):
+    """Strict mode: some requested entities have no stored row."""
+
+
+class StoreError(FeaturewellError):
+    """The online store failed to answer."""
+
+
+class StoreUnavailable(StoreError):
+    """The online store (or one of its nodes) cannot be reached."""
+
+
+class StoreTimeout(StoreError):
+    """The online store did not answer within the time the call allowed."""
+
+
+class CorruptRow(StoreError):
+    """A stored row does not decode with its view's schema (was a view changed without a new
+    version?)."""

@@ -1,0 +1,195 @@
+"""Compact positional rows: one Redis value holds a whole feature-view row.
+
+    row = fixed block | variable part
+    fixed block    = event time (int64 µs, little-endian) then every fixed-width feature in schema
+                     order (int64, float32, float64, bool as 1 byte, embeddings as dim float32)
+    variable part  = for each string or list feature in schema order: uint32 byte length + bytes
+
+The fixed block has the same size in every row of a view version, so a batch of rows decodes with
+one `np.frombuffer` over their concatenation: no per-value Python work. The version in the key
+binds a row to its schema, which is why a schema change needs a new view version.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from featurewell.definitions import Feature, FeatureView, Kind
+from featurewell.errors import CorruptRow, InvalidRequest
+from featurewell.values import ColumnValues, Ragged
+
+_TS = "__event_time_us"
+_U32 = struct.Struct("<I")
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedRows:
+    """A view's rows for a batch of entities; missing entities hold the feature defaults."""
+
+    present: npt.NDArray[np.bool_]
+    event_time_us: npt.NDArray[np.int64]
+    values: dict[str, ColumnValues]
+
+
+class RowCodec:
+    """Encodes and decodes the rows of one feature view version."""
+
+    def __init__(self, view: FeatureView) -> None:
+        self.view = view
+        fixed = [f for f in view.features if f.dtype.is_fixed_width]
+        self._fixed = fixed
+        self._variable = [f for f in view.features if not f.dtype.is_fixed_width]
+        fields: list[tuple[Any, ...]] = [(_TS, "<i8")]
+        for feature in fixed:
+            shape = (feature.dtype.dim,) if feature.dtype.kind is Kind.EMBEDDING else ()
+            fields.append((feature.name, feature.dtype.element_dtype, shape))
+        self.fixed_dtype = np.dtype(fields)
+        self.fixed_size = self.fixed_dtype.itemsize
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def encode(
+        self, event_time_us: npt.NDArray[np.int64], columns: Mapping[str, ColumnValues]
+    ) -> list[bytes]:
+        """Rows for `len(event_time_us)` entities from one column per feature."""
+        rows = len(event_time_us)
+        block = np.zeros(rows, dtype=self.fixed_dtype)
+        block[_TS] = event_time_us
+        for feature in self._fixed:
+            block[feature.name] = self._checked(feature, columns, rows)
+        raw = block.tobytes()
+        size = self.fixed_size
+        fixed_rows = [raw[i * size : (i + 1) * size] for i in range(rows)]
+        if not self._variable:
+            return fixed_rows
+        variable = [self._variable_payloads(f, columns, rows) for f in self._variable]
+        return [
+            b"".join((fixed, *(_U32.pack(len(p[i])) + p[i] for p in variable)))
+            for i, fixed in enumerate(fixed_rows)
+        ]
+
+    def _checked(
+        self, feature: Feature, columns: Mapping[str, ColumnValues], rows: int
+    ) -> npt.NDArray[Any]:
+        column = columns[feature.name]
+        if isinstance(column, Ragged):
+            raise InvalidRequest(f"feature {feature.name!r} is {feature.dtype}, got lists")
+        dtype = feature.dtype
+        tail = (dtype.dim,) if dtype.kind is Kind.EMBEDDING else ()
+        array = np.asarray(column)
+        if array.shape != (rows, *tail):
+            raise InvalidRequest(
+                f"feature {feature.name!r} ({dtype}) needs shape {(rows, *tail)}, got {array.shape}"
+            )
+        if dtype.kind is Kind.INT64 and array.dtype.kind not in "iu":
+            raise InvalidRequest(f"feature {feature.name!r} is int64, got {array.dtype} values")
+        if dtype.kind is Kind.BOOL and array.dtype.kind != "b":
+            raise InvalidRequest(f"feature {feature.name!r} is bool, got {array.dtype} values")
+        if array.dtype.kind not in "iufb":
+            raise InvalidRequest(f"feature {feature.name!r} is {dtype}, got {array.dtype} values")
+        return array
+
+    def _variable_payloads(
+        self, feature: Feature, columns: Mapping[str, ColumnValues], rows: int
+    ) -> list[bytes]:
+        column = columns[feature.name]
+        if feature.dtype.kind is Kind.STRING:
+            if isinstance(column, Ragged) or len(column) != rows:
+                raise InvalidRequest(f"feature {feature.name!r} needs {rows} strings")
+            if not all(isinstance(v, str) for v in column):
+                raise InvalidRequest(f"feature {feature.name!r} is a string feature")
+            return [v.encode() for v in column]
+        if not isinstance(column, Ragged) or len(column) != rows:
+            raise InvalidRequest(f"feature {feature.name!r} ({feature.dtype}) needs {rows} lists")
+        flat = column.flat.astype(feature.dtype.element_dtype).tobytes()
+        width = feature.dtype.element_dtype.itemsize
+        offsets = (column.offsets.astype(np.int64) * width).tolist()
+        return [flat[offsets[i] : offsets[i + 1]] for i in range(rows)]
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def decode(self, rows: Sequence[bytes | None]) -> DecodedRows:
+        count = len(rows)
+        present_rows = [r for r in rows if r is not None]
+        if len(present_rows) == count:
+            present = np.ones(count, dtype=np.bool_)
+        else:
+            present = np.fromiter((r is not None for r in rows), dtype=np.bool_, count=count)
+        block = self._fixed_block(present_rows)
+        event_time = np.zeros(count, dtype=np.int64)
+        event_time[present] = block[_TS]
+        values: dict[str, ColumnValues] = {}
+        all_present = len(present_rows) == count
+        for feature in self._fixed:
+            stored = block[feature.name]
+            if all_present:
+                values[feature.name] = stored
+            else:
+                column = np.empty((count, *stored.shape[1:]), dtype=stored.dtype)
+                column[...] = feature.default
+                column[present] = stored
+                values[feature.name] = column
+        if self._variable:
+            values.update(self._decode_variable(present_rows, present))
+        return DecodedRows(present, event_time, values)
+
+    def _fixed_block(self, present_rows: list[bytes]) -> npt.NDArray[Any]:
+        size = self.fixed_size
+        if self._variable:
+            if any(len(r) < size for r in present_rows):
+                raise self._corrupt()
+            joined = b"".join([r[:size] for r in present_rows])
+        else:
+            joined = b"".join(present_rows)
+            if len(joined) != size * len(present_rows) or any(
+                len(r) != size for r in present_rows
+            ):
+                raise self._corrupt()
+        return np.frombuffer(joined, dtype=self.fixed_dtype)
+
+    def _decode_variable(
+        self, present_rows: list[bytes], present: npt.NDArray[np.bool_]
+    ) -> dict[str, ColumnValues]:
+        payloads: list[list[bytes]] = [[] for _ in self._variable]
+        for row in present_rows:
+            offset = self.fixed_size
+            for slot in payloads:
+                if offset + 4 > len(row):
+                    raise self._corrupt()
+                (length,) = _U32.unpack_from(row, offset)
+                offset += 4
+                slot.append(row[offset : offset + length])
+                offset += length
+            if offset != len(row):
+                raise self._corrupt()
+        out: dict[str, ColumnValues] = {}
+        positions = np.flatnonzero(present).tolist()
+        for feature, raw in zip(self._variable, payloads, strict=True):
+            out[feature.name] = _assemble(feature, raw, positions, len(present))
+        return out
+
+    def _corrupt(self) -> CorruptRow:
+        return CorruptRow(
+            f"stored rows of feature view {self.view.ref!r} do not match its schema: "
+            "a definition changed without a new version? Bump the version and re-materialize"
+        )
+
+
+def _assemble(feature: Feature, raw: list[bytes], positions: list[int], count: int) -> ColumnValues:
+    if feature.dtype.kind is Kind.STRING:
+        strings = np.full(count, feature.default, dtype=object)
+        for position, payload in zip(positions, raw, strict=True):
+            strings[position] = payload.decode()
+        return strings
+    dtype = feature.dtype.element_dtype
+    default = np.asarray(feature.default, dtype=dtype)
+    lists = [default] * count
+    for position, payload in zip(positions, raw, strict=True):
+        lists[position] = np.frombuffer(payload, dtype=dtype)
+    return Ragged.from_rows(lists, dtype)

@@ -1,0 +1,123 @@
+"""One multiplexed connection to one Redis node.
+
+Calls write pre-encoded RESP commands straight to the socket and wait on a future; replies are
+parsed by hiredis in `data_received` and handed out in order. Concurrent calls share the
+connection (their batches are pipelined back to back), so there are no per-command objects and
+no pool checkout on the hot path: this is where redis-py's per-command cost (~15-20 µs a key on
+these machines) is avoided.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+import hiredis
+
+from featurewell.errors import StoreUnavailable
+
+Address = tuple[str, int]
+
+
+def encode_command(*args: bytes | str | int) -> bytes:
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        raw = arg.encode() if isinstance(arg, str) else b"%d" % arg if isinstance(arg, int) else arg
+        parts.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+    return b"".join(parts)
+
+
+def encode_get(key: bytes) -> bytes:
+    return b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key)
+
+
+class _Batch:
+    __slots__ = ("future", "remaining", "replies")
+
+    def __init__(self, future: asyncio.Future[list[Any]], count: int) -> None:
+        self.future = future
+        self.remaining = count
+        self.replies: list[Any] = []
+
+
+class Connection(asyncio.Protocol):
+    """A pipelined, multiplexed RESP2 connection. Error replies come back as
+    `hiredis.ReplyError` values in the reply list; they are never raised here."""
+
+    def __init__(self, address: Address) -> None:
+        self.address = address
+        self._reader = hiredis.Reader()
+        self._pending: deque[_Batch] = deque()
+        self._transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
+        self.closed = False
+
+    @classmethod
+    async def open(cls, address: Address, timeout: float) -> Connection:
+        host, port = address
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                _, protocol = await loop.create_connection(lambda: cls(address), host, port)
+        except (OSError, TimeoutError) as exc:
+            raise StoreUnavailable(f"cannot connect to Redis node {host}:{port}: {exc}") from exc
+        return protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def send(self, payload: bytes, replies: int) -> asyncio.Future[list[Any]]:
+        """Write `payload` (`replies` commands) and return a future of their replies in order."""
+        if self.closed or self._transport is None:
+            raise StoreUnavailable(f"connection to Redis node {self._name} is closed")
+        future: asyncio.Future[list[Any]] = self._loop.create_future()
+        self._pending.append(_Batch(future, replies))
+        self._transport.write(payload)
+        return future
+
+    async def call(self, *args: bytes | str | int) -> Any:
+        """One command, for the rare paths (topology, script loading)."""
+        (reply,) = await self.send(encode_command(*args), 1)
+        return reply
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        pending = self._pending
+        try:
+            while pending:
+                batch = pending[0]
+                while batch.remaining:
+                    reply = reader.gets()
+                    if reply is False:
+                        return
+                    batch.replies.append(reply)
+                    batch.remaining -= 1
+                pending.popleft()
+                if not batch.future.done():  # a caller that timed out has cancelled it
+                    batch.future.set_result(batch.replies)
+        except hiredis.ProtocolError as exc:
+            self._fail(StoreUnavailable(f"Redis node {self._name} sent an invalid reply: {exc}"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = f": {exc}" if exc else ""
+        self._fail(StoreUnavailable(f"connection to Redis node {self._name} lost{reason}"))
+
+    def _fail(self, error: StoreUnavailable) -> None:
+        self.closed = True
+        while self._pending:
+            batch = self._pending.popleft()
+            if not batch.future.done():
+                batch.future.set_exception(error)
+
+    def close(self) -> None:
+        self.closed = True
+        if self._transport is not None:
+            self._transport.close()
+
+    @property
+    def _name(self) -> str:
+        return f"{self.address[0]}:{self.address[1]}"

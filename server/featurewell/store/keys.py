@@ -1,0 +1,63 @@
+"""Redis key layout: one key per (view, version, entity), the entity hash-tagged.
+
+    fw:<view>:v<version>:{<entity tag>}
+
+Every view of one entity shares the tag, hence the slot and the node: one round trip per node.
+The tag is the entity's key values, composite keys joined by '|'. '%', '{', '}' and '|' inside a
+string key are percent-escaped so a key value can neither end the hash tag early nor collide with
+another composite key.
+"""
+
+from __future__ import annotations
+
+from binascii import crc_hqx
+from collections.abc import Sequence
+
+from featurewell.definitions import FeatureView
+
+SLOTS = 16384
+_SPECIAL = (b"%", b"{", b"}", b"|")
+_ESCAPES = {b"%": b"%25", b"{": b"%7B", b"}": b"%7D", b"|": b"%7C"}
+
+KeyColumn = Sequence[int] | Sequence[str]
+
+
+def key_prefix(view: FeatureView) -> bytes:
+    return f"fw:{view.name}:v{view.version}:{{".encode()
+
+
+def view_keys(prefix: bytes, tags: Sequence[bytes]) -> list[bytes]:
+    return [prefix + tag + b"}" for tag in tags]
+
+
+def slot_of(tag: bytes) -> int:
+    """Cluster slot of a key whose hash tag is `tag` (CRC16/XMODEM, as Redis computes it)."""
+    return crc_hqx(tag, 0) & (SLOTS - 1)
+
+
+def entity_tags(columns: Sequence[KeyColumn], rows: int) -> list[bytes]:
+    """Hash tags for one entity's key columns. Each column has length 1 or `rows`; when every
+    column has length 1 the entity has one row (a user in a ranking call), else `rows`."""
+    encoded = [_encode_column(column) for column in columns]
+    if len(encoded) == 1:
+        return encoded[0]
+    width = rows if any(len(c) > 1 for c in encoded) else 1
+    stretched = [c * width if len(c) == 1 else c for c in encoded]
+    return [b"|".join(parts) for parts in zip(*stretched, strict=True)]
+
+
+def _encode_column(column: KeyColumn) -> list[bytes]:
+    if not column or isinstance(column[0], int):
+        return [b"%d" % value for value in column]  # type: ignore[str-bytes-safe]
+    out = [value.encode() for value in column]  # type: ignore[union-attr]
+    joined = b"".join(out)
+    if any(special in joined for special in _SPECIAL):
+        out = [_escape(value) for value in out]
+    return out
+
+
+def _escape(value: bytes) -> bytes:
+    for raw in _SPECIAL:  # '%' first, so escapes are not escaped again
+        if raw in value:
+            value = value.replace(raw, _ESCAPES[raw])
+    return value

@@ -1,0 +1,118 @@
+"""The online store: feature-view rows in a Redis Cluster, read in bulk, written in event order."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import hiredis
+
+from featurewell.errors import StoreError, StoreTimeout, StoreUnavailable
+from featurewell.store.cluster import ClusterClient
+from featurewell.store.connection import Address, encode_command, encode_get
+
+# Compare-and-set on event time, atomic per key: an event older than the stored one never
+# overwrites it (equal times: the later write wins, so a corrected row can be re-sent).
+# KEYS[1] row key. ARGV[1] row (its first 8 bytes are the event time, int64 LE µs).
+# ARGV[2] absolute expiry in Unix ms, or "0" to keep the key until overwritten.
+_WRITE_IF_NEWER = b"""
+local current = redis.call('GET', KEYS[1])
+if current and #current >= 8 then
+  if struct.unpack('<i8', current) > struct.unpack('<i8', ARGV[1]) then return 0 end
+end
+if ARGV[2] ~= '0' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return 1
+"""
+_WRITE_SHA = hashlib.sha1(_WRITE_IF_NEWER).hexdigest().encode()
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutcome:
+    written: int
+    skipped_older: int
+
+
+class OnlineStore:
+    """Rows addressed by (key, slot), the slot computed once per entity by the caller."""
+
+    def __init__(self, cluster: ClusterClient) -> None:
+        self.cluster = cluster
+
+    @classmethod
+    async def connect(
+        cls, seeds: Sequence[Address], *, connect_timeout: float, connections_per_node: int
+    ) -> OnlineStore:
+        cluster = ClusterClient(
+            seeds, connect_timeout=connect_timeout, connections_per_node=connections_per_node
+        )
+        await cluster.start()
+        return cls(cluster)
+
+    async def close(self) -> None:
+        await self.cluster.close()
+
+    async def read(
+        self, keys: Sequence[bytes], slots: Sequence[int], timeout: float
+    ) -> list[bytes | None]:
+        """The stored row of every key (None where there is none), within `timeout` seconds."""
+        commands = [encode_get(key) for key in keys]
+        try:
+            async with asyncio.timeout(timeout):
+                replies = await self.cluster.execute(commands, slots)
+        except TimeoutError:
+            raise StoreTimeout(
+                f"Redis Cluster did not answer {len(keys)} reads within {timeout * 1000:.1f} ms"
+            ) from None
+        for reply in replies:
+            if type(reply) is hiredis.ReplyError:
+                raise StoreError(f"Redis Cluster refused a read: {reply}")
+        return replies
+
+    async def write(
+        self,
+        keys: Sequence[bytes],
+        slots: Sequence[int],
+        rows: Sequence[bytes],
+        expire_at_ms: Sequence[int] | None = None,
+    ) -> WriteOutcome:
+        """Store each row unless its key holds a newer event. Safe to retry: re-applying the same
+        row is a no-op in effect."""
+        expiries = [b"%d" % ms for ms in expire_at_ms] if expire_at_ms is not None else None
+        commands = [
+            _evalsha(key, row, expiries[i] if expiries is not None else b"0")
+            for i, (key, row) in enumerate(zip(keys, rows, strict=True))
+        ]
+        replies = await self.cluster.execute(commands, slots)
+        missing = [i for i, r in enumerate(replies) if _is_noscript(r)]
+        if missing:  # first write to a node since it started (or failed over): load and redo
+            await self._load_script({self.cluster.node_of(slots[i]) for i in missing})
+            redo = await self.cluster.execute([commands[i] for i in missing], [slots[i] for i in missing])
+            for i, reply in zip(missing, redo, strict=True):
+                replies[i] = reply
+        errors = [r for r in replies if type(r) is hiredis.ReplyError]
+        if errors:
+            raise StoreUnavailable(f"Redis Cluster refused {len(errors)} writes: {errors[0]}")
+        written = sum(replies)
+        return WriteOutcome(written=written, skipped_older=len(replies) - written)
+
+    async def _load_script(self, nodes: set[Address | None]) -> None:
+        for address in nodes:
+            if address is None:
+                continue
+            reply = await self.cluster.call(address, "SCRIPT", "LOAD", _WRITE_IF_NEWER)
+            if type(reply) is hiredis.ReplyError:
+                raise StoreUnavailable(f"cannot load the write script on {address}: {reply}")
+
+
+def _evalsha(key: bytes, row: bytes, expire_at: bytes) -> bytes:
+    return encode_command(b"EVALSHA", _WRITE_SHA, b"1", key, row, expire_at)
+
+
+def _is_noscript(reply: object) -> bool:
+    return type(reply) is hiredis.ReplyError and str(reply).startswith("NOSCRIPT")
