@@ -10,7 +10,8 @@ the code raises domain errors and never touches gRPC.
     ├── RequestError           the caller asked for something that cannot be served as asked
     │   ├── InvalidRequest     malformed input: bad key type, lengths, empty or oversized batch
     │   ├── UnknownFeature     a feature, view, version or transform that does not exist
-    │   └── EntityNotFound     strict mode and some entities have no stored row
+    │   ├── EntityNotFound     strict mode and some entities have no stored row
+    │   └── DeadlineExceeded   the caller's deadline expired (or leaves no time) before the answer
     └── StoreError             the online store could not answer
         ├── StoreUnavailable   no connection, cluster down, node unreachable
         ├── StoreTimeout       the store did not answer within the call's budget
@@ -47,6 +48,10 @@ class UnknownFeature(RequestError):
 
 class EntityNotFound(RequestError):
     """Strict mode: some requested entities have no stored row."""
+
+
+class DeadlineExceeded(RequestError):
+    """The caller's deadline expired, or leaves too little time, before the answer was ready."""
 
 
 class StoreError(FeaturewellError):

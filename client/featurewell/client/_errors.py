@@ -1,0 +1,54 @@
+"""Client errors: gRPC failures translated once, into a small typed tree.
+
+    FeatureClientError
+    ├── InvalidArgument     the request is malformed (fix the call)
+    ├── NotFound            unknown feature/view, or strict mode and missing entities
+    ├── DeadlineExceeded    no answer within the deadline
+    ├── Unavailable         server or store unreachable (retryable)
+    └── ServerError         anything else the server reported
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class FeatureClientError(Exception):
+    def __init__(self, message: str, code: grpc.StatusCode) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class InvalidArgument(FeatureClientError):
+    pass
+
+
+class NotFound(FeatureClientError):
+    pass
+
+
+class DeadlineExceeded(FeatureClientError):
+    pass
+
+
+class Unavailable(FeatureClientError):
+    pass
+
+
+class ServerError(FeatureClientError):
+    pass
+
+
+_BY_CODE: dict[grpc.StatusCode, type[FeatureClientError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+}
+
+
+def translate(error: grpc.RpcError) -> FeatureClientError:
+    code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = error.details() if isinstance(error, grpc.Call) else str(error)
+    kind = _BY_CODE.get(code, ServerError)
+    return kind(f"{code.name}: {details}", code)

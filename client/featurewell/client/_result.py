@@ -1,0 +1,122 @@
+"""Typed results of GetFeatures: columns with per-value status, and the matrix a model eats."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from featurewell.client._columns import LIST_TYPES, fixed_values, list_values, string_values
+from featurewell.v1 import feature_service_pb2 as pb
+
+
+class Status(enum.IntEnum):
+    PRESENT = pb.FEATURE_STATUS_PRESENT
+    NOT_FOUND = pb.FEATURE_STATUS_NOT_FOUND
+    STALE = pb.FEATURE_STATUS_STALE
+    FALLBACK = pb.FEATURE_STATUS_FALLBACK
+
+
+@dataclass(frozen=True)
+class Column:
+    """One feature for every row. `values` has `length` rows: 1 means one value for all rows."""
+
+    name: str
+    type: int
+    length: int
+    values: Any
+    statuses: npt.NDArray[np.uint8]
+    event_time_us: npt.NDArray[np.int64] | None
+    entity: str
+    version: int
+
+    @property
+    def width(self) -> int:
+        """Matrix columns this feature takes (the dimension of an embedding, else 1)."""
+        return int(self.values.shape[1]) if self.type == pb.VALUE_TYPE_EMBEDDING else 1
+
+    @classmethod
+    def from_proto(cls, message: pb.FeatureColumn) -> Column:
+        if message.type == pb.VALUE_TYPE_STRING:
+            values: Any = np.array(string_values(message), dtype=object)
+        elif message.type in LIST_TYPES:
+            flat, offsets = list_values(message)
+            values = [flat[offsets[i] : offsets[i + 1]] for i in range(message.length)]
+        else:
+            values = fixed_values(message)
+        if message.statuses:
+            statuses = np.frombuffer(message.statuses, dtype=np.uint8)
+        else:
+            statuses = np.full(message.length, Status.PRESENT, dtype=np.uint8)
+        stamps = np.frombuffer(message.event_timestamps, "<i8") if message.event_timestamps else None
+        return cls(message.name, message.type, message.length, values, statuses, stamps,
+                   message.entity, message.version)  # fmt: skip
+
+
+class FeatureResult:
+    """The answer to one GetFeatures call: `rows` rows, one Column per feature."""
+
+    def __init__(self, response: pb.GetFeaturesResponse) -> None:
+        self.rows = response.row_count
+        self.columns = {c.name: Column.from_proto(c) for c in response.columns}
+
+    def __getitem__(self, name: str) -> Column:
+        return self.columns[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.columns)
+
+    def values(self, name: str) -> Any:
+        """A feature's values broadcast to `rows` rows."""
+        column = self.columns[name]
+        if column.length == self.rows or column.type in LIST_TYPES:
+            return column.values
+        return np.broadcast_to(column.values, (self.rows, *column.values.shape[1:]))
+
+    def statuses(self, name: str) -> npt.NDArray[np.uint8]:
+        """Each row's Status of a feature, broadcast to `rows` rows."""
+        return np.broadcast_to(self.columns[name].statuses, (self.rows,))
+
+    def count(self, status: Status) -> int:
+        """How many values (over all columns, after broadcast) have `status`."""
+        return sum(int(np.count_nonzero(self.statuses(n) == status)) for n in self.columns)
+
+    def to_numpy(
+        self, features: Sequence[str] | None = None, dtype: npt.DTypeLike = np.float32
+    ) -> tuple[npt.NDArray[Any], list[str]]:
+        """A (rows x width) matrix of the numeric features, length-1 columns broadcast, and the
+        matrix's column names (an embedding `f` of dim d gives `f[0]` ... `f[d-1]`)."""
+        chosen = list(features) if features is not None else [
+            n for n, c in self.columns.items()
+            if c.type not in LIST_TYPES and c.type != pb.VALUE_TYPE_STRING
+        ]  # fmt: skip
+        widths = [self.columns[n].width for n in chosen]
+        matrix = np.empty((self.rows, sum(widths)), dtype=dtype)
+        names: list[str] = []
+        start = 0
+        for name, width in zip(chosen, widths, strict=True):
+            column = self.columns[name]
+            if column.type in LIST_TYPES or column.type == pb.VALUE_TYPE_STRING:
+                raise TypeError(f"{name!r} is not numeric and cannot go into a matrix")
+            matrix[:, start : start + width] = column.values.reshape(column.length, width)
+            names += [name] if width == 1 else [f"{name}[{i}]" for i in range(width)]
+            start += width
+        return matrix, names
+
+    def to_dict(self) -> dict[str, Any]:
+        """Feature name -> values broadcast to `rows` rows."""
+        return {name: self.values(name) for name in self.columns}
+
+    def to_pandas(self) -> Any:
+        """A DataFrame with one row per entity row (needs pandas)."""
+        import pandas as pd
+
+        data = {}
+        for name in self.columns:
+            values = self.values(name)
+            data[name] = list(values) if getattr(values, "ndim", 1) > 1 else values
+        return pd.DataFrame(data)

@@ -1,0 +1,195 @@
+"""The `featurewell` command: serve, materialize, cluster, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import logging
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from featurewell.definitions import load_repo
+from featurewell.devcluster import start_local_cluster
+from featurewell.errors import FeaturewellError
+from featurewell.ingest.materialize import materialize
+from featurewell.serving.engine import FeatureEngine
+from featurewell.serving.server import Server, serve
+from featurewell.settings import Settings
+from featurewell.store.online import OnlineStore
+
+EXAMPLE_REPO = Path(__file__).resolve().parents[2] / "examples" / "streaming_media"
+log = logging.getLogger("featurewell")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    overrides = {s.name: getattr(args, s.name, None) for s in fields(Settings)}
+    try:
+        settings = Settings.load(overrides)
+    except ValueError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        args.run(settings, args)
+    except FeaturewellError as exc:
+        print(f"featurewell: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="featurewell", description="low-latency feature server")
+    commands = parser.add_subparsers(required=True, metavar="command")
+
+    run = commands.add_parser("serve", help="serve a feature repo over gRPC")
+    _settings_flags(run)
+    run.set_defaults(run=lambda settings, _args: serve(_need_repo(settings)))
+
+    load = commands.add_parser("materialize", help="bulk-load Parquet sources into Redis")
+    _settings_flags(load)
+    load.add_argument("--views", help="comma-separated view names (default: all with a source)")
+    load.add_argument("--batch-rows", type=int, default=2000)
+    load.add_argument("--max-rows-per-second", type=float, help="pace the load to protect serving")
+    load.set_defaults(run=_materialize)
+
+    cluster = commands.add_parser("cluster", help="run a local Redis Cluster until Ctrl-C")
+    cluster.add_argument("--masters", type=int, default=3)
+    cluster.add_argument("--replicas", type=int, default=0, help="replicas per master")
+    cluster.set_defaults(run=_cluster)
+
+    demo = commands.add_parser(
+        "demo", help="local Redis Cluster + example repo + sample data, serving on :50051"
+    )
+    _settings_flags(demo, repo_default=str(EXAMPLE_REPO))
+    demo.add_argument("--users", type=int, default=5000)
+    demo.add_argument("--items", type=int, default=2000)
+    demo.add_argument("--replicas", type=int, default=0, help="replicas per master")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def _settings_flags(parser: argparse.ArgumentParser, repo_default: str | None = None) -> None:
+    group = parser.add_argument_group("settings (also FEATUREWELL_<NAME> environment variables)")
+    for spec in fields(Settings):
+        default = repo_default if spec.name == "repo" else None
+        group.add_argument(
+            f"--{spec.name.replace('_', '-')}", dest=spec.name, default=default,
+            help=f"{spec.metadata['doc']} (default: {_show(spec.default)})",
+        )  # fmt: skip
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(f"{h}:{p}" for h, p in value)
+    return repr(value)
+
+
+def _need_repo(settings: Settings) -> Settings:
+    if not settings.repo:
+        raise SystemExit("featurewell: --repo (or FEATUREWELL_REPO) is required")
+    return settings
+
+
+def _materialize(settings: Settings, args: argparse.Namespace) -> None:
+    registry = load_repo(_need_repo(settings).repo)
+    names = set(args.views.split(",")) if args.views else None
+
+    async def load() -> None:
+        store = await OnlineStore.connect(
+            settings.redis,
+            connect_timeout=settings.connect_timeout_s,
+            connections_per_node=settings.connections_per_node,
+        )
+        try:
+            engine = FeatureEngine(registry, store, settings)
+            views = None
+            if names is not None:
+                views = [v for v in registry.views.values() if v.name in names and v.source]
+            for load in await materialize(
+                engine, views, batch_rows=args.batch_rows,
+                max_rows_per_second=args.max_rows_per_second,
+            ):  # fmt: skip
+                print(
+                    f"{load.view}: {load.rows} rows in {load.seconds:.2f} s "
+                    f"({load.rows / max(load.seconds, 1e-9):,.0f} rows/s), "
+                    f"{load.skipped_older} skipped as older than stored"
+                )
+        finally:
+            await store.close()
+
+    uvloop.run(load())
+
+
+def _cluster(_settings: Settings, args: argparse.Namespace) -> None:
+    with start_local_cluster(args.masters, args.replicas) as cluster:
+        seeds = ",".join(f"{h}:{p}" for h, p in cluster.seeds)
+        print(f"Redis Cluster up: masters {seeds}; replicas {cluster.replicas}", flush=True)
+        print(f"  export FEATUREWELL_REDIS={seeds}", flush=True)
+        while True:
+            time.sleep(3600)
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> None:
+    repo = Path(settings.repo)
+    print(f"starting a local Redis Cluster (3 masters, {args.replicas} replicas each)...", flush=True)
+    with start_local_cluster(3, args.replicas) as cluster:
+        settings = settings.with_changes(redis=tuple(cluster.seeds))
+        generator = repo / "generate.py"
+        if generator.exists():
+            rows = _load_module(generator).generate(args.users, args.items, repo / "data")
+            print(f"generated sample data: {rows}", flush=True)
+        uvloop.run(_demo_serve(settings))
+
+
+async def _demo_serve(settings: Settings) -> None:
+    registry = load_repo(settings.repo)
+    server = await Server.start(settings, registry)
+    started = time.perf_counter()
+    loads = await materialize(server.service.engine)
+    total = sum(load.rows for load in loads)
+    print(f"materialized {total:,} rows in {time.perf_counter() - started:.1f} s", flush=True)
+    address = f"{settings.host}:{server.port}"
+    print(_HOW_TO_CALL.format(address=address, seeds=settings.redis), flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.stop(grace=1.0)
+
+
+def _load_module(path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(f"featurewell_demo_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_HOW_TO_CALL = """
+featurewell is serving the streaming_media example on {address} (Ctrl-C stops it all).
+
+  Python:
+    from featurewell.client import FeatureClient
+    client = FeatureClient("{address}")
+    result = client.get_features(
+        ["user_activity:*", "item_stats:popularity_score", "user_item_affinity:genre_affinity"],
+        entities={{"user_id": ["u000042"], "item_id": [f"i{{n:06d}}" for n in range(500)]}},
+    )
+    matrix, names = result.to_numpy()      # 500 x 9 float32, user features broadcast
+
+  grpcurl (reflection is on):
+    grpcurl -plaintext -d '{{"features": ["user_activity:*"],
+      "entities": {{"user_id": {{"strings": {{"values": ["u000042"]}}}}}}}}' \\
+      {address} featurewell.v1.FeatureService/GetFeatures
+"""
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,320 @@
+"""The serving engine: validated domain requests in, typed columns with per-value status out.
+
+Knows nothing of gRPC. Per call it does O(rows) work only where it must (building key tags) and
+everything else in bulk: one store round trip for all views and entities, numpy decoding per view,
+vectorised transforms.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from featurewell.definitions import Entity, FeatureType, Kind, Registry
+from featurewell.errors import (
+    DeadlineExceeded,
+    EntityNotFound,
+    InvalidRequest,
+    StoreTimeout,
+    UnknownFeature,
+)
+from featurewell.serving.plan import Plan, Planner, ViewRead
+from featurewell.settings import Settings
+from featurewell.store.codec import DecodedRows
+from featurewell.store.keys import entity_tags, slot_of, view_keys
+from featurewell.store.online import OnlineStore, WriteOutcome
+from featurewell.values import ColumnValues, Status, worst_status
+
+
+@dataclass(frozen=True, slots=True)
+class InputColumn:
+    """An entity-key or context column as the caller sent it."""
+
+    kind: Kind
+    values: Sequence[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureRequest:
+    features: tuple[str, ...]
+    entities: Mapping[str, InputColumn]
+    context: Mapping[str, InputColumn]
+    strict: bool = False
+    include_event_timestamps: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ResultColumn:
+    name: str
+    dtype: FeatureType
+    values: ColumnValues
+    statuses: npt.NDArray[np.uint8]
+    event_time_us: npt.NDArray[np.int64] | None
+    entity: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureResult:
+    rows: int
+    columns: list[ResultColumn]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRequest:
+    view: str
+    entities: Mapping[str, InputColumn]
+    event_time_us: npt.NDArray[np.int64]
+    features: Mapping[str, ColumnValues]
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """How long the store may take for one call, and whether the caller's deadline (rather than
+    the server's cap) set that limit."""
+
+    seconds: float
+    deadline_bound: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Fetched:
+    rows: DecodedRows
+    statuses: npt.NDArray[np.uint8]
+
+
+class FeatureEngine:
+    def __init__(self, registry: Registry, store: OnlineStore, settings: Settings) -> None:
+        self.registry = registry
+        self.store = store
+        self.settings = settings
+        self.planner = Planner(registry)
+
+    async def get_features(self, request: FeatureRequest, budget: Budget) -> FeatureResult:
+        if len(request.features) > self.settings.max_features:
+            raise InvalidRequest(
+                f"{len(request.features)} feature references exceed the limit of "
+                f"{self.settings.max_features} per call; split the request"
+            )
+        plan = self.planner.plan(request.features)
+        rows = self._row_count(request, plan)
+        fetched = await self._fetch(plan, request.entities, rows, budget)
+        if request.strict:
+            self._require_present(plan, fetched)
+        columns: list[ResultColumn] = []
+        computed = self._run_transforms(plan, fetched, request.context, rows)
+        for output in plan.outputs:
+            if output.read is not None:
+                got = fetched[id(output.read)]
+                columns.append(
+                    ResultColumn(
+                        name=output.name,
+                        dtype=output.feature.dtype,
+                        values=got.rows.values[output.feature.name],
+                        statuses=got.statuses,
+                        event_time_us=got.rows.event_time_us if request.include_event_timestamps else None,
+                        entity=output.read.view.entity.name,
+                        version=output.read.view.version,
+                    )
+                )
+            else:
+                assert output.transform is not None
+                values, statuses = computed[output.transform.name]
+                columns.append(
+                    ResultColumn(
+                        name=output.name,
+                        dtype=output.feature.dtype,
+                        values=values[output.feature.name],
+                        statuses=statuses,
+                        event_time_us=None,
+                        entity="",
+                        version=0,
+                    )
+                )
+        return FeatureResult(rows, columns)
+
+    # -- validation ----------------------------------------------------------------------------
+
+    def _row_count(self, request: FeatureRequest, plan: Plan) -> int:
+        known = self.registry.join_keys
+        for name, column in request.entities.items():
+            expected = known.get(name)
+            if expected is None:
+                raise InvalidRequest(f"unknown entity key {name!r}; known keys: {sorted(known)}")
+            _check_kind(f"entity key {name!r}", expected, column)
+        needed = {key for entity in plan.entities for key in entity.key_names}
+        for entity in plan.entities:
+            for key in entity.key_names:
+                if key not in request.entities:
+                    raise InvalidRequest(
+                        f"features of entity {entity.name!r} need entity key {key!r}; "
+                        f"send entities={{'{key}': [...]}}"
+                    )
+        for name, field_type in plan.context.items():
+            column = request.context.get(name)
+            if column is None:
+                raise InvalidRequest(
+                    f"the requested on-demand features need request context {name!r} "
+                    f"({field_type}); send context={{'{name}': [...]}}"
+                )
+            _check_kind(f"context {name!r}", field_type, column)
+        lengths = {
+            f"entity key {k!r}": len(c.values) for k, c in request.entities.items() if k in needed
+        }
+        lengths.update({f"context {k!r}": len(request.context[k].values) for k in plan.context})
+        if not lengths:
+            raise InvalidRequest("no entity keys: send the join keys of the requested features")
+        rows = max(lengths.values())
+        if rows == 0 or min(lengths.values()) == 0:
+            raise InvalidRequest("empty batch: every entity key and context column needs values")
+        if rows > self.settings.max_rows:
+            raise InvalidRequest(
+                f"batch of {rows} rows exceeds the limit of {self.settings.max_rows}; split it"
+            )
+        wrong = {what: n for what, n in lengths.items() if n not in (1, rows)}
+        if wrong:
+            raise InvalidRequest(
+                f"column lengths must be 1 (broadcast) or {rows}; got {wrong}"
+            )
+        return rows
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def _fetch(
+        self, plan: Plan, entities: Mapping[str, InputColumn], rows: int, budget: Budget
+    ) -> dict[int, _Fetched]:
+        tags_of: dict[int, tuple[list[bytes], list[int]]] = {}
+        for entity in plan.entities:
+            tags = _tags(entity, entities, rows)
+            tags_of[id(entity)] = (tags, [slot_of(tag) for tag in tags])
+        keys: list[bytes] = []
+        slots: list[int] = []
+        for read in plan.reads:
+            tags, entity_slots = tags_of[id(read.view.entity)]
+            keys += view_keys(read.prefix, tags)
+            slots += entity_slots
+        try:
+            raw = await self.store.read(keys, slots, budget.seconds)
+        except StoreTimeout as exc:
+            if budget.deadline_bound:
+                raise DeadlineExceeded(f"the call's deadline expired waiting for Redis: {exc}") from exc
+            raise
+        now_us = time.time_ns() // 1000
+        fetched: dict[int, _Fetched] = {}
+        start = 0
+        for read in plan.reads:
+            count = len(tags_of[id(read.view.entity)][0])
+            decoded = read.codec.decode(raw[start : start + count])
+            start += count
+            fetched[id(read)] = _Fetched(decoded, _statuses(read, decoded, now_us))
+        return fetched
+
+    def _require_present(self, plan: Plan, fetched: Mapping[int, _Fetched]) -> None:
+        for read in plan.reads:
+            got = fetched[id(read)]
+            missing = int(np.count_nonzero(~got.rows.present))
+            if missing:
+                raise EntityNotFound(
+                    f"strict: {missing} of {len(got.rows.present)} entities have no row in "
+                    f"feature view {read.view.ref!r}"
+                )
+
+    def _run_transforms(
+        self,
+        plan: Plan,
+        fetched: Mapping[int, _Fetched],
+        context: Mapping[str, InputColumn],
+        rows: int,
+    ) -> dict[str, tuple[dict[str, npt.NDArray[Any]], npt.NDArray[np.uint8]]]:
+        out: dict[str, tuple[dict[str, npt.NDArray[Any]], npt.NDArray[np.uint8]]] = {}
+        for step in plan.transforms:
+            transform = step.transform
+            columns: dict[str, Any] = {}
+            statuses: list[npt.NDArray[np.uint8]] = []
+            for alias, read, feature_name in step.inputs:
+                got = fetched[id(read)]
+                columns[alias] = got.rows.values[feature_name]
+                statuses.append(got.statuses)
+            for name, field_type in transform.context.items():
+                columns[name] = _context_array(field_type, context[name].values)
+            values = transform.apply(columns, rows)
+            width = max(len(v) for v in values.values())
+            status = worst_status(statuses) if statuses else np.full(1, Status.PRESENT, np.uint8)
+            if len(status) != width:
+                status = np.broadcast_to(status, (width,)).copy()
+            out[transform.name] = (values, status)
+        return out
+
+    # -- writing -------------------------------------------------------------------------------
+
+    async def write(self, request: WriteRequest) -> WriteOutcome:
+        name, _, version = request.view.partition("@v")
+        if version and not version.isdigit():
+            raise InvalidRequest(f"view {request.view!r}: write 'view' or 'view@v2'")
+        view = self.registry.view(name, int(version) if version else None)
+        rows = len(request.event_time_us)
+        if rows == 0:
+            raise InvalidRequest("empty write: send at least one row")
+        if rows > self.settings.max_rows:
+            raise InvalidRequest(f"write of {rows} rows exceeds the limit of {self.settings.max_rows}")
+        if int(request.event_time_us.min()) <= 0:
+            raise InvalidRequest("event timestamps must be positive microseconds since the epoch")
+        for key in view.entity.key_names:
+            column = request.entities.get(key)
+            if column is None:
+                raise InvalidRequest(f"writing {view.ref!r} needs entity key {key!r}")
+            _check_kind(f"entity key {key!r}", view.entity.join_keys[key], column)
+            if len(column.values) != rows:
+                raise InvalidRequest(f"entity key {key!r} has {len(column.values)} values for {rows} rows")
+        unknown = sorted(set(request.features) - set(view.feature_index))
+        if unknown:
+            raise UnknownFeature(f"feature view {view.ref!r} has no features {unknown}")
+        missing = [f.name for f in view.features if f.name not in request.features]
+        if missing:
+            raise InvalidRequest(
+                f"writing {view.ref!r} replaces whole rows: send every feature; missing {missing}"
+            )
+        read = self.planner.read_of(view)
+        encoded = read.codec.encode(request.event_time_us, request.features)
+        tags = _tags(view.entity, request.entities, rows)
+        expire = None
+        if view.retention is not None:
+            retention_ms = int(view.retention.total_seconds() * 1000)
+            expire = (request.event_time_us // 1000 + retention_ms).tolist()
+        return await self.store.write(
+            view_keys(read.prefix, tags), [slot_of(t) for t in tags], encoded, expire
+        )
+
+
+def _tags(entity: Entity, entities: Mapping[str, InputColumn], rows: int) -> list[bytes]:
+    columns = [entities[key].values for key in entity.key_names]
+    for key, column in zip(entity.key_names, columns, strict=True):
+        if entity.join_keys[key].kind is Kind.STRING and "" in column:
+            raise InvalidRequest(f"entity key {key!r} has an empty string value")
+    return entity_tags(columns, rows)
+
+
+def _statuses(read: ViewRead, decoded: DecodedRows, now_us: int) -> npt.NDArray[np.uint8]:
+    statuses = np.where(decoded.present, np.uint8(Status.PRESENT), np.uint8(Status.NOT_FOUND))
+    max_age = read.view.max_age
+    if max_age is not None:
+        limit = int(max_age.total_seconds() * 1_000_000)
+        stale = decoded.present & (now_us - decoded.event_time_us > limit)
+        statuses[stale] = Status.STALE
+    return statuses.astype(np.uint8, copy=False)
+
+
+def _check_kind(what: str, expected: FeatureType, column: InputColumn) -> None:
+    if column.kind is not expected.kind:
+        raise InvalidRequest(f"{what} is {expected}; got {column.kind.name.lower()} values")
+
+
+def _context_array(field_type: FeatureType, values: Sequence[Any]) -> npt.NDArray[Any]:
+    if field_type.kind is Kind.STRING:
+        return np.array(values, dtype=object)
+    return np.asarray(values, dtype=field_type.element_dtype)

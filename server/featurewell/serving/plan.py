@@ -1,0 +1,141 @@
+"""Turning a list of feature references into a read plan, once per distinct list.
+
+Model servers send the same reference list on every call, so plans are cached: the per-call cost
+of resolving `user_stats:*` is a dict lookup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from featurewell.definitions import (
+    Entity,
+    Feature,
+    FeatureRef,
+    FeatureType,
+    FeatureView,
+    OnDemandTransform,
+    Registry,
+)
+from featurewell.errors import InvalidRequest, UnknownFeature
+from featurewell.store.codec import RowCodec
+from featurewell.store.keys import key_prefix
+
+
+@dataclass(frozen=True, eq=False)
+class ViewRead:
+    """One feature view version to fetch for every row of its entity."""
+
+    view: FeatureView
+    codec: RowCodec
+    prefix: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """A column of the response: `feature` of a view read, or `feature` of a transform."""
+
+    name: str
+    feature: Feature
+    read: ViewRead | None = None
+    transform: OnDemandTransform | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TransformStep:
+    """An on-demand transform with its inputs resolved: (alias, view read, feature name)."""
+
+    transform: OnDemandTransform
+    inputs: tuple[tuple[str, ViewRead, str], ...]
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    reads: tuple[ViewRead, ...]
+    transforms: tuple[TransformStep, ...]
+    outputs: tuple[Output, ...]
+    entities: tuple[Entity, ...]
+    context: dict[str, FeatureType]
+
+
+class Planner:
+    """Resolves references against one registry; a registry reload builds a new planner."""
+
+    def __init__(self, registry: Registry, max_cached: int = 4096) -> None:
+        self.registry = registry
+        self._reads: dict[tuple[str, int], ViewRead] = {}
+        self._cache: dict[tuple[str, ...], Plan] = {}
+        self._max_cached = max_cached
+
+    def plan(self, references: Sequence[str]) -> Plan:
+        key = tuple(references)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        plan = self._build(key)
+        if len(self._cache) >= self._max_cached:
+            self._cache.clear()  # a client generating endless distinct lists: keep memory bounded
+        self._cache[key] = plan
+        return plan
+
+    def read_of(self, view: FeatureView) -> ViewRead:
+        key = (view.name, view.version)
+        read = self._reads.get(key)
+        if read is None:
+            read = self._reads[key] = ViewRead(view, RowCodec(view), key_prefix(view))
+        return read
+
+    def _build(self, references: tuple[str, ...]) -> Plan:
+        if not references:
+            raise InvalidRequest("no features requested: list references such as 'view:feature'")
+        outputs: dict[str, Output] = {}
+        reads: dict[int, ViewRead] = {}
+        transforms: dict[str, OnDemandTransform] = {}
+        for text in references:
+            ref = FeatureRef.parse(text)
+            transform = self.registry.transform(ref.table)
+            if transform is not None:
+                if ref.version is not None:
+                    raise InvalidRequest(f"{text!r}: on-demand transforms have no versions")
+                transforms[transform.name] = transform
+                for output in _select(transform.outputs, transform.output_index, ref, text):
+                    name = f"{transform.name}:{output.name}"
+                    outputs.setdefault(name, Output(name, output, transform=transform))
+                continue
+            view = self.registry.view(ref.table, ref.version)
+            read = reads.setdefault(id(view), self.read_of(view))
+            version = f"@v{ref.version}" if ref.version is not None else ""
+            for feature in _select(view.features, view.feature_index, ref, text):
+                name = f"{view.name}{version}:{feature.name}"
+                outputs.setdefault(name, Output(name, feature, read=read))
+        context: dict[str, FeatureType] = {}
+        steps: list[TransformStep] = []
+        for transform in transforms.values():
+            inputs: list[tuple[str, ViewRead, str]] = []
+            for alias, text in transform.inputs.items():
+                view, feature = self.registry.feature(FeatureRef.parse(text))
+                inputs.append((alias, reads.setdefault(id(view), self.read_of(view)), feature.name))
+            steps.append(TransformStep(transform, tuple(inputs)))
+            context.update(transform.context)
+        entities = {id(r.view.entity): r.view.entity for r in reads.values()}
+        return Plan(
+            reads=tuple(reads.values()),
+            transforms=tuple(steps),
+            outputs=tuple(outputs.values()),
+            entities=tuple(entities.values()),
+            context=context,
+        )
+
+
+def _select(
+    features: Sequence[Feature], index: Mapping[str, int], ref: FeatureRef, text: str
+) -> Sequence[Feature]:
+    if ref.field == "*":
+        return features
+    position = index.get(ref.field)
+    if position is None:
+        raise UnknownFeature(
+            f"{text!r}: {ref.table!r} has no feature {ref.field!r}; it has {list(index)}"
+        )
+    return [features[position]]

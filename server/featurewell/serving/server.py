@@ -1,0 +1,130 @@
+"""Start, run and stop the gRPC server (FeatureService + health + reflection)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import multiprocessing
+import os
+import signal
+from dataclasses import dataclass
+
+import grpc
+import uvloop
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from featurewell.definitions import Registry, load_repo
+from featurewell.serving.engine import FeatureEngine
+from featurewell.serving.service import FeatureService
+from featurewell.settings import Settings
+from featurewell.store.online import OnlineStore
+from featurewell.v1 import feature_service_pb2 as pb
+from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
+
+log = logging.getLogger("featurewell.server")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["FeatureService"].full_name
+
+
+@dataclass
+class Server:
+    """A started server. `port` is the bound port (useful with port 0)."""
+
+    settings: Settings
+    port: int
+    service: FeatureService
+    store: OnlineStore
+    grpc_server: grpc.aio.Server
+    health: health_aio.HealthServicer
+
+    @classmethod
+    async def start(cls, settings: Settings, registry: Registry | None = None) -> Server:
+        """Load the repo, connect to Redis, listen. Raises DefinitionError for a bad repo and
+        StoreUnavailable when no Redis Cluster node answers, before anything listens."""
+        registry = registry if registry is not None else load_repo(settings.repo)
+        store = await OnlineStore.connect(
+            settings.redis,
+            connect_timeout=settings.connect_timeout_s,
+            connections_per_node=settings.connections_per_node,
+        )
+        try:
+            grpc_server = grpc.aio.server(
+                options=[
+                    ("grpc.max_send_message_length", settings.max_message_bytes),
+                    ("grpc.max_receive_message_length", settings.max_message_bytes),
+                    ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
+                ]
+            )
+            service = FeatureService(FeatureEngine(registry, store, settings), settings)
+            pb_grpc.add_FeatureServiceServicer_to_server(service, grpc_server)  # type: ignore[no-untyped-call]
+            health = health_aio.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(health, grpc_server)
+            reflection.enable_server_reflection(
+                [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                 reflection.SERVICE_NAME],
+                grpc_server,
+            )  # fmt: skip
+            port = grpc_server.add_insecure_port(f"{settings.host}:{settings.port}")
+            await grpc_server.start()
+        except BaseException:
+            await store.close()
+            raise
+        for name in ("", SERVICE_NAME):
+            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        # Start-up objects (registry, stubs, plans) never die: keep them out of every future
+        # collection, or a full GC pass over them stalls calls for tens of milliseconds.
+        gc.collect()
+        gc.freeze()
+        return cls(settings, port, service, store, grpc_server, health)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting calls, let in-flight ones finish within `grace`, close Redis."""
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.grpc_server.stop(self.settings.grace_period_s if grace is None else grace)
+        await self.store.close()
+
+
+async def run(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then drain."""
+    server = await Server.start(settings)
+    log.info(
+        "featurewell serving %s:%d (repo %s, Redis %s)",
+        settings.host, server.port, settings.repo,
+        ",".join(f"{h}:{p}" for h, p in settings.redis),
+    )  # fmt: skip
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("draining in-flight calls (up to %.1f s)", settings.grace_period_s)
+    await server.stop()
+
+
+def serve(settings: Settings) -> None:
+    """Run the server in this process, or in `settings.workers` processes sharing the port."""
+    if settings.workers == 1:
+        uvloop.run(run(settings))
+        return
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_worker, args=(settings,)) for _ in range(settings.workers)]
+    for worker in workers:
+        worker.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for worker in workers:
+            if worker.pid is not None and worker.is_alive():
+                os.kill(worker.pid, signum)  # each worker drains its own calls
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for worker in workers:
+        worker.join()
+
+
+def _worker(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(process)d %(message)s")
+    uvloop.run(run(settings))

@@ -1,0 +1,60 @@
+"""The FeatureService gRPC servicer: wire in, engine, wire out. No logic of its own beyond
+turning the call's deadline into a store budget."""
+
+from __future__ import annotations
+
+import grpc
+
+from featurewell.errors import DeadlineExceeded
+from featurewell.serving import wire
+from featurewell.serving.engine import Budget, FeatureEngine
+from featurewell.serving.status import translate_errors
+from featurewell.settings import Settings
+from featurewell.v1 import feature_service_pb2 as pb
+from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
+
+
+class FeatureService(pb_grpc.FeatureServiceServicer):
+    def __init__(self, engine: FeatureEngine, settings: Settings) -> None:
+        self.engine = engine
+        self._cap = settings.store_timeout_ms / 1000
+        self._margin = settings.deadline_margin_ms / 1000
+
+    def budget(self, remaining: float | None) -> Budget:
+        """Store time for a call with `remaining` seconds left (None: no client deadline)."""
+        if remaining is None or remaining - self._margin >= self._cap:
+            return Budget(self._cap)
+        seconds = remaining - self._margin
+        if seconds <= 0:
+            raise DeadlineExceeded(
+                f"the call's deadline leaves {remaining * 1000:.2f} ms, less than the "
+                f"{self._margin * 1000:.2f} ms the server needs to answer; raise the deadline"
+            )
+        return Budget(seconds, deadline_bound=True)
+
+    @translate_errors
+    async def GetFeatures(
+        self,
+        request: pb.GetFeaturesRequest,
+        context: grpc.aio.ServicerContext[pb.GetFeaturesRequest, pb.GetFeaturesResponse],
+    ) -> pb.GetFeaturesResponse:
+        budget = self.budget(context.time_remaining())
+        result = await self.engine.get_features(wire.feature_request(request), budget)
+        return wire.feature_response(result)
+
+    @translate_errors
+    async def WriteFeatures(
+        self,
+        request: pb.WriteFeaturesRequest,
+        context: grpc.aio.ServicerContext[pb.WriteFeaturesRequest, pb.WriteFeaturesResponse],
+    ) -> pb.WriteFeaturesResponse:
+        outcome = await self.engine.write(wire.write_request(request))
+        return wire.write_response(outcome)
+
+    @translate_errors
+    async def ListFeatures(
+        self,
+        request: pb.ListFeaturesRequest,
+        context: grpc.aio.ServicerContext[pb.ListFeaturesRequest, pb.ListFeaturesResponse],
+    ) -> pb.ListFeaturesResponse:
+        return wire.catalog(self.engine.registry)

@@ -1,0 +1,155 @@
+"""Protobuf <-> domain objects, in one place. Nothing outside this module reads or builds v1
+messages on the server side (the packed column layout itself lives in featurewell.client._columns,
+shared with the client)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+
+from featurewell.client._columns import (
+    ColumnFormatError,
+    fill_column,
+    fixed_values,
+    list_values,
+    string_values,
+)
+from featurewell.definitions import Feature, Kind, Registry
+from featurewell.errors import InvalidRequest
+from featurewell.serving.engine import (
+    FeatureRequest,
+    FeatureResult,
+    InputColumn,
+    WriteRequest,
+)
+from featurewell.store.online import WriteOutcome
+from featurewell.v1 import feature_service_pb2 as pb
+from featurewell.values import ColumnValues, Ragged, Status
+
+_INPUT_KINDS = {
+    "int64s": Kind.INT64,
+    "strings": Kind.STRING,
+    "doubles": Kind.FLOAT64,
+    "bools": Kind.BOOL,
+}
+
+
+def feature_request(message: pb.GetFeaturesRequest) -> FeatureRequest:
+    return FeatureRequest(
+        features=tuple(message.features),
+        entities=_inputs(message.entities, "entity key"),
+        context=_inputs(message.context, "context"),
+        strict=message.strict,
+        include_event_timestamps=message.include_event_timestamps,
+    )
+
+
+def _inputs(columns: Mapping[str, pb.Values], what: str) -> dict[str, InputColumn]:
+    out: dict[str, InputColumn] = {}
+    for name, column in columns.items():
+        kind = column.WhichOneof("kind")
+        if kind is None:
+            raise InvalidRequest(f"{what} {name!r} has no values: set int64s, strings, ...")
+        out[name] = InputColumn(_INPUT_KINDS[kind], getattr(column, kind).values)
+    return out
+
+
+def feature_response(result: FeatureResult) -> pb.GetFeaturesResponse:
+    response = pb.GetFeaturesResponse(row_count=result.rows)
+    for column in result.columns:
+        out = response.columns.add(name=column.name, entity=column.entity, version=column.version)
+        fill_column(out, int(column.dtype.kind), _packable(column.values), dim=column.dtype.dim)
+        statuses = column.statuses
+        if (statuses != Status.PRESENT).any():
+            out.statuses = statuses.tobytes()
+        if column.event_time_us is not None:
+            out.event_timestamps = column.event_time_us.astype("<i8", copy=False).tobytes()
+    return response
+
+
+def _packable(values: ColumnValues) -> Any:
+    return (values.flat, values.offsets) if isinstance(values, Ragged) else values
+
+
+def write_request(message: pb.WriteFeaturesRequest) -> WriteRequest:
+    features: dict[str, ColumnValues] = {}
+    for column in message.features:
+        if column.name in features:
+            raise InvalidRequest(f"feature {column.name!r} is sent twice")
+        try:
+            features[column.name] = _column_values(column)
+        except ColumnFormatError as exc:
+            raise InvalidRequest(str(exc)) from None
+    return WriteRequest(
+        view=message.view,
+        entities=_inputs(message.entities, "entity key"),
+        event_time_us=np.asarray(message.event_timestamps, dtype=np.int64),
+        features=features,
+    )
+
+
+def _column_values(column: pb.FeatureColumn) -> ColumnValues:
+    if column.type == pb.VALUE_TYPE_STRING:
+        return np.array(string_values(column), dtype=object)
+    if column.type in (pb.VALUE_TYPE_INT64_LIST, pb.VALUE_TYPE_FLOAT64_LIST):
+        flat, offsets = list_values(column)
+        return Ragged(flat, offsets)
+    if column.type == pb.VALUE_TYPE_UNSPECIFIED:
+        raise InvalidRequest(f"feature column {column.name!r} has no type")
+    return fixed_values(column)
+
+
+def write_response(outcome: WriteOutcome) -> pb.WriteFeaturesResponse:
+    return pb.WriteFeaturesResponse(written=outcome.written, skipped_older=outcome.skipped_older)
+
+
+def catalog(registry: Registry) -> pb.ListFeaturesResponse:
+    response = pb.ListFeaturesResponse()
+    for entity in registry.entities.values():
+        response.entities.add(
+            name=entity.name,
+            join_keys=list(entity.key_names),
+            key_types=[int(t.kind) for t in entity.join_keys.values()],  # type: ignore[misc]
+            description=entity.description,
+        )
+    for (name, version), view in sorted(registry.views.items()):
+        response.views.add(
+            name=name,
+            version=version,
+            is_default=registry.default_versions[name] == version,
+            entity=view.entity.name,
+            features=[_feature_spec(f) for f in view.features],
+            max_age_seconds=_seconds(view.max_age),
+            retention_seconds=_seconds(view.retention),
+            owner=view.owner,
+            description=view.description,
+            tags=dict(view.tags),
+        )
+    for transform in registry.transforms.values():
+        response.on_demand.add(
+            name=transform.name,
+            inputs=list(transform.inputs.values()),
+            context=list(transform.context),
+            outputs=[_feature_spec(f) for f in transform.outputs],
+            description=transform.description,
+        )
+    return response
+
+
+def _feature_spec(feature: Feature) -> pb.FeatureSpec:
+    default = feature.default
+    text = str(default.tolist() if isinstance(default, np.ndarray | np.generic) else default)
+    return pb.FeatureSpec(
+        name=feature.name,
+        type=int(feature.dtype.kind),  # type: ignore[arg-type]
+        dim=feature.dtype.dim,
+        description=feature.description,
+        default=text,
+    )
+
+
+def _seconds(age: timedelta | None) -> float:
+    return age.total_seconds() if age is not None else 0.0

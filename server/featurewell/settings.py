@@ -1,0 +1,117 @@
+"""Server settings: one frozen object, read once at start-up and passed down.
+
+Each field can be set by an environment variable `FEATUREWELL_<FIELD>` or by the matching
+`featurewell serve --<field>` flag (flags win). This module is the only place that reads the
+environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import Any
+
+from featurewell.store.connection import Address
+
+ENV_PREFIX = "FEATUREWELL_"
+
+
+def _doc(text: str, default: Any = MISSING) -> Any:
+    if default is MISSING:
+        return field(metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
+
+
+@dataclass(frozen=True)
+class Settings:
+    repo: str = _doc("Feature repo: a .py file, a folder with repo.py, or a module path.", "")
+    redis: tuple[Address, ...] = _doc(
+        "Redis Cluster seed nodes, comma-separated host:port.", (("127.0.0.1", 7000),)
+    )
+    host: str = _doc("Address to listen on.", "127.0.0.1")
+    port: int = _doc("gRPC port (0 picks a free one).", 50051)
+    workers: int = _doc("Server processes sharing the port via SO_REUSEPORT.", 1)
+    store_timeout_ms: float = _doc(
+        "Longest a call waits for Redis; a shorter client deadline shortens it further.", 50.0
+    )
+    deadline_margin_ms: float = _doc(
+        "Time kept back from the client's deadline to build and send the answer.", 1.0
+    )
+    connect_timeout_s: float = _doc("Timeout to connect to a Redis node.", 2.0)
+    connections_per_node: int = _doc("Multiplexed connections per Redis master.", 2)
+    max_rows: int = _doc("Largest batch: entity rows per GetFeatures/WriteFeatures call.", 10_000)
+    max_features: int = _doc("Most feature references per GetFeatures call.", 1_000)
+    max_message_mb: int = _doc("Largest gRPC message, request or response.", 64)
+    grace_period_s: float = _doc("On SIGTERM, how long in-flight calls may finish.", 10.0)
+    log_level: str = _doc("Python log level.", "INFO")
+
+    @classmethod
+    def load(
+        cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Defaults, then `FEATUREWELL_*` variables, then `overrides` (None values ignored)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            raw = env.get(ENV_PREFIX + spec.name.upper())
+            if raw is not None and raw != "":
+                values[spec.name] = _parse(spec.name, raw, spec.type)
+        for name, value in (overrides or {}).items():
+            if value is not None:
+                values[name] = _parse(name, value, _type_of(name)) if isinstance(value, str) else value
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        positive = ("workers", "store_timeout_ms", "connect_timeout_s", "connections_per_node",
+                    "max_rows", "max_features", "max_message_mb")  # fmt: skip
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"setting {name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"setting port must be 0-65535, got {self.port}")
+        if self.workers > 1 and self.port == 0:
+            raise ValueError("several workers need a fixed port, not port 0")
+        if not self.redis:
+            raise ValueError("setting redis needs at least one host:port")
+
+    def with_changes(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.max_message_mb * 1024 * 1024
+
+
+def _type_of(name: str) -> str:
+    for spec in fields(Settings):
+        if spec.name == name:
+            return str(spec.type)
+    raise ValueError(f"unknown setting {name!r}")
+
+
+def _parse(name: str, raw: str, kind: Any) -> Any:
+    kind = str(kind)
+    try:
+        if kind.startswith("tuple"):
+            return parse_addresses(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"setting {name}: cannot parse {raw!r} ({exc})") from None
+    return raw
+
+
+def parse_addresses(raw: str) -> tuple[Address, ...]:
+    """'h1:7000,h2:7001' -> (('h1', 7000), ('h2', 7001))."""
+    addresses = []
+    for part in raw.split(","):
+        host, sep, port = part.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"{part.strip()!r} is not host:port")
+        addresses.append((host, int(port)))
+    return tuple(addresses)
