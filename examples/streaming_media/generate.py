@@ -47,10 +47,15 @@ def generate(users: int, items: int, out: Path = DEFAULT_OUT, seed: int = 7) -> 
 
     # Each user watches a Zipf-skewed sample of titles.
     watches = rng.poisson(9, size=users) + 1
-    watched = [rng.choice(items, size=min(int(n), items), replace=False, p=popularity) for n in watches]
+    watched = [
+        rng.choice(items, size=min(int(n), items), replace=False, p=popularity) for n in watches
+    ]
     minutes = [rng.gamma(2.0, 20.0, size=len(w)).astype(np.float32) for w in watched]
     preference = np.stack(
-        [(item_embedding[w] * m[:, None]).sum(axis=0) / m.sum() for w, m in zip(watched, minutes, strict=True)]
+        [
+            (item_embedding[w] * m[:, None]).sum(axis=0) / m.sum()
+            for w, m in zip(watched, minutes, strict=True)
+        ]
     )
     seen_us = now_us - rng.integers(0, 20 * hour_us, size=users)
     away = rng.random(users) < 0.02  # not seen for a week: their activity is past max age
@@ -59,38 +64,52 @@ def generate(users: int, items: int, out: Path = DEFAULT_OUT, seed: int = 7) -> 
     item_ids = [item_id(n) for n in range(items)]
 
     tables: dict[str, pa.Table] = {
-        "user_activity": pa.table({
-            "user_id": user_ids,
-            "event_time": _ts(seen_us),
-            "watch_count_7d": watches.astype(np.int64),
-            "avg_watch_duration_min": np.array([m.mean() for m in minutes], dtype=np.float32),
-            "preferred_hour": rng.choice(24, size=users, p=_evening()).astype(np.int64),
-            "last_watch_ts": (seen_us // 1_000_000).astype(np.int64),
-            "recent_genre_ids": [item_genres[w[-5:]].astype(np.int64).tolist() for w in watched],
-        }),
-        "user_genre_preferences": pa.table({
-            "user_id": user_ids,
-            "event_time": _ts(seen_us),
-            "genre_vector": _vectors(_unit(preference)),
-        }),
-        "user_genre_preferences_v1": pa.table({
-            "user_id": user_ids,
-            "event_time": _ts(seen_us),
-            "genre_vector": _vectors(_unit(preference[:, :16])),
-        }),
-        "item_stats": pa.table({
-            "item_id": item_ids,
-            "event_time": _ts(now_us - rng.integers(0, hour_us, size=items)),
-            "popularity_score": (popularity / popularity.max()).astype(np.float32),
-            "watch_count_24h": rng.poisson(popularity * 200_000).astype(np.int64),
-            "duration_min": rng.choice([22.0, 45.0, 95.0, 120.0], size=items).astype(np.float32),
-        }),
-        "item_genre": pa.table({
-            "item_id": item_ids,
-            "event_time": _ts(np.full(items, now_us - 30 * 24 * hour_us)),
-            "primary_genre": [GENRES[g] for g in item_genres],
-            "genre_embedding": _vectors(item_embedding),
-        }),
+        "user_activity": pa.table(
+            {
+                "user_id": user_ids,
+                "event_time": _ts(seen_us),
+                "watch_count_7d": watches.astype(np.int64),
+                "avg_watch_duration_min": np.array([m.mean() for m in minutes], dtype=np.float32),
+                "preferred_hour": rng.choice(24, size=users, p=_evening()).astype(np.int64),
+                "last_watch_ts": (seen_us // 1_000_000).astype(np.int64),
+                "recent_genre_ids": [
+                    item_genres[w[-5:]].astype(np.int64).tolist() for w in watched
+                ],
+            }
+        ),
+        "user_genre_preferences": pa.table(
+            {
+                "user_id": user_ids,
+                "event_time": _ts(seen_us),
+                "genre_vector": _vectors(_unit(preference)),
+            }
+        ),
+        "user_genre_preferences_v1": pa.table(
+            {
+                "user_id": user_ids,
+                "event_time": _ts(seen_us),
+                "genre_vector": _vectors(_unit(preference[:, :16])),
+            }
+        ),
+        "item_stats": pa.table(
+            {
+                "item_id": item_ids,
+                "event_time": _ts(now_us - rng.integers(0, hour_us, size=items)),
+                "popularity_score": (popularity / popularity.max()).astype(np.float32),
+                "watch_count_24h": rng.poisson(popularity * 200_000).astype(np.int64),
+                "duration_min": rng.choice([22.0, 45.0, 95.0, 120.0], size=items).astype(
+                    np.float32
+                ),
+            }
+        ),
+        "item_genre": pa.table(
+            {
+                "item_id": item_ids,
+                "event_time": _ts(np.full(items, now_us - 30 * 24 * hour_us)),
+                "primary_genre": [GENRES[g] for g in item_genres],
+                "genre_embedding": _vectors(item_embedding),
+            }
+        ),
     }
     pairs_user = np.repeat(np.arange(users), [len(w) for w in watched])
     pairs_item = np.concatenate(watched)
@@ -108,16 +127,16 @@ def generate(users: int, items: int, out: Path = DEFAULT_OUT, seed: int = 7) -> 
 
 def _zipf(n: int, s: float) -> np.ndarray[Any, np.dtype[np.float64]]:
     weights = 1.0 / np.arange(1, n + 1) ** s
-    return weights / weights.sum()
+    return np.asarray(weights / weights.sum(), dtype=np.float64)
 
 
 def _evening() -> np.ndarray[Any, np.dtype[np.float64]]:
     weights = np.exp(-0.5 * ((np.arange(24) - 20.5) / 2.5) ** 2) + 0.05
-    return weights / weights.sum()
+    return np.asarray(weights / weights.sum(), dtype=np.float64)
 
 
 def _unit(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    return np.asarray(x / np.linalg.norm(x, axis=1, keepdims=True))
 
 
 def _ts(us: np.ndarray[Any, Any]) -> pa.Array:

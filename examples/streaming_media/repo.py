@@ -4,12 +4,12 @@ One definition of every feature, used by the server (`featurewell serve --repo
 examples/streaming_media`), by `featurewell materialize`, and offline by training code.
 """
 
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-
 from featurewell.definitions import (
     Bool,
     Embedding,
@@ -26,7 +26,7 @@ from featurewell.definitions import (
 )
 
 GENRE_DIM = 32
-Columns = dict[str, npt.NDArray[Any]]
+Columns = Mapping[str, npt.NDArray[Any]]
 
 user = Entity("user", join_keys={"user_id": String}, description="A viewer account")
 item = Entity("item", join_keys={"item_id": String}, description="A title in the catalog")
@@ -38,14 +38,24 @@ user_activity = FeatureView(
     version=1,
     max_age=timedelta(days=2),
     features=[
-        Feature("watch_count_7d", Int64, default=0, description="Titles watched in the last 7 days",
-                expected=Stats(mean=9.0, std=7.0, min=0)),
-        Feature("avg_watch_duration_min", Float32, default=0.0,
-                description="Mean minutes per session over 30 days", expected=Stats(mean=38, std=18)),
+        Feature(
+            "watch_count_7d",
+            Int64,
+            default=0,
+            description="Titles watched in the last 7 days",
+            expected=Stats(mean=9.0, std=7.0, min=0),
+        ),
+        Feature(
+            "avg_watch_duration_min",
+            Float32,
+            default=0.0,
+            description="Mean minutes per session over 30 days",
+            expected=Stats(mean=38, std=18),
+        ),
         Feature("preferred_hour", Int64, default=20, description="Hour of day with most watching"),
         Feature("last_watch_ts", Int64, default=0, description="Unix seconds of the last watch"),
         Feature("recent_genre_ids", ListOf(Int64), description="Genres of the last 5 titles"),
-    ],  # fmt: skip
+    ],
     source=ParquetSource("data/user_activity.parquet"),
     owner="recs-features@streaming.example",
     description="Viewing behaviour aggregates per user",
@@ -67,9 +77,12 @@ user_genre_preferences = FeatureView(
     version=2,
     max_age=timedelta(days=7),
     features=[
-        Feature("genre_vector", Embedding(GENRE_DIM),
-                description="Duration-weighted mean of watched titles' genre embeddings"),
-    ],  # fmt: skip
+        Feature(
+            "genre_vector",
+            Embedding(GENRE_DIM),
+            description="Duration-weighted mean of watched titles' genre embeddings",
+        ),
+    ],
     source=ParquetSource("data/user_genre_preferences.parquet"),
 )
 
@@ -78,11 +91,15 @@ item_stats = FeatureView(
     entity=item,
     max_age=timedelta(days=1),
     features=[
-        Feature("popularity_score", Float32, description="Exponentially decayed view count",
-                expected=Stats(mean=0.05, std=0.1, min=0)),
+        Feature(
+            "popularity_score",
+            Float32,
+            description="Exponentially decayed view count",
+            expected=Stats(mean=0.05, std=0.1, min=0),
+        ),
         Feature("watch_count_24h", Int64),
         Feature("duration_min", Float32, default=45.0),
-    ],  # fmt: skip
+    ],
     source=ParquetSource("data/item_stats.parquet"),
 )
 
@@ -90,10 +107,14 @@ item_genre = FeatureView(
     "item_genre",
     entity=item,
     features=[
-        Feature("primary_genre", String, default="unknown",
-                expected=Stats(top_categories=("drama", "comedy", "action"))),
+        Feature(
+            "primary_genre",
+            String,
+            default="unknown",
+            expected=Stats(top_categories=("drama", "comedy", "action")),
+        ),
         Feature("genre_embedding", Embedding(GENRE_DIM)),
-    ],  # fmt: skip
+    ],
     source=ParquetSource("data/item_genre.parquet"),
 )
 
@@ -141,4 +162,3 @@ def timing(x: Columns) -> Columns:
     """Whether the request's hour is within one hour of the user's preferred hour."""
     distance = np.abs(x["hour"] - x["preferred"]) % 24
     return {"is_preferred_hour": np.minimum(distance, 24 - distance) <= 1}
-

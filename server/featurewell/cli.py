@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
-
 from featurewell.definitions import load_repo
 from featurewell.devcluster import start_local_cluster
 from featurewell.errors import FeaturewellError
@@ -139,7 +138,9 @@ def _cluster(_settings: Settings, args: argparse.Namespace) -> None:
 
 def _demo(settings: Settings, args: argparse.Namespace) -> None:
     repo = Path(settings.repo)
-    print(f"starting a local Redis Cluster (3 masters, {args.replicas} replicas each)...", flush=True)
+    print(
+        f"starting a local Redis Cluster (3 masters, {args.replicas} replicas each)...", flush=True
+    )
     with start_local_cluster(3, args.replicas) as cluster:
         settings = settings.with_changes(redis=tuple(cluster.seeds))
         generator = repo / "generate.py"
@@ -166,7 +167,8 @@ async def _demo_serve(settings: Settings) -> None:
 
 def _load_module(path: Path) -> Any:
     spec = importlib.util.spec_from_file_location(f"featurewell_demo_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

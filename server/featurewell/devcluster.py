@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import hiredis
-
 from featurewell.store.connection import Address, encode_command
 from featurewell.store.keys import SLOTS
 
@@ -70,10 +69,14 @@ def start_local_cluster(
 ) -> LocalCluster:
     """Start `masters` masters (+ replicas), assign all slots, wait until the cluster is ok."""
     if shutil.which(redis_server) is None:
-        raise RuntimeError(f"{redis_server!r} not found: install Redis (apt-get install redis-server)")
+        raise RuntimeError(
+            f"{redis_server!r} not found: install Redis (apt-get install redis-server)"
+        )
     ports = _free_ports(masters * (1 + replicas_per_master))
     directory = workdir or Path(tempfile.mkdtemp(prefix="featurewell-cluster-"))
-    cluster = LocalCluster(ports[:masters], ports[masters:], directory, owns_workdir=workdir is None)
+    cluster = LocalCluster(
+        ports[:masters], ports[masters:], directory, owns_workdir=workdir is None
+    )
     try:
         for port in ports:
             cluster.processes[port] = _spawn(redis_server, port, directory, node_timeout_ms)
@@ -86,12 +89,16 @@ def start_local_cluster(
     return cluster
 
 
-def _spawn(binary: str, port: int, directory: Path, node_timeout_ms: int) -> subprocess.Popen[bytes]:
+def _spawn(
+    binary: str, port: int, directory: Path, node_timeout_ms: int
+) -> subprocess.Popen[bytes]:
     args = [
         binary, "--port", str(port), "--bind", HOST, "--protected-mode", "no",
         "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
         "--cluster-node-timeout", str(node_timeout_ms), "--save", "", "--appendonly", "no",
         "--dir", str(directory), "--logfile", str(directory / f"redis-{port}.log"),
+        # Replicas sync at once instead of waiting 5 s for more replicas to share a transfer.
+        "--repl-diskless-sync-delay", "0",
     ]  # fmt: skip
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

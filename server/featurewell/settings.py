@@ -59,7 +59,9 @@ class Settings:
                 values[spec.name] = _parse(spec.name, raw, spec.type)
         for name, value in (overrides or {}).items():
             if value is not None:
-                values[name] = _parse(name, value, _type_of(name)) if isinstance(value, str) else value
+                values[name] = (
+                    _parse(name, value, _type_of(name)) if isinstance(value, str) else value
+                )
         settings = cls(**values)
         settings.validate()
         return settings

@@ -1,10 +1,10 @@
 """featurewell's thin client: feature matrices for rankers and model servers in one call.
 
-    from featurewell.client import FeatureClient
-    with FeatureClient("localhost:50051") as client:
-        result = client.get_features(["user_activity:*", "item_stats:*"],
-                                     entities={"user_id": ["u1"], "item_id": items})
-        matrix, names = result.to_numpy()
+from featurewell.client import FeatureClient
+with FeatureClient("localhost:50051") as client:
+    result = client.get_features(["user_activity:*", "item_stats:*"],
+                                 entities={"user_id": ["u1"], "item_id": items})
+    matrix, names = result.to_numpy()
 """
 
 from featurewell.client._client import FeatureClient, build_request, to_values

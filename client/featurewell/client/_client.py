@@ -7,7 +7,6 @@ from typing import Any
 
 import grpc
 import numpy as np
-
 from featurewell.client._columns import fill_column
 from featurewell.client._errors import translate
 from featurewell.client._result import FeatureResult
@@ -64,7 +63,7 @@ class FeatureClient:
                 ("grpc.max_send_message_length", _MAX_MESSAGE),
             ],
         )
-        self._stub = pb_grpc.FeatureServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._stub = pb_grpc.FeatureServiceStub(self._channel)
         self.timeout = timeout
 
     def close(self) -> None:

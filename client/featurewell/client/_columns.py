@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-
 from featurewell.v1 import feature_service_pb2 as pb
 
 # ValueType -> little-endian element dtype of `data`.
@@ -43,7 +42,9 @@ def fixed_values(column: pb.FeatureColumn) -> npt.NDArray[Any]:
             f"({column.length} rows of {width} x {dtype})"
         )
     values = np.frombuffer(column.data, dtype=dtype)
-    return values.reshape(column.length, width) if column.type == pb.VALUE_TYPE_EMBEDDING else values
+    return (
+        values.reshape(column.length, width) if column.type == pb.VALUE_TYPE_EMBEDDING else values
+    )
 
 
 def list_values(column: pb.FeatureColumn) -> tuple[npt.NDArray[Any], npt.NDArray[np.int32]]:

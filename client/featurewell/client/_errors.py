@@ -1,11 +1,11 @@
 """Client errors: gRPC failures translated once, into a small typed tree.
 
-    FeatureClientError
-    ├── InvalidArgument     the request is malformed (fix the call)
-    ├── NotFound            unknown feature/view, or strict mode and missing entities
-    ├── DeadlineExceeded    no answer within the deadline
-    ├── Unavailable         server or store unreachable (retryable)
-    └── ServerError         anything else the server reported
+FeatureClientError
+├── InvalidArgument     the request is malformed (fix the call)
+├── NotFound            unknown feature/view, or strict mode and missing entities
+├── DeadlineExceeded    no answer within the deadline
+├── Unavailable         server or store unreachable (retryable)
+└── ServerError         anything else the server reported
 """
 
 from __future__ import annotations

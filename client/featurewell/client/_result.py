@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-
 from featurewell.client._columns import LIST_TYPES, fixed_values, list_values, string_values
 from featurewell.v1 import feature_service_pb2 as pb
 
@@ -52,7 +51,9 @@ class Column:
             statuses = np.frombuffer(message.statuses, dtype=np.uint8)
         else:
             statuses = np.full(message.length, Status.PRESENT, dtype=np.uint8)
-        stamps = np.frombuffer(message.event_timestamps, "<i8") if message.event_timestamps else None
+        stamps = (
+            np.frombuffer(message.event_timestamps, "<i8") if message.event_timestamps else None
+        )
         return cls(message.name, message.type, message.length, values, statuses, stamps,
                    message.entity, message.version)  # fmt: skip
 

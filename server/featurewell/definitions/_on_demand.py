@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-
 from featurewell.definitions._names import check_name
 from featurewell.definitions._types import CONTEXT_TYPES, FeatureType, Kind
 from featurewell.definitions._view import Feature
@@ -46,16 +45,18 @@ class OnDemandTransform:
             check_name(alias, f"{where} input alias")
             if not isinstance(ref, str) or ":" not in ref or ref.endswith(":*"):
                 raise DefinitionError(
-                    f"{where}: input {alias!r} must name one feature as 'view:feature', "
-                    f"got {ref!r}"
+                    f"{where}: input {alias!r} must name one feature as 'view:feature', got {ref!r}"
                 )
         for key, key_type in self.context.items():
             check_name(key, f"{where} context field")
             if key in self.inputs:
-                raise DefinitionError(f"{where}: {key!r} is both an input alias and a context field")
+                raise DefinitionError(
+                    f"{where}: {key!r} is both an input alias and a context field"
+                )
             if key_type not in CONTEXT_TYPES:
                 raise DefinitionError(
-                    f"{where}: context {key!r} has type {key_type}; use Int64, Float64, Bool or String"
+                    f"{where}: context {key!r} has type {key_type}; "
+                    "use Int64, Float64, Bool or String"
                 )
         if not self.inputs and not self.context:
             raise DefinitionError(f"{where} has no inputs and no context")
@@ -130,12 +131,14 @@ def _conform(name: str, output: Feature, value: Any, rows: int) -> npt.NDArray[A
     if array.shape[1:] != expected_tail or array.shape[0] not in (1, rows):
         raise TransformFailed(
             f"on-demand transform {name!r} output {output.name!r} has shape {array.shape}; "
-            f"expected ({rows}{', ' + str(dtype.dim) if expected_tail else ''}) or a broadcastable 1"
+            f"expected {(rows, *expected_tail)} or a broadcastable length of 1"
         )
     if dtype.kind is Kind.STRING:
         return array.astype(str).astype(object)
     try:
-        return array.astype(dtype.element_dtype, casting="same_kind" if array.dtype != bool else "unsafe")
+        return array.astype(
+            dtype.element_dtype, casting="same_kind" if array.dtype != bool else "unsafe"
+        )
     except TypeError as exc:
         raise TransformFailed(
             f"on-demand transform {name!r} output {output.name!r} is {array.dtype}, "
@@ -153,15 +156,15 @@ def on_demand(
 ) -> Callable[[TransformFn], OnDemandTransform]:
     """Declare an on-demand transform from a vectorised function::
 
-        @on_demand(inputs={"pref": "user_genres:vector", "item": "item_genre:vector"},
-                   outputs=[Feature("genre_affinity", Float32)])
-        def user_item_affinity(x):
-            return {"genre_affinity": (x["pref"] * x["item"]).sum(axis=1)}
+    @on_demand(inputs={"pref": "user_genres:vector", "item": "item_genre:vector"},
+               outputs=[Feature("genre_affinity", Float32)])
+    def user_item_affinity(x):
+        return {"genre_affinity": (x["pref"] * x["item"]).sum(axis=1)}
     """
 
     def wrap(fn: TransformFn) -> OnDemandTransform:
         return OnDemandTransform(
-            name=name or getattr(fn, "__name__", ""),
+            name=name or str(getattr(fn, "__name__", "")),
             inputs=inputs,
             context=context or {},
             outputs=outputs,

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 from featurewell.errors import InvalidRequest
 
-_REF = re.compile(r"(?P<table>[a-z][a-z0-9_]*)(?:@v(?P<version>[1-9][0-9]*))?:(?P<field>\*|[a-z][a-z0-9_]*)")
+_REF = re.compile(
+    r"(?P<table>[a-z][a-z0-9_]*)(?:@v(?P<version>[1-9][0-9]*))?:(?P<field>\*|[a-z][a-z0-9_]*)"
+)
 
 
 @dataclass(frozen=True, slots=True)

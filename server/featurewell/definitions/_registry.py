@@ -47,7 +47,9 @@ class Registry:
             elif isinstance(item, OnDemandTransform):
                 _add_unique(transforms, item.name, item, f"on-demand transform {item.name!r}")
             else:
-                raise DefinitionError(f"{item!r} is not an Entity, FeatureView or on-demand transform")
+                raise DefinitionError(
+                    f"{item!r} is not an Entity, FeatureView or on-demand transform"
+                )
         for view in views.values():  # views may name entities the repo never listed itself
             if entities.setdefault(view.entity.name, view.entity) is not view.entity:
                 raise DefinitionError(
@@ -96,7 +98,9 @@ class Registry:
         found = self.views.get((name, resolved))
         if found is None:
             versions = sorted(v for n, v in self.views if n == name)
-            raise UnknownFeature(f"feature view {name!r} has no version {resolved}; it has {versions}")
+            raise UnknownFeature(
+                f"feature view {name!r} has no version {resolved}; it has {versions}"
+            )
         return found
 
     def feature(self, ref: FeatureRef) -> tuple[FeatureView, Feature]:

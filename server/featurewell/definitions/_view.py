@@ -47,12 +47,13 @@ class Feature:
             else self.dtype.coerce(self.default, f"default of feature {self.name!r}")
         )
         object.__setattr__(self, "default", default)
-        if self.expected is not None and self.dtype.kind is Kind.STRING:
-            if any(v is not None for v in (self.expected.mean, self.expected.std)):
-                raise DefinitionError(
-                    f"feature {self.name!r} is a string: expected statistics take "
-                    "top_categories, not mean/std"
-                )
+        expected = self.expected
+        numeric_stats = expected is not None and (expected.mean, expected.std) != (None, None)
+        if numeric_stats and self.dtype.kind is Kind.STRING:
+            raise DefinitionError(
+                f"feature {self.name!r} is a string: expected statistics take "
+                "top_categories, not mean/std"
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-
 from featurewell.definitions import FeatureView, Kind, Registry
 from featurewell.errors import DefinitionError, InvalidRequest
 from featurewell.serving.engine import FeatureEngine, InputColumn, WriteRequest
@@ -92,7 +91,9 @@ def _batches(registry: Registry, view: FeatureView, batch_rows: int) -> Iterator
                 key: _key_column(view, key, batch.column(key)) for key in view.entity.key_names
             },
             event_time_us=_timestamps(batch.column(view.source.timestamp_field)),
-            features={f.name: _feature_column(f.dtype.kind, batch.column(f.name)) for f in view.features},
+            features={
+                f.name: _feature_column(f.dtype.kind, batch.column(f.name)) for f in view.features
+            },
         )
 
 
@@ -118,9 +119,9 @@ def _feature_column(kind: Kind, array: pa.Array) -> ColumnValues:
     if kind is Kind.STRING:
         return np.asarray(array.to_numpy(zero_copy_only=False), dtype=object)
     if kind is Kind.EMBEDDING:
-        flat = pc.list_flatten(array).to_numpy(zero_copy_only=False)
+        flat = np.asarray(pc.list_flatten(array).to_numpy(zero_copy_only=False))
         return flat.reshape(len(array), -1)
     if kind in (Kind.INT64_LIST, Kind.FLOAT64_LIST):
         offsets = array.offsets.to_numpy()
         return Ragged(pc.list_flatten(array).to_numpy(), (offsets - offsets[0]).astype(np.int32))
-    return array.to_numpy(zero_copy_only=False)
+    return np.asarray(array.to_numpy(zero_copy_only=False))

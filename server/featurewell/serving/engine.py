@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-
 from featurewell.definitions import Entity, FeatureType, Kind, Registry
 from featurewell.errors import (
     DeadlineExceeded,
@@ -27,7 +26,7 @@ from featurewell.serving.plan import Plan, Planner, ViewRead
 from featurewell.settings import Settings
 from featurewell.store.codec import DecodedRows
 from featurewell.store.keys import entity_tags, slot_of, view_keys
-from featurewell.store.online import OnlineStore, WriteOutcome
+from featurewell.store.online import EntityRead, OnlineStore, WriteOutcome
 from featurewell.values import ColumnValues, Status, worst_status
 
 
@@ -117,7 +116,9 @@ class FeatureEngine:
                         dtype=output.feature.dtype,
                         values=got.rows.values[output.feature.name],
                         statuses=got.statuses,
-                        event_time_us=got.rows.event_time_us if request.include_event_timestamps else None,
+                        event_time_us=got.rows.event_time_us
+                        if request.include_event_timestamps
+                        else None,
                         entity=output.read.view.entity.name,
                         version=output.read.view.version,
                     )
@@ -156,13 +157,13 @@ class FeatureEngine:
                         f"send entities={{'{key}': [...]}}"
                     )
         for name, field_type in plan.context.items():
-            column = request.context.get(name)
-            if column is None:
+            given = request.context.get(name)
+            if given is None:
                 raise InvalidRequest(
                     f"the requested on-demand features need request context {name!r} "
                     f"({field_type}); send context={{'{name}': [...]}}"
                 )
-            _check_kind(f"context {name!r}", field_type, column)
+            _check_kind(f"context {name!r}", field_type, given)
         lengths = {
             f"entity key {k!r}": len(c.values) for k, c in request.entities.items() if k in needed
         }
@@ -178,9 +179,7 @@ class FeatureEngine:
             )
         wrong = {what: n for what, n in lengths.items() if n not in (1, rows)}
         if wrong:
-            raise InvalidRequest(
-                f"column lengths must be 1 (broadcast) or {rows}; got {wrong}"
-            )
+            raise InvalidRequest(f"column lengths must be 1 (broadcast) or {rows}; got {wrong}")
         return rows
 
     # -- reading -------------------------------------------------------------------------------
@@ -188,34 +187,29 @@ class FeatureEngine:
     async def _fetch(
         self, plan: Plan, entities: Mapping[str, InputColumn], rows: int, budget: Budget
     ) -> dict[int, _Fetched]:
-        tags_of: dict[int, tuple[list[bytes], list[int]]] = {}
-        for entity in plan.entities:
-            tags = _tags(entity, entities, rows)
-            tags_of[id(entity)] = (tags, [slot_of(tag) for tag in tags])
-        keys: list[bytes] = []
-        slots: list[int] = []
-        for read in plan.reads:
-            tags, entity_slots = tags_of[id(read.view.entity)]
-            keys += view_keys(read.prefix, tags)
-            slots += entity_slots
+        reads: list[EntityRead] = []
+        for group in plan.groups:
+            tags = _tags(group.entity, entities, rows)
+            prefixes = [read.prefix for read in group.reads]
+            reads.append(EntityRead(prefixes, tags, [slot_of(tag) for tag in tags]))
         try:
-            raw = await self.store.read(keys, slots, budget.seconds)
+            stored = await self.store.read(reads, budget.seconds)
         except StoreTimeout as exc:
             if budget.deadline_bound:
-                raise DeadlineExceeded(f"the call's deadline expired waiting for Redis: {exc}") from exc
+                raise DeadlineExceeded(
+                    f"the call's deadline expired waiting for Redis: {exc}"
+                ) from exc
             raise
         now_us = time.time_ns() // 1000
         fetched: dict[int, _Fetched] = {}
-        start = 0
-        for read in plan.reads:
-            count = len(tags_of[id(read.view.entity)][0])
-            decoded = read.codec.decode(raw[start : start + count])
-            start += count
-            fetched[id(read)] = _Fetched(decoded, _statuses(read, decoded, now_us))
+        for group, views in zip(plan.groups, stored, strict=True):
+            for read, wanted, rows_of_view in zip(group.reads, group.wanted, views, strict=True):
+                decoded = read.codec.decode(rows_of_view, wanted)
+                fetched[id(read)] = _Fetched(decoded, _statuses(read, decoded, now_us))
         return fetched
 
     def _require_present(self, plan: Plan, fetched: Mapping[int, _Fetched]) -> None:
-        for read in plan.reads:
+        for read in (read for group in plan.groups for read in group.reads):
             got = fetched[id(read)]
             missing = int(np.count_nonzero(~got.rows.present))
             if missing:
@@ -261,7 +255,9 @@ class FeatureEngine:
         if rows == 0:
             raise InvalidRequest("empty write: send at least one row")
         if rows > self.settings.max_rows:
-            raise InvalidRequest(f"write of {rows} rows exceeds the limit of {self.settings.max_rows}")
+            raise InvalidRequest(
+                f"write of {rows} rows exceeds the limit of {self.settings.max_rows}"
+            )
         if int(request.event_time_us.min()) <= 0:
             raise InvalidRequest("event timestamps must be positive microseconds since the epoch")
         for key in view.entity.key_names:
@@ -270,7 +266,9 @@ class FeatureEngine:
                 raise InvalidRequest(f"writing {view.ref!r} needs entity key {key!r}")
             _check_kind(f"entity key {key!r}", view.entity.join_keys[key], column)
             if len(column.values) != rows:
-                raise InvalidRequest(f"entity key {key!r} has {len(column.values)} values for {rows} rows")
+                raise InvalidRequest(
+                    f"entity key {key!r} has {len(column.values)} values for {rows} rows"
+                )
         unknown = sorted(set(request.features) - set(view.feature_index))
         if unknown:
             raise UnknownFeature(f"feature view {view.ref!r} has no features {unknown}")

@@ -50,13 +50,26 @@ class TransformStep:
     inputs: tuple[tuple[str, ViewRead, str], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class EntityGroup:
+    """The views read for one entity, fetched together (one MGET per entity row), and the
+    features each of them must decode."""
+
+    entity: Entity
+    reads: tuple[ViewRead, ...]
+    wanted: tuple[frozenset[str], ...]
+
+
 @dataclass(frozen=True, eq=False)
 class Plan:
-    reads: tuple[ViewRead, ...]
+    groups: tuple[EntityGroup, ...]
     transforms: tuple[TransformStep, ...]
     outputs: tuple[Output, ...]
-    entities: tuple[Entity, ...]
     context: dict[str, FeatureType]
+
+    @property
+    def entities(self) -> tuple[Entity, ...]:
+        return tuple(group.entity for group in self.groups)
 
 
 class Planner:
@@ -118,14 +131,25 @@ class Planner:
                 inputs.append((alias, reads.setdefault(id(view), self.read_of(view)), feature.name))
             steps.append(TransformStep(transform, tuple(inputs)))
             context.update(transform.context)
-        entities = {id(r.view.entity): r.view.entity for r in reads.values()}
-        return Plan(
-            reads=tuple(reads.values()),
-            transforms=tuple(steps),
-            outputs=tuple(outputs.values()),
-            entities=tuple(entities.values()),
-            context=context,
+        wanted: dict[int, set[str]] = {id(read): set() for read in reads.values()}
+        for column in outputs.values():
+            if column.read is not None:
+                wanted[id(column.read)].add(column.feature.name)
+        for step in steps:
+            for _, read, feature_name in step.inputs:
+                wanted[id(read)].add(feature_name)
+        by_entity: dict[int, list[ViewRead]] = {}
+        for read in reads.values():
+            by_entity.setdefault(id(read.view.entity), []).append(read)
+        groups = tuple(
+            EntityGroup(
+                members[0].view.entity,
+                tuple(members),
+                tuple(frozenset(wanted[id(read)]) for read in members),
+            )
+            for members in by_entity.values()
         )
+        return Plan(groups, tuple(steps), tuple(outputs.values()), context)
 
 
 def _select(

@@ -4,7 +4,6 @@ turning the call's deadline into a store budget."""
 from __future__ import annotations
 
 import grpc
-
 from featurewell.errors import DeadlineExceeded
 from featurewell.serving import wire
 from featurewell.serving.engine import Budget, FeatureEngine

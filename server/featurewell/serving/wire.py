@@ -9,7 +9,6 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
-
 from featurewell.client._columns import (
     ColumnFormatError,
     fill_column,
@@ -112,7 +111,7 @@ def catalog(registry: Registry) -> pb.ListFeaturesResponse:
         response.entities.add(
             name=entity.name,
             join_keys=list(entity.key_names),
-            key_types=[int(t.kind) for t in entity.join_keys.values()],  # type: ignore[misc]
+            key_types=[int(t.kind) for t in entity.join_keys.values()],
             description=entity.description,
         )
     for (name, version), view in sorted(registry.views.items()):

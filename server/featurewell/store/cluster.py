@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import hiredis
-
+import numpy as np
+import numpy.typing as npt
 from featurewell.errors import StoreUnavailable
 from featurewell.store.connection import Address, Connection, encode_command
 from featurewell.store.keys import SLOTS
@@ -41,7 +42,7 @@ class ClusterClient:
         self._seeds = list(seeds)
         self._connect_timeout = connect_timeout
         self._per_node = max(1, connections_per_node)
-        self._owner: list[int] = [-1] * SLOTS
+        self._owner = np.full(SLOTS, -1, dtype=np.int64)
         self._nodes: list[Address] = []
         self._pools: dict[Address, list[Connection]] = {}
         self._opening: dict[Address, asyncio.Lock] = {}
@@ -52,10 +53,10 @@ class ClusterClient:
     @property
     def masters(self) -> list[Address]:
         """Addresses of the nodes that own at least one slot."""
-        return sorted({self._nodes[i] for i in set(self._owner) if i >= 0})
+        return sorted({self._nodes[i] for i in np.unique(self._owner).tolist() if i >= 0})
 
     def node_of(self, slot: int) -> Address | None:
-        index = self._owner[slot]
+        index = int(self._owner[slot])
         return self._nodes[index] if index >= 0 else None
 
     async def start(self) -> None:
@@ -100,7 +101,7 @@ class ClusterClient:
             )
 
     def _apply_slots(self, reply: list[Any], asked: Address) -> None:
-        owner = [-1] * SLOTS
+        owner = np.full(SLOTS, -1, dtype=np.int64)
         nodes: list[Address] = []
         index: dict[Address, int] = {}
         for start, end, master, *_replicas in reply:
@@ -109,7 +110,7 @@ class ClusterClient:
             position = index.setdefault(address, len(nodes))
             if position == len(nodes):
                 nodes.append(address)
-            owner[start : end + 1] = [position] * (end - start + 1)
+            owner[start : end + 1] = position
         self._owner, self._nodes = owner, nodes
 
     def _node_index(self, address: Address) -> int:
@@ -141,11 +142,12 @@ class ClusterClient:
         """Run `commands[i]` on the master owning `slots[i]`; replies in the same order.
         Error replies other than redirects come back as `hiredis.ReplyError` values."""
         results: list[Any] = [None] * len(commands)
+        slot_array = np.asarray(slots, dtype=np.int64)
         todo: Sequence[int] = range(len(commands))
         asking: dict[int, Address] = {}
         failure = "no attempt made"
         for round_number in range(_MAX_ROUNDS):
-            retry, refresh, failure = await self._round(commands, slots, todo, asking, results)
+            retry, refresh, failure = await self._round(commands, slot_array, todo, asking, results)
             if not retry:
                 return results
             if refresh:
@@ -160,34 +162,21 @@ class ClusterClient:
     async def _round(
         self,
         commands: Sequence[bytes],
-        slots: Sequence[int],
+        slots: npt.NDArray[np.int64],
         todo: Sequence[int],
         asking: dict[int, Address],
         results: list[Any],
     ) -> tuple[list[int], bool, str]:
-        groups: dict[Address, list[int]] = {}
-        owner, nodes = self._owner, self._nodes
-        retry: list[int] = []
-        for i in todo:
-            target = asking.get(i)
-            if target is None:
-                position = owner[slots[i]]
-                if position < 0:
-                    retry.append(i)
-                    continue
-                target = nodes[position]
-            group = groups.get(target)
-            if group is None:
-                groups[target] = [i]
-            else:
-                group.append(i)
+        groups, retry = self._group(slots, todo, asking)
         refresh = bool(retry)
         failure = f"{len(retry)} slots have no owner" if retry else ""
         in_flight: list[tuple[Address, list[int], asyncio.Future[list[Any]] | None]] = []
         for address, indexes in groups.items():
             try:
                 connection = self._ready(address) or await self._connection(address)
-                in_flight.append((address, indexes, connection.send(*self._payload(commands, indexes, asking))))
+                in_flight.append(
+                    (address, indexes, connection.send(*self._payload(commands, indexes, asking)))
+                )
             except StoreUnavailable as exc:
                 retry.extend(indexes)
                 refresh, failure = True, str(exc)
@@ -220,6 +209,26 @@ class ClusterClient:
                 retry.append(i)
         return retry, refresh, failure
 
+    def _group(
+        self, slots: npt.NDArray[np.int64], todo: Sequence[int], asking: dict[int, Address]
+    ) -> tuple[dict[Address, list[int]], list[int]]:
+        """Command indexes per target node (in bulk: no per-key Python), and the indexes whose
+        slot has no known owner."""
+        indexes = np.asarray(todo, dtype=np.int64)
+        owners = self._owner[slots[indexes]]
+        groups: dict[Address, list[int]] = {}
+        for position in np.unique(owners).tolist():
+            members = indexes[owners == position].tolist()
+            if position >= 0:
+                groups[self._nodes[position]] = members
+        retry = indexes[owners < 0].tolist()
+        for i, target in asking.items():  # ASK redirects override the slot owner, rarely
+            for members in groups.values():
+                if i in members:
+                    members.remove(i)
+            groups.setdefault(target, []).append(i)
+        return {address: members for address, members in groups.items() if members}, retry
+
     @staticmethod
     def _payload(
         commands: Sequence[bytes], indexes: list[int], asking: dict[int, Address]
@@ -234,7 +243,9 @@ class ClusterClient:
         return b"".join(parts), len(parts)
 
     @staticmethod
-    def _strip_asking(replies: list[Any], indexes: list[int], asking: dict[int, Address]) -> list[Any]:
+    def _strip_asking(
+        replies: list[Any], indexes: list[int], asking: dict[int, Address]
+    ) -> list[Any]:
         out: list[Any] = []
         position = 0
         for i in indexes:

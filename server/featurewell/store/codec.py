@@ -13,13 +13,12 @@ binds a row to its schema, which is why a schema change needs a new view version
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-
 from featurewell.definitions import Feature, FeatureView, Kind
 from featurewell.errors import CorruptRow, InvalidRequest
 from featurewell.values import ColumnValues, Ragged
@@ -114,7 +113,11 @@ class RowCodec:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def decode(self, rows: Sequence[bytes | None]) -> DecodedRows:
+    def decode(
+        self, rows: Sequence[bytes | None], wanted: Collection[str] | None = None
+    ) -> DecodedRows:
+        """Decode rows; only the features in `wanted` (default: all) are materialised, so a
+        request for one embedding of a view with strings parses no strings."""
         count = len(rows)
         present_rows = [r for r in rows if r is not None]
         if len(present_rows) == count:
@@ -127,6 +130,8 @@ class RowCodec:
         values: dict[str, ColumnValues] = {}
         all_present = len(present_rows) == count
         for feature in self._fixed:
+            if wanted is not None and feature.name not in wanted:
+                continue
             stored = block[feature.name]
             if all_present:
                 values[feature.name] = stored
@@ -135,7 +140,7 @@ class RowCodec:
                 column[...] = feature.default
                 column[present] = stored
                 values[feature.name] = column
-        if self._variable:
+        if self._variable and (wanted is None or any(f.name in wanted for f in self._variable)):
             values.update(self._decode_variable(present_rows, present))
         return DecodedRows(present, event_time, values)
 
@@ -147,9 +152,7 @@ class RowCodec:
             joined = b"".join([r[:size] for r in present_rows])
         else:
             joined = b"".join(present_rows)
-            if len(joined) != size * len(present_rows) or any(
-                len(r) != size for r in present_rows
-            ):
+            if present_rows and set(map(len, present_rows)) != {size}:
                 raise self._corrupt()
         return np.frombuffer(joined, dtype=self.fixed_dtype)
 

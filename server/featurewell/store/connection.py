@@ -14,7 +14,6 @@ from collections import deque
 from typing import Any, cast
 
 import hiredis
-
 from featurewell.errors import StoreUnavailable
 
 Address = tuple[str, int]
@@ -26,10 +25,6 @@ def encode_command(*args: bytes | str | int) -> bytes:
         raw = arg.encode() if isinstance(arg, str) else b"%d" % arg if isinstance(arg, int) else arg
         parts.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
     return b"".join(parts)
-
-
-def encode_get(key: bytes) -> bytes:
-    return b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key)
 
 
 class _Batch:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from binascii import crc_hqx
 from collections.abc import Sequence
+from typing import cast
 
 from featurewell.definitions import FeatureView
 
@@ -47,9 +48,9 @@ def entity_tags(columns: Sequence[KeyColumn], rows: int) -> list[bytes]:
 
 
 def _encode_column(column: KeyColumn) -> list[bytes]:
-    if not column or isinstance(column[0], int):
-        return [b"%d" % value for value in column]  # type: ignore[str-bytes-safe]
-    out = [value.encode() for value in column]  # type: ignore[union-attr]
+    if not column or not isinstance(column[0], str):
+        return [b"%d" % value for value in cast(Sequence[int], column)]
+    out = [value.encode() for value in cast(Sequence[str], column)]
     joined = b"".join(out)
     if any(special in joined for special in _SPECIAL):
         out = [_escape(value) for value in out]

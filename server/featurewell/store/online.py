@@ -8,10 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import hiredis
-
 from featurewell.errors import StoreError, StoreTimeout, StoreUnavailable
 from featurewell.store.cluster import ClusterClient
-from featurewell.store.connection import Address, encode_command, encode_get
+from featurewell.store.connection import Address, encode_command
 
 # Compare-and-set on event time, atomic per key: an event older than the stored one never
 # overwrites it (equal times: the later write wins, so a corrected row can be re-sent).
@@ -30,6 +29,29 @@ end
 return 1
 """
 _WRITE_SHA = hashlib.sha1(_WRITE_IF_NEWER).hexdigest().encode()
+
+
+@dataclass(frozen=True, slots=True)
+class EntityRead:
+    """One entity's rows in one or more views: the key of row r in view v is
+    `prefixes[v] + tags[r] + b"}"`. A row's keys share its hash tag, hence `slots[r]`, so each
+    row is one GET (one view) or one MGET (several)."""
+
+    prefixes: list[bytes]
+    tags: list[bytes]
+    slots: list[int]
+
+    def commands(self) -> list[bytes]:
+        """RESP commands built straight from prefix and tag: no per-key objects."""
+        tags = self.tags
+        parts = [
+            [b"$%d\r\n%s%s}\r\n" % (len(prefix) + len(tag) + 1, prefix, tag) for tag in tags]
+            for prefix in self.prefixes
+        ]
+        if len(parts) == 1:
+            return [b"*2\r\n$3\r\nGET\r\n" + part for part in parts[0]]
+        head = b"*%d\r\n$4\r\nMGET\r\n" % (len(parts) + 1)
+        return [head + b"".join(row) for row in zip(*parts, strict=True)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,21 +80,35 @@ class OnlineStore:
         await self.cluster.close()
 
     async def read(
-        self, keys: Sequence[bytes], slots: Sequence[int], timeout: float
-    ) -> list[bytes | None]:
-        """The stored row of every key (None where there is none), within `timeout` seconds."""
-        commands = [encode_get(key) for key in keys]
+        self, reads: Sequence[EntityRead], timeout: float
+    ) -> list[list[list[bytes | None]]]:
+        """Stored rows (None where there is none) as `[read][view][row]`, within `timeout`
+        seconds, in one round trip per node."""
+        commands: list[bytes] = []
+        slots: list[int] = []
+        for read in reads:
+            commands += read.commands()
+            slots += read.slots
         try:
             async with asyncio.timeout(timeout):
                 replies = await self.cluster.execute(commands, slots)
         except TimeoutError:
             raise StoreTimeout(
-                f"Redis Cluster did not answer {len(keys)} reads within {timeout * 1000:.1f} ms"
+                f"Redis Cluster did not answer {len(commands)} reads within {timeout * 1000:.1f} ms"
             ) from None
-        for reply in replies:
-            if type(reply) is hiredis.ReplyError:
-                raise StoreError(f"Redis Cluster refused a read: {reply}")
-        return replies
+        if any(type(reply) is hiredis.ReplyError for reply in replies):
+            error = next(r for r in replies if type(r) is hiredis.ReplyError)
+            raise StoreError(f"Redis Cluster refused a read: {error}")
+        out: list[list[list[bytes | None]]] = []
+        start = 0
+        for read in reads:
+            part = replies[start : start + len(read.slots)]
+            start += len(read.slots)
+            if len(read.prefixes) == 1:
+                out.append([part])
+            else:
+                out.append([[row[view] for row in part] for view in range(len(read.prefixes))])
+        return out
 
     async def write(
         self,
@@ -92,7 +128,9 @@ class OnlineStore:
         missing = [i for i, r in enumerate(replies) if _is_noscript(r)]
         if missing:  # first write to a node since it started (or failed over): load and redo
             await self._load_script({self.cluster.node_of(slots[i]) for i in missing})
-            redo = await self.cluster.execute([commands[i] for i in missing], [slots[i] for i in missing])
+            redo = await self.cluster.execute(
+                [commands[i] for i in missing], [slots[i] for i in missing]
+            )
             for i, reply in zip(missing, redo, strict=True):
                 replies[i] = reply
         errors = [r for r in replies if type(r) is hiredis.ReplyError]
