@@ -143,6 +143,9 @@ class FeatureEngine:
 
     def _row_count(self, request: FeatureRequest, plan: Plan) -> int:
         known = self.registry.join_keys
+        empty = [k for k, c in (*request.entities.items(), *request.context.items()) if not c.values]
+        if empty:
+            raise InvalidRequest(f"empty batch: columns {empty} have no values")
         for name, column in request.entities.items():
             expected = known.get(name)
             if expected is None:
@@ -171,8 +174,6 @@ class FeatureEngine:
         if not lengths:
             raise InvalidRequest("no entity keys: send the join keys of the requested features")
         rows = max(lengths.values())
-        if rows == 0 or min(lengths.values()) == 0:
-            raise InvalidRequest("empty batch: every entity key and context column needs values")
         if rows > self.settings.max_rows:
             raise InvalidRequest(
                 f"batch of {rows} rows exceeds the limit of {self.settings.max_rows}; split it"

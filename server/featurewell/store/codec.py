@@ -25,6 +25,8 @@ from featurewell.values import ColumnValues, Ragged
 
 _TS = "__event_time_us"
 _U32 = struct.Struct("<I")
+_ACCEPTED_KINDS = {Kind.INT64: "iu", Kind.FLOAT32: "f", Kind.FLOAT64: "f", Kind.BOOL: "b",
+                   Kind.EMBEDDING: "f"}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,12 +88,12 @@ class RowCodec:
             raise InvalidRequest(
                 f"feature {feature.name!r} ({dtype}) needs shape {(rows, *tail)}, got {array.shape}"
             )
-        if dtype.kind is Kind.INT64 and array.dtype.kind not in "iu":
-            raise InvalidRequest(f"feature {feature.name!r} is int64, got {array.dtype} values")
-        if dtype.kind is Kind.BOOL and array.dtype.kind != "b":
-            raise InvalidRequest(f"feature {feature.name!r} is bool, got {array.dtype} values")
-        if array.dtype.kind not in "iufb":
-            raise InvalidRequest(f"feature {feature.name!r} is {dtype}, got {array.dtype} values")
+        # Same kind of number only (int64 <- ints, floats <- floats): a silent int -> float or
+        # bool -> int cast is how training/serving skew creeps in unnoticed.
+        if array.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
+            raise InvalidRequest(
+                f"feature {feature.name!r} is {dtype}; got {array.dtype} values: convert them first"
+            )
         return array
 
     def _variable_payloads(
