@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-
 from featurewell.client import (
     VALUE_TYPE_BOOL,
     VALUE_TYPE_EMBEDDING,
@@ -96,7 +95,9 @@ def birth(x: Columns) -> Columns:
 
 
 def registry() -> Registry:
-    return Registry.build([user, item, user_item, profile_v1, profile, item_stats, pair, affinity, birth])
+    return Registry.build(
+        [user, item, user_item, profile_v1, profile, item_stats, pair, affinity, birth]
+    )
 
 
 def now_us() -> int:
@@ -130,9 +131,7 @@ def write_profiles(
     )
 
 
-def write_items(
-    client: FeatureClient, item_ids: Sequence[int], *, at_us: int | None = None
-) -> Any:
+def write_items(client: FeatureClient, item_ids: Sequence[int], *, at_us: int | None = None) -> Any:
     n = len(item_ids)
     ids = np.asarray(item_ids, dtype=np.int64)
     vectors = np.zeros((n, 4), dtype=np.float32)

@@ -8,7 +8,6 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-
 from featurewell.client import (
     VALUE_TYPE_FLOAT32,
     VALUE_TYPE_INT64,
@@ -22,6 +21,7 @@ from featurewell.serving.server import Server
 from featurewell.settings import Settings
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
+
 from tests import defs
 from tests.conftest import ServerThread
 
@@ -34,35 +34,94 @@ def _code(error: pytest.ExceptionInfo[FeatureClientError]) -> grpc.StatusCode:
     ("features", "entities", "context", "code", "message"),
     [
         (["nope:x"], {"user_id": ["u"]}, None, grpc.StatusCode.NOT_FOUND, "no feature view 'nope'"),
-        (["profile:nope"], {"user_id": ["u"]}, None, grpc.StatusCode.NOT_FOUND,
-         "has no feature 'nope'; it has ['age'"),
-        (["profile@v9:age"], {"user_id": ["u"]}, None, grpc.StatusCode.NOT_FOUND,
-         "has no version 9; it has [1, 2]"),
-        (["profile"], {"user_id": ["u"]}, None, grpc.StatusCode.INVALID_ARGUMENT,
-         "malformed: use 'view:feature'"),
-        (["affinity@v2:affinity"], {"user_id": ["u"]}, None, grpc.StatusCode.INVALID_ARGUMENT,
-         "on-demand transforms have no versions"),
+        (
+            ["profile:nope"],
+            {"user_id": ["u"]},
+            None,
+            grpc.StatusCode.NOT_FOUND,
+            "has no feature 'nope'; it has ['age'",
+        ),
+        (
+            ["profile@v9:age"],
+            {"user_id": ["u"]},
+            None,
+            grpc.StatusCode.NOT_FOUND,
+            "has no version 9; it has [1, 2]",
+        ),
+        (
+            ["profile"],
+            {"user_id": ["u"]},
+            None,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "malformed: use 'view:feature'",
+        ),
+        (
+            ["affinity@v2:affinity"],
+            {"user_id": ["u"]},
+            None,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "on-demand transforms have no versions",
+        ),
         ([], {"user_id": ["u"]}, None, grpc.StatusCode.INVALID_ARGUMENT, "no features requested"),
-        (["profile:age"], {"usr_id": ["u"]}, None, grpc.StatusCode.INVALID_ARGUMENT,
-         "unknown entity key 'usr_id'; known keys: ['item_id', 'user_id']"),
-        (["profile:age"], {}, None, grpc.StatusCode.INVALID_ARGUMENT,
-         "need entity key 'user_id'"),
-        (["item_stats:popularity"], {"item_id": ["i1"]}, None, grpc.StatusCode.INVALID_ARGUMENT,
-         "entity key 'item_id' is int64; got string values"),
-        (["profile:age"], {"user_id": [1, 2]}, None, grpc.StatusCode.INVALID_ARGUMENT,
-         "entity key 'user_id' is string; got int64 values"),
-        (["pair:progress"], {"user_id": ["a", "b"], "item_id": [1, 2, 3]}, None,
-         grpc.StatusCode.INVALID_ARGUMENT, "column lengths must be 1 (broadcast) or 3"),
+        (
+            ["profile:age"],
+            {"usr_id": ["u"]},
+            None,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "unknown entity key 'usr_id'; known keys: ['item_id', 'user_id']",
+        ),
+        (["profile:age"], {}, None, grpc.StatusCode.INVALID_ARGUMENT, "need entity key 'user_id'"),
+        (
+            ["item_stats:popularity"],
+            {"item_id": ["i1"]},
+            None,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "entity key 'item_id' is int64; got string values",
+        ),
+        (
+            ["profile:age"],
+            {"user_id": [1, 2]},
+            None,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "entity key 'user_id' is string; got int64 values",
+        ),
+        (
+            ["pair:progress"],
+            {"user_id": ["a", "b"], "item_id": [1, 2, 3]},
+            None,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "column lengths must be 1 (broadcast) or 3",
+        ),
         (["profile:age"], {"user_id": []}, None, grpc.StatusCode.INVALID_ARGUMENT, "empty batch"),
-        (["profile:age"], {"user_id": [""]}, None, grpc.StatusCode.INVALID_ARGUMENT,
-         "empty string value"),
-        (["profile:age"], {"user_id": [f"u{i}" for i in range(2001)]}, None,
-         grpc.StatusCode.INVALID_ARGUMENT, "batch of 2001 rows exceeds the limit of 2000"),
-        (["birth:adult"], {"user_id": ["u"]}, None, grpc.StatusCode.INVALID_ARGUMENT,
-         "need request context 'year' (int64)"),
-        (["birth:adult"], {"user_id": ["u"]}, {"year": ["2026"]}, grpc.StatusCode.INVALID_ARGUMENT,
-         "context 'year' is int64; got string values"),
-    ],  # fmt: skip
+        (
+            ["profile:age"],
+            {"user_id": [""]},
+            None,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "empty string value",
+        ),
+        (
+            ["profile:age"],
+            {"user_id": [f"u{i}" for i in range(2001)]},
+            None,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "batch of 2001 rows exceeds the limit of 2000",
+        ),
+        (
+            ["birth:adult"],
+            {"user_id": ["u"]},
+            None,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "need request context 'year' (int64)",
+        ),
+        (
+            ["birth:adult"],
+            {"user_id": ["u"]},
+            {"year": ["2026"]},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "context 'year' is int64; got string values",
+        ),
+    ],
 )
 def test_bad_get_requests(
     client: FeatureClient,
@@ -104,9 +163,7 @@ def test_deadline_shorter_than_the_margin(server: ServerThread) -> None:
         service._margin = 10.0
         try:
             with pytest.raises(grpc.RpcError) as error:
-                stub.GetFeatures(
-                    build_request(["profile:age"], {"user_id": ["u"]}), timeout=5
-                )
+                stub.GetFeatures(build_request(["profile:age"], {"user_id": ["u"]}), timeout=5)
         finally:
             service._margin = original
     assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -119,11 +176,19 @@ def test_deadline_shorter_than_the_margin(server: ServerThread) -> None:
         ("nope", {}, grpc.StatusCode.NOT_FOUND, "no feature view 'nope'"),
         ("pair@vX", {}, grpc.StatusCode.INVALID_ARGUMENT, "write 'view' or 'view@v2'"),
         ("pair", {}, grpc.StatusCode.INVALID_ARGUMENT, "send every feature; missing ['progress']"),
-        ("pair", {"progress": (VALUE_TYPE_FLOAT32, np.float32([1])), "bogus": (1, np.int64([1]))},
-         grpc.StatusCode.NOT_FOUND, "has no features ['bogus']"),
-        ("pair", {"progress": (VALUE_TYPE_INT64, np.int64([1]))}, grpc.StatusCode.INVALID_ARGUMENT,
-         "feature 'progress' is float32; got int64 values"),
-    ],  # fmt: skip
+        (
+            "pair",
+            {"progress": (VALUE_TYPE_FLOAT32, np.float32([1])), "bogus": (1, np.int64([1]))},
+            grpc.StatusCode.NOT_FOUND,
+            "has no features ['bogus']",
+        ),
+        (
+            "pair",
+            {"progress": (VALUE_TYPE_INT64, np.int64([1]))},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "feature 'progress' is float32; got int64 values",
+        ),
+    ],
 )
 def test_bad_writes_store_nothing(
     client: FeatureClient,
@@ -147,7 +212,9 @@ def test_bad_writes_store_nothing(
     assert result.statuses("pair:progress").tolist() == [Status.NOT_FOUND]
 
 
-def test_write_with_mismatched_buffer_is_rejected(client: FeatureClient, server: ServerThread) -> None:
+def test_write_with_mismatched_buffer_is_rejected(
+    client: FeatureClient, server: ServerThread
+) -> None:
     with grpc.insecure_channel(server.address) as channel:
         stub = pb_grpc.FeatureServiceStub(channel)
         request = pb.WriteFeaturesRequest(

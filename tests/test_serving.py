@@ -7,10 +7,10 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from featurewell.client import VALUE_TYPE_FLOAT32, FeatureClient, NotFound, Status
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from featurewell.client import VALUE_TYPE_FLOAT32, FeatureClient, NotFound, Status
 from tests import defs
 from tests.conftest import ServerThread
 
@@ -32,7 +32,8 @@ def test_single_entity_all_features(client: FeatureClient, ids: Any) -> None:
     assert [r.tolist() for r in result["profile:recent"].values] == [[0, 1]]
     assert [r.tolist() for r in result["profile:weights"].values] == [[1.0]]
     assert result.count(Status.PRESENT) == len(defs.profile.features)
-    assert result["profile:age"].version == 2 and result["profile:age"].entity == "user"
+    assert result["profile:age"].version == 2
+    assert result["profile:age"].entity == "user"
 
 
 def test_missing_entity_gets_defaults_flagged_not_found(client: FeatureClient, ids: Any) -> None:
@@ -66,8 +67,8 @@ def test_ranking_one_user_and_500_items_in_one_call(client: FeatureClient, ids: 
     assert result["profile:age"].length == 1  # sent once, not 500 times
     assert result["item_stats:popularity"].length == 500
     matrix, names = result.to_numpy()
-    assert names == ["profile:age", "item_stats:popularity", *[f"item_stats:vec[{i}]" for i in range(4)],
-                     "affinity:affinity"]  # fmt: skip
+    vec = [f"item_stats:vec[{i}]" for i in range(4)]
+    assert names == ["profile:age", "item_stats:popularity", *vec, "affinity:affinity"]
     assert matrix.shape == (500, 7)
     assert np.all(matrix[:, 0] == 25)  # broadcast user feature
     expected_popularity = (np.array(items) % 100).astype(np.float32) / 100
@@ -86,7 +87,9 @@ def test_composite_entity_broadcasts_user_over_items(client: FeatureClient, ids:
         features={"progress": (VALUE_TYPE_FLOAT32, np.float32([0.25, 0.75]))},
     )
 
-    result = client.get_features(["pair:progress"], entities={"user_id": [user], "item_id": [1, 2, 3]})
+    result = client.get_features(
+        ["pair:progress"], entities={"user_id": [user], "item_id": [1, 2, 3]}
+    )
 
     assert result["pair:progress"].values.tolist() == [0.25, 0.0, 0.75]
     assert result.statuses("pair:progress").tolist() == [
@@ -129,7 +132,8 @@ def test_stale_values_are_served_flagged(client: FeatureClient, ids: Any) -> Non
     assert result["profile:age"].values.tolist() == [20, 60]  # the stale value, not the default
     assert result.statuses("profile:age").tolist() == [Status.PRESENT, Status.STALE]
     stamps = result["profile:age"].event_time_us
-    assert stamps is not None and int(stamps[1]) == two_hours_ago
+    assert stamps is not None
+    assert int(stamps[1]) == two_hours_ago
 
 
 def test_out_of_order_write_never_overwrites_newer(client: FeatureClient, ids: Any) -> None:
@@ -152,7 +156,9 @@ def test_on_demand_transform_matches_offline_run(client: FeatureClient, ids: Any
     online = client.get_features(
         ["birth:*", "profile:age"], entities={"user_id": users}, context={"year": [2026]}
     )
-    offline = defs.birth.apply_offline({"profile:age": online.values("profile:age"), "year": [2026]})
+    offline = defs.birth.apply_offline(
+        {"profile:age": online.values("profile:age"), "year": [2026]}
+    )
 
     assert online.values("birth:birth_year").tolist() == [2009, 1986]
     assert online.values("birth:adult").tolist() == [False, True]
@@ -196,7 +202,8 @@ def test_list_features_describes_the_registry(client: FeatureClient) -> None:
 
     views = {(v.name, v.version): v for v in catalog.views}
     assert set(views) == {("profile", 1), ("profile", 2), ("item_stats", 1), ("pair", 1)}
-    assert views[("profile", 2)].is_default and not views[("profile", 1)].is_default
+    assert views[("profile", 2)].is_default
+    assert not views[("profile", 1)].is_default
     assert views[("profile", 2)].max_age_seconds == 3600
     assert views[("pair", 1)].retention_seconds == 86400
     taste = next(f for f in views[("profile", 2)].features if f.name == "taste")

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib.util
 import logging
+import signal
 import sys
 import time
 from dataclasses import fields
@@ -143,6 +144,7 @@ def _demo(settings: Settings, args: argparse.Namespace) -> None:
     )
     with start_local_cluster(3, args.replicas) as cluster:
         settings = settings.with_changes(redis=tuple(cluster.seeds))
+        print(f"Redis Cluster up: {_show(settings.redis)} (data in {cluster.workdir})", flush=True)
         generator = repo / "generate.py"
         if generator.exists():
             rows = _load_module(generator).generate(args.users, args.items, repo / "data")
@@ -159,9 +161,13 @@ async def _demo_serve(settings: Settings) -> None:
     print(f"materialized {total:,} rows in {time.perf_counter() - started:.1f} s", flush=True)
     address = f"{settings.host}:{server.port}"
     print(_HOW_TO_CALL.format(address=address, seeds=settings.redis), flush=True)
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
     try:
-        await asyncio.Event().wait()
+        await stopping.wait()
     finally:
+        print("stopping: draining calls, then the local cluster", flush=True)
         await server.stop(grace=1.0)
 
 

@@ -43,6 +43,9 @@ class Settings:
     max_rows: int = _doc("Largest batch: entity rows per GetFeatures/WriteFeatures call.", 10_000)
     max_features: int = _doc("Most feature references per GetFeatures call.", 1_000)
     max_message_mb: int = _doc("Largest gRPC message, request or response.", 64)
+    drain_delay_s: float = _doc(
+        "On SIGTERM, how long to keep serving while health reports NOT_SERVING.", 0.0
+    )
     grace_period_s: float = _doc("On SIGTERM, how long in-flight calls may finish.", 10.0)
     log_level: str = _doc("Python log level.", "INFO")
 

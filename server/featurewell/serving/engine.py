@@ -143,7 +143,9 @@ class FeatureEngine:
 
     def _row_count(self, request: FeatureRequest, plan: Plan) -> int:
         known = self.registry.join_keys
-        empty = [k for k, c in (*request.entities.items(), *request.context.items()) if not c.values]
+        empty = [
+            k for k, c in (*request.entities.items(), *request.context.items()) if not c.values
+        ]
         if empty:
             raise InvalidRequest(f"empty batch: columns {empty} have no values")
         for name, column in request.entities.items():

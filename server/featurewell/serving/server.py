@@ -78,12 +78,25 @@ class Server:
         gc.freeze()
         return cls(settings, port, service, store, grpc_server, health)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting calls, let in-flight ones finish within `grace`, close Redis."""
+    async def stop(self, grace: float | None = None, drain_delay: float = 0.0) -> None:
+        """Report NOT_SERVING, keep serving `drain_delay` seconds (load balancers move away),
+        then stop accepting calls, let in-flight ones finish within `grace`, close Redis.
+
+        gRPC core cancels calls that arrived in the instant of stopping but never reached a
+        handler; they were not processed, so clients may retry them (the client retries reads).
+        """
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if drain_delay > 0:
+            await asyncio.sleep(drain_delay)
+        calls = self.service.calls
+        in_flight = calls.in_flight
         await self.grpc_server.stop(self.settings.grace_period_s if grace is None else grace)
         await self.store.close()
+        log.info(
+            "stopped: %d calls were in flight, %d cut off by the grace period",
+            in_flight, calls.cancelled,
+        )  # fmt: skip
 
 
 async def run(settings: Settings) -> None:
@@ -99,8 +112,11 @@ async def run(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
-    log.info("draining in-flight calls (up to %.1f s)", settings.grace_period_s)
-    await server.stop()
+    log.info(
+        "draining in-flight calls (NOT_SERVING for %.1f s, then up to %.1f s of grace)",
+        settings.drain_delay_s, settings.grace_period_s,
+    )  # fmt: skip
+    await server.stop(drain_delay=settings.drain_delay_s)
 
 
 def serve(settings: Settings) -> None:

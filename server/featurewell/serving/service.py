@@ -3,6 +3,10 @@ turning the call's deadline into a store budget."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
 import grpc
 from featurewell.errors import DeadlineExceeded
 from featurewell.serving import wire
@@ -13,9 +17,30 @@ from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
 
 
+class CallCounter:
+    """Calls inside a handler now, and handlers that were cancelled before they finished (a
+    shutdown whose grace expired). Shutdown reports both, so "drained" is a measured claim."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.cancelled = 0
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[None]:
+        self.in_flight += 1
+        try:
+            yield
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.in_flight -= 1
+
+
 class FeatureService(pb_grpc.FeatureServiceServicer):
     def __init__(self, engine: FeatureEngine, settings: Settings) -> None:
         self.engine = engine
+        self.calls = CallCounter()
         self._cap = settings.store_timeout_ms / 1000
         self._margin = settings.deadline_margin_ms / 1000
 
@@ -37,9 +62,10 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         request: pb.GetFeaturesRequest,
         context: grpc.aio.ServicerContext[pb.GetFeaturesRequest, pb.GetFeaturesResponse],
     ) -> pb.GetFeaturesResponse:
-        budget = self.budget(context.time_remaining())
-        result = await self.engine.get_features(wire.feature_request(request), budget)
-        return wire.feature_response(result)
+        with self.calls.track():
+            budget = self.budget(context.time_remaining())
+            result = await self.engine.get_features(wire.feature_request(request), budget)
+            return wire.feature_response(result)
 
     @translate_errors
     async def WriteFeatures(
@@ -47,8 +73,9 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         request: pb.WriteFeaturesRequest,
         context: grpc.aio.ServicerContext[pb.WriteFeaturesRequest, pb.WriteFeaturesResponse],
     ) -> pb.WriteFeaturesResponse:
-        outcome = await self.engine.write(wire.write_request(request))
-        return wire.write_response(outcome)
+        with self.calls.track():
+            outcome = await self.engine.write(wire.write_request(request))
+            return wire.write_response(outcome)
 
     @translate_errors
     async def ListFeatures(

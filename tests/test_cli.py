@@ -1,0 +1,229 @@
+"""The `featurewell` command as users run it: materialize, serve (SIGTERM drain, several workers),
+and demo, the README's first command."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pyarrow.parquet as pq
+import pytest
+from featurewell.client import FeatureClient, FeatureClientError, Status, Unavailable
+from featurewell.devcluster import LocalCluster, _free_ports, _is_free
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "streaming_media"
+
+
+def featurewell(*args: str, **kw: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "featurewell.cli", *args],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw,
+    )  # fmt: skip
+
+
+def wait_serving(address: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            grpc.channel_ready_future(grpc.insecure_channel(address)).result(timeout=0.5)
+            return
+        except grpc.FutureTimeoutError:
+            continue
+    raise TimeoutError(f"nothing serving on {address}")
+
+
+@pytest.fixture(scope="module")
+def example_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the example repo with small generated data (the working tree stays clean)."""
+    folder = tmp_path_factory.mktemp("streaming_media")
+    shutil.copy(EXAMPLE / "repo.py", folder / "repo.py")
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLE / "generate.py"), "--users", "300", "--items", "200",
+         "--out", str(folder / "data")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "user_activity: 300 rows" in done.stdout
+    return folder
+
+
+@pytest.fixture(scope="module")
+def seeds(cluster: LocalCluster) -> str:
+    return ",".join(f"{h}:{p}" for h, p in cluster.seeds)
+
+
+@pytest.fixture(scope="module")
+def served(example_repo: Path, seeds: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    loaded = featurewell("materialize", "--repo", str(example_repo), "--redis", seeds)
+    out, _ = loaded.communicate(timeout=120)
+    assert loaded.returncode == 0, out
+    assert "user_activity@v1: 300 rows" in out
+    assert "rows/s" in out
+    (port,) = _free_ports(1)
+    process = featurewell(
+        "serve", "--repo", str(example_repo), "--redis", seeds, "--port", str(port)
+    )
+    address = f"127.0.0.1:{port}"
+    wait_serving(address)
+    yield address, process
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def test_materialized_values_are_served(served: tuple[str, Any], example_repo: Path) -> None:
+    address, _ = served
+    table = pq.read_table(example_repo / "data" / "user_activity.parquet").slice(0, 3).to_pylist()
+    with FeatureClient(address) as client:
+        result = client.get_features(
+            ["user_activity:watch_count_7d", "user_activity:recent_genre_ids"],
+            entities={"user_id": [row["user_id"] for row in table]},
+        )
+    assert result["user_activity:watch_count_7d"].values.tolist() == [
+        row["watch_count_7d"] for row in table
+    ]
+    assert [r.tolist() for r in result["user_activity:recent_genre_ids"].values] == [
+        row["recent_genre_ids"] for row in table
+    ]
+
+
+def test_sigterm_drains_in_flight_calls(served: tuple[str, subprocess.Popen[str]]) -> None:
+    address, process = served
+    outcomes: list[str] = []
+    stop = threading.Event()
+
+    def caller() -> None:
+        with FeatureClient(address, timeout=5) as client:
+            items = [f"i{n:06d}" for n in range(200)]
+            while not stop.is_set():
+                try:
+                    client.get_features(
+                        ["user_activity:*", "item_stats:*", "user_item_affinity:genre_affinity"],
+                        entities={"user_id": ["u000001"], "item_id": items},
+                    )
+                    outcomes.append("ok")
+                except Unavailable:
+                    outcomes.append("refused")  # after the server stopped accepting
+                    return
+                except FeatureClientError as exc:
+                    # Arrived in the instant of stopping, before any handler took it (gRPC core
+                    # cancels those); the server's own count below proves no handler was cut.
+                    if exc.code == grpc.StatusCode.CANCELLED:
+                        outcomes.append("refused")
+                        return
+                    raise
+                except Exception as exc:
+                    outcomes.append(f"failed: {exc}")
+                    return
+
+    threads = [threading.Thread(target=caller) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=20)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=10)
+
+    assert process.returncode == 0, out
+    assert "draining in-flight calls" in out
+    assert " 0 cut off by the grace period" in out, out
+    assert outcomes.count("ok") > 10
+    assert [o for o in outcomes if o not in ("ok", "refused")] == []
+
+
+def test_several_workers_share_one_port(example_repo: Path, seeds: str) -> None:
+    (port,) = _free_ports(1)
+    process = featurewell(
+        "serve",
+        "--repo",
+        str(example_repo),
+        "--redis",
+        seeds,
+        "--port",
+        str(port),
+        "--workers",
+        "2",
+    )
+    try:
+        address = f"127.0.0.1:{port}"
+        wait_serving(address)
+        time.sleep(1.0)  # both workers listening
+        children = subprocess.run(
+            ["pgrep", "-P", str(process.pid)], capture_output=True, text=True
+        ).stdout.split()
+        workers = [pid for pid in children if "spawn_main" in _cmdline(pid)]
+        assert len(workers) == 2, children
+        for _ in range(20):  # fresh connections spread over the workers by the kernel
+            with FeatureClient(address) as client:
+                result = client.get_features(["item_stats:*"], entities={"item_id": ["i000001"]})
+                assert result.count(Status.PRESENT) == 3
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=20)
+    assert process.returncode == 0, out
+    assert out.count("draining in-flight calls") == 2
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_invalid_repo_and_unreachable_redis_exit_with_a_message(example_repo: Path) -> None:
+    bad = featurewell("serve", "--repo", str(example_repo / "nope.py"), "--port", "0")
+    out, _ = bad.communicate(timeout=30)
+    assert bad.returncode == 2
+    assert "does not exist" in out
+    down = featurewell(
+        "serve", "--repo", str(example_repo), "--redis", "127.0.0.1:1", "--port", "0"
+    )
+    out, _ = down.communicate(timeout=30)
+    assert down.returncode == 2
+    assert "no Redis Cluster node answered CLUSTER SLOTS" in out
+    assert "127.0.0.1:1" in out
+
+
+def test_demo_serves_the_example_and_cleans_up() -> None:
+    port = _free_ports(1)[0]
+    env = {**os.environ, "FEATUREWELL_PORT": str(port)}
+    process = featurewell("demo", "--users", "200", "--items", "100", env=env)
+    lines: list[str] = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if "Ctrl-C stops it all" in line:
+                break
+        address = f"127.0.0.1:{port}"
+        with FeatureClient(address) as client:
+            result = client.get_features(
+                ["user_activity:*", "item_stats:popularity_score", "user_item_affinity:*"],
+                entities={"user_id": ["u000042"], "item_id": [f"i{n:06d}" for n in range(100)]},
+            )
+        matrix, names = result.to_numpy()
+        assert matrix.shape == (100, len(names))
+        assert result.rows == 100
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=30)
+    text = "".join(lines) + out
+    assert process.returncode == 0, text
+    assert "materialized" in text
+    assert "stopping" in text
+    cluster_line = next(line for line in text.splitlines() if line.startswith("Redis Cluster up:"))
+    redis_ports = [int(a.rsplit(":", 1)[1]) for a in cluster_line.split()[3].split(",")]
+    assert len(redis_ports) == 3
+    assert all(_is_free(p) for p in [port, *redis_ports])  # server and every Redis node stopped

@@ -1,0 +1,168 @@
+"""The online store against a real Redis Cluster: routing, redirects, reconnects, ordering, TTL."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from featurewell.devcluster import LocalCluster, _call, _free_ports
+from featurewell.errors import StoreUnavailable
+from featurewell.store.codec import RowCodec
+from featurewell.store.keys import entity_tags, key_prefix, slot_of, view_keys
+from featurewell.store.online import EntityRead, OnlineStore
+
+from tests import defs
+
+CODEC = RowCodec(defs.pair)
+PREFIX = key_prefix(defs.pair)
+
+
+@pytest.fixture
+async def store(cluster: LocalCluster) -> AsyncIterator[OnlineStore]:
+    connected = await OnlineStore.connect(cluster.seeds, connect_timeout=2, connections_per_node=1)
+    yield connected
+    await connected.close()
+
+
+def _rows(n: int, at_us: int, value: float) -> list[bytes]:
+    progress = np.full(n, value, dtype=np.float32)
+    return CODEC.encode(np.full(n, at_us, dtype=np.int64), {"progress": progress})
+
+
+async def _write(store: OnlineStore, tags: list[bytes], at_us: int, value: float, **kw: Any) -> Any:
+    keys = view_keys(PREFIX, tags)
+    return await store.write(keys, [slot_of(t) for t in tags], _rows(len(tags), at_us, value), **kw)
+
+
+async def _read(store: OnlineStore, tags: list[bytes]) -> list[bytes | None]:
+    (views,) = await store.read([EntityRead([PREFIX], tags, [slot_of(t) for t in tags])], 2.0)
+    return views[0]
+
+
+def test_slots_match_redis(cluster: LocalCluster) -> None:
+    port = cluster.masters[0]
+    columns: list[Any] = [["plain", "a{b}", "}x{", "%7B", "with|bar", "ünïcode"], [1, -5, 2**62]]
+    tags = entity_tags([columns[0]], 6) + entity_tags([columns[1]], 3)
+    tags += entity_tags([["u1"], [1, 2, 3]], 3)  # composite, broadcast user
+    for tag in tags:
+        key = PREFIX + tag + b"}"
+        assert _call(port, "CLUSTER", "KEYSLOT", key) == slot_of(tag), key
+
+
+def test_composite_tags_do_not_collide() -> None:
+    left = entity_tags([["a|b"], ["c"]], 1)
+    right = entity_tags([["a"], ["b|c"]], 1)
+    assert left != right
+
+
+async def test_many_keys_across_all_nodes(store: OnlineStore, ids: Any) -> None:
+    tags = [ids(f"k{i}").encode() for i in range(600)]
+    outcome = await _write(store, tags, 1_000, 0.5)
+    assert (outcome.written, outcome.skipped_older) == (600, 0)
+    nodes = {store.cluster.node_of(slot_of(t)) for t in tags}
+    assert len(nodes) == 3
+
+    rows = await _read(store, [*tags, b"missing-entity"])
+
+    decoded = CODEC.decode(rows)
+    assert decoded.present.tolist() == [True] * 600 + [False]
+    assert decoded.values["progress"][:600].tolist() == [0.5] * 600
+
+
+async def test_event_time_ordering_is_atomic_per_key(store: OnlineStore, ids: Any) -> None:
+    tag = [ids("ordered").encode()]
+    assert (await _write(store, tag, 2_000, 0.2)).written == 1
+    assert (await _write(store, tag, 1_000, 0.1)).skipped_older == 1  # late event: ignored
+    assert (await _write(store, tag, 2_000, 0.3)).written == 1  # same time: later write wins
+    decoded = CODEC.decode(await _read(store, tag))
+    assert decoded.values["progress"].tolist() == [pytest.approx(0.3)]
+    assert decoded.event_time_us.tolist() == [2_000]
+
+
+async def test_retention_sets_expiry_from_event_time(
+    store: OnlineStore, cluster: LocalCluster, ids: Any
+) -> None:
+    tag = ids("ttl").encode()
+    event_us = defs.now_us()
+    await _write(store, [tag], event_us, 0.9, expire_at_ms=[event_us // 1000 + 60_000])
+    node = store.cluster.node_of(slot_of(tag))
+    assert node is not None
+    remaining_ms = _call(node[1], "PTTL", PREFIX + tag + b"}")
+    assert 55_000 < remaining_ms <= 60_000
+
+
+async def test_moved_redirect_is_followed_and_slot_map_fixed(store: OnlineStore, ids: Any) -> None:
+    tag = ids("moved").encode()
+    await _write(store, [tag], 5, 0.5)
+    slot = slot_of(tag)
+    right = int(store.cluster._owner[slot])
+    wrong = (right + 1) % len(store.cluster._nodes)
+    store.cluster._owner[slot] = wrong  # as if the slot had moved since the map was loaded
+
+    rows = await _read(store, [tag])
+
+    assert CODEC.decode(rows).present.tolist() == [True]
+    assert int(store.cluster._owner[slot]) == right
+
+
+async def test_reconnects_after_connections_are_killed(
+    store: OnlineStore, cluster: LocalCluster, ids: Any
+) -> None:
+    tag = ids("reconnect").encode()
+    await _write(store, [tag], 5, 0.5)
+    killed = sum(
+        _call(port, "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes") for port in cluster.masters
+    )
+    assert killed >= 3  # at least the store's own connection to each master
+    await asyncio.sleep(0.05)
+
+    rows = await _read(store, [tag])
+
+    assert CODEC.decode(rows).present.tolist() == [True]
+
+
+async def test_write_script_is_reloaded_after_script_flush(
+    store: OnlineStore, cluster: LocalCluster, ids: Any
+) -> None:
+    await _write(store, [ids("before").encode()], 5, 0.5)
+    for port in cluster.masters:
+        assert _call(port, "SCRIPT", "FLUSH") == b"OK"
+    tags = [ids(f"after{i}").encode() for i in range(30)]
+    assert (await _write(store, tags, 5, 0.5)).written == 30
+
+
+async def test_unreachable_cluster_is_reported_with_addresses() -> None:
+    with pytest.raises(StoreUnavailable, match=r"127\.0\.0\.1:1: cannot connect"):
+        await OnlineStore.connect([("127.0.0.1", 1)], connect_timeout=0.5, connections_per_node=1)
+
+
+@pytest.fixture
+def standalone_redis(tmp_path: Any) -> Iterator[int]:
+    """A plain (non-cluster) redis-server of our own on a free port."""
+    (port,) = _free_ports(1)
+    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--dir", str(tmp_path)]  # fmt: skip
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                if _call(port, "PING") == b"PONG":
+                    break
+            except OSError:
+                time.sleep(0.05)
+        yield port
+    finally:
+        process.kill()
+        process.wait()
+
+
+async def test_standalone_redis_is_not_mistaken_for_a_cluster(standalone_redis: int) -> None:
+    with pytest.raises(StoreUnavailable, match="is not a cluster node"):
+        await OnlineStore.connect(
+            [("127.0.0.1", standalone_redis)], connect_timeout=1, connections_per_node=1
+        )
