@@ -11,12 +11,12 @@ from concurrent.futures import Future
 from typing import Any
 
 import pytest
+
 from featurewell.client import FeatureClient
 from featurewell.definitions import Registry
 from featurewell.devcluster import LocalCluster, start_local_cluster
 from featurewell.serving.server import Server
 from featurewell.settings import Settings
-
 from tests import defs
 
 

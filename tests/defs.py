@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
 from featurewell.client import (
     VALUE_TYPE_BOOL,
     VALUE_TYPE_EMBEDDING,

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import pyarrow.parquet as pq
 import pytest
+
 from featurewell.client import FeatureClient, FeatureClientError, Status, Unavailable
 from featurewell.devcluster import LocalCluster, _free_ports, _is_free
 

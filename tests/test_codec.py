@@ -7,13 +7,13 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+
 from featurewell.client import FeatureClient, FeatureClientError
 from featurewell.devcluster import LocalCluster, _call
 from featurewell.errors import CorruptRow, InvalidRequest
 from featurewell.store.codec import RowCodec
 from featurewell.store.keys import entity_tags, key_prefix, slot_of
 from featurewell.values import Ragged
-
 from tests import defs
 
 CODEC = RowCodec(defs.profile)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from featurewell.definitions import (
     Bool,
     Embedding,
@@ -24,7 +25,6 @@ from featurewell.definitions import (
     on_demand,
 )
 from featurewell.errors import DefinitionError, TransformFailed
-
 from tests import defs
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "streaming_media"

@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+
 from featurewell.client import (
     VALUE_TYPE_FLOAT32,
     VALUE_TYPE_INT64,
@@ -21,7 +22,6 @@ from featurewell.serving.server import Server
 from featurewell.settings import Settings
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
-
 from tests import defs
 from tests.conftest import ServerThread
 

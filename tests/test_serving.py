@@ -7,10 +7,10 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from featurewell.client import VALUE_TYPE_FLOAT32, FeatureClient, NotFound, Status
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from featurewell.client import VALUE_TYPE_FLOAT32, FeatureClient, NotFound, Status
 from tests import defs
 from tests.conftest import ServerThread
 

@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from featurewell.devcluster import LocalCluster, _call, _free_ports
 from featurewell.errors import StoreUnavailable
 from featurewell.store.codec import RowCodec
 from featurewell.store.keys import entity_tags, key_prefix, slot_of, view_keys
 from featurewell.store.online import EntityRead, OnlineStore
-
 from tests import defs
 
 CODEC = RowCodec(defs.pair)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
+
 from featurewell.definitions import load_repo
 from featurewell.devcluster import start_local_cluster
 from featurewell.errors import FeaturewellError

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import hiredis
+
 from featurewell.store.connection import Address, encode_command
 from featurewell.store.keys import SLOTS
 

@@ -19,6 +19,17 @@ class Status(enum.IntEnum):
     FALLBACK = 4
 
 
+# Plain ints for hot paths: IntEnum attribute access costs a metaclass lookup every time.
+PRESENT, NOT_FOUND, STALE, FALLBACK = (int(s) for s in Status)
+# Status of each row from its `present` flag: index False -> NOT_FOUND, True -> PRESENT.
+_BY_PRESENCE = np.array([NOT_FOUND, PRESENT], dtype=np.uint8)
+
+
+def presence_statuses(present: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
+    """PRESENT or NOT_FOUND per row, in one table lookup."""
+    return _BY_PRESENCE[present.view(np.uint8)]
+
+
 # How bad each status is, for combining the inputs of an on-demand output: index = Status value.
 _SEVERITY = np.array([0, 0, 2, 1, 3], dtype=np.uint8)
 _BY_SEVERITY = np.array([Status.PRESENT, Status.STALE, Status.NOT_FOUND, Status.FALLBACK], np.uint8)

@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+
 from featurewell.client._columns import fill_column
 from featurewell.client._errors import translate
 from featurewell.client._result import FeatureResult

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
 from featurewell.v1 import feature_service_pb2 as pb
 
 # ValueType -> little-endian element dtype of `data`.
@@ -57,7 +58,11 @@ def list_values(column: pb.FeatureColumn) -> tuple[npt.NDArray[Any], npt.NDArray
         )
     flat = np.frombuffer(column.data, dtype=dtype)
     offsets = np.frombuffer(column.offsets, dtype="<i4")
-    if offsets[0] != 0 or offsets[-1] != len(flat) or np.any(np.diff(offsets) < 0):
+    if (
+        offsets[0] != 0
+        or offsets[-1] != len(flat)
+        or (len(offsets) > 2 and np.any(offsets[1:] < offsets[:-1]))
+    ):
         raise ColumnFormatError(f"list column {column.name!r} has inconsistent offsets")
     return flat, offsets
 

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
 from featurewell.client._columns import LIST_TYPES, fixed_values, list_values, string_values
 from featurewell.v1 import feature_service_pb2 as pb
+
+
+@functools.lru_cache(maxsize=64)
+def _all_present(length: int) -> npt.NDArray[np.uint8]:
+    """A shared read-only statuses array for columns sent without one (all present)."""
+    statuses = np.full(length, pb.FEATURE_STATUS_PRESENT, dtype=np.uint8)
+    statuses.flags.writeable = False
+    return statuses
 
 
 class Status(enum.IntEnum):
@@ -50,7 +60,7 @@ class Column:
         if message.statuses:
             statuses = np.frombuffer(message.statuses, dtype=np.uint8)
         else:
-            statuses = np.full(message.length, Status.PRESENT, dtype=np.uint8)
+            statuses = _all_present(message.length)
         stamps = (
             np.frombuffer(message.event_timestamps, "<i8") if message.event_timestamps else None
         )

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
 from featurewell.definitions._names import check_name
 from featurewell.definitions._types import CONTEXT_TYPES, FeatureType, Kind
 from featurewell.definitions._view import Feature

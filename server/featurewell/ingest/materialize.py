@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
 from featurewell.definitions import FeatureView, Kind, Registry
 from featurewell.errors import DefinitionError, InvalidRequest
 from featurewell.serving.engine import FeatureEngine, InputColumn, WriteRequest

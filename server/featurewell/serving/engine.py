@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
 from featurewell.definitions import Entity, FeatureType, Kind, Registry
 from featurewell.errors import (
     DeadlineExceeded,
@@ -25,9 +26,9 @@ from featurewell.errors import (
 from featurewell.serving.plan import Plan, Planner, ViewRead
 from featurewell.settings import Settings
 from featurewell.store.codec import DecodedRows
-from featurewell.store.keys import entity_tags, slot_of, view_keys
+from featurewell.store.keys import entity_tags, slot_of, slots_of, view_keys
 from featurewell.store.online import EntityRead, OnlineStore, WriteOutcome
-from featurewell.values import ColumnValues, Status, worst_status
+from featurewell.values import PRESENT, STALE, ColumnValues, presence_statuses, worst_status
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +195,7 @@ class FeatureEngine:
         for group in plan.groups:
             tags = _tags(group.entity, entities, rows)
             prefixes = [read.prefix for read in group.reads]
-            reads.append(EntityRead(prefixes, tags, [slot_of(tag) for tag in tags]))
+            reads.append(EntityRead(prefixes, tags, slots_of(tags)))
         try:
             stored = await self.store.read(reads, budget.seconds)
         except StoreTimeout as exc:
@@ -241,7 +242,7 @@ class FeatureEngine:
                 columns[name] = _context_array(field_type, context[name].values)
             values = transform.apply(columns, rows)
             width = max(len(v) for v in values.values())
-            status = worst_status(statuses) if statuses else np.full(1, Status.PRESENT, np.uint8)
+            status = worst_status(statuses) if statuses else np.full(1, PRESENT, np.uint8)
             if len(status) != width:
                 status = np.broadcast_to(status, (width,)).copy()
             out[transform.name] = (values, status)
@@ -301,13 +302,13 @@ def _tags(entity: Entity, entities: Mapping[str, InputColumn], rows: int) -> lis
 
 
 def _statuses(read: ViewRead, decoded: DecodedRows, now_us: int) -> npt.NDArray[np.uint8]:
-    statuses = np.where(decoded.present, np.uint8(Status.PRESENT), np.uint8(Status.NOT_FOUND))
-    max_age = read.view.max_age
-    if max_age is not None:
-        limit = int(max_age.total_seconds() * 1_000_000)
-        stale = decoded.present & (now_us - decoded.event_time_us > limit)
-        statuses[stale] = Status.STALE
-    return statuses.astype(np.uint8, copy=False)
+    statuses = presence_statuses(decoded.present)
+    if read.max_age_us:
+        # Missing rows have event time 0, so they look stale too: keep them NOT_FOUND.
+        stale = (decoded.event_time_us < now_us - read.max_age_us) & decoded.present
+        if stale.any():
+            statuses[stale] = STALE
+    return statuses
 
 
 def _check_kind(what: str, expected: FeatureType, column: InputColumn) -> None:

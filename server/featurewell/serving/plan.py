@@ -30,6 +30,7 @@ class ViewRead:
     view: FeatureView
     codec: RowCodec
     prefix: bytes
+    max_age_us: int  # 0: never stale
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +97,9 @@ class Planner:
         key = (view.name, view.version)
         read = self._reads.get(key)
         if read is None:
-            read = self._reads[key] = ViewRead(view, RowCodec(view), key_prefix(view))
+            max_age_us = int(view.max_age.total_seconds() * 1e6) if view.max_age else 0
+            read = ViewRead(view, RowCodec(view), key_prefix(view), max_age_us)
+            self._reads[key] = read
         return read
 
     def _build(self, references: tuple[str, ...]) -> Plan:

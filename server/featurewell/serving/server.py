@@ -12,6 +12,10 @@ from dataclasses import dataclass
 
 import grpc
 import uvloop
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
 from featurewell.definitions import Registry, load_repo
 from featurewell.serving.engine import FeatureEngine
 from featurewell.serving.service import FeatureService
@@ -19,9 +23,6 @@ from featurewell.settings import Settings
 from featurewell.store.online import OnlineStore
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
 log = logging.getLogger("featurewell.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["FeatureService"].full_name

@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import Iterator
 
 import grpc
+
 from featurewell.errors import DeadlineExceeded
 from featurewell.serving import wire
 from featurewell.serving.engine import Budget, FeatureEngine

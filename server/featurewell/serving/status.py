@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+
 from featurewell.errors import (
     CorruptRow,
     DeadlineExceeded,

@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
+
 from featurewell.client._columns import (
     ColumnFormatError,
     fill_column,
@@ -26,7 +27,7 @@ from featurewell.serving.engine import (
 )
 from featurewell.store.online import WriteOutcome
 from featurewell.v1 import feature_service_pb2 as pb
-from featurewell.values import ColumnValues, Ragged, Status
+from featurewell.values import PRESENT, ColumnValues, Ragged
 
 _INPUT_KINDS = {
     "int64s": Kind.INT64,
@@ -58,12 +59,17 @@ def _inputs(columns: Mapping[str, pb.Values], what: str) -> dict[str, InputColum
 
 def feature_response(result: FeatureResult) -> pb.GetFeaturesResponse:
     response = pb.GetFeaturesResponse(row_count=result.rows)
+    packed_statuses: dict[int, bytes] = {}  # a view's columns share one statuses array
     for column in result.columns:
         out = response.columns.add(name=column.name, entity=column.entity, version=column.version)
         fill_column(out, int(column.dtype.kind), _packable(column.values), dim=column.dtype.dim)
         statuses = column.statuses
-        if (statuses != Status.PRESENT).any():
-            out.statuses = statuses.tobytes()
+        packed = packed_statuses.get(id(statuses))
+        if packed is None:
+            packed = b"" if statuses.min() == statuses.max() == PRESENT else statuses.tobytes()
+            packed_statuses[id(statuses)] = packed
+        if packed:
+            out.statuses = packed
         if column.event_time_us is not None:
             out.event_timestamps = column.event_time_us.astype("<i8", copy=False).tobytes()
     return response

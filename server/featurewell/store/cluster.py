@@ -18,6 +18,7 @@ from typing import Any
 import hiredis
 import numpy as np
 import numpy.typing as npt
+
 from featurewell.errors import StoreUnavailable
 from featurewell.store.connection import Address, Connection, encode_command
 from featurewell.store.keys import SLOTS
@@ -214,9 +215,19 @@ class ClusterClient:
     ) -> tuple[dict[Address, list[int]], list[int]]:
         """Command indexes per target node (in bulk: no per-key Python), and the indexes whose
         slot has no known owner."""
+        if len(todo) <= 16 and not asking:  # a model server's lookup: numpy costs more here
+            groups: dict[Address, list[int]] = {}
+            retry: list[int] = []
+            for i in todo:
+                position = int(self._owner[slots[i]])
+                if position < 0:
+                    retry.append(i)
+                else:
+                    groups.setdefault(self._nodes[position], []).append(i)
+            return groups, retry
         indexes = np.asarray(todo, dtype=np.int64)
         owners = self._owner[slots[indexes]]
-        groups: dict[Address, list[int]] = {}
+        groups = {}
         for position in np.unique(owners).tolist():
             members = indexes[owners == position].tolist()
             if position >= 0:

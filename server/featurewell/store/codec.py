@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
 from featurewell.definitions import Feature, FeatureView, Kind
 from featurewell.errors import CorruptRow, InvalidRequest
 from featurewell.values import ColumnValues, Ragged
@@ -149,7 +150,7 @@ class RowCodec:
     def _fixed_block(self, present_rows: list[bytes]) -> npt.NDArray[Any]:
         size = self.fixed_size
         if self._variable:
-            if any(len(r) < size for r in present_rows):
+            if present_rows and min(map(len, present_rows)) < size:
                 raise self._corrupt()
             joined = b"".join([r[:size] for r in present_rows])
         else:

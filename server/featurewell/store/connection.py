@@ -14,6 +14,7 @@ from collections import deque
 from typing import Any, cast
 
 import hiredis
+
 from featurewell.errors import StoreUnavailable
 
 Address = tuple[str, int]

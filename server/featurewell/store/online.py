@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import hiredis
+
 from featurewell.errors import StoreError, StoreTimeout, StoreUnavailable
 from featurewell.store.cluster import ClusterClient
 from featurewell.store.connection import Address, encode_command
@@ -42,16 +43,30 @@ class EntityRead:
     slots: list[int]
 
     def commands(self) -> list[bytes]:
-        """RESP commands built straight from prefix and tag: no per-key objects."""
-        tags = self.tags
-        parts = [
-            [b"$%d\r\n%s%s}\r\n" % (len(prefix) + len(tag) + 1, prefix, tag) for tag in tags]
-            for prefix in self.prefixes
-        ]
-        if len(parts) == 1:
-            return [b"*2\r\n$3\r\nGET\r\n" + part for part in parts[0]]
-        head = b"*%d\r\n$4\r\nMGET\r\n" % (len(parts) + 1)
-        return [head + b"".join(row) for row in zip(*parts, strict=True)]
+        """One GET/MGET per row. A row's command is `tag.join(template)`, the template
+        depending only on the tag's length: one C call per row, no per-key objects."""
+        templates: dict[int, list[bytes]] = {}
+        out: list[bytes] = []
+        for tag in self.tags:
+            template = templates.get(len(tag))
+            if template is None:
+                template = templates[len(tag)] = _row_template(self.prefixes, len(tag))
+            out.append(tag.join(template))
+        return out
+
+
+def _row_template(prefixes: list[bytes], tag_length: int) -> list[bytes]:
+    """Pieces that, joined by a tag of `tag_length` bytes, form the row's GET or MGET."""
+    verb = (
+        b"*2\r\n$3\r\nGET\r\n"
+        if len(prefixes) == 1
+        else b"*%d\r\n$4\r\nMGET\r\n" % (len(prefixes) + 1)
+    )
+    pieces = [verb]
+    for prefix in prefixes:
+        pieces[-1] += b"$%d\r\n%s" % (len(prefix) + tag_length + 1, prefix)
+        pieces.append(b"}\r\n")
+    return pieces
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +111,7 @@ class OnlineStore:
             raise StoreTimeout(
                 f"Redis Cluster did not answer {len(commands)} reads within {timeout * 1000:.1f} ms"
             ) from None
-        if any(type(reply) is hiredis.ReplyError for reply in replies):
+        if hiredis.ReplyError in set(map(type, replies)):  # one pass in C, not a Python loop
             error = next(r for r in replies if type(r) is hiredis.ReplyError)
             raise StoreError(f"Redis Cluster refused a read: {error}")
         out: list[list[list[bytes | None]]] = []
