@@ -47,6 +47,7 @@ class Settings:
         "On SIGTERM, how long to keep serving while health reports NOT_SERVING.", 0.0
     )
     grace_period_s: float = _doc("On SIGTERM, how long in-flight calls may finish.", 10.0)
+    gc_gen0_threshold: int = _doc("Allocations between young-generation GC passes.", 50_000)
     log_level: str = _doc("Python log level.", "INFO")
 
     @classmethod
@@ -71,7 +72,7 @@ class Settings:
 
     def validate(self) -> None:
         positive = ("workers", "store_timeout_ms", "connect_timeout_s", "connections_per_node",
-                    "max_rows", "max_features", "max_message_mb")  # fmt: skip
+                    "max_rows", "max_features", "max_message_mb", "gc_gen0_threshold")  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"setting {name} must be positive, got {getattr(self, name)}")

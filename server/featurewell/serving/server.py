@@ -77,6 +77,9 @@ class Server:
         # collection, or a full GC pass over them stalls calls for tens of milliseconds.
         gc.collect()
         gc.freeze()
+        # A ranking call allocates a few thousand short-lived objects; the default gen-0
+        # threshold (700) would collect several times per call. Collect young objects less often.
+        gc.set_threshold(settings.gc_gen0_threshold, 20, 100)
         return cls(settings, port, service, store, grpc_server, health)
 
     async def stop(self, grace: float | None = None, drain_delay: float = 0.0) -> None:
