@@ -143,7 +143,9 @@ def test_sigterm_drains_in_flight_calls(served: tuple[str, subprocess.Popen[str]
     assert [o for o in outcomes if o not in ("ok", "refused")] == []
 
 
-def test_several_workers_share_one_port(example_repo: Path, seeds: str) -> None:
+def test_several_workers_share_one_port(
+    example_repo: Path, seeds: str, served: tuple[str, Any]
+) -> None:  # `served` has materialized the data these workers read
     (port,) = _free_ports(1)
     process = featurewell(
         "serve",
@@ -160,9 +162,7 @@ def test_several_workers_share_one_port(example_repo: Path, seeds: str) -> None:
         address = f"127.0.0.1:{port}"
         wait_serving(address)
         time.sleep(1.0)  # both workers listening
-        children = subprocess.run(
-            ["pgrep", "-P", str(process.pid)], capture_output=True, text=True
-        ).stdout.split()
+        children = _children(process.pid)
         workers = [pid for pid in children if "spawn_main" in _cmdline(pid)]
         assert len(workers) == 2, children
         for _ in range(20):  # fresh connections spread over the workers by the kernel
@@ -174,6 +174,18 @@ def test_several_workers_share_one_port(example_repo: Path, seeds: str) -> None:
         out, _ = process.communicate(timeout=20)
     assert process.returncode == 0, out
     assert out.count("draining in-flight calls") == 2
+
+
+def _children(parent: int) -> list[str]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            found.append(stat.parent.name)
+    return found
 
 
 def _cmdline(pid: str) -> str:
