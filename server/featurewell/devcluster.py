@@ -7,10 +7,14 @@ cluster is formed with CLUSTER ADDSLOTSRANGE / MEET / REPLICATE directly (no `re
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import random
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -23,6 +27,7 @@ from featurewell.store.connection import Address, encode_command
 from featurewell.store.keys import SLOTS
 
 HOST = "127.0.0.1"
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -101,7 +106,17 @@ def _spawn(
         # Replicas sync at once instead of waiting 5 s for more replicas to share a transfer.
         "--repl-diskless-sync-delay", "0",
     ]  # fmt: skip
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent
+    )
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: ask Linux to SIGKILL the node when the process that
+    started it dies, so a killed test run or demo leaves no orphaned redis-server behind."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _form(cluster: LocalCluster) -> None:
