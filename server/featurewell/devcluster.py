@@ -105,6 +105,9 @@ def _spawn(
         "--dir", str(directory), "--logfile", str(directory / f"redis-{port}.log"),
         # Replicas sync at once instead of waiting 5 s for more replicas to share a transfer.
         "--repl-diskless-sync-delay", "0",
+        # CLUSTER SLOTS hides a replica until its replication offset moves; with no writes that
+        # happens only at the master's replica ping, every 10 s by default.
+        "--repl-ping-replica-period", "1",
     ]  # fmt: skip
     return subprocess.Popen(
         args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent
@@ -142,6 +145,14 @@ def _form(cluster: LocalCluster) -> None:
     for port in cluster.replicas:
         _wait_for(lambda p=port: b"master_link_status:up" in _call(p, "INFO", "replication"),
                   f"replica {port} to sync")  # fmt: skip
+    replicas = len(cluster.replicas) // len(masters)
+    for port in cluster.ports:  # gossip done: every node reports every range with its replicas
+        _wait_for(lambda p=port: _sees_topology(p, len(masters), replicas), "topology to settle")
+
+
+def _sees_topology(port: int, masters: int, replicas: int) -> bool:
+    ranges = _call(port, "CLUSTER", "SLOTS")
+    return len({r[2][1] for r in ranges}) == masters and all(len(r) == 3 + replicas for r in ranges)
 
 
 def _known_nodes(port: int) -> int:
