@@ -191,7 +191,7 @@ featurewell is serving the streaming_media example on {address} (Ctrl-C stops it
         ["user_activity:*", "item_stats:popularity_score", "user_item_affinity:genre_affinity"],
         entities={{"user_id": ["u000042"], "item_id": [f"i{{n:06d}}" for n in range(500)]}},
     )
-    matrix, names = result.to_numpy()      # 500 x 9 float32, user features broadcast
+    matrix, names = result.to_numpy()      # 500 x 6 float32, user features broadcast
 
   grpcurl (reflection is on):
     grpcurl -plaintext -d '{{"features": ["user_activity:*"],
