@@ -3,6 +3,8 @@ nothing: the server keeps serving, and a rejected write stores nothing."""
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import grpc
@@ -17,9 +19,11 @@ from featurewell.client import (
     Status,
     build_request,
 )
+from featurewell.devcluster import LocalCluster, _call
 from featurewell.errors import StoreUnavailable
 from featurewell.serving.server import Server
 from featurewell.settings import Settings
+from featurewell.store.keys import entity_tags, slot_of
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
 from tests import defs
@@ -258,3 +262,37 @@ async def test_unreachable_redis_at_startup_fails_before_listening() -> None:
     )
     with pytest.raises(StoreUnavailable, match=r"no Redis Cluster node answered.*127\.0\.0\.1:1"):
         await Server.start(settings, defs.registry())
+
+
+def test_slow_store_is_unavailable_or_deadline_exceeded(
+    client: FeatureClient, cluster: LocalCluster, ids: Any
+) -> None:
+    user = ids("slow")
+    defs.write_profiles(client, [user], ages=[5])
+    (tag,) = entity_tags([[user]], 1)
+    port = next(p for p in cluster.masters if _owns(p, slot_of(tag)))
+    slept: list[Any] = []
+    sleeper = threading.Thread(target=lambda: slept.append(_call(port, "DEBUG", "SLEEP", "0.8")))
+    sleeper.start()
+    try:
+        time.sleep(0.05)
+        # The server's own cap (50 ms) expires first: UNAVAILABLE, worth retrying elsewhere.
+        with pytest.raises(FeatureClientError) as capped:
+            client.get_features(["profile:age"], entities={"user_id": [user]}, timeout=5)
+        # The caller's 30 ms deadline is shorter than the cap: DEADLINE_EXCEEDED.
+        with pytest.raises(FeatureClientError) as bounded:
+            client.get_features(["profile:age"], entities={"user_id": [user]}, timeout=0.03)
+    finally:
+        sleeper.join()
+    assert slept == [b"OK"]
+    assert capped.value.code == grpc.StatusCode.UNAVAILABLE
+    assert "did not answer 1 reads within 50.0 ms" in str(capped.value)
+    assert bounded.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def _owns(port: int, slot: int) -> bool:
+    return any(
+        start <= slot <= end
+        for start, end, *_ in _call(port, "CLUSTER", "SLOTS")
+        if int(_[0][1]) == port
+    )

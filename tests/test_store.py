@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -12,9 +13,9 @@ import numpy as np
 import pytest
 
 from featurewell.devcluster import LocalCluster, _call, _free_ports
-from featurewell.errors import StoreUnavailable
+from featurewell.errors import StoreTimeout, StoreUnavailable
 from featurewell.store.codec import RowCodec
-from featurewell.store.keys import entity_tags, key_prefix, slot_of, view_keys
+from featurewell.store.keys import entity_tags, key_prefix, slot_of, slots_of, view_keys
 from featurewell.store.online import EntityRead, OnlineStore
 from tests import defs
 
@@ -166,3 +167,44 @@ async def test_standalone_redis_is_not_mistaken_for_a_cluster(standalone_redis: 
         await OnlineStore.connect(
             [("127.0.0.1", standalone_redis)], connect_timeout=1, connections_per_node=1
         )
+
+
+@pytest.fixture
+def sleeping_node(cluster: LocalCluster) -> Iterator[Any]:
+    """Make one master unresponsive for a while (DEBUG SLEEP blocks it), then wait it out."""
+    threads: list[threading.Thread] = []
+    reply_of: dict[threading.Thread, list[Any]] = {}
+
+    def sleep(port: int, seconds: float) -> None:
+        replies: list[Any] = []
+        thread = threading.Thread(
+            target=lambda: replies.append(_call(port, "DEBUG", "SLEEP", str(seconds)))
+        )
+        reply_of[thread] = replies
+        thread.start()
+        threads.append(thread)
+        time.sleep(0.05)  # the node is now blocked
+
+    yield sleep
+    for thread in threads:
+        thread.join()
+        assert reply_of[thread] == [b"OK"], "DEBUG SLEEP was refused: the test proved nothing"
+
+
+async def test_reads_and_writes_time_out_on_a_stuck_node(
+    store: OnlineStore, sleeping_node: Any, ids: Any
+) -> None:
+    tag = ids("stuck").encode()
+    node = store.cluster.node_of(slot_of(tag))
+    assert node is not None
+    sleeping_node(node[1], 0.6)
+    started = time.monotonic()
+    with pytest.raises(StoreTimeout, match=r"did not answer 1 reads within 100\.0 ms"):
+        await _read_within(store, [tag], 0.1)
+    with pytest.raises(StoreTimeout, match="did not confirm 1 writes"):
+        await _write(store, [tag], 5, 0.5, timeout=0.1)
+    assert time.monotonic() - started < 0.5  # both gave up on time, not when the node woke
+
+
+async def _read_within(store: OnlineStore, tags: list[bytes], timeout: float) -> Any:
+    return await store.read([EntityRead([PREFIX], tags, slots_of(tags))], timeout)

@@ -114,14 +114,14 @@ def _materialize(settings: Settings, args: argparse.Namespace) -> None:
             views = None
             if names is not None:
                 views = [v for v in registry.views.values() if v.name in names and v.source]
-            for load in await materialize(
+            for summary in await materialize(
                 engine, views, batch_rows=args.batch_rows,
                 max_rows_per_second=args.max_rows_per_second,
             ):  # fmt: skip
                 print(
-                    f"{load.view}: {load.rows} rows in {load.seconds:.2f} s "
-                    f"({load.rows / max(load.seconds, 1e-9):,.0f} rows/s), "
-                    f"{load.skipped_older} skipped as older than stored"
+                    f"{summary.view}: {summary.rows} rows in {summary.seconds:.2f} s "
+                    f"({summary.rows / max(summary.seconds, 1e-9):,.0f} rows/s), "
+                    f"{summary.skipped_older} skipped as older than stored"
                 )
         finally:
             await store.close()

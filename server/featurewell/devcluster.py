@@ -108,6 +108,8 @@ def _spawn(
         # CLUSTER SLOTS hides a replica until its replication offset moves; with no writes that
         # happens only at the master's replica ping, every 10 s by default.
         "--repl-ping-replica-period", "1",
+        # Tests make a node slow with DEBUG SLEEP; only from local connections.
+        "--enable-debug-command", "local",
     ]  # fmt: skip
     return subprocess.Popen(
         args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent

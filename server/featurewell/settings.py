@@ -38,6 +38,7 @@ class Settings:
     deadline_margin_ms: float = _doc(
         "Time kept back from the client's deadline to build and send the answer.", 1.0
     )
+    write_timeout_s: float = _doc("Longest a write batch waits for Redis to confirm it.", 10.0)
     connect_timeout_s: float = _doc("Timeout to connect to a Redis node.", 2.0)
     connections_per_node: int = _doc("Multiplexed connections per Redis master.", 2)
     max_rows: int = _doc("Largest batch: entity rows per GetFeatures/WriteFeatures call.", 10_000)
@@ -72,7 +73,8 @@ class Settings:
 
     def validate(self) -> None:
         positive = ("workers", "store_timeout_ms", "connect_timeout_s", "connections_per_node",
-                    "max_rows", "max_features", "max_message_mb", "gc_gen0_threshold")  # fmt: skip
+                    "max_rows", "max_features", "max_message_mb", "gc_gen0_threshold",
+                    "write_timeout_s")  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"setting {name} must be positive, got {getattr(self, name)}")

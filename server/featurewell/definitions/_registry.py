@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -32,7 +32,6 @@ class Registry:
     default_versions: dict[str, int]
     join_keys: dict[str, FeatureType]
     root: Path | None = None
-    entity_of_key_set: dict[frozenset[str], Entity] = field(default_factory=dict)
 
     @classmethod
     def build(cls, definitions: Iterable[Definition], root: Path | None = None) -> Registry:
@@ -74,7 +73,7 @@ class Registry:
             if name in view_names:
                 raise DefinitionError(f"{name!r} names both a feature view and a transform")
         defaults = {name: max(v for n, v in views if n == name) for name in view_names}
-        registry = cls(entities, views, transforms, defaults, join_keys, root, key_sets)
+        registry = cls(entities, views, transforms, defaults, join_keys, root)
         for transform in transforms.values():
             for alias, ref in transform.inputs.items():
                 try:

@@ -26,7 +26,7 @@ from featurewell.errors import (
 from featurewell.serving.plan import Plan, Planner, ViewRead
 from featurewell.settings import Settings
 from featurewell.store.codec import DecodedRows
-from featurewell.store.keys import entity_tags, slot_of, slots_of, view_keys
+from featurewell.store.keys import entity_tags, slots_of, view_keys
 from featurewell.store.online import EntityRead, OnlineStore, WriteOutcome
 from featurewell.values import PRESENT, STALE, ColumnValues, presence_statuses, worst_status
 
@@ -289,8 +289,9 @@ class FeatureEngine:
             retention_ms = int(view.retention.total_seconds() * 1000)
             expire = (request.event_time_us // 1000 + retention_ms).tolist()
         return await self.store.write(
-            view_keys(read.prefix, tags), [slot_of(t) for t in tags], encoded, expire
-        )
+            view_keys(read.prefix, tags), slots_of(tags), encoded, expire,
+            timeout=self.settings.write_timeout_s,
+        )  # fmt: skip
 
 
 def _tags(entity: Entity, entities: Mapping[str, InputColumn], rows: int) -> list[bytes]:

@@ -171,7 +171,7 @@ class ClusterClient:
         groups, retry = self._group(slots, todo, asking)
         refresh = bool(retry)
         failure = f"{len(retry)} slots have no owner" if retry else ""
-        in_flight: list[tuple[Address, list[int], asyncio.Future[list[Any]] | None]] = []
+        in_flight: list[tuple[Address, list[int], asyncio.Future[list[Any]]]] = []
         for address, indexes in groups.items():
             try:
                 connection = self._ready(address) or await self._connection(address)
@@ -183,7 +183,7 @@ class ClusterClient:
                 refresh, failure = True, str(exc)
         for address, indexes, future in in_flight:
             try:
-                replies = await future if future is not None else []
+                replies = await future
             except StoreUnavailable as exc:
                 retry.extend(indexes)
                 refresh, failure = True, str(exc)

@@ -131,9 +131,26 @@ class OnlineStore:
         slots: Sequence[int],
         rows: Sequence[bytes],
         expire_at_ms: Sequence[int] | None = None,
+        timeout: float = 10.0,
     ) -> WriteOutcome:
-        """Store each row unless its key holds a newer event. Safe to retry: re-applying the same
-        row is a no-op in effect."""
+        """Store each row unless its key holds a newer event, within `timeout` seconds. Safe to
+        retry: re-applying the same row is a no-op in effect."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._write(keys, slots, rows, expire_at_ms)
+        except TimeoutError:
+            raise StoreTimeout(
+                f"Redis Cluster did not confirm {len(rows)} writes within {timeout:.1f} s; "
+                "they may be partly applied: retrying is safe"
+            ) from None
+
+    async def _write(
+        self,
+        keys: Sequence[bytes],
+        slots: Sequence[int],
+        rows: Sequence[bytes],
+        expire_at_ms: Sequence[int] | None,
+    ) -> WriteOutcome:
         expiries = [b"%d" % ms for ms in expire_at_ms] if expire_at_ms is not None else None
         commands = [
             _evalsha(key, row, expiries[i] if expiries is not None else b"0")
