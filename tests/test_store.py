@@ -208,3 +208,33 @@ async def test_reads_and_writes_time_out_on_a_stuck_node(
 
 async def _read_within(store: OnlineStore, tags: list[bytes], timeout: float) -> Any:
     return await store.read([EntityRead([PREFIX], tags, slots_of(tags))], timeout)
+
+
+async def test_ask_redirect_during_slot_migration(
+    store: OnlineStore, cluster: LocalCluster, ids: Any
+) -> None:
+    tag = ids("migrating").encode()
+    await _write(store, [tag], 5, 0.75)
+    slot = slot_of(tag)
+    source = store.cluster.node_of(slot)
+    assert source is not None
+    target = next(a for a in store.cluster.masters if a != source)
+    source_id, target_id = (_call(a[1], "CLUSTER", "MYID").decode() for a in (source, target))
+    key = PREFIX + tag + b"}"
+    assert _call(target[1], "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id) == b"OK"
+    assert _call(source[1], "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id) == b"OK"
+    try:
+        # The key moves while its slot still belongs to the source: the source answers ASK.
+        assert _call(source[1], "MIGRATE", target[0], target[1], key, 0, 5000) == b"OK"
+        assert str(_call(source[1], "GET", key)).startswith("ASK ")
+
+        rows = await _read(store, [tag])
+
+        assert CODEC.decode(rows).values["progress"].tolist() == [0.75]
+        assert store.cluster.node_of(slot) == source  # ASK is one-off: the map is unchanged
+    finally:
+        for address in store.cluster.masters:  # finish the migration: the slot is the target's
+            _call(address[1], "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+    rows = await _read(store, [tag])  # now a MOVED, after which the map points at the target
+    assert CODEC.decode(rows).present.tolist() == [True]
+    assert store.cluster.node_of(slot) == target

@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,7 @@ def _materialize(settings: Settings, args: argparse.Namespace) -> None:
                 views = [v for v in registry.views.values() if v.name in names and v.source]
             for summary in await materialize(
                 engine, views, batch_rows=args.batch_rows,
-                max_rows_per_second=args.max_rows_per_second,
+                max_rows_per_second=args.max_rows_per_second, progress=_progress_printer(),
             ):  # fmt: skip
                 print(
                     f"{summary.view}: {summary.rows} rows in {summary.seconds:.2f} s "
@@ -127,6 +128,18 @@ def _materialize(settings: Settings, args: argparse.Namespace) -> None:
             await store.close()
 
     uvloop.run(load())
+
+
+def _progress_printer(every: int = 50_000) -> Callable[[str, int], None]:
+    """Prints a line to stderr each time a view's load passes another `every` rows."""
+    last: dict[str, int] = {}
+
+    def report(view: str, rows: int) -> None:
+        if rows // every > last.get(view, 0) // every:
+            print(f"  {view}: {rows:,} rows sent...", file=sys.stderr, flush=True)
+        last[view] = rows
+
+    return report
 
 
 def _cluster(_settings: Settings, args: argparse.Namespace) -> None:

@@ -41,9 +41,10 @@ async def materialize(
     batch_rows: int = 2000,
     in_flight: int = 4,
     max_rows_per_second: float | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str, int], None] | None = None,
 ) -> list[ViewLoad]:
-    """Load every view that has a ParquetSource (or just `views`). Returns a summary per view."""
+    """Load every view that has a ParquetSource (or just `views`). Returns a summary per view;
+    `progress(view, rows_sent)` is called after every batch."""
     registry = engine.registry
     chosen = views if views is not None else [v for v in registry.views.values() if v.source]
     results: list[ViewLoad] = []
@@ -64,7 +65,7 @@ async def materialize(
                     outcome = task.result()
                     written, skipped = written + outcome.written, skipped + outcome.skipped_older
             if progress is not None:
-                progress(f"{view.ref}: {rows} rows")
+                progress(view.ref, rows)
         for task in pending:
             outcome = await task
             written, skipped = written + outcome.written, skipped + outcome.skipped_older
