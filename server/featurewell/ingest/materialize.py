@@ -101,12 +101,11 @@ def _batches(registry: Registry, view: FeatureView, batch_rows: int) -> Iterator
 
 def _key_column(view: FeatureView, key: str, array: pa.Array) -> InputColumn:
     kind = view.entity.join_keys[key].kind
-    values = array.to_pylist()
     if kind is Kind.INT64 and not pa.types.is_integer(array.type):
         raise InvalidRequest(f"source column {key!r} of {view.ref!r} must hold integers")
     if kind is Kind.STRING and not pa.types.is_string(array.type):
         raise InvalidRequest(f"source column {key!r} of {view.ref!r} must hold strings")
-    return InputColumn(kind, values)
+    return InputColumn(kind, array.to_pylist())
 
 
 def _timestamps(array: pa.Array) -> np.ndarray[Any, np.dtype[np.int64]]:

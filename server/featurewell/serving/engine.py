@@ -174,8 +174,6 @@ class FeatureEngine:
             f"entity key {k!r}": len(c.values) for k, c in request.entities.items() if k in needed
         }
         lengths.update({f"context {k!r}": len(request.context[k].values) for k in plan.context})
-        if not lengths:
-            raise InvalidRequest("no entity keys: send the join keys of the requested features")
         rows = max(lengths.values())
         if rows > self.settings.max_rows:
             raise InvalidRequest(

@@ -6,6 +6,7 @@ of resolving `user_stats:*` is a dict lookup.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -68,7 +69,7 @@ class Plan:
     outputs: tuple[Output, ...]
     context: dict[str, FeatureType]
 
-    @property
+    @functools.cached_property
     def entities(self) -> tuple[Entity, ...]:
         return tuple(group.entity for group in self.groups)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import hiredis
 import numpy as np
@@ -26,6 +26,14 @@ from featurewell.store.keys import SLOTS
 _ASKING = encode_command("ASKING")
 _MAX_ROUNDS = 5
 _RETRYABLE = ("TRYAGAIN", "CLUSTERDOWN", "LOADING", "MASTERDOWN")
+
+
+class Replies(NamedTuple):
+    """Replies in command order, and the indexes of those that are error replies (other than
+    the redirects `execute` follows itself), so callers never scan the replies again."""
+
+    values: list[Any]
+    errors: list[int]
 
 
 class ClusterClient:
@@ -139,18 +147,22 @@ class ClusterClient:
             self._pools[address] = pool
             return pool[0]
 
-    async def execute(self, commands: Sequence[bytes], slots: Sequence[int]) -> list[Any]:
+    async def execute(self, commands: Sequence[bytes], slots: Sequence[int]) -> Replies:
         """Run `commands[i]` on the master owning `slots[i]`; replies in the same order.
-        Error replies other than redirects come back as `hiredis.ReplyError` values."""
+        Error replies other than redirects stay in place as `hiredis.ReplyError` values and are
+        listed in `Replies.errors`."""
         results: list[Any] = [None] * len(commands)
+        errors: list[int] = []
         slot_array = np.asarray(slots, dtype=np.int64)
         todo: Sequence[int] = range(len(commands))
         asking: dict[int, Address] = {}
         failure = "no attempt made"
         for round_number in range(_MAX_ROUNDS):
-            retry, refresh, failure = await self._round(commands, slot_array, todo, asking, results)
+            retry, refresh, failure = await self._round(
+                commands, slot_array, todo, asking, results, errors
+            )
             if not retry:
-                return results
+                return Replies(results, errors)
             if refresh:
                 try:
                     await self.refresh_topology(force=True)
@@ -167,6 +179,7 @@ class ClusterClient:
         todo: Sequence[int],
         asking: dict[int, Address],
         results: list[Any],
+        errors: list[int],
     ) -> tuple[list[int], bool, str]:
         groups, retry = self._group(slots, todo, asking)
         refresh = bool(retry)
@@ -190,6 +203,10 @@ class ClusterClient:
                 continue
             if asking:
                 replies = self._strip_asking(replies, indexes, asking)
+            if hiredis.ReplyError not in set(map(type, replies)):  # the usual case, checked in C
+                for i, reply in zip(indexes, replies, strict=True):
+                    results[i] = reply
+                continue
             for i, reply in zip(indexes, replies, strict=True):
                 if type(reply) is not hiredis.ReplyError:
                     results[i] = reply
@@ -206,6 +223,7 @@ class ClusterClient:
                     failure = message
                 else:
                     results[i] = reply
+                    errors.append(i)
                     continue
                 retry.append(i)
         return retry, refresh, failure

@@ -111,13 +111,12 @@ class OnlineStore:
             raise StoreTimeout(
                 f"Redis Cluster did not answer {len(commands)} reads within {timeout * 1000:.1f} ms"
             ) from None
-        if hiredis.ReplyError in set(map(type, replies)):  # one pass in C, not a Python loop
-            error = next(r for r in replies if type(r) is hiredis.ReplyError)
-            raise StoreError(f"Redis Cluster refused a read: {error}")
+        if replies.errors:
+            raise StoreError(f"Redis Cluster refused a read: {replies.values[replies.errors[0]]}")
         out: list[list[list[bytes | None]]] = []
         start = 0
         for read in reads:
-            part = replies[start : start + len(read.slots)]
+            part = replies.values[start : start + len(read.slots)]
             start += len(read.slots)
             if len(read.prefixes) == 1:
                 out.append([part])
@@ -156,18 +155,21 @@ class OnlineStore:
             _evalsha(key, row, expiries[i] if expiries is not None else b"0")
             for i, (key, row) in enumerate(zip(keys, rows, strict=True))
         ]
-        replies = await self.cluster.execute(commands, slots)
-        missing = [i for i, r in enumerate(replies) if _is_noscript(r)]
+        replies, errors = await self.cluster.execute(commands, slots)
+        missing = [i for i in errors if str(replies[i]).startswith("NOSCRIPT")]
         if missing:  # first write to a node since it started (or failed over): load and redo
             await self._load_script({self.cluster.node_of(slots[i]) for i in missing})
-            redo = await self.cluster.execute(
+            redo, redo_errors = await self.cluster.execute(
                 [commands[i] for i in missing], [slots[i] for i in missing]
             )
             for i, reply in zip(missing, redo, strict=True):
                 replies[i] = reply
-        errors = [r for r in replies if type(r) is hiredis.ReplyError]
+            retried = set(missing)
+            errors = [i for i in errors if i not in retried] + [missing[j] for j in redo_errors]
         if errors:
-            raise StoreUnavailable(f"Redis Cluster refused {len(errors)} writes: {errors[0]}")
+            raise StoreUnavailable(
+                f"Redis Cluster refused {len(errors)} writes: {replies[errors[0]]}"
+            )
         written = sum(replies)
         return WriteOutcome(written=written, skipped_older=len(replies) - written)
 
@@ -182,7 +184,3 @@ class OnlineStore:
 
 def _evalsha(key: bytes, row: bytes, expire_at: bytes) -> bytes:
     return encode_command(b"EVALSHA", _WRITE_SHA, b"1", key, row, expire_at)
-
-
-def _is_noscript(reply: object) -> bool:
-    return type(reply) is hiredis.ReplyError and str(reply).startswith("NOSCRIPT")
