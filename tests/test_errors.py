@@ -14,6 +14,7 @@ import pytest
 from featurewell.client import (
     VALUE_TYPE_FLOAT32,
     VALUE_TYPE_INT64,
+    FallbackReason,
     FeatureClient,
     FeatureClientError,
     Status,
@@ -264,7 +265,7 @@ async def test_unreachable_redis_at_startup_fails_before_listening() -> None:
         await Server.start(settings, defs.registry())
 
 
-def test_slow_store_is_unavailable_or_deadline_exceeded(
+def test_slow_store_falls_back_or_is_unavailable_or_deadline_exceeded(
     client: FeatureClient, cluster: LocalCluster, ids: Any
 ) -> None:
     user = ids("slow")
@@ -276,17 +277,32 @@ def test_slow_store_is_unavailable_or_deadline_exceeded(
     sleeper.start()
     try:
         time.sleep(0.05)
-        # The server's own cap (50 ms) expires first: UNAVAILABLE, worth retrying elsewhere.
+        # Non-strict: answered within the server's cap (50 ms), the value flagged as a fallback.
+        started = time.monotonic()
+        degraded = client.get_features(["profile:age"], entities={"user_id": [user]}, timeout=5)
+        answered_in = time.monotonic() - started
+        # Strict: the server's own cap expires first: UNAVAILABLE, worth retrying elsewhere.
         with pytest.raises(FeatureClientError) as capped:
-            client.get_features(["profile:age"], entities={"user_id": [user]}, timeout=5)
-        # The caller's 30 ms deadline is shorter than the cap: DEADLINE_EXCEEDED.
+            client.get_features(
+                ["profile:age"], entities={"user_id": [user]}, strict=True, timeout=5
+            )
+        # Strict, and the caller's 30 ms deadline is shorter than the cap: DEADLINE_EXCEEDED.
         with pytest.raises(FeatureClientError) as bounded:
-            client.get_features(["profile:age"], entities={"user_id": [user]}, timeout=0.03)
+            client.get_features(
+                ["profile:age"], entities={"user_id": [user]}, strict=True, timeout=0.03
+            )
     finally:
         sleeper.join()
     assert slept == [b"OK"]
+    assert degraded.statuses("profile:age").tolist() == [Status.FALLBACK]
+    assert degraded.values("profile:age").tolist() == [-1]  # the definition's default
+    assert [(f.view, f.reason, f.from_cache, f.from_default) for f in degraded.fallbacks] == [
+        ("profile@v2", FallbackReason.STORE_TIMEOUT, 0, 1)
+    ]
+    assert answered_in < 0.8  # not held until the node woke up
     assert capped.value.code == grpc.StatusCode.UNAVAILABLE
-    assert "did not answer 1 reads within 50.0 ms" in str(capped.value)
+    assert "strict call: 1 rows could not be read from Redis" in str(capped.value)
+    assert f"127.0.0.1:{port}: timeout" in str(capped.value)
     assert bounded.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
 
 

@@ -7,6 +7,7 @@ the code raises domain errors and never touches gRPC.
     FeaturewellError
     ├── DefinitionError        a feature repo is invalid (raised while loading it)
     ├── TransformFailed        an on-demand transform raised or returned the wrong shape
+    ├── Overloaded             the server is at its limit of calls in flight: shed, retry later
     ├── RequestError           the caller asked for something that cannot be served as asked
     │   ├── InvalidRequest     malformed input: bad key type, lengths, empty or oversized batch
     │   ├── UnknownFeature     a feature, view, version or transform that does not exist
@@ -32,6 +33,11 @@ class DefinitionError(FeaturewellError):
 class TransformFailed(FeaturewellError):
     """An on-demand transform raised, or returned outputs that do not match its declaration.
     A bug in the feature repo, not in the request."""
+
+
+class Overloaded(FeaturewellError):
+    """The server is serving as many calls as it may at once; this one was shed unserved, so
+    retrying it (after a backoff, or on another replica) is safe."""
 
 
 class RequestError(FeaturewellError):

@@ -44,6 +44,31 @@ class Settings:
     max_rows: int = _doc("Largest batch: entity rows per GetFeatures/WriteFeatures call.", 10_000)
     max_features: int = _doc("Most feature references per GetFeatures call.", 1_000)
     max_message_mb: int = _doc("Largest gRPC message, request or response.", 64)
+    max_in_flight: int = _doc(
+        "Calls served at once per process; more are shed at once with RESOURCE_EXHAUSTED.", 256
+    )
+    cache_entries: int = _doc("Hot-key cache size in rows (0 turns the cache off).", 100_000)
+    cache_mb: int = _doc("Hot-key cache size limit in MiB.", 256)
+    cache_ttl_s: float = _doc(
+        "Longest a cached row answers reads (invalidations usually end it sooner).", 5.0
+    )
+    cache_ttl_fraction: float = _doc(
+        "A view's cache TTL never exceeds this fraction of its max age.", 0.1
+    )
+    cache_admit_after: int = _doc(
+        "Fetches of a key (within the frequency window) before the cache admits it.", 2
+    )
+    fallback_horizon_s: float = _doc(
+        "How long past its TTL a cached row may still be served when Redis fails.", 300.0
+    )
+    breaker_failures: int = _doc("Failed calls in a row that open a Redis node's circuit.", 3)
+    breaker_open_ms: float = _doc(
+        "How long an open circuit fails fast before a trial call probes the node.", 1000.0
+    )
+    reload_interval_s: float = _doc(
+        "How often to check the feature repo's files for changes and reload (0: only on SIGHUP).",
+        0.0,
+    )
     drain_delay_s: float = _doc(
         "On SIGTERM, how long to keep serving while health reports NOT_SERVING.", 0.0
     )
@@ -74,10 +99,16 @@ class Settings:
     def validate(self) -> None:
         positive = ("workers", "store_timeout_ms", "connect_timeout_s", "connections_per_node",
                     "max_rows", "max_features", "max_message_mb", "gc_gen0_threshold",
-                    "write_timeout_s")  # fmt: skip
+                    "write_timeout_s", "max_in_flight", "cache_mb", "cache_ttl_fraction",
+                    "cache_admit_after", "breaker_failures", "breaker_open_ms")  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"setting {name} must be positive, got {getattr(self, name)}")
+        for name in ("cache_entries", "cache_ttl_s", "fallback_horizon_s", "reload_interval_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"setting {name} must not be negative, got {getattr(self, name)}")
+        if self.cache_ttl_fraction > 1:
+            raise ValueError("setting cache_ttl_fraction must be at most 1 (a fraction of max age)")
         if not 0 <= self.port < 65536:
             raise ValueError(f"setting port must be 0-65535, got {self.port}")
         if self.workers > 1 and self.port == 0:

@@ -16,11 +16,12 @@ class Status(enum.IntEnum):
     PRESENT = 1
     NOT_FOUND = 2
     STALE = 3
-    FALLBACK = 4
+    FALLBACK = 4  # the store failed: the definition's default was served
+    FALLBACK_CACHE = 5  # the store failed: the last cached row (past its TTL) was served
 
 
 # Plain ints for hot paths: IntEnum attribute access costs a metaclass lookup every time.
-PRESENT, NOT_FOUND, STALE, FALLBACK = (int(s) for s in Status)
+PRESENT, NOT_FOUND, STALE, FALLBACK, FALLBACK_CACHE = (int(s) for s in Status)
 # Status of each row from its `present` flag: index False -> NOT_FOUND, True -> PRESENT.
 _BY_PRESENCE = np.array([NOT_FOUND, PRESENT], dtype=np.uint8)
 
@@ -31,8 +32,11 @@ def presence_statuses(present: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
 
 
 # How bad each status is, for combining the inputs of an on-demand output: index = Status value.
-_SEVERITY = np.array([0, 0, 2, 1, 3], dtype=np.uint8)
-_BY_SEVERITY = np.array([Status.PRESENT, Status.STALE, Status.NOT_FOUND, Status.FALLBACK], np.uint8)
+_SEVERITY = np.array([0, 0, 2, 1, 4, 3], dtype=np.uint8)
+_BY_SEVERITY = np.array(
+    [Status.PRESENT, Status.STALE, Status.NOT_FOUND, Status.FALLBACK_CACHE, Status.FALLBACK],
+    np.uint8,
+)
 
 
 def worst_status(statuses: list[npt.NDArray[np.uint8]]) -> npt.NDArray[np.uint8]:

@@ -13,10 +13,11 @@ from featurewell.client._errors import (
     FeatureClientError,
     InvalidArgument,
     NotFound,
+    Overloaded,
     ServerError,
     Unavailable,
 )
-from featurewell.client._result import Column, FeatureResult, Status
+from featurewell.client._result import Column, Fallback, FallbackReason, FeatureResult, Status
 from featurewell.v1.feature_service_pb2 import (
     VALUE_TYPE_BOOL,
     VALUE_TYPE_EMBEDDING,
@@ -39,11 +40,14 @@ __all__ = [
     "VALUE_TYPE_STRING",
     "Column",
     "DeadlineExceeded",
+    "Fallback",
+    "FallbackReason",
     "FeatureClient",
     "FeatureClientError",
     "FeatureResult",
     "InvalidArgument",
     "NotFound",
+    "Overloaded",
     "ServerError",
     "Status",
     "Unavailable",

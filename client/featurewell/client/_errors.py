@@ -5,6 +5,7 @@ FeatureClientError
 ├── NotFound            unknown feature/view, or strict mode and missing entities
 ├── DeadlineExceeded    no answer within the deadline
 ├── Unavailable         server or store unreachable (retryable)
+├── Overloaded          the server shed the call unserved (retry after a backoff)
 └── ServerError         anything else the server reported
 """
 
@@ -35,6 +36,10 @@ class Unavailable(FeatureClientError):
     pass
 
 
+class Overloaded(FeatureClientError):
+    pass
+
+
 class ServerError(FeatureClientError):
     pass
 
@@ -44,6 +49,7 @@ _BY_CODE: dict[grpc.StatusCode, type[FeatureClientError]] = {
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
 }
 
 

@@ -27,7 +27,24 @@ class Status(enum.IntEnum):
     PRESENT = pb.FEATURE_STATUS_PRESENT
     NOT_FOUND = pb.FEATURE_STATUS_NOT_FOUND
     STALE = pb.FEATURE_STATUS_STALE
-    FALLBACK = pb.FEATURE_STATUS_FALLBACK
+    FALLBACK = pb.FEATURE_STATUS_FALLBACK  # the store failed: the default was served
+    FALLBACK_CACHE = pb.FEATURE_STATUS_FALLBACK_CACHE  # the store failed: a cached copy served
+
+
+class FallbackReason(enum.IntEnum):
+    STORE_TIMEOUT = pb.FALLBACK_REASON_STORE_TIMEOUT
+    STORE_UNAVAILABLE = pb.FALLBACK_REASON_STORE_UNAVAILABLE
+    CIRCUIT_OPEN = pb.FALLBACK_REASON_CIRCUIT_OPEN
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """Rows of one view the server answered from fallbacks, and why."""
+
+    view: str
+    reason: FallbackReason
+    from_cache: int
+    from_default: int
 
 
 @dataclass(frozen=True)
@@ -74,6 +91,15 @@ class FeatureResult:
     def __init__(self, response: pb.GetFeaturesResponse) -> None:
         self.rows = response.row_count
         self.columns = {c.name: Column.from_proto(c) for c in response.columns}
+        self.fallbacks = [
+            Fallback(f.view, FallbackReason(f.reason), f.from_cache, f.from_default)
+            for f in response.fallbacks
+        ]
+
+    @property
+    def degraded(self) -> bool:
+        """Whether any value came from a fallback because the store could not answer."""
+        return bool(self.fallbacks)
 
     def __getitem__(self, name: str) -> Column:
         return self.columns[name]

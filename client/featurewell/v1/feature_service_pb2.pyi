@@ -71,7 +71,13 @@ class _FeatureStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Feature
     FEATURE_STATUS_STALE: _FeatureStatus.ValueType  # 3
     """The stored row is older than the view's max age: the stored value was served anyway."""
     FEATURE_STATUS_FALLBACK: _FeatureStatus.ValueType  # 4
-    """The store could not be read: a local copy or the default was served."""
+    """The store could not answer for this row (node down, slow, circuit open): the feature's
+    default was served. GetFeaturesResponse.fallbacks says why.
+    """
+    FEATURE_STATUS_FALLBACK_CACHE: _FeatureStatus.ValueType  # 5
+    """The store could not answer for this row: the server's last cached copy (past its cache TTL,
+    within the fallback horizon) was served. GetFeaturesResponse.fallbacks says why.
+    """
 
 class FeatureStatus(_FeatureStatus, metaclass=_FeatureStatusEnumTypeWrapper): ...
 
@@ -83,8 +89,73 @@ FEATURE_STATUS_NOT_FOUND: FeatureStatus.ValueType  # 2
 FEATURE_STATUS_STALE: FeatureStatus.ValueType  # 3
 """The stored row is older than the view's max age: the stored value was served anyway."""
 FEATURE_STATUS_FALLBACK: FeatureStatus.ValueType  # 4
-"""The store could not be read: a local copy or the default was served."""
+"""The store could not answer for this row (node down, slow, circuit open): the feature's
+default was served. GetFeaturesResponse.fallbacks says why.
+"""
+FEATURE_STATUS_FALLBACK_CACHE: FeatureStatus.ValueType  # 5
+"""The store could not answer for this row: the server's last cached copy (past its cache TTL,
+within the fallback horizon) was served. GetFeaturesResponse.fallbacks says why.
+"""
 Global___FeatureStatus: _TypeAlias = FeatureStatus  # noqa: Y015
+
+class _FallbackReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FallbackReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FallbackReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FALLBACK_REASON_UNSPECIFIED: _FallbackReason.ValueType  # 0
+    FALLBACK_REASON_STORE_TIMEOUT: _FallbackReason.ValueType  # 1
+    """The Redis node holding the rows did not answer within the call's budget."""
+    FALLBACK_REASON_STORE_UNAVAILABLE: _FallbackReason.ValueType  # 2
+    """The Redis node could not be reached, or the cluster had no owner for the rows' slot."""
+    FALLBACK_REASON_CIRCUIT_OPEN: _FallbackReason.ValueType  # 3
+    """The node kept failing, so the server stopped asking it for a while (circuit breaker open)."""
+
+class FallbackReason(_FallbackReason, metaclass=_FallbackReasonEnumTypeWrapper):
+    """Why rows were served from a fallback."""
+
+FALLBACK_REASON_UNSPECIFIED: FallbackReason.ValueType  # 0
+FALLBACK_REASON_STORE_TIMEOUT: FallbackReason.ValueType  # 1
+"""The Redis node holding the rows did not answer within the call's budget."""
+FALLBACK_REASON_STORE_UNAVAILABLE: FallbackReason.ValueType  # 2
+"""The Redis node could not be reached, or the cluster had no owner for the rows' slot."""
+FALLBACK_REASON_CIRCUIT_OPEN: FallbackReason.ValueType  # 3
+"""The node kept failing, so the server stopped asking it for a while (circuit breaker open)."""
+Global___FallbackReason: _TypeAlias = FallbackReason  # noqa: Y015
+
+@_typing.final
+class Fallback(_message.Message):
+    """Rows of one feature view served from fallbacks in one call, for one reason."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VIEW_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    FROM_CACHE_FIELD_NUMBER: _builtins.int
+    FROM_DEFAULT_FIELD_NUMBER: _builtins.int
+    view: _builtins.str
+    """"view@vN"."""
+    reason: Global___FallbackReason.ValueType
+    from_cache: _builtins.int
+    """Rows served from the server's cache (FEATURE_STATUS_FALLBACK_CACHE)."""
+    from_default: _builtins.int
+    """Rows served with the feature defaults (FEATURE_STATUS_FALLBACK)."""
+    def __init__(
+        self,
+        *,
+        view: _builtins.str = ...,
+        reason: Global___FallbackReason.ValueType = ...,
+        from_cache: _builtins.int = ...,
+        from_default: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_cache", b"from_cache", "from_default", b"from_default", "reason", b"reason", "view", b"view"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Fallback: _TypeAlias = Fallback  # noqa: Y015
 
 @_typing.final
 class Values(_message.Message):
@@ -321,7 +392,9 @@ class GetFeaturesRequest(_message.Message):
     STRICT_FIELD_NUMBER: _builtins.int
     INCLUDE_EVENT_TIMESTAMPS_FIELD_NUMBER: _builtins.int
     strict: _builtins.bool
-    """Fail with NOT_FOUND instead of serving defaults for missing entities."""
+    """Fail with NOT_FOUND instead of serving defaults for missing entities, and with UNAVAILABLE
+    (or DEADLINE_EXCEEDED) instead of serving fallbacks when the store cannot answer.
+    """
     include_event_timestamps: _builtins.bool
     """Fill FeatureColumn.event_timestamps."""
     @_builtins.property
@@ -359,19 +432,25 @@ class GetFeaturesResponse(_message.Message):
 
     ROW_COUNT_FIELD_NUMBER: _builtins.int
     COLUMNS_FIELD_NUMBER: _builtins.int
+    FALLBACKS_FIELD_NUMBER: _builtins.int
     row_count: _builtins.int
     """N: the broadcast row count of the request."""
     @_builtins.property
     def columns(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureColumn]: ...
+    @_builtins.property
+    def fallbacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Fallback]:
+        """Empty unless some rows were served from fallbacks because the store could not answer."""
+
     def __init__(
         self,
         *,
         row_count: _builtins.int = ...,
         columns: _abc.Iterable[Global___FeatureColumn] | None = ...,
+        fallbacks: _abc.Iterable[Global___Fallback] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "row_count", b"row_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "fallbacks", b"fallbacks", "row_count", b"row_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -14,7 +14,7 @@ all load the same module, so there is one definition of every feature::
 """
 
 from featurewell.definitions._entity import Entity
-from featurewell.definitions._loader import load_repo
+from featurewell.definitions._loader import load_repo, repo_fingerprint
 from featurewell.definitions._on_demand import OnDemandTransform, on_demand
 from featurewell.definitions._refs import FeatureRef
 from featurewell.definitions._registry import Registry
@@ -50,5 +50,6 @@ __all__ = [
     "Stats",
     "String",
     "load_repo",
+    "repo_fingerprint",
     "on_demand",
 ]

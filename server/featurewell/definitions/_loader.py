@@ -48,8 +48,35 @@ def _import(target: str) -> ModuleType:
         _execute(target, lambda: spec.loader.exec_module(module))  # type: ignore[union-attr]
         return module
     holder: list[ModuleType] = []
-    _execute(target, lambda: holder.append(importlib.import_module(target)))
+    loaded = sys.modules.get(target)
+    if loaded is not None:  # a reload: run the module's current code again
+        _execute(target, lambda: holder.append(importlib.reload(loaded)))
+    else:
+        _execute(target, lambda: holder.append(importlib.import_module(target)))
     return holder[0]
+
+
+def repo_fingerprint(target: str) -> tuple[tuple[str, int, int], ...]:
+    """(path, mtime, size) of every .py file in the repo's folder: changes when the repo does."""
+    path = Path(target)
+    if path.suffix == ".py":
+        folder = path.resolve().parent
+    elif path.is_dir():
+        folder = path.resolve()
+    else:
+        spec = importlib.util.find_spec(target)
+        if spec is None or spec.origin is None:
+            return ()
+        folder = Path(spec.origin).resolve().parent
+    files = sorted(folder.rglob("*.py"))
+    out = []
+    for file in files:
+        try:
+            stat = file.stat()
+        except FileNotFoundError:  # replaced while we looked (ConfigMaps swap a symlink)
+            continue
+        out.append((str(file), stat.st_mtime_ns, stat.st_size))
+    return tuple(out)
 
 
 def _execute(target: str, run: Callable[[], object]) -> None:

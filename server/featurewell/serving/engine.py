@@ -7,9 +7,10 @@ vectorised transforms.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,16 +20,27 @@ from featurewell.definitions import Entity, FeatureType, Kind, Registry
 from featurewell.errors import (
     DeadlineExceeded,
     EntityNotFound,
+    FeaturewellError,
     InvalidRequest,
-    StoreTimeout,
+    RequestError,
+    StoreUnavailable,
     UnknownFeature,
 )
 from featurewell.serving.plan import Plan, Planner, ViewRead
 from featurewell.settings import Settings
+from featurewell.store.cluster import Failure, FailureReason
 from featurewell.store.codec import DecodedRows
 from featurewell.store.keys import entity_tags, slots_of, view_keys
 from featurewell.store.online import EntityRead, OnlineStore, WriteOutcome
-from featurewell.values import PRESENT, STALE, ColumnValues, presence_statuses, worst_status
+from featurewell.values import (
+    FALLBACK,
+    FALLBACK_CACHE,
+    PRESENT,
+    STALE,
+    ColumnValues,
+    presence_statuses,
+    worst_status,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +72,20 @@ class ResultColumn:
 
 
 @dataclass(frozen=True, slots=True)
+class FallbackCount:
+    """Rows of one view served from fallbacks in one call, for one reason."""
+
+    view: str
+    reason: FailureReason
+    from_cache: int
+    from_default: int
+
+
+@dataclass(frozen=True, slots=True)
 class FeatureResult:
     rows: int
     columns: list[ResultColumn]
+    fallbacks: list[FallbackCount] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,11 +112,30 @@ class _Fetched:
 
 
 class FeatureEngine:
+    """Serves one registry at a time; `reload` swaps in a new one atomically (a call in flight
+    finishes with the planner it started with)."""
+
     def __init__(self, registry: Registry, store: OnlineStore, settings: Settings) -> None:
-        self.registry = registry
         self.store = store
         self.settings = settings
-        self.planner = Planner(registry)
+        self.planner = self._planner(registry)
+
+    @property
+    def registry(self) -> Registry:
+        return self.planner.registry
+
+    def reload(self, registry: Registry) -> None:
+        """Serve `registry` from now on, with the plans callers use already built for it."""
+        planner = self._planner(registry)
+        for references in self.planner.cached_references():
+            with contextlib.suppress(RequestError):  # a view the new repo no longer has
+                planner.plan(references)
+        self.planner = planner
+
+    def _planner(self, registry: Registry) -> Planner:
+        settings = self.settings
+        ttl = settings.cache_ttl_s if self.store.cache is not None else 0.0
+        return Planner(registry, cache_ttl_s=ttl, cache_ttl_fraction=settings.cache_ttl_fraction)
 
     async def get_features(self, request: FeatureRequest, budget: Budget) -> FeatureResult:
         if len(request.features) > self.settings.max_features:
@@ -103,7 +145,7 @@ class FeatureEngine:
             )
         plan = self.planner.plan(request.features)
         rows = self._row_count(request, plan)
-        fetched = await self._fetch(plan, request.entities, rows, budget)
+        fetched, fallbacks = await self._fetch(plan, request, rows, budget)
         if request.strict:
             self._require_present(plan, fetched)
         columns: list[ResultColumn] = []
@@ -138,7 +180,7 @@ class FeatureEngine:
                         version=0,
                     )
                 )
-        return FeatureResult(rows, columns)
+        return FeatureResult(rows, columns, fallbacks)
 
     # -- validation ----------------------------------------------------------------------------
 
@@ -187,28 +229,31 @@ class FeatureEngine:
     # -- reading -------------------------------------------------------------------------------
 
     async def _fetch(
-        self, plan: Plan, entities: Mapping[str, InputColumn], rows: int, budget: Budget
-    ) -> dict[int, _Fetched]:
+        self, plan: Plan, request: FeatureRequest, rows: int, budget: Budget
+    ) -> tuple[dict[int, _Fetched], list[FallbackCount]]:
         reads: list[EntityRead] = []
         for group in plan.groups:
-            tags = _tags(group.entity, entities, rows)
+            tags = _tags(group.entity, request.entities, rows)
             prefixes = [read.prefix for read in group.reads]
-            reads.append(EntityRead(prefixes, tags, slots_of(tags)))
-        try:
-            stored = await self.store.read(reads, budget.seconds)
-        except StoreTimeout as exc:
-            if budget.deadline_bound:
-                raise DeadlineExceeded(
-                    f"the call's deadline expired waiting for Redis: {exc}"
-                ) from exc
-            raise
+            reads.append(EntityRead(prefixes, tags, slots_of(tags), group.cache_ttls))
+        # A short client deadline says nothing about a node's health: keep it out of breakers.
+        stored = await self.store.read(
+            reads, budget.seconds, count_timeouts=not budget.deadline_bound
+        )
+        if stored.failures and request.strict:
+            raise _strict_failure(stored.failures, budget)
         now_us = time.time_ns() // 1000
         fetched: dict[int, _Fetched] = {}
-        for group, views in zip(plan.groups, stored, strict=True):
-            for read, wanted, rows_of_view in zip(group.reads, group.wanted, views, strict=True):
-                decoded = read.codec.decode(rows_of_view, wanted)
-                fetched[id(read)] = _Fetched(decoded, _statuses(read, decoded, now_us))
-        return fetched
+        fallbacks: list[FallbackCount] = []
+        for group, views in zip(plan.groups, stored.views, strict=True):
+            for read, wanted, got in zip(group.reads, group.wanted, views, strict=True):
+                decoded = read.codec.decode(got.rows, wanted)
+                statuses = _statuses(read, decoded, now_us)
+                if got.fallback is not None and got.reasons is not None:
+                    statuses = np.where(got.fallback > 0, got.fallback, statuses)
+                    fallbacks += _count_fallbacks(read, got.fallback, got.reasons)
+                fetched[id(read)] = _Fetched(decoded, statuses)
+        return fetched, fallbacks
 
     def _require_present(self, plan: Plan, fetched: Mapping[int, _Fetched]) -> None:
         for read in (read for group in plan.groups for read in group.reads):
@@ -298,6 +343,39 @@ def _tags(entity: Entity, entities: Mapping[str, InputColumn], rows: int) -> lis
         if entity.join_keys[key].kind is Kind.STRING and "" in column:
             raise InvalidRequest(f"entity key {key!r} has an empty string value")
     return entity_tags(columns, rows)
+
+
+def _strict_failure(failures: list[Failure], budget: Budget) -> FeaturewellError:
+    rows = sum(len(f.indexes) for f in failures)
+    first = failures[0]
+    node = f"node {first.node[0]}:{first.node[1]}" if first.node else "the cluster"
+    detail = (
+        f"{rows} rows could not be read from Redis ({node}: {first.reason.name.lower()}, "
+        f"{first.detail})"
+    )
+    timed_out = all(f.reason is FailureReason.TIMEOUT for f in failures)
+    if timed_out and budget.deadline_bound:
+        return DeadlineExceeded(f"the call's deadline expired waiting for Redis: {detail}")
+    return StoreUnavailable(
+        f"strict call: {detail}; retry, or call without strict to get flagged fallbacks"
+    )
+
+
+def _count_fallbacks(
+    read: ViewRead, fallback: npt.NDArray[np.uint8], reasons: npt.NDArray[np.uint8]
+) -> list[FallbackCount]:
+    out: list[FallbackCount] = []
+    for reason in np.unique(reasons[reasons > 0]).tolist():
+        mine = reasons == reason
+        out.append(
+            FallbackCount(
+                read.view.ref,
+                FailureReason(reason),
+                int(np.count_nonzero(mine & (fallback == FALLBACK_CACHE))),
+                int(np.count_nonzero(mine & (fallback == FALLBACK))),
+            )
+        )
+    return out
 
 
 def _statuses(read: ViewRead, decoded: DecodedRows, now_us: int) -> npt.NDArray[np.uint8]:

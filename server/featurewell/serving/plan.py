@@ -32,6 +32,7 @@ class ViewRead:
     codec: RowCodec
     prefix: bytes
     max_age_us: int  # 0: never stale
+    cache_ttl_s: float  # how long a row may answer from the hot-key cache; 0: not cached
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +53,7 @@ class TransformStep:
     inputs: tuple[tuple[str, ViewRead, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class EntityGroup:
     """The views read for one entity, fetched together (one MGET per entity row), and the
     features each of them must decode."""
@@ -60,6 +61,11 @@ class EntityGroup:
     entity: Entity
     reads: tuple[ViewRead, ...]
     wanted: tuple[frozenset[str], ...]
+
+    @functools.cached_property
+    def cache_ttls(self) -> tuple[float, ...]:
+        ttls = tuple(read.cache_ttl_s for read in self.reads)
+        return ttls if any(ttls) else ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,8 +83,17 @@ class Plan:
 class Planner:
     """Resolves references against one registry; a registry reload builds a new planner."""
 
-    def __init__(self, registry: Registry, max_cached: int = 4096) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        cache_ttl_s: float = 0.0,
+        cache_ttl_fraction: float = 0.1,
+        max_cached: int = 4096,
+    ) -> None:
         self.registry = registry
+        self._cache_ttl_s = cache_ttl_s
+        self._cache_ttl_fraction = cache_ttl_fraction
         self._reads: dict[tuple[str, int], ViewRead] = {}
         self._cache: dict[tuple[str, ...], Plan] = {}
         self._max_cached = max_cached
@@ -94,12 +109,19 @@ class Planner:
         self._cache[key] = plan
         return plan
 
+    def cached_references(self) -> list[tuple[str, ...]]:
+        """The reference lists planned so far, to warm up the planner of a reloaded registry."""
+        return list(self._cache)
+
     def read_of(self, view: FeatureView) -> ViewRead:
         key = (view.name, view.version)
         read = self._reads.get(key)
         if read is None:
             max_age_us = int(view.max_age.total_seconds() * 1e6) if view.max_age else 0
-            read = ViewRead(view, RowCodec(view), key_prefix(view), max_age_us)
+            ttl = self._cache_ttl_s
+            if view.max_age:  # a cached row must never be the reason a value goes stale
+                ttl = min(ttl, self._cache_ttl_fraction * view.max_age.total_seconds())
+            read = ViewRead(view, RowCodec(view), key_prefix(view), max_age_us, ttl)
             self._reads[key] = read
         return read
 

@@ -16,10 +16,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from featurewell.definitions import Registry, load_repo
+from featurewell.definitions import Registry, load_repo, repo_fingerprint
 from featurewell.serving.engine import FeatureEngine
 from featurewell.serving.service import FeatureService
 from featurewell.settings import Settings
+from featurewell.store.breaker import BreakerPolicy
+from featurewell.store.cache import CachePolicy, HotKeyCache
 from featurewell.store.online import OnlineStore
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
@@ -38,17 +40,15 @@ class Server:
     store: OnlineStore
     grpc_server: grpc.aio.Server
     health: health_aio.HealthServicer
+    reloads: int = 0
+    reloads_failed: int = 0
 
     @classmethod
     async def start(cls, settings: Settings, registry: Registry | None = None) -> Server:
         """Load the repo, connect to Redis, listen. Raises DefinitionError for a bad repo and
         StoreUnavailable when no Redis Cluster node answers, before anything listens."""
         registry = registry if registry is not None else load_repo(settings.repo)
-        store = await OnlineStore.connect(
-            settings.redis,
-            connect_timeout=settings.connect_timeout_s,
-            connections_per_node=settings.connections_per_node,
-        )
+        store = await open_store(settings)
         try:
             grpc_server = grpc.aio.server(
                 options=[
@@ -82,6 +82,33 @@ class Server:
         gc.set_threshold(settings.gc_gen0_threshold, 20, 100)
         return cls(settings, port, service, store, grpc_server, health)
 
+    async def reload(self) -> bool:
+        """Load the feature repo again and serve it from the next call on, atomically. A repo
+        that fails to load is logged and the current one kept. Returns whether it swapped."""
+        try:
+            # In a thread: executing the repo's module must not stall calls in flight.
+            registry = await asyncio.to_thread(load_repo, self.settings.repo)
+        except Exception:
+            self.reloads_failed += 1
+            log.exception("reload of %s failed; still serving the previous definitions",
+                          self.settings.repo)  # fmt: skip
+            return False
+        self.service.engine.reload(registry)
+        gc.freeze()  # like start-up objects, the new definitions live until the next reload
+        self.reloads += 1
+        log.info("reloaded %s: %d views", self.settings.repo, len(registry.views))
+        return True
+
+    async def watch_repo(self, interval: float) -> None:
+        """Reload whenever the repo's files change (a Kubernetes ConfigMap update, a deploy)."""
+        seen = repo_fingerprint(self.settings.repo)
+        while True:
+            await asyncio.sleep(interval)
+            current = repo_fingerprint(self.settings.repo)
+            if current != seen:
+                seen = current
+                await self.reload()
+
     async def stop(self, grace: float | None = None, drain_delay: float = 0.0) -> None:
         """Report NOT_SERVING, keep serving `drain_delay` seconds (load balancers move away),
         then stop accepting calls, let in-flight ones finish within `grace`, close Redis.
@@ -103,6 +130,29 @@ class Server:
         )  # fmt: skip
 
 
+async def open_store(settings: Settings) -> OnlineStore:
+    """The online store as the settings describe it: breakers, and the hot-key cache unless
+    `cache_entries` is 0."""
+    cache = None
+    if settings.cache_entries > 0:
+        cache = HotKeyCache(
+            CachePolicy(
+                max_entries=settings.cache_entries,
+                max_bytes=settings.cache_mb * 1024 * 1024,
+                admit_after=settings.cache_admit_after,
+                fallback_s=settings.fallback_horizon_s,
+                race_window_s=max(1.0, 2 * settings.store_timeout_ms / 1000),
+            )
+        )
+    return await OnlineStore.connect(
+        settings.redis,
+        connect_timeout=settings.connect_timeout_s,
+        connections_per_node=settings.connections_per_node,
+        breaker=BreakerPolicy(settings.breaker_failures, settings.breaker_open_ms / 1000),
+        cache=cache,
+    )
+
+
 async def run(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT, then drain."""
     server = await Server.start(settings)
@@ -115,7 +165,15 @@ async def run(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    background: set[asyncio.Task[object]] = set()
+    loop.add_signal_handler(
+        signal.SIGHUP, lambda: background.add(loop.create_task(server.reload()))
+    )
+    if settings.reload_interval_s > 0:
+        background.add(loop.create_task(server.watch_repo(settings.reload_interval_s)))
     await stopping.wait()
+    for task in background:
+        task.cancel()
     log.info(
         "draining in-flight calls (NOT_SERVING for %.1f s, then up to %.1f s of grace)",
         settings.drain_delay_s, settings.grace_period_s,
@@ -140,6 +198,7 @@ def serve(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)
     for worker in workers:
         worker.join()
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import grpc
 
-from featurewell.errors import DeadlineExceeded
+from featurewell.errors import DeadlineExceeded, Overloaded
 from featurewell.serving import wire
 from featurewell.serving.engine import Budget, FeatureEngine
 from featurewell.serving.status import translate_errors
@@ -19,15 +19,25 @@ from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
 
 
 class CallCounter:
-    """Calls inside a handler now, and handlers that were cancelled before they finished (a
-    shutdown whose grace expired). Shutdown reports both, so "drained" is a measured claim."""
+    """Calls inside a handler now (at most `limit`: beyond it calls are shed at once rather
+    than queued behind the others until every one is late), calls shed, and handlers cancelled
+    before they finished (a shutdown whose grace expired). Shutdown reports the last, so
+    "drained" is a measured claim."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
         self.in_flight = 0
+        self.shed = 0
         self.cancelled = 0
 
     @contextlib.contextmanager
     def track(self) -> Iterator[None]:
+        if self.in_flight >= self.limit:
+            self.shed += 1
+            raise Overloaded(
+                f"server busy: {self.in_flight} calls in flight (max_in_flight {self.limit}); "
+                "retry with backoff or add replicas"
+            )
         self.in_flight += 1
         try:
             yield
@@ -41,7 +51,7 @@ class CallCounter:
 class FeatureService(pb_grpc.FeatureServiceServicer):
     def __init__(self, engine: FeatureEngine, settings: Settings) -> None:
         self.engine = engine
-        self.calls = CallCounter()
+        self.calls = CallCounter(settings.max_in_flight)
         self._cap = settings.store_timeout_ms / 1000
         self._margin = settings.deadline_margin_ms / 1000
 

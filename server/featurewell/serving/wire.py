@@ -72,6 +72,13 @@ def feature_response(result: FeatureResult) -> pb.GetFeaturesResponse:
             out.statuses = packed
         if column.event_time_us is not None:
             out.event_timestamps = column.event_time_us.astype("<i8", copy=False).tobytes()
+    for fallback in result.fallbacks:
+        response.fallbacks.add(
+            view=fallback.view,
+            reason=int(fallback.reason),  # FailureReason numbers are the wire's FallbackReason
+            from_cache=fallback.from_cache,
+            from_default=fallback.from_default,
+        )
     return response
 
 

@@ -11,8 +11,12 @@ objects: see docs/architecture.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import enum
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import hiredis
@@ -20,24 +24,48 @@ import numpy as np
 import numpy.typing as npt
 
 from featurewell.errors import StoreUnavailable
+from featurewell.store.breaker import Breaker, BreakerPolicy, BreakerState
 from featurewell.store.connection import Address, Connection, encode_command
-from featurewell.store.keys import SLOTS
+from featurewell.store.slotmap import SlotMap
 
+log = logging.getLogger("featurewell.store")
 _ASKING = encode_command("ASKING")
 _MAX_ROUNDS = 5
 _RETRYABLE = ("TRYAGAIN", "CLUSTERDOWN", "LOADING", "MASTERDOWN")
 
 
+class FailureReason(enum.IntEnum):
+    """Why some commands of a batch got no reply. The numbers are the wire's `FallbackReason`."""
+
+    TIMEOUT = 1  # the node did not answer within the call's budget
+    UNAVAILABLE = 2  # no connection to the node, or the cluster had no owner for the slot
+    CIRCUIT_OPEN = 3  # the node's breaker is open: it was not asked
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    indexes: list[int]
+    node: Address | None
+    reason: FailureReason
+    detail: str
+
+
 class Replies(NamedTuple):
-    """Replies in command order, and the indexes of those that are error replies (other than
-    the redirects `execute` follows itself), so callers never scan the replies again."""
+    """Replies in command order (None where a command failed), the indexes of error replies
+    (other than the redirects `execute` follows itself), and the commands that got no reply,
+    grouped by node and reason. Callers never scan the replies again."""
 
     values: list[Any]
     errors: list[int]
+    failures: list[Failure]
+
+
+OnConnect = Callable[[Connection], Awaitable[None]]
 
 
 class ClusterClient:
-    """Slot map + one small set of multiplexed connections per master node."""
+    """Slot map + one small set of multiplexed connections per master node, with a circuit
+    breaker per node and a background task that follows failovers while a breaker is open."""
 
     def __init__(
         self,
@@ -45,28 +73,33 @@ class ClusterClient:
         *,
         connect_timeout: float = 1.0,
         connections_per_node: int = 1,
+        breaker: BreakerPolicy | None = None,
+        on_connect: OnConnect | None = None,
+        recovery_interval: float = 0.1,
     ) -> None:
         if not seeds:
             raise ValueError("at least one Redis Cluster seed address is required")
         self._seeds = list(seeds)
         self._connect_timeout = connect_timeout
         self._per_node = max(1, connections_per_node)
-        self._owner = np.full(SLOTS, -1, dtype=np.int64)
-        self._nodes: list[Address] = []
+        self._policy = breaker or BreakerPolicy()
+        self._on_connect = on_connect
+        self._recovery_interval = recovery_interval
+        self.slot_map = SlotMap()
         self._pools: dict[Address, list[Connection]] = {}
         self._opening: dict[Address, asyncio.Lock] = {}
+        self.breakers: dict[Address, Breaker] = {}
         self._round_robin = 0
         self._refresh_lock = asyncio.Lock()
         self._refreshed_at = 0.0
+        self._recovery: asyncio.Task[None] | None = None
 
     @property
     def masters(self) -> list[Address]:
-        """Addresses of the nodes that own at least one slot."""
-        return sorted({self._nodes[i] for i in np.unique(self._owner).tolist() if i >= 0})
+        return self.slot_map.masters
 
     def node_of(self, slot: int) -> Address | None:
-        index = int(self._owner[slot])
-        return self._nodes[index] if index >= 0 else None
+        return self.slot_map.node_of(slot)
 
     async def start(self) -> None:
         await self.refresh_topology(force=True)
@@ -74,10 +107,10 @@ class ClusterClient:
             await self._connection(address)
 
     async def close(self) -> None:
-        for pool in self._pools.values():
-            for connection in pool:
-                connection.close()
-        self._pools.clear()
+        if self._recovery is not None:
+            self._recovery.cancel()
+        for address in list(self._pools):
+            self._close_node(address)
 
     async def call(self, address: Address, *args: bytes | str | int) -> Any:
         """One command on one node, for rare administrative paths (script loading)."""
@@ -85,15 +118,18 @@ class ClusterClient:
         return await connection.call(*args)
 
     async def refresh_topology(self, *, force: bool = False) -> None:
-        """Reload the slot map from the first node that answers CLUSTER SLOTS."""
+        """Reload the slot map from the first node that answers CLUSTER SLOTS, asking nodes
+        with an open breaker last."""
         async with self._refresh_lock:
             if not force and time.monotonic() - self._refreshed_at < 0.05:
                 return  # a concurrent caller just refreshed it
             problems: list[str] = []
-            for address in dict.fromkeys([*self._nodes, *self._seeds]):
+            candidates = dict.fromkeys([*self.slot_map.nodes, *self._seeds])
+            healthy = [a for a in candidates if a not in self.breakers or self._closed(a)]
+            for address in [*healthy, *(a for a in candidates if a not in healthy)]:
                 try:
-                    connection = await self._connection(address)
                     async with asyncio.timeout(self._connect_timeout):
+                        connection = await self._connection(address)
                         reply = await connection.call("CLUSTER", "SLOTS")
                 except (StoreUnavailable, TimeoutError) as exc:
                     problems.append(f"{address[0]}:{address[1]}: {exc or 'timed out'}")
@@ -101,7 +137,7 @@ class ClusterClient:
                 if isinstance(reply, hiredis.ReplyError):
                     problems.append(f"{address[0]}:{address[1]} is not a cluster node ({reply})")
                     continue
-                self._apply_slots(reply, address)
+                self.slot_map.apply(reply, address)
                 self._refreshed_at = time.monotonic()
                 return
             raise StoreUnavailable(
@@ -109,23 +145,8 @@ class ClusterClient:
                 + "; ".join(problems)
             )
 
-    def _apply_slots(self, reply: list[Any], asked: Address) -> None:
-        owner = np.full(SLOTS, -1, dtype=np.int64)
-        nodes: list[Address] = []
-        index: dict[Address, int] = {}
-        for start, end, master, *_replicas in reply:
-            host = master[0].decode() or asked[0]
-            address = (host, int(master[1]))
-            position = index.setdefault(address, len(nodes))
-            if position == len(nodes):
-                nodes.append(address)
-            owner[start : end + 1] = position
-        self._owner, self._nodes = owner, nodes
-
-    def _node_index(self, address: Address) -> int:
-        if address not in self._nodes:
-            self._nodes.append(address)
-        return self._nodes.index(address)
+    def _closed(self, address: Address) -> bool:
+        return self.breakers[address].state is BreakerState.CLOSED
 
     def _ready(self, address: Address) -> Connection | None:
         pool = self._pools.get(address)
@@ -143,120 +164,178 @@ class ClusterClient:
         async with lock:
             pool = [c for c in self._pools.get(address, []) if not c.closed]
             while len(pool) < self._per_node:
-                pool.append(await Connection.open(address, self._connect_timeout))
+                connection = await Connection.open(address, self._connect_timeout)
+                if self._on_connect is not None:
+                    try:
+                        await self._on_connect(connection)
+                    except BaseException:
+                        connection.close()
+                        raise
+                pool.append(connection)
             self._pools[address] = pool
             return pool[0]
 
-    async def execute(self, commands: Sequence[bytes], slots: Sequence[int]) -> Replies:
-        """Run `commands[i]` on the master owning `slots[i]`; replies in the same order.
-        Error replies other than redirects stay in place as `hiredis.ReplyError` values and are
-        listed in `Replies.errors`."""
-        results: list[Any] = [None] * len(commands)
-        errors: list[int] = []
-        slot_array = np.asarray(slots, dtype=np.int64)
-        todo: Sequence[int] = range(len(commands))
-        asking: dict[int, Address] = {}
-        failure = "no attempt made"
-        for round_number in range(_MAX_ROUNDS):
-            retry, refresh, failure = await self._round(
-                commands, slot_array, todo, asking, results, errors
-            )
-            if not retry:
-                return Replies(results, errors)
-            if refresh:
-                try:
-                    await self.refresh_topology(force=True)
-                except StoreUnavailable as exc:
-                    failure = str(exc)
-            await asyncio.sleep(0.002 * (2**round_number) if round_number else 0)
-            todo = retry
-        raise StoreUnavailable(f"Redis Cluster did not serve the request: {failure}")
+    def _close_node(self, address: Address) -> None:
+        """Close a node's connections; batches still waiting on them fail at once."""
+        for connection in self._pools.pop(address, []):
+            connection.close()
 
-    async def _round(
+    # -- failures ------------------------------------------------------------------------------
+
+    def _breaker(self, address: Address) -> Breaker:
+        breaker = self.breakers.get(address)
+        if breaker is None:
+            breaker = self.breakers[address] = Breaker(self._policy)
+        return breaker
+
+    def _node_failed(self, address: Address) -> None:
+        if self._breaker(address).failure():
+            log.warning(
+                "Redis node %s:%d failing: circuit open for %.1f s",
+                address[0], address[1], self._policy.open_s,
+            )  # fmt: skip
+            self._close_node(address)
+            self._start_recovery()
+
+    def _start_recovery(self) -> None:
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self) -> None:
+        """While a node is failing, re-read the slot map often so a promoted replica takes over
+        its slots as soon as the cluster elects it, and open connections to new masters before
+        calls need them."""
+        while True:
+            await asyncio.sleep(self._recovery_interval)
+            try:
+                await self.refresh_topology(force=True)
+            except StoreUnavailable as exc:
+                log.warning("cannot refresh the Redis Cluster topology: %s", exc)
+                continue
+            masters = set(self.masters)
+            for address in masters:
+                if address not in self._pools and self._closed_or_new(address):
+                    try:
+                        await self._connection(address)
+                    except StoreUnavailable:
+                        continue
+            failing = [a for a in masters if a in self.breakers and not self._closed(a)]
+            if not failing:
+                for address in [a for a in self.breakers if a not in masters]:
+                    del self.breakers[address]  # replaced by its replica: forget it
+                return
+
+    def _closed_or_new(self, address: Address) -> bool:
+        return address not in self.breakers or self._closed(address)
+
+    # -- the batched path ----------------------------------------------------------------------
+
+    async def execute(
         self,
         commands: Sequence[bytes],
-        slots: npt.NDArray[np.int64],
-        todo: Sequence[int],
-        asking: dict[int, Address],
-        results: list[Any],
-        errors: list[int],
-    ) -> tuple[list[int], bool, str]:
-        groups, retry = self._group(slots, todo, asking)
-        refresh = bool(retry)
-        failure = f"{len(retry)} slots have no owner" if retry else ""
-        in_flight: list[tuple[Address, list[int], asyncio.Future[list[Any]]]] = []
-        for address, indexes in groups.items():
-            try:
-                connection = self._ready(address) or await self._connection(address)
-                in_flight.append(
-                    (address, indexes, connection.send(*self._payload(commands, indexes, asking)))
-                )
-            except StoreUnavailable as exc:
-                retry.extend(indexes)
-                refresh, failure = True, str(exc)
-        for address, indexes, future in in_flight:
-            try:
-                replies = await future
-            except StoreUnavailable as exc:
-                retry.extend(indexes)
-                refresh, failure = True, str(exc)
-                continue
-            if asking:
-                replies = self._strip_asking(replies, indexes, asking)
-            if hiredis.ReplyError not in set(map(type, replies)):  # the usual case, checked in C
-                for i, reply in zip(indexes, replies, strict=True):
-                    results[i] = reply
-                continue
-            for i, reply in zip(indexes, replies, strict=True):
-                if type(reply) is not hiredis.ReplyError:
-                    results[i] = reply
-                    continue
-                message = str(reply)
-                if message.startswith("MOVED "):
-                    _, slot, target = message.split(" ")
-                    self._owner[int(slot)] = self._node_index(_parse_address(target, address))
-                    refresh, failure = True, message
-                elif message.startswith("ASK "):
-                    asking[i] = _parse_address(message.split(" ")[2], address)
-                    failure = message
-                elif message.startswith(_RETRYABLE):
-                    failure = message
-                else:
-                    results[i] = reply
-                    errors.append(i)
-                    continue
-                retry.append(i)
-        return retry, refresh, failure
+        slots: Sequence[int],
+        timeout: float,
+        *,
+        count_timeouts: bool = True,
+    ) -> Replies:
+        """Run `commands[i]` on the master owning `slots[i]` within `timeout` seconds; replies
+        in the same order. Never raises for a node's failure: commands that got no reply are in
+        `Replies.failures`. `count_timeouts=False` keeps timeouts out of the breakers (for calls
+        whose budget a short client deadline set, not the node's slowness)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        call = _Call(commands, np.asarray(slots, dtype=np.int64), deadline, count_timeouts)
+        todo: Sequence[int] = range(len(commands))
+        for round_number in range(_MAX_ROUNDS):
+            todo = await self._round(call, todo)
+            if not todo:
+                return call.replies
+            delay = 0.002 * (2**round_number) if round_number else 0.0
+            if asyncio.get_running_loop().time() + delay >= deadline:
+                break
+            await asyncio.sleep(delay)
+        late = asyncio.get_running_loop().time() >= deadline
+        reason = FailureReason.TIMEOUT if late else FailureReason.UNAVAILABLE
+        call.fail(list(todo), None, reason, call.last_problem)
+        return call.replies
 
-    def _group(
-        self, slots: npt.NDArray[np.int64], todo: Sequence[int], asking: dict[int, Address]
-    ) -> tuple[dict[Address, list[int]], list[int]]:
-        """Command indexes per target node (in bulk: no per-key Python), and the indexes whose
-        slot has no known owner."""
-        if len(todo) <= 16 and not asking:  # a model server's lookup: numpy costs more here
-            groups: dict[Address, list[int]] = {}
-            retry: list[int] = []
-            for i in todo:
-                position = int(self._owner[slots[i]])
-                if position < 0:
-                    retry.append(i)
-                else:
-                    groups.setdefault(self._nodes[position], []).append(i)
-            return groups, retry
-        indexes = np.asarray(todo, dtype=np.int64)
-        owners = self._owner[slots[indexes]]
-        groups = {}
-        for position in np.unique(owners).tolist():
-            members = indexes[owners == position].tolist()
-            if position >= 0:
-                groups[self._nodes[position]] = members
-        retry = indexes[owners < 0].tolist()
-        for i, target in asking.items():  # ASK redirects override the slot owner, rarely
-            for members in groups.values():
-                if i in members:
-                    members.remove(i)
-            groups.setdefault(target, []).append(i)
-        return {address: members for address, members in groups.items() if members}, retry
+    async def _round(self, call: _Call, todo: Sequence[int]) -> list[int]:
+        """Send one batch per node, wait until all answer or the deadline passes; return the
+        indexes to try again (redirected, retryable errors, connections lost in flight)."""
+        groups, unowned = self.slot_map.group(call.slots, todo, call.asking)
+        retry: list[int] = []
+        if unowned:
+            call.fail(unowned, None, FailureReason.UNAVAILABLE, "slots with no owner")
+            self._start_recovery()
+        in_flight: list[tuple[Address, list[int], asyncio.Future[list[Any]]]] = []
+        now = time.monotonic()
+        for address, indexes in groups.items():
+            breaker = self.breakers.get(address)
+            if breaker is not None and not breaker.allow(now):
+                call.fail(indexes, address, FailureReason.CIRCUIT_OPEN, "circuit open")
+                continue
+            try:
+                connection = self._ready(address)
+                if connection is None:
+                    async with asyncio.timeout_at(call.deadline):
+                        connection = await self._connection(address)
+                future = connection.send(*self._payload(call.commands, indexes, call.asking))
+            except (StoreUnavailable, TimeoutError) as exc:
+                reason = FailureReason.TIMEOUT if isinstance(exc, TimeoutError) else None
+                call.fail(indexes, address, reason or FailureReason.UNAVAILABLE, str(exc))
+                self._node_failed(address)
+                continue
+            in_flight.append((address, indexes, future))
+        if in_flight:
+            await _settle([future for _, _, future in in_flight], call.deadline)
+        for address, indexes, future in in_flight:
+            if not future.done() or future.cancelled():
+                future.cancel()
+                call.fail(indexes, address, FailureReason.TIMEOUT, "no reply within the budget")
+                if call.count_timeouts:
+                    self._node_failed(address)
+                continue
+            if future.exception() is not None:
+                retry.extend(indexes)  # connection lost: the next round reconnects
+                call.last_problem = str(future.exception())
+                continue
+            breaker = self.breakers.get(address)
+            if breaker is not None:
+                breaker.success()
+            self._collect(call, address, indexes, future.result(), retry)
+        return retry
+
+    def _collect(
+        self,
+        call: _Call,
+        address: Address,
+        indexes: list[int],
+        replies: list[Any],
+        retry: list[int],
+    ) -> None:
+        results = call.replies.values
+        if call.asking:
+            replies = self._strip_asking(replies, indexes, call.asking)
+        if hiredis.ReplyError not in set(map(type, replies)):  # the usual case, checked in C
+            for i, reply in zip(indexes, replies, strict=True):
+                results[i] = reply
+            return
+        for i, reply in zip(indexes, replies, strict=True):
+            if type(reply) is not hiredis.ReplyError:
+                results[i] = reply
+                continue
+            message = str(reply)
+            if message.startswith("MOVED "):
+                _, slot, target = message.split(" ")
+                self.slot_map.move(int(slot), _parse_address(target, address))
+                self._start_recovery()
+            elif message.startswith("ASK "):
+                call.asking[i] = _parse_address(message.split(" ")[2], address)
+            elif not message.startswith(_RETRYABLE):
+                results[i] = reply
+                call.replies.errors.append(i)
+                continue
+            call.last_problem = message
+            retry.append(i)
 
     @staticmethod
     def _payload(
@@ -289,3 +368,37 @@ class ClusterClient:
 def _parse_address(text: str, asked: Address) -> Address:
     host, _, port = text.rpartition(":")
     return (host or asked[0], int(port))
+
+
+@dataclass(slots=True)
+class _Call:
+    """One `execute` call's state across its rounds."""
+
+    commands: Sequence[bytes]
+    slots: npt.NDArray[np.int64]
+    deadline: float  # event-loop time
+    count_timeouts: bool
+    asking: dict[int, Address] = field(default_factory=dict)
+    last_problem: str = "no attempt made"
+    replies: Replies = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.replies = Replies([None] * len(self.commands), [], [])
+
+    def fail(
+        self, indexes: list[int], node: Address | None, reason: FailureReason, detail: str
+    ) -> None:
+        if indexes:
+            self.replies.failures.append(Failure(indexes, node, reason, detail))
+
+
+async def _settle(futures: list[asyncio.Future[list[Any]]], deadline: float) -> None:
+    """Wait until every future is done or the deadline passes; outcomes stay in the futures."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            for future in futures:
+                if not future.done():
+                    with contextlib.suppress(StoreUnavailable):
+                        await future  # on timeout this cancels it: `_round` reads that as late
+    except TimeoutError:
+        pass

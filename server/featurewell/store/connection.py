@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Any, cast
 
 import hiredis
@@ -48,6 +49,9 @@ class Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self.closed = False
+        # A subscriber connection receives messages nobody asked for; they go here.
+        self.on_message: Callable[[Any], None] | None = None
+        self.on_lost: Callable[[], None] | None = None
 
     @classmethod
     async def open(cls, address: Address, timeout: float) -> Connection:
@@ -93,6 +97,9 @@ class Connection(asyncio.Protocol):
                 pending.popleft()
                 if not batch.future.done():  # a caller that timed out has cancelled it
                     batch.future.set_result(batch.replies)
+            if self.on_message is not None:
+                while (message := reader.gets()) is not False:
+                    self.on_message(message)
         except hiredis.ProtocolError as exc:
             self._fail(StoreUnavailable(f"Redis node {self._name} sent an invalid reply: {exc}"))
             self.close()
@@ -100,6 +107,8 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         reason = f": {exc}" if exc else ""
         self._fail(StoreUnavailable(f"connection to Redis node {self._name} lost{reason}"))
+        if self.on_lost is not None:
+            self.on_lost()
 
     def _fail(self, error: StoreUnavailable) -> None:
         self.closed = True

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import hiredis
+import numpy as np
+import numpy.typing as npt
 
 from featurewell.errors import StoreError, StoreTimeout, StoreUnavailable
-from featurewell.store.cluster import ClusterClient
+from featurewell.store.breaker import BreakerPolicy
+from featurewell.store.cache import Entry, HotKeyCache
+from featurewell.store.cluster import ClusterClient, Failure, FailureReason, Replies
 from featurewell.store.connection import Address, encode_command
+from featurewell.store.keys import view_keys
+from featurewell.store.tracking import InvalidationTracker
+from featurewell.values import FALLBACK, FALLBACK_CACHE
 
 # Compare-and-set on event time, atomic per key: an event older than the stored one never
 # overwrites it (equal times: the later write wins, so a corrected row can be re-sent).
@@ -36,18 +45,22 @@ _WRITE_SHA = hashlib.sha1(_WRITE_IF_NEWER).hexdigest().encode()
 class EntityRead:
     """One entity's rows in one or more views: the key of row r in view v is
     `prefixes[v] + tags[r] + b"}"`. A row's keys share its hash tag, hence `slots[r]`, so each
-    row is one GET (one view) or one MGET (several)."""
+    row is one GET (one view) or one MGET (several). `ttls[v]` is how long view v's rows may be
+    served from the hot-key cache (0: never; empty: no view is cached)."""
 
     prefixes: list[bytes]
     tags: list[bytes]
     slots: list[int]
+    ttls: Sequence[float] = ()
 
-    def commands(self) -> list[bytes]:
-        """One GET/MGET per row. A row's command is `tag.join(template)`, the template
-        depending only on the tag's length: one C call per row, no per-key objects."""
+    def commands(self, rows: Sequence[int] | None = None) -> list[bytes]:
+        """One GET/MGET per row (of `rows`, default all). A row's command is
+        `tag.join(template)`, the template depending only on the tag's length: one C call per
+        row, no per-key objects."""
         templates: dict[int, list[bytes]] = {}
         out: list[bytes] = []
-        for tag in self.tags:
+        tags = self.tags if rows is None else [self.tags[r] for r in rows]
+        for tag in tags:
             template = templates.get(len(tag))
             if template is None:
                 template = templates[len(tag)] = _row_template(self.prefixes, len(tag))
@@ -69,60 +82,190 @@ def _row_template(prefixes: list[bytes], tag_length: int) -> list[bytes]:
     return pieces
 
 
+@dataclass(slots=True)
+class ViewRows:
+    """One view's stored rows for one entity read (None where Redis has none). Rows Redis could
+    not serve carry a `fallback` status (FALLBACK_CACHE with the cached row, or FALLBACK with
+    None, so the default) and the `FailureReason` in `reasons`; both are None when every row
+    was served."""
+
+    rows: list[bytes | None]
+    fallback: npt.NDArray[np.uint8] | None = None
+    reasons: npt.NDArray[np.uint8] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRead:
+    views: list[list[ViewRows]]  # [entity read][view]
+    failures: list[Failure]  # which nodes failed and why, for strict errors and logs
+
+
 @dataclass(frozen=True, slots=True)
 class WriteOutcome:
     written: int
     skipped_older: int
 
 
-class OnlineStore:
-    """Rows addressed by (key, slot), the slot computed once per entity by the caller."""
+@dataclass(slots=True)
+class _Pending:
+    """An entity read's rows that need Redis: `rows` (None: all), at `start` in the batch."""
 
-    def __init__(self, cluster: ClusterClient) -> None:
+    read: EntityRead
+    start: int
+    rows: list[int] | None
+    keys: list[list[bytes]]  # per view, only when the read uses the cache
+    cached: list[list[Entry | None]]
+
+
+class OnlineStore:
+    """Rows addressed by (key, slot), the slot computed once per entity by the caller; hot rows
+    answered from an optional `HotKeyCache`."""
+
+    def __init__(
+        self,
+        cluster: ClusterClient,
+        cache: HotKeyCache | None = None,
+        tracker: InvalidationTracker | None = None,
+    ) -> None:
         self.cluster = cluster
+        self.cache = cache
+        self.tracker = tracker
 
     @classmethod
     async def connect(
-        cls, seeds: Sequence[Address], *, connect_timeout: float, connections_per_node: int
+        cls,
+        seeds: Sequence[Address],
+        *,
+        connect_timeout: float,
+        connections_per_node: int,
+        breaker: BreakerPolicy | None = None,
+        cache: HotKeyCache | None = None,
     ) -> OnlineStore:
+        """Connect to the cluster; with a cache, every connection is tracked for invalidations.
+        Raises StoreUnavailable when no seed answers."""
+        tracker = InvalidationTracker(cache, connect_timeout) if cache is not None else None
         cluster = ClusterClient(
-            seeds, connect_timeout=connect_timeout, connections_per_node=connections_per_node
+            seeds,
+            connect_timeout=connect_timeout,
+            connections_per_node=connections_per_node,
+            breaker=breaker,
+            on_connect=tracker.prepare if tracker is not None else None,
         )
-        await cluster.start()
-        return cls(cluster)
+        try:
+            await cluster.start()
+        except BaseException:
+            await cluster.close()
+            if tracker is not None:
+                await tracker.close()
+            raise
+        return cls(cluster, cache, tracker)
 
     async def close(self) -> None:
         await self.cluster.close()
+        if self.tracker is not None:
+            await self.tracker.close()
 
     async def read(
-        self, reads: Sequence[EntityRead], timeout: float
-    ) -> list[list[list[bytes | None]]]:
-        """Stored rows (None where there is none) as `[read][view][row]`, within `timeout`
-        seconds, in one round trip per node."""
+        self, reads: Sequence[EntityRead], timeout: float, *, count_timeouts: bool = True
+    ) -> StoreRead:
+        """Stored rows as `[read][view]` within `timeout` seconds, in one round trip per node
+        for the rows the cache cannot answer. Never raises for a failed node: its rows come
+        back flagged with a fallback (see `ViewRows`)."""
+        cache = self.cache
+        now = time.monotonic()
+        since = cache.sequence if cache is not None else 0
         commands: list[bytes] = []
         slots: list[int] = []
+        pending: list[_Pending] = []
         for read in reads:
-            commands += read.commands()
-            slots += read.slots
-        try:
-            async with asyncio.timeout(timeout):
-                replies = await self.cluster.execute(commands, slots)
-        except TimeoutError:
-            raise StoreTimeout(
-                f"Redis Cluster did not answer {len(commands)} reads within {timeout * 1000:.1f} ms"
-            ) from None
+            if cache is None or not any(read.ttls):
+                pending.append(_Pending(read, len(commands), None, [], []))
+                commands += read.commands()
+                slots += read.slots
+                continue
+            keys = [view_keys(prefix, read.tags) for prefix in read.prefixes]
+            cached: list[list[Entry | None]] = [
+                cache.fresh(view, now) if ttl > 0 else [None] * len(view)
+                for view, ttl in zip(keys, read.ttls, strict=True)
+            ]
+            missing = [r for r in range(len(read.tags)) if any(c[r] is None for c in cached)]
+            pending.append(_Pending(read, len(commands), missing, keys, cached))
+            if missing:
+                commands += read.commands(missing)
+                slots += [read.slots[r] for r in missing]
+        replies = (
+            await self.cluster.execute(commands, slots, timeout, count_timeouts=count_timeouts)
+            if commands
+            else Replies([], [], [])
+        )
         if replies.errors:
             raise StoreError(f"Redis Cluster refused a read: {replies.values[replies.errors[0]]}")
-        out: list[list[list[bytes | None]]] = []
-        start = 0
-        for read in reads:
-            part = replies.values[start : start + len(read.slots)]
-            start += len(read.slots)
-            if len(read.prefixes) == 1:
-                out.append([part])
-            else:
-                out.append([[row[view] for row in part] for view in range(len(read.prefixes))])
-        return out
+        failed = _failed_commands(replies.failures, len(commands))
+        out = [self._assemble(p, replies.values, failed, now, since) for p in pending]
+        return StoreRead(out, replies.failures)
+
+    def _assemble(
+        self,
+        pending: _Pending,
+        replies: list[Any],
+        failed: npt.NDArray[np.uint8] | None,
+        now: float,
+        since: int,
+    ) -> list[ViewRows]:
+        read, start = pending.read, pending.start
+        views = len(read.prefixes)
+        fetched_rows = range(len(read.tags)) if pending.rows is None else pending.rows
+        part = replies[start : start + len(fetched_rows)]
+        if pending.rows is None and failed is None:  # nothing cached, nothing failed
+            if views == 1:
+                return [ViewRows(part)]
+            return [ViewRows([row[v] for row in part]) for v in range(views)]
+        result = [
+            ViewRows([e.value if e is not None else None for e in c]) for c in pending.cached
+        ] or [ViewRows([None] * len(read.tags)) for _ in range(views)]
+        reasons = failed[start : start + len(fetched_rows)] if failed is not None else None
+        served: list[int] = []
+        for j, r in enumerate(fetched_rows):
+            if reasons is not None and reasons[j]:
+                continue
+            served.append(j)
+            reply = part[j]
+            for v in range(views):
+                result[v].rows[r] = reply if views == 1 else reply[v]
+        cache = self.cache
+        if cache is not None and pending.keys:
+            for v, ttl in enumerate(read.ttls):
+                if ttl > 0 and served:
+                    rows = [fetched_rows[j] for j in served]
+                    keys = pending.keys[v]
+                    cache.offer([keys[r] for r in rows], [result[v].rows[r] for r in rows],
+                                ttl, now, since)  # fmt: skip
+        if reasons is not None and reasons.any():
+            self._fall_back(pending, result, fetched_rows, reasons, now)
+        return result
+
+    def _fall_back(
+        self,
+        pending: _Pending,
+        result: list[ViewRows],
+        fetched_rows: Sequence[int],
+        reasons: npt.NDArray[np.uint8],
+        now: float,
+    ) -> None:
+        """Rows Redis did not serve: the cached row if within its fallback horizon, else None
+        (the engine serves the default), each flagged with the status and the reason."""
+        rows_count = len(pending.read.tags)
+        for v, view in enumerate(result):
+            view.fallback = np.zeros(rows_count, dtype=np.uint8)
+            view.reasons = np.zeros(rows_count, dtype=np.uint8)
+            for j in np.flatnonzero(reasons).tolist():
+                r = fetched_rows[j]
+                entry = None
+                if self.cache is not None and pending.keys and pending.read.ttls[v] > 0:
+                    entry = self.cache.fallback(pending.keys[v][r], now)
+                view.rows[r] = entry.value if entry is not None else None
+                view.fallback[r] = FALLBACK_CACHE if entry is not None else FALLBACK
+                view.reasons[r] = reasons[j]
 
     async def write(
         self,
@@ -133,15 +276,19 @@ class OnlineStore:
         timeout: float = 10.0,
     ) -> WriteOutcome:
         """Store each row unless its key holds a newer event, within `timeout` seconds. Safe to
-        retry: re-applying the same row is a no-op in effect."""
+        retry: re-applying the same row is a no-op in effect. The written keys leave this
+        server's cache once Redis has them (other servers hear of it from Redis)."""
         try:
             async with asyncio.timeout(timeout):
-                return await self._write(keys, slots, rows, expire_at_ms)
+                return await self._write(keys, slots, rows, expire_at_ms, timeout)
         except TimeoutError:
             raise StoreTimeout(
                 f"Redis Cluster did not confirm {len(rows)} writes within {timeout:.1f} s; "
                 "they may be partly applied: retrying is safe"
             ) from None
+        finally:
+            if self.cache is not None:
+                self.cache.invalidate(keys)
 
     async def _write(
         self,
@@ -149,19 +296,22 @@ class OnlineStore:
         slots: Sequence[int],
         rows: Sequence[bytes],
         expire_at_ms: Sequence[int] | None,
+        timeout: float,
     ) -> WriteOutcome:
         expiries = [b"%d" % ms for ms in expire_at_ms] if expire_at_ms is not None else None
         commands = [
             _evalsha(key, row, expiries[i] if expiries is not None else b"0")
             for i, (key, row) in enumerate(zip(keys, rows, strict=True))
         ]
-        replies, errors = await self.cluster.execute(commands, slots)
+        replies, errors, failures = await self.cluster.execute(commands, slots, timeout)
+        _raise_for(failures, len(rows))
         missing = [i for i in errors if str(replies[i]).startswith("NOSCRIPT")]
         if missing:  # first write to a node since it started (or failed over): load and redo
             await self._load_script({self.cluster.node_of(slots[i]) for i in missing})
-            redo, redo_errors = await self.cluster.execute(
-                [commands[i] for i in missing], [slots[i] for i in missing]
+            redo, redo_errors, redo_failures = await self.cluster.execute(
+                [commands[i] for i in missing], [slots[i] for i in missing], timeout
             )
+            _raise_for(redo_failures, len(rows))
             for i, reply in zip(missing, redo, strict=True):
                 replies[i] = reply
             retried = set(missing)
@@ -184,3 +334,28 @@ class OnlineStore:
 
 def _evalsha(key: bytes, row: bytes, expire_at: bytes) -> bytes:
     return encode_command(b"EVALSHA", _WRITE_SHA, b"1", key, row, expire_at)
+
+
+def _failed_commands(failures: list[Failure], count: int) -> npt.NDArray[np.uint8] | None:
+    """Per command, the `FailureReason` that left it without a reply (0: served)."""
+    if not failures:
+        return None
+    reasons = np.zeros(count, dtype=np.uint8)
+    for failure in failures:
+        reasons[failure.indexes] = failure.reason
+    return reasons
+
+
+def _raise_for(failures: list[Failure], rows: int) -> None:
+    if not failures:
+        return
+    failed = sum(len(f.indexes) for f in failures)
+    first = failures[0]
+    node = f" on {first.node[0]}:{first.node[1]}" if first.node else ""
+    message = (
+        f"{failed} of {rows} writes got no confirmation{node} ({first.reason.name.lower()}: "
+        f"{first.detail}); they may be partly applied: retrying is safe"
+    )
+    if first.reason is FailureReason.TIMEOUT:
+        raise StoreTimeout(message)
+    raise StoreUnavailable(message)

@@ -1,0 +1,84 @@
+"""Which master owns which of the 16384 hash slots, and grouping a batch's commands by node."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from featurewell.store.connection import Address
+from featurewell.store.keys import SLOTS
+
+
+class SlotMap:
+    """The owner of every slot as one numpy array of node positions, so grouping 500 commands by
+    node is a few vector operations rather than 500 dict lookups."""
+
+    def __init__(self) -> None:
+        self._owner = np.full(SLOTS, -1, dtype=np.int64)
+        self._nodes: list[Address] = []
+
+    @property
+    def nodes(self) -> list[Address]:
+        return list(self._nodes)
+
+    @property
+    def masters(self) -> list[Address]:
+        """Addresses of the nodes that own at least one slot."""
+        return sorted({self._nodes[i] for i in np.unique(self._owner).tolist() if i >= 0})
+
+    def node_of(self, slot: int) -> Address | None:
+        index = int(self._owner[slot])
+        return self._nodes[index] if index >= 0 else None
+
+    def apply(self, reply: list[Any], asked: Address) -> None:
+        """Replace the map with a CLUSTER SLOTS reply (from node `asked`)."""
+        owner = np.full(SLOTS, -1, dtype=np.int64)
+        nodes: list[Address] = []
+        index: dict[Address, int] = {}
+        for start, end, master, *_replicas in reply:
+            host = master[0].decode() or asked[0]
+            address = (host, int(master[1]))
+            position = index.setdefault(address, len(nodes))
+            if position == len(nodes):
+                nodes.append(address)
+            owner[start : end + 1] = position
+        self._owner, self._nodes = owner, nodes
+
+    def move(self, slot: int, address: Address) -> None:
+        """A MOVED redirect: `slot` now lives on `address`."""
+        if address not in self._nodes:
+            self._nodes.append(address)
+        self._owner[slot] = self._nodes.index(address)
+
+    def group(
+        self, slots: npt.NDArray[np.int64], todo: Sequence[int], asking: dict[int, Address]
+    ) -> tuple[dict[Address, list[int]], list[int]]:
+        """Command indexes per target node (in bulk: no per-key Python), and the indexes whose
+        slot has no known owner."""
+        if len(todo) <= 16 and not asking:  # a model server's lookup: numpy costs more here
+            groups: dict[Address, list[int]] = {}
+            unowned: list[int] = []
+            for i in todo:
+                position = int(self._owner[slots[i]])
+                if position < 0:
+                    unowned.append(i)
+                else:
+                    groups.setdefault(self._nodes[position], []).append(i)
+            return groups, unowned
+        indexes = np.asarray(todo, dtype=np.int64)
+        owners = self._owner[slots[indexes]]
+        groups = {}
+        for position in np.unique(owners).tolist():
+            members = indexes[owners == position].tolist()
+            if position >= 0:
+                groups[self._nodes[position]] = members
+        unowned = indexes[owners < 0].tolist()
+        for i, target in asking.items():  # ASK redirects override the slot owner, rarely
+            for members in groups.values():
+                if i in members:
+                    members.remove(i)
+            groups.setdefault(target, []).append(i)
+        return {address: members for address, members in groups.items() if members}, unowned

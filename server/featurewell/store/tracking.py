@@ -1,0 +1,91 @@
+"""Keeping the hot-key cache coherent with writes made anywhere, through Redis client-side
+caching (tracking, RESP2 redirect mode).
+
+Each Redis node gets one subscriber connection on `__redis__:invalidate`; every data connection
+to that node runs `CLIENT TRACKING ON REDIRECT <subscriber id>` before its first read. Redis then
+remembers which keys this server read and, when any client changes one, sends its name to the
+subscriber once. Redis bounds its tracking table (`tracking-table-max-keys`) by sending early
+invalidations, which only costs a refetch here.
+
+If a subscriber connection drops, invalidations for its node may be lost: every cached entry
+stops being fresh (entries stay usable as fallbacks) and the node's data connections are closed
+so they reconnect tracked by a new subscriber.
+"""
+
+from __future__ import annotations
+
+import hiredis
+
+from featurewell.errors import StoreUnavailable
+from featurewell.store.cache import HotKeyCache
+from featurewell.store.connection import Address, Connection, encode_command
+
+_CHANNEL = b"__redis__:invalidate"
+
+
+class InvalidationTracker:
+    def __init__(self, cache: HotKeyCache, connect_timeout: float) -> None:
+        self._cache = cache
+        self._connect_timeout = connect_timeout
+        self._subscribers: dict[Address, tuple[Connection, int]] = {}
+        self._tracked: dict[Address, list[Connection]] = {}
+        self.lost = 0  # subscriber connections lost: for tests and metrics
+
+    async def prepare(self, connection: Connection) -> None:
+        """Turn tracking on for a new data connection (the cluster's on-connect hook)."""
+        client_id = await self._subscriber(connection.address)
+        reply = await connection.call("CLIENT", "TRACKING", "ON", "REDIRECT", client_id)
+        if reply != b"OK":
+            raise StoreUnavailable(
+                f"Redis node {_name(connection.address)} refused CLIENT TRACKING ({reply}); "
+                "the hot-key cache needs Redis 6 or later, or run with --cache-entries 0"
+            )
+        tracked = [c for c in self._tracked.get(connection.address, []) if not c.closed]
+        self._tracked[connection.address] = [*tracked, connection]
+
+    async def close(self) -> None:
+        for connection, _ in self._subscribers.values():
+            connection.on_lost = None
+            connection.close()
+        self._subscribers.clear()
+
+    async def _subscriber(self, address: Address) -> int:
+        existing = self._subscribers.get(address)
+        if existing is not None and not existing[0].closed:
+            return existing[1]
+        connection = await Connection.open(address, self._connect_timeout)
+        try:
+            client_id = await connection.call("CLIENT", "ID")
+            (reply,) = await connection.send(encode_command("SUBSCRIBE", _CHANNEL), 1)
+        except BaseException:
+            connection.close()
+            raise
+        if isinstance(client_id, hiredis.ReplyError) or isinstance(reply, hiredis.ReplyError):
+            connection.close()
+            raise StoreUnavailable(
+                f"cannot subscribe to invalidations on Redis node {_name(address)}: {reply}"
+            )
+        connection.on_message = self._on_message
+        connection.on_lost = lambda: self._on_lost(address)
+        self._subscribers[address] = (connection, int(client_id))
+        return int(client_id)
+
+    def _on_message(self, message: object) -> None:
+        if not isinstance(message, list) or len(message) != 3 or message[0] != b"message":
+            return
+        keys = message[2]
+        if keys is None:  # FLUSHALL / FLUSHDB: everything may have changed
+            self._cache.expire_all()
+        else:
+            self._cache.invalidate(keys)
+
+    def _on_lost(self, address: Address) -> None:
+        self.lost += 1
+        self._subscribers.pop(address, None)
+        self._cache.expire_all()
+        for connection in self._tracked.pop(address, []):
+            connection.close()
+
+
+def _name(address: Address) -> str:
+    return f"{address[0]}:{address[1]}"
