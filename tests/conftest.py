@@ -42,7 +42,7 @@ class ServerThread:
     """A featurewell server running on its own event loop in a background thread, so tests can
     call it with blocking clients."""
 
-    def __init__(self, settings: Settings, registry: Registry) -> None:
+    def __init__(self, settings: Settings, registry: Registry | None) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()

@@ -216,8 +216,10 @@ async def test_reads_and_writes_time_out_on_a_stuck_node(
     assert (failure.indexes, failure.node, failure.reason) == ([0], node, FailureReason.TIMEOUT)
     ((view,),) = read.views
     assert view.rows == [None, None]
-    assert view.fallback is not None and view.fallback.tolist() == [Status.FALLBACK, 0]
-    assert view.reasons is not None and view.reasons.tolist() == [FailureReason.TIMEOUT, 0]
+    assert view.fallback is not None
+    assert view.fallback.tolist() == [Status.FALLBACK, 0]
+    assert view.reasons is not None
+    assert view.reasons.tolist() == [FailureReason.TIMEOUT, 0]
 
 
 async def _read_within(store: OnlineStore, tags: list[bytes], timeout: float) -> Any:

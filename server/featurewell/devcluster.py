@@ -7,11 +7,8 @@ cluster is formed with CLUSTER ADDSLOTSRANGE / MEET / REPLICATE directly (no `re
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +24,6 @@ from featurewell.store.connection import Address, encode_command
 from featurewell.store.keys import SLOTS
 
 HOST = "127.0.0.1"
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -39,6 +35,8 @@ class LocalCluster:
     workdir: Path
     processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     owns_workdir: bool = True
+    node_timeout_ms: int = 2000
+    redis_server: str = "redis-server"
 
     @property
     def seeds(self) -> list[Address]:
@@ -47,6 +45,27 @@ class LocalCluster:
     @property
     def ports(self) -> list[int]:
         return [*self.masters, *self.replicas]
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one node by pid (a crash: no shutdown, no failover handshake)."""
+        process = self.processes[port]
+        process.kill()
+        process.wait(timeout=10)
+
+    def restart(self, port: int) -> None:
+        """Start a killed node again on its port; it rejoins with its saved cluster config."""
+        self.processes[port] = _spawn(self.redis_server, port, self.workdir, self.node_timeout_ms)
+        _wait_for(lambda: _call(port, "PING") == b"PONG", f"node {port} to restart")
+
+    def owner(self, slot: int) -> int:
+        """Port of the master serving `slot`, as a live node reports it."""
+        for port in self.ports:
+            if self.processes[port].poll() is not None:
+                continue
+            for start, end, master, *_ in _call(port, "CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    return int(master[1])
+        raise RuntimeError(f"no live node knows who owns slot {slot}")
 
     def stop(self) -> None:
         for process in self.processes.values():
@@ -81,8 +100,9 @@ def start_local_cluster(
     ports = _free_ports(masters * (1 + replicas_per_master))
     directory = workdir or Path(tempfile.mkdtemp(prefix="featurewell-cluster-"))
     cluster = LocalCluster(
-        ports[:masters], ports[masters:], directory, owns_workdir=workdir is None
-    )
+        ports[:masters], ports[masters:], directory, owns_workdir=workdir is None,
+        node_timeout_ms=node_timeout_ms, redis_server=redis_server,
+    )  # fmt: skip
     try:
         for port in ports:
             cluster.processes[port] = _spawn(redis_server, port, directory, node_timeout_ms)
@@ -112,16 +132,19 @@ def _spawn(
         "--enable-debug-command", "local",
     ]  # fmt: skip
     return subprocess.Popen(
-        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent
+        [*_DIE_WITH_PARENT, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: ask Linux to SIGKILL the node when the process that
-    started it dies, so a killed test run or demo leaves no orphaned redis-server behind."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+# Ask Linux to SIGKILL each node when the process that started it dies, so a killed test run or
+# demo leaves no orphaned redis-server behind. util-linux's setpriv sets it before exec'ing the
+# node; a Python preexec_fn would run Python in a forked child of a threaded process (gRPC's),
+# which can crash or deadlock.
+_DIE_WITH_PARENT = (
+    ["setpriv", "--pdeathsig", "KILL", "--"]
+    if sys.platform.startswith("linux") and shutil.which("setpriv")
+    else []
+)
 
 
 def _form(cluster: LocalCluster) -> None:

@@ -13,7 +13,7 @@ from featurewell.client._errors import (
     FeatureClientError,
     InvalidArgument,
     NotFound,
-    Overloaded,
+    ResourceExhausted,
     ServerError,
     Unavailable,
 )
@@ -47,7 +47,7 @@ __all__ = [
     "FeatureResult",
     "InvalidArgument",
     "NotFound",
-    "Overloaded",
+    "ResourceExhausted",
     "ServerError",
     "Status",
     "Unavailable",

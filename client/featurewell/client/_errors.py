@@ -5,7 +5,7 @@ FeatureClientError
 ├── NotFound            unknown feature/view, or strict mode and missing entities
 ├── DeadlineExceeded    no answer within the deadline
 ├── Unavailable         server or store unreachable (retryable)
-├── Overloaded          the server shed the call unserved (retry after a backoff)
+├── ResourceExhausted   the server shed the call (overloaded) or a message was too large
 └── ServerError         anything else the server reported
 """
 
@@ -36,7 +36,7 @@ class Unavailable(FeatureClientError):
     pass
 
 
-class Overloaded(FeatureClientError):
+class ResourceExhausted(FeatureClientError):
     pass
 
 
@@ -49,7 +49,7 @@ _BY_CODE: dict[grpc.StatusCode, type[FeatureClientError]] = {
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
 }
 
 

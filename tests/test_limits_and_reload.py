@@ -1,0 +1,165 @@
+"""Overload sheds calls with RESOURCE_EXHAUSTED; oversized messages are refused; a new feature
+repo version swaps in atomically while calls are in flight, and a broken one changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from featurewell.client import (
+    VALUE_TYPE_INT64,
+    FeatureClient,
+    FeatureClientError,
+    ResourceExhausted,
+    Status,
+)
+from featurewell.definitions import Registry
+from featurewell.devcluster import LocalCluster, _call
+from featurewell.store.keys import entity_tags, slot_of
+from tests import defs
+from tests.conftest import ServerThread, make_settings
+from tests.load import Load
+
+
+def test_calls_beyond_the_in_flight_limit_are_shed_at_once(
+    cluster: LocalCluster, registry: Registry, ids: Any
+) -> None:
+    server = ServerThread(
+        make_settings(cluster, max_in_flight=2, store_timeout_ms=3000.0, cache_entries=0),
+        registry,
+    )
+    try:
+        user = ids("busy")
+        with FeatureClient(server.address, timeout=5) as client:
+            defs.write_profiles(client, [user], ages=[7])
+        port = cluster.owner(slot_of(entity_tags([[user]], 1)[0]))
+        outcomes: list[tuple[float, str]] = []
+        lock = threading.Lock()
+
+        def call() -> None:
+            with FeatureClient(server.address, timeout=5) as own:
+                try:
+                    own.get_features(["profile:age"], entities={"user_id": [user]})
+                    outcome = "served"
+                except ResourceExhausted as exc:
+                    outcome = "shed" if "max_in_flight 2" in str(exc) else str(exc)
+            with lock:
+                outcomes.append((time.monotonic(), outcome))
+
+        sleeper = threading.Thread(target=_call, args=(port, "DEBUG", "SLEEP", "0.6"))
+        sleeper.start()
+        time.sleep(0.05)
+        callers = [threading.Thread(target=call) for _ in range(8)]
+        for caller in callers:
+            caller.start()
+        for caller in [*callers, sleeper]:
+            caller.join()
+        kinds = [kind for _, kind in sorted(outcomes)]
+        assert kinds.count("served") == 2
+        assert kinds.count("shed") == 6
+        # The shed calls were answered while the two admitted ones still waited on Redis.
+        assert kinds[:6] == ["shed"] * 6
+        assert server.server.service.calls.shed == 6
+        assert server.server.service.calls.in_flight == 0
+    finally:
+        server.stop()
+
+
+def test_oversized_request_is_refused_with_resource_exhausted(
+    cluster: LocalCluster, registry: Registry
+) -> None:
+    server = ServerThread(make_settings(cluster, max_message_mb=1), registry)
+    try:
+        with FeatureClient(server.address, timeout=5) as client:
+            users = [f"user-{i:08d}-{'x' * 40}" for i in range(30_000)]  # ~1.6 MB of keys
+            with pytest.raises(FeatureClientError) as refused:
+                client.get_features(["profile:age"], entities={"user_id": users})
+            assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            ok = client.get_features(["profile:age"], entities={"user_id": users[:10]})
+            assert ok.rows == 10  # the server is fine afterwards
+    finally:
+        server.stop()
+
+
+_REPO = """
+from datetime import timedelta
+from featurewell.definitions import Entity, Feature, FeatureView, Int64, String
+
+user = Entity("user", join_keys={{"user_id": String}})
+member = FeatureView("member", entity=user, max_age=timedelta(hours=1),
+                     features=[Feature("age", Int64, default=-1)])
+{extra}
+"""
+_EXTRA = """
+level = FeatureView("level", entity=user, features=[Feature("rank", Int64, default={default})])
+"""
+
+
+def _write_repo(path: Path, extra: str) -> None:
+    path.write_text(_REPO.format(extra=extra))
+
+
+def test_reload_swaps_definitions_atomically_under_load(
+    cluster: LocalCluster, tmp_path: Path, ids: Any
+) -> None:
+    repo = tmp_path / "repo.py"
+    _write_repo(repo, "")
+    server = ServerThread(make_settings(cluster, repo=str(repo)), None)
+    try:
+        users = [ids(f"reload{i}") for i in range(20)]
+        with FeatureClient(server.address, timeout=5) as client:
+            client.write_features("member", entities={"user_id": users},
+                                  event_timestamps_us=[defs.now_us()] * 20,
+                                  features={"age": (VALUE_TYPE_INT64, np.arange(20))})  # fmt: skip
+            assert "level" not in {v.name for v in client.list_features().views}
+            with Load(server.address, users, threads=2, feature="member:age") as load:
+                time.sleep(0.3)
+                _write_repo(repo, _EXTRA.format(default=-7))
+                assert server.run(server.server.reload()) is True
+                time.sleep(0.3)
+                _write_repo(repo, "this is not python")
+                assert server.run(server.server.reload()) is False
+                time.sleep(0.3)
+            assert load.errors == []
+            assert len(load.calls) > 20
+            assert all(c.all_present and c.ages == list(range(20)) for c in load.calls)
+            # The new view serves; the broken version changed nothing.
+            result = client.get_features(["level:rank"], entities={"user_id": users[:2]})
+            assert result.values("level:rank").tolist() == [-7, -7]
+            assert result.statuses("level:rank").tolist() == [Status.NOT_FOUND] * 2
+        assert (server.server.reloads, server.server.reloads_failed) == (1, 1)
+    finally:
+        server.stop()
+
+
+def test_watching_the_repo_reloads_when_its_files_change(
+    cluster: LocalCluster, tmp_path: Path, ids: Any
+) -> None:
+    repo = tmp_path / "repo.py"
+    _write_repo(repo, _EXTRA.format(default=1))
+    server = ServerThread(make_settings(cluster, repo=str(repo)), None)
+    watcher = asyncio.run_coroutine_threadsafe(server.server.watch_repo(0.05), server.loop)
+    try:
+        with FeatureClient(server.address, timeout=5) as client:
+            user = ids("watched")
+            client.write_features("level", entities={"user_id": [user]},
+                                  event_timestamps_us=[defs.now_us()],
+                                  features={"rank": (VALUE_TYPE_INT64, np.array([3]))})  # fmt: skip
+            time.sleep(0.1)
+            _write_repo(repo, _EXTRA.format(default=2))
+            deadline = time.monotonic() + 5
+            while server.server.reloads == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert server.server.reloads == 1
+            result = client.get_features(["level:rank"], entities={"user_id": [user, "nobody"]})
+            assert result.values("level:rank").tolist() == [3, 2]  # stored row kept; new default
+    finally:
+        watcher.cancel()
+        server.stop()

@@ -1,0 +1,278 @@
+"""Surviving Redis Cluster trouble under steady load: a master killed and its replica promoted,
+a node restarted, connections reset, a node slow, slots migrating. Each test runs its own server;
+the ones that kill nodes run their own 3+3 cluster (node timeout 1 s, so failovers take ~2 s)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from featurewell.client import FeatureClient, Status
+from featurewell.definitions import Registry
+from featurewell.devcluster import LocalCluster, _call, start_local_cluster
+from featurewell.store.keys import entity_tags, key_prefix, slot_of
+from tests import defs
+from tests.conftest import ServerThread, make_settings
+from tests.load import Call, Load, median_ms
+
+USERS = 60
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[LocalCluster]:
+    with start_local_cluster(masters=3, replicas_per_master=1, node_timeout_ms=1000) as running:
+        yield running
+
+
+def _serve(cluster: LocalCluster, registry: Registry, **changes: Any) -> ServerThread:
+    changes.setdefault("breaker_open_ms", 200.0)
+    return ServerThread(make_settings(cluster, **changes), registry)
+
+
+def _seed(server: ServerThread, cluster: LocalCluster, prefix: str) -> tuple[list[str], list[int]]:
+    users = [f"{prefix}-{i}" for i in range(USERS)]
+    with FeatureClient(server.address, timeout=5) as client:
+        defs.write_profiles(client, users, ages=list(range(USERS)))
+    _wait_replicated(cluster)
+    return users, [cluster.owner(_slot(u)) for u in users]
+
+
+def _slot(user: str) -> int:
+    return slot_of(entity_tags([[user]], 1)[0])
+
+
+def _wait_replicated(cluster: LocalCluster, timeout: float = 10.0) -> None:
+    """Until every replica has applied everything its master has (so a failover loses nothing)."""
+    deadline = time.monotonic() + timeout
+    for port in cluster.masters:
+        while time.monotonic() < deadline:
+            info = _call(port, "INFO", "replication").decode()
+            fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+            offset = fields.get("master_repl_offset")
+            replica = fields.get("slave0", "")
+            if offset and f"offset={offset}," in replica:
+                break
+            time.sleep(0.02)
+        else:
+            raise AssertionError(f"replica of {port} did not catch up")
+
+
+def _wait_owner_change(cluster: LocalCluster, slot: int, old: int, timeout: float = 15.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        owner = cluster.owner(slot)
+        if owner != old:
+            return owner
+        time.sleep(0.02)
+    raise AssertionError(f"slot {slot} still served by {old} after {timeout} s")
+
+
+def _check_values(calls: list[Call], on_victim: list[bool]) -> None:
+    """Every value is correct or flagged: PRESENT and cache fallbacks carry the written age,
+    default fallbacks the default (-1); rows on healthy nodes are always PRESENT."""
+    for call in calls:
+        for row, (age, status) in enumerate(zip(call.ages, call.statuses, strict=True)):
+            if status == Status.FALLBACK:
+                assert on_victim[row], (row, age, status)
+                assert age == -1, (row, age, status)
+            else:
+                assert status in (Status.PRESENT, Status.FALLBACK_CACHE), (row, status)
+                assert age == row, (row, age, status)
+                assert status == Status.PRESENT or on_victim[row]
+
+
+def test_master_killed_no_call_fails_and_the_promoted_replica_takes_over(
+    own_cluster: LocalCluster, registry: Registry
+) -> None:
+    server = _serve(own_cluster, registry)
+    try:
+        users, owners = _seed(server, own_cluster, "failover")
+        victim = owners[0]
+        on_victim = [owner == victim for owner in owners]
+        with Load(server.address, users, threads=2) as load:
+            time.sleep(0.5)
+            killed_at = time.monotonic()
+            own_cluster.kill(victim)
+            _wait_owner_change(own_cluster, _slot(users[0]), victim)
+            promoted_at = time.monotonic()
+            time.sleep(3.0)
+        before = [c for c in load.calls if c.started + c.seconds < killed_at]
+        during = load.between(killed_at, promoted_at)
+        after = load.between(promoted_at, float("inf"))
+        assert load.errors == [], [c.error for c in load.errors[:3]]
+        assert before
+        assert all(c.all_present for c in before)
+        _check_values(load.calls, on_victim)
+        # While the master was out its rows were served from fallbacks, flagged and explained.
+        degraded = [c for c in during if not c.all_present]
+        assert degraded
+        assert all(c.reasons for c in degraded)
+        # Once the replica is promoted the server finds it by itself, within a couple of seconds.
+        recovered = next(c.started for c in after if c.all_present) - promoted_at
+        assert recovered < 2.0, f"still degraded {recovered:.2f} s after the promotion"
+        tail = [c for c in after if c.started > promoted_at + recovered]
+        assert tail
+        assert all(c.all_present for c in tail)
+        print(
+            f"\nfailover: {len(during)} calls while the master was out, none failed; "
+            f"{len(degraded)} flagged; values back {recovered * 1000:.0f} ms after the promotion;"
+            f" median {median_ms(before):.2f} ms before, {median_ms(tail):.2f} ms after"
+        )
+    finally:
+        server.stop()
+
+
+def test_restarted_node_rejoins_and_takes_its_slots_back(
+    own_cluster: LocalCluster, registry: Registry
+) -> None:
+    server = _serve(own_cluster, registry)
+    try:
+        users, owners = _seed(server, own_cluster, "restart")
+        victim, slot = owners[0], _slot(users[0])
+        on_victim = [owner == victim for owner in owners]
+        with Load(server.address, users, threads=2) as load:
+            own_cluster.kill(victim)
+            promoted = _wait_owner_change(own_cluster, slot, victim)
+            own_cluster.restart(victim)  # comes back as a replica of the promoted node
+            _wait_for_sync(victim)
+            # Move the slots back at once (TAKEOVER: the masters already voted in this epoch
+            # window, so a voted failover would wait 2 node timeouts).
+            assert _call(victim, "CLUSTER", "FAILOVER", "TAKEOVER") == b"OK"
+            assert _wait_owner_change(own_cluster, slot, promoted) == victim
+            back_at = time.monotonic()
+            time.sleep(1.5)
+        assert load.errors == [], [c.error for c in load.errors[:3]]
+        _check_values(load.calls, on_victim)
+        settled = [c for c in load.between(back_at + 1.0, float("inf"))]
+        assert settled
+        assert all(c.all_present for c in settled)
+    finally:
+        server.stop()
+
+
+def _wait_for_sync(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = _call(port, "INFO", "replication").decode()
+        if "role:slave" in info and "master_link_status:up" in info:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"node {port} did not resync as a replica")
+
+
+def test_connections_reset_under_load_lose_no_call(
+    cluster: LocalCluster, registry: Registry
+) -> None:
+    server = _serve(cluster, registry)
+    try:
+        users, owners = _seed(server, cluster, "reset")
+        tracker = server.server.store.tracker
+        assert tracker is not None
+        with Load(server.address, users, threads=2) as load:
+            for _ in range(5):
+                time.sleep(0.15)
+                for port in cluster.masters:  # data and invalidation connections alike
+                    _call(port, "CLIENT", "KILL", "TYPE", "normal")
+                    _call(port, "CLIENT", "KILL", "TYPE", "pubsub")
+            time.sleep(0.3)
+        assert load.errors == []
+        _check_values(load.calls, [True] * USERS)
+        assert tracker.lost >= 3  # the invalidation subscribers were cut too, and came back
+        # After all that, a write from elsewhere still reaches the cache as an invalidation.
+        with FeatureClient(server.address, timeout=5) as client:
+            for _ in range(3):  # fetched twice: admitted to the cache
+                client.get_features(["profile:age"], entities={"user_id": users[:1]})
+            key = key_prefix(defs.profile) + entity_tags([users[:1]], 1)[0] + b"}"
+            _call(owners[0], "DEL", key)
+            assert _eventually(
+                lambda: (
+                    client.get_features(["profile:age"], entities={"user_id": users[:1]})
+                    .statuses("profile:age")
+                    .tolist()
+                    == [Status.NOT_FOUND]
+                )
+            )
+    finally:
+        server.stop()
+
+
+def _eventually(condition: Any, timeout: float = 2.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_slot_migrating_under_load_is_served_throughout(
+    cluster: LocalCluster, registry: Registry
+) -> None:
+    server = _serve(cluster, registry)
+    try:
+        users, owners = _seed(server, cluster, "reshard")
+        slot, source = _slot(users[0]), owners[0]
+        target = next(p for p in cluster.masters if p != source)
+        source_id, target_id = (_call(p, "CLUSTER", "MYID").decode() for p in (source, target))
+        key = key_prefix(defs.profile) + entity_tags([users[:1]], 1)[0] + b"}"
+        with Load(server.address, users, threads=2) as load:
+            time.sleep(0.2)
+            assert _call(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id) == b"OK"
+            assert _call(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id) == b"OK"
+            time.sleep(0.2)  # calls now meet ASK for keys already moved
+            assert _call(source, "MIGRATE", "127.0.0.1", target, key, 0, 5000) == b"OK"
+            time.sleep(0.2)
+            for port in cluster.masters:
+                _call(port, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+            time.sleep(0.3)  # and MOVED once the slot belongs to the target
+        assert load.errors == []
+        assert load.calls
+        assert all(c.all_present for c in load.calls)
+        _check_values(load.calls, [False] * USERS)
+        assert cluster.owner(slot) == target
+    finally:
+        server.stop()
+
+
+def test_slow_node_opens_its_circuit_then_recovers(
+    cluster: LocalCluster, registry: Registry
+) -> None:
+    server = _serve(cluster, registry, breaker_failures=2, breaker_open_ms=300.0, cache_entries=0)
+    try:
+        users, owners = _seed(server, cluster, "slow")
+        user = users[0]
+        with FeatureClient(server.address, timeout=5) as client:
+            sleeping = _sleep_async(owners[0], 1.0)
+            reasons: list[list[str]] = []
+            for _ in range(6):
+                result = client.get_features(["profile:age"], entities={"user_id": [user]})
+                assert result.statuses("profile:age").tolist() == [Status.FALLBACK]
+                reasons.append([f.reason.name for f in result.fallbacks])
+            sleeping.join()
+            # Two timeouts open the circuit; then the node is not asked until a trial.
+            assert reasons[:2] == [["STORE_TIMEOUT"], ["STORE_TIMEOUT"]]
+            assert ["CIRCUIT_OPEN"] in reasons[2:]
+            assert _eventually(
+                lambda: (
+                    client.get_features(["profile:age"], entities={"user_id": [user]})
+                    .statuses("profile:age")
+                    .tolist()
+                    == [Status.PRESENT]
+                )
+            )
+        breaker = server.server.store.cluster.breakers[("127.0.0.1", owners[0])]
+        assert breaker.opened >= 1
+    finally:
+        server.stop()
+
+
+def _sleep_async(port: int, seconds: float) -> Any:
+    import threading
+
+    thread = threading.Thread(target=_call, args=(port, "DEBUG", "SLEEP", str(seconds)))
+    thread.start()
+    time.sleep(0.05)
+    return thread
