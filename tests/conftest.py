@@ -33,7 +33,7 @@ def registry() -> Registry:
 
 def make_settings(cluster: LocalCluster, **changes: Any) -> Settings:
     base = Settings.load(environ={}).with_changes(
-        redis=tuple(cluster.seeds), port=0, max_rows=2000, grace_period_s=1.0
+        redis=tuple(cluster.seeds), port=0, metrics_port=-1, max_rows=2000, grace_period_s=1.0
     )
     return base.with_changes(**changes)
 

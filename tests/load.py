@@ -88,3 +88,19 @@ class Load:
 def median_ms(calls: Sequence[Call]) -> float:
     ordered = sorted(c.seconds for c in calls)
     return ordered[len(ordered) // 2] * 1000 if ordered else float("nan")
+
+
+def scrape(port: int) -> dict[str, float]:
+    """A real server's /metrics as {'name{label="v",...}': value} (counters keep `_total`)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out

@@ -17,6 +17,7 @@ from featurewell.store.cache import CachePolicy, HotKeyCache
 from featurewell.store.keys import entity_tags, key_prefix, slot_of
 from tests import defs
 from tests.conftest import ServerThread, make_settings
+from tests.load import scrape
 
 # -- the policy --------------------------------------------------------------------------------
 
@@ -173,7 +174,7 @@ def test_hot_rows_are_served_from_memory_and_writes_invalidate_them(
 def test_a_failing_node_is_answered_from_the_expired_cache_entry(
     cluster: LocalCluster, registry: Registry, ids: Any
 ) -> None:
-    server = ServerThread(make_settings(cluster, cache_ttl_s=0.05), registry)
+    server = ServerThread(make_settings(cluster, cache_ttl_s=0.05, metrics_port=0), registry)
     try:
         user = ids("fallback")
         with FeatureClient(server.address) as client:
@@ -198,6 +199,13 @@ def test_a_failing_node_is_answered_from_the_expired_cache_entry(
         assert (fallback.reason, fallback.from_cache, fallback.from_default) == (
             FallbackReason.STORE_TIMEOUT, 1, 0,
         )  # fmt: skip
+        assert server.server.metrics_port is not None
+        metrics = scrape(server.server.metrics_port)
+        key = 'featurewell_fallback_values_total{reason="store_timeout",source="cache",view="%s"}'
+        assert metrics[key % "profile@v2"] == 1
+        assert metrics["featurewell_cache_hits_total"] >= 1
+        assert metrics["featurewell_cache_admissions_total"] >= 1
+        assert metrics["featurewell_cache_entries"] >= 1
     finally:
         server.stop()
 

@@ -25,14 +25,16 @@ from featurewell.devcluster import LocalCluster, _call
 from featurewell.store.keys import entity_tags, slot_of
 from tests import defs
 from tests.conftest import ServerThread, make_settings
-from tests.load import Load
+from tests.load import Load, scrape
 
 
 def test_calls_beyond_the_in_flight_limit_are_shed_at_once(
     cluster: LocalCluster, registry: Registry, ids: Any
 ) -> None:
     server = ServerThread(
-        make_settings(cluster, max_in_flight=2, store_timeout_ms=3000.0, cache_entries=0),
+        make_settings(
+            cluster, max_in_flight=2, store_timeout_ms=3000.0, cache_entries=0, metrics_port=0
+        ),
         registry,
     )
     try:
@@ -67,6 +69,11 @@ def test_calls_beyond_the_in_flight_limit_are_shed_at_once(
         # The shed calls were answered while the two admitted ones still waited on Redis.
         assert kinds[:6] == ["shed"] * 6
         assert server.server.service.calls.shed == 6
+        assert server.server.metrics_port is not None
+        shed = scrape(server.server.metrics_port)[
+            'featurewell_shed_calls_total{method="GetFeatures"}'
+        ]
+        assert shed == 6
         assert server.server.service.calls.in_flight == 0
     finally:
         server.stop()

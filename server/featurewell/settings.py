@@ -31,6 +31,9 @@ class Settings:
     )
     host: str = _doc("Address to listen on.", "127.0.0.1")
     port: int = _doc("gRPC port (0 picks a free one).", 50051)
+    metrics_port: int = _doc(
+        "Port of the Prometheus /metrics endpoint (0 picks a free one, -1 turns it off).", 9464
+    )
     workers: int = _doc("Server processes sharing the port via SO_REUSEPORT.", 1)
     store_timeout_ms: float = _doc(
         "Longest a call waits for Redis; a shorter client deadline shortens it further.", 50.0
@@ -111,6 +114,10 @@ class Settings:
             raise ValueError("setting cache_ttl_fraction must be at most 1 (a fraction of max age)")
         if not 0 <= self.port < 65536:
             raise ValueError(f"setting port must be 0-65535, got {self.port}")
+        if not -1 <= self.metrics_port < 65536:
+            raise ValueError(
+                f"setting metrics_port must be -1 (off) or 0-65535, got {self.metrics_port}"
+            )
         if self.workers > 1 and self.port == 0:
             raise ValueError("several workers need a fixed port, not port 0")
         if not self.redis:

@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from featurewell.definitions import Registry, load_repo, repo_fingerprint
 from featurewell.serving.engine import FeatureEngine
+from featurewell.serving.metrics import ServerMetrics
 from featurewell.serving.service import FeatureService
 from featurewell.settings import Settings
 from featurewell.store.breaker import BreakerPolicy
@@ -40,6 +41,7 @@ class Server:
     store: OnlineStore
     grpc_server: grpc.aio.Server
     health: health_aio.HealthServicer
+    metrics_port: int | None  # None: /metrics is off
     reloads: int = 0
     reloads_failed: int = 0
 
@@ -57,7 +59,8 @@ class Server:
                     ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
                 ]
             )
-            service = FeatureService(FeatureEngine(registry, store, settings), settings)
+            metrics = ServerMetrics(store)
+            service = FeatureService(FeatureEngine(registry, store, settings), settings, metrics)
             pb_grpc.add_FeatureServiceServicer_to_server(service, grpc_server)
             health = health_aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(health, grpc_server)
@@ -68,6 +71,7 @@ class Server:
             )  # fmt: skip
             port = grpc_server.add_insecure_port(f"{settings.host}:{settings.port}")
             await grpc_server.start()
+            metrics_port = _serve_metrics(metrics, settings)
         except BaseException:
             await store.close()
             raise
@@ -80,7 +84,7 @@ class Server:
         # A ranking call allocates a few thousand short-lived objects; the default gen-0
         # threshold (700) would collect several times per call. Collect young objects less often.
         gc.set_threshold(settings.gc_gen0_threshold, 20, 100)
-        return cls(settings, port, service, store, grpc_server, health)
+        return cls(settings, port, service, store, grpc_server, health, metrics_port)
 
     async def reload(self) -> bool:
         """Load the feature repo again and serve it from the next call on, atomically. A repo
@@ -90,12 +94,14 @@ class Server:
             registry = await asyncio.to_thread(load_repo, self.settings.repo)
         except Exception:
             self.reloads_failed += 1
+            self.service.metrics.reloads.labels("failed").inc()
             log.exception("reload of %s failed; still serving the previous definitions",
                           self.settings.repo)  # fmt: skip
             return False
         self.service.engine.reload(registry)
         gc.freeze()  # like start-up objects, the new definitions live until the next reload
         self.reloads += 1
+        self.service.metrics.reloads.labels("ok").inc()
         log.info("reloaded %s: %d views", self.settings.repo, len(registry.views))
         return True
 
@@ -128,6 +134,19 @@ class Server:
             "stopped: %d calls were in flight, %d cut off by the grace period",
             in_flight, calls.cancelled,
         )  # fmt: skip
+
+
+def _serve_metrics(metrics: ServerMetrics, settings: Settings) -> int | None:
+    if settings.metrics_port < 0:
+        return None
+    try:
+        return metrics.serve(settings.host, settings.metrics_port)
+    except OSError as exc:
+        # With --workers N every process would bind the same port; one wins. Aggregating all
+        # workers (Prometheus multiprocess mode) is the observability work's to do.
+        log.warning("metrics port %d unavailable (%s); this process has no /metrics",
+                    settings.metrics_port, exc)  # fmt: skip
+        return None
 
 
 async def open_store(settings: Settings) -> OnlineStore:

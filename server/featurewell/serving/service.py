@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 
 from featurewell.errors import DeadlineExceeded, Overloaded
 from featurewell.serving import wire
 from featurewell.serving.engine import Budget, FeatureEngine
+from featurewell.serving.metrics import ServerMetrics
 from featurewell.serving.status import translate_errors
 from featurewell.settings import Settings
 from featurewell.v1 import feature_service_pb2 as pb
@@ -24,16 +25,19 @@ class CallCounter:
     before they finished (a shutdown whose grace expired). Shutdown reports the last, so
     "drained" is a measured claim."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, on_shed: Callable[[str], None] | None = None) -> None:
         self.limit = limit
+        self._on_shed = on_shed
         self.in_flight = 0
         self.shed = 0
         self.cancelled = 0
 
     @contextlib.contextmanager
-    def track(self) -> Iterator[None]:
+    def track(self, method: str) -> Iterator[None]:
         if self.in_flight >= self.limit:
             self.shed += 1
+            if self._on_shed is not None:
+                self._on_shed(method)
             raise Overloaded(
                 f"server busy: {self.in_flight} calls in flight (max_in_flight {self.limit}); "
                 "retry with backoff or add replicas"
@@ -49,9 +53,12 @@ class CallCounter:
 
 
 class FeatureService(pb_grpc.FeatureServiceServicer):
-    def __init__(self, engine: FeatureEngine, settings: Settings) -> None:
+    def __init__(self, engine: FeatureEngine, settings: Settings, metrics: ServerMetrics) -> None:
         self.engine = engine
-        self.calls = CallCounter(settings.max_in_flight)
+        self.metrics = metrics
+        self.calls = CallCounter(
+            settings.max_in_flight, lambda method: metrics.shed_calls.labels(method).inc()
+        )
         self._cap = settings.store_timeout_ms / 1000
         self._margin = settings.deadline_margin_ms / 1000
 
@@ -73,9 +80,11 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         request: pb.GetFeaturesRequest,
         context: grpc.aio.ServicerContext[pb.GetFeaturesRequest, pb.GetFeaturesResponse],
     ) -> pb.GetFeaturesResponse:
-        with self.calls.track():
+        with self.calls.track("GetFeatures"):
             budget = self.budget(context.time_remaining())
             result = await self.engine.get_features(wire.feature_request(request), budget)
+            if result.fallbacks:
+                self.metrics.record_result(result)
             return wire.feature_response(result)
 
     @translate_errors
@@ -84,7 +93,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         request: pb.WriteFeaturesRequest,
         context: grpc.aio.ServicerContext[pb.WriteFeaturesRequest, pb.WriteFeaturesResponse],
     ) -> pb.WriteFeaturesResponse:
-        with self.calls.track():
+        with self.calls.track("WriteFeatures"):
             outcome = await self.engine.write(wire.write_request(request))
             return wire.write_response(outcome)
 
