@@ -13,7 +13,7 @@ from featurewell.definitions import Registry
 from featurewell.devcluster import LocalCluster, _call
 from featurewell.serving.plan import Planner
 from featurewell.store.breaker import Breaker, BreakerPolicy, BreakerState
-from featurewell.store.cache import CachePolicy, HotKeyCache
+from featurewell.store.cache import MISS, CachePolicy, HotKeyCache
 from featurewell.store.keys import entity_tags, key_prefix, slot_of
 from tests import defs
 from tests.conftest import ServerThread, make_settings
@@ -26,63 +26,77 @@ def _cache(**policy: Any) -> HotKeyCache:
     return HotKeyCache(CachePolicy(**policy))
 
 
+G = (b"fw:v:v1:{",)  # a group of one view: rows are GET replies
+PAIR = (b"fw:a:v1:{", b"fw:b:v1:{")  # two views read together: rows are MGET replies
+
+
 def test_admits_only_keys_seen_often_enough() -> None:
     cache = _cache(admit_after=3)
     for _ in range(2):
-        cache.offer([b"hot", b"cold"], [b"h", b"c"], 10.0, now=0.0, since=cache.sequence)
-        cache.offer([b"hot"], [b"h"], 10.0, now=0.0, since=cache.sequence)
-    assert [e.value if e else None for e in cache.fresh([b"hot", b"cold"], 1.0)] == [b"h", None]
+        cache.offer(G, [b"hot", b"cold"], [b"h", b"c"], 10.0, now=0.0, since=cache.sequence)
+        cache.offer(G, [b"hot"], [b"h"], 10.0, now=0.0, since=cache.sequence)
+    assert cache.lookup(G, [b"hot", b"cold"], 1.0) == [b"h", MISS]
     assert (cache.stats.admissions, cache.stats.hits, cache.stats.misses) == (1, 1, 1)
 
 
-def test_bounded_by_entries_and_bytes_least_recently_used_first() -> None:
+def test_bounded_by_entries_and_bytes_expired_first_then_oldest() -> None:
     cache = _cache(admit_after=1, max_entries=3)
-    cache.offer([b"a", b"b", b"c"], [b"1", b"2", b"3"], 10.0, now=0.0, since=0)
-    cache.fresh([b"a"], 1.0)  # a is now the most recently used
-    cache.offer([b"d"], [b"4"], 10.0, now=0.0, since=0)
-    assert [e is not None for e in cache.fresh([b"a", b"b", b"c", b"d"], 1.0)] == [
-        True, False, True, True,
-    ]  # fmt: skip
+    cache.offer(G, [b"a", b"b", b"c"], [b"1", b"2", b"3"], 10.0, now=0.0, since=0)
+    cache.offer(G, [b"d"], [b"4"], 10.0, now=0.0, since=0)
+    assert cache.lookup(G, [b"a", b"b", b"c", b"d"], 1.0) == [MISS, b"2", b"3", b"4"]
     assert (len(cache), cache.stats.evictions) == (3, 1)
+    cache.offer(PAIR, [b"e"], [[b"5", None]], 1.0, now=2.0, since=0)
+    cache.lookup(G, [], 3.5)  # e has expired: it is the first to go, before older fresh rows
+    cache.offer(G, [b"f"], [b"6"], 10.0, now=3.5, since=0)
+    assert cache.lookup(G, [b"b", b"c", b"d", b"f"], 3.6) == [MISS, b"3", b"4", b"6"]
+    assert cache.lookup(PAIR, [b"e"], 3.6) == [MISS]
 
     small = _cache(admit_after=1, max_bytes=1000)
-    small.offer([b"k%d" % i for i in range(20)], [b"x" * 100] * 20, 10.0, now=0.0, since=0)
+    small.offer(G, [b"k%d" % i for i in range(20)], [b"x" * 100] * 20, 10.0, now=0.0, since=0)
     assert small.bytes <= 1000
     assert 0 < len(small) < 20
 
 
 def test_ttl_then_fallback_horizon() -> None:
     cache = _cache(admit_after=1, fallback_s=60.0)
-    cache.offer([b"k"], [None], 5.0, now=100.0, since=0)  # Redis had no row: cached as such
-    assert cache.fresh([b"k"], 104.0)[0] is not None
-    assert cache.fresh([b"k"], 105.5) == [None]  # past its TTL it no longer answers reads
-    entry = cache.fallback(b"k", 160.0)
-    assert entry is not None
-    assert entry.value is None
-    assert cache.fallback(b"k", 165.5) is None  # until the horizon ends
+    cache.offer(G, [b"k"], [None], 5.0, now=100.0, since=0)  # Redis had no row: cached as such
+    assert cache.lookup(G, [b"k"], 104.0) == [None]  # a fresh "no row"
+    assert cache.lookup(G, [b"k"], 105.5) == [MISS]  # past its TTL it no longer answers reads
+    assert cache.fallback(G, b"k", 160.0) is None  # but it can still stand in for Redis
+    assert cache.fallback(G, b"k", 165.6) is MISS  # until the horizon ends
+
+
+def test_writes_invalidate_every_group_holding_the_key() -> None:
+    cache = _cache(admit_after=1)
+    cache.offer(PAIR, [b"t1", b"t2"], [[b"a", b"b"], [b"c", b"d"]], 10.0, now=0.0, since=0)
+    cache.offer((PAIR[1],), [b"t1"], [b"b"], 10.0, now=0.0, since=0)
+    cache.invalidate([b"fw:b:v1:{t1}"])  # the Redis key of view b, entity t1
+    assert cache.lookup(PAIR, [b"t1", b"t2"], 1.0) == [MISS, [b"c", b"d"]]
+    assert cache.lookup((PAIR[1],), [b"t1"], 1.0) == [MISS]
+    assert cache.fallback(PAIR, b"t1", 1.0) is MISS  # outdated: not even a fallback
 
 
 def test_a_read_that_raced_a_write_does_not_cache_its_old_value() -> None:
     cache = _cache(admit_after=1)
     since = cache.sequence  # a read starts...
-    cache.invalidate([b"k"])  # ...a write of k lands and is announced...
-    cache.offer([b"k", b"other"], [b"old", b"o"], 10.0, now=0.0, since=since)  # ...the read ends
-    assert [e is not None for e in cache.fresh([b"k", b"other"], 1.0)] == [False, True]
+    cache.invalidate([G[0] + b"k}"])  # ...a write of k lands and is announced...
+    cache.offer(G, [b"k", b"other"], [b"old", b"o"], 10.0, now=0.0, since=since)  # ...it ends
+    assert cache.lookup(G, [b"k", b"other"], 1.0) == [MISS, b"o"]
 
 
 def test_lost_invalidations_keep_entries_only_as_fallbacks() -> None:
     cache = _cache(admit_after=1)
-    cache.offer([b"k"], [b"v"], 10.0, now=0.0, since=0)
+    cache.offer(G, [b"k"], [b"v"], 10.0, now=0.0, since=0)
     cache.expire_all()
-    assert cache.fresh([b"k"], 1.0) == [None]
-    assert cache.fallback(b"k", 1.0) is not None
+    assert cache.lookup(G, [b"k"], 1.0) == [MISS]
+    assert cache.fallback(G, b"k", 1.0) == b"v"
 
 
 def test_frequency_counts_stay_bounded() -> None:
     cache = _cache(admit_after=5, max_entries=10)
     for i in range(10_000):  # a long tail of keys seen once
-        cache.offer([b"tail%d" % i], [b"v"], 10.0, now=0.0, since=0)
-    assert len(cache._seen) <= 1024 + 1
+        cache.offer(G, [b"tail%d" % i], [b"v"], 10.0, now=0.0, since=0)
+    assert sum(len(rows.seen) for rows in cache._groups.values()) <= 1024 + 1
 
 
 def test_breaker_opens_after_failures_and_closes_after_a_good_trial() -> None:

@@ -29,6 +29,9 @@ def own_cluster() -> Iterator[LocalCluster]:
 
 def _serve(cluster: LocalCluster, registry: Registry, **changes: Any) -> ServerThread:
     changes.setdefault("breaker_open_ms", 200.0)
+    # A generous cap: these tests are about nodes dying, not about a starved 2-core box taking
+    # 50 ms to answer (the slow-node test covers timeouts on purpose).
+    changes.setdefault("store_timeout_ms", 500.0)
     return ServerThread(make_settings(cluster, **changes), registry)
 
 

@@ -20,7 +20,6 @@ from featurewell.store.breaker import BreakerState
 from featurewell.store.cluster import FailureReason
 from featurewell.store.online import OnlineStore
 
-
 # The wire's FallbackReason names, lower-cased.
 _REASONS = {
     FailureReason.TIMEOUT: "store_timeout",

@@ -1,29 +1,45 @@
 """The hot-key cache: recently read rows of hot entities, kept in the server's memory.
 
 Ranking calls ask for the same trending items again and again; serving those rows from memory
-skips the Redis round trip for most of a call. The cache holds raw stored rows (the same bytes
-Redis returns, decoded by the same codec), so a cached answer cannot differ from a fetched one.
+skips Redis for most of a call. The cache holds raw stored rows (the same bytes Redis returns,
+decoded by the same codec), so a cached answer cannot differ from a fetched one.
 
 - **Admission by frequency**: a key enters only after it was fetched `admit_after` times within
   the frequency window (exact counts, halved when the window fills: TinyLFU's aging without the
   sketch), so the long tail of one-off items never pushes hot keys out.
-- **Bounded** by entries and by bytes; least recently used entries leave first.
-- **Fresh for a per-view TTL** (the store caps it at a fraction of the view's max age); past it an
-  entry no longer answers reads but may still serve as a *fallback* for `fallback_s` more seconds
-  when Redis cannot answer.
+- **Bounded** by entries and by bytes; expired entries leave first, then the oldest fresh ones.
+- **Fresh for a per-view TTL** (the planner caps it at a fraction of the view's max age); past it
+  an entry no longer answers reads but may still stand in for Redis as a *fallback* for
+  `fallback_s` more seconds when Redis cannot answer.
 - **Invalidated** by writes through this server at once, and by writes from anywhere through Redis
   client-side-caching invalidations (`featurewell.store.tracking`). A read that raced an
   invalidation never re-inserts the value it fetched before it.
+
+Entries are whole entity rows as one read fetches them: the reply of the row's GET (one view)
+or MGET (several views of the same entity), keyed by the row's hash tag within its *group* (the
+views read together). A hit is then one C-level dict lookup per entity row, not per key: fresh
+entries live in their own dicts and expire in bulk (queues of insertion batches), so the read
+path never checks a timestamp per row.
 """
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
+from typing import Any
 
-_ENTRY_OVERHEAD = 120  # bytes of Python objects per entry besides key and value
+_ENTRY_OVERHEAD = 150  # bytes of dict slots and objects per entry besides key and value
+
+
+class Miss:
+    def __repr__(self) -> str:
+        return "MISS"
+
+
+MISS = Miss()  # what `lookup` returns for a key it cannot answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,14 +66,21 @@ class CacheStats:
         return self.hits / looked_up if looked_up else 0.0
 
 
-class Entry:
-    __slots__ = ("fresh_until", "size", "usable_until", "value")
+Group = tuple[bytes, ...]  # the key prefixes of the views read together, in read order
+Row = Any  # a GET reply (bytes | None) or an MGET reply (list of bytes | None)
 
-    def __init__(self, value: bytes | None, fresh_until: float, usable_until: float, size: int):
-        self.value = value  # None: Redis had no row (cached too, so absent hot keys stay cheap)
-        self.fresh_until = fresh_until
-        self.usable_until = usable_until
-        self.size = size
+
+class _Rows:
+    """One group's entries, keyed by hash tag (dicts keyed by the request's own tag objects,
+    whose hashes Python has already computed, so each step is one cheap dict operation)."""
+
+    __slots__ = ("expired", "fresh", "fresh_until", "seen")
+
+    def __init__(self) -> None:
+        self.fresh: OrderedDict[bytes, Row] = OrderedDict()  # oldest first, for eviction
+        self.fresh_until: dict[bytes, float] = {}
+        self.expired: OrderedDict[bytes, tuple[Row, float]] = OrderedDict()  # (row, usable until)
+        self.seen: dict[bytes, int] = {}
 
 
 class HotKeyCache:
@@ -66,101 +89,155 @@ class HotKeyCache:
         self.stats = CacheStats()
         self.bytes = 0
         self.sequence = 0  # counts invalidations; a read remembers it to detect races
-        self._entries: OrderedDict[bytes, Entry] = OrderedDict()
-        self._seen: dict[bytes, int] = {}
+        self._groups: dict[Group, _Rows] = {}
+        self._groups_of: dict[bytes, list[_Rows]] = {}  # prefix -> groups holding that view
+        self._batches: deque[tuple[float, _Rows, list[bytes]]] = deque()  # by expiry
+        self._entries = 0
         self._seen_limit = max(1024, 4 * policy.max_entries)
-        self._invalidated: dict[bytes, int] = {}
-        self._invalidated_before: dict[bytes, int] = {}
+        self._invalidated: dict[tuple[bytes, bytes], int] = {}
+        self._invalidated_before: dict[tuple[bytes, bytes], int] = {}
         self._rotated_at = time.monotonic()
         self._all_invalidated_at = -1  # the sequence of the last expire_all
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._entries
 
-    def fresh(self, keys: Sequence[bytes], now: float) -> list[Entry | None]:
-        """The fresh entry of each key, or None (a miss)."""
-        entries = self._entries
-        found: list[Entry | None] = []
-        hits = 0
-        for key in keys:
-            entry = entries.get(key)
-            if entry is not None and entry.fresh_until > now:
-                entries.move_to_end(key)
-                hits += 1
-                found.append(entry)
-            else:
-                found.append(None)
-        self.stats.hits += hits
-        self.stats.misses += len(keys) - hits
+    def lookup(self, group: Group, tags: Sequence[bytes], now: float) -> list[Row]:
+        """Each row's fresh cached reply (None: known to have no row), or MISS."""
+        if self._batches and now >= self._batches[0][0]:
+            self._expire(now)
+        rows = self._groups.get(group)
+        if rows is None:
+            self.stats.misses += len(tags)
+            return [MISS] * len(tags)
+        found = list(map(rows.fresh.get, tags, repeat(MISS)))
+        misses = found.count(MISS)
+        self.stats.misses += misses
+        self.stats.hits += len(tags) - misses
         return found
 
-    def fallback(self, key: bytes, now: float) -> Entry | None:
-        """The entry of `key` if still within its fallback horizon, fresh or not."""
-        entry = self._entries.get(key)
-        if entry is None or entry.usable_until <= now:
-            return None
+    def fallback(self, group: Group, tag: bytes, now: float) -> Row:
+        """The row's cached reply if still within the fallback horizon, fresh or not; else
+        MISS."""
+        rows = self._groups.get(group)
+        if rows is None:
+            return MISS
+        row = rows.fresh.get(tag, MISS)
+        if row is MISS:
+            expired = rows.expired.get(tag)
+            if expired is None or expired[1] <= now:
+                return MISS
+            row = expired[0]
         self.stats.fallbacks += 1
-        return entry
+        return row
 
     def offer(
         self,
-        keys: Sequence[bytes],
-        values: Sequence[bytes | None],
+        group: Group,
+        tags: Sequence[bytes],
+        rows: Sequence[Row],
         ttl: float,
         now: float,
         since: int,
     ) -> None:
         """Rows just fetched from Redis by a read that started at invalidation count `since`:
         refresh the cached ones, admit the ones that have become hot."""
-        entries, seen, admit_after = self._entries, self._seen, self.policy.admit_after
+        state = self._groups.get(group)
+        if state is None:
+            state = self._groups[group] = _Rows()
+            for prefix in group:
+                self._groups_of.setdefault(prefix, []).append(state)
+        fresh, fresh_until, expired, seen = (state.fresh, state.fresh_until, state.expired,
+                                             state.seen)  # fmt: skip
+        admit_after = self.policy.admit_after
         raced = self.sequence != since
-        fresh_until, usable_until = now + ttl, now + ttl + self.policy.fallback_s
-        for key, value in zip(keys, values, strict=True):
-            if raced and self._invalidated_since(key, since):
+        until = now + ttl
+        admitted: list[bytes] = []
+        for tag, row in zip(tags, rows, strict=True):
+            if tag in fresh:
+                continue  # a concurrent read cached it already
+            if raced and self._invalidated_since(group, tag, since):
                 continue  # fetched before a write that has since been announced: not cacheable
-            entry = entries.get(key)
-            if entry is None:
-                count = seen.get(key, 0) + 1
+            old = expired.pop(tag, None)
+            if old is None:
+                count = seen.get(tag, 0) + 1
                 if count < admit_after:
-                    seen[key] = count
+                    seen[tag] = count
                     continue
-                seen.pop(key, None)
+                seen.pop(tag, None)
                 self.stats.admissions += 1
-            else:
-                self.bytes -= entry.size
-            size = len(key) + (len(value) if value is not None else 0) + _ENTRY_OVERHEAD
-            entries[key] = Entry(value, fresh_until, usable_until, size)
-            entries.move_to_end(key)
-            self.bytes += size
+                self._entries += 1
+            else:  # admitted before: refreshed without counting again
+                self.bytes -= _size(tag, old[0])
+            fresh[tag] = row
+            fresh_until[tag] = until
+            self.bytes += _size(tag, row)
+            admitted.append(tag)
+        if admitted:
+            self._batches.append((until, state, admitted))
+            if len(self._batches) > 1 and self._batches[-2][0] > until:  # a shorter TTL
+                self._batches = deque(sorted(self._batches, key=lambda batch: batch[0]))
         if len(seen) > self._seen_limit:
-            self._age_frequencies()
+            state.seen = {tag: count >> 1 for tag, count in seen.items() if count > 1}
         self._evict()
 
     def invalidate(self, keys: Iterable[bytes]) -> None:
-        """Drop these keys (written just now) and stop in-flight reads from re-adding them."""
+        """Drop the rows holding these Redis keys (just written) and stop in-flight reads from
+        re-adding them."""
         self._rotate()
         self.sequence += 1
         for key in keys:
-            self._invalidated[key] = self.sequence
-            entry = self._entries.pop(key, None)
-            if entry is not None:
-                self.bytes -= entry.size
-                self.stats.invalidations += 1
+            split = key.find(b"{") + 1
+            prefix, tag = key[:split], key[split:-1]
+            self._invalidated[(prefix, tag)] = self.sequence
+            for state in self._groups_of.get(prefix, ()):
+                self._drop(state, tag)
 
     def expire_all(self) -> None:
         """Invalidations may have been lost (the tracking connection dropped): nothing is fresh
         any more, but entries stay as fallbacks."""
         self.sequence += 1
-        self._invalidated_before, self._invalidated = {}, {}
-        for entry in self._entries.values():
-            entry.fresh_until = 0.0
         self._all_invalidated_at = self.sequence
+        self._invalidated_before, self._invalidated = {}, {}
+        usable_until = time.monotonic() + self.policy.fallback_s
+        for state in self._groups.values():
+            for tag, row in state.fresh.items():
+                state.expired[tag] = (row, usable_until)
+            state.fresh.clear()
+            state.fresh_until.clear()
+        self._batches.clear()
 
-    def _invalidated_since(self, key: bytes, since: int) -> bool:
+    def _drop(self, state: _Rows, tag: bytes) -> None:
+        if tag in state.fresh:
+            row = state.fresh.pop(tag)
+            del state.fresh_until[tag]
+        elif tag in state.expired:
+            row = state.expired.pop(tag)[0]
+        else:
+            return
+        self.bytes -= _size(tag, row)
+        self._entries -= 1
+        self.stats.invalidations += 1
+
+    def _expire(self, now: float) -> None:
+        """Move every entry past its TTL to the fallbacks, a batch of insertions at a time."""
+        usable_until = now + self.policy.fallback_s
+        batches = self._batches
+        while batches and batches[0][0] <= now:
+            expiry, state, tags = batches.popleft()
+            for tag in tags:
+                if state.fresh_until.get(tag) == expiry:  # not refreshed or dropped since
+                    del state.fresh_until[tag]
+                    state.expired[tag] = (state.fresh.pop(tag), usable_until)
+
+    def _invalidated_since(self, group: Group, tag: bytes, since: int) -> bool:
         if self._all_invalidated_at > since:
             return True
-        at = self._invalidated.get(key) or self._invalidated_before.get(key)
-        return at is not None and at > since
+        for prefix in group:
+            at = self._invalidated.get((prefix, tag)) or self._invalidated_before.get((prefix, tag))
+            if at is not None and at > since:
+                return True
+        return False
 
     def _rotate(self) -> None:
         now = time.monotonic()
@@ -168,12 +245,28 @@ class HotKeyCache:
             self._invalidated_before, self._invalidated = self._invalidated, {}
             self._rotated_at = now
 
-    def _age_frequencies(self) -> None:
-        self._seen = {key: count >> 1 for key, count in self._seen.items() if count > 1}
-
     def _evict(self) -> None:
-        entries, policy = self._entries, self.policy
-        while entries and (len(entries) > policy.max_entries or self.bytes > policy.max_bytes):
-            _, entry = entries.popitem(last=False)
-            self.bytes -= entry.size
+        policy = self.policy
+        while self._entries > policy.max_entries or self.bytes > policy.max_bytes:
+            states = list(self._groups.values())
+            with_expired = [s for s in states if s.expired]
+            if with_expired:  # expired entries go first, from the group holding the most
+                state = max(with_expired, key=lambda s: len(s.expired))
+                tag, (row, _) = state.expired.popitem(last=False)
+            else:  # then the oldest fresh entry of the largest group
+                state = max(states, key=lambda s: len(s.fresh))
+                if not state.fresh:
+                    return
+                tag, row = state.fresh.popitem(last=False)
+                del state.fresh_until[tag]
+            self.bytes -= _size(tag, row)
+            self._entries -= 1
             self.stats.evictions += 1
+
+
+def _size(tag: bytes, row: Row) -> int:
+    if type(row) is list:
+        payload = sum(len(part) for part in row if part is not None)
+    else:
+        payload = len(row) if row is not None else 0
+    return len(tag) + payload + _ENTRY_OVERHEAD

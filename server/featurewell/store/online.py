@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import operator
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import hiredis
@@ -15,10 +17,9 @@ import numpy.typing as npt
 
 from featurewell.errors import StoreError, StoreTimeout, StoreUnavailable
 from featurewell.store.breaker import BreakerPolicy
-from featurewell.store.cache import Entry, HotKeyCache
+from featurewell.store.cache import MISS, HotKeyCache, Row
 from featurewell.store.cluster import ClusterClient, Failure, FailureReason, Replies
 from featurewell.store.connection import Address, encode_command
-from featurewell.store.keys import view_keys
 from featurewell.store.tracking import InvalidationTracker
 from featurewell.values import FALLBACK, FALLBACK_CACHE
 
@@ -108,13 +109,15 @@ class WriteOutcome:
 
 @dataclass(slots=True)
 class _Pending:
-    """An entity read's rows that need Redis: `rows` (None: all), at `start` in the batch."""
+    """An entity read's rows that need Redis: `rows` (None: all), at `start` in the batch, and
+    when the read uses the cache, what the cache answered for every row (MISS where it could
+    not) and the TTL its rows get."""
 
     read: EntityRead
     start: int
     rows: list[int] | None
-    keys: list[list[bytes]]  # per view, only when the read uses the cache
-    cached: list[list[Entry | None]]
+    cached: list[Row] | None = None
+    ttl: float = 0.0
 
 
 class OnlineStore:
@@ -178,18 +181,17 @@ class OnlineStore:
         slots: list[int] = []
         pending: list[_Pending] = []
         for read in reads:
-            if cache is None or not any(read.ttls):
-                pending.append(_Pending(read, len(commands), None, [], []))
+            ttl = min(read.ttls) if read.ttls else 0.0
+            if cache is None or ttl <= 0:
+                pending.append(_Pending(read, len(commands), None))
                 commands += read.commands()
                 slots += read.slots
                 continue
-            keys = [view_keys(prefix, read.tags) for prefix in read.prefixes]
-            cached: list[list[Entry | None]] = [
-                cache.fresh(view, now) if ttl > 0 else [None] * len(view)
-                for view, ttl in zip(keys, read.ttls, strict=True)
-            ]
-            missing = [r for r in range(len(read.tags)) if any(c[r] is None for c in cached)]
-            pending.append(_Pending(read, len(commands), missing, keys, cached))
+            cached = cache.lookup(tuple(read.prefixes), read.tags, now)
+            count = len(read.tags)
+            miss = np.fromiter(map(operator.is_, cached, repeat(MISS)), np.bool_, count)
+            missing = np.flatnonzero(miss).tolist()
+            pending.append(_Pending(read, len(commands), missing, cached, ttl))
             if missing:
                 commands += read.commands(missing)
                 slots += [read.slots[r] for r in missing]
@@ -216,56 +218,40 @@ class OnlineStore:
         views = len(read.prefixes)
         fetched_rows = range(len(read.tags)) if pending.rows is None else pending.rows
         part = replies[start : start + len(fetched_rows)]
-        if pending.rows is None and failed is None:  # nothing cached, nothing failed
-            if views == 1:
-                return [ViewRows(part)]
-            return [ViewRows([row[v] for row in part]) for v in range(views)]
-        result = [
-            ViewRows([e.value if e is not None else None for e in c]) for c in pending.cached
-        ] or [ViewRows([None] * len(read.tags)) for _ in range(views)]
+        if pending.cached is None and failed is None:  # the plain path: every row from Redis
+            return _per_view(part, views)
+        # One reply per row (GET: the row, MGET: its views), cached or fetched.
+        merged = pending.cached if pending.cached is not None else [None] * len(read.tags)
         reasons = failed[start : start + len(fetched_rows)] if failed is not None else None
-        served: list[int] = []
+        served_tags: list[bytes] = []
+        served: list[Any] = []
         for j, r in enumerate(fetched_rows):
             if reasons is not None and reasons[j]:
                 continue
-            served.append(j)
-            reply = part[j]
-            for v in range(views):
-                result[v].rows[r] = reply if views == 1 else reply[v]
+            merged[r] = part[j]
+            served_tags.append(read.tags[r])
+            served.append(part[j])
         cache = self.cache
-        if cache is not None and pending.keys:
-            for v, ttl in enumerate(read.ttls):
-                if ttl > 0 and served:
-                    rows = [fetched_rows[j] for j in served]
-                    keys = pending.keys[v]
-                    cache.offer([keys[r] for r in rows], [result[v].rows[r] for r in rows],
-                                ttl, now, since)  # fmt: skip
-        if reasons is not None and reasons.any():
-            self._fall_back(pending, result, fetched_rows, reasons, now)
-        return result
-
-    def _fall_back(
-        self,
-        pending: _Pending,
-        result: list[ViewRows],
-        fetched_rows: Sequence[int],
-        reasons: npt.NDArray[np.uint8],
-        now: float,
-    ) -> None:
-        """Rows Redis did not serve: the cached row if within its fallback horizon, else None
-        (the engine serves the default), each flagged with the status and the reason."""
-        rows_count = len(pending.read.tags)
-        for v, view in enumerate(result):
-            view.fallback = np.zeros(rows_count, dtype=np.uint8)
-            view.reasons = np.zeros(rows_count, dtype=np.uint8)
-            for j in np.flatnonzero(reasons).tolist():
-                r = fetched_rows[j]
-                entry = None
-                if self.cache is not None and pending.keys and pending.read.ttls[v] > 0:
-                    entry = self.cache.fallback(pending.keys[v][r], now)
-                view.rows[r] = entry.value if entry is not None else None
-                view.fallback[r] = FALLBACK_CACHE if entry is not None else FALLBACK
-                view.reasons[r] = reasons[j]
+        if cache is not None and pending.cached is not None and served:
+            cache.offer(tuple(read.prefixes), served_tags, served, pending.ttl, now, since)
+        if reasons is None or not reasons.any():
+            return _per_view(merged, views)
+        # Rows Redis did not serve: the cached reply if within the fallback horizon, else no
+        # row (the engine serves the defaults), each flagged with the status and the reason.
+        fallback = np.zeros(len(read.tags), dtype=np.uint8)
+        why = np.zeros(len(read.tags), dtype=np.uint8)
+        for j in np.flatnonzero(reasons).tolist():
+            r = fetched_rows[j]
+            row: Any = MISS
+            if cache is not None and pending.cached is not None:
+                row = cache.fallback(tuple(read.prefixes), read.tags[r], now)
+            fallback[r] = FALLBACK if row is MISS else FALLBACK_CACHE
+            merged[r] = ([None] * views if views > 1 else None) if row is MISS else row
+            why[r] = reasons[j]
+        out = _per_view(merged, views)
+        for view in out:
+            view.fallback, view.reasons = fallback, why
+        return out
 
     async def write(
         self,
@@ -334,6 +320,13 @@ class OnlineStore:
 
 def _evalsha(key: bytes, row: bytes, expire_at: bytes) -> bytes:
     return encode_command(b"EVALSHA", _WRITE_SHA, b"1", key, row, expire_at)
+
+
+def _per_view(replies: list[Any], views: int) -> list[ViewRows]:
+    """Per-view row lists from one reply per row (a GET's row, or an MGET's list of rows)."""
+    if views == 1:
+        return [ViewRows(replies)]
+    return [ViewRows([row[v] for row in replies]) for v in range(views)]
 
 
 def _failed_commands(failures: list[Failure], count: int) -> npt.NDArray[np.uint8] | None:
