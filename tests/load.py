@@ -104,3 +104,31 @@ def scrape(port: int) -> dict[str, float]:
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
             out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
     return out
+
+
+def sleep_node(port: int, seconds: float) -> threading.Thread:
+    """Block a Redis node with DEBUG SLEEP from a background thread; return once the node has
+    stopped answering (a PING on another connection goes unanswered), so tests never race it."""
+    from featurewell.devcluster import _call
+
+    thread = threading.Thread(target=_call, args=(port, "DEBUG", "SLEEP", str(seconds)))
+    thread.start()
+    wait_asleep(port)
+    return thread
+
+
+def wait_asleep(port: int) -> None:
+    """Until a Redis node stops answering PING (a DEBUG SLEEP sent elsewhere has begun)."""
+    import socket
+
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as probe:
+            probe.settimeout(0.02)
+            probe.sendall(b"PING\r\n")
+            try:
+                probe.recv(16)
+            except TimeoutError:
+                return  # asleep
+        time.sleep(0.005)
+    raise AssertionError(f"node {port} never went to sleep")

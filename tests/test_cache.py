@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import timedelta
 from typing import Any
@@ -17,7 +16,7 @@ from featurewell.store.cache import MISS, CachePolicy, HotKeyCache
 from featurewell.store.keys import entity_tags, key_prefix, slot_of
 from tests import defs
 from tests.conftest import ServerThread, make_settings
-from tests.load import scrape
+from tests.load import scrape, sleep_node
 
 # -- the policy --------------------------------------------------------------------------------
 
@@ -26,42 +25,51 @@ def _cache(**policy: Any) -> HotKeyCache:
     return HotKeyCache(CachePolicy(**policy))
 
 
+def _found(cache: HotKeyCache, group: Any, tags: list[bytes], now: float) -> list[Any]:
+    found, missed = cache.lookup(group, tags, now)
+    assert missed.tolist() == [row is MISS for row in found]
+    return found
+
+
 G = (b"fw:v:v1:{",)  # a group of one view: rows are GET replies
 PAIR = (b"fw:a:v1:{", b"fw:b:v1:{")  # two views read together: rows are MGET replies
 
 
-def test_admits_only_keys_seen_often_enough() -> None:
+def test_admits_only_rows_fetched_often_enough() -> None:
     cache = _cache(admit_after=3)
-    for _ in range(2):
-        cache.offer(G, [b"hot", b"cold"], [b"h", b"c"], 10.0, now=0.0, since=cache.sequence)
-        cache.offer(G, [b"hot"], [b"h"], 10.0, now=0.0, since=cache.sequence)
-    assert cache.lookup(G, [b"hot", b"cold"], 1.0) == [b"h", MISS]
+    picks = [cache.select(G, [b"hot", b"cold"]) for _ in range(2)]
+    picks += [cache.select(G, [b"hot"])]  # the third fetch of hot: now it is worth caching
+    assert picks == [[], [], [0]]
+    cache.offer(G, [b"hot"], [b"h"], 10.0, now=0.0, since=cache.sequence)
+    assert _found(cache, G, [b"hot", b"cold"], 1.0) == [b"h", MISS]
     assert (cache.stats.admissions, cache.stats.hits, cache.stats.misses) == (1, 1, 1)
+    _found(cache, G, [], 20.0)  # expired, kept as a fallback...
+    assert cache.select(G, [b"hot"]) == [0]  # ...and refetched for the cache at once
 
 
 def test_bounded_by_entries_and_bytes_expired_first_then_oldest() -> None:
     cache = _cache(admit_after=1, max_entries=3)
     cache.offer(G, [b"a", b"b", b"c"], [b"1", b"2", b"3"], 10.0, now=0.0, since=0)
     cache.offer(G, [b"d"], [b"4"], 10.0, now=0.0, since=0)
-    assert cache.lookup(G, [b"a", b"b", b"c", b"d"], 1.0) == [MISS, b"2", b"3", b"4"]
+    assert _found(cache, G, [b"a", b"b", b"c", b"d"], 1.0) == [MISS, b"2", b"3", b"4"]
     assert (len(cache), cache.stats.evictions) == (3, 1)
     cache.offer(PAIR, [b"e"], [[b"5", None]], 1.0, now=2.0, since=0)
-    cache.lookup(G, [], 3.5)  # e has expired: it is the first to go, before older fresh rows
+    _found(cache, G, [], 3.5)  # e has expired: it is the first to go, before older fresh rows
     cache.offer(G, [b"f"], [b"6"], 10.0, now=3.5, since=0)
-    assert cache.lookup(G, [b"b", b"c", b"d", b"f"], 3.6) == [MISS, b"3", b"4", b"6"]
-    assert cache.lookup(PAIR, [b"e"], 3.6) == [MISS]
+    assert _found(cache, G, [b"b", b"c", b"d", b"f"], 3.6) == [MISS, b"3", b"4", b"6"]
+    assert _found(cache, PAIR, [b"e"], 3.6) == [MISS]
 
     small = _cache(admit_after=1, max_bytes=1000)
     small.offer(G, [b"k%d" % i for i in range(20)], [b"x" * 100] * 20, 10.0, now=0.0, since=0)
-    assert small.bytes <= 1000
+    assert 0 < small.bytes <= 1000
     assert 0 < len(small) < 20
 
 
 def test_ttl_then_fallback_horizon() -> None:
     cache = _cache(admit_after=1, fallback_s=60.0)
     cache.offer(G, [b"k"], [None], 5.0, now=100.0, since=0)  # Redis had no row: cached as such
-    assert cache.lookup(G, [b"k"], 104.0) == [None]  # a fresh "no row"
-    assert cache.lookup(G, [b"k"], 105.5) == [MISS]  # past its TTL it no longer answers reads
+    assert _found(cache, G, [b"k"], 104.0) == [None]  # a fresh "no row"
+    assert _found(cache, G, [b"k"], 105.5) == [MISS]  # past its TTL it no longer answers reads
     assert cache.fallback(G, b"k", 160.0) is None  # but it can still stand in for Redis
     assert cache.fallback(G, b"k", 165.6) is MISS  # until the horizon ends
 
@@ -71,8 +79,8 @@ def test_writes_invalidate_every_group_holding_the_key() -> None:
     cache.offer(PAIR, [b"t1", b"t2"], [[b"a", b"b"], [b"c", b"d"]], 10.0, now=0.0, since=0)
     cache.offer((PAIR[1],), [b"t1"], [b"b"], 10.0, now=0.0, since=0)
     cache.invalidate([b"fw:b:v1:{t1}"])  # the Redis key of view b, entity t1
-    assert cache.lookup(PAIR, [b"t1", b"t2"], 1.0) == [MISS, [b"c", b"d"]]
-    assert cache.lookup((PAIR[1],), [b"t1"], 1.0) == [MISS]
+    assert _found(cache, PAIR, [b"t1", b"t2"], 1.0) == [MISS, [b"c", b"d"]]
+    assert _found(cache, (PAIR[1],), [b"t1"], 1.0) == [MISS]
     assert cache.fallback(PAIR, b"t1", 1.0) is MISS  # outdated: not even a fallback
 
 
@@ -81,21 +89,21 @@ def test_a_read_that_raced_a_write_does_not_cache_its_old_value() -> None:
     since = cache.sequence  # a read starts...
     cache.invalidate([G[0] + b"k}"])  # ...a write of k lands and is announced...
     cache.offer(G, [b"k", b"other"], [b"old", b"o"], 10.0, now=0.0, since=since)  # ...it ends
-    assert cache.lookup(G, [b"k", b"other"], 1.0) == [MISS, b"o"]
+    assert _found(cache, G, [b"k", b"other"], 1.0) == [MISS, b"o"]
 
 
 def test_lost_invalidations_keep_entries_only_as_fallbacks() -> None:
     cache = _cache(admit_after=1)
     cache.offer(G, [b"k"], [b"v"], 10.0, now=0.0, since=0)
     cache.expire_all()
-    assert cache.lookup(G, [b"k"], 1.0) == [MISS]
+    assert _found(cache, G, [b"k"], 1.0) == [MISS]
     assert cache.fallback(G, b"k", 1.0) == b"v"
 
 
 def test_frequency_counts_stay_bounded() -> None:
     cache = _cache(admit_after=5, max_entries=10)
     for i in range(10_000):  # a long tail of keys seen once
-        cache.offer(G, [b"tail%d" % i], [b"v"], 10.0, now=0.0, since=0)
+        assert cache.select(G, [b"tail%d" % i]) == []
     assert sum(len(rows.seen) for rows in cache._groups.values()) <= 1024 + 1
 
 
@@ -197,9 +205,7 @@ def test_a_failing_node_is_answered_from_the_expired_cache_entry(
                 _age(client, user)
             time.sleep(0.1)  # the entry is past its TTL: it no longer answers reads...
             port = cluster.owner(_key(user)[1])
-            sleeper = threading.Thread(target=_call, args=(port, "DEBUG", "SLEEP", "0.5"))
-            sleeper.start()
-            time.sleep(0.05)
+            sleeper = sleep_node(port, 0.5)
             try:
                 result = client.get_features(["profile:age", "profile:country"],
                                              entities={"user_id": [user]})  # fmt: skip

@@ -29,6 +29,7 @@ from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
 from tests import defs
 from tests.conftest import ServerThread
+from tests.load import wait_asleep
 
 
 def _code(error: pytest.ExceptionInfo[FeatureClientError]) -> grpc.StatusCode:
@@ -276,7 +277,7 @@ def test_slow_store_falls_back_or_is_unavailable_or_deadline_exceeded(
     sleeper = threading.Thread(target=lambda: slept.append(_call(port, "DEBUG", "SLEEP", "0.8")))
     sleeper.start()
     try:
-        time.sleep(0.05)
+        wait_asleep(port)
         # Non-strict: answered within the server's cap (50 ms), the value flagged as a fallback.
         started = time.monotonic()
         degraded = client.get_features(["profile:age"], entities={"user_id": [user]}, timeout=5)

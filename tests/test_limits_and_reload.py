@@ -21,11 +21,11 @@ from featurewell.client import (
     Status,
 )
 from featurewell.definitions import Registry
-from featurewell.devcluster import LocalCluster, _call
+from featurewell.devcluster import LocalCluster
 from featurewell.store.keys import entity_tags, slot_of
 from tests import defs
 from tests.conftest import ServerThread, make_settings
-from tests.load import Load, scrape
+from tests.load import Load, scrape, sleep_node
 
 
 def test_calls_beyond_the_in_flight_limit_are_shed_at_once(
@@ -55,9 +55,7 @@ def test_calls_beyond_the_in_flight_limit_are_shed_at_once(
             with lock:
                 outcomes.append((time.monotonic(), outcome))
 
-        sleeper = threading.Thread(target=_call, args=(port, "DEBUG", "SLEEP", "0.6"))
-        sleeper.start()
-        time.sleep(0.05)
+        sleeper = sleep_node(port, 0.6)
         callers = [threading.Thread(target=call) for _ in range(8)]
         for caller in callers:
             caller.start()

@@ -20,6 +20,7 @@ from featurewell.store.keys import entity_tags, key_prefix, slot_of, slots_of, v
 from featurewell.store.online import EntityRead, OnlineStore
 from featurewell.values import Status
 from tests import defs
+from tests.load import wait_asleep
 
 CODEC = RowCodec(defs.pair)
 PREFIX = key_prefix(defs.pair)
@@ -188,7 +189,7 @@ def sleeping_node(cluster: LocalCluster) -> Iterator[Any]:
         reply_of[thread] = replies
         thread.start()
         threads.append(thread)
-        time.sleep(0.05)  # the node is now blocked
+        wait_asleep(port)
 
     yield sleep
     for thread in threads:

@@ -4,10 +4,12 @@ Ranking calls ask for the same trending items again and again; serving those row
 skips Redis for most of a call. The cache holds raw stored rows (the same bytes Redis returns,
 decoded by the same codec), so a cached answer cannot differ from a fetched one.
 
-- **Admission by frequency**: a key enters only after it was fetched `admit_after` times within
-  the frequency window (exact counts, halved when the window fills: TinyLFU's aging without the
-  sketch), so the long tail of one-off items never pushes hot keys out.
-- **Bounded** by entries and by bytes; expired entries leave first, then the oldest fresh ones.
+- **Admission by frequency**: a row enters only on its `admit_after`-th fetch within the
+  frequency window (exact counts, halved when the window fills: TinyLFU's aging without the
+  sketch), so the long tail of one-off items never pushes hot rows out. The store asks
+  `select` before fetching, so Redis tracks (for invalidation) only the rows that will be cached.
+- **Bounded** by entries and by bytes (estimated from each view group's first row: rows of one
+  group share their fixed-width block); expired entries leave first, then the oldest fresh ones.
 - **Fresh for a per-view TTL** (the planner caps it at a fraction of the view's max age); past it
   an entry no longer answers reads but may still stand in for Redis as a *fallback* for
   `fallback_s` more seconds when Redis cannot answer.
@@ -24,12 +26,16 @@ path never checks a timestamp per row.
 
 from __future__ import annotations
 
+import operator
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 _ENTRY_OVERHEAD = 150  # bytes of dict slots and objects per entry besides key and value
 
@@ -74,9 +80,10 @@ class _Rows:
     """One group's entries, keyed by hash tag (dicts keyed by the request's own tag objects,
     whose hashes Python has already computed, so each step is one cheap dict operation)."""
 
-    __slots__ = ("expired", "fresh", "fresh_until", "seen")
+    __slots__ = ("expired", "fresh", "fresh_until", "row_bytes", "seen")
 
     def __init__(self) -> None:
+        self.row_bytes = 0  # a typical entry's size, measured on the group's first row
         self.fresh: OrderedDict[bytes, Row] = OrderedDict()  # oldest first, for eviction
         self.fresh_until: dict[bytes, float] = {}
         self.expired: OrderedDict[bytes, tuple[Row, float]] = OrderedDict()  # (row, usable until)
@@ -102,19 +109,23 @@ class HotKeyCache:
     def __len__(self) -> int:
         return self._entries
 
-    def lookup(self, group: Group, tags: Sequence[bytes], now: float) -> list[Row]:
-        """Each row's fresh cached reply (None: known to have no row), or MISS."""
+    def lookup(
+        self, group: Group, tags: Sequence[bytes], now: float
+    ) -> tuple[list[Row], npt.NDArray[np.bool_]]:
+        """Each row's fresh cached reply (None: known to have no row) or MISS, and which rows
+        missed."""
         if self._batches and now >= self._batches[0][0]:
             self._expire(now)
         rows = self._groups.get(group)
         if rows is None:
             self.stats.misses += len(tags)
-            return [MISS] * len(tags)
+            return [MISS] * len(tags), np.ones(len(tags), dtype=np.bool_)
         found = list(map(rows.fresh.get, tags, repeat(MISS)))
-        misses = found.count(MISS)
+        missed = np.fromiter(map(operator.is_, found, repeat(MISS)), np.bool_, len(found))
+        misses = int(np.count_nonzero(missed))
         self.stats.misses += misses
         self.stats.hits += len(tags) - misses
-        return found
+        return found, missed
 
     def fallback(self, group: Group, tag: bytes, now: float) -> Row:
         """The row's cached reply if still within the fallback horizon, fresh or not; else
@@ -131,6 +142,26 @@ class HotKeyCache:
         self.stats.fallbacks += 1
         return row
 
+    def select(self, group: Group, tags: Sequence[bytes]) -> list[int]:
+        """Of rows the cache missed and a read is about to fetch, the positions of those to
+        cache when they arrive (seen often enough, or cached before): their reads must be
+        tracked. The others' sightings are counted."""
+        state = self._state(group)
+        expired, seen, admit_after = state.expired, state.seen, self.policy.admit_after
+        chosen: list[int] = []
+        for position, tag in enumerate(tags):
+            if tag in expired:
+                chosen.append(position)
+                continue
+            count = seen.get(tag, 0) + 1
+            if count >= admit_after:
+                chosen.append(position)
+            else:
+                seen[tag] = count
+        if len(seen) > self._seen_limit:  # age the counts: recent popularity wins
+            state.seen = {tag: count >> 1 for tag, count in seen.items() if count > 1}
+        return chosen
+
     def offer(
         self,
         group: Group,
@@ -140,16 +171,11 @@ class HotKeyCache:
         now: float,
         since: int,
     ) -> None:
-        """Rows just fetched from Redis by a read that started at invalidation count `since`:
-        refresh the cached ones, admit the ones that have become hot."""
-        state = self._groups.get(group)
-        if state is None:
-            state = self._groups[group] = _Rows()
-            for prefix in group:
-                self._groups_of.setdefault(prefix, []).append(state)
+        """Rows `select` chose, just fetched (tracked) from Redis by a read that started at
+        invalidation count `since`: cache them for `ttl` seconds."""
+        state = self._state(group)
         fresh, fresh_until, expired, seen = (state.fresh, state.fresh_until, state.expired,
                                              state.seen)  # fmt: skip
-        admit_after = self.policy.admit_after
         raced = self.sequence != since
         until = now + ttl
         admitted: list[bytes] = []
@@ -158,28 +184,29 @@ class HotKeyCache:
                 continue  # a concurrent read cached it already
             if raced and self._invalidated_since(group, tag, since):
                 continue  # fetched before a write that has since been announced: not cacheable
-            old = expired.pop(tag, None)
-            if old is None:
-                count = seen.get(tag, 0) + 1
-                if count < admit_after:
-                    seen[tag] = count
-                    continue
+            if expired.pop(tag, None) is None:
                 seen.pop(tag, None)
                 self.stats.admissions += 1
                 self._entries += 1
-            else:  # admitted before: refreshed without counting again
-                self.bytes -= _size(tag, old[0])
+                if not state.row_bytes:
+                    state.row_bytes = _size(tag, row)
+                self.bytes += state.row_bytes
             fresh[tag] = row
             fresh_until[tag] = until
-            self.bytes += _size(tag, row)
             admitted.append(tag)
         if admitted:
             self._batches.append((until, state, admitted))
             if len(self._batches) > 1 and self._batches[-2][0] > until:  # a shorter TTL
                 self._batches = deque(sorted(self._batches, key=lambda batch: batch[0]))
-        if len(seen) > self._seen_limit:
-            state.seen = {tag: count >> 1 for tag, count in seen.items() if count > 1}
         self._evict()
+
+    def _state(self, group: Group) -> _Rows:
+        state = self._groups.get(group)
+        if state is None:
+            state = self._groups[group] = _Rows()
+            for prefix in group:
+                self._groups_of.setdefault(prefix, []).append(state)
+        return state
 
     def invalidate(self, keys: Iterable[bytes]) -> None:
         """Drop the rows holding these Redis keys (just written) and stop in-flight reads from
@@ -209,13 +236,12 @@ class HotKeyCache:
 
     def _drop(self, state: _Rows, tag: bytes) -> None:
         if tag in state.fresh:
-            row = state.fresh.pop(tag)
-            del state.fresh_until[tag]
+            del state.fresh[tag], state.fresh_until[tag]
         elif tag in state.expired:
-            row = state.expired.pop(tag)[0]
+            del state.expired[tag]
         else:
             return
-        self.bytes -= _size(tag, row)
+        self.bytes -= state.row_bytes
         self._entries -= 1
         self.stats.invalidations += 1
 
@@ -252,14 +278,14 @@ class HotKeyCache:
             with_expired = [s for s in states if s.expired]
             if with_expired:  # expired entries go first, from the group holding the most
                 state = max(with_expired, key=lambda s: len(s.expired))
-                tag, (row, _) = state.expired.popitem(last=False)
+                state.expired.popitem(last=False)
             else:  # then the oldest fresh entry of the largest group
                 state = max(states, key=lambda s: len(s.fresh))
                 if not state.fresh:
                     return
-                tag, row = state.fresh.popitem(last=False)
+                tag, _ = state.fresh.popitem(last=False)
                 del state.fresh_until[tag]
-            self.bytes -= _size(tag, row)
+            self.bytes -= state.row_bytes
             self._entries -= 1
             self.stats.evictions += 1
 

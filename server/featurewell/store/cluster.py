@@ -15,7 +15,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -30,6 +30,7 @@ from featurewell.store.slotmap import SlotMap
 
 log = logging.getLogger("featurewell.store")
 _ASKING = encode_command("ASKING")
+_CACHING_YES = encode_command("CLIENT", "CACHING", "YES")
 _MAX_ROUNDS = 5
 _RETRYABLE = ("TRYAGAIN", "CLUSTERDOWN", "LOADING", "MASTERDOWN")
 
@@ -237,13 +238,16 @@ class ClusterClient:
         timeout: float,
         *,
         count_timeouts: bool = True,
+        tracked: Collection[int] = (),
     ) -> Replies:
         """Run `commands[i]` on the master owning `slots[i]` within `timeout` seconds; replies
         in the same order. Never raises for a node's failure: commands that got no reply are in
         `Replies.failures`. `count_timeouts=False` keeps timeouts out of the breakers (for calls
-        whose budget a short client deadline set, not the node's slowness)."""
+        whose budget a short client deadline set, not the node's slowness). Reads of the
+        commands in `tracked` are remembered by Redis for invalidation (connections run
+        OPTIN tracking when the server caches)."""
         deadline = asyncio.get_running_loop().time() + timeout
-        call = _Call(commands, np.asarray(slots, dtype=np.int64), deadline, count_timeouts)
+        call = _Call(commands, np.asarray(slots, dtype=np.int64), deadline, count_timeouts, tracked)
         todo: Sequence[int] = range(len(commands))
         for round_number in range(_MAX_ROUNDS):
             todo = await self._round(call, todo)
@@ -278,7 +282,7 @@ class ClusterClient:
                 if connection is None:
                     async with asyncio.timeout_at(call.deadline):
                         connection = await self._connection(address)
-                future = connection.send(*self._payload(call.commands, indexes, call.asking))
+                future = connection.send(*self._payload(call, indexes))
             except (StoreUnavailable, TimeoutError) as exc:
                 reason = FailureReason.TIMEOUT if isinstance(exc, TimeoutError) else None
                 call.fail(indexes, address, reason or FailureReason.UNAVAILABLE, str(exc))
@@ -313,8 +317,8 @@ class ClusterClient:
         retry: list[int],
     ) -> None:
         results = call.replies.values
-        if call.asking:
-            replies = self._strip_asking(replies, indexes, call.asking)
+        if call.asking or call.tracked:
+            replies = self._strip_prefixes(call, replies, indexes)
         if hiredis.ReplyError not in set(map(type, replies)):  # the usual case, checked in C
             for i, reply in zip(indexes, replies, strict=True):
                 results[i] = reply
@@ -338,28 +342,35 @@ class ClusterClient:
             retry.append(i)
 
     @staticmethod
-    def _payload(
-        commands: Sequence[bytes], indexes: list[int], asking: dict[int, Address]
-    ) -> tuple[bytes, int]:
-        if not asking:
+    def _payload(call: _Call, indexes: list[int]) -> tuple[bytes, int]:
+        """The pipelined bytes for these commands: each preceded by ASKING after an ASK
+        redirect, and by CLIENT CACHING YES when its keys must be tracked (OPTIN tracking)."""
+        commands, asking, tracked = call.commands, call.asking, call.tracked
+        if not asking and not tracked:
             return b"".join([commands[i] for i in indexes]), len(indexes)
         parts: list[bytes] = []
         for i in indexes:
+            # CACHING YES only holds for the very next command, so it goes after ASKING; a
+            # command sent with ASKING is then read untracked (its cache entry lives its TTL).
             if i in asking:
                 parts.append(_ASKING)
+            elif i in tracked:
+                parts.append(_CACHING_YES)
             parts.append(commands[i])
         return b"".join(parts), len(parts)
 
     @staticmethod
-    def _strip_asking(
-        replies: list[Any], indexes: list[int], asking: dict[int, Address]
-    ) -> list[Any]:
+    def _strip_prefixes(call: _Call, replies: list[Any], indexes: list[int]) -> list[Any]:
+        """The commands' own replies, without those of the ASKING/CACHING prefixes."""
+        asking, tracked = call.asking, call.tracked
         out: list[Any] = []
         position = 0
         for i in indexes:
             if i in asking:
-                position += 1  # the ASKING reply
+                position += 1
                 del asking[i]
+            elif i in tracked:
+                position += 1
             out.append(replies[position])
             position += 1
         return out
@@ -378,6 +389,7 @@ class _Call:
     slots: npt.NDArray[np.int64]
     deadline: float  # event-loop time
     count_timeouts: bool
+    tracked: Collection[int] = ()
     asking: dict[int, Address] = field(default_factory=dict)
     last_problem: str = "no attempt made"
     replies: Replies = field(init=False)

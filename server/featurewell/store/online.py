@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import operator
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import repeat
 from typing import Any
 
 import hiredis
@@ -118,6 +116,7 @@ class _Pending:
     rows: list[int] | None
     cached: list[Row] | None = None
     ttl: float = 0.0
+    to_cache: frozenset[int] = frozenset()  # positions in `rows` the cache takes once fetched
 
 
 class OnlineStore:
@@ -179,6 +178,7 @@ class OnlineStore:
         since = cache.sequence if cache is not None else 0
         commands: list[bytes] = []
         slots: list[int] = []
+        tracked: set[int] = set()
         pending: list[_Pending] = []
         for read in reads:
             ttl = min(read.ttls) if read.ttls else 0.0
@@ -187,16 +187,18 @@ class OnlineStore:
                 commands += read.commands()
                 slots += read.slots
                 continue
-            cached = cache.lookup(tuple(read.prefixes), read.tags, now)
-            count = len(read.tags)
-            miss = np.fromiter(map(operator.is_, cached, repeat(MISS)), np.bool_, count)
-            missing = np.flatnonzero(miss).tolist()
-            pending.append(_Pending(read, len(commands), missing, cached, ttl))
+            cached, missed = cache.lookup(tuple(read.prefixes), read.tags, now)
+            missing = np.flatnonzero(missed).tolist()
+            to_cache = cache.select(tuple(read.prefixes), [read.tags[r] for r in missing])
+            tracked.update(len(commands) + j for j in to_cache)
+            pending.append(_Pending(read, len(commands), missing, cached, ttl, frozenset(to_cache)))
             if missing:
                 commands += read.commands(missing)
                 slots += [read.slots[r] for r in missing]
         replies = (
-            await self.cluster.execute(commands, slots, timeout, count_timeouts=count_timeouts)
+            await self.cluster.execute(
+                commands, slots, timeout, count_timeouts=count_timeouts, tracked=tracked
+            )
             if commands
             else Replies([], [], [])
         )
@@ -225,12 +227,14 @@ class OnlineStore:
         reasons = failed[start : start + len(fetched_rows)] if failed is not None else None
         served_tags: list[bytes] = []
         served: list[Any] = []
+        to_cache = pending.to_cache
         for j, r in enumerate(fetched_rows):
             if reasons is not None and reasons[j]:
                 continue
             merged[r] = part[j]
-            served_tags.append(read.tags[r])
-            served.append(part[j])
+            if j in to_cache:
+                served_tags.append(read.tags[r])
+                served.append(part[j])
         cache = self.cache
         if cache is not None and pending.cached is not None and served:
             cache.offer(tuple(read.prefixes), served_tags, served, pending.ttl, now, since)
