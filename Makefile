@@ -23,9 +23,11 @@ run: install
 test: install
 	$(PY) -m pytest
 
-## bench: end-to-end latency table (bare gRPC, raw Redis, GetFeatures) + codec micro-benchmarks
+## bench: end-to-end latency table (bare gRPC, raw Redis, GetFeatures), the hot-key cache off/on
+## under Zipf-popular items, and codec micro-benchmarks
 bench: install
 	$(PY) bench/e2e.py
+	$(PY) bench/zipf.py
 	$(PY) -m pytest tests/test_bench_codec.py --benchmark-enable --benchmark-only -q
 
 ## proto: regenerate client/featurewell/v1 from protos/

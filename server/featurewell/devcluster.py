@@ -128,6 +128,9 @@ def _spawn(
         # CLUSTER SLOTS hides a replica until its replication offset moves; with no writes that
         # happens only at the master's replica ping, every 10 s by default.
         "--repl-ping-replica-period", "1",
+        # While a master is down, the other masters keep serving their own slots instead of
+        # answering CLUSTERDOWN for everything (the default): what a feature store wants.
+        "--cluster-require-full-coverage", "no",
         # Tests make a node slow with DEBUG SLEEP; only from local connections.
         "--enable-debug-command", "local",
     ]  # fmt: skip
