@@ -25,7 +25,7 @@ from featurewell.devcluster import LocalCluster
 from featurewell.store.keys import entity_tags, slot_of
 from tests import defs
 from tests.conftest import ServerThread, make_settings
-from tests.load import Load, scrape, sleep_node
+from tests.load import Load, median_ms, scrape, sleep_node
 
 
 def test_calls_beyond_the_in_flight_limit_are_shed_at_once(
@@ -127,7 +127,9 @@ def test_reload_swaps_definitions_atomically_under_load(
             with Load(server.address, users, threads=2, feature="member:age") as load:
                 time.sleep(0.3)
                 _write_repo(repo, _EXTRA.format(default=-7))
+                reload_started = time.monotonic()
                 assert server.run(server.server.reload()) is True
+                reloaded = time.monotonic()
                 time.sleep(0.3)
                 _write_repo(repo, "this is not python")
                 assert server.run(server.server.reload()) is False
@@ -135,6 +137,17 @@ def test_reload_swaps_definitions_atomically_under_load(
             assert load.errors == []
             assert len(load.calls) > 20
             assert all(c.all_present and c.ages == list(range(20)) for c in load.calls)
+            steady = load.between(0, reload_started)
+            ended = {id(c): c.started + c.seconds for c in load.calls}
+            swapping = [
+                c for c in load.calls if c.started < reloaded and ended[id(c)] > reload_started
+            ]
+            print(
+                f"\nreload took {(reloaded - reload_started) * 1000:.1f} ms; calls overlapping "
+                f"it: {len(swapping)}, median {median_ms(swapping):.2f} ms, max "
+                f"{max(c.seconds for c in swapping) * 1000:.2f} ms; before: median "
+                f"{median_ms(steady):.2f} ms, max {max(c.seconds for c in steady) * 1000:.2f} ms"
+            )
             # The new view serves; the broken version changed nothing.
             result = client.get_features(["level:rank"], entities={"user_id": users[:2]})
             assert result.values("level:rank").tolist() == [-7, -7]

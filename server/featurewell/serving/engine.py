@@ -124,12 +124,18 @@ class FeatureEngine:
     def registry(self) -> Registry:
         return self.planner.registry
 
-    def reload(self, registry: Registry) -> None:
-        """Serve `registry` from now on, with the plans callers use already built for it."""
+    def prepare(self, registry: Registry) -> Planner:
+        """A planner for `registry` with the plans callers use already built (safe to run in a
+        thread while this engine serves)."""
         planner = self._planner(registry)
         for references in self.planner.cached_references():
             with contextlib.suppress(RequestError):  # a view the new repo no longer has
                 planner.plan(references)
+        return planner
+
+    def use(self, planner: Planner) -> None:
+        """Serve `planner`'s registry from the next call on: one assignment, so a call in
+        flight finishes with the definitions it started with."""
         self.planner = planner
 
     def _planner(self, registry: Registry) -> Planner:
