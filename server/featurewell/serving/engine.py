@@ -112,8 +112,8 @@ class _Fetched:
 
 
 class FeatureEngine:
-    """Serves one registry at a time; `reload` swaps in a new one atomically (a call in flight
-    finishes with the planner it started with)."""
+    """Serves one registry at a time; `prepare` + `use` swap in a new one atomically (a call in
+    flight finishes with the planner it started with)."""
 
     def __init__(self, registry: Registry, store: OnlineStore, settings: Settings) -> None:
         self.store = store
@@ -241,7 +241,7 @@ class FeatureEngine:
         for group in plan.groups:
             tags = _tags(group.entity, request.entities, rows)
             prefixes = [read.prefix for read in group.reads]
-            reads.append(EntityRead(prefixes, tags, slots_of(tags), group.cache_ttls))
+            reads.append(EntityRead(prefixes, tags, slots_of(tags), group.cache_ttl_s))
         # A short client deadline says nothing about a node's health: keep it out of breakers.
         stored = await self.store.read(
             reads, budget.seconds, count_timeouts=not budget.deadline_bound

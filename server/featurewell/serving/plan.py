@@ -63,9 +63,10 @@ class EntityGroup:
     wanted: tuple[frozenset[str], ...]
 
     @functools.cached_property
-    def cache_ttls(self) -> tuple[float, ...]:
-        ttls = tuple(read.cache_ttl_s for read in self.reads)
-        return ttls if any(ttls) else ()
+    def cache_ttl_s(self) -> float:
+        """How long the group's rows (read together, cached together) may answer from the
+        cache: the shortest of its views' TTLs; 0 if any view is not cached."""
+        return min(read.cache_ttl_s for read in self.reads)
 
 
 @dataclass(frozen=True, eq=False)

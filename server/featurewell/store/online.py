@@ -15,7 +15,7 @@ import numpy.typing as npt
 
 from featurewell.errors import StoreError, StoreTimeout, StoreUnavailable
 from featurewell.store.breaker import BreakerPolicy
-from featurewell.store.cache import MISS, HotKeyCache, Row
+from featurewell.store.cache import MISS, Group, HotKeyCache, Row
 from featurewell.store.cluster import ClusterClient, Failure, FailureReason, Replies
 from featurewell.store.connection import Address, encode_command
 from featurewell.store.tracking import InvalidationTracker
@@ -44,13 +44,13 @@ _WRITE_SHA = hashlib.sha1(_WRITE_IF_NEWER).hexdigest().encode()
 class EntityRead:
     """One entity's rows in one or more views: the key of row r in view v is
     `prefixes[v] + tags[r] + b"}"`. A row's keys share its hash tag, hence `slots[r]`, so each
-    row is one GET (one view) or one MGET (several). `ttls[v]` is how long view v's rows may be
-    served from the hot-key cache (0: never; empty: no view is cached)."""
+    row is one GET (one view) or one MGET (several), and is cached as one entry: `cache_ttl`
+    says for how long it may answer from the hot-key cache (0: never)."""
 
     prefixes: list[bytes]
     tags: list[bytes]
     slots: list[int]
-    ttls: Sequence[float] = ()
+    cache_ttl: float = 0.0
 
     def commands(self, rows: Sequence[int] | None = None) -> list[bytes]:
         """One GET/MGET per row (of `rows`, default all). A row's command is
@@ -114,8 +114,8 @@ class _Pending:
     read: EntityRead
     start: int
     rows: list[int] | None
+    group: Group = ()  # the read's key prefixes: its rows' identity in the cache
     cached: list[Row] | None = None
-    ttl: float = 0.0
     to_cache: frozenset[int] = frozenset()  # positions in `rows` the cache takes once fetched
 
 
@@ -181,17 +181,19 @@ class OnlineStore:
         tracked: set[int] = set()
         pending: list[_Pending] = []
         for read in reads:
-            ttl = min(read.ttls) if read.ttls else 0.0
-            if cache is None or ttl <= 0:
+            if cache is None or read.cache_ttl <= 0:
                 pending.append(_Pending(read, len(commands), None))
                 commands += read.commands()
                 slots += read.slots
                 continue
-            cached, missed = cache.lookup(tuple(read.prefixes), read.tags, now)
+            group = tuple(read.prefixes)
+            cached, missed = cache.lookup(group, read.tags, now)
             missing = np.flatnonzero(missed).tolist()
-            to_cache = cache.select(tuple(read.prefixes), [read.tags[r] for r in missing])
+            to_cache = cache.select(group, [read.tags[r] for r in missing])
             tracked.update(len(commands) + j for j in to_cache)
-            pending.append(_Pending(read, len(commands), missing, cached, ttl, frozenset(to_cache)))
+            pending.append(
+                _Pending(read, len(commands), missing, group, cached, frozenset(to_cache))
+            )
             if missing:
                 commands += read.commands(missing)
                 slots += [read.slots[r] for r in missing]
@@ -237,7 +239,7 @@ class OnlineStore:
                 served.append(part[j])
         cache = self.cache
         if cache is not None and pending.cached is not None and served:
-            cache.offer(tuple(read.prefixes), served_tags, served, pending.ttl, now, since)
+            cache.offer(pending.group, served_tags, served, read.cache_ttl, now, since)
         if reasons is None or not reasons.any():
             return _per_view(merged, views)
         # Rows Redis did not serve: the cached reply if within the fallback horizon, else no
@@ -248,7 +250,7 @@ class OnlineStore:
             r = fetched_rows[j]
             row: Any = MISS
             if cache is not None and pending.cached is not None:
-                row = cache.fallback(tuple(read.prefixes), read.tags[r], now)
+                row = cache.fallback(pending.group, read.tags[r], now)
             fallback[r] = FALLBACK if row is MISS else FALLBACK_CACHE
             merged[r] = ([None] * views if views > 1 else None) if row is MISS else row
             why[r] = reasons[j]
