@@ -15,6 +15,7 @@ import pytest
 
 from featurewell.client import (
     VALUE_TYPE_INT64,
+    ClientOptions,
     FeatureClient,
     FeatureClientError,
     ResourceExhausted,
@@ -46,7 +47,8 @@ def test_calls_beyond_the_in_flight_limit_are_shed_at_once(
         lock = threading.Lock()
 
         def call() -> None:
-            with FeatureClient(server.address, timeout=5) as own:
+            # One attempt each: the client's retries of shed calls are test_client's subject.
+            with FeatureClient(server.address, options=ClientOptions(5, read_attempts=1)) as own:
                 try:
                     own.get_features(["profile:age"], entities={"user_id": [user]})
                     outcome = "served"

@@ -7,7 +7,9 @@ with FeatureClient("localhost:50051") as client:
     matrix, names = result.to_numpy()
 """
 
-from featurewell.client._client import FeatureClient, build_request, to_values
+from featurewell.client._aio import AsyncFeatureClient
+from featurewell.client._channel import ClientOptions
+from featurewell.client._client import FeatureClient
 from featurewell.client._errors import (
     DeadlineExceeded,
     FeatureClientError,
@@ -17,6 +19,7 @@ from featurewell.client._errors import (
     ServerError,
     Unavailable,
 )
+from featurewell.client._request import build_request, build_write_request, to_values
 from featurewell.client._result import Column, Fallback, FallbackReason, FeatureResult, Status
 from featurewell.v1.feature_service_pb2 import (
     VALUE_TYPE_BOOL,
@@ -38,6 +41,8 @@ __all__ = [
     "VALUE_TYPE_INT64",
     "VALUE_TYPE_INT64_LIST",
     "VALUE_TYPE_STRING",
+    "AsyncFeatureClient",
+    "ClientOptions",
     "Column",
     "DeadlineExceeded",
     "Fallback",
@@ -52,5 +57,6 @@ __all__ = [
     "Status",
     "Unavailable",
     "build_request",
+    "build_write_request",
     "to_values",
 ]

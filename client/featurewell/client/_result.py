@@ -97,6 +97,16 @@ class FeatureResult:
         ]
 
     @property
+    def stale_count(self) -> int:
+        """Values served although older than their view's max age."""
+        return self.count(Status.STALE)
+
+    @property
+    def fallback_count(self) -> int:
+        """Values served from a fallback (cache copy or default) because the store failed."""
+        return self.count(Status.FALLBACK) + self.count(Status.FALLBACK_CACHE)
+
+    @property
     def degraded(self) -> bool:
         """Whether any value came from a fallback because the store could not answer."""
         return bool(self.fallbacks)

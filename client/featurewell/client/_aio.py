@@ -1,0 +1,95 @@
+"""AsyncFeatureClient: the same client for asyncio code (grpc.aio)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+
+from featurewell.client._channel import ClientOptions
+from featurewell.client._errors import translate
+from featurewell.client._request import build_request, build_write_request
+from featurewell.client._result import FeatureResult
+from featurewell.v1 import feature_service_pb2 as pb
+from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
+
+
+class AsyncFeatureClient:
+    """Asyncio client with `FeatureClient`'s methods as coroutines. Create it inside the event
+    loop that uses it; `async with` closes it."""
+
+    def __init__(
+        self, target: str, *, timeout: float | None = None, options: ClientOptions | None = None
+    ) -> None:
+        options = options or ClientOptions()
+        if timeout is not None:
+            options = dataclasses.replace(options, timeout=timeout)
+        self.options = options
+        self.timeout = options.timeout
+        credentials = options.credentials()
+        settings = options.channel_options(target)
+        self._channel = (
+            grpc.aio.insecure_channel(target, options=settings)
+            if credentials is None
+            else grpc.aio.secure_channel(target, credentials, options=settings)
+        )
+        self._stub = pb_grpc.FeatureServiceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncFeatureClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def get_features(
+        self,
+        features: Sequence[str],
+        entities: Mapping[str, Sequence[Any]],
+        context: Mapping[str, Sequence[Any]] | None = None,
+        *,
+        strict: bool = False,
+        include_event_timestamps: bool = False,
+        timeout: float | None = None,
+    ) -> FeatureResult:
+        request = build_request(
+            features, entities, context,
+            strict=strict, include_event_timestamps=include_event_timestamps,
+        )  # fmt: skip
+        try:
+            response = await self._stub.GetFeatures(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as exc:
+            raise translate(exc) from None
+        return FeatureResult(response)
+
+    async def write_features(
+        self,
+        view: str,
+        entities: Mapping[str, Sequence[Any]],
+        event_timestamps_us: Sequence[int] | np.ndarray[Any, Any],
+        features: Mapping[str, tuple[int, Any]],
+        *,
+        timeout: float | None = None,
+    ) -> pb.WriteFeaturesResponse:
+        request = build_write_request(view, entities, event_timestamps_us, features)
+        try:
+            response: pb.WriteFeaturesResponse = await self._stub.WriteFeatures(
+                request, timeout=timeout or self.timeout * 10
+            )
+        except grpc.RpcError as exc:
+            raise translate(exc) from None
+        return response
+
+    async def list_features(self, *, timeout: float | None = None) -> pb.ListFeaturesResponse:
+        try:
+            response: pb.ListFeaturesResponse = await self._stub.ListFeatures(
+                pb.ListFeaturesRequest(), timeout=timeout or self.timeout
+            )
+        except grpc.RpcError as exc:
+            raise translate(exc) from None
+        return response

@@ -1,0 +1,80 @@
+"""Channel settings shared by the sync and async clients: deadlines, read retries, keepalive,
+DNS round robin, message size limits and TLS, all expressed as gRPC channel options so both
+clients behave identically and no retry loop is written twice."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+_SERVICE = "featurewell.v1.FeatureService"
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """How a client talks to featurewell.
+
+    timeout: default deadline of a read, in seconds (writes get ten times as long).
+    read_attempts: attempts of a read (GetFeatures, ListFeatures) that failed with UNAVAILABLE
+        or RESOURCE_EXHAUSTED (a shed call: never started, so safe to repeat), within the
+        call's deadline; 1 turns retries off. Writes are never retried.
+    retry_backoff_s / retry_max_backoff_s: the first and the largest pause between attempts
+        (exponential, randomised by gRPC).
+    keepalive_s: ping an idle-but-busy connection this often to notice dead peers fast.
+    max_message_mb: the largest message either way.
+    tls: False for plaintext, True for TLS with the system's roots, or PEM root certificates.
+    """
+
+    timeout: float = 1.0
+    read_attempts: int = 3
+    retry_backoff_s: float = 0.01
+    retry_max_backoff_s: float = 0.2
+    keepalive_s: float = 30.0
+    max_message_mb: int = 64
+    tls: bool | bytes = False
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {self.timeout}")
+        if not 1 <= self.read_attempts <= 5:
+            raise ValueError(f"read_attempts must be 1-5 (gRPC's limit), got {self.read_attempts}")
+
+    def channel_options(self, target: str) -> list[tuple[str, Any]]:
+        size = self.max_message_mb * 1024 * 1024
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", size),
+            ("grpc.max_send_message_length", size),
+            ("grpc.keepalive_time_ms", int(self.keepalive_s * 1000)),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            # A restarted server pod should be found again in well under a second.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2_000),
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", json.dumps(self._service_config())),
+        ]
+        if target.startswith("dns:"):
+            # Every address the name resolves to gets calls in turn (a headless Service).
+            options.append(("grpc.lb_policy_name", "round_robin"))
+        return options
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        if self.tls is False:
+            return None
+        roots = self.tls if isinstance(self.tls, bytes) else None
+        return grpc.ssl_channel_credentials(root_certificates=roots)
+
+    def _service_config(self) -> dict[str, Any]:
+        reads = [{"service": _SERVICE, "method": m} for m in ("GetFeatures", "ListFeatures")]
+        config: dict[str, Any] = {"name": reads}
+        if self.read_attempts > 1:
+            config["retryPolicy"] = {
+                "maxAttempts": self.read_attempts,
+                "initialBackoff": f"{self.retry_backoff_s:.3f}s",
+                "maxBackoff": f"{self.retry_max_backoff_s:.3f}s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
+            }
+        return {"methodConfig": [config]}

@@ -1,0 +1,58 @@
+"""Requests built from Python and numpy values, shared by the sync and async clients."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from featurewell.client._columns import fill_column
+from featurewell.v1 import feature_service_pb2 as pb
+
+
+def to_values(column: Sequence[Any] | np.ndarray[Any, Any]) -> pb.Values:
+    """A Python or numpy column as typed Values (ints, strings, floats or bools)."""
+    array = np.asarray(column)
+    if array.dtype.kind in "iu":
+        return pb.Values(int64s=pb.Int64List(values=array.tolist()))
+    if array.dtype.kind == "f":
+        return pb.Values(doubles=pb.DoubleList(values=array.tolist()))
+    if array.dtype.kind == "b":
+        return pb.Values(bools=pb.BoolList(values=array.tolist()))
+    return pb.Values(strings=pb.StringList(values=[str(v) for v in array.tolist()]))
+
+
+def build_request(
+    features: Sequence[str],
+    entities: Mapping[str, Sequence[Any]],
+    context: Mapping[str, Sequence[Any]] | None = None,
+    *,
+    strict: bool = False,
+    include_event_timestamps: bool = False,
+) -> pb.GetFeaturesRequest:
+    return pb.GetFeaturesRequest(
+        features=list(features),
+        entities={k: to_values(v) for k, v in entities.items()},
+        context={k: to_values(v) for k, v in (context or {}).items()},
+        strict=strict,
+        include_event_timestamps=include_event_timestamps,
+    )
+
+
+def build_write_request(
+    view: str,
+    entities: Mapping[str, Sequence[Any]],
+    event_timestamps_us: Sequence[int] | np.ndarray[Any, Any],
+    features: Mapping[str, tuple[int, Any]],
+) -> pb.WriteFeaturesRequest:
+    """`features` maps each feature name to (ValueType, values): numpy arrays for numbers and
+    embeddings, a list of str, or (flat, offsets) for lists."""
+    request = pb.WriteFeaturesRequest(
+        view=view,
+        entities={k: to_values(v) for k, v in entities.items()},
+        event_timestamps=np.asarray(event_timestamps_us, dtype=np.int64).tolist(),
+    )
+    for name, (value_type, values) in features.items():
+        fill_column(request.features.add(name=name), value_type, values)
+    return request
