@@ -35,6 +35,8 @@ class Settings:
         "Port of the Prometheus /metrics endpoint (0 picks a free one, -1 turns it off).", 9464
     )
     workers: int = _doc("Server processes sharing the port via SO_REUSEPORT.", 1)
+    tls_cert_file: str = _doc("PEM certificate chain: serve TLS (with tls_key_file).", "")
+    tls_key_file: str = _doc("PEM private key of tls_cert_file.", "")
     store_timeout_ms: float = _doc(
         "Longest a call waits for Redis; a shorter client deadline shortens it further.", 50.0
     )
@@ -122,6 +124,8 @@ class Settings:
             raise ValueError("several workers need a fixed port, not port 0")
         if not self.redis:
             raise ValueError("setting redis needs at least one host:port")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("settings tls_cert_file and tls_key_file go together: set both")
 
     def with_changes(self, **changes: Any) -> Settings:
         return replace(self, **changes)

@@ -54,7 +54,10 @@ _BY_CODE: dict[grpc.StatusCode, type[FeatureClientError]] = {
 
 
 def translate(error: grpc.RpcError) -> FeatureClientError:
-    code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
-    details = error.details() if isinstance(error, grpc.Call) else str(error)
+    """The one place gRPC failures (sync or aio) become client errors."""
+    if isinstance(error, grpc.Call | grpc.aio.AioRpcError):
+        code, details = error.code(), error.details()
+    else:
+        code, details = grpc.StatusCode.UNKNOWN, str(error)
     kind = _BY_CODE.get(code, ServerError)
     return kind(f"{code.name}: {details}", code)

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import uvloop
@@ -70,7 +71,7 @@ class Server:
                  reflection.SERVICE_NAME],
                 grpc_server,
             )  # fmt: skip
-            port = grpc_server.add_insecure_port(f"{settings.host}:{settings.port}")
+            port = _listen(grpc_server, settings)
             await grpc_server.start()
             metrics_port = _serve_metrics(metrics, settings)
         except BaseException:
@@ -142,6 +143,18 @@ class Server:
             "stopped: %d calls were in flight, %d cut off by the grace period",
             in_flight, calls.cancelled,
         )  # fmt: skip
+
+
+def _listen(grpc_server: grpc.aio.Server, settings: Settings) -> int:
+    address = f"{settings.host}:{settings.port}"
+    if not settings.tls_cert_file:
+        return grpc_server.add_insecure_port(address)
+    try:
+        key = Path(settings.tls_key_file).read_bytes()
+        chain = Path(settings.tls_cert_file).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read the TLS certificate or key: {exc}") from exc
+    return grpc_server.add_secure_port(address, grpc.ssl_server_credentials([(key, chain)]))
 
 
 def _serve_metrics(metrics: ServerMetrics, settings: Settings) -> int | None:

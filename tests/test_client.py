@@ -1,0 +1,177 @@
+"""The client library against a real server: sync and async, the numpy matrix, statuses and
+counts, typed errors, the default deadline, read-only retries, DNS round robin and TLS."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from featurewell.client import (
+    AsyncFeatureClient,
+    ClientOptions,
+    DeadlineExceeded,
+    FeatureClient,
+    FeatureClientError,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Status,
+)
+from featurewell.definitions import Registry
+from featurewell.devcluster import LocalCluster
+from featurewell.store.keys import entity_tags, slot_of
+from tests import defs
+from tests.conftest import ServerThread, make_settings
+from tests.load import sleep_node
+
+RANKING = ["profile:age", "profile:taste", "item_stats:popularity", "item_stats:vec"]
+
+
+def test_ranking_matrix_broadcasts_the_user_and_counts_statuses(
+    client: FeatureClient, ids: Any
+) -> None:
+    user = ids("ranker")
+    items = [910_001, 910_002, 910_003]
+    defs.write_profiles(client, [user], ages=[33])
+    defs.write_items(client, items[:2])
+
+    result = client.get_features(RANKING, entities={"user_id": [user], "item_id": items})
+
+    matrix, names = result.to_numpy()
+    assert matrix.shape == (3, 1 + 4 + 1 + 4)
+    assert matrix.dtype == np.float32
+    assert names[:2] == ["profile:age", "profile:taste[0]"]
+    assert matrix[:, 0].tolist() == [33, 33, 33]  # the user's value on every item row
+    assert result["profile:age"].length == 1  # sent once, broadcast by the client
+    assert result.statuses("item_stats:popularity").tolist() == [
+        Status.PRESENT, Status.PRESENT, Status.NOT_FOUND,
+    ]  # fmt: skip
+    assert result.count(Status.NOT_FOUND) == 2  # popularity and vec of the unknown item
+    assert (result.stale_count, result.fallback_count, result.degraded) == (0, 0, False)
+
+
+async def test_async_client_reads_writes_and_lists(server: ServerThread, ids: Any) -> None:
+    user = ids("async")
+    async with AsyncFeatureClient(server.address) as client:
+        written = await client.write_features(
+            "item_stats",
+            entities={"item_id": [920_001]},
+            event_timestamps_us=[defs.now_us()],
+            features={"popularity": (2, np.float32([0.5])), "vec": (6, np.ones((1, 4), "f4"))},
+        )
+        result = await client.get_features(
+            ["item_stats:popularity", "profile:age"],
+            entities={"item_id": [920_001], "user_id": [user]},
+            include_event_timestamps=True,
+        )
+        catalog = await client.list_features()
+        with pytest.raises(NotFound, match="no feature 'nope'"):
+            await client.get_features(["profile:nope"], entities={"user_id": [user]})
+        with pytest.raises(InvalidArgument, match="empty batch"):
+            await client.get_features(["profile:age"], entities={"user_id": []})
+    assert written.written == 1
+    assert result.values("item_stats:popularity").tolist() == [0.5]
+    assert result.statuses("profile:age").tolist() == [Status.NOT_FOUND]
+    stamps = result["item_stats:popularity"].event_time_us
+    assert stamps is not None
+    assert stamps[0] > 0
+    assert "item_stats" in {view.name for view in catalog.views}
+
+
+def test_default_deadline_bounds_a_call_to_a_server_that_never_answers() -> None:
+    with socket.socket() as silent:  # accepts connections, never speaks HTTP/2
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        with FeatureClient(f"127.0.0.1:{port}") as client:
+            assert client.timeout == 1.0
+            started = time.monotonic()
+            with pytest.raises(DeadlineExceeded):
+                client.get_features(["profile:age"], entities={"user_id": ["u"]})
+            waited = time.monotonic() - started
+    assert 0.9 <= waited < 5.0
+
+
+def test_reads_are_retried_and_writes_are_not(
+    cluster: LocalCluster, registry: Registry, ids: Any
+) -> None:
+    server = ServerThread(
+        make_settings(cluster, max_in_flight=1, store_timeout_ms=3000.0, cache_entries=0),
+        registry,
+    )
+    try:
+        user = ids("retry")
+        with FeatureClient(server.address, timeout=5) as setup:
+            defs.write_profiles(setup, [user], ages=[1])
+        port = cluster.owner(slot_of(entity_tags([[user]], 1)[0]))
+        calls = server.server.service.calls
+        sleeper = sleep_node(port, 1.0)
+        occupant = threading.Thread(target=_read_once, args=(server.address, user))
+        occupant.start()  # holds the server's only slot until the node wakes
+        while calls.in_flight == 0:
+            time.sleep(0.001)
+        options = ClientOptions(timeout=0.6, read_attempts=3)
+        with FeatureClient(server.address, options=options) as client:
+            with pytest.raises(ResourceExhausted):
+                client.get_features(["profile:age"], entities={"user_id": [user]})
+            shed_by_read = calls.shed
+            with pytest.raises(ResourceExhausted):
+                defs.write_profiles(client, [user], ages=[2])
+            shed_by_write = calls.shed - shed_by_read
+        occupant.join()
+        sleeper.join()
+        assert (shed_by_read, shed_by_write) == (3, 1)  # three attempts of the read, one write
+    finally:
+        server.stop()
+
+
+def _read_once(address: str, user: str) -> None:
+    with FeatureClient(address, options=ClientOptions(timeout=5, read_attempts=1)) as client:
+        client.get_features(["profile:age"], entities={"user_id": [user]})
+
+
+def test_dns_target_round_robins_over_resolved_addresses(server: ServerThread) -> None:
+    port = server.server.port
+    with FeatureClient(f"dns:///localhost:{port}") as client:
+        channel_options = dict(client.options.channel_options(f"dns:///localhost:{port}"))
+        result = client.get_features(["profile:age"], entities={"user_id": ["dns-user"]})
+    assert channel_options["grpc.lb_policy_name"] == "round_robin"
+    assert result.rows == 1
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_tls(cluster: LocalCluster, registry: Registry, certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    settings = make_settings(cluster, tls_cert_file=str(cert), tls_key_file=str(key))
+    server = ServerThread(settings, registry)
+    try:
+        address = f"localhost:{server.server.port}"
+        with FeatureClient(address, options=ClientOptions(tls=cert.read_bytes())) as secure:
+            assert secure.get_features(["profile:age"], entities={"user_id": ["t"]}).rows == 1
+        plaintext = ClientOptions(timeout=0.5, read_attempts=1)
+        with (
+            FeatureClient(address, options=plaintext) as plain,
+            pytest.raises(FeatureClientError, match=r"UNAVAILABLE|DEADLINE_EXCEEDED"),
+        ):
+            plain.get_features(["profile:age"], entities={"user_id": ["t"]})
+    finally:
+        server.stop()
