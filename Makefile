@@ -5,7 +5,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 PROTO_SRC := protos/featurewell/v1/feature_service.proto
 PROTO_OUT := client
 
-.PHONY: install run test bench proto proto-check lint fmt clean
+.PHONY: install run test bench gate proto proto-check lint fmt clean
 
 .venv/.installed: pyproject.toml
 	python3 -m venv .venv
@@ -22,6 +22,10 @@ run: install
 ## test: the whole test suite against real Redis Cluster nodes and a real gRPC server
 test: install
 	$(PY) -m pytest
+
+## gate: the Locust latency gate against a local demo stack (exits 1 when a budget is broken)
+gate: install
+	$(PY) loadtest/gate.py --local
 
 ## bench: end-to-end latency table (bare gRPC, raw Redis, GetFeatures), the hot-key cache off/on
 ## under Zipf-popular items, and codec micro-benchmarks

@@ -80,6 +80,11 @@ class Settings:
     grace_period_s: float = _doc("On SIGTERM, how long in-flight calls may finish.", 10.0)
     gc_gen0_threshold: int = _doc("Allocations between young-generation GC passes.", 50_000)
     log_level: str = _doc("Python log level.", "INFO")
+    inject_delay_ms: float = _doc(
+        "Fault injection for testing alerts and the load-test gate: every GetFeatures waits "
+        "this long first. Keep 0 in production.",
+        0.0,
+    )
 
     @classmethod
     def load(
@@ -109,7 +114,8 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"setting {name} must be positive, got {getattr(self, name)}")
-        for name in ("cache_entries", "cache_ttl_s", "fallback_horizon_s", "reload_interval_s"):
+        for name in ("cache_entries", "cache_ttl_s", "fallback_horizon_s", "reload_interval_s",
+                     "inject_delay_ms"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"setting {name} must not be negative, got {getattr(self, name)}")
         if self.cache_ttl_fraction > 1:

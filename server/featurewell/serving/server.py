@@ -79,6 +79,9 @@ class Server:
             raise
         for name in ("", SERVICE_NAME):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if settings.inject_delay_ms:
+            log.warning("fault injection on: every GetFeatures waits %.1f ms first",
+                        settings.inject_delay_ms)  # fmt: skip
         # Start-up objects (registry, stubs, plans) never die: keep them out of every future
         # collection, or a full GC pass over them stalls calls for tens of milliseconds.
         gc.collect()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -60,6 +61,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
             settings.max_in_flight, lambda method: metrics.shed_calls.labels(method).inc()
         )
         self._cap = settings.store_timeout_ms / 1000
+        self._injected_delay = settings.inject_delay_ms / 1000
         self._margin = settings.deadline_margin_ms / 1000
 
     def budget(self, remaining: float | None) -> Budget:
@@ -80,12 +82,18 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         request: pb.GetFeaturesRequest,
         context: grpc.aio.ServicerContext[pb.GetFeaturesRequest, pb.GetFeaturesResponse],
     ) -> pb.GetFeaturesResponse:
+        started = time.perf_counter()
         with self.calls.track("GetFeatures"):
+            if self._injected_delay:
+                await asyncio.sleep(self._injected_delay)
             budget = self.budget(context.time_remaining())
             result = await self.engine.get_features(wire.feature_request(request), budget)
             if result.fallbacks:
                 self.metrics.record_result(result)
-            return wire.feature_response(result)
+            response = wire.feature_response(result)
+        histogram = self.metrics.single_read if result.rows == 1 else self.metrics.batch_read
+        histogram.observe(time.perf_counter() - started)
+        return response
 
     @translate_errors
     async def WriteFeatures(
@@ -93,9 +101,13 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         request: pb.WriteFeaturesRequest,
         context: grpc.aio.ServicerContext[pb.WriteFeaturesRequest, pb.WriteFeaturesResponse],
     ) -> pb.WriteFeaturesResponse:
+        started = time.perf_counter()
         with self.calls.track("WriteFeatures"):
             outcome = await self.engine.write(wire.write_request(request))
-            return wire.write_response(outcome)
+        self.metrics.request_seconds.labels("WriteFeatures", "batch").observe(
+            time.perf_counter() - started
+        )
+        return wire.write_response(outcome)
 
     @translate_errors
     async def ListFeatures(
