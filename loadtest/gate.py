@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--writer-rps", type=float, default=10.0)
     parser.add_argument("--duration", type=float, default=20.0, help="seconds, after warm-up")
     parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--probe-single-rps", type=float, default=40.0)
+    parser.add_argument("--probe-ranker-rps", type=float, default=4.0)
     parser.add_argument("--budget-single-ms", type=float, default=5.0)
     parser.add_argument("--budget-ranker-ms", type=float, default=15.0)
     parser.add_argument("--out", type=Path, default=Path("loadtest/reports"))
@@ -110,14 +112,21 @@ def _gate(args: argparse.Namespace) -> int:
         pace = rps / users[name] if rps > 0 else PER_USER_RPS[name]
         os.environ[f"FEATUREWELL_{name.upper()}_RATE"] = str(pace)
     metrics = args.metrics or f"http://{args.host.rsplit(':', 1)[0]}:9464/metrics"
-    figures, env = _run(args, rates, users, metrics)
+    # Started now, before Locust patches this process for gevent (a child spawned through the
+    # patched subprocess module broke grpc's poller); it waits out the warm-up itself.
+    probe = _start_probe(args)
+    figures, env = _run(args, rates, users, metrics, probe)
     verdicts = _judge(figures, rates, args)
     _report(env, figures, verdicts, args)
     return 1 if verdicts else 0
 
 
 def _run(
-    args: argparse.Namespace, rates: dict[str, float], users: dict[str, int], metrics: str
+    args: argparse.Namespace,
+    rates: dict[str, float],
+    users: dict[str, int],
+    metrics: str,
+    probe: Any,
 ) -> Any:
     import gevent  # imported here: Locust monkey-patches the process on import
     import numpy as np
@@ -154,6 +163,7 @@ def _run(
     gevent.sleep(args.duration)
     measuring[0] = False
     after = _scrape(metrics)
+    probed = _finish_probe(probe)
     runner.quit()
     shapes = {"single": "single", "ranker": "batch"}
     figures = {}
@@ -171,7 +181,34 @@ def _run(
         }
         if name in shapes:
             figures[name] |= _server_quantiles(before, after, shapes[name])
+            probe_times = np.asarray(probed[name]) if probed[name] else np.full(1, np.inf)
+            figures[name] |= {
+                "probe_calls": len(probed[name]),
+                "probe_p50": float(np.percentile(probe_times, 50)),
+                "probe_p99": float(np.percentile(probe_times, 99)),
+            }
     return figures, env
+
+
+def _start_probe(args: argparse.Namespace) -> Any:
+    import subprocess
+
+    return subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve().parent / "probe.py"), "--host", args.host,
+         "--delay", str(args.warmup + 0.5), "--duration", str(max(1.0, args.duration - 1.0)),
+         "--single-rps", str(args.probe_single_rps), "--ranker-rps", str(args.probe_ranker_rps)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _finish_probe(probe: Any) -> dict[str, list[float]]:
+    import json
+
+    out, _ = probe.communicate(timeout=120)
+    if probe.returncode != 0:
+        raise SystemExit(f"the probe failed (exit {probe.returncode})")
+    result: dict[str, list[float]] = json.loads(out)
+    return result
 
 
 def _scrape(url: str) -> dict[tuple[str, float], float]:
@@ -247,12 +284,13 @@ def _report(
     html: str = get_html_report(env)  # type: ignore[no-untyped-call]  # Locust leaves it untyped
     (args.out / "gate_report.html").write_text(html)
     print(f"\n{args.host}, {args.duration:.0f} s after {args.warmup:.0f} s of warm-up")
-    print("| scenario | calls | rate /s | failures | server p50 ≤ ms | server p99 ≤ ms "
-          "| client p50 ms | client p99 ms | client max ms |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| scenario | calls | rate /s | failures | probe p50 ms | probe p99 ms "
+          "| server p50 ≤ ms | server p99 ≤ ms | locust p50 ms | locust p99 ms "
+          "| locust max ms |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, f in figures.items():
-        server = (f"{f['server_p50']:g} | {f['server_p99']:g}" if "server_p99" in f
-                  else "- | -")  # fmt: skip
+        server = (f"{f['probe_p50']:.2f} | {f['probe_p99']:.2f} | {f['server_p50']:g} "
+                  f"| {f['server_p99']:g}" if "server_p99" in f else "- | - | - | -")  # fmt: skip
         client = f"{f['client_p50']:.2f} | {f['client_p99']:.2f} | {f['client_max']:.2f}"
         print(f"| {name} | {f['calls']} | {f['rps']:.0f} | {f['failures']} | {server} | {client} |")
     print("\n" + ("GATE RED:\n  " + "\n  ".join(verdicts) if verdicts else "GATE GREEN"))

@@ -20,6 +20,7 @@ in it. Each user paces itself (`constant_throughput`), so a run is a fixed-throu
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,27 +31,15 @@ from locust import User, constant_throughput, task
 
 from featurewell.client import VALUE_TYPE_FLOAT32, ClientOptions, FeatureClient
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from scenarios import RANKING, SINGLE, items_for, zipf_ids
+
 USERS = int(os.environ.get("FEATUREWELL_LOAD_USERS", "5000"))
 ITEMS = int(os.environ.get("FEATUREWELL_LOAD_ITEMS", "2000"))
 # Calls per second per simulated user; the gate sets them to reach a fixed total rate.
 SINGLE_RATE = float(os.environ.get("FEATUREWELL_SINGLE_RATE", "50"))
 RANKER_RATE = float(os.environ.get("FEATUREWELL_RANKER_RATE", "5"))
 WRITER_RATE = float(os.environ.get("FEATUREWELL_WRITER_RATE", "10"))
-
-SINGLE = ["user_activity:*", "user_genre_preferences:*"]
-RANKING = [
-    "user_activity:watch_count_7d", "user_activity:avg_watch_duration_min",
-    "user_activity:preferred_hour", "user_genre_preferences:genre_vector",
-    "item_stats:popularity_score", "item_stats:watch_count_24h", "item_stats:duration_min",
-    "item_genre:genre_embedding", "user_item_affinity:genre_affinity",
-]  # fmt: skip
-
-
-def _zipf_ids(prefix: str, population: int, s: float = 1.1, seed: int = 0) -> Callable[[], str]:
-    rng = np.random.default_rng(seed)
-    weights = 1.0 / np.arange(1, population + 1) ** s
-    cumulative = np.cumsum(weights / weights.sum())
-    return lambda: f"{prefix}{int(np.searchsorted(cumulative, rng.random())):06d}"
 
 
 class GrpcUser(User):
@@ -84,7 +73,7 @@ class GrpcUser(User):
 
 class ModelServerUser(GrpcUser):
     wait_time = constant_throughput(SINGLE_RATE)
-    next_user = staticmethod(_zipf_ids("u", USERS, seed=1))
+    next_user = staticmethod(zipf_ids("u", USERS, seed=1))
 
     @task
     def single_entity(self) -> None:
@@ -94,7 +83,7 @@ class ModelServerUser(GrpcUser):
 
 class RankerUser(GrpcUser):
     wait_time = constant_throughput(RANKER_RATE)
-    next_user = staticmethod(_zipf_ids("u", USERS, seed=2))
+    next_user = staticmethod(zipf_ids("u", USERS, seed=2))
 
     def on_start(self) -> None:
         super().on_start()
@@ -103,8 +92,7 @@ class RankerUser(GrpcUser):
     @task
     def rank(self) -> None:
         user = self.next_user()
-        picks = self.rng.choice(ITEMS, size=500, replace=False)
-        items = [f"i{i:06d}" for i in picks.tolist()]
+        items = items_for(self.rng, ITEMS)
 
         def call() -> None:
             result = self.client.get_features(RANKING, {"user_id": [user], "item_id": items})
@@ -115,7 +103,7 @@ class RankerUser(GrpcUser):
 
 class WriterUser(GrpcUser):
     wait_time = constant_throughput(WRITER_RATE)
-    next_user = staticmethod(_zipf_ids("u", USERS, seed=4))
+    next_user = staticmethod(zipf_ids("u", USERS, seed=4))
 
     @task
     def write_progress(self) -> None:
