@@ -1,5 +1,7 @@
 """The latency gate is real: green against the server as it is, red when the server is made
-slow. Locust runs in its own process (it monkey-patches everything it imports)."""
+slow. Locust runs in its own process (it monkey-patches everything it imports). Model-server
+and writer traffic only: a few seconds hold too few ranking calls for a stable p99 (CI's full
+`make gate` run judges the ranker over 20 s)."""
 
 from __future__ import annotations
 
@@ -15,9 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def _gate(tmp_path: Path, *server_args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(ROOT / "loadtest" / "gate.py"), "--local",
-         "--local-users", "500", "--local-items", "600", "--duration", "5", "--warmup", "2",
+         "--local-users", "500", "--local-items", "600", "--duration", "6", "--warmup", "2",
+         "--ranker-rps", "0",
          "--out", str(tmp_path), "--local-server-args", " ".join(server_args)],
-        capture_output=True, text=True, timeout=180, check=False,
+        capture_output=True, text=True, timeout=90, check=False,
     )  # fmt: skip
 
 
