@@ -2,7 +2,7 @@
 
     python loadtest/gate.py --host 127.0.0.1:50051 [--metrics http://127.0.0.1:9464/metrics]
         [--single-rps 150] [--ranker-rps 10] [--writer-rps 10] [--duration 20] [--warmup 3]
-        [--budget-single-ms 5] [--budget-ranker-ms 15] [--out loadtest/reports]
+        [--budget-single-ms 5] [--budget-ranker-ms 20] [--out loadtest/reports]
 
 Locust drives the model-server, ranker and writer users of `locustfile.py` together at fixed
 total rates against a server holding the example repo's data. After a warm-up, the gate reads
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-single-rps", type=float, default=40.0)
     parser.add_argument("--probe-ranker-rps", type=float, default=4.0)
     parser.add_argument("--budget-single-ms", type=float, default=5.0)
-    parser.add_argument("--budget-ranker-ms", type=float, default=15.0)
+    parser.add_argument("--budget-ranker-ms", type=float, default=20.0)
     parser.add_argument("--out", type=Path, default=Path("loadtest/reports"))
     parser.add_argument(
         "--local", action="store_true",

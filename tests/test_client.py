@@ -56,6 +56,14 @@ def test_ranking_matrix_broadcasts_the_user_and_counts_statuses(
     assert result.count(Status.NOT_FOUND) == 2  # popularity and vec of the unknown item
     assert (result.stale_count, result.fallback_count, result.degraded) == (0, 0, False)
 
+    two_hours_ago = defs.now_us() - 2 * 3600 * 1_000_000  # profile's max age is 1 hour
+    old = ids("old-user")
+    defs.write_profiles(client, [old], ages=[70], at_us=two_hours_ago)
+    stale = client.get_features(["profile:age", "profile:score"], entities={"user_id": [old]})
+    assert stale.values("profile:age").tolist() == [70]  # served as stored, but flagged
+    assert stale.statuses("profile:age").tolist() == [Status.STALE]
+    assert stale.stale_count == 2
+
 
 async def test_async_client_reads_writes_and_lists(server: ServerThread, ids: Any) -> None:
     user = ids("async")
