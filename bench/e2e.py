@@ -43,16 +43,12 @@ from featurewell.store.keys import entity_tags, key_prefix, slots_of
 from featurewell.store.online import EntityRead
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "loadtest"))
+from scenarios import RANKING, SINGLE  # noqa: E402  (the calls the load tests make, too)
+
 EXAMPLE = ROOT / "examples" / "streaming_media"
 USERS, ITEMS = 5000, 2000
 
-SINGLE = ["user_activity:*", "user_genre_preferences:*"]
-RANKING = [
-    "user_activity:watch_count_7d", "user_activity:avg_watch_duration_min",
-    "user_activity:preferred_hour", "user_genre_preferences:genre_vector",
-    "item_stats:popularity_score", "item_stats:watch_count_24h", "item_stats:duration_min",
-    "item_genre:genre_embedding", "user_item_affinity:genre_affinity",
-]  # fmt: skip
 PAIRS = ["user_item_watch_progress:progress", "user_item_watch_progress:watched_minutes"]
 
 

@@ -28,7 +28,7 @@ from featurewell.errors import (
 )
 from featurewell.serving.plan import Plan, Planner, ViewRead
 from featurewell.settings import Settings
-from featurewell.store.cluster import Failure, FailureReason
+from featurewell.store.cluster import Failure, FailureReason, describe
 from featurewell.store.codec import DecodedRows
 from featurewell.store.keys import entity_tags, slots_of, view_keys
 from featurewell.store.online import EntityRead, OnlineStore, WriteOutcome
@@ -352,13 +352,8 @@ def _tags(entity: Entity, entities: Mapping[str, InputColumn], rows: int) -> lis
 
 
 def _strict_failure(failures: list[Failure], budget: Budget) -> FeaturewellError:
-    rows = sum(len(f.indexes) for f in failures)
-    first = failures[0]
-    node = f"node {first.node[0]}:{first.node[1]}" if first.node else "the cluster"
-    detail = (
-        f"{rows} rows could not be read from Redis ({node}: {first.reason.name.lower()}, "
-        f"{first.detail})"
-    )
+    rows, what = describe(failures)
+    detail = f"{rows} rows could not be read from Redis ({what})"
     timed_out = all(f.reason is FailureReason.TIMEOUT for f in failures)
     if timed_out and budget.deadline_bound:
         return DeadlineExceeded(f"the call's deadline expired waiting for Redis: {detail}")

@@ -51,6 +51,16 @@ class Failure:
     detail: str
 
 
+def describe(failures: Sequence[Failure]) -> tuple[int, str]:
+    """How many commands got no reply, and the first failure in words, for error messages:
+    (3, "node 10.0.0.1:7000: timeout, no reply within the budget")."""
+    first = failures[0]
+    node = f"node {first.node[0]}:{first.node[1]}" if first.node else "the cluster"
+    return sum(len(f.indexes) for f in failures), (
+        f"{node}: {first.reason.name.lower()}, {first.detail}"
+    )
+
+
 class Replies(NamedTuple):
     """Replies in command order (None where a command failed), the indexes of error replies
     (other than the redirects `execute` follows itself), and the commands that got no reply,

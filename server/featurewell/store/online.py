@@ -16,7 +16,7 @@ import numpy.typing as npt
 from featurewell.errors import StoreError, StoreTimeout, StoreUnavailable
 from featurewell.store.breaker import BreakerPolicy
 from featurewell.store.cache import MISS, Group, HotKeyCache, Row
-from featurewell.store.cluster import ClusterClient, Failure, FailureReason, Replies
+from featurewell.store.cluster import ClusterClient, Failure, FailureReason, Replies, describe
 from featurewell.store.connection import Address, encode_command
 from featurewell.store.tracking import InvalidationTracker
 from featurewell.values import FALLBACK, FALLBACK_CACHE
@@ -348,13 +348,11 @@ def _failed_commands(failures: list[Failure], count: int) -> npt.NDArray[np.uint
 def _raise_for(failures: list[Failure], rows: int) -> None:
     if not failures:
         return
-    failed = sum(len(f.indexes) for f in failures)
-    first = failures[0]
-    node = f" on {first.node[0]}:{first.node[1]}" if first.node else ""
+    failed, what = describe(failures)
     message = (
-        f"{failed} of {rows} writes got no confirmation{node} ({first.reason.name.lower()}: "
-        f"{first.detail}); they may be partly applied: retrying is safe"
+        f"{failed} of {rows} writes got no confirmation ({what}); they may be partly applied: "
+        "retrying is safe"
     )
-    if first.reason is FailureReason.TIMEOUT:
+    if failures[0].reason is FailureReason.TIMEOUT:
         raise StoreTimeout(message)
     raise StoreUnavailable(message)
