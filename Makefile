@@ -49,6 +49,7 @@ lint: install
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
+	.venv/bin/hadolint Dockerfile
 
 fmt: install
 	.venv/bin/ruff format .
