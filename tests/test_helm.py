@@ -72,6 +72,7 @@ def test_deployment_probes_ports_drain_and_security(helm: str) -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert "env" not in container  # no Redis password unless a Secret is named
     headless = objects["Service/features-featurewell-headless"]["spec"]
     assert headless["clusterIP"] == "None"
     assert objects["PodDisruptionBudget/features-featurewell"]["spec"]["maxUnavailable"] == 1
@@ -86,6 +87,11 @@ def test_production_profile_scales_and_is_monitored(helm: str) -> None:
     assert "replicas" not in deployment  # the autoscaler owns the count
     monitor = objects["ServiceMonitor/features-featurewell"]["spec"]
     assert monitor["endpoints"][0]["port"] == "metrics"
+    (container,) = deployment["template"]["spec"]["containers"]
+    assert container["env"] == [{
+        "name": "FEATUREWELL_REDIS_PASSWORD",
+        "valueFrom": {"secretKeyRef": {"name": "redis-auth", "key": "password"}},
+    }]  # fmt: skip
 
 
 def test_feature_repo_in_a_configmap_is_mounted_and_reloaded(helm: str, tmp_path: Path) -> None:

@@ -255,3 +255,31 @@ async def test_ask_redirect_during_slot_migration(
     rows = await _read(store, [tag])  # now a MOVED, after which the map points at the target
     assert CODEC.decode(rows).present.tolist() == [True]
     assert store.cluster.node_of(slot) == target
+
+
+async def test_password_protected_cluster(registry: Any) -> None:
+    from featurewell.devcluster import start_local_cluster
+    from featurewell.serving.server import Server
+    from featurewell.settings import Settings
+
+    with start_local_cluster(masters=3) as protected:
+        for port in protected.masters:
+            assert _call(port, "CONFIG", "SET", "requirepass", "s3cret") == b"OK"
+        base = Settings.load(environ={}).with_changes(
+            redis=tuple(protected.seeds), port=0, metrics_port=-1
+        )
+        with pytest.raises(StoreUnavailable, match=r"NOAUTH|refused the password"):
+            await Server.start(base, registry)
+        with pytest.raises(StoreUnavailable, match="refused the password"):
+            await Server.start(base.with_changes(redis_password="wrong"), registry)
+        server = await Server.start(base.with_changes(redis_password="s3cret"), registry)
+        try:
+            store = server.store
+            tags = [b"auth-1", b"auth-2"]
+            outcome = await _write(store, tags, 10, 0.25)
+            assert outcome.written == 2
+            rows = await _read(store, tags)
+            assert CODEC.decode(rows).values["progress"].tolist() == [0.25, 0.25]
+            assert "s3cret" not in repr(server.settings)
+        finally:
+            await server.stop(grace=0.1)

@@ -109,6 +109,7 @@ def _materialize(settings: Settings, args: argparse.Namespace) -> None:
             settings.redis,
             connect_timeout=settings.connect_timeout_s,
             connections_per_node=settings.connections_per_node,
+            password=settings.redis_password,
         )
         try:
             engine = FeatureEngine(registry, store, settings)

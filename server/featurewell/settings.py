@@ -17,10 +17,11 @@ from featurewell.store.connection import Address
 ENV_PREFIX = "FEATUREWELL_"
 
 
-def _doc(text: str, default: Any = MISSING) -> Any:
+def _doc(text: str, default: Any = MISSING, *, secret: bool = False) -> Any:
     if default is MISSING:
         return field(metadata={"doc": text})
-    return field(default=default, metadata={"doc": text})
+    # A secret stays out of repr(), so logging the settings never prints it.
+    return field(default=default, metadata={"doc": text}, repr=not secret)
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,12 @@ class Settings:
     repo: str = _doc("Feature repo: a .py file, a folder with repo.py, or a module path.", "")
     redis: tuple[Address, ...] = _doc(
         "Redis Cluster seed nodes, comma-separated host:port.", (("127.0.0.1", 7000),)
+    )
+    redis_password: str = _doc(
+        "Redis AUTH password; set FEATUREWELL_REDIS_PASSWORD (from a Secret), not the flag, "
+        "which other users can see.",
+        "",
+        secret=True,
     )
     host: str = _doc("Address to listen on.", "127.0.0.1")
     port: int = _doc("gRPC port (0 picks a free one).", 50051)

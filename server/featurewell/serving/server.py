@@ -193,6 +193,7 @@ async def open_store(settings: Settings) -> OnlineStore:
         connections_per_node=settings.connections_per_node,
         breaker=BreakerPolicy(settings.breaker_failures, settings.breaker_open_ms / 1000),
         cache=cache,
+        password=settings.redis_password,
     )
 
 

@@ -87,6 +87,7 @@ class ClusterClient:
         breaker: BreakerPolicy | None = None,
         on_connect: OnConnect | None = None,
         recovery_interval: float = 0.1,
+        password: str = "",
     ) -> None:
         if not seeds:
             raise ValueError("at least one Redis Cluster seed address is required")
@@ -95,6 +96,7 @@ class ClusterClient:
         self._per_node = max(1, connections_per_node)
         self._policy = breaker or BreakerPolicy()
         self._on_connect = on_connect
+        self._password = password
         self._recovery_interval = recovery_interval
         self.slot_map = SlotMap()
         self._pools: dict[Address, list[Connection]] = {}
@@ -175,7 +177,7 @@ class ClusterClient:
         async with lock:
             pool = [c for c in self._pools.get(address, []) if not c.closed]
             while len(pool) < self._per_node:
-                connection = await Connection.open(address, self._connect_timeout)
+                connection = await Connection.open(address, self._connect_timeout, self._password)
                 if self._on_connect is not None:
                     try:
                         await self._on_connect(connection)

@@ -54,14 +54,22 @@ class Connection(asyncio.Protocol):
         self.on_lost: Callable[[], None] | None = None
 
     @classmethod
-    async def open(cls, address: Address, timeout: float) -> Connection:
+    async def open(cls, address: Address, timeout: float, password: str = "") -> Connection:
+        """Connect (and AUTH when a password is given) within `timeout` seconds."""
         host, port = address
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
                 _, protocol = await loop.create_connection(lambda: cls(address), host, port)
+                reply = await protocol.call("AUTH", password) if password else b"OK"
         except (OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"cannot connect to Redis node {host}:{port}: {exc}") from exc
+        if reply != b"OK":
+            protocol.close()
+            raise StoreUnavailable(
+                f"Redis node {host}:{port} refused the password ({reply!s:.200}); check "
+                "FEATUREWELL_REDIS_PASSWORD"
+            )
         return protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -142,16 +142,20 @@ class OnlineStore:
         connections_per_node: int,
         breaker: BreakerPolicy | None = None,
         cache: HotKeyCache | None = None,
+        password: str = "",
     ) -> OnlineStore:
         """Connect to the cluster; with a cache, every connection is tracked for invalidations.
         Raises StoreUnavailable when no seed answers."""
-        tracker = InvalidationTracker(cache, connect_timeout) if cache is not None else None
+        tracker = (
+            InvalidationTracker(cache, connect_timeout, password) if cache is not None else None
+        )
         cluster = ClusterClient(
             seeds,
             connect_timeout=connect_timeout,
             connections_per_node=connections_per_node,
             breaker=breaker,
             on_connect=tracker.prepare if tracker is not None else None,
+            password=password,
         )
         try:
             await cluster.start()

@@ -26,9 +26,10 @@ _CHANNEL = b"__redis__:invalidate"
 
 
 class InvalidationTracker:
-    def __init__(self, cache: HotKeyCache, connect_timeout: float) -> None:
+    def __init__(self, cache: HotKeyCache, connect_timeout: float, password: str = "") -> None:
         self._cache = cache
         self._connect_timeout = connect_timeout
+        self._password = password
         self._subscribers: dict[Address, tuple[Connection, int]] = {}
         self._tracked: dict[Address, list[Connection]] = {}
         self.lost = 0  # subscriber connections lost: for tests and metrics
@@ -55,7 +56,7 @@ class InvalidationTracker:
         existing = self._subscribers.get(address)
         if existing is not None and not existing[0].closed:
             return existing[1]
-        connection = await Connection.open(address, self._connect_timeout)
+        connection = await Connection.open(address, self._connect_timeout, self._password)
         try:
             client_id = await connection.call("CLIENT", "ID")
             (reply,) = await connection.send(encode_command("SUBSCRIBE", _CHANNEL), 1)
