@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import faulthandler
 import math
 import os
 import sys
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local-items", type=int, default=2000)
     parser.add_argument("--local-server-args", default="", help="extra flags for the server")
     args = parser.parse_args(argv)
+    # Never hang CI: past any sane run time, print every thread's stack and exit 1.
+    faulthandler.dump_traceback_later(args.warmup + args.duration + 180, exit=True)
     if args.local:
         return _with_local_server(args)
     return _gate(args)
@@ -101,7 +104,11 @@ def _with_local_server(args: argparse.Namespace) -> int:
         return _gate(args)
     finally:
         demo.send_signal(signal.SIGTERM)
-        demo.wait(timeout=60)
+        try:
+            demo.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            demo.kill()  # its Redis nodes die with it (PR_SET_PDEATHSIG)
+            raise SystemExit("featurewell demo ignored SIGTERM for 30 s") from None
 
 
 def _gate(args: argparse.Namespace) -> int:
@@ -163,8 +170,11 @@ def _run(
     gevent.sleep(args.duration)
     measuring[0] = False
     after = _scrape(metrics)
+    _step("measured")
     probed = _finish_probe(probe)
+    _step("probe collected")
     runner.quit()
+    _step("locust stopped")
     shapes = {"single": "single", "ranker": "batch"}
     figures = {}
     for name, values in timings.items():
@@ -188,6 +198,10 @@ def _run(
                 "probe_p99": float(np.percentile(probe_times, 99)),
             }
     return figures, env
+
+
+def _step(what: str) -> None:
+    print(f"gate: {what}", file=sys.stderr, flush=True)
 
 
 def _start_probe(args: argparse.Namespace) -> Any:

@@ -169,6 +169,10 @@ def _demo(settings: Settings, args: argparse.Namespace) -> None:
 
 async def _demo_serve(settings: Settings) -> None:
     registry = load_repo(settings.repo)
+    # Handlers first: a SIGTERM that arrives while the sample data loads must still stop us.
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
     server = await Server.start(settings, registry)
     started = time.perf_counter()
     loads = await materialize(server.service.engine)
@@ -176,9 +180,6 @@ async def _demo_serve(settings: Settings) -> None:
     print(f"materialized {total:,} rows in {time.perf_counter() - started:.1f} s", flush=True)
     address = f"{settings.host}:{server.port}"
     print(_HOW_TO_CALL.format(address=address, seeds=settings.redis), flush=True)
-    stopping = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
     try:
         await stopping.wait()
     finally:
