@@ -49,8 +49,9 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.single_read = self.request_seconds.labels("GetFeatures", "single")
-        self.batch_read = self.request_seconds.labels("GetFeatures", "batch")
+        self._single_read = self.request_seconds.labels("GetFeatures", "single")
+        self._batch_read = self.request_seconds.labels("GetFeatures", "batch")
+        self._write = self.request_seconds.labels("WriteFeatures", "batch")
         self.fallback_values = Counter(
             "featurewell_fallback_values",
             "Rows served from a fallback because Redis could not answer, by view, reason and "
@@ -72,7 +73,9 @@ class ServerMetrics:
         )
         self.registry.register(_StoreCollector(store))
 
-    def record_result(self, result: FeatureResult) -> None:
+    def record_read(self, result: FeatureResult, seconds: float) -> None:
+        """A GetFeatures call's time, and the rows it served from fallbacks."""
+        (self._single_read if result.rows == 1 else self._batch_read).observe(seconds)
         for fallback in result.fallbacks:
             reason = _REASONS[fallback.reason]
             if fallback.from_cache:
@@ -81,6 +84,9 @@ class ServerMetrics:
                 self.fallback_values.labels(fallback.view, reason, "default").inc(
                     fallback.from_default
                 )
+
+    def record_write(self, seconds: float) -> None:
+        self._write.observe(seconds)
 
     def serve(self, host: str, port: int) -> int:
         """Expose /metrics over HTTP on its own port; returns the bound port."""

@@ -88,11 +88,8 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
                 await asyncio.sleep(self._injected_delay)
             budget = self.budget(context.time_remaining())
             result = await self.engine.get_features(wire.feature_request(request), budget)
-            if result.fallbacks:
-                self.metrics.record_result(result)
             response = wire.feature_response(result)
-        histogram = self.metrics.single_read if result.rows == 1 else self.metrics.batch_read
-        histogram.observe(time.perf_counter() - started)
+        self.metrics.record_read(result, time.perf_counter() - started)
         return response
 
     @translate_errors
@@ -104,9 +101,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         started = time.perf_counter()
         with self.calls.track("WriteFeatures"):
             outcome = await self.engine.write(wire.write_request(request))
-        self.metrics.request_seconds.labels("WriteFeatures", "batch").observe(
-            time.perf_counter() - started
-        )
+        self.metrics.record_write(time.perf_counter() - started)
         return wire.write_response(outcome)
 
     @translate_errors

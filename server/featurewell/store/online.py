@@ -52,14 +52,13 @@ class EntityRead:
     slots: list[int]
     cache_ttl: float = 0.0
 
-    def commands(self, rows: Sequence[int] | None = None) -> list[bytes]:
-        """One GET/MGET per row (of `rows`, default all). A row's command is
+    def commands(self, tags: Sequence[bytes] | None = None) -> list[bytes]:
+        """One GET/MGET per row (of `tags`, default all the read's rows). A row's command is
         `tag.join(template)`, the template depending only on the tag's length: one C call per
         row, no per-key objects."""
         templates: dict[int, list[bytes]] = {}
         out: list[bytes] = []
-        tags = self.tags if rows is None else [self.tags[r] for r in rows]
-        for tag in tags:
+        for tag in self.tags if tags is None else tags:
             template = templates.get(len(tag))
             if template is None:
                 template = templates[len(tag)] = _row_template(self.prefixes, len(tag))
@@ -193,13 +192,14 @@ class OnlineStore:
             group = tuple(read.prefixes)
             cached, missed = cache.lookup(group, read.tags, now)
             missing = np.flatnonzero(missed).tolist()
-            to_cache = cache.select(group, [read.tags[r] for r in missing])
+            missing_tags = [read.tags[r] for r in missing]
+            to_cache = cache.select(group, missing_tags)
             tracked.update(len(commands) + j for j in to_cache)
             pending.append(
                 _Pending(read, len(commands), missing, group, cached, frozenset(to_cache))
             )
             if missing:
-                commands += read.commands(missing)
+                commands += read.commands(missing_tags)
                 slots += [read.slots[r] for r in missing]
         replies = (
             await self.cluster.execute(
