@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +104,19 @@ def scrape(port: int) -> dict[str, float]:
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
             out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
     return out
+
+
+def scrape_until(
+    port: int, check: Callable[[dict[str, float]], bool], timeout: float = 3.0
+) -> dict[str, float]:
+    """Scrape until `check(metrics)` holds (telemetry is recorded just after each answer, so
+    a scrape may come a moment early); returns the last scrape either way, for the assert."""
+    deadline = time.monotonic() + timeout
+    while True:
+        metrics = scrape(port)
+        if check(metrics) or time.monotonic() > deadline:
+            return metrics
+        time.sleep(0.02)
 
 
 def sleep_node(port: int, seconds: float) -> threading.Thread:

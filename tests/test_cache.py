@@ -16,7 +16,7 @@ from featurewell.store.cache import MISS, CachePolicy, HotKeyCache
 from featurewell.store.keys import entity_tags, key_prefix, slot_of
 from tests import defs
 from tests.conftest import ServerThread, make_settings
-from tests.load import scrape, sleep_node
+from tests.load import scrape_until, sleep_node
 
 # -- the policy --------------------------------------------------------------------------------
 
@@ -220,8 +220,8 @@ def test_a_failing_node_is_answered_from_the_expired_cache_entry(
             FallbackReason.STORE_TIMEOUT, 1, 0,
         )  # fmt: skip
         assert server.server.metrics_port is not None
-        metrics = scrape(server.server.metrics_port)
-        key = 'featurewell_fallback_values_total{reason="store_timeout",source="cache",view="%s"}'
+        key = 'featurewell_fallback_rows_total{reason="store_timeout",source="cache",view="%s"}'
+        metrics = scrape_until(server.server.metrics_port, lambda m: key % "profile@v2" in m)
         assert metrics[key % "profile@v2"] == 1
         assert metrics["featurewell_cache_hits_total"] >= 1
         assert metrics["featurewell_cache_admissions_total"] >= 1

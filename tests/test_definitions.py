@@ -53,7 +53,22 @@ def view(name: str = "v", **kw: Any) -> FeatureView:
         (lambda: Feature("x", String, default=3), "must be a str"),
         (lambda: Feature("x", Embedding(3), default=[1, 2]), "must have 3 numbers, got 2"),
         (lambda: Feature("x", ListOf(Int64), default=[1.5]), "must hold integers"),
-        (lambda: Feature("x", String, expected=Stats(mean=1.0)), "top_categories, not mean/std"),
+        (
+            lambda: Feature("x", String, expected=Stats(mean=1.0, std=1.0)),
+            "a string feature takes categories, not mean/std",
+        ),
+        (
+            lambda: Feature("x", Int64, expected=Stats(categories={"a": 1.0})),
+            "categories are for string features",
+        ),
+        (lambda: Feature("x", Int64, expected=Stats(mean=1.0)), "give mean and std together"),
+        (lambda: Feature("x", Int64, expected=Stats(min=2, max=1)), "min is above max"),
+        (
+            lambda: Feature("x", String, expected=Stats(categories={"a": 0.7, "b": 0.5})),
+            "sum to at most 1",
+        ),
+        (lambda: Feature("x", Int64, expected=Stats(default_rate=2)), "default_rate must be"),
+        (lambda: view(freshness_sla=timedelta(0)), "freshness_sla must be a positive"),
         (lambda: Embedding(0), "positive dimension"),
         (lambda: ListOf(String), "ListOf takes Int64 or Float64"),
         (lambda: view(version=0), "version must be 1 or more"),

@@ -112,7 +112,7 @@ item_genre = FeatureView(
             "primary_genre",
             String,
             default="unknown",
-            expected=Stats(top_categories=("drama", "comedy", "action")),
+            expected=Stats(categories={"drama": 0.3, "comedy": 0.2, "action": 0.15}),
         ),
         Feature("genre_embedding", Embedding(GENRE_DIM)),
     ],

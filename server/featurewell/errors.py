@@ -26,6 +26,10 @@ class FeaturewellError(Exception):
     """Base of every error featurewell raises deliberately."""
 
 
+class ConfigError(FeaturewellError):
+    """A setting cannot be honoured at start-up: a port in use, an unreadable file."""
+
+
 class DefinitionError(FeaturewellError):
     """A feature definition is invalid. The message names the object and what to change."""
 

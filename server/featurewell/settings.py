@@ -87,6 +87,29 @@ class Settings:
     grace_period_s: float = _doc("On SIGTERM, how long in-flight calls may finish.", 10.0)
     gc_gen0_threshold: int = _doc("Allocations between young-generation GC passes.", 50_000)
     log_level: str = _doc("Python log level.", "INFO")
+    traces_exporter: str = _doc(
+        "OpenTelemetry trace exporter: otlp (gRPC), console, or none. Unset, it is taken from "
+        "OTEL_TRACES_EXPORTER, or otlp when an OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set; the "
+        "SDK reads the other OTEL_* variables (endpoint, sampler, service name) itself.",
+        "none",
+    )
+    freshness_interval_s: float = _doc(
+        "How often to read every view's write marker (newest event, last write) for the "
+        "freshness gauges.",
+        15.0,
+    )
+    drift_sample_rate: float = _doc(
+        "Share of GetFeatures calls whose served values feed the drift reservoirs.", 0.01
+    )
+    drift_window_s: float = _doc(
+        "Drift is compared with the baseline over windows of this length.", 300.0
+    )
+    drift_reservoir: int = _doc("Values kept per feature and window for drift (a sample).", 2048)
+    drift_baseline: str = _doc(
+        "Baseline JSON from `featurewell baseline` (training data); without it, the expected "
+        "statistics (Stats) in the definitions.",
+        "",
+    )
     inject_delay_ms: float = _doc(
         "Fault injection for testing alerts and the load-test gate: every GetFeatures waits "
         "this long first. Keep 0 in production.",
@@ -99,7 +122,7 @@ class Settings:
     ) -> Settings:
         """Defaults, then `FEATUREWELL_*` variables, then `overrides` (None values ignored)."""
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = {"traces_exporter": _otel_exporter(env)}
         for spec in fields(cls):
             raw = env.get(ENV_PREFIX + spec.name.upper())
             if raw is not None and raw != "":
@@ -117,7 +140,8 @@ class Settings:
         positive = ("workers", "store_timeout_ms", "connect_timeout_s", "connections_per_node",
                     "max_rows", "max_features", "max_message_mb", "gc_gen0_threshold",
                     "write_timeout_s", "max_in_flight", "cache_mb", "cache_ttl_fraction",
-                    "cache_admit_after", "breaker_failures", "breaker_open_ms")  # fmt: skip
+                    "cache_admit_after", "breaker_failures", "breaker_open_ms",
+                    "freshness_interval_s", "drift_window_s", "drift_reservoir")  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"setting {name} must be positive, got {getattr(self, name)}")
@@ -125,6 +149,13 @@ class Settings:
                      "inject_delay_ms"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"setting {name} must not be negative, got {getattr(self, name)}")
+        if not 0 <= self.drift_sample_rate <= 1:
+            raise ValueError("setting drift_sample_rate must be in [0, 1] (a share of calls)")
+        if self.traces_exporter not in ("otlp", "console", "none"):
+            raise ValueError(
+                f"setting traces_exporter must be otlp, console or none, got "
+                f"{self.traces_exporter!r}"
+            )
         if self.cache_ttl_fraction > 1:
             raise ValueError("setting cache_ttl_fraction must be at most 1 (a fraction of max age)")
         if not 0 <= self.port < 65536:
@@ -146,6 +177,19 @@ class Settings:
     @property
     def max_message_bytes(self) -> int:
         return self.max_message_mb * 1024 * 1024
+
+
+def _otel_exporter(env: Mapping[str, str]) -> str:
+    """Tracing from the standard OpenTelemetry variables: on only when asked for, since a
+    feature server that exports to a collector nobody runs wastes time on every call."""
+    if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return "none"
+    named = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if named:
+        return named
+    if env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return "otlp"
+    return "none"
 
 
 def _type_of(name: str) -> str:

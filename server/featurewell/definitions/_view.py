@@ -15,13 +15,21 @@ from featurewell.errors import DefinitionError
 
 @dataclass(frozen=True, slots=True)
 class Stats:
-    """Expected statistics of a feature in training data, the baseline for drift monitoring."""
+    """Expected statistics of a feature in training data: the drift baseline when no baseline
+    file computed from a training set (`featurewell baseline`) is given.
+
+    Numeric features take `mean` and `std` (drift compares the served distribution with a
+    normal one of those moments, cut at `min`/`max`); string features take `categories`, the
+    expected share of each category (the rest counts as "other"). `default_rate` is the
+    expected share of rows served the default (entity unknown to the store).
+    """
 
     mean: float | None = None
     std: float | None = None
     min: float | None = None
     max: float | None = None
-    top_categories: tuple[str, ...] = ()
+    categories: Mapping[str, float] = field(default_factory=dict)
+    default_rate: float | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,13 +55,30 @@ class Feature:
             else self.dtype.coerce(self.default, f"default of feature {self.name!r}")
         )
         object.__setattr__(self, "default", default)
-        expected = self.expected
-        numeric_stats = expected is not None and (expected.mean, expected.std) != (None, None)
-        if numeric_stats and self.dtype.kind is Kind.STRING:
-            raise DefinitionError(
-                f"feature {self.name!r} is a string: expected statistics take "
-                "top_categories, not mean/std"
-            )
+        if self.expected is not None:
+            _check_stats(self.name, self.dtype, self.expected)
+
+
+def _check_stats(name: str, dtype: FeatureType, stats: Stats) -> None:
+    where = f"expected statistics of feature {name!r}"
+    if not isinstance(stats, Stats):
+        raise DefinitionError(f"{where} must be a Stats, got {stats!r}")
+    numeric = (stats.mean, stats.std, stats.min, stats.max) != (None, None, None, None)
+    if dtype.kind is Kind.STRING and numeric:
+        raise DefinitionError(f"{where}: a string feature takes categories, not mean/std/min/max")
+    if dtype.kind is not Kind.STRING and stats.categories:
+        raise DefinitionError(f"{where}: categories are for string features; use mean/std")
+    if (stats.mean is None) != (stats.std is None):
+        raise DefinitionError(f"{where}: give mean and std together")
+    if stats.std is not None and stats.std < 0:
+        raise DefinitionError(f"{where}: std must not be negative")
+    if None not in (stats.min, stats.max) and stats.min > stats.max:  # type: ignore[operator]
+        raise DefinitionError(f"{where}: min is above max")
+    shares = list(stats.categories.values())
+    if any(not 0 <= share <= 1 for share in shares) or sum(shares) > 1 + 1e-6:
+        raise DefinitionError(f"{where}: category shares must be in [0, 1] and sum to at most 1")
+    if stats.default_rate is not None and not 0 <= stats.default_rate <= 1:
+        raise DefinitionError(f"{where}: default_rate must be in [0, 1]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +96,8 @@ class FeatureView:
 
     `max_age`: values older than this are served flagged STALE (freshness).
     `retention`: keys expire this long after their event time (storage); separate on purpose.
+    `freshness_sla`: the newest event written to the view must be younger than this, or the
+    freshness alert fires (a writer stopped); defaults to `max_age`.
     A schema change must come with a new `version`; old versions keep serving side by side.
     """
 
@@ -80,6 +107,7 @@ class FeatureView:
     version: int = 1
     max_age: timedelta | None = None
     retention: timedelta | None = None
+    freshness_sla: timedelta | None = None
     source: ParquetSource | None = None
     owner: str = ""
     description: str = ""
@@ -107,12 +135,19 @@ class FeatureView:
             if feature.name in self.entity.join_keys:
                 raise DefinitionError(f"{where}: feature {feature.name!r} shadows a join key")
             index[feature.name] = position
-        for label, age in (("max_age", self.max_age), ("retention", self.retention)):
+        ages = (("max_age", self.max_age), ("retention", self.retention),
+                ("freshness_sla", self.freshness_sla))  # fmt: skip
+        for label, age in ages:
             if age is not None and (not isinstance(age, timedelta) or age <= timedelta(0)):
                 raise DefinitionError(f"{where}: {label} must be a positive timedelta")
         object.__setattr__(self, "features", features)
         object.__setattr__(self, "feature_index", index)
         object.__setattr__(self, "tags", dict(self.tags))
+
+    @property
+    def sla(self) -> timedelta | None:
+        """The freshness SLA in force: `freshness_sla`, else `max_age`, else none."""
+        return self.freshness_sla or self.max_age
 
     @property
     def ref(self) -> str:

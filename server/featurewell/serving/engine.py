@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from featurewell.definitions import Entity, FeatureType, Kind, Registry
+from featurewell.definitions import Entity, FeatureType, FeatureView, Kind, Registry
 from featurewell.errors import (
     DeadlineExceeded,
     EntityNotFound,
@@ -28,10 +28,10 @@ from featurewell.errors import (
 )
 from featurewell.serving.plan import Plan, Planner, ViewRead
 from featurewell.settings import Settings
-from featurewell.store.cluster import Failure, FailureReason, describe
+from featurewell.store.cluster import Failure, FailureReason, NodeTiming, describe
 from featurewell.store.codec import DecodedRows
-from featurewell.store.keys import entity_tags, slots_of, view_keys
-from featurewell.store.online import EntityRead, OnlineStore, WriteOutcome
+from featurewell.store.keys import entity_tags, freshness_key, slots_of, view_keys
+from featurewell.store.online import EntityRead, OnlineStore
 from featurewell.values import (
     FALLBACK,
     FALLBACK_CACHE,
@@ -82,10 +82,40 @@ class FallbackCount:
 
 
 @dataclass(frozen=True, slots=True)
+class ServedView:
+    """One view's rows as a call served them (by reference, not copied), for telemetry:
+    statuses per view, value ages, drift samples."""
+
+    view: FeatureView
+    rows: DecodedRows
+    statuses: npt.NDArray[np.uint8]
+
+
+@dataclass(slots=True)
+class CallTimings:
+    """Where a call's time went (`time.perf_counter_ns`), recorded as plain numbers so metrics
+    and traces can be built after the answer, outside the serving path."""
+
+    store_started_ns: int = 0
+    store_ended_ns: int = 0
+    nodes: list[NodeTiming] = field(default_factory=list)
+    transforms: list[tuple[str, int, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
 class FeatureResult:
     rows: int
     columns: list[ResultColumn]
     fallbacks: list[FallbackCount] = field(default_factory=list)
+    served: list[ServedView] = field(default_factory=list)
+    timings: CallTimings = field(default_factory=CallTimings)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    view: str  # the written view's reference, name@vN
+    written: int
+    skipped_older: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,11 +181,12 @@ class FeatureEngine:
             )
         plan = self.planner.plan(request.features)
         rows = self._row_count(request, plan)
-        fetched, fallbacks = await self._fetch(plan, request, rows, budget)
+        timings = CallTimings()
+        fetched, fallbacks = await self._fetch(plan, request, rows, budget, timings)
         if request.strict:
             self._require_present(plan, fetched)
         columns: list[ResultColumn] = []
-        computed = self._run_transforms(plan, fetched, request.context, rows)
+        computed = self._run_transforms(plan, fetched, request.context, rows, timings)
         for output in plan.outputs:
             if output.read is not None:
                 got = fetched[id(output.read)]
@@ -186,7 +217,12 @@ class FeatureEngine:
                         version=0,
                     )
                 )
-        return FeatureResult(rows, columns, fallbacks)
+        served = [
+            ServedView(read.view, fetched[id(read)].rows, fetched[id(read)].statuses)
+            for group in plan.groups
+            for read in group.reads
+        ]
+        return FeatureResult(rows, columns, fallbacks, served, timings)
 
     # -- validation ----------------------------------------------------------------------------
 
@@ -235,7 +271,7 @@ class FeatureEngine:
     # -- reading -------------------------------------------------------------------------------
 
     async def _fetch(
-        self, plan: Plan, request: FeatureRequest, rows: int, budget: Budget
+        self, plan: Plan, request: FeatureRequest, rows: int, budget: Budget, timings: CallTimings
     ) -> tuple[dict[int, _Fetched], list[FallbackCount]]:
         reads: list[EntityRead] = []
         for group in plan.groups:
@@ -243,9 +279,12 @@ class FeatureEngine:
             prefixes = [read.prefix for read in group.reads]
             reads.append(EntityRead(prefixes, tags, slots_of(tags), group.cache_ttl_s))
         # A short client deadline says nothing about a node's health: keep it out of breakers.
+        timings.store_started_ns = time.perf_counter_ns()
         stored = await self.store.read(
             reads, budget.seconds, count_timeouts=not budget.deadline_bound
         )
+        timings.store_ended_ns = time.perf_counter_ns()
+        timings.nodes = stored.timings
         if stored.failures and request.strict:
             raise _strict_failure(stored.failures, budget)
         now_us = time.time_ns() // 1000
@@ -277,6 +316,7 @@ class FeatureEngine:
         fetched: Mapping[int, _Fetched],
         context: Mapping[str, InputColumn],
         rows: int,
+        timings: CallTimings,
     ) -> dict[str, tuple[dict[str, npt.NDArray[Any]], npt.NDArray[np.uint8]]]:
         out: dict[str, tuple[dict[str, npt.NDArray[Any]], npt.NDArray[np.uint8]]] = {}
         for step in plan.transforms:
@@ -289,7 +329,9 @@ class FeatureEngine:
                 statuses.append(got.statuses)
             for name, field_type in transform.context.items():
                 columns[name] = _context_array(field_type, context[name].values)
+            started = time.perf_counter_ns()
             values = transform.apply(columns, rows)
+            timings.transforms.append((transform.name, started, time.perf_counter_ns()))
             width = max(len(v) for v in values.values())
             status = worst_status(statuses) if statuses else np.full(1, PRESENT, np.uint8)
             if len(status) != width:
@@ -299,7 +341,7 @@ class FeatureEngine:
 
     # -- writing -------------------------------------------------------------------------------
 
-    async def write(self, request: WriteRequest) -> WriteOutcome:
+    async def write(self, request: WriteRequest) -> WriteResult:
         name, _, version = request.view.partition("@v")
         if version and not version.isdigit():
             raise InvalidRequest(f"view {request.view!r}: write 'view' or 'view@v2'")
@@ -337,10 +379,12 @@ class FeatureEngine:
         if view.retention is not None:
             retention_ms = int(view.retention.total_seconds() * 1000)
             expire = (request.event_time_us // 1000 + retention_ms).tolist()
-        return await self.store.write(
+        outcome = await self.store.write(
             view_keys(read.prefix, tags), slots_of(tags), encoded, expire,
             timeout=self.settings.write_timeout_s,
+            freshness=(freshness_key(view), int(request.event_time_us.max())),
         )  # fmt: skip
+        return WriteResult(view.ref, outcome.written, outcome.skipped_older)
 
 
 def _tags(entity: Entity, entities: Mapping[str, InputColumn], rows: int) -> list[bytes]:

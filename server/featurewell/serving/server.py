@@ -19,13 +19,16 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from featurewell.definitions import Registry, load_repo, repo_fingerprint
+from featurewell.errors import ConfigError
 from featurewell.serving.engine import FeatureEngine
-from featurewell.serving.metrics import ServerMetrics
 from featurewell.serving.service import FeatureService
 from featurewell.settings import Settings
 from featurewell.store.breaker import BreakerPolicy
 from featurewell.store.cache import CachePolicy, HotKeyCache
 from featurewell.store.online import OnlineStore
+from featurewell.telemetry import exposition
+from featurewell.telemetry.hub import Telemetry
+from featurewell.telemetry.tracing import Tracing
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
 
@@ -44,15 +47,21 @@ class Server:
     grpc_server: grpc.aio.Server
     health: health_aio.HealthServicer
     metrics_port: int | None  # None: /metrics is off
+    telemetry: Telemetry
+    telemetry_task: asyncio.Task[None]
     reloads: int = 0
     reloads_failed: int = 0
 
     @classmethod
-    async def start(cls, settings: Settings, registry: Registry | None = None) -> Server:
+    async def start(
+        cls, settings: Settings, registry: Registry | None = None, tracing: Tracing | None = None
+    ) -> Server:
         """Load the repo, connect to Redis, listen. Raises DefinitionError for a bad repo and
-        StoreUnavailable when no Redis Cluster node answers, before anything listens."""
+        StoreUnavailable when no Redis Cluster node answers, before anything listens.
+        `tracing` replaces the one the settings describe (tests pass in-memory exporters)."""
         registry = registry if registry is not None else load_repo(settings.repo)
         store = await open_store(settings)
+        telemetry: Telemetry | None = None
         try:
             grpc_server = grpc.aio.server(
                 options=[
@@ -61,8 +70,9 @@ class Server:
                     ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
                 ]
             )
-            metrics = ServerMetrics(store)
-            service = FeatureService(FeatureEngine(registry, store, settings), settings, metrics)
+            tracing = tracing if tracing is not None else Tracing.from_settings(settings)
+            telemetry = Telemetry(settings, store, registry, tracing)
+            service = FeatureService(FeatureEngine(registry, store, settings), settings, telemetry)
             pb_grpc.add_FeatureServiceServicer_to_server(service, grpc_server)
             health = health_aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(health, grpc_server)
@@ -73,10 +83,13 @@ class Server:
             )  # fmt: skip
             port = _listen(grpc_server, settings)
             await grpc_server.start()
-            metrics_port = _serve_metrics(metrics, settings)
+            metrics_port = _serve_metrics(telemetry, settings)
         except BaseException:
+            if telemetry is not None:
+                telemetry.close()
             await store.close()
             raise
+        telemetry_task = asyncio.get_running_loop().create_task(telemetry.run())
         for name in ("", SERVICE_NAME):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if settings.inject_delay_ms:
@@ -89,7 +102,10 @@ class Server:
         # A ranking call allocates a few thousand short-lived objects; the default gen-0
         # threshold (700) would collect several times per call. Collect young objects less often.
         gc.set_threshold(settings.gc_gen0_threshold, 20, 100)
-        return cls(settings, port, service, store, grpc_server, health, metrics_port)
+        return cls(
+            settings, port, service, store, grpc_server, health, metrics_port, telemetry,
+            telemetry_task,
+        )  # fmt: skip
 
     async def reload(self) -> bool:
         """Load the feature repo again and serve it from the next call on, atomically. A repo
@@ -104,16 +120,17 @@ class Server:
             planner = await asyncio.to_thread(lambda: engine.prepare(load_repo(self.settings.repo)))
         except Exception:
             self.reloads_failed += 1
-            self.service.metrics.reloads.labels("failed").inc()
+            self.telemetry.metrics.reloads.labels("failed").inc()
             log.exception("reload of %s failed; still serving the previous definitions",
                           self.settings.repo)  # fmt: skip
             return False
         finally:
             sys.setswitchinterval(switch_interval)
         engine.use(planner)
+        self.telemetry.use(planner.registry)
         gc.freeze()  # like start-up objects, the new definitions live until the next reload
         self.reloads += 1
-        self.service.metrics.reloads.labels("ok").inc()
+        self.telemetry.metrics.reloads.labels("ok").inc()
         log.info("reloaded %s: %d views", self.settings.repo, len(planner.registry.views))
         return True
 
@@ -141,6 +158,8 @@ class Server:
         calls = self.service.calls
         in_flight = calls.in_flight
         await self.grpc_server.stop(self.settings.grace_period_s if grace is None else grace)
+        self.telemetry_task.cancel()
+        self.telemetry.close()
         await self.store.close()
         log.info(
             "stopped: %d calls were in flight, %d cut off by the grace period",
@@ -156,21 +175,20 @@ def _listen(grpc_server: grpc.aio.Server, settings: Settings) -> int:
         key = Path(settings.tls_key_file).read_bytes()
         chain = Path(settings.tls_cert_file).read_bytes()
     except OSError as exc:
-        raise ValueError(f"cannot read the TLS certificate or key: {exc}") from exc
+        raise ConfigError(f"cannot read the TLS certificate or key: {exc}") from exc
     return grpc_server.add_secure_port(address, grpc.ssl_server_credentials([(key, chain)]))
 
 
-def _serve_metrics(metrics: ServerMetrics, settings: Settings) -> int | None:
+def _serve_metrics(telemetry: Telemetry, settings: Settings) -> int | None:
     if settings.metrics_port < 0:
         return None
     try:
-        return metrics.serve(settings.host, settings.metrics_port)
+        return exposition.serve(telemetry.metrics.registry, settings.host, settings.metrics_port)
     except OSError as exc:
-        # With --workers N every process would bind the same port; one wins. Aggregating all
-        # workers (Prometheus multiprocess mode) is the observability work's to do.
-        log.warning("metrics port %d unavailable (%s); this process has no /metrics",
-                    settings.metrics_port, exc)  # fmt: skip
-        return None
+        raise ConfigError(
+            f"cannot serve /metrics on port {settings.metrics_port} ({exc}); choose another "
+            "--metrics-port, 0 for a free one, or -1 to turn it off"
+        ) from None
 
 
 async def open_store(settings: Settings) -> OnlineStore:
@@ -230,8 +248,17 @@ def serve(settings: Settings) -> None:
     if settings.workers == 1:
         uvloop.run(run(settings))
         return
+    # The parent serves /metrics for all workers (their files aggregated), so each worker's
+    # own endpoint stays off.
+    shared = exposition.WorkerMetrics() if settings.metrics_port >= 0 else None
+    if shared is not None:
+        port = exposition.serve(shared.registry, settings.host, settings.metrics_port)
+        log.info("metrics of %d workers on :%d/metrics", settings.workers, port)
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_worker, args=(settings,)) for _ in range(settings.workers)]
+    worker_settings = settings.with_changes(metrics_port=-1)
+    workers = [
+        context.Process(target=_worker, args=(worker_settings,)) for _ in range(settings.workers)
+    ]
     for worker in workers:
         worker.start()
 
@@ -245,6 +272,10 @@ def serve(settings: Settings) -> None:
     signal.signal(signal.SIGHUP, forward)
     for worker in workers:
         worker.join()
+        if shared is not None and worker.pid is not None:
+            shared.worker_exited(worker.pid)
+    if shared is not None:
+        shared.close()
 
 
 def _worker(settings: Settings) -> None:

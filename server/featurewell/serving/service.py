@@ -1,5 +1,5 @@
-"""The FeatureService gRPC servicer: wire in, engine, wire out. No logic of its own beyond
-turning the call's deadline into a store budget."""
+"""The FeatureService gRPC servicer: wire in, engine, wire out, telemetry after. No logic of its
+own beyond turning the call's deadline into a store budget and an error into its status."""
 
 from __future__ import annotations
 
@@ -7,17 +7,21 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterator
+from typing import Any, NoReturn, TypeAlias, TypeVar
 
 import grpc
 
 from featurewell.errors import DeadlineExceeded, Overloaded
 from featurewell.serving import wire
 from featurewell.serving.engine import Budget, FeatureEngine
-from featurewell.serving.metrics import ServerMetrics
-from featurewell.serving.status import translate_errors
+from featurewell.serving.status import status_for
 from featurewell.settings import Settings
+from featurewell.telemetry.hub import Telemetry
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
+
+Request = TypeVar("Request")
+Context: TypeAlias = grpc.aio.ServicerContext[Request, Any]
 
 
 class CallCounter:
@@ -54,12 +58,11 @@ class CallCounter:
 
 
 class FeatureService(pb_grpc.FeatureServiceServicer):
-    def __init__(self, engine: FeatureEngine, settings: Settings, metrics: ServerMetrics) -> None:
+    def __init__(self, engine: FeatureEngine, settings: Settings, telemetry: Telemetry) -> None:
         self.engine = engine
-        self.metrics = metrics
-        self.calls = CallCounter(
-            settings.max_in_flight, lambda method: metrics.shed_calls.labels(method).inc()
-        )
+        self.telemetry = telemetry
+        shed = telemetry.metrics.shed_calls
+        self.calls = CallCounter(settings.max_in_flight, lambda method: shed.labels(method).inc())
         self._cap = settings.store_timeout_ms / 1000
         self._injected_delay = settings.inject_delay_ms / 1000
         self._margin = settings.deadline_margin_ms / 1000
@@ -76,38 +79,59 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
             )
         return Budget(seconds, deadline_bound=True)
 
-    @translate_errors
     async def GetFeatures(
-        self,
-        request: pb.GetFeaturesRequest,
-        context: grpc.aio.ServicerContext[pb.GetFeaturesRequest, pb.GetFeaturesResponse],
+        self, request: pb.GetFeaturesRequest, context: Context[pb.GetFeaturesRequest]
     ) -> pb.GetFeaturesResponse:
-        started = time.perf_counter()
-        with self.calls.track("GetFeatures"):
-            if self._injected_delay:
-                await asyncio.sleep(self._injected_delay)
-            budget = self.budget(context.time_remaining())
-            result = await self.engine.get_features(wire.feature_request(request), budget)
-            response = wire.feature_response(result)
-        self.metrics.record_read(result, time.perf_counter() - started)
+        started = time.perf_counter_ns()
+        try:
+            with self.calls.track("GetFeatures"):
+                if self._injected_delay:
+                    await asyncio.sleep(self._injected_delay)
+                budget = self.budget(context.time_remaining())
+                result = await self.engine.get_features(wire.feature_request(request), budget)
+                response = wire.feature_response(result)
+        except Exception as exc:
+            await self._abort("GetFeatures", exc, context, started)
+        # Telemetry runs once the answer is on its way, not inside the call's time.
+        asyncio.get_running_loop().call_soon(
+            self.telemetry.read_done, result, started, time.perf_counter_ns(), context
+        )
         return response
 
-    @translate_errors
     async def WriteFeatures(
-        self,
-        request: pb.WriteFeaturesRequest,
-        context: grpc.aio.ServicerContext[pb.WriteFeaturesRequest, pb.WriteFeaturesResponse],
+        self, request: pb.WriteFeaturesRequest, context: Context[pb.WriteFeaturesRequest]
     ) -> pb.WriteFeaturesResponse:
-        started = time.perf_counter()
-        with self.calls.track("WriteFeatures"):
-            outcome = await self.engine.write(wire.write_request(request))
-        self.metrics.record_write(time.perf_counter() - started)
-        return wire.write_response(outcome)
+        started = time.perf_counter_ns()
+        try:
+            with self.calls.track("WriteFeatures"):
+                result = await self.engine.write(wire.write_request(request))
+        except Exception as exc:
+            await self._abort("WriteFeatures", exc, context, started)
+        asyncio.get_running_loop().call_soon(
+            self.telemetry.write_done, result, started, time.perf_counter_ns(), context
+        )
+        return wire.write_response(result)
 
-    @translate_errors
     async def ListFeatures(
-        self,
-        request: pb.ListFeaturesRequest,
-        context: grpc.aio.ServicerContext[pb.ListFeaturesRequest, pb.ListFeaturesResponse],
+        self, request: pb.ListFeaturesRequest, context: Context[pb.ListFeaturesRequest]
     ) -> pb.ListFeaturesResponse:
-        return wire.catalog(self.engine.registry)
+        started = time.perf_counter_ns()
+        try:
+            response = wire.catalog(self.engine.registry)
+        except Exception as exc:
+            await self._abort("ListFeatures", exc, context, started)
+        self.telemetry.call_done(
+            "ListFeatures", grpc.StatusCode.OK, started, time.perf_counter_ns(), context
+        )
+        return response
+
+    async def _abort(
+        self, method: str, error: Exception, context: Context[Any], started: int
+    ) -> NoReturn:
+        """Answer a failed call with its status (the one place errors become gRPC codes)."""
+        code, message = status_for(error, method)
+        self.telemetry.call_done(
+            method, code, started, time.perf_counter_ns(), context, error=message
+        )
+        await context.abort(code, message)
+        raise AssertionError("unreachable: context.abort raises")

@@ -6,10 +6,7 @@ says what to fix. Anything else is a bug: logged with its traceback, answered IN
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
 
 import grpc
 
@@ -50,30 +47,12 @@ def code_for(error: FeaturewellError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-Request = TypeVar("Request")
-Response = TypeVar("Response")
-Handler = Callable[[Any, Request, grpc.aio.ServicerContext[Request, Response]], Awaitable[Response]]
-
-
-def translate_errors(handler: Handler[Request, Response]) -> Handler[Request, Response]:
-    """Wrap a servicer method so every error leaves as a gRPC status with a useful message."""
-
-    @functools.wraps(handler)
-    async def wrapper(
-        self: Any, request: Request, context: grpc.aio.ServicerContext[Request, Response]
-    ) -> Response:
-        try:
-            return await handler(self, request, context)
-        except FeaturewellError as exc:
-            await context.abort(code_for(exc), str(exc))
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            log.exception("bug while serving %s", handler.__name__)
-            await context.abort(
-                grpc.StatusCode.INTERNAL,
-                f"internal error in {handler.__name__}; the server log has the traceback",
-            )
-        raise AssertionError("unreachable: context.abort raises")
-
-    return wrapper
+def status_for(error: Exception, method: str) -> tuple[grpc.StatusCode, str]:
+    """The status code and message a call that raised `error` answers with. Anything but a
+    `FeaturewellError` is a bug: logged with its traceback, answered INTERNAL."""
+    if isinstance(error, FeaturewellError):
+        return code_for(error), str(error)
+    log.error("bug while serving %s", method, exc_info=error)
+    return grpc.StatusCode.INTERNAL, (
+        f"internal error in {method}; the server log has the traceback"
+    )

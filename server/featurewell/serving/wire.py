@@ -24,8 +24,8 @@ from featurewell.serving.engine import (
     FeatureResult,
     InputColumn,
     WriteRequest,
+    WriteResult,
 )
-from featurewell.store.online import WriteOutcome
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.values import PRESENT, ColumnValues, Ragged
 
@@ -114,7 +114,7 @@ def _column_values(column: pb.FeatureColumn) -> ColumnValues:
     return fixed_values(column)
 
 
-def write_response(outcome: WriteOutcome) -> pb.WriteFeaturesResponse:
+def write_response(outcome: WriteResult) -> pb.WriteFeaturesResponse:
     return pb.WriteFeaturesResponse(written=outcome.written, skipped_older=outcome.skipped_older)
 
 

@@ -61,14 +61,28 @@ def describe(failures: Sequence[Failure]) -> tuple[int, str]:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class NodeTiming:
+    """One pipelined batch to one node: when it was sent and answered (`time.perf_counter_ns`;
+    `answered_ns` 0 when no answer came), and how many commands it held. Telemetry turns these
+    into per-node latency histograms and trace spans after the call, outside the hot path."""
+
+    node: Address
+    sent_ns: int
+    answered_ns: int
+    commands: int
+
+
 class Replies(NamedTuple):
     """Replies in command order (None where a command failed), the indexes of error replies
-    (other than the redirects `execute` follows itself), and the commands that got no reply,
-    grouped by node and reason. Callers never scan the replies again."""
+    (other than the redirects `execute` follows itself), the commands that got no reply,
+    grouped by node and reason, and each node batch's timing. Callers never scan the replies
+    again."""
 
     values: list[Any]
     errors: list[int]
     failures: list[Failure]
+    timings: list[NodeTiming]
 
 
 OnConnect = Callable[[Connection], Awaitable[None]]
@@ -282,7 +296,7 @@ class ClusterClient:
         if unowned:
             call.fail(unowned, None, FailureReason.UNAVAILABLE, "slots with no owner")
             self._start_recovery()
-        in_flight: list[tuple[Address, list[int], asyncio.Future[list[Any]]]] = []
+        in_flight: list[tuple[Address, list[int], asyncio.Future[list[Any]], int]] = []
         now = time.monotonic()
         for address, indexes in groups.items():
             breaker = self.breakers.get(address)
@@ -300,10 +314,14 @@ class ClusterClient:
                 call.fail(indexes, address, reason or FailureReason.UNAVAILABLE, str(exc))
                 self._node_failed(address)
                 continue
-            in_flight.append((address, indexes, future))
+            in_flight.append((address, indexes, future, time.perf_counter_ns()))
+            future.add_done_callback(call.answered)
         if in_flight:
-            await _settle([future for _, _, future in in_flight], call.deadline)
-        for address, indexes, future in in_flight:
+            await _settle([future for _, _, future, _ in in_flight], call.deadline)
+        for address, indexes, future, sent_ns in in_flight:
+            call.replies.timings.append(
+                NodeTiming(address, sent_ns, call.answered_ns(future), len(indexes))
+            )
             if not future.done() or future.cancelled():
                 future.cancel()
                 call.fail(indexes, address, FailureReason.TIMEOUT, "no reply within the budget")
@@ -404,10 +422,22 @@ class _Call:
     tracked: Collection[int] = ()
     asking: dict[int, Address] = field(default_factory=dict)
     last_problem: str = "no attempt made"
+    answered_at: dict[int, int] = field(default_factory=dict)  # id(future) -> perf_counter_ns
     replies: Replies = field(init=False)
 
     def __post_init__(self) -> None:
-        self.replies = Replies([None] * len(self.commands), [], [])
+        self.replies = Replies([None] * len(self.commands), [], [], [])
+
+    def answered(self, future: asyncio.Future[list[Any]]) -> None:
+        if not future.cancelled():
+            self.answered_at[id(future)] = time.perf_counter_ns()
+
+    def answered_ns(self, future: asyncio.Future[list[Any]]) -> int:
+        """When `future` got its reply; 0 if it never did. A reply that landed in the same loop
+        turn as the one awaited may not have run its callback yet: then it arrived just now."""
+        if future.cancelled() or not future.done():
+            return 0
+        return self.answered_at.pop(id(future), 0) or time.perf_counter_ns()
 
     def fail(
         self, indexes: list[int], node: Address | None, reason: FailureReason, detail: str

@@ -1,6 +1,7 @@
 """Redis key layout: one key per (view, version, entity), the entity hash-tagged.
 
     fw:<view>:v<version>:{<entity tag>}
+    fw:{_meta}:<view>:v<version>        a hash: the view's newest event time and last write
 
 Every view of one entity shares the tag, hence the slot and the node: one round trip per node.
 The tag is the entity's key values, composite keys joined by '|'. '%', '{', '}' and '|' inside a
@@ -25,6 +26,15 @@ KeyColumn = Sequence[int] | Sequence[str]
 
 def key_prefix(view: FeatureView) -> bytes:
     return f"fw:{view.name}:v{view.version}:{{".encode()
+
+
+def freshness_key(view: FeatureView) -> bytes:
+    """The view's write marker (newest event time written, time of the last write). Every
+    view's marker shares the `{_meta}` tag, so one node answers for all of them at once."""
+    return f"fw:{{_meta}}:{view.name}:v{view.version}".encode()
+
+
+META_SLOT = crc_hqx(b"_meta", 0) & (SLOTS - 1)  # the slot of every view's write marker
 
 
 def view_keys(prefix: bytes, tags: Sequence[bytes]) -> list[bytes]:

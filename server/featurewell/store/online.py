@@ -16,8 +16,16 @@ import numpy.typing as npt
 from featurewell.errors import StoreError, StoreTimeout, StoreUnavailable
 from featurewell.store.breaker import BreakerPolicy
 from featurewell.store.cache import MISS, Group, HotKeyCache, Row
-from featurewell.store.cluster import ClusterClient, Failure, FailureReason, Replies, describe
+from featurewell.store.cluster import (
+    ClusterClient,
+    Failure,
+    FailureReason,
+    NodeTiming,
+    Replies,
+    describe,
+)
 from featurewell.store.connection import Address, encode_command
+from featurewell.store.keys import META_SLOT
 from featurewell.store.tracking import InvalidationTracker
 from featurewell.values import FALLBACK, FALLBACK_CACHE
 
@@ -38,6 +46,17 @@ end
 return 1
 """
 _WRITE_SHA = hashlib.sha1(_WRITE_IF_NEWER).hexdigest().encode()
+
+# A view's write marker, once per write batch: the newest event time ever written (a max, so
+# a late batch cannot move it back) and the wall time of the last write, both µs.
+# KEYS[1] marker key. ARGV[1] the batch's newest event time.
+_MARK_WRITE = b"""
+local newest = tonumber(redis.call('HGET', KEYS[1], 'newest_event_us') or '0')
+if tonumber(ARGV[1]) > newest then redis.call('HSET', KEYS[1], 'newest_event_us', ARGV[1]) end
+local now = redis.call('TIME')
+redis.call('HSET', KEYS[1], 'written_us', now[1] * 1000000 + now[2])
+return 1
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +112,19 @@ class ViewRows:
 
 
 @dataclass(frozen=True, slots=True)
+class WriteMarker:
+    """What the store knows of a view's writes from anywhere: the newest event time written
+    and when the last write happened (Unix µs; 0: never)."""
+
+    newest_event_us: int
+    written_us: int
+
+
+@dataclass(frozen=True, slots=True)
 class StoreRead:
     views: list[list[ViewRows]]  # [entity read][view]
     failures: list[Failure]  # which nodes failed and why, for strict errors and logs
+    timings: list[NodeTiming]  # each node batch, for telemetry
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,13 +235,13 @@ class OnlineStore:
                 commands, slots, timeout, count_timeouts=count_timeouts, tracked=tracked
             )
             if commands
-            else Replies([], [], [])
+            else Replies([], [], [], [])
         )
         if replies.errors:
             raise StoreError(f"Redis Cluster refused a read: {replies.values[replies.errors[0]]}")
         failed = _failed_commands(replies.failures, len(commands))
         out = [self._assemble(p, replies.values, failed, now, since) for p in pending]
-        return StoreRead(out, replies.failures)
+        return StoreRead(out, replies.failures, replies.timings)
 
     def _assemble(
         self,
@@ -270,13 +299,16 @@ class OnlineStore:
         rows: Sequence[bytes],
         expire_at_ms: Sequence[int] | None = None,
         timeout: float = 10.0,
+        freshness: tuple[bytes, int] | None = None,
     ) -> WriteOutcome:
         """Store each row unless its key holds a newer event, within `timeout` seconds. Safe to
         retry: re-applying the same row is a no-op in effect. The written keys leave this
-        server's cache once Redis has them (other servers hear of it from Redis)."""
+        server's cache once Redis has them (other servers hear of it from Redis).
+        `freshness` (marker key, newest event µs) updates the view's write marker with the
+        batch, so freshness monitoring sees writes from every writer."""
         try:
             async with asyncio.timeout(timeout):
-                return await self._write(keys, slots, rows, expire_at_ms, timeout)
+                return await self._write(keys, slots, rows, expire_at_ms, timeout, freshness)
         except TimeoutError:
             raise StoreTimeout(
                 f"Redis Cluster did not confirm {len(rows)} writes within {timeout:.1f} s; "
@@ -293,18 +325,24 @@ class OnlineStore:
         rows: Sequence[bytes],
         expire_at_ms: Sequence[int] | None,
         timeout: float,
+        freshness: tuple[bytes, int] | None,
     ) -> WriteOutcome:
         expiries = [b"%d" % ms for ms in expire_at_ms] if expire_at_ms is not None else None
         commands = [
             _evalsha(key, row, expiries[i] if expiries is not None else b"0")
             for i, (key, row) in enumerate(zip(keys, rows, strict=True))
         ]
-        replies, errors, failures = await self.cluster.execute(commands, slots, timeout)
+        slots = list(slots)
+        if freshness is not None:  # last, and left out of the counts below
+            marker, newest_us = freshness
+            commands.append(encode_command(b"EVAL", _MARK_WRITE, b"1", marker, b"%d" % newest_us))
+            slots.append(META_SLOT)
+        replies, errors, failures, _ = await self.cluster.execute(commands, slots, timeout)
         _raise_for(failures, len(rows))
         missing = [i for i in errors if str(replies[i]).startswith("NOSCRIPT")]
         if missing:  # first write to a node since it started (or failed over): load and redo
             await self._load_script({self.cluster.node_of(slots[i]) for i in missing})
-            redo, redo_errors, redo_failures = await self.cluster.execute(
+            redo, redo_errors, redo_failures, _ = await self.cluster.execute(
                 [commands[i] for i in missing], [slots[i] for i in missing], timeout
             )
             _raise_for(redo_failures, len(rows))
@@ -316,8 +354,23 @@ class OnlineStore:
             raise StoreUnavailable(
                 f"Redis Cluster refused {len(errors)} writes: {replies[errors[0]]}"
             )
+        replies = replies[: len(rows)]
         written = sum(replies)
         return WriteOutcome(written=written, skipped_older=len(replies) - written)
+
+    async def write_markers(self, markers: Sequence[bytes], timeout: float) -> list[WriteMarker]:
+        """Each view's write marker (zeros for a view never written through featurewell)."""
+        commands = [
+            encode_command(b"HMGET", marker, b"newest_event_us", b"written_us")
+            for marker in markers
+        ]
+        replies, errors, failures, _ = await self.cluster.execute(
+            commands, [META_SLOT] * len(markers), timeout
+        )
+        _raise_for(failures, len(markers))
+        if errors:
+            raise StoreUnavailable(f"cannot read write markers: {replies[errors[0]]}")
+        return [WriteMarker(int(n or 0), int(w or 0)) for n, w in replies]
 
     async def _load_script(self, nodes: set[Address | None]) -> None:
         for address in nodes:

@@ -1,0 +1,190 @@
+"""The Prometheus metrics a server exports, and how a finished call updates them.
+
+Names follow Prometheus conventions (`featurewell_` prefix, base units, `_total` counters).
+Labels are bounded: methods and gRPC codes are enums, views and features come from the
+registry, nodes from the cluster; never entity keys or request data. In multi-process mode
+(`--workers N`) gauges say how the workers' values combine (`multiprocess_mode`).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from featurewell.serving.engine import FeatureResult, WriteResult
+from featurewell.store.cluster import FailureReason, NodeTiming
+from featurewell.telemetry._histogram import bounds_of, observe_many
+from featurewell.values import FALLBACK, FALLBACK_CACHE, NOT_FOUND, PRESENT, STALE
+
+# Fine enough below 5 ms to judge a sub-millisecond SLO; budgets (5 ms, 15 ms) are bucket edges,
+# so "p99 within budget" is read off the buckets exactly, without interpolation.
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.0025, 0.003, 0.004, 0.005,
+    0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+ROW_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+FEATURE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+# Value ages from seconds (streamed) to a month (weekly batch jobs plus slack).
+AGE_BUCKETS = (
+    1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 43200, 86400, 172800, 604800,
+    2592000,
+)  # fmt: skip
+STATUS_NAMES = {
+    PRESENT: "present", NOT_FOUND: "not_found", STALE: "stale", FALLBACK: "fallback",
+    FALLBACK_CACHE: "fallback_cache",
+}  # fmt: skip
+# The wire's FallbackReason names, lower-cased.
+REASON_NAMES = {
+    FailureReason.TIMEOUT: "store_timeout",
+    FailureReason.UNAVAILABLE: "store_unavailable",
+    FailureReason.CIRCUIT_OPEN: "circuit_open",
+}
+
+
+class ServerMetrics:
+    """Every metric of one server process, in its own registry (tests run several servers in
+    one process)."""
+
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "featurewell_requests", "Calls answered, by method and gRPC status code.",
+            ["method", "code"], registry=registry,
+        )  # fmt: skip
+        self.request_seconds = Histogram(
+            "featurewell_request_duration_seconds",
+            "Time from the handler taking a call to its answer, for calls answered OK, by "
+            "method and shape (single: one entity row; batch: more).",
+            ["method", "shape"], buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.request_rows = Histogram(
+            "featurewell_request_rows", "Entity rows per call.", ["method"],
+            buckets=ROW_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.request_features = Histogram(
+            "featurewell_request_features", "Feature columns answered per GetFeatures call.",
+            buckets=FEATURE_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.store_seconds = Histogram(
+            "featurewell_store_duration_seconds",
+            "Time from sending a pipelined batch to a Redis node to its reply, by node.",
+            ["node"], buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.served_rows = Counter(
+            "featurewell_served_rows",
+            "View rows served (one entity's values of one view), by view and status.",
+            ["view", "status"], registry=registry,
+        )  # fmt: skip
+        self.value_age = Histogram(
+            "featurewell_served_value_age_seconds",
+            "Age of the values served (now minus their event time), by view; rows with a value "
+            "only (not the defaults of missing rows).",
+            ["view"], buckets=AGE_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.fallback_rows = Counter(
+            "featurewell_fallback_rows",
+            "Rows served from a fallback because Redis could not answer, by view, reason and "
+            "source (cache: the last cached row; default: the feature defaults).",
+            ["view", "reason", "source"], registry=registry,
+        )  # fmt: skip
+        self.written_rows = Counter(
+            "featurewell_written_rows",
+            "Rows written through WriteFeatures, by view and outcome (written, or skipped_older "
+            "because Redis held a newer event).",
+            ["view", "outcome"], registry=registry,
+        )  # fmt: skip
+        self.shed_calls = Counter(
+            "featurewell_shed_calls",
+            "Calls refused with RESOURCE_EXHAUSTED because max_in_flight calls were running.",
+            ["method"], registry=registry,
+        )  # fmt: skip
+        self.reloads = Counter(
+            "featurewell_reloads",
+            "Feature repo reloads, by result (ok: swapped in; failed: previous one kept).",
+            ["result"], registry=registry,
+        )  # fmt: skip
+        self.build_info = Gauge(
+            "featurewell_build_info", "Always 1; the running version in a label.", ["version"],
+            registry=registry, multiprocess_mode="max",
+        )  # fmt: skip
+        self._age_bounds = bounds_of(self.value_age)
+        self._single = self.request_seconds.labels("GetFeatures", "single")
+        self._batch = self.request_seconds.labels("GetFeatures", "batch")
+        self._read_rows = self.request_rows.labels("GetFeatures")
+        self._ok = self.requests.labels("GetFeatures", "OK")
+        self._views: dict[str, _ViewSeries] = {}
+        self._nodes: dict[tuple[str, int], Histogram] = {}
+
+    def record_read(self, result: FeatureResult, seconds: float) -> None:
+        """An answered GetFeatures call: its time, shape, per-node store time, what each view
+        served (statuses, value ages) and the rows served from fallbacks."""
+        self._ok.inc()
+        (self._single if result.rows == 1 else self._batch).observe(seconds)
+        self._read_rows.observe(result.rows)
+        self.request_features.observe(len(result.columns))
+        for timing in result.timings.nodes:
+            if timing.answered_ns:  # batches with no answer are counted as fallbacks instead
+                self._node(timing).observe((timing.answered_ns - timing.sent_ns) / 1e9)
+        now_us = time.time_ns() // 1000
+        for served in result.served:
+            series = self._view(served.view.ref)
+            statuses = served.statuses
+            if len(statuses) == 1:
+                status = int(statuses[0])
+                series.rows[status].inc()
+                if status in (PRESENT, STALE):
+                    series.age.observe((now_us - int(served.rows.event_time_us[0])) / 1e6)
+                continue
+            counts = np.bincount(statuses, minlength=len(series.rows)).tolist()
+            for status, count in enumerate(counts):
+                if count:
+                    series.rows[status].inc(count)
+            if counts[PRESENT] or counts[STALE]:
+                valued = (statuses == PRESENT) | (statuses == STALE)
+                ages = (now_us - served.rows.event_time_us[valued]) / 1e6
+                observe_many(series.age, self._age_bounds, ages)
+        for fallback in result.fallbacks:
+            reason = REASON_NAMES[fallback.reason]
+            if fallback.from_cache:
+                self.fallback_rows.labels(fallback.view, reason, "cache").inc(fallback.from_cache)
+            if fallback.from_default:
+                self.fallback_rows.labels(fallback.view, reason, "default").inc(
+                    fallback.from_default
+                )
+
+    def record_write(self, result: WriteResult, seconds: float) -> None:
+        self.requests.labels("WriteFeatures", "OK").inc()
+        self.request_seconds.labels("WriteFeatures", "batch").observe(seconds)
+        self.request_rows.labels("WriteFeatures").observe(result.written + result.skipped_older)
+        self.written_rows.labels(result.view, "written").inc(result.written)
+        self.written_rows.labels(result.view, "skipped_older").inc(result.skipped_older)
+
+    def record_call(self, method: str, code: str) -> None:
+        """A call answered with anything but a recorded success (errors, ListFeatures)."""
+        self.requests.labels(method, code).inc()
+
+    def _view(self, ref: str) -> _ViewSeries:
+        series = self._views.get(ref)
+        if series is None:
+            series = self._views[ref] = _ViewSeries(self, ref)
+        return series
+
+    def _node(self, timing: NodeTiming) -> Histogram:
+        child = self._nodes.get(timing.node)
+        if child is None:
+            host, port = timing.node
+            child = self._nodes[timing.node] = self.store_seconds.labels(f"{host}:{port}")
+        return child
+
+
+class _ViewSeries:
+    """One view's pre-bound children: `rows[status]` (index = status number) and `age`."""
+
+    def __init__(self, metrics: ServerMetrics, ref: str) -> None:
+        placeholder = metrics.served_rows.labels(ref, "present")
+        self.rows = [placeholder] * (max(STATUS_NAMES) + 1)
+        for status, name in STATUS_NAMES.items():
+            self.rows[status] = metrics.served_rows.labels(ref, name)
+        self.age = metrics.value_age.labels(ref)
