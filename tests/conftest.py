@@ -17,6 +17,7 @@ from featurewell.definitions import Registry
 from featurewell.devcluster import LocalCluster, start_local_cluster
 from featurewell.serving.server import Server
 from featurewell.settings import Settings
+from featurewell.telemetry.tracing import Tracing
 from tests import defs
 
 
@@ -44,11 +45,13 @@ class ServerThread:
     """A featurewell server running on its own event loop in a background thread, so tests can
     call it with blocking clients."""
 
-    def __init__(self, settings: Settings, registry: Registry | None) -> None:
+    def __init__(
+        self, settings: Settings, registry: Registry | None, tracing: Tracing | None = None
+    ) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
-        self.server: Server = self.run(Server.start(settings, registry))
+        self.server: Server = self.run(Server.start(settings, registry, tracing))
         self.address = f"127.0.0.1:{self.server.port}"
 
     def run(self, coroutine: Any) -> Any:

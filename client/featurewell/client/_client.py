@@ -13,6 +13,7 @@ from featurewell.client._channel import ClientOptions
 from featurewell.client._errors import translate
 from featurewell.client._request import build_request, build_write_request
 from featurewell.client._result import FeatureResult
+from featurewell.client._tracing import trace_metadata
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
 
@@ -66,7 +67,9 @@ class FeatureClient:
             strict=strict, include_event_timestamps=include_event_timestamps,
         )  # fmt: skip
         try:
-            response = self._stub.GetFeatures(request, timeout=timeout or self.timeout)
+            response = self._stub.GetFeatures(
+                request, timeout=timeout or self.timeout, metadata=trace_metadata()
+            )
         except grpc.RpcError as exc:
             raise translate(exc) from None
         return FeatureResult(response)
@@ -85,7 +88,7 @@ class FeatureClient:
         request = build_write_request(view, entities, event_timestamps_us, features)
         try:
             response: pb.WriteFeaturesResponse = self._stub.WriteFeatures(
-                request, timeout=timeout or self.timeout * 10
+                request, timeout=timeout or self.timeout * 10, metadata=trace_metadata()
             )
         except grpc.RpcError as exc:
             raise translate(exc) from None
@@ -94,7 +97,7 @@ class FeatureClient:
     def list_features(self, *, timeout: float | None = None) -> pb.ListFeaturesResponse:
         try:
             response: pb.ListFeaturesResponse = self._stub.ListFeatures(
-                pb.ListFeaturesRequest(), timeout=timeout or self.timeout
+                pb.ListFeaturesRequest(), timeout=timeout or self.timeout, metadata=trace_metadata()
             )
         except grpc.RpcError as exc:
             raise translate(exc) from None

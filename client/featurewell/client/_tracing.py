@@ -1,0 +1,21 @@
+"""Trace context for outgoing calls: when the caller uses OpenTelemetry and a span is active,
+its W3C `traceparent` (and whatever else the configured propagators carry) goes out as gRPC
+metadata, so the server's spans join the caller's trace. Without OpenTelemetry installed this
+is a no-op and the client does not need it."""
+
+from __future__ import annotations
+
+try:
+    from opentelemetry import propagate, trace
+except ImportError:  # pragma: no cover - the client runs without OpenTelemetry
+    propagate = None  # type: ignore[assignment]
+    trace = None  # type: ignore[assignment]
+
+
+def trace_metadata() -> tuple[tuple[str, str | bytes], ...] | None:
+    """Metadata carrying the current span's context, or None when there is none."""
+    if trace is None or not trace.get_current_span().get_span_context().is_valid:
+        return None
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return tuple(carrier.items()) or None

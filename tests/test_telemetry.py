@@ -1,0 +1,379 @@
+"""Metrics, freshness, drift and traces of a real server, read the way Prometheus and an
+OpenTelemetry collector would: /metrics over HTTP, spans from the SDK's in-memory exporter."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from featurewell.client import (
+    VALUE_TYPE_FLOAT64,
+    VALUE_TYPE_STRING,
+    ClientOptions,
+    FeatureClient,
+    FeatureClientError,
+    NotFound,
+)
+from featurewell.definitions import Entity, Feature, FeatureView, Float64, Registry, Stats, String
+from featurewell.devcluster import LocalCluster
+from featurewell.telemetry._histogram import bounds_of, observe_many
+from featurewell.telemetry.tracing import Tracing
+from tests import defs
+from tests.conftest import ServerThread, make_settings
+from tests.load import scrape, scrape_until
+
+customer = Entity("customer", join_keys={"customer_id": String})
+orders = FeatureView(
+    "orders",
+    entity=customer,
+    max_age=timedelta(hours=2),
+    freshness_sla=timedelta(minutes=10),
+    features=[
+        Feature("amount", Float64, expected=Stats(mean=100.0, std=10.0)),
+        Feature(
+            "channel", String, default="none", expected=Stats(categories={"web": 0.6, "app": 0.3})
+        ),
+    ],
+)
+ONE_CLIENT = ClientOptions(read_attempts=1)
+
+
+def telemetry_registry() -> Registry:
+    return Registry.build([defs.user, defs.item, defs.user_item, defs.profile_v1, defs.profile,
+                           defs.item_stats, defs.pair, defs.affinity, defs.birth, customer,
+                           orders])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def observed(cluster: LocalCluster) -> Iterator[ServerThread]:
+    settings = make_settings(
+        cluster, metrics_port=0, freshness_interval_s=0.1, drift_sample_rate=1.0,
+        drift_window_s=0.3, cache_entries=0,
+    )  # fmt: skip
+    running = ServerThread(settings, telemetry_registry())
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def observed_client(observed: ServerThread) -> Iterator[FeatureClient]:
+    with FeatureClient(observed.address, timeout=5.0, options=ONE_CLIENT) as connected:
+        yield connected
+
+
+def metrics_port(server: ServerThread) -> int:
+    assert server.server.metrics_port is not None
+    return server.server.metrics_port
+
+
+def write_orders(
+    client: FeatureClient, ids: list[str], amounts: Any, channels: list[str], at_us: int
+) -> None:
+    for start in range(0, len(ids), 1000):
+        part = slice(start, start + 1000)
+        client.write_features(
+            "orders",
+            entities={"customer_id": ids[part]},
+            event_timestamps_us=[at_us] * len(ids[part]),
+            features={
+                "amount": (VALUE_TYPE_FLOAT64, np.asarray(amounts[part], dtype=np.float64)),
+                "channel": (VALUE_TYPE_STRING, channels[part]),
+            },
+        )
+
+
+def read_orders(client: FeatureClient, ids: list[str]) -> None:
+    for start in range(0, len(ids), 500):
+        client.get_features(["orders:amount", "orders:channel"],
+                            entities={"customer_id": ids[start : start + 500]})  # fmt: skip
+
+
+def test_bulk_histogram_observations_match_one_by_one() -> None:
+    values = np.array([0.5, 1.0, 1.0, 3.0, 7.5, 1e9, 0.0, 2.0])
+    one, many = CollectorRegistry(), CollectorRegistry()
+    for registry in (one, many):
+        Histogram("age_seconds", "x", ["view"], buckets=(1, 2, 5), registry=registry)
+    single = one._names_to_collectors["age_seconds"]  # type: ignore[attr-defined]
+    bulk = many._names_to_collectors["age_seconds"]  # type: ignore[attr-defined]
+    for value in values:
+        single.labels("v").observe(float(value))
+    observe_many(bulk.labels("v"), bounds_of(bulk), values)
+    created = (b"_created", b"# ")  # creation timestamps differ by design
+    lines = [
+        [
+            line
+            for line in generate_latest(r).splitlines()
+            if not line.split(b"{")[0].endswith(created[0])
+        ]
+        for r in (one, many)
+    ]
+    assert lines[0] == lines[1]
+    assert b'age_seconds_bucket{le="1.0",view="v"} 4.0' in lines[1]
+
+
+def test_calls_move_the_rpc_store_and_view_metrics(
+    observed: ServerThread, observed_client: FeatureClient, cluster: LocalCluster, ids: Any
+) -> None:
+    port = metrics_port(observed)
+    before = scrape(port)
+    users = [ids(f"u{i}") for i in range(40)]
+    old = defs.now_us() - 2 * 3600 * 1_000_000 - 60_000_000  # past profile's 1 h max age
+    defs.write_profiles(observed_client, users[:20], ages=list(range(20)))
+    defs.write_profiles(observed_client, users[20:30], ages=list(range(10)), at_us=old)
+    # 40 users: 20 present, 10 stale, 10 never written; then one single-entity call.
+    observed_client.get_features(["profile:age", "profile:country"], entities={"user_id": users})
+    observed_client.get_features(["profile:age"], entities={"user_id": users[:1]})
+    with pytest.raises(NotFound):
+        observed_client.get_features(["profile:nope"], entities={"user_id": users[:1]})
+
+    def delta(key: str, metrics: dict[str, float]) -> float:
+        return metrics.get(key, 0.0) - before.get(key, 0.0)
+
+    ok = 'featurewell_requests_total{code="OK",method="GetFeatures"}'
+    after = scrape_until(port, lambda m: delta(ok, m) >= 2)
+    assert delta(ok, after) == 2
+    assert delta('featurewell_requests_total{code="NOT_FOUND",method="GetFeatures"}', after) == 1
+    assert delta('featurewell_requests_total{code="OK",method="WriteFeatures"}', after) == 2
+    served = 'featurewell_served_rows_total{status="%s",view="profile@v2"}'
+    assert delta(served % "present", after) == 21
+    assert delta(served % "stale", after) == 10
+    assert delta(served % "not_found", after) == 10
+    # Ages are recorded for rows with a value: 21 present + 10 stale, 10 of them over 2 h old.
+    age = 'featurewell_served_value_age_seconds_%s{view="profile@v2"}'
+    assert delta(age % "count", after) == 31
+    over_2h = delta(age % "count", after) - delta(
+        'featurewell_served_value_age_seconds_bucket{le="7200.0",view="profile@v2"}', after
+    )
+    assert over_2h == 10
+    rows = 'featurewell_request_rows_%s{method="GetFeatures"}'
+    assert delta(rows % "sum", after) == 41
+    assert delta("featurewell_request_features_sum", after) == 3
+    assert delta('featurewell_request_duration_seconds_count{method="GetFeatures",shape="single"}',
+                 after) == 1  # fmt: skip
+    assert delta('featurewell_written_rows_total{outcome="written",view="profile@v2"}', after) == 30
+    # 40 users spread over the 3 masters: each node's batch time was recorded.
+    for host, node_port in cluster.seeds:
+        key = f'featurewell_store_duration_seconds_count{{node="{host}:{node_port}"}}'
+        assert delta(key, after) >= 1, key
+
+
+def test_an_older_event_is_counted_as_skipped(
+    observed: ServerThread, observed_client: FeatureClient, ids: Any
+) -> None:
+    port = metrics_port(observed)
+    key = 'featurewell_written_rows_total{outcome="skipped_older",view="profile@v2"}'
+    before = scrape(port).get(key, 0.0)
+    user = [ids("late")]
+    defs.write_profiles(observed_client, user, ages=[30])
+    defs.write_profiles(observed_client, user, ages=[31], at_us=defs.now_us() - 10_000_000)
+    assert scrape_until(port, lambda m: m.get(key, 0) > before)[key] == before + 1
+
+
+def test_freshness_gauges_follow_the_newest_write(
+    observed: ServerThread, observed_client: FeatureClient, ids: Any
+) -> None:
+    port = metrics_port(observed)
+    newest = 'featurewell_view_newest_event_timestamp_seconds{view="orders@v1"}'
+    event_us = defs.now_us() - 5_000_000
+    write_orders(observed_client, [ids("f1")], [100.0], ["web"], event_us)
+    metrics = scrape_until(port, lambda m: m.get(newest) == event_us / 1e6)
+    assert metrics[newest] == event_us / 1e6
+    # An older event does not move the marker back; the time of the last write does move.
+    write_orders(observed_client, [ids("f2")], [100.0], ["web"], event_us - 60_000_000)
+    written = 'featurewell_view_last_write_timestamp_seconds{view="orders@v1"}'
+    metrics = scrape_until(port, lambda m: m.get(written, 0) >= time.time() - 2)
+    assert metrics[newest] == event_us / 1e6
+    assert time.time() - 5 < metrics[written] <= time.time() + 1
+    assert metrics['featurewell_view_freshness_sla_seconds{view="orders@v1"}'] == 600
+    assert metrics['featurewell_view_max_age_seconds{view="orders@v1"}'] == 7200
+    # A view with no SLA and no max age has no SLA gauge (nothing to alert on).
+    assert 'featurewell_view_freshness_sla_seconds{view="pair@v1"}' not in metrics
+
+
+def test_drift_gauges_rise_when_served_values_shift(
+    observed: ServerThread, observed_client: FeatureClient, ids: Any
+) -> None:
+    port = metrics_port(observed)
+    rng = np.random.default_rng(3)
+    psi = 'featurewell_feature_drift_psi{feature="%s",view="orders@v1"}'
+    shift = 'featurewell_feature_mean_shift{feature="amount",view="orders@v1"}'
+    now = defs.now_us()
+    usual = [ids(f"d{i}") for i in range(1500)]
+    channels = rng.choice(["web", "app", "tv"], size=len(usual), p=[0.6, 0.3, 0.1]).tolist()
+    write_orders(observed_client, usual, rng.normal(100, 10, len(usual)), channels, now)
+    read_orders(observed_client, usual)
+    calm = scrape_until(port, lambda m: psi % "amount" in m and psi % "channel" in m)
+    assert calm[psi % "amount"] < 0.1
+    assert calm[psi % "channel"] < 0.1
+    assert abs(calm[shift]) < 0.3
+
+    # The upstream job now emits amounts 30% higher and mostly "tv" (a new client shipped).
+    shifted = [ids(f"s{i}") for i in range(1500)]
+    channels = rng.choice(["web", "app", "tv"], size=len(shifted), p=[0.2, 0.1, 0.7]).tolist()
+    write_orders(observed_client, shifted, rng.normal(130, 10, len(shifted)), channels, now)
+    read_orders(observed_client, shifted)
+    drifted = scrape_until(port, lambda m: m.get(psi % "amount", 0) > 0.25)
+    assert drifted[psi % "amount"] > 0.25
+    assert drifted[shift] > 2.5
+    assert scrape_until(port, lambda m: m.get(psi % "channel", 0) > 0.25)[psi % "channel"] > 0.25
+
+    # Unknown customers are served defaults: that shows as the default rate, not as drift.
+    read_orders(observed_client, [ids(f"x{i}") for i in range(400)] + shifted[:400])
+    rate = 'featurewell_feature_default_rate{feature="amount",view="orders@v1"}'
+    assert 0.4 < scrape_until(port, lambda m: 0.4 < m.get(rate, 0) < 0.6)[rate] < 0.6
+
+
+# -- tracing ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def spans() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture(scope="module")
+def traced(cluster: LocalCluster, spans: InMemorySpanExporter) -> Iterator[ServerThread]:
+    running = ServerThread(make_settings(cluster), defs.registry(),
+                           Tracing(SimpleSpanProcessor(spans)))  # fmt: skip
+    yield running
+    running.stop()
+
+
+def finished(exporter: InMemorySpanExporter, count: int) -> list[Any]:
+    deadline = time.monotonic() + 3
+    while len(exporter.get_finished_spans()) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return list(exporter.get_finished_spans())
+
+
+def test_a_call_is_traced_under_the_callers_trace(
+    traced: ServerThread, spans: InMemorySpanExporter, cluster: LocalCluster, ids: Any
+) -> None:
+    caller = TracerProvider().get_tracer("ranker")
+    users = [ids(f"t{i}") for i in range(30)]
+    with FeatureClient(traced.address, timeout=5.0, options=ONE_CLIENT) as client:
+        defs.write_profiles(client, users, ages=list(range(30)))
+        defs.write_items(client, [1, 2, 3])
+        spans.clear()
+        with caller.start_as_current_span("rank") as parent:
+            client.get_features(["profile:age", "affinity:affinity"],
+                                entities={"user_id": users[:1], "item_id": [1, 2, 3]})  # fmt: skip
+    got = finished(spans, 4)
+    by_name = {span.name: span for span in got}
+    rpc = by_name["featurewell.v1.FeatureService/GetFeatures"]
+    assert rpc.context.trace_id == parent.get_span_context().trace_id
+    assert rpc.parent is not None
+    assert rpc.parent.span_id == parent.get_span_context().span_id
+    assert rpc.attributes["featurewell.rows"] == 3
+    store = by_name["store.read"]
+    assert store.parent.span_id == rpc.context.span_id
+    batches = [s for s in got if s.name == "redis.pipeline"]
+    assert batches
+    assert all(b.parent.span_id == store.context.span_id for b in batches)
+    masters = {f"{h}:{p}" for h, p in cluster.seeds}
+    assert {
+        f"{b.attributes['server.address']}:{b.attributes['server.port']}" for b in batches
+    } <= masters
+    assert sum(b.attributes["featurewell.commands"] for b in batches) == 4  # 1 user + 3 items
+    transform = by_name["transform affinity"]
+    assert transform.parent.span_id == rpc.context.span_id
+    for child in (store, transform, *batches):
+        assert rpc.start_time <= child.start_time <= child.end_time <= rpc.end_time
+
+
+def test_an_error_is_traced_with_its_status(
+    traced: ServerThread, spans: InMemorySpanExporter
+) -> None:
+    spans.clear()
+    with FeatureClient(traced.address, timeout=5.0, options=ONE_CLIENT) as client, \
+            pytest.raises(NotFound):  # fmt: skip
+        client.get_features(["profile:nope"], entities={"user_id": ["a"]})
+    (span,) = finished(spans, 1)
+    assert span.attributes["rpc.grpc.status_code"] == 5  # NOT_FOUND
+    assert "profile" in (span.status.description or "")
+
+
+def test_unsampled_calls_record_no_spans(cluster: LocalCluster) -> None:
+    exporter = InMemorySpanExporter()
+    running = ServerThread(make_settings(cluster), defs.registry(),
+                           Tracing(SimpleSpanProcessor(exporter), sampler=ALWAYS_OFF))  # fmt: skip
+    try:
+        with FeatureClient(running.address, timeout=5.0) as client:
+            client.get_features(["profile:age"], entities={"user_id": ["a"]})
+        time.sleep(0.2)
+        assert exporter.get_finished_spans() == ()
+    finally:
+        running.stop()
+
+
+def test_tracing_is_off_unless_the_environment_turns_it_on() -> None:
+    from featurewell.settings import Settings
+
+    assert Settings.load(environ={}).traces_exporter == "none"
+    assert Tracing.from_settings(Settings.load(environ={})) is None
+    endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"}
+    assert Settings.load(environ=endpoint).traces_exporter == "otlp"
+    assert (
+        Settings.load(environ={**endpoint, "OTEL_SDK_DISABLED": "true"}).traces_exporter == "none"
+    )
+    assert Settings.load(environ={"OTEL_TRACES_EXPORTER": "console"}).traces_exporter == "console"
+    with pytest.raises(ValueError, match="otlp, console or none"):
+        Settings.load(environ={"OTEL_TRACES_EXPORTER": "zipkin"})
+
+
+# -- several worker processes, one /metrics ----------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_workers_metrics_are_aggregated_on_one_port(cluster: LocalCluster) -> None:
+    port, metrics = free_port(), free_port()
+    seeds = ",".join(f"{h}:{p}" for h, p in cluster.seeds)
+    command = [sys.executable, "-m", "featurewell.cli", "serve", "--repo", str(defs.__file__),
+               "--workers", "2", "--port", str(port), "--metrics-port", str(metrics),
+               "--redis", seeds]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        calls = 24
+        deadline = time.monotonic() + 30
+        served = 0
+        while served < calls:
+            # A new connection per call: SO_REUSEPORT spreads connections over the workers.
+            try:
+                with FeatureClient(f"127.0.0.1:{port}", timeout=2.0) as client:
+                    client.get_features(["profile:age"], entities={"user_id": ["w"]})
+                served += 1
+            except FeatureClientError:
+                assert time.monotonic() < deadline, "the workers did not start serving"
+                time.sleep(0.2)
+        ok = 'featurewell_requests_total{code="OK",method="GetFeatures"}'
+        got = scrape_until(metrics, lambda m: m.get(ok) == calls, timeout=5.0)
+        # Each worker counts its own calls; the parent's endpoint shows their sum.
+        assert got[ok] == calls
+        assert (
+            got['featurewell_request_duration_seconds_count{method="GetFeatures",shape="single"}']
+            == calls
+        )
+        assert got['featurewell_build_info{version="0.1.0"}'] == 1
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, errors = process.communicate(timeout=30)
+    assert process.returncode == 0, errors.decode()[-2000:]
