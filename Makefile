@@ -5,7 +5,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 PROTO_SRC := protos/featurewell/v1/feature_service.proto
 PROTO_OUT := client
 
-.PHONY: install run test bench gate proto proto-check lint fmt clean
+.PHONY: install run test bench gate proto proto-check lint fmt clean promtool
 
 .venv/.installed: pyproject.toml
 	python3 -m venv .venv
@@ -19,12 +19,28 @@ install: .venv/.installed
 .venv/bin/helm: .venv/.installed
 	$(PY) helm/fetch_helm.py $@
 
+# The dashboard's type check: @grafana/schema + TypeScript from npm, pinned by the lock file.
+SCHEMA_CHECK := .venv/grafana-schema
+$(SCHEMA_CHECK)/node_modules/.package-lock.json: deploy/grafana/schema-check/package-lock.json .venv/.installed
+	mkdir -p $(SCHEMA_CHECK)
+	cp deploy/grafana/schema-check/package.json deploy/grafana/schema-check/package-lock.json $(SCHEMA_CHECK)/
+	cd $(SCHEMA_CHECK) && npm ci --no-audit --no-fund --loglevel=error
+
+# promtool validates and unit-tests the alert rules. No PyPI or npm package ships it; Debian's
+# prometheus package does (installed here when running as root; it is not started).
+promtool:
+	@command -v promtool >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else echo "promtool is missing: sudo apt-get install prometheus" >&2; exit 1; fi; }
+
 ## run: a local 3-master Redis Cluster + the example repo's sample data + the server on :50051
 run: install
 	$(PY) -m featurewell.cli demo
 
 ## test: the whole test suite against real Redis Cluster nodes and a real gRPC server
-test: install .venv/bin/helm
+test: install .venv/bin/helm $(SCHEMA_CHECK)/node_modules/.package-lock.json promtool
 	$(PY) -m pytest
 
 ## gate: the Locust latency gate against a local demo stack (exits 1 when a budget is broken)

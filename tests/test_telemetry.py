@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ from featurewell.telemetry.tracing import Tracing
 from tests import defs
 from tests.conftest import ServerThread, make_settings
 from tests.load import scrape, scrape_until
+from tests.tools import alert_test
 
 customer = Entity("customer", join_keys={"customer_id": String})
 orders = FeatureView(
@@ -204,8 +206,41 @@ def test_freshness_gauges_follow_the_newest_write(
     assert 'featurewell_view_freshness_sla_seconds{view="pair@v1"}' not in metrics
 
 
+def test_a_stopped_writer_fires_the_freshness_alert(
+    observed: ServerThread, observed_client: FeatureClient, ids: Any, tmp_path: Path
+) -> None:
+    port = metrics_port(observed)
+    newest = 'featurewell_view_newest_event_timestamp_seconds{view="orders@v1"}'
+    sla = 'featurewell_view_freshness_sla_seconds{view="orders@v1"}'
+    event_us = defs.now_us() + 3_000_000  # newer than any other test's orders
+    write_orders(observed_client, [ids("w")], [100.0], ["web"], event_us)
+    metrics = scrape_until(port, lambda m: m.get(newest) == event_us / 1e6)
+    scraped_at = time.time()
+    # The writer stops here. promtool's clock starts at 0, so the gauge goes in relative to
+    # the scrape: the newest event stays where it was while time moves on.
+    relative = metrics[newest] - scraped_at
+    series = {
+        'featurewell_view_newest_event_timestamp_seconds{view="orders@v1",instance="s"}':
+            f"{relative:.3f}x40",
+        'featurewell_view_freshness_sla_seconds{view="orders@v1",instance="s"}':
+            f"{metrics[sla]:g}x40",
+    }  # fmt: skip
+    # SLA 10 minutes, `for: 2m`: quiet at 8 minutes, paging by 15.
+    tested = alert_test(tmp_path, series, "FeaturewellFreshnessSLABroken",
+                        [("8m", []), ("15m", [{"view": "orders@v1"}])])  # fmt: skip
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    # Had the writer kept going (one event a minute), nothing would fire.
+    running = {
+        **series,
+        'featurewell_view_newest_event_timestamp_seconds{view="orders@v1",instance="s"}':
+            f"{relative:.3f}+60x40",
+    }  # fmt: skip
+    quiet = alert_test(tmp_path, running, "FeaturewellFreshnessSLABroken", [("30m", [])])
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+
+
 def test_drift_gauges_rise_when_served_values_shift(
-    observed: ServerThread, observed_client: FeatureClient, ids: Any
+    observed: ServerThread, observed_client: FeatureClient, ids: Any, tmp_path: Path
 ) -> None:
     port = metrics_port(observed)
     rng = np.random.default_rng(3)
@@ -230,6 +265,18 @@ def test_drift_gauges_rise_when_served_values_shift(
     assert drifted[psi % "amount"] > 0.25
     assert drifted[shift] > 2.5
     assert scrape_until(port, lambda m: m.get(psi % "channel", 0) > 0.25)[psi % "channel"] > 0.25
+
+    # The alert rule, fed the gauges this server exported: the shifted feature pages after its
+    # 15 minutes, the calm one never does.
+    amount = 'featurewell_feature_drift_psi{view="orders@v1",feature="amount",instance="s"}'
+    calm_series = {amount: f"{calm[psi % 'amount']}x40"}
+    drifted_series = {amount: f"{calm[psi % 'amount']}x5 {drifted[psi % 'amount']}x40"}
+    labels = {"view": "orders@v1", "feature": "amount"}
+    quiet = alert_test(tmp_path, calm_series, "FeaturewellFeatureDrift", [("30m", [])])
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+    fired = alert_test(tmp_path, drifted_series, "FeaturewellFeatureDrift",
+                       [("15m", []), ("25m", [labels])])  # fmt: skip
+    assert fired.returncode == 0, fired.stdout + fired.stderr
 
     # Unknown customers are served defaults: that shows as the default rate, not as drift.
     read_orders(observed_client, [ids(f"x{i}") for i in range(400)] + shifted[:400])

@@ -1,0 +1,47 @@
+"""deploy/prometheus/rules.yml: promtool accepts it, its unit tests pass, and both checks fail
+on a broken copy (so neither is a check that cannot fail)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.tools import RULES, alert_test, promtool
+
+
+def test_rules_are_valid() -> None:
+    checked = promtool("check", "rules", str(RULES))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS" in checked.stdout
+
+
+def test_rules_unit_tests_pass() -> None:
+    tested = promtool("test", "rules", "rules.test.yml", cwd=RULES.parent)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def test_promtool_rejects_an_invalid_rule(tmp_path: Path) -> None:
+    broken = tmp_path / "rules.yml"
+    broken.write_text(RULES.read_text().replace("> 0.25", "> > 0.25"))
+    checked = promtool("check", "rules", str(broken))
+    assert checked.returncode != 0
+    assert "parse error" in checked.stdout + checked.stderr
+
+
+def test_the_unit_tests_catch_a_wrong_threshold(tmp_path: Path) -> None:
+    # A budget typo (50 ms instead of 5 ms) must turn the unit tests red.
+    (tmp_path / "rules.yml").write_text(
+        RULES.read_text().replace('shape="single"} > 0.005', 'shape="single"} > 0.05')
+    )
+    (tmp_path / "rules.test.yml").write_text((RULES.parent / "rules.test.yml").read_text())
+    tested = promtool("test", "rules", "rules.test.yml", cwd=tmp_path)
+    assert tested.returncode != 0
+    assert "FeaturewellSingleEntityLatencyOverBudget" in tested.stdout + tested.stderr
+
+
+def test_alert_test_helper_fails_on_a_wrong_expectation(tmp_path: Path) -> None:
+    # The generated tests in test_telemetry.py use this helper: a wrong expectation is red.
+    series = {'featurewell_redis_circuit_open{node="n:1"}': "1x20"}
+    assert alert_test(tmp_path, series, "FeaturewellRedisNodeDown",
+                      [("5m", [{"node": "n:1"}])]).returncode == 0  # fmt: skip
+    assert alert_test(tmp_path, series, "FeaturewellRedisNodeDown",
+                      [("5m", [])]).returncode != 0  # fmt: skip

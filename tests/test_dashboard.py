@@ -1,0 +1,132 @@
+"""The Grafana dashboard: valid against Grafana's schema types, every query valid PromQL, and
+every metric it (or an alert rule) names exported by a real server."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from featurewell.client import FeatureClient
+from tests import defs
+from tests.conftest import ServerThread, make_settings
+from tests.tools import DASHBOARD, RULES, promtool, type_check_dashboard
+
+METRIC = re.compile(r"\bfeaturewell_[a-z0-9_]+\b")
+SUFFIXES = ("_bucket", "_count", "_sum", "_total", "_created")
+
+
+def dashboard() -> dict[str, Any]:
+    return json.loads(DASHBOARD.read_text())
+
+
+def queries(board: dict[str, Any]) -> list[tuple[str, str]]:
+    """(panel title, expr) for every target of every panel, rows' children included."""
+    out = []
+    for panel in board["panels"]:
+        for inner in [panel, *panel.get("panels", [])]:
+            for target in inner.get("targets", []):
+                out.append((inner["title"], target["expr"]))
+    return out
+
+
+def as_promql(expr: str) -> str:
+    """Grafana's variables replaced by what they expand to."""
+    return expr.replace("$__rate_interval", "5m").replace("$view", ".*")
+
+
+def test_dashboard_type_checks_against_grafana_schema(tmp_path: Path) -> None:
+    checked = type_check_dashboard(dashboard(), tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.parametrize(
+    ("breakage", "complaint"),
+    [
+        (lambda b: b["panels"][1].__setitem__("gridpos", {}), "'\"gridpos\"' does not exist"),
+        (lambda b: b.pop("schemaVersion"), "Property 'schemaVersion' is missing"),
+        (
+            lambda b: b["panels"][1]["fieldConfig"]["defaults"]["thresholds"].__setitem__(
+                "mode", "absolut"
+            ),
+            '"absolut"',
+        ),
+        (lambda b: b["panels"][0].__setitem__("type", "rows"), "does not exist"),
+    ],
+)
+def test_the_type_check_rejects_a_broken_dashboard(
+    tmp_path: Path, breakage: Any, complaint: str
+) -> None:
+    broken = copy.deepcopy(dashboard())
+    breakage(broken)
+    checked = type_check_dashboard(broken, tmp_path)
+    assert checked.returncode != 0
+    assert complaint in checked.stdout
+
+
+def check_queries_with_promtool(exprs: list[tuple[str, str]], tmp_path: Path) -> Any:
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:query_{i}", "expr": as_promql(expr)}
+        for i, (_, expr) in enumerate(exprs)
+    ]}]}  # fmt: skip
+    path = tmp_path / "queries.yml"
+    path.write_text(yaml.safe_dump(rules))
+    return promtool("check", "rules", str(path))
+
+
+def test_every_panel_query_is_valid_promql(tmp_path: Path) -> None:
+    exprs = queries(dashboard())
+    assert len(exprs) >= 25
+    checked = check_queries_with_promtool(exprs, tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"SUCCESS: {len(exprs)} rules found" in checked.stdout
+
+
+def test_promtool_rejects_a_broken_query(tmp_path: Path) -> None:
+    checked = check_queries_with_promtool(
+        [("broken", "sum by (view (rate(featurewell_served_rows_total[5m]))")], tmp_path
+    )
+    assert checked.returncode != 0
+
+
+def family(name: str) -> str:
+    for suffix in SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def test_every_metric_named_is_exported_by_a_real_server(cluster: Any, ids: Any) -> None:
+    named = {family(m) for _, expr in queries(dashboard()) for m in METRIC.findall(expr)}
+    rules = yaml.safe_load(RULES.read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            named |= {family(m) for m in METRIC.findall(rule["expr"])}
+    running = ServerThread(make_settings(cluster, metrics_port=0), defs.registry())
+    try:
+        with FeatureClient(running.address, timeout=5.0) as client:
+            defs.write_profiles(client, [ids("m")], ages=[3])
+            client.get_features(["profile:age"], entities={"user_id": [ids("m")]})
+        assert running.server.metrics_port is not None
+        text = scrape_text(running.server.metrics_port)
+    finally:
+        running.stop()
+    # Families a server declares, whether or not a labelled child has a sample yet.
+    exported = {
+        family(name)
+        for name in re.findall(r"^# TYPE (featurewell_[a-z0-9_]+) ", text, re.MULTILINE)
+    }
+    assert named - exported == set(), "the dashboard or the rules name metrics no server exports"
+    assert len(named) >= 25
+
+
+def scrape_text(port: int) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
