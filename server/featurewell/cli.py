@@ -1,4 +1,4 @@
-"""The `featurewell` command: serve, materialize, cluster, demo."""
+"""The `featurewell` command: serve, materialize, baseline, drift, cluster, demo."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from featurewell.serving.engine import FeatureEngine
 from featurewell.serving.server import Server, serve
 from featurewell.settings import Settings
 from featurewell.store.online import OnlineStore
+from featurewell.telemetry import baseline, report
 
 EXAMPLE_REPO = Path(__file__).resolve().parents[2] / "examples" / "streaming_media"
 log = logging.getLogger("featurewell")
@@ -61,6 +62,46 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--batch-rows", type=int, default=2000)
     load.add_argument("--max-rows-per-second", type=float, help="pace the load to protect serving")
     load.set_defaults(run=_materialize)
+
+    base = commands.add_parser(
+        "baseline", help="compute drift baselines from training data (for --drift-baseline)"
+    )
+    base.add_argument("--repo", help="feature repo (default: FEATUREWELL_REPO)")
+    base.add_argument(
+        "--data",
+        action="append",
+        metavar="VIEW=PARQUET",
+        help="training data of a view (default: each view's ParquetSource)",
+    )
+    base.add_argument("--out", default="baseline.json", help="where to write the baselines")
+    base.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="VIEW:FEATURE",
+        help="a feature not to monitor (timestamps drift by nature)",
+    )
+    base.set_defaults(run=_baseline)
+
+    drift = commands.add_parser(
+        "drift", help="drift report from a server's /metrics, or from Parquet data offline"
+    )
+    drift.add_argument("--metrics-url", default="http://127.0.0.1:9464/metrics")
+    drift.add_argument("--repo", help="offline: the feature repo (with --data)")
+    drift.add_argument(
+        "--data",
+        action="append",
+        metavar="VIEW=PARQUET",
+        help="offline: values to compare with the baselines",
+    )
+    drift.add_argument("--baseline", dest="drift_baseline", help="offline: a baseline JSON")
+    drift.add_argument(
+        "--fail-above",
+        type=float,
+        metavar="PSI",
+        help="exit 1 when any feature's PSI is above this (for CI)",
+    )
+    drift.set_defaults(run=_drift)
 
     cluster = commands.add_parser("cluster", help="run a local Redis Cluster until Ctrl-C")
     cluster.add_argument("--masters", type=int, default=3)
@@ -143,6 +184,41 @@ def _progress_printer(every: int = 50_000) -> Callable[[str, int], None]:
     return report
 
 
+def _baseline(settings: Settings, args: argparse.Namespace) -> None:
+    registry = load_repo(_need_repo(settings).repo)
+    found = report.compute_baselines(registry, _pairs(args.data), args.out, args.exclude)
+    print(report.describe(found))
+    print(f"wrote {len(found)} baselines to {args.out}; serve with --drift-baseline {args.out}")
+
+
+def _drift(settings: Settings, args: argparse.Namespace) -> None:
+    if args.data:
+        registry = load_repo(_need_repo(settings).repo)
+        computed = baseline.load(settings.drift_baseline) if settings.drift_baseline else None
+        known = baseline.for_registry(registry, computed)
+        reports = report.from_data(registry, known, _pairs(args.data) or {})
+    else:
+        try:
+            reports = report.from_metrics(args.metrics_url)
+        except OSError as exc:
+            raise SystemExit(f"featurewell: cannot read {args.metrics_url}: {exc}") from None
+    print(report.render(reports))
+    if args.fail_above is not None and any(r.psi > args.fail_above for r in reports):
+        raise SystemExit(1)
+
+
+def _pairs(items: list[str] | None) -> dict[str, str] | None:
+    if not items:
+        return None
+    pairs = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"featurewell: --data takes VIEW=PARQUET, got {item!r}")
+        pairs[name] = path
+    return pairs
+
+
 def _cluster(_settings: Settings, args: argparse.Namespace) -> None:
     with start_local_cluster(args.masters, args.replicas) as cluster:
         seeds = ",".join(f"{h}:{p}" for h, p in cluster.seeds)
@@ -179,7 +255,10 @@ async def _demo_serve(settings: Settings) -> None:
     total = sum(load.rows for load in loads)
     print(f"materialized {total:,} rows in {time.perf_counter() - started:.1f} s", flush=True)
     address = f"{settings.host}:{server.port}"
-    print(_HOW_TO_CALL.format(address=address, seeds=settings.redis), flush=True)
+    metrics = (
+        f"http://{settings.host}:{server.metrics_port}/metrics" if server.metrics_port else "off"
+    )
+    print(_HOW_TO_CALL.format(address=address, metrics=metrics), flush=True)
     try:
         await stopping.wait()
     finally:
@@ -198,6 +277,7 @@ def _load_module(path: Path) -> Any:
 
 _HOW_TO_CALL = """
 featurewell is serving the streaming_media example on {address} (Ctrl-C stops it all).
+Metrics: {metrics}    drift report: featurewell drift --metrics-url {metrics}
 
   Python:
     from featurewell.client import FeatureClient

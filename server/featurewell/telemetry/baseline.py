@@ -131,21 +131,27 @@ def for_registry(
     return out
 
 
-def compute(registry: Registry, tables: Mapping[str, Any]) -> list[Baseline]:
-    """Baselines from training tables: `tables[view ref]` is a pyarrow table (or anything with
-    `column_names` and `column(name).to_numpy()`) holding the view's feature columns."""
+def compute(
+    registry: Registry, tables: Mapping[str, Any], exclude: Iterable[str] = ()
+) -> list[Baseline]:
+    """Baselines from training tables: `tables[view ref]` is a pyarrow table holding the view's
+    feature columns. `exclude` names features ("view:feature") not to monitor, such as
+    timestamps, which drift by nature. A null in training is what serving answers with the
+    default, so the null share is the expected default rate."""
+    skipped = set(exclude)
     out: list[Baseline] = []
     for ref, table in tables.items():
         view = registry.view(*_split_ref(ref))
         for feature in drift_features(view):
-            if feature.name not in table.column_names:
+            if feature.name not in table.column_names or _excluded(view, feature, skipped):
                 continue
             column = table.column(feature.name)
+            rate = column.null_count / len(column) if len(column) else None
+            column = column.drop_null()
             if feature.dtype.kind is Kind.STRING:
                 values: npt.NDArray[Any] = np.asarray(column.to_pylist(), dtype=object)
             else:
                 values = _numbers(column)
-            rate = float(np.mean(values == feature.default)) if len(values) else None
             out.append(from_values(view.ref, feature.name, values, default_rate=rate,
                                    origin="training data"))  # fmt: skip
     return out
@@ -168,6 +174,10 @@ def load(path: str | Path) -> dict[tuple[str, str], Baseline]:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DefinitionError(f"cannot read the drift baseline {path}: {exc}") from None
     return {(b.view, b.feature): b for b in baselines}
+
+
+def _excluded(view: FeatureView, feature: Feature, skipped: set[str]) -> bool:
+    return bool({f"{view.name}:{feature.name}", f"{view.ref}:{feature.name}"} & skipped)
 
 
 def _numbers(column: Any) -> npt.NDArray[np.float64]:

@@ -176,7 +176,7 @@ class DriftMonitor:
         for key, reservoir in self._reservoirs.items():
             if len(reservoir.values()) < MIN_SAMPLES:
                 continue
-            report = _compare(self._baselines[key], reservoir)
+            report = compare(self._baselines[key], reservoir)
             self.reports[key] = report
             reports.append(report)
             self._psi.labels(*key).set(report.psi)
@@ -189,7 +189,7 @@ class DriftMonitor:
         return reports
 
 
-def _compare(baseline: Baseline, reservoir: Reservoir) -> DriftReport:
+def compare(baseline: Baseline, reservoir: Reservoir) -> DriftReport:
     values = reservoir.values()
     total = reservoir.seen + reservoir.defaults
     default_rate = reservoir.defaults / total if total else 0.0
