@@ -29,8 +29,19 @@ from featurewell.client import (
     FeatureClientError,
     NotFound,
 )
-from featurewell.definitions import Entity, Feature, FeatureView, Float64, Registry, Stats, String
+from featurewell.definitions import (
+    Entity,
+    Feature,
+    FeatureView,
+    Float64,
+    Kind,
+    Registry,
+    Stats,
+    String,
+)
 from featurewell.devcluster import LocalCluster
+from featurewell.serving.engine import Budget, FeatureRequest, InputColumn
+from featurewell.telemetry import report
 from featurewell.telemetry._histogram import bounds_of, observe_many
 from featurewell.telemetry.tracing import Tracing
 from tests import defs
@@ -239,6 +250,20 @@ def test_a_stopped_writer_fires_the_freshness_alert(
     assert quiet.returncode == 0, quiet.stdout + quiet.stderr
 
 
+def test_drift_sampling_takes_only_the_features_a_call_asked_for(
+    observed: ServerThread, ids: Any
+) -> None:
+    engine, drift = observed.server.service.engine, observed.server.telemetry.drift
+    request = FeatureRequest(
+        ("orders:amount",), {"customer_id": InputColumn(Kind.STRING, [ids("nobody")])}, {}
+    )
+    result = observed.run(engine.get_features(request, Budget(1.0)))
+    amount, channel = (drift._reservoirs[("orders@v1", f)] for f in ("amount", "channel"))
+    before = (amount.defaults, channel.defaults)
+    drift.observe(result)  # the sample rate is 1: every call is sampled
+    assert (amount.defaults, channel.defaults) == (before[0] + 1, before[1])
+
+
 def test_drift_gauges_rise_when_served_values_shift(
     observed: ServerThread, observed_client: FeatureClient, ids: Any, tmp_path: Path
 ) -> None:
@@ -265,6 +290,13 @@ def test_drift_gauges_rise_when_served_values_shift(
     assert drifted[psi % "amount"] > 0.25
     assert drifted[shift] > 2.5
     assert scrape_until(port, lambda m: m.get(psi % "channel", 0) > 0.25)[psi % "channel"] > 0.25
+
+    # The drift report an on-call engineer runs against the server.
+    reports = {
+        (r.view, r.feature): r for r in report.from_metrics(f"http://127.0.0.1:{port}/metrics")
+    }
+    assert reports[("orders@v1", "amount")].psi > 0.25
+    assert "orders@v1:amount" in report.render(list(reports.values())).split("major drift")[0]
 
     # The alert rule, fed the gauges this server exported: the shifted feature pages after its
     # 15 minutes, the calm one never does.

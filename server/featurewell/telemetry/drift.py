@@ -163,10 +163,12 @@ class DriftMonitor:
             valued = (served.statuses == PRESENT) | (served.statuses == STALE)
             defaults = len(valued) - int(np.count_nonzero(valued))
             for feature in features:
+                values = served.rows.values.get(feature)
+                if values is None:  # the call did not ask for this feature
+                    continue
+                assert isinstance(values, np.ndarray)  # drift features are scalar columns
                 reservoir = self._reservoirs[(served.view.ref, feature)]
                 reservoir.defaults += defaults
-                values = served.rows.values[feature]
-                assert isinstance(values, np.ndarray)  # drift features are scalar columns
                 reservoir.add(values[valued] if defaults else values)
 
     def evaluate(self) -> list[DriftReport]:
