@@ -94,6 +94,7 @@ def main() -> None:
     try:
         with start_local_cluster(3, 1) as cluster:
             results = measure(cluster.seeds, data, sink_port, args.iterations, args.warmup, before)
+            results["after_answer_us"] = after_answer_cost(data, cluster.seeds)
     finally:
         sink.stop(None)
     results["spans_exported"] = collector.spans
@@ -122,10 +123,12 @@ def measure(
             if extra:
                 env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
                         "OTEL_EXPORTER_OTLP_INSECURE": "true"}  # fmt: skip
+            served = repo
             if name == "before telemetry":  # its tree shadows the installed one
                 env["PYTHONPATH"] = f"{before / 'server'}:{before / 'client'}"
+                served = _old_repo(before, repo)
             process = subprocess.Popen(
-                [*cli, "serve", "--repo", str(repo), "--redis", seeds_arg, "--port", str(port),
+                [*cli, "serve", "--repo", str(served), "--redis", seeds_arg, "--port", str(port),
                  "--metrics-port", "0", "--log-level", "WARNING", "--cache-entries", "0"],
                 env=env,
             )  # fmt: skip
@@ -161,6 +164,18 @@ def measure(
         for process, _ in servers.values():
             process.wait(timeout=30)
     return {name: percentiles(values) for name, values in samples.items()}
+
+
+def _old_repo(before: Path, repo: Path) -> Path:
+    """The example repo as the old tree defined it (its definitions API), on the same data."""
+    old = repo.parent / f"{repo.name}-before"
+    old.mkdir(exist_ok=True)
+    (old / "repo.py").write_bytes(
+        (before / "examples" / "streaming_media" / "repo.py").read_bytes()
+    )
+    if not (old / "data").exists():
+        (old / "data").symlink_to(repo / "data")
+    return old
 
 
 def after_answer_cost(repo: Path, seeds: list[tuple[str, int]]) -> dict[str, float]:

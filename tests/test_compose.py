@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from featurewell.settings import Settings
+from tests.tools import promtool
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
@@ -63,11 +64,44 @@ def problems(compose: dict[str, Any], root: Path) -> list[str]:
                for t in c["targets"]}  # fmt: skip
     if f"featurewell:{settings.metrics_port}" not in targets:
         found.append(f"Prometheus scrapes {sorted(targets)}, not featurewell's /metrics")
+    mounts = {name: _mounts(service, root) for name, service in services.items()}
+    for rule_file in prometheus.get("rule_files", []):
+        if rule_file not in mounts["prometheus"]:
+            found.append(f"Prometheus loads {rule_file}, which no volume provides")
+    if not prometheus.get("rule_files"):
+        found.append("Prometheus loads no rule files")
+    boards = yaml.safe_load(
+        (root / "grafana" / "provisioning" / "dashboards" / "featurewell.yml").read_text()
+    )
+    for provider in boards["providers"]:
+        folder = mounts["grafana"].get(provider["options"]["path"])
+        if folder is None or not list(folder.glob("*.json")):
+            found.append(f"Grafana's dashboards path {provider['options']['path']} has none")
     return found
+
+
+def _mounts(service: dict[str, Any], root: Path) -> dict[str, Path]:
+    """Container path -> host path of a service's bind mounts."""
+    out = {}
+    for volume in service.get("volumes", []):
+        source, target, *_ = volume.split(":")
+        if source.startswith("."):
+            out[target] = root / source
+    return out
 
 
 def test_compose_stack_is_consistent() -> None:
     assert problems(_load(), DEPLOY) == []
+
+
+def test_prometheus_config_with_its_rules_passes_promtool(tmp_path: Path) -> None:
+    # The config names the rules by their path in the container: point it at the host's copy.
+    config = (DEPLOY / "prometheus" / "prometheus.yml").read_text()
+    config = config.replace("/etc/prometheus/rules.yml", str(DEPLOY / "prometheus" / "rules.yml"))
+    (tmp_path / "prometheus.yml").write_text(config)
+    checked = promtool("check", "config", str(tmp_path / "prometheus.yml"))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "19 rules found" in checked.stdout
 
 
 def test_the_checks_catch_broken_stacks() -> None:
@@ -84,6 +118,14 @@ def test_the_checks_catch_broken_stacks() -> None:
     missing_file = copy.deepcopy(_load())
     missing_file["services"]["prometheus"]["volumes"] = ["./prometheus/nope.yml:/etc/x.yml"]
     assert any("mounts missing" in p for p in problems(missing_file, DEPLOY))
+
+    no_rules = copy.deepcopy(_load())
+    no_rules["services"]["prometheus"]["volumes"].pop()  # rules.yml not mounted
+    assert any("which no volume provides" in p for p in problems(no_rules, DEPLOY))
+
+    no_dashboards = copy.deepcopy(_load())
+    no_dashboards["services"]["grafana"]["volumes"].pop()
+    assert any("dashboards path" in p for p in problems(no_dashboards, DEPLOY))
 
     not_a_member = copy.deepcopy(_load())
     not_a_member["services"]["featurewell"]["environment"]["FEATUREWELL_REDIS"] = "10.9.9.9:6379"

@@ -13,11 +13,13 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.tools import RULES, promtool
+
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "featurewell"
 PRODUCTION = CHART / "values-production.yaml"
 KUBERNETES = "1.30.0"
-CRDS = {"ServiceMonitor"}  # the Prometheus Operator's: no schema to validate against
+CRDS = {"ServiceMonitor", "PrometheusRule"}  # the Prometheus Operator's: no schema here
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +81,7 @@ def test_deployment_probes_ports_drain_and_security(helm: str) -> None:
     assert "HorizontalPodAutoscaler/features-featurewell" not in objects
 
 
-def test_production_profile_scales_and_is_monitored(helm: str) -> None:
+def test_production_profile_scales_and_is_monitored(helm: str, tmp_path: Path) -> None:
     objects = _render(helm, "-f", str(PRODUCTION))
     hpa = objects["HorizontalPodAutoscaler/features-featurewell"]["spec"]
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 30)
@@ -87,6 +89,13 @@ def test_production_profile_scales_and_is_monitored(helm: str) -> None:
     assert "replicas" not in deployment  # the autoscaler owns the count
     monitor = objects["ServiceMonitor/features-featurewell"]["spec"]
     assert monitor["endpoints"][0]["port"] == "metrics"
+    # The alerts are deploy/'s rules, unchanged, and promtool accepts them as rendered.
+    rules = objects["PrometheusRule/features-featurewell"]["spec"]
+    assert rules == yaml.safe_load(RULES.read_text())
+    rendered = tmp_path / "rules.yml"
+    rendered.write_text(yaml.safe_dump(rules))
+    checked = promtool("check", "rules", str(rendered))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
     (container,) = deployment["template"]["spec"]["containers"]
     assert container["env"] == [{
         "name": "FEATUREWELL_REDIS_PASSWORD",
