@@ -13,6 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from featurewell.settings import Settings
 from tests.tools import RULES, promtool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,6 +102,35 @@ def test_production_profile_scales_and_is_monitored(helm: str, tmp_path: Path) -
         "name": "FEATUREWELL_REDIS_PASSWORD",
         "valueFrom": {"secretKeyRef": {"name": "redis-auth", "key": "password"}},
     }]  # fmt: skip
+
+
+def test_redis_tls_from_a_secret(helm: str, tmp_path: Path) -> None:
+    values = tmp_path / "tls.yaml"
+    values.write_text(yaml.safe_dump({"redis": {"tls": {
+        "enabled": True, "existingSecret": "redis-tls", "clientCertificate": True,
+    }}}))  # fmt: skip
+    objects = _render(helm, "-f", str(values))
+    for obj in objects.values():
+        if obj["kind"] not in CRDS:
+            kubernetes_validate.validate(obj, KUBERNETES, strict=True)
+    settings = objects["ConfigMap/features-featurewell"]["data"]
+    pod = objects["Deployment/features-featurewell"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "redis-tls")
+    volume = next(v for v in pod["volumes"] if v["name"] == "redis-tls")
+    assert volume["secret"]["secretName"] == "redis-tls"
+    # The files the server is told to load are the ones the Secret mounts.
+    for setting, key in (("FEATUREWELL_REDIS_TLS_CA_FILE", "ca.crt"),
+                         ("FEATUREWELL_REDIS_TLS_CERT_FILE", "tls.crt"),
+                         ("FEATUREWELL_REDIS_TLS_KEY_FILE", "tls.key")):  # fmt: skip
+        assert settings[setting] == f"{mount['mountPath']}/{key}"
+    # ...and they form valid server settings.
+    loaded = Settings.load(
+        environ={k: v for k, v in settings.items() if k.startswith("FEATUREWELL_")}
+    )
+    assert loaded.redis_tls is True
+    assert loaded.redis_tls_check_hostname is True
+    assert "FEATUREWELL_REDIS_TLS" not in _render(helm)["ConfigMap/features-featurewell"]["data"]
 
 
 def test_feature_repo_in_a_configmap_is_mounted_and_reloaded(helm: str, tmp_path: Path) -> None:

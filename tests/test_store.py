@@ -283,3 +283,75 @@ async def test_password_protected_cluster(registry: Any) -> None:
             assert "s3cret" not in repr(server.settings)
         finally:
             await server.stop(grace=0.1)
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """3+1 nodes serving TLS (and the cluster bus over TLS), certificates from a throwaway CA."""
+    import trustme
+
+    from featurewell.devcluster import TlsFiles, start_local_cluster
+
+    folder = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    node = ca.issue_cert("127.0.0.1", "localhost")
+    node.cert_chain_pems[0].write_to_path(folder / "node.crt")
+    node.private_key_pem.write_to_path(folder / "node.key")
+    ca.cert_pem.write_to_path(folder / "ca.crt")
+    trustme.CA().cert_pem.write_to_path(folder / "other-ca.crt")
+    files = TlsFiles(folder / "node.crt", folder / "node.key", folder / "ca.crt")
+    with start_local_cluster(masters=3, replicas_per_master=1, tls=files) as running:
+        yield running, folder
+
+
+async def test_tls_cluster(tls_cluster: Any, registry: Any) -> None:
+    from featurewell.serving.server import Server
+    from featurewell.settings import Settings
+
+    cluster, folder = tls_cluster
+    base = Settings.load(environ={}).with_changes(
+        redis=tuple(cluster.tls_seeds), port=0, metrics_port=-1
+    )
+    # Plaintext to a TLS port gets no CLUSTER SLOTS answer: refused at start-up.
+    with pytest.raises(StoreUnavailable, match="no Redis Cluster node answered"):
+        await Server.start(base.with_changes(connect_timeout_s=0.5), registry)
+    # A CA that did not sign the nodes' certificates: a TLS error that says what to check.
+    untrusted = base.with_changes(redis_tls=True, redis_tls_ca_file=str(folder / "other-ca.crt"))
+    with pytest.raises(StoreUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+        await Server.start(untrusted, registry)
+    # The right CA, with a client certificate (mutual TLS) and the hot-key cache's tracking
+    # connections, which must speak TLS too.
+    trusted = base.with_changes(
+        redis_tls=True, redis_tls_ca_file=str(folder / "ca.crt"),
+        redis_tls_cert_file=str(folder / "node.crt"), redis_tls_key_file=str(folder / "node.key"),
+    )  # fmt: skip
+    server = await Server.start(trusted, registry)
+    try:
+        store = server.store
+        assert {port for _, port in store.cluster.masters} <= set(cluster.tls_ports.values())
+        tags = [b"tls-1", b"tls-2", b"tls-3"]
+        assert (await _write(store, tags, 10, 0.5)).written == 3
+        rows = await _read(store, tags)
+        assert CODEC.decode(rows).values["progress"].tolist() == [0.5, 0.5, 0.5]
+        assert store.tracker is not None
+    finally:
+        await server.stop(grace=0.1)
+
+
+def test_tls_settings_are_checked() -> None:
+    from featurewell.errors import ConfigError
+    from featurewell.serving.server import node_access
+    from featurewell.settings import Settings
+
+    with pytest.raises(ValueError, match="redis_tls is off"):
+        Settings.load(environ={"FEATUREWELL_REDIS_TLS_CA_FILE": "/ca.pem"})
+    with pytest.raises(ValueError, match="go together"):
+        Settings.load(environ={"FEATUREWELL_REDIS_TLS": "true",
+                               "FEATUREWELL_REDIS_TLS_CERT_FILE": "/c.pem"})  # fmt: skip
+    with pytest.raises(ValueError, match="expected true or false"):
+        Settings.load(environ={"FEATUREWELL_REDIS_TLS": "maybe"})
+    missing = Settings.load(environ={"FEATUREWELL_REDIS_TLS": "yes",
+                                     "FEATUREWELL_REDIS_TLS_CA_FILE": "/nope/ca.pem"})  # fmt: skip
+    with pytest.raises(ConfigError, match="cannot load the Redis TLS files"):
+        node_access(missing)
+    assert node_access(Settings.load(environ={})).tls is None

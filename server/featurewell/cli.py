@@ -21,7 +21,7 @@ from featurewell.devcluster import start_local_cluster
 from featurewell.errors import FeaturewellError
 from featurewell.ingest.materialize import materialize
 from featurewell.serving.engine import FeatureEngine
-from featurewell.serving.server import Server, serve
+from featurewell.serving.server import Server, node_access, serve
 from featurewell.settings import Settings
 from featurewell.store.online import OnlineStore
 from featurewell.telemetry import baseline, report
@@ -150,7 +150,7 @@ def _materialize(settings: Settings, args: argparse.Namespace) -> None:
             settings.redis,
             connect_timeout=settings.connect_timeout_s,
             connections_per_node=settings.connections_per_node,
-            password=settings.redis_password,
+            access=node_access(settings),
         )
         try:
             engine = FeatureEngine(registry, store, settings)

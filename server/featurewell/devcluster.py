@@ -37,10 +37,17 @@ class LocalCluster:
     owns_workdir: bool = True
     node_timeout_ms: int = 2000
     redis_server: str = "redis-server"
+    tls: TlsFiles | None = None
+    tls_ports: dict[int, int] = field(default_factory=dict)  # plaintext port -> its TLS port
 
     @property
     def seeds(self) -> list[Address]:
         return [(HOST, port) for port in self.masters]
+
+    @property
+    def tls_seeds(self) -> list[Address]:
+        """The masters' TLS ports (plaintext ports stay open for administration)."""
+        return [(HOST, self.tls_ports[port]) for port in self.masters]
 
     @property
     def ports(self) -> list[int]:
@@ -54,7 +61,10 @@ class LocalCluster:
 
     def restart(self, port: int) -> None:
         """Start a killed node again on its port; it rejoins with its saved cluster config."""
-        self.processes[port] = _spawn(self.redis_server, port, self.workdir, self.node_timeout_ms)
+        self.processes[port] = _spawn(
+            self.redis_server, port, self.workdir, self.node_timeout_ms,
+            self.tls, self.tls_ports.get(port),
+        )  # fmt: skip
         _wait_for(lambda: _call(port, "PING") == b"PONG", f"node {port} to restart")
 
     def owner(self, slot: int) -> int:
@@ -91,22 +101,29 @@ def start_local_cluster(
     node_timeout_ms: int = 2000,
     workdir: Path | None = None,
     redis_server: str = "redis-server",
+    tls: TlsFiles | None = None,
 ) -> LocalCluster:
-    """Start `masters` masters (+ replicas), assign all slots, wait until the cluster is ok."""
+    """Start `masters` masters (+ replicas), assign all slots, wait until the cluster is ok.
+    With `tls`, every node also listens for TLS on its own port and the cluster bus runs TLS;
+    Redis reports TLS ports to TLS clients and plaintext ports to the rest."""
     if shutil.which(redis_server) is None:
         raise RuntimeError(
             f"{redis_server!r} not found: install Redis (apt-get install redis-server)"
         )
-    ports = _free_ports(masters * (1 + replicas_per_master))
+    nodes = masters * (1 + replicas_per_master)
+    ports = _free_ports(nodes * (2 if tls else 1))
     directory = workdir or Path(tempfile.mkdtemp(prefix="featurewell-cluster-"))
     cluster = LocalCluster(
-        ports[:masters], ports[masters:], directory, owns_workdir=workdir is None,
-        node_timeout_ms=node_timeout_ms, redis_server=redis_server,
+        ports[:masters], ports[masters:nodes], directory, owns_workdir=workdir is None,
+        node_timeout_ms=node_timeout_ms, redis_server=redis_server, tls=tls,
+        tls_ports=dict(zip(ports[:nodes], ports[nodes:], strict=True)) if tls else {},
     )  # fmt: skip
     try:
-        for port in ports:
-            cluster.processes[port] = _spawn(redis_server, port, directory, node_timeout_ms)
-        for port in ports:
+        for port in ports[:nodes]:
+            cluster.processes[port] = _spawn(
+                redis_server, port, directory, node_timeout_ms, tls, cluster.tls_ports.get(port)
+            )
+        for port in ports[:nodes]:
             _wait_for(lambda p=port: _call(p, "PING") == b"PONG", f"node {port} to start")
         _form(cluster)
     except BaseException:
@@ -115,8 +132,22 @@ def start_local_cluster(
     return cluster
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for TLS nodes: the node's certificate and key, and the CA that signed it."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
 def _spawn(
-    binary: str, port: int, directory: Path, node_timeout_ms: int
+    binary: str,
+    port: int,
+    directory: Path,
+    node_timeout_ms: int,
+    tls: TlsFiles | None = None,
+    tls_port: int | None = None,
 ) -> subprocess.Popen[bytes]:
     args = [
         binary, "--port", str(port), "--bind", HOST, "--protected-mode", "no",
@@ -134,6 +165,12 @@ def _spawn(
         # Tests make a node slow with DEBUG SLEEP; only from local connections.
         "--enable-debug-command", "local",
     ]  # fmt: skip
+    if tls is not None and tls_port is not None:
+        args += [
+            "--tls-port", str(tls_port), "--tls-cluster", "yes", "--tls-replication", "yes",
+            "--tls-cert-file", str(tls.cert), "--tls-key-file", str(tls.key),
+            "--tls-ca-cert-file", str(tls.ca), "--tls-auth-clients", "optional",
+        ]  # fmt: skip
     return subprocess.Popen(
         [*_DIE_WITH_PARENT, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -156,8 +193,10 @@ def _form(cluster: LocalCluster) -> None:
     for n, port in enumerate(masters):
         last = SLOTS - 1 if n == len(masters) - 1 else (n + 1) * share - 1
         _check(_call(port, "CLUSTER", "ADDSLOTSRANGE", n * share, last))
+    # With TLS the cluster bus speaks TLS: nodes meet on the first master's TLS port.
+    meet = cluster.tls_ports.get(masters[0], masters[0])
     for port in cluster.ports[1:]:
-        _check(_call(port, "CLUSTER", "MEET", HOST, masters[0]))
+        _check(_call(port, "CLUSTER", "MEET", HOST, meet))
     everyone = len(cluster.ports)
     for port in cluster.ports:
         _wait_for(lambda p=port: _known_nodes(p) == everyone, f"node {port} to see all nodes")

@@ -36,6 +36,19 @@ class Settings:
         "",
         secret=True,
     )
+    redis_tls: bool = _doc("Connect to Redis over TLS (nodes' tls-port).", False)
+    redis_tls_ca_file: str = _doc(
+        "PEM CA bundle that signed the Redis nodes' certificates (default: the system's).", ""
+    )
+    redis_tls_cert_file: str = _doc(
+        "PEM client certificate, when Redis requires one (tls-auth-clients yes).", ""
+    )
+    redis_tls_key_file: str = _doc("PEM private key of redis_tls_cert_file.", "")
+    redis_tls_check_hostname: bool = _doc(
+        "Check that each node's certificate names the address CLUSTER SLOTS gives for it (an "
+        "IP SAN when nodes announce IPs); turn off only with a private CA.",
+        True,
+    )
     host: str = _doc("Address to listen on.", "127.0.0.1")
     port: int = _doc("gRPC port (0 picks a free one).", 50051)
     metrics_port: int = _doc(
@@ -170,6 +183,13 @@ class Settings:
             raise ValueError("setting redis needs at least one host:port")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ValueError("settings tls_cert_file and tls_key_file go together: set both")
+        if bool(self.redis_tls_cert_file) != bool(self.redis_tls_key_file):
+            raise ValueError(
+                "settings redis_tls_cert_file and redis_tls_key_file go together: set both"
+            )
+        uses_tls = self.redis_tls_ca_file or self.redis_tls_cert_file
+        if uses_tls and not self.redis_tls:
+            raise ValueError("redis_tls_* files are set but redis_tls is off: set redis_tls=true")
 
     def with_changes(self, **changes: Any) -> Settings:
         return replace(self, **changes)
@@ -208,9 +228,20 @@ def _parse(name: str, raw: str, kind: Any) -> Any:
             return int(raw)
         if kind == "float":
             return float(raw)
+        if kind == "bool":
+            return _bool(raw)
     except ValueError as exc:
         raise ValueError(f"setting {name}: cannot parse {raw!r} ({exc})") from None
     return raw
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
 
 
 def parse_addresses(raw: str) -> tuple[Address, ...]:

@@ -8,6 +8,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import ssl
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from featurewell.serving.service import FeatureService
 from featurewell.settings import Settings
 from featurewell.store.breaker import BreakerPolicy
 from featurewell.store.cache import CachePolicy, HotKeyCache
+from featurewell.store.connection import NodeAccess
 from featurewell.store.online import OnlineStore
 from featurewell.telemetry import exposition
 from featurewell.telemetry.hub import Telemetry
@@ -191,6 +193,20 @@ def _serve_metrics(telemetry: Telemetry, settings: Settings) -> int | None:
         ) from None
 
 
+def node_access(settings: Settings) -> NodeAccess:
+    """Password and TLS context for every Redis connection, from the settings."""
+    if not settings.redis_tls:
+        return NodeAccess(settings.redis_password)
+    try:
+        context = ssl.create_default_context(cafile=settings.redis_tls_ca_file or None)
+        if settings.redis_tls_cert_file:
+            context.load_cert_chain(settings.redis_tls_cert_file, settings.redis_tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the Redis TLS files: {exc}") from exc
+    context.check_hostname = settings.redis_tls_check_hostname
+    return NodeAccess(settings.redis_password, context)
+
+
 async def open_store(settings: Settings) -> OnlineStore:
     """The online store as the settings describe it: breakers, and the hot-key cache unless
     `cache_entries` is 0."""
@@ -211,7 +227,7 @@ async def open_store(settings: Settings) -> OnlineStore:
         connections_per_node=settings.connections_per_node,
         breaker=BreakerPolicy(settings.breaker_failures, settings.breaker_open_ms / 1000),
         cache=cache,
-        password=settings.redis_password,
+        access=node_access(settings),
     )
 
 

@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from featurewell.errors import StoreUnavailable
 from featurewell.store.breaker import Breaker, BreakerPolicy, BreakerState
-from featurewell.store.connection import Address, Connection, encode_command
+from featurewell.store.connection import Address, Connection, NodeAccess, encode_command
 from featurewell.store.slotmap import SlotMap
 
 log = logging.getLogger("featurewell.store")
@@ -101,7 +101,7 @@ class ClusterClient:
         breaker: BreakerPolicy | None = None,
         on_connect: OnConnect | None = None,
         recovery_interval: float = 0.1,
-        password: str = "",
+        access: NodeAccess | None = None,
     ) -> None:
         if not seeds:
             raise ValueError("at least one Redis Cluster seed address is required")
@@ -110,7 +110,7 @@ class ClusterClient:
         self._per_node = max(1, connections_per_node)
         self._policy = breaker or BreakerPolicy()
         self._on_connect = on_connect
-        self._password = password
+        self._access = access
         self._recovery_interval = recovery_interval
         self.slot_map = SlotMap()
         self._pools: dict[Address, list[Connection]] = {}
@@ -191,7 +191,7 @@ class ClusterClient:
         async with lock:
             pool = [c for c in self._pools.get(address, []) if not c.closed]
             while len(pool) < self._per_node:
-                connection = await Connection.open(address, self._connect_timeout, self._password)
+                connection = await Connection.open(address, self._connect_timeout, self._access)
                 if self._on_connect is not None:
                     try:
                         await self._on_connect(connection)

@@ -10,8 +10,10 @@ these machines) is avoided.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 import hiredis
@@ -19,6 +21,19 @@ import hiredis
 from featurewell.errors import StoreUnavailable
 
 Address = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class NodeAccess:
+    """How to reach a node: AUTH password and TLS context (None: plaintext). Shared by every
+    connection, data and invalidation alike."""
+
+    password: str = ""
+    tls: ssl.SSLContext | None = None
+
+    def __repr__(self) -> str:  # never the password
+        hidden = "***" if self.password else ""
+        return f"NodeAccess(password={hidden!r}, tls={self.tls is not None})"
 
 
 def encode_command(*args: bytes | str | int) -> bytes:
@@ -54,14 +69,26 @@ class Connection(asyncio.Protocol):
         self.on_lost: Callable[[], None] | None = None
 
     @classmethod
-    async def open(cls, address: Address, timeout: float, password: str = "") -> Connection:
-        """Connect (and AUTH when a password is given) within `timeout` seconds."""
+    async def open(
+        cls, address: Address, timeout: float, access: NodeAccess | None = None
+    ) -> Connection:
+        """Connect (over TLS, and AUTH, as `access` says) within `timeout` seconds."""
         host, port = address
+        access = access or NodeAccess()
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
-                _, protocol = await loop.create_connection(lambda: cls(address), host, port)
+                _, protocol = await loop.create_connection(
+                    lambda: cls(address), host, port, ssl=access.tls,
+                    server_hostname=host if access.tls is not None else None,
+                )  # fmt: skip
+                password = access.password
                 reply = await protocol.call("AUTH", password) if password else b"OK"
+        except ssl.SSLError as exc:
+            raise StoreUnavailable(
+                f"TLS to Redis node {host}:{port} failed ({exc.reason or exc}); check the "
+                "redis_tls_* settings (CA file, client certificate, host name check)"
+            ) from exc
         except (OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"cannot connect to Redis node {host}:{port}: {exc}") from exc
         if reply != b"OK":

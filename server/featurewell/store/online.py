@@ -24,7 +24,7 @@ from featurewell.store.cluster import (
     Replies,
     describe,
 )
-from featurewell.store.connection import Address, encode_command
+from featurewell.store.connection import Address, NodeAccess, encode_command
 from featurewell.store.keys import META_SLOT
 from featurewell.store.tracking import InvalidationTracker
 from featurewell.values import FALLBACK, FALLBACK_CACHE
@@ -170,20 +170,18 @@ class OnlineStore:
         connections_per_node: int,
         breaker: BreakerPolicy | None = None,
         cache: HotKeyCache | None = None,
-        password: str = "",
+        access: NodeAccess | None = None,
     ) -> OnlineStore:
         """Connect to the cluster; with a cache, every connection is tracked for invalidations.
         Raises StoreUnavailable when no seed answers."""
-        tracker = (
-            InvalidationTracker(cache, connect_timeout, password) if cache is not None else None
-        )
+        tracker = InvalidationTracker(cache, connect_timeout, access) if cache is not None else None
         cluster = ClusterClient(
             seeds,
             connect_timeout=connect_timeout,
             connections_per_node=connections_per_node,
             breaker=breaker,
             on_connect=tracker.prepare if tracker is not None else None,
-            password=password,
+            access=access,
         )
         try:
             await cluster.start()

@@ -20,16 +20,18 @@ import hiredis
 
 from featurewell.errors import StoreUnavailable
 from featurewell.store.cache import HotKeyCache
-from featurewell.store.connection import Address, Connection, encode_command
+from featurewell.store.connection import Address, Connection, NodeAccess, encode_command
 
 _CHANNEL = b"__redis__:invalidate"
 
 
 class InvalidationTracker:
-    def __init__(self, cache: HotKeyCache, connect_timeout: float, password: str = "") -> None:
+    def __init__(
+        self, cache: HotKeyCache, connect_timeout: float, access: NodeAccess | None = None
+    ) -> None:
         self._cache = cache
         self._connect_timeout = connect_timeout
-        self._password = password
+        self._access = access
         self._subscribers: dict[Address, tuple[Connection, int]] = {}
         self._tracked: dict[Address, list[Connection]] = {}
         self.lost = 0  # subscriber connections lost: for tests and metrics
@@ -56,7 +58,7 @@ class InvalidationTracker:
         existing = self._subscribers.get(address)
         if existing is not None and not existing[0].closed:
             return existing[1]
-        connection = await Connection.open(address, self._connect_timeout, self._password)
+        connection = await Connection.open(address, self._connect_timeout, self._access)
         try:
             client_id = await connection.call("CLIENT", "ID")
             (reply,) = await connection.send(encode_command("SUBSCRIBE", _CHANNEL), 1)
