@@ -141,10 +141,15 @@ class ServerMetrics:
             for status, count in enumerate(counts):
                 if count:
                     series.rows[status].inc(count)
-            if counts[PRESENT] or counts[STALE]:
+            with_value = counts[PRESENT] + counts[STALE]
+            if with_value == len(statuses):  # the usual case: no mask to build
+                ages = (now_us - served.rows.event_time_us) / 1e6
+            elif with_value:
                 valued = (statuses == PRESENT) | (statuses == STALE)
                 ages = (now_us - served.rows.event_time_us[valued]) / 1e6
-                observe_many(series.age, self._age_bounds, ages)
+            else:
+                continue
+            observe_many(series.age, self._age_bounds, ages)
         for fallback in result.fallbacks:
             reason = REASON_NAMES[fallback.reason]
             if fallback.from_cache:
