@@ -71,6 +71,18 @@ def raw_reads(user: str, items: list[str] | None, pairs: bool = False) -> list[E
     return reads
 
 
+def example_repo(folder: Path, items: int = ITEMS) -> Path:
+    """The example repo with freshly generated sample data in `folder` (a copy of repo.py
+    beside a data/ folder), for `featurewell materialize` and `serve`."""
+    subprocess.run(
+        [sys.executable, str(EXAMPLE / "generate.py"), "--users", str(USERS),
+         "--items", str(items), "--out", str(folder / "data")],
+        check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    (folder / "repo.py").write_bytes((EXAMPLE / "repo.py").read_bytes())
+    return folder
+
+
 def percentiles(samples: list[float]) -> dict[str, float]:
     ms = np.asarray(samples) * 1000
     return {f"p{q}": float(np.percentile(ms, q)) for q in (50, 90, 99)} | {"n": len(ms)}
@@ -84,13 +96,7 @@ def main() -> None:
     args = parser.parse_args()
 
     print("starting a 3+3 Redis Cluster and generating sample data...", flush=True)
-    data = Path(os.environ.get("FEATUREWELL_BENCH_DATA", "/tmp/featurewell-bench"))
-    subprocess.run(
-        [sys.executable, str(EXAMPLE / "generate.py"), "--users", str(USERS),
-         "--items", str(ITEMS), "--out", str(data / "data")],
-        check=True, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    (data / "repo.py").write_bytes((EXAMPLE / "repo.py").read_bytes())
+    data = example_repo(Path(os.environ.get("FEATUREWELL_BENCH_DATA", "/tmp/featurewell-bench")))
     with start_local_cluster(3, 1) as cluster:
         results = run(cluster, data, args.iterations, args.warmup)
     report(results)

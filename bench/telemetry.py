@@ -29,7 +29,7 @@ from typing import Any
 
 import grpc
 import numpy as np
-from e2e import EXAMPLE, ITEMS, RANKING, SINGLE, USERS, percentiles
+from e2e import ITEMS, RANKING, SINGLE, USERS, example_repo, percentiles
 from opentelemetry.proto.collector.trace.v1 import (
     trace_service_pb2 as otlp,
 )
@@ -79,13 +79,7 @@ def main() -> None:
     if not before.exists():
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(before),
                         args.before], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
-    data = Path(os.environ.get("FEATUREWELL_BENCH_DATA", "/tmp/featurewell-bench"))
-    subprocess.run(
-        [sys.executable, str(EXAMPLE / "generate.py"), "--users", str(USERS),
-         "--items", str(ITEMS), "--out", str(data / "data")],
-        check=True, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    (data / "repo.py").write_bytes((EXAMPLE / "repo.py").read_bytes())
+    data = example_repo(Path(os.environ.get("FEATUREWELL_BENCH_DATA", "/tmp/featurewell-bench")))
     collector = Collector()
     sink = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     otlp_grpc.add_TraceServiceServicer_to_server(collector, sink)
@@ -184,7 +178,8 @@ def after_answer_cost(repo: Path, seeds: list[tuple[str, int]]) -> dict[str, flo
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     from featurewell.definitions import Kind, load_repo
-    from featurewell.serving.engine import Budget, FeatureEngine, FeatureRequest, InputColumn
+    from featurewell.serving.calls import Budget, FeatureRequest, InputColumn
+    from featurewell.serving.engine import FeatureEngine
     from featurewell.settings import Settings
     from featurewell.store.online import OnlineStore
     from featurewell.telemetry.hub import Telemetry

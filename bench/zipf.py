@@ -28,7 +28,7 @@ from typing import Any
 
 import grpc
 import numpy as np
-from e2e import EXAMPLE, RANKING, percentiles, raw_reads
+from e2e import RANKING, example_repo, percentiles, raw_reads
 from prometheus_client.parser import text_string_to_metric_families
 
 from featurewell.client import FeatureClient
@@ -74,14 +74,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    data = Path(os.environ.get("FEATUREWELL_BENCH_DATA", "/tmp/featurewell-zipf"))
     print(f"generating {USERS} users x {args.items} items and a 3+3 cluster...", flush=True)
-    subprocess.run(
-        [sys.executable, str(EXAMPLE / "generate.py"), "--users", str(USERS),
-         "--items", str(args.items), "--out", str(data / "data")],
-        check=True, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    (data / "repo.py").write_bytes((EXAMPLE / "repo.py").read_bytes())
+    folder = Path(os.environ.get("FEATUREWELL_BENCH_DATA", "/tmp/featurewell-zipf"))
+    data = example_repo(folder, args.items)
     calls = args.warmup + args.iterations
     phases = {
         "zipf": zipf_candidates(calls, args.items, args.s, 500),

@@ -14,7 +14,7 @@ import pytest
 
 from featurewell.devcluster import LocalCluster, _call, _free_ports
 from featurewell.errors import StoreTimeout, StoreUnavailable
-from featurewell.store.cluster import FailureReason
+from featurewell.store.batch import FailureReason
 from featurewell.store.codec import RowCodec
 from featurewell.store.keys import entity_tags, key_prefix, slot_of, slots_of, view_keys
 from featurewell.store.online import EntityRead, OnlineStore

@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 
 from featurewell.definitions import FeatureView, Kind, Registry
 from featurewell.errors import DefinitionError, InvalidRequest
-from featurewell.serving.engine import FeatureEngine, InputColumn, WriteRequest
+from featurewell.serving.calls import InputColumn, WriteRequest
+from featurewell.serving.engine import FeatureEngine
 from featurewell.values import ColumnValues, Ragged
 
 

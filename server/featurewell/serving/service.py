@@ -13,7 +13,8 @@ import grpc
 
 from featurewell.errors import DeadlineExceeded, Overloaded
 from featurewell.serving import wire
-from featurewell.serving.engine import Budget, FeatureEngine
+from featurewell.serving.calls import Budget
+from featurewell.serving.engine import FeatureEngine
 from featurewell.serving.status import status_for
 from featurewell.settings import Settings
 from featurewell.telemetry.hub import Telemetry

@@ -19,7 +19,7 @@ from featurewell.client._columns import (
 )
 from featurewell.definitions import Feature, Kind, Registry
 from featurewell.errors import InvalidRequest
-from featurewell.serving.engine import (
+from featurewell.serving.calls import (
     FeatureRequest,
     FeatureResult,
     InputColumn,

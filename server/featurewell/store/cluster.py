@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import hiredis
 import numpy as np
 import numpy.typing as npt
 
 from featurewell.errors import StoreUnavailable
+from featurewell.store.batch import Failure, FailureReason, NodeTiming, Replies
 from featurewell.store.breaker import Breaker, BreakerPolicy, BreakerState
 from featurewell.store.connection import Address, Connection, NodeAccess, encode_command
 from featurewell.store.slotmap import SlotMap
@@ -33,56 +33,6 @@ _ASKING = encode_command("ASKING")
 _CACHING_YES = encode_command("CLIENT", "CACHING", "YES")
 _MAX_ROUNDS = 5
 _RETRYABLE = ("TRYAGAIN", "CLUSTERDOWN", "LOADING", "MASTERDOWN")
-
-
-class FailureReason(enum.IntEnum):
-    """Why some commands of a batch got no reply. The numbers are the wire's `FallbackReason`."""
-
-    TIMEOUT = 1  # the node did not answer within the call's budget
-    UNAVAILABLE = 2  # no connection to the node, or the cluster had no owner for the slot
-    CIRCUIT_OPEN = 3  # the node's breaker is open: it was not asked
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    indexes: list[int]
-    node: Address | None
-    reason: FailureReason
-    detail: str
-
-
-def describe(failures: Sequence[Failure]) -> tuple[int, str]:
-    """How many commands got no reply, and the first failure in words, for error messages:
-    (3, "node 10.0.0.1:7000: timeout, no reply within the budget")."""
-    first = failures[0]
-    node = f"node {first.node[0]}:{first.node[1]}" if first.node else "the cluster"
-    return sum(len(f.indexes) for f in failures), (
-        f"{node}: {first.reason.name.lower()}, {first.detail}"
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class NodeTiming:
-    """One pipelined batch to one node: when it was sent and answered (`time.perf_counter_ns`;
-    `answered_ns` 0 when no answer came), and how many commands it held. Telemetry turns these
-    into per-node latency histograms and trace spans after the call, outside the hot path."""
-
-    node: Address
-    sent_ns: int
-    answered_ns: int
-    commands: int
-
-
-class Replies(NamedTuple):
-    """Replies in command order (None where a command failed), the indexes of error replies
-    (other than the redirects `execute` follows itself), the commands that got no reply,
-    grouped by node and reason, and each node batch's timing. Callers never scan the replies
-    again."""
-
-    values: list[Any]
-    errors: list[int]
-    failures: list[Failure]
-    timings: list[NodeTiming]
 
 
 OnConnect = Callable[[Connection], Awaitable[None]]

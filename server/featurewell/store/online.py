@@ -14,16 +14,10 @@ import numpy as np
 import numpy.typing as npt
 
 from featurewell.errors import StoreError, StoreTimeout, StoreUnavailable
+from featurewell.store.batch import Failure, FailureReason, NodeTiming, Replies, describe
 from featurewell.store.breaker import BreakerPolicy
 from featurewell.store.cache import MISS, Group, HotKeyCache, Row
-from featurewell.store.cluster import (
-    ClusterClient,
-    Failure,
-    FailureReason,
-    NodeTiming,
-    Replies,
-    describe,
-)
+from featurewell.store.cluster import ClusterClient
 from featurewell.store.connection import Address, NodeAccess, encode_command
 from featurewell.store.keys import META_SLOT
 from featurewell.store.tracking import InvalidationTracker

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Gauge
 
-from featurewell.serving.engine import FeatureResult
+from featurewell.serving.calls import FeatureResult
 from featurewell.telemetry.baseline import Baseline
 from featurewell.values import PRESENT, STALE
 

@@ -16,7 +16,7 @@ import grpc
 
 from featurewell.definitions import Registry
 from featurewell.errors import FeaturewellError
-from featurewell.serving.engine import FeatureResult, WriteResult
+from featurewell.serving.calls import FeatureResult, WriteResult
 from featurewell.settings import Settings
 from featurewell.store.online import OnlineStore
 from featurewell.telemetry import baseline

@@ -1,0 +1,61 @@
+"""What one batched `ClusterClient.execute` returns: replies in command order, the commands
+that got none (by node and reason), and each node batch's timing."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from featurewell.store.connection import Address
+
+
+class FailureReason(enum.IntEnum):
+    """Why some commands of a batch got no reply. The numbers are the wire's `FallbackReason`."""
+
+    TIMEOUT = 1  # the node did not answer within the call's budget
+    UNAVAILABLE = 2  # no connection to the node, or the cluster had no owner for the slot
+    CIRCUIT_OPEN = 3  # the node's breaker is open: it was not asked
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    indexes: list[int]
+    node: Address | None
+    reason: FailureReason
+    detail: str
+
+
+def describe(failures: Sequence[Failure]) -> tuple[int, str]:
+    """How many commands got no reply, and the first failure in words, for error messages:
+    (3, "node 10.0.0.1:7000: timeout, no reply within the budget")."""
+    first = failures[0]
+    node = f"node {first.node[0]}:{first.node[1]}" if first.node else "the cluster"
+    return sum(len(f.indexes) for f in failures), (
+        f"{node}: {first.reason.name.lower()}, {first.detail}"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeTiming:
+    """One pipelined batch to one node: when it was sent and answered (`time.perf_counter_ns`;
+    `answered_ns` 0 when no answer came), and how many commands it held. Telemetry turns these
+    into per-node latency histograms and trace spans after the call, outside the hot path."""
+
+    node: Address
+    sent_ns: int
+    answered_ns: int
+    commands: int
+
+
+class Replies(NamedTuple):
+    """Replies in command order (None where a command failed), the indexes of error replies
+    (other than the redirects `execute` follows itself), the commands that got no reply,
+    grouped by node and reason, and each node batch's timing. Callers never scan the replies
+    again."""
+
+    values: list[Any]
+    errors: list[int]
+    failures: list[Failure]
+    timings: list[NodeTiming]
