@@ -145,3 +145,26 @@ def test_drift_report_from_a_server_that_is_not_there() -> None:
     gone = run("drift", "--metrics-url", "http://127.0.0.1:9/metrics", cwd=ROOT)
     assert gone.returncode != 0
     assert "cannot read http://127.0.0.1:9/metrics" in gone.stderr
+
+
+def test_served_nulls_and_defaults_count_as_the_default_rate_not_as_drift() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from featurewell.serving.calls import FeatureResult, ServedView
+    from featurewell.store.codec import DecodedRows
+    from featurewell.telemetry.drift import DriftMonitor
+    from featurewell.values import NOT_FOUND, PRESENT
+
+    monitor = DriftMonitor(CollectorRegistry(), sample_rate=1.0, reservoir_size=1000, seed=5)
+    monitor.use(baseline.for_registry(baseline_registry()))  # type: ignore[arg-type]
+    revenue = rng.normal(50, 5, 400)
+    revenue[:100] = np.nan  # a pipeline wrote NaNs for a quarter of the rows
+    statuses = np.full(400, PRESENT, np.uint8)
+    statuses[100:140] = NOT_FOUND  # and 40 shops are unknown to the store (defaults)
+    revenue[100:140] = 0.0  # what the default looks like: must not be binned
+    rows = DecodedRows(np.ones(400, bool), np.zeros(400, np.int64), {"revenue": revenue})
+    monitor.observe(FeatureResult(400, [], served=[ServedView(sales, rows, statuses)]))
+    (report,) = monitor.evaluate()
+    assert report.samples == 260
+    assert report.default_rate == pytest.approx(140 / 400)
+    assert report.psi < 0.1  # the values that remain are the usual ones

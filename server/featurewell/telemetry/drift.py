@@ -7,7 +7,8 @@ baselines and start over, so the gauges describe the last window's traffic:
 - PSI, population stability index, over the baseline's bins: sum((a - e) * ln(a / e)).
   Under 0.1 is noise, 0.1-0.25 a moderate shift, above 0.25 a major one (the alert's level).
 - mean shift in baseline standard deviations, and the std ratio (numeric features);
-- default rate: the share of rows served the default because the store had no value.
+- default rate: the share of rows served the default because the store had no value, or a
+  null (NaN).
 
 Defaults are left out of the distribution (they are the default rate's business), so an outage
 does not read as drift.
@@ -133,7 +134,7 @@ class DriftMonitor:
         )  # fmt: skip
         self._default_rate = Gauge(
             "featurewell_feature_default_rate",
-            "Share of sampled rows served the default because the store had no value.",
+            "Share of sampled rows served the default (no value in the store) or a null (NaN).",
             labels, registry=registry, multiprocess_mode="livemax",
         )  # fmt: skip
         self._samples = Gauge(
@@ -168,8 +169,15 @@ class DriftMonitor:
                     continue
                 assert isinstance(values, np.ndarray)  # drift features are scalar columns
                 reservoir = self._reservoirs[(served.view.ref, feature)]
-                reservoir.defaults += defaults
-                reservoir.add(values[valued] if defaults else values)
+                kept = values[valued] if defaults else values
+                nulls = 0
+                if kept.dtype.kind == "f":  # a stored NaN is a null: counted, not binned
+                    finite = ~np.isnan(kept)
+                    nulls = len(kept) - int(np.count_nonzero(finite))
+                    if nulls:
+                        kept = kept[finite]
+                reservoir.defaults += defaults + nulls
+                reservoir.add(kept)
 
     def evaluate(self) -> list[DriftReport]:
         """Compare every reservoir holding enough values with its baseline, update the gauges
