@@ -456,3 +456,18 @@ def test_workers_metrics_are_aggregated_on_one_port(cluster: LocalCluster) -> No
         process.send_signal(signal.SIGTERM)
         _, errors = process.communicate(timeout=30)
     assert process.returncode == 0, errors.decode()[-2000:]
+
+
+def test_a_dead_collector_does_not_hold_up_shutdown(cluster: LocalCluster) -> None:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    exporter = OTLPSpanExporter(endpoint="http://127.0.0.1:1", insecure=True)
+    running = ServerThread(make_settings(cluster), defs.registry(),
+                           Tracing(BatchSpanProcessor(exporter)))  # fmt: skip
+    with FeatureClient(running.address, timeout=5.0) as client:
+        for _ in range(5):
+            client.get_features(["profile:age"], entities={"user_id": ["a"]})
+    started = time.monotonic()
+    running.stop()
+    assert time.monotonic() - started < 5.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeAlias, TypeVar
@@ -93,10 +94,9 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
                 response = wire.feature_response(result)
         except Exception as exc:
             await self._abort("GetFeatures", exc, context, started)
-        # Telemetry runs once the answer is on its way, not inside the call's time.
-        asyncio.get_running_loop().call_soon(
-            self.telemetry.read_done, result, started, time.perf_counter_ns(), context
-        )
+        # Telemetry runs once the call has ended (its answer sent), not inside its time.
+        done = functools.partial(self.telemetry.read_done, result, started, time.perf_counter_ns())
+        context.add_done_callback(done)  # type: ignore[arg-type]  # the stub wants its own class
         return response
 
     async def WriteFeatures(
@@ -108,9 +108,8 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
                 result = await self.engine.write(wire.write_request(request))
         except Exception as exc:
             await self._abort("WriteFeatures", exc, context, started)
-        asyncio.get_running_loop().call_soon(
-            self.telemetry.write_done, result, started, time.perf_counter_ns(), context
-        )
+        done = functools.partial(self.telemetry.write_done, result, started, time.perf_counter_ns())
+        context.add_done_callback(done)  # type: ignore[arg-type]  # the stub wants its own class
         return wire.write_response(result)
 
     async def ListFeatures(

@@ -58,7 +58,7 @@ class Telemetry:
         self.freshness.use(registry)
         self.drift.use(baseline.for_registry(registry, self._computed))
 
-    # -- calls: run after the answer is handed to gRPC (loop.call_soon), off the call's path --
+    # -- calls: run when the call has ended (ServicerContext.add_done_callback), off its path --
 
     def read_done(
         self, result: FeatureResult, started_ns: int, ended_ns: int, context: _Context

@@ -13,6 +13,7 @@ transform.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
 
@@ -35,7 +36,9 @@ class Tracing:
         resource = Resource.create()
         if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
             resource = resource.merge(Resource({"service.name": "featurewell"}))
-        self.provider = TracerProvider(sampler=sampler, resource=resource)
+        # Shut down by `shutdown` (bounded), not by an atexit hook that could wait on a dead
+        # collector while the pod's grace period runs out.
+        self.provider = TracerProvider(sampler=sampler, resource=resource, shutdown_on_exit=False)
         self.provider.add_span_processor(processor)
         self._tracer = self.provider.get_tracer("featurewell.server")
 
@@ -109,6 +112,9 @@ class Tracing:
             span = tracer.start_span(f"transform {name}", context, start_time=started + to_wall)
             span.end(end_time=ended + to_wall)
 
-    def shutdown(self) -> None:
-        """Flush what is buffered and stop exporting."""
-        self.provider.shutdown()
+    def shutdown(self, timeout: float = 2.0) -> None:
+        """Flush what is buffered and stop exporting, giving up after `timeout` seconds: a
+        collector that is down must not hold a draining server past its grace period."""
+        worker = threading.Thread(target=self.provider.shutdown, daemon=True)
+        worker.start()
+        worker.join(timeout)
