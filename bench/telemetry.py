@@ -5,7 +5,7 @@ OTLP/gRPC to a local collector stand-in. One run, one cluster, calls interleaved
 order so machine noise hits every server alike.
 
 Also times, inside one process, the work `Telemetry` does after each answer (metrics, drift
-sampling, spans) per call shape, which runs after the response is handed to gRPC.
+sampling, spans) per call shape, which runs 2 ms after the answer, off the call's path.
 
     python bench/telemetry.py [--iterations 1500] [--json out.json]
 """

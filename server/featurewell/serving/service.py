@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeAlias, TypeVar
@@ -24,6 +23,17 @@ from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
 
 Request = TypeVar("Request")
 Context: TypeAlias = grpc.aio.ServicerContext[Request, Any]
+
+
+# Telemetry for a call runs this long after its answer. gRPC is still sending the answer when
+# the handler returns, and Python work on the loop in that window delays it: recording a
+# ranking call's metrics right away (or in a done-callback) cost callers +0.2 ms p50 on a 75 KB
+# answer (bench/telemetry.py); 2 ms later it costs them nothing measurable.
+AFTER_ANSWER_S = 0.002
+
+
+def _after_answer(record: Callable[..., None], *args: Any) -> None:
+    asyncio.get_running_loop().call_later(AFTER_ANSWER_S, record, *args)
 
 
 class CallCounter:
@@ -95,8 +105,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         except Exception as exc:
             await self._abort("GetFeatures", exc, context, started)
         # Telemetry runs once the call has ended (its answer sent), not inside its time.
-        done = functools.partial(self.telemetry.read_done, result, started, time.perf_counter_ns())
-        context.add_done_callback(done)  # type: ignore[arg-type]  # the stub wants its own class
+        _after_answer(self.telemetry.read_done, result, started, time.perf_counter_ns(), context)
         return response
 
     async def WriteFeatures(
@@ -108,8 +117,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
                 result = await self.engine.write(wire.write_request(request))
         except Exception as exc:
             await self._abort("WriteFeatures", exc, context, started)
-        done = functools.partial(self.telemetry.write_done, result, started, time.perf_counter_ns())
-        context.add_done_callback(done)  # type: ignore[arg-type]  # the stub wants its own class
+        _after_answer(self.telemetry.write_done, result, started, time.perf_counter_ns(), context)
         return wire.write_response(result)
 
     async def ListFeatures(

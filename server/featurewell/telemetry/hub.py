@@ -58,7 +58,7 @@ class Telemetry:
         self.freshness.use(registry)
         self.drift.use(baseline.for_registry(registry, self._computed))
 
-    # -- calls: run when the call has ended (ServicerContext.add_done_callback), off its path --
+    # -- calls: run a moment after the answer (service.AFTER_ANSWER_S), off the call's path --
 
     def read_done(
         self, result: FeatureResult, started_ns: int, ended_ns: int, context: _Context
