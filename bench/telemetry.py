@@ -208,7 +208,7 @@ def after_answer_cost(repo: Path, seeds: list[tuple[str, int]]) -> dict[str, flo
                 times = []
                 for _ in range(2000):
                     started = time.perf_counter_ns()
-                    telemetry.read_done(result, started, started + 1000, _NoMetadata())
+                    telemetry.read_done(result, started, started + 1000, ())
                     times.append(time.perf_counter_ns() - started)
                 key = f"{shape}, tracing {'on' if traced else 'off'}"
                 out[key] = float(np.median(times)) / 1000
@@ -216,11 +216,6 @@ def after_answer_cost(repo: Path, seeds: list[tuple[str, int]]) -> dict[str, flo
 
     asyncio.run(run())
     return out
-
-
-class _NoMetadata:
-    def invocation_metadata(self) -> tuple[()]:
-        return ()
 
 
 def report(results: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from featurewell.serving.calls import Budget
 from featurewell.serving.engine import FeatureEngine
 from featurewell.serving.status import status_for
 from featurewell.settings import Settings
-from featurewell.telemetry.hub import Telemetry
+from featurewell.telemetry.hub import Metadata, Telemetry
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
 
@@ -105,7 +105,9 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         except Exception as exc:
             await self._abort("GetFeatures", exc, context, started)
         # Telemetry runs once the call has ended (its answer sent), not inside its time.
-        _after_answer(self.telemetry.read_done, result, started, time.perf_counter_ns(), context)
+        _after_answer(
+            self.telemetry.read_done, result, started, time.perf_counter_ns(), self._trace(context)
+        )
         return response
 
     async def WriteFeatures(
@@ -117,7 +119,9 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
                 result = await self.engine.write(wire.write_request(request))
         except Exception as exc:
             await self._abort("WriteFeatures", exc, context, started)
-        _after_answer(self.telemetry.write_done, result, started, time.perf_counter_ns(), context)
+        _after_answer(
+            self.telemetry.write_done, result, started, time.perf_counter_ns(), self._trace(context)
+        )
         return wire.write_response(result)
 
     async def ListFeatures(
@@ -129,9 +133,14 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         except Exception as exc:
             await self._abort("ListFeatures", exc, context, started)
         self.telemetry.call_done(
-            "ListFeatures", grpc.StatusCode.OK, started, time.perf_counter_ns(), context
-        )
+            "ListFeatures", grpc.StatusCode.OK, started, time.perf_counter_ns(),
+            self._trace(context),
+        )  # fmt: skip
         return response
+
+    def _trace(self, context: Context[Any]) -> Metadata | None:
+        """The call's metadata when tracing needs it (read now: it is gone once the call ends)."""
+        return context.invocation_metadata() if self.telemetry.tracing is not None else None
 
     async def _abort(
         self, method: str, error: Exception, context: Context[Any], started: int
@@ -139,7 +148,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         """Answer a failed call with its status (the one place errors become gRPC codes)."""
         code, message = status_for(error, method)
         self.telemetry.call_done(
-            method, code, started, time.perf_counter_ns(), context, error=message
+            method, code, started, time.perf_counter_ns(), self._trace(context), error=message
         )
         await context.abort(code, message)
         raise AssertionError("unreachable: context.abort raises")

@@ -10,7 +10,6 @@ import logging
 import time
 from collections.abc import Iterable
 from importlib import metadata
-from typing import Protocol
 
 import grpc
 
@@ -58,28 +57,29 @@ class Telemetry:
         self.freshness.use(registry)
         self.drift.use(baseline.for_registry(registry, self._computed))
 
-    # -- calls: run a moment after the answer (service.AFTER_ANSWER_S), off the call's path --
+    # -- calls: run a moment after the answer (service.AFTER_ANSWER_S), off the call's path.
+    # `metadata` is the call's, for the caller's trace context (None unless tracing is on). --
 
     def read_done(
-        self, result: FeatureResult, started_ns: int, ended_ns: int, context: _Context
+        self, result: FeatureResult, started_ns: int, ended_ns: int, metadata: Metadata | None
     ) -> None:
         self.metrics.record_read(result, (ended_ns - started_ns) / 1e9)
         self.drift.observe(result)
         if self.tracing is not None:
             self.tracing.record(
-                "GetFeatures", context.invocation_metadata() or (), started_ns, ended_ns, 0,
+                "GetFeatures", metadata or (), started_ns, ended_ns, 0,
                 timings=result.timings,
                 attributes={"featurewell.rows": result.rows,
                             "featurewell.features": len(result.columns)},
             )  # fmt: skip
 
     def write_done(
-        self, result: WriteResult, started_ns: int, ended_ns: int, context: _Context
+        self, result: WriteResult, started_ns: int, ended_ns: int, metadata: Metadata | None
     ) -> None:
         self.metrics.record_write(result, (ended_ns - started_ns) / 1e9)
         if self.tracing is not None:
             self.tracing.record(
-                "WriteFeatures", context.invocation_metadata() or (), started_ns, ended_ns, 0,
+                "WriteFeatures", metadata or (), started_ns, ended_ns, 0,
                 attributes={"featurewell.rows": result.written + result.skipped_older},
             )  # fmt: skip
 
@@ -89,14 +89,14 @@ class Telemetry:
         code: grpc.StatusCode,
         started_ns: int,
         ended_ns: int,
-        context: _Context,
+        metadata: Metadata | None,
         error: str = "",
     ) -> None:
         """Any other answered call: errors (any method), ListFeatures."""
         self.metrics.record_call(method, code.name)
         if self.tracing is not None:
             self.tracing.record(
-                method, context.invocation_metadata() or (), started_ns, ended_ns,
+                method, metadata or (), started_ns, ended_ns,
                 code.value[0], error=error,
             )  # fmt: skip
 
@@ -127,10 +127,6 @@ class Telemetry:
         if self.tracing is not None:
             with contextlib.suppress(Exception):  # exporting must never block shutdown
                 self.tracing.shutdown()
-
-
-class _Context(Protocol):  # the part of grpc.aio.ServicerContext telemetry uses
-    def invocation_metadata(self) -> Metadata | None: ...
 
 
 def _version() -> str:
