@@ -13,6 +13,18 @@ all load the same module, so there is one definition of every feature::
     )
 """
 
+from featurewell.definitions._computed import (
+    Aggregation,
+    Count,
+    DecayedSum,
+    EventSource,
+    Last,
+    Max,
+    Mean,
+    Min,
+    Mode,
+    Sum,
+)
 from featurewell.definitions._entity import Entity
 from featurewell.definitions._loader import load_repo, repo_fingerprint
 from featurewell.definitions._on_demand import OnDemandTransform, on_demand
@@ -32,7 +44,17 @@ from featurewell.definitions._types import (
 from featurewell.definitions._view import Feature, FeatureView, ParquetSource, Stats
 
 __all__ = [
+    "Aggregation",
     "Bool",
+    "Count",
+    "DecayedSum",
+    "EventSource",
+    "Last",
+    "Max",
+    "Mean",
+    "Min",
+    "Mode",
+    "Sum",
     "Embedding",
     "Entity",
     "Feature",

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from featurewell.definitions._computed import Aggregation, EventSource
 from featurewell.definitions._entity import Entity
 from featurewell.definitions._names import check_name
 from featurewell.definitions._types import FeatureType, Kind
@@ -41,6 +42,7 @@ class Feature:
     default: Any = None
     description: str = ""
     expected: Stats | None = None
+    computed: Aggregation | None = None  # how a view with events= computes it
 
     def __post_init__(self) -> None:
         check_name(self.name, "feature")
@@ -81,6 +83,50 @@ def _check_stats(name: str, dtype: FeatureType, stats: Stats) -> None:
         raise DefinitionError(f"{where}: default_rate must be in [0, 1]")
 
 
+def _check_computed(
+    where: str,
+    entity: Entity,
+    features: tuple[Feature, ...],
+    events: EventSource | None,
+    source: ParquetSource | None,
+    tile: timedelta,
+) -> None:
+    computed = [f.name for f in features if f.computed is not None]
+    if events is None:
+        if computed:
+            raise DefinitionError(
+                f"{where}: features {computed} are computed but the view has no events=; "
+                "give it the EventSource they aggregate"
+            )
+        return
+    if not isinstance(events, EventSource):
+        raise DefinitionError(f"{where}: events must be an EventSource, got {events!r}")
+    if source is not None:
+        raise DefinitionError(f"{where}: rows come from events= or source=, not both")
+    if not isinstance(tile, timedelta) or tile <= timedelta(0) or timedelta(days=1) % tile:
+        raise DefinitionError(f"{where}: tile must divide a day (e.g. 1 minute, 1 hour)")
+    plain = [f.name for f in features if f.computed is None]
+    if plain:
+        raise DefinitionError(
+            f"{where}: a view computed from events computes every feature; {plain} have no "
+            "computed=; move them to another view"
+        )
+    for key, key_type in entity.join_keys.items():
+        if events.keys.get(key) != key_type:
+            raise DefinitionError(
+                f"{where}: event source {events.name!r} needs key column {key!r} ({key_type}) "
+                f"for entity {entity.name!r}; its keys are {sorted(events.keys)}"
+            )
+    for feature in features:
+        assert feature.computed is not None
+        if not isinstance(feature.computed, Aggregation):
+            raise DefinitionError(
+                f"{where}: feature {feature.name!r}: computed= takes Count, Sum, Mean, Min, "
+                "Max, Last, DecayedSum or Mode"
+            )
+        feature.computed.check(feature.name, feature.dtype, events, tile)
+
+
 @dataclass(frozen=True, slots=True)
 class ParquetSource:
     """Rows for `featurewell materialize`: join keys, a timestamp column and one column per
@@ -109,6 +155,8 @@ class FeatureView:
     retention: timedelta | None = None
     freshness_sla: timedelta | None = None
     source: ParquetSource | None = None
+    events: EventSource | None = None
+    tile: timedelta = timedelta(hours=1)
     owner: str = ""
     description: str = ""
     tags: Mapping[str, str] = field(default_factory=dict)
@@ -140,6 +188,7 @@ class FeatureView:
         for label, age in ages:
             if age is not None and (not isinstance(age, timedelta) or age <= timedelta(0)):
                 raise DefinitionError(f"{where}: {label} must be a positive timedelta")
+        _check_computed(where, self.entity, features, self.events, self.source, self.tile)
         object.__setattr__(self, "features", features)
         object.__setattr__(self, "feature_index", index)
         object.__setattr__(self, "tags", dict(self.tags))

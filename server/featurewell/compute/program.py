@@ -1,0 +1,113 @@
+"""A computed view compiled for execution: per feature, what to evaluate on each event (the
+value, a weight, the filter) and over how many tiles. Both engines start from this; each does its
+own arithmetic (the streaming engine incrementally in tiles, the batch engine with DuckDB over the
+whole log), and the parity tests hold them to the same results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from featurewell.definitions import (
+    Aggregation,
+    Count,
+    DecayedSum,
+    EventSource,
+    Feature,
+    FeatureView,
+    Kind,
+    Last,
+    Mean,
+    Mode,
+)
+from featurewell.definitions._computed import EventColumns, evaluate
+from featurewell.errors import DefinitionError
+
+US = 1_000_000
+
+
+@dataclass(frozen=True)
+class FeatureProgram:
+    feature: Feature
+    aggregation: Aggregation
+    tiles: int  # window length in tiles (0: Last, no window)
+    half_life_us: float = 0.0  # DecayedSum
+
+    @property
+    def kind(self) -> str:
+        return self.aggregation.name
+
+    def inputs(self, events: EventColumns, rows: int) -> tuple[Any, Any, npt.NDArray[np.bool_]]:
+        """Per event: the value aggregated, its weight (Mean) and whether it counts (where=)."""
+        what = f"feature {self.feature.name!r}"
+        agg = self.aggregation
+        value: Any = None
+        if isinstance(agg, Count):
+            value = np.ones(rows, dtype=np.int64)
+        elif agg.of is None:  # DecayedSum of 1 per event
+            value = np.ones(rows, dtype=np.float64)
+        else:
+            value = evaluate(agg.of, events, rows, f"{what}'s of=")
+        weight = None
+        if isinstance(agg, Mean) and agg.weight is not None:
+            weight = np.asarray(evaluate(agg.weight, events, rows, f"{what}'s weight="), float)
+        keep = np.ones(rows, dtype=bool)
+        if agg.where is not None:
+            keep = np.asarray(evaluate(agg.where, events, rows, f"{what}'s where="), dtype=bool)
+        if isinstance(agg, Mode):
+            value = np.asarray(value, dtype=np.int64)
+            bad = keep & ((value < 0) | (value >= agg.categories))
+            if bad.any():
+                raise DefinitionError(
+                    f"{what}: mode values must be in [0, {agg.categories}); got "
+                    f"{value[bad][:3].tolist()}"
+                )
+        if self.feature.dtype.kind is Kind.EMBEDDING:
+            value = np.asarray(value, dtype=np.float64)
+            if value.ndim != 2 or value.shape[1] != self.feature.dtype.dim:
+                raise DefinitionError(
+                    f"{what}: the expression must give {self.feature.dtype.dim} numbers per "
+                    f"event; got shape {value.shape}"
+                )
+        return value, weight, keep
+
+
+@dataclass(frozen=True)
+class ViewProgram:
+    view: FeatureView
+    source: EventSource
+    tile_us: int
+    features: tuple[FeatureProgram, ...]
+
+    @property
+    def horizon_tiles(self) -> int:
+        """Tiles a value can reach back: the longest window."""
+        return max((f.tiles for f in self.features), default=1) or 1
+
+    def tile_of(self, event_time_us: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        return event_time_us // self.tile_us
+
+
+def compile_view(view: FeatureView) -> ViewProgram:
+    if view.events is None:
+        raise DefinitionError(f"feature view {view.ref!r} is not computed from events")
+    tile_us = int(view.tile / timedelta(microseconds=1))
+    programs = []
+    for feature in view.features:
+        agg = feature.computed
+        assert agg is not None
+        half_life = 0.0
+        if isinstance(agg, DecayedSum):
+            assert agg.half_life is not None
+            half_life = agg.half_life / timedelta(microseconds=1)
+        programs.append(FeatureProgram(feature, agg, agg.tiles(view.tile), half_life))
+    return ViewProgram(view, view.events, tile_us, tuple(programs))
+
+
+def is_last(program: FeatureProgram) -> bool:
+    return isinstance(program.aggregation, Last)
