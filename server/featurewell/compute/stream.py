@@ -28,6 +28,7 @@ from featurewell.compute.program import FeatureProgram, ViewProgram, is_last
 
 _NEVER = -(2**62)  # the watermark of a partition nothing was read from (no event is late)
 Position = tuple[int, int]  # a partition's position: Redis Stream id (ms, seq); Kafka (offset, 0)
+_BEFORE_ANY: Position = (-1, -1)
 EntityKey = tuple[Any, ...]
 
 
@@ -51,7 +52,9 @@ class EntityState:
     tiles: dict[int, list[Any]] = field(default_factory=dict)
     last: list[tuple[int, str, Any] | None] = field(default_factory=list)  # per Last feature
     seen: dict[str, int] = field(default_factory=dict)  # event id -> event time
-    applied: Position = (-1, -1)
+    # partition -> position of the last event applied (an entity may hear from several
+    # partitions: items, when events are partitioned by user)
+    applied: dict[int, Position] = field(default_factory=dict)
     newest_us: int = 0
 
 
@@ -121,10 +124,10 @@ class StreamEngine:
             if entity is None:
                 entity = state.entities[keys[i]] = _new_entity(state)
             event_id = batch.event_ids[i]
-            if batch.positions[i] <= entity.applied:
+            if batch.positions[i] <= entity.applied.get(batch.partition, _BEFORE_ANY):
                 self.counters.replayed += 1
                 continue
-            entity.applied = batch.positions[i]
+            entity.applied[batch.partition] = batch.positions[i]
             if event_id in entity.seen:
                 self.counters.duplicates += 1
                 continue

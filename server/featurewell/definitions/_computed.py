@@ -193,7 +193,10 @@ class Last(Aggregation):
             raise DefinitionError(f"{where}: needs of= (a column or expression)")
         if dtype.kind not in (*EVENT_KINDS,):
             raise DefinitionError(f"{where}: last values are scalars or strings")
-        if isinstance(self.of, str) and source.columns[self.of].kind is not dtype.kind:
+        strings = (dtype.kind is Kind.STRING, None)
+        if isinstance(self.of, str):
+            strings = (dtype.kind is Kind.STRING, source.columns[self.of].kind is Kind.STRING)
+        if strings[1] is not None and strings[0] != strings[1]:
             raise DefinitionError(
                 f"{where}: column {self.of!r} is {source.columns[self.of]}, the feature {dtype}"
             )
