@@ -114,14 +114,12 @@ def _aggregate(
     kind = feature.kind
     if kind in ("last", "mode"):
         if kind == "last":
-            order, source = (
-                "event_time DESC, event_id DESC",
-                f"SELECT {key_list}, {v} AS value, event_time, event_id FROM events WHERE {k}",
-            )  # noqa: E501
+            order = "event_time DESC, event_id DESC"
+            source = f"SELECT {key_list}, {v} AS value, event_time, event_id FROM events WHERE {k}"
         else:
             order = "n DESC, value ASC"
             source = (
-                f"SELECT {key_list}, {v} AS value, count(*) AS n FROM events WHERE {k} GROUP BY ALL"  # noqa: E501
+                f"SELECT {key_list}, {v} AS value, count(*) AS n FROM events WHERE {k} GROUP BY ALL"
             )
         query = (
             f"SELECT {key_list}, value FROM ({source}) "
