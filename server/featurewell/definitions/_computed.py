@@ -193,10 +193,8 @@ class Last(Aggregation):
             raise DefinitionError(f"{where}: needs of= (a column or expression)")
         if dtype.kind not in (*EVENT_KINDS,):
             raise DefinitionError(f"{where}: last values are scalars or strings")
-        strings = (dtype.kind is Kind.STRING, None)
-        if isinstance(self.of, str):
-            strings = (dtype.kind is Kind.STRING, source.columns[self.of].kind is Kind.STRING)
-        if strings[1] is not None and strings[0] != strings[1]:
+        column = source.columns[self.of] if isinstance(self.of, str) else None
+        if column is not None and (column.kind is Kind.STRING) != (dtype.kind is Kind.STRING):
             raise DefinitionError(
                 f"{where}: column {self.of!r} is {source.columns[self.of]}, the feature {dtype}"
             )
