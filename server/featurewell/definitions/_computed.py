@@ -196,7 +196,7 @@ class Last(Aggregation):
         column = source.columns[self.of] if isinstance(self.of, str) else None
         if column is not None and (column.kind is Kind.STRING) != (dtype.kind is Kind.STRING):
             raise DefinitionError(
-                f"{where}: column {self.of!r} is {source.columns[self.of]}, the feature {dtype}"
+                f"{where}: column {self.of!r} is {column}, the feature {dtype}"
             )
 
 
