@@ -41,6 +41,7 @@ class EventBatch:
     event_time_us: npt.NDArray[np.int64]
     event_ids: Sequence[str]
     positions: Sequence[Position]
+    receipts: Sequence[str] = ()  # what the source needs to acknowledge them (stream entry ids)
 
     def __len__(self) -> int:
         return len(self.event_time_us)

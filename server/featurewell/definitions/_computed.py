@@ -195,9 +195,7 @@ class Last(Aggregation):
             raise DefinitionError(f"{where}: last values are scalars or strings")
         column = source.columns[self.of] if isinstance(self.of, str) else None
         if column is not None and (column.kind is Kind.STRING) != (dtype.kind is Kind.STRING):
-            raise DefinitionError(
-                f"{where}: column {self.of!r} is {column}, the feature {dtype}"
-            )
+            raise DefinitionError(f"{where}: column {self.of!r} is {column}, the feature {dtype}")
 
 
 @dataclass(frozen=True, eq=False)
