@@ -222,3 +222,77 @@ def test_a_dead_consumer_is_replaced_without_loss_or_double_counting(
             server.stop()
     finally:
         loop.close()
+
+
+REPO = """
+from datetime import timedelta
+from featurewell.definitions import Count, Entity, EventSource, Feature, FeatureView, Int64, String
+member = Entity("member", join_keys={"member_id": String})
+visits = EventSource("NAME", keys={"member_id": String})
+visit_stats = FeatureView("NAME_stats", entity=member, events=visits,
+                          tile=timedelta(minutes=1),
+                          features=[Feature("visits_1h", Int64,
+                                            computed=Count(window=timedelta(hours=1)))])
+"""
+
+
+def test_featurewell_stream_serves_an_appended_event_within_seconds(
+    cluster: LocalCluster, tmp_path: Any
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from featurewell.definitions import load_repo
+    from tests.load import scrape_until
+    from tests.test_telemetry import free_port
+
+    name = f"visits_{uuid.uuid4().hex[:6]}"
+    (tmp_path / "repo.py").write_text(REPO.replace("NAME", name))
+    registry = load_repo(str(tmp_path / "repo.py"))
+    view = registry.view(f"{name}_stats")
+    assert view.events is not None
+    metrics = free_port()
+    seeds = ",".join(f"{h}:{p}" for h, p in cluster.seeds)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "featurewell.cli", "stream", "--repo", str(tmp_path / "repo.py"),
+         "--source", name, "--redis", seeds, "--metrics-port", str(metrics)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    server = ServerThread(make_settings(cluster), registry)
+    loop = asyncio.new_event_loop()
+    try:
+        store = loop.run_until_complete(
+            OnlineStore.connect(cluster.seeds, connect_timeout=2, connections_per_node=1)
+        )
+        member_id = f"m-{uuid.uuid4().hex[:6]}"
+        feature = f"{name}_stats:visits_1h"
+
+        def visits() -> int:
+            with FeatureClient(server.address, timeout=5.0) as client:
+                result = client.get_features([feature], entities={"member_id": [member_id]})
+            return int(result.values(feature)[0])
+
+        for expected_count in (1, 2, 3):
+            event = {"event_id": uuid.uuid4().hex, "event_time": time.time_ns() // 1000,
+                     "member_id": member_id}  # fmt: skip
+            appended = time.monotonic()
+            loop.run_until_complete(append(store.cluster, view.events, [event]))
+            while visits() != expected_count:
+                assert time.monotonic() - appended < 10, "the event never became servable"
+                time.sleep(0.02)
+        got = scrape_until(
+            metrics,
+            lambda m: (
+                m.get(f'featurewell_stream_events_total{{outcome="applied",source="{name}"}}', 0)
+                >= 3
+            ),
+        )
+        assert got[f'featurewell_stream_events_total{{outcome="applied",source="{name}"}}'] == 3
+        loop.run_until_complete(store.close())
+    finally:
+        loop.close()
+        server.stop()
+        process.send_signal(signal.SIGTERM)
+        _, errors = process.communicate(timeout=30)
+    assert process.returncode == 0, errors.decode()[-2000:]

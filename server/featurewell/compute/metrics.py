@@ -1,0 +1,66 @@
+"""Prometheus metrics of `featurewell stream`: throughput, lateness, duplicates, lag, rows.
+
+Read at scrape time from the runner's own counters (plain integers), so the event loop never
+touches a metric."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from featurewell.compute.runner import StreamRunner
+
+
+class StreamCollector(Collector):
+    def __init__(self, runner: StreamRunner) -> None:
+        self.runner = runner
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        runner = self.runner
+        source = runner.source.name
+        counters = runner.engine.counters
+        events = CounterMetricFamily(
+            "featurewell_stream_events",
+            "Events read, by what became of them (applied; duplicate; late: past the allowed "
+            "lateness; replayed: already in the checkpointed state).",
+            labels=["source", "outcome"],
+        )
+        for outcome in ("applied", "duplicates", "late", "replayed"):
+            events.add_metric([source, outcome.rstrip("s")], getattr(counters, outcome))
+        yield events
+        rows = CounterMetricFamily(
+            "featurewell_stream_rows_written", "Feature rows written to the online store.",
+            labels=["source"],
+        )  # fmt: skip
+        rows.add_metric([source], runner.stats.rows_written)
+        yield rows
+        checkpoints = CounterMetricFamily(
+            "featurewell_stream_checkpoints", "State checkpoints written.", labels=["source"]
+        )
+        checkpoints.add_metric([source], runner.stats.checkpoints)
+        yield checkpoints
+        behind = GaugeMetricFamily(
+            "featurewell_stream_watermark_lag_seconds",
+            "Now minus the partition's watermark (the newest event time read).",
+            labels=["source", "partition"],
+        )
+        now = time.time()
+        for partition, watermark in runner.engine.watermarks.items():
+            behind.add_metric([source, str(partition)], max(0.0, now - watermark / 1e6))
+        yield behind
+        entities = GaugeMetricFamily(
+            "featurewell_stream_entities", "Entities held in memory, by view.", labels=["view"]
+        )
+        for ref, state in runner.engine.views.items():
+            entities.add_metric([ref], len(state.entities))
+        yield entities
+
+
+def stream_registry(runner: StreamRunner) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(StreamCollector(runner))
+    return registry
