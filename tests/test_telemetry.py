@@ -437,7 +437,7 @@ def test_workers_metrics_are_aggregated_on_one_port(cluster: LocalCluster) -> No
         while served < calls:
             # A new connection per call: SO_REUSEPORT spreads connections over the workers.
             try:
-                with FeatureClient(f"127.0.0.1:{port}", timeout=2.0) as client:
+                with FeatureClient(f"127.0.0.1:{port}", timeout=10.0) as client:
                     client.get_features(["profile:age"], entities={"user_id": ["w"]})
                 served += 1
             except FeatureClientError:
