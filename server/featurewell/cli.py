@@ -16,6 +16,7 @@ from typing import Any
 
 import uvloop
 
+from featurewell.compute.kafka import KafkaSource
 from featurewell.compute.metrics import stream_registry
 from featurewell.compute.runner import StreamRunner
 from featurewell.definitions import load_repo
@@ -73,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
     stream.add_argument("--group", default="featurewell", help="Redis consumer group")
     stream.add_argument("--consumer", default="stream-0", help="this consumer's name")
     stream.add_argument("--partitions", help="comma-separated partitions (default: all)")
+    stream.add_argument(
+        "--kafka-bootstrap",
+        metavar="HOST:PORT,...",
+        help="read the source's Kafka topic instead of its Redis Streams",
+    )
     stream.add_argument("--allowed-lateness-s", type=float, default=3600.0)
     stream.add_argument("--batch-size", type=int, default=1000)
     stream.add_argument("--checkpoint-s", type=float, default=1.0)
@@ -209,11 +215,15 @@ def _stream(settings: Settings, args: argparse.Namespace) -> None:
 
     async def run() -> None:
         store = await open_store(settings.with_changes(cache_entries=0))
+        kafka = None
+        if args.kafka_bootstrap:
+            config = {"bootstrap.servers": args.kafka_bootstrap}
+            kafka = KafkaSource(sources[args.source], config, args.group)
         runner = StreamRunner(
             registry, sources[args.source], FeatureEngine(registry, store, settings),
             group=args.group, consumer=args.consumer, partitions=partitions,
             allowed_lateness_s=args.allowed_lateness_s, batch_size=args.batch_size,
-            checkpoint_s=args.checkpoint_s, refresh_s=args.refresh_s,
+            checkpoint_s=args.checkpoint_s, refresh_s=args.refresh_s, events=kafka,
         )  # fmt: skip
         if settings.metrics_port >= 0:
             port = exposition.serve(stream_registry(runner), settings.host, settings.metrics_port)
@@ -225,6 +235,8 @@ def _stream(settings: Settings, args: argparse.Namespace) -> None:
         try:
             await runner.run(stopping)
         finally:
+            if kafka is not None:
+                kafka.close()
             await store.close()
         log.info("stopped after %d events, %d rows written", runner.stats.events,
                  runner.stats.rows_written)  # fmt: skip

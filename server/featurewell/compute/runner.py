@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -33,6 +33,16 @@ from featurewell.store.connection import encode_command
 from featurewell.store.keys import entity_tags, slot_of, slots_of
 
 log = logging.getLogger("featurewell.stream")
+
+
+class EventReader(Protocol):
+    """Where events come from: Redis Streams or Kafka."""
+
+    async def start(self) -> None: ...
+
+    async def read(self, count: int) -> list[EventBatch]: ...
+
+    async def ack(self, partition: int, receipts: Sequence[str]) -> None: ...
 
 
 @dataclass
@@ -61,7 +71,10 @@ class StreamRunner:
         checkpoint_s: float = 1.0,
         refresh_s: float = 60.0,
         claim_idle_ms: int = 30_000,
+        events: EventReader | None = None,
     ) -> None:
+        """`events` reads the source (default: its Redis Streams, as consumer `consumer` of
+        `group`); a `KafkaSource` reads its topic instead."""
         self.registry = registry
         self.source = source
         self.writer = writer
@@ -71,7 +84,7 @@ class StreamRunner:
             raise ValueError(f"no feature view is computed from event source {source.name!r}")
         self.programs = {p.view.ref: p for p in programs}
         self.engine = StreamEngine(programs, int(allowed_lateness_s * 1e6))
-        self.events = RedisStreamSource(
+        self.events: EventReader = events or RedisStreamSource(
             self.cluster, source, group, consumer, partitions, claim_idle_ms
         )
         self.group = group
