@@ -289,6 +289,10 @@ def test_featurewell_stream_serves_an_appended_event_within_seconds(
             ),
         )
         assert got[f'featurewell_stream_events_total{{outcome="applied",source="{name}"}}'] == 3
+        # Each event's appended-to-servable time is in the histogram, under 10 s.
+        visible = f'featurewell_stream_visible_seconds_%s{{source="{name}"}}'
+        assert got[visible % "count"] == 3
+        assert got[f'featurewell_stream_visible_seconds_bucket{{le="10.0",source="{name}"}}'] == 3
         loop.run_until_complete(store.close())
     finally:
         loop.close()

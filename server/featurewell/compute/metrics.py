@@ -8,18 +8,26 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import numpy as np
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
-from featurewell.compute.runner import StreamRunner
+from featurewell.compute.runner import VISIBLE_BUCKETS_MS, StreamRunner
 
 
 class StreamCollector(Collector):
     def __init__(self, runner: StreamRunner) -> None:
         self.runner = runner
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def collect(
+        self,
+    ) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         runner = self.runner
         source = runner.source.name
         counters = runner.engine.counters
@@ -52,6 +60,20 @@ class StreamCollector(Collector):
         for partition, watermark in runner.engine.watermarks.items():
             behind.add_metric([source, str(partition)], max(0.0, now - watermark / 1e6))
         yield behind
+        visible = HistogramMetricFamily(
+            "featurewell_stream_visible_seconds",
+            "From an event appended (its Redis Stream entry) to its entity's row written.",
+            labels=["source"],
+        )
+        stats = runner.stats
+        cumulative = np.cumsum(stats.visible_counts).tolist()
+        # Prometheus spells bounds like Go floats ("10.0"); the helper is untyped.
+        bounds = [floatToGoString(b / 1000) for b in VISIBLE_BUCKETS_MS]  # type: ignore[no-untyped-call]
+        bounds.append("+Inf")
+        visible.add_metric(
+            [source], list(zip(bounds, cumulative, strict=True)), stats.visible_sum_ms / 1000
+        )
+        yield visible
         entities = GaugeMetricFamily(
             "featurewell_stream_entities", "Entities held in memory, by view.", labels=["view"]
         )

@@ -16,11 +16,13 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from featurewell.compute.program import ViewProgram, compile_view
 from featurewell.compute.redis_streams import RedisStreamSource
@@ -45,6 +47,11 @@ class EventReader(Protocol):
     async def ack(self, partition: int, receipts: Sequence[str]) -> None: ...
 
 
+VISIBLE_BUCKETS_MS = np.array(
+    [5, 10, 25, 50, 100, 250, 500, 750, 1000, 2500, 5000, 10000, 30000, 60000], dtype=np.float64
+)
+
+
 @dataclass
 class StreamStats:
     batches: int = 0
@@ -52,8 +59,21 @@ class StreamStats:
     rows_written: int = 0
     checkpoints: int = 0
     refreshed: int = 0
-    # event time -> written, per event, for the freshness figure (bounded sample)
-    visible_after_s: list[float] = field(default_factory=list)
+    # Appended (the stream entry's time) to servable (its entity's row written), per event, in
+    # ms: the cumulative histogram over VISIBLE_BUCKETS_MS (+Inf last), and the latest values.
+    visible_counts: npt.NDArray[np.int64] = field(
+        default_factory=lambda: np.zeros(len(VISIBLE_BUCKETS_MS) + 1, dtype=np.int64)
+    )
+    visible_sum_ms: float = 0.0
+    visible_recent_ms: deque[npt.NDArray[np.float64]] = field(
+        default_factory=lambda: deque(maxlen=400)
+    )
+
+    def visible(self, latencies_ms: npt.NDArray[np.float64]) -> None:
+        bins = np.searchsorted(VISIBLE_BUCKETS_MS, latencies_ms, side="left")
+        self.visible_counts += np.bincount(bins, minlength=len(self.visible_counts))
+        self.visible_sum_ms += float(latencies_ms.sum())
+        self.visible_recent_ms.append(latencies_ms)
 
 
 class StreamRunner:
@@ -114,6 +134,7 @@ class StreamRunner:
             await self._load_entities(batch)
             touched = self.engine.apply(batch)
             await self._emit(touched)
+            self._record_visibility(batch)
             self._unacked.setdefault(batch.partition, []).extend(batch.receipts)
             self.stats.batches += 1
             self.stats.events += len(batch)
@@ -123,6 +144,13 @@ class StreamRunner:
         if now - self._last_refresh >= self.refresh_s:
             await self.refresh()
         return read
+
+    def _record_visibility(self, batch: EventBatch) -> None:
+        """Redis Stream ids start with the ms Redis appended the entry at: how long each event
+        took from appended to servable (its entity's row is written by now)."""
+        appended_ms = np.fromiter((p[0] for p in batch.positions), np.float64, len(batch))
+        if len(appended_ms) and appended_ms[0] > 1e12:  # stream ids, not Kafka offsets
+            self.stats.visible(np.maximum(time.time() * 1000 - appended_ms, 0.0))
 
     async def run(self, stop: asyncio.Event, idle_sleep_s: float = 0.02) -> None:
         await self.start()
