@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     stream.add_argument("--allowed-lateness-s", type=float, default=3600.0)
     stream.add_argument("--batch-size", type=int, default=1000)
-    stream.add_argument("--checkpoint-s", type=float, default=1.0)
+    stream.add_argument("--checkpoint-s", type=float, default=5.0)
     stream.add_argument("--refresh-s", type=float, default=60.0)
     stream.set_defaults(run=_stream)
 

@@ -88,7 +88,7 @@ class StreamRunner:
         partitions: Sequence[int] | None = None,
         allowed_lateness_s: float = 3600.0,
         batch_size: int = 1000,
-        checkpoint_s: float = 1.0,
+        checkpoint_s: float = 5.0,
         refresh_s: float = 60.0,
         claim_idle_ms: int = 30_000,
         events: EventReader | None = None,
@@ -99,7 +99,10 @@ class StreamRunner:
         self.source = source
         self.writer = writer
         self.cluster = writer.store.cluster
-        programs = [compile_view(v) for v in registry.views.values() if v.events is source]
+        programs = [
+            compile_view(v) for v in registry.views.values()
+            if v.events is not None and v.events.name == source.name
+        ]  # fmt: skip
         if not programs:
             raise ValueError(f"no feature view is computed from event source {source.name!r}")
         self.programs = {p.view.ref: p for p in programs}
@@ -162,18 +165,17 @@ class StreamRunner:
     async def checkpoint(self, *, ack: bool = True) -> None:
         """Write changed entities' state and the watermarks, then acknowledge the entries."""
         commands, slots = [], []
-        for ref, keys in self._dirty.items():
+        for ref, dirty in self._dirty.items():
             state = self.engine.views[ref]
+            keys = [key for key in dirty if key in state.entities]
+            if not keys:
+                continue
+            tags = _tags(keys)
             prefix = _state_prefix(state.program)
-            for key in keys:
-                entity = state.entities.get(key)
-                if entity is None:
-                    continue
-                tag = entity_tags([[v] for v in key], 1)[0]
-                commands.append(
-                    encode_command("SET", prefix + tag + b"}", encode_entity(state, entity))
-                )
-                slots.append(slots_of([tag])[0])
+            for key, tag in zip(keys, tags, strict=True):
+                encoded = encode_entity(state, state.entities[key])
+                commands.append(encode_command("SET", prefix + tag + b"}", encoded))
+            slots += slots_of(tags)
         marks = json.dumps(self.engine.watermarks)
         commands.append(encode_command("SET", self._checkpoint_key(), marks))
         slots.append(slot_of(b"_stream"))
@@ -226,7 +228,7 @@ class StreamRunner:
             if not missing:
                 continue
             prefix = _state_prefix(state.program)
-            tags = [entity_tags([[v] for v in key], 1)[0] for key in missing]
+            tags = _tags(missing)
             commands = [encode_command("GET", prefix + tag + b"}") for tag in tags]
             replies, errors, failures, _ = await self.cluster.execute(
                 commands, slots_of(tags), 10.0
@@ -249,6 +251,11 @@ class StreamRunner:
             raise RuntimeError(f"cannot read the checkpoint: {failures[0].detail}")
         value = replies[0]
         return value if isinstance(value, bytes) else None
+
+
+def _tags(keys: list[EntityKey]) -> list[bytes]:
+    """Hash tags of entity keys (tuples of key values), all at once."""
+    return entity_tags([list(column) for column in zip(*keys, strict=True)], len(keys))
 
 
 def _state_prefix(program: ViewProgram) -> bytes:
