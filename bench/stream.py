@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from collections import deque
 import subprocess
 import sys
 import tempfile
@@ -106,12 +107,14 @@ def _source(repo: Path) -> EventSource:
     return next(v.events for v in registry.views.values() if v.events is not None)
 
 
-async def _runner(seeds: list[tuple[str, int]], repo: Path, group: str) -> StreamRunner:
+async def _runner(
+    seeds: list[tuple[str, int]], repo: Path, group: str, checkpoint_s: float = 5.0
+) -> StreamRunner:
     registry = load_repo(str(repo))
     settings = Settings.load(environ={}).with_changes(redis=tuple(seeds))
     store = await OnlineStore.connect(seeds, connect_timeout=2, connections_per_node=2)
     runner = StreamRunner(registry, _source(repo), FeatureEngine(registry, store, settings),
-                          group=group, batch_size=2000)  # fmt: skip
+                          group=group, batch_size=2000, checkpoint_s=checkpoint_s)  # fmt: skip
     await runner.start()
     return runner
 
@@ -139,12 +142,17 @@ async def throughput(seeds: list[tuple[str, int]], repo: Path, backlog: int) -> 
 
 
 async def latency(
-    seeds: list[tuple[str, int]], repo: Path, rate: float, seconds: float, group: str
+    seeds: list[tuple[str, int]],
+    repo: Path,
+    rate: float,
+    seconds: float,
+    group: str,
+    checkpoint_s: float,
 ) -> dict[str, float]:
-    runner = await _runner(seeds, repo, group)
+    runner = await _runner(seeds, repo, group, checkpoint_s)
     while await runner.step():  # start from the stream's end: drain what is there
         pass
-    runner.stats.visible_recent_ms.clear()
+    runner.stats.visible_recent_ms = deque()  # keep every event's figure for this run
     consumed_before = runner.stats.events
     producer = subprocess.Popen(
         [sys.executable, __file__, "--produce", "--repo", str(repo), "--rate", str(rate),
@@ -176,6 +184,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--backlog", type=int, default=100_000)
+    parser.add_argument("--checkpoint-s", type=float, default=5.0)
     parser.add_argument("--produce", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--repo", help=argparse.SUPPRESS)
     parser.add_argument("--seeds", help=argparse.SUPPRESS)
@@ -192,7 +201,9 @@ def main() -> None:
               f"{drained['events_per_s']:,.0f} events/s ({drained['rows_written']:,} rows)")  # fmt: skip
         runs = []
         for n in range(args.runs):
-            got = asyncio.run(latency(cluster.seeds, repo, args.rate, args.seconds, f"live-{n}"))
+            got = asyncio.run(latency(
+                cluster.seeds, repo, args.rate, args.seconds, f"live-{n}", args.checkpoint_s
+            ))  # fmt: skip
             runs.append(got)
             print(f"run {n + 1}: sent {got['rate_sent']:,.0f}/s, consumed "
                   f"{got['rate_consumed']:,.0f}/s; appended -> servable p50 "

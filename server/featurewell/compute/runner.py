@@ -27,7 +27,7 @@ import numpy.typing as npt
 from featurewell.compute.program import ViewProgram, compile_view
 from featurewell.compute.redis_streams import RedisStreamSource
 from featurewell.compute.state import decode_entity, encode_entity
-from featurewell.compute.stream import EntityKey, EventBatch, StreamEngine
+from featurewell.compute.stream import EntityKey, EventBatch, StreamEngine, ViewState
 from featurewell.definitions import EventSource, Kind, Registry
 from featurewell.serving.calls import InputColumn, WriteRequest
 from featurewell.serving.engine import FeatureEngine
@@ -35,6 +35,7 @@ from featurewell.store.connection import encode_command
 from featurewell.store.keys import entity_tags, slot_of, slots_of
 
 log = logging.getLogger("featurewell.stream")
+_CHECKPOINT_SLICE = 500  # entity states encoded between two turns of the event loop
 
 
 class EventReader(Protocol):
@@ -90,6 +91,7 @@ class StreamRunner:
         batch_size: int = 1000,
         checkpoint_s: float = 5.0,
         refresh_s: float = 60.0,
+        emit_s: float = 0.1,
         claim_idle_ms: int = 30_000,
         events: EventReader | None = None,
     ) -> None:
@@ -119,6 +121,11 @@ class StreamRunner:
         self._unacked: dict[int, list[str]] = {}
         self._last_checkpoint = time.monotonic()
         self._last_refresh = time.monotonic()
+        self._checkpointing: asyncio.Task[None] | None = None
+        self.emit_s = emit_s
+        self._last_emit = 0.0
+        self._to_emit: dict[str, set[EntityKey]] = {ref: set() for ref in self.programs}
+        self._emitting: list[EventBatch] = []
         self._emitted: dict[tuple[str, EntityKey], list[Any]] = {}
 
     async def start(self) -> None:
@@ -135,15 +142,31 @@ class StreamRunner:
         read = sum(len(b) for b in batches)
         for batch in batches:
             await self._load_entities(batch)
-            touched = self.engine.apply(batch)
-            await self._emit(touched)
-            self._record_visibility(batch)
+            for ref, keys in self.engine.apply(batch).items():
+                self._to_emit[ref] |= keys
+            self._emitting.append(batch)
             self._unacked.setdefault(batch.partition, []).extend(batch.receipts)
             self.stats.batches += 1
             self.stats.events += len(batch)
         now = time.monotonic()
-        if now - self._last_checkpoint >= self.checkpoint_s:
-            await self.checkpoint()
+        if now - self._last_emit >= self.emit_s:
+            # One write per touched entity per interval: a popular item read 50 times in the
+            # interval is written once.
+            await self.flush()
+        background = self._checkpointing
+        if now - self._last_checkpoint >= self.checkpoint_s and (
+            background is None or background.done()
+        ):
+            if background is not None:
+                background.result()  # a failed checkpoint stops the runner, loudly
+            # Taken now (every applied event's row written first); written in the background,
+            # so events keep flowing while states are encoded.
+            await self.flush()
+            self._last_checkpoint = now
+            taken = self._take_checkpoint()
+            self._checkpointing = asyncio.get_running_loop().create_task(
+                self._write_checkpoint(*taken)
+            )
         if now - self._last_refresh >= self.refresh_s:
             await self.refresh()
         return read
@@ -160,36 +183,83 @@ class StreamRunner:
         while not stop.is_set():
             if not await self.step():
                 await asyncio.sleep(idle_sleep_s)
+        await self.flush()
+        if self._checkpointing is not None:
+            await self._checkpointing
         await self.checkpoint()
 
+    async def flush(self) -> None:
+        """Write the rows of every event applied so far."""
+        self._last_emit = time.monotonic()
+        if not self._emitting:
+            return
+        to_emit, self._to_emit = self._to_emit, {ref: set() for ref in self.programs}
+        emitting, self._emitting = self._emitting, []
+        await self._emit(to_emit)
+        for done in emitting:
+            self._record_visibility(done)
+
     async def checkpoint(self, *, ack: bool = True) -> None:
-        """Write changed entities' state and the watermarks, then acknowledge the entries."""
-        commands, slots = [], []
-        for ref, dirty in self._dirty.items():
-            state = self.engine.views[ref]
-            keys = [key for key in dirty if key in state.entities]
-            if not keys:
-                continue
-            tags = _tags(keys)
-            prefix = _state_prefix(state.program)
-            for key, tag in zip(keys, tags, strict=True):
-                encoded = encode_entity(state, state.entities[key])
-                commands.append(encode_command("SET", prefix + tag + b"}", encoded))
-            slots += slots_of(tags)
-        marks = json.dumps(self.engine.watermarks)
-        commands.append(encode_command("SET", self._checkpoint_key(), marks))
-        slots.append(slot_of(b"_stream"))
+        """Write changed entities' state and the watermarks, then acknowledge the entries
+        (`ack=False`: a test's crash between the two)."""
+        await self.flush()
+        await self._write_checkpoint(*self._take_checkpoint(), ack=ack)
+
+    def _take_checkpoint(self) -> tuple[dict[str, set[EntityKey]], dict[int, list[str]], str]:
+        """The dirty entities and the entries to acknowledge, taken at once: every entry taken
+        was applied to a state written by this checkpoint (or an earlier one) and its row was
+        written, so acknowledging it is safe; what changes meanwhile waits for the next one."""
+        dirty, self._dirty = self._dirty, {ref: set() for ref in self.programs}
+        unacked, self._unacked = self._unacked, {}
+        return dirty, unacked, json.dumps(self.engine.watermarks)
+
+    async def _write_checkpoint(
+        self,
+        dirty: dict[str, set[EntityKey]],
+        unacked: dict[int, list[str]],
+        marks: str,
+        ack: bool = True,
+    ) -> None:
+        """States in slices of `_CHECKPOINT_SLICE` (the event loop serves steps in between),
+        then the watermarks, then the acknowledgements."""
+        try:
+            for ref, keys in dirty.items():
+                state = self.engine.views[ref]
+                present = [key for key in keys if key in state.entities]
+                for start in range(0, len(present), _CHECKPOINT_SLICE):
+                    await self._write_states(state, present[start : start + _CHECKPOINT_SLICE])
+            await self._write(
+                [encode_command("SET", self._checkpoint_key(), marks)], [slot_of(b"_stream")]
+            )
+            if ack:
+                for partition, ids in unacked.items():
+                    await self.events.ack(partition, ids)
+                unacked = {}
+        except BaseException:
+            # Not written (or not acknowledged): keep it all for the next attempt.
+            for ref, keys in dirty.items():
+                self._dirty[ref] |= keys
+            for partition, ids in unacked.items():
+                self._unacked.setdefault(partition, [])[:0] = ids
+            raise
+        for partition, ids in unacked.items():  # ack=False: still to acknowledge
+            self._unacked.setdefault(partition, [])[:0] = ids
+        self.engine.evict()
+        self.stats.checkpoints += 1
+
+    async def _write_states(self, state: ViewState, keys: list[EntityKey]) -> None:
+        tags = _tags(keys)
+        prefix = _state_prefix(state.program)
+        commands = [
+            encode_command("SET", prefix + tag + b"}", encode_entity(state, state.entities[key]))
+            for key, tag in zip(keys, tags, strict=True)
+        ]
+        await self._write(commands, slots_of(tags))
+
+    async def _write(self, commands: list[bytes], slots: list[int]) -> None:
         replies, errors, failures, _ = await self.cluster.execute(commands, slots, 10.0)
         if failures or errors:
             raise RuntimeError(f"checkpoint failed: {failures or replies[errors[0]]}")
-        self._dirty = {ref: set() for ref in self.programs}
-        if ack:
-            for partition, ids in self._unacked.items():
-                await self.events.ack(partition, ids)
-            self._unacked = {}
-        self.engine.evict()
-        self._last_checkpoint = time.monotonic()
-        self.stats.checkpoints += 1
 
     async def refresh(self) -> None:
         """Write again every entity whose values changed with time alone."""
