@@ -152,6 +152,7 @@ async def latency(
     runner = await _runner(seeds, repo, group, checkpoint_s)
     while await runner.step():  # start from the stream's end: drain what is there
         pass
+    await runner.flush()
     runner.stats.visible_recent_ms = deque()  # keep every event's figure for this run
     consumed_before = runner.stats.events
     producer = subprocess.Popen(
@@ -165,6 +166,7 @@ async def latency(
             await asyncio.sleep(0.005)
     while await runner.step():
         pass
+    await runner.flush()
     elapsed = time.perf_counter() - started
     sent = json.loads(producer.stdout.read().strip().splitlines()[-1])  # type: ignore[union-attr]
     samples = np.concatenate(list(runner.stats.visible_recent_ms))
