@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from collections import deque
 import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +155,7 @@ async def latency(
     await runner.flush()
     runner.stats.visible_recent_ms = deque()  # keep every event's figure for this run
     consumed_before = runner.stats.events
-    producer = subprocess.Popen(
+    producer = subprocess.Popen(  # noqa: ASYNC220 (started once; Popen does not wait)
         [sys.executable, __file__, "--produce", "--repo", str(repo), "--rate", str(rate),
          "--seconds", str(seconds), "--seeds", ",".join(f"{h}:{p}" for h, p in seeds)],
         stdout=subprocess.PIPE, text=True,
@@ -199,8 +199,10 @@ def main() -> None:
         repo = Path(folder) / "repo.py"
         repo.write_text(REPO)
         drained = asyncio.run(throughput(cluster.seeds, repo, args.backlog))
-        print(f"backlog: {drained['events']:,} events in {drained['seconds']:.1f} s = "
-              f"{drained['events_per_s']:,.0f} events/s ({drained['rows_written']:,} rows)")  # fmt: skip
+        print(
+            f"backlog: {drained['events']:,} events in {drained['seconds']:.1f} s = "
+            f"{drained['events_per_s']:,.0f} events/s ({drained['rows_written']:,} rows)"
+        )
         runs = []
         for n in range(args.runs):
             got = asyncio.run(latency(
