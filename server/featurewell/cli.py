@@ -1,4 +1,5 @@
-"""The `featurewell` command: serve, materialize, stream, baseline, drift, cluster, demo."""
+"""The `featurewell` command: serve, materialize, stream, backfill, baseline, drift, cluster,
+demo."""
 
 from __future__ import annotations
 
@@ -16,18 +17,17 @@ from typing import Any
 
 import uvloop
 
-from featurewell.compute.kafka import KafkaSource
-from featurewell.compute.metrics import stream_registry
-from featurewell.compute.runner import StreamRunner
+from featurewell.compute.commands import backfill as commands_backfill
+from featurewell.compute.commands import stream as commands_stream
 from featurewell.definitions import load_repo
 from featurewell.devcluster import start_local_cluster
 from featurewell.errors import FeaturewellError
 from featurewell.ingest.materialize import materialize
 from featurewell.serving.engine import FeatureEngine
-from featurewell.serving.server import Server, node_access, open_store, serve
+from featurewell.serving.server import Server, node_access, serve
 from featurewell.settings import Settings
 from featurewell.store.online import OnlineStore
-from featurewell.telemetry import baseline, exposition, report
+from featurewell.telemetry import baseline, report
 
 EXAMPLE_REPO = Path(__file__).resolve().parents[2] / "examples" / "streaming_media"
 log = logging.getLogger("featurewell")
@@ -83,7 +83,25 @@ def _parser() -> argparse.ArgumentParser:
     stream.add_argument("--batch-size", type=int, default=1000)
     stream.add_argument("--checkpoint-s", type=float, default=5.0)
     stream.add_argument("--refresh-s", type=float, default=60.0)
-    stream.set_defaults(run=_stream)
+    stream.set_defaults(run=commands_stream)
+
+    fill = commands.add_parser(
+        "backfill", help="an event source's log through the batch engine: online values, "
+        "history, and the streaming state"
+    )  # fmt: skip
+    _settings_flags(fill)
+    fill.add_argument("--source", required=True, help="the EventSource's name")
+    fill.add_argument("--log", help="Parquet event log (default: the source's parquet=)")
+    fill.add_argument("--max-rows-per-second", type=float, help="pace online writes")
+    fill.add_argument("--history-out", help="write the values as of every step here (Parquet)")
+    fill.add_argument("--history-step-h", type=float, default=24.0)
+    fill.add_argument("--allowed-lateness-s", type=float, default=3600.0)
+    fill.add_argument(
+        "--group",
+        default="featurewell",
+        help="consumer group whose streaming state to seed ('' to skip)",
+    )
+    fill.set_defaults(run=commands_backfill)
 
     base = commands.add_parser(
         "baseline", help="compute drift baselines from training data (for --drift-baseline)"
@@ -204,44 +222,6 @@ def _progress_printer(every: int = 50_000) -> Callable[[str, int], None]:
         last[view] = rows
 
     return report
-
-
-def _stream(settings: Settings, args: argparse.Namespace) -> None:
-    registry = load_repo(_need_repo(settings).repo)
-    sources = {v.events.name: v.events for v in registry.views.values() if v.events is not None}
-    if args.source not in sources:
-        raise SystemExit(f"featurewell: no event source {args.source!r}; known: {sorted(sources)}")
-    partitions = [int(p) for p in args.partitions.split(",")] if args.partitions else None
-
-    async def run() -> None:
-        store = await open_store(settings.with_changes(cache_entries=0))
-        kafka = None
-        if args.kafka_bootstrap:
-            config = {"bootstrap.servers": args.kafka_bootstrap}
-            kafka = KafkaSource(sources[args.source], config, args.group)
-        runner = StreamRunner(
-            registry, sources[args.source], FeatureEngine(registry, store, settings),
-            group=args.group, consumer=args.consumer, partitions=partitions,
-            allowed_lateness_s=args.allowed_lateness_s, batch_size=args.batch_size,
-            checkpoint_s=args.checkpoint_s, refresh_s=args.refresh_s, events=kafka,
-        )  # fmt: skip
-        if settings.metrics_port >= 0:
-            port = exposition.serve(stream_registry(runner), settings.host, settings.metrics_port)
-            log.info("stream metrics on :%d/metrics", port)
-        stopping = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
-        log.info("streaming %s as %s/%s", args.source, args.group, args.consumer)
-        try:
-            await runner.run(stopping)
-        finally:
-            if kafka is not None:
-                kafka.close()
-            await store.close()
-        log.info("stopped after %d events, %d rows written", runner.stats.events,
-                 runner.stats.rows_written)  # fmt: skip
-
-    uvloop.run(run())
 
 
 def _baseline(settings: Settings, args: argparse.Namespace) -> None:

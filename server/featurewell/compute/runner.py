@@ -188,6 +188,14 @@ class StreamRunner:
             await self._checkpointing
         await self.checkpoint()
 
+    async def seed(self, batches: Sequence[EventBatch]) -> None:
+        """Start the state from history (a backfill's event log, in delivery order): apply it,
+        and checkpoint every entity it touched, so the live stream continues its windows."""
+        for batch in batches:
+            for ref, keys in self.engine.apply(batch).items():
+                self._dirty[ref] |= keys
+        await self._write_checkpoint(*self._take_checkpoint(), ack=False)
+
     async def flush(self) -> None:
         """Write the rows of every event applied so far."""
         self._last_emit = time.monotonic()
@@ -284,7 +292,7 @@ class StreamRunner:
                 rows.append((key, values))
                 self._dirty[ref].add(key)
             if rows:
-                await self.writer.write(_write_request(program, rows, as_of))
+                await self.writer.write(write_request(program, rows, as_of))
                 written += len(rows)
         self.stats.rows_written += written
         return written
@@ -344,9 +352,10 @@ def _same(previous: list[Any] | None, values: list[Any]) -> bool:
     )
 
 
-def _write_request(
+def write_request(
     program: ViewProgram, rows: list[tuple[EntityKey, list[Any]]], as_of_us: int
 ) -> WriteRequest:
+    """Feature rows of a computed view (entity key, values in feature order) as a write."""
     view = program.view
     entity = view.entity
     entities = {

@@ -1,0 +1,156 @@
+"""`featurewell backfill`: an event log's history through the batch engine.
+
+- Current values (as of `as_of`) go to the online store, paced to `max_rows_per_second` so
+  serving keeps its latency.
+- With `history_dir`, the values as of every `history_step` go to Parquet files
+  (`<dir>/<view>@v<n>/as_of=<date>.parquet`), the feature history training sets are built from.
+- With `seed_group`, the streaming engine's state for that consumer group is started from the same
+  log, so `featurewell stream` continues the windows instead of starting them empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from featurewell.compute import batch
+from featurewell.compute.program import ViewProgram, compile_view
+from featurewell.compute.runner import StreamRunner, write_request
+from featurewell.compute.stream import EventBatch
+from featurewell.definitions import EventSource, Kind, Registry
+from featurewell.errors import DefinitionError
+from featurewell.serving.engine import FeatureEngine
+
+
+@dataclass(frozen=True)
+class Backfilled:
+    view: str
+    entities: int
+    seconds: float
+    history_rows: int
+
+
+async def backfill(
+    registry: Registry,
+    source: EventSource,
+    writer: FeatureEngine,
+    log: pa.Table,
+    *,
+    as_of_us: int,
+    allowed_lateness_s: float = 3600.0,
+    max_rows_per_second: float | None = None,
+    history_dir: Path | None = None,
+    history_step: timedelta = timedelta(days=1),
+    seed_group: str | None = None,
+    batch_rows: int = 2000,
+) -> list[Backfilled]:
+    _check_log(source, log)
+    accepted = batch.accepted_events(log, int(allowed_lateness_s * 1e6))
+    programs = [
+        compile_view(v) for v in registry.views.values()
+        if v.events is not None and v.events.name == source.name
+    ]  # fmt: skip
+    done = []
+    for program in programs:
+        started = time.perf_counter()
+        values = batch.compute(program, accepted, as_of_us)
+        rows = list(values.items())
+        for start in range(0, len(rows), batch_rows):
+            if max_rows_per_second:
+                ahead = start / max_rows_per_second - (time.perf_counter() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+            await writer.write(write_request(program, rows[start : start + batch_rows], as_of_us))
+        history = 0
+        if history_dir is not None:
+            history = _history(program, accepted, history_dir, history_step, as_of_us)
+        done.append(Backfilled(program.view.ref, len(rows), time.perf_counter() - started, history))
+    if seed_group is not None:
+        runner = StreamRunner(registry, source, writer, group=seed_group,
+                              allowed_lateness_s=allowed_lateness_s)  # fmt: skip
+        await runner.seed(log_batches(source, log))
+    return done
+
+
+def log_batches(source: EventSource, log: pa.Table, size: int = 5000) -> list[EventBatch]:
+    """The log as the streaming engine reads it: per partition, in delivery order."""
+    ordered = batch.accepted_events(log, 2**62)  # every event, ordered (nothing is that late)
+    partitions = np.asarray(ordered.column("_partition").to_numpy())
+    out = []
+    for partition in np.unique(partitions).tolist():
+        part = ordered.filter(pa.array(partitions == partition))
+        for start in range(0, part.num_rows, size):
+            piece = part.slice(start, size)
+            columns = {name: _numpy(piece.column(name)) for name in source.columns}
+            out.append(EventBatch(
+                int(partition), columns, piece.column("event_time").to_numpy(),
+                [str(i) for i in piece.column("event_id").to_pylist()],
+                list(zip(piece.column("_pos_major").to_pylist(),
+                         piece.column("_pos_minor").to_pylist(), strict=True)),
+            ))  # fmt: skip
+    return out
+
+
+def read_log(source: EventSource, registry: Registry, path: str | None) -> pa.Table:
+    """The source's Parquet log (a file or a folder of them; relative to the repo)."""
+    target = Path(path or source.parquet)
+    if not str(target):
+        raise DefinitionError(f"event source {source.name!r} has no parquet=; pass --log")
+    if not target.is_absolute() and registry.root is not None and not target.exists():
+        target = registry.root / target
+    if not target.exists():
+        raise DefinitionError(f"event log {target} does not exist")
+    return pq.read_table(target)
+
+
+def _history(
+    program: ViewProgram, accepted: pa.Table, folder: Path, step: timedelta, as_of_us: int
+) -> int:
+    step_us = int(step / timedelta(microseconds=1))
+    first = int(pc.min(accepted.column("event_time")).as_py() or as_of_us)
+    target = folder / program.view.ref
+    target.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for point in range((first // step_us + 1) * step_us, as_of_us + 1, step_us):
+        values = batch.compute(program, accepted, point)
+        if not values:
+            continue
+        table = _table(program, point, values)
+        day = datetime.fromtimestamp(point / 1e6, tz=UTC).strftime("%Y-%m-%dT%H%M")
+        pq.write_table(table, target / f"as_of={day}.parquet")
+        written += table.num_rows
+    return written
+
+
+def _table(program: ViewProgram, as_of_us: int, values: dict[Any, list[Any]]) -> pa.Table:
+    keys = list(program.view.entity.key_names)
+    columns: dict[str, Any] = {name: [key[i] for key in values] for i, name in enumerate(keys)}
+    columns["as_of"] = pa.array([as_of_us] * len(values), pa.int64())
+    for n, feature in enumerate(program.view.features):
+        column = [row[n] for row in values.values()]
+        if feature.dtype.kind is Kind.EMBEDDING:
+            column = [np.asarray(v, dtype=np.float32).tolist() for v in column]
+        columns[feature.name] = column
+    return pa.table(columns)
+
+
+def _check_log(source: EventSource, log: pa.Table) -> None:
+    needed = {"event_time", "event_id", *source.columns}
+    missing = sorted(needed - set(log.column_names))
+    if missing:
+        raise DefinitionError(f"the event log of {source.name!r} lacks columns {missing}")
+
+
+def _numpy(column: pa.ChunkedArray) -> Any:
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return np.asarray(column.to_pylist(), dtype=object)
+    return column.to_numpy()

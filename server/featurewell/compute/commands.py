@@ -1,0 +1,100 @@
+"""The `featurewell stream` and `featurewell backfill` commands (argument parsing is the CLI's)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import uvloop
+
+from featurewell.compute.backfill import backfill as run_backfill
+from featurewell.compute.backfill import read_log
+from featurewell.compute.kafka import KafkaSource
+from featurewell.compute.metrics import stream_registry
+from featurewell.compute.runner import StreamRunner
+from featurewell.definitions import EventSource, Registry, load_repo
+from featurewell.serving.engine import FeatureEngine
+from featurewell.serving.server import open_store
+from featurewell.settings import Settings
+from featurewell.telemetry import exposition
+
+log = logging.getLogger("featurewell")
+
+
+def _repo(settings: Settings) -> str:
+    if not settings.repo:
+        raise SystemExit("featurewell: --repo (or FEATUREWELL_REPO) is required")
+    return settings.repo
+
+
+def stream(settings: Settings, args: argparse.Namespace) -> None:
+    registry = load_repo(_repo(settings))
+    source = _event_source(registry, args.source)
+    partitions = [int(p) for p in args.partitions.split(",")] if args.partitions else None
+
+    async def run() -> None:
+        store = await open_store(settings.with_changes(cache_entries=0))
+        kafka = None
+        if args.kafka_bootstrap:
+            config = {"bootstrap.servers": args.kafka_bootstrap}
+            kafka = KafkaSource(source, config, args.group)
+        runner = StreamRunner(
+            registry, source, FeatureEngine(registry, store, settings),
+            group=args.group, consumer=args.consumer, partitions=partitions,
+            allowed_lateness_s=args.allowed_lateness_s, batch_size=args.batch_size,
+            checkpoint_s=args.checkpoint_s, refresh_s=args.refresh_s, events=kafka,
+        )  # fmt: skip
+        if settings.metrics_port >= 0:
+            port = exposition.serve(stream_registry(runner), settings.host, settings.metrics_port)
+            log.info("stream metrics on :%d/metrics", port)
+        stopping = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
+        log.info("streaming %s as %s/%s", args.source, args.group, args.consumer)
+        try:
+            await runner.run(stopping)
+        finally:
+            if kafka is not None:
+                kafka.close()
+            await store.close()
+        log.info("stopped after %d events, %d rows written", runner.stats.events,
+                 runner.stats.rows_written)  # fmt: skip
+
+    uvloop.run(run())
+
+
+def backfill(settings: Settings, args: argparse.Namespace) -> None:
+    registry = load_repo(_repo(settings))
+    source = _event_source(registry, args.source)
+    log_table = read_log(source, registry, args.log)
+
+    async def run() -> None:
+        store = await open_store(settings.with_changes(cache_entries=0))
+        try:
+            done = await run_backfill(
+                registry, source, FeatureEngine(registry, store, settings), log_table,
+                as_of_us=time.time_ns() // 1000, allowed_lateness_s=args.allowed_lateness_s,
+                max_rows_per_second=args.max_rows_per_second,
+                history_dir=Path(args.history_out) if args.history_out else None,
+                history_step=timedelta(hours=args.history_step_h),
+                seed_group=args.group or None,
+            )  # fmt: skip
+        finally:
+            await store.close()
+        for view in done:
+            print(f"{view.view}: {view.entities:,} entities online in {view.seconds:.1f} s, "
+                  f"{view.history_rows:,} history rows")  # fmt: skip
+
+    uvloop.run(run())
+
+
+def _event_source(registry: Registry, name: str) -> EventSource:
+    sources = {v.events.name: v.events for v in registry.views.values() if v.events is not None}
+    if name not in sources:
+        raise SystemExit(f"featurewell: no event source {name!r}; known: {sorted(sources)}")
+    return sources[name]
