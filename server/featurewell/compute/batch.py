@@ -16,14 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 
 from featurewell.compute.program import FeatureProgram, ViewProgram
 from featurewell.definitions import Kind
+
+if TYPE_CHECKING:
+    import duckdb
 
 EntityKey = tuple[Any, ...]
 ORDER = ("_partition", "_pos_major", "_pos_minor")
@@ -189,6 +191,10 @@ def _list(column: Any) -> Any:
 
 @contextmanager
 def _duckdb() -> Iterator[duckdb.DuckDBPyConnection]:
+    # Imported on first use: only the batch engine's users load DuckDB (whose bindings also
+    # print "leaked" notices when an interpreter that loaded them exits).
+    import duckdb
+
     con = duckdb.connect()
     try:
         yield con
