@@ -17,9 +17,10 @@ import pytest
 from featurewell.client import FeatureClient
 from featurewell.compute import batch
 from featurewell.compute.backfill import backfill
+from featurewell.compute.parity import parity
 from featurewell.compute.program import compile_view
 from featurewell.compute.redis_streams import append
-from featurewell.compute.runner import StreamRunner
+from featurewell.compute.runner import StreamRunner, write_request
 from featurewell.definitions import Registry
 from featurewell.devcluster import LocalCluster
 from featurewell.serving.engine import FeatureEngine
@@ -67,6 +68,20 @@ def test_backfill_online_history_and_the_stream_after_it(
                 assert row["clicks_1d"] == want[0]
                 assert row["amount_1d"] == pytest.approx(want[1])
                 assert row["last_page"] == want[2]
+            # Parity: the live rows agree with the batch engine on the log...
+            results = loop.run_until_complete(parity(registry, source, writer, log, sample=10))
+            assert sum(r.compared for r in results) == 10 * len(view.features)
+            assert [r.mismatched for r in results] == [0] * len(view.features)
+            # ...until a row is wrong: a writer outside the definitions double-counted one.
+            key = (members[1],)
+            wrong = batch.compute(program, accepted, as_of)[key]
+            wrong[0] += 1
+            loop.run_until_complete(writer.write(write_request(program, [(key, wrong)], as_of + 1)))
+            results = loop.run_until_complete(parity(registry, source, writer, log, sample=20))
+            by_feature = {r.feature: r for r in results}
+            assert by_feature["clicks_1d"].mismatched == 1
+            assert by_feature["clicks_1d"].examples[0][0] == key
+            assert by_feature["amount_1d"].mismatched == 0
             # The live stream continues from the seeded state: one more click counts once more.
             before = clicks(server, view, members[0])
             runner = StreamRunner(registry, source, writer, group=group)
@@ -120,6 +135,14 @@ def test_featurewell_backfill_command(cluster: LocalCluster, tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"{name}_stats@v1: 7 entities online" in done.stdout
     assert list((tmp_path / "history" / f"{name}_stats@v1").glob("as_of=*.parquet"))
+    checked = subprocess.run(
+        [sys.executable, "-m", "featurewell.cli", "parity", "--repo", str(tmp_path / "repo.py"),
+         "--source", name, "--log", str(tmp_path / "visits.parquet"), "--redis", seeds],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr[-2000:]
+    assert f"{name}_stats@v1:visits_1h" in checked.stdout
+    assert "0.00%" in checked.stdout
     missing = subprocess.run(
         [sys.executable, "-m", "featurewell.cli", "backfill", "--repo", str(tmp_path / "repo.py"),
          "--source", name, "--log", str(tmp_path / "nope.parquet"), "--redis", seeds],

@@ -18,6 +18,7 @@ from typing import Any
 import uvloop
 
 from featurewell.compute.commands import backfill as commands_backfill
+from featurewell.compute.commands import parity as commands_parity
 from featurewell.compute.commands import stream as commands_stream
 from featurewell.definitions import load_repo
 from featurewell.devcluster import start_local_cluster
@@ -102,6 +103,23 @@ def _parser() -> argparse.ArgumentParser:
         help="consumer group whose streaming state to seed ('' to skip)",
     )
     fill.set_defaults(run=commands_backfill)
+
+    check = commands.add_parser(
+        "parity", help="live online values of computed views vs the batch engine on the log"
+    )
+    _settings_flags(check)
+    check.add_argument("--source", required=True, help="the EventSource's name")
+    check.add_argument("--log", help="Parquet event log (default: the source's parquet=)")
+    check.add_argument("--sample", type=int, default=200, help="entities per view")
+    check.add_argument("--allowed-lateness-s", type=float, default=3600.0)
+    check.add_argument(
+        "--fail-above",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="exit 1 when a feature's mismatch rate is above this",
+    )
+    check.set_defaults(run=commands_parity)
 
     base = commands.add_parser(
         "baseline", help="compute drift baselines from training data (for --drift-baseline)"

@@ -16,6 +16,9 @@ from featurewell.compute.backfill import backfill as run_backfill
 from featurewell.compute.backfill import read_log
 from featurewell.compute.kafka import KafkaSource
 from featurewell.compute.metrics import stream_registry
+from featurewell.compute.parity import FeatureParity
+from featurewell.compute.parity import parity as run_parity
+from featurewell.compute.parity import render as render_parity
 from featurewell.compute.runner import StreamRunner
 from featurewell.definitions import EventSource, Registry, load_repo
 from featurewell.serving.engine import FeatureEngine
@@ -98,3 +101,24 @@ def _event_source(registry: Registry, name: str) -> EventSource:
     if name not in sources:
         raise SystemExit(f"featurewell: no event source {name!r}; known: {sorted(sources)}")
     return sources[name]
+
+
+def parity(settings: Settings, args: argparse.Namespace) -> None:
+    registry = load_repo(_repo(settings))
+    source = _event_source(registry, args.source)
+    log_table = read_log(source, registry, args.log)
+
+    async def run() -> list[FeatureParity]:
+        store = await open_store(settings.with_changes(cache_entries=0))
+        try:
+            return await run_parity(
+                registry, source, FeatureEngine(registry, store, settings), log_table,
+                sample=args.sample, allowed_lateness_s=args.allowed_lateness_s,
+            )  # fmt: skip
+        finally:
+            await store.close()
+
+    results = uvloop.run(run())
+    print(render_parity(results))
+    if any(r.rate > args.fail_above for r in results):
+        raise SystemExit(1)
