@@ -66,6 +66,7 @@ user_activity = FeatureView(
         Feature("genre_preference", Embedding(4), computed=Mean(
             lambda e: GENRES[e["genre_id"]], weight="duration_min", window=timedelta(days=30))),
         Feature("last_item", String, computed=Last("item_id")),
+        Feature("last_seen_s", Int64, computed=Last(lambda e: e["event_time"] // 1_000_000)),
     ],
 )  # fmt: skip
 item_popularity = FeatureView(

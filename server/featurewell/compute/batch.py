@@ -69,7 +69,9 @@ def compute(program: ViewProgram, accepted: pa.Table, as_of_us: int) -> dict[Ent
         ).to_arrow_table()
     if events.num_rows == 0:
         return {}
-    columns = {name: _numpy(events.column(name)) for name in events.column_names}
+    # What expressions see, as in the streaming engine: the source's columns and event_time.
+    visible = [*program.source.columns, "event_time"]
+    columns = {name: _numpy(events.column(name)) for name in [*visible, "event_id"]}
     rows = events.num_rows
     current_tile = as_of_us // program.tile_us
     tiles = columns["event_time"] // program.tile_us
@@ -77,8 +79,9 @@ def compute(program: ViewProgram, accepted: pa.Table, as_of_us: int) -> dict[Ent
     derived["event_time"] = columns["event_time"]
     derived["event_id"] = columns["event_id"]
     vectors: dict[int, tuple[Any, Any, Any]] = {}
+    expression_columns = {name: columns[name] for name in visible}
     for n, feature in enumerate(program.features):
-        value, weight, keep = feature.inputs(columns, rows)
+        value, weight, keep = feature.inputs(expression_columns, rows)
         if feature.tiles:
             keep = keep & (tiles > current_tile - feature.tiles)
         if feature.feature.dtype.kind is Kind.EMBEDDING:

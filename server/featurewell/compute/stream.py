@@ -112,7 +112,9 @@ class StreamEngine:
     ) -> set[EntityKey]:
         program = state.program
         rows = len(batch)
-        inputs = [f.inputs(batch.columns, rows) for f in program.features]
+        # What expressions see, as in the batch engine: the source's columns and event_time.
+        visible = {**batch.columns, "event_time": batch.event_time_us}
+        inputs = [f.inputs(visible, rows) for f in program.features]
         key_names = list(program.view.entity.key_names)
         keys = list(zip(*(batch.columns[k].tolist() for k in key_names), strict=True))
         tiles = program.tile_of(batch.event_time_us).tolist()

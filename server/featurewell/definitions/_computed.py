@@ -32,7 +32,9 @@ from featurewell.definitions._types import FeatureType, Kind
 from featurewell.errors import DefinitionError
 
 EventColumns = Mapping[str, npt.NDArray[Any]]
-# A column of the events by name, or a vectorised function of all of them (row-level expression).
+# A column of the events by name, or a vectorised function of the event columns (a row-level
+# expression). Both engines give expressions the source's key and field columns and
+# `event_time` (int64 µs).
 Expression = str | Callable[[EventColumns], Any]
 EVENT_KINDS = (Kind.INT64, Kind.FLOAT32, Kind.FLOAT64, Kind.BOOL, Kind.STRING)
 
