@@ -90,7 +90,7 @@ def log_batches(source: EventSource, log: pa.Table, size: int = 5000) -> list[Ev
         part = ordered.filter(pa.array(partitions == partition))
         for start in range(0, part.num_rows, size):
             piece = part.slice(start, size)
-            columns = {name: _numpy(piece.column(name)) for name in source.columns}
+            columns = {name: batch.numpy_column(piece.column(name)) for name in source.columns}
             out.append(EventBatch(
                 int(partition), columns, piece.column("event_time").to_numpy(),
                 [str(i) for i in piece.column("event_id").to_pylist()],
@@ -148,9 +148,3 @@ def _check_log(source: EventSource, log: pa.Table) -> None:
     missing = sorted(needed - set(log.column_names))
     if missing:
         raise DefinitionError(f"the event log of {source.name!r} lacks columns {missing}")
-
-
-def _numpy(column: pa.ChunkedArray) -> Any:
-    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        return np.asarray(column.to_pylist(), dtype=object)
-    return column.to_numpy()

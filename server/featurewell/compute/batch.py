@@ -71,7 +71,7 @@ def compute(program: ViewProgram, accepted: pa.Table, as_of_us: int) -> dict[Ent
         return {}
     # What expressions see, as in the streaming engine: the source's columns and event_time.
     visible = [*program.source.columns, "event_time"]
-    columns = {name: _numpy(events.column(name)) for name in [*visible, "event_id"]}
+    columns = {name: numpy_column(events.column(name)) for name in [*visible, "event_id"]}
     rows = events.num_rows
     current_tile = as_of_us // program.tile_us
     tiles = columns["event_time"] // program.tile_us
@@ -165,10 +165,13 @@ def _vector_mean(
     return {key: (sums[i] / totals[i] if totals[i] else None) for key, i in index.items()}
 
 
+def empty_value(feature: FeatureProgram) -> Any:
+    """A feature's value when no event counts: 0 for counts and sums, else its default."""
+    return 0 if feature.kind in ("count", "sum", "decayed sum") else feature.feature.default
+
+
 def _finish(feature: FeatureProgram, value: Any) -> Any:
-    if value is None:
-        return 0 if feature.kind in ("count", "sum", "decayed sum") else feature.feature.default
-    return value
+    return empty_value(feature) if value is None else value
 
 
 def _with_order(log: pa.Table) -> pa.Table:
@@ -181,7 +184,8 @@ def _with_order(log: pa.Table) -> pa.Table:
     return log
 
 
-def _numpy(column: pa.ChunkedArray) -> Any:
+def numpy_column(column: pa.ChunkedArray) -> Any:
+    """A column as numpy: strings as an object array, numbers as they are."""
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         return np.asarray(column.to_pylist(), dtype=object)
     return column.to_numpy()

@@ -87,7 +87,9 @@ async def _view_parity(
         if int(statuses[row]) not in (PRESENT, STALE):
             continue  # no row online for it (yet): nothing to compare
         as_of = int(stamps[row])
-        offline = batch.compute(program, accepted, as_of).get(key) or _defaults(program)
+        offline = batch.compute(program, accepted, as_of).get(key) or [
+            batch.empty_value(f) for f in program.features
+        ]
         for n, result in enumerate(results):
             online = _value(columns[n].values, row)
             result.compared += 1
@@ -106,13 +108,6 @@ def render(results: Sequence[FeatureParity]) -> str:
         for key, online, offline in r.examples:
             lines.append(f"    {key}: online {online!r}, batch {offline!r}")
     return "\n".join(lines)
-
-
-def _defaults(program: ViewProgram) -> list[Any]:
-    return [
-        0 if f.kind in ("count", "sum", "decayed sum") else f.feature.default
-        for f in program.features
-    ]
 
 
 def _value(values: Any, row: int) -> Any:

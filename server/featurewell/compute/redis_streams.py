@@ -25,22 +25,12 @@ from featurewell.definitions import EventSource, Kind
 from featurewell.errors import StoreUnavailable
 from featurewell.store.cluster import ClusterClient
 from featurewell.store.connection import encode_command
-from featurewell.store.keys import slot_of
+from featurewell.store.keys import key_slot
 
 
 def partition_of(source: EventSource, event: Mapping[str, Any]) -> int:
     first = next(iter(source.keys))
     return zlib.crc32(str(event[first]).encode()) % source.partitions
-
-
-def _key_slot(key: str) -> int:
-    raw = key.encode()
-    if b"{" in raw and b"}" in raw[raw.index(b"{") :]:
-        start = raw.index(b"{") + 1
-        end = raw.index(b"}", start)
-        if end > start:
-            raw = raw[start:end]
-    return slot_of(raw)
 
 
 async def append(
@@ -58,7 +48,7 @@ async def append(
         for name in (source.id_field, source.timestamp_field, *source.columns):
             fields += [name, _text(event[name])]
         commands.append(encode_command("XADD", key, "*", *fields))
-        slots.append(_key_slot(key))
+        slots.append(key_slot(key))
     replies, errors, failures, _ = await cluster.execute(commands, slots, timeout)
     if failures or errors:
         problem = failures[0].detail if failures else replies[errors[0]]
@@ -144,7 +134,7 @@ class RedisStreamSource:
                 "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count,
                 "STREAMS", key, self._cursor[partition],
             ))  # fmt: skip
-            slots.append(_key_slot(key))
+            slots.append(key_slot(key))
         replies, errors, failures, _ = await self.cluster.execute(commands, slots, self.timeout)
         if failures or errors:
             problem = failures[0].detail if failures else replies[errors[0]]
@@ -189,7 +179,7 @@ class RedisStreamSource:
     async def _one(self, key: str, *args: Any) -> Any:
         # Error replies come back as values: each caller reads its own (BUSYGROUP is fine).
         replies, _, failures, _ = await self.cluster.execute(
-            [encode_command(*args)], [_key_slot(key)], self.timeout
+            [encode_command(*args)], [key_slot(key)], self.timeout
         )
         if failures:
             raise StoreUnavailable(f"Redis did not answer {args[0]} on {key}: {failures[0].detail}")

@@ -32,7 +32,7 @@ from featurewell.definitions import EventSource, Kind, Registry
 from featurewell.serving.calls import InputColumn, WriteRequest
 from featurewell.serving.engine import FeatureEngine
 from featurewell.store.connection import encode_command
-from featurewell.store.keys import entity_tags, slot_of, slots_of
+from featurewell.store.keys import entity_tags, key_slot, slots_of
 
 log = logging.getLogger("featurewell.stream")
 _CHECKPOINT_SLICE = 500  # entity states encoded between two turns of the event loop
@@ -237,7 +237,8 @@ class StreamRunner:
                 for start in range(0, len(present), _CHECKPOINT_SLICE):
                     await self._write_states(state, present[start : start + _CHECKPOINT_SLICE])
             await self._write(
-                [encode_command("SET", self._checkpoint_key(), marks)], [slot_of(b"_stream")]
+                [encode_command("SET", self._checkpoint_key(), marks)],
+                [key_slot(self._checkpoint_key())],
             )
             if ack:
                 for partition, ids in unacked.items():
@@ -321,9 +322,8 @@ class StreamRunner:
         return f"fw:{{_stream}}:{self.source.name}:{self.group}:watermarks".encode()
 
     async def _get(self, key: bytes) -> bytes | None:
-        slot = slot_of(key[key.index(b"{") + 1 : key.index(b"}")])
         replies, _, failures, _ = await self.cluster.execute(
-            [encode_command("GET", key)], [slot], 10.0
+            [encode_command("GET", key)], [key_slot(key)], 10.0
         )
         if failures:
             raise RuntimeError(f"cannot read the checkpoint: {failures[0].detail}")

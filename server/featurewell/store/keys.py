@@ -46,6 +46,17 @@ def slot_of(tag: bytes) -> int:
     return crc_hqx(tag, 0) & (SLOTS - 1)
 
 
+def key_slot(key: bytes | str) -> int:
+    """Cluster slot of a whole key, honouring its {hash tag} as Redis does."""
+    raw = key.encode() if isinstance(key, str) else key
+    start = raw.find(b"{")
+    if start >= 0:
+        end = raw.find(b"}", start + 1)
+        if end > start + 1:
+            raw = raw[start + 1 : end]
+    return slot_of(raw)
+
+
 def slots_of(tags: Sequence[bytes]) -> list[int]:
     """`slot_of` for many tags (inlined: a function call per tag costs as much as the CRC)."""
     mask = SLOTS - 1
