@@ -69,36 +69,35 @@ def _with_local_server(args: argparse.Namespace) -> int:
     import signal
     import subprocess
     import time
-    import urllib.request
 
     from featurewell.devcluster import _free_ports
 
     port, metrics_port = _free_ports(2)
+    # The demo's output goes to a file, not a pipe: nothing here could keep reading a pipe once
+    # Locust has monkey-patched threading (a reader thread would deadlock its import).
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_path = args.out / "demo.log"
+    log = log_path.open("w")
     demo = subprocess.Popen(
         [sys.executable, "-m", "featurewell.cli", "demo", "--port", str(port),
          "--metrics-port", str(metrics_port), "--users", str(args.local_users),
          "--items", str(args.local_items), "--log-level", "WARNING",
          *shlex.split(args.local_server_args)],
-        stdout=subprocess.DEVNULL,
+        stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        # /metrics answers once the gRPC port serves (and this process must not import grpc
-        # before Locust has patched it for gevent).
+        # (This process must not import grpc before Locust has patched it for gevent.)
         args.host = f"127.0.0.1:{port}"
         args.metrics = f"http://127.0.0.1:{metrics_port}/metrics"
         deadline = time.monotonic() + 120
-        while True:
+        # Ready once it prints how to call it: every view loaded, the stream up. (Its /metrics
+        # answers earlier, while it still loads.)
+        while "Ctrl-C stops it all" not in log_path.read_text():
             if demo.poll() is not None:
-                raise SystemExit(f"featurewell demo exited with {demo.returncode}")
-            try:
-                with urllib.request.urlopen(args.metrics, timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit(
-                        "featurewell demo did not start serving within 120 s"
-                    ) from None
-                time.sleep(0.2)
+                raise SystemExit(f"featurewell demo exited with {demo.returncode}: see {log_path}")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"featurewell demo was not ready within 120 s: see {log_path}")
+            time.sleep(0.2)
         os.environ["FEATUREWELL_LOAD_USERS"] = str(args.local_users)
         os.environ["FEATUREWELL_LOAD_ITEMS"] = str(args.local_items)
         return _gate(args)
@@ -109,6 +108,8 @@ def _with_local_server(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             demo.kill()  # its Redis nodes die with it (PR_SET_PDEATHSIG)
             raise SystemExit("featurewell demo ignored SIGTERM for 30 s") from None
+        finally:
+            log.close()
 
 
 def _gate(args: argparse.Namespace) -> int:

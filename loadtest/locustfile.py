@@ -3,7 +3,7 @@
 
     ModelServerUser   one user per call, ids skewed (Zipf): a model server scoring a request
     RankerUser        1 user + 500 items per call: a ranker scoring candidates
-    WriterUser        streaming writes of watch progress (user x item rows)
+    WriterUser        a player service pushing session features (user_session rows, 20 per call)
 
 Run all three (the mixed scenario) or pick with Locust's class arguments:
 
@@ -29,7 +29,7 @@ import gevent
 import numpy as np
 from locust import User, constant_throughput, task
 
-from featurewell.client import VALUE_TYPE_FLOAT32, ClientOptions, FeatureClient
+from featurewell.client import VALUE_TYPE_FLOAT32, VALUE_TYPE_STRING, ClientOptions, FeatureClient
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from scenarios import RANKING, SINGLE, items_for, zipf_ids
@@ -40,6 +40,7 @@ ITEMS = int(os.environ.get("FEATUREWELL_LOAD_ITEMS", "2000"))
 SINGLE_RATE = float(os.environ.get("FEATUREWELL_SINGLE_RATE", "50"))
 RANKER_RATE = float(os.environ.get("FEATUREWELL_RANKER_RATE", "5"))
 WRITER_RATE = float(os.environ.get("FEATUREWELL_WRITER_RATE", "10"))
+DEVICES = np.array(["tv", "phone", "tablet", "web"], dtype=object)
 
 
 class GrpcUser(User):
@@ -106,16 +107,15 @@ class WriterUser(GrpcUser):
     next_user = staticmethod(zipf_ids("u", USERS, seed=4))
 
     @task
-    def write_progress(self) -> None:
+    def write_sessions(self) -> None:
+        """The player service pushing session features (the example's push-fed view)."""
+        rng = np.random.default_rng()
         users = [self.next_user() for _ in range(20)]
-        items = [f"i{i:06d}" for i in np.random.default_rng().integers(ITEMS, size=20).tolist()]
         now_us = time.time_ns() // 1000
-        progress = np.random.default_rng().random(20).astype(np.float32)
         features = {
-            "progress": (VALUE_TYPE_FLOAT32, progress),
-            "watched_minutes": (VALUE_TYPE_FLOAT32, progress * 90),
+            "device": (VALUE_TYPE_STRING, rng.choice(DEVICES, size=20).astype(object)),
+            "session_minutes": (VALUE_TYPE_FLOAT32, rng.gamma(2, 15, 20).astype(np.float32)),
         }
         self.timed("writer", lambda: self.client.write_features(
-            "user_item_watch_progress", {"user_id": users, "item_id": items},
-            [now_us] * 20, features,
+            "user_session", {"user_id": users}, [now_us] * 20, features,
         ))  # fmt: skip

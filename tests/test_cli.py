@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from featurewell.client import FeatureClient, FeatureClientError, Status, Unavailable
-from featurewell.devcluster import LocalCluster, _free_ports, _is_free
+from featurewell.devcluster import LocalCluster, _call, _free_ports, _is_free
+from featurewell.store.keys import key_slot
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "streaming_media"
@@ -53,7 +54,8 @@ def example_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
          "--out", str(folder / "data")],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    assert "user_activity: 300 rows" in done.stdout
+    assert "watches: " in done.stdout
+    assert "item_genre: 200 rows" in done.stdout
     return folder
 
 
@@ -67,8 +69,9 @@ def served(example_repo: Path, seeds: str) -> Iterator[tuple[str, subprocess.Pop
     loaded = featurewell("materialize", "--repo", str(example_repo), "--redis", seeds)
     out, _ = loaded.communicate(timeout=120)
     assert loaded.returncode == 0, out
-    assert "user_activity@v1: 300 rows" in out
+    assert "item_genre@v1: 200 rows" in out
     assert "rows/s" in out
+    assert "user_activity@v1: 300 rows computed from watches" in out
     (port,) = _free_ports(1)
     process = featurewell(
         "serve", "--repo", str(example_repo), "--redis", seeds, "--port", str(port)
@@ -82,19 +85,33 @@ def served(example_repo: Path, seeds: str) -> Iterator[tuple[str, subprocess.Pop
 
 
 def test_materialized_values_are_served(served: tuple[str, Any], example_repo: Path) -> None:
+    """Catalog rows as in their Parquet file; computed rows as the event log says, counted here
+    independently of both engines (as of the time each row was computed)."""
     address, _ = served
-    table = pq.read_table(example_repo / "data" / "user_activity.parquet").slice(0, 3).to_pylist()
+    catalog = pq.read_table(example_repo / "data" / "item_genre.parquet").slice(0, 3).to_pylist()
+    log = pq.read_table(example_repo / "data" / "watches.parquet").to_pylist()
+    users = sorted({e["user_id"] for e in log})[:5]
     with FeatureClient(address) as client:
         result = client.get_features(
-            ["user_activity:watch_count_7d", "user_activity:recent_genre_ids"],
-            entities={"user_id": [row["user_id"] for row in table]},
+            ["user_activity:watch_count_7d", "user_activity:last_watch_ts"],
+            entities={"user_id": users},
+            include_event_timestamps=True,
         )
-    assert result["user_activity:watch_count_7d"].values.tolist() == [
-        row["watch_count_7d"] for row in table
+        items = client.get_features(
+            ["item_genre:primary_genre"], entities={"item_id": [r["item_id"] for r in catalog]}
+        )
+    assert items["item_genre:primary_genre"].values.tolist() == [
+        r["primary_genre"] for r in catalog
     ]
-    assert [r.tolist() for r in result["user_activity:recent_genre_ids"].values] == [
-        row["recent_genre_ids"] for row in table
-    ]
+    counts = result["user_activity:watch_count_7d"]
+    assert counts.event_time_us is not None
+    hour = 3_600_000_000
+    for n, user in enumerate(users):
+        as_of = int(counts.event_time_us[n])
+        mine = {e["event_id"]: e["event_time"] for e in log if e["user_id"] == user}
+        in_window = [t for t in mine.values() if as_of // hour - 168 < t // hour and t <= as_of]
+        assert counts.values[n] == len(in_window), user
+        assert result["user_activity:last_watch_ts"].values[n] == max(mine.values()) // 1_000_000
 
 
 def test_sigterm_drains_in_flight_calls(served: tuple[str, subprocess.Popen[str]]) -> None:
@@ -167,8 +184,8 @@ def test_several_workers_share_one_port(
         assert len(workers) == 2, children
         for _ in range(20):  # fresh connections spread over the workers by the kernel
             with FeatureClient(address) as client:
-                result = client.get_features(["item_stats:*"], entities={"item_id": ["i000001"]})
-                assert result.count(Status.PRESENT) == 3
+                result = client.get_features(["item_genre:*"], entities={"item_id": ["i000001"]})
+                assert result.count(Status.PRESENT) == 2
     finally:
         process.send_signal(signal.SIGTERM)
         out, _ = process.communicate(timeout=20)
@@ -209,9 +226,9 @@ def test_invalid_repo_and_unreachable_redis_exit_with_a_message(example_repo: Pa
     assert "127.0.0.1:1" in out
 
 
-def test_demo_serves_the_example_and_cleans_up() -> None:
+def test_demo_serves_the_example_streams_events_and_cleans_up() -> None:
     port = _free_ports(1)[0]
-    env = {**os.environ, "FEATUREWELL_PORT": str(port)}
+    env = {**os.environ, "FEATUREWELL_PORT": str(port), "FEATUREWELL_METRICS_PORT": "0"}
     process = featurewell("demo", "--users", "200", "--items", "100", env=env)
     lines: list[str] = []
     try:
@@ -226,17 +243,68 @@ def test_demo_serves_the_example_and_cleans_up() -> None:
                 ["user_activity:*", "item_stats:popularity_score", "user_item_affinity:*"],
                 entities={"user_id": ["u000042"], "item_id": [f"i{n:06d}" for n in range(100)]},
             )
-        matrix, names = result.to_numpy()
-        assert matrix.shape == (100, len(names))
-        assert result.rows == 100
+            matrix, names = result.to_numpy()
+            assert matrix.shape == (100, len(names))
+            assert result.rows == 100
+            # The README's `featurewell append`, against the demo's cluster: the demo's stream
+            # process computes the new count.
+            seeds = next(ln for ln in lines if ln.startswith("Redis Cluster up:")).split()[3]
+            count = "user_activity:watch_count_7d"
+            before = client.get_features([count], entities={"user_id": ["u000007"]})
+            event = '{"user_id": "u000007", "item_id": "i000003", "minutes": 12.5, ' \
+                    '"title_min": 45, "genre": 1}'  # fmt: skip
+            appended = featurewell("append", "--repo", str(EXAMPLE), "--redis", seeds,
+                                   "--source", "watches", "--event", event)  # fmt: skip
+            out, _ = appended.communicate(timeout=30)
+            assert appended.returncode == 0, out
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                after = client.get_features([count], entities={"user_id": ["u000007"]})
+                if after[count].values[0] != before[count].values[0]:
+                    break
+                time.sleep(0.05)
+            assert after[count].values[0] == before[count].values[0] + 1
     finally:
         process.send_signal(signal.SIGINT)
         out, _ = process.communicate(timeout=30)
     text = "".join(lines) + out
     assert process.returncode == 0, text
     assert "materialized" in text
+    assert "rows of 5 views from their event logs" in text
+    live = next(ln for ln in text.splitlines() if ln.startswith("live: appended"))
+    assert "user_activity:watch_count_7d went" in live
+    went = live.split(" went ")[1].split(",")[0].split(" -> ")
+    assert int(went[1]) == int(went[0]) + 1, live
     assert "stopping" in text
     cluster_line = next(line for line in text.splitlines() if line.startswith("Redis Cluster up:"))
     redis_ports = [int(a.rsplit(":", 1)[1]) for a in cluster_line.split()[3].split(",")]
     assert len(redis_ports) == 3
     assert all(_is_free(p) for p in [port, *redis_ports])  # server and every Redis node stopped
+    stream_pid = int(next(ln for ln in text.splitlines() if "featurewell stream (pid" in ln)
+                     .split("(pid ")[1].split(")")[0])  # fmt: skip
+    assert not Path(f"/proc/{stream_pid}").exists()  # the stream process stopped too
+
+
+def test_append_refuses_bad_events_and_writes_nothing(cluster: LocalCluster, seeds: str) -> None:
+    bad = [
+        ('{"user_id": "u1", "item_id": "i1", "minutes": 3, "title_min": 9}', "missing columns"),
+        ('{"user_id": 7, "item_id": "i1", "minutes": 3, "title_min": 9, "genre": 1}',
+         "'user_id' must be string"),
+        ('{"user_id": "u1", "item_id": "i1", "minutes": 3, "title_min": 9, "genre": 1, '
+         '"colour": "red"}', "unknown columns ['colour']"),
+        ("not json", "is not JSON"),
+    ]  # fmt: skip
+    for event, message in bad:
+        process = featurewell("append", "--repo", str(EXAMPLE), "--redis", seeds,
+                               "--source", "watches", "--event", event)  # fmt: skip
+        out, _ = process.communicate(timeout=30)
+        assert process.returncode == 2, out
+        assert message in out, out
+    unknown = featurewell("append", "--repo", str(EXAMPLE), "--redis", seeds,
+                          "--source", "clicks", "--event", "{}")  # fmt: skip
+    out, _ = unknown.communicate(timeout=30)
+    assert unknown.returncode != 0
+    assert "no event source 'clicks'; known: ['watches']" in out
+    streams = [f"fw:events:watches:{p}" for p in range(4)]
+    lengths = [_call(cluster.owner(key_slot(k.encode())), "XLEN", k) for k in streams]
+    assert lengths == [0, 0, 0, 0]

@@ -1,8 +1,9 @@
-"""Realistic sample data for the streaming-media repo, written as Parquet sources.
+"""Realistic sample data for the streaming-media repo: the `watches` event log and the catalog.
 
-Item popularity follows a Zipf law (a few titles get most views), users' taste vectors are
-duration-weighted means of the genre embeddings of what they watched, and 2% of users have not
-been seen for a week (so the demo shows STALE values). Deterministic for a given seed.
+30 days of viewing sessions, one event each. Titles' popularity follows a Zipf law (a few get most
+views); each user has a favourite hour (evenings, mostly) and a taste for a few genres; 2% of
+users have not been seen for over a week; 0.5% of events were sent twice (the engines count them
+once). Deterministic for a given seed and time.
 
     python examples/streaming_media/generate.py --users 5000 --items 2000
 """
@@ -10,6 +11,7 @@ been seen for a week (so the demo shows STALE values). Deterministic for a given
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-GENRES = ("drama", "comedy", "action", "thriller", "documentary", "animation", "horror",
-          "romance", "sci_fi", "crime", "family", "reality")  # fmt: skip
-GENRE_DIM = 32
-DEFAULT_OUT = Path(__file__).resolve().parent / "data"
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUT = HERE / "data"
+HOUR_US = 3_600_000_000
+DAY_US = 24 * HOUR_US
+
+
+def _repo() -> Any:
+    """The repo's own genre axes, so the catalog and the computed tastes share them."""
+    spec = importlib.util.spec_from_file_location("featurewell_example_repo", HERE / "repo.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def user_id(n: int) -> str:
@@ -32,97 +44,83 @@ def item_id(n: int) -> str:
     return f"i{n:06d}"
 
 
-def generate(users: int, items: int, out: Path = DEFAULT_OUT, seed: int = 7) -> dict[str, int]:
+def generate(
+    users: int, items: int, out: Path = DEFAULT_OUT, seed: int = 7, now_us: int | None = None
+) -> dict[str, int]:
     """Write every source file; returns rows per file."""
+    repo = _repo()
     rng = np.random.default_rng(seed)
-    now_us = time.time_ns() // 1000
-    hour_us = 3_600_000_000
+    now_us = now_us if now_us is not None else time.time_ns() // 1000
     out.mkdir(parents=True, exist_ok=True)
 
-    genre_vectors = _unit(rng.normal(size=(len(GENRES), GENRE_DIM)))
-    item_genres = rng.choice(len(GENRES), size=items, p=_zipf(len(GENRES), 0.8))
-    item_embedding = _unit(genre_vectors[item_genres] + 0.3 * rng.normal(size=(items, GENRE_DIM)))
+    genres = len(repo.GENRES)
+    item_genres = rng.choice(genres, size=items, p=_zipf(genres, 0.8))
+    item_embedding = _unit(
+        repo.GENRE_VECTORS[item_genres] + 0.3 * rng.normal(size=(items, repo.GENRE_DIM))
+    )
+    title_min = rng.choice([22.0, 45.0, 95.0, 120.0], size=items)
     popularity = _zipf(items, 1.1)
     rng.shuffle(popularity)
 
-    # Each user watches a Zipf-skewed sample of titles.
-    watches = rng.poisson(9, size=users) + 1
-    watched = [
-        rng.choice(items, size=min(int(n), items), replace=False, p=popularity) for n in watches
-    ]
-    minutes = [rng.gamma(2.0, 20.0, size=len(w)).astype(np.float32) for w in watched]
-    preference = np.stack(
-        [
-            (item_embedding[w] * m[:, None]).sum(axis=0) / m.sum()
-            for w, m in zip(watched, minutes, strict=True)
-        ]
-    )
-    seen_us = now_us - rng.integers(0, 20 * hour_us, size=users)
-    away = rng.random(users) < 0.02  # not seen for a week: their activity is past max age
-    seen_us[away] = now_us - 8 * 24 * hour_us
-    user_ids = [user_id(n) for n in range(users)]
-    item_ids = [item_id(n) for n in range(items)]
+    # Sessions per user over 30 days: most watch a few a week, some binge.
+    sessions = rng.poisson(rng.gamma(2.0, 6.0, size=users)) + 1
+    who = np.repeat(np.arange(users), sessions)
+    count = len(who)
+    # A favourite genre per user: 60% of their sessions, the rest by popularity.
+    favourite = rng.choice(genres, size=users)
+    by_genre = [np.flatnonzero(item_genres == g) for g in range(genres)]
+    what = rng.choice(items, size=count, p=popularity)
+    loyal = rng.random(count) < 0.6
+    for g in range(genres):
+        pick = loyal & (favourite[who] == g)
+        if len(by_genre[g]) and pick.any():
+            weights = popularity[by_genre[g]] / popularity[by_genre[g]].sum()
+            what[pick] = rng.choice(by_genre[g], size=int(pick.sum()), p=weights)
+    # When: a day in the last 30, at the user's favourite hour (+/- 1.5 h) 70% of the time.
+    hour = rng.choice(24, size=users, p=_evening())[who].astype(np.float64)
+    other = rng.random(count) >= 0.7
+    hour[other] = rng.uniform(0, 24, size=int(other.sum()))
+    hour[~other] += rng.normal(0, 1.5, size=int((~other).sum()))
+    day = now_us // DAY_US * DAY_US - rng.integers(0, 30, size=count) * DAY_US
+    when = day + (np.mod(hour, 24) * HOUR_US).astype(np.int64)
+    when = np.where(when > now_us, when - DAY_US, when)
+    away = rng.random(users) < 0.02  # not seen for over a week
+    when = np.where(away[who] & (when > now_us - 8 * DAY_US), when - 8 * DAY_US, when)
+    minutes = np.round(np.minimum(rng.gamma(2.0, 18.0, size=count), title_min[what]), 1)
 
-    tables: dict[str, pa.Table] = {
-        "user_activity": pa.table(
-            {
-                "user_id": user_ids,
-                "event_time": _ts(seen_us),
-                "watch_count_7d": watches.astype(np.int64),
-                "avg_watch_duration_min": np.array([m.mean() for m in minutes], dtype=np.float32),
-                "preferred_hour": rng.choice(24, size=users, p=_evening()).astype(np.int64),
-                "last_watch_ts": (seen_us // 1_000_000).astype(np.int64),
-                "recent_genre_ids": [
-                    item_genres[w[-5:]].astype(np.int64).tolist() for w in watched
-                ],
-            }
-        ),
-        "user_genre_preferences": pa.table(
-            {
-                "user_id": user_ids,
-                "event_time": _ts(seen_us),
-                "genre_vector": _vectors(_unit(preference)),
-            }
-        ),
-        "user_genre_preferences_v1": pa.table(
-            {
-                "user_id": user_ids,
-                "event_time": _ts(seen_us),
-                "genre_vector": _vectors(_unit(preference[:, :16])),
-            }
-        ),
-        "item_stats": pa.table(
-            {
-                "item_id": item_ids,
-                "event_time": _ts(now_us - rng.integers(0, hour_us, size=items)),
-                "popularity_score": (popularity / popularity.max()).astype(np.float32),
-                "watch_count_24h": rng.poisson(popularity * 200_000).astype(np.int64),
-                "duration_min": rng.choice([22.0, 45.0, 95.0, 120.0], size=items).astype(
-                    np.float32
-                ),
-            }
-        ),
-        "item_genre": pa.table(
-            {
-                "item_id": item_ids,
-                "event_time": _ts(np.full(items, now_us - 30 * 24 * hour_us)),
-                "primary_genre": [GENRES[g] for g in item_genres],
-                "genre_embedding": _vectors(item_embedding),
-            }
-        ),
-    }
-    pairs_user = np.repeat(np.arange(users), [len(w) for w in watched])
-    pairs_item = np.concatenate(watched)
-    tables["user_item_watch_progress"] = pa.table({
-        "user_id": [user_ids[u] for u in pairs_user],
-        "item_id": [item_ids[i] for i in pairs_item],
-        "event_time": _ts(seen_us[pairs_user]),
-        "progress": rng.beta(2, 1.5, size=len(pairs_user)).astype(np.float32),
-        "watched_minutes": np.concatenate(minutes),
+    order = np.argsort(when, kind="stable")
+    resent = order[rng.random(count) < 0.005]  # a producer retried: same event id again
+    order = np.sort(np.concatenate([order, resent]), kind="stable")
+    order = order[np.argsort(when[order], kind="stable")]
+    watches = pa.table({
+        "event_id": [f"w{n:08d}" for n in order.tolist()],
+        "event_time": pa.array(when[order], pa.int64()),
+        "user_id": [user_id(int(u)) for u in who[order]],
+        "item_id": [item_id(int(i)) for i in what[order]],
+        "minutes": minutes[order],
+        "title_min": title_min[what[order]],
+        "genre": item_genres[what[order]].astype(np.int64),
     })  # fmt: skip
-    for name, table in tables.items():
-        pq.write_table(table, out / f"{name}.parquet")
-    return {name: table.num_rows for name, table in tables.items()}
+    catalog = pa.table(
+        {
+            "item_id": [item_id(n) for n in range(items)],
+            "event_time": _ts(np.full(items, now_us - 30 * DAY_US)),
+            "primary_genre": [repo.GENRES[g] for g in item_genres],
+            "genre_embedding": _vectors(item_embedding),
+        }
+    )
+    pq.write_table(watches, out / "watches.parquet")
+    pq.write_table(catalog, out / "item_genre.parquet")
+    return {"watches": watches.num_rows, "item_genre": catalog.num_rows}
+
+
+def live_event(out: Path = DEFAULT_OUT) -> tuple[str, dict[str, list[str]], dict[str, Any]]:
+    """What `featurewell demo` appends to show a computed feature moving: user u000042 watches
+    their last title again. Returns the feature to watch, its entity and the event."""
+    log = pq.read_table(out / "watches.parquet").to_pylist()
+    last = next(e for e in reversed(log) if e["user_id"] == "u000042")
+    event = {k: last[k] for k in ("user_id", "item_id", "title_min", "genre")}
+    return "user_activity:watch_count_7d", {"user_id": ["u000042"]}, {**event, "minutes": 30.0}
 
 
 def _zipf(n: int, s: float) -> np.ndarray[Any, np.dtype[np.float64]]:

@@ -4,10 +4,7 @@ demo."""
 from __future__ import annotations
 
 import argparse
-import asyncio
-import importlib.util
 import logging
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -17,15 +14,18 @@ from typing import Any
 
 import uvloop
 
+from featurewell.compute.backfill import backfill_logs
+from featurewell.compute.commands import append as commands_append
 from featurewell.compute.commands import backfill as commands_backfill
 from featurewell.compute.commands import parity as commands_parity
 from featurewell.compute.commands import stream as commands_stream
 from featurewell.definitions import load_repo
+from featurewell.demo import run_demo
 from featurewell.devcluster import start_local_cluster
 from featurewell.errors import FeaturewellError
 from featurewell.ingest.materialize import materialize
 from featurewell.serving.engine import FeatureEngine
-from featurewell.serving.server import Server, node_access, serve
+from featurewell.serving.server import node_access, serve
 from featurewell.settings import Settings
 from featurewell.store.online import OnlineStore
 from featurewell.telemetry import baseline, report
@@ -60,9 +60,14 @@ def _parser() -> argparse.ArgumentParser:
     _settings_flags(run)
     run.set_defaults(run=lambda settings, _args: serve(_need_repo(settings)))
 
-    load = commands.add_parser("materialize", help="bulk-load Parquet sources into Redis")
+    load = commands.add_parser(
+        "materialize",
+        help="load Parquet sources into Redis, and computed views from their event logs",
+    )
     _settings_flags(load)
-    load.add_argument("--views", help="comma-separated view names (default: all with a source)")
+    load.add_argument(
+        "--views", help="comma-separated view names (default: all with a source or event log)"
+    )
     load.add_argument("--batch-rows", type=int, default=2000)
     load.add_argument("--max-rows-per-second", type=float, help="pace the load to protect serving")
     load.set_defaults(run=_materialize)
@@ -103,6 +108,18 @@ def _parser() -> argparse.ArgumentParser:
         help="consumer group whose streaming state to seed ('' to skip)",
     )
     fill.set_defaults(run=commands_backfill)
+
+    add = commands.add_parser(
+        "append", help="append events to an event source's Redis Streams, for the stream to compute"
+    )
+    _settings_flags(add)
+    add.add_argument("--source", required=True, help="the EventSource's name")
+    add.add_argument(
+        "--event", action="append", metavar="JSON",
+        help="an event as a JSON object of the source's columns (event_id and event_time, µs, "
+        "default to a fresh id and now); repeatable; without it, JSON lines from stdin",
+    )  # fmt: skip
+    add.set_defaults(run=commands_append)
 
     check = commands.add_parser(
         "parity", help="live online values of computed views vs the batch engine on the log"
@@ -173,7 +190,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--users", type=int, default=5000)
     demo.add_argument("--items", type=int, default=2000)
     demo.add_argument("--replicas", type=int, default=0, help="replicas per master")
-    demo.set_defaults(run=_demo)
+    demo.set_defaults(run=run_demo)
     return parser
 
 
@@ -212,7 +229,7 @@ def _materialize(settings: Settings, args: argparse.Namespace) -> None:
         )
         try:
             engine = FeatureEngine(registry, store, settings)
-            views = None
+            views = None  # every view with a ParquetSource; computed views from their logs
             if names is not None:
                 views = [v for v in registry.views.values() if v.name in names and v.source]
             for summary in await materialize(
@@ -223,6 +240,14 @@ def _materialize(settings: Settings, args: argparse.Namespace) -> None:
                     f"{summary.view}: {summary.rows} rows in {summary.seconds:.2f} s "
                     f"({summary.rows / max(summary.seconds, 1e-9):,.0f} rows/s), "
                     f"{summary.skipped_older} skipped as older than stored"
+                )
+            for computed in await backfill_logs(
+                registry, engine, as_of_us=time.time_ns() // 1000, views=names,
+                max_rows_per_second=args.max_rows_per_second,
+            ):  # fmt: skip
+                print(
+                    f"{computed.view}: {computed.entities} rows computed from {computed.source} "
+                    f"in {computed.seconds:.2f} s"
                 )
         finally:
             await store.close()
@@ -284,73 +309,6 @@ def _cluster(_settings: Settings, args: argparse.Namespace) -> None:
         print(f"  export FEATUREWELL_REDIS={seeds}", flush=True)
         while True:
             time.sleep(3600)
-
-
-def _demo(settings: Settings, args: argparse.Namespace) -> None:
-    repo = Path(settings.repo)
-    print(
-        f"starting a local Redis Cluster (3 masters, {args.replicas} replicas each)...", flush=True
-    )
-    with start_local_cluster(3, args.replicas) as cluster:
-        settings = settings.with_changes(redis=tuple(cluster.seeds))
-        print(f"Redis Cluster up: {_show(settings.redis)} (data in {cluster.workdir})", flush=True)
-        generator = repo / "generate.py"
-        if generator.exists():
-            rows = _load_module(generator).generate(args.users, args.items, repo / "data")
-            print(f"generated sample data: {rows}", flush=True)
-        uvloop.run(_demo_serve(settings))
-
-
-async def _demo_serve(settings: Settings) -> None:
-    registry = load_repo(settings.repo)
-    # Handlers first: a SIGTERM that arrives while the sample data loads must still stop us.
-    stopping = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
-    server = await Server.start(settings, registry)
-    started = time.perf_counter()
-    loads = await materialize(server.service.engine)
-    total = sum(load.rows for load in loads)
-    print(f"materialized {total:,} rows in {time.perf_counter() - started:.1f} s", flush=True)
-    address = f"{settings.host}:{server.port}"
-    metrics = (
-        f"http://{settings.host}:{server.metrics_port}/metrics" if server.metrics_port else "off"
-    )
-    print(_HOW_TO_CALL.format(address=address, metrics=metrics), flush=True)
-    try:
-        await stopping.wait()
-    finally:
-        print("stopping: draining calls, then the local cluster", flush=True)
-        await server.stop(grace=1.0)
-
-
-def _load_module(path: Path) -> Any:
-    spec = importlib.util.spec_from_file_location(f"featurewell_demo_{path.stem}", path)
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError(path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_HOW_TO_CALL = """
-featurewell is serving the streaming_media example on {address} (Ctrl-C stops it all).
-Metrics: {metrics}    drift report: featurewell drift --metrics-url {metrics}
-
-  Python:
-    from featurewell.client import FeatureClient
-    client = FeatureClient("{address}")
-    result = client.get_features(
-        ["user_activity:*", "item_stats:popularity_score", "user_item_affinity:genre_affinity"],
-        entities={{"user_id": ["u000042"], "item_id": [f"i{{n:06d}}" for n in range(500)]}},
-    )
-    matrix, names = result.to_numpy()      # 500 x 6 float32, user features broadcast
-
-  grpcurl (reflection is on):
-    grpcurl -plaintext -d '{{"features": ["user_activity:*"],
-      "entities": {{"user_id": {{"strings": {{"values": ["u000042"]}}}}}}}}' \\
-      {address} featurewell.v1.FeatureService/GetFeatures
-"""
 
 
 if __name__ == "__main__":

@@ -172,7 +172,7 @@ def _spawn(
             "--tls-ca-cert-file", str(tls.ca), "--tls-auth-clients", "optional",
         ]  # fmt: skip
     return subprocess.Popen(
-        [*_DIE_WITH_PARENT, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [*DIE_WITH_PARENT, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
 
 
@@ -180,7 +180,7 @@ def _spawn(
 # demo leaves no orphaned redis-server behind. util-linux's setpriv sets it before exec'ing the
 # node; a Python preexec_fn would run Python in a forked child of a threaded process (gRPC's),
 # which can crash or deadlock.
-_DIE_WITH_PARENT = (
+DIE_WITH_PARENT = (
     ["setpriv", "--pdeathsig", "KILL", "--"]
     if sys.platform.startswith("linux") and shutil.which("setpriv")
     else []

@@ -34,6 +34,7 @@ from featurewell.serving.engine import FeatureEngine
 @dataclass(frozen=True)
 class Backfilled:
     view: str
+    source: str
     entities: int
     seconds: float
     history_rows: int
@@ -52,12 +53,15 @@ async def backfill(
     history_step: timedelta = timedelta(days=1),
     seed_group: str | None = None,
     batch_rows: int = 2000,
+    views: set[str] | None = None,
 ) -> list[Backfilled]:
+    """`views` (names) limits the online and history writes; the seeded state covers them all."""
     _check_log(source, log)
     accepted = batch.accepted_events(log, int(allowed_lateness_s * 1e6))
     programs = [
         compile_view(v) for v in registry.views.values()
         if v.events is not None and v.events.name == source.name
+        and (views is None or v.name in views)
     ]  # fmt: skip
     done = []
     for program in programs:
@@ -73,11 +77,40 @@ async def backfill(
         history = 0
         if history_dir is not None:
             history = _history(program, accepted, history_dir, history_step, as_of_us)
-        done.append(Backfilled(program.view.ref, len(rows), time.perf_counter() - started, history))
+        done.append(
+            Backfilled(
+                program.view.ref, source.name, len(rows), time.perf_counter() - started, history
+            )
+        )
     if seed_group is not None:
         runner = StreamRunner(registry, source, writer, group=seed_group,
                               allowed_lateness_s=allowed_lateness_s)  # fmt: skip
         await runner.seed(log_batches(source, log))
+    return done
+
+
+async def backfill_logs(
+    registry: Registry,
+    writer: FeatureEngine,
+    *,
+    as_of_us: int,
+    seed_group: str | None = "featurewell",
+    views: set[str] | None = None,
+    max_rows_per_second: float | None = None,
+) -> list[Backfilled]:
+    """Every event source's Parquet log (`EventSource(parquet=...)`) through `backfill`: what
+    `featurewell materialize` does for computed views."""
+    sources = {
+        v.events.name: v.events for v in registry.views.values()
+        if v.events is not None and v.events.parquet and (views is None or v.name in views)
+    }  # fmt: skip
+    done: list[Backfilled] = []
+    for source in sources.values():
+        log = read_log(source, registry, None)
+        done += await backfill(
+            registry, source, writer, log, as_of_us=as_of_us, seed_group=seed_group,
+            views=views, max_rows_per_second=max_rows_per_second,
+        )  # fmt: skip
     return done
 
 

@@ -1,11 +1,14 @@
-"""The `featurewell stream` and `featurewell backfill` commands (argument parsing is the CLI's)."""
+"""The `featurewell stream`, `backfill`, `parity` and `append` commands (argument parsing is the
+CLI's)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -19,8 +22,11 @@ from featurewell.compute.metrics import stream_registry
 from featurewell.compute.parity import FeatureParity
 from featurewell.compute.parity import parity as run_parity
 from featurewell.compute.parity import render as render_parity
+from featurewell.compute.redis_streams import append as append_events
+from featurewell.compute.redis_streams import checked_event
 from featurewell.compute.runner import StreamRunner
 from featurewell.definitions import EventSource, Registry, load_repo
+from featurewell.errors import InvalidRequest
 from featurewell.serving.engine import FeatureEngine
 from featurewell.serving.server import open_store
 from featurewell.settings import Settings
@@ -52,13 +58,16 @@ def stream(settings: Settings, args: argparse.Namespace) -> None:
             allowed_lateness_s=args.allowed_lateness_s, batch_size=args.batch_size,
             checkpoint_s=args.checkpoint_s, refresh_s=args.refresh_s, events=kafka,
         )  # fmt: skip
+        metrics = "off"
         if settings.metrics_port >= 0:
             port = exposition.serve(stream_registry(runner), settings.host, settings.metrics_port)
-            log.info("stream metrics on :%d/metrics", port)
+            metrics = f"http://{settings.host}:{port}/metrics"
         stopping = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
-        log.info("streaming %s as %s/%s", args.source, args.group, args.consumer)
+        # At any log level: `featurewell demo` (and scripts) wait for this line.
+        print(f"featurewell stream: consuming {args.source} as {args.group}/{args.consumer}; "
+              f"metrics {metrics}", file=sys.stderr, flush=True)  # fmt: skip
         try:
             await runner.run(stopping)
         finally:
@@ -122,3 +131,32 @@ def parity(settings: Settings, args: argparse.Namespace) -> None:
     print(render_parity(results))
     if any(r.rate > args.fail_above for r in results):
         raise SystemExit(1)
+
+
+def append(settings: Settings, args: argparse.Namespace) -> None:
+    """Events as JSON objects (each --event, or one per line of stdin) onto the source's streams."""
+    registry = load_repo(_repo(settings))
+    source = _event_source(registry, args.source)
+    texts = args.event or [line for line in sys.stdin if line.strip()]
+    if not texts:
+        raise InvalidRequest("no events: pass --event JSON, or JSON lines on stdin")
+    now_us = time.time_ns() // 1000
+    events = []
+    for n, text in enumerate(texts, 1):
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidRequest(f"event {n} is not JSON: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise InvalidRequest(f"event {n} must be a JSON object, got {text.strip()[:60]!r}")
+        events.append(checked_event(source, parsed, now_us))
+
+    async def run() -> list[str]:
+        store = await open_store(settings.with_changes(cache_entries=0))
+        try:
+            return await append_events(store.cluster, source, events)
+        finally:
+            await store.close()
+
+    for event, entry in zip(events, uvloop.run(run()), strict=True):
+        print(f"{event[source.id_field]} -> {entry}")

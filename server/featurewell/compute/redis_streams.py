@@ -13,6 +13,7 @@ engine skips what its checkpointed state already holds, so redelivery never doub
 
 from __future__ import annotations
 
+import uuid
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -22,7 +23,7 @@ import numpy as np
 
 from featurewell.compute.stream import EventBatch
 from featurewell.definitions import EventSource, Kind
-from featurewell.errors import StoreUnavailable
+from featurewell.errors import InvalidRequest, StoreUnavailable
 from featurewell.store.cluster import ClusterClient
 from featurewell.store.connection import encode_command
 from featurewell.store.keys import key_slot
@@ -54,6 +55,46 @@ async def append(
         problem = failures[0].detail if failures else replies[errors[0]]
         raise StoreUnavailable(f"cannot append events to Redis: {problem}")
     return [reply.decode() for reply in replies]
+
+
+def checked_event(source: EventSource, event: Mapping[str, Any], now_us: int) -> dict[str, Any]:
+    """A producer's event (e.g. parsed JSON) checked against the source's columns and types;
+    `event_id` defaults to a fresh UUID and `event_time` to `now_us`."""
+    where = f"event for source {source.name!r}"
+    columns = source.columns
+    known = {*columns, source.id_field, source.timestamp_field}
+    problems = []
+    if unknown := sorted(set(event) - known):
+        problems.append(f"unknown columns {unknown}")
+    if missing := sorted(set(columns) - set(event)):
+        problems.append(f"missing columns {missing}")
+    if problems:
+        raise InvalidRequest(
+            f"{where}: {'; '.join(problems)}. It takes {sorted(columns)}, and optionally "
+            f"{source.id_field!r} and {source.timestamp_field!r} (µs since the epoch)"
+        )
+    checked: dict[str, Any] = {
+        source.id_field: str(event.get(source.id_field) or uuid.uuid4().hex),
+        source.timestamp_field: _typed(
+            where, source.timestamp_field, Kind.INT64, event.get(source.timestamp_field, now_us)
+        ),
+    }
+    for name, dtype in columns.items():
+        checked[name] = _typed(where, name, dtype.kind, event[name])
+    return checked
+
+
+def _typed(where: str, name: str, kind: Kind, value: Any) -> Any:
+    ok = {
+        Kind.STRING: isinstance(value, str),
+        Kind.BOOL: isinstance(value, bool),
+        Kind.INT64: isinstance(value, int) and not isinstance(value, bool),
+        Kind.FLOAT32: isinstance(value, int | float) and not isinstance(value, bool),
+        Kind.FLOAT64: isinstance(value, int | float) and not isinstance(value, bool),
+    }[kind]
+    if not ok:
+        raise InvalidRequest(f"{where}: {name!r} must be {kind.name.lower()}, got {value!r}")
+    return float(value) if kind in (Kind.FLOAT32, Kind.FLOAT64) else value
 
 
 def _text(value: Any) -> bytes:
