@@ -47,13 +47,14 @@ test: install .venv/bin/helm $(SCHEMA_CHECK)/node_modules/.package-lock.json pro
 gate: install
 	$(PY) loadtest/gate.py --local
 
-## bench: end-to-end latency table (bare gRPC, raw Redis, GetFeatures), the hot-key cache off/on,
-## telemetry before/off/on
-## under Zipf-popular items, and codec micro-benchmarks
+## bench: end-to-end latency table (bare gRPC, raw Redis, GetFeatures), the hot-key cache off/on
+## under Zipf-popular items, telemetry before/off/on, the streaming engine (throughput,
+## appended-to-servable latency), and codec micro-benchmarks
 bench: install
 	$(PY) bench/e2e.py
 	$(PY) bench/zipf.py
 	$(PY) bench/telemetry.py
+	$(PY) bench/stream.py --backlog 50000
 	$(PY) -m pytest tests/test_bench_codec.py --benchmark-enable --benchmark-only -q
 
 ## proto: regenerate client/featurewell/v1 from protos/

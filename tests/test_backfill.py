@@ -18,9 +18,9 @@ from featurewell.client import FeatureClient
 from featurewell.compute import batch
 from featurewell.compute.backfill import backfill
 from featurewell.compute.parity import parity
-from featurewell.compute.program import compile_view
+from featurewell.compute.program import compile_view, write_request
 from featurewell.compute.redis_streams import append
-from featurewell.compute.runner import StreamRunner, write_request
+from featurewell.compute.runner import StreamRunner
 from featurewell.definitions import Registry
 from featurewell.devcluster import LocalCluster
 from featurewell.serving.engine import FeatureEngine

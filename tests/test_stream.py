@@ -300,3 +300,67 @@ def test_featurewell_stream_serves_an_appended_event_within_seconds(
         process.send_signal(signal.SIGTERM)
         _, errors = process.communicate(timeout=30)
     assert process.returncode == 0, errors.decode()[-2000:]
+
+
+def test_refresh_rewrites_only_what_time_changed(cluster: LocalCluster) -> None:
+    """A window moves when its tile does, and a decayed sum fades continuously; a refresh
+    rewrites those rows, and nothing while the tile stands still."""
+    name = f"visits_{uuid.uuid4().hex[:6]}"
+    visits = EventSource(name, keys={"member_id": String}, fields={"page": String})
+    tile = 10 * 60_000_000
+    counted = FeatureView(
+        f"{name}_counts", entity=member, events=visits, tile=timedelta(minutes=10),
+        features=[Feature("visits_1d", Int64, computed=Count(window=timedelta(days=1))),
+                  Feature("last_page", String, default="-", computed=Last("page"))],
+    )  # fmt: skip
+    faded = FeatureView(
+        f"{name}_heat", entity=member, events=visits, tile=timedelta(minutes=10),
+        features=[Feature("heat", Float64, computed=DecayedSum(
+            half_life=timedelta(hours=1), window=timedelta(days=1)))],
+    )  # fmt: skip
+    registry = Registry.build([member, counted, faded])
+    now = [(time.time_ns() // 1000) // tile * tile + 60_000_000]  # 1 min into a tile
+    members = [f"m{n}-{uuid.uuid4().hex[:4]}" for n in range(3)]
+    # In the window's oldest tile: counted now, out of the window once the tile moves.
+    old = now[0] - 86_400_000_000 + tile
+    events = [
+        {"event_id": f"e{n}", "event_time": old, "member_id": m, "page": "home"}
+        for n, m in enumerate(members)
+    ]
+    loop = asyncio.new_event_loop()
+    server = ServerThread(make_settings(cluster), registry)
+    try:
+        runner = loop.run_until_complete(
+            _runner(cluster, registry, visits, refresh_s=1e9, clock_us=lambda: now[0])
+        )
+        loop.run_until_complete(append(runner.cluster, visits, events))
+        loop.run_until_complete(_drain(runner))
+        loop.run_until_complete(runner.flush())
+        counts, _ = served(server, counted, members)
+        heat, _ = served(server, faded, members)
+        assert counts[f"{counted.name}:visits_1d"] == [1, 1, 1]
+        first_heat = heat[f"{faded.name}:heat"]
+
+        loop.run_until_complete(runner.refresh())  # same instant: nothing changed
+        assert runner.stats.refreshed == 0
+
+        now[0] += 5 * 60_000_000  # same tile, 5 minutes on: only the decayed sum moved
+        loop.run_until_complete(runner.refresh())
+        assert runner.stats.refreshed == len(members)
+        heat, _ = served(server, faded, members)
+        assert heat[f"{faded.name}:heat"] == pytest.approx(
+            [h * 2 ** (-5 / 60) for h in first_heat], rel=1e-9
+        )
+        counts, _ = served(server, counted, members)
+        assert counts[f"{counted.name}:visits_1d"] == [1, 1, 1]
+
+        now[0] += tile  # the next tile: the old events leave the 1-day window
+        loop.run_until_complete(runner.refresh())
+        assert runner.stats.refreshed == 3 * len(members)
+        counts, times = served(server, counted, members)
+        assert counts[f"{counted.name}:visits_1d"] == [0, 0, 0]
+        assert counts[f"{counted.name}:last_page"] == ["home"] * 3  # last values stay
+        assert times == [now[0]] * 3  # rewritten as of the refresh
+    finally:
+        server.stop()
+        loop.close()

@@ -23,8 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from featurewell.compute import batch
-from featurewell.compute.program import ViewProgram, compile_view
-from featurewell.compute.runner import StreamRunner, write_request
+from featurewell.compute.program import ViewProgram, compile_view, write_request
+from featurewell.compute.runner import StreamRunner
 from featurewell.compute.stream import EventBatch
 from featurewell.definitions import EventSource, Kind, Registry
 from featurewell.errors import DefinitionError

@@ -57,6 +57,7 @@ def stream(settings: Settings, args: argparse.Namespace) -> None:
             group=args.group, consumer=args.consumer, partitions=partitions,
             allowed_lateness_s=args.allowed_lateness_s, batch_size=args.batch_size,
             checkpoint_s=args.checkpoint_s, refresh_s=args.refresh_s, events=kafka,
+            freeze_gc=True,
         )  # fmt: skip
         metrics = "off"
         if settings.metrics_port >= 0:

@@ -27,6 +27,7 @@ from featurewell.definitions import (
 )
 from featurewell.definitions._computed import EventColumns, evaluate
 from featurewell.errors import DefinitionError
+from featurewell.serving.calls import InputColumn, WriteRequest
 
 US = 1_000_000
 
@@ -111,3 +112,28 @@ def compile_view(view: FeatureView) -> ViewProgram:
 
 def is_last(program: FeatureProgram) -> bool:
     return isinstance(program.aggregation, Last)
+
+
+def write_request(
+    program: ViewProgram, rows: list[tuple[tuple[Any, ...], list[Any]]], as_of_us: int
+) -> WriteRequest:
+    """Feature rows of a computed view (entity key, values in feature order) as a write."""
+    view = program.view
+    entity = view.entity
+    entities = {
+        name: InputColumn(entity.join_keys[name].kind, [key[i] for key, _ in rows])
+        for i, name in enumerate(entity.key_names)
+    }
+    features: dict[str, Any] = {}
+    for n, feature in enumerate(view.features):
+        column = [values[n] for _, values in rows]
+        kind = feature.dtype.kind
+        if kind is Kind.STRING:
+            features[feature.name] = np.asarray(column, dtype=object)
+        elif kind is Kind.EMBEDDING:
+            features[feature.name] = np.asarray(
+                [np.asarray(v, dtype=np.float32) for v in column], dtype=np.float32
+            ).reshape(len(rows), feature.dtype.dim)
+        else:
+            features[feature.name] = np.asarray(column, dtype=feature.dtype.element_dtype)
+    return WriteRequest(view.ref, entities, np.full(len(rows), as_of_us, dtype=np.int64), features)

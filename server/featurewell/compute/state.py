@@ -1,37 +1,37 @@
 """The streaming engine's state as JSON: per entity (what the runner checkpoints to Redis, next
 to the entity's rows) and whole (snapshots). JSON, not pickle: the state lives in a shared
-Redis, and loading it must never run code."""
+Redis, and loading it must never run code. orjson, not json: encoding checkpoints was a fifth of
+the engine's time with the standard library (it writes numpy vectors and int keys natively)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
+import orjson
 
 from featurewell.compute.program import FeatureProgram
 from featurewell.compute.stream import EntityKey, EntityState, StreamEngine, ViewState
 
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
 
 def encode_entity(state: ViewState, entity: EntityState) -> bytes:
-    tiles = {
-        str(tile): [_encode_partial(f, p) for f, p in zip(state.windowed, parts, strict=True)]
-        for tile, parts in entity.tiles.items()
-    }
-    return json.dumps(
+    # Partials as they are: numbers, [total, weight] with numpy vector totals, {category: n}.
+    return orjson.dumps(
         {
-            "tiles": tiles,
-            "last": [None if x is None else list(x) for x in entity.last],
+            "tiles": entity.tiles,
+            "last": entity.last,
             "seen": entity.seen,
-            "applied": {str(p): list(pos) for p, pos in entity.applied.items()},
+            "applied": entity.applied,
             "newest": entity.newest_us,
         },
-        separators=(",", ":"),
-    ).encode()
+        option=_OPTIONS,
+    )
 
 
 def decode_entity(state: ViewState, raw: bytes) -> EntityState:
-    data = json.loads(raw)
+    data = orjson.loads(raw)
     return EntityState(
         tiles={
             int(tile): [_decode_partial(f, p) for f, p in zip(state.windowed, parts, strict=True)]
@@ -50,11 +50,11 @@ def snapshot(engine: StreamEngine) -> bytes:
         ref: [[list(key), encode_entity(state, e).decode()] for key, e in state.entities.items()]
         for ref, state in engine.views.items()
     }
-    return json.dumps({"watermarks": engine.watermarks, "views": views}).encode()
+    return orjson.dumps({"watermarks": engine.watermarks, "views": views}, option=_OPTIONS)
 
 
 def restore(engine: StreamEngine, raw: bytes) -> None:
-    data = json.loads(raw)
+    data = orjson.loads(raw)
     engine.watermarks = {int(p): int(w) for p, w in data["watermarks"].items()}
     for ref, entities in data["views"].items():
         state = engine.views[ref]
@@ -65,15 +65,6 @@ def restore(engine: StreamEngine, raw: bytes) -> None:
 
 def _key(values: list[Any]) -> EntityKey:
     return tuple(values)
-
-
-def _encode_partial(feature: FeatureProgram, partial: Any) -> Any:
-    if feature.kind == "mean":
-        total = partial[0]
-        return [total.tolist() if isinstance(total, np.ndarray) else total, partial[1]]
-    if feature.kind == "mode":
-        return {str(category): n for category, n in partial.items()}
-    return partial
 
 
 def _decode_partial(feature: FeatureProgram, raw: Any) -> Any:

@@ -17,7 +17,7 @@ Rules (the batch engine applies the same ones, so both agree):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +47,7 @@ class EventBatch:
         return len(self.event_time_us)
 
 
-@dataclass
+@dataclass(slots=True)
 class EntityState:
     # tile index -> one partial aggregate per windowed feature
     tiles: dict[int, list[Any]] = field(default_factory=dict)
@@ -65,10 +65,26 @@ class ViewState:
     entities: dict[EntityKey, EntityState] = field(default_factory=dict)
     windowed: tuple[FeatureProgram, ...] = ()
     lasts: tuple[FeatureProgram, ...] = ()
+    adders: tuple[Adder, ...] = ()
+    windows: tuple[int, ...] = ()  # distinct window lengths, in tiles
+    # Per feature: (program, slot in its kind, index in windows or -1, finisher or None)
+    plan: tuple[tuple[FeatureProgram, int, int, Finisher | None], ...] = ()
 
     def __post_init__(self) -> None:
         self.windowed = tuple(f for f in self.program.features if not is_last(f))
         self.lasts = tuple(f for f in self.program.features if is_last(f))
+        # Per windowed feature, its arithmetic, looked up once (not per event).
+        self.adders = tuple(_ADD[f.kind] for f in self.windowed)
+        # Values: the tiles in each distinct window are found once per entity, not per feature.
+        self.windows = tuple(sorted({f.tiles for f in self.windowed}))
+        plan: list[tuple[FeatureProgram, int, int, Finisher | None]] = []
+        for feature in self.program.features:
+            if is_last(feature):
+                plan.append((feature, self.lasts.index(feature), -1, None))
+            else:
+                plan.append((feature, self.windowed.index(feature),
+                             self.windows.index(feature.tiles), _VALUE[feature.kind]))  # fmt: skip
+        self.plan = tuple(plan)
 
 
 @dataclass
@@ -120,83 +136,107 @@ class StreamEngine:
         tiles = program.tile_of(batch.event_time_us).tolist()
         times = batch.event_time_us.tolist()
         touched: set[EntityKey] = set()
-        windowed = [program.features.index(f) for f in state.windowed]
-        lasts = [program.features.index(f) for f in state.lasts]
+        # Plain Python lists, not numpy element access, inside the per-event loop.
+        windowed = [
+            (slot, adder, feature, *_listed(inputs[program.features.index(feature)]))
+            for slot, (adder, feature) in enumerate(zip(state.adders, state.windowed, strict=True))
+        ]
+        lasts = [
+            (slot, *_listed(inputs[program.features.index(feature)]))
+            for slot, feature in enumerate(state.lasts)
+        ]
+        tile_us = program.tile_us
+        partition = batch.partition
+        positions = batch.positions
+        event_ids = batch.event_ids
         for i in np.flatnonzero(on_time).tolist():
-            entity = state.entities.get(keys[i])
+            key = keys[i]
+            entity = state.entities.get(key)
             if entity is None:
-                entity = state.entities[keys[i]] = _new_entity(state)
-            event_id = batch.event_ids[i]
-            if batch.positions[i] <= entity.applied.get(batch.partition, _BEFORE_ANY):
+                entity = state.entities[key] = _new_entity(state)
+            event_id = event_ids[i]
+            if positions[i] <= entity.applied.get(partition, _BEFORE_ANY):
                 self.counters.replayed += 1
                 continue
-            entity.applied[batch.partition] = batch.positions[i]
+            entity.applied[partition] = positions[i]
             if event_id in entity.seen:
                 self.counters.duplicates += 1
                 continue
-            entity.seen[event_id] = times[i]
-            entity.newest_us = max(entity.newest_us, times[i])
-            partials = entity.tiles.get(tiles[i])
+            time_us = times[i]
+            tile = tiles[i]
+            entity.seen[event_id] = time_us
+            if time_us > entity.newest_us:
+                entity.newest_us = time_us
+            partials = entity.tiles.get(tile)
             if partials is None:
-                partials = entity.tiles[tiles[i]] = [_empty(f) for f in state.windowed]
-            for slot, index in enumerate(windowed):
-                value, weight, keep = inputs[index]
+                partials = entity.tiles[tile] = [_empty(f) for f in state.windowed]
+            for slot, adder, feature, value, weight, keep in windowed:
                 if keep[i]:
-                    partials[slot] = _add(
-                        state.windowed[slot], partials[slot], value[i],
-                        None if weight is None else weight[i], times[i], tiles[i], program.tile_us,
+                    partials[slot] = adder(
+                        feature, partials[slot], value[i],
+                        None if weight is None else weight[i], time_us, tile, tile_us,
                     )  # fmt: skip
-            for slot, index in enumerate(lasts):
-                value, _, keep = inputs[index]
+            for slot, value, _, keep in lasts:
                 if keep[i]:
-                    candidate = (times[i], event_id, _plain(value[i]))
                     current = entity.last[slot]
-                    if current is None or candidate[:2] > current[:2]:
-                        entity.last[slot] = candidate
-            touched.add(keys[i])
+                    if current is None or (time_us, event_id) > current[:2]:
+                        entity.last[slot] = (time_us, event_id, value[i])
+            touched.add(key)
             self.counters.applied += 1
         return touched
 
     def values(self, ref: str, key: EntityKey, as_of_us: int) -> list[Any]:
         """The entity's feature values as of `as_of_us` (defaults where nothing counts)."""
         state = self.views[ref]
-        entity = state.entities.get(key) or _new_entity(state)
-        current = as_of_us // state.program.tile_us
+        entity = state.entities.get(key)
+        if entity is None:
+            entity = _new_entity(state)
+        tile_us = state.program.tile_us
+        current = as_of_us // tile_us
+        tiles = entity.tiles.items()
+        in_window = [
+            [(tile, parts) for tile, parts in tiles if current - n < tile <= current]
+            for n in state.windows
+        ]
         out: list[Any] = []
-        windowed = iter(range(len(state.windowed)))
-        lasts = iter(range(len(state.lasts)))
-        for feature in state.program.features:
-            if is_last(feature):
-                got = entity.last[next(lasts)]
+        for feature, slot, window, finish in state.plan:
+            if finish is None:
+                got = entity.last[slot]
                 out.append(feature.feature.default if got is None else got[2])
-                continue
-            slot = next(windowed)
-            partials = [
-                (tile, parts[slot]) for tile, parts in entity.tiles.items()
-                if current - feature.tiles < tile <= current
-            ]  # fmt: skip
-            out.append(_value(feature, partials, as_of_us, state.program.tile_us))
+            else:
+                out.append(finish(feature, in_window[window], slot, as_of_us, tile_us))
         return out
 
     def evict(self) -> int:
         """Forget tiles no window can reach and event ids past the lateness horizon; entities
         left with nothing are dropped. Returns how many entities were dropped."""
+        return sum(self.evict_in_slices())
+
+    def evict_in_slices(self, size: int = 2000) -> Iterator[int]:
+        """`evict`, `size` entities at a time: yields the entities dropped by each slice, so
+        the runner can serve events between slices (a pass over 100,000 entities would hold
+        the event loop for a quarter of a second)."""
         if not self.watermarks:
-            return 0
+            return
         oldest_watermark = min(self.watermarks.values())
-        dropped = 0
+        horizon = oldest_watermark - self.lateness_us
         for state in self.views.values():
-            horizon = oldest_watermark - self.lateness_us
             floor_tile = horizon // state.program.tile_us - state.program.horizon_tiles
-            for key in list(state.entities):
-                entity = state.entities[key]
-                for tile in [t for t in entity.tiles if t <= floor_tile]:
-                    del entity.tiles[tile]
-                entity.seen = {i: t for i, t in entity.seen.items() if t >= horizon}
-                if not entity.tiles and not entity.seen and all(x is None for x in entity.last):
-                    del state.entities[key]
-                    dropped += 1
-        return dropped
+            keys = list(state.entities)
+            for start in range(0, len(keys), size):
+                dropped = 0
+                for key in keys[start : start + size]:
+                    entity = state.entities.get(key)
+                    if entity is None:
+                        continue
+                    for tile in [t for t in entity.tiles if t <= floor_tile]:
+                        del entity.tiles[tile]
+                    if entity.seen:
+                        entity.seen = {i: t for i, t in entity.seen.items() if t >= horizon}
+                    if not entity.tiles and not entity.seen and not any(entity.last):
+                        del state.entities[key]
+                        dropped += 1
+                yield dropped
 
 
 def _new_entity(state: ViewState) -> EntityState:
@@ -218,73 +258,125 @@ def _empty(feature: FeatureProgram) -> Any:
     return None  # min, max
 
 
-def _add(
-    feature: FeatureProgram,
-    partial: Any,
-    value: Any,
-    weight: Any,
-    time_us: int,
-    tile: int,
-    tile_us: int,
-) -> Any:
-    kind = feature.kind
-    if kind == "count":
-        return partial + 1
-    if kind == "sum":
-        return partial + _plain(value)
-    if kind == "min":
-        value = _plain(value)
-        return value if partial is None or value < partial else partial
-    if kind == "max":
-        value = _plain(value)
-        return value if partial is None or value > partial else partial
-    if kind == "mean":
-        w = 1.0 if weight is None else float(weight)
-        partial[0] = partial[0] + w * (value if isinstance(value, np.ndarray) else float(value))
-        partial[1] += w
-        return partial
-    if kind == "decayed sum":
-        # Decayed to the tile's end, so every term's factor is at most 1.
-        end = (tile + 1) * tile_us
-        return partial + float(value) * 2.0 ** (-(end - time_us) / feature.half_life_us)
-    if kind == "mode":
-        category = int(value)
-        partial[category] = partial.get(category, 0) + 1
-        return partial
-    raise AssertionError(f"unknown aggregation {kind}")
+Adder = Callable[[FeatureProgram, Any, Any, Any, int, int, int], Any]
+Finisher = Callable[[FeatureProgram, list[tuple[int, list[Any]]], int, int, int], Any]
 
 
-def _value(
-    feature: FeatureProgram, partials: list[tuple[int, Any]], as_of_us: int, tile_us: int
-) -> Any:
-    kind = feature.kind
-    default = feature.feature.default
-    if kind == "count":
-        return int(sum(p for _, p in partials))
-    if kind == "sum":
-        return sum((p for _, p in partials), 0)
-    if kind in ("min", "max"):
-        present = [p for _, p in partials if p is not None]
-        if not present:
-            return default
-        return min(present) if kind == "min" else max(present)
-    if kind == "mean":
-        total_w = sum(p[1] for _, p in partials)
-        if total_w == 0:
-            return default
-        total = sum((p[0] for _, p in partials), 0.0)
-        return total / total_w
-    if kind == "decayed sum":
-        return math.fsum(
-            p * 2.0 ** (-(as_of_us - (tile + 1) * tile_us) / feature.half_life_us)
-            for tile, p in partials
-        )
-    if kind == "mode":
-        counts: dict[int, int] = {}
-        for _, partial in partials:
-            for category, n in partial.items():
-                counts[category] = counts.get(category, 0) + n
-        if not counts:
-            return default
-        return min(counts, key=lambda c: (-counts[c], c))
-    raise AssertionError(f"unknown aggregation {kind}")
+def _listed(inputs: tuple[Any, Any, Any]) -> tuple[Any, Any, list[bool]]:
+    """A feature's per-event inputs as Python lists (vectors stay numpy rows)."""
+    value, weight, keep = inputs
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        value = value.tolist()
+    if isinstance(weight, np.ndarray):
+        weight = weight.tolist()
+    return value, weight, keep.tolist()
+
+
+def _add_count(f: FeatureProgram, partial: Any, value: Any, w: Any, t: int, tile: int,
+               tile_us: int) -> Any:  # fmt: skip
+    return partial + 1
+
+
+def _add_sum(f: FeatureProgram, partial: Any, value: Any, w: Any, t: int, tile: int,
+             tile_us: int) -> Any:  # fmt: skip
+    return partial + _plain(value)
+
+
+def _add_min(f: FeatureProgram, partial: Any, value: Any, w: Any, t: int, tile: int,
+             tile_us: int) -> Any:  # fmt: skip
+    value = _plain(value)
+    return value if partial is None or value < partial else partial
+
+
+def _add_max(f: FeatureProgram, partial: Any, value: Any, w: Any, t: int, tile: int,
+             tile_us: int) -> Any:  # fmt: skip
+    value = _plain(value)
+    return value if partial is None or value > partial else partial
+
+
+def _add_mean(f: FeatureProgram, partial: Any, value: Any, w: Any, t: int, tile: int,
+              tile_us: int) -> Any:  # fmt: skip
+    weight = 1.0 if w is None else float(w)
+    partial[0] = partial[0] + weight * (value if isinstance(value, np.ndarray) else float(value))
+    partial[1] += weight
+    return partial
+
+
+def _add_decayed(f: FeatureProgram, partial: Any, value: Any, w: Any, t: int, tile: int,
+                 tile_us: int) -> Any:  # fmt: skip
+    # Decayed to the tile's end, so every term's factor is at most 1.
+    end = (tile + 1) * tile_us
+    return partial + float(value) * 2.0 ** (-(end - t) / f.half_life_us)
+
+
+def _add_mode(f: FeatureProgram, partial: Any, value: Any, w: Any, t: int, tile: int,
+              tile_us: int) -> Any:  # fmt: skip
+    category = int(value)
+    partial[category] = partial.get(category, 0) + 1
+    return partial
+
+
+_ADD: dict[str, Adder] = {
+    "count": _add_count, "sum": _add_sum, "min": _add_min, "max": _add_max, "mean": _add_mean,
+    "decayed sum": _add_decayed, "mode": _add_mode,
+}  # fmt: skip
+
+
+Tiles = list[tuple[int, list[Any]]]  # (tile, partials of every windowed feature) in a window
+
+
+def _count(f: FeatureProgram, tiles: Tiles, slot: int, as_of: int, tile_us: int) -> Any:
+    total = 0
+    for _, parts in tiles:
+        total += parts[slot]
+    return total
+
+
+def _sum(f: FeatureProgram, tiles: Tiles, slot: int, as_of: int, tile_us: int) -> Any:
+    total = 0
+    for _, parts in tiles:
+        total = total + parts[slot]
+    return total
+
+
+def _min(f: FeatureProgram, tiles: Tiles, slot: int, as_of: int, tile_us: int) -> Any:
+    present = [parts[slot] for _, parts in tiles if parts[slot] is not None]
+    return min(present) if present else f.feature.default
+
+
+def _max(f: FeatureProgram, tiles: Tiles, slot: int, as_of: int, tile_us: int) -> Any:
+    present = [parts[slot] for _, parts in tiles if parts[slot] is not None]
+    return max(present) if present else f.feature.default
+
+
+def _mean(f: FeatureProgram, tiles: Tiles, slot: int, as_of: int, tile_us: int) -> Any:
+    total: Any = 0.0
+    weight = 0.0
+    for _, parts in tiles:
+        partial = parts[slot]
+        total = total + partial[0]
+        weight += partial[1]
+    return total / weight if weight else f.feature.default
+
+
+def _decayed(f: FeatureProgram, tiles: Tiles, slot: int, as_of: int, tile_us: int) -> Any:
+    return math.fsum(
+        parts[slot] * 2.0 ** (-(as_of - (tile + 1) * tile_us) / f.half_life_us)
+        for tile, parts in tiles
+    )
+
+
+def _mode(f: FeatureProgram, tiles: Tiles, slot: int, as_of: int, tile_us: int) -> Any:
+    counts: dict[int, int] = {}
+    for _, parts in tiles:
+        for category, n in parts[slot].items():
+            counts[category] = counts.get(category, 0) + n
+    if not counts:
+        return f.feature.default
+    return min(counts, key=lambda c: (-counts[c], c))
+
+
+_VALUE: dict[str, Finisher] = {
+    "count": _count, "sum": _sum, "min": _min, "max": _max, "mean": _mean,
+    "decayed sum": _decayed, "mode": _mode,
+}  # fmt: skip
