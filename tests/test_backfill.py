@@ -23,6 +23,7 @@ from featurewell.compute.redis_streams import append
 from featurewell.compute.runner import StreamRunner
 from featurewell.definitions import Registry
 from featurewell.devcluster import LocalCluster
+from featurewell.offline import OfflineStore
 from featurewell.serving.engine import FeatureEngine
 from featurewell.settings import Settings
 from featurewell.store.online import OnlineStore
@@ -58,13 +59,14 @@ def test_backfill_online_history_and_the_stream_after_it(
         try:
             check_served(server, view, log, members)  # online: the batch values as of the run
             # History: each snapshot holds the batch values as of its time.
-            files = sorted((tmp_path / view.ref).glob("as_of=*.parquet"))
-            assert len(files) >= 4  # 30 hours of events, a snapshot every 6 hours
-            snapshot = pq.read_table(files[-2]).to_pylist()
+            history = pq.read_table(OfflineStore(tmp_path).folder(view)).to_pylist()
+            snapshots = sorted({row["event_time"] for row in history})
+            assert len(snapshots) >= 4  # 30 hours of events, a snapshot every 6 hours
+            assert all(row["created"] == row["event_time"] for row in history)
             program = compile_view(view)
             accepted = batch.accepted_events(log, 3600 * 1_000_000)
-            for row in snapshot:
-                want = batch.compute(program, accepted, row["as_of"])[(row["member_id"],)]
+            for row in (r for r in history if r["event_time"] == snapshots[-2]):
+                want = batch.compute(program, accepted, row["event_time"])[(row["member_id"],)]
                 assert row["clicks_1d"] == want[0]
                 assert row["amount_1d"] == pytest.approx(want[1])
                 assert row["last_page"] == want[2]
@@ -134,7 +136,7 @@ def test_featurewell_backfill_command(cluster: LocalCluster, tmp_path: Path) -> 
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"{name}_stats@v1: 7 entities online" in done.stdout
-    assert list((tmp_path / "history" / f"{name}_stats@v1").glob("as_of=*.parquet"))
+    assert list((tmp_path / "history" / f"{name}_stats" / "v1").glob("date=*/*.parquet"))
     checked = subprocess.run(
         [sys.executable, "-m", "featurewell.cli", "parity", "--repo", str(tmp_path / "repo.py"),
          "--source", name, "--log", str(tmp_path / "visits.parquet"), "--redis", seeds],

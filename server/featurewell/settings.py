@@ -123,6 +123,11 @@ class Settings:
         "statistics (Stats) in the definitions.",
         "",
     )
+    offline_dir: str = _doc(
+        "Root of the offline store (feature history as Parquet): `featurewell stream` and "
+        "`backfill` write to it, `training-set` reads it; empty: no history is written.",
+        "",
+    )
     inject_delay_ms: float = _doc(
         "Fault injection for testing alerts and the load-test gate: every GetFeatures waits "
         "this long first. Keep 0 in production.",

@@ -2,8 +2,8 @@
 
 - Current values (as of `as_of`) go to the online store, paced to `max_rows_per_second` so
   serving keeps its latency.
-- With `history_dir`, the values as of every `history_step` go to Parquet files
-  (`<dir>/<view>@v<n>/as_of=<date>.parquet`), the feature history training sets are built from.
+- With `history_dir`, the values as of every `history_step` go to the offline store there
+  (`featurewell.offline`), the feature history training sets are built from.
 - With `seed_group`, the streaming engine's state for that consumer group is started from the same
   log, so `featurewell stream` continues the windows instead of starting them empty.
 """
@@ -13,9 +13,8 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -23,11 +22,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from featurewell.compute import batch
-from featurewell.compute.program import ViewProgram, compile_view, write_request
+from featurewell.compute.program import ViewProgram, compile_view, history_table, write_request
 from featurewell.compute.runner import StreamRunner
 from featurewell.compute.stream import EventBatch
-from featurewell.definitions import EventSource, Kind, Registry
+from featurewell.definitions import EventSource, Registry
 from featurewell.errors import DefinitionError
+from featurewell.offline.store import OfflineStore
 from featurewell.serving.engine import FeatureEngine
 
 
@@ -148,32 +148,18 @@ def read_log(source: EventSource, registry: Registry, path: str | None) -> pa.Ta
 def _history(
     program: ViewProgram, accepted: pa.Table, folder: Path, step: timedelta, as_of_us: int
 ) -> int:
+    """The values as of every step, into the offline store: each snapshot's rows are as of its
+    time and created at it (what a stream running then would have written)."""
     step_us = int(step / timedelta(microseconds=1))
     first = int(pc.min(accepted.column("event_time")).as_py() or as_of_us)
-    target = folder / program.view.ref
-    target.mkdir(parents=True, exist_ok=True)
+    store = OfflineStore(folder)
     written = 0
     for point in range((first // step_us + 1) * step_us, as_of_us + 1, step_us):
         values = batch.compute(program, accepted, point)
-        if not values:
-            continue
-        table = _table(program, point, values)
-        day = datetime.fromtimestamp(point / 1e6, tz=UTC).strftime("%Y-%m-%dT%H%M")
-        pq.write_table(table, target / f"as_of={day}.parquet")
-        written += table.num_rows
+        if values:
+            request = write_request(program, list(values.items()), point)
+            written += store.write(program.view, history_table(program.view, request, point)).rows
     return written
-
-
-def _table(program: ViewProgram, as_of_us: int, values: dict[Any, list[Any]]) -> pa.Table:
-    keys = list(program.view.entity.key_names)
-    columns: dict[str, Any] = {name: [key[i] for key in values] for i, name in enumerate(keys)}
-    columns["as_of"] = pa.array([as_of_us] * len(values), pa.int64())
-    for n, feature in enumerate(program.view.features):
-        column = [row[n] for row in values.values()]
-        if feature.dtype.kind is Kind.EMBEDDING:
-            column = [np.asarray(v, dtype=np.float32).tolist() for v in column]
-        columns[feature.name] = column
-    return pa.table(columns)
 
 
 def _check_log(source: EventSource, log: pa.Table) -> None:

@@ -27,6 +27,7 @@ from featurewell.compute.redis_streams import checked_event
 from featurewell.compute.runner import StreamRunner
 from featurewell.definitions import EventSource, Registry, load_repo
 from featurewell.errors import InvalidRequest
+from featurewell.offline.store import OfflineStore
 from featurewell.serving.engine import FeatureEngine
 from featurewell.serving.server import open_store
 from featurewell.settings import Settings
@@ -58,6 +59,7 @@ def stream(settings: Settings, args: argparse.Namespace) -> None:
             allowed_lateness_s=args.allowed_lateness_s, batch_size=args.batch_size,
             checkpoint_s=args.checkpoint_s, refresh_s=args.refresh_s, events=kafka,
             freeze_gc=True,
+            history=OfflineStore(settings.offline_dir) if settings.offline_dir else None,
         )  # fmt: skip
         metrics = "off"
         if settings.metrics_port >= 0:
@@ -93,7 +95,8 @@ def backfill(settings: Settings, args: argparse.Namespace) -> None:
                 registry, source, FeatureEngine(registry, store, settings), log_table,
                 as_of_us=time.time_ns() // 1000, allowed_lateness_s=args.allowed_lateness_s,
                 max_rows_per_second=args.max_rows_per_second,
-                history_dir=Path(args.history_out) if args.history_out else None,
+                history_dir=Path(history) if (history := args.history_out or settings.offline_dir)
+                else None,
                 history_step=timedelta(hours=args.history_step_h),
                 seed_group=args.group or None,
             )  # fmt: skip

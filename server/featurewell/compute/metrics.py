@@ -18,7 +18,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from featurewell.compute.runner import VISIBLE_BUCKETS_MS, StreamRunner
+from featurewell.compute.runner import StreamRunner
+from featurewell.compute.stats import VISIBLE_BUCKETS_MS
 
 
 class StreamCollector(Collector):

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
 
 from featurewell.definitions import (
     Aggregation,
@@ -137,3 +138,23 @@ def write_request(
         else:
             features[feature.name] = np.asarray(column, dtype=feature.dtype.element_dtype)
     return WriteRequest(view.ref, entities, np.full(len(rows), as_of_us, dtype=np.int64), features)
+
+
+def history_table(view: FeatureView, request: WriteRequest, created_us: int) -> pa.Table:
+    """A computed view's write (from `write_request`) as offline-store history rows."""
+    columns: dict[str, Any] = {
+        name: list(column.values) for name, column in request.entities.items()
+    }
+    columns["event_time"] = pa.array(request.event_time_us, pa.int64())
+    columns["created"] = pa.array(np.full(len(request.event_time_us), created_us), pa.int64())
+    for feature in view.features:
+        values = request.features[feature.name]
+        assert isinstance(values, np.ndarray)  # computed features are never lists
+        if feature.dtype.kind is Kind.EMBEDDING:
+            flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).ravel())
+            columns[feature.name] = pa.FixedSizeListArray.from_arrays(flat, feature.dtype.dim)
+        elif feature.dtype.kind is Kind.STRING:
+            columns[feature.name] = pa.array(list(values), pa.string())
+        else:
+            columns[feature.name] = pa.array(values)
+    return pa.table(columns)
