@@ -49,12 +49,13 @@ gate: install
 
 ## bench: end-to-end latency table (bare gRPC, raw Redis, GetFeatures), the hot-key cache off/on
 ## under Zipf-popular items, telemetry before/off/on, the streaming engine (throughput,
-## appended-to-servable latency), and codec micro-benchmarks
+## appended-to-servable latency), training sets (1M rows x 20 features), and codec micro-benchmarks
 bench: install
 	$(PY) bench/e2e.py
 	$(PY) bench/zipf.py
 	$(PY) bench/telemetry.py
 	$(PY) bench/stream.py --backlog 50000
+	$(PY) bench/training.py
 	$(PY) -m pytest tests/test_bench_codec.py --benchmark-enable --benchmark-only -q
 
 ## proto: regenerate client/featurewell/v1 from protos/

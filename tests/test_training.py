@@ -22,6 +22,7 @@ from featurewell.definitions import (
     Float64,
     Registry,
     String,
+    load_repo,
     on_demand,
 )
 from featurewell.devcluster import LocalCluster
@@ -230,3 +231,43 @@ def test_the_stream_writes_history_that_trains_on_what_it_served(
         assert column[:-1] == values, name  # the same numbers: one write, two stores
     status = got.column(f"{view.name}:__status").to_pylist()
     assert status == [PRESENT] * len(members) + [NOT_FOUND]  # before any row: not found
+
+
+TRAIN_REPO = """
+from featurewell.definitions import Entity, Feature, FeatureView, Float64, String
+rider = Entity("rider", join_keys={"rider_id": String})
+rides = FeatureView("rides", entity=rider, features=[Feature("score", Float64, default=-1.0),
+                                                       Feature("tier", String, default="-")])
+"""
+
+
+def test_training_set_command(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    (tmp_path / "repo.py").write_text(TRAIN_REPO)
+    registry = load_repo(str(tmp_path / "repo.py"))
+    store = OfflineStore(tmp_path / "offline")
+    store.write(registry.view("rides"), _history([("r1", 100, 100, 4.0)]).drop(["taste"]))
+    labels = pa.table({"rider_id": ["r1", "r1", "r9"], "at": pa.array([50, 150, 150], pa.int64())})
+    pq.write_table(labels, tmp_path / "labels.parquet")
+    command = [sys.executable, "-m", "featurewell.cli", "training-set", "--repo",
+               str(tmp_path / "repo.py"), "--labels", str(tmp_path / "labels.parquet"),
+               "--features", "rides:*", "--timestamp-column", "at",
+               "--out", str(tmp_path / "train.parquet")]  # fmt: skip
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2
+    assert "pass --offline-dir DIR" in refused.stderr
+    done = subprocess.run([*command, "--offline-dir", str(tmp_path / "offline")],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "3 rows x 2 features" in done.stdout
+    assert (
+        "rides: not_found 2, present 1" in done.stdout
+        or "rides: present 1, not_found 2" in done.stdout
+    )
+    table = pq.read_table(tmp_path / "train.parquet").to_pydict()
+    assert table["rides:score"] == [-1.0, 4.0, -1.0]
+    assert table["rides:tier"] == ["-", "t4", "-"]

@@ -1,5 +1,5 @@
-"""The `featurewell` command: serve, materialize, stream, backfill, baseline, drift, cluster,
-demo."""
+"""The `featurewell` command: serve, materialize, stream, append, backfill, parity, training-set,
+baseline, drift, cluster, demo."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from featurewell.demo import run_demo
 from featurewell.devcluster import start_local_cluster
 from featurewell.errors import FeaturewellError
 from featurewell.ingest.materialize import materialize
+from featurewell.offline.commands import training_set
 from featurewell.serving.engine import FeatureEngine
 from featurewell.serving.server import node_access, serve
 from featurewell.settings import Settings
@@ -108,6 +109,16 @@ def _parser() -> argparse.ArgumentParser:
         help="consumer group whose streaming state to seed ('' to skip)",
     )
     fill.set_defaults(run=commands_backfill)
+
+    train = commands.add_parser(
+        "training-set", help="point-in-time-correct features for labelled rows, from history"
+    )
+    _settings_flags(train)
+    train.add_argument("--labels", required=True, help="Parquet: entity keys + a timestamp")
+    train.add_argument("--features", required=True, help="comma-separated references")
+    train.add_argument("--timestamp-column", default="event_timestamp")
+    train.add_argument("--out", required=True, help="Parquet file to write")
+    train.set_defaults(run=training_set)
 
     add = commands.add_parser(
         "append", help="append events to an event source's Redis Streams, for the stream to compute"
