@@ -1,5 +1,5 @@
 """The `featurewell` command: serve, materialize, stream, append, backfill, parity, training-set,
-baseline, drift, cluster, demo."""
+promote, rollback, versions, baseline, drift, cluster, demo."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from featurewell.demo import run_demo
 from featurewell.devcluster import start_local_cluster
 from featurewell.errors import FeaturewellError
 from featurewell.ingest.materialize import materialize
+from featurewell.lifecycle import commands as lifecycle
 from featurewell.offline.commands import training_set
 from featurewell.serving.engine import FeatureEngine
 from featurewell.serving.server import node_access, serve
@@ -119,6 +120,19 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--timestamp-column", default="event_timestamp")
     train.add_argument("--out", required=True, help="Parquet file to write")
     train.set_defaults(run=training_set)
+
+    for name, what, handler in (
+        ("promote", "make VERSION the default of VIEW on every server, live", lifecycle.promote),
+        ("rollback", "restore VIEW's default from before its last promote", lifecycle.rollback),
+        ("versions", "every view's versions, default and promote history", lifecycle.versions),
+    ):
+        verb = commands.add_parser(name, help=what)
+        _settings_flags(verb)
+        if name != "versions":
+            verb.add_argument("--view", required=True, help="the feature view's name")
+        if name == "promote":
+            verb.add_argument("--version", type=int, required=True)
+        verb.set_defaults(run=handler)
 
     add = commands.add_parser(
         "append", help="append events to an event source's Redis Streams, for the stream to compute"

@@ -123,6 +123,11 @@ class Settings:
         "statistics (Stats) in the definitions.",
         "",
     )
+    versions_poll_s: float = _doc(
+        "How often servers read the default versions `featurewell promote` sets (shared "
+        "through Redis).",
+        1.0,
+    )
     offline_dir: str = _doc(
         "Root of the offline store (feature history as Parquet): `featurewell stream` and "
         "`backfill` write to it, `training-set` reads it; empty: no history is written.",

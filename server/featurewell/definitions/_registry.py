@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -23,7 +24,8 @@ V = TypeVar("V")
 class Registry:
     """Entities, feature views (every version) and on-demand transforms, validated together.
 
-    "view:feature" resolves to the view's default version: the highest one defined.
+    "view:feature" resolves to the view's default version: the highest one defined, unless
+    `with_defaults` (a promote) chose another.
     """
 
     entities: dict[str, Entity]
@@ -88,6 +90,16 @@ class Registry:
                         f"on-demand transform {transform.name!r}: context {key!r} is a join key"
                     )
         return registry
+
+    def with_defaults(self, overrides: Mapping[str, int]) -> Registry:
+        """This registry with `overrides` (view name -> version) as default versions, as
+        `featurewell promote` sets them; other views (and versions not defined here) keep the
+        highest version."""
+        chosen = {
+            name: max(v for n, v in self.views if n == name) for name in self.default_versions
+        }
+        chosen.update({n: v for n, v in overrides.items() if (n, v) in self.views})
+        return dataclasses.replace(self, default_versions=chosen)
 
     def view(self, name: str, version: int | None = None) -> FeatureView:
         """The view `name` at `version` (default version when None)."""

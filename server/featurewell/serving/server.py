@@ -10,7 +10,7 @@ import os
 import signal
 import ssl
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -20,8 +20,10 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from featurewell.definitions import Registry, load_repo, repo_fingerprint
-from featurewell.errors import ConfigError
+from featurewell.errors import ConfigError, StoreError
+from featurewell.lifecycle import defaults as versions
 from featurewell.serving.engine import FeatureEngine
+from featurewell.serving.plan import Planner
 from featurewell.serving.service import FeatureService
 from featurewell.settings import Settings
 from featurewell.store.breaker import BreakerPolicy
@@ -53,6 +55,8 @@ class Server:
     telemetry_task: asyncio.Task[None]
     reloads: int = 0
     reloads_failed: int = 0
+    promoted: dict[str, int] = field(default_factory=dict)  # as last read from Redis
+    versions_task: asyncio.Task[None] | None = None
 
     @classmethod
     async def start(
@@ -63,6 +67,13 @@ class Server:
         `tracing` replaces the one the settings describe (tests pass in-memory exporters)."""
         registry = registry if registry is not None else load_repo(settings.repo)
         store = await open_store(settings)
+        try:
+            overrides = await versions.promoted(store.cluster)
+        except StoreError as exc:  # serve the declared defaults; followed once Redis answers
+            log.warning("cannot read promoted versions yet: %s", exc)
+            overrides = {}
+        if overrides:
+            registry = versions.serve_defaults(registry, overrides)
         telemetry: Telemetry | None = None
         try:
             grpc_server = grpc.aio.server(
@@ -104,10 +115,35 @@ class Server:
         # A ranking call allocates a few thousand short-lived objects; the default gen-0
         # threshold (700) would collect several times per call. Collect young objects less often.
         gc.set_threshold(settings.gc_gen0_threshold, 20, 100)
-        return cls(
+        server = cls(
             settings, port, service, store, grpc_server, health, metrics_port, telemetry,
-            telemetry_task,
+            telemetry_task, promoted=overrides,
         )  # fmt: skip
+        server.versions_task = asyncio.get_running_loop().create_task(
+            server.follow_promotions(settings.versions_poll_s)
+        )
+        return server
+
+    async def follow_promotions(self, interval: float) -> None:
+        """Serve the default versions `featurewell promote` and `rollback` set, read from Redis
+        every `interval` seconds: the next call plans with them, calls in flight finish as
+        they started, and calls pinned to a version (`view@v1:x`) never move."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                overrides = await versions.promoted(self.store.cluster)
+            except StoreError as exc:
+                log.warning("cannot read promoted versions (keeping the current ones): %s", exc)
+                continue
+            if overrides != self.promoted:
+                engine = self.service.engine
+                self.promoted = overrides
+                self._serve(engine.prepare(versions.serve_defaults(engine.registry, overrides)))
+                log.info("default versions now %s", engine.registry.default_versions)
+
+    def _serve(self, planner: Planner) -> None:
+        self.service.engine.use(planner)
+        self.telemetry.use(planner.registry)
 
     async def reload(self) -> bool:
         """Load the feature repo again and serve it from the next call on, atomically. A repo
@@ -119,7 +155,11 @@ class Server:
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(min(switch_interval, 0.0005))
         try:
-            planner = await asyncio.to_thread(lambda: engine.prepare(load_repo(self.settings.repo)))
+            planner = await asyncio.to_thread(
+                lambda: engine.prepare(
+                    versions.serve_defaults(load_repo(self.settings.repo), self.promoted)
+                )
+            )
         except Exception:
             self.reloads_failed += 1
             self.telemetry.metrics.reloads.labels("failed").inc()
@@ -128,8 +168,7 @@ class Server:
             return False
         finally:
             sys.setswitchinterval(switch_interval)
-        engine.use(planner)
-        self.telemetry.use(planner.registry)
+        self._serve(planner)
         gc.freeze()  # like start-up objects, the new definitions live until the next reload
         self.reloads += 1
         self.telemetry.metrics.reloads.labels("ok").inc()
@@ -161,6 +200,8 @@ class Server:
         in_flight = calls.in_flight
         await self.grpc_server.stop(self.settings.grace_period_s if grace is None else grace)
         self.telemetry_task.cancel()
+        if self.versions_task is not None:
+            self.versions_task.cancel()
         self.telemetry.close()
         await self.store.close()
         log.info(

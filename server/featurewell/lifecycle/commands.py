@@ -1,0 +1,74 @@
+"""`featurewell promote`, `rollback` and `versions` (argument parsing is the CLI's)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import uvloop
+
+from featurewell.definitions import Registry, load_repo
+from featurewell.lifecycle import defaults
+from featurewell.serving.server import open_store
+from featurewell.settings import Settings
+from featurewell.store.cluster import ClusterClient
+
+
+def promote(settings: Settings, args: argparse.Namespace) -> None:
+    change = _with_cluster(
+        settings, lambda cluster, registry: defaults.promote(
+            cluster, registry, args.view, args.version)
+    )  # fmt: skip
+    print(f"{change.view}: default version {change.previous} -> {change.current}; servers follow "
+          f"within {settings.versions_poll_s:g} s (calls pinned with @vN keep theirs)")  # fmt: skip
+
+
+def rollback(settings: Settings, args: argparse.Namespace) -> None:
+    change = _with_cluster(
+        settings, lambda cluster, registry: defaults.rollback(cluster, registry, args.view)
+    )
+    print(f"{change.view}: rolled back, default version {change.previous} -> {change.current}")
+
+
+def versions(settings: Settings, args: argparse.Namespace) -> None:
+    async def read(
+        cluster: ClusterClient, _registry: Registry
+    ) -> tuple[dict[str, int], list[defaults.Change]]:
+        return await defaults.promoted(cluster), await defaults.history(cluster)
+
+    chosen, changes = _with_cluster(settings, read)
+    registry = load_repo(_repo(settings))
+    for name in sorted(registry.default_versions):
+        defined = sorted(v for n, v in registry.views if n == name)
+        default = registry.with_defaults(chosen).default_versions[name]
+        how = "promoted" if name in chosen else "highest"
+        print(f"{name}: versions {defined}, default v{default} ({how})")
+        for change in (c for c in changes if c.view == name):
+            at = datetime.fromtimestamp(change.at_us / 1e6, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+            print(f"  {at} UTC {change.action} v{change.previous} -> v{change.current}")
+
+
+T = TypeVar("T")
+
+
+def _with_cluster(
+    settings: Settings, action: Callable[[ClusterClient, Registry], Awaitable[T]]
+) -> T:
+    registry = load_repo(_repo(settings))
+
+    async def run() -> T:
+        store = await open_store(settings.with_changes(cache_entries=0))
+        try:
+            return await action(store.cluster, registry)
+        finally:
+            await store.close()
+
+    return uvloop.run(run())
+
+
+def _repo(settings: Settings) -> str:
+    if not settings.repo:
+        raise SystemExit("featurewell: --repo (or FEATUREWELL_REPO) is required")
+    return settings.repo

@@ -1,0 +1,119 @@
+"""Promote and rollback: two real servers under load switch a view's default version live, with
+no failed call; calls pinned to a version never move."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from featurewell.client import VALUE_TYPE_FLOAT64, ClientOptions, FeatureClient
+from featurewell.definitions import load_repo
+from featurewell.devcluster import LocalCluster
+from tests.conftest import ServerThread, make_settings
+
+REPO = """
+from featurewell.definitions import Entity, Feature, FeatureView, Float64, String
+shop = Entity("shop", join_keys={"shop_id": String})
+v1 = FeatureView("NAME", entity=shop, version=1, features=[Feature("x", Float64)])
+v2 = FeatureView("NAME", entity=shop, version=2,
+                 features=[Feature("x", Float64), Feature("y", Float64)])
+"""
+
+
+def featurewell(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "featurewell.cli", *args],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+def test_promote_and_rollback_live_under_load(cluster: LocalCluster, tmp_path: Path) -> None:
+    name = f"ver_{uuid.uuid4().hex[:6]}"
+    repo = tmp_path / "repo.py"
+    repo.write_text(REPO.replace("NAME", name))
+    registry = load_repo(str(repo))
+    seeds = ",".join(f"{h}:{p}" for h, p in cluster.seeds)
+    settings = make_settings(cluster, versions_poll_s=0.2)
+    servers = [ServerThread(settings, registry), ServerThread(settings, registry)]
+    stop = threading.Event()
+    seen: dict[str, list[float]] = {}
+    failures: list[str] = []
+
+    def caller(label: str, address: str, ref: str) -> None:
+        values = seen.setdefault(label, [])
+        with FeatureClient(address, options=ClientOptions(read_attempts=1)) as client:
+            while not stop.is_set():
+                try:
+                    got = client.get_features([ref], entities={"shop_id": ["s1"]})
+                    values.append(float(got[ref].values[0]))
+                except Exception as exc:  # any failed call fails the test
+                    failures.append(f"{label}: {exc!r}")
+
+    try:
+        with FeatureClient(servers[0].address) as client:
+            for version, x in ((1, 1.0), (2, 2.0)):
+                features = {"x": (VALUE_TYPE_FLOAT64, [x])}
+                if version == 2:
+                    features["y"] = (VALUE_TYPE_FLOAT64, [0.0])
+                client.write_features(f"{name}@v{version}", {"shop_id": ["s1"]},
+                                      [time.time_ns() // 1000], features)  # fmt: skip
+        threads = [
+            threading.Thread(target=caller, args=(f"default-{n}", s.address, f"{name}:x"))
+            for n, s in enumerate(servers)
+        ] + [threading.Thread(target=caller, args=("pinned", servers[1].address, f"{name}@v2:x"))]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+
+        def switch(*command: str, expect: float) -> float:
+            done = featurewell(*command, "--repo", str(repo), "--redis", seeds, "--view", name)
+            assert done.returncode == 0, done.stderr
+            started = time.monotonic()
+            while time.monotonic() - started < 10:
+                marks = {label: len(values) for label, values in seen.items()}
+                time.sleep(0.3)
+                if all(seen[f"default-{n}"][marks[f"default-{n}"]:] and
+                       set(seen[f"default-{n}"][marks[f"default-{n}"]:]) == {expect}
+                       for n in range(2)):  # fmt: skip
+                    return time.monotonic() - started
+            raise AssertionError(f"servers still not on {expect} after 10 s")
+
+        switch("promote", "--version", "1", expect=1.0)
+        listed = featurewell("versions", "--repo", str(repo), "--redis", seeds)
+        assert f"{name}: versions [1, 2], default v1 (promoted)" in listed.stdout
+        assert "promote v2 -> v1" in listed.stdout
+        switch("rollback", expect=2.0)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+        for server in servers:
+            server.stop()
+    assert failures == []
+    for n in range(2):
+        values = seen[f"default-{n}"]
+        assert len(values) > 50
+        # 2.0 until the promote, then 1.0, then 2.0 again: never anything else, never back.
+        changes = [v for i, v in enumerate(values) if i == 0 or v != values[i - 1]]
+        assert changes == [2.0, 1.0, 2.0], changes
+    assert set(seen["pinned"]) == {2.0}  # pinned to v2 through it all
+
+
+def test_promote_refuses_what_cannot_be_served(cluster: LocalCluster, tmp_path: Path) -> None:
+    name = f"ver_{uuid.uuid4().hex[:6]}"
+    repo = tmp_path / "repo.py"
+    repo.write_text(REPO.replace("NAME", name))
+    seeds = ",".join(f"{h}:{p}" for h, p in cluster.seeds)
+    base = ["--repo", str(repo), "--redis", seeds]
+    missing = featurewell("promote", *base, "--view", name, "--version", "7")
+    assert missing.returncode == 2
+    assert f"feature view {name!r} has no version 7; it has [1, 2]" in missing.stderr
+    unknown = featurewell("promote", *base, "--view", "nope", "--version", "1")
+    assert unknown.returncode == 2
+    assert "no feature view 'nope'" in unknown.stderr
+    never = featurewell("rollback", *base, "--view", name)
+    assert never.returncode == 2
+    assert "was never promoted: nothing to roll back" in never.stderr
