@@ -117,3 +117,69 @@ def test_promote_refuses_what_cannot_be_served(cluster: LocalCluster, tmp_path: 
     never = featurewell("rollback", *base, "--view", name)
     assert never.returncode == 2
     assert "was never promoted: nothing to roll back" in never.stderr
+
+
+LINEAGE_REPO = """
+from datetime import timedelta
+from featurewell.definitions import (Count, Entity, EventSource, Feature, FeatureView, Float64,
+    Int64, String, on_demand)
+shop = Entity("shop", join_keys={"shop_id": String})
+orders = EventSource("NAME_orders", keys={"shop_id": String}, fields={"total": Float64},
+                     parquet="orders.parquet")
+stats = FeatureView("NAME", entity=shop, events=orders, features=[
+    Feature("orders_1d", Int64, computed=Count(window=timedelta(days=WINDOW),
+                                                where=lambda e: e["total"] > 10))])
+pushed = FeatureView("NAME_pushed", entity=shop, features=[Feature("open", Float64)])
+
+@on_demand(inputs={"n": "NAME:orders_1d"}, outputs=[Feature("busy", Float64)], name="NAME_busy")
+def busy(x):
+    return {"busy": x["n"] > 3}
+"""
+
+
+def test_lineage_names_sources_definitions_and_callers(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    import json
+
+    name = f"lin_{uuid.uuid4().hex[:6]}"
+    repo = tmp_path / "repo.py"
+    repo.write_text(LINEAGE_REPO.replace("NAME", name).replace("WINDOW", "1"))
+    registry = load_repo(str(repo))
+    seeds = ",".join(f"{h}:{p}" for h, p in cluster.seeds)
+    server = ServerThread(make_settings(cluster, consumers_flush_s=0.2), registry)
+    caller = f"ranker/{uuid.uuid4().hex[:4]}"
+    try:
+        named = FeatureClient(server.address, options=ClientOptions(caller=caller))
+        unnamed = FeatureClient(server.address)
+        for _ in range(7):
+            named.get_features([f"{name}:*", f"{name}_pushed:open"], entities={"shop_id": ["s"]})
+        for _ in range(3):
+            unnamed.get_features([f"{name}_busy:busy"], entities={"shop_id": ["s"]})
+        named.close()
+        unnamed.close()
+    finally:
+        server.stop()  # flushes the last counts
+    done = featurewell("lineage", "--repo", str(repo), "--redis", seeds, "--json")
+    assert done.returncode == 0, done.stderr
+    views = {item["view"]: item for item in json.loads(done.stdout)}
+    stats, pushed = views[f"{name}@v1"], views[f"{name}_pushed@v1"]
+    assert stats["source"].startswith(f"computed from event source '{name}_orders'")
+    assert "log orders.parquet" in stats["source"]
+    assert pushed["source"] == "pushed with WriteFeatures"
+    assert stats["transforms"] == [f"{name}_busy"]
+    assert "Count(window 1d, where" in stats["features"][0]
+    calls = {c["caller"]: c["calls"] for c in stats["consumers"]}
+    assert calls[caller] == 7
+    assert calls["(unnamed)"] == 3  # the transform read the view for unnamed callers
+    assert {c["caller"]: c["calls"] for c in pushed["consumers"]} == {caller: 7}
+    text = featurewell("lineage", "--repo", str(repo), "--redis", seeds).stdout
+    assert f"read by {caller}: 7 calls" in text
+    # The fingerprint follows the definition: another window, another definition.
+    before = stats["definition"]
+    repo.write_text(LINEAGE_REPO.replace("NAME", name).replace("WINDOW", "2"))
+    again = json.loads(featurewell("lineage", "--repo", str(repo), "--redis", seeds,
+                                   "--json").stdout)  # fmt: skip
+    changed = {item["view"]: item["definition"] for item in again}
+    assert changed[f"{name}@v1"] != before
+    assert changed[f"{name}_pushed@v1"] == pushed["definition"]

@@ -1,5 +1,5 @@
 """The `featurewell` command: serve, materialize, stream, append, backfill, parity, training-set,
-promote, rollback, versions, baseline, drift, cluster, demo."""
+promote, rollback, versions, lineage, baseline, drift, cluster, demo."""
 
 from __future__ import annotations
 
@@ -125,11 +125,18 @@ def _parser() -> argparse.ArgumentParser:
         ("promote", "make VERSION the default of VIEW on every server, live", lifecycle.promote),
         ("rollback", "restore VIEW's default from before its last promote", lifecycle.rollback),
         ("versions", "every view's versions, default and promote history", lifecycle.versions),
+        (
+            "lineage",
+            "views: sources, definitions, defaults, transforms, callers",
+            lifecycle.lineage,
+        ),
     ):
         verb = commands.add_parser(name, help=what)
         _settings_flags(verb)
-        if name != "versions":
+        if name in ("promote", "rollback"):
             verb.add_argument("--view", required=True, help="the feature view's name")
+        if name == "lineage":
+            verb.add_argument("--json", action="store_true", help="machine-readable, for audits")
         if name == "promote":
             verb.add_argument("--version", type=int, required=True)
         verb.set_defaults(run=handler)

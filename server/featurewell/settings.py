@@ -123,6 +123,11 @@ class Settings:
         "statistics (Stats) in the definitions.",
         "",
     )
+    consumers_flush_s: float = _doc(
+        "How often each server adds the callers it served (`x-featurewell-model`) and the views "
+        "they read to Redis, for `featurewell lineage`.",
+        10.0,
+    )
     versions_poll_s: float = _doc(
         "How often servers read the default versions `featurewell promote` sets (shared "
         "through Redis).",

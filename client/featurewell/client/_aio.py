@@ -13,7 +13,7 @@ from featurewell.client._channel import ClientOptions
 from featurewell.client._errors import translate
 from featurewell.client._request import build_request, build_write_request
 from featurewell.client._result import FeatureResult
-from featurewell.client._tracing import trace_metadata
+from featurewell.client._tracing import call_metadata
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
 
@@ -29,6 +29,7 @@ class AsyncFeatureClient:
         if timeout is not None:
             options = dataclasses.replace(options, timeout=timeout)
         self.options = options
+        self._caller = options.caller
         self.timeout = options.timeout
         credentials = options.credentials()
         settings = options.channel_options(target)
@@ -64,7 +65,7 @@ class AsyncFeatureClient:
         )  # fmt: skip
         try:
             response = await self._stub.GetFeatures(
-                request, timeout=timeout or self.timeout, metadata=trace_metadata()
+                request, timeout=timeout or self.timeout, metadata=call_metadata(self._caller)
             )
         except grpc.RpcError as exc:
             raise translate(exc) from None
@@ -82,7 +83,7 @@ class AsyncFeatureClient:
         request = build_write_request(view, entities, event_timestamps_us, features)
         try:
             response: pb.WriteFeaturesResponse = await self._stub.WriteFeatures(
-                request, timeout=timeout or self.timeout * 10, metadata=trace_metadata()
+                request, timeout=timeout or self.timeout * 10, metadata=call_metadata(self._caller)
             )
         except grpc.RpcError as exc:
             raise translate(exc) from None
@@ -91,7 +92,9 @@ class AsyncFeatureClient:
     async def list_features(self, *, timeout: float | None = None) -> pb.ListFeaturesResponse:
         try:
             response: pb.ListFeaturesResponse = await self._stub.ListFeatures(
-                pb.ListFeaturesRequest(), timeout=timeout or self.timeout, metadata=trace_metadata()
+                pb.ListFeaturesRequest(),
+                timeout=timeout or self.timeout,
+                metadata=call_metadata(self._caller),
             )
         except grpc.RpcError as exc:
             raise translate(exc) from None

@@ -26,6 +26,9 @@ class ClientOptions:
     keepalive_s: ping an idle-but-busy connection this often to notice dead peers fast.
     max_message_mb: the largest message either way.
     tls: False for plaintext, True for TLS with the system's roots, or PEM root certificates.
+    caller: who is calling, a model name and version ("ranker/3.2"), sent with every call as
+        `x-featurewell-model` metadata; servers record which views each caller reads
+        (`featurewell lineage`).
     """
 
     timeout: float = 1.0
@@ -35,12 +38,17 @@ class ClientOptions:
     keepalive_s: float = 30.0
     max_message_mb: int = 64
     tls: bool | bytes = False
+    caller: str = ""
 
     def __post_init__(self) -> None:
         if self.timeout <= 0:
             raise ValueError(f"timeout must be positive, got {self.timeout}")
         if not 1 <= self.read_attempts <= 5:
             raise ValueError(f"read_attempts must be 1-5 (gRPC's limit), got {self.read_attempts}")
+        if not (self.caller.isascii() and self.caller.isprintable() and len(self.caller) <= 200):
+            raise ValueError(
+                f"caller must be printable ASCII, at most 200 characters: {self.caller!r}"
+            )
 
     def channel_options(self, target: str) -> list[tuple[str, Any]]:
         size = self.max_message_mb * 1024 * 1024

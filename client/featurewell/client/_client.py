@@ -13,7 +13,7 @@ from featurewell.client._channel import ClientOptions
 from featurewell.client._errors import translate
 from featurewell.client._request import build_request, build_write_request
 from featurewell.client._result import FeatureResult
-from featurewell.client._tracing import trace_metadata
+from featurewell.client._tracing import call_metadata
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
 
@@ -37,6 +37,7 @@ class FeatureClient:
         if timeout is not None:
             options = dataclasses.replace(options, timeout=timeout)
         self.options = options
+        self._caller = options.caller
         self.timeout = options.timeout
         self._channel = open_channel(target, options)
         self._stub = pb_grpc.FeatureServiceStub(self._channel)
@@ -68,7 +69,7 @@ class FeatureClient:
         )  # fmt: skip
         try:
             response = self._stub.GetFeatures(
-                request, timeout=timeout or self.timeout, metadata=trace_metadata()
+                request, timeout=timeout or self.timeout, metadata=call_metadata(self._caller)
             )
         except grpc.RpcError as exc:
             raise translate(exc) from None
@@ -88,7 +89,7 @@ class FeatureClient:
         request = build_write_request(view, entities, event_timestamps_us, features)
         try:
             response: pb.WriteFeaturesResponse = self._stub.WriteFeatures(
-                request, timeout=timeout or self.timeout * 10, metadata=trace_metadata()
+                request, timeout=timeout or self.timeout * 10, metadata=call_metadata(self._caller)
             )
         except grpc.RpcError as exc:
             raise translate(exc) from None
@@ -97,7 +98,9 @@ class FeatureClient:
     def list_features(self, *, timeout: float | None = None) -> pb.ListFeaturesResponse:
         try:
             response: pb.ListFeaturesResponse = self._stub.ListFeatures(
-                pb.ListFeaturesRequest(), timeout=timeout or self.timeout, metadata=trace_metadata()
+                pb.ListFeaturesRequest(),
+                timeout=timeout or self.timeout,
+                metadata=call_metadata(self._caller),
             )
         except grpc.RpcError as exc:
             raise translate(exc) from None

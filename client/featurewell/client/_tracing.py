@@ -1,7 +1,7 @@
-"""Trace context for outgoing calls: when the caller uses OpenTelemetry and a span is active,
-its W3C `traceparent` (and whatever else the configured propagators carry) goes out as gRPC
-metadata, so the server's spans join the caller's trace. Without OpenTelemetry installed this
-is a no-op and the client does not need it."""
+"""Metadata of outgoing calls: the caller's name (`ClientOptions.caller`), and trace context.
+When the caller uses OpenTelemetry and a span is active, its W3C `traceparent` (and whatever
+else the configured propagators carry) goes out too, so the server's spans join the caller's
+trace. Without OpenTelemetry installed that part is a no-op and the client does not need it."""
 
 from __future__ import annotations
 
@@ -19,3 +19,14 @@ def trace_metadata() -> tuple[tuple[str, str | bytes], ...] | None:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return tuple(carrier.items()) or None
+
+
+CALLER_HEADER = "x-featurewell-model"
+
+
+def call_metadata(caller: str) -> tuple[tuple[str, str | bytes], ...] | None:
+    """The caller's name and the current span's context, or None when there is neither."""
+    traced = trace_metadata() or ()
+    if not caller:
+        return traced or None
+    return ((CALLER_HEADER, caller), *traced)

@@ -1,4 +1,5 @@
-"""`featurewell promote`, `rollback` and `versions` (argument parsing is the CLI's)."""
+"""`featurewell promote`, `rollback`, `versions` and `lineage` (argument parsing is the
+CLI's)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import uvloop
 
 from featurewell.definitions import Registry, load_repo
 from featurewell.lifecycle import defaults
+from featurewell.lifecycle.lineage import as_json, describe, render
 from featurewell.serving.server import open_store
 from featurewell.settings import Settings
 from featurewell.store.cluster import ClusterClient
+from featurewell.telemetry import consumers
 
 
 def promote(settings: Settings, args: argparse.Namespace) -> None:
@@ -48,6 +51,17 @@ def versions(settings: Settings, args: argparse.Namespace) -> None:
         for change in (c for c in changes if c.view == name):
             at = datetime.fromtimestamp(change.at_us / 1e6, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
             print(f"  {at} UTC {change.action} v{change.previous} -> v{change.current}")
+
+
+def lineage(settings: Settings, args: argparse.Namespace) -> None:
+    async def read(
+        cluster: ClusterClient, _registry: Registry
+    ) -> tuple[dict[str, int], list[consumers.Consumer]]:
+        return await defaults.promoted(cluster), await consumers.read(cluster)
+
+    chosen, callers = _with_cluster(settings, read)
+    described = describe(load_repo(_repo(settings)), chosen, callers)
+    print(as_json(described) if args.json else render(described))
 
 
 T = TypeVar("T")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import multiprocessing
@@ -20,11 +21,11 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from featurewell.definitions import Registry, load_repo, repo_fingerprint
-from featurewell.errors import ConfigError, StoreError
+from featurewell.errors import ConfigError, FeaturewellError, StoreError
 from featurewell.lifecycle import defaults as versions
 from featurewell.serving.engine import FeatureEngine
 from featurewell.serving.plan import Planner
-from featurewell.serving.service import FeatureService
+from featurewell.serving.service import AFTER_ANSWER_S, FeatureService
 from featurewell.settings import Settings
 from featurewell.store.breaker import BreakerPolicy
 from featurewell.store.cache import CachePolicy, HotKeyCache
@@ -202,6 +203,11 @@ class Server:
         self.telemetry_task.cancel()
         if self.versions_task is not None:
             self.versions_task.cancel()
+        # The last calls' telemetry runs AFTER_ANSWER_S after their answers: let it, then add
+        # their callers to the consumers too (if Redis is up).
+        await asyncio.sleep(4 * AFTER_ANSWER_S)
+        with contextlib.suppress(FeaturewellError):
+            await self.telemetry.consumers.flush(self.store, timeout=1.0)
         self.telemetry.close()
         await self.store.close()
         log.info(

@@ -106,8 +106,9 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
             await self._abort("GetFeatures", exc, context, started)
         # Telemetry runs once the call has ended (its answer sent), not inside its time.
         _after_answer(
-            self.telemetry.read_done, result, started, time.perf_counter_ns(), self._trace(context)
-        )
+            self.telemetry.read_done, result, started, time.perf_counter_ns(),
+            context.invocation_metadata(),  # always: it names the caller (lineage)
+        )  # fmt: skip
         return response
 
     async def WriteFeatures(

@@ -19,6 +19,7 @@ from featurewell.serving.calls import FeatureResult, WriteResult
 from featurewell.settings import Settings
 from featurewell.store.online import OnlineStore
 from featurewell.telemetry import baseline
+from featurewell.telemetry.consumers import Consumers
 from featurewell.telemetry.drift import DriftMonitor
 from featurewell.telemetry.freshness import FreshnessMonitor
 from featurewell.telemetry.metrics import ServerMetrics
@@ -39,6 +40,7 @@ class Telemetry:
         tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
+        self.store = store
         self.metrics = ServerMetrics()
         self.store_stats = StoreStats(store, self.metrics.registry)
         self.freshness = FreshnessMonitor(store, self.metrics.registry)
@@ -47,6 +49,7 @@ class Telemetry:
             sample_rate=settings.drift_sample_rate,
             reservoir_size=settings.drift_reservoir,
         )
+        self.consumers = Consumers()
         self.tracing = tracing
         self._computed = baseline.load(settings.drift_baseline) if settings.drift_baseline else {}
         self.metrics.build_info.labels(_version()).set(1)
@@ -58,13 +61,15 @@ class Telemetry:
         self.drift.use(baseline.for_registry(registry, self._computed))
 
     # -- calls: run a moment after the answer (service.AFTER_ANSWER_S), off the call's path.
-    # `metadata` is the call's, for the caller's trace context (None unless tracing is on). --
+    # `metadata` is the call's: the caller's trace context (None unless tracing is on; reads
+    # always pass it, for the caller's name). --
 
     def read_done(
         self, result: FeatureResult, started_ns: int, ended_ns: int, metadata: Metadata | None
     ) -> None:
         self.metrics.record_read(result, (ended_ns - started_ns) / 1e9)
         self.drift.observe(result)
+        self.consumers.observe(metadata or (), result)
         if self.tracing is not None:
             self.tracing.record(
                 "GetFeatures", metadata or (), started_ns, ended_ns, 0,
@@ -107,9 +112,16 @@ class Telemetry:
         `freshness_interval_s`, compare drift every `drift_window_s`. Never raises: a failed
         step is logged and tried again next time."""
         next_freshness = next_drift = 0.0
+        next_consumers = time.monotonic() + self.settings.consumers_flush_s
         while True:
             now = time.monotonic()
             self.store_stats.sync()
+            if now >= next_consumers:
+                next_consumers = now + self.settings.consumers_flush_s
+                try:
+                    await self.consumers.flush(self.store, timeout=5.0)
+                except FeaturewellError as exc:
+                    log.warning("cannot record consumers (kept for the next flush): %s", exc)
             if now >= next_freshness:
                 next_freshness = now + self.settings.freshness_interval_s
                 try:
@@ -120,7 +132,7 @@ class Telemetry:
                 if next_drift:
                     self.drift.evaluate()
                 next_drift = now + self.settings.drift_window_s
-            wake = min(next_freshness, next_drift, now + SYNC_INTERVAL_S)
+            wake = min(next_freshness, next_drift, next_consumers, now + SYNC_INTERVAL_S)
             await asyncio.sleep(max(0.0, wake - time.monotonic()))
 
     def close(self) -> None:
