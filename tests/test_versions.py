@@ -9,8 +9,17 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
-from featurewell.client import VALUE_TYPE_FLOAT64, ClientOptions, FeatureClient
+import numpy as np
+
+from featurewell.client import (
+    VALUE_TYPE_EMBEDDING,
+    VALUE_TYPE_FLOAT64,
+    VALUE_TYPE_STRING,
+    ClientOptions,
+    FeatureClient,
+)
 from featurewell.definitions import load_repo
 from featurewell.devcluster import LocalCluster
 from tests.conftest import ServerThread, make_settings
@@ -183,3 +192,64 @@ def test_lineage_names_sources_definitions_and_callers(
     changed = {item["view"]: item["definition"] for item in again}
     assert changed[f"{name}@v1"] != before
     assert changed[f"{name}_pushed@v1"] == pushed["definition"]
+
+
+VALIDATE_REPO = """
+from featurewell.definitions import Embedding, Entity, Feature, FeatureView, Float64, Int64, String
+shop = Entity("shop", join_keys={"shop_id": String, "region": Int64})
+v1 = FeatureView("NAME", entity=shop, version=1, features=[
+    Feature("score", Float64), Feature("tier", String), Feature("taste", Embedding(2)),
+    Feature("legacy", Float64)])
+v2 = FeatureView("NAME", entity=shop, version=2, features=[
+    Feature("score", Float64), Feature("tier", String), Feature("taste", Embedding(3)),
+    Feature("fresh", Float64)])
+"""
+
+
+def test_validate_compares_versions_before_a_promote(cluster: LocalCluster, tmp_path: Path) -> None:
+    name = f"val_{uuid.uuid4().hex[:6]}"
+    repo = tmp_path / "repo.py"
+    repo.write_text(VALIDATE_REPO.replace("NAME", name))
+    registry = load_repo(str(repo))
+    seeds = ",".join(f"{h}:{p}" for h, p in cluster.seeds)
+    rng = np.random.default_rng(1)
+    shops = {"shop_id": [f"s|{n}%" for n in range(400)], "region": [n % 3 for n in range(400)]}
+    score = rng.normal(10, 2, 400)
+    tier = rng.choice(["gold", "silver", "bronze"], 400).astype(object)
+    now = [time.time_ns() // 1000] * 400
+    server = ServerThread(make_settings(cluster), registry)
+
+    def write(version: int, scores: Any, extra: str, dim: int) -> None:
+        with FeatureClient(server.address) as client:
+            client.write_features(f"{name}@v{version}", shops, now, {
+                "score": (VALUE_TYPE_FLOAT64, scores), "tier": (VALUE_TYPE_STRING, tier),
+                "taste": (VALUE_TYPE_EMBEDDING, np.ones((400, dim), np.float32)),
+                extra: (VALUE_TYPE_FLOAT64, np.zeros(400)),
+            })  # fmt: skip
+
+    def check() -> subprocess.CompletedProcess[str]:
+        return featurewell("validate", "--repo", str(repo), "--redis", seeds, "--view", name,
+                           "--from", "1", "--to", "2", "--sample", "300")  # fmt: skip
+
+    try:
+        write(1, score, "legacy", 2)
+        write(2, score, "fresh", 3)  # the same numbers: a safe promote
+        same = check()
+        write(2, score + 6.0, "fresh", 3)  # three standard deviations up: not safe
+        shifted = check()
+    finally:
+        server.stop()
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert f"{name}@v1 -> {name}@v2: 300 entities; with a row: 100.0% -> 100.0%" in same.stdout
+    rows = {line.split()[0]: line for line in same.stdout.splitlines()[2:]}
+    assert rows["score"].split()[1:3] == ["300", "0.000"]  # compared, PSI
+    assert "100.0%" in rows["score"]  # unchanged
+    assert "not comparable: 2 vs 3 dims" in rows["taste"]
+    assert f"only in {name}@v1" in rows["legacy"]
+    assert f"only in {name}@v2" in rows["fresh"]
+    assert "ready to promote" in same.stdout
+    assert shifted.returncode == 1
+    score_line = next(ln for ln in shifted.stdout.splitlines() if ln.startswith("score"))
+    assert float(score_line.split()[2]) > 0.25  # PSI
+    assert float(score_line.split()[3]) > 2.5  # mean shift, in old standard deviations
+    assert "NOT READY" in shifted.stdout

@@ -1,5 +1,5 @@
 """The `featurewell` command: serve, materialize, stream, append, backfill, parity, training-set,
-promote, rollback, versions, lineage, baseline, drift, cluster, demo."""
+promote, rollback, versions, lineage, validate, baseline, drift, cluster, demo."""
 
 from __future__ import annotations
 
@@ -121,25 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="Parquet file to write")
     train.set_defaults(run=training_set)
 
-    for name, what, handler in (
-        ("promote", "make VERSION the default of VIEW on every server, live", lifecycle.promote),
-        ("rollback", "restore VIEW's default from before its last promote", lifecycle.rollback),
-        ("versions", "every view's versions, default and promote history", lifecycle.versions),
-        (
-            "lineage",
-            "views: sources, definitions, defaults, transforms, callers",
-            lifecycle.lineage,
-        ),
-    ):
-        verb = commands.add_parser(name, help=what)
-        _settings_flags(verb)
-        if name in ("promote", "rollback"):
-            verb.add_argument("--view", required=True, help="the feature view's name")
-        if name == "lineage":
-            verb.add_argument("--json", action="store_true", help="machine-readable, for audits")
-        if name == "promote":
-            verb.add_argument("--version", type=int, required=True)
-        verb.set_defaults(run=handler)
+    _lifecycle_parsers(commands)
 
     add = commands.add_parser(
         "append", help="append events to an event source's Redis Streams, for the stream to compute"
@@ -224,6 +206,35 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--replicas", type=int, default=0, help="replicas per master")
     demo.set_defaults(run=run_demo)
     return parser
+
+
+def _lifecycle_parsers(commands: Any) -> None:
+    """promote, rollback, versions, lineage, validate."""
+
+    def verb(name: str, what: str, handler: Callable[[Settings, argparse.Namespace], None],
+             *, view: bool = True) -> argparse.ArgumentParser:  # fmt: skip
+        parser: argparse.ArgumentParser = commands.add_parser(name, help=what)
+        _settings_flags(parser)
+        if view:
+            parser.add_argument("--view", required=True, help="the feature view's name")
+        parser.set_defaults(run=handler)
+        return parser
+
+    promote = verb("promote", "make VERSION the default of VIEW on every server, live",
+                   lifecycle.promote)  # fmt: skip
+    promote.add_argument("--version", type=int, required=True)
+    verb("rollback", "restore VIEW's default from before its last promote", lifecycle.rollback)
+    verb("versions", "every view's versions, default and promote history", lifecycle.versions,
+         view=False)  # fmt: skip
+    lineage = verb("lineage", "every view: source, definition, default, transforms, callers",
+                   lifecycle.lineage, view=False)  # fmt: skip
+    lineage.add_argument("--json", action="store_true", help="machine-readable, for audits")
+    check = verb("validate", "compare a new version's served values with the current one's",
+                 lifecycle.validate)  # fmt: skip
+    check.add_argument("--from", type=int, required=True, help="the version serving now")
+    check.add_argument("--to", type=int, required=True, help="the version to promote")
+    check.add_argument("--sample", type=int, default=1000, help="entities to compare")
+    check.add_argument("--fail-above", type=float, default=0.25, help="largest PSI allowed")
 
 
 def _settings_flags(parser: argparse.ArgumentParser, repo_default: str | None = None) -> None:

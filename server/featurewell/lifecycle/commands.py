@@ -1,5 +1,5 @@
-"""`featurewell promote`, `rollback`, `versions` and `lineage` (argument parsing is the
-CLI's)."""
+"""`featurewell promote`, `rollback`, `versions`, `lineage` and `validate` (argument parsing is
+the CLI's)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import uvloop
 
 from featurewell.definitions import Registry, load_repo
 from featurewell.lifecycle import defaults
+from featurewell.lifecycle import validate as validation
 from featurewell.lifecycle.lineage import as_json, describe, render
+from featurewell.serving.engine import FeatureEngine
 from featurewell.serving.server import open_store
 from featurewell.settings import Settings
 from featurewell.store.cluster import ClusterClient
@@ -62,6 +64,30 @@ def lineage(settings: Settings, args: argparse.Namespace) -> None:
     chosen, callers = _with_cluster(settings, read)
     described = describe(load_repo(_repo(settings)), chosen, callers)
     print(as_json(described) if args.json else render(described))
+
+
+def validate(settings: Settings, args: argparse.Namespace) -> None:
+    """Exit 1 when a feature's PSI passes --fail-above, or the new version has rows for 5
+    points fewer of the sampled entities than the old one."""
+    registry = load_repo(_repo(settings))
+    old = registry.view(args.view, getattr(args, "from"))
+    new = registry.view(args.view, args.to)
+
+    async def run() -> validation.Validation:
+        store = await open_store(settings.with_changes(cache_entries=0))
+        try:
+            engine = FeatureEngine(registry, store, settings)
+            entities = await validation.sample_entities(engine, new, args.sample)
+            return await validation.validate(engine, old, new, entities)
+        finally:
+            await store.close()
+
+    report = uvloop.run(run())
+    print(validation.render(report))
+    if report.worst_psi() > args.fail_above or report.present_new < report.present_old - 0.05:
+        print(f"NOT READY to promote {new.ref}: PSI above {args.fail_above} or rows missing")
+        raise SystemExit(1)
+    print(f"ready to promote: featurewell promote --view {new.name} --version {new.version}")
 
 
 T = TypeVar("T")

@@ -84,6 +84,25 @@ def _encode_column(column: KeyColumn) -> list[bytes]:
     return out
 
 
+def entity_of_tag(tag: bytes, integer_keys: Sequence[bool]) -> tuple[int | str, ...]:
+    """The key values a hash tag encodes (`entity_tags` backwards), e.g. for sampling keys."""
+    parts = tag.split(b"|")
+    if len(parts) != len(integer_keys):
+        raise ValueError(f"tag {tag!r} does not have {len(integer_keys)} key parts")
+    return tuple(
+        int(part) if integer else _unescape(part).decode()
+        for part, integer in zip(parts, integer_keys, strict=True)
+    )
+
+
+def _unescape(value: bytes) -> bytes:
+    if b"%" not in value:
+        return value
+    for raw in reversed(_SPECIAL):  # '%' last, so an escaped '%25' is not read twice
+        value = value.replace(_ESCAPES[raw], raw)
+    return value
+
+
 def _escape(value: bytes) -> bytes:
     for raw in _SPECIAL:  # '%' first, so escapes are not escaped again
         if raw in value:
