@@ -1,7 +1,7 @@
 """Serving latency while a new version is backfilled beside the one serving (blue/green), against
 the same server without a backfill, measured in alternating windows of one run.
 
-The example repo gets a `user_activity` v2 (a 14-day count instead of 7). During the "backfill"
+The example repo gets a `user_activity` v2 (v1's features and a 14-day count). During the "backfill"
 windows, `featurewell backfill --max-rows-per-second R` fills v2 (and rewrites v1 with the same
 values) from the 30-day watch log, in a loop. Throughout, a probe calls GetFeatures for one user
 (the model-server call) at a fixed rate, reading v1 (pinned, as a model trained on it would).
@@ -34,7 +34,8 @@ V2 = """
 user_activity_v2 = FeatureView(
     "user_activity", entity=user, version=2, max_age=timedelta(days=2), events=watches,
     tile=timedelta(hours=1),
-    features=[Feature("watch_count_14d", Int64, computed=Count(window=timedelta(days=14)))],
+    features=[*user_activity.features,  # the transforms read the default version's features
+              Feature("watch_count_14d", Int64, computed=Count(window=timedelta(days=14)))],
 )
 """
 

@@ -63,10 +63,11 @@ def _history(rows: list[tuple[str, int, int, float]]) -> pa.Table:
     })  # fmt: skip
 
 
-def test_adversarial_timestamps(tmp_path: Path) -> None:
+@pytest.mark.parametrize("table_format", ["parquet", "delta"])
+def test_adversarial_timestamps(tmp_path: Path, table_format: str) -> None:
     view, boost = _views("rides", max_age=timedelta(days=1))
     registry = Registry.build([rider, view, boost])
-    store = OfflineStore(tmp_path)
+    store = OfflineStore(tmp_path, table_format)
     t0 = 10 * DAY_US
     store.write(view, _history([
         ("r1", t0 + 100, t0 + 100, 1.0),  # A

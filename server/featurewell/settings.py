@@ -138,6 +138,11 @@ class Settings:
         "`backfill` write to it, `training-set` reads it; empty: no history is written.",
         "",
     )
+    offline_format: str = _doc(
+        "Table format of the offline store: parquet (files by view, version and date) or delta "
+        "(a Delta Lake table per view version; pip install 'featurewell[delta]').",
+        "parquet",
+    )
     inject_delay_ms: float = _doc(
         "Fault injection for testing alerts and the load-test gate: every GetFeatures waits "
         "this long first. Keep 0 in production.",
@@ -191,6 +196,10 @@ class Settings:
         if not -1 <= self.metrics_port < 65536:
             raise ValueError(
                 f"setting metrics_port must be -1 (off) or 0-65535, got {self.metrics_port}"
+            )
+        if self.offline_format not in ("parquet", "delta"):
+            raise ValueError(
+                f"setting offline_format must be parquet or delta, got {self.offline_format!r}"
             )
         if self.workers > 1 and self.port == 0:
             raise ValueError("several workers need a fixed port, not port 0")

@@ -51,13 +51,18 @@ async def backfill(
     max_rows_per_second: float | None = None,
     history_dir: Path | None = None,
     history_step: timedelta = timedelta(days=1),
+    history_format: str = "parquet",
     seed_group: str | None = None,
     batch_rows: int = 2000,
     views: set[str] | None = None,
 ) -> list[Backfilled]:
     """`views` (names) limits the online and history writes; the seeded state covers them all."""
     _check_log(source, log)
-    accepted = batch.accepted_events(log, int(allowed_lateness_s * 1e6))
+    # A paced backfill is a background job beside serving: DuckDB gets one core, not every
+    # core of a big machine. (On these 2 cores it made no measurable difference: the paced
+    # writes and the Python aggregation dominate; bench/bluegreen.py.)
+    threads = 1 if max_rows_per_second else None
+    accepted = batch.accepted_events(log, int(allowed_lateness_s * 1e6), threads)
     programs = [
         compile_view(v) for v in registry.views.values()
         if v.events is not None and v.events.name == source.name
@@ -66,7 +71,7 @@ async def backfill(
     done = []
     for program in programs:
         started = time.perf_counter()
-        values = batch.compute(program, accepted, as_of_us)
+        values = batch.compute(program, accepted, as_of_us, threads)
         rows = list(values.items())
         for start in range(0, len(rows), batch_rows):
             if max_rows_per_second:
@@ -76,7 +81,10 @@ async def backfill(
             await writer.write(write_request(program, rows[start : start + batch_rows], as_of_us))
         history = 0
         if history_dir is not None:
-            history = _history(program, accepted, history_dir, history_step, as_of_us)
+            history = _history(
+                program, accepted, OfflineStore(history_dir, history_format), history_step,
+                as_of_us, threads,
+            )  # fmt: skip
         done.append(
             Backfilled(
                 program.view.ref, source.name, len(rows), time.perf_counter() - started, history
@@ -146,16 +154,20 @@ def read_log(source: EventSource, registry: Registry, path: str | None) -> pa.Ta
 
 
 def _history(
-    program: ViewProgram, accepted: pa.Table, folder: Path, step: timedelta, as_of_us: int
+    program: ViewProgram,
+    accepted: pa.Table,
+    store: OfflineStore,
+    step: timedelta,
+    as_of_us: int,
+    threads: int | None,
 ) -> int:
     """The values as of every step, into the offline store: each snapshot's rows are as of its
     time and created at it (what a stream running then would have written)."""
     step_us = int(step / timedelta(microseconds=1))
     first = int(pc.min(accepted.column("event_time")).as_py() or as_of_us)
-    store = OfflineStore(folder)
     written = 0
     for point in range((first // step_us + 1) * step_us, as_of_us + 1, step_us):
-        values = batch.compute(program, accepted, point)
+        values = batch.compute(program, accepted, point, threads)
         if values:
             request = write_request(program, list(values.items()), point)
             written += store.write(program.view, history_table(program.view, request, point)).rows

@@ -31,11 +31,13 @@ EntityKey = tuple[Any, ...]
 ORDER = ("_partition", "_pos_major", "_pos_minor")
 
 
-def accepted_events(log: pa.Table, allowed_lateness_us: int) -> pa.Table:
+def accepted_events(
+    log: pa.Table, allowed_lateness_us: int, threads: int | None = None
+) -> pa.Table:
     """The events the streaming engine would apply (lateness rule; duplicates not yet removed),
-    in delivery order."""
+    in delivery order. `threads` caps DuckDB's threads (default: every core)."""
     log = _with_order(log)
-    with _duckdb() as con:
+    with _duckdb(threads) as con:
         con.register("log", log)
         return con.sql(
             """
@@ -51,12 +53,14 @@ def accepted_events(log: pa.Table, allowed_lateness_us: int) -> pa.Table:
         ).to_arrow_table()
 
 
-def compute(program: ViewProgram, accepted: pa.Table, as_of_us: int) -> dict[EntityKey, list[Any]]:
+def compute(
+    program: ViewProgram, accepted: pa.Table, as_of_us: int, threads: int | None = None
+) -> dict[EntityKey, list[Any]]:
     """Every entity's values as of `as_of_us`, for entities with any counted event (others
-    hold the defaults)."""
+    hold the defaults). `threads` caps DuckDB's threads (default: every core)."""
     keys = list(program.view.entity.key_names)
     key_list = ", ".join(f'"{k}"' for k in keys)
-    with _duckdb() as con:
+    with _duckdb(threads) as con:
         con.register("accepted", accepted)
         events = con.sql(
             f"""
@@ -92,7 +96,7 @@ def compute(program: ViewProgram, accepted: pa.Table, as_of_us: int) -> dict[Ent
         derived[f"k{n}"] = keep
     table = pa.table({name: pa.array(_list(column)) for name, column in derived.items()})
     found: dict[EntityKey, list[Any]] = {}
-    with _duckdb() as con:
+    with _duckdb(threads) as con:
         con.register("events", table)
         for n, feature in enumerate(program.features):
             if n in vectors:
@@ -197,12 +201,12 @@ def _list(column: Any) -> Any:
 
 
 @contextmanager
-def _duckdb() -> Iterator[duckdb.DuckDBPyConnection]:
+def _duckdb(threads: int | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     # Imported on first use: only the batch engine's users load DuckDB (whose bindings also
     # print "leaked" notices when an interpreter that loaded them exits).
     import duckdb
 
-    con = duckdb.connect()
+    con = duckdb.connect(config={"threads": threads} if threads else {})
     try:
         yield con
     finally:

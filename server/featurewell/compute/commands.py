@@ -59,7 +59,10 @@ def stream(settings: Settings, args: argparse.Namespace) -> None:
             allowed_lateness_s=args.allowed_lateness_s, batch_size=args.batch_size,
             checkpoint_s=args.checkpoint_s, refresh_s=args.refresh_s, events=kafka,
             freeze_gc=True,
-            history=OfflineStore(settings.offline_dir) if settings.offline_dir else None,
+            history=(
+                OfflineStore(settings.offline_dir, settings.offline_format)
+                if settings.offline_dir else None
+            ),
         )  # fmt: skip
         metrics = "off"
         if settings.metrics_port >= 0:
@@ -98,6 +101,7 @@ def backfill(settings: Settings, args: argparse.Namespace) -> None:
                 history_dir=Path(history) if (history := args.history_out or settings.offline_dir)
                 else None,
                 history_step=timedelta(hours=args.history_step_h),
+                history_format=settings.offline_format,
                 seed_group=args.group or None,
             )  # fmt: skip
         finally:

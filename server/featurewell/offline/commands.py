@@ -29,7 +29,7 @@ def training_set(settings: Settings, args: argparse.Namespace) -> None:
     started = time.perf_counter()
     labels = pq.read_table(labels_path)
     table = get_historical_features(
-        registry, labels, features, OfflineStore(settings.offline_dir),
+        registry, labels, features, OfflineStore(settings.offline_dir, settings.offline_format),
         timestamp_column=args.timestamp_column,
     )  # fmt: skip
     pq.write_table(table, args.out)

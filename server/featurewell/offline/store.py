@@ -8,6 +8,10 @@ A history row is what an online row was, plus when it became known:
 - `event_time` (int64 µs): the time the values are as of, as the online row's event time;
 - `created` (int64 µs): when the row was written, so reached serving.
 
+With `offline_format="delta"` each view version is a Delta Lake table instead (through the
+`deltalake` package, `pip install 'featurewell[delta]'`), partitioned by the same `date`, with
+the same columns: appends are transactions, and Spark or Databricks read it natively.
+
 Writers: `featurewell backfill --history-out` (a snapshot per step, created at its as-of time) and
 `featurewell stream --history-out` (every row it writes online, created when written). A view
 with a `ParquetSource` and no history of its own is read from its source, each row known from
@@ -22,6 +26,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -29,19 +34,24 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from featurewell.definitions import FeatureView, Registry
-from featurewell.errors import DefinitionError
+from featurewell.errors import ConfigError, DefinitionError
 
 US_PER_DAY = 86_400_000_000
 
 
+FORMATS = ("parquet", "delta")
+
+
 @dataclass(frozen=True)
 class HistorySource:
-    """Where a view's history is read from: Parquet files, and how their columns map."""
+    """Where a view's history is read from (Parquet files, or a Delta table's Arrow dataset),
+    and how its columns map."""
 
     files: tuple[str, ...]
     event_time: str  # column name
     created: str | None  # column name; None: known from the event time
     event_time_is_timestamp: bool
+    dataset: Any = None  # a Delta table's pyarrow dataset, instead of files
 
 
 @dataclass(frozen=True)
@@ -51,8 +61,11 @@ class Written:
 
 
 class OfflineStore:
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, table_format: str = "parquet") -> None:
+        if table_format not in FORMATS:
+            raise ConfigError(f"offline format must be one of {FORMATS}, got {table_format!r}")
         self.root = Path(root)
+        self.table_format = table_format
 
     def folder(self, view: FeatureView) -> Path:
         return self.root / view.name / f"v{view.version}"
@@ -67,6 +80,14 @@ class OfflineStore:
         if table.num_rows == 0:
             return Written(0, [])
         days = np.asarray(table.column("event_time").to_numpy()) // US_PER_DAY
+        if self.table_format == "delta":
+            dates = [datetime.fromtimestamp(d * 86_400, tz=UTC).strftime("%Y-%m-%d") for d in days]
+            write_deltalake = _deltalake().write_deltalake
+            folder = self.folder(view)
+            folder.mkdir(parents=True, exist_ok=True)
+            write_deltalake(str(folder), table.append_column("date", pa.array(dates)),
+                            mode="append", partition_by=["date"])  # fmt: skip
+            return Written(table.num_rows, [folder])
         written = []
         stamp = int(pc.max(table.column("created")).as_py())
         for day in np.unique(days).tolist():
@@ -82,6 +103,9 @@ class OfflineStore:
 
     def source_of(self, view: FeatureView, registry: Registry) -> HistorySource | None:
         """The view's own history if any was written, else its ParquetSource, else None."""
+        if (self.folder(view) / "_delta_log").is_dir():
+            dataset = _deltalake().DeltaTable(str(self.folder(view))).to_pyarrow_dataset()
+            return HistorySource((), "event_time", "created", False, dataset)
         files = sorted(str(p) for p in self.folder(view).glob("date=*/*.parquet"))
         if files:
             return HistorySource(tuple(files), "event_time", "created", False)
@@ -97,3 +121,14 @@ class OfflineStore:
         timestamp = pa.types.is_timestamp(schema.field(field).type)
         created = "created" if "created" in schema.names else None
         return HistorySource((str(path),), field, created, timestamp)
+
+
+def _deltalake() -> Any:
+    try:
+        import deltalake
+    except ImportError:
+        raise ConfigError(
+            "the Delta Lake offline format needs the deltalake package: "
+            "pip install 'featurewell[delta]'"
+        ) from None
+    return deltalake

@@ -125,12 +125,17 @@ def _join(
     known = f'greatest("{source.created}", {event_time})' if source.created else event_time
     key_list = ", ".join(f'"{k}"' for k in keys)
     columns = ", ".join(f'"{name}"' for name in [*keys, *wanted])
+    if source.dataset is not None:  # a Delta table: ties in `known` broken by scan order
+        con.register("__delta", source.dataset)
+        scan, order, params = "__delta", "'' AS __file, row_number() OVER () AS __line", []
+    else:  # Parquet files: ties broken by file, then row
+        scan = "read_parquet(?, filename = true, file_row_number = true)"
+        order, params = "filename AS __file, file_row_number AS __line", [list(source.files)]
     joined = con.sql(
         f"""
         WITH history AS (
-            SELECT {columns}, {event_time} AS __event_time, {known} AS __known,
-                   filename AS __file, file_row_number AS __line
-            FROM read_parquet(?, filename = true, file_row_number = true)),
+            SELECT {columns}, {event_time} AS __event_time, {known} AS __known, {order}
+            FROM {scan}),
         effective AS (
             SELECT * FROM (
                 SELECT *, max(__event_time) OVER (
@@ -142,7 +147,7 @@ def _join(
         FROM labels l ASOF LEFT JOIN effective h ON {on} AND l.__ts >= h.__known
         ORDER BY l.__row
         """,
-        params=[list(source.files)],
+        params=params,
     ).to_arrow_table()
     found_time = joined.column("__event_time")
     missing = np.asarray(found_time.is_null().to_numpy(zero_copy_only=False), dtype=bool)
