@@ -39,17 +39,16 @@ def rollback(settings: Settings, args: argparse.Namespace) -> None:
 
 def versions(settings: Settings, args: argparse.Namespace) -> None:
     async def read(
-        cluster: ClusterClient, _registry: Registry
-    ) -> tuple[dict[str, int], list[defaults.Change]]:
-        return await defaults.promoted(cluster), await defaults.history(cluster)
+        cluster: ClusterClient, registry: Registry
+    ) -> tuple[Registry, dict[str, int], list[defaults.Change]]:
+        return registry, await defaults.promoted(cluster), await defaults.history(cluster)
 
-    chosen, changes = _with_cluster(settings, read)
-    registry = load_repo(_repo(settings))
+    registry, chosen, changes = _with_cluster(settings, read)
+    serving = registry.with_defaults(chosen)
     for name in sorted(registry.default_versions):
         defined = sorted(v for n, v in registry.views if n == name)
-        default = registry.with_defaults(chosen).default_versions[name]
         how = "promoted" if name in chosen else "highest"
-        print(f"{name}: versions {defined}, default v{default} ({how})")
+        print(f"{name}: versions {defined}, default v{serving.default_versions[name]} ({how})")
         for change in (c for c in changes if c.view == name):
             at = datetime.fromtimestamp(change.at_us / 1e6, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
             print(f"  {at} UTC {change.action} v{change.previous} -> v{change.current}")
@@ -57,12 +56,11 @@ def versions(settings: Settings, args: argparse.Namespace) -> None:
 
 def lineage(settings: Settings, args: argparse.Namespace) -> None:
     async def read(
-        cluster: ClusterClient, _registry: Registry
-    ) -> tuple[dict[str, int], list[consumers.Consumer]]:
-        return await defaults.promoted(cluster), await consumers.read(cluster)
+        cluster: ClusterClient, registry: Registry
+    ) -> tuple[Registry, dict[str, int], list[consumers.Consumer]]:
+        return registry, await defaults.promoted(cluster), await consumers.read(cluster)
 
-    chosen, callers = _with_cluster(settings, read)
-    described = describe(load_repo(_repo(settings)), chosen, callers)
+    described = describe(*_with_cluster(settings, read))
     print(as_json(described) if args.json else render(described))
 
 
