@@ -444,13 +444,14 @@ def test_workers_metrics_are_aggregated_on_one_port(cluster: LocalCluster) -> No
                 assert time.monotonic() < deadline, "the workers did not start serving"
                 time.sleep(0.2)
         ok = 'featurewell_requests_total{code="OK",method="GetFeatures"}'
-        got = scrape_until(metrics, lambda m: m.get(ok) == calls, timeout=5.0)
+        timed = 'featurewell_request_duration_seconds_count{method="GetFeatures",shape="single"}'
+        # Both at once: a worker writes the counter, then the histogram, while the parent reads.
+        got = scrape_until(
+            metrics, lambda m: m.get(ok) == calls and m.get(timed) == calls, timeout=5.0
+        )
         # Each worker counts its own calls; the parent's endpoint shows their sum.
         assert got[ok] == calls
-        assert (
-            got['featurewell_request_duration_seconds_count{method="GetFeatures",shape="single"}']
-            == calls
-        )
+        assert got[timed] == calls
         assert got['featurewell_build_info{version="0.1.0"}'] == 1
     finally:
         process.send_signal(signal.SIGTERM)
