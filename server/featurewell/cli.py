@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("serve", help="serve a feature repo over gRPC")
     _settings_flags(run)
-    run.set_defaults(run=lambda settings, _args: serve(_need_repo(settings)))
+    run.set_defaults(run=_serve)
 
     load = commands.add_parser(
         "materialize",
@@ -253,14 +253,13 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
-def _need_repo(settings: Settings) -> Settings:
-    if not settings.repo:
-        raise SystemExit("featurewell: --repo (or FEATUREWELL_REPO) is required")
-    return settings
+def _serve(settings: Settings, _args: argparse.Namespace) -> None:
+    settings.required_repo()
+    serve(settings)
 
 
 def _materialize(settings: Settings, args: argparse.Namespace) -> None:
-    registry = load_repo(_need_repo(settings).repo)
+    registry = load_repo(settings.required_repo())
     names = set(args.views.split(",")) if args.views else None
 
     async def load() -> None:
@@ -311,7 +310,7 @@ def _progress_printer(every: int = 50_000) -> Callable[[str, int], None]:
 
 
 def _baseline(settings: Settings, args: argparse.Namespace) -> None:
-    registry = load_repo(_need_repo(settings).repo)
+    registry = load_repo(settings.required_repo())
     found = report.compute_baselines(registry, _pairs(args.data), args.out, args.exclude)
     print(report.describe(found))
     print(f"wrote {len(found)} baselines to {args.out}; serve with --drift-baseline {args.out}")
@@ -319,7 +318,7 @@ def _baseline(settings: Settings, args: argparse.Namespace) -> None:
 
 def _drift(settings: Settings, args: argparse.Namespace) -> None:
     if args.data:
-        registry = load_repo(_need_repo(settings).repo)
+        registry = load_repo(settings.required_repo())
         computed = baseline.load(settings.drift_baseline) if settings.drift_baseline else None
         known = baseline.for_registry(registry, computed)
         reports = report.from_data(registry, known, _pairs(args.data) or {})

@@ -215,6 +215,12 @@ class Settings:
         if uses_tls and not self.redis_tls:
             raise ValueError("redis_tls_* files are set but redis_tls is off: set redis_tls=true")
 
+    def required_repo(self) -> str:
+        """The feature repo, for the commands that cannot run without one."""
+        if not self.repo:
+            raise SystemExit("featurewell: --repo (or FEATUREWELL_REPO) is required")
+        return self.repo
+
     def with_changes(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 

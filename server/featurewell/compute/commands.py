@@ -36,14 +36,8 @@ from featurewell.telemetry import exposition
 log = logging.getLogger("featurewell")
 
 
-def _repo(settings: Settings) -> str:
-    if not settings.repo:
-        raise SystemExit("featurewell: --repo (or FEATUREWELL_REPO) is required")
-    return settings.repo
-
-
 def stream(settings: Settings, args: argparse.Namespace) -> None:
-    registry = load_repo(_repo(settings))
+    registry = load_repo(settings.required_repo())
     source = _event_source(registry, args.source)
     partitions = [int(p) for p in args.partitions.split(",")] if args.partitions else None
 
@@ -87,7 +81,7 @@ def stream(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def backfill(settings: Settings, args: argparse.Namespace) -> None:
-    registry = load_repo(_repo(settings))
+    registry = load_repo(settings.required_repo())
     source = _event_source(registry, args.source)
     log_table = read_log(source, registry, args.log)
 
@@ -121,7 +115,7 @@ def _event_source(registry: Registry, name: str) -> EventSource:
 
 
 def parity(settings: Settings, args: argparse.Namespace) -> None:
-    registry = load_repo(_repo(settings))
+    registry = load_repo(settings.required_repo())
     source = _event_source(registry, args.source)
     log_table = read_log(source, registry, args.log)
 
@@ -143,7 +137,7 @@ def parity(settings: Settings, args: argparse.Namespace) -> None:
 
 def append(settings: Settings, args: argparse.Namespace) -> None:
     """Events as JSON objects (each --event, or one per line of stdin) onto the source's streams."""
-    registry = load_repo(_repo(settings))
+    registry = load_repo(settings.required_repo())
     source = _event_source(registry, args.source)
     texts = args.event or [line for line in sys.stdin if line.strip()]
     if not texts:

@@ -18,6 +18,7 @@ from featurewell.serving.engine import FeatureEngine
 from featurewell.serving.server import open_store
 from featurewell.settings import Settings
 from featurewell.store.cluster import ClusterClient
+from featurewell.store.online import OnlineStore
 from featurewell.telemetry import consumers
 
 
@@ -67,25 +68,20 @@ def lineage(settings: Settings, args: argparse.Namespace) -> None:
 def validate(settings: Settings, args: argparse.Namespace) -> None:
     """Exit 1 when a feature's PSI passes --fail-above, or the new version has rows for 5
     points fewer of the sampled entities than the old one."""
-    registry = load_repo(_repo(settings))
-    old = registry.view(args.view, getattr(args, "from"))
-    new = registry.view(args.view, args.to)
 
-    async def run() -> validation.Validation:
-        store = await open_store(settings.with_changes(cache_entries=0))
-        try:
-            engine = FeatureEngine(registry, store, settings)
-            entities = await validation.sample_entities(engine, new, args.sample)
-            return await validation.validate(engine, old, new, entities)
-        finally:
-            await store.close()
+    async def run(store: OnlineStore, registry: Registry) -> validation.Validation:
+        old = registry.view(args.view, getattr(args, "from"))
+        new = registry.view(args.view, args.to)
+        engine = FeatureEngine(registry, store, settings)
+        entities = await validation.sample_entities(engine, new, args.sample)
+        return await validation.validate(engine, old, new, entities)
 
-    report = uvloop.run(run())
+    report = _with_store(settings, run)
     print(validation.render(report))
     if report.worst_psi() > args.fail_above or report.present_new < report.present_old - 0.05:
-        print(f"NOT READY to promote {new.ref}: PSI above {args.fail_above} or rows missing")
+        print(f"NOT READY to promote {report.new}: PSI above {args.fail_above} or rows missing")
         raise SystemExit(1)
-    print(f"ready to promote: featurewell promote --view {new.name} --version {new.version}")
+    print(f"ready to promote: featurewell promote --view {args.view} --version {args.to}")
 
 
 T = TypeVar("T")
@@ -94,19 +90,18 @@ T = TypeVar("T")
 def _with_cluster(
     settings: Settings, action: Callable[[ClusterClient, Registry], Awaitable[T]]
 ) -> T:
-    registry = load_repo(_repo(settings))
+    return _with_store(settings, lambda store, registry: action(store.cluster, registry))
+
+
+def _with_store(settings: Settings, action: Callable[[OnlineStore, Registry], Awaitable[T]]) -> T:
+    """Load the repo, connect to Redis, run `action`, disconnect."""
+    registry = load_repo(settings.required_repo())
 
     async def run() -> T:
         store = await open_store(settings.with_changes(cache_entries=0))
         try:
-            return await action(store.cluster, registry)
+            return await action(store, registry)
         finally:
             await store.close()
 
     return uvloop.run(run())
-
-
-def _repo(settings: Settings) -> str:
-    if not settings.repo:
-        raise SystemExit("featurewell: --repo (or FEATUREWELL_REPO) is required")
-    return settings.repo

@@ -17,11 +17,10 @@ from featurewell.values import Status
 
 
 def training_set(settings: Settings, args: argparse.Namespace) -> None:
-    if not settings.repo:
-        raise SystemExit("featurewell: --repo (or FEATUREWELL_REPO) is required")
+    repo = settings.required_repo()
     if not settings.offline_dir:
         raise ConfigError("training-set reads the offline store: pass --offline-dir DIR")
-    registry = load_repo(settings.repo)
+    registry = load_repo(repo)
     labels_path = Path(args.labels)
     if not labels_path.exists():
         raise InvalidRequest(f"label file {labels_path} does not exist")
