@@ -32,7 +32,7 @@ from featurewell.compute.redis_streams import append
 from featurewell.compute.runner import StreamRunner
 from featurewell.definitions import EventSource, load_repo
 from featurewell.devcluster import start_local_cluster
-from featurewell.serving.engine import FeatureEngine
+from featurewell.engine.engine import FeatureEngine
 from featurewell.settings import Settings
 from featurewell.store.cluster import ClusterClient
 from featurewell.store.online import OnlineStore

@@ -178,8 +178,8 @@ def after_answer_cost(repo: Path, seeds: list[tuple[str, int]]) -> dict[str, flo
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     from featurewell.definitions import Kind, load_repo
-    from featurewell.serving.calls import Budget, FeatureRequest, InputColumn
-    from featurewell.serving.engine import FeatureEngine
+    from featurewell.engine.calls import Budget, FeatureRequest, InputColumn
+    from featurewell.engine.engine import FeatureEngine
     from featurewell.settings import Settings
     from featurewell.store.online import OnlineStore
     from featurewell.telemetry.hub import Telemetry

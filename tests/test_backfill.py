@@ -23,8 +23,8 @@ from featurewell.compute.redis_streams import append
 from featurewell.compute.runner import StreamRunner
 from featurewell.definitions import Registry
 from featurewell.devcluster import LocalCluster
+from featurewell.engine.engine import FeatureEngine
 from featurewell.offline import OfflineStore
-from featurewell.serving.engine import FeatureEngine
 from featurewell.settings import Settings
 from featurewell.store.online import OnlineStore
 from tests.conftest import ServerThread, make_settings

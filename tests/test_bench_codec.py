@@ -13,9 +13,9 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 from featurewell.client import FeatureResult
 from featurewell.definitions import Feature, Kind
+from featurewell.engine.calls import FeatureResult as ServerResult
+from featurewell.engine.calls import ResultColumn
 from featurewell.serving import wire
-from featurewell.serving.calls import FeatureResult as ServerResult
-from featurewell.serving.calls import ResultColumn
 from featurewell.store.codec import RowCodec
 from featurewell.store.keys import entity_tags, slots_of
 from featurewell.store.online import EntityRead

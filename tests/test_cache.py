@@ -10,7 +10,7 @@ from typing import Any
 from featurewell.client import FallbackReason, FeatureClient, Status
 from featurewell.definitions import Registry
 from featurewell.devcluster import LocalCluster, _call
-from featurewell.serving.plan import Planner
+from featurewell.engine.plan import Planner
 from featurewell.store.breaker import Breaker, BreakerPolicy, BreakerState
 from featurewell.store.cache import MISS, CachePolicy, HotKeyCache
 from featurewell.store.keys import entity_tags, key_prefix, slot_of

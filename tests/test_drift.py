@@ -150,7 +150,7 @@ def test_drift_report_from_a_server_that_is_not_there() -> None:
 def test_served_nulls_and_defaults_count_as_the_default_rate_not_as_drift() -> None:
     from prometheus_client import CollectorRegistry
 
-    from featurewell.serving.calls import FeatureResult, ServedView
+    from featurewell.engine.calls import FeatureResult, ServedView
     from featurewell.store.codec import DecodedRows
     from featurewell.telemetry.drift import DriftMonitor
     from featurewell.values import NOT_FOUND, PRESENT

@@ -18,7 +18,7 @@ from featurewell.compute.kafka import KafkaSource, produce
 from featurewell.compute.runner import StreamRunner
 from featurewell.definitions import Registry
 from featurewell.devcluster import LocalCluster
-from featurewell.serving.engine import FeatureEngine
+from featurewell.engine.engine import FeatureEngine
 from featurewell.settings import Settings
 from featurewell.store.online import OnlineStore
 from tests.conftest import ServerThread, make_settings

@@ -35,7 +35,7 @@ from featurewell.definitions import (
     Sum,
 )
 from featurewell.devcluster import LocalCluster
-from featurewell.serving.engine import FeatureEngine
+from featurewell.engine.engine import FeatureEngine
 from featurewell.settings import Settings
 from featurewell.store.online import OnlineStore
 from tests.conftest import ServerThread, make_settings

@@ -40,7 +40,7 @@ from featurewell.definitions import (
     String,
 )
 from featurewell.devcluster import LocalCluster
-from featurewell.serving.calls import Budget, FeatureRequest, InputColumn
+from featurewell.engine.calls import Budget, FeatureRequest, InputColumn
 from featurewell.telemetry import report
 from featurewell.telemetry._histogram import bounds_of, observe_many
 from featurewell.telemetry.tracing import Tracing

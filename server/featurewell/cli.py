@@ -22,11 +22,11 @@ from featurewell.compute.commands import stream as commands_stream
 from featurewell.definitions import load_repo
 from featurewell.demo import run_demo
 from featurewell.devcluster import start_local_cluster
+from featurewell.engine.engine import FeatureEngine
 from featurewell.errors import FeaturewellError
 from featurewell.ingest.materialize import materialize
 from featurewell.lifecycle import commands as lifecycle
 from featurewell.offline.commands import training_set
-from featurewell.serving.engine import FeatureEngine
 from featurewell.serving.server import node_access, serve
 from featurewell.settings import Settings
 from featurewell.store.online import OnlineStore

@@ -26,9 +26,9 @@ from featurewell.compute.program import ViewProgram, compile_view, history_table
 from featurewell.compute.runner import StreamRunner
 from featurewell.compute.stream import EventBatch
 from featurewell.definitions import EventSource, Registry
+from featurewell.engine.engine import FeatureEngine
 from featurewell.errors import DefinitionError
 from featurewell.offline.store import OfflineStore
-from featurewell.serving.engine import FeatureEngine
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,9 @@ from featurewell.compute.redis_streams import append as append_events
 from featurewell.compute.redis_streams import checked_event
 from featurewell.compute.runner import StreamRunner
 from featurewell.definitions import EventSource, Registry, load_repo
+from featurewell.engine.engine import FeatureEngine
 from featurewell.errors import InvalidRequest
 from featurewell.offline.store import OfflineStore
-from featurewell.serving.engine import FeatureEngine
 from featurewell.serving.server import open_store
 from featurewell.settings import Settings
 from featurewell.telemetry import exposition

@@ -20,8 +20,8 @@ import pyarrow as pa
 from featurewell.compute import batch
 from featurewell.compute.program import ViewProgram, compile_view
 from featurewell.definitions import EventSource, Registry
-from featurewell.serving.calls import Budget, FeatureRequest, InputColumn
-from featurewell.serving.engine import FeatureEngine
+from featurewell.engine.calls import Budget, FeatureRequest, InputColumn
+from featurewell.engine.engine import FeatureEngine
 from featurewell.values import PRESENT, STALE
 
 

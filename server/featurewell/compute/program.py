@@ -27,8 +27,8 @@ from featurewell.definitions import (
     Mode,
 )
 from featurewell.definitions._computed import EventColumns, evaluate
+from featurewell.engine.calls import InputColumn, WriteRequest
 from featurewell.errors import DefinitionError
-from featurewell.serving.calls import InputColumn, WriteRequest
 
 US = 1_000_000
 

@@ -29,8 +29,8 @@ from featurewell.compute.state import decode_entity, encode_entity
 from featurewell.compute.stats import StreamStats
 from featurewell.compute.stream import EntityKey, EventBatch, StreamEngine, ViewState
 from featurewell.definitions import EventSource, Registry
+from featurewell.engine.engine import FeatureEngine
 from featurewell.offline.store import OfflineStore
-from featurewell.serving.engine import FeatureEngine
 from featurewell.store.connection import encode_command
 from featurewell.store.keys import entity_tags, key_slot, slots_of
 

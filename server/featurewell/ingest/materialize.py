@@ -20,9 +20,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from featurewell.definitions import FeatureView, Kind, Registry
+from featurewell.engine.calls import InputColumn, WriteRequest
+from featurewell.engine.engine import FeatureEngine
 from featurewell.errors import DefinitionError, InvalidRequest
-from featurewell.serving.calls import InputColumn, WriteRequest
-from featurewell.serving.engine import FeatureEngine
 from featurewell.values import ColumnValues, Ragged
 
 

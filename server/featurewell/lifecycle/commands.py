@@ -11,10 +11,10 @@ from typing import TypeVar
 import uvloop
 
 from featurewell.definitions import Registry, load_repo
+from featurewell.engine.engine import FeatureEngine
 from featurewell.lifecycle import defaults
 from featurewell.lifecycle import validate as validation
 from featurewell.lifecycle.lineage import as_json, describe, render
-from featurewell.serving.engine import FeatureEngine
 from featurewell.serving.server import open_store
 from featurewell.settings import Settings
 from featurewell.store.cluster import ClusterClient

@@ -21,9 +21,9 @@ import numpy as np
 import numpy.typing as npt
 
 from featurewell.definitions import Feature, FeatureView, Kind
+from featurewell.engine.calls import Budget, FeatureRequest, InputColumn
+from featurewell.engine.engine import FeatureEngine
 from featurewell.errors import InvalidRequest
-from featurewell.serving.calls import Budget, FeatureRequest, InputColumn
-from featurewell.serving.engine import FeatureEngine
 from featurewell.store.keys import entity_of_tag, key_prefix
 from featurewell.telemetry.baseline import from_values
 from featurewell.telemetry.drift import psi, shares_of

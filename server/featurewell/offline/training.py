@@ -26,9 +26,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from featurewell.definitions import Feature, FeatureType, Kind, Registry
+from featurewell.engine.plan import Planner, ViewRead
 from featurewell.errors import InvalidRequest
 from featurewell.offline.store import OfflineStore
-from featurewell.serving.plan import Planner, ViewRead
 from featurewell.values import NOT_FOUND, PRESENT, STALE, worst_status
 
 if TYPE_CHECKING:

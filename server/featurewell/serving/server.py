@@ -21,10 +21,10 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from featurewell.definitions import Registry, load_repo, repo_fingerprint
+from featurewell.engine.engine import FeatureEngine
+from featurewell.engine.plan import Planner
 from featurewell.errors import ConfigError, FeaturewellError, StoreError
 from featurewell.lifecycle import defaults as versions
-from featurewell.serving.engine import FeatureEngine
-from featurewell.serving.plan import Planner
 from featurewell.serving.service import AFTER_ANSWER_S, FeatureService
 from featurewell.settings import Settings
 from featurewell.store.breaker import BreakerPolicy

@@ -11,10 +11,10 @@ from typing import Any, NoReturn, TypeAlias, TypeVar
 
 import grpc
 
+from featurewell.engine.calls import Budget
+from featurewell.engine.engine import FeatureEngine
 from featurewell.errors import DeadlineExceeded, Overloaded
 from featurewell.serving import wire
-from featurewell.serving.calls import Budget
-from featurewell.serving.engine import FeatureEngine
 from featurewell.serving.status import status_for
 from featurewell.settings import Settings
 from featurewell.telemetry.hub import Metadata, Telemetry

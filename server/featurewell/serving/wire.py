@@ -18,14 +18,14 @@ from featurewell.client._columns import (
     string_values,
 )
 from featurewell.definitions import Feature, Kind, Registry
-from featurewell.errors import InvalidRequest
-from featurewell.serving.calls import (
+from featurewell.engine.calls import (
     FeatureRequest,
     FeatureResult,
     InputColumn,
     WriteRequest,
     WriteResult,
 )
+from featurewell.errors import InvalidRequest
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.values import PRESENT, ColumnValues, Ragged
 

@@ -18,8 +18,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from featurewell.engine.calls import FeatureResult
 from featurewell.errors import StoreUnavailable
-from featurewell.serving.calls import FeatureResult
 from featurewell.store.cluster import ClusterClient
 from featurewell.store.connection import encode_command
 from featurewell.store.keys import META_SLOT

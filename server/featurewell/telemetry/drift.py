@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Gauge
 
-from featurewell.serving.calls import FeatureResult
+from featurewell.engine.calls import FeatureResult
 from featurewell.telemetry.baseline import Baseline
 from featurewell.values import PRESENT, STALE
 

@@ -14,8 +14,8 @@ from importlib import metadata
 import grpc
 
 from featurewell.definitions import Registry
+from featurewell.engine.calls import FeatureResult, WriteResult
 from featurewell.errors import FeaturewellError
-from featurewell.serving.calls import FeatureResult, WriteResult
 from featurewell.settings import Settings
 from featurewell.store.online import OnlineStore
 from featurewell.telemetry import baseline

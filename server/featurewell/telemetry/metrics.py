@@ -13,7 +13,7 @@ import time
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from featurewell.serving.calls import FeatureResult, WriteResult
+from featurewell.engine.calls import FeatureResult, WriteResult
 from featurewell.store.batch import FailureReason, NodeTiming
 from featurewell.telemetry._histogram import bounds_of, observe_many
 from featurewell.values import FALLBACK, FALLBACK_CACHE, NOT_FOUND, PRESENT, STALE

@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.sdk.trace.sampling import Sampler
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from featurewell.serving.calls import CallTimings
+from featurewell.engine.calls import CallTimings
 from featurewell.settings import Settings
 
 SERVICE = "featurewell.v1.FeatureService"

@@ -17,16 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from featurewell.definitions import Entity, FeatureType, Kind, Registry
-from featurewell.errors import (
-    DeadlineExceeded,
-    EntityNotFound,
-    FeaturewellError,
-    InvalidRequest,
-    RequestError,
-    StoreUnavailable,
-    UnknownFeature,
-)
-from featurewell.serving.calls import (
+from featurewell.engine.calls import (
     Budget,
     CallTimings,
     FallbackCount,
@@ -38,7 +29,16 @@ from featurewell.serving.calls import (
     WriteRequest,
     WriteResult,
 )
-from featurewell.serving.plan import Plan, Planner, ViewRead
+from featurewell.engine.plan import Plan, Planner, ViewRead
+from featurewell.errors import (
+    DeadlineExceeded,
+    EntityNotFound,
+    FeaturewellError,
+    InvalidRequest,
+    RequestError,
+    StoreUnavailable,
+    UnknownFeature,
+)
 from featurewell.settings import Settings
 from featurewell.store.batch import Failure, FailureReason, describe
 from featurewell.store.codec import DecodedRows
