@@ -38,9 +38,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from featurewell.client import FeatureClient
 from featurewell.definitions import load_repo
 from featurewell.devcluster import LocalCluster, _free_ports, start_local_cluster
+from featurewell.store.addressing import EntityRead
 from featurewell.store.cluster import ClusterClient
 from featurewell.store.keys import entity_tags, key_prefix, slots_of
-from featurewell.store.online import EntityRead
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "loadtest"))

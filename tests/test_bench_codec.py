@@ -16,9 +16,9 @@ from featurewell.definitions import Feature, Kind
 from featurewell.engine.calls import FeatureResult as ServerResult
 from featurewell.engine.calls import ResultColumn
 from featurewell.serving import wire
+from featurewell.store.addressing import EntityRead
 from featurewell.store.codec import RowCodec
 from featurewell.store.keys import entity_tags, slots_of
-from featurewell.store.online import EntityRead
 from featurewell.v1 import feature_service_pb2 as pb
 from tests import defs
 

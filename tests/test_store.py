@@ -14,10 +14,11 @@ import pytest
 
 from featurewell.devcluster import LocalCluster, _call, _free_ports
 from featurewell.errors import StoreTimeout, StoreUnavailable
+from featurewell.store.addressing import EntityRead
 from featurewell.store.batch import FailureReason
 from featurewell.store.codec import RowCodec
 from featurewell.store.keys import entity_tags, key_prefix, slot_of, slots_of, view_keys
-from featurewell.store.online import EntityRead, OnlineStore
+from featurewell.store.online import OnlineStore
 from featurewell.values import Status
 from tests import defs
 from tests.load import wait_asleep
@@ -40,11 +41,13 @@ def _rows(n: int, at_us: int, value: float) -> list[bytes]:
 
 async def _write(store: OnlineStore, tags: list[bytes], at_us: int, value: float, **kw: Any) -> Any:
     keys = view_keys(PREFIX, tags)
-    return await store.write(keys, [slot_of(t) for t in tags], _rows(len(tags), at_us, value), **kw)
+    return await store.write_keys(
+        keys, [slot_of(t) for t in tags], _rows(len(tags), at_us, value), **kw
+    )
 
 
 async def _read(store: OnlineStore, tags: list[bytes]) -> list[bytes | None]:
-    result = await store.read([EntityRead([PREFIX], tags, [slot_of(t) for t in tags])], 2.0)
+    result = await store.read_keys([EntityRead([PREFIX], tags, [slot_of(t) for t in tags])], 2.0)
     assert result.failures == []
     ((view,),) = result.views
     assert view.fallback is None
@@ -224,7 +227,7 @@ async def test_reads_and_writes_time_out_on_a_stuck_node(
 
 
 async def _read_within(store: OnlineStore, tags: list[bytes], timeout: float) -> Any:
-    return await store.read([EntityRead([PREFIX], tags, slots_of(tags))], timeout)
+    return await store.read_keys([EntityRead([PREFIX], tags, slots_of(tags))], timeout)
 
 
 async def test_ask_redirect_during_slot_migration(

@@ -40,10 +40,11 @@ from featurewell.errors import (
     UnknownFeature,
 )
 from featurewell.settings import Settings
+from featurewell.store.addressing import EntityRows
 from featurewell.store.batch import Failure, FailureReason, describe
 from featurewell.store.codec import DecodedRows
-from featurewell.store.keys import entity_tags, freshness_key, slots_of, view_keys
-from featurewell.store.online import EntityRead, OnlineStore
+from featurewell.store.keys import KeyColumn
+from featurewell.store.online import OnlineStore
 from featurewell.values import (
     FALLBACK,
     FALLBACK_CACHE,
@@ -192,12 +193,12 @@ class FeatureEngine:
     async def _fetch(
         self, plan: Plan, request: FeatureRequest, rows: int, budget: Budget, timings: CallTimings
     ) -> tuple[dict[int, _Fetched], list[FallbackCount]]:
-        reads: list[EntityRead] = []
-        for group in plan.groups:
-            tags = _tags(group.entity, request.entities, rows)
-            prefixes = [read.prefix for read in group.reads]
-            reads.append(EntityRead(prefixes, tags, slots_of(tags), group.cache_ttl_s))
-        # A short client deadline says nothing about a node's health: keep it out of breakers.
+        entities = request.entities
+        reads = [
+            EntityRows(group.views, _key_columns(group.entity, entities), rows, group.cache_ttl_s)
+            for group in plan.groups
+        ]
+        # A short client deadline says nothing of a node's health: keep it out of breakers.
         timings.store_started_ns = time.perf_counter_ns()
         stored = await self.store.read(
             reads, budget.seconds, count_timeouts=not budget.deadline_bound
@@ -291,27 +292,24 @@ class FeatureEngine:
             raise InvalidRequest(
                 f"writing {view.ref!r} replaces whole rows: send every feature; missing {missing}"
             )
-        read = self.planner.read_of(view)
-        encoded = read.codec.encode(request.event_time_us, request.features)
-        tags = _tags(view.entity, request.entities, rows)
-        expire = None
-        if view.retention is not None:
-            retention_ms = int(view.retention.total_seconds() * 1000)
-            expire = (request.event_time_us // 1000 + retention_ms).tolist()
+        encoded = self.planner.read_of(view).codec.encode(request.event_time_us, request.features)
         outcome = await self.store.write(
-            view_keys(read.prefix, tags), slots_of(tags), encoded, expire,
+            view,
+            _key_columns(view.entity, request.entities),
+            encoded,
+            request.event_time_us,
             timeout=self.settings.write_timeout_s,
-            freshness=(freshness_key(view), int(request.event_time_us.max())),
-        )  # fmt: skip
+        )
         return WriteResult(view.ref, outcome.written, outcome.skipped_older)
 
 
-def _tags(entity: Entity, entities: Mapping[str, InputColumn], rows: int) -> list[bytes]:
+def _key_columns(entity: Entity, entities: Mapping[str, InputColumn]) -> list[KeyColumn]:
+    """The entity's key columns in key order, as the store takes them."""
     columns = [entities[key].values for key in entity.key_names]
     for key, column in zip(entity.key_names, columns, strict=True):
         if entity.join_keys[key].kind is Kind.STRING and "" in column:
             raise InvalidRequest(f"entity key {key!r} has an empty string value")
-    return entity_tags(columns, rows)
+    return columns
 
 
 def _strict_failure(failures: list[Failure], budget: Budget) -> FeaturewellError:

@@ -21,7 +21,6 @@ from featurewell.definitions import (
 )
 from featurewell.errors import InvalidRequest, UnknownFeature
 from featurewell.store.codec import RowCodec
-from featurewell.store.keys import key_prefix
 
 
 @dataclass(frozen=True, eq=False)
@@ -30,7 +29,6 @@ class ViewRead:
 
     view: FeatureView
     codec: RowCodec
-    prefix: bytes
     max_age_us: int  # 0: never stale
     cache_ttl_s: float  # how long a row may answer from the hot-key cache; 0: not cached
 
@@ -61,6 +59,10 @@ class EntityGroup:
     entity: Entity
     reads: tuple[ViewRead, ...]
     wanted: tuple[frozenset[str], ...]
+
+    @functools.cached_property
+    def views(self) -> tuple[FeatureView, ...]:
+        return tuple(read.view for read in self.reads)
 
     @functools.cached_property
     def cache_ttl_s(self) -> float:
@@ -122,7 +124,7 @@ class Planner:
             ttl = self._cache_ttl_s
             if view.max_age:  # a cached row must never be the reason a value goes stale
                 ttl = min(ttl, self._cache_ttl_fraction * view.max_age.total_seconds())
-            read = ViewRead(view, RowCodec(view), key_prefix(view), max_age_us, ttl)
+            read = ViewRead(view, RowCodec(view), max_age_us, ttl)
             self._reads[key] = read
         return read
 

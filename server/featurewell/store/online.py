@@ -13,13 +13,15 @@ import hiredis
 import numpy as np
 import numpy.typing as npt
 
+from featurewell.definitions import FeatureView
 from featurewell.errors import StoreError, StoreTimeout, StoreUnavailable
+from featurewell.store.addressing import Addresses, EntityRead, EntityRows
 from featurewell.store.batch import Failure, FailureReason, NodeTiming, Replies, describe
 from featurewell.store.breaker import BreakerPolicy
 from featurewell.store.cache import MISS, Group, HotKeyCache, Row
 from featurewell.store.cluster import ClusterClient
 from featurewell.store.connection import Address, NodeAccess, encode_command
-from featurewell.store.keys import META_SLOT
+from featurewell.store.keys import META_SLOT, KeyColumn, freshness_key
 from featurewell.store.tracking import InvalidationTracker
 from featurewell.values import FALLBACK, FALLBACK_CACHE
 
@@ -51,46 +53,6 @@ local now = redis.call('TIME')
 redis.call('HSET', KEYS[1], 'written_us', now[1] * 1000000 + now[2])
 return 1
 """
-
-
-@dataclass(frozen=True, slots=True)
-class EntityRead:
-    """One entity's rows in one or more views: the key of row r in view v is
-    `prefixes[v] + tags[r] + b"}"`. A row's keys share its hash tag, hence `slots[r]`, so each
-    row is one GET (one view) or one MGET (several), and is cached as one entry: `cache_ttl`
-    says for how long it may answer from the hot-key cache (0: never)."""
-
-    prefixes: list[bytes]
-    tags: list[bytes]
-    slots: list[int]
-    cache_ttl: float = 0.0
-
-    def commands(self, tags: Sequence[bytes] | None = None) -> list[bytes]:
-        """One GET/MGET per row (of `tags`, default all the read's rows). A row's command is
-        `tag.join(template)`, the template depending only on the tag's length: one C call per
-        row, no per-key objects."""
-        templates: dict[int, list[bytes]] = {}
-        out: list[bytes] = []
-        for tag in self.tags if tags is None else tags:
-            template = templates.get(len(tag))
-            if template is None:
-                template = templates[len(tag)] = _row_template(self.prefixes, len(tag))
-            out.append(tag.join(template))
-        return out
-
-
-def _row_template(prefixes: list[bytes], tag_length: int) -> list[bytes]:
-    """Pieces that, joined by a tag of `tag_length` bytes, form the row's GET or MGET."""
-    verb = (
-        b"*2\r\n$3\r\nGET\r\n"
-        if len(prefixes) == 1
-        else b"*%d\r\n$4\r\nMGET\r\n" % (len(prefixes) + 1)
-    )
-    pieces = [verb]
-    for prefix in prefixes:
-        pieces[-1] += b"$%d\r\n%s" % (len(prefix) + tag_length + 1, prefix)
-        pieces.append(b"}\r\n")
-    return pieces
 
 
 @dataclass(slots=True)
@@ -142,8 +104,9 @@ class _Pending:
 
 
 class OnlineStore:
-    """Rows addressed by (key, slot), the slot computed once per entity by the caller; hot rows
-    answered from an optional `HotKeyCache`."""
+    """Feature-view rows of entities: `read` and `write` take views and entity key columns and
+    work out keys, hash tags and slots themselves (`read_keys` and `write_keys` take them
+    already addressed). Hot rows are answered from an optional `HotKeyCache`."""
 
     def __init__(
         self,
@@ -154,6 +117,7 @@ class OnlineStore:
         self.cluster = cluster
         self.cache = cache
         self.tracker = tracker
+        self._addresses = Addresses()
 
     @classmethod
     async def connect(
@@ -192,11 +156,21 @@ class OnlineStore:
             await self.tracker.close()
 
     async def read(
+        self, entities: Sequence[EntityRows], timeout: float, *, count_timeouts: bool = True
+    ) -> StoreRead:
+        """Stored rows as `[entity][view]` within `timeout` seconds, in one round trip per node
+        for the rows the cache cannot answer. Never raises for a failed node: its rows come
+        back flagged with a fallback (see `ViewRows`). `count_timeouts=False` keeps timeouts
+        out of the circuit breakers (a short client deadline says nothing of a node)."""
+        address = self._addresses.read
+        return await self.read_keys(
+            [address(rows) for rows in entities], timeout, count_timeouts=count_timeouts
+        )
+
+    async def read_keys(
         self, reads: Sequence[EntityRead], timeout: float, *, count_timeouts: bool = True
     ) -> StoreRead:
-        """Stored rows as `[read][view]` within `timeout` seconds, in one round trip per node
-        for the rows the cache cannot answer. Never raises for a failed node: its rows come
-        back flagged with a fallback (see `ViewRows`)."""
+        """`read` of rows already addressed."""
         cache = self.cache
         now = time.monotonic()
         since = cache.sequence if cache is not None else 0
@@ -285,6 +259,27 @@ class OnlineStore:
         return out
 
     async def write(
+        self,
+        view: FeatureView,
+        keys: Sequence[KeyColumn],
+        rows: Sequence[bytes],
+        event_time_us: npt.NDArray[np.int64],
+        timeout: float = 10.0,
+    ) -> WriteOutcome:
+        """Store encoded rows of `view` (entity key columns of one value per row, each row's
+        event time) unless a key holds a newer event, expiring with the view's retention, and
+        update the view's write marker. Safe to retry (see `write_keys`)."""
+        addressed = self._addresses.write(view, keys, event_time_us)
+        return await self.write_keys(
+            addressed.keys,
+            addressed.slots,
+            rows,
+            addressed.expire_at_ms,
+            timeout=timeout,
+            freshness=(freshness_key(view), int(event_time_us.max())),
+        )
+
+    async def write_keys(
         self,
         keys: Sequence[bytes],
         slots: Sequence[int],
