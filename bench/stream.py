@@ -122,7 +122,7 @@ async def _runner(
     settings = Settings.load(environ={}).with_changes(redis=tuple(seeds))
     store = await OnlineStore.connect(seeds, connect_timeout=2, connections_per_node=2)
     # Configured as `featurewell stream` runs it.
-    runner = StreamRunner(registry, _source(repo), FeatureEngine(registry, store, settings),
+    runner = StreamRunner(registry, _source(repo), FeatureEngine(registry, store, settings.serving),
                           group=group, batch_size=2000, checkpoint_s=checkpoint_s,
                           refresh_s=refresh_s, freeze_gc=True)  # fmt: skip
     await runner.start()
@@ -166,7 +166,7 @@ async def backfill_throughput(
     settings = Settings.load(environ={}).with_changes(redis=tuple(seeds))
     store = await OnlineStore.connect(seeds, connect_timeout=2, connections_per_node=2)
     started = time.perf_counter()
-    done = await backfill(registry, source, FeatureEngine(registry, store, settings), log,
+    done = await backfill(registry, source, FeatureEngine(registry, store, settings.serving), log,
                           as_of_us=now_us, seed_group="bench-backfill")  # fmt: skip
     seconds = time.perf_counter() - started
     await store.close()

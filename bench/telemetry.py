@@ -191,7 +191,7 @@ def after_answer_cost(repo: Path, seeds: list[tuple[str, int]]) -> dict[str, flo
     async def run() -> None:
         settings = Settings.load(environ={}).with_changes(redis=tuple(seeds))
         store = await OnlineStore.connect(seeds, connect_timeout=2, connections_per_node=1)
-        engine = FeatureEngine(registry, store, settings)
+        engine = FeatureEngine(registry, store, settings.serving)
         items = [f"i{i:06d}" for i in range(500)]
         user = {"user_id": InputColumn(Kind.STRING, ["u000001"])}
         shapes = {

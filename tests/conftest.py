@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from featurewell.app import start_server
 from featurewell.client import FeatureClient
 from featurewell.definitions import Registry
 from featurewell.devcluster import LocalCluster, start_local_cluster
@@ -51,7 +52,7 @@ class ServerThread:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
-        self.server: Server = self.run(Server.start(settings, registry, tracing))
+        self.server: Server = self.run(start_server(settings, registry, tracing))
         self.address = f"127.0.0.1:{self.server.port}"
 
     def run(self, coroutine: Any) -> Any:

@@ -46,7 +46,7 @@ def test_backfill_online_history_and_the_stream_after_it(
         store = loop.run_until_complete(
             OnlineStore.connect(cluster.seeds, connect_timeout=2, connections_per_node=1)
         )
-        writer = FeatureEngine(registry, store, settings)
+        writer = FeatureEngine(registry, store, settings.serving)
         as_of = time.time_ns() // 1000
         done = loop.run_until_complete(backfill(
             registry, source, writer, log, as_of_us=as_of, history_dir=tmp_path,

@@ -53,16 +53,18 @@ def problems(compose: dict[str, Any], root: Path) -> list[str]:
     env = server["environment"]
     settings = Settings.load(environ={k: v for k, v in env.items() if k.startswith("FEATUREWELL_")})
     published = {int(p.split(":")[1]) for p in server["ports"]}
-    if {settings.port, settings.metrics_port} != published:
-        found.append(f"featurewell listens on {settings.port}/{settings.metrics_port}, "
-                     f"publishes {sorted(published)}")  # fmt: skip
-    seeds = {f"{h}:{p}" for h, p in settings.redis}
+    if {settings.serving.port, settings.listen.metrics_port} != published:
+        found.append(
+            f"featurewell listens on {settings.serving.port}/{settings.listen.metrics_port}, "
+            f"publishes {sorted(published)}"
+        )
+    seeds = {f"{h}:{p}" for h, p in settings.redis.seeds}
     if not seeds <= set(members):
         found.append(f"featurewell's Redis seeds {sorted(seeds)} are not cluster nodes")
     prometheus = yaml.safe_load((root / "prometheus" / "prometheus.yml").read_text())
     targets = {t for job in prometheus["scrape_configs"] for c in job["static_configs"]
                for t in c["targets"]}  # fmt: skip
-    if f"featurewell:{settings.metrics_port}" not in targets:
+    if f"featurewell:{settings.listen.metrics_port}" not in targets:
         found.append(f"Prometheus scrapes {sorted(targets)}, not featurewell's /metrics")
     mounts = {name: _mounts(service, root) for name, service in services.items()}
     for rule_file in prometheus.get("rule_files", []):

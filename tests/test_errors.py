@@ -11,6 +11,7 @@ import grpc
 import numpy as np
 import pytest
 
+from featurewell.app import start_server
 from featurewell.client import (
     VALUE_TYPE_FLOAT32,
     VALUE_TYPE_INT64,
@@ -23,7 +24,6 @@ from featurewell.client import (
 )
 from featurewell.devcluster import LocalCluster, _call
 from featurewell.errors import StoreUnavailable
-from featurewell.serving.server import Server
 from featurewell.settings import Settings
 from featurewell.store.keys import entity_tags, slot_of
 from featurewell.v1 import feature_service_pb2 as pb
@@ -264,7 +264,7 @@ async def test_unreachable_redis_at_startup_fails_before_listening() -> None:
         redis=(("127.0.0.1", 1),), port=0, connect_timeout_s=0.5
     )
     with pytest.raises(StoreUnavailable, match=r"no Redis Cluster node answered.*127\.0\.0\.1:1"):
-        await Server.start(settings, defs.registry())
+        await start_server(settings, defs.registry())
 
 
 def test_slow_store_falls_back_or_is_unavailable_or_deadline_exceeded(

@@ -128,8 +128,8 @@ def test_redis_tls_from_a_secret(helm: str, tmp_path: Path) -> None:
     loaded = Settings.load(
         environ={k: v for k, v in settings.items() if k.startswith("FEATUREWELL_")}
     )
-    assert loaded.redis_tls is True
-    assert loaded.redis_tls_check_hostname is True
+    assert loaded.redis.tls is True
+    assert loaded.redis.tls_check_hostname is True
     assert "FEATUREWELL_REDIS_TLS" not in _render(helm)["ConfigMap/features-featurewell"]["data"]
 
 

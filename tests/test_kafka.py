@@ -53,7 +53,7 @@ async def _runner(
     settings = Settings.load(environ={}).with_changes(redis=tuple(cluster.seeds))
     store = await OnlineStore.connect(cluster.seeds, connect_timeout=2, connections_per_node=1)
     source = next(v.events for v in registry.views.values() if v.events is not None)
-    runner = StreamRunner(registry, source, FeatureEngine(registry, store, settings),
+    runner = StreamRunner(registry, source, FeatureEngine(registry, store, settings.serving),
                           events=events, **options)  # fmt: skip
     await runner.start()
     return runner

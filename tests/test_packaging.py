@@ -1,11 +1,16 @@
 """featurewell-client installs on its own: its wheel holds the client and the stubs only, needs
-only grpcio, protobuf and numpy, and works with no server code importable."""
+only grpcio, protobuf and numpy, and works with no server code importable. The featurewell wheel
+runs `featurewell demo` with no source checkout."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -50,3 +55,61 @@ def test_client_wheel_stands_alone(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_server_wheel_runs_the_demo_from_another_directory(tmp_path: Path) -> None:
+    """`pip install featurewell`, then `featurewell demo` anywhere: the example repo ships inside
+    the wheel, so nothing is looked up in a source checkout."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(ROOT)],
+        check=True,
+    )  # fmt: skip
+    (wheel,) = tmp_path.glob("featurewell-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        archive.extractall(tmp_path / "site")
+    assert "featurewell/_examples/streaming_media/repo.py" in names
+    assert "featurewell/_examples/streaming_media/generate.py" in names
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    port = _free_port()
+    # -S: the editable install is invisible; the wheel's featurewell and third-party packages only.
+    env = {
+        "PYTHONPATH": f"{tmp_path / 'site'}:{sysconfig.get_paths()['purelib']}",
+        "PATH": os.environ["PATH"],
+        "FEATUREWELL_PORT": str(port),
+        "FEATUREWELL_METRICS_PORT": "-1",
+    }
+    demo = subprocess.Popen(
+        [sys.executable, "-S", "-m", "featurewell.cli", "demo", "--users", "50", "--items", "20"],
+        cwd=elsewhere, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:
+            lines.append(line)
+            if "Ctrl-C stops it all" in line:
+                break
+        from featurewell.client import FeatureClient
+
+        with FeatureClient(f"127.0.0.1:{port}") as client:
+            result = client.get_features(["user_activity:*"], entities={"user_id": ["u000001"]})
+        assert result.rows == 1
+    finally:
+        demo.send_signal(signal.SIGINT)
+        out, _ = demo.communicate(timeout=60)
+    text = "".join(lines) + out
+    assert demo.returncode == 0, text
+    served = next(ln for ln in text.splitlines() if "generated sample data in" in ln)
+    workdir = Path(served.split(" in ", 1)[1].split(":", 1)[0])
+    assert str(workdir).startswith(tempfile.gettempdir()), served  # not in the wheel, not here
+    assert not workdir.exists()  # the temporary example copy is removed at exit
+    assert list(elsewhere.iterdir()) == []
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -261,8 +261,8 @@ async def test_ask_redirect_during_slot_migration(
 
 
 async def test_password_protected_cluster(registry: Any) -> None:
+    from featurewell.app import start_server
     from featurewell.devcluster import start_local_cluster
-    from featurewell.serving.server import Server
     from featurewell.settings import Settings
 
     with start_local_cluster(masters=3) as protected:
@@ -272,10 +272,10 @@ async def test_password_protected_cluster(registry: Any) -> None:
             redis=tuple(protected.seeds), port=0, metrics_port=-1
         )
         with pytest.raises(StoreUnavailable, match=r"NOAUTH|refused the password"):
-            await Server.start(base, registry)
+            await start_server(base, registry)
         with pytest.raises(StoreUnavailable, match="refused the password"):
-            await Server.start(base.with_changes(redis_password="wrong"), registry)
-        server = await Server.start(base.with_changes(redis_password="s3cret"), registry)
+            await start_server(base.with_changes(redis_password="wrong"), registry)
+        server = await start_server(base.with_changes(redis_password="s3cret"), registry)
         try:
             store = server.store
             tags = [b"auth-1", b"auth-2"]
@@ -308,7 +308,7 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 async def test_tls_cluster(tls_cluster: Any, registry: Any) -> None:
-    from featurewell.serving.server import Server
+    from featurewell.app import start_server
     from featurewell.settings import Settings
 
     cluster, folder = tls_cluster
@@ -317,18 +317,18 @@ async def test_tls_cluster(tls_cluster: Any, registry: Any) -> None:
     )
     # Plaintext to a TLS port gets no CLUSTER SLOTS answer: refused at start-up.
     with pytest.raises(StoreUnavailable, match="no Redis Cluster node answered"):
-        await Server.start(base.with_changes(connect_timeout_s=0.5), registry)
+        await start_server(base.with_changes(connect_timeout_s=0.5), registry)
     # A CA that did not sign the nodes' certificates: a TLS error that says what to check.
     untrusted = base.with_changes(redis_tls=True, redis_tls_ca_file=str(folder / "other-ca.crt"))
     with pytest.raises(StoreUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
-        await Server.start(untrusted, registry)
+        await start_server(untrusted, registry)
     # The right CA, with a client certificate (mutual TLS) and the hot-key cache's tracking
     # connections, which must speak TLS too.
     trusted = base.with_changes(
         redis_tls=True, redis_tls_ca_file=str(folder / "ca.crt"),
         redis_tls_cert_file=str(folder / "node.crt"), redis_tls_key_file=str(folder / "node.key"),
     )  # fmt: skip
-    server = await Server.start(trusted, registry)
+    server = await start_server(trusted, registry)
     try:
         store = server.store
         assert {port for _, port in store.cluster.masters} <= set(cluster.tls_ports.values())
@@ -342,19 +342,19 @@ async def test_tls_cluster(tls_cluster: Any, registry: Any) -> None:
 
 
 def test_tls_settings_are_checked() -> None:
+    from featurewell.app import node_access
     from featurewell.errors import ConfigError
-    from featurewell.serving.server import node_access
     from featurewell.settings import Settings
 
-    with pytest.raises(ValueError, match="redis_tls is off"):
+    with pytest.raises(ConfigError, match="redis_tls is off"):
         Settings.load(environ={"FEATUREWELL_REDIS_TLS_CA_FILE": "/ca.pem"})
-    with pytest.raises(ValueError, match="go together"):
+    with pytest.raises(ConfigError, match="go together"):
         Settings.load(environ={"FEATUREWELL_REDIS_TLS": "true",
                                "FEATUREWELL_REDIS_TLS_CERT_FILE": "/c.pem"})  # fmt: skip
-    with pytest.raises(ValueError, match="expected true or false"):
+    with pytest.raises(ConfigError, match="expected true or false"):
         Settings.load(environ={"FEATUREWELL_REDIS_TLS": "maybe"})
     missing = Settings.load(environ={"FEATUREWELL_REDIS_TLS": "yes",
                                      "FEATUREWELL_REDIS_TLS_CA_FILE": "/nope/ca.pem"})  # fmt: skip
     with pytest.raises(ConfigError, match="cannot load the Redis TLS files"):
-        node_access(missing)
-    assert node_access(Settings.load(environ={})).tls is None
+        node_access(missing.redis)
+    assert node_access(Settings.load(environ={}).redis).tls is None

@@ -112,7 +112,9 @@ async def _runner(
 ) -> StreamRunner:
     settings = Settings.load(environ={}).with_changes(redis=tuple(cluster.seeds))
     store = await OnlineStore.connect(cluster.seeds, connect_timeout=2, connections_per_node=1)
-    runner = StreamRunner(registry, source, FeatureEngine(registry, store, settings), **options)
+    runner = StreamRunner(
+        registry, source, FeatureEngine(registry, store, settings.serving), **options
+    )
     await runner.start()
     return runner
 

@@ -400,17 +400,22 @@ def test_unsampled_calls_record_no_spans(cluster: LocalCluster) -> None:
 
 
 def test_tracing_is_off_unless_the_environment_turns_it_on() -> None:
+    from featurewell.errors import ConfigError
     from featurewell.settings import Settings
 
-    assert Settings.load(environ={}).traces_exporter == "none"
-    assert Tracing.from_settings(Settings.load(environ={})) is None
+    assert Settings.load(environ={}).telemetry.traces_exporter == "none"
+    assert Tracing.from_settings(Settings.load(environ={}).telemetry) is None
     endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"}
-    assert Settings.load(environ=endpoint).traces_exporter == "otlp"
+    assert Settings.load(environ=endpoint).telemetry.traces_exporter == "otlp"
     assert (
-        Settings.load(environ={**endpoint, "OTEL_SDK_DISABLED": "true"}).traces_exporter == "none"
+        Settings.load(environ={**endpoint, "OTEL_SDK_DISABLED": "true"}).telemetry.traces_exporter
+        == "none"
     )
-    assert Settings.load(environ={"OTEL_TRACES_EXPORTER": "console"}).traces_exporter == "console"
-    with pytest.raises(ValueError, match="otlp, console or none"):
+    assert (
+        Settings.load(environ={"OTEL_TRACES_EXPORTER": "console"}).telemetry.traces_exporter
+        == "console"
+    )
+    with pytest.raises(ConfigError, match="otlp, console or none"):
         Settings.load(environ={"OTEL_TRACES_EXPORTER": "zipkin"})
 
 

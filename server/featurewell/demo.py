@@ -6,24 +6,28 @@ event and shows the feature it changes, servable within a fraction of a second.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import importlib.util
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import uvloop
 
+from featurewell.app import start_server
 from featurewell.client import AsyncFeatureClient
 from featurewell.compute.backfill import backfill_logs
 from featurewell.compute.redis_streams import append, checked_event
 from featurewell.definitions import EventSource, Registry, load_repo
 from featurewell.devcluster import DIE_WITH_PARENT, start_local_cluster
+from featurewell.errors import ConfigError
 from featurewell.ingest.materialize import materialize
 from featurewell.serving.server import Server
 from featurewell.settings import Settings
@@ -32,18 +36,49 @@ _READY = re.compile(r"featurewell stream: consuming .*; metrics (\S+)")
 _ECHOES: set[asyncio.Task[None]] = set()
 
 
-def run_demo(settings: Settings, args: argparse.Namespace) -> None:
-    repo = Path(settings.repo)
-    print(
-        f"starting a local Redis Cluster (3 masters, {args.replicas} replicas each)...", flush=True
-    )
-    with start_local_cluster(3, args.replicas) as cluster:
+@dataclass(frozen=True)
+class DemoOptions:
+    users: int = 5000
+    items: int = 2000
+    replicas: int = 0  # per master
+    workdir: Path | None = None  # where the example and its data go; None: a temporary folder
+
+
+def example_repo() -> Path:
+    """The streaming_media example: shipped inside the wheel (featurewell/_examples), or in the
+    source checkout an editable install runs from."""
+    for candidate in (
+        Path(__file__).parent / "_examples" / "streaming_media",
+        Path(__file__).resolve().parents[2] / "examples" / "streaming_media",
+    ):
+        if (candidate / "repo.py").is_file():
+            return candidate
+    raise ConfigError("the example repo is not installed with featurewell: pass --repo")
+
+
+def run_demo(settings: Settings, options: DemoOptions) -> None:
+    """Serve `settings.repo` in place, or a copy of the example (and its generated data) in
+    `options.workdir`, from a local Redis Cluster until SIGTERM or Ctrl-C."""
+    with contextlib.ExitStack() as cleanup:
+        if not settings.repo:
+            workdir = options.workdir
+            if workdir is None:
+                workdir = Path(tempfile.mkdtemp(prefix="featurewell-demo-"))
+                cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
+            workdir.mkdir(parents=True, exist_ok=True)
+            for name in ("repo.py", "generate.py"):
+                shutil.copyfile(example_repo() / name, workdir / name)
+            settings = settings.with_changes(repo=str(workdir))
+        repo = Path(settings.repo)
+        print(f"starting a local Redis Cluster (3 masters, {options.replicas} replicas each)...",
+              flush=True)  # fmt: skip
+        cluster = cleanup.enter_context(start_local_cluster(3, options.replicas))
         settings = settings.with_changes(redis=tuple(cluster.seeds))
         print(f"Redis Cluster up: {_seeds(settings)} (data in {cluster.workdir})", flush=True)
         generator = _load_module(repo / "generate.py")
         if generator is not None:
-            rows = generator.generate(args.users, args.items, repo / "data")
-            print(f"generated sample data: {rows}", flush=True)
+            rows = generator.generate(options.users, options.items, repo / "data")
+            print(f"generated sample data in {repo / 'data'}: {rows}", flush=True)
         uvloop.run(_serve(settings, generator))
 
 
@@ -53,7 +88,7 @@ async def _serve(settings: Settings, generator: Any) -> None:
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
-    server = await Server.start(settings, registry)
+    server = await start_server(settings, registry)
     streams: list[asyncio.subprocess.Process] = []
     try:
         setup = asyncio.ensure_future(
@@ -96,13 +131,13 @@ async def _load_and_stream(
             f"from their event logs in {time.perf_counter() - started:.1f} s",
             flush=True,
         )
-    address = f"{settings.host}:{server.port}"
+    address = f"{settings.listen.host}:{server.port}"
     for source in _sources(registry):
         await _start_stream(settings, source, streams)
     if streams and hasattr(generator, "live_event"):
         live = generator.live_event(Path(settings.repo) / "data")
         await _show_live_update(server, registry, address, *live)
-    metrics = f"http://{settings.host}:{server.metrics_port}/metrics"
+    metrics = f"http://{settings.listen.host}:{server.metrics_port}/metrics"
     print(
         _HOW_TO_CALL.format(
             address=address,
@@ -186,7 +221,7 @@ async def _show_live_update(
 
 
 def _seeds(settings: Settings) -> str:
-    return ",".join(f"{h}:{p}" for h, p in settings.redis)
+    return ",".join(f"{h}:{p}" for h, p in settings.redis.seeds)
 
 
 def _load_module(path: Path) -> Any:
@@ -219,7 +254,7 @@ Metrics: {metrics}    drift report: featurewell drift --metrics-url {metrics}
       {address} featurewell.v1.FeatureService/GetFeatures
 
   Append a watch and see user_activity:watch_count_7d move (the stream computes it):
-    .venv/bin/featurewell append --repo {repo} --redis {redis} --source watches \\
+    featurewell append --repo {repo} --redis {redis} --source watches \\
       --event '{{"user_id": "u000042", "item_id": "i000007", "minutes": 30,
                  "title_min": 45, "genre": 2}}'
 """

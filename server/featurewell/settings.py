@@ -1,232 +1,446 @@
-"""Server settings: one frozen object, read once at start-up and passed down.
+"""Settings: one frozen object, read once at start-up and passed down in groups.
 
-Each field can be set by an environment variable `FEATUREWELL_<FIELD>` or by the matching
-`featurewell serve --<field>` flag (flags win). This module is the only place that reads the
-environment.
+Each setting has one public name, flat and unique across groups: the `--flag` (`--cache-entries`)
+and the `FEATUREWELL_<NAME>` environment variable (`FEATUREWELL_CACHE_ENTRIES`); flags win.
+Inside the program it lives in a group (`settings.cache.entries`), and each command takes only
+the groups it uses, so `featurewell <command> --help` lists only what that command reads. This
+module is the only place that reads the environment.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, ClassVar
 
+from featurewell.errors import ConfigError
 from featurewell.store.connection import Address
 
 ENV_PREFIX = "FEATUREWELL_"
 
 
-def _doc(text: str, default: Any = MISSING, *, secret: bool = False) -> Any:
-    if default is MISSING:
-        return field(metadata={"doc": text})
+def _setting(name: str, doc: str, default: Any = MISSING, *, secret: bool = False) -> Any:
     # A secret stays out of repr(), so logging the settings never prints it.
-    return field(default=default, metadata={"doc": text}, repr=not secret)
+    return field(default=default, metadata={"name": name, "doc": doc}, repr=not secret)
 
 
 @dataclass(frozen=True)
-class Settings:
-    repo: str = _doc("Feature repo: a .py file, a folder with repo.py, or a module path.", "")
-    redis: tuple[Address, ...] = _doc(
-        "Redis Cluster seed nodes, comma-separated host:port.", (("127.0.0.1", 7000),)
+class Group:
+    """A group of settings. `title` heads its flags in `--help`."""
+
+    title: ClassVar[str] = ""
+
+    def check(self) -> None:
+        """Raise ConfigError naming the setting and what it takes."""
+
+
+@dataclass(frozen=True)
+class RedisSettings(Group):
+    title = "Redis Cluster"
+    seeds: tuple[Address, ...] = _setting(
+        "redis", "Redis Cluster seed nodes, comma-separated host:port.", (("127.0.0.1", 7000),)
     )
-    redis_password: str = _doc(
+    password: str = _setting(
+        "redis_password",
         "Redis AUTH password; set FEATUREWELL_REDIS_PASSWORD (from a Secret), not the flag, "
         "which other users can see.",
         "",
         secret=True,
     )
-    redis_tls: bool = _doc("Connect to Redis over TLS (nodes' tls-port).", False)
-    redis_tls_ca_file: str = _doc(
-        "PEM CA bundle that signed the Redis nodes' certificates (default: the system's).", ""
+    tls: bool = _setting("redis_tls", "Connect to Redis over TLS (nodes' tls-port).", False)
+    tls_ca_file: str = _setting(
+        "redis_tls_ca_file",
+        "PEM CA bundle that signed the Redis nodes' certificates (default: the system's).",
+        "",
     )
-    redis_tls_cert_file: str = _doc(
-        "PEM client certificate, when Redis requires one (tls-auth-clients yes).", ""
+    tls_cert_file: str = _setting(
+        "redis_tls_cert_file",
+        "PEM client certificate, when Redis requires one (tls-auth-clients yes).",
+        "",
     )
-    redis_tls_key_file: str = _doc("PEM private key of redis_tls_cert_file.", "")
-    redis_tls_check_hostname: bool = _doc(
+    tls_key_file: str = _setting(
+        "redis_tls_key_file", "PEM private key of redis_tls_cert_file.", ""
+    )
+    tls_check_hostname: bool = _setting(
+        "redis_tls_check_hostname",
         "Check that each node's certificate names the address CLUSTER SLOTS gives for it (an "
         "IP SAN when nodes announce IPs); turn off only with a private CA.",
         True,
     )
-    host: str = _doc("Address to listen on.", "127.0.0.1")
-    port: int = _doc("gRPC port (0 picks a free one).", 50051)
-    metrics_port: int = _doc(
-        "Port of the Prometheus /metrics endpoint (0 picks a free one, -1 turns it off).", 9464
+    connect_timeout_s: float = _setting(
+        "connect_timeout_s", "Timeout to connect to a Redis node.", 2.0
     )
-    workers: int = _doc("Server processes sharing the port via SO_REUSEPORT.", 1)
-    tls_cert_file: str = _doc("PEM certificate chain: serve TLS (with tls_key_file).", "")
-    tls_key_file: str = _doc("PEM private key of tls_cert_file.", "")
-    store_timeout_ms: float = _doc(
-        "Longest a call waits for Redis; a shorter client deadline shortens it further.", 50.0
+    connections_per_node: int = _setting(
+        "connections_per_node", "Multiplexed connections per Redis master.", 2
     )
-    deadline_margin_ms: float = _doc(
-        "Time kept back from the client's deadline to build and send the answer.", 1.0
+    breaker_failures: int = _setting(
+        "breaker_failures", "Failed calls in a row that open a Redis node's circuit.", 3
     )
-    write_timeout_s: float = _doc("Longest a write batch waits for Redis to confirm it.", 10.0)
-    connect_timeout_s: float = _doc("Timeout to connect to a Redis node.", 2.0)
-    connections_per_node: int = _doc("Multiplexed connections per Redis master.", 2)
-    max_rows: int = _doc("Largest batch: entity rows per GetFeatures/WriteFeatures call.", 10_000)
-    max_features: int = _doc("Most feature references per GetFeatures call.", 1_000)
-    max_message_mb: int = _doc("Largest gRPC message, request or response.", 64)
-    max_in_flight: int = _doc(
-        "Calls served at once per process; more are shed at once with RESOURCE_EXHAUSTED.", 256
+    breaker_open_ms: float = _setting(
+        "breaker_open_ms",
+        "How long an open circuit fails fast before a trial call probes the node.",
+        1000.0,
     )
-    cache_entries: int = _doc("Hot-key cache size in rows (0 turns the cache off).", 100_000)
-    cache_mb: int = _doc("Hot-key cache size limit in MiB.", 256)
-    cache_ttl_s: float = _doc(
-        "Longest a cached row answers reads (invalidations usually end it sooner).", 5.0
+
+    def check(self) -> None:
+        _positive(self, "connect_timeout_s", "connections_per_node", "breaker_failures",
+                  "breaker_open_ms")  # fmt: skip
+        if not self.seeds:
+            raise ConfigError("setting redis needs at least one host:port")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError(
+                "settings redis_tls_cert_file and redis_tls_key_file go together: set both"
+            )
+        if (self.tls_ca_file or self.tls_cert_file) and not self.tls:
+            raise ConfigError("redis_tls_* files are set but redis_tls is off: set redis_tls=true")
+
+
+@dataclass(frozen=True)
+class ListenSettings(Group):
+    title = "listening"
+    host: str = _setting("host", "Address to listen on (gRPC and /metrics).", "127.0.0.1")
+    metrics_port: int = _setting(
+        "metrics_port",
+        "Port of the Prometheus /metrics endpoint (0 picks a free one, -1 turns it off).",
+        9464,
     )
-    cache_ttl_fraction: float = _doc(
-        "A view's cache TTL never exceeds this fraction of its max age.", 0.1
+
+    def check(self) -> None:
+        if not -1 <= self.metrics_port < 65536:
+            raise ConfigError(
+                f"setting metrics_port must be -1 (off) or 0-65535, got {self.metrics_port}"
+            )
+
+
+@dataclass(frozen=True)
+class ServingSettings(Group):
+    title = "serving"
+    port: int = _setting("port", "gRPC port (0 picks a free one).", 50051)
+    workers: int = _setting("workers", "Server processes sharing the port via SO_REUSEPORT.", 1)
+    tls_cert_file: str = _setting(
+        "tls_cert_file", "PEM certificate chain: serve TLS (with tls_key_file).", ""
     )
-    cache_admit_after: int = _doc(
-        "Fetches of a key (within the frequency window) before the cache admits it.", 2
+    tls_key_file: str = _setting("tls_key_file", "PEM private key of tls_cert_file.", "")
+    store_timeout_ms: float = _setting(
+        "store_timeout_ms",
+        "Longest a call waits for Redis; a shorter client deadline shortens it further.",
+        50.0,
     )
-    fallback_horizon_s: float = _doc(
-        "How long past its TTL a cached row may still be served when Redis fails.", 300.0
+    deadline_margin_ms: float = _setting(
+        "deadline_margin_ms",
+        "Time kept back from the client's deadline to build and send the answer.",
+        1.0,
     )
-    breaker_failures: int = _doc("Failed calls in a row that open a Redis node's circuit.", 3)
-    breaker_open_ms: float = _doc(
-        "How long an open circuit fails fast before a trial call probes the node.", 1000.0
+    write_timeout_s: float = _setting(
+        "write_timeout_s", "Longest a write batch waits for Redis to confirm it.", 10.0
     )
-    reload_interval_s: float = _doc(
+    max_rows: int = _setting(
+        "max_rows", "Largest batch: entity rows per GetFeatures/WriteFeatures call.", 10_000
+    )
+    max_features: int = _setting(
+        "max_features", "Most feature references per GetFeatures call.", 1_000
+    )
+    max_message_mb: int = _setting(
+        "max_message_mb", "Largest gRPC message, request or response.", 64
+    )
+    max_in_flight: int = _setting(
+        "max_in_flight",
+        "Calls served at once per process; more are shed at once with RESOURCE_EXHAUSTED.",
+        256,
+    )
+    reload_interval_s: float = _setting(
+        "reload_interval_s",
         "How often to check the feature repo's files for changes and reload (0: only on SIGHUP).",
         0.0,
     )
-    drain_delay_s: float = _doc(
-        "On SIGTERM, how long to keep serving while health reports NOT_SERVING.", 0.0
-    )
-    grace_period_s: float = _doc("On SIGTERM, how long in-flight calls may finish.", 10.0)
-    gc_gen0_threshold: int = _doc("Allocations between young-generation GC passes.", 50_000)
-    log_level: str = _doc("Python log level.", "INFO")
-    traces_exporter: str = _doc(
-        "OpenTelemetry trace exporter: otlp (gRPC), console, or none. Unset, it is taken from "
-        "OTEL_TRACES_EXPORTER, or otlp when an OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set; the "
-        "SDK reads the other OTEL_* variables (endpoint, sampler, service name) itself.",
-        "none",
-    )
-    freshness_interval_s: float = _doc(
-        "How often to read every view's write marker (newest event, last write) for the "
-        "freshness gauges.",
-        15.0,
-    )
-    drift_sample_rate: float = _doc(
-        "Share of GetFeatures calls whose served values feed the drift reservoirs.", 0.01
-    )
-    drift_window_s: float = _doc(
-        "Drift is compared with the baseline over windows of this length.", 300.0
-    )
-    drift_reservoir: int = _doc("Values kept per feature and window for drift (a sample).", 2048)
-    drift_baseline: str = _doc(
-        "Baseline JSON from `featurewell baseline` (training data); without it, the expected "
-        "statistics (Stats) in the definitions.",
-        "",
-    )
-    consumers_flush_s: float = _doc(
-        "How often each server adds the callers it served (`x-featurewell-model`) and the views "
-        "they read to Redis, for `featurewell lineage`.",
-        10.0,
-    )
-    versions_poll_s: float = _doc(
+    versions_poll_s: float = _setting(
+        "versions_poll_s",
         "How often servers read the default versions `featurewell promote` sets (shared "
         "through Redis).",
         1.0,
     )
-    offline_dir: str = _doc(
-        "Root of the offline store (feature history as Parquet): `featurewell stream` and "
-        "`backfill` write to it, `training-set` reads it; empty: no history is written.",
-        "",
+    drain_delay_s: float = _setting(
+        "drain_delay_s",
+        "On SIGTERM, how long to keep serving while health reports NOT_SERVING.",
+        0.0,
     )
-    offline_format: str = _doc(
-        "Table format of the offline store: parquet (files by view, version and date) or delta "
-        "(a Delta Lake table per view version; pip install 'featurewell[delta]').",
-        "parquet",
+    grace_period_s: float = _setting(
+        "grace_period_s", "On SIGTERM, how long in-flight calls may finish.", 10.0
     )
-    inject_delay_ms: float = _doc(
+    gc_gen0_threshold: int = _setting(
+        "gc_gen0_threshold", "Allocations between young-generation GC passes.", 50_000
+    )
+    inject_delay_ms: float = _setting(
+        "inject_delay_ms",
         "Fault injection for testing alerts and the load-test gate: every GetFeatures waits "
         "this long first. Keep 0 in production.",
         0.0,
     )
 
-    @classmethod
-    def load(
-        cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
-    ) -> Settings:
-        """Defaults, then `FEATUREWELL_*` variables, then `overrides` (None values ignored)."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {"traces_exporter": _otel_exporter(env)}
-        for spec in fields(cls):
-            raw = env.get(ENV_PREFIX + spec.name.upper())
-            if raw is not None and raw != "":
-                values[spec.name] = _parse(spec.name, raw, spec.type)
-        for name, value in (overrides or {}).items():
-            if value is not None:
-                values[name] = (
-                    _parse(name, value, _type_of(name)) if isinstance(value, str) else value
-                )
-        settings = cls(**values)
-        settings.validate()
-        return settings
-
-    def validate(self) -> None:
-        positive = ("workers", "store_timeout_ms", "connect_timeout_s", "connections_per_node",
-                    "max_rows", "max_features", "max_message_mb", "gc_gen0_threshold",
-                    "write_timeout_s", "max_in_flight", "cache_mb", "cache_ttl_fraction",
-                    "cache_admit_after", "breaker_failures", "breaker_open_ms",
-                    "freshness_interval_s", "drift_window_s", "drift_reservoir")  # fmt: skip
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"setting {name} must be positive, got {getattr(self, name)}")
-        for name in ("cache_entries", "cache_ttl_s", "fallback_horizon_s", "reload_interval_s",
-                     "inject_delay_ms"):  # fmt: skip
-            if getattr(self, name) < 0:
-                raise ValueError(f"setting {name} must not be negative, got {getattr(self, name)}")
-        if not 0 <= self.drift_sample_rate <= 1:
-            raise ValueError("setting drift_sample_rate must be in [0, 1] (a share of calls)")
-        if self.traces_exporter not in ("otlp", "console", "none"):
-            raise ValueError(
-                f"setting traces_exporter must be otlp, console or none, got "
-                f"{self.traces_exporter!r}"
-            )
-        if self.cache_ttl_fraction > 1:
-            raise ValueError("setting cache_ttl_fraction must be at most 1 (a fraction of max age)")
+    def check(self) -> None:
+        _positive(self, "workers", "store_timeout_ms", "max_rows", "max_features", "max_message_mb",
+                  "gc_gen0_threshold", "write_timeout_s", "max_in_flight")  # fmt: skip
+        _not_negative(self, "reload_interval_s", "inject_delay_ms")
         if not 0 <= self.port < 65536:
-            raise ValueError(f"setting port must be 0-65535, got {self.port}")
-        if not -1 <= self.metrics_port < 65536:
-            raise ValueError(
-                f"setting metrics_port must be -1 (off) or 0-65535, got {self.metrics_port}"
-            )
-        if self.offline_format not in ("parquet", "delta"):
-            raise ValueError(
-                f"setting offline_format must be parquet or delta, got {self.offline_format!r}"
-            )
+            raise ConfigError(f"setting port must be 0-65535, got {self.port}")
         if self.workers > 1 and self.port == 0:
-            raise ValueError("several workers need a fixed port, not port 0")
-        if not self.redis:
-            raise ValueError("setting redis needs at least one host:port")
+            raise ConfigError("several workers need a fixed port, not port 0")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
-            raise ValueError("settings tls_cert_file and tls_key_file go together: set both")
-        if bool(self.redis_tls_cert_file) != bool(self.redis_tls_key_file):
-            raise ValueError(
-                "settings redis_tls_cert_file and redis_tls_key_file go together: set both"
-            )
-        uses_tls = self.redis_tls_ca_file or self.redis_tls_cert_file
-        if uses_tls and not self.redis_tls:
-            raise ValueError("redis_tls_* files are set but redis_tls is off: set redis_tls=true")
-
-    def required_repo(self) -> str:
-        """The feature repo, for the commands that cannot run without one."""
-        if not self.repo:
-            raise SystemExit("featurewell: --repo (or FEATUREWELL_REPO) is required")
-        return self.repo
-
-    def with_changes(self, **changes: Any) -> Settings:
-        return replace(self, **changes)
+            raise ConfigError("settings tls_cert_file and tls_key_file go together: set both")
 
     @property
     def max_message_bytes(self) -> int:
         return self.max_message_mb * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CacheSettings(Group):
+    title = "hot-key cache"
+    entries: int = _setting(
+        "cache_entries", "Hot-key cache size in rows (0 turns the cache off).", 100_000
+    )
+    mb: int = _setting("cache_mb", "Hot-key cache size limit in MiB.", 256)
+    ttl_s: float = _setting(
+        "cache_ttl_s",
+        "Longest a cached row answers reads (invalidations usually end it sooner).",
+        5.0,
+    )
+    ttl_fraction: float = _setting(
+        "cache_ttl_fraction", "A view's cache TTL never exceeds this fraction of its max age.", 0.1
+    )
+    admit_after: int = _setting(
+        "cache_admit_after",
+        "Fetches of a key (within the frequency window) before the cache admits it.",
+        2,
+    )
+    fallback_horizon_s: float = _setting(
+        "fallback_horizon_s",
+        "How long past its TTL a cached row may still be served when Redis fails.",
+        300.0,
+    )
+
+    def check(self) -> None:
+        _positive(self, "mb", "ttl_fraction", "admit_after")
+        _not_negative(self, "entries", "ttl_s", "fallback_horizon_s")
+        if self.ttl_fraction > 1:
+            raise ConfigError(
+                "setting cache_ttl_fraction must be at most 1 (a fraction of max age)"
+            )
+
+
+@dataclass(frozen=True)
+class TelemetrySettings(Group):
+    title = "telemetry"
+    traces_exporter: str = _setting(
+        "traces_exporter",
+        "OpenTelemetry trace exporter: otlp (gRPC), console, or none. Unset, it is taken from "
+        "OTEL_TRACES_EXPORTER, or otlp when an OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set; the "
+        "SDK reads the other OTEL_* variables (endpoint, sampler, service name) itself.",
+        "none",
+    )
+    freshness_interval_s: float = _setting(
+        "freshness_interval_s",
+        "How often to read every view's write marker (newest event, last write) for the "
+        "freshness gauges.",
+        15.0,
+    )
+    drift_sample_rate: float = _setting(
+        "drift_sample_rate", "Share of GetFeatures calls whose served values feed drift.", 0.01
+    )
+    drift_window_s: float = _setting(
+        "drift_window_s", "Drift is compared with the baseline over windows of this length.", 300.0
+    )
+    drift_reservoir: int = _setting(
+        "drift_reservoir", "Values kept per feature and window for drift (a sample).", 2048
+    )
+    drift_baseline: str = _setting(
+        "drift_baseline",
+        "Baseline JSON from `featurewell baseline` (training data); without it, the expected "
+        "statistics (Stats) in the definitions.",
+        "",
+    )
+    consumers_flush_s: float = _setting(
+        "consumers_flush_s",
+        "How often each server adds the callers it served (`x-featurewell-model`) and the views "
+        "they read to Redis, for `featurewell lineage`.",
+        10.0,
+    )
+
+    def check(self) -> None:
+        _positive(self, "freshness_interval_s", "drift_window_s", "drift_reservoir")
+        if not 0 <= self.drift_sample_rate <= 1:
+            raise ConfigError("setting drift_sample_rate must be in [0, 1] (a share of calls)")
+        if self.traces_exporter not in ("otlp", "console", "none"):
+            raise ConfigError(
+                f"setting traces_exporter must be otlp, console or none, got "
+                f"{self.traces_exporter!r}"
+            )
+
+
+@dataclass(frozen=True)
+class OfflineSettings(Group):
+    title = "offline store"
+    dir: str = _setting(
+        "offline_dir",
+        "Root of the offline store (feature history): `featurewell stream` and `backfill` "
+        "write to it, `training-set` reads it; empty: no history is written.",
+        "",
+    )
+    format: str = _setting(
+        "offline_format",
+        "Table format of the offline store: parquet (files by view, version and date) or delta "
+        "(a Delta Lake table per view version; pip install 'featurewell[delta]').",
+        "parquet",
+    )
+
+    def check(self) -> None:
+        if self.format not in ("parquet", "delta"):
+            raise ConfigError(
+                f"setting offline_format must be parquet or delta, got {self.format!r}"
+            )
+
+
+@dataclass(frozen=True)
+class Settings:
+    repo: str = _setting(
+        "repo", "Feature repo: a .py file, a folder with repo.py, or a module path.", ""
+    )
+    log_level: str = _setting("log_level", "Python log level.", "INFO")
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    listen: ListenSettings = field(default_factory=ListenSettings)
+    serving: ServingSettings = field(default_factory=ServingSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    offline: OfflineSettings = field(default_factory=OfflineSettings)
+
+    @classmethod
+    def load(
+        cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Defaults, then `FEATUREWELL_*` variables, then `overrides` by public name (None
+        values ignored; strings parsed like the environment's). Raises ConfigError."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {"traces_exporter": _otel_exporter(env)}
+        for spec in specs():
+            raw = env.get(ENV_PREFIX + spec.name.upper())
+            if raw is not None and raw != "":
+                values[spec.name] = spec.parse(raw)
+        values.update(
+            {name: value for name, value in (overrides or {}).items() if value is not None}
+        )
+        return cls().with_changes(**values)
+
+    def with_changes(self, **changes: Any) -> Settings:
+        """A copy with settings changed by public name (`cache_entries=0`), checked again."""
+        by_name = {spec.name: spec for spec in specs()}
+        unknown = sorted(set(changes) - set(by_name))
+        if unknown:
+            raise ConfigError(f"unknown settings {unknown}")
+        top: dict[str, Any] = {}
+        grouped: dict[str, dict[str, Any]] = {}
+        for name, value in changes.items():
+            spec = by_name[name]
+            parsed = spec.parse(value) if isinstance(value, str) and spec.kind != "str" else value
+            if spec.group is None:
+                top[spec.attribute] = parsed
+            else:
+                grouped.setdefault(spec.group, {})[spec.attribute] = parsed
+        for group, values in grouped.items():
+            top[group] = replace(getattr(self, group), **values)
+        settings = replace(self, **top)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if isinstance(value, Group):
+                value.check()
+
+    def public(self, name: str) -> Any:
+        """A setting's value by public name (`settings.public("cache_entries")`)."""
+        for spec in specs():
+            if spec.name == name:
+                holder = self if spec.group is None else getattr(self, spec.group)
+                return getattr(holder, spec.attribute)
+        raise ConfigError(f"unknown setting {name!r}")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One setting as users see it: public name, type, default, help; and where it lives."""
+
+    name: str
+    group: str | None  # attribute of Settings holding its group; None: Settings itself
+    group_type: type[Group] | None
+    attribute: str
+    kind: str  # "str", "int", "float", "bool", "addresses"
+    default: Any
+    doc: str
+
+    def parse(self, raw: str) -> Any:
+        try:
+            if self.kind == "addresses":
+                return parse_addresses(raw)
+            if self.kind == "int":
+                return int(raw)
+            if self.kind == "float":
+                return float(raw)
+            if self.kind == "bool":
+                return _bool(raw)
+        except ValueError as exc:
+            raise ConfigError(f"setting {self.name}: cannot parse {raw!r} ({exc})") from None
+        return raw
+
+
+GROUPS: dict[str, type[Group]] = {
+    "redis": RedisSettings,
+    "listen": ListenSettings,
+    "serving": ServingSettings,
+    "cache": CacheSettings,
+    "telemetry": TelemetrySettings,
+    "offline": OfflineSettings,
+}
+
+
+def specs(group: type[Group] | None = None) -> Iterator[Spec]:
+    """Every setting (or one group's), in declaration order."""
+    holders: list[tuple[str | None, type[Any]]] = [(None, Settings), *GROUPS.items()]
+    for attribute, holder in holders:
+        if group is not None and holder is not group:
+            continue
+        for spec in fields(holder):
+            if "name" not in spec.metadata:
+                continue
+            kind = str(spec.type)
+            yield Spec(
+                name=spec.metadata["name"],
+                group=attribute,
+                group_type=holder if attribute is not None else None,
+                attribute=spec.name,
+                kind="addresses" if kind.startswith("tuple") else kind,
+                default=spec.default,
+                doc=spec.metadata["doc"],
+            )
+
+
+def _positive(group: Group, *names: str) -> None:
+    for name in names:
+        if getattr(group, name) <= 0:
+            raise ConfigError(f"setting {_public(group, name)} must be positive, got "
+                              f"{getattr(group, name)}")  # fmt: skip
+
+
+def _not_negative(group: Group, *names: str) -> None:
+    for name in names:
+        if getattr(group, name) < 0:
+            raise ConfigError(f"setting {_public(group, name)} must not be negative, got "
+                              f"{getattr(group, name)}")  # fmt: skip
+
+
+def _public(group: Group, attribute: str) -> str:
+    return next(s.name for s in specs(type(group)) if s.attribute == attribute)
 
 
 def _otel_exporter(env: Mapping[str, str]) -> str:
@@ -240,29 +454,6 @@ def _otel_exporter(env: Mapping[str, str]) -> str:
     if env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         return "otlp"
     return "none"
-
-
-def _type_of(name: str) -> str:
-    for spec in fields(Settings):
-        if spec.name == name:
-            return str(spec.type)
-    raise ValueError(f"unknown setting {name!r}")
-
-
-def _parse(name: str, raw: str, kind: Any) -> Any:
-    kind = str(kind)
-    try:
-        if kind.startswith("tuple"):
-            return parse_addresses(raw)
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        if kind == "bool":
-            return _bool(raw)
-    except ValueError as exc:
-        raise ValueError(f"setting {name}: cannot parse {raw!r} ({exc})") from None
-    return raw
 
 
 def _bool(raw: str) -> bool:

@@ -39,7 +39,7 @@ from featurewell.errors import (
     StoreUnavailable,
     UnknownFeature,
 )
-from featurewell.settings import Settings
+from featurewell.settings import CacheSettings, ServingSettings
 from featurewell.store.addressing import EntityRows
 from featurewell.store.batch import Failure, FailureReason, describe
 from featurewell.store.codec import DecodedRows
@@ -65,9 +65,16 @@ class FeatureEngine:
     """Serves one registry at a time; `prepare` + `use` swap in a new one atomically (a call in
     flight finishes with the planner it started with)."""
 
-    def __init__(self, registry: Registry, store: OnlineStore, settings: Settings) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        store: OnlineStore,
+        limits: ServingSettings | None = None,
+        cache: CacheSettings | None = None,
+    ) -> None:
         self.store = store
-        self.settings = settings
+        self.limits = limits if limits is not None else ServingSettings()
+        self.cache = cache if cache is not None else CacheSettings()
         self.planner = self._planner(registry)
 
     @property
@@ -89,15 +96,14 @@ class FeatureEngine:
         self.planner = planner
 
     def _planner(self, registry: Registry) -> Planner:
-        settings = self.settings
-        ttl = settings.cache_ttl_s if self.store.cache is not None else 0.0
-        return Planner(registry, cache_ttl_s=ttl, cache_ttl_fraction=settings.cache_ttl_fraction)
+        ttl = self.cache.ttl_s if self.store.cache is not None else 0.0
+        return Planner(registry, cache_ttl_s=ttl, cache_ttl_fraction=self.cache.ttl_fraction)
 
     async def get_features(self, request: FeatureRequest, budget: Budget) -> FeatureResult:
-        if len(request.features) > self.settings.max_features:
+        if len(request.features) > self.limits.max_features:
             raise InvalidRequest(
                 f"{len(request.features)} feature references exceed the limit of "
-                f"{self.settings.max_features} per call; split the request"
+                f"{self.limits.max_features} per call; split the request"
             )
         plan = self.planner.plan(request.features)
         rows = self._row_count(request, plan)
@@ -179,9 +185,9 @@ class FeatureEngine:
         }
         lengths.update({f"context {k!r}": len(request.context[k].values) for k in plan.context})
         rows = max(lengths.values())
-        if rows > self.settings.max_rows:
+        if rows > self.limits.max_rows:
             raise InvalidRequest(
-                f"batch of {rows} rows exceeds the limit of {self.settings.max_rows}; split it"
+                f"batch of {rows} rows exceeds the limit of {self.limits.max_rows}; split it"
             )
         wrong = {what: n for what, n in lengths.items() if n not in (1, rows)}
         if wrong:
@@ -269,9 +275,9 @@ class FeatureEngine:
         rows = len(request.event_time_us)
         if rows == 0:
             raise InvalidRequest("empty write: send at least one row")
-        if rows > self.settings.max_rows:
+        if rows > self.limits.max_rows:
             raise InvalidRequest(
-                f"write of {rows} rows exceeds the limit of {self.settings.max_rows}"
+                f"write of {rows} rows exceeds the limit of {self.limits.max_rows}"
             )
         if int(request.event_time_us.min()) <= 0:
             raise InvalidRequest("event timestamps must be positive microseconds since the epoch")
@@ -298,7 +304,7 @@ class FeatureEngine:
             _key_columns(view.entity, request.entities),
             encoded,
             request.event_time_us,
-            timeout=self.settings.write_timeout_s,
+            timeout=self.limits.write_timeout_s,
         )
         return WriteResult(view.ref, outcome.written, outcome.skipped_older)
 

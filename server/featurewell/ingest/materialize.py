@@ -53,7 +53,7 @@ async def materialize(
         started = time.perf_counter()
         written = skipped = rows = 0
         pending: set[asyncio.Task[Any]] = set()
-        for request in _batches(registry, view, min(batch_rows, engine.settings.max_rows)):
+        for request in _batches(registry, view, min(batch_rows, engine.limits.max_rows)):
             if max_rows_per_second:
                 ahead = rows / max_rows_per_second - (time.perf_counter() - started)
                 if ahead > 0:

@@ -16,7 +16,7 @@ from featurewell.engine.engine import FeatureEngine
 from featurewell.errors import DeadlineExceeded, Overloaded
 from featurewell.serving import wire
 from featurewell.serving.status import status_for
-from featurewell.settings import Settings
+from featurewell.settings import ServingSettings
 from featurewell.telemetry.hub import Metadata, Telemetry
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
@@ -70,7 +70,9 @@ class CallCounter:
 
 
 class FeatureService(pb_grpc.FeatureServiceServicer):
-    def __init__(self, engine: FeatureEngine, settings: Settings, telemetry: Telemetry) -> None:
+    def __init__(
+        self, engine: FeatureEngine, settings: ServingSettings, telemetry: Telemetry
+    ) -> None:
         self.engine = engine
         self.telemetry = telemetry
         shed = telemetry.metrics.shed_calls

@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.sampling import Sampler
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from featurewell.engine.calls import CallTimings
-from featurewell.settings import Settings
+from featurewell.settings import TelemetrySettings
 
 SERVICE = "featurewell.v1.FeatureService"
 
@@ -43,7 +43,7 @@ class Tracing:
         self._tracer = self.provider.get_tracer("featurewell.server")
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Tracing | None:
+    def from_settings(cls, settings: TelemetrySettings) -> Tracing | None:
         if settings.traces_exporter in ("", "none"):
             return None
         exporter: SpanExporter

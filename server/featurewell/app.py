@@ -1,0 +1,170 @@
+"""The composition root: the one place that turns settings into running objects.
+
+Every command opens Redis through `connected` (or a server through `start_server`) and nothing
+else builds stores, caches or servers, so the wiring (breakers, TLS, the hot-key cache,
+ownership and closing) is written once. `serve` adds the process supervisor: one server per
+process, or several workers sharing the port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import uvloop
+
+from featurewell.definitions import Registry, load_repo
+from featurewell.errors import ConfigError
+from featurewell.serving.server import Server
+from featurewell.settings import CacheSettings, RedisSettings, Settings
+from featurewell.store.breaker import BreakerPolicy
+from featurewell.store.cache import CachePolicy, HotKeyCache
+from featurewell.store.connection import NodeAccess
+from featurewell.store.online import OnlineStore
+from featurewell.telemetry import exposition
+from featurewell.telemetry.tracing import Tracing
+
+log = logging.getLogger("featurewell.server")
+
+
+def node_access(redis: RedisSettings) -> NodeAccess:
+    """Password and TLS context for every Redis connection."""
+    if not redis.tls:
+        return NodeAccess(redis.password)
+    try:
+        context = ssl.create_default_context(cafile=redis.tls_ca_file or None)
+        if redis.tls_cert_file:
+            context.load_cert_chain(redis.tls_cert_file, redis.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the Redis TLS files: {exc}") from exc
+    context.check_hostname = redis.tls_check_hostname
+    return NodeAccess(redis.password, context)
+
+
+def hot_key_cache(cache: CacheSettings, store_timeout_ms: float) -> HotKeyCache | None:
+    """The serving cache, or None when `cache_entries` is 0."""
+    if cache.entries <= 0:
+        return None
+    return HotKeyCache(
+        CachePolicy(
+            max_entries=cache.entries,
+            max_bytes=cache.mb * 1024 * 1024,
+            admit_after=cache.admit_after,
+            fallback_s=cache.fallback_horizon_s,
+            race_window_s=max(1.0, 2 * store_timeout_ms / 1000),
+        )
+    )
+
+
+async def open_store(redis: RedisSettings, cache: HotKeyCache | None = None) -> OnlineStore:
+    """The online store with circuit breakers; raises StoreUnavailable when no node answers."""
+    return await OnlineStore.connect(
+        redis.seeds,
+        connect_timeout=redis.connect_timeout_s,
+        connections_per_node=redis.connections_per_node,
+        breaker=BreakerPolicy(redis.breaker_failures, redis.breaker_open_ms / 1000),
+        cache=cache,
+        access=node_access(redis),
+    )
+
+
+@asynccontextmanager
+async def connected(redis: RedisSettings) -> AsyncIterator[OnlineStore]:
+    """The online store for a command (no hot-key cache: a command reads each row once),
+    closed when the block ends, however it ends."""
+    store = await open_store(redis)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def start_server(
+    settings: Settings, registry: Registry | None = None, tracing: Tracing | None = None
+) -> Server:
+    """Load the repo (unless given), connect to Redis with the hot-key cache, listen. Raises
+    DefinitionError for a bad repo and StoreUnavailable when no Redis Cluster node answers,
+    before anything listens. The server owns the store: `Server.stop` closes it."""
+    registry = registry if registry is not None else load_repo(settings.repo)
+    cache = hot_key_cache(settings.cache, settings.serving.store_timeout_ms)
+    store = await open_store(settings.redis, cache)
+    return await Server.start(settings, store, registry, tracing)
+
+
+async def run_server(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then drain; SIGHUP reloads the repo."""
+    server = await start_server(settings)
+    log.info(
+        "featurewell serving %s:%d (repo %s, Redis %s)",
+        settings.listen.host,
+        server.port,
+        settings.repo,
+        ",".join(f"{h}:{p}" for h, p in settings.redis.seeds),
+    )
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    background: set[asyncio.Task[object]] = set()
+    loop.add_signal_handler(
+        signal.SIGHUP, lambda: background.add(loop.create_task(server.reload()))
+    )
+    if settings.serving.reload_interval_s > 0:
+        background.add(loop.create_task(server.watch_repo(settings.serving.reload_interval_s)))
+    await stopping.wait()
+    for task in background:
+        task.cancel()
+    log.info(
+        "draining in-flight calls (NOT_SERVING for %.1f s, then up to %.1f s of grace)",
+        settings.serving.drain_delay_s,
+        settings.serving.grace_period_s,
+    )
+    await server.stop(drain_delay=settings.serving.drain_delay_s)
+
+
+def serve(settings: Settings) -> None:
+    """Run the server in this process, or in `workers` processes sharing the port."""
+    if settings.serving.workers == 1:
+        uvloop.run(run_server(settings))
+        return
+    # The parent serves /metrics for all workers (their files aggregated), so each worker's
+    # own endpoint stays off.
+    listen = settings.listen
+    shared = exposition.WorkerMetrics() if listen.metrics_port >= 0 else None
+    if shared is not None:
+        port = exposition.serve(shared.registry, listen.host, listen.metrics_port)
+        log.info("metrics of %d workers on :%d/metrics", settings.serving.workers, port)
+    context = multiprocessing.get_context("spawn")
+    worker_settings = settings.with_changes(metrics_port=-1)
+    workers = [
+        context.Process(target=_worker, args=(worker_settings,))
+        for _ in range(settings.serving.workers)
+    ]
+    for worker in workers:
+        worker.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for worker in workers:
+            if worker.pid is not None and worker.is_alive():
+                os.kill(worker.pid, signum)  # each worker drains its own calls
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)
+    for worker in workers:
+        worker.join()
+        if shared is not None and worker.pid is not None:
+            shared.worker_exited(worker.pid)
+    if shared is not None:
+        shared.close()
+
+
+def _worker(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(process)d %(message)s")
+    uvloop.run(run_server(settings))

@@ -1,0 +1,139 @@
+"""Offline work: training-set, baseline, drift."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from featurewell.commands._command import Command, pairs, registry_of
+from featurewell.errors import ConfigError, InvalidRequest, StoreUnavailable
+from featurewell.offline.store import OfflineStore
+from featurewell.offline.training import STATUS_SUFFIX, get_historical_features
+from featurewell.settings import OfflineSettings, Settings
+from featurewell.telemetry import baseline, report
+from featurewell.values import Status
+
+
+def _training_set_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--labels", required=True, help="Parquet: entity keys + a timestamp")
+    parser.add_argument("--features", required=True, help="comma-separated references")
+    parser.add_argument("--timestamp-column", default="event_timestamp")
+    parser.add_argument("--out", required=True, help="Parquet file to write")
+
+
+def _training_set(settings: Settings, args: argparse.Namespace) -> None:
+    offline = settings.offline
+    if not offline.dir:
+        raise ConfigError("training-set reads the offline store: pass --offline-dir DIR")
+    registry = registry_of(settings)
+    labels_path = Path(args.labels)
+    if not labels_path.exists():
+        raise InvalidRequest(f"label file {labels_path} does not exist")
+    features = [f.strip() for f in args.features.split(",") if f.strip()]
+    started = time.perf_counter()
+    labels = pq.read_table(labels_path)
+    table = get_historical_features(
+        registry,
+        labels,
+        features,
+        OfflineStore(offline.dir, offline.format),
+        timestamp_column=args.timestamp_column,
+    )
+    pq.write_table(table, args.out)
+    seconds = time.perf_counter() - started
+    values = [n for n in table.column_names if ":" in n and not n.endswith(STATUS_SUFFIX)]
+    print(
+        f"{table.num_rows:,} rows x {len(values)} features -> {args.out} in {seconds:.1f} s "
+        f"({table.num_rows / max(seconds, 1e-9):,.0f} rows/s)"
+    )
+    for name in (n for n in table.column_names if n.endswith(STATUS_SUFFIX)):
+        counts = table.column(name).value_counts().to_pylist()
+        shown = ", ".join(f"{Status(c['values']).name.lower()} {c['counts']:,}" for c in counts)
+        print(f"  {name.removesuffix(STATUS_SUFFIX)}: {shown}")
+
+
+def _baseline_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data",
+        action="append",
+        metavar="VIEW=PARQUET",
+        help="training data of a view (default: each view's ParquetSource)",
+    )
+    parser.add_argument("--out", default="baseline.json", help="where to write the baselines")
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="VIEW:FEATURE",
+        help="a feature not to monitor (timestamps drift by nature)",
+    )
+
+
+def _baseline(settings: Settings, args: argparse.Namespace) -> None:
+    registry = registry_of(settings)
+    found = report.compute_baselines(registry, pairs(args.data), args.out, args.exclude)
+    print(report.describe(found))
+    print(f"wrote {len(found)} baselines to {args.out}; serve with --drift-baseline {args.out}")
+
+
+def _drift_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metrics-url", default="http://127.0.0.1:9464/metrics")
+    parser.add_argument(
+        "--data",
+        action="append",
+        metavar="VIEW=PARQUET",
+        help="offline: values to compare with the baselines (needs --repo)",
+    )
+    parser.add_argument("--baseline", help="offline: a baseline JSON")
+    parser.add_argument(
+        "--fail-above",
+        type=float,
+        metavar="PSI",
+        help="exit 1 when any feature's PSI is above this (for CI)",
+    )
+
+
+def _drift(settings: Settings, args: argparse.Namespace) -> None:
+    if args.data:
+        if not settings.repo:
+            raise ConfigError("featurewell drift --data needs --repo (or FEATUREWELL_REPO)")
+        registry = registry_of(settings)
+        chosen = args.baseline or settings.telemetry.drift_baseline
+        computed = baseline.load(chosen) if chosen else None
+        known = baseline.for_registry(registry, computed)
+        reports = report.from_data(registry, known, pairs(args.data) or {})
+    else:
+        try:
+            reports = report.from_metrics(args.metrics_url)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot read {args.metrics_url}: {exc}") from None
+    print(report.render(reports))
+    if args.fail_above is not None and any(r.psi > args.fail_above for r in reports):
+        raise SystemExit(1)
+
+
+COMMANDS = (
+    Command(
+        "training-set",
+        "point-in-time-correct features for labelled rows, from history",
+        _training_set,
+        (OfflineSettings,),
+        _training_set_arguments,
+    ),
+    Command(
+        "baseline",
+        "compute drift baselines from training data (for --drift-baseline)",
+        _baseline,
+        arguments=_baseline_arguments,
+    ),
+    Command(
+        "drift",
+        "drift report from a server's /metrics, or from Parquet data offline",
+        _drift,
+        arguments=_drift_arguments,
+        repo_optional=True,
+    ),
+)
