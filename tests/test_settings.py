@@ -1,0 +1,88 @@
+"""Settings in groups with flat public names, and commands that show only the groups they use."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from featurewell.commands import COMMANDS
+from featurewell.errors import ConfigError
+from featurewell.settings import GROUPS, CacheSettings, Settings, specs
+
+
+def test_every_public_name_is_unique_and_reaches_its_group() -> None:
+    names = [spec.name for spec in specs()]
+    assert len(names) == len(set(names))
+    environ = {"FEATUREWELL_CACHE_ENTRIES": "7", "FEATUREWELL_REDIS": "h1:1,h2:2",
+               "FEATUREWELL_OFFLINE_DIR": "/history", "FEATUREWELL_METRICS_PORT": "-1"}  # fmt: skip
+    loaded = Settings.load({"cache_ttl_s": "2.5", "port": 0}, environ=environ)
+    assert loaded.cache.entries == 7
+    assert loaded.cache.ttl_s == 2.5
+    assert loaded.redis.seeds == (("h1", 1), ("h2", 2))
+    assert loaded.offline.dir == "/history"
+    assert loaded.listen.metrics_port == -1
+    assert loaded.serving.port == 0
+    for spec in specs():  # every public name reads back what it set
+        assert loaded.public(spec.name) == getattr(
+            loaded if spec.group is None else getattr(loaded, spec.group), spec.attribute
+        )
+    assert set(GROUPS) == {"redis", "listen", "serving", "cache", "telemetry", "offline"}
+
+
+def test_flags_win_over_the_environment_and_bad_values_name_the_setting() -> None:
+    environ = {"FEATUREWELL_CACHE_ENTRIES": "7"}
+    assert Settings.load({"cache_entries": "9"}, environ=environ).cache.entries == 9
+    with pytest.raises(ConfigError, match="cache_entries: cannot parse 'many'"):
+        Settings.load({"cache_entries": "many"}, environ={})
+    with pytest.raises(ConfigError, match="setting cache_mb must be positive"):
+        Settings.load({"cache_mb": "0"}, environ={})
+    with pytest.raises(ConfigError, match=r"unknown settings \['cache_size'\]"):
+        Settings.load(environ={}).with_changes(cache_size=1)
+    with pytest.raises(ConfigError, match="several workers need a fixed port"):
+        Settings.load({"workers": "2", "port": "0"}, environ={})
+    assert CacheSettings().entries == 100_000
+
+
+def test_the_password_stays_out_of_repr() -> None:
+    settings = Settings.load({"redis_password": "s3cret"}, environ={})
+    assert settings.redis.password == "s3cret"
+    assert "s3cret" not in repr(settings)
+
+
+def _help(command: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "featurewell.cli", command, "--help"],
+                          capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    return done.stdout
+
+
+def test_each_command_lists_only_the_settings_it_uses() -> None:
+    training = _help("training-set")
+    assert "--offline-dir" in training
+    assert "--labels" in training
+    for unused in ("--cache-entries", "--redis", "--port", "--drift-sample-rate", "--host"):
+        assert unused not in training
+    serve = _help("serve")
+    every_server_setting = [s.name for g in ("redis", "listen", "serving", "cache", "telemetry")
+                            for s in specs(GROUPS[g])]  # fmt: skip
+    for name in every_server_setting:
+        assert f"--{name.replace('_', '-')}" in serve
+    assert "--offline-dir" not in serve
+    stream = _help("stream")
+    assert "--offline-dir" in stream
+    assert "--metrics-port" in stream
+    assert "--cache-entries" not in stream
+    # Every command's help fits on a screen or two, not the 200 lines of every setting.
+    by_name = {command.name: command for command in COMMANDS}
+    assert set(by_name) >= {"serve", "materialize", "stream", "training-set", "demo"}
+    assert len(_help("promote").splitlines()) < 70
+
+
+def test_a_command_without_its_repo_says_how_to_give_one() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "featurewell.cli", "versions"],
+        capture_output=True, text=True, timeout=60, env={"PATH": ""}, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--repo (or FEATUREWELL_REPO) is required" in done.stderr
