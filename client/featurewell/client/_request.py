@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from featurewell.client._columns import fill_column
 from featurewell.v1 import feature_service_pb2 as pb
+from featurewell.v1.columns import fill_column
 
 
 def to_values(column: Sequence[Any] | np.ndarray[Any, Any]) -> pb.Values:

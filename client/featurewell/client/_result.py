@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from featurewell.client._columns import LIST_TYPES, fixed_values, list_values, string_values
 from featurewell.v1 import feature_service_pb2 as pb
+from featurewell.v1.columns import LIST_TYPES, fixed_values, list_values, string_values
 
 
 @functools.lru_cache(maxsize=64)
