@@ -29,7 +29,7 @@ import gevent
 import numpy as np
 from locust import User, constant_throughput, task
 
-from featurewell.client import VALUE_TYPE_FLOAT32, VALUE_TYPE_STRING, ClientOptions, FeatureClient
+from featurewell.client import ClientOptions, FeatureClient
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from scenarios import RANKING, SINGLE, items_for, zipf_ids
@@ -113,8 +113,8 @@ class WriterUser(GrpcUser):
         users = [self.next_user() for _ in range(20)]
         now_us = time.time_ns() // 1000
         features = {
-            "device": (VALUE_TYPE_STRING, rng.choice(DEVICES, size=20).astype(object)),
-            "session_minutes": (VALUE_TYPE_FLOAT32, rng.gamma(2, 15, 20).astype(np.float32)),
+            "device": rng.choice(DEVICES, size=20).astype(object),  # str: STRING
+            "session_minutes": rng.gamma(2, 15, 20).astype(np.float32),  # float32: FLOAT32
         }
         self.timed("writer", lambda: self.client.write_features(
             "user_session", {"user_id": users}, [now_us] * 20, features,

@@ -11,17 +11,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from featurewell.client import (
-    VALUE_TYPE_BOOL,
-    VALUE_TYPE_EMBEDDING,
-    VALUE_TYPE_FLOAT32,
-    VALUE_TYPE_FLOAT64,
-    VALUE_TYPE_FLOAT64_LIST,
-    VALUE_TYPE_INT64,
-    VALUE_TYPE_INT64_LIST,
-    VALUE_TYPE_STRING,
-    FeatureClient,
-)
+from featurewell.client import FeatureClient, WriteResult
 from featurewell.definitions import (
     Bool,
     Embedding,
@@ -112,7 +102,7 @@ def write_profiles(
     ages: Sequence[int],
     at_us: int | None = None,
     taste: npt.NDArray[Any] | None = None,
-) -> Any:
+) -> WriteResult:
     n = len(user_ids)
     taste = taste if taste is not None else np.tile(np.float32([1, 0, 0, 0]), (n, 1))
     recent_flat = np.arange(n * 2, dtype=np.int64)
@@ -120,19 +110,21 @@ def write_profiles(
         "profile",
         entities={"user_id": list(user_ids)},
         event_timestamps_us=[at_us or now_us()] * n,
-        features={
-            "age": (VALUE_TYPE_INT64, np.asarray(ages, dtype=np.int64)),
-            "score": (VALUE_TYPE_FLOAT64, np.asarray(ages, dtype=np.float64) / 100),
-            "premium": (VALUE_TYPE_BOOL, np.asarray(ages, dtype=np.int64) % 2 == 0),
-            "country": (VALUE_TYPE_STRING, [f"c{a}" for a in ages]),
-            "taste": (VALUE_TYPE_EMBEDDING, taste),
-            "recent": (VALUE_TYPE_INT64_LIST, (recent_flat, np.arange(0, 2 * n + 1, 2))),
-            "weights": (VALUE_TYPE_FLOAT64_LIST, (np.ones(n, np.float64), np.arange(n + 1))),
+        features={  # every type, inferred from the dtypes
+            "age": np.asarray(ages, dtype=np.int64),
+            "score": np.asarray(ages, dtype=np.float64) / 100,
+            "premium": np.asarray(ages, dtype=np.int64) % 2 == 0,
+            "country": [f"c{a}" for a in ages],
+            "taste": taste,  # 2-D float32: an embedding
+            "recent": (recent_flat, np.arange(0, 2 * n + 1, 2)),  # (flat, offsets): int64 lists
+            "weights": [np.ones(1, np.float64) for _ in range(n)],  # one row each: float64 lists
         },
     )
 
 
-def write_items(client: FeatureClient, item_ids: Sequence[int], *, at_us: int | None = None) -> Any:
+def write_items(
+    client: FeatureClient, item_ids: Sequence[int], *, at_us: int | None = None
+) -> WriteResult:
     n = len(item_ids)
     ids = np.asarray(item_ids, dtype=np.int64)
     vectors = np.zeros((n, 4), dtype=np.float32)
@@ -142,7 +134,7 @@ def write_items(client: FeatureClient, item_ids: Sequence[int], *, at_us: int | 
         entities={"item_id": ids},
         event_timestamps_us=[at_us or now_us()] * n,
         features={
-            "popularity": (VALUE_TYPE_FLOAT32, (ids % 100).astype(np.float32) / 100),
-            "vec": (VALUE_TYPE_EMBEDDING, vectors),
+            "popularity": (ids % 100).astype(np.float32) / 100,
+            "vec": vectors,
         },
     )

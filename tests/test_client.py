@@ -23,6 +23,7 @@ from featurewell.client import (
     NotFound,
     ResourceExhausted,
     Status,
+    WriteResult,
 )
 from featurewell.definitions import Registry
 from featurewell.devcluster import LocalCluster
@@ -72,7 +73,7 @@ async def test_async_client_reads_writes_and_lists(server: ServerThread, ids: An
             "item_stats",
             entities={"item_id": [920_001]},
             event_timestamps_us=[defs.now_us()],
-            features={"popularity": (2, np.float32([0.5])), "vec": (6, np.ones((1, 4), "f4"))},
+            features={"popularity": np.float32([0.5]), "vec": np.ones((1, 4), "f4")},
         )
         result = await client.get_features(
             ["item_stats:popularity", "profile:age"],
@@ -84,7 +85,7 @@ async def test_async_client_reads_writes_and_lists(server: ServerThread, ids: An
             await client.get_features(["profile:nope"], entities={"user_id": [user]})
         with pytest.raises(InvalidArgument, match="empty batch"):
             await client.get_features(["profile:age"], entities={"user_id": []})
-    assert written.written == 1
+    assert written == WriteResult("item_stats", written=1, skipped_older=0)
     assert result.values("item_stats:popularity").tolist() == [0.5]
     assert result.statuses("profile:age").tolist() == [Status.NOT_FOUND]
     stamps = result["item_stats:popularity"].event_time_us

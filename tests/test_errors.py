@@ -13,14 +13,11 @@ import pytest
 
 from featurewell.app import start_server
 from featurewell.client import (
-    VALUE_TYPE_FLOAT32,
-    VALUE_TYPE_INT64,
     ClientOptions,
     FallbackReason,
     FeatureClient,
     FeatureClientError,
     Status,
-    build_request,
 )
 from featurewell.devcluster import LocalCluster, _call
 from featurewell.errors import StoreUnavailable
@@ -163,6 +160,10 @@ def test_too_many_feature_references(client: FeatureClient) -> None:
 
 def test_deadline_shorter_than_the_margin(server: ServerThread) -> None:
     # A server whose answer margin exceeds any deadline the client could send.
+    request = pb.GetFeaturesRequest(
+        features=["profile:age"],
+        entities={"user_id": pb.Values(strings=pb.StringList(values=["u"]))},
+    )
     with grpc.insecure_channel(server.address) as channel:
         stub = pb_grpc.FeatureServiceStub(channel)
         service = server.server.service
@@ -170,7 +171,7 @@ def test_deadline_shorter_than_the_margin(server: ServerThread) -> None:
         service._margin = 10.0
         try:
             with pytest.raises(grpc.RpcError) as error:
-                stub.GetFeatures(build_request(["profile:age"], {"user_id": ["u"]}), timeout=5)
+                stub.GetFeatures(request, timeout=5)
         finally:
             service._margin = original
     assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -185,13 +186,13 @@ def test_deadline_shorter_than_the_margin(server: ServerThread) -> None:
         ("pair", {}, grpc.StatusCode.INVALID_ARGUMENT, "send every feature; missing ['progress']"),
         (
             "pair",
-            {"progress": (VALUE_TYPE_FLOAT32, np.float32([1])), "bogus": (1, np.int64([1]))},
+            {"progress": np.float32([1]), "bogus": np.int64([1])},
             grpc.StatusCode.NOT_FOUND,
             "has no features ['bogus']",
         ),
         (
             "pair",
-            {"progress": (VALUE_TYPE_INT64, np.int64([1]))},
+            {"progress": np.int64([1])},
             grpc.StatusCode.INVALID_ARGUMENT,
             "feature 'progress' is float32; got int64 values",
         ),
@@ -239,7 +240,7 @@ def test_write_with_mismatched_buffer_is_rejected(
 
 
 def test_write_needs_positive_timestamps_and_matching_keys(client: FeatureClient) -> None:
-    features = {"progress": (VALUE_TYPE_FLOAT32, np.float32([1]))}
+    features = {"progress": np.float32([1])}
     with pytest.raises(FeatureClientError, match="event timestamps must be positive"):
         client.write_features("pair", {"user_id": ["u"], "item_id": [1]}, [0], features)
     with pytest.raises(FeatureClientError, match="entity key 'item_id' has 2 values for 1 rows"):

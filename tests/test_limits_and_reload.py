@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from featurewell.client import (
-    VALUE_TYPE_INT64,
     ClientOptions,
     FeatureClient,
     FeatureClientError,
@@ -124,7 +123,7 @@ def test_reload_swaps_definitions_atomically_under_load(
         with FeatureClient(server.address, timeout=5) as client:
             client.write_features("member", entities={"user_id": users},
                                   event_timestamps_us=[defs.now_us()] * 20,
-                                  features={"age": (VALUE_TYPE_INT64, np.arange(20))})  # fmt: skip
+                                  features={"age": np.arange(20)})  # fmt: skip
             assert "level" not in {v.name for v in client.list_features().views}
             with Load(server.address, users, threads=2, feature="member:age") as load:
                 time.sleep(0.3)
@@ -171,7 +170,7 @@ def test_watching_the_repo_reloads_when_its_files_change(
             user = ids("watched")
             client.write_features("level", entities={"user_id": [user]},
                                   event_timestamps_us=[defs.now_us()],
-                                  features={"rank": (VALUE_TYPE_INT64, np.array([3]))})  # fmt: skip
+                                  features={"rank": np.array([3])})  # fmt: skip
             time.sleep(0.1)
             _write_repo(repo, _EXTRA.format(default=2))
             deadline = time.monotonic() + 5

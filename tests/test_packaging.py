@@ -32,6 +32,8 @@ def test_client_wheel_stands_alone(tmp_path: Path) -> None:
     assert packages == {"client", "v1"}
     assert "featurewell/__init__.py" not in names  # a namespace shared with the server
     assert "featurewell/client/py.typed" in names
+    assert "featurewell/v1/py.typed" in names
+    assert "featurewell/v1/columns.py" in names  # the wire format both ends import
     requires = sorted(
         line.split(":", 1)[1].strip().split(">")[0].split(";")[0].strip()
         for line in metadata.splitlines()

@@ -10,7 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from featurewell.client import VALUE_TYPE_FLOAT32, FeatureClient, NotFound, Status
+from featurewell.client import FeatureClient, NotFound, Status, ValueType
 from tests import defs
 from tests.conftest import ServerThread
 
@@ -84,7 +84,7 @@ def test_composite_entity_broadcasts_user_over_items(client: FeatureClient, ids:
         "pair",
         entities={"user_id": [user, user], "item_id": [1, 3]},
         event_timestamps_us=[defs.now_us()] * 2,
-        features={"progress": (VALUE_TYPE_FLOAT32, np.float32([0.25, 0.75]))},
+        features={"progress": np.float32([0.25, 0.75])},
     )
 
     result = client.get_features(
@@ -104,7 +104,7 @@ def test_versions_are_served_side_by_side(client: FeatureClient, ids: Any) -> No
         "profile@v1",
         entities={"user_id": [user]},
         event_timestamps_us=[defs.now_us()],
-        features={"age": (1, np.int64([49])), "score": (VALUE_TYPE_FLOAT32, np.float32([0.1]))},
+        features={"age": [49], "score": (ValueType.FLOAT32, [0.1])},  # the type stated
     )
 
     result = client.get_features(
@@ -116,7 +116,7 @@ def test_versions_are_served_side_by_side(client: FeatureClient, ids: Any) -> No
     assert result["profile@v1:age"].version == 1
     assert result["profile:age"].values.tolist() == [50]
     assert result["profile@v2:score"].values.tolist() == [0.5]
-    assert result["profile@v1:score"].type == VALUE_TYPE_FLOAT32
+    assert result["profile@v1:score"].type == ValueType.FLOAT32
 
 
 def test_stale_values_are_served_flagged(client: FeatureClient, ids: Any) -> None:

@@ -22,8 +22,6 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from featurewell.client import (
-    VALUE_TYPE_FLOAT64,
-    VALUE_TYPE_STRING,
     ClientOptions,
     FeatureClient,
     FeatureClientError,
@@ -103,8 +101,8 @@ def write_orders(
             entities={"customer_id": ids[part]},
             event_timestamps_us=[at_us] * len(ids[part]),
             features={
-                "amount": (VALUE_TYPE_FLOAT64, np.asarray(amounts[part], dtype=np.float64)),
-                "channel": (VALUE_TYPE_STRING, channels[part]),
+                "amount": np.asarray(amounts[part], dtype=np.float64),
+                "channel": channels[part],
             },
         )
 

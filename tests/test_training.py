@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from featurewell.client import VALUE_TYPE_FLOAT64, VALUE_TYPE_STRING, FeatureClient
+from featurewell.client import FeatureClient
 from featurewell.definitions import (
     Embedding,
     Entity,
@@ -156,8 +156,7 @@ def test_training_rows_equal_what_serving_answered_at_each_label(
                 for _, rider_id, event_time, score in writes[done:label_at]:
                     client.write_features(
                         name, {"rider_id": [rider_id]}, [event_time],
-                        {"score": (VALUE_TYPE_FLOAT64, [score]),
-                         "tier": (VALUE_TYPE_STRING, [f"t{int(score)}"])},
+                        {"score": [score], "tier": [f"t{int(score)}"]},
                     )  # fmt: skip
                 done = label_at
                 asked = riders[label_at % len(riders)]

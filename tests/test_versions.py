@@ -13,13 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from featurewell.client import (
-    VALUE_TYPE_EMBEDDING,
-    VALUE_TYPE_FLOAT64,
-    VALUE_TYPE_STRING,
-    ClientOptions,
-    FeatureClient,
-)
+from featurewell.client import ClientOptions, FeatureClient
 from featurewell.definitions import load_repo
 from featurewell.devcluster import LocalCluster
 from tests.conftest import ServerThread, make_settings
@@ -63,9 +57,9 @@ def test_promote_and_rollback_live_under_load(cluster: LocalCluster, tmp_path: P
     try:
         with FeatureClient(servers[0].address) as client:
             for version, x in ((1, 1.0), (2, 2.0)):
-                features = {"x": (VALUE_TYPE_FLOAT64, [x])}
+                features = {"x": [x]}
                 if version == 2:
-                    features["y"] = (VALUE_TYPE_FLOAT64, [0.0])
+                    features["y"] = [0.0]
                 client.write_features(f"{name}@v{version}", {"shop_id": ["s1"]},
                                       [time.time_ns() // 1000], features)  # fmt: skip
         threads = [
@@ -222,9 +216,8 @@ def test_validate_compares_versions_before_a_promote(cluster: LocalCluster, tmp_
     def write(version: int, scores: Any, extra: str, dim: int) -> None:
         with FeatureClient(server.address) as client:
             client.write_features(f"{name}@v{version}", shops, now, {
-                "score": (VALUE_TYPE_FLOAT64, scores), "tier": (VALUE_TYPE_STRING, tier),
-                "taste": (VALUE_TYPE_EMBEDDING, np.ones((400, dim), np.float32)),
-                extra: (VALUE_TYPE_FLOAT64, np.zeros(400)),
+                "score": scores, "tier": tier, "taste": np.ones((400, dim), np.float32),
+                extra: np.zeros(400),
             })  # fmt: skip
 
     def check() -> subprocess.CompletedProcess[str]:

@@ -5,6 +5,8 @@ with FeatureClient("localhost:50051") as client:
     result = client.get_features(["user_activity:*", "item_stats:*"],
                                  entities={"user_id": ["u1"], "item_id": items})
     matrix, names = result.to_numpy()
+    client.write_features("user_session", {"user_id": ["u1"]}, [now_us],
+                          {"device": ["tv"], "session_minutes": np.float32([12.5])})
 """
 
 from featurewell.client._aio import AsyncFeatureClient
@@ -14,33 +16,23 @@ from featurewell.client._errors import (
     DeadlineExceeded,
     FeatureClientError,
     InvalidArgument,
+    InvalidValues,
     NotFound,
     ResourceExhausted,
     ServerError,
     Unavailable,
 )
-from featurewell.client._request import build_request, build_write_request, to_values
-from featurewell.client._result import Column, Fallback, FallbackReason, FeatureResult, Status
-from featurewell.v1.feature_service_pb2 import (
-    VALUE_TYPE_BOOL,
-    VALUE_TYPE_EMBEDDING,
-    VALUE_TYPE_FLOAT32,
-    VALUE_TYPE_FLOAT64,
-    VALUE_TYPE_FLOAT64_LIST,
-    VALUE_TYPE_INT64,
-    VALUE_TYPE_INT64_LIST,
-    VALUE_TYPE_STRING,
+from featurewell.client._result import (
+    Column,
+    Fallback,
+    FallbackReason,
+    FeatureResult,
+    Status,
+    ValueType,
+    WriteResult,
 )
 
 __all__ = [
-    "VALUE_TYPE_BOOL",
-    "VALUE_TYPE_EMBEDDING",
-    "VALUE_TYPE_FLOAT32",
-    "VALUE_TYPE_FLOAT64",
-    "VALUE_TYPE_FLOAT64_LIST",
-    "VALUE_TYPE_INT64",
-    "VALUE_TYPE_INT64_LIST",
-    "VALUE_TYPE_STRING",
     "AsyncFeatureClient",
     "ClientOptions",
     "Column",
@@ -51,12 +43,12 @@ __all__ = [
     "FeatureClientError",
     "FeatureResult",
     "InvalidArgument",
+    "InvalidValues",
     "NotFound",
     "ResourceExhausted",
     "ServerError",
     "Status",
     "Unavailable",
-    "build_request",
-    "build_write_request",
-    "to_values",
+    "ValueType",
+    "WriteResult",
 ]

@@ -12,8 +12,9 @@ import numpy as np
 from featurewell.client._channel import ClientOptions
 from featurewell.client._errors import translate
 from featurewell.client._request import build_request, build_write_request
-from featurewell.client._result import FeatureResult
+from featurewell.client._result import FeatureResult, WriteResult
 from featurewell.client._tracing import call_metadata
+from featurewell.client._values import FeatureValues
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
 
@@ -76,10 +77,11 @@ class AsyncFeatureClient:
         view: str,
         entities: Mapping[str, Sequence[Any]],
         event_timestamps_us: Sequence[int] | np.ndarray[Any, Any],
-        features: Mapping[str, tuple[int, Any]],
+        features: Mapping[str, FeatureValues],
         *,
         timeout: float | None = None,
-    ) -> pb.WriteFeaturesResponse:
+    ) -> WriteResult:
+        """See `FeatureClient.write_features`."""
         request = build_write_request(view, entities, event_timestamps_us, features)
         try:
             response: pb.WriteFeaturesResponse = await self._stub.WriteFeatures(
@@ -87,7 +89,7 @@ class AsyncFeatureClient:
             )
         except grpc.RpcError as exc:
             raise translate(exc) from None
-        return response
+        return WriteResult(view, response.written, response.skipped_older)
 
     async def list_features(self, *, timeout: float | None = None) -> pb.ListFeaturesResponse:
         try:

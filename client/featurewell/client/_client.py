@@ -12,8 +12,9 @@ import numpy as np
 from featurewell.client._channel import ClientOptions
 from featurewell.client._errors import translate
 from featurewell.client._request import build_request, build_write_request
-from featurewell.client._result import FeatureResult
+from featurewell.client._result import FeatureResult, WriteResult
 from featurewell.client._tracing import call_metadata
+from featurewell.client._values import FeatureValues
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
 
@@ -80,12 +81,20 @@ class FeatureClient:
         view: str,
         entities: Mapping[str, Sequence[Any]],
         event_timestamps_us: Sequence[int] | np.ndarray[Any, Any],
-        features: Mapping[str, tuple[int, Any]],
+        features: Mapping[str, FeatureValues],
         *,
         timeout: float | None = None,
-    ) -> pb.WriteFeaturesResponse:
-        """Write whole rows of `view` (see `build_write_request`). Never retried: resend it
-        yourself (a re-sent row is a no-op in effect, as older-or-equal events are)."""
+    ) -> WriteResult:
+        """Write whole rows of `view` ("view" or "view@v2"): one value per row for every
+        feature, each row with its event time. `features` maps each feature name to its values,
+        typed from their dtype: int -> INT64, float32 -> FLOAT32, float64 -> FLOAT64, bool ->
+        BOOL, str -> STRING, a 2-D float32 array -> EMBEDDING, and for list features a list of
+        1-D int or float64 arrays (one per row) or a (flat, offsets) tuple -> INT64_LIST or
+        FLOAT64_LIST. Where the values do not say, state the type: `(ValueType.FLOAT32,
+        [0.5, 1.0])`. Values the client cannot type raise `InvalidValues` before any call.
+
+        A row older than the stored one is skipped (`WriteResult.skipped_older`). Never retried:
+        resend it yourself (a re-sent row is a no-op in effect, as older-or-equal events are)."""
         request = build_write_request(view, entities, event_timestamps_us, features)
         try:
             response: pb.WriteFeaturesResponse = self._stub.WriteFeatures(
@@ -93,7 +102,7 @@ class FeatureClient:
             )
         except grpc.RpcError as exc:
             raise translate(exc) from None
-        return response
+        return WriteResult(view, response.written, response.skipped_older)
 
     def list_features(self, *, timeout: float | None = None) -> pb.ListFeaturesResponse:
         try:

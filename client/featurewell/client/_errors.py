@@ -2,6 +2,9 @@
 
 FeatureClientError
 ├── InvalidArgument     the request is malformed (fix the call)
+│   └── InvalidValues   raised by the client before any call: a write's values have no ValueType
+│                       it can infer, or do not fit the one stated (the message names the
+│                       feature and the fix)
 ├── NotFound            unknown feature/view, or strict mode and missing entities
 ├── DeadlineExceeded    no answer within the deadline
 ├── Unavailable         server or store unreachable (retryable)
@@ -22,6 +25,14 @@ class FeatureClientError(Exception):
 
 class InvalidArgument(FeatureClientError):
     pass
+
+
+class InvalidValues(InvalidArgument):
+    """A write's feature values the client cannot type or convert; nothing was sent. `.code` is
+    INVALID_ARGUMENT, what the server answers for values of the wrong type."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, grpc.StatusCode.INVALID_ARGUMENT)
 
 
 class NotFound(FeatureClientError):

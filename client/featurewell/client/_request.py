@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from featurewell.client._columns import fill_column
+from featurewell.client._values import FeatureValues, typed_values
 from featurewell.v1 import feature_service_pb2 as pb
+from featurewell.v1.columns import fill_column
 
 
 def to_values(column: Sequence[Any] | np.ndarray[Any, Any]) -> pb.Values:
@@ -44,15 +45,15 @@ def build_write_request(
     view: str,
     entities: Mapping[str, Sequence[Any]],
     event_timestamps_us: Sequence[int] | np.ndarray[Any, Any],
-    features: Mapping[str, tuple[int, Any]],
+    features: Mapping[str, FeatureValues],
 ) -> pb.WriteFeaturesRequest:
-    """`features` maps each feature name to (ValueType, values): numpy arrays for numbers and
-    embeddings, a list of str, or (flat, offsets) for lists."""
+    """`features` maps each feature name to its values, typed by `typed_values`."""
     request = pb.WriteFeaturesRequest(
         view=view,
         entities={k: to_values(v) for k, v in entities.items()},
         event_timestamps=np.asarray(event_timestamps_us, dtype=np.int64).tolist(),
     )
-    for name, (value_type, values) in features.items():
-        fill_column(request.features.add(name=name), value_type, values)
+    for name, values in features.items():
+        value_type, packed = typed_values(name, values)
+        fill_column(request.features.add(name=name), value_type, packed)
     return request

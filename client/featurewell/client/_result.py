@@ -1,4 +1,5 @@
-"""Typed results of GetFeatures: columns with per-value status, and the matrix a model eats."""
+"""Typed results: of GetFeatures, columns with per-value status and the matrix a model eats; of
+WriteFeatures, the rows written. The enums mirror the proto's by number."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from featurewell.client._columns import LIST_TYPES, fixed_values, list_values, string_values
 from featurewell.v1 import feature_service_pb2 as pb
+from featurewell.v1.columns import LIST_TYPES, fixed_values, list_values, string_values
 
 
 @functools.lru_cache(maxsize=64)
@@ -21,6 +22,20 @@ def _all_present(length: int) -> npt.NDArray[np.uint8]:
     statuses = np.full(length, pb.FEATURE_STATUS_PRESENT, dtype=np.uint8)
     statuses.flags.writeable = False
     return statuses
+
+
+class ValueType(enum.IntEnum):
+    """A feature's type on the wire. Writes infer it from the values' dtype; state it where the
+    values alone do not say: `features={"score": (ValueType.FLOAT32, [0.5])}`."""
+
+    INT64 = pb.VALUE_TYPE_INT64
+    FLOAT32 = pb.VALUE_TYPE_FLOAT32
+    FLOAT64 = pb.VALUE_TYPE_FLOAT64
+    BOOL = pb.VALUE_TYPE_BOOL
+    STRING = pb.VALUE_TYPE_STRING
+    EMBEDDING = pb.VALUE_TYPE_EMBEDDING  # float32 vectors of a fixed dimension
+    INT64_LIST = pb.VALUE_TYPE_INT64_LIST
+    FLOAT64_LIST = pb.VALUE_TYPE_FLOAT64_LIST
 
 
 class Status(enum.IntEnum):
@@ -52,7 +67,7 @@ class Column:
     """One feature for every row. `values` has `length` rows: 1 means one value for all rows."""
 
     name: str
-    type: int
+    type: ValueType
     length: int
     values: Any
     statuses: npt.NDArray[np.uint8]
@@ -63,7 +78,7 @@ class Column:
     @property
     def width(self) -> int:
         """Matrix columns this feature takes (the dimension of an embedding, else 1)."""
-        return int(self.values.shape[1]) if self.type == pb.VALUE_TYPE_EMBEDDING else 1
+        return int(self.values.shape[1]) if self.type == ValueType.EMBEDDING else 1
 
     @classmethod
     def from_proto(cls, message: pb.FeatureColumn) -> Column:
@@ -81,8 +96,17 @@ class Column:
         stamps = (
             np.frombuffer(message.event_timestamps, "<i8") if message.event_timestamps else None
         )
-        return cls(message.name, message.type, message.length, values, statuses, stamps,
-                   message.entity, message.version)  # fmt: skip
+        return cls(message.name, ValueType(message.type), message.length, values, statuses,
+                   stamps, message.entity, message.version)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """The answer to one WriteFeatures call."""
+
+    view: str  # as named in the call: "view" (its default version) or "view@v2"
+    written: int  # rows stored
+    skipped_older: int  # rows skipped: the store already held a newer event for the entity
 
 
 class FeatureResult:
@@ -139,7 +163,7 @@ class FeatureResult:
         matrix's column names (an embedding `f` of dim d gives `f[0]` ... `f[d-1]`)."""
         chosen = list(features) if features is not None else [
             n for n, c in self.columns.items()
-            if c.type not in LIST_TYPES and c.type != pb.VALUE_TYPE_STRING
+            if c.type not in LIST_TYPES and c.type != ValueType.STRING
         ]  # fmt: skip
         widths = [self.columns[n].width for n in chosen]
         matrix = np.empty((self.rows, sum(widths)), dtype=dtype)
@@ -147,7 +171,7 @@ class FeatureResult:
         start = 0
         for name, width in zip(chosen, widths, strict=True):
             column = self.columns[name]
-            if column.type in LIST_TYPES or column.type == pb.VALUE_TYPE_STRING:
+            if column.type in LIST_TYPES or column.type == ValueType.STRING:
                 raise TypeError(f"{name!r} is not numeric and cannot go into a matrix")
             matrix[:, start : start + width] = column.values.reshape(column.length, width)
             names += [name] if width == 1 else [f"{name}[{i}]" for i in range(width)]

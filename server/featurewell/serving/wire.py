@@ -10,13 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from featurewell.client._columns import (
-    ColumnFormatError,
-    fill_column,
-    fixed_values,
-    list_values,
-    string_values,
-)
 from featurewell.definitions import Feature, Kind, Registry
 from featurewell.engine.calls import (
     FeatureRequest,
@@ -27,6 +20,13 @@ from featurewell.engine.calls import (
 )
 from featurewell.errors import InvalidRequest
 from featurewell.v1 import feature_service_pb2 as pb
+from featurewell.v1.columns import (
+    ColumnFormatError,
+    fill_column,
+    fixed_values,
+    list_values,
+    string_values,
+)
 from featurewell.values import PRESENT, ColumnValues, Ragged
 
 _INPUT_KINDS = {

@@ -1,5 +1,27 @@
-"""FeatureColumn <-> numpy. The one place that knows the packed column layout; the server's wire
-module uses it too, so both ends agree byte for byte."""
+"""The packed column layout of `FeatureColumn`, between protobuf and numpy.
+
+This is part of the wire format, beside the stubs generated from `feature_service.proto` (it is
+written by hand; `make proto` does not touch it). The client decodes responses and encodes writes
+with it, and the server's wire module does the reverse, so both ends agree byte for byte.
+
+A `FeatureColumn` of `length` rows carries its values by `type`:
+
+| type                     | field     | layout                                              |
+|--------------------------|-----------|-----------------------------------------------------|
+| INT64, FLOAT32, FLOAT64  | `data`    | `length` little-endian int64 / float32 / float64    |
+| BOOL                     | `data`    | `length` bytes, 0 or 1                              |
+| EMBEDDING                | `data`    | `length * dim` little-endian float32, row-major     |
+| INT64_LIST, FLOAT64_LIST | `data`    | every row's elements back to back (int64 / float64) |
+|                          | `offsets` | `length + 1` little-endian int32; row i holds       |
+|                          |           | elements `offsets[i]` to `offsets[i + 1]`           |
+| STRING                   | `strings` | `length` values                                     |
+
+(`statuses` and `event_timestamps`, the same for every type, are described in the .proto.)
+
+Decoding is zero-copy for fixed-width and list columns (read-only numpy views of the message's
+bytes) and checks every buffer against the declared type and length: a mismatch raises
+`ColumnFormatError`, never a misread.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +31,16 @@ import numpy as np
 import numpy.typing as npt
 
 from featurewell.v1 import feature_service_pb2 as pb
+
+__all__ = [
+    "ELEMENT_DTYPES",
+    "LIST_TYPES",
+    "ColumnFormatError",
+    "fill_column",
+    "fixed_values",
+    "list_values",
+    "string_values",
+]
 
 # ValueType -> little-endian element dtype of `data`.
 ELEMENT_DTYPES: dict[int, np.dtype[Any]] = {
@@ -20,7 +52,8 @@ ELEMENT_DTYPES: dict[int, np.dtype[Any]] = {
     pb.VALUE_TYPE_INT64_LIST: np.dtype("<i8"),
     pb.VALUE_TYPE_FLOAT64_LIST: np.dtype("<f8"),
 }
-LIST_TYPES = (pb.VALUE_TYPE_INT64_LIST, pb.VALUE_TYPE_FLOAT64_LIST)
+# The variable-length types: elements in `data`, row boundaries in `offsets`.
+LIST_TYPES: tuple[int, ...] = (pb.VALUE_TYPE_INT64_LIST, pb.VALUE_TYPE_FLOAT64_LIST)
 
 
 class ColumnFormatError(ValueError):
@@ -68,6 +101,7 @@ def list_values(column: pb.FeatureColumn) -> tuple[npt.NDArray[Any], npt.NDArray
 
 
 def string_values(column: pb.FeatureColumn) -> list[str]:
+    """Values of a string column."""
     if len(column.strings) != column.length:
         raise ColumnFormatError(
             f"string column {column.name!r} has {len(column.strings)} values for length "
