@@ -1,5 +1,5 @@
 """Protobuf <-> domain objects, in one place. Nothing outside this module reads or builds v1
-messages on the server side (the packed column layout itself lives in featurewell.client._columns,
+messages on the server side (the packed column layout itself lives in featurewell.v1.columns,
 shared with the client)."""
 
 from __future__ import annotations
