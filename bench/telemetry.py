@@ -202,7 +202,7 @@ def after_answer_cost(repo: Path, seeds: list[tuple[str, int]]) -> dict[str, flo
         }
         for traced in (False, True):
             tracing = Tracing(SimpleSpanProcessor(InMemorySpanExporter())) if traced else None
-            telemetry = Telemetry(settings, store, registry, tracing)
+            telemetry = Telemetry(settings.telemetry, store, registry, tracing)
             for shape, request in shapes.items():
                 result = await engine.get_features(request, Budget(1.0))
                 times = []

@@ -60,13 +60,30 @@ class Command:
             raise ConfigError(f"featurewell {self.name}: --repo (or FEATUREWELL_REPO) is required")
 
 
+_METAVARS = {"int": "N", "float": "X", "bool": "BOOL", "addresses": "HOST:PORT,..."}
+
+
 def _flag(group: argparse._ArgumentGroup, spec: Spec) -> None:
     group.add_argument(
         f"--{spec.name.replace('_', '-')}",
         dest=spec.name,
         default=None,
+        type=_parser_of(spec),
+        metavar=_METAVARS.get(spec.kind, spec.name.upper()),
         help=f"{spec.doc} (default: {_show(spec.default)})",
     )
+
+
+def _parser_of(spec: Spec) -> Callable[[str], Any]:
+    """The setting's own parser, so a bad flag is refused by argparse with its name."""
+
+    def parse(raw: str) -> Any:
+        try:
+            return spec.parse(raw)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 def _show(value: Any) -> str:

@@ -80,7 +80,13 @@ class Server:
                 ]
             )
             tracing = tracing if tracing is not None else Tracing.from_settings(settings.telemetry)
-            telemetry = Telemetry(settings, store, registry, tracing)
+            telemetry = Telemetry(
+                settings.telemetry,
+                store,
+                registry,
+                tracing,
+                poll_timeout_s=settings.redis.connect_timeout_s,
+            )
             engine = FeatureEngine(registry, store, settings.serving, settings.cache)
             service = FeatureService(engine, settings.serving, telemetry)
             pb_grpc.add_FeatureServiceServicer_to_server(service, grpc_server)

@@ -16,7 +16,7 @@ import grpc
 from featurewell.definitions import Registry
 from featurewell.engine.calls import FeatureResult, WriteResult
 from featurewell.errors import FeaturewellError
-from featurewell.settings import Settings
+from featurewell.settings import TelemetrySettings
 from featurewell.store.online import OnlineStore
 from featurewell.telemetry import baseline
 from featurewell.telemetry.consumers import Consumers
@@ -34,28 +34,28 @@ SYNC_INTERVAL_S = 1.0
 class Telemetry:
     def __init__(
         self,
-        settings: Settings,
+        settings: TelemetrySettings,
         store: OnlineStore,
         registry: Registry,
         tracing: Tracing | None = None,
+        *,
+        poll_timeout_s: float = 2.0,
     ) -> None:
+        """`poll_timeout_s`: how long the freshness poll waits for Redis."""
         self.settings = settings
+        self._poll_timeout_s = max(1.0, poll_timeout_s)
         self.store = store
         self.metrics = ServerMetrics()
         self.store_stats = StoreStats(store, self.metrics.registry)
         self.freshness = FreshnessMonitor(store, self.metrics.registry)
         self.drift = DriftMonitor(
             self.metrics.registry,
-            sample_rate=settings.telemetry.drift_sample_rate,
-            reservoir_size=settings.telemetry.drift_reservoir,
+            sample_rate=settings.drift_sample_rate,
+            reservoir_size=settings.drift_reservoir,
         )
         self.consumers = Consumers()
         self.tracing = tracing
-        self._computed = (
-            baseline.load(settings.telemetry.drift_baseline)
-            if settings.telemetry.drift_baseline
-            else {}
-        )
+        self._computed = baseline.load(settings.drift_baseline) if settings.drift_baseline else {}
         self.metrics.build_info.labels(_version()).set(1)
         self.use(registry)
 
@@ -116,28 +116,26 @@ class Telemetry:
         `freshness_interval_s`, compare drift every `drift_window_s`. Never raises: a failed
         step is logged and tried again next time."""
         next_freshness = next_drift = 0.0
-        next_consumers = time.monotonic() + self.settings.telemetry.consumers_flush_s
+        next_consumers = time.monotonic() + self.settings.consumers_flush_s
         while True:
             now = time.monotonic()
             self.store_stats.sync()
             if now >= next_consumers:
-                next_consumers = now + self.settings.telemetry.consumers_flush_s
+                next_consumers = now + self.settings.consumers_flush_s
                 try:
                     await self.consumers.flush(self.store, timeout=5.0)
                 except FeaturewellError as exc:
                     log.warning("cannot record consumers (kept for the next flush): %s", exc)
             if now >= next_freshness:
-                next_freshness = now + self.settings.telemetry.freshness_interval_s
+                next_freshness = now + self.settings.freshness_interval_s
                 try:
-                    await self.freshness.poll(
-                        timeout=max(1.0, self.settings.redis.connect_timeout_s)
-                    )
+                    await self.freshness.poll(timeout=self._poll_timeout_s)
                 except FeaturewellError as exc:
                     log.warning("cannot read freshness markers: %s", exc)
             if now >= next_drift:
                 if next_drift:
                     self.drift.evaluate()
-                next_drift = now + self.settings.telemetry.drift_window_s
+                next_drift = now + self.settings.drift_window_s
             wake = min(next_freshness, next_drift, next_consumers, now + SYNC_INTERVAL_S)
             await asyncio.sleep(max(0.0, wake - time.monotonic()))
 
