@@ -37,6 +37,7 @@ from featurewell.definitions import (
 from featurewell.devcluster import LocalCluster
 from featurewell.engine.engine import FeatureEngine
 from featurewell.settings import Settings
+from featurewell.store.keys import stream_key
 from featurewell.store.online import OnlineStore
 from tests.conftest import ServerThread, make_settings
 
@@ -211,7 +212,7 @@ def test_a_dead_consumer_is_replaced_without_loss_or_double_counting(
         assert second.engine.counters.replayed > 0  # redelivered entries its state already held
         pending = [
             loop.run_until_complete(second.events._one(
-                source.stream_key(p), "XPENDING", source.stream_key(p), "featurewell"))[0]
+                stream_key(source, p), "XPENDING", stream_key(source, p), "featurewell"))[0]
             for p in range(source.partitions)
         ]  # fmt: skip
         assert pending == [0, 0]  # everything acknowledged

@@ -32,7 +32,7 @@ from featurewell.definitions import EventSource, Registry
 from featurewell.engine.engine import FeatureEngine
 from featurewell.offline.store import OfflineStore
 from featurewell.store.connection import encode_command
-from featurewell.store.keys import entity_tags, key_slot, slots_of
+from featurewell.store.keys import entity_tags, key_slot, slots_of, state_prefix, watermarks_key
 
 log = logging.getLogger("featurewell.stream")
 _CHECKPOINT_SLICE = 500  # entity states encoded between two turns of the event loop
@@ -287,7 +287,7 @@ class StreamRunner:
 
     async def _write_states(self, state: ViewState, keys: list[EntityKey]) -> None:
         tags = _tags(keys)
-        prefix = _state_prefix(state.program)
+        prefix = state_prefix(state.program.view)
         commands = [
             encode_command("SET", prefix + tag + b"}", encode_entity(state, state.entities[key]))
             for key, tag in zip(keys, tags, strict=True)
@@ -353,7 +353,7 @@ class StreamRunner:
             missing = [key for key in keys if key not in state.entities]
             if not missing:
                 continue
-            prefix = _state_prefix(state.program)
+            prefix = state_prefix(state.program.view)
             tags = _tags(missing)
             commands = [encode_command("GET", prefix + tag + b"}") for tag in tags]
             replies, errors, failures, _ = await self.cluster.execute(
@@ -366,7 +366,7 @@ class StreamRunner:
                     state.entities[key] = decode_entity(state, raw)
 
     def _checkpoint_key(self) -> bytes:
-        return f"fw:{{_stream}}:{self.source.name}:{self.group}:watermarks".encode()
+        return watermarks_key(self.source, self.group)
 
     async def _get(self, key: bytes) -> bytes | None:
         replies, _, failures, _ = await self.cluster.execute(
@@ -381,11 +381,6 @@ class StreamRunner:
 def _tags(keys: list[EntityKey]) -> list[bytes]:
     """Hash tags of entity keys (tuples of key values), all at once."""
     return entity_tags([list(column) for column in zip(*keys, strict=True)], len(keys))
-
-
-def _state_prefix(program: ViewProgram) -> bytes:
-    view = program.view
-    return f"fw:_agg:{view.name}:v{view.version}:{{".encode()
 
 
 def _same(previous: list[Any] | None, values: list[Any]) -> bool:

@@ -1,10 +1,8 @@
 """Which version of a view `view:feature` means: the highest defined, unless `featurewell
 promote` chose another. The choice lives in Redis, so every server (every replica, every worker)
 follows it within `versions_poll_s`, without a restart; calls pinned to a version
-(`view@v1:feature`) never move.
-
-    fw:{_meta}:defaults       hash: view name -> promoted version
-    fw:{_meta}:defaults:log   list: every promote and rollback, newest first (JSON)
+(`view@v1:feature`) never move. The choice is the `defaults` hash, every change the
+`defaults_log` list (store/keys.py).
 """
 
 from __future__ import annotations
@@ -21,10 +19,8 @@ from featurewell.definitions import Registry
 from featurewell.errors import StoreUnavailable, UnknownFeature
 from featurewell.store.cluster import ClusterClient
 from featurewell.store.connection import encode_command
-from featurewell.store.keys import META_SLOT
+from featurewell.store.keys import DEFAULTS_KEY, DEFAULTS_LOG_KEY, META_SLOT
 
-DEFAULTS_KEY = b"fw:{_meta}:defaults"
-LOG_KEY = b"fw:{_meta}:defaults:log"
 _LOG_KEPT = 1000
 log = logging.getLogger("featurewell.versions")
 
@@ -47,7 +43,7 @@ async def promoted(cluster: ClusterClient) -> dict[str, int]:
 
 async def history(cluster: ClusterClient, view: str | None = None) -> list[Change]:
     """Promotes and rollbacks, newest first (of one view, or all)."""
-    (reply,) = await _run(cluster, [encode_command(b"LRANGE", LOG_KEY, 0, -1)])
+    (reply,) = await _run(cluster, [encode_command(b"LRANGE", DEFAULTS_LOG_KEY, 0, -1)])
     changes = [Change(**json.loads(raw)) for raw in reply or []]
     return [c for c in changes if view is None or c.view == view]
 
@@ -85,8 +81,8 @@ async def _record(cluster: ClusterClient, change: Change) -> Change:
     entry = json.dumps(dataclasses.asdict(change))
     await _run(cluster, [
         encode_command(b"HSET", DEFAULTS_KEY, change.view, change.current),
-        encode_command(b"LPUSH", LOG_KEY, entry),
-        encode_command(b"LTRIM", LOG_KEY, 0, _LOG_KEPT - 1),
+        encode_command(b"LPUSH", DEFAULTS_LOG_KEY, entry),
+        encode_command(b"LTRIM", DEFAULTS_LOG_KEY, 0, _LOG_KEPT - 1),
     ])  # fmt: skip
     return change
 

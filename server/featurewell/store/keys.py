@@ -1,21 +1,49 @@
-"""Redis key layout: one key per (view, version, entity), the entity hash-tagged.
+"""Redis key layout: every key featurewell reads or writes is built here, and only here.
 
-    fw:<view>:v<version>:{<entity tag>}
-    fw:{_meta}:<view>:v<version>        a hash: the view's newest event time and last write
+  family          key                                        type    hash tag (slot)
+  row             fw:<view>:v<n>:{<entity tag>}              string  the entity tag
+  state           fw:_agg:<view>:v<n>:{<entity tag>}         string  the entity tag
+  marker          fw:{_meta}:<view>:v<n>                     hash    _meta
+  defaults        fw:{_meta}:defaults                        hash    _meta
+  defaults_log    fw:{_meta}:defaults:log                    list    _meta
+  consumer_calls  fw:{_meta}:consumers                       hash    _meta
+  consumer_seen   fw:{_meta}:consumers:seen                  hash    _meta
+  watermarks      fw:{_stream}:<source>:<group>:watermarks   string  _stream
+  events          fw:events:<source>[:<partition>]           stream  none: the whole key
 
-Every view of one entity shares the tag, hence the slot and the node: one round trip per node.
-The tag is the entity's key values, composite keys joined by '|'. '%', '{', '}' and '|' inside a
-string key are percent-escaped so a key value can neither end the hash tag early nor collide with
-another composite key.
+- row: a view version's feature row for one entity. Every view of one entity shares the tag,
+  hence the slot and the node: one round trip per node.
+- state: the streaming engine's tiles of one entity, beside its rows.
+- marker: a view version's newest event time and last write time (`newest_event_us`,
+  `written_us`). All `{_meta}` keys share one slot, so one node answers for all of them at once.
+- defaults: view name -> promoted default version; defaults_log: every promote and rollback,
+  newest first, JSON.
+- consumer_calls / consumer_seen: "<caller>|<view>@v<n>" -> calls / last call, Unix seconds.
+- watermarks: JSON {partition: newest event time read, µs} of a consumer group.
+- events: one stream per partition ("<partition>" only when the source has several), each with
+  a slot of its own so partitions spread over the nodes. `EventSource(stream=...)` replaces the
+  `fw:events:<source>` part with the user's name.
+
+Why no two families can collide (tests/test_keys.py checks it): view and source names are
+`[a-z][a-z0-9_]*` (definitions' check_name), so a name is never '{_meta}', '{_stream}' or
+'_agg' and holds no ':', '{' or '}'. A row ends in ':{<tag>}'; an events key holds no '{'.
+Markers end in ':v<n>', the other `{_meta}` keys do not. A group is free text, but it sits
+between '<source>:' and the fixed ':watermarks' inside the '{_stream}' family.
+
+The entity tag is the entity's key values, composite keys joined by '|'. '%', '{', '}' and '|'
+inside a string key are percent-escaped so a key value can neither end the hash tag early nor
+collide with another composite key.
 """
 
 from __future__ import annotations
 
+import re
 from binascii import crc_hqx
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import cast
 
-from featurewell.definitions import FeatureView
+from featurewell.definitions import EventSource, FeatureView
 
 SLOTS = 16384
 _SPECIAL = (b"%", b"{", b"}", b"|")
@@ -23,22 +51,100 @@ _ESCAPES = {b"%": b"%25", b"{": b"%7B", b"}": b"%7D", b"|": b"%7C"}
 
 KeyColumn = Sequence[int] | Sequence[str]
 
+DEFAULTS_KEY = b"fw:{_meta}:defaults"
+DEFAULTS_LOG_KEY = b"fw:{_meta}:defaults:log"
+CONSUMER_CALLS_KEY = b"fw:{_meta}:consumers"
+CONSUMER_SEEN_KEY = b"fw:{_meta}:consumers:seen"
+
 
 def key_prefix(view: FeatureView) -> bytes:
+    """A row key without its tag and closing '}': `key_prefix(view) + tag + b"}"`."""
     return f"fw:{view.name}:v{view.version}:{{".encode()
-
-
-def freshness_key(view: FeatureView) -> bytes:
-    """The view's write marker (newest event time written, time of the last write). Every
-    view's marker shares the `{_meta}` tag, so one node answers for all of them at once."""
-    return f"fw:{{_meta}}:{view.name}:v{view.version}".encode()
-
-
-META_SLOT = crc_hqx(b"_meta", 0) & (SLOTS - 1)  # the slot of every view's write marker
 
 
 def view_keys(prefix: bytes, tags: Sequence[bytes]) -> list[bytes]:
     return [prefix + tag + b"}" for tag in tags]
+
+
+def state_prefix(view: FeatureView) -> bytes:
+    """A state key without its tag and closing '}' (`view_keys` completes it)."""
+    return f"fw:_agg:{view.name}:v{view.version}:{{".encode()
+
+
+def freshness_key(view: FeatureView) -> bytes:
+    """The view's write marker (newest event time written, time of the last write)."""
+    return f"fw:{{_meta}}:{view.name}:v{view.version}".encode()
+
+
+def watermarks_key(source: EventSource, group: str) -> bytes:
+    """A consumer group's checkpointed watermarks of one event source."""
+    return f"fw:{{_stream}}:{source.name}:{group}:watermarks".encode()
+
+
+def stream_name(source: EventSource) -> str:
+    """The source's stream name: the user's `stream=`, or featurewell's. With several
+    partitions, each partition's key is the name and ':<partition>'."""
+    return source.stream or f"fw:events:{source.name}"
+
+
+def stream_keys(source: EventSource) -> list[str]:
+    """The source's Redis Stream keys, by partition."""
+    base = stream_name(source)
+    return [base] if source.partitions == 1 else [f"{base}:{p}" for p in range(source.partitions)]
+
+
+def stream_key(source: EventSource, partition: int) -> str:
+    return stream_keys(source)[partition]
+
+
+@dataclass(frozen=True)
+class Family:
+    """One kind of key: its name in the table above, the pattern its keys match whole (named
+    groups are the key's parts) and its fixed hash tag (None: the key's own, or none)."""
+
+    name: str
+    pattern: re.Pattern[bytes]
+    tag: bytes | None = None
+
+
+# Names as definitions' check_name allows them; versions and partitions as written above.
+_NAME = rb"[a-z][a-z0-9_]*"
+_VERSION = rb"v(?P<version>[0-9]+)"
+_TAG = rb"\{(?P<tag>[^{}]*)\}"
+_GROUP = rb"):(?P<group>.*):watermarks"  # a group is any text, ':watermarks' included
+
+
+def _family(name: str, pattern: bytes, tag: bytes | None = None) -> Family:
+    return Family(name, re.compile(pattern, re.DOTALL), tag)
+
+
+FAMILIES = (
+    _family("row", rb"fw:(?P<view>" + _NAME + rb"):" + _VERSION + b":" + _TAG),
+    _family("state", rb"fw:_agg:(?P<view>" + _NAME + rb"):" + _VERSION + b":" + _TAG),
+    _family("marker", rb"fw:\{_meta\}:(?P<view>" + _NAME + rb"):" + _VERSION, b"_meta"),
+    _family("defaults", re.escape(DEFAULTS_KEY), b"_meta"),
+    _family("defaults_log", re.escape(DEFAULTS_LOG_KEY), b"_meta"),
+    _family("consumer_calls", re.escape(CONSUMER_CALLS_KEY), b"_meta"),
+    _family("consumer_seen", re.escape(CONSUMER_SEEN_KEY), b"_meta"),
+    _family("watermarks", rb"fw:\{_stream\}:(?P<source>" + _NAME + _GROUP, b"_stream"),
+    _family("events", rb"fw:events:(?P<source>" + _NAME + rb")(?::(?P<partition>[0-9]+))?"),
+)
+
+
+def families_of(key: bytes | str) -> list[tuple[Family, dict[str, bytes]]]:
+    """Every family whose pattern `key` matches, with its parts: one for a featurewell key,
+    none for another (a user's stream)."""
+    raw = key.encode() if isinstance(key, str) else key
+    found = []
+    for family in FAMILIES:
+        match = family.pattern.fullmatch(raw)
+        if match is not None:
+            parts = {name: value for name, value in match.groupdict().items() if value is not None}
+            found.append((family, parts))
+    return found
+
+
+META_SLOT = crc_hqx(b"_meta", 0) & (SLOTS - 1)  # the slot of every `{_meta}` key
 
 
 def slot_of(tag: bytes) -> int:

@@ -3,10 +3,7 @@
 A caller names itself with the `x-featurewell-model` call metadata (`ClientOptions(caller=
 "ranker/3.2")` in the client): a model name and version. Each server counts reads per (caller,
 view version) in memory and adds them to Redis every `flush_s`, so `featurewell lineage` sees
-every replica's callers:
-
-    fw:{_meta}:consumers        hash: "<caller>|<view>@v<n>" -> calls
-    fw:{_meta}:consumers:seen   hash: "<caller>|<view>@v<n>" -> last call, Unix seconds
+every replica's callers (in the `consumer_calls` and `consumer_seen` hashes: store/keys.py).
 
 Not a Prometheus label: caller names are unbounded. A process keeps at most `max_pairs` pairs
 between flushes; beyond that, reads are counted under "(too many callers)".
@@ -22,14 +19,12 @@ from featurewell.engine.calls import FeatureResult
 from featurewell.errors import StoreUnavailable
 from featurewell.store.cluster import ClusterClient
 from featurewell.store.connection import encode_command
-from featurewell.store.keys import META_SLOT
+from featurewell.store.keys import CONSUMER_CALLS_KEY, CONSUMER_SEEN_KEY, META_SLOT
 from featurewell.store.online import OnlineStore
 
 CALLER_HEADER = "x-featurewell-model"
 ANONYMOUS = "(unnamed)"
 OVERFLOW = "(too many callers)"
-CALLS_KEY = b"fw:{_meta}:consumers"
-SEEN_KEY = b"fw:{_meta}:consumers:seen"
 
 
 @dataclass(frozen=True)
@@ -69,8 +64,8 @@ class Consumers:
         commands = []
         for (caller, view), count in calls.items():
             field = f"{caller}|{view}"
-            commands.append(encode_command(b"HINCRBY", CALLS_KEY, field, count))
-            commands.append(encode_command(b"HSET", SEEN_KEY, field, seen[(caller, view)]))
+            commands.append(encode_command(b"HINCRBY", CONSUMER_CALLS_KEY, field, count))
+            commands.append(encode_command(b"HSET", CONSUMER_SEEN_KEY, field, seen[(caller, view)]))
         try:
             replies, errors, failures, _ = await store.cluster.execute(
                 commands, [META_SLOT] * len(commands), timeout
@@ -87,9 +82,13 @@ class Consumers:
 
 async def read(cluster: ClusterClient, timeout: float = 5.0) -> list[Consumer]:
     replies, _, failures, _ = await cluster.execute(
-        [encode_command(b"HGETALL", CALLS_KEY), encode_command(b"HGETALL", SEEN_KEY)],
-        [META_SLOT, META_SLOT], timeout,
-    )  # fmt: skip
+        [
+            encode_command(b"HGETALL", CONSUMER_CALLS_KEY),
+            encode_command(b"HGETALL", CONSUMER_SEEN_KEY),
+        ],
+        [META_SLOT, META_SLOT],
+        timeout,
+    )
     if failures:
         raise StoreUnavailable(f"cannot read consumers: {failures[0].detail}")
     calls, seen = (_pairs(reply) for reply in replies)
