@@ -28,7 +28,7 @@ GROUPS = ["featurewell", "", ":", "{", "}", "{_meta}", "_meta", "{_stream}", "wa
           "ü"]  # fmt: skip
 VERSIONS = [1, 2, 10, 123]
 PARTITIONS = [1, 2, 11]
-STRING_KEYS = ["a", "{", "}", "|", "%", "%7B", "%25", "a|b", "{_meta}", "_agg", "v1", "1",
+STRING_KEYS = ["", "a", "{", "}", "|", "%", "%7B", "%25", "a|b", "{_meta}", "_agg", "v1", "1",
                "events:0", "x}y{z", "}{", ":{", "ü", "\x00", "%00"]  # fmt: skip
 INT_KEYS = [0, 1, -1, 2**63 - 1, -(2**63)]
 COMPOSITE_KEYS: list[tuple[Any, ...]] = [("", 0), ("a|b", 1), ("a", 1), ("{", -5), ("|", 0)]

@@ -32,7 +32,9 @@ between '<source>:' and the fixed ':watermarks' inside the '{_stream}' family.
 
 The entity tag is the entity's key values, composite keys joined by '|'. '%', '{', '}' and '|'
 inside a string key are percent-escaped so a key value can neither end the hash tag early nor
-collide with another composite key.
+collide with another composite key. A lone empty string is '%00' (escaping never makes it:
+'%' is '%25'): Redis hashes a key ending in an empty '{}' by the whole key, which would part an
+entity's views, so their MGET, across slots (and send every row to a node that answers MOVED).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ SLOTS = 16384
 _SPECIAL = (b"%", b"{", b"}", b"|")
 _ESCAPES = {b"%": b"%25", b"{": b"%7B", b"}": b"%7D", b"|": b"%7C"}
 
+_EMPTY = b"%00"  # the tag of a lone empty string key
 KeyColumn = Sequence[int] | Sequence[str]
 
 DEFAULTS_KEY = b"fw:{_meta}:defaults"
@@ -174,7 +177,9 @@ def entity_tags(columns: Sequence[KeyColumn], rows: int) -> list[bytes]:
     column has length 1 the entity has one row (a user in a ranking call), else `rows`."""
     encoded = [_encode_column(column) for column in columns]
     if len(encoded) == 1:
-        return encoded[0]
+        tags = encoded[0]
+        # Composite tags hold a '|' and integers a digit: only a lone empty string is empty.
+        return tags if all(tags) else [tag or _EMPTY for tag in tags]
     width = rows if any(len(c) > 1 for c in encoded) else 1
     stretched = [c * width if len(c) == 1 else c for c in encoded]
     return [b"|".join(parts) for parts in zip(*stretched, strict=True)]
@@ -192,6 +197,8 @@ def _encode_column(column: KeyColumn) -> list[bytes]:
 
 def entity_of_tag(tag: bytes, integer_keys: Sequence[bool]) -> tuple[int | str, ...]:
     """The key values a hash tag encodes (`entity_tags` backwards), e.g. for sampling keys."""
+    if tag == _EMPTY and len(integer_keys) == 1:
+        return ("",)
     parts = tag.split(b"|")
     if len(parts) != len(integer_keys):
         raise ValueError(f"tag {tag!r} does not have {len(integer_keys)} key parts")
