@@ -170,3 +170,24 @@ def test_tags_read_back_as_their_entity_keys() -> None:
     for tag, entity in _tags():
         integer = [isinstance(value, int) for value in entity]
         assert keys.entity_of_tag(tag, integer) == entity, tag
+
+
+@pytest.mark.parametrize(
+    ("stream", "partitions"),
+    [("fw:events:other", 1), ("fw:events:other", 2), ("fw:events:other:0", 1),
+     ("fw:{_meta}:defaults", 1), ("fw:{_meta}:defaults:log", 1), ("fw:{_meta}:consumers:seen", 1),
+     ("fw:profile:v1:{u1}", 1), ("fw:_agg:profile:v2:{x}", 1), ("fw:{_meta}:profile:v1", 1),
+     ("fw:{_stream}:watches:featurewell:watermarks", 1)],
+)  # fmt: skip
+def test_a_stream_override_on_another_familys_key_is_refused(stream: str, partitions: int) -> None:
+    with pytest.raises(DefinitionError, match="featurewell's"):
+        keys.stream_keys(_source("watches", partitions, stream))
+
+
+def test_stream_overrides_outside_the_families_are_the_users() -> None:
+    assert keys.stream_keys(_source("watches", 1, "events")) == ["events"]
+    assert keys.stream_keys(_source("watches", 2, "fw:mine")) == ["fw:mine:0", "fw:mine:1"]
+    assert keys.stream_keys(_source("watches", 2, "fw:events:watches")) == [
+        "fw:events:watches:0",
+        "fw:events:watches:1",
+    ]  # its own default, spelled out

@@ -1,7 +1,7 @@
 """Events on Redis Streams: appending them (producers, tests, the demo) and consuming them with a
 consumer group (the streaming engine).
 
-Each partition of a source is one stream (`store.keys.stream_key(source, p)`); a producer puts an
+Each partition of a source is one stream (`store.keys.stream_keys(source)[p]`); a producer puts an
 event on partition crc32(first key column) % partitions, so one entity's events keep their order.
 An entry holds `event_id`, `event_time` (µs) and every key and field of the source.
 
@@ -26,7 +26,7 @@ from featurewell.definitions import EventSource, Kind
 from featurewell.errors import InvalidRequest, StoreUnavailable
 from featurewell.store.cluster import ClusterClient
 from featurewell.store.connection import encode_command
-from featurewell.store.keys import key_slot, stream_key
+from featurewell.store.keys import key_slot, stream_keys
 
 
 def partition_of(source: EventSource, event: Mapping[str, Any]) -> int:
@@ -43,8 +43,9 @@ async def append(
     """XADD each event (a mapping with event_id, event_time and the source's columns) to its
     partition's stream; returns the entry ids."""
     commands, slots = [], []
+    keys = stream_keys(source)
     for event in events:
-        key = stream_key(source, partition_of(source, event))
+        key = keys[partition_of(source, event)]
         fields: list[bytes | str | int] = []
         for name in (source.id_field, source.timestamp_field, *source.columns):
             fields += [name, _text(event[name])]
@@ -124,6 +125,7 @@ class RedisStreamSource:
         self.consumer = consumer
         self.partitions = list(range(source.partitions)) if partitions is None else list(partitions)
         self.claim_idle_ms = claim_idle_ms
+        self._keys = stream_keys(source)
         self.timeout = timeout
         # Per partition: "0" while re-reading our own pending entries, then ">" (new ones).
         self._cursor = dict.fromkeys(self.partitions, "0")
@@ -133,7 +135,7 @@ class RedisStreamSource:
         """Create the group if needed (from the stream's start), and claim the entries a dead
         consumer left pending."""
         for partition in self.partitions:
-            key = stream_key(self.source, partition)
+            key = self._keys[partition]
             reply = await self._one(key, "XGROUP", "CREATE", key, self.group, "0", "MKSTREAM")
             if isinstance(reply, hiredis.ReplyError) and "BUSYGROUP" not in str(reply):
                 raise StoreUnavailable(f"cannot create consumer group on {key}: {reply}")
@@ -170,7 +172,7 @@ class RedisStreamSource:
     async def _read(self, partitions: list[int], count: int) -> list[Any]:
         commands, slots = [], []
         for partition in partitions:
-            key = stream_key(self.source, partition)
+            key = self._keys[partition]
             commands.append(encode_command(
                 "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count,
                 "STREAMS", key, self._cursor[partition],
@@ -185,14 +187,14 @@ class RedisStreamSource:
     async def ack(self, partition: int, ids: Sequence[str]) -> None:
         if not ids:
             return
-        key = stream_key(self.source, partition)
+        key = self._keys[partition]
         await self._one(key, "XACK", key, self.group, *ids)
 
     async def lag(self) -> int:
         """Entries in the group's partitions not yet delivered to any consumer."""
         total = 0
         for partition in self.partitions:
-            key = stream_key(self.source, partition)
+            key = self._keys[partition]
             reply = await self._one(key, "XINFO", "GROUPS", key)
             for group in reply if isinstance(reply, list) else []:
                 info = dict(zip(group[::2], group[1::2], strict=True))

@@ -22,7 +22,7 @@
 - watermarks: JSON {partition: newest event time read, µs} of a consumer group.
 - events: one stream per partition ("<partition>" only when the source has several), each with
   a slot of its own so partitions spread over the nodes. `EventSource(stream=...)` replaces the
-  `fw:events:<source>` part with the user's name.
+  `fw:events:<source>` part with the user's name (refused when it is another family's key).
 
 Why no two families can collide (tests/test_keys.py checks it): view and source names are
 `[a-z][a-z0-9_]*` (definitions' check_name), so a name is never '{_meta}', '{_stream}' or
@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from featurewell.definitions import EventSource, FeatureView
+from featurewell.errors import DefinitionError
 
 SLOTS = 16384
 _SPECIAL = (b"%", b"{", b"}", b"|")
@@ -91,13 +92,20 @@ def stream_name(source: EventSource) -> str:
 
 
 def stream_keys(source: EventSource) -> list[str]:
-    """The source's Redis Stream keys, by partition."""
+    """The source's Redis Stream keys, by partition. Raises DefinitionError when a `stream=`
+    override lands on a key featurewell uses for something else (another source's events, rows,
+    the `{_meta}` keys...): its commands would fail with WRONGTYPE, or mix two sources."""
     base = stream_name(source)
-    return [base] if source.partitions == 1 else [f"{base}:{p}" for p in range(source.partitions)]
-
-
-def stream_key(source: EventSource, partition: int) -> str:
-    return stream_keys(source)[partition]
+    keys = [base] if source.partitions == 1 else [f"{base}:{p}" for p in range(source.partitions)]
+    if source.stream:
+        for key in keys:
+            for family, parts in families_of(key):
+                if family.name != "events" or parts["source"] != source.name.encode():
+                    raise DefinitionError(
+                        f"event source {source.name!r}: stream {key!r} is featurewell's "
+                        f"{family.name} key; pick a stream name outside 'fw:'"
+                    )
+    return keys
 
 
 @dataclass(frozen=True)
