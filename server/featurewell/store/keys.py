@@ -11,18 +11,20 @@
   watermarks      fw:{_stream}:<source>:<group>:watermarks   string  _stream
   events          fw:events:<source>[:<partition>]           stream  none: the whole key
 
-- row: a view version's feature row for one entity. Every view of one entity shares the tag,
-  hence the slot and the node: one round trip per node.
-- state: the streaming engine's tiles of one entity, beside its rows.
-- marker: a view version's newest event time and last write time (`newest_event_us`,
-  `written_us`). All `{_meta}` keys share one slot, so one node answers for all of them at once.
-- defaults: view name -> promoted default version; defaults_log: every promote and rollback,
-  newest first, JSON.
-- consumer_calls / consumer_seen: "<caller>|<view>@v<n>" -> calls / last call, Unix seconds.
-- watermarks: JSON {partition: newest event time read, µs} of a consumer group.
-- events: one stream per partition ("<partition>" only when the source has several), each with
-  a slot of its own so partitions spread over the nodes. `EventSource(stream=...)` replaces the
-  `fw:events:<source>` part with the user's name (refused when it is another family's key).
+- row (store/online.py): a view version's feature row for one entity. Every view of one entity
+  shares the tag, hence the slot and the node: one round trip per node.
+- state (store/state.py): the streaming engine's tiles of one entity, beside its rows.
+- marker (store/online.py): a view version's newest event time and last write time. All
+  `{_meta}` keys share one slot, so one node answers for all of them at once.
+- defaults, defaults_log (store/versions.py): view name -> promoted default version; every
+  promote and rollback, newest first, JSON.
+- consumer_calls, consumer_seen (store/consumers.py): "<caller>|<view>@v<n>" -> calls; last
+  call, Unix seconds.
+- watermarks (store/state.py): JSON {partition: newest event time read, µs}, per source and
+  consumer group.
+- events (store/streams.py): one stream per partition (":<partition>" only when the source has
+  several), each in a slot of its own so partitions spread over the nodes. `EventSource(stream=
+  ...)` replaces `fw:events:<source>` with the user's name (refused if another family's key).
 
 Why no two families can collide (tests/test_keys.py checks it): view and source names are
 `[a-z][a-z0-9_]*` (definitions' check_name), so a name is never '{_meta}', '{_stream}' or
