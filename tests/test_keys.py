@@ -155,6 +155,15 @@ def test_keys_land_in_the_slot_they_are_routed_by(cases: list[Case], cluster: Lo
         assert _call(port, "CLUSTER", "KEYSLOT", case.key) == expected, case.key
 
 
+def test_fixed_hash_tags_are_the_ones_declared(cases: list[Case]) -> None:
+    tags = {family.name: family.tag for family in FAMILIES}
+    for case in cases:
+        declared = tags[case.family]
+        if declared is not None:
+            assert case.slot == slot_of(declared), case.key
+            assert b"{" + declared + b"}" in case.key, case.key
+
+
 def test_an_entitys_rows_and_state_share_one_slot() -> None:
     """Every view of one entity (and its streaming state) in one slot: one MGET per entity."""
     for tag, _ in _tags():

@@ -53,7 +53,6 @@ from featurewell.errors import DefinitionError
 SLOTS = 16384
 _SPECIAL = (b"%", b"{", b"}", b"|")
 _ESCAPES = {b"%": b"%25", b"{": b"%7B", b"}": b"%7D", b"|": b"%7C"}
-
 _EMPTY = b"%00"  # the tag of a lone empty string key
 KeyColumn = Sequence[int] | Sequence[str]
 
@@ -124,7 +123,9 @@ class Family:
 _NAME = rb"[a-z][a-z0-9_]*"
 _VERSION = rb"v(?P<version>[0-9]+)"
 _TAG = rb"\{(?P<tag>[^{}]*)\}"
-_GROUP = rb"):(?P<group>.*):watermarks"  # a group is any text, ':watermarks' included
+# A group is any text (':watermarks' included): the source before it has no ':' and the suffix
+# is fixed, so a key splits one way only.
+_WATERMARKS = rb"fw:\{_stream\}:(?P<source>" + _NAME + rb"):(?P<group>.*):watermarks"
 
 
 def _family(name: str, pattern: bytes, tag: bytes | None = None) -> Family:
@@ -139,7 +140,7 @@ FAMILIES = (
     _family("defaults_log", re.escape(DEFAULTS_LOG_KEY), b"_meta"),
     _family("consumer_calls", re.escape(CONSUMER_CALLS_KEY), b"_meta"),
     _family("consumer_seen", re.escape(CONSUMER_SEEN_KEY), b"_meta"),
-    _family("watermarks", rb"fw:\{_stream\}:(?P<source>" + _NAME + _GROUP, b"_stream"),
+    _family("watermarks", _WATERMARKS, b"_stream"),
     _family("events", rb"fw:events:(?P<source>" + _NAME + rb")(?::(?P<partition>[0-9]+))?"),
 )
 
