@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from featurewell.definitions import Feature, FeatureView, Int64
 from featurewell.devcluster import LocalCluster, _call, _free_ports
 from featurewell.errors import StoreTimeout, StoreUnavailable
 from featurewell.store.addressing import EntityRead
@@ -82,6 +83,25 @@ async def test_many_keys_across_all_nodes(store: OnlineStore, ids: Any) -> None:
     decoded = CODEC.decode(rows)
     assert decoded.present.tolist() == [True] * 600 + [False]
     assert decoded.values["progress"][:600].tolist() == [0.5] * 600
+
+
+async def test_an_empty_string_key_is_written_and_read_in_every_view(
+    store: OnlineStore, ids: Any
+) -> None:
+    """The entity "" (a lone empty string key) has its views' rows in one slot, like any
+    other: written through the routing by tag, and read back in one MGET."""
+    name = ids("v").replace("-", "_")
+    features = [Feature("age", Int64)]
+    views = [FeatureView(name, entity=defs.user, version=v, features=features) for v in (1, 2)]
+    prefixes = [key_prefix(view) for view in views]
+    tags = entity_tags([[""]], 1)
+    row = (7_000).to_bytes(8, "little") + b"row"
+    for prefix in prefixes:
+        outcome = await store.write(view_keys(prefix, tags), slots_of(tags), [row])
+        assert outcome.written == 1
+    result = await store.read([EntityRead(prefixes, tags, slots_of(tags))], 2.0)
+    assert result.failures == []
+    assert [view.rows for view in result.views[0]] == [[row], [row]]
 
 
 async def test_event_time_ordering_is_atomic_per_key(store: OnlineStore, ids: Any) -> None:

@@ -37,6 +37,8 @@ from featurewell.definitions import (
 from featurewell.devcluster import LocalCluster
 from featurewell.engine.engine import FeatureEngine
 from featurewell.settings import Settings
+from featurewell.store import streams
+from featurewell.store.keys import stream_keys
 from featurewell.store.online import OnlineStore
 from tests.conftest import ServerThread, make_settings
 
@@ -212,9 +214,8 @@ def test_a_dead_consumer_is_replaced_without_loss_or_double_counting(
         loop.run_until_complete(second.checkpoint())
         assert second.engine.counters.replayed > 0  # redelivered entries its state already held
         pending = [
-            loop.run_until_complete(second.events._one(
-                source.stream_key(p), "XPENDING", source.stream_key(p), "featurewell"))[0]
-            for p in range(source.partitions)
+            loop.run_until_complete(streams.pending(second.cluster, key, "featurewell", 5.0))
+            for key in stream_keys(source)
         ]  # fmt: skip
         assert pending == [0, 0]  # everything acknowledged
         server = ServerThread(make_settings(cluster), registry)

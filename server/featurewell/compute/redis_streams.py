@@ -1,7 +1,7 @@
 """Events on Redis Streams: appending them (producers, tests, the demo) and consuming them with a
-consumer group (the streaming engine).
+consumer group (the streaming engine). The commands are store/streams.py's.
 
-Each partition of a source is one stream (`EventSource.stream_key(p)`); a producer puts an
+Each partition of a source is one stream (`store.keys.stream_keys(source)[p]`); a producer puts an
 event on partition crc32(first key column) % partitions, so one entity's events keep their order.
 An entry holds `event_id`, `event_time` (µs) and every key and field of the source.
 
@@ -18,15 +18,14 @@ import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import hiredis
 import numpy as np
 
 from featurewell.compute.stream import EventBatch
 from featurewell.definitions import EventSource, Kind
-from featurewell.errors import InvalidRequest, StoreUnavailable
+from featurewell.errors import InvalidRequest
+from featurewell.store import streams
 from featurewell.store.cluster import ClusterClient
-from featurewell.store.connection import encode_command
-from featurewell.store.keys import key_slot
+from featurewell.store.keys import stream_keys
 
 
 def partition_of(source: EventSource, event: Mapping[str, Any]) -> int:
@@ -42,19 +41,14 @@ async def append(
 ) -> list[str]:
     """XADD each event (a mapping with event_id, event_time and the source's columns) to its
     partition's stream; returns the entry ids."""
-    commands, slots = [], []
+    keys = stream_keys(source)
+    entries = []
     for event in events:
-        key = source.stream_key(partition_of(source, event))
-        fields: list[bytes | str | int] = []
+        fields: list[streams.Field] = []
         for name in (source.id_field, source.timestamp_field, *source.columns):
             fields += [name, _text(event[name])]
-        commands.append(encode_command("XADD", key, "*", *fields))
-        slots.append(key_slot(key))
-    replies, errors, failures, _ = await cluster.execute(commands, slots, timeout)
-    if failures or errors:
-        problem = failures[0].detail if failures else replies[errors[0]]
-        raise StoreUnavailable(f"cannot append events to Redis: {problem}")
-    return [reply.decode() for reply in replies]
+        entries.append((keys[partition_of(source, event)], fields))
+    return await streams.add(cluster, entries, timeout)
 
 
 def checked_event(source: EventSource, event: Mapping[str, Any], now_us: int) -> dict[str, Any]:
@@ -124,6 +118,7 @@ class RedisStreamSource:
         self.consumer = consumer
         self.partitions = list(range(source.partitions)) if partitions is None else list(partitions)
         self.claim_idle_ms = claim_idle_ms
+        self._keys = stream_keys(source)
         self.timeout = timeout
         # Per partition: "0" while re-reading our own pending entries, then ">" (new ones).
         self._cursor = dict.fromkeys(self.partitions, "0")
@@ -133,22 +128,11 @@ class RedisStreamSource:
         """Create the group if needed (from the stream's start), and claim the entries a dead
         consumer left pending."""
         for partition in self.partitions:
-            key = self.source.stream_key(partition)
-            reply = await self._one(key, "XGROUP", "CREATE", key, self.group, "0", "MKSTREAM")
-            if isinstance(reply, hiredis.ReplyError) and "BUSYGROUP" not in str(reply):
-                raise StoreUnavailable(f"cannot create consumer group on {key}: {reply}")
-            cursor = "0-0"
-            while True:
-                reply = await self._one(
-                    key, "XAUTOCLAIM", key, self.group, self.consumer, self.claim_idle_ms,
-                    cursor, "COUNT", 1000, "JUSTID",
-                )  # fmt: skip
-                if isinstance(reply, hiredis.ReplyError):
-                    raise StoreUnavailable(f"cannot claim pending entries on {key}: {reply}")
-                cursor = reply[0].decode()
-                self.claimed += len(reply[1])
-                if cursor == "0-0":
-                    break
+            key = self._keys[partition]
+            await streams.create_group(self.cluster, key, self.group, self.timeout)
+            self.claimed += await streams.claim_idle(
+                self.cluster, key, self.group, self.consumer, self.claim_idle_ms, self.timeout
+            )
 
     async def read(self, count: int) -> list[EventBatch]:
         """Up to `count` entries per partition (pending ones first after a restart)."""
@@ -167,40 +151,24 @@ class RedisStreamSource:
             partitions = switched  # read those again, for new entries
         return batches
 
-    async def _read(self, partitions: list[int], count: int) -> list[Any]:
-        commands, slots = [], []
-        for partition in partitions:
-            key = self.source.stream_key(partition)
-            commands.append(encode_command(
-                "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count,
-                "STREAMS", key, self._cursor[partition],
-            ))  # fmt: skip
-            slots.append(key_slot(key))
-        replies, errors, failures, _ = await self.cluster.execute(commands, slots, self.timeout)
-        if failures or errors:
-            problem = failures[0].detail if failures else replies[errors[0]]
-            raise StoreUnavailable(f"cannot read events from Redis: {problem}")
-        return [reply[0][1] if reply else [] for reply in replies]
+    async def _read(self, partitions: list[int], count: int) -> list[list[streams.Entry]]:
+        reads = [(self._keys[p], self._cursor[p]) for p in partitions]
+        return await streams.read_group(
+            self.cluster, self.group, self.consumer, reads, count, self.timeout
+        )
 
     async def ack(self, partition: int, ids: Sequence[str]) -> None:
-        if not ids:
-            return
-        key = self.source.stream_key(partition)
-        await self._one(key, "XACK", key, self.group, *ids)
+        await streams.ack(self.cluster, self._keys[partition], self.group, ids, self.timeout)
 
     async def lag(self) -> int:
         """Entries in the group's partitions not yet delivered to any consumer."""
         total = 0
         for partition in self.partitions:
-            key = self.source.stream_key(partition)
-            reply = await self._one(key, "XINFO", "GROUPS", key)
-            for group in reply if isinstance(reply, list) else []:
-                info = dict(zip(group[::2], group[1::2], strict=True))
-                if info.get(b"name") == self.group.encode():
-                    total += int(info.get(b"lag") or 0)
+            key = self._keys[partition]
+            total += await streams.lag(self.cluster, key, self.group, self.timeout)
         return total
 
-    def _batch(self, partition: int, entries: list[Any]) -> EventBatch:
+    def _batch(self, partition: int, entries: list[streams.Entry]) -> EventBatch:
         source = self.source
         ids, positions, rows = [], [], []
         for entry_id, fields in entries:
@@ -216,15 +184,6 @@ class RedisStreamSource:
         times = np.asarray([int(row[source.timestamp_field.encode()]) for row in rows], np.int64)
         event_ids = [row[source.id_field.encode()].decode() for row in rows]
         return EventBatch(partition, columns, times, event_ids, positions, ids)
-
-    async def _one(self, key: str, *args: Any) -> Any:
-        # Error replies come back as values: each caller reads its own (BUSYGROUP is fine).
-        replies, _, failures, _ = await self.cluster.execute(
-            [encode_command(*args)], [key_slot(key)], self.timeout
-        )
-        if failures:
-            raise StoreUnavailable(f"Redis did not answer {args[0]} on {key}: {failures[0].detail}")
-        return replies[0]
 
 
 def _column(kind: Kind, raw: list[bytes]) -> Any:

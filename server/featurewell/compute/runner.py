@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -31,11 +30,13 @@ from featurewell.compute.stream import EntityKey, EventBatch, StreamEngine, View
 from featurewell.definitions import EventSource, Registry
 from featurewell.engine.engine import FeatureEngine
 from featurewell.offline.store import OfflineStore
-from featurewell.store.connection import encode_command
-from featurewell.store.keys import entity_tags, key_slot, slots_of
+from featurewell.store.keys import entity_tags
+from featurewell.store.state import load_states, load_watermarks, save_states, save_watermarks
 
 log = logging.getLogger("featurewell.stream")
 _CHECKPOINT_SLICE = 500  # entity states encoded between two turns of the event loop
+# Dirty entities by view, entries to acknowledge by partition, watermarks by partition.
+_Checkpoint = tuple[dict[str, set[EntityKey]], dict[int, list[str]], dict[int, int]]
 
 
 class EventReader(Protocol):
@@ -133,9 +134,9 @@ class StreamRunner:
     async def start(self) -> None:
         """Restore the watermarks, create or join the consumer group, claim dead consumers'
         pending entries."""
-        raw = await self._get(self._checkpoint_key())
-        if raw:
-            self.engine.watermarks = {int(p): int(w) for p, w in json.loads(raw).items()}
+        marks = await load_watermarks(self.cluster, self.source, self.group, 10.0)
+        if marks:
+            self.engine.watermarks = marks
         await self.events.start()
 
     async def step(self) -> int:
@@ -239,19 +240,19 @@ class StreamRunner:
         await self.flush()
         await self._write_checkpoint(*self._take_checkpoint(), ack=ack)
 
-    def _take_checkpoint(self) -> tuple[dict[str, set[EntityKey]], dict[int, list[str]], str]:
+    def _take_checkpoint(self) -> _Checkpoint:
         """The dirty entities and the entries to acknowledge, taken at once: every entry taken
         was applied to a state written by this checkpoint (or an earlier one) and its row was
         written, so acknowledging it is safe; what changes meanwhile waits for the next one."""
         dirty, self._dirty = self._dirty, {ref: set() for ref in self.programs}
         unacked, self._unacked = self._unacked, {}
-        return dirty, unacked, json.dumps(self.engine.watermarks)
+        return dirty, unacked, dict(self.engine.watermarks)
 
     async def _write_checkpoint(
         self,
         dirty: dict[str, set[EntityKey]],
         unacked: dict[int, list[str]],
-        marks: str,
+        marks: dict[int, int],
         ack: bool = True,
     ) -> None:
         """States in slices of `_CHECKPOINT_SLICE` (the event loop serves steps in between),
@@ -262,10 +263,7 @@ class StreamRunner:
                 present = [key for key in keys if key in state.entities]
                 for start in range(0, len(present), _CHECKPOINT_SLICE):
                     await self._write_states(state, present[start : start + _CHECKPOINT_SLICE])
-            await self._write(
-                [encode_command("SET", self._checkpoint_key(), marks)],
-                [key_slot(self._checkpoint_key())],
-            )
+            await save_watermarks(self.cluster, self.source, self.group, marks, 10.0)
             if ack:
                 for partition, ids in unacked.items():
                     await self.events.ack(partition, ids)
@@ -286,18 +284,8 @@ class StreamRunner:
         self.stats.checkpoints += 1
 
     async def _write_states(self, state: ViewState, keys: list[EntityKey]) -> None:
-        tags = _tags(keys)
-        prefix = _state_prefix(state.program)
-        commands = [
-            encode_command("SET", prefix + tag + b"}", encode_entity(state, state.entities[key]))
-            for key, tag in zip(keys, tags, strict=True)
-        ]
-        await self._write(commands, slots_of(tags))
-
-    async def _write(self, commands: list[bytes], slots: list[int]) -> None:
-        replies, errors, failures, _ = await self.cluster.execute(commands, slots, 10.0)
-        if failures or errors:
-            raise RuntimeError(f"checkpoint failed: {failures or replies[errors[0]]}")
+        states = [encode_entity(state, state.entities[key]) for key in keys]
+        await save_states(self.cluster, state.program.view, _tags(keys), states, 10.0)
 
     async def refresh(self, slice_size: int = 2000) -> None:
         """Write again every entity whose values changed with time alone, `slice_size` at a
@@ -353,39 +341,15 @@ class StreamRunner:
             missing = [key for key in keys if key not in state.entities]
             if not missing:
                 continue
-            prefix = _state_prefix(state.program)
-            tags = _tags(missing)
-            commands = [encode_command("GET", prefix + tag + b"}") for tag in tags]
-            replies, errors, failures, _ = await self.cluster.execute(
-                commands, slots_of(tags), 10.0
-            )
-            if failures or errors:
-                raise RuntimeError(f"cannot load entity state: {failures or replies[errors[0]]}")
-            for key, raw in zip(missing, replies, strict=True):
+            stored = await load_states(self.cluster, state.program.view, _tags(missing), 10.0)
+            for key, raw in zip(missing, stored, strict=True):
                 if raw:
                     state.entities[key] = decode_entity(state, raw)
-
-    def _checkpoint_key(self) -> bytes:
-        return f"fw:{{_stream}}:{self.source.name}:{self.group}:watermarks".encode()
-
-    async def _get(self, key: bytes) -> bytes | None:
-        replies, _, failures, _ = await self.cluster.execute(
-            [encode_command("GET", key)], [key_slot(key)], 10.0
-        )
-        if failures:
-            raise RuntimeError(f"cannot read the checkpoint: {failures[0].detail}")
-        value = replies[0]
-        return value if isinstance(value, bytes) else None
 
 
 def _tags(keys: list[EntityKey]) -> list[bytes]:
     """Hash tags of entity keys (tuples of key values), all at once."""
     return entity_tags([list(column) for column in zip(*keys, strict=True)], len(keys))
-
-
-def _state_prefix(program: ViewProgram) -> bytes:
-    view = program.view
-    return f"fw:_agg:{view.name}:v{view.version}:{{".encode()
 
 
 def _same(previous: list[Any] | None, values: list[Any]) -> bool:

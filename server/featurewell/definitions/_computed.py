@@ -44,9 +44,11 @@ class EventSource:
     """A log of events: entity keys, payload fields, an event time and an id.
 
     Every event carries `timestamp_field` (event time, int64 µs since the epoch) and `id_field`
-    (unique per event: a redelivered or re-sent event is counted once). Live events arrive on a
-    Redis Stream (`stream`, one per partition: `<stream>:<p>`) or a Kafka topic; history is the
-    Parquet log at `parquet` (a file or a folder of files, relative to the repo).
+    (unique per event: a redelivered or re-sent event is counted once). Live events arrive on
+    Redis Streams (one per partition) or a Kafka topic; history is the Parquet log at `parquet`
+    (a file or a folder of files, relative to the repo). `stream` names the Redis Streams
+    instead of featurewell (`<stream>:<p>` per partition when there are several); the default
+    names and the partition suffix are the store's (featurewell.store.keys), like every key.
     """
 
     name: str
@@ -81,15 +83,11 @@ class EventSource:
             raise DefinitionError(f"{where}: partitions must be 1-1024")
         object.__setattr__(self, "keys", dict(self.keys))
         object.__setattr__(self, "fields", dict(self.fields))
-        object.__setattr__(self, "stream", self.stream or f"fw:events:{self.name}")
         object.__setattr__(self, "kafka_topic", self.kafka_topic or f"featurewell.{self.name}")
 
     @property
     def columns(self) -> dict[str, FeatureType]:
         return {**self.keys, **self.fields}
-
-    def stream_key(self, partition: int) -> str:
-        return self.stream if self.partitions == 1 else f"{self.stream}:{partition}"
 
 
 @dataclass(frozen=True, eq=False)

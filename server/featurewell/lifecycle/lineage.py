@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from featurewell.definitions import Aggregation, FeatureRef, FeatureView, Registry
+from featurewell.store.keys import stream_keys, stream_name
 from featurewell.telemetry.consumers import Consumer
 
 
@@ -106,8 +107,8 @@ def _reads(registry: Registry, ref: str, view: FeatureView) -> bool:
 def _source(view: FeatureView) -> str:
     if view.events is not None:
         events = view.events
-        streams = events.stream_key(0) if events.partitions == 1 else (
-            f"{events.stream}:0..{events.partitions - 1}")  # fmt: skip
+        keys = stream_keys(events)
+        streams = keys[0] if len(keys) == 1 else f"{stream_name(events)}:0..{len(keys) - 1}"
         log = f", log {events.parquet}" if events.parquet else ""
         return (f"computed from event source {events.name!r} (Redis Streams {streams}, Kafka "
                 f"topic {events.kafka_topic}{log}), tiles of {_span(view.tile)}")  # fmt: skip

@@ -24,7 +24,8 @@ from featurewell.definitions import Feature, FeatureView, Kind
 from featurewell.engine.calls import Budget, FeatureRequest, InputColumn
 from featurewell.engine.engine import FeatureEngine
 from featurewell.errors import InvalidRequest
-from featurewell.store.keys import entity_of_tag, key_prefix
+from featurewell.store.keys import entity_of_tag
+from featurewell.store.sampling import sample_tags
 from featurewell.telemetry.baseline import from_values
 from featurewell.telemetry.drift import psi, shares_of
 from featurewell.values import PRESENT, STALE
@@ -61,22 +62,10 @@ async def sample_entities(
 ) -> list[tuple[Any, ...]]:
     """Up to `count` entity keys that have a row of `view`, from every master."""
     cluster = engine.store.cluster
-    pattern = key_prefix(view) + b"*"
     integer = [t.kind is Kind.INT64 for t in view.entity.join_keys.values()]
-    found: list[tuple[Any, ...]] = []
     per_node = max(1, count // max(1, len(cluster.slot_map.nodes)) + 1)
-    for address in list(cluster.slot_map.nodes):
-        cursor, taken = b"0", 0
-        while taken < per_node:
-            cursor, keys = await cluster.call(address, "SCAN", cursor, "MATCH", pattern,
-                                              "COUNT", 1000)  # fmt: skip
-            for key in keys:
-                if taken < per_node:
-                    found.append(entity_of_tag(key[len(key_prefix(view)) : -1], integer))
-                    taken += 1
-            if cursor in (b"0", 0):
-                break
-    return found[:count]
+    tags = await sample_tags(cluster, view, per_node)
+    return [entity_of_tag(tag, integer) for tag in tags[:count]]
 
 
 async def validate(

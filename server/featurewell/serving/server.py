@@ -19,9 +19,9 @@ from featurewell.definitions import Registry, load_repo, repo_fingerprint
 from featurewell.engine.engine import FeatureEngine
 from featurewell.engine.plan import Planner
 from featurewell.errors import ConfigError, FeaturewellError, StoreError
-from featurewell.lifecycle import defaults as versions
 from featurewell.serving.service import AFTER_ANSWER_S, FeatureService
 from featurewell.settings import Settings
+from featurewell.store import versions
 from featurewell.store.online import OnlineStore
 from featurewell.telemetry import exposition
 from featurewell.telemetry.hub import Telemetry

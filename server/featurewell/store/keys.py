@@ -1,44 +1,164 @@
-"""Redis key layout: one key per (view, version, entity), the entity hash-tagged.
+"""Redis key layout: every key featurewell reads or writes is built here, and only here.
 
-    fw:<view>:v<version>:{<entity tag>}
-    fw:{_meta}:<view>:v<version>        a hash: the view's newest event time and last write
+  family          key                                        type    hash tag (slot)
+  row             fw:<view>:v<n>:{<entity tag>}              string  the entity tag
+  state           fw:_agg:<view>:v<n>:{<entity tag>}         string  the entity tag
+  marker          fw:{_meta}:<view>:v<n>                     hash    _meta
+  defaults        fw:{_meta}:defaults                        hash    _meta
+  defaults_log    fw:{_meta}:defaults:log                    list    _meta
+  consumer_calls  fw:{_meta}:consumers                       hash    _meta
+  consumer_seen   fw:{_meta}:consumers:seen                  hash    _meta
+  watermarks      fw:{_stream}:<source>:<group>:watermarks   string  _stream
+  events          fw:events:<source>[:<partition>]           stream  none: the whole key
 
-Every view of one entity shares the tag, hence the slot and the node: one round trip per node.
-The tag is the entity's key values, composite keys joined by '|'. '%', '{', '}' and '|' inside a
-string key are percent-escaped so a key value can neither end the hash tag early nor collide with
-another composite key.
+- row (store/online.py): a view version's feature row for one entity. Every view of one entity
+  shares the tag, hence the slot and the node: one round trip per node.
+- state (store/state.py): the streaming engine's tiles of one entity, beside its rows.
+- marker (store/online.py): a view version's newest event time and last write time. All
+  `{_meta}` keys share one slot, so one node answers for all of them at once.
+- defaults, defaults_log (store/versions.py): view name -> promoted default version; every
+  promote and rollback, newest first, JSON.
+- consumer_calls, consumer_seen (store/consumers.py): "<caller>|<view>@v<n>" -> calls; last
+  call, Unix seconds.
+- watermarks (store/state.py): JSON {partition: newest event time read, µs}, per source and
+  consumer group.
+- events (store/streams.py): one stream per partition (":<partition>" only when the source has
+  several), each in a slot of its own so partitions spread over the nodes. `EventSource(stream=
+  ...)` replaces `fw:events:<source>` with the user's name (refused if another family's key).
+
+Why no two families can collide (tests/test_keys.py checks it): view and source names are
+`[a-z][a-z0-9_]*` (definitions' check_name), so a name is never '{_meta}', '{_stream}' or
+'_agg' and holds no ':', '{' or '}'. A row ends in ':{<tag>}'; an events key holds no '{'.
+Markers end in ':v<n>', the other `{_meta}` keys do not. A group is free text, but it sits
+between '<source>:' and the fixed ':watermarks' inside the '{_stream}' family.
+
+The entity tag is the entity's key values, composite keys joined by '|'. '%', '{', '}' and '|'
+inside a string key are percent-escaped so a key value can neither end the hash tag early nor
+collide with another composite key. A lone empty string is '%00' (escaping never makes it:
+'%' is '%25'): Redis hashes a key ending in an empty '{}' by the whole key, which would part an
+entity's views, so their MGET, across slots (and send every row to a node that answers MOVED).
 """
 
 from __future__ import annotations
 
+import re
 from binascii import crc_hqx
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import cast
 
-from featurewell.definitions import FeatureView
+from featurewell.definitions import EventSource, FeatureView
+from featurewell.errors import DefinitionError
 
 SLOTS = 16384
 _SPECIAL = (b"%", b"{", b"}", b"|")
 _ESCAPES = {b"%": b"%25", b"{": b"%7B", b"}": b"%7D", b"|": b"%7C"}
-
+_EMPTY = b"%00"  # the tag of a lone empty string key
 KeyColumn = Sequence[int] | Sequence[str]
+
+DEFAULTS_KEY = b"fw:{_meta}:defaults"
+DEFAULTS_LOG_KEY = b"fw:{_meta}:defaults:log"
+CONSUMER_CALLS_KEY = b"fw:{_meta}:consumers"
+CONSUMER_SEEN_KEY = b"fw:{_meta}:consumers:seen"
 
 
 def key_prefix(view: FeatureView) -> bytes:
+    """A row key without its tag and closing '}': `key_prefix(view) + tag + b"}"`."""
     return f"fw:{view.name}:v{view.version}:{{".encode()
-
-
-def freshness_key(view: FeatureView) -> bytes:
-    """The view's write marker (newest event time written, time of the last write). Every
-    view's marker shares the `{_meta}` tag, so one node answers for all of them at once."""
-    return f"fw:{{_meta}}:{view.name}:v{view.version}".encode()
-
-
-META_SLOT = crc_hqx(b"_meta", 0) & (SLOTS - 1)  # the slot of every view's write marker
 
 
 def view_keys(prefix: bytes, tags: Sequence[bytes]) -> list[bytes]:
     return [prefix + tag + b"}" for tag in tags]
+
+
+def state_prefix(view: FeatureView) -> bytes:
+    """A state key without its tag and closing '}' (`view_keys` completes it)."""
+    return f"fw:_agg:{view.name}:v{view.version}:{{".encode()
+
+
+def freshness_key(view: FeatureView) -> bytes:
+    """The view's write marker (newest event time written, time of the last write)."""
+    return f"fw:{{_meta}}:{view.name}:v{view.version}".encode()
+
+
+def watermarks_key(source: EventSource, group: str) -> bytes:
+    """A consumer group's checkpointed watermarks of one event source."""
+    return f"fw:{{_stream}}:{source.name}:{group}:watermarks".encode()
+
+
+def stream_name(source: EventSource) -> str:
+    """The source's stream name: the user's `stream=`, or featurewell's. With several
+    partitions, each partition's key is the name and ':<partition>'."""
+    return source.stream or f"fw:events:{source.name}"
+
+
+def stream_keys(source: EventSource) -> list[str]:
+    """The source's Redis Stream keys, by partition. Raises DefinitionError when a `stream=`
+    override lands on a key featurewell uses for something else (another source's events, rows,
+    the `{_meta}` keys...): its commands would fail with WRONGTYPE, or mix two sources."""
+    base = stream_name(source)
+    keys = [base] if source.partitions == 1 else [f"{base}:{p}" for p in range(source.partitions)]
+    if source.stream:
+        for key in keys:
+            for family, parts in families_of(key):
+                if family.name != "events" or parts["source"] != source.name.encode():
+                    raise DefinitionError(
+                        f"event source {source.name!r}: stream {key!r} is featurewell's "
+                        f"{family.name} key; pick a stream name outside 'fw:'"
+                    )
+    return keys
+
+
+@dataclass(frozen=True)
+class Family:
+    """One kind of key: its name in the table above, the pattern its keys match whole (named
+    groups are the key's parts) and its fixed hash tag (None: the key's own, or none)."""
+
+    name: str
+    pattern: re.Pattern[bytes]
+    tag: bytes | None = None
+
+
+# Names as definitions' check_name allows them; versions and partitions as written above.
+_NAME = rb"[a-z][a-z0-9_]*"
+_VERSION = rb"v(?P<version>[0-9]+)"
+_TAG = rb"\{(?P<tag>[^{}]*)\}"
+# A group is any text (':watermarks' included): the source before it has no ':' and the suffix
+# is fixed, so a key splits one way only.
+_WATERMARKS = rb"fw:\{_stream\}:(?P<source>" + _NAME + rb"):(?P<group>.*):watermarks"
+
+
+def _family(name: str, pattern: bytes, tag: bytes | None = None) -> Family:
+    return Family(name, re.compile(pattern, re.DOTALL), tag)
+
+
+FAMILIES = (
+    _family("row", rb"fw:(?P<view>" + _NAME + rb"):" + _VERSION + b":" + _TAG),
+    _family("state", rb"fw:_agg:(?P<view>" + _NAME + rb"):" + _VERSION + b":" + _TAG),
+    _family("marker", rb"fw:\{_meta\}:(?P<view>" + _NAME + rb"):" + _VERSION, b"_meta"),
+    _family("defaults", re.escape(DEFAULTS_KEY), b"_meta"),
+    _family("defaults_log", re.escape(DEFAULTS_LOG_KEY), b"_meta"),
+    _family("consumer_calls", re.escape(CONSUMER_CALLS_KEY), b"_meta"),
+    _family("consumer_seen", re.escape(CONSUMER_SEEN_KEY), b"_meta"),
+    _family("watermarks", _WATERMARKS, b"_stream"),
+    _family("events", rb"fw:events:(?P<source>" + _NAME + rb")(?::(?P<partition>[0-9]+))?"),
+)
+
+
+def families_of(key: bytes | str) -> list[tuple[Family, dict[str, bytes]]]:
+    """Every family whose pattern `key` matches, with its parts: one for a featurewell key,
+    none for another (a user's stream)."""
+    raw = key.encode() if isinstance(key, str) else key
+    found = []
+    for family in FAMILIES:
+        match = family.pattern.fullmatch(raw)
+        if match is not None:
+            parts = {name: value for name, value in match.groupdict().items() if value is not None}
+            found.append((family, parts))
+    return found
+
+
+META_SLOT = crc_hqx(b"_meta", 0) & (SLOTS - 1)  # the slot of every `{_meta}` key
 
 
 def slot_of(tag: bytes) -> int:
@@ -68,7 +188,9 @@ def entity_tags(columns: Sequence[KeyColumn], rows: int) -> list[bytes]:
     column has length 1 the entity has one row (a user in a ranking call), else `rows`."""
     encoded = [_encode_column(column) for column in columns]
     if len(encoded) == 1:
-        return encoded[0]
+        tags = encoded[0]
+        # Composite tags hold a '|' and integers a digit: only a lone empty string is empty.
+        return tags if all(tags) else [tag or _EMPTY for tag in tags]
     width = rows if any(len(c) > 1 for c in encoded) else 1
     stretched = [c * width if len(c) == 1 else c for c in encoded]
     return [b"|".join(parts) for parts in zip(*stretched, strict=True)]
@@ -86,6 +208,8 @@ def _encode_column(column: KeyColumn) -> list[bytes]:
 
 def entity_of_tag(tag: bytes, integer_keys: Sequence[bool]) -> tuple[int | str, ...]:
     """The key values a hash tag encodes (`entity_tags` backwards), e.g. for sampling keys."""
+    if tag == _EMPTY and len(integer_keys) == 1:
+        return ("",)
     parts = tag.split(b"|")
     if len(parts) != len(integer_keys):
         raise ValueError(f"tag {tag!r} does not have {len(integer_keys)} key parts")

@@ -3,10 +3,7 @@
 A caller names itself with the `x-featurewell-model` call metadata (`ClientOptions(caller=
 "ranker/3.2")` in the client): a model name and version. Each server counts reads per (caller,
 view version) in memory and adds them to Redis every `flush_s`, so `featurewell lineage` sees
-every replica's callers:
-
-    fw:{_meta}:consumers        hash: "<caller>|<view>@v<n>" -> calls
-    fw:{_meta}:consumers:seen   hash: "<caller>|<view>@v<n>" -> last call, Unix seconds
+every replica's callers (store/consumers.py keeps them).
 
 Not a Prometheus label: caller names are unbounded. A process keeps at most `max_pairs` pairs
 between flushes; beyond that, reads are counted under "(too many callers)".
@@ -19,17 +16,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from featurewell.engine.calls import FeatureResult
-from featurewell.errors import StoreUnavailable
+from featurewell.store import consumers as stored
 from featurewell.store.cluster import ClusterClient
-from featurewell.store.connection import encode_command
-from featurewell.store.keys import META_SLOT
 from featurewell.store.online import OnlineStore
 
 CALLER_HEADER = "x-featurewell-model"
 ANONYMOUS = "(unnamed)"
 OVERFLOW = "(too many callers)"
-CALLS_KEY = b"fw:{_meta}:consumers"
-SEEN_KEY = b"fw:{_meta}:consumers:seen"
 
 
 @dataclass(frozen=True)
@@ -66,18 +59,8 @@ class Consumers:
         seen, self._seen = self._seen, {}
         if not calls:
             return
-        commands = []
-        for (caller, view), count in calls.items():
-            field = f"{caller}|{view}"
-            commands.append(encode_command(b"HINCRBY", CALLS_KEY, field, count))
-            commands.append(encode_command(b"HSET", SEEN_KEY, field, seen[(caller, view)]))
         try:
-            replies, errors, failures, _ = await store.cluster.execute(
-                commands, [META_SLOT] * len(commands), timeout
-            )
-            if failures or errors:
-                problem = failures[0].detail if failures else replies[errors[0]]
-                raise StoreUnavailable(f"cannot record consumers: {problem}")
+            await stored.add(store.cluster, calls, seen, timeout)
         except BaseException:  # failed or cancelled (shutdown): keep them for the next flush
             for pair, count in calls.items():
                 self._calls[pair] = self._calls.get(pair, 0) + count
@@ -86,20 +69,8 @@ class Consumers:
 
 
 async def read(cluster: ClusterClient, timeout: float = 5.0) -> list[Consumer]:
-    replies, _, failures, _ = await cluster.execute(
-        [encode_command(b"HGETALL", CALLS_KEY), encode_command(b"HGETALL", SEEN_KEY)],
-        [META_SLOT, META_SLOT], timeout,
-    )  # fmt: skip
-    if failures:
-        raise StoreUnavailable(f"cannot read consumers: {failures[0].detail}")
-    calls, seen = (_pairs(reply) for reply in replies)
-    out = []
-    for field, count in calls.items():
-        caller, _, view = field.rpartition("|")
-        out.append(Consumer(caller, view, int(count), int(seen.get(field, 0))))
+    out = [
+        Consumer(caller, view, calls, last_seen_s)
+        for (caller, view), (calls, last_seen_s) in (await stored.read(cluster, timeout)).items()
+    ]
     return sorted(out, key=lambda c: (c.view, -c.calls))
-
-
-def _pairs(reply: list[bytes] | None) -> dict[str, bytes]:
-    items = iter(reply or [])
-    return {key.decode(): value for key, value in zip(items, items, strict=True)}

@@ -1,0 +1,121 @@
+"""Redis Streams commands on event streams (keys: store/keys.py `stream_keys`): appending
+entries, and consuming them with a consumer group. What an entry holds and how consumption
+proceeds (cursors, acknowledgement after checkpoints) is compute/redis_streams.py's.
+
+Each function raises StoreUnavailable when Redis does not answer, or refuses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import hiredis
+
+from featurewell.errors import StoreUnavailable
+from featurewell.store.cluster import ClusterClient
+from featurewell.store.connection import encode_command
+from featurewell.store.keys import key_slot
+
+Field = bytes | str | int
+Entry = tuple[bytes, list[bytes]]  # entry id, [field, value, field, value...]
+
+
+async def add(
+    cluster: ClusterClient, entries: Sequence[tuple[str, Sequence[Field]]], timeout: float
+) -> list[str]:
+    """XADD each (stream key, fields) with an id Redis assigns; returns the entry ids."""
+    commands = [encode_command("XADD", key, "*", *fields) for key, fields in entries]
+    slots = [key_slot(key) for key, _ in entries]
+    replies, errors, failures, _ = await cluster.execute(commands, slots, timeout)
+    if failures or errors:
+        problem = failures[0].detail if failures else replies[errors[0]]
+        raise StoreUnavailable(f"cannot append events to Redis: {problem}")
+    return [reply.decode() for reply in replies]
+
+
+async def create_group(cluster: ClusterClient, key: str, group: str, timeout: float) -> None:
+    """Create `group` on the stream (and the stream), reading from its start; a group that
+    exists already is left as it is."""
+    reply = await _one(cluster, key, timeout, "XGROUP", "CREATE", key, group, "0", "MKSTREAM")
+    if isinstance(reply, hiredis.ReplyError) and "BUSYGROUP" not in str(reply):
+        raise StoreUnavailable(f"cannot create consumer group on {key}: {reply}")
+
+
+async def claim_idle(
+    cluster: ClusterClient, key: str, group: str, consumer: str, idle_ms: int, timeout: float
+) -> int:
+    """Make `consumer` the owner of every entry pending for longer than `idle_ms` (a dead
+    consumer's); returns how many it took."""
+    cursor, claimed = "0-0", 0
+    while True:
+        reply = await _one(
+            cluster, key, timeout, "XAUTOCLAIM", key, group, consumer, idle_ms, cursor,
+            "COUNT", 1000, "JUSTID",
+        )  # fmt: skip
+        if isinstance(reply, hiredis.ReplyError):
+            raise StoreUnavailable(f"cannot claim pending entries on {key}: {reply}")
+        cursor = reply[0].decode()
+        claimed += len(reply[1])
+        if cursor == "0-0":
+            return claimed
+
+
+async def read_group(
+    cluster: ClusterClient,
+    group: str,
+    consumer: str,
+    reads: Sequence[tuple[str, str]],
+    count: int,
+    timeout: float,
+) -> list[list[Entry]]:
+    """Up to `count` entries of each (stream key, cursor) as `consumer` of `group`: cursor "0"
+    re-reads the consumer's own pending entries, ">" reads new ones. One list per read."""
+    commands = [
+        encode_command(
+            "XREADGROUP", "GROUP", group, consumer, "COUNT", count, "STREAMS", key, cursor
+        )
+        for key, cursor in reads
+    ]
+    slots = [key_slot(key) for key, _ in reads]
+    replies, errors, failures, _ = await cluster.execute(commands, slots, timeout)
+    if failures or errors:
+        problem = failures[0].detail if failures else replies[errors[0]]
+        raise StoreUnavailable(f"cannot read events from Redis: {problem}")
+    return [reply[0][1] if reply else [] for reply in replies]
+
+
+async def ack(
+    cluster: ClusterClient, key: str, group: str, ids: Sequence[str], timeout: float
+) -> None:
+    """Acknowledge entries of `group`: they leave its pending list."""
+    if ids:
+        await _one(cluster, key, timeout, "XACK", key, group, *ids)
+
+
+async def lag(cluster: ClusterClient, key: str, group: str, timeout: float) -> int:
+    """Entries of the stream not yet delivered to any consumer of `group` (0: no such group)."""
+    reply = await _one(cluster, key, timeout, "XINFO", "GROUPS", key)
+    for info in reply if isinstance(reply, list) else []:
+        fields = dict(zip(info[::2], info[1::2], strict=True))
+        if fields.get(b"name") == group.encode():
+            return int(fields.get(b"lag") or 0)
+    return 0
+
+
+async def pending(cluster: ClusterClient, key: str, group: str, timeout: float) -> int:
+    """Entries delivered to consumers of `group` and not acknowledged yet."""
+    reply = await _one(cluster, key, timeout, "XPENDING", key, group)
+    if isinstance(reply, hiredis.ReplyError):
+        raise StoreUnavailable(f"cannot count pending entries on {key}: {reply}")
+    return int(reply[0])
+
+
+async def _one(cluster: ClusterClient, key: str, timeout: float, *args: Field) -> Any:
+    # Error replies come back as values: each caller reads its own (BUSYGROUP is fine).
+    replies, _, failures, _ = await cluster.execute(
+        [encode_command(*args)], [key_slot(key)], timeout
+    )
+    if failures:
+        raise StoreUnavailable(f"Redis did not answer {args[0]!s} on {key}: {failures[0].detail}")
+    return replies[0]
