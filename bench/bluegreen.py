@@ -49,8 +49,9 @@ def probe(address: str, rate: float, stop: threading.Event, out: list[tuple[floa
         while not stop.is_set():
             user = f"u{int(rng.integers(20_000)):06d}"
             began = time.perf_counter()
-            client.get_features(["user_activity@v1:*", "user_genre_preferences:*"],
-                                entities={"user_id": [user]})  # fmt: skip
+            client.get_features(
+                ["user_activity@v1:*", "user_genre_preferences:*"], entities={"user_id": [user]}
+            )
             out.append((time.monotonic(), (time.perf_counter() - began) * 1000))
             sent += 1
             ahead = sent / rate - (time.monotonic() - started)
@@ -71,23 +72,50 @@ def main() -> None:
         repo = Path(folder)
         shutil.copy(EXAMPLE / "generate.py", repo / "generate.py")
         (repo / "repo.py").write_text((EXAMPLE / "repo.py").read_text() + V2)
-        subprocess.run([sys.executable, str(repo / "generate.py"), "--users", str(args.users),
-                        "--items", "2000", "--out", str(repo / "data")], check=True,
-                       stdout=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                str(repo / "generate.py"),
+                "--users",
+                str(args.users),
+                "--items",
+                "2000",
+                "--out",
+                str(repo / "data"),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         seeds = ",".join(f"{h}:{p}" for h, p in cluster.seeds)
         common = ["--repo", str(repo / "repo.py"), "--redis", seeds]
         print("loading the example (catalog, computed views) ...", flush=True)
-        subprocess.run([*cli, "materialize", *common], check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(
+            [*cli, "materialize", *common],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         (port,) = _free_ports(1)
-        server = subprocess.Popen([*cli, "serve", *common, "--port", str(port),
-                                   "--metrics-port", "-1", "--log-level", "WARNING"])  # fmt: skip
+        server = subprocess.Popen(
+            [
+                *cli,
+                "serve",
+                *common,
+                "--port",
+                str(port),
+                "--metrics-port",
+                "-1",
+                "--log-level",
+                "WARNING",
+            ]
+        )
         samples: list[tuple[float, float]] = []
         stop = threading.Event()
         try:
             time.sleep(3)
-            thread = threading.Thread(target=probe, args=(f"127.0.0.1:{port}", args.rate, stop,
-                                                          samples))  # fmt: skip
+            thread = threading.Thread(
+                target=probe, args=(f"127.0.0.1:{port}", args.rate, stop, samples)
+            )
             thread.start()
             time.sleep(2)  # warm-up
             windows: list[tuple[str, float, float]] = []
@@ -99,10 +127,22 @@ def main() -> None:
                         if kind == "idle":
                             time.sleep(0.1)
                             continue
-                        subprocess.run([*cli, "backfill", *common, "--source", "watches",
-                                        "--max-rows-per-second", str(args.max_rows_per_second),
-                                        "--group", ""], check=True, stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.DEVNULL)  # fmt: skip
+                        subprocess.run(
+                            [
+                                *cli,
+                                "backfill",
+                                *common,
+                                "--source",
+                                "watches",
+                                "--max-rows-per-second",
+                                str(args.max_rows_per_second),
+                                "--group",
+                                "",
+                            ],
+                            check=True,
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                        )
                         backfills += 1
                     windows.append((kind, began, time.monotonic()))
             stop.set()
@@ -116,15 +156,19 @@ def main() -> None:
             latencies = [ms for at, ms in samples if began <= at < ended]
             p50, p99 = np.percentile(latencies, [50, 99])
             figures[kind].append((float(p50), float(p99)))
-            print(f"window {n + 1} ({kind}): {len(latencies):,} calls, p50 {p50:.2f} ms, "
-                  f"p99 {p99:.2f} ms")  # fmt: skip
+            print(
+                f"window {n + 1} ({kind}): {len(latencies):,} calls, p50 {p50:.2f} ms, "
+                f"p99 {p99:.2f} ms"
+            )
         idle99 = statistics.median(p for _, p in figures["idle"])
         busy99 = statistics.median(p for _, p in figures["backfill"])
         idle50 = statistics.median(p for p, _ in figures["idle"])
         busy50 = statistics.median(p for p, _ in figures["backfill"])
-        print(f"median over windows: without a backfill p50 {idle50:.2f} / p99 {idle99:.2f} ms; "
-              f"during one p50 {busy50:.2f} / p99 {busy99:.2f} ms "
-              f"({busy99 / idle99:.2f}x p99)")  # fmt: skip
+        print(
+            f"median over windows: without a backfill p50 {idle50:.2f} / p99 {idle99:.2f} ms; "
+            f"during one p50 {busy50:.2f} / p99 {busy99:.2f} ms "
+            f"({busy99 / idle99:.2f}x p99)"
+        )
 
 
 if __name__ == "__main__":

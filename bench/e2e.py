@@ -113,8 +113,11 @@ def checkout(folder: Path) -> Tree:
     env = os.environ | {"PYTHONPATH": path}
     found = subprocess.run(
         [sys.executable, "-c", "import featurewell.cli as m; print(m.__file__)"],
-        env=env, check=True, capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     if not Path(found).resolve().is_relative_to(folder):
         sys.exit(f"--compare-tree {folder}: featurewell.cli is {found}, from outside that tree")
     return Tree(folder, env)
@@ -124,10 +127,19 @@ def example_repo(folder: Path, items: int = ITEMS) -> Path:
     """The example repo with freshly generated sample data in `folder` (a copy of repo.py
     beside a data/ folder), for `featurewell materialize` and `serve`."""
     subprocess.run(
-        [sys.executable, str(EXAMPLE / "generate.py"), "--users", str(USERS),
-         "--items", str(items), "--out", str(folder / "data")],
-        check=True, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(EXAMPLE / "generate.py"),
+            "--users",
+            str(USERS),
+            "--items",
+            str(items),
+            "--out",
+            str(folder / "data"),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     (folder / "repo.py").write_bytes((EXAMPLE / "repo.py").read_bytes())
     return folder
 
@@ -143,9 +155,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument(
-        "--compare-tree", type=Path, metavar="DIR",
+        "--compare-tree",
+        type=Path,
+        metavar="DIR",
         help="also serve from this featurewell checkout and time its GetFeatures alongside",
-    )  # fmt: skip
+    )
     args = parser.parse_args()
     compare = checkout(args.compare_tree) if args.compare_tree else None
 
@@ -181,13 +195,29 @@ def run(
 ) -> dict[str, Any]:
     seeds = ",".join(f"{h}:{p}" for h, p in cluster.seeds)
     cli = [sys.executable, "-m", "featurewell.cli"]
-    subprocess.run([*cli, "materialize", "--repo", str(repo), "--redis", seeds], check=True,
-                   stdout=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        [*cli, "materialize", "--repo", str(repo), "--redis", seeds],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     ports = _free_ports(2 if compare else 1)
     # Cache off: this bench compares the full read path with the raw Redis floor (the cache's
     # gain is bench/zipf.py's subject). The compare server gets the same flags, its own port.
-    serve = [*cli, "serve", "--repo", str(repo), "--redis", seeds, "--log-level", "WARNING",
-             "--cache-entries", "0", "--metrics-port", "-1", "--port"]  # fmt: skip
+    serve = [
+        *cli,
+        "serve",
+        "--repo",
+        str(repo),
+        "--redis",
+        seeds,
+        "--log-level",
+        "WARNING",
+        "--cache-entries",
+        "0",
+        "--metrics-port",
+        "-1",
+        "--port",
+    ]
     servers = [subprocess.Popen([*serve, str(ports[0])])]
     if compare:
         servers.append(subprocess.Popen([*serve, str(ports[1])], env=compare.env))
@@ -279,8 +309,10 @@ def report(results: dict[str, Any]) -> None:
     if "compare" in results:
         name = results["compare"]["label"]
         print(f"\n[{name}] / this tree, same run, interleaved call by call:")
-        print(f"| scenario | p50 ms | p50 ms [{name}] | p50 ratio | p99 ms | p99 ms [{name}] "
-              "| p99 ratio |\n|---|---|---|---|---|---|---|")  # fmt: skip
+        print(
+            f"| scenario | p50 ms | p50 ms [{name}] | p50 ratio | p99 ms | p99 ms [{name}] "
+            "| p99 ratio |\n|---|---|---|---|---|---|---|"
+        )
         for scenario, ratio in results["compare"]["ratios"].items():
             current, other = results[scenario], results[f"{scenario} [{name}]"]
             print(

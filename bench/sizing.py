@@ -20,16 +20,24 @@ from featurewell.devcluster import _call, start_local_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "streaming_media"
-VIEWS = ["user_activity", "user_genre_preferences", "item_stats", "item_genre",
-         "user_item_watch_progress"]  # fmt: skip
+VIEWS = [
+    "user_activity",
+    "user_genre_preferences",
+    "item_stats",
+    "item_genre",
+    "user_item_watch_progress",
+]
 
 
 def used_memory(ports: list[int]) -> int:
     total = 0
     for port in ports:
         info = _call(port, "INFO", "memory").decode()
-        total += int(next(line.split(":")[1] for line in info.splitlines()
-                          if line.startswith("used_memory:")))  # fmt: skip
+        total += int(
+            next(
+                line.split(":")[1] for line in info.splitlines() if line.startswith("used_memory:")
+            )
+        )
     return total
 
 
@@ -39,9 +47,20 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=50_000)
     parser.add_argument("--data", type=Path, default=Path("/tmp/featurewell-sizing"))
     args = parser.parse_args()
-    subprocess.run([sys.executable, str(EXAMPLE / "generate.py"), "--users", str(args.users),
-                    "--items", str(args.items), "--out", str(args.data / "data")],
-                   check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLE / "generate.py"),
+            "--users",
+            str(args.users),
+            "--items",
+            str(args.items),
+            "--out",
+            str(args.data / "data"),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     (args.data / "repo.py").write_bytes((EXAMPLE / "repo.py").read_bytes())
     print("| view | rows | bytes per row | GiB per million entities |\n|---|---|---|---|")
     with start_local_cluster(3, 0) as cluster:
@@ -49,8 +68,18 @@ def main() -> None:
         for view in VIEWS:
             rows = pq.read_metadata(args.data / "data" / f"{view}.parquet").num_rows
             before = used_memory(cluster.masters)
-            load = [sys.executable, "-m", "featurewell.cli", "materialize",
-                    "--repo", str(args.data), "--redis", seeds, "--views", view]  # fmt: skip
+            load = [
+                sys.executable,
+                "-m",
+                "featurewell.cli",
+                "materialize",
+                "--repo",
+                str(args.data),
+                "--redis",
+                seeds,
+                "--views",
+                view,
+            ]
             subprocess.run(load, check=True, capture_output=True)
             per_row = (used_memory(cluster.masters) - before) / rows
             print(f"| {view} | {rows:,} | {per_row:.0f} | {per_row * 1e6 / 2**30:.3f} |")

@@ -77,13 +77,28 @@ def events(rng: np.random.Generator, count: int, start_id: int, times: Any) -> l
     users = rng.integers(0, USERS, count)
     items = rng.zipf(1.3, count) % ITEMS
     return [
-        {"event_id": f"e{start_id + n}", "event_time": int(times[n]), "user_id": f"u{u}",
-         "item_id": f"i{i}", "duration_min": float(d), "hour": int(h), "genre_id": int(g),
-         "progress": float(p)}
-        for n, (u, i, d, h, g, p) in enumerate(zip(
-            users, items, rng.gamma(2.0, 20.0, count).round(1), rng.integers(0, 24, count),
-            rng.integers(0, 12, count), rng.random(count).round(3), strict=True))
-    ]  # fmt: skip
+        {
+            "event_id": f"e{start_id + n}",
+            "event_time": int(times[n]),
+            "user_id": f"u{u}",
+            "item_id": f"i{i}",
+            "duration_min": float(d),
+            "hour": int(h),
+            "genre_id": int(g),
+            "progress": float(p),
+        }
+        for n, (u, i, d, h, g, p) in enumerate(
+            zip(
+                users,
+                items,
+                rng.gamma(2.0, 20.0, count).round(1),
+                rng.integers(0, 24, count),
+                rng.integers(0, 12, count),
+                rng.random(count).round(3),
+                strict=True,
+            )
+        )
+    ]
 
 
 async def produce(seeds: list[tuple[str, int]], repo: Path, rate: float, seconds: float) -> None:
@@ -122,9 +137,16 @@ async def _runner(
     settings = Settings.load(environ={}).with_changes(redis=tuple(seeds))
     store = await OnlineStore.connect(seeds, connect_timeout=2, connections_per_node=2)
     # Configured as `featurewell stream` runs it.
-    runner = StreamRunner(registry, _source(repo), FeatureEngine(registry, store, settings.serving),
-                          group=group, batch_size=2000, checkpoint_s=checkpoint_s,
-                          refresh_s=refresh_s, freeze_gc=True)  # fmt: skip
+    runner = StreamRunner(
+        registry,
+        _source(repo),
+        FeatureEngine(registry, store, settings.serving),
+        group=group,
+        batch_size=2000,
+        checkpoint_s=checkpoint_s,
+        refresh_s=refresh_s,
+        freeze_gc=True,
+    )
     await runner.start()
     return runner
 
@@ -147,8 +169,12 @@ async def throughput(seeds: list[tuple[str, int]], repo: Path, backlog: int) -> 
         await runner.step()
     await runner.checkpoint()
     seconds = time.perf_counter() - started
-    return {"events": backlog, "seconds": seconds, "events_per_s": backlog / seconds,
-            "rows_written": runner.stats.rows_written}  # fmt: skip
+    return {
+        "events": backlog,
+        "seconds": seconds,
+        "events_per_s": backlog / seconds,
+        "rows_written": runner.stats.rows_written,
+    }
 
 
 async def backfill_throughput(
@@ -166,12 +192,22 @@ async def backfill_throughput(
     settings = Settings.load(environ={}).with_changes(redis=tuple(seeds))
     store = await OnlineStore.connect(seeds, connect_timeout=2, connections_per_node=2)
     started = time.perf_counter()
-    done = await backfill(registry, source, FeatureEngine(registry, store, settings.serving), log,
-                          as_of_us=now_us, seed_group="bench-backfill")  # fmt: skip
+    done = await backfill(
+        registry,
+        source,
+        FeatureEngine(registry, store, settings.serving),
+        log,
+        as_of_us=now_us,
+        seed_group="bench-backfill",
+    )
     seconds = time.perf_counter() - started
     await store.close()
-    return {"events": count, "seconds": seconds, "events_per_s": count / seconds,
-            "entities": sum(d.entities for d in done)}  # fmt: skip
+    return {
+        "events": count,
+        "seconds": seconds,
+        "events_per_s": count / seconds,
+        "entities": sum(d.entities for d in done),
+    }
 
 
 async def latency(
@@ -190,10 +226,22 @@ async def latency(
     runner.stats.visible_recent_ms = deque()  # keep every event's figure for this run
     consumed_before = runner.stats.events
     producer = subprocess.Popen(  # noqa: ASYNC220 (started once; Popen does not wait)
-        [sys.executable, __file__, "--produce", "--repo", str(repo), "--rate", str(rate),
-         "--seconds", str(seconds), "--seeds", ",".join(f"{h}:{p}" for h, p in seeds)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            __file__,
+            "--produce",
+            "--repo",
+            str(repo),
+            "--rate",
+            str(rate),
+            "--seconds",
+            str(seconds),
+            "--seeds",
+            ",".join(f"{h}:{p}" for h, p in seeds),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     started = time.perf_counter()
     while producer.poll() is None:
         if not await runner.step():
@@ -248,21 +296,32 @@ def main() -> None:
         )
         runs = []
         for n in range(args.runs):
-            got = asyncio.run(latency(
-                cluster.seeds, repo, args.rate, args.seconds, f"live-{n}", args.checkpoint_s,
-                args.refresh_s,
-            ))  # fmt: skip
+            got = asyncio.run(
+                latency(
+                    cluster.seeds,
+                    repo,
+                    args.rate,
+                    args.seconds,
+                    f"live-{n}",
+                    args.checkpoint_s,
+                    args.refresh_s,
+                )
+            )
             runs.append(got)
-            print(f"run {n + 1}: sent {got['rate_sent']:,.0f}/s, consumed "
-                  f"{got['rate_consumed']:,.0f}/s; appended -> servable p50 "
-                  f"{got['p50_ms']:.0f} ms, p99 {got['p99_ms']:.0f} ms, max "
-                  f"{got['max_ms']:.0f} ms over {got['events']:,} events")  # fmt: skip
+            print(
+                f"run {n + 1}: sent {got['rate_sent']:,.0f}/s, consumed "
+                f"{got['rate_consumed']:,.0f}/s; appended -> servable p50 "
+                f"{got['p50_ms']:.0f} ms, p99 {got['p99_ms']:.0f} ms, max "
+                f"{got['max_ms']:.0f} ms over {got['events']:,} events"
+            )
         if not runs:
             return
         p50 = float(np.median([r["p50_ms"] for r in runs]))
         p99 = float(np.median([r["p99_ms"] for r in runs]))
-        print(f"median of {len(runs)} runs at {args.rate:,.0f} events/s: p50 {p50:.0f} ms, "
-              f"p99 {p99:.0f} ms (aim: p99 <= 1000 ms)")  # fmt: skip
+        print(
+            f"median of {len(runs)} runs at {args.rate:,.0f} events/s: p50 {p50:.0f} ms, "
+            f"p99 {p99:.0f} ms (aim: p99 <= 1000 ms)"
+        )
 
 
 if __name__ == "__main__":

@@ -45,10 +45,12 @@ CONFIGS = {
     # name: extra environment of the server process ("before" runs the old tree)
     "before telemetry": {},
     "tracing off": {},
-    "tracing 10%": {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-                    "OTEL_TRACES_SAMPLER_ARG": "0.1"},
+    "tracing 10%": {
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.1",
+    },
     "tracing 100%": {"OTEL_TRACES_SAMPLER": "parentbased_always_on"},
-}  # fmt: skip
+}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -77,8 +79,11 @@ def main() -> None:
     args = parser.parse_args()
     before = Path("/tmp/featurewell-before")
     if not before.exists():
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(before),
-                        args.before], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(before), args.before],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     data = example_repo(Path(os.environ.get("FEATUREWELL_BENCH_DATA", "/tmp/featurewell-bench")))
     collector = Collector()
     sink = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
@@ -107,25 +112,44 @@ def measure(
 ) -> dict[str, Any]:
     seeds_arg = ",".join(f"{h}:{p}" for h, p in seeds)
     cli = [sys.executable, "-m", "featurewell.cli"]
-    subprocess.run([*cli, "materialize", "--repo", str(repo), "--redis", seeds_arg], check=True,
-                   stdout=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        [*cli, "materialize", "--repo", str(repo), "--redis", seeds_arg],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     servers: dict[str, tuple[subprocess.Popen[bytes], FeatureClient]] = {}
     try:
         for name, extra in CONFIGS.items():
             (port,) = _free_ports(1)
             env = {**os.environ, **extra}
             if extra:
-                env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
-                        "OTEL_EXPORTER_OTLP_INSECURE": "true"}  # fmt: skip
+                env |= {
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
+                    "OTEL_EXPORTER_OTLP_INSECURE": "true",
+                }
             served = repo
             if name == "before telemetry":  # its tree shadows the installed one
                 env["PYTHONPATH"] = f"{before / 'server'}:{before / 'client'}"
                 served = _old_repo(before, repo)
             process = subprocess.Popen(
-                [*cli, "serve", "--repo", str(served), "--redis", seeds_arg, "--port", str(port),
-                 "--metrics-port", "0", "--log-level", "WARNING", "--cache-entries", "0"],
+                [
+                    *cli,
+                    "serve",
+                    "--repo",
+                    str(served),
+                    "--redis",
+                    seeds_arg,
+                    "--port",
+                    str(port),
+                    "--metrics-port",
+                    "0",
+                    "--log-level",
+                    "WARNING",
+                    "--cache-entries",
+                    "0",
+                ],
                 env=env,
-            )  # fmt: skip
+            )
             address = f"127.0.0.1:{port}"
             grpc.channel_ready_future(grpc.insecure_channel(address)).result(timeout=30)
             servers[name] = (process, FeatureClient(address, timeout=5))

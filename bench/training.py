@@ -27,10 +27,17 @@ DAY_US = 86_400_000_000
 START = 1_790_000_000_000_000
 user = Entity("user", join_keys={"user_id": String})
 item = Entity("item", join_keys={"item_id": Int64})
-users_view = FeatureView("user_stats", entity=user, max_age=None, features=[
-    Feature(f"u{n}", Float32 if n % 2 else Int64) for n in range(10)])  # fmt: skip
-items_view = FeatureView("item_stats", entity=item, features=[
-    Feature(f"i{n}", Float32 if n % 2 else Int64) for n in range(10)])  # fmt: skip
+users_view = FeatureView(
+    "user_stats",
+    entity=user,
+    max_age=None,
+    features=[Feature(f"u{n}", Float32 if n % 2 else Int64) for n in range(10)],
+)
+items_view = FeatureView(
+    "item_stats",
+    entity=item,
+    features=[Feature(f"i{n}", Float32 if n % 2 else Int64) for n in range(10)],
+)
 REGISTRY = Registry.build([user, item, users_view, items_view])
 FEATURES = ["user_stats:*", "item_stats:*"]
 
@@ -48,9 +55,10 @@ def history(
     for feature in view.features:
         values = rng.random(rows) * 100
         columns[feature.name] = pa.array(
-            values.astype(np.float32) if feature.dtype.element_dtype == np.float32
+            values.astype(np.float32)
+            if feature.dtype.element_dtype == np.float32
             else values.astype(np.int64)
-        )  # fmt: skip
+        )
     return pa.table(columns)
 
 
@@ -82,12 +90,15 @@ def main() -> None:
         store = OfflineStore(folder)
         store.write(users_view, history(rng, users_view, user_ids, 12))
         store.write(items_view, history(rng, items_view, item_ids, 30))
-        labels = pa.table({
-            "user_id": user_ids.take(pa.array(rng.integers(0, 100_000, args.labels))),
-            "item_id": item_ids.take(pa.array(rng.integers(0, 20_000, args.labels))),
-            "event_timestamp": pa.array(START + rng.integers(0, 30 * DAY_US, args.labels),
-                                        pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-        })  # fmt: skip
+        labels = pa.table(
+            {
+                "user_id": user_ids.take(pa.array(rng.integers(0, 100_000, args.labels))),
+                "item_id": item_ids.take(pa.array(rng.integers(0, 20_000, args.labels))),
+                "event_timestamp": pa.array(
+                    START + rng.integers(0, 30 * DAY_US, args.labels), pa.int64()
+                ).cast(pa.timestamp("us", tz="UTC")),
+            }
+        )
         ours, floors = [], []
         for run in range(args.runs):
             floors.append(floor(store, labels))

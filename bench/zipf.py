@@ -85,34 +85,46 @@ def main() -> None:
     with start_local_cluster(3, 1) as cluster:
         seeds = ",".join(f"{h}:{p}" for h, p in cluster.seeds)
         cli = [sys.executable, "-m", "featurewell.cli"]
-        subprocess.run([*cli, "materialize", "--repo", str(data), "--redis", seeds], check=True,
-                       stdout=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(
+            [*cli, "materialize", "--repo", str(data), "--redis", seeds],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         off_port, on_port, metrics_port = _free_ports(3)
         common = [*cli, "serve", "--repo", str(data), "--redis", seeds, "--log-level", "WARNING"]
         servers = [
-            subprocess.Popen([*common, "--port", str(off_port), "--cache-entries", "0",
-                              "--metrics-port", "-1"]),
-            subprocess.Popen([*common, "--port", str(on_port),
-                              "--metrics-port", str(metrics_port)]),
-        ]  # fmt: skip
+            subprocess.Popen(
+                [*common, "--port", str(off_port), "--cache-entries", "0", "--metrics-port", "-1"]
+            ),
+            subprocess.Popen(
+                [*common, "--port", str(on_port), "--metrics-port", str(metrics_port)]
+            ),
+        ]
         try:
-            results = measure(cluster.seeds, off_port, on_port, metrics_port, phases,
-                              args.warmup)  # fmt: skip
+            results = measure(cluster.seeds, off_port, on_port, metrics_port, phases, args.warmup)
         finally:
             for server in servers:
                 server.send_signal(signal.SIGTERM)
                 server.wait(timeout=30)
-    results["setup"] = {"items": args.items, "s": args.s, "iterations": args.iterations,
-                        "cores": os.cpu_count()}  # fmt: skip
+    results["setup"] = {
+        "items": args.items,
+        "s": args.s,
+        "iterations": args.iterations,
+        "cores": os.cpu_count(),
+    }
     report(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
 
 def measure(
-    seeds: Any, off_port: int, on_port: int, metrics_port: int,
-    phases: dict[str, list[list[str]]], warmup: int,
-) -> dict[str, Any]:  # fmt: skip
+    seeds: Any,
+    off_port: int,
+    on_port: int,
+    metrics_port: int,
+    phases: dict[str, list[list[str]]],
+    warmup: int,
+) -> dict[str, Any]:
     for port in (off_port, on_port):
         grpc.channel_ready_future(grpc.insecure_channel(f"127.0.0.1:{port}")).result(timeout=30)
     loop = asyncio.new_event_loop()
@@ -171,9 +183,11 @@ def measure(
 
 def report(results: dict[str, Any]) -> None:
     setup = results["setup"]
-    print(f"\n1 user (uniform over {USERS}) + 500 items per call, {setup['iterations']} calls "
-          f"per scenario, interleaved; items: Zipf s={setup['s']} over {setup['items']} "
-          f"(zipf), or the {TRENDING} most popular of them (trending)")  # fmt: skip
+    print(
+        f"\n1 user (uniform over {USERS}) + 500 items per call, {setup['iterations']} calls "
+        f"per scenario, interleaved; items: Zipf s={setup['s']} over {setup['items']} "
+        f"(zipf), or the {TRENDING} most popular of them (trending)"
+    )
     print("\n| items | scenario | p50 ms | p90 ms | p99 ms |\n|---|---|---|---|---|")
     for phase in ("zipf", "trending"):
         for name in ("raw_redis", "cache_off", "cache_on"):

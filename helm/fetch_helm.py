@@ -37,8 +37,11 @@ def main(target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(binary)
     target.chmod(0o755)
-    print(subprocess.run([str(target), "version", "--short"], capture_output=True, text=True,
-                         check=True).stdout.strip())  # fmt: skip
+    print(
+        subprocess.run(
+            [str(target), "version", "--short"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
 
 
 if __name__ == "__main__":

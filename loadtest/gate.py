@@ -50,9 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-ranker-ms", type=float, default=20.0)
     parser.add_argument("--out", type=Path, default=Path("loadtest/reports"))
     parser.add_argument(
-        "--local", action="store_true",
+        "--local",
+        action="store_true",
         help="start `featurewell demo` (local cluster + example data + server) and test it",
-    )  # fmt: skip
+    )
     parser.add_argument("--local-users", type=int, default=5000)
     parser.add_argument("--local-items", type=int, default=2000)
     parser.add_argument("--local-server-args", default="", help="extra flags for the server")
@@ -79,12 +80,26 @@ def _with_local_server(args: argparse.Namespace) -> int:
     log_path = args.out / "demo.log"
     log = log_path.open("w")
     demo = subprocess.Popen(
-        [sys.executable, "-m", "featurewell.cli", "demo", "--port", str(port),
-         "--metrics-port", str(metrics_port), "--users", str(args.local_users),
-         "--items", str(args.local_items), "--log-level", "WARNING",
-         *shlex.split(args.local_server_args)],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "featurewell.cli",
+            "demo",
+            "--port",
+            str(port),
+            "--metrics-port",
+            str(metrics_port),
+            "--users",
+            str(args.local_users),
+            "--items",
+            str(args.local_items),
+            "--log-level",
+            "WARNING",
+            *shlex.split(args.local_server_args),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         # (This process must not import grpc before Locust has patched it for gevent.)
         args.host = f"127.0.0.1:{port}"
@@ -144,8 +159,11 @@ def _run(
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import locustfile
 
-    classes = {"single": locustfile.ModelServerUser, "ranker": locustfile.RankerUser,
-               "writer": locustfile.WriterUser}  # fmt: skip
+    classes = {
+        "single": locustfile.ModelServerUser,
+        "ranker": locustfile.RankerUser,
+        "writer": locustfile.WriterUser,
+    }
     chosen: list[type[User]] = [cls for name, cls in classes.items() if rates[name] > 0]
     for name, cls in classes.items():
         cls.fixed_count = users[name] if rates[name] > 0 else 0
@@ -209,11 +227,23 @@ def _start_probe(args: argparse.Namespace) -> Any:
     import subprocess
 
     return subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve().parent / "probe.py"), "--host", args.host,
-         "--delay", str(args.warmup + 0.5), "--duration", str(max(1.0, args.duration - 1.0)),
-         "--single-rps", str(args.probe_single_rps), "--ranker-rps", str(args.probe_ranker_rps)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(Path(__file__).resolve().parent / "probe.py"),
+            "--host",
+            args.host,
+            "--delay",
+            str(args.warmup + 0.5),
+            "--duration",
+            str(max(1.0, args.duration - 1.0)),
+            "--single-rps",
+            str(args.probe_single_rps),
+            "--ranker-rps",
+            str(args.probe_ranker_rps),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _finish_probe(probe: Any) -> dict[str, list[float]]:
@@ -256,8 +286,9 @@ def _server_quantiles(
     total = counts[-1] if counts else 0.0
     out = {"server_calls": total}
     for name, q in (("server_p50", 0.5), ("server_p99", 0.99)):
-        out[name] = next((b for b, c in zip(bounds, counts, strict=True) if c >= q * total),
-                         float("inf"))  # fmt: skip
+        out[name] = next(
+            (b for b, c in zip(bounds, counts, strict=True) if c >= q * total), float("inf")
+        )
     return out
 
 
@@ -299,13 +330,19 @@ def _report(
     html: str = get_html_report(env)  # type: ignore[no-untyped-call]  # Locust leaves it untyped
     (args.out / "gate_report.html").write_text(html)
     print(f"\n{args.host}, {args.duration:.0f} s after {args.warmup:.0f} s of warm-up")
-    print("| scenario | calls | rate /s | failures | probe p50 ms | probe p99 ms "
-          "| server p50 ≤ ms | server p99 ≤ ms | locust p50 ms | locust p99 ms "
-          "| locust max ms |")  # fmt: skip
+    print(
+        "| scenario | calls | rate /s | failures | probe p50 ms | probe p99 ms "
+        "| server p50 ≤ ms | server p99 ≤ ms | locust p50 ms | locust p99 ms "
+        "| locust max ms |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, f in figures.items():
-        server = (f"{f['probe_p50']:.2f} | {f['probe_p99']:.2f} | {f['server_p50']:g} "
-                  f"| {f['server_p99']:g}" if "server_p99" in f else "- | - | - | -")  # fmt: skip
+        server = (
+            f"{f['probe_p50']:.2f} | {f['probe_p99']:.2f} | {f['server_p50']:g} "
+            f"| {f['server_p99']:g}"
+            if "server_p99" in f
+            else "- | - | - | -"
+        )
         client = f"{f['client_p50']:.2f} | {f['client_p99']:.2f} | {f['client_max']:.2f}"
         print(f"| {name} | {f['calls']} | {f['rps']:.0f} | {f['failures']} | {server} | {client} |")
     print("\n" + ("GATE RED:\n  " + "\n  ".join(verdicts) if verdicts else "GATE GREEN"))

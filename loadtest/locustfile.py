@@ -67,9 +67,13 @@ class GrpcUser(User):
 
         seconds, error = gevent.get_hub().threadpool.apply(run)
         self.environment.events.request.fire(
-            request_type="grpc", name=name, response_time=seconds * 1000,
-            response_length=0, exception=error, context={},
-        )  # fmt: skip
+            request_type="grpc",
+            name=name,
+            response_time=seconds * 1000,
+            response_length=0,
+            exception=error,
+            context={},
+        )
 
 
 class ModelServerUser(GrpcUser):
@@ -116,6 +120,12 @@ class WriterUser(GrpcUser):
             "device": rng.choice(DEVICES, size=20).astype(object),  # str: STRING
             "session_minutes": rng.gamma(2, 15, 20).astype(np.float32),  # float32: FLOAT32
         }
-        self.timed("writer", lambda: self.client.write_features(
-            "user_session", {"user_id": users}, [now_us] * 20, features,
-        ))  # fmt: skip
+        self.timed(
+            "writer",
+            lambda: self.client.write_features(
+                "user_session",
+                {"user_id": users},
+                [now_us] * 20,
+                features,
+            ),
+        )

@@ -8,11 +8,16 @@ import numpy as np
 
 SINGLE = ["user_activity:*", "user_genre_preferences:*"]
 RANKING = [
-    "user_activity:watch_count_7d", "user_activity:avg_watch_duration_min",
-    "user_activity:preferred_hour", "user_genre_preferences:genre_vector",
-    "item_stats:popularity_score", "item_stats:watch_count_24h", "item_stats:duration_min",
-    "item_genre:genre_embedding", "user_item_affinity:genre_affinity",
-]  # fmt: skip
+    "user_activity:watch_count_7d",
+    "user_activity:avg_watch_duration_min",
+    "user_activity:preferred_hour",
+    "user_genre_preferences:genre_vector",
+    "item_stats:popularity_score",
+    "item_stats:watch_count_24h",
+    "item_stats:duration_min",
+    "item_genre:genre_embedding",
+    "user_item_affinity:genre_affinity",
+]
 
 
 def zipf_ids(prefix: str, population: int, s: float = 1.1, seed: int = 0) -> Callable[[], str]:

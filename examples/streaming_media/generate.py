@@ -92,15 +92,17 @@ def generate(
     resent = order[rng.random(count) < 0.005]  # a producer retried: same event id again
     order = np.sort(np.concatenate([order, resent]), kind="stable")
     order = order[np.argsort(when[order], kind="stable")]
-    watches = pa.table({
-        "event_id": [f"w{n:08d}" for n in order.tolist()],
-        "event_time": pa.array(when[order], pa.int64()),
-        "user_id": [user_id(int(u)) for u in who[order]],
-        "item_id": [item_id(int(i)) for i in what[order]],
-        "minutes": minutes[order],
-        "title_min": title_min[what[order]],
-        "genre": item_genres[what[order]].astype(np.int64),
-    })  # fmt: skip
+    watches = pa.table(
+        {
+            "event_id": [f"w{n:08d}" for n in order.tolist()],
+            "event_time": pa.array(when[order], pa.int64()),
+            "user_id": [user_id(int(u)) for u in who[order]],
+            "item_id": [item_id(int(i)) for i in what[order]],
+            "minutes": minutes[order],
+            "title_min": title_min[what[order]],
+            "genre": item_genres[what[order]].astype(np.int64),
+        }
+    )
     catalog = pa.table(
         {
             "item_id": [item_id(n) for n in range(items)],

@@ -38,8 +38,20 @@ from featurewell.definitions import (
     on_demand,
 )
 
-GENRES = ("drama", "comedy", "action", "thriller", "documentary", "animation", "horror",
-          "romance", "sci_fi", "crime", "family", "reality")  # fmt: skip
+GENRES = (
+    "drama",
+    "comedy",
+    "action",
+    "thriller",
+    "documentary",
+    "animation",
+    "horror",
+    "romance",
+    "sci_fi",
+    "crime",
+    "family",
+    "reality",
+)
 GENRE_DIM = 32
 # Each genre's direction in taste space (fixed: models are trained on these axes).
 _axes = np.random.default_rng(2024).normal(size=(len(GENRES), GENRE_DIM))

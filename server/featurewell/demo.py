@@ -70,8 +70,10 @@ def run_demo(settings: Settings, options: DemoOptions) -> None:
                 shutil.copyfile(example_repo() / name, workdir / name)
             settings = settings.with_changes(repo=str(workdir))
         repo = Path(settings.repo)
-        print(f"starting a local Redis Cluster (3 masters, {options.replicas} replicas each)...",
-              flush=True)  # fmt: skip
+        print(
+            f"starting a local Redis Cluster (3 masters, {options.replicas} replicas each)...",
+            flush=True,
+        )
         cluster = cleanup.enter_context(start_local_cluster(3, options.replicas))
         settings = settings.with_changes(redis=tuple(cluster.seeds))
         print(f"Redis Cluster up: {_seeds(settings)} (data in {cluster.workdir})", flush=True)
@@ -160,11 +162,24 @@ async def _start_stream(
     """`featurewell stream` for one source, as its own process (as deployed: the engine's CPU
     never competes with serving), added to `started`; returns once it is consuming."""
     process = await asyncio.create_subprocess_exec(
-        *DIE_WITH_PARENT, sys.executable, "-m", "featurewell.cli", "stream",
-        "--repo", settings.repo, "--redis", _seeds(settings), "--source", source.name,
-        "--metrics-port", "0", "--log-level", settings.log_level,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        *DIE_WITH_PARENT,
+        sys.executable,
+        "-m",
+        "featurewell.cli",
+        "stream",
+        "--repo",
+        settings.repo,
+        "--redis",
+        _seeds(settings),
+        "--source",
+        source.name,
+        "--metrics-port",
+        "0",
+        "--log-level",
+        settings.log_level,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     started.append(process)
     assert process.stderr is not None
     async with asyncio.timeout(60):

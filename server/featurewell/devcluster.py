@@ -62,9 +62,13 @@ class LocalCluster:
     def restart(self, port: int) -> None:
         """Start a killed node again on its port; it rejoins with its saved cluster config."""
         self.processes[port] = _spawn(
-            self.redis_server, port, self.workdir, self.node_timeout_ms,
-            self.tls, self.tls_ports.get(port),
-        )  # fmt: skip
+            self.redis_server,
+            port,
+            self.workdir,
+            self.node_timeout_ms,
+            self.tls,
+            self.tls_ports.get(port),
+        )
         _wait_for(lambda: _call(port, "PING") == b"PONG", f"node {port} to restart")
 
     def owner(self, slot: int) -> int:
@@ -114,10 +118,15 @@ def start_local_cluster(
     ports = _free_ports(nodes * (2 if tls else 1))
     directory = workdir or Path(tempfile.mkdtemp(prefix="featurewell-cluster-"))
     cluster = LocalCluster(
-        ports[:masters], ports[masters:nodes], directory, owns_workdir=workdir is None,
-        node_timeout_ms=node_timeout_ms, redis_server=redis_server, tls=tls,
+        ports[:masters],
+        ports[masters:nodes],
+        directory,
+        owns_workdir=workdir is None,
+        node_timeout_ms=node_timeout_ms,
+        redis_server=redis_server,
+        tls=tls,
         tls_ports=dict(zip(ports[:nodes], ports[nodes:], strict=True)) if tls else {},
-    )  # fmt: skip
+    )
     try:
         for port in ports[:nodes]:
             cluster.processes[port] = _spawn(
@@ -150,27 +159,59 @@ def _spawn(
     tls_port: int | None = None,
 ) -> subprocess.Popen[bytes]:
     args = [
-        binary, "--port", str(port), "--bind", HOST, "--protected-mode", "no",
-        "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
-        "--cluster-node-timeout", str(node_timeout_ms), "--save", "", "--appendonly", "no",
-        "--dir", str(directory), "--logfile", str(directory / f"redis-{port}.log"),
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        HOST,
+        "--protected-mode",
+        "no",
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        f"nodes-{port}.conf",
+        "--cluster-node-timeout",
+        str(node_timeout_ms),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(directory),
+        "--logfile",
+        str(directory / f"redis-{port}.log"),
         # Replicas sync at once instead of waiting 5 s for more replicas to share a transfer.
-        "--repl-diskless-sync-delay", "0",
+        "--repl-diskless-sync-delay",
+        "0",
         # CLUSTER SLOTS hides a replica until its replication offset moves; with no writes that
         # happens only at the master's replica ping, every 10 s by default.
-        "--repl-ping-replica-period", "1",
+        "--repl-ping-replica-period",
+        "1",
         # While a master is down, the other masters keep serving their own slots instead of
         # answering CLUSTERDOWN for everything (the default): what a feature store wants.
-        "--cluster-require-full-coverage", "no",
+        "--cluster-require-full-coverage",
+        "no",
         # Tests make a node slow with DEBUG SLEEP; only from local connections.
-        "--enable-debug-command", "local",
-    ]  # fmt: skip
+        "--enable-debug-command",
+        "local",
+    ]
     if tls is not None and tls_port is not None:
         args += [
-            "--tls-port", str(tls_port), "--tls-cluster", "yes", "--tls-replication", "yes",
-            "--tls-cert-file", str(tls.cert), "--tls-key-file", str(tls.key),
-            "--tls-ca-cert-file", str(tls.ca), "--tls-auth-clients", "optional",
-        ]  # fmt: skip
+            "--tls-port",
+            str(tls_port),
+            "--tls-cluster",
+            "yes",
+            "--tls-replication",
+            "yes",
+            "--tls-cert-file",
+            str(tls.cert),
+            "--tls-key-file",
+            str(tls.key),
+            "--tls-ca-cert-file",
+            str(tls.ca),
+            "--tls-auth-clients",
+            "optional",
+        ]
     return subprocess.Popen(
         [*DIE_WITH_PARENT, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -210,8 +251,10 @@ def _form(cluster: LocalCluster) -> None:
     for port in cluster.ports:
         _wait_for(lambda p=port: b"cluster_state:ok" in _call(p, "CLUSTER", "INFO"), "cluster ok")
     for port in cluster.replicas:
-        _wait_for(lambda p=port: b"master_link_status:up" in _call(p, "INFO", "replication"),
-                  f"replica {port} to sync")  # fmt: skip
+        _wait_for(
+            lambda p=port: b"master_link_status:up" in _call(p, "INFO", "replication"),
+            f"replica {port} to sync",
+        )
     replicas = len(cluster.replicas) // len(masters)
     for port in cluster.ports:  # gossip done: every node reports every range with its replicas
         _wait_for(lambda p=port: _sees_topology(p, len(masters), replicas), "topology to settle")

@@ -11,302 +11,31 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import MISSING, dataclass, field, fields, replace
-from typing import Any, ClassVar
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 from featurewell.errors import ConfigError
+from featurewell.settings_groups import (
+    CacheSettings,
+    Group,
+    ListenSettings,
+    OfflineSettings,
+    RedisSettings,
+    ServingSettings,
+    TelemetrySettings,
+    setting,
+)
 from featurewell.store.connection import Address
 
 ENV_PREFIX = "FEATUREWELL_"
 
 
-def _setting(name: str, doc: str, default: Any = MISSING, *, secret: bool = False) -> Any:
-    # A secret stays out of repr(), so logging the settings never prints it.
-    return field(default=default, metadata={"name": name, "doc": doc}, repr=not secret)
-
-
-@dataclass(frozen=True)
-class Group:
-    """A group of settings. `title` heads its flags in `--help`."""
-
-    title: ClassVar[str] = ""
-
-    def check(self) -> None:
-        """Raise ConfigError naming the setting and what it takes."""
-
-
-@dataclass(frozen=True)
-class RedisSettings(Group):
-    title = "Redis Cluster"
-    seeds: tuple[Address, ...] = _setting(
-        "redis", "Redis Cluster seed nodes, comma-separated host:port.", (("127.0.0.1", 7000),)
-    )
-    password: str = _setting(
-        "redis_password",
-        "Redis AUTH password; set FEATUREWELL_REDIS_PASSWORD (from a Secret), not the flag, "
-        "which other users can see.",
-        "",
-        secret=True,
-    )
-    tls: bool = _setting("redis_tls", "Connect to Redis over TLS (nodes' tls-port).", False)
-    tls_ca_file: str = _setting(
-        "redis_tls_ca_file",
-        "PEM CA bundle that signed the Redis nodes' certificates (default: the system's).",
-        "",
-    )
-    tls_cert_file: str = _setting(
-        "redis_tls_cert_file",
-        "PEM client certificate, when Redis requires one (tls-auth-clients yes).",
-        "",
-    )
-    tls_key_file: str = _setting(
-        "redis_tls_key_file", "PEM private key of redis_tls_cert_file.", ""
-    )
-    tls_check_hostname: bool = _setting(
-        "redis_tls_check_hostname",
-        "Check that each node's certificate names the address CLUSTER SLOTS gives for it (an "
-        "IP SAN when nodes announce IPs); turn off only with a private CA.",
-        True,
-    )
-    connect_timeout_s: float = _setting(
-        "connect_timeout_s", "Timeout to connect to a Redis node.", 2.0
-    )
-    connections_per_node: int = _setting(
-        "connections_per_node", "Multiplexed connections per Redis master.", 2
-    )
-    breaker_failures: int = _setting(
-        "breaker_failures", "Failed calls in a row that open a Redis node's circuit.", 3
-    )
-    breaker_open_ms: float = _setting(
-        "breaker_open_ms",
-        "How long an open circuit fails fast before a trial call probes the node.",
-        1000.0,
-    )
-
-    def check(self) -> None:
-        _positive(self, "connect_timeout_s", "connections_per_node", "breaker_failures",
-                  "breaker_open_ms")  # fmt: skip
-        if not self.seeds:
-            raise ConfigError("setting redis needs at least one host:port")
-        if bool(self.tls_cert_file) != bool(self.tls_key_file):
-            raise ConfigError(
-                "settings redis_tls_cert_file and redis_tls_key_file go together: set both"
-            )
-        if (self.tls_ca_file or self.tls_cert_file) and not self.tls:
-            raise ConfigError("redis_tls_* files are set but redis_tls is off: set redis_tls=true")
-
-
-@dataclass(frozen=True)
-class ListenSettings(Group):
-    title = "listening"
-    host: str = _setting("host", "Address to listen on (gRPC and /metrics).", "127.0.0.1")
-    metrics_port: int = _setting(
-        "metrics_port",
-        "Port of the Prometheus /metrics endpoint (0 picks a free one, -1 turns it off).",
-        9464,
-    )
-
-    def check(self) -> None:
-        if not -1 <= self.metrics_port < 65536:
-            raise ConfigError(
-                f"setting metrics_port must be -1 (off) or 0-65535, got {self.metrics_port}"
-            )
-
-
-@dataclass(frozen=True)
-class ServingSettings(Group):
-    title = "serving"
-    port: int = _setting("port", "gRPC port (0 picks a free one).", 50051)
-    workers: int = _setting("workers", "Server processes sharing the port via SO_REUSEPORT.", 1)
-    tls_cert_file: str = _setting(
-        "tls_cert_file", "PEM certificate chain: serve TLS (with tls_key_file).", ""
-    )
-    tls_key_file: str = _setting("tls_key_file", "PEM private key of tls_cert_file.", "")
-    store_timeout_ms: float = _setting(
-        "store_timeout_ms",
-        "Longest a call waits for Redis; a shorter client deadline shortens it further.",
-        50.0,
-    )
-    deadline_margin_ms: float = _setting(
-        "deadline_margin_ms",
-        "Time kept back from the client's deadline to build and send the answer.",
-        1.0,
-    )
-    write_timeout_s: float = _setting(
-        "write_timeout_s", "Longest a write batch waits for Redis to confirm it.", 10.0
-    )
-    max_rows: int = _setting(
-        "max_rows", "Largest batch: entity rows per GetFeatures/WriteFeatures call.", 10_000
-    )
-    max_features: int = _setting(
-        "max_features", "Most feature references per GetFeatures call.", 1_000
-    )
-    max_message_mb: int = _setting(
-        "max_message_mb", "Largest gRPC message, request or response.", 64
-    )
-    max_in_flight: int = _setting(
-        "max_in_flight",
-        "Calls served at once per process; more are shed at once with RESOURCE_EXHAUSTED.",
-        256,
-    )
-    reload_interval_s: float = _setting(
-        "reload_interval_s",
-        "How often to check the feature repo's files for changes and reload (0: only on SIGHUP).",
-        0.0,
-    )
-    versions_poll_s: float = _setting(
-        "versions_poll_s",
-        "How often servers read the default versions `featurewell promote` sets (shared "
-        "through Redis).",
-        1.0,
-    )
-    drain_delay_s: float = _setting(
-        "drain_delay_s",
-        "On SIGTERM, how long to keep serving while health reports NOT_SERVING.",
-        0.0,
-    )
-    grace_period_s: float = _setting(
-        "grace_period_s", "On SIGTERM, how long in-flight calls may finish.", 10.0
-    )
-    gc_gen0_threshold: int = _setting(
-        "gc_gen0_threshold", "Allocations between young-generation GC passes.", 50_000
-    )
-    inject_delay_ms: float = _setting(
-        "inject_delay_ms",
-        "Fault injection for testing alerts and the load-test gate: every GetFeatures waits "
-        "this long first. Keep 0 in production.",
-        0.0,
-    )
-
-    def check(self) -> None:
-        _positive(self, "workers", "store_timeout_ms", "max_rows", "max_features", "max_message_mb",
-                  "gc_gen0_threshold", "write_timeout_s", "max_in_flight")  # fmt: skip
-        _not_negative(self, "reload_interval_s", "inject_delay_ms")
-        if not 0 <= self.port < 65536:
-            raise ConfigError(f"setting port must be 0-65535, got {self.port}")
-        if self.workers > 1 and self.port == 0:
-            raise ConfigError("several workers need a fixed port, not port 0")
-        if bool(self.tls_cert_file) != bool(self.tls_key_file):
-            raise ConfigError("settings tls_cert_file and tls_key_file go together: set both")
-
-    @property
-    def max_message_bytes(self) -> int:
-        return self.max_message_mb * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class CacheSettings(Group):
-    title = "hot-key cache"
-    entries: int = _setting(
-        "cache_entries", "Hot-key cache size in rows (0 turns the cache off).", 100_000
-    )
-    mb: int = _setting("cache_mb", "Hot-key cache size limit in MiB.", 256)
-    ttl_s: float = _setting(
-        "cache_ttl_s",
-        "Longest a cached row answers reads (invalidations usually end it sooner).",
-        5.0,
-    )
-    ttl_fraction: float = _setting(
-        "cache_ttl_fraction", "A view's cache TTL never exceeds this fraction of its max age.", 0.1
-    )
-    admit_after: int = _setting(
-        "cache_admit_after",
-        "Fetches of a key (within the frequency window) before the cache admits it.",
-        2,
-    )
-    fallback_horizon_s: float = _setting(
-        "fallback_horizon_s",
-        "How long past its TTL a cached row may still be served when Redis fails.",
-        300.0,
-    )
-
-    def check(self) -> None:
-        _positive(self, "mb", "ttl_fraction", "admit_after")
-        _not_negative(self, "entries", "ttl_s", "fallback_horizon_s")
-        if self.ttl_fraction > 1:
-            raise ConfigError(
-                "setting cache_ttl_fraction must be at most 1 (a fraction of max age)"
-            )
-
-
-@dataclass(frozen=True)
-class TelemetrySettings(Group):
-    title = "telemetry"
-    traces_exporter: str = _setting(
-        "traces_exporter",
-        "OpenTelemetry trace exporter: otlp (gRPC), console, or none. Unset, it is taken from "
-        "OTEL_TRACES_EXPORTER, or otlp when an OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set; the "
-        "SDK reads the other OTEL_* variables (endpoint, sampler, service name) itself.",
-        "none",
-    )
-    freshness_interval_s: float = _setting(
-        "freshness_interval_s",
-        "How often to read every view's write marker (newest event, last write) for the "
-        "freshness gauges.",
-        15.0,
-    )
-    drift_sample_rate: float = _setting(
-        "drift_sample_rate", "Share of GetFeatures calls whose served values feed drift.", 0.01
-    )
-    drift_window_s: float = _setting(
-        "drift_window_s", "Drift is compared with the baseline over windows of this length.", 300.0
-    )
-    drift_reservoir: int = _setting(
-        "drift_reservoir", "Values kept per feature and window for drift (a sample).", 2048
-    )
-    drift_baseline: str = _setting(
-        "drift_baseline",
-        "Baseline JSON from `featurewell baseline` (training data); without it, the expected "
-        "statistics (Stats) in the definitions.",
-        "",
-    )
-    consumers_flush_s: float = _setting(
-        "consumers_flush_s",
-        "How often each server adds the callers it served (`x-featurewell-model`) and the views "
-        "they read to Redis, for `featurewell lineage`.",
-        10.0,
-    )
-
-    def check(self) -> None:
-        _positive(self, "freshness_interval_s", "drift_window_s", "drift_reservoir")
-        if not 0 <= self.drift_sample_rate <= 1:
-            raise ConfigError("setting drift_sample_rate must be in [0, 1] (a share of calls)")
-        if self.traces_exporter not in ("otlp", "console", "none"):
-            raise ConfigError(
-                f"setting traces_exporter must be otlp, console or none, got "
-                f"{self.traces_exporter!r}"
-            )
-
-
-@dataclass(frozen=True)
-class OfflineSettings(Group):
-    title = "offline store"
-    dir: str = _setting(
-        "offline_dir",
-        "Root of the offline store (feature history): `featurewell stream` and `backfill` "
-        "write to it, `training-set` reads it; empty: no history is written.",
-        "",
-    )
-    format: str = _setting(
-        "offline_format",
-        "Table format of the offline store: parquet (files by view, version and date) or delta "
-        "(a Delta Lake table per view version; pip install 'featurewell[delta]').",
-        "parquet",
-    )
-
-    def check(self) -> None:
-        if self.format not in ("parquet", "delta"):
-            raise ConfigError(
-                f"setting offline_format must be parquet or delta, got {self.format!r}"
-            )
-
-
 @dataclass(frozen=True)
 class Settings:
-    repo: str = _setting(
+    repo: str = setting(
         "repo", "Feature repo: a .py file, a folder with repo.py, or a module path.", ""
     )
-    log_level: str = _setting("log_level", "Python log level.", "INFO")
+    log_level: str = setting("log_level", "Python log level.", "INFO")
     redis: RedisSettings = field(default_factory=RedisSettings)
     listen: ListenSettings = field(default_factory=ListenSettings)
     serving: ServingSettings = field(default_factory=ServingSettings)
@@ -425,24 +154,6 @@ def specs(group: type[Group] | None = None) -> Iterator[Spec]:
             )
 
 
-def _positive(group: Group, *names: str) -> None:
-    for name in names:
-        if getattr(group, name) <= 0:
-            raise ConfigError(f"setting {_public(group, name)} must be positive, got "
-                              f"{getattr(group, name)}")  # fmt: skip
-
-
-def _not_negative(group: Group, *names: str) -> None:
-    for name in names:
-        if getattr(group, name) < 0:
-            raise ConfigError(f"setting {_public(group, name)} must not be negative, got "
-                              f"{getattr(group, name)}")  # fmt: skip
-
-
-def _public(group: Group, attribute: str) -> str:
-    return next(s.name for s in specs(type(group)) if s.attribute == attribute)
-
-
 def _otel_exporter(env: Mapping[str, str]) -> str:
     """Tracing from the standard OpenTelemetry variables: on only when asked for, since a
     feature server that exports to a collector nobody runs wastes time on every call."""
@@ -474,3 +185,19 @@ def parse_addresses(raw: str) -> tuple[Address, ...]:
             raise ValueError(f"{part.strip()!r} is not host:port")
         addresses.append((host, int(port)))
     return tuple(addresses)
+
+
+__all__ = [
+    "GROUPS",
+    "CacheSettings",
+    "Group",
+    "ListenSettings",
+    "OfflineSettings",
+    "RedisSettings",
+    "ServingSettings",
+    "Settings",
+    "Spec",
+    "TelemetrySettings",
+    "parse_addresses",
+    "specs",
+]

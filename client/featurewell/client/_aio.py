@@ -61,9 +61,12 @@ class AsyncFeatureClient:
         timeout: float | None = None,
     ) -> FeatureResult:
         request = build_request(
-            features, entities, context,
-            strict=strict, include_event_timestamps=include_event_timestamps,
-        )  # fmt: skip
+            features,
+            entities,
+            context,
+            strict=strict,
+            include_event_timestamps=include_event_timestamps,
+        )
         try:
             response = await self._stub.GetFeatures(
                 request, timeout=timeout or self.timeout, metadata=call_metadata(self._caller)

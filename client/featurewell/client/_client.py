@@ -65,9 +65,12 @@ class FeatureClient:
         """Features for a batch of entities; length-1 key columns broadcast. Retried on
         UNAVAILABLE / RESOURCE_EXHAUSTED within `timeout` (default: the client's)."""
         request = build_request(
-            features, entities, context,
-            strict=strict, include_event_timestamps=include_event_timestamps,
-        )  # fmt: skip
+            features,
+            entities,
+            context,
+            strict=strict,
+            include_event_timestamps=include_event_timestamps,
+        )
         try:
             response = self._stub.GetFeatures(
                 request, timeout=timeout or self.timeout, metadata=call_metadata(self._caller)

@@ -96,8 +96,16 @@ class Column:
         stamps = (
             np.frombuffer(message.event_timestamps, "<i8") if message.event_timestamps else None
         )
-        return cls(message.name, ValueType(message.type), message.length, values, statuses,
-                   stamps, message.entity, message.version)  # fmt: skip
+        return cls(
+            message.name,
+            ValueType(message.type),
+            message.length,
+            values,
+            statuses,
+            stamps,
+            message.entity,
+            message.version,
+        )
 
 
 @dataclass(frozen=True)
@@ -161,10 +169,15 @@ class FeatureResult:
     ) -> tuple[npt.NDArray[Any], list[str]]:
         """A (rows x width) matrix of the numeric features, length-1 columns broadcast, and the
         matrix's column names (an embedding `f` of dim d gives `f[0]` ... `f[d-1]`)."""
-        chosen = list(features) if features is not None else [
-            n for n, c in self.columns.items()
-            if c.type not in LIST_TYPES and c.type != ValueType.STRING
-        ]  # fmt: skip
+        chosen = (
+            list(features)
+            if features is not None
+            else [
+                n
+                for n, c in self.columns.items()
+                if c.type not in LIST_TYPES and c.type != ValueType.STRING
+            ]
+        )
         widths = [self.columns[n].width for n in chosen]
         matrix = np.empty((self.rows, sum(widths)), dtype=dtype)
         names: list[str] = []

@@ -45,8 +45,13 @@ def _demo(settings: Settings, args: argparse.Namespace) -> None:
 
 # The demo starts its own cluster: its Redis flags would be overridden.
 COMMANDS = (
-    Command("cluster", "run a local Redis Cluster until Ctrl-C", _cluster,
-            arguments=_cluster_arguments, repo=False),
+    Command(
+        "cluster",
+        "run a local Redis Cluster until Ctrl-C",
+        _cluster,
+        arguments=_cluster_arguments,
+        repo=False,
+    ),
     Command(
         "demo",
         "local Redis Cluster + example repo + sample data, serving on :50051",
@@ -55,4 +60,4 @@ COMMANDS = (
         _demo_arguments,
         repo_optional=True,
     ),
-)  # fmt: skip
+)

@@ -64,10 +64,12 @@ async def backfill(
     threads = 1 if max_rows_per_second else None
     accepted = batch.accepted_events(log, int(allowed_lateness_s * 1e6), threads)
     programs = [
-        compile_view(v) for v in registry.views.values()
-        if v.events is not None and v.events.name == source.name
+        compile_view(v)
+        for v in registry.views.values()
+        if v.events is not None
+        and v.events.name == source.name
         and (views is None or v.name in views)
-    ]  # fmt: skip
+    ]
     done = []
     for program in programs:
         started = time.perf_counter()
@@ -82,17 +84,22 @@ async def backfill(
         history = 0
         if history_dir is not None:
             history = _history(
-                program, accepted, OfflineStore(history_dir, history_format), history_step,
-                as_of_us, threads,
-            )  # fmt: skip
+                program,
+                accepted,
+                OfflineStore(history_dir, history_format),
+                history_step,
+                as_of_us,
+                threads,
+            )
         done.append(
             Backfilled(
                 program.view.ref, source.name, len(rows), time.perf_counter() - started, history
             )
         )
     if seed_group is not None:
-        runner = StreamRunner(registry, source, writer, group=seed_group,
-                              allowed_lateness_s=allowed_lateness_s)  # fmt: skip
+        runner = StreamRunner(
+            registry, source, writer, group=seed_group, allowed_lateness_s=allowed_lateness_s
+        )
         await runner.seed(log_batches(source, log))
     return done
 
@@ -109,16 +116,23 @@ async def backfill_logs(
     """Every event source's Parquet log (`EventSource(parquet=...)`) through `backfill`: what
     `featurewell materialize` does for computed views."""
     sources = {
-        v.events.name: v.events for v in registry.views.values()
+        v.events.name: v.events
+        for v in registry.views.values()
         if v.events is not None and v.events.parquet and (views is None or v.name in views)
-    }  # fmt: skip
+    }
     done: list[Backfilled] = []
     for source in sources.values():
         log = read_log(source, registry, None)
         done += await backfill(
-            registry, source, writer, log, as_of_us=as_of_us, seed_group=seed_group,
-            views=views, max_rows_per_second=max_rows_per_second,
-        )  # fmt: skip
+            registry,
+            source,
+            writer,
+            log,
+            as_of_us=as_of_us,
+            seed_group=seed_group,
+            views=views,
+            max_rows_per_second=max_rows_per_second,
+        )
     return done
 
 
@@ -132,12 +146,21 @@ def log_batches(source: EventSource, log: pa.Table, size: int = 5000) -> list[Ev
         for start in range(0, part.num_rows, size):
             piece = part.slice(start, size)
             columns = {name: batch.numpy_column(piece.column(name)) for name in source.columns}
-            out.append(EventBatch(
-                int(partition), columns, piece.column("event_time").to_numpy(),
-                [str(i) for i in piece.column("event_id").to_pylist()],
-                list(zip(piece.column("_pos_major").to_pylist(),
-                         piece.column("_pos_minor").to_pylist(), strict=True)),
-            ))  # fmt: skip
+            out.append(
+                EventBatch(
+                    int(partition),
+                    columns,
+                    piece.column("event_time").to_numpy(),
+                    [str(i) for i in piece.column("event_id").to_pylist()],
+                    list(
+                        zip(
+                            piece.column("_pos_major").to_pylist(),
+                            piece.column("_pos_minor").to_pylist(),
+                            strict=True,
+                        )
+                    ),
+                )
+            )
     return out
 
 

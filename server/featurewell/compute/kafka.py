@@ -46,10 +46,14 @@ class KafkaSource:
     ) -> None:
         self.source = source
         self.poll_s = poll_s
-        self.consumer = Consumer({
-            **config, "group.id": group, "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        })  # fmt: skip
+        self.consumer = Consumer(
+            {
+                **config,
+                "group.id": group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            }
+        )
         self.claimed = 0
 
     async def start(self) -> None:
@@ -87,9 +91,13 @@ class KafkaSource:
         times = np.asarray([int(row[source.timestamp_field]) for row in rows], dtype=np.int64)
         offsets = [int(m.offset() or 0) for m in messages]
         return EventBatch(
-            partition, columns, times, [str(row[source.id_field]) for row in rows],
-            [(offset, 0) for offset in offsets], [str(offset) for offset in offsets],
-        )  # fmt: skip
+            partition,
+            columns,
+            times,
+            [str(row[source.id_field]) for row in rows],
+            [(offset, 0) for offset in offsets],
+            [str(offset) for offset in offsets],
+        )
 
 
 def _plain(value: Any) -> Any:

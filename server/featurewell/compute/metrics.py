@@ -42,9 +42,10 @@ class StreamCollector(Collector):
             events.add_metric([source, outcome.rstrip("s")], getattr(counters, outcome))
         yield events
         rows = CounterMetricFamily(
-            "featurewell_stream_rows_written", "Feature rows written to the online store.",
+            "featurewell_stream_rows_written",
+            "Feature rows written to the online store.",
             labels=["source"],
-        )  # fmt: skip
+        )
         rows.add_metric([source], runner.stats.rows_written)
         yield rows
         checkpoints = CounterMetricFamily(

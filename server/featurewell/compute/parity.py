@@ -74,10 +74,13 @@ async def _view_parity(
         return results
     request = FeatureRequest(
         tuple(f"{view.name}@v{view.version}:{f.name}" for f in view.features),
-        {n: InputColumn(view.entity.join_keys[n].kind, [k[i] for k in chosen])
-         for i, n in enumerate(names)},
-        {}, include_event_timestamps=True,
-    )  # fmt: skip
+        {
+            n: InputColumn(view.entity.join_keys[n].kind, [k[i] for k in chosen])
+            for i, n in enumerate(names)
+        },
+        {},
+        include_event_timestamps=True,
+    )
     served = await engine.get_features(request, Budget(10.0))
     columns = served.columns
     stamps = columns[0].event_time_us
@@ -103,8 +106,9 @@ async def _view_parity(
 def render(results: Sequence[FeatureParity]) -> str:
     lines = [f"{'feature':<48} {'compared':>9} {'mismatched':>10} {'rate':>7}"]
     for r in results:
-        lines.append(f"{r.view + ':' + r.feature:<48} {r.compared:>9} {r.mismatched:>10} "
-                     f"{r.rate:>7.2%}")  # fmt: skip
+        lines.append(
+            f"{r.view + ':' + r.feature:<48} {r.compared:>9} {r.mismatched:>10} {r.rate:>7.2%}"
+        )
         for key, online, offline in r.examples:
             lines.append(f"    {key}: online {online!r}, batch {offline!r}")
     return "\n".join(lines)
@@ -117,8 +121,9 @@ def _value(values: Any, row: int) -> Any:
 
 def _same(online: Any, offline: Any) -> bool:
     if isinstance(online, np.ndarray) or isinstance(offline, np.ndarray):
-        return bool(np.allclose(np.asarray(online, float), np.asarray(offline, float),
-                                rtol=1e-5, atol=1e-6))  # fmt: skip
+        return bool(
+            np.allclose(np.asarray(online, float), np.asarray(offline, float), rtol=1e-5, atol=1e-6)
+        )
     if isinstance(online, float) or isinstance(offline, float):
         # Float32 features are stored as float32: compare at that precision.
         return math.isclose(float(online), float(offline), rel_tol=1e-5, abs_tol=1e-6)

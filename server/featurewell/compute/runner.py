@@ -94,9 +94,10 @@ class StreamRunner:
         self.writer = writer
         self.cluster = writer.store.cluster
         programs = [
-            compile_view(v) for v in registry.views.values()
+            compile_view(v)
+            for v in registry.views.values()
             if v.events is not None and v.events.name == source.name
-        ]  # fmt: skip
+        ]
         if not programs:
             raise ValueError(f"no feature view is computed from event source {source.name!r}")
         self.programs = {p.view.ref: p for p in programs}

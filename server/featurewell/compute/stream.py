@@ -82,8 +82,14 @@ class ViewState:
             if is_last(feature):
                 plan.append((feature, self.lasts.index(feature), -1, None))
             else:
-                plan.append((feature, self.windowed.index(feature),
-                             self.windows.index(feature.tiles), _VALUE[feature.kind]))  # fmt: skip
+                plan.append(
+                    (
+                        feature,
+                        self.windowed.index(feature),
+                        self.windows.index(feature.tiles),
+                        _VALUE[feature.kind],
+                    )
+                )
         self.plan = tuple(plan)
 
 
@@ -173,9 +179,14 @@ class StreamEngine:
             for slot, adder, feature, value, weight, keep in windowed:
                 if keep[i]:
                     partials[slot] = adder(
-                        feature, partials[slot], value[i],
-                        None if weight is None else weight[i], time_us, tile, tile_us,
-                    )  # fmt: skip
+                        feature,
+                        partials[slot],
+                        value[i],
+                        None if weight is None else weight[i],
+                        time_us,
+                        tile,
+                        tile_us,
+                    )
             for slot, value, _, keep in lasts:
                 if keep[i]:
                     current = entity.last[slot]
@@ -272,54 +283,66 @@ def _listed(inputs: tuple[Any, Any, Any]) -> tuple[Any, Any, list[bool]]:
     return value, weight, keep.tolist()
 
 
-def _add_count(f: FeatureProgram, partial: Any, value: Any, w: Any, t: int, tile: int,
-               tile_us: int) -> Any:  # fmt: skip
+def _add_count(
+    f: FeatureProgram, partial: Any, value: Any, w: Any, t: int, tile: int, tile_us: int
+) -> Any:
     return partial + 1
 
 
-def _add_sum(f: FeatureProgram, partial: Any, value: Any, w: Any, t: int, tile: int,
-             tile_us: int) -> Any:  # fmt: skip
+def _add_sum(
+    f: FeatureProgram, partial: Any, value: Any, w: Any, t: int, tile: int, tile_us: int
+) -> Any:
     return partial + _plain(value)
 
 
-def _add_min(f: FeatureProgram, partial: Any, value: Any, w: Any, t: int, tile: int,
-             tile_us: int) -> Any:  # fmt: skip
+def _add_min(
+    f: FeatureProgram, partial: Any, value: Any, w: Any, t: int, tile: int, tile_us: int
+) -> Any:
     value = _plain(value)
     return value if partial is None or value < partial else partial
 
 
-def _add_max(f: FeatureProgram, partial: Any, value: Any, w: Any, t: int, tile: int,
-             tile_us: int) -> Any:  # fmt: skip
+def _add_max(
+    f: FeatureProgram, partial: Any, value: Any, w: Any, t: int, tile: int, tile_us: int
+) -> Any:
     value = _plain(value)
     return value if partial is None or value > partial else partial
 
 
-def _add_mean(f: FeatureProgram, partial: Any, value: Any, w: Any, t: int, tile: int,
-              tile_us: int) -> Any:  # fmt: skip
+def _add_mean(
+    f: FeatureProgram, partial: Any, value: Any, w: Any, t: int, tile: int, tile_us: int
+) -> Any:
     weight = 1.0 if w is None else float(w)
     partial[0] = partial[0] + weight * (value if isinstance(value, np.ndarray) else float(value))
     partial[1] += weight
     return partial
 
 
-def _add_decayed(f: FeatureProgram, partial: Any, value: Any, w: Any, t: int, tile: int,
-                 tile_us: int) -> Any:  # fmt: skip
+def _add_decayed(
+    f: FeatureProgram, partial: Any, value: Any, w: Any, t: int, tile: int, tile_us: int
+) -> Any:
     # Decayed to the tile's end, so every term's factor is at most 1.
     end = (tile + 1) * tile_us
     return partial + float(value) * 2.0 ** (-(end - t) / f.half_life_us)
 
 
-def _add_mode(f: FeatureProgram, partial: Any, value: Any, w: Any, t: int, tile: int,
-              tile_us: int) -> Any:  # fmt: skip
+def _add_mode(
+    f: FeatureProgram, partial: Any, value: Any, w: Any, t: int, tile: int, tile_us: int
+) -> Any:
     category = int(value)
     partial[category] = partial.get(category, 0) + 1
     return partial
 
 
 _ADD: dict[str, Adder] = {
-    "count": _add_count, "sum": _add_sum, "min": _add_min, "max": _add_max, "mean": _add_mean,
-    "decayed sum": _add_decayed, "mode": _add_mode,
-}  # fmt: skip
+    "count": _add_count,
+    "sum": _add_sum,
+    "min": _add_min,
+    "max": _add_max,
+    "mean": _add_mean,
+    "decayed sum": _add_decayed,
+    "mode": _add_mode,
+}
 
 
 Tiles = list[tuple[int, list[Any]]]  # (tile, partials of every windowed feature) in a window
@@ -377,6 +400,11 @@ def _mode(f: FeatureProgram, tiles: Tiles, slot: int, as_of: int, tile_us: int) 
 
 
 _VALUE: dict[str, Finisher] = {
-    "count": _count, "sum": _sum, "min": _min, "max": _max, "mean": _mean,
-    "decayed sum": _decayed, "mode": _mode,
-}  # fmt: skip
+    "count": _count,
+    "sum": _sum,
+    "min": _min,
+    "max": _max,
+    "mean": _mean,
+    "decayed sum": _decayed,
+    "mode": _mode,
+}

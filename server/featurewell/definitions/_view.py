@@ -183,8 +183,11 @@ class FeatureView:
             if feature.name in self.entity.join_keys:
                 raise DefinitionError(f"{where}: feature {feature.name!r} shadows a join key")
             index[feature.name] = position
-        ages = (("max_age", self.max_age), ("retention", self.retention),
-                ("freshness_sla", self.freshness_sla))  # fmt: skip
+        ages = (
+            ("max_age", self.max_age),
+            ("retention", self.retention),
+            ("freshness_sla", self.freshness_sla),
+        )
         for label, age in ages:
             if age is not None and (not isinstance(age, timedelta) or age <= timedelta(0)):
                 raise DefinitionError(f"{where}: {label} must be a positive timedelta")

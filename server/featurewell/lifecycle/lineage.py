@@ -38,25 +38,32 @@ def describe(
     out = []
     for (name, version), view in sorted(registry.views.items()):
         used_by = sorted(
-            t.name for t in registry.transforms.values()
+            t.name
+            for t in registry.transforms.values()
             if any(_reads(serving, ref, view) for ref in t.inputs.values())
-        )  # fmt: skip
-        out.append(ViewLineage(
-            view=view.ref,
-            default=serving.default_versions[name] == version,
-            promoted=promoted.get(name) == version,
-            entity=view.entity.name,
-            keys=[f"{k}: {t}" for k, t in view.entity.join_keys.items()],
-            source=_source(view),
-            definition=fingerprint(view),
-            features=[_feature(f.name, f.dtype, f.default, f.computed) for f in view.features],
-            transforms=used_by,
-            consumers=[
-                {"caller": c.caller, "calls": c.calls,
-                 "last_seen": datetime.fromtimestamp(c.last_seen_s, tz=UTC).isoformat()}
-                for c in consumers if c.view == view.ref
-            ],
-        ))  # fmt: skip
+        )
+        out.append(
+            ViewLineage(
+                view=view.ref,
+                default=serving.default_versions[name] == version,
+                promoted=promoted.get(name) == version,
+                entity=view.entity.name,
+                keys=[f"{k}: {t}" for k, t in view.entity.join_keys.items()],
+                source=_source(view),
+                definition=fingerprint(view),
+                features=[_feature(f.name, f.dtype, f.default, f.computed) for f in view.features],
+                transforms=used_by,
+                consumers=[
+                    {
+                        "caller": c.caller,
+                        "calls": c.calls,
+                        "last_seen": datetime.fromtimestamp(c.last_seen_s, tz=UTC).isoformat(),
+                    }
+                    for c in consumers
+                    if c.view == view.ref
+                ],
+            )
+        )
     return out
 
 
@@ -110,8 +117,10 @@ def _source(view: FeatureView) -> str:
         keys = stream_keys(events)
         streams = keys[0] if len(keys) == 1 else f"{stream_name(events)}:0..{len(keys) - 1}"
         log = f", log {events.parquet}" if events.parquet else ""
-        return (f"computed from event source {events.name!r} (Redis Streams {streams}, Kafka "
-                f"topic {events.kafka_topic}{log}), tiles of {_span(view.tile)}")  # fmt: skip
+        return (
+            f"computed from event source {events.name!r} (Redis Streams {streams}, Kafka "
+            f"topic {events.kafka_topic}{log}), tiles of {_span(view.tile)}"
+        )
     if view.source is not None:
         return f"Parquet {view.source.path} (featurewell materialize)"
     return "pushed with WriteFeatures"

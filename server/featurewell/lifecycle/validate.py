@@ -106,12 +106,17 @@ async def validate(
         comparisons.append(_compare(feature, after, before_values, after_values))
     comparisons += [
         FeatureComparison(f.name, 0, note=f"only in {new.ref}")
-        for f in new.features if f.name not in old.feature_index
-    ]  # fmt: skip
+        for f in new.features
+        if f.name not in old.feature_index
+    ]
     return Validation(
-        old.ref, new.ref, len(entities), float(present[old.version].mean()),
-        float(present[new.version].mean()), comparisons,
-    )  # fmt: skip
+        old.ref,
+        new.ref,
+        len(entities),
+        float(present[old.version].mean()),
+        float(present[new.version].mean()),
+        comparisons,
+    )
 
 
 def render(report: Validation) -> str:
@@ -135,16 +140,23 @@ def _compare(before: Feature, after: Feature, old: Any, new: Any) -> FeatureComp
         return FeatureComparison(before.name, 0, note="no entity has both rows")
     if before.dtype != after.dtype:
         if before.dtype.kind is Kind.EMBEDDING and after.dtype.kind is Kind.EMBEDDING:
-            return FeatureComparison(before.name, count, note=(
-                f"not comparable: {before.dtype.dim} vs {after.dtype.dim} dims"))  # fmt: skip
+            return FeatureComparison(
+                before.name,
+                count,
+                note=(f"not comparable: {before.dtype.dim} vs {after.dtype.dim} dims"),
+            )
         return FeatureComparison(before.name, count, note=f"type {before.dtype} -> {after.dtype}")
     kind = before.dtype.kind
     if kind is Kind.EMBEDDING:
         norms = np.linalg.norm(old, axis=1) * np.linalg.norm(new, axis=1)
         dots = (old * new).sum(axis=1)
         cosine = np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
-        return FeatureComparison(before.name, count, cosine=float(cosine.mean()),
-                                 unchanged=float(np.mean(np.all(old == new, axis=1))))  # fmt: skip
+        return FeatureComparison(
+            before.name,
+            count,
+            cosine=float(cosine.mean()),
+            unchanged=float(np.mean(np.all(old == new, axis=1))),
+        )
     baseline = from_values("old", before.name, old)
     shift = ratio = math.nan
     if kind is not Kind.STRING:
@@ -155,8 +167,9 @@ def _compare(before: Feature, after: Feature, old: Any, new: Any) -> FeatureComp
             ratio = float(numbers.std()) / baseline.std
     changed = psi(np.asarray(baseline.shares), shares_of(baseline, np.asarray(new)))
     same = float(np.mean(np.asarray(old) == np.asarray(new)))
-    return FeatureComparison(before.name, count, psi=changed, mean_shift=shift, std_ratio=ratio,
-                             unchanged=same)  # fmt: skip
+    return FeatureComparison(
+        before.name, count, psi=changed, mean_shift=shift, std_ratio=ratio, unchanged=same
+    )
 
 
 def _present(statuses: npt.NDArray[np.uint8], rows: int) -> npt.NDArray[np.bool_]:

@@ -85,8 +85,12 @@ class OfflineStore:
             write_deltalake = _deltalake().write_deltalake
             folder = self.folder(view)
             folder.mkdir(parents=True, exist_ok=True)
-            write_deltalake(str(folder), table.append_column("date", pa.array(dates)),
-                            mode="append", partition_by=["date"])  # fmt: skip
+            write_deltalake(
+                str(folder),
+                table.append_column("date", pa.array(dates)),
+                mode="append",
+                partition_by=["date"],
+            )
             return Written(table.num_rows, [folder])
         written = []
         stamp = int(pc.max(table.column("created")).as_py())

@@ -120,8 +120,11 @@ def _join(
     keys = list(view.entity.key_names)
     on = " AND ".join(f'l."{k}" = h."{k}"' for k in keys)
     picked = ", ".join(f'h."{name}"' for name in wanted)
-    event_time = (f'epoch_us("{source.event_time}")' if source.event_time_is_timestamp
-                  else f'"{source.event_time}"')  # fmt: skip
+    event_time = (
+        f'epoch_us("{source.event_time}")'
+        if source.event_time_is_timestamp
+        else f'"{source.event_time}"'
+    )
     known = f'greatest("{source.created}", {event_time})' if source.created else event_time
     key_list = ", ".join(f'"{k}"' for k in keys)
     columns = ", ".join(f'"{name}"' for name in [*keys, *wanted])

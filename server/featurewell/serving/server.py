@@ -93,10 +93,13 @@ class Server:
             health = health_aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(health, grpc_server)
             reflection.enable_server_reflection(
-                [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                 reflection.SERVICE_NAME],
+                [
+                    SERVICE_NAME,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ],
                 grpc_server,
-            )  # fmt: skip
+            )
             port = _listen(grpc_server, settings)
             await grpc_server.start()
             metrics_port = _serve_metrics(telemetry, settings)
@@ -109,8 +112,10 @@ class Server:
         for name in ("", SERVICE_NAME):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if settings.serving.inject_delay_ms:
-            log.warning("fault injection on: every GetFeatures waits %.1f ms first",
-                        settings.serving.inject_delay_ms)  # fmt: skip
+            log.warning(
+                "fault injection on: every GetFeatures waits %.1f ms first",
+                settings.serving.inject_delay_ms,
+            )
         # Start-up objects (registry, stubs, plans) never die: keep them out of every future
         # collection, or a full GC pass over them stalls calls for tens of milliseconds.
         gc.collect()
@@ -119,9 +124,17 @@ class Server:
         # threshold (700) would collect several times per call. Collect young objects less often.
         gc.set_threshold(settings.serving.gc_gen0_threshold, 20, 100)
         server = cls(
-            settings, port, service, store, grpc_server, health, metrics_port, telemetry,
-            telemetry_task, promoted=overrides,
-        )  # fmt: skip
+            settings,
+            port,
+            service,
+            store,
+            grpc_server,
+            health,
+            metrics_port,
+            telemetry,
+            telemetry_task,
+            promoted=overrides,
+        )
         server.versions_task = asyncio.get_running_loop().create_task(
             server.follow_promotions(settings.serving.versions_poll_s)
         )
@@ -166,8 +179,9 @@ class Server:
         except Exception:
             self.reloads_failed += 1
             self.telemetry.metrics.reloads.labels("failed").inc()
-            log.exception("reload of %s failed; still serving the previous definitions",
-                          self.settings.repo)  # fmt: skip
+            log.exception(
+                "reload of %s failed; still serving the previous definitions", self.settings.repo
+            )
             return False
         finally:
             sys.setswitchinterval(switch_interval)
@@ -216,8 +230,9 @@ class Server:
         await self.store.close()
         log.info(
             "stopped: %d calls were in flight, %d cut off by the grace period",
-            in_flight, calls.cancelled,
-        )  # fmt: skip
+            in_flight,
+            calls.cancelled,
+        )
 
 
 def _listen(grpc_server: grpc.aio.Server, settings: Settings) -> int:

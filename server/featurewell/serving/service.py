@@ -108,9 +108,12 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
             await self._abort("GetFeatures", exc, context, started)
         # Telemetry runs once the call has ended (its answer sent), not inside its time.
         _after_answer(
-            self.telemetry.read_done, result, started, time.perf_counter_ns(),
+            self.telemetry.read_done,
+            result,
+            started,
+            time.perf_counter_ns(),
             context.invocation_metadata(),  # always: it names the caller (lineage)
-        )  # fmt: skip
+        )
         return response
 
     async def WriteFeatures(
@@ -136,9 +139,12 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         except Exception as exc:
             await self._abort("ListFeatures", exc, context, started)
         self.telemetry.call_done(
-            "ListFeatures", grpc.StatusCode.OK, started, time.perf_counter_ns(),
+            "ListFeatures",
+            grpc.StatusCode.OK,
+            started,
+            time.perf_counter_ns(),
             self._trace(context),
-        )  # fmt: skip
+        )
         return response
 
     def _trace(self, context: Context[Any]) -> Metadata | None:

@@ -174,8 +174,12 @@ class HotKeyCache:
         """Rows `select` chose, just fetched (tracked) from Redis by a read that started at
         invalidation count `since`: cache them for `ttl` seconds."""
         state = self._state(group)
-        fresh, fresh_until, expired, seen = (state.fresh, state.fresh_until, state.expired,
-                                             state.seen)  # fmt: skip
+        fresh, fresh_until, expired, seen = (
+            state.fresh,
+            state.fresh_until,
+            state.expired,
+            state.seen,
+        )
         raced = self.sequence != since
         until = now + ttl
         admitted: list[bytes] = []

@@ -169,8 +169,10 @@ class ClusterClient:
         if self._breaker(address).failure():
             log.warning(
                 "Redis node %s:%d failing: circuit open for %.1f s",
-                address[0], address[1], self._policy.open_s,
-            )  # fmt: skip
+                address[0],
+                address[1],
+                self._policy.open_s,
+            )
             self._close_node(address)
             self._start_recovery()
 

@@ -26,8 +26,13 @@ from featurewell.values import ColumnValues, Ragged
 
 _TS = "__event_time_us"
 _U32 = struct.Struct("<I")
-_ACCEPTED_KINDS = {Kind.INT64: "iu", Kind.FLOAT32: "f", Kind.FLOAT64: "f", Kind.BOOL: "b",
-                   Kind.EMBEDDING: "f"}  # fmt: skip
+_ACCEPTED_KINDS = {
+    Kind.INT64: "iu",
+    Kind.FLOAT32: "f",
+    Kind.FLOAT64: "f",
+    Kind.BOOL: "b",
+    Kind.EMBEDDING: "f",
+}
 
 
 @dataclass(frozen=True, slots=True)

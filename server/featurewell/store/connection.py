@@ -79,9 +79,12 @@ class Connection(asyncio.Protocol):
         try:
             async with asyncio.timeout(timeout):
                 _, protocol = await loop.create_connection(
-                    lambda: cls(address), host, port, ssl=access.tls,
+                    lambda: cls(address),
+                    host,
+                    port,
+                    ssl=access.tls,
                     server_hostname=host if access.tls is not None else None,
-                )  # fmt: skip
+                )
                 password = access.password
                 reply = await protocol.call("AUTH", password) if password else b"OK"
         except ssl.SSLError as exc:

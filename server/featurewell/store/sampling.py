@@ -17,8 +17,9 @@ async def sample_tags(cluster: ClusterClient, view: FeatureView, per_node: int) 
     for address in list(cluster.slot_map.nodes):
         cursor, taken = b"0", 0
         while taken < per_node:
-            cursor, keys = await cluster.call(address, "SCAN", cursor, "MATCH", prefix + b"*",
-                                              "COUNT", 1000)  # fmt: skip
+            cursor, keys = await cluster.call(
+                address, "SCAN", cursor, "MATCH", prefix + b"*", "COUNT", 1000
+            )
             kept = keys[: per_node - taken]
             found += [key[len(prefix) : -1] for key in kept]  # the tag, without its closing "}"
             taken += len(kept)

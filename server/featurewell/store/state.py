@@ -24,9 +24,12 @@ async def load_states(
     pipelined per node."""
     keys = view_keys(state_prefix(view), tags)
     replies = await _run(
-        cluster, [encode_command("GET", key) for key in keys], slots_of(tags), timeout,
+        cluster,
+        [encode_command("GET", key) for key in keys],
+        slots_of(tags),
+        timeout,
         "cannot load entity state",
-    )  # fmt: skip
+    )
     return [reply or None for reply in replies]
 
 

@@ -50,9 +50,19 @@ async def claim_idle(
     cursor, claimed = "0-0", 0
     while True:
         reply = await _one(
-            cluster, key, timeout, "XAUTOCLAIM", key, group, consumer, idle_ms, cursor,
-            "COUNT", 1000, "JUSTID",
-        )  # fmt: skip
+            cluster,
+            key,
+            timeout,
+            "XAUTOCLAIM",
+            key,
+            group,
+            consumer,
+            idle_ms,
+            cursor,
+            "COUNT",
+            1000,
+            "JUSTID",
+        )
         if isinstance(reply, hiredis.ReplyError):
             raise StoreUnavailable(f"cannot claim pending entries on {key}: {reply}")
         cursor = reply[0].decode()

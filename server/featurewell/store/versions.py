@@ -51,11 +51,14 @@ async def record(cluster: ClusterClient, change: Change) -> Change:
     """Make `change.current` the default of `change.view` and log the change (the newest
     `_LOG_KEPT` are kept), in one round trip to the `{_meta}` node."""
     entry = json.dumps(dataclasses.asdict(change))
-    await _run(cluster, [
-        encode_command(b"HSET", DEFAULTS_KEY, change.view, change.current),
-        encode_command(b"LPUSH", DEFAULTS_LOG_KEY, entry),
-        encode_command(b"LTRIM", DEFAULTS_LOG_KEY, 0, _LOG_KEPT - 1),
-    ])  # fmt: skip
+    await _run(
+        cluster,
+        [
+            encode_command(b"HSET", DEFAULTS_KEY, change.view, change.current),
+            encode_command(b"LPUSH", DEFAULTS_LOG_KEY, entry),
+            encode_command(b"LTRIM", DEFAULTS_LOG_KEY, 0, _LOG_KEPT - 1),
+        ],
+    )
     return change
 
 
@@ -65,8 +68,9 @@ def serve_defaults(registry: Registry, overrides: Mapping[str, int]) -> Registry
     Views this repo does not define at all are another repo's, and ignored."""
     for view, version in overrides.items():
         if view in registry.default_versions and (view, version) not in registry.views:
-            log.warning("promoted %s@v%d is not in this server's repo; serving its default",
-                        view, version)  # fmt: skip
+            log.warning(
+                "promoted %s@v%d is not in this server's repo; serving its default", view, version
+            )
     return registry.with_defaults(overrides)
 
 

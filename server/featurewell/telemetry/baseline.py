@@ -68,10 +68,14 @@ def from_values(
         top = tally.most_common(TOP_CATEGORIES)
         shares = [n / total for _, n in top]
         return Baseline(
-            view, feature, categories=tuple(c for c, _ in top),
-            shares=(*shares, max(0.0, 1.0 - sum(shares))), default_rate=default_rate,
-            rows=total, origin=origin,
-        )  # fmt: skip
+            view,
+            feature,
+            categories=tuple(c for c, _ in top),
+            shares=(*shares, max(0.0, 1.0 - sum(shares))),
+            default_rate=default_rate,
+            rows=total,
+            origin=origin,
+        )
     numbers = array.astype(np.float64)
     numbers = numbers[np.isfinite(numbers)]
     if len(numbers) == 0:
@@ -79,10 +83,16 @@ def from_values(
     edges = np.unique(np.quantile(numbers, np.linspace(0, 1, BINS + 1)[1:-1]))
     counts = np.bincount(np.searchsorted(edges, numbers, side="left"), minlength=len(edges) + 1)
     return Baseline(
-        view, feature, edges=tuple(edges.tolist()),
-        shares=tuple((counts / len(numbers)).tolist()), mean=float(numbers.mean()),
-        std=float(numbers.std()), default_rate=default_rate, rows=len(numbers), origin=origin,
-    )  # fmt: skip
+        view,
+        feature,
+        edges=tuple(edges.tolist()),
+        shares=tuple((counts / len(numbers)).tolist()),
+        mean=float(numbers.mean()),
+        std=float(numbers.std()),
+        default_rate=default_rate,
+        rows=len(numbers),
+        origin=origin,
+    )
 
 
 def from_stats(view: FeatureView, feature: Feature) -> Baseline | None:
@@ -95,10 +105,13 @@ def from_stats(view: FeatureView, feature: Feature) -> Baseline | None:
         categories = tuple(stats.categories)
         shares = tuple(stats.categories.values())
         return Baseline(
-            view.ref, feature.name, categories=categories,
-            shares=(*shares, max(0.0, 1.0 - sum(shares))), default_rate=stats.default_rate,
+            view.ref,
+            feature.name,
+            categories=categories,
+            shares=(*shares, max(0.0, 1.0 - sum(shares))),
+            default_rate=stats.default_rate,
             origin=origin,
-        )  # fmt: skip
+        )
     if stats.mean is None or stats.std is None or stats.std == 0:
         return None
     low = -math.inf if stats.min is None else stats.min
@@ -111,9 +124,15 @@ def from_stats(view: FeatureView, feature: Feature) -> Baseline | None:
     targets = [cdf_low + (cdf_high - cdf_low) * q / BINS for q in range(1, BINS)]
     edges = tuple(_normal_quantile(p, stats.mean, stats.std) for p in targets)
     return Baseline(
-        view.ref, feature.name, edges=edges, shares=(1 / BINS,) * BINS, mean=stats.mean,
-        std=stats.std, default_rate=stats.default_rate, origin=origin,
-    )  # fmt: skip
+        view.ref,
+        feature.name,
+        edges=edges,
+        shares=(1 / BINS,) * BINS,
+        mean=stats.mean,
+        std=stats.std,
+        default_rate=stats.default_rate,
+        origin=origin,
+    )
 
 
 def for_registry(
@@ -152,8 +171,11 @@ def compute(
                 values: npt.NDArray[Any] = np.asarray(column.to_pylist(), dtype=object)
             else:
                 values = _numbers(column)
-            out.append(from_values(view.ref, feature.name, values, default_rate=rate,
-                                   origin="training data"))  # fmt: skip
+            out.append(
+                from_values(
+                    view.ref, feature.name, values, default_rate=rate, origin="training data"
+                )
+            )
     return out
 
 

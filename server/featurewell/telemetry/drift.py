@@ -120,28 +120,38 @@ class DriftMonitor:
             "featurewell_feature_drift_psi",
             "Population stability index of served values against the training baseline "
             "(last window; > 0.25 is a major shift).",
-            labels, registry=registry, multiprocess_mode="livemax",
-        )  # fmt: skip
+            labels,
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
         self._mean_shift = Gauge(
             "featurewell_feature_mean_shift",
             "Served mean minus baseline mean, in baseline standard deviations (last window).",
-            labels, registry=registry, multiprocess_mode="livemostrecent",
-        )  # fmt: skip
+            labels,
+            registry=registry,
+            multiprocess_mode="livemostrecent",
+        )
         self._std_ratio = Gauge(
             "featurewell_feature_std_ratio",
             "Served standard deviation over the baseline's (last window).",
-            labels, registry=registry, multiprocess_mode="livemostrecent",
-        )  # fmt: skip
+            labels,
+            registry=registry,
+            multiprocess_mode="livemostrecent",
+        )
         self._default_rate = Gauge(
             "featurewell_feature_default_rate",
             "Share of sampled rows served the default (no value in the store) or a null (NaN).",
-            labels, registry=registry, multiprocess_mode="livemax",
-        )  # fmt: skip
+            labels,
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
         self._samples = Gauge(
             "featurewell_feature_drift_samples",
             "Served values the last drift comparison was computed from.",
-            labels, registry=registry, multiprocess_mode="livesum",
-        )  # fmt: skip
+            labels,
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
 
     def use(self, baselines: Mapping[tuple[str, str], Baseline]) -> None:
         """Monitor these features from now on (start-up, reload)."""
@@ -210,7 +220,11 @@ def compare(baseline: Baseline, reservoir: Reservoir) -> DriftReport:
             mean_shift = (float(numbers.mean()) - baseline.mean) / baseline.std
             std_ratio = float(numbers.std()) / baseline.std
     return DriftReport(
-        baseline.view, baseline.feature, len(values),
+        baseline.view,
+        baseline.feature,
+        len(values),
         psi(np.asarray(baseline.shares), shares_of(baseline, values)),
-        mean_shift, std_ratio, default_rate,
-    )  # fmt: skip
+        mean_shift,
+        std_ratio,
+        default_rate,
+    )

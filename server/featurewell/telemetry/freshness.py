@@ -23,23 +23,31 @@ class FreshnessMonitor:
         self._newest = Gauge(
             "featurewell_view_newest_event_timestamp_seconds",
             "Event time of the newest row written to the view (Unix seconds), by any writer.",
-            ["view"], registry=registry, multiprocess_mode="max",
-        )  # fmt: skip
+            ["view"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
         self._written = Gauge(
             "featurewell_view_last_write_timestamp_seconds",
             "When a row was last written to the view (Unix seconds), by any writer.",
-            ["view"], registry=registry, multiprocess_mode="max",
-        )  # fmt: skip
+            ["view"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
         self._sla = Gauge(
             "featurewell_view_freshness_sla_seconds",
             "The view's freshness SLA: its newest event must be younger than this.",
-            ["view"], registry=registry, multiprocess_mode="max",
-        )  # fmt: skip
+            ["view"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
         self._max_age = Gauge(
             "featurewell_view_max_age_seconds",
             "The view's max age: older values are served STALE.",
-            ["view"], registry=registry, multiprocess_mode="max",
-        )  # fmt: skip
+            ["view"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
         self._views: dict[str, bytes] = {}
 
     def use(self, registry: Registry) -> None:

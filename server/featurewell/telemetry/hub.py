@@ -76,11 +76,17 @@ class Telemetry:
         self.consumers.observe(metadata or (), result)
         if self.tracing is not None:
             self.tracing.record(
-                "GetFeatures", metadata or (), started_ns, ended_ns, 0,
+                "GetFeatures",
+                metadata or (),
+                started_ns,
+                ended_ns,
+                0,
                 timings=result.timings,
-                attributes={"featurewell.rows": result.rows,
-                            "featurewell.features": len(result.columns)},
-            )  # fmt: skip
+                attributes={
+                    "featurewell.rows": result.rows,
+                    "featurewell.features": len(result.columns),
+                },
+            )
 
     def write_done(
         self, result: WriteResult, started_ns: int, ended_ns: int, metadata: Metadata | None
@@ -88,9 +94,13 @@ class Telemetry:
         self.metrics.record_write(result, (ended_ns - started_ns) / 1e9)
         if self.tracing is not None:
             self.tracing.record(
-                "WriteFeatures", metadata or (), started_ns, ended_ns, 0,
+                "WriteFeatures",
+                metadata or (),
+                started_ns,
+                ended_ns,
+                0,
                 attributes={"featurewell.rows": result.written + result.skipped_older},
-            )  # fmt: skip
+            )
 
     def call_done(
         self,
@@ -105,9 +115,13 @@ class Telemetry:
         self.metrics.record_call(method, code.name)
         if self.tracing is not None:
             self.tracing.record(
-                method, metadata or (), started_ns, ended_ns,
-                code.value[0], error=error,
-            )  # fmt: skip
+                method,
+                metadata or (),
+                started_ns,
+                ended_ns,
+                code.value[0],
+                error=error,
+            )
 
     # -- the loop --------------------------------------------------------------------------
 

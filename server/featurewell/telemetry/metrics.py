@@ -21,20 +21,58 @@ from featurewell.values import FALLBACK, FALLBACK_CACHE, NOT_FOUND, PRESENT, STA
 # Fine enough below 5 ms to judge a sub-millisecond SLO; budgets (5 ms, 15 ms) are bucket edges,
 # so "p99 within budget" is read off the buckets exactly, without interpolation.
 LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.0025, 0.003, 0.004, 0.005,
-    0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-)  # fmt: skip
+    0.0001,
+    0.00025,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0015,
+    0.002,
+    0.0025,
+    0.003,
+    0.004,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
 ROW_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 FEATURE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 # Value ages from seconds (streamed) to a month (weekly batch jobs plus slack).
 AGE_BUCKETS = (
-    1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 43200, 86400, 172800, 604800,
+    1,
+    5,
+    15,
+    30,
+    60,
+    120,
+    300,
+    600,
+    1800,
+    3600,
+    7200,
+    21600,
+    43200,
+    86400,
+    172800,
+    604800,
     2592000,
-)  # fmt: skip
+)
 STATUS_NAMES = {
-    PRESENT: "present", NOT_FOUND: "not_found", STALE: "stale", FALLBACK: "fallback",
+    PRESENT: "present",
+    NOT_FOUND: "not_found",
+    STALE: "stale",
+    FALLBACK: "fallback",
     FALLBACK_CACHE: "fallback_cache",
-}  # fmt: skip
+}
 # The wire's FallbackReason names, lower-cased.
 REASON_NAMES = {
     FailureReason.TIMEOUT: "store_timeout",
@@ -50,65 +88,86 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "featurewell_requests", "Calls answered, by method and gRPC status code.",
-            ["method", "code"], registry=registry,
-        )  # fmt: skip
+            "featurewell_requests",
+            "Calls answered, by method and gRPC status code.",
+            ["method", "code"],
+            registry=registry,
+        )
         self.request_seconds = Histogram(
             "featurewell_request_duration_seconds",
             "Time from the handler taking a call to its answer, for calls answered OK, by "
             "method and shape (single: one entity row; batch: more).",
-            ["method", "shape"], buckets=LATENCY_BUCKETS, registry=registry,
-        )  # fmt: skip
+            ["method", "shape"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.request_rows = Histogram(
-            "featurewell_request_rows", "Entity rows per call.", ["method"],
-            buckets=ROW_BUCKETS, registry=registry,
-        )  # fmt: skip
+            "featurewell_request_rows",
+            "Entity rows per call.",
+            ["method"],
+            buckets=ROW_BUCKETS,
+            registry=registry,
+        )
         self.request_features = Histogram(
-            "featurewell_request_features", "Feature columns answered per GetFeatures call.",
-            buckets=FEATURE_BUCKETS, registry=registry,
-        )  # fmt: skip
+            "featurewell_request_features",
+            "Feature columns answered per GetFeatures call.",
+            buckets=FEATURE_BUCKETS,
+            registry=registry,
+        )
         self.store_seconds = Histogram(
             "featurewell_store_duration_seconds",
             "Time from sending a pipelined batch to a Redis node to its reply, by node.",
-            ["node"], buckets=LATENCY_BUCKETS, registry=registry,
-        )  # fmt: skip
+            ["node"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.served_rows = Counter(
             "featurewell_served_rows",
             "View rows served (one entity's values of one view), by view and status.",
-            ["view", "status"], registry=registry,
-        )  # fmt: skip
+            ["view", "status"],
+            registry=registry,
+        )
         self.value_age = Histogram(
             "featurewell_served_value_age_seconds",
             "Age of the values served (now minus their event time), by view; rows with a value "
             "only (not the defaults of missing rows).",
-            ["view"], buckets=AGE_BUCKETS, registry=registry,
-        )  # fmt: skip
+            ["view"],
+            buckets=AGE_BUCKETS,
+            registry=registry,
+        )
         self.fallback_rows = Counter(
             "featurewell_fallback_rows",
             "Rows served from a fallback because Redis could not answer, by view, reason and "
             "source (cache: the last cached row; default: the feature defaults).",
-            ["view", "reason", "source"], registry=registry,
-        )  # fmt: skip
+            ["view", "reason", "source"],
+            registry=registry,
+        )
         self.written_rows = Counter(
             "featurewell_written_rows",
             "Rows written through WriteFeatures, by view and outcome (written, or skipped_older "
             "because Redis held a newer event).",
-            ["view", "outcome"], registry=registry,
-        )  # fmt: skip
+            ["view", "outcome"],
+            registry=registry,
+        )
         self.shed_calls = Counter(
             "featurewell_shed_calls",
             "Calls refused with RESOURCE_EXHAUSTED because max_in_flight calls were running.",
-            ["method"], registry=registry,
-        )  # fmt: skip
+            ["method"],
+            registry=registry,
+        )
         self.reloads = Counter(
             "featurewell_reloads",
             "Feature repo reloads, by result (ok: swapped in; failed: previous one kept).",
-            ["result"], registry=registry,
-        )  # fmt: skip
+            ["result"],
+            registry=registry,
+        )
         self.build_info = Gauge(
-            "featurewell_build_info", "Always 1; the running version in a label.", ["version"],
-            registry=registry, multiprocess_mode="max",
-        )  # fmt: skip
+            "featurewell_build_info",
+            "Always 1; the running version in a label.",
+            ["version"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
         self._age_bounds = bounds_of(self.value_age)
         self._single = self.request_seconds.labels("GetFeatures", "single")
         self._batch = self.request_seconds.labels("GetFeatures", "batch")

@@ -39,13 +39,17 @@ class StoreStats(Collector):
             for name, text in _CACHE_COUNTS
         }
         self._entries = Gauge(
-            "featurewell_cache_entries", "Rows cached.",
-            registry=registry, multiprocess_mode="livesum",
-        )  # fmt: skip
+            "featurewell_cache_entries",
+            "Rows cached.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         self._bytes = Gauge(
-            "featurewell_cache_bytes", "Approximate cache size.",
-            registry=registry, multiprocess_mode="livesum",
-        )  # fmt: skip
+            "featurewell_cache_bytes",
+            "Approximate cache size.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         self._lost = Counter(
             "featurewell_cache_invalidation_streams_lost",
             "Invalidation connections lost (the cache stopped trusting its entries).",
@@ -54,12 +58,16 @@ class StoreStats(Collector):
         self._open = Gauge(
             "featurewell_redis_circuit_open",
             "1 while a Redis node's circuit breaker is open or probing.",
-            ["node"], registry=registry, multiprocess_mode="livemax",
-        )  # fmt: skip
+            ["node"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
         self._opened = Counter(
-            "featurewell_redis_circuit_opened", "Times a Redis node's circuit breaker opened.",
-            ["node"], registry=registry,
-        )  # fmt: skip
+            "featurewell_redis_circuit_opened",
+            "Times a Redis node's circuit breaker opened.",
+            ["node"],
+            registry=registry,
+        )
         self._copied: dict[str, int] = {}
         self._ready = True
 

@@ -73,12 +73,18 @@ class Tracing:
         parent = propagate.extract(carrier)
         to_wall = time.time_ns() - time.perf_counter_ns()
         span = self._tracer.start_span(
-            f"{SERVICE}/{method}", parent, SpanKind.SERVER, start_time=started_ns + to_wall,
+            f"{SERVICE}/{method}",
+            parent,
+            SpanKind.SERVER,
+            start_time=started_ns + to_wall,
             attributes={
-                "rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method,
-                "rpc.grpc.status_code": code, **(attributes or {}),
+                "rpc.system": "grpc",
+                "rpc.service": SERVICE,
+                "rpc.method": method,
+                "rpc.grpc.status_code": code,
+                **(attributes or {}),
             },
-        )  # fmt: skip
+        )
         if not span.is_recording():  # not sampled
             return
         if error:
@@ -99,10 +105,17 @@ class Tracing:
             for node in timings.nodes:
                 host, port = node.node
                 batch = tracer.start_span(
-                    "redis.pipeline", inner, SpanKind.CLIENT, start_time=node.sent_ns + to_wall,
-                    attributes={"db.system": "redis", "server.address": host, "server.port": port,
-                                "featurewell.commands": node.commands},
-                )  # fmt: skip
+                    "redis.pipeline",
+                    inner,
+                    SpanKind.CLIENT,
+                    start_time=node.sent_ns + to_wall,
+                    attributes={
+                        "db.system": "redis",
+                        "server.address": host,
+                        "server.port": port,
+                        "featurewell.commands": node.commands,
+                    },
+                )
                 ended = node.answered_ns or timings.store_ended_ns
                 if not node.answered_ns:
                     batch.set_status(Status(StatusCode.ERROR, "no reply within the budget"))
