@@ -15,7 +15,7 @@ import pytest
 from featurewell.definitions import Feature, FeatureView, Int64
 from featurewell.devcluster import LocalCluster, _call, _free_ports
 from featurewell.errors import StoreTimeout, StoreUnavailable
-from featurewell.store.addressing import EntityRead
+from featurewell.store.addressing import EntityRead, EntityRows
 from featurewell.store.batch import FailureReason
 from featurewell.store.codec import RowCodec
 from featurewell.store.keys import entity_tags, key_prefix, slot_of, slots_of, view_keys
@@ -93,15 +93,17 @@ async def test_an_empty_string_key_is_written_and_read_in_every_view(
     name = ids("v").replace("-", "_")
     features = [Feature("age", Int64)]
     views = [FeatureView(name, entity=defs.user, version=v, features=features) for v in (1, 2)]
-    prefixes = [key_prefix(view) for view in views]
-    tags = entity_tags([[""]], 1)
     row = (7_000).to_bytes(8, "little") + b"row"
-    for prefix in prefixes:
-        outcome = await store.write(view_keys(prefix, tags), slots_of(tags), [row])
+    for view in views:
+        outcome = await store.write(view, [[""]], [row], np.array([7_000], dtype=np.int64))
         assert outcome.written == 1
-    result = await store.read([EntityRead(prefixes, tags, slots_of(tags))], 2.0)
+    result = await store.read([EntityRows(views, [[""]], 1)], 2.0)
     assert result.failures == []
     assert [view.rows for view in result.views[0]] == [[row], [row]]
+    tags = entity_tags([[""]], 1)  # and the keys are where the routing by tag put them
+    prefixes = [key_prefix(view) for view in views]
+    addressed = await store.read_keys([EntityRead(prefixes, tags, slots_of(tags))], 2.0)
+    assert [view.rows for view in addressed.views[0]] == [[row], [row]]
 
 
 async def test_event_time_ordering_is_atomic_per_key(store: OnlineStore, ids: Any) -> None:
