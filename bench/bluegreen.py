@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from featurewell.client import ClientOptions, FeatureClient
-from featurewell.devcluster import _free_ports, start_local_cluster
+from featurewell.devcluster import free_ports, start_local_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "streaming_media"
@@ -79,7 +79,7 @@ def main() -> None:
         print("loading the example (catalog, computed views) ...", flush=True)
         subprocess.run([*cli, "materialize", *common], check=True, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)  # fmt: skip
-        (port,) = _free_ports(1)
+        (port,) = free_ports(1)
         server = subprocess.Popen([*cli, "serve", *common, "--port", str(port),
                                    "--metrics-port", "-1", "--log-level", "WARNING"])  # fmt: skip
         samples: list[tuple[float, float]] = []

@@ -37,7 +37,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from featurewell.client import FeatureClient
 from featurewell.definitions import load_repo
-from featurewell.devcluster import LocalCluster, _free_ports, start_local_cluster
+from featurewell.devcluster import LocalCluster, free_ports, start_local_cluster
 from featurewell.store.cluster import ClusterClient
 from featurewell.store.keys import entity_tags, key_prefix, slots_of
 from featurewell.store.online import EntityRead
@@ -109,7 +109,7 @@ def run(cluster: LocalCluster, repo: Path, iterations: int, warmup: int) -> dict
     cli = [sys.executable, "-m", "featurewell.cli"]
     subprocess.run([*cli, "materialize", "--repo", str(repo), "--redis", seeds], check=True,
                    stdout=subprocess.DEVNULL)  # fmt: skip
-    (port,) = _free_ports(1)
+    (port,) = free_ports(1)
     server = subprocess.Popen(
         # Cache off: this bench compares the full read path with the raw Redis floor (the
         # cache's gain is bench/zipf.py's subject).

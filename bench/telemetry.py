@@ -38,7 +38,7 @@ from opentelemetry.proto.collector.trace.v1 import (
 )
 
 from featurewell.client import FeatureClient
-from featurewell.devcluster import _free_ports, start_local_cluster
+from featurewell.devcluster import free_ports, start_local_cluster
 
 BEFORE = "746a5b2"  # the last commit before the telemetry package
 CONFIGS = {
@@ -112,7 +112,7 @@ def measure(
     servers: dict[str, tuple[subprocess.Popen[bytes], FeatureClient]] = {}
     try:
         for name, extra in CONFIGS.items():
-            (port,) = _free_ports(1)
+            (port,) = free_ports(1)
             env = {**os.environ, **extra}
             if extra:
                 env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",

@@ -122,9 +122,9 @@ def scrape_until(
 def sleep_node(port: int, seconds: float) -> threading.Thread:
     """Block a Redis node with DEBUG SLEEP from a background thread; return once the node has
     stopped answering (a PING on another connection goes unanswered), so tests never race it."""
-    from featurewell.devcluster import _call
+    from featurewell.devcluster import call
 
-    thread = threading.Thread(target=_call, args=(port, "DEBUG", "SLEEP", str(seconds)))
+    thread = threading.Thread(target=call, args=(port, "DEBUG", "SLEEP", str(seconds)))
     thread.start()
     wait_asleep(port)
     return thread

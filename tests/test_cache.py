@@ -9,7 +9,7 @@ from typing import Any
 
 from featurewell.client import FallbackReason, FeatureClient, Status
 from featurewell.definitions import Registry
-from featurewell.devcluster import LocalCluster, _call
+from featurewell.devcluster import LocalCluster, call
 from featurewell.engine.plan import Planner
 from featurewell.store.breaker import Breaker, BreakerPolicy, BreakerState
 from featurewell.store.cache import MISS, CachePolicy, HotKeyCache
@@ -186,7 +186,7 @@ def test_hot_rows_are_served_from_memory_and_writes_invalidate_them(
             for _ in range(3):
                 _age(a, user)
             port = cluster.owner(slot)
-            assert _call(port, "DEL", key) == 1  # any Redis client, not only featurewell
+            assert call(port, "DEL", key) == 1  # any Redis client, not only featurewell
             assert _eventually(lambda: _age(a, user) == (-1, Status.NOT_FOUND), timeout=2.0)
     finally:
         first.stop()

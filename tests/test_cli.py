@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from featurewell.client import FeatureClient, FeatureClientError, Status, Unavailable
-from featurewell.devcluster import LocalCluster, _call, _free_ports, _is_free
+from featurewell.devcluster import LocalCluster, _is_free, call, free_ports
 from featurewell.store.keys import key_slot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ def served(example_repo: Path, seeds: str) -> Iterator[tuple[str, subprocess.Pop
     assert "item_genre@v1: 200 rows" in out
     assert "rows/s" in out
     assert "user_activity@v1: 300 rows computed from watches" in out
-    (port,) = _free_ports(1)
+    (port,) = free_ports(1)
     process = featurewell(
         "serve", "--repo", str(example_repo), "--redis", seeds, "--port", str(port)
     )
@@ -163,7 +163,7 @@ def test_sigterm_drains_in_flight_calls(served: tuple[str, subprocess.Popen[str]
 def test_several_workers_share_one_port(
     example_repo: Path, seeds: str, served: tuple[str, Any]
 ) -> None:  # `served` has materialized the data these workers read
-    (port,) = _free_ports(1)
+    (port,) = free_ports(1)
     process = featurewell(
         "serve",
         "--repo",
@@ -227,7 +227,7 @@ def test_invalid_repo_and_unreachable_redis_exit_with_a_message(example_repo: Pa
 
 
 def test_demo_serves_the_example_streams_events_and_cleans_up() -> None:
-    port = _free_ports(1)[0]
+    port = free_ports(1)[0]
     env = {**os.environ, "FEATUREWELL_PORT": str(port), "FEATUREWELL_METRICS_PORT": "0"}
     process = featurewell("demo", "--users", "200", "--items", "100", env=env)
     lines: list[str] = []
@@ -306,5 +306,5 @@ def test_append_refuses_bad_events_and_writes_nothing(cluster: LocalCluster, see
     assert unknown.returncode != 0
     assert "no event source 'clicks'; known: ['watches']" in out
     streams = [f"fw:events:watches:{p}" for p in range(4)]
-    lengths = [_call(cluster.owner(key_slot(k.encode())), "XLEN", k) for k in streams]
+    lengths = [call(cluster.owner(key_slot(k.encode())), "XLEN", k) for k in streams]
     assert lengths == [0, 0, 0, 0]

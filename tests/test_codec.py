@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from featurewell.client import FeatureClient, FeatureClientError
-from featurewell.devcluster import LocalCluster, _call
+from featurewell.devcluster import LocalCluster, call
 from featurewell.errors import CorruptRow, InvalidRequest
 from featurewell.store.codec import RowCodec
 from featurewell.store.keys import entity_tags, key_prefix, slot_of
@@ -104,7 +104,7 @@ def test_corrupt_stored_row_is_data_loss(
     (tag,) = entity_tags([[user]], 1)
     key = key_prefix(defs.profile) + tag + b"}"
     for port in cluster.masters:  # only the owner accepts it; the others answer MOVED
-        reply = _call(port, "SET", key, b"not a row")
+        reply = call(port, "SET", key, b"not a row")
         if reply == b"OK":
             break
     else:

@@ -6,18 +6,18 @@ import subprocess
 import sys
 import time
 
-from featurewell.devcluster import LocalCluster, _call, _is_free
+from featurewell.devcluster import LocalCluster, _is_free, call
 
 
 def test_topology_has_every_slot_and_a_replica_per_master(cluster: LocalCluster) -> None:
-    slots = _call(cluster.masters[0], "CLUSTER", "SLOTS")
+    slots = call(cluster.masters[0], "CLUSTER", "SLOTS")
     owners = {int(entry[2][1]) for entry in slots}
     assert owners == set(cluster.masters)
     assert sum(end - start + 1 for start, end, *_ in slots) == 16384
     for entry in slots:
         assert len(entry) == 4, "each slot range has exactly one replica"
     for port in cluster.replicas:
-        assert b"role:slave" in _call(port, "INFO", "replication")
+        assert b"role:slave" in call(port, "INFO", "replication")
 
 
 def test_nodes_die_with_a_killed_parent() -> None:

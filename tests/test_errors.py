@@ -21,7 +21,7 @@ from featurewell.client import (
     Status,
     build_request,
 )
-from featurewell.devcluster import LocalCluster, _call
+from featurewell.devcluster import LocalCluster, call
 from featurewell.errors import StoreUnavailable
 from featurewell.serving.server import Server
 from featurewell.settings import Settings
@@ -277,7 +277,7 @@ def test_slow_store_falls_back_or_is_unavailable_or_deadline_exceeded(
     (tag,) = entity_tags([[user]], 1)
     port = next(p for p in cluster.masters if _owns(p, slot_of(tag)))
     slept: list[Any] = []
-    sleeper = threading.Thread(target=lambda: slept.append(_call(port, "DEBUG", "SLEEP", "0.8")))
+    sleeper = threading.Thread(target=lambda: slept.append(call(port, "DEBUG", "SLEEP", "0.8")))
     sleeper.start()
     try:
         wait_asleep(port)
@@ -313,6 +313,6 @@ def test_slow_store_falls_back_or_is_unavailable_or_deadline_exceeded(
 def _owns(port: int, slot: int) -> bool:
     return any(
         start <= slot <= end
-        for start, end, *_ in _call(port, "CLUSTER", "SLOTS")
+        for start, end, *_ in call(port, "CLUSTER", "SLOTS")
         if int(_[0][1]) == port
     )

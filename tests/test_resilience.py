@@ -12,7 +12,7 @@ import pytest
 
 from featurewell.client import FeatureClient, Status
 from featurewell.definitions import Registry
-from featurewell.devcluster import LocalCluster, _call, start_local_cluster
+from featurewell.devcluster import LocalCluster, call, start_local_cluster
 from featurewell.store.keys import entity_tags, key_prefix, slot_of
 from tests import defs
 from tests.conftest import ServerThread, make_settings
@@ -67,7 +67,7 @@ def _wait_replicated(cluster: LocalCluster, timeout: float = 10.0) -> None:
 
 
 def _replication(port: int) -> dict[str, str]:
-    info = _call(port, "INFO", "replication").decode()
+    info = call(port, "INFO", "replication").decode()
     return dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
 
 
@@ -84,15 +84,15 @@ def _wait_owner_change(cluster: LocalCluster, slot: int, old: int, timeout: floa
 def _check_values(calls: list[Call], on_victim: list[bool]) -> None:
     """Every value is correct or flagged: PRESENT and cache fallbacks carry the written age,
     default fallbacks the default (-1); rows on healthy nodes are always PRESENT."""
-    for call in calls:
-        for row, (age, status) in enumerate(zip(call.ages, call.statuses, strict=True)):
+    for made in calls:
+        for row, (age, status) in enumerate(zip(made.ages, made.statuses, strict=True)):
             if status == Status.FALLBACK:
                 assert on_victim[row], (row, age, status)
                 assert age == -1, (row, age, status)
             else:
                 assert status in (Status.PRESENT, Status.FALLBACK_CACHE), (row, status)
                 assert age == row, (row, age, status)
-                assert status == Status.PRESENT or on_victim[row], (row, status, call.reasons)
+                assert status == Status.PRESENT or on_victim[row], (row, status, made.reasons)
 
 
 def test_master_killed_no_call_fails_and_the_promoted_replica_takes_over(
@@ -151,7 +151,7 @@ def test_restarted_node_rejoins_and_takes_its_slots_back(
             _wait_for_sync(victim)
             # Move the slots back at once (TAKEOVER: the masters already voted in this epoch
             # window, so a voted failover would wait 2 node timeouts).
-            assert _call(victim, "CLUSTER", "FAILOVER", "TAKEOVER") == b"OK"
+            assert call(victim, "CLUSTER", "FAILOVER", "TAKEOVER") == b"OK"
             assert _wait_owner_change(own_cluster, slot, promoted) == victim
             back_at = time.monotonic()
             time.sleep(1.5)
@@ -167,7 +167,7 @@ def test_restarted_node_rejoins_and_takes_its_slots_back(
 def _wait_for_sync(port: int, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        info = _call(port, "INFO", "replication").decode()
+        info = call(port, "INFO", "replication").decode()
         if "role:slave" in info and "master_link_status:up" in info:
             return
         time.sleep(0.05)
@@ -186,8 +186,8 @@ def test_connections_reset_under_load_lose_no_call(
             for _ in range(5):
                 time.sleep(0.15)
                 for port in cluster.masters:  # data and invalidation connections alike
-                    _call(port, "CLIENT", "KILL", "TYPE", "normal")
-                    _call(port, "CLIENT", "KILL", "TYPE", "pubsub")
+                    call(port, "CLIENT", "KILL", "TYPE", "normal")
+                    call(port, "CLIENT", "KILL", "TYPE", "pubsub")
             time.sleep(0.3)
         assert load.errors == []
         _check_values(load.calls, [True] * USERS)
@@ -197,7 +197,7 @@ def test_connections_reset_under_load_lose_no_call(
             for _ in range(3):  # fetched twice: admitted to the cache
                 client.get_features(["profile:age"], entities={"user_id": users[:1]})
             key = key_prefix(defs.profile) + entity_tags([users[:1]], 1)[0] + b"}"
-            _call(owners[0], "DEL", key)
+            call(owners[0], "DEL", key)
             assert _eventually(
                 lambda: (
                     client.get_features(["profile:age"], entities={"user_id": users[:1]})
@@ -227,17 +227,17 @@ def test_slot_migrating_under_load_is_served_throughout(
         users, owners = _seed(server, cluster, "reshard")
         slot, source = _slot(users[0]), owners[0]
         target = next(p for p in cluster.masters if p != source)
-        source_id, target_id = (_call(p, "CLUSTER", "MYID").decode() for p in (source, target))
+        source_id, target_id = (call(p, "CLUSTER", "MYID").decode() for p in (source, target))
         key = key_prefix(defs.profile) + entity_tags([users[:1]], 1)[0] + b"}"
         with Load(server.address, users, threads=2) as load:
             time.sleep(0.2)
-            assert _call(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id) == b"OK"
-            assert _call(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id) == b"OK"
+            assert call(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id) == b"OK"
+            assert call(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id) == b"OK"
             time.sleep(0.2)  # calls now meet ASK for keys already moved
-            assert _call(source, "MIGRATE", "127.0.0.1", target, key, 0, 5000) == b"OK"
+            assert call(source, "MIGRATE", "127.0.0.1", target, key, 0, 5000) == b"OK"
             time.sleep(0.2)
             for port in cluster.masters:
-                _call(port, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+                call(port, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
             time.sleep(0.3)  # and MOVED once the slot belongs to the target
         assert load.errors == []
         assert load.calls

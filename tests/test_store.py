@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from featurewell.devcluster import LocalCluster, _call, _free_ports
+from featurewell.devcluster import LocalCluster, call, free_ports
 from featurewell.errors import StoreTimeout, StoreUnavailable
 from featurewell.store.batch import FailureReason
 from featurewell.store.codec import RowCodec
@@ -58,7 +58,7 @@ def test_slots_match_redis(cluster: LocalCluster) -> None:
     tags += entity_tags([["u1"], [1, 2, 3]], 3)  # composite, broadcast user
     for tag in tags:
         key = PREFIX + tag + b"}"
-        assert _call(port, "CLUSTER", "KEYSLOT", key) == slot_of(tag), key
+        assert call(port, "CLUSTER", "KEYSLOT", key) == slot_of(tag), key
 
 
 def test_composite_tags_do_not_collide() -> None:
@@ -99,7 +99,7 @@ async def test_retention_sets_expiry_from_event_time(
     await _write(store, [tag], event_us, 0.9, expire_at_ms=[event_us // 1000 + 60_000])
     node = store.cluster.node_of(slot_of(tag))
     assert node is not None
-    remaining_ms = _call(node[1], "PTTL", PREFIX + tag + b"}")
+    remaining_ms = call(node[1], "PTTL", PREFIX + tag + b"}")
     assert 55_000 < remaining_ms <= 60_000
 
 
@@ -123,7 +123,7 @@ async def test_reconnects_after_connections_are_killed(
     tag = ids("reconnect").encode()
     await _write(store, [tag], 5, 0.5)
     killed = sum(
-        _call(port, "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes") for port in cluster.masters
+        call(port, "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes") for port in cluster.masters
     )
     assert killed >= 3  # at least the store's own connection to each master
     await asyncio.sleep(0.05)
@@ -138,7 +138,7 @@ async def test_write_script_is_reloaded_after_script_flush(
 ) -> None:
     await _write(store, [ids("before").encode()], 5, 0.5)
     for port in cluster.masters:
-        assert _call(port, "SCRIPT", "FLUSH") == b"OK"
+        assert call(port, "SCRIPT", "FLUSH") == b"OK"
     tags = [ids(f"after{i}").encode() for i in range(30)]
     assert (await _write(store, tags, 5, 0.5)).written == 30
 
@@ -151,14 +151,14 @@ async def test_unreachable_cluster_is_reported_with_addresses() -> None:
 @pytest.fixture
 def standalone_redis(tmp_path: Any) -> Iterator[int]:
     """A plain (non-cluster) redis-server of our own on a free port."""
-    (port,) = _free_ports(1)
+    (port,) = free_ports(1)
     args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
             "--dir", str(tmp_path)]  # fmt: skip
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
     try:
         for _ in range(100):
             try:
-                if _call(port, "PING") == b"PONG":
+                if call(port, "PING") == b"PONG":
                     break
             except OSError:
                 time.sleep(0.05)
@@ -184,7 +184,7 @@ def sleeping_node(cluster: LocalCluster) -> Iterator[Any]:
     def sleep(port: int, seconds: float) -> None:
         replies: list[Any] = []
         thread = threading.Thread(
-            target=lambda: replies.append(_call(port, "DEBUG", "SLEEP", str(seconds)))
+            target=lambda: replies.append(call(port, "DEBUG", "SLEEP", str(seconds)))
         )
         reply_of[thread] = replies
         thread.start()
@@ -236,14 +236,14 @@ async def test_ask_redirect_during_slot_migration(
     source = store.cluster.node_of(slot)
     assert source is not None
     target = next(a for a in store.cluster.masters if a != source)
-    source_id, target_id = (_call(a[1], "CLUSTER", "MYID").decode() for a in (source, target))
+    source_id, target_id = (call(a[1], "CLUSTER", "MYID").decode() for a in (source, target))
     key = PREFIX + tag + b"}"
-    assert _call(target[1], "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id) == b"OK"
-    assert _call(source[1], "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id) == b"OK"
+    assert call(target[1], "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id) == b"OK"
+    assert call(source[1], "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id) == b"OK"
     try:
         # The key moves while its slot still belongs to the source: the source answers ASK.
-        assert _call(source[1], "MIGRATE", target[0], target[1], key, 0, 5000) == b"OK"
-        assert str(_call(source[1], "GET", key)).startswith("ASK ")
+        assert call(source[1], "MIGRATE", target[0], target[1], key, 0, 5000) == b"OK"
+        assert str(call(source[1], "GET", key)).startswith("ASK ")
 
         rows = await _read(store, [tag])
 
@@ -251,7 +251,7 @@ async def test_ask_redirect_during_slot_migration(
         assert store.cluster.node_of(slot) == source  # ASK is one-off: the map is unchanged
     finally:
         for address in store.cluster.masters:  # finish the migration: the slot is the target's
-            _call(address[1], "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+            call(address[1], "CLUSTER", "SETSLOT", slot, "NODE", target_id)
     rows = await _read(store, [tag])  # now a MOVED, after which the map points at the target
     assert CODEC.decode(rows).present.tolist() == [True]
     assert store.cluster.node_of(slot) == target
@@ -264,7 +264,7 @@ async def test_password_protected_cluster(registry: Any) -> None:
 
     with start_local_cluster(masters=3) as protected:
         for port in protected.masters:
-            assert _call(port, "CONFIG", "SET", "requirepass", "s3cret") == b"OK"
+            assert call(port, "CONFIG", "SET", "requirepass", "s3cret") == b"OK"
         base = Settings.load(environ={}).with_changes(
             redis=tuple(protected.seeds), port=0, metrics_port=-1
         )
