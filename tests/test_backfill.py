@@ -27,8 +27,8 @@ from featurewell.engine.engine import FeatureEngine
 from featurewell.offline import OfflineStore
 from featurewell.settings import Settings
 from featurewell.store.online import OnlineStore
-from tests.conftest import ServerThread, make_settings
 from tests.test_stream import check_served, definitions, make_events, member
+from tests.tools import ServerThread, make_settings
 
 
 def test_backfill_online_history_and_the_stream_after_it(

@@ -15,8 +15,7 @@ from featurewell.store.breaker import Breaker, BreakerPolicy, BreakerState
 from featurewell.store.cache import MISS, CachePolicy, HotKeyCache
 from featurewell.store.keys import entity_tags, key_prefix, slot_of
 from tests import defs
-from tests.conftest import ServerThread, make_settings
-from tests.load import scrape_until, sleep_node
+from tests.tools import ServerThread, make_settings, scrape_until, sleep_node
 
 # -- the policy --------------------------------------------------------------------------------
 

@@ -28,8 +28,7 @@ from featurewell.definitions import Registry
 from featurewell.devcluster import LocalCluster
 from featurewell.store.keys import entity_tags, slot_of
 from tests import defs
-from tests.conftest import ServerThread, make_settings
-from tests.load import sleep_node
+from tests.tools import ServerThread, make_settings, sleep_node
 
 RANKING = ["profile:age", "profile:taste", "item_stats:popularity", "item_stats:vec"]
 

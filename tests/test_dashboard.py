@@ -14,8 +14,15 @@ import yaml
 
 from featurewell.client import FeatureClient
 from tests import defs
-from tests.conftest import ServerThread, make_settings
-from tests.tools import DASHBOARD, RULES, promtool, type_check_dashboard
+from tests.tools import (
+    DASHBOARD,
+    RULES,
+    ServerThread,
+    make_settings,
+    metrics_text,
+    promtool,
+    type_check_dashboard,
+)
 
 METRIC = re.compile(r"\bfeaturewell_[a-z0-9_]+\b")
 SUFFIXES = ("_bucket", "_count", "_sum", "_total", "_created")
@@ -113,7 +120,7 @@ def test_every_metric_named_is_exported_by_a_real_server(cluster: Any, ids: Any)
             defs.write_profiles(client, [ids("m")], ages=[3])
             client.get_features(["profile:age"], entities={"user_id": [ids("m")]})
         assert running.server.metrics_port is not None
-        text = scrape_text(running.server.metrics_port)
+        text = metrics_text(running.server.metrics_port)
     finally:
         running.stop()
     # Families a server declares, whether or not a labelled child has a sample yet.
@@ -123,10 +130,3 @@ def test_every_metric_named_is_exported_by_a_real_server(cluster: Any, ids: Any)
     }
     assert named - exported == set(), "the dashboard or the rules name metrics no server exports"
     assert len(named) >= 25
-
-
-def scrape_text(port: int) -> str:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        return str(response.read().decode())

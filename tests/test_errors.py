@@ -3,7 +3,6 @@ nothing: the server keeps serving, and a rejected write stores nothing."""
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
@@ -29,8 +28,7 @@ from featurewell.store.keys import entity_tags, slot_of
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
 from tests import defs
-from tests.conftest import ServerThread
-from tests.load import wait_asleep
+from tests.tools import ServerThread, sleep_node
 
 
 def _code(error: pytest.ExceptionInfo[FeatureClientError]) -> grpc.StatusCode:
@@ -276,11 +274,8 @@ def test_slow_store_falls_back_or_is_unavailable_or_deadline_exceeded(
     defs.write_profiles(client, [user], ages=[5])
     (tag,) = entity_tags([[user]], 1)
     port = next(p for p in cluster.masters if _owns(p, slot_of(tag)))
-    slept: list[Any] = []
-    sleeper = threading.Thread(target=lambda: slept.append(call(port, "DEBUG", "SLEEP", "0.8")))
-    sleeper.start()
+    sleeper = sleep_node(port, 0.8)
     try:
-        wait_asleep(port)
         # Non-strict: answered within the server's cap (50 ms), the value flagged as a fallback.
         started = time.monotonic()
         degraded = client.get_features(["profile:age"], entities={"user_id": [user]}, timeout=5)
@@ -296,8 +291,7 @@ def test_slow_store_falls_back_or_is_unavailable_or_deadline_exceeded(
                 ["profile:age"], entities={"user_id": [user]}, strict=True, timeout=0.03
             )
     finally:
-        sleeper.join()
-    assert slept == [b"OK"]
+        sleeper.join()  # and asserts the node did sleep
     assert degraded.statuses("profile:age").tolist() == [Status.FALLBACK]
     assert degraded.values("profile:age").tolist() == [-1]  # the definition's default
     assert [(f.view, f.reason, f.from_cache, f.from_default) for f in degraded.fallbacks] == [

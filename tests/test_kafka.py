@@ -21,8 +21,8 @@ from featurewell.devcluster import LocalCluster
 from featurewell.engine.engine import FeatureEngine
 from featurewell.settings import Settings
 from featurewell.store.online import OnlineStore
-from tests.conftest import ServerThread, make_settings
 from tests.test_stream import check_served, definitions, make_events, member
+from tests.tools import ServerThread, make_settings
 
 
 class Recording(KafkaSource):

@@ -25,8 +25,8 @@ from featurewell.definitions import Registry
 from featurewell.devcluster import LocalCluster
 from featurewell.store.keys import entity_tags, slot_of
 from tests import defs
-from tests.conftest import ServerThread, make_settings
-from tests.load import Load, median_ms, scrape, sleep_node
+from tests.load import Load, median_ms
+from tests.tools import ServerThread, make_settings, scrape, sleep_node
 
 
 def test_calls_beyond_the_in_flight_limit_are_shed_at_once(
@@ -61,8 +61,9 @@ def test_calls_beyond_the_in_flight_limit_are_shed_at_once(
         callers = [threading.Thread(target=call) for _ in range(8)]
         for caller in callers:
             caller.start()
-        for caller in [*callers, sleeper]:
+        for caller in callers:
             caller.join()
+        sleeper.join()
         kinds = [kind for _, kind in sorted(outcomes)]
         assert kinds.count("served") == 2
         assert kinds.count("shed") == 6

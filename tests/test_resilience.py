@@ -15,8 +15,8 @@ from featurewell.definitions import Registry
 from featurewell.devcluster import LocalCluster, call, start_local_cluster
 from featurewell.store.keys import entity_tags, key_prefix, slot_of
 from tests import defs
-from tests.conftest import ServerThread, make_settings
-from tests.load import Call, Load, median_ms, sleep_node
+from tests.load import Call, Load, median_ms
+from tests.tools import ServerThread, make_settings, sleep_node
 
 USERS = 60
 

@@ -12,7 +12,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from featurewell.client import VALUE_TYPE_FLOAT32, FeatureClient, NotFound, Status
 from tests import defs
-from tests.conftest import ServerThread
+from tests.tools import ServerThread
 
 
 def test_single_entity_all_features(client: FeatureClient, ids: Any) -> None:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ from featurewell.store.keys import entity_tags, key_prefix, slot_of, slots_of, v
 from featurewell.store.online import EntityRead, OnlineStore
 from featurewell.values import Status
 from tests import defs
-from tests.load import wait_asleep
+from tests.tools import NodeSleep, sleep_node
 
 CODEC = RowCodec(defs.pair)
 PREFIX = key_prefix(defs.pair)
@@ -176,29 +175,16 @@ async def test_standalone_redis_is_not_mistaken_for_a_cluster(standalone_redis: 
 
 
 @pytest.fixture
-def sleeping_node(cluster: LocalCluster) -> Iterator[Any]:
+def sleeping_node() -> Iterator[Callable[[int, float], None]]:
     """Make one master unresponsive for a while (DEBUG SLEEP blocks it), then wait it out."""
-    threads: list[threading.Thread] = []
-    reply_of: dict[threading.Thread, list[Any]] = {}
-
-    def sleep(port: int, seconds: float) -> None:
-        replies: list[Any] = []
-        thread = threading.Thread(
-            target=lambda: replies.append(call(port, "DEBUG", "SLEEP", str(seconds)))
-        )
-        reply_of[thread] = replies
-        thread.start()
-        threads.append(thread)
-        wait_asleep(port)
-
-    yield sleep
-    for thread in threads:
-        thread.join()
-        assert reply_of[thread] == [b"OK"], "DEBUG SLEEP was refused: the test proved nothing"
+    sleeps: list[NodeSleep] = []
+    yield lambda port, seconds: sleeps.append(sleep_node(port, seconds))
+    for sleeping in sleeps:
+        sleeping.join()
 
 
 async def test_reads_and_writes_time_out_on_a_stuck_node(
-    store: OnlineStore, sleeping_node: Any, ids: Any
+    store: OnlineStore, sleeping_node: Callable[[int, float], None], ids: Any
 ) -> None:
     tag = ids("stuck").encode()
     node = store.cluster.node_of(slot_of(tag))

@@ -38,7 +38,7 @@ from featurewell.devcluster import LocalCluster
 from featurewell.engine.engine import FeatureEngine
 from featurewell.settings import Settings
 from featurewell.store.online import OnlineStore
-from tests.conftest import ServerThread, make_settings
+from tests.tools import ServerThread, make_settings
 
 HOUR_US = 3_600_000_000
 member = Entity("member", join_keys={"member_id": String})
@@ -244,8 +244,7 @@ def test_featurewell_stream_serves_an_appended_event_within_seconds(
     import sys
 
     from featurewell.definitions import load_repo
-    from tests.load import scrape_until
-    from tests.test_telemetry import free_port
+    from tests.tools import free_port, scrape_until
 
     name = f"visits_{uuid.uuid4().hex[:6]}"
     (tmp_path / "repo.py").write_text(REPO.replace("NAME", name))

@@ -4,7 +4,6 @@ OpenTelemetry collector would: /metrics over HTTP, spans from the SDK's in-memor
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -45,9 +44,7 @@ from featurewell.telemetry import report
 from featurewell.telemetry._histogram import bounds_of, observe_many
 from featurewell.telemetry.tracing import Tracing
 from tests import defs
-from tests.conftest import ServerThread, make_settings
-from tests.load import scrape, scrape_until
-from tests.tools import alert_test
+from tests.tools import ServerThread, alert_test, free_port, make_settings, scrape, scrape_until
 
 customer = Entity("customer", join_keys={"customer_id": String})
 orders = FeatureView(
@@ -415,12 +412,6 @@ def test_tracing_is_off_unless_the_environment_turns_it_on() -> None:
 
 
 # -- several worker processes, one /metrics ----------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_workers_metrics_are_aggregated_on_one_port(cluster: LocalCluster) -> None:

@@ -29,7 +29,7 @@ from featurewell.devcluster import LocalCluster
 from featurewell.errors import InvalidRequest, UnknownFeature
 from featurewell.offline import OfflineStore, get_historical_features
 from featurewell.values import NOT_FOUND, PRESENT, STALE
-from tests.conftest import ServerThread, make_settings
+from tests.tools import ServerThread, make_settings
 
 DAY_US = 86_400_000_000
 rider = Entity("rider", join_keys={"rider_id": String})

@@ -22,7 +22,7 @@ from featurewell.client import (
 )
 from featurewell.definitions import load_repo
 from featurewell.devcluster import LocalCluster
-from tests.conftest import ServerThread, make_settings
+from tests.tools import ServerThread, make_settings
 
 REPO = """
 from featurewell.definitions import Entity, Feature, FeatureView, Float64, String
