@@ -21,7 +21,7 @@ from featurewell.devcluster import LocalCluster
 from featurewell.engine.engine import FeatureEngine
 from featurewell.settings import Settings
 from featurewell.store.online import OnlineStore
-from tests.test_stream import check_served, definitions, make_events, member
+from tests.test_stream import check_served, close, definitions, make_events, member
 from tests.tools import ServerThread, make_settings
 
 
@@ -81,6 +81,7 @@ def test_events_on_kafka_become_served_rows(
     events, _ = make_events(members, 800, seed=8)
     produce(producer, source, events)
     loop = asyncio.new_event_loop()
+    runner = None
     try:
         group = f"g-{uuid.uuid4().hex[:6]}"
         reader = Recording(source, {"bootstrap.servers": bootstrap}, group)
@@ -94,7 +95,7 @@ def test_events_on_kafka_become_served_rows(
         finally:
             server.stop()
     finally:
-        loop.close()
+        close(loop, runner)
 
 
 def kafka_log(batches: list[Any], source: Any) -> pa.Table:
@@ -132,15 +133,16 @@ def test_a_consumer_that_dies_before_committing_is_replayed_exactly(
         "heartbeat.interval.ms": 500,
     }
     loop = asyncio.new_event_loop()
+    first = second = None
     try:
+        dying = KafkaSource(source, config, group)
         first = loop.run_until_complete(
-            _runner(cluster, registry, KafkaSource(source, config, group), batch_size=50,
-                    checkpoint_s=1e9)
-        )  # fmt: skip
+            _runner(cluster, registry, dying, batch_size=50, checkpoint_s=1e9)
+        )
         loop.run_until_complete(_drain(first, len(events), steps=4))
         # State saved, offsets never committed: the process dies here.
         loop.run_until_complete(first.checkpoint(ack=False))
-        first.events.close()  # type: ignore[attr-defined]
+        dying.close()
         reader = Recording(source, config, group)
         second = loop.run_until_complete(_runner(cluster, registry, reader, batch_size=50))
         loop.run_until_complete(_drain(second, len(events)))
@@ -153,4 +155,4 @@ def test_a_consumer_that_dies_before_committing_is_replayed_exactly(
         finally:
             server.stop()
     finally:
-        loop.close()
+        close(loop, first, second)

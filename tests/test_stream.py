@@ -117,6 +117,14 @@ async def _runner(
     return runner
 
 
+def close(loop: asyncio.AbstractEventLoop, *runners: StreamRunner | None) -> None:
+    """Close the runners' Redis connections, then their event loop."""
+    for runner in runners:
+        if runner is not None:
+            loop.run_until_complete(runner.writer.store.close())
+    loop.close()
+
+
 async def _drain(runner: StreamRunner, steps: int | None = None) -> None:
     taken = 0
     while (steps is None or taken < steps) and await runner.step():
@@ -166,6 +174,7 @@ def test_events_on_redis_streams_become_served_rows(cluster: LocalCluster) -> No
     members = [f"m{n}-{uuid.uuid4().hex[:4]}" for n in range(25)]
     events, duplicates = make_events(members, 1500, seed=5)
     loop = asyncio.new_event_loop()
+    runner = None
     try:
         runner = loop.run_until_complete(_runner(cluster, registry, source, batch_size=200))
         ids = loop.run_until_complete(append(runner.cluster, source, events))
@@ -183,7 +192,7 @@ def test_events_on_redis_streams_become_served_rows(cluster: LocalCluster) -> No
         finally:
             server.stop()
     finally:
-        loop.close()
+        close(loop, runner)
 
 
 def test_a_dead_consumer_is_replaced_without_loss_or_double_counting(
@@ -194,6 +203,7 @@ def test_a_dead_consumer_is_replaced_without_loss_or_double_counting(
     members = [f"m{n}-{uuid.uuid4().hex[:4]}" for n in range(20)]
     events, _ = make_events(members, 1200, seed=6)
     loop = asyncio.new_event_loop()
+    first = second = None
     try:
         first = loop.run_until_complete(_runner(
             cluster, registry, source, consumer="a", batch_size=100, checkpoint_s=1e9))  # fmt: skip
@@ -221,7 +231,7 @@ def test_a_dead_consumer_is_replaced_without_loss_or_double_counting(
         finally:
             server.stop()
     finally:
-        loop.close()
+        close(loop, first, second)
 
 
 REPO = """
@@ -328,6 +338,7 @@ def test_refresh_rewrites_only_what_time_changed(cluster: LocalCluster) -> None:
     ]
     loop = asyncio.new_event_loop()
     server = ServerThread(make_settings(cluster), registry)
+    runner = None
     try:
         runner = loop.run_until_complete(
             _runner(cluster, registry, visits, refresh_s=1e9, clock_us=lambda: now[0])
@@ -362,4 +373,4 @@ def test_refresh_rewrites_only_what_time_changed(cluster: LocalCluster) -> None:
         assert times == [now[0]] * 3  # rewritten as of the refresh
     finally:
         server.stop()
-        loop.close()
+        close(loop, runner)

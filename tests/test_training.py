@@ -196,7 +196,7 @@ def test_the_stream_writes_history_that_trains_on_what_it_served(
     so a training set labelled now equals what GetFeatures serves now."""
     import asyncio
 
-    from tests.test_stream import _drain, _runner, definitions, make_events, member, served
+    from tests.test_stream import _drain, _runner, close, definitions, make_events, member, served
 
     source, view = definitions(f"taps_{uuid.uuid4().hex[:6]}")
     registry = Registry.build([member, view])
@@ -205,6 +205,7 @@ def test_the_stream_writes_history_that_trains_on_what_it_served(
     store = OfflineStore(tmp_path)
     loop = asyncio.new_event_loop()
     server = ServerThread(make_settings(cluster), registry)
+    runner = None
     try:
         from featurewell.compute.redis_streams import append
 
@@ -218,7 +219,7 @@ def test_the_stream_writes_history_that_trains_on_what_it_served(
         now_values, times = served(server, view, members)
     finally:
         server.stop()
-        loop.close()
+        close(loop, runner)
     history = store.folder(view)
     assert list(history.glob("date=*/*.parquet"))
     late = max(times) + 1_000_000  # after every row was written
