@@ -14,6 +14,16 @@ from featurewell.devcluster import LocalCluster, start_local_cluster
 from tests import defs
 from tests.tools import ServerThread, make_settings
 
+# Fixtures that start redis-server processes: a test using any of them, directly or through
+# other fixtures, is marked `redis`. Tests starting nodes themselves carry the mark explicitly.
+REDIS_FIXTURES = frozenset({"cluster", "own_cluster", "tls_cluster", "standalone_redis"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if REDIS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.redis)
+
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[LocalCluster]:

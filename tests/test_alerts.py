@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.tools import RULES, alert_test, promtool
+
+pytestmark = pytest.mark.deploy
 
 
 def test_rules_are_valid() -> None:

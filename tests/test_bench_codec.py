@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from featurewell.client import FeatureResult
@@ -21,6 +22,8 @@ from featurewell.store.keys import entity_tags, slots_of
 from featurewell.store.online import EntityRead
 from featurewell.v1 import feature_service_pb2 as pb
 from tests import defs
+
+pytestmark = pytest.mark.bench
 
 ROWS = 501
 

@@ -226,6 +226,7 @@ def test_invalid_repo_and_unreachable_redis_exit_with_a_message(example_repo: Pa
     assert "127.0.0.1:1" in out
 
 
+@pytest.mark.redis  # the demo starts its own cluster
 def test_demo_serves_the_example_streams_events_and_cleans_up() -> None:
     port = free_ports(1)[0]
     env = {**os.environ, "FEATUREWELL_PORT": str(port), "FEATUREWELL_METRICS_PORT": "0"}

@@ -11,10 +11,13 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from featurewell.settings import Settings
 from tests.tools import promtool
+
+pytestmark = pytest.mark.deploy
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 

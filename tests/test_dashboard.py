@@ -24,6 +24,8 @@ from tests.tools import (
     type_check_dashboard,
 )
 
+pytestmark = pytest.mark.deploy
+
 METRIC = re.compile(r"\bfeaturewell_[a-z0-9_]+\b")
 SUFFIXES = ("_bucket", "_count", "_sum", "_total", "_created")
 

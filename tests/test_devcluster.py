@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from featurewell.devcluster import LocalCluster, _is_free, call
 
 
@@ -20,6 +22,7 @@ def test_topology_has_every_slot_and_a_replica_per_master(cluster: LocalCluster)
         assert b"role:slave" in call(port, "INFO", "replication")
 
 
+@pytest.mark.redis
 def test_nodes_die_with_a_killed_parent() -> None:
     script = (
         "import os\n"

@@ -16,6 +16,8 @@ import yaml
 from featurewell.settings import Settings
 from tests.tools import RULES, promtool
 
+pytestmark = pytest.mark.deploy
+
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "featurewell"
 PRODUCTION = CHART / "values-production.yaml"

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+# The gate's --local stack starts its own Redis Cluster.
+pytestmark = [pytest.mark.perf, pytest.mark.redis]
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -243,6 +243,7 @@ async def test_ask_redirect_during_slot_migration(
     assert store.cluster.node_of(slot) == target
 
 
+@pytest.mark.redis
 async def test_password_protected_cluster(registry: Any) -> None:
     from featurewell.devcluster import start_local_cluster
     from featurewell.serving.server import Server

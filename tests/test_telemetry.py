@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -214,6 +215,7 @@ def test_freshness_gauges_follow_the_newest_write(
     assert 'featurewell_view_freshness_sla_seconds{view="pair@v1"}' not in metrics
 
 
+@pytest.mark.deploy  # promtool
 def test_a_stopped_writer_fires_the_freshness_alert(
     observed: ServerThread, observed_client: FeatureClient, ids: Any, tmp_path: Path
 ) -> None:
@@ -261,32 +263,48 @@ def test_drift_sampling_takes_only_the_features_a_call_asked_for(
     assert (amount.defaults, channel.defaults) == (before[0] + 1, before[1])
 
 
-def test_drift_gauges_rise_when_served_values_shift(
-    observed: ServerThread, observed_client: FeatureClient, ids: Any, tmp_path: Path
-) -> None:
+PSI = 'featurewell_feature_drift_psi{feature="%s",view="orders@v1"}'
+
+
+@pytest.fixture(scope="module")
+def drift(
+    observed: ServerThread, observed_client: FeatureClient
+) -> tuple[dict[str, float], dict[str, float], list[str]]:
+    """The drift gauges `observed` exports while served values are as expected (calm), and
+    once they have shifted (drifted), with the shifted customers' ids."""
     port = metrics_port(observed)
     rng = np.random.default_rng(3)
-    psi = 'featurewell_feature_drift_psi{feature="%s",view="orders@v1"}'
-    shift = 'featurewell_feature_mean_shift{feature="amount",view="orders@v1"}'
+    run = uuid.uuid4().hex[:8]
     now = defs.now_us()
-    usual = [ids(f"d{i}") for i in range(1500)]
+    usual = [f"d{i}-{run}" for i in range(1500)]
     channels = rng.choice(["web", "app", "tv"], size=len(usual), p=[0.6, 0.3, 0.1]).tolist()
     write_orders(observed_client, usual, rng.normal(100, 10, len(usual)), channels, now)
     read_orders(observed_client, usual)
-    calm = scrape_until(port, lambda m: psi % "amount" in m and psi % "channel" in m)
-    assert calm[psi % "amount"] < 0.1
-    assert calm[psi % "channel"] < 0.1
-    assert abs(calm[shift]) < 0.3
-
+    calm = scrape_until(port, lambda m: PSI % "amount" in m and PSI % "channel" in m)
     # The upstream job now emits amounts 30% higher and mostly "tv" (a new client shipped).
-    shifted = [ids(f"s{i}") for i in range(1500)]
+    shifted = [f"s{i}-{run}" for i in range(1500)]
     channels = rng.choice(["web", "app", "tv"], size=len(shifted), p=[0.2, 0.1, 0.7]).tolist()
     write_orders(observed_client, shifted, rng.normal(130, 10, len(shifted)), channels, now)
     read_orders(observed_client, shifted)
-    drifted = scrape_until(port, lambda m: m.get(psi % "amount", 0) > 0.25)
-    assert drifted[psi % "amount"] > 0.25
+    drifted = scrape_until(port, lambda m: m.get(PSI % "amount", 0) > 0.25)
+    return calm, drifted, shifted
+
+
+def test_drift_gauges_rise_when_served_values_shift(
+    observed: ServerThread,
+    observed_client: FeatureClient,
+    drift: tuple[dict[str, float], dict[str, float], list[str]],
+    ids: Any,
+) -> None:
+    port = metrics_port(observed)
+    calm, drifted, shifted = drift
+    shift = 'featurewell_feature_mean_shift{feature="amount",view="orders@v1"}'
+    assert calm[PSI % "amount"] < 0.1
+    assert calm[PSI % "channel"] < 0.1
+    assert abs(calm[shift]) < 0.3
+    assert drifted[PSI % "amount"] > 0.25
     assert drifted[shift] > 2.5
-    assert scrape_until(port, lambda m: m.get(psi % "channel", 0) > 0.25)[psi % "channel"] > 0.25
+    assert scrape_until(port, lambda m: m.get(PSI % "channel", 0) > 0.25)[PSI % "channel"] > 0.25
 
     # The drift report an on-call engineer runs against the server.
     reports = {
@@ -295,22 +313,28 @@ def test_drift_gauges_rise_when_served_values_shift(
     assert reports[("orders@v1", "amount")].psi > 0.25
     assert "orders@v1:amount" in report.render(list(reports.values())).split("major drift")[0]
 
-    # The alert rule, fed the gauges this server exported: the shifted feature pages after its
-    # 15 minutes, the calm one never does.
+    # Unknown customers are served defaults: that shows as the default rate, not as drift.
+    read_orders(observed_client, [ids(f"x{i}") for i in range(400)] + shifted[:400])
+    rate = 'featurewell_feature_default_rate{feature="amount",view="orders@v1"}'
+    assert 0.4 < scrape_until(port, lambda m: 0.4 < m.get(rate, 0) < 0.6)[rate] < 0.6
+
+
+@pytest.mark.deploy  # promtool
+def test_the_drift_alert_pages_on_the_gauges_a_server_exported(
+    drift: tuple[dict[str, float], dict[str, float], list[str]], tmp_path: Path
+) -> None:
+    """The alert rule, fed the gauges the server exported: the shifted feature pages after its
+    15 minutes, the calm one never does."""
+    calm, drifted, _ = drift
     amount = 'featurewell_feature_drift_psi{view="orders@v1",feature="amount",instance="s"}'
-    calm_series = {amount: f"{calm[psi % 'amount']}x40"}
-    drifted_series = {amount: f"{calm[psi % 'amount']}x5 {drifted[psi % 'amount']}x40"}
+    calm_series = {amount: f"{calm[PSI % 'amount']}x40"}
+    drifted_series = {amount: f"{calm[PSI % 'amount']}x5 {drifted[PSI % 'amount']}x40"}
     labels = {"view": "orders@v1", "feature": "amount"}
     quiet = alert_test(tmp_path, calm_series, "FeaturewellFeatureDrift", [("30m", [])])
     assert quiet.returncode == 0, quiet.stdout + quiet.stderr
     fired = alert_test(tmp_path, drifted_series, "FeaturewellFeatureDrift",
                        [("15m", []), ("25m", [labels])])  # fmt: skip
     assert fired.returncode == 0, fired.stdout + fired.stderr
-
-    # Unknown customers are served defaults: that shows as the default rate, not as drift.
-    read_orders(observed_client, [ids(f"x{i}") for i in range(400)] + shifted[:400])
-    rate = 'featurewell_feature_default_rate{feature="amount",view="orders@v1"}'
-    assert 0.4 < scrape_until(port, lambda m: 0.4 < m.get(rate, 0) < 0.6)[rate] < 0.6
 
 
 # -- tracing ------------------------------------------------------------------------------------
