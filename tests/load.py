@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from featurewell.client import FeatureClient, FeatureClientError, Status
+from tests.tools import wait_until
 
 
 @dataclass
@@ -79,6 +80,15 @@ class Load:
 
     def between(self, start: float, end: float) -> list[Call]:
         return [c for c in self.calls if start <= c.started < end]
+
+    def wait_calls(self, count: int, since: float = 0.0, timeout: float = 10.0) -> None:
+        """Until `count` calls started at or after `since` (a time.monotonic()) have been
+        answered: the load has run through the current phase of a test."""
+        wait_until(
+            lambda: len(self.between(since, float("inf"))) >= count,
+            timeout,
+            f"{count} calls answered since the phase began",
+        )
 
     @property
     def errors(self) -> list[Call]:

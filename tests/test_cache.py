@@ -15,7 +15,7 @@ from featurewell.store.breaker import Breaker, BreakerPolicy, BreakerState
 from featurewell.store.cache import MISS, CachePolicy, HotKeyCache
 from featurewell.store.keys import entity_tags, key_prefix, slot_of
 from tests import defs
-from tests.tools import ServerThread, make_settings, scrape_until, sleep_node
+from tests.tools import ServerThread, make_settings, scrape_until, sleep_node, wait_until
 
 # -- the policy --------------------------------------------------------------------------------
 
@@ -179,14 +179,20 @@ def test_hot_rows_are_served_from_memory_and_writes_invalidate_them(
             for _ in range(3):
                 _age(a, user)
             defs.write_profiles(b, [user], ages=[32])  # through another server: Redis tells us
-            assert _eventually(lambda: _age(a, user) == (32, Status.PRESENT), timeout=2.0)
+            wait_until(
+                lambda: _age(a, user) == (32, Status.PRESENT),
+                2,
+                "a to serve the age written through b",
+            )
 
             key, slot = _key(user)
             for _ in range(3):
                 _age(a, user)
             port = cluster.owner(slot)
             assert call(port, "DEL", key) == 1  # any Redis client, not only featurewell
-            assert _eventually(lambda: _age(a, user) == (-1, Status.NOT_FOUND), timeout=2.0)
+            wait_until(
+                lambda: _age(a, user) == (-1, Status.NOT_FOUND), 2, "a to see the key deleted"
+            )
     finally:
         first.stop()
         second.stop()
@@ -227,12 +233,3 @@ def test_a_failing_node_is_answered_from_the_expired_cache_entry(
         assert metrics["featurewell_cache_entries"] >= 1
     finally:
         server.stop()
-
-
-def _eventually(condition: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return False

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import pytest
 from featurewell.client import FeatureClient, FeatureClientError, Status, Unavailable
 from featurewell.devcluster import LocalCluster, _is_free, call, free_ports
 from featurewell.store.keys import key_slot
+from tests.tools import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "streaming_media"
@@ -34,14 +34,36 @@ def featurewell(*args: str, **kw: Any) -> subprocess.Popen[str]:
 
 
 def wait_serving(address: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            grpc.channel_ready_future(grpc.insecure_channel(address)).result(timeout=0.5)
-            return
-        except grpc.FutureTimeoutError:
-            continue
-    raise TimeoutError(f"nothing serving on {address}")
+    def ready() -> bool:
+        with grpc.insecure_channel(address) as channel:
+            grpc.channel_ready_future(channel).result(timeout=0.5)
+        return True
+
+    wait_until(ready, timeout, f"a server on {address}", retry_on=(grpc.FutureTimeoutError,))
+
+
+class Output:
+    """A process's output, read on a thread of its own as it comes (so a test can wait for a
+    line while the process runs); `text()` once the process has ended."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        self._stdout = process.stdout
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        with self._stdout:  # closed at the end, as communicate() would
+            for line in self._stdout:
+                self.lines.append(line)
+
+    def count(self, text: str) -> int:
+        return sum(text in line for line in list(self.lines))
+
+    def text(self, timeout: float = 10) -> str:
+        self._reader.join(timeout)
+        return "".join(self.lines)
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +168,7 @@ def test_sigterm_drains_in_flight_calls(served: tuple[str, subprocess.Popen[str]
     threads = [threading.Thread(target=caller) for _ in range(4)]
     for thread in threads:
         thread.start()
-    time.sleep(1.0)
+    wait_until(lambda: outcomes.count("ok") > 10, 30, "the callers to be answered")
     process.send_signal(signal.SIGTERM)
     out, _ = process.communicate(timeout=20)
     stop.set()
@@ -175,10 +197,11 @@ def test_several_workers_share_one_port(
         "--workers",
         "2",
     )
+    output = Output(process)
     try:
         address = f"127.0.0.1:{port}"
-        wait_serving(address)
-        time.sleep(1.0)  # both workers listening
+        # Each worker logs this once it listens (and before it handles SIGTERM).
+        wait_until(lambda: output.count("featurewell serving") == 2, 60, "both workers serving")
         children = _children(process.pid)
         workers = [pid for pid in children if "spawn_main" in _cmdline(pid)]
         assert len(workers) == 2, children
@@ -188,7 +211,8 @@ def test_several_workers_share_one_port(
                 assert result.count(Status.PRESENT) == 2
     finally:
         process.send_signal(signal.SIGTERM)
-        out, _ = process.communicate(timeout=20)
+        process.wait(timeout=20)
+    out = output.text()
     assert process.returncode == 0, out
     assert out.count("draining in-flight calls") == 2
 
@@ -258,13 +282,17 @@ def test_demo_serves_the_example_streams_events_and_cleans_up() -> None:
                                    "--source", "watches", "--event", event)  # fmt: skip
             out, _ = appended.communicate(timeout=30)
             assert appended.returncode == 0, out
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
+
+            was = int(before[count].values[0])
+            seen: list[int] = []
+
+            def moved() -> bool:
                 after = client.get_features([count], entities={"user_id": ["u000007"]})
-                if after[count].values[0] != before[count].values[0]:
-                    break
-                time.sleep(0.05)
-            assert after[count].values[0] == before[count].values[0] + 1
+                seen.append(int(after[count].values[0]))
+                return seen[-1] != was
+
+            wait_until(moved, 10, "the demo's stream process to count the appended event")
+            assert seen[-1] == was + 1
     finally:
         process.send_signal(signal.SIGINT)
         out, _ = process.communicate(timeout=30)

@@ -28,7 +28,7 @@ from featurewell.definitions import Registry
 from featurewell.devcluster import LocalCluster
 from featurewell.store.keys import entity_tags, slot_of
 from tests import defs
-from tests.tools import ServerThread, make_settings, sleep_node
+from tests.tools import ServerThread, make_settings, sleep_node, wait_until
 
 RANKING = ["profile:age", "profile:taste", "item_stats:popularity", "item_stats:vec"]
 
@@ -122,8 +122,8 @@ def test_reads_are_retried_and_writes_are_not(
         sleeper = sleep_node(port, 1.0)
         occupant = threading.Thread(target=_read_once, args=(server.address, user))
         occupant.start()  # holds the server's only slot until the node wakes
-        while calls.in_flight == 0:
-            time.sleep(0.001)
+        wait_until(lambda: calls.in_flight > 0, 5, "the occupant's call to be in flight",
+                   interval=0.001)  # fmt: skip
         options = ClientOptions(timeout=0.6, read_attempts=3)
         with FeatureClient(server.address, options=options) as client:
             with pytest.raises(ResourceExhausted):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 
 from featurewell.devcluster import LocalCluster, _is_free, call
+from tests.tools import wait_until
 
 
 def test_topology_has_every_slot_and_a_replica_per_master(cluster: LocalCluster) -> None:
@@ -36,7 +36,5 @@ def test_nodes_die_with_a_killed_parent() -> None:
     )
     ports = [int(p) for p in done.stdout.strip().split(",")]
     assert len(ports) == 3
-    deadline = time.monotonic() + 10
-    while not all(_is_free(p) for p in ports) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert all(_is_free(p) for p in ports), f"orphaned redis-server on {ports}"
+    wait_until(lambda: all(_is_free(p) for p in ports), 10, f"the nodes on {ports} to die",
+               interval=0.1)  # fmt: skip

@@ -21,12 +21,12 @@ from featurewell.client import (
     ResourceExhausted,
     Status,
 )
-from featurewell.definitions import Registry
+from featurewell.definitions import Registry, repo_fingerprint
 from featurewell.devcluster import LocalCluster
 from featurewell.store.keys import entity_tags, slot_of
 from tests import defs
 from tests.load import Load, median_ms
-from tests.tools import ServerThread, make_settings, scrape, sleep_node
+from tests.tools import ServerThread, make_settings, scrape, sleep_node, wait_until
 
 
 def test_calls_beyond_the_in_flight_limit_are_shed_at_once(
@@ -128,15 +128,16 @@ def test_reload_swaps_definitions_atomically_under_load(
                                   features={"age": (VALUE_TYPE_INT64, np.arange(20))})  # fmt: skip
             assert "level" not in {v.name for v in client.list_features().views}
             with Load(server.address, users, threads=2, feature="member:age") as load:
-                time.sleep(0.3)
+                load.wait_calls(30)  # steady before the reload
                 _write_repo(repo, _EXTRA.format(default=-7))
                 reload_started = time.monotonic()
                 assert server.run(server.server.reload()) is True
                 reloaded = time.monotonic()
-                time.sleep(0.3)
+                load.wait_calls(30, since=reloaded)  # served by the new definitions
                 _write_repo(repo, "this is not python")
+                broken = time.monotonic()
                 assert server.run(server.server.reload()) is False
-                time.sleep(0.3)
+                load.wait_calls(30, since=broken)  # still served after the failed reload
             assert load.errors == []
             assert len(load.calls) > 20
             assert all(c.all_present and c.ages == list(range(20)) for c in load.calls)
@@ -166,18 +167,20 @@ def test_watching_the_repo_reloads_when_its_files_change(
     repo = tmp_path / "repo.py"
     _write_repo(repo, _EXTRA.format(default=1))
     server = ServerThread(make_settings(cluster, repo=str(repo)), None)
+    before = repo_fingerprint(str(repo))
     watcher = asyncio.run_coroutine_threadsafe(server.server.watch_repo(0.05), server.loop)
+    # The loop runs callbacks in order: once this no-op has run, so has the watcher's first
+    # step, which took its baseline fingerprint (a change made earlier would go unseen).
+    server.run(asyncio.sleep(0))
     try:
         with FeatureClient(server.address, timeout=5) as client:
             user = ids("watched")
             client.write_features("level", entities={"user_id": [user]},
                                   event_timestamps_us=[defs.now_us()],
                                   features={"rank": (VALUE_TYPE_INT64, np.array([3]))})  # fmt: skip
-            time.sleep(0.1)
             _write_repo(repo, _EXTRA.format(default=2))
-            deadline = time.monotonic() + 5
-            while server.server.reloads == 0 and time.monotonic() < deadline:
-                time.sleep(0.02)
+            assert repo_fingerprint(str(repo)) != before  # same size: the mtime must tell
+            wait_until(lambda: server.server.reloads > 0, 5, "the watcher to reload the repo")
             assert server.server.reloads == 1
             result = client.get_features(["level:rank"], entities={"user_id": [user, "nobody"]})
             assert result.values("level:rank").tolist() == [3, 2]  # stored row kept; new default

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -19,7 +18,7 @@ from featurewell.store.keys import entity_tags, key_prefix, slot_of, slots_of, v
 from featurewell.store.online import EntityRead, OnlineStore
 from featurewell.values import Status
 from tests import defs
-from tests.tools import NodeSleep, sleep_node
+from tests.tools import NodeSleep, sleep_node, wait_until, wait_until_async
 
 CODEC = RowCodec(defs.pair)
 PREFIX = key_prefix(defs.pair)
@@ -121,11 +120,17 @@ async def test_reconnects_after_connections_are_killed(
 ) -> None:
     tag = ids("reconnect").encode()
     await _write(store, [tag], 5, 0.5)
+    # No public view of the store's connections: its pools (one connection per master here).
+    connections = [c for pool in store.cluster._pools.values() for c in pool]
+    assert len(connections) >= len(cluster.masters)
     killed = sum(
         call(port, "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes") for port in cluster.masters
     )
     assert killed >= 3  # at least the store's own connection to each master
-    await asyncio.sleep(0.05)
+    # Once the store has seen them close, the read below must open new ones.
+    await wait_until_async(
+        lambda: all(c.closed for c in connections), 5, "the store to see its connections closed"
+    )
 
     rows = await _read(store, [tag])
 
@@ -155,12 +160,8 @@ def standalone_redis(tmp_path: Any) -> Iterator[int]:
             "--dir", str(tmp_path)]  # fmt: skip
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
     try:
-        for _ in range(100):
-            try:
-                if call(port, "PING") == b"PONG":
-                    break
-            except OSError:
-                time.sleep(0.05)
+        wait_until(lambda: call(port, "PING") == b"PONG", 10, f"redis-server on {port}",
+                   retry_on=(OSError,))  # fmt: skip
         yield port
     finally:
         process.kill()

@@ -45,7 +45,15 @@ from featurewell.telemetry import report
 from featurewell.telemetry._histogram import bounds_of, observe_many
 from featurewell.telemetry.tracing import Tracing
 from tests import defs
-from tests.tools import ServerThread, alert_test, free_port, make_settings, scrape, scrape_until
+from tests.tools import (
+    ServerThread,
+    alert_test,
+    free_port,
+    make_settings,
+    scrape,
+    scrape_until,
+    wait_until,
+)
 
 customer = Entity("customer", join_keys={"customer_id": String})
 orders = FeatureView(
@@ -354,9 +362,9 @@ def traced(cluster: LocalCluster, spans: InMemorySpanExporter) -> Iterator[Serve
 
 
 def finished(exporter: InMemorySpanExporter, count: int) -> list[Any]:
-    deadline = time.monotonic() + 3
-    while len(exporter.get_finished_spans()) < count and time.monotonic() < deadline:
-        time.sleep(0.01)
+    """The finished spans, once there are at least `count` (a call's spans are recorded just
+    after its answer)."""
+    wait_until(lambda: len(exporter.get_finished_spans()) >= count, 3, f"{count} finished spans")
     return list(exporter.get_finished_spans())
 
 
@@ -414,10 +422,9 @@ def test_unsampled_calls_record_no_spans(cluster: LocalCluster) -> None:
     try:
         with FeatureClient(running.address, timeout=5.0) as client:
             client.get_features(["profile:age"], entities={"user_id": ["a"]})
-        time.sleep(0.2)
-        assert exporter.get_finished_spans() == ()
     finally:
-        running.stop()
+        running.stop()  # runs the last call's telemetry, then shuts the tracer down
+    assert exporter.get_finished_spans() == ()
 
 
 def test_tracing_is_off_unless_the_environment_turns_it_on() -> None:
@@ -447,17 +454,16 @@ def test_workers_metrics_are_aggregated_on_one_port(cluster: LocalCluster) -> No
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         calls = 24
-        deadline = time.monotonic() + 30
-        served = 0
-        while served < calls:
+
+        def served() -> bool:
             # A new connection per call: SO_REUSEPORT spreads connections over the workers.
-            try:
-                with FeatureClient(f"127.0.0.1:{port}", timeout=10.0) as client:
-                    client.get_features(["profile:age"], entities={"user_id": ["w"]})
-                served += 1
-            except FeatureClientError:
-                assert time.monotonic() < deadline, "the workers did not start serving"
-                time.sleep(0.2)
+            with FeatureClient(f"127.0.0.1:{port}", timeout=10.0) as client:
+                client.get_features(["profile:age"], entities={"user_id": ["w"]})
+            return True
+
+        for _ in range(calls):  # the first calls wait for the workers to start
+            wait_until(served, 30, "the workers to serve", interval=0.2,
+                       retry_on=(FeatureClientError,))  # fmt: skip
         ok = 'featurewell_requests_total{code="OK",method="GetFeatures"}'
         timed = 'featurewell_request_duration_seconds_count{method="GetFeatures",shape="single"}'
         # Both at once: a worker writes the counter, then the histogram, while the parent reads.

@@ -22,7 +22,7 @@ from featurewell.client import (
 )
 from featurewell.definitions import load_repo
 from featurewell.devcluster import LocalCluster
-from tests.tools import ServerThread, make_settings
+from tests.tools import ServerThread, make_settings, wait_until
 
 REPO = """
 from featurewell.definitions import Entity, Feature, FeatureView, Float64, String
@@ -74,27 +74,29 @@ def test_promote_and_rollback_live_under_load(cluster: LocalCluster, tmp_path: P
         ] + [threading.Thread(target=caller, args=("pinned", servers[1].address, f"{name}@v2:x"))]
         for thread in threads:
             thread.start()
-        time.sleep(0.5)
+        labels = ["default-0", "default-1", "pinned"]
 
-        def switch(*command: str, expect: float) -> float:
+        def answered(count: int, since: dict[str, int] | None = None) -> None:
+            """Until each caller has `count` more answers than at `since` (its value counts)."""
+            start = since or dict.fromkeys(labels, 0)
+            wait_until(lambda: all(len(seen.get(x, [])) >= start[x] + count for x in labels), 10,
+                       f"{count} answers for every caller")  # fmt: skip
+
+        answered(20)  # every caller has seen v2 before the promote
+
+        def switch(*command: str, expect: float) -> None:
             done = featurewell(*command, "--repo", str(repo), "--redis", seeds, "--view", name)
             assert done.returncode == 0, done.stderr
-            started = time.monotonic()
-            while time.monotonic() - started < 10:
-                marks = {label: len(values) for label, values in seen.items()}
-                time.sleep(0.3)
-                if all(seen[f"default-{n}"][marks[f"default-{n}"]:] and
-                       set(seen[f"default-{n}"][marks[f"default-{n}"]:]) == {expect}
-                       for n in range(2)):  # fmt: skip
-                    return time.monotonic() - started
-            raise AssertionError(f"servers still not on {expect} after 10 s")
+            # Each server follows within its poll (0.2 s): then its calls all answer `expect`.
+            wait_until(lambda: all(seen[f"default-{n}"][-10:] == [expect] * 10 for n in range(2)),
+                       10, f"both servers to serve {expect}")  # fmt: skip
 
         switch("promote", "--version", "1", expect=1.0)
         listed = featurewell("versions", "--repo", str(repo), "--redis", seeds)
         assert f"{name}: versions [1, 2], default v1 (promoted)" in listed.stdout
         assert "promote v2 -> v1" in listed.stdout
         switch("rollback", expect=2.0)
-        time.sleep(0.3)
+        answered(20, {x: len(seen[x]) for x in labels})  # and they stay there
     finally:
         stop.set()
         for thread in threads:
