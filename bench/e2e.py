@@ -44,7 +44,9 @@ from featurewell.store.online import EntityRead
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "loadtest"))
-from scenarios import RANKING, SINGLE  # noqa: E402  (the calls the load tests make, too)
+# The calls the load tests make, too (re-exported: zipf.py and telemetry.py use them).
+from scenarios import RANKING as RANKING  # noqa: E402
+from scenarios import SINGLE as SINGLE  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "streaming_media"
 USERS, ITEMS = 5000, 2000

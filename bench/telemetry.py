@@ -82,7 +82,8 @@ def main() -> None:
     data = example_repo(Path(os.environ.get("FEATUREWELL_BENCH_DATA", "/tmp/featurewell-bench")))
     collector = Collector()
     sink = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    otlp_grpc.add_TraceServiceServicer_to_server(collector, sink)
+    # opentelemetry-proto's generated gRPC module is untyped.
+    otlp_grpc.add_TraceServiceServicer_to_server(collector, sink)  # type: ignore[no-untyped-call]
     sink_port = sink.add_insecure_port("127.0.0.1:0")
     sink.start()
     try:

@@ -4,7 +4,7 @@ ports, torn down by pid) and a real featurewell gRPC server on port 0. Helpers l
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -12,7 +12,7 @@ from featurewell.client import FeatureClient
 from featurewell.definitions import Registry
 from featurewell.devcluster import LocalCluster, start_local_cluster
 from tests import defs
-from tests.tools import ServerThread, make_settings
+from tests.tools import Ids, ServerThread, make_settings
 
 # Fixtures that start redis-server processes: a test using any of them, directly or through
 # other fixtures, is marked `redis`. Tests starting nodes themselves carry the mark explicitly.
@@ -52,7 +52,7 @@ def client(server: ServerThread) -> Iterator[FeatureClient]:
 
 
 @pytest.fixture
-def ids() -> Callable[[str], str]:
+def ids() -> Ids:
     """A function making entity ids unique to this test (the cluster is shared)."""
     run = uuid.uuid4().hex[:8]
     return lambda name: f"{name}-{run}"

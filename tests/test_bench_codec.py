@@ -13,7 +13,7 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from featurewell.client import FeatureResult
-from featurewell.definitions import Feature, Kind
+from featurewell.definitions import Feature, Float32, Kind
 from featurewell.engine.calls import FeatureResult as ServerResult
 from featurewell.engine.calls import ResultColumn
 from featurewell.serving import wire
@@ -58,7 +58,7 @@ def _ranking_result() -> ServerResult:
     rng = np.random.default_rng(2)
     present = np.full(ROWS, 1, np.uint8)
     columns = [
-        ResultColumn(f"item_stats:f{i}", Feature(f"f{i}", defs.Float32).dtype,
+        ResultColumn(f"item_stats:f{i}", Feature(f"f{i}", Float32).dtype,
                      rng.random(ROWS).astype(np.float32), present, None, "item", 1)
         for i in range(9)
     ]  # fmt: skip
@@ -85,4 +85,4 @@ def test_client_response_to_numpy(benchmark: BenchmarkFixture) -> None:
     matrix, names = benchmark(decode)
     assert matrix.shape == (ROWS, 13)
     assert names[-1] == "item_stats:vec[3]"
-    assert pb.VALUE_TYPE_EMBEDDING == Kind.EMBEDDING
+    assert int(pb.VALUE_TYPE_EMBEDDING) == Kind.EMBEDDING

@@ -15,7 +15,7 @@ from featurewell.store.breaker import Breaker, BreakerPolicy, BreakerState
 from featurewell.store.cache import MISS, CachePolicy, HotKeyCache
 from featurewell.store.keys import entity_tags, key_prefix, slot_of
 from tests import defs
-from tests.tools import ServerThread, make_settings, scrape_until, sleep_node, wait_until
+from tests.tools import Ids, ServerThread, make_settings, scrape_until, sleep_node, wait_until
 
 # -- the policy --------------------------------------------------------------------------------
 
@@ -108,19 +108,23 @@ def test_frequency_counts_stay_bounded() -> None:
 
 def test_breaker_opens_after_failures_and_closes_after_a_good_trial() -> None:
     breaker = Breaker(BreakerPolicy(failures=2, open_s=1.0))
+
+    def state() -> BreakerState:
+        return breaker.state
+
     assert breaker.allow(0.0)
     assert not breaker.failure(0.0)
     assert breaker.failure(0.1)  # the second failure in a row opens it
-    assert breaker.state is BreakerState.OPEN
+    assert state() is BreakerState.OPEN
     assert not breaker.allow(0.5)
     assert breaker.allow(1.2)  # the first caller after the open period is the trial...
-    assert breaker.state is BreakerState.HALF_OPEN
+    assert state() is BreakerState.HALF_OPEN
     assert not breaker.allow(1.3)
     assert breaker.failure(1.4)  # a failed trial opens it again
     assert not breaker.allow(2.0)
     assert breaker.allow(2.5)
     breaker.success()
-    assert breaker.state is BreakerState.CLOSED
+    assert state() is BreakerState.CLOSED
     assert breaker.allow(2.6)
     assert breaker.opened == 2
 
@@ -157,7 +161,7 @@ def _age(client: FeatureClient, user: str) -> tuple[int, int]:
 
 
 def test_hot_rows_are_served_from_memory_and_writes_invalidate_them(
-    cluster: LocalCluster, registry: Registry, ids: Any
+    cluster: LocalCluster, registry: Registry, ids: Ids
 ) -> None:
     # Two servers with long TTLs: only invalidations can make them see a new value quickly.
     first = ServerThread(make_settings(cluster, cache_ttl_s=60.0), registry)
@@ -199,7 +203,7 @@ def test_hot_rows_are_served_from_memory_and_writes_invalidate_them(
 
 
 def test_a_failing_node_is_answered_from_the_expired_cache_entry(
-    cluster: LocalCluster, registry: Registry, ids: Any
+    cluster: LocalCluster, registry: Registry, ids: Ids
 ) -> None:
     server = ServerThread(make_settings(cluster, cache_ttl_s=0.05, metrics_port=0), registry)
     try:

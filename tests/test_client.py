@@ -8,7 +8,6 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -28,13 +27,13 @@ from featurewell.definitions import Registry
 from featurewell.devcluster import LocalCluster
 from featurewell.store.keys import entity_tags, slot_of
 from tests import defs
-from tests.tools import ServerThread, make_settings, sleep_node, wait_until
+from tests.tools import Ids, ServerThread, make_settings, sleep_node, wait_until
 
 RANKING = ["profile:age", "profile:taste", "item_stats:popularity", "item_stats:vec"]
 
 
 def test_ranking_matrix_broadcasts_the_user_and_counts_statuses(
-    client: FeatureClient, ids: Any
+    client: FeatureClient, ids: Ids
 ) -> None:
     user = ids("ranker")
     items = [910_001, 910_002, 910_003]
@@ -64,14 +63,17 @@ def test_ranking_matrix_broadcasts_the_user_and_counts_statuses(
     assert stale.stale_count == 2
 
 
-async def test_async_client_reads_writes_and_lists(server: ServerThread, ids: Any) -> None:
+async def test_async_client_reads_writes_and_lists(server: ServerThread, ids: Ids) -> None:
     user = ids("async")
     async with AsyncFeatureClient(server.address) as client:
         written = await client.write_features(
             "item_stats",
             entities={"item_id": [920_001]},
             event_timestamps_us=[defs.now_us()],
-            features={"popularity": (2, np.float32([0.5])), "vec": (6, np.ones((1, 4), "f4"))},
+            features={
+                "popularity": (2, np.array([0.5], np.float32)),
+                "vec": (6, np.ones((1, 4), "f4")),
+            },
         )
         result = await client.get_features(
             ["item_stats:popularity", "profile:age"],
@@ -107,7 +109,7 @@ def test_default_deadline_bounds_a_call_to_a_server_that_never_answers() -> None
 
 
 def test_reads_are_retried_and_writes_are_not(
-    cluster: LocalCluster, registry: Registry, ids: Any
+    cluster: LocalCluster, registry: Registry, ids: Ids
 ) -> None:
     server = ServerThread(
         make_settings(cluster, max_in_flight=1, store_timeout_ms=3000.0, cache_entries=0),

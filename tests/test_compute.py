@@ -96,7 +96,7 @@ def event_log(seed: int, events: int = 6000) -> pa.Table:
     late = rng.random(events) < 0.02
     arrival[late] += rng.integers(DAY_US, 3 * DAY_US, int(late.sum()))
     users = rng.integers(0, 60, events)
-    table = {
+    table: dict[str, Any] = {
         "user_id": [f"u{u}" for u in users],
         "item_id": [f"i{i}" for i in rng.zipf(1.6, events) % 40],
         "duration_min": np.round(rng.gamma(2.0, 20.0, events), 1),

@@ -17,6 +17,7 @@ from tests import defs
 from tests.tools import (
     DASHBOARD,
     RULES,
+    Ids,
     ServerThread,
     make_settings,
     metrics_text,
@@ -31,7 +32,8 @@ SUFFIXES = ("_bucket", "_count", "_sum", "_total", "_created")
 
 
 def dashboard() -> dict[str, Any]:
-    return json.loads(DASHBOARD.read_text())
+    board: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return board
 
 
 def queries(board: dict[str, Any]) -> list[tuple[str, str]]:
@@ -110,7 +112,7 @@ def family(name: str) -> str:
     return name
 
 
-def test_every_metric_named_is_exported_by_a_real_server(cluster: Any, ids: Any) -> None:
+def test_every_metric_named_is_exported_by_a_real_server(cluster: Any, ids: Ids) -> None:
     named = {family(m) for _, expr in queries(dashboard()) for m in METRIC.findall(expr)}
     rules = yaml.safe_load(RULES.read_text())
     for group in rules["groups"]:

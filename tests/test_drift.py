@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from featurewell.definitions import Entity, Feature, FeatureView, Float64, Int64, String
+from featurewell.definitions import Entity, Feature, FeatureView, Float64, Int64, Registry, String
 from featurewell.definitions import Stats as Expected
 from featurewell.telemetry import baseline
 from featurewell.telemetry.drift import Reservoir, compare, psi, shares_of
@@ -98,9 +98,7 @@ def test_training_nulls_are_the_expected_default_rate() -> None:
     assert found["region"].default_rate == 0.25
 
 
-def baseline_registry() -> object:
-    from featurewell.definitions import Registry
-
+def baseline_registry() -> Registry:
     return Registry.build([shop, sales])
 
 
@@ -156,7 +154,7 @@ def test_served_nulls_and_defaults_count_as_the_default_rate_not_as_drift() -> N
     from featurewell.values import NOT_FOUND, PRESENT
 
     monitor = DriftMonitor(CollectorRegistry(), sample_rate=1.0, reservoir_size=1000, seed=5)
-    monitor.use(baseline.for_registry(baseline_registry()))  # type: ignore[arg-type]
+    monitor.use(baseline.for_registry(baseline_registry()))
     revenue = rng.normal(50, 5, 400)
     revenue[:100] = np.nan  # a pipeline wrote NaNs for a quarter of the rows
     statuses = np.full(400, PRESENT, np.uint8)

@@ -28,7 +28,7 @@ from featurewell.store.keys import entity_tags, slot_of
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
 from tests import defs
-from tests.tools import ServerThread, sleep_node
+from tests.tools import Ids, ServerThread, sleep_node
 
 
 def _code(error: pytest.ExceptionInfo[FeatureClientError]) -> grpc.StatusCode:
@@ -149,7 +149,7 @@ def test_entity_column_without_values_is_rejected(server: ServerThread) -> None:
         with pytest.raises(grpc.RpcError) as error:
             stub.GetFeatures(request, timeout=5)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "entity key 'user_id' has no values" in error.value.details()
+    assert "entity key 'user_id' has no values" in (error.value.details() or "")
 
 
 def test_too_many_feature_references(client: FeatureClient) -> None:
@@ -172,7 +172,7 @@ def test_deadline_shorter_than_the_margin(server: ServerThread) -> None:
         finally:
             service._margin = original
     assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert "raise the deadline" in error.value.details()
+    assert "raise the deadline" in (error.value.details() or "")
 
 
 @pytest.mark.parametrize(
@@ -183,13 +183,16 @@ def test_deadline_shorter_than_the_margin(server: ServerThread) -> None:
         ("pair", {}, grpc.StatusCode.INVALID_ARGUMENT, "send every feature; missing ['progress']"),
         (
             "pair",
-            {"progress": (VALUE_TYPE_FLOAT32, np.float32([1])), "bogus": (1, np.int64([1]))},
+            {
+                "progress": (VALUE_TYPE_FLOAT32, np.array([1], np.float32)),
+                "bogus": (1, np.array([1], np.int64)),
+            },
             grpc.StatusCode.NOT_FOUND,
             "has no features ['bogus']",
         ),
         (
             "pair",
-            {"progress": (VALUE_TYPE_INT64, np.int64([1]))},
+            {"progress": (VALUE_TYPE_INT64, np.array([1], np.int64))},
             grpc.StatusCode.INVALID_ARGUMENT,
             "feature 'progress' is float32; got int64 values",
         ),
@@ -197,7 +200,7 @@ def test_deadline_shorter_than_the_margin(server: ServerThread) -> None:
 )
 def test_bad_writes_store_nothing(
     client: FeatureClient,
-    ids: Any,
+    ids: Ids,
     view: str,
     features: dict[str, Any],
     code: grpc.StatusCode,
@@ -233,11 +236,11 @@ def test_write_with_mismatched_buffer_is_rejected(
         with pytest.raises(grpc.RpcError) as error:
             stub.WriteFeatures(request, timeout=5)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "2 bytes of data, expected 4" in error.value.details()
+    assert "2 bytes of data, expected 4" in (error.value.details() or "")
 
 
 def test_write_needs_positive_timestamps_and_matching_keys(client: FeatureClient) -> None:
-    features = {"progress": (VALUE_TYPE_FLOAT32, np.float32([1]))}
+    features = {"progress": (VALUE_TYPE_FLOAT32, np.array([1], np.float32))}
     with pytest.raises(FeatureClientError, match="event timestamps must be positive"):
         client.write_features("pair", {"user_id": ["u"], "item_id": [1]}, [0], features)
     with pytest.raises(FeatureClientError, match="entity key 'item_id' has 2 values for 1 rows"):
@@ -246,7 +249,7 @@ def test_write_needs_positive_timestamps_and_matching_keys(client: FeatureClient
         client.write_features("pair", {"user_id": ["u"]}, [5], features)
 
 
-def test_server_still_serves_after_bad_requests(client: FeatureClient, ids: Any) -> None:
+def test_server_still_serves_after_bad_requests(client: FeatureClient, ids: Ids) -> None:
     user = ids("after")
     defs.write_profiles(client, [user], ages=[44])
     for _ in range(3):
@@ -266,7 +269,7 @@ async def test_unreachable_redis_at_startup_fails_before_listening() -> None:
 
 
 def test_slow_store_falls_back_or_is_unavailable_or_deadline_exceeded(
-    server: ServerThread, cluster: LocalCluster, ids: Any
+    server: ServerThread, cluster: LocalCluster, ids: Ids
 ) -> None:
     # One attempt per call: this test reads the server's own answer, not the client's retries.
     client = FeatureClient(server.address, options=ClientOptions(read_attempts=1))

@@ -7,7 +7,6 @@ import asyncio
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import grpc
 import numpy as np
@@ -26,11 +25,11 @@ from featurewell.devcluster import LocalCluster
 from featurewell.store.keys import entity_tags, slot_of
 from tests import defs
 from tests.load import Load, median_ms
-from tests.tools import ServerThread, make_settings, scrape, sleep_node, wait_until
+from tests.tools import Ids, ServerThread, make_settings, scrape, sleep_node, wait_until
 
 
 def test_calls_beyond_the_in_flight_limit_are_shed_at_once(
-    cluster: LocalCluster, registry: Registry, ids: Any
+    cluster: LocalCluster, registry: Registry, ids: Ids
 ) -> None:
     server = ServerThread(
         make_settings(
@@ -115,7 +114,7 @@ def _write_repo(path: Path, extra: str) -> None:
 
 
 def test_reload_swaps_definitions_atomically_under_load(
-    cluster: LocalCluster, tmp_path: Path, ids: Any
+    cluster: LocalCluster, tmp_path: Path, ids: Ids
 ) -> None:
     repo = tmp_path / "repo.py"
     _write_repo(repo, "")
@@ -162,7 +161,7 @@ def test_reload_swaps_definitions_atomically_under_load(
 
 
 def test_watching_the_repo_reloads_when_its_files_change(
-    cluster: LocalCluster, tmp_path: Path, ids: Any
+    cluster: LocalCluster, tmp_path: Path, ids: Ids
 ) -> None:
     repo = tmp_path / "repo.py"
     _write_repo(repo, _EXTRA.format(default=1))

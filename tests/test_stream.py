@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -18,7 +18,7 @@ import pytest
 from featurewell.client import FeatureClient
 from featurewell.compute import batch
 from featurewell.compute.program import compile_view
-from featurewell.compute.redis_streams import append
+from featurewell.compute.redis_streams import RedisStreamSource, append
 from featurewell.compute.runner import StreamRunner
 from featurewell.definitions import (
     Count,
@@ -34,9 +34,10 @@ from featurewell.definitions import (
     String,
     Sum,
 )
-from featurewell.devcluster import LocalCluster
+from featurewell.devcluster import LocalCluster, call
 from featurewell.engine.engine import FeatureEngine
 from featurewell.settings import Settings
+from featurewell.store.keys import key_slot
 from featurewell.store.online import OnlineStore
 from tests.tools import ServerThread, make_settings
 
@@ -215,15 +216,13 @@ def test_a_dead_consumer_is_replaced_without_loss_or_double_counting(
         # A replacement under another name claims what "a" left pending and carries on.
         second = loop.run_until_complete(_runner(
             cluster, registry, source, consumer="b", batch_size=100, claim_idle_ms=0))  # fmt: skip
+        assert isinstance(second.events, RedisStreamSource)
         assert second.events.claimed > 0
         loop.run_until_complete(_drain(second))
         loop.run_until_complete(second.checkpoint())
         assert second.engine.counters.replayed > 0  # redelivered entries its state already held
-        pending = [
-            loop.run_until_complete(second.events._one(
-                source.stream_key(p), "XPENDING", source.stream_key(p), "featurewell"))[0]
-            for p in range(source.partitions)
-        ]  # fmt: skip
+        keys = [source.stream_key(p) for p in range(source.partitions)]
+        pending = [call(cluster.owner(key_slot(k)), "XPENDING", k, "featurewell")[0] for k in keys]
         assert pending == [0, 0]  # everything acknowledged
         server = ServerThread(make_settings(cluster), registry)
         try:
@@ -282,12 +281,15 @@ def test_featurewell_stream_serves_an_appended_event_within_seconds(
                 result = client.get_features([feature], entities={"member_id": [member_id]})
             return int(result.values(feature)[0])
 
+        def servable(count: int) -> Callable[[], bool]:
+            return lambda: visits() == count
+
         for expected_count in (1, 2, 3):
             event = {"event_id": uuid.uuid4().hex, "event_time": time.time_ns() // 1000,
                      "member_id": member_id}  # fmt: skip
             loop.run_until_complete(append(store.cluster, view.events, [event]))
-            wait_until(lambda n=expected_count: visits() == n, 10,
-                       f"event {expected_count} to become servable", interval=0.02)  # fmt: skip
+            wait_until(servable(expected_count), 10, f"event {expected_count} to become servable",
+                       interval=0.02)  # fmt: skip
         got = scrape_until(
             metrics,
             lambda m: (

@@ -46,6 +46,7 @@ from featurewell.telemetry._histogram import bounds_of, observe_many
 from featurewell.telemetry.tracing import Tracing
 from tests import defs
 from tests.tools import (
+    Ids,
     ServerThread,
     alert_test,
     free_port,
@@ -124,10 +125,10 @@ def read_orders(client: FeatureClient, ids: list[str]) -> None:
 def test_bulk_histogram_observations_match_one_by_one() -> None:
     values = np.array([0.5, 1.0, 1.0, 3.0, 7.5, 1e9, 0.0, 2.0])
     one, many = CollectorRegistry(), CollectorRegistry()
-    for registry in (one, many):
+    single, bulk = (
         Histogram("age_seconds", "x", ["view"], buckets=(1, 2, 5), registry=registry)
-    single = one._names_to_collectors["age_seconds"]  # type: ignore[attr-defined]
-    bulk = many._names_to_collectors["age_seconds"]  # type: ignore[attr-defined]
+        for registry in (one, many)
+    )
     for value in values:
         single.labels("v").observe(float(value))
     observe_many(bulk.labels("v"), bounds_of(bulk), values)
@@ -145,7 +146,7 @@ def test_bulk_histogram_observations_match_one_by_one() -> None:
 
 
 def test_calls_move_the_rpc_store_and_view_metrics(
-    observed: ServerThread, observed_client: FeatureClient, cluster: LocalCluster, ids: Any
+    observed: ServerThread, observed_client: FeatureClient, cluster: LocalCluster, ids: Ids
 ) -> None:
     port = metrics_port(observed)
     before = scrape(port)
@@ -191,7 +192,7 @@ def test_calls_move_the_rpc_store_and_view_metrics(
 
 
 def test_an_older_event_is_counted_as_skipped(
-    observed: ServerThread, observed_client: FeatureClient, ids: Any
+    observed: ServerThread, observed_client: FeatureClient, ids: Ids
 ) -> None:
     port = metrics_port(observed)
     key = 'featurewell_written_rows_total{outcome="skipped_older",view="profile@v2"}'
@@ -203,7 +204,7 @@ def test_an_older_event_is_counted_as_skipped(
 
 
 def test_freshness_gauges_follow_the_newest_write(
-    observed: ServerThread, observed_client: FeatureClient, ids: Any
+    observed: ServerThread, observed_client: FeatureClient, ids: Ids
 ) -> None:
     port = metrics_port(observed)
     newest = 'featurewell_view_newest_event_timestamp_seconds{view="orders@v1"}'
@@ -225,7 +226,7 @@ def test_freshness_gauges_follow_the_newest_write(
 
 @pytest.mark.deploy  # promtool
 def test_a_stopped_writer_fires_the_freshness_alert(
-    observed: ServerThread, observed_client: FeatureClient, ids: Any, tmp_path: Path
+    observed: ServerThread, observed_client: FeatureClient, ids: Ids, tmp_path: Path
 ) -> None:
     port = metrics_port(observed)
     newest = 'featurewell_view_newest_event_timestamp_seconds{view="orders@v1"}'
@@ -258,7 +259,7 @@ def test_a_stopped_writer_fires_the_freshness_alert(
 
 
 def test_drift_sampling_takes_only_the_features_a_call_asked_for(
-    observed: ServerThread, ids: Any
+    observed: ServerThread, ids: Ids
 ) -> None:
     engine, drift = observed.server.service.engine, observed.server.telemetry.drift
     request = FeatureRequest(
@@ -302,7 +303,7 @@ def test_drift_gauges_rise_when_served_values_shift(
     observed: ServerThread,
     observed_client: FeatureClient,
     drift: tuple[dict[str, float], dict[str, float], list[str]],
-    ids: Any,
+    ids: Ids,
 ) -> None:
     port = metrics_port(observed)
     calm, drifted, shifted = drift
@@ -369,7 +370,7 @@ def finished(exporter: InMemorySpanExporter, count: int) -> list[Any]:
 
 
 def test_a_call_is_traced_under_the_callers_trace(
-    traced: ServerThread, spans: InMemorySpanExporter, cluster: LocalCluster, ids: Any
+    traced: ServerThread, spans: InMemorySpanExporter, cluster: LocalCluster, ids: Ids
 ) -> None:
     caller = TracerProvider().get_tracer("ranker")
     users = [ids(f"t{i}") for i in range(30)]

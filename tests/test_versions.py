@@ -215,7 +215,10 @@ def test_validate_compares_versions_before_a_promote(cluster: LocalCluster, tmp_
     registry = load_repo(str(repo))
     seeds = ",".join(f"{h}:{p}" for h, p in cluster.seeds)
     rng = np.random.default_rng(1)
-    shops = {"shop_id": [f"s|{n}%" for n in range(400)], "region": [n % 3 for n in range(400)]}
+    shops: dict[str, list[Any]] = {
+        "shop_id": [f"s|{n}%" for n in range(400)],
+        "region": [n % 3 for n in range(400)],
+    }
     score = rng.normal(10, 2, 400)
     tier = rng.choice(["gold", "silver", "bronze"], 400).astype(object)
     now = [time.time_ns() // 1000] * 400

@@ -18,6 +18,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+import numpy.typing as npt
 import pytest
 
 from featurewell.definitions import Registry
@@ -25,13 +27,23 @@ from featurewell.devcluster import LocalCluster, call
 from featurewell.serving.server import Server
 from featurewell.settings import Settings
 from featurewell.telemetry.tracing import Tracing
+from featurewell.values import ColumnValues
 
 T = TypeVar("T")
+# The `ids` fixture (conftest.py): entity ids unique to the test.
+Ids = Callable[[str], str]
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "featurewell.json"
 SCHEMA_CHECK = ROOT / ".venv" / "grafana-schema"
+
+
+def fixed(values: ColumnValues) -> npt.NDArray[Any]:
+    """A decoded fixed-width column, as the array it is (list features decode to Ragged)."""
+    assert isinstance(values, np.ndarray), type(values)
+    return values
+
 
 # -- a server to call ---------------------------------------------------------------------------
 

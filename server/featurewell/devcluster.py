@@ -232,7 +232,7 @@ def _check(reply: Any) -> None:
         raise RuntimeError(f"forming the local cluster failed: {reply}")
 
 
-def call(port: int, *args: str | int) -> Any:
+def call(port: int, *args: bytes | str | int) -> Any:
     """Send one command to the local node on `port` over a fresh connection and return the
     reply as hiredis decodes it (an error reply is returned as a `hiredis.ReplyError`, not
     raised). Blocking: the launcher runs before any event loop exists, and tests and benchmarks
