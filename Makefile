@@ -5,7 +5,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 PROTO_SRC := protos/featurewell/v1/feature_service.proto
 PROTO_OUT := client
 
-.PHONY: install run test bench gate proto proto-check lint fmt clean promtool
+.PHONY: install run test test-core bench gate proto proto-check lint fmt clean promtool
 
 .venv/.installed: pyproject.toml
 	python3 -m venv .venv
@@ -42,6 +42,10 @@ run: install
 ## test: the whole test suite against real Redis Cluster nodes and a real gRPC server
 test: install .venv/bin/helm $(SCHEMA_CHECK)/node_modules/.package-lock.json promtool
 	$(PY) -m pytest
+
+## test-core: the tests without the deploy checks, so no npm, helm or promtool needed
+test-core: install
+	$(PY) -m pytest -m "not deploy"
 
 ## gate: the Locust latency gate against a local demo stack (exits 1 when a budget is broken)
 gate: install

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from featurewell.client import ClientOptions, FeatureClient
-from featurewell.devcluster import _free_ports, start_local_cluster
+from featurewell.devcluster import free_ports, start_local_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "streaming_media"
@@ -95,7 +95,7 @@ def main() -> None:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        (port,) = _free_ports(1)
+        (port,) = free_ports(1)
         server = subprocess.Popen(
             [
                 *cli,

@@ -44,14 +44,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from featurewell.client import FeatureClient
 from featurewell.definitions import load_repo
-from featurewell.devcluster import LocalCluster, _free_ports, start_local_cluster
+from featurewell.devcluster import LocalCluster, free_ports, start_local_cluster
 from featurewell.store.addressing import EntityRead
 from featurewell.store.cluster import ClusterClient
 from featurewell.store.keys import entity_tags, key_prefix, slots_of
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "loadtest"))
-from scenarios import RANKING, SINGLE  # noqa: E402  (the calls the load tests make, too)
+# The calls the load tests make, too (re-exported: zipf.py and telemetry.py use them).
+from scenarios import RANKING as RANKING  # noqa: E402
+from scenarios import SINGLE as SINGLE  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "streaming_media"
 USERS, ITEMS = 5000, 2000
@@ -200,7 +202,7 @@ def run(
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    ports = _free_ports(2 if compare else 1)
+    ports = free_ports(2 if compare else 1)
     # Cache off: this bench compares the full read path with the raw Redis floor (the cache's
     # gain is bench/zipf.py's subject). The compare server gets the same flags, its own port.
     serve = [

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from featurewell.devcluster import _call, start_local_cluster
+from featurewell.devcluster import call, start_local_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "streaming_media"
@@ -32,7 +32,7 @@ VIEWS = [
 def used_memory(ports: list[int]) -> int:
     total = 0
     for port in ports:
-        info = _call(port, "INFO", "memory").decode()
+        info = call(port, "INFO", "memory").decode()
         total += int(
             next(
                 line.split(":")[1] for line in info.splitlines() if line.startswith("used_memory:")

@@ -250,7 +250,8 @@ async def latency(
         pass
     await runner.flush()
     elapsed = time.perf_counter() - started
-    sent = json.loads(producer.stdout.read().strip().splitlines()[-1])  # type: ignore[union-attr]
+    assert producer.stdout is not None
+    sent = json.loads(producer.stdout.read().strip().splitlines()[-1])
     samples = np.concatenate(list(runner.stats.visible_recent_ms))
     return {
         "rate_sent": sent["sent"] / sent["seconds"],

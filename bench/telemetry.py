@@ -38,7 +38,7 @@ from opentelemetry.proto.collector.trace.v1 import (
 )
 
 from featurewell.client import FeatureClient
-from featurewell.devcluster import _free_ports, start_local_cluster
+from featurewell.devcluster import free_ports, start_local_cluster
 
 BEFORE = "746a5b2"  # the last commit before the telemetry package
 CONFIGS = {
@@ -87,7 +87,8 @@ def main() -> None:
     data = example_repo(Path(os.environ.get("FEATUREWELL_BENCH_DATA", "/tmp/featurewell-bench")))
     collector = Collector()
     sink = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    otlp_grpc.add_TraceServiceServicer_to_server(collector, sink)
+    # opentelemetry-proto's generated gRPC module is untyped.
+    otlp_grpc.add_TraceServiceServicer_to_server(collector, sink)  # type: ignore[no-untyped-call]
     sink_port = sink.add_insecure_port("127.0.0.1:0")
     sink.start()
     try:
@@ -120,7 +121,7 @@ def measure(
     servers: dict[str, tuple[subprocess.Popen[bytes], FeatureClient]] = {}
     try:
         for name, extra in CONFIGS.items():
-            (port,) = _free_ports(1)
+            (port,) = free_ports(1)
             env = {**os.environ, **extra}
             if extra:
                 env |= {

@@ -32,7 +32,7 @@ from e2e import RANKING, example_repo, percentiles, raw_reads
 from prometheus_client.parser import text_string_to_metric_families
 
 from featurewell.client import FeatureClient
-from featurewell.devcluster import _free_ports, start_local_cluster
+from featurewell.devcluster import free_ports, start_local_cluster
 from featurewell.store.cluster import ClusterClient
 
 USERS = 5000
@@ -90,7 +90,7 @@ def main() -> None:
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        off_port, on_port, metrics_port = _free_ports(3)
+        off_port, on_port, metrics_port = free_ports(3)
         common = [*cli, "serve", "--repo", str(data), "--redis", seeds, "--log-level", "WARNING"]
         servers = [
             subprocess.Popen(

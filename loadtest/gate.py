@@ -71,9 +71,9 @@ def _with_local_server(args: argparse.Namespace) -> int:
     import subprocess
     import time
 
-    from featurewell.devcluster import _free_ports
+    from featurewell.devcluster import free_ports
 
-    port, metrics_port = _free_ports(2)
+    port, metrics_port = free_ports(2)
     # The demo's output goes to a file, not a pipe: nothing here could keep reading a pipe once
     # Locust has monkey-patched threading (a reader thread would deadlock its import).
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,25 +1,28 @@
 """Shared fixtures: a real Redis Cluster (3 masters + 3 replicas, `redis-server` processes on free
-ports, torn down by pid) and a real featurewell gRPC server on port 0."""
+ports, torn down by pid) and a real featurewell gRPC server on port 0. Helpers live in tools.py."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import Future
-from typing import Any
 
 import pytest
 
-from featurewell.app import start_server
 from featurewell.client import FeatureClient
 from featurewell.definitions import Registry
 from featurewell.devcluster import LocalCluster, start_local_cluster
-from featurewell.serving.server import Server
-from featurewell.settings import Settings
-from featurewell.telemetry.tracing import Tracing
 from tests import defs
+from tests.tools import Ids, ServerThread, make_settings
+
+# Fixtures that start redis-server processes: a test using any of them, directly or through
+# other fixtures, is marked `redis`. Tests starting nodes themselves carry the mark explicitly.
+REDIS_FIXTURES = frozenset({"cluster", "own_cluster", "tls_cluster", "standalone_redis"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if REDIS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.redis)
 
 
 @pytest.fixture(scope="session")
@@ -33,36 +36,6 @@ def cluster() -> Iterator[LocalCluster]:
 @pytest.fixture(scope="session")
 def registry() -> Registry:
     return defs.registry()
-
-
-def make_settings(cluster: LocalCluster, **changes: Any) -> Settings:
-    base = Settings.load(environ={}).with_changes(
-        redis=tuple(cluster.seeds), port=0, metrics_port=-1, max_rows=2000, grace_period_s=1.0
-    )
-    return base.with_changes(**changes)
-
-
-class ServerThread:
-    """A featurewell server running on its own event loop in a background thread, so tests can
-    call it with blocking clients."""
-
-    def __init__(
-        self, settings: Settings, registry: Registry | None, tracing: Tracing | None = None
-    ) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-        self.server: Server = self.run(start_server(settings, registry, tracing))
-        self.address = f"127.0.0.1:{self.server.port}"
-
-    def run(self, coroutine: Any) -> Any:
-        future: Future[Any] = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-        return future.result(timeout=30)
-
-    def stop(self) -> None:
-        self.run(self.server.stop(grace=0.5))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +52,7 @@ def client(server: ServerThread) -> Iterator[FeatureClient]:
 
 
 @pytest.fixture
-def ids() -> Any:
+def ids() -> Ids:
     """A function making entity ids unique to this test (the cluster is shared)."""
     run = uuid.uuid4().hex[:8]
     return lambda name: f"{name}-{run}"

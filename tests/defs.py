@@ -104,7 +104,7 @@ def write_profiles(
     taste: npt.NDArray[Any] | None = None,
 ) -> WriteResult:
     n = len(user_ids)
-    taste = taste if taste is not None else np.tile(np.float32([1, 0, 0, 0]), (n, 1))
+    taste = taste if taste is not None else np.tile(np.array([1, 0, 0, 0], np.float32), (n, 1))
     recent_flat = np.arange(n * 2, dtype=np.int64)
     return client.write_features(
         "profile",
@@ -131,7 +131,7 @@ def write_items(
     vectors[:, 0] = ids % 7
     return client.write_features(
         "item_stats",
-        entities={"item_id": ids},
+        entities={"item_id": ids.tolist()},
         event_timestamps_us=[at_us or now_us()] * n,
         features={
             "popularity": (ids % 100).astype(np.float32) / 100,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from featurewell.client import FeatureClient, FeatureClientError, Status
+from tests.tools import wait_until
 
 
 @dataclass
@@ -80,6 +81,15 @@ class Load:
     def between(self, start: float, end: float) -> list[Call]:
         return [c for c in self.calls if start <= c.started < end]
 
+    def wait_calls(self, count: int, since: float = 0.0, timeout: float = 10.0) -> None:
+        """Until `count` calls started at or after `since` (a time.monotonic()) have been
+        answered: the load has run through the current phase of a test."""
+        wait_until(
+            lambda: len(self.between(since, float("inf"))) >= count,
+            timeout,
+            f"{count} calls answered since the phase began",
+        )
+
     @property
     def errors(self) -> list[Call]:
         return [c for c in self.calls if c.error is not None]
@@ -88,60 +98,3 @@ class Load:
 def median_ms(calls: Sequence[Call]) -> float:
     ordered = sorted(c.seconds for c in calls)
     return ordered[len(ordered) // 2] * 1000 if ordered else float("nan")
-
-
-def scrape(port: int) -> dict[str, float]:
-    """A real server's /metrics as {'name{label="v",...}': value} (counters keep `_total`)."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return out
-
-
-def scrape_until(
-    port: int, check: Callable[[dict[str, float]], bool], timeout: float = 3.0
-) -> dict[str, float]:
-    """Scrape until `check(metrics)` holds (telemetry is recorded just after each answer, so
-    a scrape may come a moment early); returns the last scrape either way, for the assert."""
-    deadline = time.monotonic() + timeout
-    while True:
-        metrics = scrape(port)
-        if check(metrics) or time.monotonic() > deadline:
-            return metrics
-        time.sleep(0.02)
-
-
-def sleep_node(port: int, seconds: float) -> threading.Thread:
-    """Block a Redis node with DEBUG SLEEP from a background thread; return once the node has
-    stopped answering (a PING on another connection goes unanswered), so tests never race it."""
-    from featurewell.devcluster import _call
-
-    thread = threading.Thread(target=_call, args=(port, "DEBUG", "SLEEP", str(seconds)))
-    thread.start()
-    wait_asleep(port)
-    return thread
-
-
-def wait_asleep(port: int) -> None:
-    """Until a Redis node stops answering PING (a DEBUG SLEEP sent elsewhere has begun)."""
-    import socket
-
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as probe:
-            probe.settimeout(0.02)
-            probe.sendall(b"PING\r\n")
-            try:
-                probe.recv(16)
-            except TimeoutError:
-                return  # asleep
-        time.sleep(0.005)
-    raise AssertionError(f"node {port} never went to sleep")

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.tools import RULES, alert_test, promtool
+
+pytestmark = pytest.mark.deploy
 
 
 def test_rules_are_valid() -> None:
@@ -41,7 +45,10 @@ def test_the_unit_tests_catch_a_wrong_threshold(tmp_path: Path) -> None:
 def test_alert_test_helper_fails_on_a_wrong_expectation(tmp_path: Path) -> None:
     # The generated tests in test_telemetry.py use this helper: a wrong expectation is red.
     series = {'featurewell_redis_circuit_open{node="n:1"}': "1x20"}
-    assert alert_test(tmp_path, series, "FeaturewellRedisNodeDown",
-                      [("5m", [{"node": "n:1"}])]).returncode == 0  # fmt: skip
-    assert alert_test(tmp_path, series, "FeaturewellRedisNodeDown",
-                      [("5m", [])]).returncode != 0  # fmt: skip
+    assert (
+        alert_test(
+            tmp_path, series, "FeaturewellRedisNodeDown", [("5m", [{"node": "n:1"}])]
+        ).returncode
+        == 0
+    )
+    assert alert_test(tmp_path, series, "FeaturewellRedisNodeDown", [("5m", [])]).returncode != 0

@@ -27,8 +27,8 @@ from featurewell.engine.engine import FeatureEngine
 from featurewell.offline import OfflineStore
 from featurewell.settings import Settings
 from featurewell.store.online import OnlineStore
-from tests.conftest import ServerThread, make_settings
 from tests.test_stream import check_served, definitions, make_events, member
+from tests.tools import ServerThread, make_settings
 
 
 def test_backfill_online_history_and_the_stream_after_it(
@@ -48,10 +48,19 @@ def test_backfill_online_history_and_the_stream_after_it(
         )
         writer = FeatureEngine(registry, store, settings.serving)
         as_of = time.time_ns() // 1000
-        done = loop.run_until_complete(backfill(
-            registry, source, writer, log, as_of_us=as_of, history_dir=tmp_path,
-            history_step=timedelta(hours=6), seed_group=group, max_rows_per_second=5000,
-        ))  # fmt: skip
+        done = loop.run_until_complete(
+            backfill(
+                registry,
+                source,
+                writer,
+                log,
+                as_of_us=as_of,
+                history_dir=tmp_path,
+                history_step=timedelta(hours=6),
+                seed_group=group,
+                max_rows_per_second=5000,
+            )
+        )
         (result,) = done
         assert result.entities == len(members)
         assert result.history_rows > 0
@@ -88,8 +97,13 @@ def test_backfill_online_history_and_the_stream_after_it(
             before = clicks(server, view, members[0])
             runner = StreamRunner(registry, source, writer, group=group)
             loop.run_until_complete(runner.start())
-            event = {"event_id": "live-1", "event_time": time.time_ns() // 1000,
-                     "member_id": members[0], "amount": 1.0, "page": "p9"}  # fmt: skip
+            event = {
+                "event_id": "live-1",
+                "event_time": time.time_ns() // 1000,
+                "member_id": members[0],
+                "amount": 1.0,
+                "page": "p9",
+            }
             loop.run_until_complete(append(store.cluster, source, [event]))
             loop.run_until_complete(_drain(runner))
             assert clicks(server, view, members[0]) == before + 1
@@ -122,33 +136,83 @@ def test_featurewell_backfill_command(cluster: LocalCluster, tmp_path: Path) -> 
     name = f"visits_{uuid.uuid4().hex[:6]}"
     (tmp_path / "repo.py").write_text(REPO.replace("NAME", name))
     now = time.time_ns() // 1000
-    pq.write_table(pa.table({
-        "event_id": [f"e{n}" for n in range(300)],
-        "event_time": [now - n * 20_000_000 for n in range(300)],  # the last 100 minutes
-        "member_id": [f"m{n % 7}" for n in range(300)],
-    }), tmp_path / "visits.parquet")  # fmt: skip
+    pq.write_table(
+        pa.table(
+            {
+                "event_id": [f"e{n}" for n in range(300)],
+                "event_time": [now - n * 20_000_000 for n in range(300)],  # the last 100 minutes
+                "member_id": [f"m{n % 7}" for n in range(300)],
+            }
+        ),
+        tmp_path / "visits.parquet",
+    )
     seeds = ",".join(f"{h}:{p}" for h, p in cluster.seeds)
     done = subprocess.run(
-        [sys.executable, "-m", "featurewell.cli", "backfill", "--repo", str(tmp_path / "repo.py"),
-         "--source", name, "--log", str(tmp_path / "visits.parquet"), "--redis", seeds,
-         "--history-out", str(tmp_path / "history"), "--history-step-h", "0.5"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "featurewell.cli",
+            "backfill",
+            "--repo",
+            str(tmp_path / "repo.py"),
+            "--source",
+            name,
+            "--log",
+            str(tmp_path / "visits.parquet"),
+            "--redis",
+            seeds,
+            "--history-out",
+            str(tmp_path / "history"),
+            "--history-step-h",
+            "0.5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"{name}_stats@v1: 7 entities online" in done.stdout
     assert list((tmp_path / "history" / f"{name}_stats" / "v1").glob("date=*/*.parquet"))
     checked = subprocess.run(
-        [sys.executable, "-m", "featurewell.cli", "parity", "--repo", str(tmp_path / "repo.py"),
-         "--source", name, "--log", str(tmp_path / "visits.parquet"), "--redis", seeds],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "featurewell.cli",
+            "parity",
+            "--repo",
+            str(tmp_path / "repo.py"),
+            "--source",
+            name,
+            "--log",
+            str(tmp_path / "visits.parquet"),
+            "--redis",
+            seeds,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert checked.returncode == 0, checked.stdout + checked.stderr[-2000:]
     assert f"{name}_stats@v1:visits_1h" in checked.stdout
     assert "0.00%" in checked.stdout
     missing = subprocess.run(
-        [sys.executable, "-m", "featurewell.cli", "backfill", "--repo", str(tmp_path / "repo.py"),
-         "--source", name, "--log", str(tmp_path / "nope.parquet"), "--redis", seeds],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "featurewell.cli",
+            "backfill",
+            "--repo",
+            str(tmp_path / "repo.py"),
+            "--source",
+            name,
+            "--log",
+            str(tmp_path / "nope.parquet"),
+            "--redis",
+            seeds,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode == 2
     assert "nope.parquet does not exist" in missing.stderr

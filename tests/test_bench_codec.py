@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from featurewell.client import FeatureResult
-from featurewell.definitions import Feature, Kind
+from featurewell.definitions import Feature, Float32, Kind
 from featurewell.engine.calls import FeatureResult as ServerResult
 from featurewell.engine.calls import ResultColumn
 from featurewell.serving import wire
@@ -21,6 +22,8 @@ from featurewell.store.codec import RowCodec
 from featurewell.store.keys import entity_tags, slots_of
 from featurewell.v1 import feature_service_pb2 as pb
 from tests import defs
+
+pytestmark = pytest.mark.bench
 
 ROWS = 501
 
@@ -55,14 +58,28 @@ def _ranking_result() -> ServerResult:
     rng = np.random.default_rng(2)
     present = np.full(ROWS, 1, np.uint8)
     columns = [
-        ResultColumn(f"item_stats:f{i}", Feature(f"f{i}", defs.Float32).dtype,
-                     rng.random(ROWS).astype(np.float32), present, None, "item", 1)
+        ResultColumn(
+            f"item_stats:f{i}",
+            Feature(f"f{i}", Float32).dtype,
+            rng.random(ROWS).astype(np.float32),
+            present,
+            None,
+            "item",
+            1,
+        )
         for i in range(9)
-    ]  # fmt: skip
+    ]
     columns.append(
-        ResultColumn("item_stats:vec", defs.item_stats.features[1].dtype,
-                     rng.random((ROWS, 4)).astype(np.float32), present, None, "item", 1)
-    )  # fmt: skip
+        ResultColumn(
+            "item_stats:vec",
+            defs.item_stats.features[1].dtype,
+            rng.random((ROWS, 4)).astype(np.float32),
+            present,
+            None,
+            "item",
+            1,
+        )
+    )
     return ServerResult(ROWS, columns)
 
 
@@ -82,4 +99,4 @@ def test_client_response_to_numpy(benchmark: BenchmarkFixture) -> None:
     matrix, names = benchmark(decode)
     assert matrix.shape == (ROWS, 13)
     assert names[-1] == "item_stats:vec[3]"
-    assert pb.VALUE_TYPE_EMBEDDING == Kind.EMBEDDING
+    assert int(pb.VALUE_TYPE_EMBEDDING) == Kind.EMBEDDING

@@ -9,14 +9,13 @@ from typing import Any
 
 from featurewell.client import FallbackReason, FeatureClient, Status
 from featurewell.definitions import Registry
-from featurewell.devcluster import LocalCluster, _call
+from featurewell.devcluster import LocalCluster, call
 from featurewell.engine.plan import Planner
 from featurewell.store.breaker import Breaker, BreakerPolicy, BreakerState
 from featurewell.store.cache import MISS, CachePolicy, HotKeyCache
 from featurewell.store.keys import entity_tags, key_prefix, slot_of
 from tests import defs
-from tests.conftest import ServerThread, make_settings
-from tests.load import scrape_until, sleep_node
+from tests.tools import Ids, ServerThread, make_settings, scrape_until, sleep_node, wait_until
 
 # -- the policy --------------------------------------------------------------------------------
 
@@ -109,19 +108,23 @@ def test_frequency_counts_stay_bounded() -> None:
 
 def test_breaker_opens_after_failures_and_closes_after_a_good_trial() -> None:
     breaker = Breaker(BreakerPolicy(failures=2, open_s=1.0))
+
+    def state() -> BreakerState:
+        return breaker.state
+
     assert breaker.allow(0.0)
     assert not breaker.failure(0.0)
     assert breaker.failure(0.1)  # the second failure in a row opens it
-    assert breaker.state is BreakerState.OPEN
+    assert state() is BreakerState.OPEN
     assert not breaker.allow(0.5)
     assert breaker.allow(1.2)  # the first caller after the open period is the trial...
-    assert breaker.state is BreakerState.HALF_OPEN
+    assert state() is BreakerState.HALF_OPEN
     assert not breaker.allow(1.3)
     assert breaker.failure(1.4)  # a failed trial opens it again
     assert not breaker.allow(2.0)
     assert breaker.allow(2.5)
     breaker.success()
-    assert breaker.state is BreakerState.CLOSED
+    assert state() is BreakerState.CLOSED
     assert breaker.allow(2.6)
     assert breaker.opened == 2
 
@@ -137,8 +140,9 @@ def test_a_trial_that_never_reports_does_not_block_recovery() -> None:
 def test_cache_ttl_never_exceeds_a_fraction_of_max_age(registry: Registry) -> None:
     planner = Planner(registry, cache_ttl_s=1000.0, cache_ttl_fraction=0.1)
     assert (defs.profile.max_age, defs.item_stats.max_age) == (
-        timedelta(hours=1), timedelta(days=1),
-    )  # fmt: skip
+        timedelta(hours=1),
+        timedelta(days=1),
+    )
     assert planner.read_of(defs.profile).cache_ttl_s == 360.0  # 10% of an hour
     assert planner.read_of(defs.item_stats).cache_ttl_s == 1000.0  # 10% of a day is more
     assert Planner(registry).read_of(defs.profile).cache_ttl_s == 0.0  # cache off
@@ -158,7 +162,7 @@ def _age(client: FeatureClient, user: str) -> tuple[int, int]:
 
 
 def test_hot_rows_are_served_from_memory_and_writes_invalidate_them(
-    cluster: LocalCluster, registry: Registry, ids: Any
+    cluster: LocalCluster, registry: Registry, ids: Ids
 ) -> None:
     # Two servers with long TTLs: only invalidations can make them see a new value quickly.
     first = ServerThread(make_settings(cluster, cache_ttl_s=60.0), registry)
@@ -180,21 +184,27 @@ def test_hot_rows_are_served_from_memory_and_writes_invalidate_them(
             for _ in range(3):
                 _age(a, user)
             defs.write_profiles(b, [user], ages=[32])  # through another server: Redis tells us
-            assert _eventually(lambda: _age(a, user) == (32, Status.PRESENT), timeout=2.0)
+            wait_until(
+                lambda: _age(a, user) == (32, Status.PRESENT),
+                2,
+                "a to serve the age written through b",
+            )
 
             key, slot = _key(user)
             for _ in range(3):
                 _age(a, user)
             port = cluster.owner(slot)
-            assert _call(port, "DEL", key) == 1  # any Redis client, not only featurewell
-            assert _eventually(lambda: _age(a, user) == (-1, Status.NOT_FOUND), timeout=2.0)
+            assert call(port, "DEL", key) == 1  # any Redis client, not only featurewell
+            wait_until(
+                lambda: _age(a, user) == (-1, Status.NOT_FOUND), 2, "a to see the key deleted"
+            )
     finally:
         first.stop()
         second.stop()
 
 
 def test_a_failing_node_is_answered_from_the_expired_cache_entry(
-    cluster: LocalCluster, registry: Registry, ids: Any
+    cluster: LocalCluster, registry: Registry, ids: Ids
 ) -> None:
     server = ServerThread(make_settings(cluster, cache_ttl_s=0.05, metrics_port=0), registry)
     try:
@@ -207,8 +217,9 @@ def test_a_failing_node_is_answered_from_the_expired_cache_entry(
             port = cluster.owner(_key(user)[1])
             sleeper = sleep_node(port, 0.5)
             try:
-                result = client.get_features(["profile:age", "profile:country"],
-                                             entities={"user_id": [user]})  # fmt: skip
+                result = client.get_features(
+                    ["profile:age", "profile:country"], entities={"user_id": [user]}
+                )
             finally:
                 sleeper.join()
         # ...but stands in for Redis when Redis cannot answer, flagged as such.
@@ -217,8 +228,10 @@ def test_a_failing_node_is_answered_from_the_expired_cache_entry(
         assert result.statuses("profile:age").tolist() == [Status.FALLBACK_CACHE]
         (fallback,) = result.fallbacks
         assert (fallback.reason, fallback.from_cache, fallback.from_default) == (
-            FallbackReason.STORE_TIMEOUT, 1, 0,
-        )  # fmt: skip
+            FallbackReason.STORE_TIMEOUT,
+            1,
+            0,
+        )
         assert server.server.metrics_port is not None
         key = 'featurewell_fallback_rows_total{reason="store_timeout",source="cache",view="%s"}'
         metrics = scrape_until(server.server.metrics_port, lambda m: key % "profile@v2" in m)
@@ -228,12 +241,3 @@ def test_a_failing_node_is_answered_from_the_expired_cache_entry(
         assert metrics["featurewell_cache_entries"] >= 1
     finally:
         server.stop()
-
-
-def _eventually(condition: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return False

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from featurewell.client import FeatureClient, FeatureClientError, Status, Unavailable
-from featurewell.devcluster import LocalCluster, _call, _free_ports, _is_free
+from featurewell.devcluster import LocalCluster, _is_free, call, free_ports
 from featurewell.store.keys import key_slot
+from tests.tools import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "streaming_media"
@@ -29,19 +29,45 @@ EXAMPLE = ROOT / "examples" / "streaming_media"
 def featurewell(*args: str, **kw: Any) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "featurewell.cli", *args],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw,
-    )  # fmt: skip
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
 
 
 def wait_serving(address: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            grpc.channel_ready_future(grpc.insecure_channel(address)).result(timeout=0.5)
-            return
-        except grpc.FutureTimeoutError:
-            continue
-    raise TimeoutError(f"nothing serving on {address}")
+    def ready() -> bool:
+        with grpc.insecure_channel(address) as channel:
+            grpc.channel_ready_future(channel).result(timeout=0.5)
+        return True
+
+    wait_until(ready, timeout, f"a server on {address}", retry_on=(grpc.FutureTimeoutError,))
+
+
+class Output:
+    """A process's output, read on a thread of its own as it comes (so a test can wait for a
+    line while the process runs); `text()` once the process has ended."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        self._stdout = process.stdout
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        with self._stdout:  # closed at the end, as communicate() would
+            for line in self._stdout:
+                self.lines.append(line)
+
+    def count(self, text: str) -> int:
+        return sum(text in line for line in list(self.lines))
+
+    def text(self, timeout: float = 10) -> str:
+        self._reader.join(timeout)
+        return "".join(self.lines)
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +76,20 @@ def example_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("streaming_media")
     shutil.copy(EXAMPLE / "repo.py", folder / "repo.py")
     done = subprocess.run(
-        [sys.executable, str(EXAMPLE / "generate.py"), "--users", "300", "--items", "200",
-         "--out", str(folder / "data")],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(EXAMPLE / "generate.py"),
+            "--users",
+            "300",
+            "--items",
+            "200",
+            "--out",
+            str(folder / "data"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "watches: " in done.stdout
     assert "item_genre: 200 rows" in done.stdout
     return folder
@@ -72,7 +108,7 @@ def served(example_repo: Path, seeds: str) -> Iterator[tuple[str, subprocess.Pop
     assert "item_genre@v1: 200 rows" in out
     assert "rows/s" in out
     assert "user_activity@v1: 300 rows computed from watches" in out
-    (port,) = _free_ports(1)
+    (port,) = free_ports(1)
     process = featurewell(
         "serve", "--repo", str(example_repo), "--redis", seeds, "--port", str(port)
     )
@@ -146,7 +182,7 @@ def test_sigterm_drains_in_flight_calls(served: tuple[str, subprocess.Popen[str]
     threads = [threading.Thread(target=caller) for _ in range(4)]
     for thread in threads:
         thread.start()
-    time.sleep(1.0)
+    wait_until(lambda: outcomes.count("ok") > 10, 30, "the callers to be answered")
     process.send_signal(signal.SIGTERM)
     out, _ = process.communicate(timeout=20)
     stop.set()
@@ -163,7 +199,7 @@ def test_sigterm_drains_in_flight_calls(served: tuple[str, subprocess.Popen[str]
 def test_several_workers_share_one_port(
     example_repo: Path, seeds: str, served: tuple[str, Any]
 ) -> None:  # `served` has materialized the data these workers read
-    (port,) = _free_ports(1)
+    (port,) = free_ports(1)
     process = featurewell(
         "serve",
         "--repo",
@@ -175,10 +211,11 @@ def test_several_workers_share_one_port(
         "--workers",
         "2",
     )
+    output = Output(process)
     try:
         address = f"127.0.0.1:{port}"
-        wait_serving(address)
-        time.sleep(1.0)  # both workers listening
+        # Each worker logs this once it listens (and before it handles SIGTERM).
+        wait_until(lambda: output.count("featurewell serving") == 2, 60, "both workers serving")
         children = _children(process.pid)
         workers = [pid for pid in children if "spawn_main" in _cmdline(pid)]
         assert len(workers) == 2, children
@@ -188,7 +225,8 @@ def test_several_workers_share_one_port(
                 assert result.count(Status.PRESENT) == 2
     finally:
         process.send_signal(signal.SIGTERM)
-        out, _ = process.communicate(timeout=20)
+        process.wait(timeout=20)
+    out = output.text()
     assert process.returncode == 0, out
     assert out.count("draining in-flight calls") == 2
 
@@ -226,8 +264,9 @@ def test_invalid_repo_and_unreachable_redis_exit_with_a_message(example_repo: Pa
     assert "127.0.0.1:1" in out
 
 
+@pytest.mark.redis  # the demo starts its own cluster
 def test_demo_serves_the_example_streams_events_and_cleans_up() -> None:
-    port = _free_ports(1)[0]
+    port = free_ports(1)[0]
     env = {**os.environ, "FEATUREWELL_PORT": str(port), "FEATUREWELL_METRICS_PORT": "0"}
     process = featurewell("demo", "--users", "200", "--items", "100", env=env)
     lines: list[str] = []
@@ -251,19 +290,34 @@ def test_demo_serves_the_example_streams_events_and_cleans_up() -> None:
             seeds = next(ln for ln in lines if ln.startswith("Redis Cluster up:")).split()[3]
             count = "user_activity:watch_count_7d"
             before = client.get_features([count], entities={"user_id": ["u000007"]})
-            event = '{"user_id": "u000007", "item_id": "i000003", "minutes": 12.5, ' \
-                    '"title_min": 45, "genre": 1}'  # fmt: skip
-            appended = featurewell("append", "--repo", str(EXAMPLE), "--redis", seeds,
-                                   "--source", "watches", "--event", event)  # fmt: skip
+            event = (
+                '{"user_id": "u000007", "item_id": "i000003", "minutes": 12.5, '
+                '"title_min": 45, "genre": 1}'
+            )
+            appended = featurewell(
+                "append",
+                "--repo",
+                str(EXAMPLE),
+                "--redis",
+                seeds,
+                "--source",
+                "watches",
+                "--event",
+                event,
+            )
             out, _ = appended.communicate(timeout=30)
             assert appended.returncode == 0, out
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
+
+            was = int(before[count].values[0])
+            seen: list[int] = []
+
+            def moved() -> bool:
                 after = client.get_features([count], entities={"user_id": ["u000007"]})
-                if after[count].values[0] != before[count].values[0]:
-                    break
-                time.sleep(0.05)
-            assert after[count].values[0] == before[count].values[0] + 1
+                seen.append(int(after[count].values[0]))
+                return seen[-1] != was
+
+            wait_until(moved, 10, "the demo's stream process to count the appended event")
+            assert seen[-1] == was + 1
     finally:
         process.send_signal(signal.SIGINT)
         out, _ = process.communicate(timeout=30)
@@ -280,31 +334,49 @@ def test_demo_serves_the_example_streams_events_and_cleans_up() -> None:
     redis_ports = [int(a.rsplit(":", 1)[1]) for a in cluster_line.split()[3].split(",")]
     assert len(redis_ports) == 3
     assert all(_is_free(p) for p in [port, *redis_ports])  # server and every Redis node stopped
-    stream_pid = int(next(ln for ln in text.splitlines() if "featurewell stream (pid" in ln)
-                     .split("(pid ")[1].split(")")[0])  # fmt: skip
+    stream_pid = int(
+        next(ln for ln in text.splitlines() if "featurewell stream (pid" in ln)
+        .split("(pid ")[1]
+        .split(")")[0]
+    )
     assert not Path(f"/proc/{stream_pid}").exists()  # the stream process stopped too
 
 
 def test_append_refuses_bad_events_and_writes_nothing(cluster: LocalCluster, seeds: str) -> None:
     bad = [
         ('{"user_id": "u1", "item_id": "i1", "minutes": 3, "title_min": 9}', "missing columns"),
-        ('{"user_id": 7, "item_id": "i1", "minutes": 3, "title_min": 9, "genre": 1}',
-         "'user_id' must be string"),
-        ('{"user_id": "u1", "item_id": "i1", "minutes": 3, "title_min": 9, "genre": 1, '
-         '"colour": "red"}', "unknown columns ['colour']"),
+        (
+            '{"user_id": 7, "item_id": "i1", "minutes": 3, "title_min": 9, "genre": 1}',
+            "'user_id' must be string",
+        ),
+        (
+            '{"user_id": "u1", "item_id": "i1", "minutes": 3, "title_min": 9, "genre": 1, '
+            '"colour": "red"}',
+            "unknown columns ['colour']",
+        ),
         ("not json", "is not JSON"),
-    ]  # fmt: skip
+    ]
     for event, message in bad:
-        process = featurewell("append", "--repo", str(EXAMPLE), "--redis", seeds,
-                               "--source", "watches", "--event", event)  # fmt: skip
+        process = featurewell(
+            "append",
+            "--repo",
+            str(EXAMPLE),
+            "--redis",
+            seeds,
+            "--source",
+            "watches",
+            "--event",
+            event,
+        )
         out, _ = process.communicate(timeout=30)
         assert process.returncode == 2, out
         assert message in out, out
-    unknown = featurewell("append", "--repo", str(EXAMPLE), "--redis", seeds,
-                          "--source", "clicks", "--event", "{}")  # fmt: skip
+    unknown = featurewell(
+        "append", "--repo", str(EXAMPLE), "--redis", seeds, "--source", "clicks", "--event", "{}"
+    )
     out, _ = unknown.communicate(timeout=30)
     assert unknown.returncode != 0
     assert "no event source 'clicks'; known: ['watches']" in out
     streams = [f"fw:events:watches:{p}" for p in range(4)]
-    lengths = [_call(cluster.owner(key_slot(k.encode())), "XLEN", k) for k in streams]
+    lengths = [call(cluster.owner(key_slot(k.encode())), "XLEN", k) for k in streams]
     assert lengths == [0, 0, 0, 0]

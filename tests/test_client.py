@@ -8,7 +8,6 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -29,14 +28,13 @@ from featurewell.definitions import Registry
 from featurewell.devcluster import LocalCluster
 from featurewell.store.keys import entity_tags, slot_of
 from tests import defs
-from tests.conftest import ServerThread, make_settings
-from tests.load import sleep_node
+from tests.tools import Ids, ServerThread, make_settings, sleep_node, wait_until
 
 RANKING = ["profile:age", "profile:taste", "item_stats:popularity", "item_stats:vec"]
 
 
 def test_ranking_matrix_broadcasts_the_user_and_counts_statuses(
-    client: FeatureClient, ids: Any
+    client: FeatureClient, ids: Ids
 ) -> None:
     user = ids("ranker")
     items = [910_001, 910_002, 910_003]
@@ -52,8 +50,10 @@ def test_ranking_matrix_broadcasts_the_user_and_counts_statuses(
     assert matrix[:, 0].tolist() == [33, 33, 33]  # the user's value on every item row
     assert result["profile:age"].length == 1  # sent once, broadcast by the client
     assert result.statuses("item_stats:popularity").tolist() == [
-        Status.PRESENT, Status.PRESENT, Status.NOT_FOUND,
-    ]  # fmt: skip
+        Status.PRESENT,
+        Status.PRESENT,
+        Status.NOT_FOUND,
+    ]
     assert result.count(Status.NOT_FOUND) == 2  # popularity and vec of the unknown item
     assert (result.stale_count, result.fallback_count, result.degraded) == (0, 0, False)
 
@@ -66,14 +66,14 @@ def test_ranking_matrix_broadcasts_the_user_and_counts_statuses(
     assert stale.stale_count == 2
 
 
-async def test_async_client_reads_writes_and_lists(server: ServerThread, ids: Any) -> None:
+async def test_async_client_reads_writes_and_lists(server: ServerThread, ids: Ids) -> None:
     user = ids("async")
     async with AsyncFeatureClient(server.address) as client:
         written = await client.write_features(
             "item_stats",
             entities={"item_id": [920_001]},
             event_timestamps_us=[defs.now_us()],
-            features={"popularity": np.float32([0.5]), "vec": np.ones((1, 4), "f4")},
+            features={"popularity": np.array([0.5], np.float32), "vec": np.ones((1, 4), "f4")},
         )
         result = await client.get_features(
             ["item_stats:popularity", "profile:age"],
@@ -109,7 +109,7 @@ def test_default_deadline_bounds_a_call_to_a_server_that_never_answers() -> None
 
 
 def test_reads_are_retried_and_writes_are_not(
-    cluster: LocalCluster, registry: Registry, ids: Any
+    cluster: LocalCluster, registry: Registry, ids: Ids
 ) -> None:
     server = ServerThread(
         make_settings(cluster, max_in_flight=1, store_timeout_ms=3000.0, cache_entries=0),
@@ -124,8 +124,9 @@ def test_reads_are_retried_and_writes_are_not(
         sleeper = sleep_node(port, 1.0)
         occupant = threading.Thread(target=_read_once, args=(server.address, user))
         occupant.start()  # holds the server's only slot until the node wakes
-        while calls.in_flight == 0:
-            time.sleep(0.001)
+        wait_until(
+            lambda: calls.in_flight > 0, 5, "the occupant's call to be in flight", interval=0.001
+        )
         options = ClientOptions(timeout=0.6, read_attempts=3)
         with FeatureClient(server.address, options=options) as client:
             with pytest.raises(ResourceExhausted):
@@ -160,11 +161,27 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 

@@ -11,10 +11,13 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from featurewell.settings import Settings
 from tests.tools import promtool
+
+pytestmark = pytest.mark.deploy
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
@@ -36,12 +39,13 @@ def problems(compose: dict[str, Any], root: Path) -> list[str]:
             elif source not in compose.get("volumes", {}):
                 found.append(f"{name}: unknown volume {source}")
     redis = {n: s for n, s in services.items() if "cluster-enabled yes" in str(s.get("command"))}
-    addresses = {
-        n: s["networks"]["featurewell"]["ipv4_address"] for n, s in redis.items()
-    }  # fmt: skip
+    addresses = {n: s["networks"]["featurewell"]["ipv4_address"] for n, s in redis.items()}
     subnet = ipaddress.ip_network(compose["networks"]["featurewell"]["ipam"]["config"][0]["subnet"])
-    found += [f"{n}: {a} outside {subnet}" for n, a in addresses.items()
-              if ipaddress.ip_address(a) not in subnet]  # fmt: skip
+    found += [
+        f"{n}: {a} outside {subnet}"
+        for n, a in addresses.items()
+        if ipaddress.ip_address(a) not in subnet
+    ]
     create = shlex.split(services["redis-init"]["command"])
     members = [arg for arg in create if arg.count(":") == 1 and arg[0].isdigit()]
     replicas = int(create[create.index("--cluster-replicas") + 1])
@@ -62,8 +66,12 @@ def problems(compose: dict[str, Any], root: Path) -> list[str]:
     if not seeds <= set(members):
         found.append(f"featurewell's Redis seeds {sorted(seeds)} are not cluster nodes")
     prometheus = yaml.safe_load((root / "prometheus" / "prometheus.yml").read_text())
-    targets = {t for job in prometheus["scrape_configs"] for c in job["static_configs"]
-               for t in c["targets"]}  # fmt: skip
+    targets = {
+        t
+        for job in prometheus["scrape_configs"]
+        for c in job["static_configs"]
+        for t in c["targets"]
+    }
     if f"featurewell:{settings.listen.metrics_port}" not in targets:
         found.append(f"Prometheus scrapes {sorted(targets)}, not featurewell's /metrics")
     mounts = {name: _mounts(service, root) for name, service in services.items()}

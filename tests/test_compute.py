@@ -51,36 +51,63 @@ watches = EventSource(
     partitions=2,
 )
 user_activity = FeatureView(
-    "user_activity", entity=user, events=watches, tile=timedelta(hours=1),
+    "user_activity",
+    entity=user,
+    events=watches,
+    tile=timedelta(hours=1),
     features=[
         Feature("watch_count_7d", Int64, computed=Count(window=timedelta(days=7))),
-        Feature("long_watches_7d", Int64, computed=Count(
-            window=timedelta(days=7), where=lambda e: e["duration_min"] > 30)),
+        Feature(
+            "long_watches_7d",
+            Int64,
+            computed=Count(window=timedelta(days=7), where=lambda e: e["duration_min"] > 30),
+        ),
         Feature("minutes_7d", Float64, computed=Sum("duration_min", window=timedelta(days=7))),
-        Feature("avg_minutes_30d", Float64, default=-1.0,
-                computed=Mean("duration_min", window=timedelta(days=30))),
+        Feature(
+            "avg_minutes_30d",
+            Float64,
+            default=-1.0,
+            computed=Mean("duration_min", window=timedelta(days=30)),
+        ),
         Feature("shortest_1d", Float64, computed=Min("duration_min", window=timedelta(days=1))),
         Feature("longest_1d", Float64, computed=Max("duration_min", window=timedelta(days=1))),
-        Feature("preferred_hour", Int64, default=20,
-                computed=Mode("hour", categories=24, window=timedelta(days=30))),
-        Feature("genre_preference", Embedding(4), computed=Mean(
-            lambda e: GENRES[e["genre_id"]], weight="duration_min", window=timedelta(days=30))),
+        Feature(
+            "preferred_hour",
+            Int64,
+            default=20,
+            computed=Mode("hour", categories=24, window=timedelta(days=30)),
+        ),
+        Feature(
+            "genre_preference",
+            Embedding(4),
+            computed=Mean(
+                lambda e: GENRES[e["genre_id"]], weight="duration_min", window=timedelta(days=30)
+            ),
+        ),
         Feature("last_item", String, computed=Last("item_id")),
         Feature("last_seen_s", Int64, computed=Last(lambda e: e["event_time"] // 1_000_000)),
     ],
-)  # fmt: skip
+)
 item_popularity = FeatureView(
-    "item_popularity", entity=item, events=watches, tile=timedelta(hours=1),
+    "item_popularity",
+    entity=item,
+    events=watches,
+    tile=timedelta(hours=1),
     features=[
-        Feature("popularity", Float64, computed=DecayedSum(
-            half_life=timedelta(days=1), window=timedelta(days=14))),
+        Feature(
+            "popularity",
+            Float64,
+            computed=DecayedSum(half_life=timedelta(days=1), window=timedelta(days=14)),
+        ),
         Feature("views_24h", Int64, computed=Count(window=timedelta(hours=24))),
     ],
-)  # fmt: skip
+)
 watch_progress = FeatureView(
-    "watch_progress", entity=user_item, events=watches,
+    "watch_progress",
+    entity=user_item,
+    events=watches,
     features=[Feature("progress", Float32, computed=Last("progress"))],
-)  # fmt: skip
+)
 VIEWS = (user_activity, item_popularity, watch_progress)
 LATENESS_US = 6 * HOUR_US
 
@@ -96,7 +123,7 @@ def event_log(seed: int, events: int = 6000) -> pa.Table:
     late = rng.random(events) < 0.02
     arrival[late] += rng.integers(DAY_US, 3 * DAY_US, int(late.sum()))
     users = rng.integers(0, 60, events)
-    table = {
+    table: dict[str, Any] = {
         "user_id": [f"u{u}" for u in users],
         "item_id": [f"i{i}" for i in rng.zipf(1.6, events) % 40],
         "duration_min": np.round(rng.gamma(2.0, 20.0, events), 1),
@@ -140,12 +167,21 @@ def batches(log: pa.Table, size: int) -> list[EventBatch]:
                 else piece.column(name).to_numpy()
                 for name in watches.columns
             }
-            out.append(EventBatch(
-                partition, columns, piece.column("event_time").to_numpy(),
-                piece.column("event_id").to_pylist(),
-                list(zip(piece.column("_pos_major").to_pylist(),
-                         piece.column("_pos_minor").to_pylist(), strict=True)),
-            ))  # fmt: skip
+            out.append(
+                EventBatch(
+                    partition,
+                    columns,
+                    piece.column("event_time").to_numpy(),
+                    piece.column("event_id").to_pylist(),
+                    list(
+                        zip(
+                            piece.column("_pos_major").to_pylist(),
+                            piece.column("_pos_minor").to_pylist(),
+                            strict=True,
+                        )
+                    ),
+                )
+            )
     # Interleave the partitions' pieces the way one consumer would see them.
     first = [b for b in out if b.partition == 0]
     second = [b for b in out if b.partition == 1]
@@ -160,11 +196,17 @@ def delivered(log: pa.Table, applied: list[EventBatch]) -> pa.Table:
     """The rows of `log` the stream has been given so far."""
     seen = {(b.partition, p) for b in applied for p in b.positions}
     rows = [
-        i for i, (partition, major, minor) in enumerate(zip(
-            log.column("_partition").to_pylist(), log.column("_pos_major").to_pylist(),
-            log.column("_pos_minor").to_pylist(), strict=True))
+        i
+        for i, (partition, major, minor) in enumerate(
+            zip(
+                log.column("_partition").to_pylist(),
+                log.column("_pos_major").to_pylist(),
+                log.column("_pos_minor").to_pylist(),
+                strict=True,
+            )
+        )
         if (partition, (major, minor)) in seen
-    ]  # fmt: skip
+    ]
     return log.take(rows)
 
 

@@ -14,15 +14,26 @@ import yaml
 
 from featurewell.client import FeatureClient
 from tests import defs
-from tests.conftest import ServerThread, make_settings
-from tests.tools import DASHBOARD, RULES, promtool, type_check_dashboard
+from tests.tools import (
+    DASHBOARD,
+    RULES,
+    Ids,
+    ServerThread,
+    make_settings,
+    metrics_text,
+    promtool,
+    type_check_dashboard,
+)
+
+pytestmark = pytest.mark.deploy
 
 METRIC = re.compile(r"\bfeaturewell_[a-z0-9_]+\b")
 SUFFIXES = ("_bucket", "_count", "_sum", "_total", "_created")
 
 
 def dashboard() -> dict[str, Any]:
-    return json.loads(DASHBOARD.read_text())
+    board: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return board
 
 
 def queries(board: dict[str, Any]) -> list[tuple[str, str]]:
@@ -70,10 +81,17 @@ def test_the_type_check_rejects_a_broken_dashboard(
 
 
 def check_queries_with_promtool(exprs: list[tuple[str, str]], tmp_path: Path) -> Any:
-    rules = {"groups": [{"name": "dashboard", "rules": [
-        {"record": f"dashboard:query_{i}", "expr": as_promql(expr)}
-        for i, (_, expr) in enumerate(exprs)
-    ]}]}  # fmt: skip
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:query_{i}", "expr": as_promql(expr)}
+                    for i, (_, expr) in enumerate(exprs)
+                ],
+            }
+        ]
+    }
     path = tmp_path / "queries.yml"
     path.write_text(yaml.safe_dump(rules))
     return promtool("check", "rules", str(path))
@@ -101,7 +119,7 @@ def family(name: str) -> str:
     return name
 
 
-def test_every_metric_named_is_exported_by_a_real_server(cluster: Any, ids: Any) -> None:
+def test_every_metric_named_is_exported_by_a_real_server(cluster: Any, ids: Ids) -> None:
     named = {family(m) for _, expr in queries(dashboard()) for m in METRIC.findall(expr)}
     rules = yaml.safe_load(RULES.read_text())
     for group in rules["groups"]:
@@ -113,7 +131,7 @@ def test_every_metric_named_is_exported_by_a_real_server(cluster: Any, ids: Any)
             defs.write_profiles(client, [ids("m")], ages=[3])
             client.get_features(["profile:age"], entities={"user_id": [ids("m")]})
         assert running.server.metrics_port is not None
-        text = scrape_text(running.server.metrics_port)
+        text = metrics_text(running.server.metrics_port)
     finally:
         running.stop()
     # Families a server declares, whether or not a labelled child has a sample yet.
@@ -123,10 +141,3 @@ def test_every_metric_named_is_exported_by_a_real_server(cluster: Any, ids: Any)
     }
     assert named - exported == set(), "the dashboard or the rules name metrics no server exports"
     assert len(named) >= 25
-
-
-def scrape_text(port: int) -> str:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        return str(response.read().decode())

@@ -45,7 +45,7 @@ def view(name: str = "v", **kw: Any) -> FeatureView:
         (lambda: Entity.composite("pair", user), "needs at least two entities"),
         (lambda: Entity.composite("pair", user, user), "repeats join key 'user_id'"),
         (lambda: Feature("bad-name", Int64), "feature name 'bad-name' is invalid"),
-        (lambda: Feature("x", int), "use Int64, Float32"),
+        (lambda: Feature("x", int), "use Int64, Float32"),  # type: ignore[arg-type]  # on purpose
         (lambda: Feature("x", Int64, default="7"), "default of feature 'x' must be an int"),
         (lambda: Feature("x", Int64, default=True), "must be an int"),
         (lambda: Feature("x", Bool, default=1), "must be a bool"),
@@ -109,8 +109,9 @@ def test_registry_rejects_inconsistent_definitions() -> None:
 def _transform(
     name: str = "t", inputs: dict[str, str] | None = None, context: dict[str, Any] | None = None
 ) -> Any:
-    @on_demand(name=name, inputs=inputs or {"a": "v:x"}, context=context,
-               outputs=[Feature("y", Float32)])  # fmt: skip
+    @on_demand(
+        name=name, inputs=inputs or {"a": "v:x"}, context=context, outputs=[Feature("y", Float32)]
+    )
     def fn(x: Any) -> Any:
         return {"y": x["a"] * 2}
 
@@ -149,8 +150,8 @@ def test_transform_outputs_are_checked_at_run_time() -> None:
 
 
 def test_transform_broadcasts_one_user_against_many_items() -> None:
-    taste = np.float32([[1, 2, 0, 0]])
-    vectors = np.float32([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]])
+    taste = np.array([[1, 2, 0, 0]], np.float32)
+    vectors = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]], np.float32)
     out = defs.affinity.apply({"taste": taste, "vec": vectors}, 3)
     assert out["affinity"].tolist() == [1.0, 2.0, 0.0]
     assert out["affinity"].dtype == np.float32

@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
-from featurewell.devcluster import LocalCluster, _call, _is_free
+import pytest
+
+from featurewell.devcluster import LocalCluster, _is_free, call
+from tests.tools import wait_until
 
 
 def test_topology_has_every_slot_and_a_replica_per_master(cluster: LocalCluster) -> None:
-    slots = _call(cluster.masters[0], "CLUSTER", "SLOTS")
+    slots = call(cluster.masters[0], "CLUSTER", "SLOTS")
     owners = {int(entry[2][1]) for entry in slots}
     assert owners == set(cluster.masters)
     assert sum(end - start + 1 for start, end, *_ in slots) == 16384
     for entry in slots:
         assert len(entry) == 4, "each slot range has exactly one replica"
     for port in cluster.replicas:
-        assert b"role:slave" in _call(port, "INFO", "replication")
+        assert b"role:slave" in call(port, "INFO", "replication")
 
 
+@pytest.mark.redis
 def test_nodes_die_with_a_killed_parent() -> None:
     script = (
         "import os\n"
@@ -33,7 +36,6 @@ def test_nodes_die_with_a_killed_parent() -> None:
     )
     ports = [int(p) for p in done.stdout.strip().split(",")]
     assert len(ports) == 3
-    deadline = time.monotonic() + 10
-    while not all(_is_free(p) for p in ports) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert all(_is_free(p) for p in ports), f"orphaned redis-server on {ports}"
+    wait_until(
+        lambda: all(_is_free(p) for p in ports), 10, f"the nodes on {ports} to die", interval=0.1
+    )

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from featurewell.definitions import Entity, Feature, FeatureView, Float64, Int64, String
+from featurewell.definitions import Entity, Feature, FeatureView, Float64, Int64, Registry, String
 from featurewell.definitions import Stats as Expected
 from featurewell.telemetry import baseline
 from featurewell.telemetry.drift import Reservoir, compare, psi, shares_of
@@ -87,26 +87,36 @@ def test_reservoir_keeps_a_uniform_bounded_sample() -> None:
 
 
 def test_training_nulls_are_the_expected_default_rate() -> None:
-    table = pa.table({"revenue": pa.array([1.0, None, 3.0, None], pa.float64()),
-                      "region": ["eu", "us", None, "eu"], "opened_ts": [1, 2, 3, 4]})  # fmt: skip
+    table = pa.table(
+        {
+            "revenue": pa.array([1.0, None, 3.0, None], pa.float64()),
+            "region": ["eu", "us", None, "eu"],
+            "opened_ts": [1, 2, 3, 4],
+        }
+    )
     registry = baseline_registry()
-    found = {b.feature: b for b in baseline.compute(registry, {"sales@v1": table},
-                                                     exclude=["sales:opened_ts"])}  # fmt: skip
+    found = {
+        b.feature: b
+        for b in baseline.compute(registry, {"sales@v1": table}, exclude=["sales:opened_ts"])
+    }
     assert set(found) == {"revenue", "region"}
     assert found["revenue"].default_rate == 0.5
     assert found["revenue"].rows == 2
     assert found["region"].default_rate == 0.25
 
 
-def baseline_registry() -> object:
-    from featurewell.definitions import Registry
-
+def baseline_registry() -> Registry:
     return Registry.build([shop, sales])
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "featurewell.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "featurewell.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_baseline_then_drift_commands(tmp_path: Path) -> None:
@@ -119,13 +129,24 @@ def test_baseline_then_drift_commands(tmp_path: Path) -> None:
     )
     ids = [f"s{i}" for i in range(4000)]
     training, today, shifted = (tmp_path / f"{n}.parquet" for n in ("train", "today", "shifted"))
-    for path, mean, regions in ((training, 50, [0.5, 0.5]), (today, 50, [0.5, 0.5]),
-                                (shifted, 58, [0.1, 0.9])):  # fmt: skip
+    for path, mean, regions in (
+        (training, 50, [0.5, 0.5]),
+        (today, 50, [0.5, 0.5]),
+        (shifted, 58, [0.1, 0.9]),
+    ):
         revenue = rng.normal(mean, 5, len(ids))
         region = rng.choice(["eu", "us"], len(ids), p=regions)
         pq.write_table(pa.table({"shop_id": ids, "revenue": revenue, "region": region}), path)
-    made = run("baseline", "--repo", str(repo), "--data", f"sales={training}",
-               "--out", "baseline.json", cwd=tmp_path)  # fmt: skip
+    made = run(
+        "baseline",
+        "--repo",
+        str(repo),
+        "--data",
+        f"sales={training}",
+        "--out",
+        "baseline.json",
+        cwd=tmp_path,
+    )
     assert made.returncode == 0, made.stderr
     assert "sales@v1:revenue: 4,000 values" in made.stdout
     check = ("drift", "--repo", str(repo), "--baseline", "baseline.json", "--fail-above", "0.25")
@@ -156,7 +177,7 @@ def test_served_nulls_and_defaults_count_as_the_default_rate_not_as_drift() -> N
     from featurewell.values import NOT_FOUND, PRESENT
 
     monitor = DriftMonitor(CollectorRegistry(), sample_rate=1.0, reservoir_size=1000, seed=5)
-    monitor.use(baseline.for_registry(baseline_registry()))  # type: ignore[arg-type]
+    monitor.use(baseline.for_registry(baseline_registry()))
     revenue = rng.normal(50, 5, 400)
     revenue[:100] = np.nan  # a pipeline wrote NaNs for a quarter of the rows
     statuses = np.full(400, PRESENT, np.uint8)

@@ -3,7 +3,6 @@ nothing: the server keeps serving, and a rejected write stores nothing."""
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
@@ -19,15 +18,14 @@ from featurewell.client import (
     FeatureClientError,
     Status,
 )
-from featurewell.devcluster import LocalCluster, _call
+from featurewell.devcluster import LocalCluster, call
 from featurewell.errors import StoreUnavailable
 from featurewell.settings import Settings
 from featurewell.store.keys import entity_tags, slot_of
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
 from tests import defs
-from tests.conftest import ServerThread
-from tests.load import wait_asleep
+from tests.tools import Ids, ServerThread, sleep_node
 
 
 def _code(error: pytest.ExceptionInfo[FeatureClientError]) -> grpc.StatusCode:
@@ -148,7 +146,7 @@ def test_entity_column_without_values_is_rejected(server: ServerThread) -> None:
         with pytest.raises(grpc.RpcError) as error:
             stub.GetFeatures(request, timeout=5)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "entity key 'user_id' has no values" in error.value.details()
+    assert "entity key 'user_id' has no values" in (error.value.details() or "")
 
 
 def test_too_many_feature_references(client: FeatureClient) -> None:
@@ -175,7 +173,7 @@ def test_deadline_shorter_than_the_margin(server: ServerThread) -> None:
         finally:
             service._margin = original
     assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert "raise the deadline" in error.value.details()
+    assert "raise the deadline" in (error.value.details() or "")
 
 
 @pytest.mark.parametrize(
@@ -186,13 +184,13 @@ def test_deadline_shorter_than_the_margin(server: ServerThread) -> None:
         ("pair", {}, grpc.StatusCode.INVALID_ARGUMENT, "send every feature; missing ['progress']"),
         (
             "pair",
-            {"progress": np.float32([1]), "bogus": np.int64([1])},
+            {"progress": np.array([1], np.float32), "bogus": np.array([1], np.int64)},
             grpc.StatusCode.NOT_FOUND,
             "has no features ['bogus']",
         ),
         (
             "pair",
-            {"progress": np.int64([1])},
+            {"progress": np.array([1], np.int64)},
             grpc.StatusCode.INVALID_ARGUMENT,
             "feature 'progress' is float32; got int64 values",
         ),
@@ -200,7 +198,7 @@ def test_deadline_shorter_than_the_margin(server: ServerThread) -> None:
 )
 def test_bad_writes_store_nothing(
     client: FeatureClient,
-    ids: Any,
+    ids: Ids,
     view: str,
     features: dict[str, Any],
     code: grpc.StatusCode,
@@ -227,20 +225,25 @@ def test_write_with_mismatched_buffer_is_rejected(
         stub = pb_grpc.FeatureServiceStub(channel)
         request = pb.WriteFeaturesRequest(
             view="pair",
-            entities={"user_id": pb.Values(strings=pb.StringList(values=["u"])),
-                      "item_id": pb.Values(int64s=pb.Int64List(values=[1]))},
+            entities={
+                "user_id": pb.Values(strings=pb.StringList(values=["u"])),
+                "item_id": pb.Values(int64s=pb.Int64List(values=[1])),
+            },
             event_timestamps=[defs.now_us()],
-            features=[pb.FeatureColumn(name="progress", type=pb.VALUE_TYPE_FLOAT32, length=1,
-                                       data=b"\x00\x00")],
-        )  # fmt: skip
+            features=[
+                pb.FeatureColumn(
+                    name="progress", type=pb.VALUE_TYPE_FLOAT32, length=1, data=b"\x00\x00"
+                )
+            ],
+        )
         with pytest.raises(grpc.RpcError) as error:
             stub.WriteFeatures(request, timeout=5)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "2 bytes of data, expected 4" in error.value.details()
+    assert "2 bytes of data, expected 4" in (error.value.details() or "")
 
 
 def test_write_needs_positive_timestamps_and_matching_keys(client: FeatureClient) -> None:
-    features = {"progress": np.float32([1])}
+    features = {"progress": np.array([1], np.float32)}
     with pytest.raises(FeatureClientError, match="event timestamps must be positive"):
         client.write_features("pair", {"user_id": ["u"], "item_id": [1]}, [0], features)
     with pytest.raises(FeatureClientError, match="entity key 'item_id' has 2 values for 1 rows"):
@@ -249,7 +252,7 @@ def test_write_needs_positive_timestamps_and_matching_keys(client: FeatureClient
         client.write_features("pair", {"user_id": ["u"]}, [5], features)
 
 
-def test_server_still_serves_after_bad_requests(client: FeatureClient, ids: Any) -> None:
+def test_server_still_serves_after_bad_requests(client: FeatureClient, ids: Ids) -> None:
     user = ids("after")
     defs.write_profiles(client, [user], ages=[44])
     for _ in range(3):
@@ -269,7 +272,7 @@ async def test_unreachable_redis_at_startup_fails_before_listening() -> None:
 
 
 def test_slow_store_falls_back_or_is_unavailable_or_deadline_exceeded(
-    server: ServerThread, cluster: LocalCluster, ids: Any
+    server: ServerThread, cluster: LocalCluster, ids: Ids
 ) -> None:
     # One attempt per call: this test reads the server's own answer, not the client's retries.
     client = FeatureClient(server.address, options=ClientOptions(read_attempts=1))
@@ -277,11 +280,8 @@ def test_slow_store_falls_back_or_is_unavailable_or_deadline_exceeded(
     defs.write_profiles(client, [user], ages=[5])
     (tag,) = entity_tags([[user]], 1)
     port = next(p for p in cluster.masters if _owns(p, slot_of(tag)))
-    slept: list[Any] = []
-    sleeper = threading.Thread(target=lambda: slept.append(_call(port, "DEBUG", "SLEEP", "0.8")))
-    sleeper.start()
+    sleeper = sleep_node(port, 0.8)
     try:
-        wait_asleep(port)
         # Non-strict: answered within the server's cap (50 ms), the value flagged as a fallback.
         started = time.monotonic()
         degraded = client.get_features(["profile:age"], entities={"user_id": [user]}, timeout=5)
@@ -297,8 +297,7 @@ def test_slow_store_falls_back_or_is_unavailable_or_deadline_exceeded(
                 ["profile:age"], entities={"user_id": [user]}, strict=True, timeout=0.03
             )
     finally:
-        sleeper.join()
-    assert slept == [b"OK"]
+        sleeper.join()  # and asserts the node did sleep
     assert degraded.statuses("profile:age").tolist() == [Status.FALLBACK]
     assert degraded.values("profile:age").tolist() == [-1]  # the definition's default
     assert [(f.view, f.reason, f.from_cache, f.from_default) for f in degraded.fallbacks] == [
@@ -314,6 +313,6 @@ def test_slow_store_falls_back_or_is_unavailable_or_deadline_exceeded(
 def _owns(port: int, slot: int) -> bool:
     return any(
         start <= slot <= end
-        for start, end, *_ in _call(port, "CLUSTER", "SLOTS")
+        for start, end, *_ in call(port, "CLUSTER", "SLOTS")
         if int(_[0][1]) == port
     )

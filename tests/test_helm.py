@@ -16,6 +16,8 @@ import yaml
 from featurewell.settings import Settings
 from tests.tools import RULES, promtool
 
+pytestmark = pytest.mark.deploy
+
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "featurewell"
 PRODUCTION = CHART / "values-production.yaml"
@@ -58,12 +60,14 @@ def test_deployment_probes_ports_drain_and_security(helm: str) -> None:
     pod = objects["Deployment/features-featurewell"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["readinessProbe"]["grpc"] == {
-        "port": 50051, "service": "featurewell.v1.FeatureService",
-    }  # fmt: skip
+        "port": 50051,
+        "service": "featurewell.v1.FeatureService",
+    }
     assert container["livenessProbe"]["grpc"]["port"] == 50051
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
-        "grpc": 50051, "metrics": 9464,
-    }  # fmt: skip
+        "grpc": 50051,
+        "metrics": 9464,
+    }
     assert container["resources"]["requests"] == {"cpu": "1", "memory": "512Mi"}
     assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
     settings = objects["ConfigMap/features-featurewell"]["data"]
@@ -98,17 +102,29 @@ def test_production_profile_scales_and_is_monitored(helm: str, tmp_path: Path) -
     checked = promtool("check", "rules", str(rendered))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     (container,) = deployment["template"]["spec"]["containers"]
-    assert container["env"] == [{
-        "name": "FEATUREWELL_REDIS_PASSWORD",
-        "valueFrom": {"secretKeyRef": {"name": "redis-auth", "key": "password"}},
-    }]  # fmt: skip
+    assert container["env"] == [
+        {
+            "name": "FEATUREWELL_REDIS_PASSWORD",
+            "valueFrom": {"secretKeyRef": {"name": "redis-auth", "key": "password"}},
+        }
+    ]
 
 
 def test_redis_tls_from_a_secret(helm: str, tmp_path: Path) -> None:
     values = tmp_path / "tls.yaml"
-    values.write_text(yaml.safe_dump({"redis": {"tls": {
-        "enabled": True, "existingSecret": "redis-tls", "clientCertificate": True,
-    }}}))  # fmt: skip
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "redis": {
+                    "tls": {
+                        "enabled": True,
+                        "existingSecret": "redis-tls",
+                        "clientCertificate": True,
+                    }
+                }
+            }
+        )
+    )
     objects = _render(helm, "-f", str(values))
     for obj in objects.values():
         if obj["kind"] not in CRDS:
@@ -120,9 +136,11 @@ def test_redis_tls_from_a_secret(helm: str, tmp_path: Path) -> None:
     volume = next(v for v in pod["volumes"] if v["name"] == "redis-tls")
     assert volume["secret"]["secretName"] == "redis-tls"
     # The files the server is told to load are the ones the Secret mounts.
-    for setting, key in (("FEATUREWELL_REDIS_TLS_CA_FILE", "ca.crt"),
-                         ("FEATUREWELL_REDIS_TLS_CERT_FILE", "tls.crt"),
-                         ("FEATUREWELL_REDIS_TLS_KEY_FILE", "tls.key")):  # fmt: skip
+    for setting, key in (
+        ("FEATUREWELL_REDIS_TLS_CA_FILE", "ca.crt"),
+        ("FEATUREWELL_REDIS_TLS_CERT_FILE", "tls.crt"),
+        ("FEATUREWELL_REDIS_TLS_KEY_FILE", "tls.key"),
+    ):
         assert settings[setting] == f"{mount['mountPath']}/{key}"
     # ...and they form valid server settings.
     loaded = Settings.load(

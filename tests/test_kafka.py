@@ -21,8 +21,8 @@ from featurewell.devcluster import LocalCluster
 from featurewell.engine.engine import FeatureEngine
 from featurewell.settings import Settings
 from featurewell.store.online import OnlineStore
-from tests.conftest import ServerThread, make_settings
-from tests.test_stream import check_served, definitions, make_events, member
+from tests.test_stream import check_served, close, definitions, make_events, member
+from tests.tools import ServerThread, make_settings
 
 
 class Recording(KafkaSource):
@@ -53,8 +53,9 @@ async def _runner(
     settings = Settings.load(environ={}).with_changes(redis=tuple(cluster.seeds))
     store = await OnlineStore.connect(cluster.seeds, connect_timeout=2, connections_per_node=1)
     source = next(v.events for v in registry.views.values() if v.events is not None)
-    runner = StreamRunner(registry, source, FeatureEngine(registry, store, settings.serving),
-                          events=events, **options)  # fmt: skip
+    runner = StreamRunner(
+        registry, source, FeatureEngine(registry, store, settings.serving), events=events, **options
+    )
     await runner.start()
     return runner
 
@@ -81,6 +82,7 @@ def test_events_on_kafka_become_served_rows(
     events, _ = make_events(members, 800, seed=8)
     produce(producer, source, events)
     loop = asyncio.new_event_loop()
+    runner = None
     try:
         group = f"g-{uuid.uuid4().hex[:6]}"
         reader = Recording(source, {"bootstrap.servers": bootstrap}, group)
@@ -94,14 +96,22 @@ def test_events_on_kafka_become_served_rows(
         finally:
             server.stop()
     finally:
-        loop.close()
+        close(loop, runner)
 
 
 def kafka_log(batches: list[Any], source: Any) -> pa.Table:
     """The events as delivered (partition, offset), for the batch engine."""
-    table: dict[str, list[Any]] = {name: [] for name in
-                                   ("event_id", "event_time", *source.columns,
-                                    "_partition", "_pos_major", "_pos_minor")}  # fmt: skip
+    table: dict[str, list[Any]] = {
+        name: []
+        for name in (
+            "event_id",
+            "event_time",
+            *source.columns,
+            "_partition",
+            "_pos_major",
+            "_pos_minor",
+        )
+    }
     for batch in batches:
         for i in range(len(batch)):
             table["event_id"].append(batch.event_ids[i])
@@ -132,15 +142,16 @@ def test_a_consumer_that_dies_before_committing_is_replayed_exactly(
         "heartbeat.interval.ms": 500,
     }
     loop = asyncio.new_event_loop()
+    first = second = None
     try:
+        dying = KafkaSource(source, config, group)
         first = loop.run_until_complete(
-            _runner(cluster, registry, KafkaSource(source, config, group), batch_size=50,
-                    checkpoint_s=1e9)
-        )  # fmt: skip
+            _runner(cluster, registry, dying, batch_size=50, checkpoint_s=1e9)
+        )
         loop.run_until_complete(_drain(first, len(events), steps=4))
         # State saved, offsets never committed: the process dies here.
         loop.run_until_complete(first.checkpoint(ack=False))
-        first.events.close()  # type: ignore[attr-defined]
+        dying.close()
         reader = Recording(source, config, group)
         second = loop.run_until_complete(_runner(cluster, registry, reader, batch_size=50))
         loop.run_until_complete(_drain(second, len(events)))
@@ -153,4 +164,4 @@ def test_a_consumer_that_dies_before_committing_is_replayed_exactly(
         finally:
             server.stop()
     finally:
-        loop.close()
+        close(loop, first, second)

@@ -12,31 +12,104 @@ from typing import Any
 import pytest
 
 from featurewell.definitions import Entity, EventSource, Feature, FeatureView, Int64, String
-from featurewell.devcluster import LocalCluster, _call
+from featurewell.devcluster import LocalCluster, call
 from featurewell.errors import DefinitionError
 from featurewell.store import keys
 from featurewell.store.keys import FAMILIES, families_of, key_slot, slot_of, slots_of
 
 # Names that pass check_name and read like other families' parts or like versions.
-NAMES = ["events", "defaults", "consumers", "seen", "log", "watermarks", "meta", "agg",
-         "stream", "v1", "v2", "v10", "x", "a_b", "events_0", "fw", "v1_1"]  # fmt: skip
+NAMES = [
+    "events",
+    "defaults",
+    "consumers",
+    "seen",
+    "log",
+    "watermarks",
+    "meta",
+    "agg",
+    "stream",
+    "v1",
+    "v2",
+    "v10",
+    "x",
+    "a_b",
+    "events_0",
+    "fw",
+    "v1_1",
+]
 # Names that would break the layout: check_name keeps them out of every key.
-BAD_NAMES = ["", ":", "a:b", "{", "}", "{_meta}", "_meta", "_agg", "_stream", "a{b}", "1",
-             "v1:{x}", "events:0", "Events", "a b", "a\n", "x" * 64]  # fmt: skip
-GROUPS = ["featurewell", "", ":", "{", "}", "{_meta}", "_meta", "{_stream}", "watermarks",
-          "a:watermarks", ":watermarks:", "x:v1:{y}", "events", "_agg", "0", "v1", "\n",
-          "ü"]  # fmt: skip
+BAD_NAMES = [
+    "",
+    ":",
+    "a:b",
+    "{",
+    "}",
+    "{_meta}",
+    "_meta",
+    "_agg",
+    "_stream",
+    "a{b}",
+    "1",
+    "v1:{x}",
+    "events:0",
+    "Events",
+    "a b",
+    "a\n",
+    "x" * 64,
+]
+GROUPS = [
+    "featurewell",
+    "",
+    ":",
+    "{",
+    "}",
+    "{_meta}",
+    "_meta",
+    "{_stream}",
+    "watermarks",
+    "a:watermarks",
+    ":watermarks:",
+    "x:v1:{y}",
+    "events",
+    "_agg",
+    "0",
+    "v1",
+    "\n",
+    "ü",
+]
 VERSIONS = [1, 2, 10, 123]
 PARTITIONS = [1, 2, 11]
-STRING_KEYS = ["", "a", "{", "}", "|", "%", "%7B", "%25", "a|b", "{_meta}", "_agg", "v1", "1",
-               "events:0", "x}y{z", "}{", ":{", "ü", "\x00", "%00"]  # fmt: skip
+STRING_KEYS = [
+    "",
+    "a",
+    "{",
+    "}",
+    "|",
+    "%",
+    "%7B",
+    "%25",
+    "a|b",
+    "{_meta}",
+    "_agg",
+    "v1",
+    "1",
+    "events:0",
+    "x}y{z",
+    "}{",
+    ":{",
+    "ü",
+    "\x00",
+    "%00",
+]
 INT_KEYS = [0, 1, -1, 2**63 - 1, -(2**63)]
 COMPOSITE_KEYS: list[tuple[Any, ...]] = [("", 0), ("a|b", 1), ("a", 1), ("{", -5), ("|", 0)]
 
 
 def _tags() -> list[tuple[bytes, tuple[Any, ...]]]:
     """(tag, entity key) for adversarial entity keys of each kind of entity."""
-    out = [(keys.entity_tags([[s]], 1)[0], (s,)) for s in STRING_KEYS]
+    out: list[tuple[bytes, tuple[Any, ...]]] = [
+        (keys.entity_tags([[s]], 1)[0], (s,)) for s in STRING_KEYS
+    ]
     out += [(keys.entity_tags([[i]], 1)[0], (i,)) for i in INT_KEYS]
     out += [(keys.entity_tags([[s], [i]], 1)[0], (s, i)) for s, i in COMPOSITE_KEYS]
     return out
@@ -152,7 +225,7 @@ def test_keys_land_in_the_slot_they_are_routed_by(cases: list[Case], cluster: Lo
         if case.slot is None:
             assert b"{" not in case.key
         assert key_slot(case.key) == expected, case.key
-        assert _call(port, "CLUSTER", "KEYSLOT", case.key) == expected, case.key
+        assert call(port, "CLUSTER", "KEYSLOT", case.key) == expected, case.key
 
 
 def test_fixed_hash_tags_are_the_ones_declared(cases: list[Case]) -> None:
@@ -183,11 +256,19 @@ def test_tags_read_back_as_their_entity_keys() -> None:
 
 @pytest.mark.parametrize(
     ("stream", "partitions"),
-    [("fw:events:other", 1), ("fw:events:other", 2), ("fw:events:other:0", 1),
-     ("fw:{_meta}:defaults", 1), ("fw:{_meta}:defaults:log", 1), ("fw:{_meta}:consumers:seen", 1),
-     ("fw:profile:v1:{u1}", 1), ("fw:_agg:profile:v2:{x}", 1), ("fw:{_meta}:profile:v1", 1),
-     ("fw:{_stream}:watches:featurewell:watermarks", 1)],
-)  # fmt: skip
+    [
+        ("fw:events:other", 1),
+        ("fw:events:other", 2),
+        ("fw:events:other:0", 1),
+        ("fw:{_meta}:defaults", 1),
+        ("fw:{_meta}:defaults:log", 1),
+        ("fw:{_meta}:consumers:seen", 1),
+        ("fw:profile:v1:{u1}", 1),
+        ("fw:_agg:profile:v2:{x}", 1),
+        ("fw:{_meta}:profile:v1", 1),
+        ("fw:{_stream}:watches:featurewell:watermarks", 1),
+    ],
+)
 def test_a_stream_override_on_another_familys_key_is_refused(stream: str, partitions: int) -> None:
     with pytest.raises(DefinitionError, match="featurewell's"):
         keys.stream_keys(_source("watches", partitions, stream))

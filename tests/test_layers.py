@@ -34,9 +34,10 @@ def test_store_depends_on_no_layer_above_it() -> None:
     for path, tree in _modules():
         if path.is_relative_to(STORE):
             above = [
-                name for name in _imports(tree)
+                name
+                for name in _imports(tree)
                 if name.startswith(tuple(f"featurewell.{layer}" for layer in ABOVE_THE_STORE))
-            ]  # fmt: skip
+            ]
             assert above == [], path
 
 

@@ -7,7 +7,6 @@ import asyncio
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import grpc
 import numpy as np
@@ -20,16 +19,16 @@ from featurewell.client import (
     ResourceExhausted,
     Status,
 )
-from featurewell.definitions import Registry
+from featurewell.definitions import Registry, repo_fingerprint
 from featurewell.devcluster import LocalCluster
 from featurewell.store.keys import entity_tags, slot_of
 from tests import defs
-from tests.conftest import ServerThread, make_settings
-from tests.load import Load, median_ms, scrape, sleep_node
+from tests.load import Load, median_ms
+from tests.tools import Ids, ServerThread, make_settings, scrape, sleep_node, wait_until
 
 
 def test_calls_beyond_the_in_flight_limit_are_shed_at_once(
-    cluster: LocalCluster, registry: Registry, ids: Any
+    cluster: LocalCluster, registry: Registry, ids: Ids
 ) -> None:
     server = ServerThread(
         make_settings(
@@ -60,8 +59,9 @@ def test_calls_beyond_the_in_flight_limit_are_shed_at_once(
         callers = [threading.Thread(target=call) for _ in range(8)]
         for caller in callers:
             caller.start()
-        for caller in [*callers, sleeper]:
+        for caller in callers:
             caller.join()
+        sleeper.join()
         kinds = [kind for _, kind in sorted(outcomes)]
         assert kinds.count("served") == 2
         assert kinds.count("shed") == 6
@@ -113,7 +113,7 @@ def _write_repo(path: Path, extra: str) -> None:
 
 
 def test_reload_swaps_definitions_atomically_under_load(
-    cluster: LocalCluster, tmp_path: Path, ids: Any
+    cluster: LocalCluster, tmp_path: Path, ids: Ids
 ) -> None:
     repo = tmp_path / "repo.py"
     _write_repo(repo, "")
@@ -121,20 +121,24 @@ def test_reload_swaps_definitions_atomically_under_load(
     try:
         users = [ids(f"reload{i}") for i in range(20)]
         with FeatureClient(server.address, timeout=5) as client:
-            client.write_features("member", entities={"user_id": users},
-                                  event_timestamps_us=[defs.now_us()] * 20,
-                                  features={"age": np.arange(20)})  # fmt: skip
+            client.write_features(
+                "member",
+                entities={"user_id": users},
+                event_timestamps_us=[defs.now_us()] * 20,
+                features={"age": np.arange(20)},
+            )
             assert "level" not in {v.name for v in client.list_features().views}
             with Load(server.address, users, threads=2, feature="member:age") as load:
-                time.sleep(0.3)
+                load.wait_calls(30)  # steady before the reload
                 _write_repo(repo, _EXTRA.format(default=-7))
                 reload_started = time.monotonic()
                 assert server.run(server.server.reload()) is True
                 reloaded = time.monotonic()
-                time.sleep(0.3)
+                load.wait_calls(30, since=reloaded)  # served by the new definitions
                 _write_repo(repo, "this is not python")
+                broken = time.monotonic()
                 assert server.run(server.server.reload()) is False
-                time.sleep(0.3)
+                load.wait_calls(30, since=broken)  # still served after the failed reload
             assert load.errors == []
             assert len(load.calls) > 20
             assert all(c.all_present and c.ages == list(range(20)) for c in load.calls)
@@ -159,23 +163,28 @@ def test_reload_swaps_definitions_atomically_under_load(
 
 
 def test_watching_the_repo_reloads_when_its_files_change(
-    cluster: LocalCluster, tmp_path: Path, ids: Any
+    cluster: LocalCluster, tmp_path: Path, ids: Ids
 ) -> None:
     repo = tmp_path / "repo.py"
     _write_repo(repo, _EXTRA.format(default=1))
     server = ServerThread(make_settings(cluster, repo=str(repo)), None)
+    before = repo_fingerprint(str(repo))
     watcher = asyncio.run_coroutine_threadsafe(server.server.watch_repo(0.05), server.loop)
+    # The loop runs callbacks in order: once this no-op has run, so has the watcher's first
+    # step, which took its baseline fingerprint (a change made earlier would go unseen).
+    server.run(asyncio.sleep(0))
     try:
         with FeatureClient(server.address, timeout=5) as client:
             user = ids("watched")
-            client.write_features("level", entities={"user_id": [user]},
-                                  event_timestamps_us=[defs.now_us()],
-                                  features={"rank": np.array([3])})  # fmt: skip
-            time.sleep(0.1)
+            client.write_features(
+                "level",
+                entities={"user_id": [user]},
+                event_timestamps_us=[defs.now_us()],
+                features={"rank": np.array([3])},
+            )
             _write_repo(repo, _EXTRA.format(default=2))
-            deadline = time.monotonic() + 5
-            while server.server.reloads == 0 and time.monotonic() < deadline:
-                time.sleep(0.02)
+            assert repo_fingerprint(str(repo)) != before  # same size: the mtime must tell
+            wait_until(lambda: server.server.reloads > 0, 5, "the watcher to reload the repo")
             assert server.server.reloads == 1
             result = client.get_features(["level:rank"], entities={"user_id": [user, "nobody"]})
             assert result.values("level:rank").tolist() == [3, 2]  # stored row kept; new default

@@ -11,17 +11,38 @@ from pathlib import Path
 
 import pytest
 
+# The gate's --local stack starts its own Redis Cluster.
+pytestmark = [pytest.mark.perf, pytest.mark.redis]
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _gate(tmp_path: Path, *server_args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(ROOT / "loadtest" / "gate.py"), "--local",
-         "--local-users", "500", "--local-items", "600", "--duration", "6", "--warmup", "2",
-         "--ranker-rps", "0",
-         "--out", str(tmp_path), "--local-server-args", " ".join(server_args)],
-        capture_output=True, text=True, timeout=90, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "loadtest" / "gate.py"),
+            "--local",
+            "--local-users",
+            "500",
+            "--local-items",
+            "600",
+            "--duration",
+            "6",
+            "--warmup",
+            "2",
+            "--ranker-rps",
+            "0",
+            "--out",
+            str(tmp_path),
+            "--local-server-args",
+            " ".join(server_args),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
 
 
 @pytest.mark.timeout(400)

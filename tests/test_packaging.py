@@ -19,10 +19,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_client_wheel_stands_alone(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path), str(ROOT / "client")],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT / "client"),
+        ],
         check=True,
-    )  # fmt: skip
+    )
     (wheel,) = tmp_path.glob("featurewell_client-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
@@ -52,9 +62,12 @@ def test_client_wheel_stands_alone(tmp_path: Path) -> None:
     )
     path = f"{tmp_path / 'site'}:{sysconfig.get_paths()['purelib']}"
     done = subprocess.run(
-        [sys.executable, "-S", "-c", script], env={"PYTHONPATH": path},
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [sys.executable, "-S", "-c", script],
+        env={"PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
 
@@ -63,10 +76,20 @@ def test_server_wheel_runs_the_demo_from_another_directory(tmp_path: Path) -> No
     """`pip install featurewell`, then `featurewell demo` anywhere: the example repo ships inside
     the wheel, so nothing is looked up in a source checkout."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
         check=True,
-    )  # fmt: skip
+    )
     (wheel,) = tmp_path.glob("featurewell-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
@@ -85,8 +108,12 @@ def test_server_wheel_runs_the_demo_from_another_directory(tmp_path: Path) -> No
     }
     demo = subprocess.Popen(
         [sys.executable, "-S", "-m", "featurewell.cli", "demo", "--users", "50", "--items", "20"],
-        cwd=elsewhere, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        cwd=elsewhere,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: list[str] = []
     try:
         assert demo.stdout is not None

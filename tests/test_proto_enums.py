@@ -24,21 +24,28 @@ MIRRORS: dict[str, tuple[Mapping[str, int], str, str, Mapping[str, str]]] = {
     # what: (name -> number, proto enum, the proto names' prefix, our name -> proto name)
     "client Status": (_members(client.Status), "FeatureStatus", "FEATURE_STATUS_", {}),
     "client FallbackReason": (
-        _members(client.FallbackReason), "FallbackReason", "FALLBACK_REASON_", {},
+        _members(client.FallbackReason),
+        "FallbackReason",
+        "FALLBACK_REASON_",
+        {},
     ),
     "client ValueType": (_members(client.ValueType), "ValueType", "VALUE_TYPE_", {}),
     "server Status": (_members(values.Status), "FeatureStatus", "FEATURE_STATUS_", {}),
     # The plain-int copies the hot paths use (values.PRESENT, ...), one per Status name.
     "server status constants": (
         {name: getattr(values, name) for name in values.Status.__members__},
-        "FeatureStatus", "FEATURE_STATUS_", {},
+        "FeatureStatus",
+        "FEATURE_STATUS_",
+        {},
     ),
     "server FailureReason": (
-        _members(FailureReason), "FallbackReason", "FALLBACK_REASON_",
+        _members(FailureReason),
+        "FallbackReason",
+        "FALLBACK_REASON_",
         {"TIMEOUT": "STORE_TIMEOUT", "UNAVAILABLE": "STORE_UNAVAILABLE"},
     ),
     "definitions Kind": (_members(Kind), "ValueType", "VALUE_TYPE_", {}),
-}  # fmt: skip
+}
 
 # Proto values with no counterpart on purpose: the zero "not set" value of each enum.
 UNSPECIFIED = {

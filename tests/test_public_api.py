@@ -105,9 +105,10 @@ def test_packages_export_their_own_objects_only(name: str) -> None:
     package (protobuf stubs, numpy, the server), so nothing leaks in by an import."""
     module = importlib.import_module(name)
     public = sorted(
-        n for n, value in vars(module).items()
+        n
+        for n, value in vars(module).items()
         if not n.startswith("_") and not inspect.ismodule(value)
-    )  # fmt: skip
+    )
     assert public == PUBLIC[name]
     foreign = [
         f"{n} from {value.__module__}"

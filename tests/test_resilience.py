@@ -12,11 +12,11 @@ import pytest
 
 from featurewell.client import FeatureClient, Status
 from featurewell.definitions import Registry
-from featurewell.devcluster import LocalCluster, _call, start_local_cluster
+from featurewell.devcluster import LocalCluster, call, start_local_cluster
 from featurewell.store.keys import entity_tags, key_prefix, slot_of
 from tests import defs
-from tests.conftest import ServerThread, make_settings
-from tests.load import Call, Load, median_ms, sleep_node
+from tests.load import Call, Load, median_ms
+from tests.tools import ServerThread, make_settings, sleep_node, wait_until
 
 USERS = 60
 
@@ -53,46 +53,55 @@ def _wait_replicated(cluster: LocalCluster, timeout: float = 10.0) -> None:
     offset it had when we asked, not to equal a moving one."""
     deadline = time.monotonic() + timeout
     for port in cluster.masters:
-        target = int(_replication(port)["master_repl_offset"])
-        while time.monotonic() < deadline:
-            replica = dict(
-                part.split("=", 1) for part in _replication(port).get("slave0", "").split(",")
-                if "=" in part
-            )  # fmt: skip
-            if int(replica.get("offset", -1)) >= target:
-                break
-            time.sleep(0.02)
-        else:
-            raise AssertionError(f"replica of {port} did not catch up with offset {target}")
+        _wait_caught_up(port, deadline)
+
+
+def _wait_caught_up(master: int, deadline: float) -> None:
+    target = int(_replication(master)["master_repl_offset"])
+    wait_until(
+        lambda: _replica_offset(master) >= target,
+        max(0.0, deadline - time.monotonic()),
+        f"the replica of {master} to catch up with offset {target}",
+        interval=0.02,
+    )
+
+
+def _replica_offset(master: int) -> int:
+    replica = dict(
+        part.split("=", 1)
+        for part in _replication(master).get("slave0", "").split(",")
+        if "=" in part
+    )
+    return int(replica.get("offset", -1))
 
 
 def _replication(port: int) -> dict[str, str]:
-    info = _call(port, "INFO", "replication").decode()
+    info = call(port, "INFO", "replication").decode()
     return dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
 
 
 def _wait_owner_change(cluster: LocalCluster, slot: int, old: int, timeout: float = 15.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def new_owner() -> int | None:
         owner = cluster.owner(slot)
-        if owner != old:
-            return owner
-        time.sleep(0.02)
-    raise AssertionError(f"slot {slot} still served by {old} after {timeout} s")
+        return owner if owner != old else None
+
+    owner = wait_until(new_owner, timeout, f"slot {slot} to move off {old}", interval=0.02)
+    assert owner is not None
+    return owner
 
 
 def _check_values(calls: list[Call], on_victim: list[bool]) -> None:
     """Every value is correct or flagged: PRESENT and cache fallbacks carry the written age,
     default fallbacks the default (-1); rows on healthy nodes are always PRESENT."""
-    for call in calls:
-        for row, (age, status) in enumerate(zip(call.ages, call.statuses, strict=True)):
+    for made in calls:
+        for row, (age, status) in enumerate(zip(made.ages, made.statuses, strict=True)):
             if status == Status.FALLBACK:
                 assert on_victim[row], (row, age, status)
                 assert age == -1, (row, age, status)
             else:
                 assert status in (Status.PRESENT, Status.FALLBACK_CACHE), (row, status)
                 assert age == row, (row, age, status)
-                assert status == Status.PRESENT or on_victim[row], (row, status, call.reasons)
+                assert status == Status.PRESENT or on_victim[row], (row, status, made.reasons)
 
 
 def test_master_killed_no_call_fails_and_the_promoted_replica_takes_over(
@@ -104,12 +113,12 @@ def test_master_killed_no_call_fails_and_the_promoted_replica_takes_over(
         victim = owners[0]
         on_victim = [owner == victim for owner in owners]
         with Load(server.address, users, threads=2) as load:
-            time.sleep(0.5)
+            load.wait_calls(20)  # a steady state to compare with
             killed_at = time.monotonic()
             own_cluster.kill(victim)
             _wait_owner_change(own_cluster, _slot(users[0]), victim)
             promoted_at = time.monotonic()
-            time.sleep(3.0)
+            time.sleep(3.0)  # the window observed after the promotion (recovery must take < 2 s)
         before = [c for c in load.calls if c.started + c.seconds < killed_at]
         during = load.between(killed_at, promoted_at)
         after = load.between(promoted_at, float("inf"))
@@ -151,10 +160,10 @@ def test_restarted_node_rejoins_and_takes_its_slots_back(
             _wait_for_sync(victim)
             # Move the slots back at once (TAKEOVER: the masters already voted in this epoch
             # window, so a voted failover would wait 2 node timeouts).
-            assert _call(victim, "CLUSTER", "FAILOVER", "TAKEOVER") == b"OK"
+            assert call(victim, "CLUSTER", "FAILOVER", "TAKEOVER") == b"OK"
             assert _wait_owner_change(own_cluster, slot, promoted) == victim
             back_at = time.monotonic()
-            time.sleep(1.5)
+            time.sleep(1.5)  # the window observed after the takeover (settled from 1 s on)
         assert load.errors == [], [c.error for c in load.errors[:3]]
         _check_values(load.calls, on_victim)
         settled = [c for c in load.between(back_at + 1.0, float("inf"))]
@@ -165,13 +174,11 @@ def test_restarted_node_rejoins_and_takes_its_slots_back(
 
 
 def _wait_for_sync(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = _call(port, "INFO", "replication").decode()
-        if "role:slave" in info and "master_link_status:up" in info:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"node {port} did not resync as a replica")
+    def synced() -> bool:
+        info = call(port, "INFO", "replication").decode()
+        return "role:slave" in info and "master_link_status:up" in info
+
+    wait_until(synced, timeout, f"node {port} to resync as a replica", interval=0.05)
 
 
 def test_connections_reset_under_load_lose_no_call(
@@ -184,11 +191,11 @@ def test_connections_reset_under_load_lose_no_call(
         assert tracker is not None
         with Load(server.address, users, threads=2) as load:
             for _ in range(5):
-                time.sleep(0.15)
+                time.sleep(0.15)  # the pace of the resets (calls run in between)
                 for port in cluster.masters:  # data and invalidation connections alike
-                    _call(port, "CLIENT", "KILL", "TYPE", "normal")
-                    _call(port, "CLIENT", "KILL", "TYPE", "pubsub")
-            time.sleep(0.3)
+                    call(port, "CLIENT", "KILL", "TYPE", "normal")
+                    call(port, "CLIENT", "KILL", "TYPE", "pubsub")
+            load.wait_calls(20, since=time.monotonic())  # answered after the last reset
         assert load.errors == []
         _check_values(load.calls, [True] * USERS)
         assert tracker.lost >= 3  # the invalidation subscribers were cut too, and came back
@@ -197,26 +204,19 @@ def test_connections_reset_under_load_lose_no_call(
             for _ in range(3):  # fetched twice: admitted to the cache
                 client.get_features(["profile:age"], entities={"user_id": users[:1]})
             key = key_prefix(defs.profile) + entity_tags([users[:1]], 1)[0] + b"}"
-            _call(owners[0], "DEL", key)
-            assert _eventually(
+            call(owners[0], "DEL", key)
+            wait_until(
                 lambda: (
                     client.get_features(["profile:age"], entities={"user_id": users[:1]})
                     .statuses("profile:age")
                     .tolist()
                     == [Status.NOT_FOUND]
-                )
+                ),
+                2,
+                "the cache to drop the deleted key",
             )
     finally:
         server.stop()
-
-
-def _eventually(condition: Any, timeout: float = 2.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_slot_migrating_under_load_is_served_throughout(
@@ -227,18 +227,18 @@ def test_slot_migrating_under_load_is_served_throughout(
         users, owners = _seed(server, cluster, "reshard")
         slot, source = _slot(users[0]), owners[0]
         target = next(p for p in cluster.masters if p != source)
-        source_id, target_id = (_call(p, "CLUSTER", "MYID").decode() for p in (source, target))
+        source_id, target_id = (call(p, "CLUSTER", "MYID").decode() for p in (source, target))
         key = key_prefix(defs.profile) + entity_tags([users[:1]], 1)[0] + b"}"
         with Load(server.address, users, threads=2) as load:
-            time.sleep(0.2)
-            assert _call(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id) == b"OK"
-            assert _call(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id) == b"OK"
-            time.sleep(0.2)  # calls now meet ASK for keys already moved
-            assert _call(source, "MIGRATE", "127.0.0.1", target, key, 0, 5000) == b"OK"
-            time.sleep(0.2)
+            load.wait_calls(20)
+            assert call(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id) == b"OK"
+            assert call(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id) == b"OK"
+            load.wait_calls(20, since=time.monotonic())  # the slot migrating, the key not yet
+            assert call(source, "MIGRATE", "127.0.0.1", target, key, 0, 5000) == b"OK"
+            load.wait_calls(20, since=time.monotonic())  # calls now meet ASK for the moved key
             for port in cluster.masters:
-                _call(port, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
-            time.sleep(0.3)  # and MOVED once the slot belongs to the target
+                call(port, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+            load.wait_calls(20, since=time.monotonic())  # and MOVED: the slot is the target's
         assert load.errors == []
         assert load.calls
         assert all(c.all_present for c in load.calls)
@@ -252,9 +252,13 @@ def test_slow_node_opens_its_circuit_then_recovers(
     cluster: LocalCluster, registry: Registry
 ) -> None:
     server = _serve(
-        cluster, registry, breaker_failures=2, breaker_open_ms=300.0, cache_entries=0,
+        cluster,
+        registry,
+        breaker_failures=2,
+        breaker_open_ms=300.0,
+        cache_entries=0,
         store_timeout_ms=50.0,
-    )  # fmt: skip
+    )
     try:
         users, owners = _seed(server, cluster, "slow")
         user = users[0]
@@ -269,13 +273,15 @@ def test_slow_node_opens_its_circuit_then_recovers(
             # Two timeouts open the circuit; then the node is not asked until a trial.
             assert reasons[:2] == [["STORE_TIMEOUT"], ["STORE_TIMEOUT"]]
             assert ["CIRCUIT_OPEN"] in reasons[2:]
-            assert _eventually(
+            wait_until(
                 lambda: (
                     client.get_features(["profile:age"], entities={"user_id": [user]})
                     .statuses("profile:age")
                     .tolist()
                     == [Status.PRESENT]
-                )
+                ),
+                2,
+                "the node to be read again once its circuit closes",
             )
         breaker = server.server.store.cluster.breakers[("127.0.0.1", owners[0])]
         assert breaker.opened >= 1

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import grpc
 import numpy as np
 import pytest
@@ -12,10 +10,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from featurewell.client import FeatureClient, NotFound, Status, ValueType
 from tests import defs
-from tests.conftest import ServerThread
+from tests.tools import Ids, ServerThread
 
 
-def test_single_entity_all_features(client: FeatureClient, ids: Any) -> None:
+def test_single_entity_all_features(client: FeatureClient, ids: Ids) -> None:
     user = ids("u")
     written = defs.write_profiles(client, [user], ages=[42])
     assert (written.written, written.skipped_older) == (1, 0)
@@ -36,7 +34,7 @@ def test_single_entity_all_features(client: FeatureClient, ids: Any) -> None:
     assert result["profile:age"].entity == "user"
 
 
-def test_missing_entity_gets_defaults_flagged_not_found(client: FeatureClient, ids: Any) -> None:
+def test_missing_entity_gets_defaults_flagged_not_found(client: FeatureClient, ids: Ids) -> None:
     present, absent = ids("u1"), ids("nobody")
     defs.write_profiles(client, [present], ages=[30])
 
@@ -52,7 +50,7 @@ def test_missing_entity_gets_defaults_flagged_not_found(client: FeatureClient, i
     assert result.statuses("profile:age").tolist() == [Status.PRESENT, Status.NOT_FOUND]
 
 
-def test_ranking_one_user_and_500_items_in_one_call(client: FeatureClient, ids: Any) -> None:
+def test_ranking_one_user_and_500_items_in_one_call(client: FeatureClient, ids: Ids) -> None:
     user = ids("ranker")
     items = list(range(10_000, 10_500))
     defs.write_profiles(client, [user], ages=[25])
@@ -78,13 +76,13 @@ def test_ranking_one_user_and_500_items_in_one_call(client: FeatureClient, ids: 
     assert result.count(Status.PRESENT) == 500 * 4  # 1-row user column counts broadcast rows
 
 
-def test_composite_entity_broadcasts_user_over_items(client: FeatureClient, ids: Any) -> None:
+def test_composite_entity_broadcasts_user_over_items(client: FeatureClient, ids: Ids) -> None:
     user = ids("pair")
     client.write_features(
         "pair",
         entities={"user_id": [user, user], "item_id": [1, 3]},
         event_timestamps_us=[defs.now_us()] * 2,
-        features={"progress": np.float32([0.25, 0.75])},
+        features={"progress": np.array([0.25, 0.75], np.float32)},
     )
 
     result = client.get_features(
@@ -93,11 +91,13 @@ def test_composite_entity_broadcasts_user_over_items(client: FeatureClient, ids:
 
     assert result["pair:progress"].values.tolist() == [0.25, 0.0, 0.75]
     assert result.statuses("pair:progress").tolist() == [
-        Status.PRESENT, Status.NOT_FOUND, Status.PRESENT,
-    ]  # fmt: skip
+        Status.PRESENT,
+        Status.NOT_FOUND,
+        Status.PRESENT,
+    ]
 
 
-def test_versions_are_served_side_by_side(client: FeatureClient, ids: Any) -> None:
+def test_versions_are_served_side_by_side(client: FeatureClient, ids: Ids) -> None:
     user = ids("versioned")
     defs.write_profiles(client, [user], ages=[50])
     client.write_features(
@@ -119,7 +119,7 @@ def test_versions_are_served_side_by_side(client: FeatureClient, ids: Any) -> No
     assert result["profile@v1:score"].type == ValueType.FLOAT32
 
 
-def test_stale_values_are_served_flagged(client: FeatureClient, ids: Any) -> None:
+def test_stale_values_are_served_flagged(client: FeatureClient, ids: Ids) -> None:
     fresh, old = ids("fresh"), ids("old")
     defs.write_profiles(client, [fresh], ages=[20])
     two_hours_ago = defs.now_us() - 2 * 3600 * 1_000_000
@@ -136,7 +136,7 @@ def test_stale_values_are_served_flagged(client: FeatureClient, ids: Any) -> Non
     assert int(stamps[1]) == two_hours_ago
 
 
-def test_out_of_order_write_never_overwrites_newer(client: FeatureClient, ids: Any) -> None:
+def test_out_of_order_write_never_overwrites_newer(client: FeatureClient, ids: Ids) -> None:
     user = ids("ordered")
     t = defs.now_us()
     assert defs.write_profiles(client, [user], ages=[31], at_us=t).written == 1
@@ -149,7 +149,7 @@ def test_out_of_order_write_never_overwrites_newer(client: FeatureClient, ids: A
     assert result["profile:age"].values.tolist() == [32]
 
 
-def test_on_demand_transform_matches_offline_run(client: FeatureClient, ids: Any) -> None:
+def test_on_demand_transform_matches_offline_run(client: FeatureClient, ids: Ids) -> None:
     users = [ids("a"), ids("b")]
     defs.write_profiles(client, users, ages=[17, 40])
 
@@ -166,7 +166,7 @@ def test_on_demand_transform_matches_offline_run(client: FeatureClient, ids: Any
     np.testing.assert_array_equal(online.values("birth:adult"), offline["adult"])
 
 
-def test_on_demand_output_inherits_worst_input_status(client: FeatureClient, ids: Any) -> None:
+def test_on_demand_output_inherits_worst_input_status(client: FeatureClient, ids: Ids) -> None:
     user = ids("partial")
     defs.write_profiles(client, [user], ages=[33])
     defs.write_items(client, [7])
@@ -178,7 +178,7 @@ def test_on_demand_output_inherits_worst_input_status(client: FeatureClient, ids
     assert result.statuses("affinity:affinity").tolist() == [Status.PRESENT, Status.NOT_FOUND]
 
 
-def test_strict_mode_fails_instead_of_serving_defaults(client: FeatureClient, ids: Any) -> None:
+def test_strict_mode_fails_instead_of_serving_defaults(client: FeatureClient, ids: Ids) -> None:
     user = ids("strict")
     defs.write_profiles(client, [user], ages=[21])
     assert client.get_features(["profile:age"], entities={"user_id": [user]}, strict=True).rows == 1
@@ -187,7 +187,7 @@ def test_strict_mode_fails_instead_of_serving_defaults(client: FeatureClient, id
         client.get_features(["profile:age"], entities={"user_id": [user, ids("x")]}, strict=True)
 
 
-def test_int_and_string_keys_with_special_characters(client: FeatureClient, ids: Any) -> None:
+def test_int_and_string_keys_with_special_characters(client: FeatureClient, ids: Ids) -> None:
     tricky = [ids("a{b}c"), ids("p|q%r"), ids("}{")]
     defs.write_profiles(client, tricky, ages=[1, 2, 3])
 

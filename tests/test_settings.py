@@ -15,8 +15,12 @@ from featurewell.settings import GROUPS, CacheSettings, Settings, specs
 def test_every_public_name_is_unique_and_reaches_its_group() -> None:
     names = [spec.name for spec in specs()]
     assert len(names) == len(set(names))
-    environ = {"FEATUREWELL_CACHE_ENTRIES": "7", "FEATUREWELL_REDIS": "h1:1,h2:2",
-               "FEATUREWELL_OFFLINE_DIR": "/history", "FEATUREWELL_METRICS_PORT": "-1"}  # fmt: skip
+    environ = {
+        "FEATUREWELL_CACHE_ENTRIES": "7",
+        "FEATUREWELL_REDIS": "h1:1,h2:2",
+        "FEATUREWELL_OFFLINE_DIR": "/history",
+        "FEATUREWELL_METRICS_PORT": "-1",
+    }
     loaded = Settings.load({"cache_ttl_s": "2.5", "port": 0}, environ=environ)
     assert loaded.cache.entries == 7
     assert loaded.cache.ttl_s == 2.5
@@ -52,8 +56,13 @@ def test_the_password_stays_out_of_repr() -> None:
 
 
 def _help(command: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "featurewell.cli", command, "--help"],
-                          capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "featurewell.cli", command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return done.stdout
 
 
@@ -64,8 +73,11 @@ def test_each_command_lists_only_the_settings_it_uses() -> None:
     for unused in ("--cache-entries", "--redis", "--port", "--drift-sample-rate", "--host"):
         assert unused not in training
     serve = _help("serve")
-    every_server_setting = [s.name for g in ("redis", "listen", "serving", "cache", "telemetry")
-                            for s in specs(GROUPS[g])]  # fmt: skip
+    every_server_setting = [
+        s.name
+        for g in ("redis", "listen", "serving", "cache", "telemetry")
+        for s in specs(GROUPS[g])
+    ]
     for name in every_server_setting:
         assert f"--{name.replace('_', '-')}" in serve
     assert "--offline-dir" not in serve
@@ -82,7 +94,11 @@ def test_each_command_lists_only_the_settings_it_uses() -> None:
 def test_a_command_without_its_repo_says_how_to_give_one() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "featurewell.cli", "versions"],
-        capture_output=True, text=True, timeout=60, env={"PATH": ""}, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": ""},
+        check=False,
+    )
     assert done.returncode == 2
     assert "--repo (or FEATUREWELL_REPO) is required" in done.stderr

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from featurewell.definitions import Feature, FeatureView, Int64
-from featurewell.devcluster import LocalCluster, _call, _free_ports
+from featurewell.definitions import Feature, FeatureView, Int64, Registry
+from featurewell.devcluster import LocalCluster, call, free_ports
 from featurewell.errors import StoreTimeout, StoreUnavailable
 from featurewell.store.addressing import EntityRead, EntityRows
 from featurewell.store.batch import FailureReason
@@ -22,7 +21,7 @@ from featurewell.store.keys import entity_tags, key_prefix, slot_of, slots_of, v
 from featurewell.store.online import OnlineStore
 from featurewell.values import Status
 from tests import defs
-from tests.load import wait_asleep
+from tests.tools import Ids, NodeSleep, fixed, sleep_node, wait_until, wait_until_async
 
 CODEC = RowCodec(defs.pair)
 PREFIX = key_prefix(defs.pair)
@@ -62,7 +61,7 @@ def test_slots_match_redis(cluster: LocalCluster) -> None:
     tags += entity_tags([["u1"], [1, 2, 3]], 3)  # composite, broadcast user
     for tag in tags:
         key = PREFIX + tag + b"}"
-        assert _call(port, "CLUSTER", "KEYSLOT", key) == slot_of(tag), key
+        assert call(port, "CLUSTER", "KEYSLOT", key) == slot_of(tag), key
 
 
 def test_composite_tags_do_not_collide() -> None:
@@ -71,7 +70,7 @@ def test_composite_tags_do_not_collide() -> None:
     assert left != right
 
 
-async def test_many_keys_across_all_nodes(store: OnlineStore, ids: Any) -> None:
+async def test_many_keys_across_all_nodes(store: OnlineStore, ids: Ids) -> None:
     tags = [ids(f"k{i}").encode() for i in range(600)]
     outcome = await _write(store, tags, 1_000, 0.5)
     assert (outcome.written, outcome.skipped_older) == (600, 0)
@@ -82,11 +81,11 @@ async def test_many_keys_across_all_nodes(store: OnlineStore, ids: Any) -> None:
 
     decoded = CODEC.decode(rows)
     assert decoded.present.tolist() == [True] * 600 + [False]
-    assert decoded.values["progress"][:600].tolist() == [0.5] * 600
+    assert fixed(decoded.values["progress"])[:600].tolist() == [0.5] * 600
 
 
 async def test_an_empty_string_key_is_written_and_read_in_every_view(
-    store: OnlineStore, ids: Any
+    store: OnlineStore, ids: Ids
 ) -> None:
     """The entity "" (a lone empty string key) has its views' rows in one slot, like any
     other: written through the routing by tag, and read back in one MGET."""
@@ -106,29 +105,29 @@ async def test_an_empty_string_key_is_written_and_read_in_every_view(
     assert [view.rows for view in addressed.views[0]] == [[row], [row]]
 
 
-async def test_event_time_ordering_is_atomic_per_key(store: OnlineStore, ids: Any) -> None:
+async def test_event_time_ordering_is_atomic_per_key(store: OnlineStore, ids: Ids) -> None:
     tag = [ids("ordered").encode()]
     assert (await _write(store, tag, 2_000, 0.2)).written == 1
     assert (await _write(store, tag, 1_000, 0.1)).skipped_older == 1  # late event: ignored
     assert (await _write(store, tag, 2_000, 0.3)).written == 1  # same time: later write wins
     decoded = CODEC.decode(await _read(store, tag))
-    assert decoded.values["progress"].tolist() == [pytest.approx(0.3)]
+    assert fixed(decoded.values["progress"]).tolist() == [pytest.approx(0.3)]
     assert decoded.event_time_us.tolist() == [2_000]
 
 
 async def test_retention_sets_expiry_from_event_time(
-    store: OnlineStore, cluster: LocalCluster, ids: Any
+    store: OnlineStore, cluster: LocalCluster, ids: Ids
 ) -> None:
     tag = ids("ttl").encode()
     event_us = defs.now_us()
     await _write(store, [tag], event_us, 0.9, expire_at_ms=[event_us // 1000 + 60_000])
     node = store.cluster.node_of(slot_of(tag))
     assert node is not None
-    remaining_ms = _call(node[1], "PTTL", PREFIX + tag + b"}")
+    remaining_ms = call(node[1], "PTTL", PREFIX + tag + b"}")
     assert 55_000 < remaining_ms <= 60_000
 
 
-async def test_moved_redirect_is_followed_and_slot_map_fixed(store: OnlineStore, ids: Any) -> None:
+async def test_moved_redirect_is_followed_and_slot_map_fixed(store: OnlineStore, ids: Ids) -> None:
     tag = ids("moved").encode()
     await _write(store, [tag], 5, 0.5)
     slot = slot_of(tag)
@@ -143,15 +142,21 @@ async def test_moved_redirect_is_followed_and_slot_map_fixed(store: OnlineStore,
 
 
 async def test_reconnects_after_connections_are_killed(
-    store: OnlineStore, cluster: LocalCluster, ids: Any
+    store: OnlineStore, cluster: LocalCluster, ids: Ids
 ) -> None:
     tag = ids("reconnect").encode()
     await _write(store, [tag], 5, 0.5)
+    # No public view of the store's connections: its pools (one connection per master here).
+    connections = [c for pool in store.cluster._pools.values() for c in pool]
+    assert len(connections) >= len(cluster.masters)
     killed = sum(
-        _call(port, "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes") for port in cluster.masters
+        call(port, "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes") for port in cluster.masters
     )
     assert killed >= 3  # at least the store's own connection to each master
-    await asyncio.sleep(0.05)
+    # Once the store has seen them close, the read below must open new ones.
+    await wait_until_async(
+        lambda: all(c.closed for c in connections), 5, "the store to see its connections closed"
+    )
 
     rows = await _read(store, [tag])
 
@@ -159,11 +164,11 @@ async def test_reconnects_after_connections_are_killed(
 
 
 async def test_write_script_is_reloaded_after_script_flush(
-    store: OnlineStore, cluster: LocalCluster, ids: Any
+    store: OnlineStore, cluster: LocalCluster, ids: Ids
 ) -> None:
     await _write(store, [ids("before").encode()], 5, 0.5)
     for port in cluster.masters:
-        assert _call(port, "SCRIPT", "FLUSH") == b"OK"
+        assert call(port, "SCRIPT", "FLUSH") == b"OK"
     tags = [ids(f"after{i}").encode() for i in range(30)]
     assert (await _write(store, tags, 5, 0.5)).written == 30
 
@@ -174,19 +179,28 @@ async def test_unreachable_cluster_is_reported_with_addresses() -> None:
 
 
 @pytest.fixture
-def standalone_redis(tmp_path: Any) -> Iterator[int]:
+def standalone_redis(tmp_path: Path) -> Iterator[int]:
     """A plain (non-cluster) redis-server of our own on a free port."""
-    (port,) = _free_ports(1)
-    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--dir", str(tmp_path)]  # fmt: skip
+    (port,) = free_ports(1)
+    args = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--dir",
+        str(tmp_path),
+    ]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
     try:
-        for _ in range(100):
-            try:
-                if _call(port, "PING") == b"PONG":
-                    break
-            except OSError:
-                time.sleep(0.05)
+        wait_until(
+            lambda: call(port, "PING") == b"PONG",
+            10,
+            f"redis-server on {port}",
+            retry_on=(OSError,),
+        )
         yield port
     finally:
         process.kill()
@@ -201,29 +215,16 @@ async def test_standalone_redis_is_not_mistaken_for_a_cluster(standalone_redis: 
 
 
 @pytest.fixture
-def sleeping_node(cluster: LocalCluster) -> Iterator[Any]:
+def sleeping_node() -> Iterator[Callable[[int, float], None]]:
     """Make one master unresponsive for a while (DEBUG SLEEP blocks it), then wait it out."""
-    threads: list[threading.Thread] = []
-    reply_of: dict[threading.Thread, list[Any]] = {}
-
-    def sleep(port: int, seconds: float) -> None:
-        replies: list[Any] = []
-        thread = threading.Thread(
-            target=lambda: replies.append(_call(port, "DEBUG", "SLEEP", str(seconds)))
-        )
-        reply_of[thread] = replies
-        thread.start()
-        threads.append(thread)
-        wait_asleep(port)
-
-    yield sleep
-    for thread in threads:
-        thread.join()
-        assert reply_of[thread] == [b"OK"], "DEBUG SLEEP was refused: the test proved nothing"
+    sleeps: list[NodeSleep] = []
+    yield lambda port, seconds: sleeps.append(sleep_node(port, seconds))
+    for sleeping in sleeps:
+        sleeping.join()
 
 
 async def test_reads_and_writes_time_out_on_a_stuck_node(
-    store: OnlineStore, sleeping_node: Any, ids: Any
+    store: OnlineStore, sleeping_node: Callable[[int, float], None], ids: Ids
 ) -> None:
     tag = ids("stuck").encode()
     node = store.cluster.node_of(slot_of(tag))
@@ -253,7 +254,7 @@ async def _read_within(store: OnlineStore, tags: list[bytes], timeout: float) ->
 
 
 async def test_ask_redirect_during_slot_migration(
-    store: OnlineStore, cluster: LocalCluster, ids: Any
+    store: OnlineStore, cluster: LocalCluster, ids: Ids
 ) -> None:
     tag = ids("migrating").encode()
     await _write(store, [tag], 5, 0.75)
@@ -261,35 +262,36 @@ async def test_ask_redirect_during_slot_migration(
     source = store.cluster.node_of(slot)
     assert source is not None
     target = next(a for a in store.cluster.masters if a != source)
-    source_id, target_id = (_call(a[1], "CLUSTER", "MYID").decode() for a in (source, target))
+    source_id, target_id = (call(a[1], "CLUSTER", "MYID").decode() for a in (source, target))
     key = PREFIX + tag + b"}"
-    assert _call(target[1], "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id) == b"OK"
-    assert _call(source[1], "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id) == b"OK"
+    assert call(target[1], "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id) == b"OK"
+    assert call(source[1], "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id) == b"OK"
     try:
         # The key moves while its slot still belongs to the source: the source answers ASK.
-        assert _call(source[1], "MIGRATE", target[0], target[1], key, 0, 5000) == b"OK"
-        assert str(_call(source[1], "GET", key)).startswith("ASK ")
+        assert call(source[1], "MIGRATE", target[0], target[1], key, 0, 5000) == b"OK"
+        assert str(call(source[1], "GET", key)).startswith("ASK ")
 
         rows = await _read(store, [tag])
 
-        assert CODEC.decode(rows).values["progress"].tolist() == [0.75]
+        assert fixed(CODEC.decode(rows).values["progress"]).tolist() == [0.75]
         assert store.cluster.node_of(slot) == source  # ASK is one-off: the map is unchanged
     finally:
         for address in store.cluster.masters:  # finish the migration: the slot is the target's
-            _call(address[1], "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+            call(address[1], "CLUSTER", "SETSLOT", slot, "NODE", target_id)
     rows = await _read(store, [tag])  # now a MOVED, after which the map points at the target
     assert CODEC.decode(rows).present.tolist() == [True]
     assert store.cluster.node_of(slot) == target
 
 
-async def test_password_protected_cluster(registry: Any) -> None:
+@pytest.mark.redis
+async def test_password_protected_cluster(registry: Registry) -> None:
     from featurewell.app import start_server
     from featurewell.devcluster import start_local_cluster
     from featurewell.settings import Settings
 
     with start_local_cluster(masters=3) as protected:
         for port in protected.masters:
-            assert _call(port, "CONFIG", "SET", "requirepass", "s3cret") == b"OK"
+            assert call(port, "CONFIG", "SET", "requirepass", "s3cret") == b"OK"
         base = Settings.load(environ={}).with_changes(
             redis=tuple(protected.seeds), port=0, metrics_port=-1
         )
@@ -304,14 +306,14 @@ async def test_password_protected_cluster(registry: Any) -> None:
             outcome = await _write(store, tags, 10, 0.25)
             assert outcome.written == 2
             rows = await _read(store, tags)
-            assert CODEC.decode(rows).values["progress"].tolist() == [0.25, 0.25]
+            assert fixed(CODEC.decode(rows).values["progress"]).tolist() == [0.25, 0.25]
             assert "s3cret" not in repr(server.settings)
         finally:
             await server.stop(grace=0.1)
 
 
 @pytest.fixture(scope="module")
-def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, Path]]:
     """3+1 nodes serving TLS (and the cluster bus over TLS), certificates from a throwaway CA."""
     import trustme
 
@@ -329,7 +331,7 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
         yield running, folder
 
 
-async def test_tls_cluster(tls_cluster: Any, registry: Any) -> None:
+async def test_tls_cluster(tls_cluster: tuple[LocalCluster, Path], registry: Registry) -> None:
     from featurewell.app import start_server
     from featurewell.settings import Settings
 
@@ -347,9 +349,11 @@ async def test_tls_cluster(tls_cluster: Any, registry: Any) -> None:
     # The right CA, with a client certificate (mutual TLS) and the hot-key cache's tracking
     # connections, which must speak TLS too.
     trusted = base.with_changes(
-        redis_tls=True, redis_tls_ca_file=str(folder / "ca.crt"),
-        redis_tls_cert_file=str(folder / "node.crt"), redis_tls_key_file=str(folder / "node.key"),
-    )  # fmt: skip
+        redis_tls=True,
+        redis_tls_ca_file=str(folder / "ca.crt"),
+        redis_tls_cert_file=str(folder / "node.crt"),
+        redis_tls_key_file=str(folder / "node.key"),
+    )
     server = await start_server(trusted, registry)
     try:
         store = server.store
@@ -357,7 +361,7 @@ async def test_tls_cluster(tls_cluster: Any, registry: Any) -> None:
         tags = [b"tls-1", b"tls-2", b"tls-3"]
         assert (await _write(store, tags, 10, 0.5)).written == 3
         rows = await _read(store, tags)
-        assert CODEC.decode(rows).values["progress"].tolist() == [0.5, 0.5, 0.5]
+        assert fixed(CODEC.decode(rows).values["progress"]).tolist() == [0.5, 0.5, 0.5]
         assert store.tracker is not None
     finally:
         await server.stop(grace=0.1)
@@ -371,12 +375,14 @@ def test_tls_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match="redis_tls is off"):
         Settings.load(environ={"FEATUREWELL_REDIS_TLS_CA_FILE": "/ca.pem"})
     with pytest.raises(ConfigError, match="go together"):
-        Settings.load(environ={"FEATUREWELL_REDIS_TLS": "true",
-                               "FEATUREWELL_REDIS_TLS_CERT_FILE": "/c.pem"})  # fmt: skip
+        Settings.load(
+            environ={"FEATUREWELL_REDIS_TLS": "true", "FEATUREWELL_REDIS_TLS_CERT_FILE": "/c.pem"}
+        )
     with pytest.raises(ConfigError, match="expected true or false"):
         Settings.load(environ={"FEATUREWELL_REDIS_TLS": "maybe"})
-    missing = Settings.load(environ={"FEATUREWELL_REDIS_TLS": "yes",
-                                     "FEATUREWELL_REDIS_TLS_CA_FILE": "/nope/ca.pem"})  # fmt: skip
+    missing = Settings.load(
+        environ={"FEATUREWELL_REDIS_TLS": "yes", "FEATUREWELL_REDIS_TLS_CA_FILE": "/nope/ca.pem"}
+    )
     with pytest.raises(ConfigError, match="cannot load the Redis TLS files"):
         node_access(missing.redis)
     assert node_access(Settings.load(environ={}).redis).tls is None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -18,7 +18,7 @@ import pytest
 from featurewell.client import FeatureClient
 from featurewell.compute import batch
 from featurewell.compute.program import compile_view
-from featurewell.compute.redis_streams import append
+from featurewell.compute.redis_streams import RedisStreamSource, append
 from featurewell.compute.runner import StreamRunner
 from featurewell.definitions import (
     Count,
@@ -40,25 +40,32 @@ from featurewell.settings import Settings
 from featurewell.store import streams
 from featurewell.store.keys import stream_keys
 from featurewell.store.online import OnlineStore
-from tests.conftest import ServerThread, make_settings
+from tests.tools import ServerThread, make_settings
 
 HOUR_US = 3_600_000_000
 member = Entity("member", join_keys={"member_id": String})
 
 
 def definitions(name: str) -> tuple[EventSource, FeatureView]:
-    clicks = EventSource(name, keys={"member_id": String},
-                         fields={"amount": Float64, "page": String}, partitions=2)  # fmt: skip
+    clicks = EventSource(
+        name, keys={"member_id": String}, fields={"amount": Float64, "page": String}, partitions=2
+    )
     view = FeatureView(
-        f"{name}_stats", entity=member, events=clicks, tile=timedelta(minutes=10),
+        f"{name}_stats",
+        entity=member,
+        events=clicks,
+        tile=timedelta(minutes=10),
         features=[
             Feature("clicks_1d", Int64, computed=Count(window=timedelta(days=1))),
             Feature("amount_1d", Float64, computed=Sum("amount", window=timedelta(days=1))),
             Feature("last_page", String, default="-", computed=Last("page")),
-            Feature("heat", Float64, computed=DecayedSum(
-                half_life=timedelta(hours=1), window=timedelta(hours=6))),
+            Feature(
+                "heat",
+                Float64,
+                computed=DecayedSum(half_life=timedelta(hours=1), window=timedelta(hours=6)),
+            ),
         ],
-    )  # fmt: skip
+    )
     return clicks, view
 
 
@@ -73,12 +80,23 @@ def make_events(members: list[str], count: int, seed: int) -> tuple[list[dict[st
     late = rng.random(count) < 0.02
     arrival[late] += 3 * HOUR_US
     events = [
-        {"event_id": f"e{n}", "event_time": int(t), "member_id": members[int(m)],
-         "amount": float(round(a, 2)), "page": f"p{int(p)}"}
-        for n, (t, m, a, p) in enumerate(zip(
-            times, rng.integers(0, len(members), count), rng.gamma(2, 10, count),
-            rng.integers(0, 5, count), strict=True))
-    ]  # fmt: skip
+        {
+            "event_id": f"e{n}",
+            "event_time": int(t),
+            "member_id": members[int(m)],
+            "amount": float(round(a, 2)),
+            "page": f"p{int(p)}",
+        }
+        for n, (t, m, a, p) in enumerate(
+            zip(
+                times,
+                rng.integers(0, len(members), count),
+                rng.gamma(2, 10, count),
+                rng.integers(0, 5, count),
+                strict=True,
+            )
+        )
+    ]
     ordered = [events[i] for i in np.argsort(arrival, kind="stable")]
     out: list[dict[str, Any]] = []
     duplicates = 0
@@ -121,6 +139,14 @@ async def _runner(
     return runner
 
 
+def close(loop: asyncio.AbstractEventLoop, *runners: StreamRunner | None) -> None:
+    """Close the runners' Redis connections, then their event loop."""
+    for runner in runners:
+        if runner is not None:
+            loop.run_until_complete(runner.writer.store.close())
+    loop.close()
+
+
 async def _drain(runner: StreamRunner, steps: int | None = None) -> None:
     taken = 0
     while (steps is None or taken < steps) and await runner.step():
@@ -132,8 +158,9 @@ def served(
 ) -> tuple[dict[str, list[Any]], list[int]]:
     names = [f"{view.name}:{f.name}" for f in view.features]
     with FeatureClient(server.address, timeout=5.0) as client:
-        result = client.get_features(names, entities={"member_id": members},
-                                     include_event_timestamps=True)  # fmt: skip
+        result = client.get_features(
+            names, entities={"member_id": members}, include_event_timestamps=True
+        )
     values = {name: result.values(name).tolist() for name in names}
     stamps = result.columns[names[0]].event_time_us
     assert stamps is not None
@@ -170,6 +197,7 @@ def test_events_on_redis_streams_become_served_rows(cluster: LocalCluster) -> No
     members = [f"m{n}-{uuid.uuid4().hex[:4]}" for n in range(25)]
     events, duplicates = make_events(members, 1500, seed=5)
     loop = asyncio.new_event_loop()
+    runner = None
     try:
         runner = loop.run_until_complete(_runner(cluster, registry, source, batch_size=200))
         ids = loop.run_until_complete(append(runner.cluster, source, events))
@@ -187,7 +215,7 @@ def test_events_on_redis_streams_become_served_rows(cluster: LocalCluster) -> No
         finally:
             server.stop()
     finally:
-        loop.close()
+        close(loop, runner)
 
 
 def test_a_dead_consumer_is_replaced_without_loss_or_double_counting(
@@ -198,17 +226,21 @@ def test_a_dead_consumer_is_replaced_without_loss_or_double_counting(
     members = [f"m{n}-{uuid.uuid4().hex[:4]}" for n in range(20)]
     events, _ = make_events(members, 1200, seed=6)
     loop = asyncio.new_event_loop()
+    first = second = None
     try:
-        first = loop.run_until_complete(_runner(
-            cluster, registry, source, consumer="a", batch_size=100, checkpoint_s=1e9))  # fmt: skip
+        first = loop.run_until_complete(
+            _runner(cluster, registry, source, consumer="a", batch_size=100, checkpoint_s=1e9)
+        )
         ids = loop.run_until_complete(append(first.cluster, source, events))
         loop.run_until_complete(_drain(first, steps=3))
         # State checkpointed, but the process dies before acknowledging those entries...
         loop.run_until_complete(first.checkpoint(ack=False))
         loop.run_until_complete(_drain(first, steps=2))  # ...and after applying a few more.
         # A replacement under another name claims what "a" left pending and carries on.
-        second = loop.run_until_complete(_runner(
-            cluster, registry, source, consumer="b", batch_size=100, claim_idle_ms=0))  # fmt: skip
+        second = loop.run_until_complete(
+            _runner(cluster, registry, source, consumer="b", batch_size=100, claim_idle_ms=0)
+        )
+        assert isinstance(second.events, RedisStreamSource)
         assert second.events.claimed > 0
         loop.run_until_complete(_drain(second))
         loop.run_until_complete(second.checkpoint())
@@ -216,7 +248,7 @@ def test_a_dead_consumer_is_replaced_without_loss_or_double_counting(
         pending = [
             loop.run_until_complete(streams.pending(second.cluster, key, "featurewell", 5.0))
             for key in stream_keys(source)
-        ]  # fmt: skip
+        ]
         assert pending == [0, 0]  # everything acknowledged
         server = ServerThread(make_settings(cluster), registry)
         try:
@@ -224,7 +256,7 @@ def test_a_dead_consumer_is_replaced_without_loss_or_double_counting(
         finally:
             server.stop()
     finally:
-        loop.close()
+        close(loop, first, second)
 
 
 REPO = """
@@ -247,8 +279,7 @@ def test_featurewell_stream_serves_an_appended_event_within_seconds(
     import sys
 
     from featurewell.definitions import load_repo
-    from tests.load import scrape_until
-    from tests.test_telemetry import free_port
+    from tests.tools import free_port, scrape_until, wait_until
 
     name = f"visits_{uuid.uuid4().hex[:6]}"
     (tmp_path / "repo.py").write_text(REPO.replace("NAME", name))
@@ -258,10 +289,23 @@ def test_featurewell_stream_serves_an_appended_event_within_seconds(
     metrics = free_port()
     seeds = ",".join(f"{h}:{p}" for h, p in cluster.seeds)
     process = subprocess.Popen(
-        [sys.executable, "-m", "featurewell.cli", "stream", "--repo", str(tmp_path / "repo.py"),
-         "--source", name, "--redis", seeds, "--metrics-port", str(metrics)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "featurewell.cli",
+            "stream",
+            "--repo",
+            str(tmp_path / "repo.py"),
+            "--source",
+            name,
+            "--redis",
+            seeds,
+            "--metrics-port",
+            str(metrics),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     server = ServerThread(make_settings(cluster), registry)
     loop = asyncio.new_event_loop()
     try:
@@ -276,14 +320,22 @@ def test_featurewell_stream_serves_an_appended_event_within_seconds(
                 result = client.get_features([feature], entities={"member_id": [member_id]})
             return int(result.values(feature)[0])
 
+        def servable(count: int) -> Callable[[], bool]:
+            return lambda: visits() == count
+
         for expected_count in (1, 2, 3):
-            event = {"event_id": uuid.uuid4().hex, "event_time": time.time_ns() // 1000,
-                     "member_id": member_id}  # fmt: skip
-            appended = time.monotonic()
+            event = {
+                "event_id": uuid.uuid4().hex,
+                "event_time": time.time_ns() // 1000,
+                "member_id": member_id,
+            }
             loop.run_until_complete(append(store.cluster, view.events, [event]))
-            while visits() != expected_count:
-                assert time.monotonic() - appended < 10, "the event never became servable"
-                time.sleep(0.02)
+            wait_until(
+                servable(expected_count),
+                10,
+                f"event {expected_count} to become servable",
+                interval=0.02,
+            )
         got = scrape_until(
             metrics,
             lambda m: (
@@ -312,15 +364,28 @@ def test_refresh_rewrites_only_what_time_changed(cluster: LocalCluster) -> None:
     visits = EventSource(name, keys={"member_id": String}, fields={"page": String})
     tile = 10 * 60_000_000
     counted = FeatureView(
-        f"{name}_counts", entity=member, events=visits, tile=timedelta(minutes=10),
-        features=[Feature("visits_1d", Int64, computed=Count(window=timedelta(days=1))),
-                  Feature("last_page", String, default="-", computed=Last("page"))],
-    )  # fmt: skip
+        f"{name}_counts",
+        entity=member,
+        events=visits,
+        tile=timedelta(minutes=10),
+        features=[
+            Feature("visits_1d", Int64, computed=Count(window=timedelta(days=1))),
+            Feature("last_page", String, default="-", computed=Last("page")),
+        ],
+    )
     faded = FeatureView(
-        f"{name}_heat", entity=member, events=visits, tile=timedelta(minutes=10),
-        features=[Feature("heat", Float64, computed=DecayedSum(
-            half_life=timedelta(hours=1), window=timedelta(days=1)))],
-    )  # fmt: skip
+        f"{name}_heat",
+        entity=member,
+        events=visits,
+        tile=timedelta(minutes=10),
+        features=[
+            Feature(
+                "heat",
+                Float64,
+                computed=DecayedSum(half_life=timedelta(hours=1), window=timedelta(days=1)),
+            )
+        ],
+    )
     registry = Registry.build([member, counted, faded])
     now = [(time.time_ns() // 1000) // tile * tile + 60_000_000]  # 1 min into a tile
     members = [f"m{n}-{uuid.uuid4().hex[:4]}" for n in range(3)]
@@ -332,6 +397,7 @@ def test_refresh_rewrites_only_what_time_changed(cluster: LocalCluster) -> None:
     ]
     loop = asyncio.new_event_loop()
     server = ServerThread(make_settings(cluster), registry)
+    runner = None
     try:
         runner = loop.run_until_complete(
             _runner(cluster, registry, visits, refresh_s=1e9, clock_us=lambda: now[0])
@@ -366,4 +432,4 @@ def test_refresh_rewrites_only_what_time_changed(cluster: LocalCluster) -> None:
         assert times == [now[0]] * 3  # rewritten as of the refresh
     finally:
         server.stop()
-        loop.close()
+        close(loop, runner)

@@ -4,10 +4,10 @@ OpenTelemetry collector would: /metrics over HTTP, spans from the SDK's in-memor
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -43,9 +43,16 @@ from featurewell.telemetry import report
 from featurewell.telemetry._histogram import bounds_of, observe_many
 from featurewell.telemetry.tracing import Tracing
 from tests import defs
-from tests.conftest import ServerThread, make_settings
-from tests.load import scrape, scrape_until
-from tests.tools import alert_test
+from tests.tools import (
+    Ids,
+    ServerThread,
+    alert_test,
+    free_port,
+    make_settings,
+    scrape,
+    scrape_until,
+    wait_until,
+)
 
 customer = Entity("customer", join_keys={"customer_id": String})
 orders = FeatureView(
@@ -64,17 +71,33 @@ ONE_CLIENT = ClientOptions(read_attempts=1)
 
 
 def telemetry_registry() -> Registry:
-    return Registry.build([defs.user, defs.item, defs.user_item, defs.profile_v1, defs.profile,
-                           defs.item_stats, defs.pair, defs.affinity, defs.birth, customer,
-                           orders])  # fmt: skip
+    return Registry.build(
+        [
+            defs.user,
+            defs.item,
+            defs.user_item,
+            defs.profile_v1,
+            defs.profile,
+            defs.item_stats,
+            defs.pair,
+            defs.affinity,
+            defs.birth,
+            customer,
+            orders,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
 def observed(cluster: LocalCluster) -> Iterator[ServerThread]:
     settings = make_settings(
-        cluster, metrics_port=0, freshness_interval_s=0.1, drift_sample_rate=1.0,
-        drift_window_s=0.3, cache_entries=0,
-    )  # fmt: skip
+        cluster,
+        metrics_port=0,
+        freshness_interval_s=0.1,
+        drift_sample_rate=1.0,
+        drift_window_s=0.3,
+        cache_entries=0,
+    )
     running = ServerThread(settings, telemetry_registry())
     yield running
     running.stop()
@@ -109,17 +132,18 @@ def write_orders(
 
 def read_orders(client: FeatureClient, ids: list[str]) -> None:
     for start in range(0, len(ids), 500):
-        client.get_features(["orders:amount", "orders:channel"],
-                            entities={"customer_id": ids[start : start + 500]})  # fmt: skip
+        client.get_features(
+            ["orders:amount", "orders:channel"], entities={"customer_id": ids[start : start + 500]}
+        )
 
 
 def test_bulk_histogram_observations_match_one_by_one() -> None:
     values = np.array([0.5, 1.0, 1.0, 3.0, 7.5, 1e9, 0.0, 2.0])
     one, many = CollectorRegistry(), CollectorRegistry()
-    for registry in (one, many):
+    single, bulk = (
         Histogram("age_seconds", "x", ["view"], buckets=(1, 2, 5), registry=registry)
-    single = one._names_to_collectors["age_seconds"]  # type: ignore[attr-defined]
-    bulk = many._names_to_collectors["age_seconds"]  # type: ignore[attr-defined]
+        for registry in (one, many)
+    )
     for value in values:
         single.labels("v").observe(float(value))
     observe_many(bulk.labels("v"), bounds_of(bulk), values)
@@ -137,7 +161,7 @@ def test_bulk_histogram_observations_match_one_by_one() -> None:
 
 
 def test_calls_move_the_rpc_store_and_view_metrics(
-    observed: ServerThread, observed_client: FeatureClient, cluster: LocalCluster, ids: Any
+    observed: ServerThread, observed_client: FeatureClient, cluster: LocalCluster, ids: Ids
 ) -> None:
     port = metrics_port(observed)
     before = scrape(port)
@@ -173,8 +197,12 @@ def test_calls_move_the_rpc_store_and_view_metrics(
     rows = 'featurewell_request_rows_%s{method="GetFeatures"}'
     assert delta(rows % "sum", after) == 41
     assert delta("featurewell_request_features_sum", after) == 3
-    assert delta('featurewell_request_duration_seconds_count{method="GetFeatures",shape="single"}',
-                 after) == 1  # fmt: skip
+    assert (
+        delta(
+            'featurewell_request_duration_seconds_count{method="GetFeatures",shape="single"}', after
+        )
+        == 1
+    )
     assert delta('featurewell_written_rows_total{outcome="written",view="profile@v2"}', after) == 30
     # 40 users spread over the 3 masters: each node's batch time was recorded.
     for host, node_port in cluster.seeds:
@@ -183,7 +211,7 @@ def test_calls_move_the_rpc_store_and_view_metrics(
 
 
 def test_an_older_event_is_counted_as_skipped(
-    observed: ServerThread, observed_client: FeatureClient, ids: Any
+    observed: ServerThread, observed_client: FeatureClient, ids: Ids
 ) -> None:
     port = metrics_port(observed)
     key = 'featurewell_written_rows_total{outcome="skipped_older",view="profile@v2"}'
@@ -195,7 +223,7 @@ def test_an_older_event_is_counted_as_skipped(
 
 
 def test_freshness_gauges_follow_the_newest_write(
-    observed: ServerThread, observed_client: FeatureClient, ids: Any
+    observed: ServerThread, observed_client: FeatureClient, ids: Ids
 ) -> None:
     port = metrics_port(observed)
     newest = 'featurewell_view_newest_event_timestamp_seconds{view="orders@v1"}'
@@ -215,8 +243,9 @@ def test_freshness_gauges_follow_the_newest_write(
     assert 'featurewell_view_freshness_sla_seconds{view="pair@v1"}' not in metrics
 
 
+@pytest.mark.deploy  # promtool
 def test_a_stopped_writer_fires_the_freshness_alert(
-    observed: ServerThread, observed_client: FeatureClient, ids: Any, tmp_path: Path
+    observed: ServerThread, observed_client: FeatureClient, ids: Ids, tmp_path: Path
 ) -> None:
     port = metrics_port(observed)
     newest = 'featurewell_view_newest_event_timestamp_seconds{view="orders@v1"}'
@@ -228,28 +257,28 @@ def test_a_stopped_writer_fires_the_freshness_alert(
     # The writer stops here. promtool's clock starts at 0, so the gauge goes in relative to
     # the scrape: the newest event stays where it was while time moves on.
     relative = metrics[newest] - scraped_at
+    labels = '{view="orders@v1",instance="s"}'
+    newest_series = f"featurewell_view_newest_event_timestamp_seconds{labels}"
     series = {
-        'featurewell_view_newest_event_timestamp_seconds{view="orders@v1",instance="s"}':
-            f"{relative:.3f}x40",
-        'featurewell_view_freshness_sla_seconds{view="orders@v1",instance="s"}':
-            f"{metrics[sla]:g}x40",
-    }  # fmt: skip
+        newest_series: f"{relative:.3f}x40",
+        f"featurewell_view_freshness_sla_seconds{labels}": f"{metrics[sla]:g}x40",
+    }
     # SLA 10 minutes, `for: 2m`: quiet at 8 minutes, paging by 15.
-    tested = alert_test(tmp_path, series, "FeaturewellFreshnessSLABroken",
-                        [("8m", []), ("15m", [{"view": "orders@v1"}])])  # fmt: skip
+    tested = alert_test(
+        tmp_path,
+        series,
+        "FeaturewellFreshnessSLABroken",
+        [("8m", []), ("15m", [{"view": "orders@v1"}])],
+    )
     assert tested.returncode == 0, tested.stdout + tested.stderr
     # Had the writer kept going (one event a minute), nothing would fire.
-    running = {
-        **series,
-        'featurewell_view_newest_event_timestamp_seconds{view="orders@v1",instance="s"}':
-            f"{relative:.3f}+60x40",
-    }  # fmt: skip
+    running = {**series, newest_series: f"{relative:.3f}+60x40"}
     quiet = alert_test(tmp_path, running, "FeaturewellFreshnessSLABroken", [("30m", [])])
     assert quiet.returncode == 0, quiet.stdout + quiet.stderr
 
 
 def test_drift_sampling_takes_only_the_features_a_call_asked_for(
-    observed: ServerThread, ids: Any
+    observed: ServerThread, ids: Ids
 ) -> None:
     engine, drift = observed.server.service.engine, observed.server.telemetry.drift
     request = FeatureRequest(
@@ -262,32 +291,48 @@ def test_drift_sampling_takes_only_the_features_a_call_asked_for(
     assert (amount.defaults, channel.defaults) == (before[0] + 1, before[1])
 
 
-def test_drift_gauges_rise_when_served_values_shift(
-    observed: ServerThread, observed_client: FeatureClient, ids: Any, tmp_path: Path
-) -> None:
+PSI = 'featurewell_feature_drift_psi{feature="%s",view="orders@v1"}'
+
+
+@pytest.fixture(scope="module")
+def drift(
+    observed: ServerThread, observed_client: FeatureClient
+) -> tuple[dict[str, float], dict[str, float], list[str]]:
+    """The drift gauges `observed` exports while served values are as expected (calm), and
+    once they have shifted (drifted), with the shifted customers' ids."""
     port = metrics_port(observed)
     rng = np.random.default_rng(3)
-    psi = 'featurewell_feature_drift_psi{feature="%s",view="orders@v1"}'
-    shift = 'featurewell_feature_mean_shift{feature="amount",view="orders@v1"}'
+    run = uuid.uuid4().hex[:8]
     now = defs.now_us()
-    usual = [ids(f"d{i}") for i in range(1500)]
+    usual = [f"d{i}-{run}" for i in range(1500)]
     channels = rng.choice(["web", "app", "tv"], size=len(usual), p=[0.6, 0.3, 0.1]).tolist()
     write_orders(observed_client, usual, rng.normal(100, 10, len(usual)), channels, now)
     read_orders(observed_client, usual)
-    calm = scrape_until(port, lambda m: psi % "amount" in m and psi % "channel" in m)
-    assert calm[psi % "amount"] < 0.1
-    assert calm[psi % "channel"] < 0.1
-    assert abs(calm[shift]) < 0.3
-
+    calm = scrape_until(port, lambda m: PSI % "amount" in m and PSI % "channel" in m)
     # The upstream job now emits amounts 30% higher and mostly "tv" (a new client shipped).
-    shifted = [ids(f"s{i}") for i in range(1500)]
+    shifted = [f"s{i}-{run}" for i in range(1500)]
     channels = rng.choice(["web", "app", "tv"], size=len(shifted), p=[0.2, 0.1, 0.7]).tolist()
     write_orders(observed_client, shifted, rng.normal(130, 10, len(shifted)), channels, now)
     read_orders(observed_client, shifted)
-    drifted = scrape_until(port, lambda m: m.get(psi % "amount", 0) > 0.25)
-    assert drifted[psi % "amount"] > 0.25
+    drifted = scrape_until(port, lambda m: m.get(PSI % "amount", 0) > 0.25)
+    return calm, drifted, shifted
+
+
+def test_drift_gauges_rise_when_served_values_shift(
+    observed: ServerThread,
+    observed_client: FeatureClient,
+    drift: tuple[dict[str, float], dict[str, float], list[str]],
+    ids: Ids,
+) -> None:
+    port = metrics_port(observed)
+    calm, drifted, shifted = drift
+    shift = 'featurewell_feature_mean_shift{feature="amount",view="orders@v1"}'
+    assert calm[PSI % "amount"] < 0.1
+    assert calm[PSI % "channel"] < 0.1
+    assert abs(calm[shift]) < 0.3
+    assert drifted[PSI % "amount"] > 0.25
     assert drifted[shift] > 2.5
-    assert scrape_until(port, lambda m: m.get(psi % "channel", 0) > 0.25)[psi % "channel"] > 0.25
+    assert scrape_until(port, lambda m: m.get(PSI % "channel", 0) > 0.25)[PSI % "channel"] > 0.25
 
     # The drift report an on-call engineer runs against the server.
     reports = {
@@ -296,22 +341,29 @@ def test_drift_gauges_rise_when_served_values_shift(
     assert reports[("orders@v1", "amount")].psi > 0.25
     assert "orders@v1:amount" in report.render(list(reports.values())).split("major drift")[0]
 
-    # The alert rule, fed the gauges this server exported: the shifted feature pages after its
-    # 15 minutes, the calm one never does.
-    amount = 'featurewell_feature_drift_psi{view="orders@v1",feature="amount",instance="s"}'
-    calm_series = {amount: f"{calm[psi % 'amount']}x40"}
-    drifted_series = {amount: f"{calm[psi % 'amount']}x5 {drifted[psi % 'amount']}x40"}
-    labels = {"view": "orders@v1", "feature": "amount"}
-    quiet = alert_test(tmp_path, calm_series, "FeaturewellFeatureDrift", [("30m", [])])
-    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
-    fired = alert_test(tmp_path, drifted_series, "FeaturewellFeatureDrift",
-                       [("15m", []), ("25m", [labels])])  # fmt: skip
-    assert fired.returncode == 0, fired.stdout + fired.stderr
-
     # Unknown customers are served defaults: that shows as the default rate, not as drift.
     read_orders(observed_client, [ids(f"x{i}") for i in range(400)] + shifted[:400])
     rate = 'featurewell_feature_default_rate{feature="amount",view="orders@v1"}'
     assert 0.4 < scrape_until(port, lambda m: 0.4 < m.get(rate, 0) < 0.6)[rate] < 0.6
+
+
+@pytest.mark.deploy  # promtool
+def test_the_drift_alert_pages_on_the_gauges_a_server_exported(
+    drift: tuple[dict[str, float], dict[str, float], list[str]], tmp_path: Path
+) -> None:
+    """The alert rule, fed the gauges the server exported: the shifted feature pages after its
+    15 minutes, the calm one never does."""
+    calm, drifted, _ = drift
+    amount = 'featurewell_feature_drift_psi{view="orders@v1",feature="amount",instance="s"}'
+    calm_series = {amount: f"{calm[PSI % 'amount']}x40"}
+    drifted_series = {amount: f"{calm[PSI % 'amount']}x5 {drifted[PSI % 'amount']}x40"}
+    labels = {"view": "orders@v1", "feature": "amount"}
+    quiet = alert_test(tmp_path, calm_series, "FeaturewellFeatureDrift", [("30m", [])])
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+    fired = alert_test(
+        tmp_path, drifted_series, "FeaturewellFeatureDrift", [("15m", []), ("25m", [labels])]
+    )
+    assert fired.returncode == 0, fired.stdout + fired.stderr
 
 
 # -- tracing ------------------------------------------------------------------------------------
@@ -324,21 +376,22 @@ def spans() -> InMemorySpanExporter:
 
 @pytest.fixture(scope="module")
 def traced(cluster: LocalCluster, spans: InMemorySpanExporter) -> Iterator[ServerThread]:
-    running = ServerThread(make_settings(cluster), defs.registry(),
-                           Tracing(SimpleSpanProcessor(spans)))  # fmt: skip
+    running = ServerThread(
+        make_settings(cluster), defs.registry(), Tracing(SimpleSpanProcessor(spans))
+    )
     yield running
     running.stop()
 
 
 def finished(exporter: InMemorySpanExporter, count: int) -> list[Any]:
-    deadline = time.monotonic() + 3
-    while len(exporter.get_finished_spans()) < count and time.monotonic() < deadline:
-        time.sleep(0.01)
+    """The finished spans, once there are at least `count` (a call's spans are recorded just
+    after its answer)."""
+    wait_until(lambda: len(exporter.get_finished_spans()) >= count, 3, f"{count} finished spans")
     return list(exporter.get_finished_spans())
 
 
 def test_a_call_is_traced_under_the_callers_trace(
-    traced: ServerThread, spans: InMemorySpanExporter, cluster: LocalCluster, ids: Any
+    traced: ServerThread, spans: InMemorySpanExporter, cluster: LocalCluster, ids: Ids
 ) -> None:
     caller = TracerProvider().get_tracer("ranker")
     users = [ids(f"t{i}") for i in range(30)]
@@ -347,8 +400,10 @@ def test_a_call_is_traced_under_the_callers_trace(
         defs.write_items(client, [1, 2, 3])
         spans.clear()
         with caller.start_as_current_span("rank") as parent:
-            client.get_features(["profile:age", "affinity:affinity"],
-                                entities={"user_id": users[:1], "item_id": [1, 2, 3]})  # fmt: skip
+            client.get_features(
+                ["profile:age", "affinity:affinity"],
+                entities={"user_id": users[:1], "item_id": [1, 2, 3]},
+            )
     got = finished(spans, 4)
     by_name = {span.name: span for span in got}
     rpc = by_name["featurewell.v1.FeatureService/GetFeatures"]
@@ -376,8 +431,10 @@ def test_an_error_is_traced_with_its_status(
     traced: ServerThread, spans: InMemorySpanExporter
 ) -> None:
     spans.clear()
-    with FeatureClient(traced.address, timeout=5.0, options=ONE_CLIENT) as client, \
-            pytest.raises(NotFound):  # fmt: skip
+    with (
+        FeatureClient(traced.address, timeout=5.0, options=ONE_CLIENT) as client,
+        pytest.raises(NotFound),
+    ):
         client.get_features(["profile:nope"], entities={"user_id": ["a"]})
     (span,) = finished(spans, 1)
     assert span.attributes["rpc.grpc.status_code"] == 5  # NOT_FOUND
@@ -386,15 +443,17 @@ def test_an_error_is_traced_with_its_status(
 
 def test_unsampled_calls_record_no_spans(cluster: LocalCluster) -> None:
     exporter = InMemorySpanExporter()
-    running = ServerThread(make_settings(cluster), defs.registry(),
-                           Tracing(SimpleSpanProcessor(exporter), sampler=ALWAYS_OFF))  # fmt: skip
+    running = ServerThread(
+        make_settings(cluster),
+        defs.registry(),
+        Tracing(SimpleSpanProcessor(exporter), sampler=ALWAYS_OFF),
+    )
     try:
         with FeatureClient(running.address, timeout=5.0) as client:
             client.get_features(["profile:age"], entities={"user_id": ["a"]})
-        time.sleep(0.2)
-        assert exporter.get_finished_spans() == ()
     finally:
-        running.stop()
+        running.stop()  # runs the last call's telemetry, then shuts the tracer down
+    assert exporter.get_finished_spans() == ()
 
 
 def test_tracing_is_off_unless_the_environment_turns_it_on() -> None:
@@ -420,32 +479,39 @@ def test_tracing_is_off_unless_the_environment_turns_it_on() -> None:
 # -- several worker processes, one /metrics ----------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_workers_metrics_are_aggregated_on_one_port(cluster: LocalCluster) -> None:
     port, metrics = free_port(), free_port()
     seeds = ",".join(f"{h}:{p}" for h, p in cluster.seeds)
-    command = [sys.executable, "-m", "featurewell.cli", "serve", "--repo", str(defs.__file__),
-               "--workers", "2", "--port", str(port), "--metrics-port", str(metrics),
-               "--redis", seeds]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "featurewell.cli",
+        "serve",
+        "--repo",
+        str(defs.__file__),
+        "--workers",
+        "2",
+        "--port",
+        str(port),
+        "--metrics-port",
+        str(metrics),
+        "--redis",
+        seeds,
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         calls = 24
-        deadline = time.monotonic() + 30
-        served = 0
-        while served < calls:
+
+        def served() -> bool:
             # A new connection per call: SO_REUSEPORT spreads connections over the workers.
-            try:
-                with FeatureClient(f"127.0.0.1:{port}", timeout=10.0) as client:
-                    client.get_features(["profile:age"], entities={"user_id": ["w"]})
-                served += 1
-            except FeatureClientError:
-                assert time.monotonic() < deadline, "the workers did not start serving"
-                time.sleep(0.2)
+            with FeatureClient(f"127.0.0.1:{port}", timeout=10.0) as client:
+                client.get_features(["profile:age"], entities={"user_id": ["w"]})
+            return True
+
+        for _ in range(calls):  # the first calls wait for the workers to start
+            wait_until(
+                served, 30, "the workers to serve", interval=0.2, retry_on=(FeatureClientError,)
+            )
         ok = 'featurewell_requests_total{code="OK",method="GetFeatures"}'
         timed = 'featurewell_request_duration_seconds_count{method="GetFeatures",shape="single"}'
         # Both at once: a worker writes the counter, then the histogram, while the parent reads.
@@ -467,8 +533,9 @@ def test_a_dead_collector_does_not_hold_up_shutdown(cluster: LocalCluster) -> No
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     exporter = OTLPSpanExporter(endpoint="http://127.0.0.1:1", insecure=True)
-    running = ServerThread(make_settings(cluster), defs.registry(),
-                           Tracing(BatchSpanProcessor(exporter)))  # fmt: skip
+    running = ServerThread(
+        make_settings(cluster), defs.registry(), Tracing(BatchSpanProcessor(exporter))
+    )
     with FeatureClient(running.address, timeout=5.0) as client:
         for _ in range(5):
             client.get_features(["profile:age"], entities={"user_id": ["a"]})

@@ -29,7 +29,7 @@ from featurewell.devcluster import LocalCluster
 from featurewell.errors import InvalidRequest, UnknownFeature
 from featurewell.offline import OfflineStore, get_historical_features
 from featurewell.values import NOT_FOUND, PRESENT, STALE
-from tests.conftest import ServerThread, make_settings
+from tests.tools import ServerThread, make_settings
 
 DAY_US = 86_400_000_000
 rider = Entity("rider", join_keys={"rider_id": String})
@@ -37,13 +37,22 @@ rider = Entity("rider", join_keys={"rider_id": String})
 
 def _views(name: str, max_age: timedelta | None) -> tuple[FeatureView, Any]:
     view = FeatureView(
-        name, entity=rider, max_age=max_age,
-        features=[Feature("score", Float64, default=-1.0), Feature("tier", String, default="-"),
-                  Feature("taste", Embedding(2))],
-    )  # fmt: skip
+        name,
+        entity=rider,
+        max_age=max_age,
+        features=[
+            Feature("score", Float64, default=-1.0),
+            Feature("tier", String, default="-"),
+            Feature("taste", Embedding(2)),
+        ],
+    )
 
-    @on_demand(inputs={"score": f"{name}:score"}, context={"bonus": Float64},
-               outputs=[Feature("boosted", Float64)], name=f"{name}_boost")  # fmt: skip
+    @on_demand(
+        inputs={"score": f"{name}:score"},
+        context={"bonus": Float64},
+        outputs=[Feature("boosted", Float64)],
+        name=f"{name}_boost",
+    )
     def boost(x: Any) -> Any:
         return {"boosted": x["score"] * 2 + x["bonus"]}
 
@@ -52,15 +61,18 @@ def _views(name: str, max_age: timedelta | None) -> tuple[FeatureView, Any]:
 
 def _history(rows: list[tuple[str, int, int, float]]) -> pa.Table:
     """(rider, event time, created, score) rows; tier and taste follow the score."""
-    return pa.table({
-        "rider_id": [r[0] for r in rows],
-        "event_time": pa.array([r[1] for r in rows], pa.int64()),
-        "created": pa.array([r[2] for r in rows], pa.int64()),
-        "score": [r[3] for r in rows],
-        "tier": [f"t{int(r[3])}" for r in rows],
-        "taste": pa.FixedSizeListArray.from_arrays(
-            pa.array([v for r in rows for v in (r[3], -r[3])], pa.float32()), 2),
-    })  # fmt: skip
+    return pa.table(
+        {
+            "rider_id": [r[0] for r in rows],
+            "event_time": pa.array([r[1] for r in rows], pa.int64()),
+            "created": pa.array([r[2] for r in rows], pa.int64()),
+            "score": [r[3] for r in rows],
+            "tier": [f"t{int(r[3])}" for r in rows],
+            "taste": pa.FixedSizeListArray.from_arrays(
+                pa.array([v for r in rows for v in (r[3], -r[3])], pa.float32()), 2
+            ),
+        }
+    )
 
 
 @pytest.mark.parametrize("table_format", ["parquet", "delta"])
@@ -69,13 +81,18 @@ def test_adversarial_timestamps(tmp_path: Path, table_format: str) -> None:
     registry = Registry.build([rider, view, boost])
     store = OfflineStore(tmp_path, table_format)
     t0 = 10 * DAY_US
-    store.write(view, _history([
-        ("r1", t0 + 100, t0 + 100, 1.0),  # A
-        ("r1", t0 + 200, t0 + 300, 2.0),  # B: about t0+200, but only written at t0+300
-        ("r1", t0 + 150, t0 + 400, 3.0),  # C: older than B, written after it: never served
-        ("r1", t0 + 500, t0 + 500, 5.0),  # D
-        ("r3", t0 + 1000, t0 + 100, 9.0),  # about the future: not known before t0+1000
-    ]))  # fmt: skip
+    store.write(
+        view,
+        _history(
+            [
+                ("r1", t0 + 100, t0 + 100, 1.0),  # A
+                ("r1", t0 + 200, t0 + 300, 2.0),  # B: about t0+200, but only written at t0+300
+                ("r1", t0 + 150, t0 + 400, 3.0),  # C: older than B, written after it: never served
+                ("r1", t0 + 500, t0 + 500, 5.0),  # D
+                ("r3", t0 + 1000, t0 + 100, 9.0),  # about the future: not known before t0+1000
+            ]
+        ),
+    )
     store.write(view, _history([("r1", t0 + 500, t0 + 600, 6.0)]))  # E: D corrected, same time
     cases = [  # (label time, rider, expected score, status)
         (t0 + 50, "r1", -1.0, NOT_FOUND),  # before anything was known
@@ -90,13 +107,16 @@ def test_adversarial_timestamps(tmp_path: Path, table_format: str) -> None:
         (t0 + 1000, "r3", 9.0, PRESENT),
         (t0 + 5000, "r2", -1.0, NOT_FOUND),  # no history at all
     ]
-    labels = pa.table({
-        "rider_id": [c[1] for c in cases],
-        "event_timestamp": pa.array([c[0] for c in cases], pa.int64()).cast(
-            pa.timestamp("us", tz="UTC")),
-        "bonus": [0.5] * len(cases),
-        "label": list(range(len(cases))),
-    })  # fmt: skip
+    labels = pa.table(
+        {
+            "rider_id": [c[1] for c in cases],
+            "event_timestamp": pa.array([c[0] for c in cases], pa.int64()).cast(
+                pa.timestamp("us", tz="UTC")
+            ),
+            "bonus": [0.5] * len(cases),
+            "label": list(range(len(cases))),
+        }
+    )
     got = get_historical_features(
         registry, labels, ["rides:*", "rides_boost:boosted"], store
     ).to_pydict()
@@ -155,32 +175,44 @@ def test_training_rows_equal_what_serving_answered_at_each_label(
             for label_at in labels_at:
                 for _, rider_id, event_time, score in writes[done:label_at]:
                     client.write_features(
-                        name, {"rider_id": [rider_id]}, [event_time],
+                        name,
+                        {"rider_id": [rider_id]},
+                        [event_time],
                         {"score": [score], "tier": [f"t{int(score)}"]},
-                    )  # fmt: skip
+                    )
                 done = label_at
                 asked = riders[label_at % len(riders)]
                 answer = client.get_features([f"{name}:*"], entities={"rider_id": [asked]})
-                served.append((label_at, asked, float(answer[f"{name}:score"].values[0]),
-                               str(answer[f"{name}:tier"].values[0]),
-                               int(answer.statuses(f"{name}:score")[0])))  # fmt: skip
+                served.append(
+                    (
+                        label_at,
+                        asked,
+                        float(answer[f"{name}:score"].values[0]),
+                        str(answer[f"{name}:tier"].values[0]),
+                        int(answer.statuses(f"{name}:score")[0]),
+                    )
+                )
     finally:
         server.stop()
     # The same writes as history, created in replay order after every event time they carry;
     # a label "after k writes" sits between the k-th and the next, so it knows exactly k.
     base = 11 * DAY_US
-    history = pa.table({
-        "rider_id": [w[1] for w in writes],
-        "event_time": pa.array([w[2] for w in writes], pa.int64()),
-        "created": pa.array([base + w[0] * 10 for w in writes], pa.int64()),
-        "score": [w[3] for w in writes],
-        "tier": [f"t{int(w[3])}" for w in writes],
-    })  # fmt: skip
+    history = pa.table(
+        {
+            "rider_id": [w[1] for w in writes],
+            "event_time": pa.array([w[2] for w in writes], pa.int64()),
+            "created": pa.array([base + w[0] * 10 for w in writes], pa.int64()),
+            "score": [w[3] for w in writes],
+            "tier": [f"t{int(w[3])}" for w in writes],
+        }
+    )
     store.write(plain, history)
-    labels = pa.table({
-        "rider_id": [s[1] for s in served],
-        "event_timestamp": pa.array([base + s[0] * 10 - 5 for s in served], pa.int64()),
-    })  # fmt: skip
+    labels = pa.table(
+        {
+            "rider_id": [s[1] for s in served],
+            "event_timestamp": pa.array([base + s[0] * 10 - 5 for s in served], pa.int64()),
+        }
+    )
     got = get_historical_features(registry, labels, [f"{name}:*"], store)
     assert got.column(f"{name}:score").to_pylist() == [s[2] for s in served]
     assert got.column(f"{name}:tier").to_pylist() == [s[3] for s in served]
@@ -195,7 +227,7 @@ def test_the_stream_writes_history_that_trains_on_what_it_served(
     so a training set labelled now equals what GetFeatures serves now."""
     import asyncio
 
-    from tests.test_stream import _drain, _runner, definitions, make_events, member, served
+    from tests.test_stream import _drain, _runner, close, definitions, make_events, member, served
 
     source, view = definitions(f"taps_{uuid.uuid4().hex[:6]}")
     registry = Registry.build([member, view])
@@ -204,6 +236,7 @@ def test_the_stream_writes_history_that_trains_on_what_it_served(
     store = OfflineStore(tmp_path)
     loop = asyncio.new_event_loop()
     server = ServerThread(make_settings(cluster), registry)
+    runner = None
     try:
         from featurewell.compute.redis_streams import append
 
@@ -217,14 +250,16 @@ def test_the_stream_writes_history_that_trains_on_what_it_served(
         now_values, times = served(server, view, members)
     finally:
         server.stop()
-        loop.close()
+        close(loop, runner)
     history = store.folder(view)
     assert list(history.glob("date=*/*.parquet"))
     late = max(times) + 1_000_000  # after every row was written
-    labels = pa.table({
-        "member_id": members + members[:1],
-        "event_timestamp": pa.array([late] * len(members) + [min(times) - 10**9], pa.int64()),
-    })  # fmt: skip
+    labels = pa.table(
+        {
+            "member_id": members + members[:1],
+            "event_timestamp": pa.array([late] * len(members) + [min(times) - 10**9], pa.int64()),
+        }
+    )
     got = get_historical_features(registry, labels, [f"{view.name}:*"], store)
     for name, values in now_values.items():
         column = got.column(name).to_pylist()
@@ -253,15 +288,31 @@ def test_training_set_command(tmp_path: Path) -> None:
     store.write(registry.view("rides"), _history([("r1", 100, 100, 4.0)]).drop(["taste"]))
     labels = pa.table({"rider_id": ["r1", "r1", "r9"], "at": pa.array([50, 150, 150], pa.int64())})
     pq.write_table(labels, tmp_path / "labels.parquet")
-    command = [sys.executable, "-m", "featurewell.cli", "training-set", "--repo",
-               str(tmp_path / "repo.py"), "--labels", str(tmp_path / "labels.parquet"),
-               "--features", "rides:*", "--timestamp-column", "at",
-               "--out", str(tmp_path / "train.parquet")]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "featurewell.cli",
+        "training-set",
+        "--repo",
+        str(tmp_path / "repo.py"),
+        "--labels",
+        str(tmp_path / "labels.parquet"),
+        "--features",
+        "rides:*",
+        "--timestamp-column",
+        "at",
+        "--out",
+        str(tmp_path / "train.parquet"),
+    ]
     refused = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2
     assert "pass --offline-dir DIR" in refused.stderr
-    done = subprocess.run([*command, "--offline-dir", str(tmp_path / "offline")],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [*command, "--offline-dir", str(tmp_path / "offline")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert "3 rows x 2 features" in done.stdout
     assert (

@@ -16,7 +16,7 @@ import numpy as np
 from featurewell.client import ClientOptions, FeatureClient
 from featurewell.definitions import load_repo
 from featurewell.devcluster import LocalCluster
-from tests.conftest import ServerThread, make_settings
+from tests.tools import ServerThread, make_settings, wait_until
 
 REPO = """
 from featurewell.definitions import Entity, Feature, FeatureView, Float64, String
@@ -28,8 +28,9 @@ v2 = FeatureView("NAME", entity=shop, version=2,
 
 
 def featurewell(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "featurewell.cli", *args],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "featurewell.cli", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_promote_and_rollback_live_under_load(cluster: LocalCluster, tmp_path: Path) -> None:
@@ -60,35 +61,44 @@ def test_promote_and_rollback_live_under_load(cluster: LocalCluster, tmp_path: P
                 features = {"x": [x]}
                 if version == 2:
                     features["y"] = [0.0]
-                client.write_features(f"{name}@v{version}", {"shop_id": ["s1"]},
-                                      [time.time_ns() // 1000], features)  # fmt: skip
+                client.write_features(
+                    f"{name}@v{version}", {"shop_id": ["s1"]}, [time.time_ns() // 1000], features
+                )
         threads = [
             threading.Thread(target=caller, args=(f"default-{n}", s.address, f"{name}:x"))
             for n, s in enumerate(servers)
         ] + [threading.Thread(target=caller, args=("pinned", servers[1].address, f"{name}@v2:x"))]
         for thread in threads:
             thread.start()
-        time.sleep(0.5)
+        labels = ["default-0", "default-1", "pinned"]
 
-        def switch(*command: str, expect: float) -> float:
+        def answered(count: int, since: dict[str, int] | None = None) -> None:
+            """Until each caller has `count` more answers than at `since` (its value counts)."""
+            start = since or dict.fromkeys(labels, 0)
+            wait_until(
+                lambda: all(len(seen.get(x, [])) >= start[x] + count for x in labels),
+                10,
+                f"{count} answers for every caller",
+            )
+
+        answered(20)  # every caller has seen v2 before the promote
+
+        def switch(*command: str, expect: float) -> None:
             done = featurewell(*command, "--repo", str(repo), "--redis", seeds, "--view", name)
             assert done.returncode == 0, done.stderr
-            started = time.monotonic()
-            while time.monotonic() - started < 10:
-                marks = {label: len(values) for label, values in seen.items()}
-                time.sleep(0.3)
-                if all(seen[f"default-{n}"][marks[f"default-{n}"]:] and
-                       set(seen[f"default-{n}"][marks[f"default-{n}"]:]) == {expect}
-                       for n in range(2)):  # fmt: skip
-                    return time.monotonic() - started
-            raise AssertionError(f"servers still not on {expect} after 10 s")
+            # Each server follows within its poll (0.2 s): then its calls all answer `expect`.
+            wait_until(
+                lambda: all(seen[f"default-{n}"][-10:] == [expect] * 10 for n in range(2)),
+                10,
+                f"both servers to serve {expect}",
+            )
 
         switch("promote", "--version", "1", expect=1.0)
         listed = featurewell("versions", "--repo", str(repo), "--redis", seeds)
         assert f"{name}: versions [1, 2], default v1 (promoted)" in listed.stdout
         assert "promote v2 -> v1" in listed.stdout
         switch("rollback", expect=2.0)
-        time.sleep(0.3)
+        answered(20, {x: len(seen[x]) for x in labels})  # and they stay there
     finally:
         stop.set()
         for thread in threads:
@@ -181,8 +191,9 @@ def test_lineage_names_sources_definitions_and_callers(
     # The fingerprint follows the definition: another window, another definition.
     before = stats["definition"]
     repo.write_text(LINEAGE_REPO.replace("NAME", name).replace("WINDOW", "2"))
-    again = json.loads(featurewell("lineage", "--repo", str(repo), "--redis", seeds,
-                                   "--json").stdout)  # fmt: skip
+    again = json.loads(
+        featurewell("lineage", "--repo", str(repo), "--redis", seeds, "--json").stdout
+    )
     changed = {item["view"]: item["definition"] for item in again}
     assert changed[f"{name}@v1"] != before
     assert changed[f"{name}_pushed@v1"] == pushed["definition"]
@@ -207,7 +218,10 @@ def test_validate_compares_versions_before_a_promote(cluster: LocalCluster, tmp_
     registry = load_repo(str(repo))
     seeds = ",".join(f"{h}:{p}" for h, p in cluster.seeds)
     rng = np.random.default_rng(1)
-    shops = {"shop_id": [f"s|{n}%" for n in range(400)], "region": [n % 3 for n in range(400)]}
+    shops: dict[str, list[Any]] = {
+        "shop_id": [f"s|{n}%" for n in range(400)],
+        "region": [n % 3 for n in range(400)],
+    }
     score = rng.normal(10, 2, 400)
     tier = rng.choice(["gold", "silver", "bronze"], 400).astype(object)
     now = [time.time_ns() // 1000] * 400
@@ -215,14 +229,34 @@ def test_validate_compares_versions_before_a_promote(cluster: LocalCluster, tmp_
 
     def write(version: int, scores: Any, extra: str, dim: int) -> None:
         with FeatureClient(server.address) as client:
-            client.write_features(f"{name}@v{version}", shops, now, {
-                "score": scores, "tier": tier, "taste": np.ones((400, dim), np.float32),
-                extra: np.zeros(400),
-            })  # fmt: skip
+            client.write_features(
+                f"{name}@v{version}",
+                shops,
+                now,
+                {
+                    "score": scores,
+                    "tier": tier,
+                    "taste": np.ones((400, dim), np.float32),
+                    extra: np.zeros(400),
+                },
+            )
 
     def check() -> subprocess.CompletedProcess[str]:
-        return featurewell("validate", "--repo", str(repo), "--redis", seeds, "--view", name,
-                           "--from", "1", "--to", "2", "--sample", "300")  # fmt: skip
+        return featurewell(
+            "validate",
+            "--repo",
+            str(repo),
+            "--redis",
+            seeds,
+            "--view",
+            name,
+            "--from",
+            "1",
+            "--to",
+            "2",
+            "--sample",
+            "300",
+        )
 
     try:
         write(1, score, "legacy", 2)

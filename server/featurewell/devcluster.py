@@ -69,14 +69,14 @@ class LocalCluster:
             self.tls,
             self.tls_ports.get(port),
         )
-        _wait_for(lambda: _call(port, "PING") == b"PONG", f"node {port} to restart")
+        _wait_for(lambda: call(port, "PING") == b"PONG", f"node {port} to restart")
 
     def owner(self, slot: int) -> int:
         """Port of the master serving `slot`, as a live node reports it."""
         for port in self.ports:
             if self.processes[port].poll() is not None:
                 continue
-            for start, end, master, *_ in _call(port, "CLUSTER", "SLOTS"):
+            for start, end, master, *_ in call(port, "CLUSTER", "SLOTS"):
                 if start <= slot <= end:
                     return int(master[1])
         raise RuntimeError(f"no live node knows who owns slot {slot}")
@@ -115,7 +115,7 @@ def start_local_cluster(
             f"{redis_server!r} not found: install Redis (apt-get install redis-server)"
         )
     nodes = masters * (1 + replicas_per_master)
-    ports = _free_ports(nodes * (2 if tls else 1))
+    ports = free_ports(nodes * (2 if tls else 1))
     directory = workdir or Path(tempfile.mkdtemp(prefix="featurewell-cluster-"))
     cluster = LocalCluster(
         ports[:masters],
@@ -133,7 +133,7 @@ def start_local_cluster(
                 redis_server, port, directory, node_timeout_ms, tls, cluster.tls_ports.get(port)
             )
         for port in ports[:nodes]:
-            _wait_for(lambda p=port: _call(p, "PING") == b"PONG", f"node {port} to start")
+            _wait_for(lambda p=port: call(p, "PING") == b"PONG", f"node {port} to start")
         _form(cluster)
     except BaseException:
         cluster.stop()
@@ -233,26 +233,26 @@ def _form(cluster: LocalCluster) -> None:
     share = SLOTS // len(masters)
     for n, port in enumerate(masters):
         last = SLOTS - 1 if n == len(masters) - 1 else (n + 1) * share - 1
-        _check(_call(port, "CLUSTER", "ADDSLOTSRANGE", n * share, last))
+        _check(call(port, "CLUSTER", "ADDSLOTSRANGE", n * share, last))
     # With TLS the cluster bus speaks TLS: nodes meet on the first master's TLS port.
     meet = cluster.tls_ports.get(masters[0], masters[0])
     for port in cluster.ports[1:]:
-        _check(_call(port, "CLUSTER", "MEET", HOST, meet))
+        _check(call(port, "CLUSTER", "MEET", HOST, meet))
     everyone = len(cluster.ports)
     for port in cluster.ports:
         _wait_for(lambda p=port: _known_nodes(p) == everyone, f"node {port} to see all nodes")
-    ids = {port: _call(port, "CLUSTER", "MYID").decode() for port in masters}
+    ids = {port: call(port, "CLUSTER", "MYID").decode() for port in masters}
     for n, port in enumerate(cluster.replicas):
         master = masters[n % len(masters)]
         _wait_for(
-            lambda p=port, m=master: _call(p, "CLUSTER", "REPLICATE", ids[m]) == b"OK",
+            lambda p=port, m=master: call(p, "CLUSTER", "REPLICATE", ids[m]) == b"OK",
             f"node {port} to replicate {master}",
         )
     for port in cluster.ports:
-        _wait_for(lambda p=port: b"cluster_state:ok" in _call(p, "CLUSTER", "INFO"), "cluster ok")
+        _wait_for(lambda p=port: b"cluster_state:ok" in call(p, "CLUSTER", "INFO"), "cluster ok")
     for port in cluster.replicas:
         _wait_for(
-            lambda p=port: b"master_link_status:up" in _call(p, "INFO", "replication"),
+            lambda p=port: b"master_link_status:up" in call(p, "INFO", "replication"),
             f"replica {port} to sync",
         )
     replicas = len(cluster.replicas) // len(masters)
@@ -261,12 +261,12 @@ def _form(cluster: LocalCluster) -> None:
 
 
 def _sees_topology(port: int, masters: int, replicas: int) -> bool:
-    ranges = _call(port, "CLUSTER", "SLOTS")
+    ranges = call(port, "CLUSTER", "SLOTS")
     return len({r[2][1] for r in ranges}) == masters and all(len(r) == 3 + replicas for r in ranges)
 
 
 def _known_nodes(port: int) -> int:
-    lines = _call(port, "CLUSTER", "NODES").decode().splitlines()
+    lines = call(port, "CLUSTER", "NODES").decode().splitlines()
     return sum(1 for line in lines if "handshake" not in line and "noaddr" not in line)
 
 
@@ -275,8 +275,12 @@ def _check(reply: Any) -> None:
         raise RuntimeError(f"forming the local cluster failed: {reply}")
 
 
-def _call(port: int, *args: str | int) -> Any:
-    """One blocking command; the launcher runs before any event loop exists."""
+def call(port: int, *args: bytes | str | int) -> Any:
+    """Send one command to the local node on `port` over a fresh connection and return the
+    reply as hiredis decodes it (an error reply is returned as a `hiredis.ReplyError`, not
+    raised). Blocking: the launcher runs before any event loop exists, and tests and benchmarks
+    use it to administer nodes (CLUSTER, DEBUG SLEEP, CLIENT KILL) beside the store under test.
+    Raises OSError when the node cannot be reached or closes the connection."""
     with socket.create_connection((HOST, port), timeout=5) as sock:
         sock.sendall(encode_command(*args))
         reader = hiredis.Reader()
@@ -301,7 +305,7 @@ def _wait_for(condition: Any, what: str, timeout: float = 30.0) -> None:
     raise RuntimeError(f"timed out waiting for {what}" + (f": {last}" if last else ""))
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
     """Ports free both for clients and for the cluster bus (port + 10000)."""
     chosen: list[int] = []
     while len(chosen) < count:
