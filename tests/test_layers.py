@@ -65,3 +65,43 @@ def test_keys_are_spelled_in_store_keys_only() -> None:
             if isinstance(node, ast.Constant) and isinstance(node.value, str | bytes):
                 text = node.value if isinstance(node.value, str) else node.value.decode("latin-1")
                 assert "fw:" not in text, (path, node.lineno, text)
+
+
+# Above the gRPC adapter: only the composition root and the command line wire it up.
+_TOP = {PACKAGE / "app.py", PACKAGE / "cli.py", PACKAGE / "demo.py"}
+_COMMANDS = PACKAGE / "commands"
+
+
+def test_nothing_below_serving_imports_it() -> None:
+    for path, tree in _modules():
+        if path.is_relative_to(PACKAGE / "serving") or path in _TOP:
+            continue
+        if path.is_relative_to(_COMMANDS):
+            continue
+        assert not [n for n in _imports(tree) if n.startswith("featurewell.serving")], path
+
+
+def test_the_engine_knows_no_grpc_or_protobuf() -> None:
+    for path, tree in _modules():
+        if path.is_relative_to(PACKAGE / "engine"):
+            wire = [n for n in _imports(tree) if n.startswith(("grpc", "featurewell.v1"))]
+            assert wire == [], path
+
+
+def test_only_the_composition_root_opens_stores() -> None:
+    for path, tree in _modules():
+        if path in (PACKAGE / "app.py", STORE / "online.py"):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr == "connect":
+                assert ast.unparse(node.value) != "OnlineStore", (path, node.lineno)
+
+
+def test_argparse_and_exits_stay_in_the_command_line() -> None:
+    for path, tree in _modules():
+        if path == PACKAGE / "cli.py" or path.is_relative_to(_COMMANDS):
+            continue
+        assert "argparse" not in _imports(tree), path
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Raise) and node.exc is not None:
+                assert "SystemExit" not in ast.unparse(node.exc), (path, node.lineno)
