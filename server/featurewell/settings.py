@@ -102,7 +102,6 @@ class Spec:
 
     name: str
     group: str | None  # attribute of Settings holding its group; None: Settings itself
-    group_type: type[Group] | None
     attribute: str
     kind: str  # "str", "int", "float", "bool", "addresses"
     default: Any
@@ -146,7 +145,6 @@ def specs(group: type[Group] | None = None) -> Iterator[Spec]:
             yield Spec(
                 name=spec.metadata["name"],
                 group=attribute,
-                group_type=holder if attribute is not None else None,
                 attribute=spec.name,
                 kind="addresses" if kind.startswith("tuple") else kind,
                 default=spec.default,
