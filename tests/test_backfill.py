@@ -4,6 +4,8 @@ seeds the streaming state so the live stream continues the windows."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 import uuid
 from datetime import timedelta
@@ -128,9 +130,6 @@ def clicks(server: ServerThread, view: Any, member_id: str) -> int:
 
 
 def test_featurewell_backfill_command(cluster: LocalCluster, tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     from tests.test_stream import REPO
 
     name = f"visits_{uuid.uuid4().hex[:6]}"
@@ -147,72 +146,48 @@ def test_featurewell_backfill_command(cluster: LocalCluster, tmp_path: Path) -> 
         tmp_path / "visits.parquet",
     )
     seeds = ",".join(f"{h}:{p}" for h, p in cluster.seeds)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "featurewell.cli",
-            "backfill",
-            "--repo",
-            str(tmp_path / "repo.py"),
-            "--source",
-            name,
-            "--log",
-            str(tmp_path / "visits.parquet"),
-            "--redis",
-            seeds,
-            "--history-out",
-            str(tmp_path / "history"),
-            "--history-step-h",
-            "0.5",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    done = _command(
+        "backfill",
+        tmp_path / "visits.parquet",
+        name,
+        seeds,
+        ["--history-out", str(tmp_path / "history"), "--history-step-h", "0.5"],
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"{name}_stats@v1: 7 entities online" in done.stdout
     assert list((tmp_path / "history" / f"{name}_stats" / "v1").glob("date=*/*.parquet"))
-    checked = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "featurewell.cli",
-            "parity",
-            "--repo",
-            str(tmp_path / "repo.py"),
-            "--source",
-            name,
-            "--log",
-            str(tmp_path / "visits.parquet"),
-            "--redis",
-            seeds,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    checked = _command("parity", tmp_path / "visits.parquet", name, seeds)
     assert checked.returncode == 0, checked.stdout + checked.stderr[-2000:]
     assert f"{name}_stats@v1:visits_1h" in checked.stdout
     assert "0.00%" in checked.stdout
-    missing = subprocess.run(
+    missing = _command("backfill", tmp_path / "nope.parquet", name, seeds)
+    assert missing.returncode == 2
+    assert "nope.parquet does not exist" in missing.stderr
+
+
+def _command(
+    verb: str, log: Path, source: str, seeds: str, extra: list[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`featurewell <verb>` of the test repo's source over `log`, against the cluster."""
+    repo = str(log.parent / "repo.py")
+    return subprocess.run(
         [
             sys.executable,
             "-m",
             "featurewell.cli",
-            "backfill",
+            verb,
             "--repo",
-            str(tmp_path / "repo.py"),
+            repo,
             "--source",
-            name,
+            source,
             "--log",
-            str(tmp_path / "nope.parquet"),
+            str(log),
             "--redis",
             seeds,
+            *(extra or []),
         ],
         capture_output=True,
         text=True,
         timeout=120,
+        check=False,
     )
-    assert missing.returncode == 2
-    assert "nope.parquet does not exist" in missing.stderr

@@ -37,6 +37,13 @@ def featurewell(*args: str, **kw: Any) -> subprocess.Popen[str]:
     )
 
 
+def _append(seeds: str, event: str) -> subprocess.Popen[str]:
+    """`featurewell append` of one event to the example's watches."""
+    return featurewell(
+        "append", "--repo", str(EXAMPLE), "--redis", seeds, "--source", "watches", "--event", event
+    )
+
+
 def wait_serving(address: str, timeout: float = 30) -> None:
     def ready() -> bool:
         with grpc.insecure_channel(address) as channel:
@@ -294,17 +301,7 @@ def test_demo_serves_the_example_streams_events_and_cleans_up() -> None:
                 '{"user_id": "u000007", "item_id": "i000003", "minutes": 12.5, '
                 '"title_min": 45, "genre": 1}'
             )
-            appended = featurewell(
-                "append",
-                "--repo",
-                str(EXAMPLE),
-                "--redis",
-                seeds,
-                "--source",
-                "watches",
-                "--event",
-                event,
-            )
+            appended = _append(seeds, event)
             out, _ = appended.communicate(timeout=30)
             assert appended.returncode == 0, out
 
@@ -357,17 +354,7 @@ def test_append_refuses_bad_events_and_writes_nothing(cluster: LocalCluster, see
         ("not json", "is not JSON"),
     ]
     for event, message in bad:
-        process = featurewell(
-            "append",
-            "--repo",
-            str(EXAMPLE),
-            "--redis",
-            seeds,
-            "--source",
-            "watches",
-            "--event",
-            event,
-        )
+        process = _append(seeds, event)
         out, _ = process.communicate(timeout=30)
         assert process.returncode == 2, out
         assert message in out, out

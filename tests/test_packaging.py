@@ -18,22 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_client_wheel_stands_alone(tmp_path: Path) -> None:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path),
-            str(ROOT / "client"),
-        ],
-        check=True,
-    )
-    (wheel,) = tmp_path.glob("featurewell_client-*.whl")
+    wheel = _build_wheel(ROOT / "client", tmp_path)
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         metadata = archive.read(next(n for n in names if n.endswith("METADATA"))).decode()
@@ -75,22 +60,7 @@ def test_client_wheel_stands_alone(tmp_path: Path) -> None:
 def test_server_wheel_runs_the_demo_from_another_directory(tmp_path: Path) -> None:
     """`pip install featurewell`, then `featurewell demo` anywhere: the example repo ships inside
     the wheel, so nothing is looked up in a source checkout."""
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path),
-            str(ROOT),
-        ],
-        check=True,
-    )
-    (wheel,) = tmp_path.glob("featurewell-*.whl")
+    wheel = _build_wheel(ROOT, tmp_path)
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         archive.extractall(tmp_path / "site")
@@ -142,3 +112,23 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def _build_wheel(source: Path, into: Path) -> Path:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(into),
+            str(source),
+        ],
+        check=True,
+    )
+    (wheel,) = into.glob("*.whl")
+    return wheel
