@@ -13,6 +13,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+import pyarrow as pa
+
 from featurewell.app import connected
 from featurewell.commands._command import Command, event_source, registry_of, run
 from featurewell.compute.backfill import backfill, backfill_logs, read_log
@@ -21,6 +23,7 @@ from featurewell.compute.metrics import stream_registry
 from featurewell.compute.parity import FeatureParity, parity, render
 from featurewell.compute.redis_streams import append, checked_event
 from featurewell.compute.runner import StreamRunner
+from featurewell.definitions import EventSource, Registry
 from featurewell.engine.engine import FeatureEngine
 from featurewell.errors import InvalidRequest
 from featurewell.ingest.materialize import materialize
@@ -180,10 +183,17 @@ def _backfill_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _backfill(settings: Settings, args: argparse.Namespace) -> None:
+def _source_and_log(
+    settings: Settings, args: argparse.Namespace
+) -> tuple[Registry, EventSource, pa.Table]:
+    """The repo, its `--source` and that source's event log (`--log` or its parquet=)."""
     registry = registry_of(settings)
     source = event_source(registry, args.source)
-    log_table = read_log(source, registry, args.log)
+    return registry, source, read_log(source, registry, args.log)
+
+
+def _backfill(settings: Settings, args: argparse.Namespace) -> None:
+    registry, source, log_table = _source_and_log(settings, args)
     history = args.history_out or settings.offline.dir
 
     async def fill() -> None:
@@ -225,9 +235,7 @@ def _parity_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _parity(settings: Settings, args: argparse.Namespace) -> None:
-    registry = registry_of(settings)
-    source = event_source(registry, args.source)
-    log_table = read_log(source, registry, args.log)
+    registry, source, log_table = _source_and_log(settings, args)
 
     async def check() -> list[FeatureParity]:
         async with connected(settings.redis) as store:
