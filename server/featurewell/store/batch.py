@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from featurewell.errors import StoreUnavailable
 from featurewell.store.connection import Address
 
 
@@ -59,3 +60,11 @@ class Replies(NamedTuple):
     errors: list[int]
     failures: list[Failure]
     timings: list[NodeTiming]
+
+    def checked(self, what: str) -> list[Any]:
+        """The replies of a batch that must succeed whole: StoreUnavailable("<what>: <first
+        problem>") when a command got no reply or an error reply."""
+        if self.failures or self.errors:
+            problem = self.failures[0].detail if self.failures else self.values[self.errors[0]]
+            raise StoreUnavailable(f"{what}: {problem}")
+        return self.values

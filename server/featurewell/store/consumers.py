@@ -24,12 +24,8 @@ async def add(
         field = f"{caller}|{view}"
         commands.append(encode_command(b"HINCRBY", CONSUMER_CALLS_KEY, field, count))
         commands.append(encode_command(b"HSET", CONSUMER_SEEN_KEY, field, seen[(caller, view)]))
-    replies, errors, failures, _ = await cluster.execute(
-        commands, [META_SLOT] * len(commands), timeout
-    )
-    if failures or errors:
-        problem = failures[0].detail if failures else replies[errors[0]]
-        raise StoreUnavailable(f"cannot record consumers: {problem}")
+    replies = await cluster.execute(commands, [META_SLOT] * len(commands), timeout)
+    replies.checked("cannot record consumers")
 
 
 async def read(cluster: ClusterClient, timeout: float) -> dict[Pair, tuple[int, int]]:

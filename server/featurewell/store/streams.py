@@ -27,10 +27,9 @@ async def add(
     """XADD each (stream key, fields) with an id Redis assigns; returns the entry ids."""
     commands = [encode_command("XADD", key, "*", *fields) for key, fields in entries]
     slots = [key_slot(key) for key, _ in entries]
-    replies, errors, failures, _ = await cluster.execute(commands, slots, timeout)
-    if failures or errors:
-        problem = failures[0].detail if failures else replies[errors[0]]
-        raise StoreUnavailable(f"cannot append events to Redis: {problem}")
+    replies = (await cluster.execute(commands, slots, timeout)).checked(
+        "cannot append events to Redis"
+    )
     return [reply.decode() for reply in replies]
 
 
@@ -88,10 +87,9 @@ async def read_group(
         for key, cursor in reads
     ]
     slots = [key_slot(key) for key, _ in reads]
-    replies, errors, failures, _ = await cluster.execute(commands, slots, timeout)
-    if failures or errors:
-        problem = failures[0].detail if failures else replies[errors[0]]
-        raise StoreUnavailable(f"cannot read events from Redis: {problem}")
+    replies = (await cluster.execute(commands, slots, timeout)).checked(
+        "cannot read events from Redis"
+    )
     return [reply[0][1] if reply else [] for reply in replies]
 
 

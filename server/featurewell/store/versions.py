@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from featurewell.definitions import Registry
-from featurewell.errors import StoreUnavailable
 from featurewell.store.cluster import ClusterClient
 from featurewell.store.connection import encode_command
 from featurewell.store.keys import DEFAULTS_KEY, DEFAULTS_LOG_KEY, META_SLOT
@@ -75,8 +74,5 @@ def serve_defaults(registry: Registry, overrides: Mapping[str, int]) -> Registry
 
 
 async def _run(cluster: ClusterClient, commands: list[bytes]) -> list[Any]:
-    replies, errors, failures, _ = await cluster.execute(commands, [META_SLOT] * len(commands), 5.0)
-    if failures or errors:
-        problem = failures[0].detail if failures else replies[errors[0]]
-        raise StoreUnavailable(f"cannot read or change default versions in Redis: {problem}")
-    return list(replies)
+    replies = await cluster.execute(commands, [META_SLOT] * len(commands), 5.0)
+    return list(replies.checked("cannot read or change default versions in Redis"))
