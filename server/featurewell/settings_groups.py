@@ -160,6 +160,22 @@ class ServingSettings(Group):
     gc_gen0_threshold: int = setting(
         "gc_gen0_threshold", "Allocations between young-generation GC passes.", 50_000
     )
+    max_future_skew_s: float = setting(
+        "max_future_skew_s",
+        "Writes and events may carry event times at most this far ahead of the server's clock; "
+        "later ones are refused (a future time would shadow every later write of its row).",
+        300.0,
+    )
+    max_event_age_days: float = setting(
+        "max_event_age_days",
+        "Writes and events older than this are refused as absurd (raise it for old backfills).",
+        3650.0,
+    )
+    max_entity_key_bytes: int = setting(
+        "max_entity_key_bytes",
+        "Longest entity key value in UTF-8 bytes that writes, events and reads accept.",
+        1024,
+    )
     inject_delay_ms: float = setting(
         "inject_delay_ms",
         "Fault injection for testing alerts and the load-test gate: every GetFeatures waits "
@@ -178,6 +194,9 @@ class ServingSettings(Group):
             "gc_gen0_threshold",
             "write_timeout_s",
             "max_in_flight",
+            "max_future_skew_s",
+            "max_event_age_days",
+            "max_entity_key_bytes",
         )
         _not_negative(self, "reload_interval_s", "inject_delay_ms")
         if not 0 <= self.port < 65536:
