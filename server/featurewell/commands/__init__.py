@@ -1,7 +1,7 @@
 """The `featurewell` verbs, one module per area: each verb declares its own arguments and the
 settings groups it reads beside its handler (see `_command.Command`)."""
 
-from featurewell.commands import acl, data, lifecycle, local, serving, training
+from featurewell.commands import acl, data, lifecycle, local, probe, serving, training
 from featurewell.commands._command import Command
 
 COMMANDS: tuple[Command, ...] = (
@@ -11,6 +11,7 @@ COMMANDS: tuple[Command, ...] = (
     *lifecycle.COMMANDS,
     *local.COMMANDS,
     *acl.COMMANDS,
+    *probe.COMMANDS,
 )
 
 __all__ = ["COMMANDS", "Command"]
