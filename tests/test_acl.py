@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import redirect_stdout
 from dataclasses import dataclass
@@ -40,6 +43,7 @@ from featurewell.store.keys import (
 from tests import defs
 from tests.tools import ServerThread, make_settings
 
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "streaming_media"
 SOURCE = EventSource("watches", keys={"user_id": String}, fields={"n": Int64}, partitions=3)
 
 
@@ -198,6 +202,24 @@ async def test_writer_writes_admin_promotes(acl_cluster: AclCluster, registry: R
     finally:
         for store in (writer, admin, server):
             await store.close()
+
+
+@pytest.mark.redis
+def test_writer_materializes_the_example_repo(
+    acl_cluster: AclCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Batch writes as the pipelines do them: rows through the Lua script, markers, computed
+    # views from the event log (the example repo with a little generated data).
+    repo = tmp_path / "repo"
+    shutil.copytree(EXAMPLE, repo)
+    generate = [sys.executable, str(EXAMPLE / "generate.py"), "--users", "40", "--items", "20"]
+    subprocess.run([*generate, "--out", str(repo / "data")], check=True, capture_output=True)
+    settings = acl_cluster.settings("fw-writer")
+    seeds = ",".join(f"{h}:{p}" for h, p in acl_cluster.cluster.seeds)
+    login = ["--redis", seeds, "--redis-username", "fw-writer"]
+    login += ["--redis-password-file", settings.redis.password_file]
+    main(["materialize", "--repo", str(repo), *login])
+    assert "user_activity@v1: 40 rows computed from watches" in capsys.readouterr().out
 
 
 # What each role may do beyond what the tests above run: (role, command, allowed).
