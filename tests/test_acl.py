@@ -102,6 +102,13 @@ def test_rules_grant_reads_read_only_and_never_in_clear(tmp_path: Path) -> None:
     assert "+lpush" not in output
 
 
+def test_the_documented_rules_are_the_generated_ones() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "security-acldeploy.md").read_text()
+    for role in acl.ROLES.values():
+        line = acl.setuser(f"fw-{role.name}", [role], None)
+        assert line in doc.splitlines(), f"docs/security-acldeploy.md: update {line!r}"
+
+
 def test_settings_refuse_two_passwords() -> None:
     with pytest.raises(ConfigError, match="redis_password and redis_password_file"):
         Settings.load(environ={}).with_changes(redis_password="a", redis_password_file="/x")
