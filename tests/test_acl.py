@@ -271,7 +271,9 @@ async def test_wrong_password_is_a_clear_start_up_error(
     acl_cluster: AclCluster, registry: Registry
 ) -> None:
     settings = acl_cluster.settings("fw-server", "not-the-password", connect_timeout_s=1.0)
-    with pytest.raises(StoreUnavailable, match=r"refused AUTH for user 'fw-server'.*WRONGPASS"):
+    with pytest.raises(
+        StoreUnavailable, match=r"refused the password of user 'fw-server'.*WRONGPASS"
+    ):
         await open_store(settings.redis)
     missing = make_settings(acl_cluster.cluster, redis_password_file="/nonexistent/pw")
     with pytest.raises(StoreUnavailable, match="cannot read redis_password_file /nonexistent/pw"):

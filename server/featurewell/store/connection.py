@@ -138,7 +138,7 @@ class Connection(asyncio.Protocol):
             protocol.close()
             user = f"user {access.username!r}" if access.username else "the default user"
             raise StoreUnavailable(
-                f"Redis node {host}:{port} refused AUTH for {user} ({reply!s:.200}); check "
+                f"Redis node {host}:{port} refused the password of {user} ({reply!s:.200}); check "
                 "redis_username and the password (FEATUREWELL_REDIS_PASSWORD or "
                 "redis_password_file)"
             )
