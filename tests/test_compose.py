@@ -8,14 +8,17 @@ from __future__ import annotations
 import copy
 import ipaddress
 import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from featurewell.devcluster import call, free_ports
 from featurewell.settings import Settings
-from tests.tools import promtool
+from featurewell.store import acl
+from tests.tools import promtool, wait_until
 
 pytestmark = pytest.mark.deploy
 
@@ -75,6 +78,7 @@ def problems(compose: dict[str, Any], root: Path) -> list[str]:
     if f"featurewell:{settings.listen.metrics_port}" not in targets:
         found.append(f"Prometheus scrapes {sorted(targets)}, not featurewell's /metrics")
     mounts = {name: _mounts(service, root) for name, service in services.items()}
+    found += _secret_problems(compose, root, mounts)
     for rule_file in prometheus.get("rule_files", []):
         if rule_file not in mounts["prometheus"]:
             found.append(f"Prometheus loads {rule_file}, which no volume provides")
@@ -87,6 +91,39 @@ def problems(compose: dict[str, Any], root: Path) -> list[str]:
         folder = mounts["grafana"].get(provider["options"]["path"])
         if folder is None or not list(folder.glob("*.json")):
             found.append(f"Grafana's dashboards path {provider['options']['path']} has none")
+    return found
+
+
+def _secret_problems(
+    compose: dict[str, Any], root: Path, mounts: dict[str, dict[str, Path]]
+) -> list[str]:
+    """Redis ACL credentials: a service that reads a password file names its user, the file is
+    one of its compose secrets (that user's, and it exists), and the user is in the aclfile
+    each node loads from a file it mounts."""
+    found = []
+    declared = compose.get("secrets", {})
+    users = (root / "redis" / "users.acl").read_text()
+    for name, service in compose["services"].items():
+        env = service.get("environment", {})
+        password_file = env.get("FEATUREWELL_REDIS_PASSWORD_FILE")
+        if password_file is None:
+            continue
+        user = env.get("FEATUREWELL_REDIS_USERNAME", "")
+        secret = password_file.removeprefix("/run/secrets/")
+        if secret not in service.get("secrets", []) or secret not in declared:
+            found.append(f"{name}: reads {password_file}, which no secret of it provides")
+        elif not (root / declared[secret]["file"]).exists():
+            found.append(f"{name}: secret {secret} has no file {declared[secret]['file']}")
+        elif Path(declared[secret]["file"]).name != f"{user}.password":
+            found.append(f"{name}: {password_file} is not the password of {user!r}")
+        if f"user {user} " not in users:
+            found.append(f"{name}: Redis user {user!r} is not in redis/users.acl")
+    for name, service in compose["services"].items():
+        command = shlex.split(str(service.get("command", "")))
+        if "--aclfile" in command:
+            target = command[command.index("--aclfile") + 1]
+            if target not in mounts[name]:
+                found.append(f"{name}: loads {target}, which no volume provides")
     return found
 
 
@@ -140,3 +177,66 @@ def test_the_checks_catch_broken_stacks() -> None:
     not_a_member = copy.deepcopy(_load())
     not_a_member["services"]["featurewell"]["environment"]["FEATUREWELL_REDIS"] = "10.9.9.9:6379"
     assert any("not cluster nodes" in p for p in problems(not_a_member, DEPLOY))
+
+
+# The users.acl lines, as `featurewell redis-acl` prints them today for each user's roles.
+_COMPOSE_USERS = {"fw-serve": ["server", "writer"], "fw-writer": ["writer"], "fw-admin": ["admin"]}
+
+
+def test_compose_acl_users_are_what_redis_acl_prints() -> None:
+    lines = (DEPLOY / "redis" / "users.acl").read_text().splitlines()
+    users = {line.split()[1]: line for line in lines}
+    assert users["default"] == "user default on nopass ~* &* +@all"
+    for user, roles in _COMPOSE_USERS.items():
+        password = (DEPLOY / "redis" / f"{user}.password").read_text().rstrip("\n")
+        expected = acl.aclfile_line(user, [acl.ROLES[r] for r in roles], password)
+        assert users.pop(user) == expected, f"regenerate {user}'s line (see docker-compose.yml)"
+    assert list(users) == ["default"]
+
+
+@pytest.mark.redis
+def test_compose_aclfile_loads_into_redis(tmp_path: Path) -> None:
+    port = free_ports(1)[0]
+    node = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(tmp_path),
+            "--aclfile",
+            str(DEPLOY / "redis" / "users.acl"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        users = wait_until(
+            lambda: call(port, "ACL", "USERS"), 10, "redis-server up", retry_on=(OSError,)
+        )
+        assert sorted(users) == sorted([b"default", *(u.encode() for u in _COMPOSE_USERS)])
+        password = (DEPLOY / "redis" / "fw-serve.password").read_text().strip()
+        assert call(port, "AUTH", "fw-serve", password) == b"OK"
+    finally:
+        node.kill()
+        node.wait(timeout=10)
+
+
+def test_the_credential_checks_catch_broken_stacks() -> None:
+    no_secret = copy.deepcopy(_load())
+    del no_secret["services"]["featurewell"]["secrets"]
+    assert any("which no secret of it provides" in p for p in problems(no_secret, DEPLOY))
+
+    wrong_user = copy.deepcopy(_load())
+    wrong_user["services"]["featurewell"]["environment"]["FEATUREWELL_REDIS_USERNAME"] = "fw-x"
+    found = problems(wrong_user, DEPLOY)
+    assert any("is not the password of 'fw-x'" in p for p in found)
+    assert any("'fw-x' is not in redis/users.acl" in p for p in found)
+
+    no_aclfile = copy.deepcopy(_load())
+    del no_aclfile["services"]["redis-1"]["volumes"]
+    assert any("loads /etc/redis/users.acl" in p for p in problems(no_aclfile, DEPLOY))

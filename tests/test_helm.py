@@ -13,6 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from featurewell.cli import _parser
 from featurewell.settings import Settings
 from tests.tools import RULES, promtool
 
@@ -101,13 +102,16 @@ def test_production_profile_scales_and_is_monitored(helm: str, tmp_path: Path) -
     rendered.write_text(yaml.safe_dump(rules))
     checked = promtool("check", "rules", str(rendered))
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    (container,) = deployment["template"]["spec"]["containers"]
-    assert container["env"] == [
-        {
-            "name": "FEATUREWELL_REDIS_PASSWORD",
-            "valueFrom": {"secretKeyRef": {"name": "redis-auth", "key": "password"}},
-        }
-    ]
+    # The Redis password is a mounted file (re-read at reconnect), never an environment variable.
+    pod = deployment["template"]["spec"]
+    (container,) = pod["containers"]
+    assert "env" not in container
+    settings = objects["ConfigMap/features-featurewell"]["data"]
+    assert _mounted_file(pod, settings["FEATUREWELL_REDIS_PASSWORD_FILE"]) == (
+        "secret",
+        "redis-auth",
+        "password",
+    )
 
 
 def test_redis_tls_from_a_secret(helm: str, tmp_path: Path) -> None:
@@ -174,3 +178,179 @@ def test_checks_fail_on_broken_input(helm: str, tmp_path: Path) -> None:
     unknown_field = dict(objects["Service/features-featurewell"], surprise=1)
     with pytest.raises(kubernetes_validate.ValidationError):  # strict: no unknown properties
         kubernetes_validate.validate(unknown_field, KUBERNETES, strict=True)
+
+
+# -- trust at the edge: serving TLS and mTLS, auth files, Redis credentials, NetworkPolicy -----
+
+
+def _values(tmp_path: Path, values: dict[str, Any]) -> str:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return str(path)
+
+
+def _valid(helm: str, *values: str) -> dict[str, dict[str, Any]]:
+    """Rendered, linted strictly and valid against Kubernetes' schemas."""
+    linted = _helm(helm, "lint", "--strict", str(CHART), *values)
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+    objects = _render(helm, *values)
+    for obj in objects.values():
+        if obj["kind"] not in CRDS:
+            kubernetes_validate.validate(obj, KUBERNETES, strict=True)
+    return objects
+
+
+def _mounted_file(pod: dict[str, Any], path: str) -> tuple[str, str, str]:
+    """The (kind, name, key) of the Secret or ConfigMap whose key the container sees at `path`:
+    what the server is told to read is what the chart mounts."""
+    (container,) = pod["containers"]
+    for mount in container["volumeMounts"]:
+        prefix = mount["mountPath"].rstrip("/") + "/"
+        if not path.startswith(prefix):
+            continue
+        assert "subPath" not in mount  # a subPath mount never sees a rotated Secret
+        volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+        file = path[len(prefix) :]
+        kind = "secret" if "secret" in volume else "configMap"
+        source = volume[kind]
+        name = source.get("secretName") or source.get("name")
+        items = {item["path"]: item["key"] for item in source.get("items", [])}
+        return kind, name, items.get(file, file) if items else file
+    raise AssertionError(f"nothing mounted at {path}")
+
+
+def _server_settings(settings: dict[str, str]) -> Settings:
+    return Settings.load(
+        environ={k: v for k, v in settings.items() if k.startswith("FEATUREWELL_")}
+    )
+
+
+@pytest.mark.parametrize("client_auth", [False, True], ids=["tls", "mtls"])
+def test_serving_tls_from_a_cert_manager_secret(
+    helm: str, tmp_path: Path, client_auth: bool
+) -> None:
+    tls = {"enabled": True, "existingSecret": "featurewell-tls", "clientAuth": client_auth}
+    objects = _valid(helm, "-f", _values(tmp_path, {"tls": tls}))
+    settings = objects["ConfigMap/features-featurewell"]["data"]
+    pod = objects["Deployment/features-featurewell"]["spec"]["template"]["spec"]
+    for setting, key in (
+        ("FEATUREWELL_TLS_CERT_FILE", "tls.crt"),
+        ("FEATUREWELL_TLS_KEY_FILE", "tls.key"),
+    ):
+        assert _mounted_file(pod, settings[setting]) == ("secret", "featurewell-tls", key)
+    if client_auth:
+        ca = settings["FEATUREWELL_TLS_CLIENT_CA_FILE"]
+        assert _mounted_file(pod, ca) == ("secret", "featurewell-tls", "ca.crt")
+    else:
+        assert "FEATUREWELL_TLS_CLIENT_CA_FILE" not in settings
+    loaded = _server_settings(settings)
+    assert loaded.serving.tls_cert_file == settings["FEATUREWELL_TLS_CERT_FILE"]
+    # Probes: Kubernetes' gRPC probe is plaintext, so startup and readiness run `featurewell
+    # probe` over TLS (with the pod's certificate for mTLS), and liveness checks the port.
+    (container,) = pod["containers"]
+    assert container["livenessProbe"]["tcpSocket"] == {"port": 50051}
+    for probe, service in (
+        ("startupProbe", ""),
+        ("readinessProbe", "featurewell.v1.FeatureService"),
+    ):
+        command = container[probe]["exec"]["command"]
+        assert "grpc" not in container[probe]
+        args = _parser().parse_args(command[1:])  # a command line the CLI accepts
+        assert command[0] == "featurewell"
+        assert (args.address, args.service) == ("127.0.0.1:50051", service)
+        assert args.server_name == "features-featurewell.default.svc"
+        assert _mounted_file(pod, str(args.ca_file)) == ("secret", "featurewell-tls", "ca.crt")
+        assert (args.cert_file is not None) is client_auth
+        if client_auth:
+            assert _mounted_file(pod, str(args.cert_file))[2] == "tls.crt"
+            assert _mounted_file(pod, str(args.key_file))[2] == "tls.key"
+    # TLS off (the default): plain gRPC probes, no TLS settings.
+    plain = _render(helm)
+    (container,) = plain["Deployment/features-featurewell"]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert container["readinessProbe"]["grpc"]["service"] == "featurewell.v1.FeatureService"
+    assert "FEATUREWELL_TLS_CERT_FILE" not in plain["ConfigMap/features-featurewell"]["data"]
+
+
+def test_auth_settings_and_their_files(helm: str, tmp_path: Path) -> None:
+    auth = {
+        "required": True,
+        "tokens": {"existingSecret": "callers", "key": "tokens"},
+        "jwks": {"existingConfigMap": "idp-jwks", "key": "jwks.json"},
+        "jwtIssuer": "https://idp.example",
+        "jwtAudience": "featurewell",
+    }
+    objects = _valid(helm, "-f", _values(tmp_path, {"auth": auth}))
+    settings = objects["ConfigMap/features-featurewell"]["data"]
+    pod = objects["Deployment/features-featurewell"]["spec"]["template"]["spec"]
+    assert settings["FEATUREWELL_AUTH_REQUIRED"] == "true"
+    assert settings["FEATUREWELL_AUTH_JWT_ISSUER"] == "https://idp.example"
+    assert settings["FEATUREWELL_AUTH_JWT_AUDIENCE"] == "featurewell"
+    tokens = _mounted_file(pod, settings["FEATUREWELL_AUTH_TOKENS_FILE"])
+    assert tokens == ("secret", "callers", "tokens")
+    jwks = _mounted_file(pod, settings["FEATUREWELL_AUTH_JWKS_FILE"])
+    assert jwks == ("configMap", "idp-jwks", "jwks.json")
+    defaults = _render(helm)["ConfigMap/features-featurewell"]["data"]
+    assert not [name for name in defaults if name.startswith("FEATUREWELL_AUTH_")]
+
+
+def test_redis_acl_user_and_password_file(helm: str, tmp_path: Path) -> None:
+    redis = {"username": "fw-server", "existingSecret": "redis-users", "passwordKey": "fw-server"}
+    objects = _valid(helm, "-f", _values(tmp_path, {"redis": redis}))
+    settings = objects["ConfigMap/features-featurewell"]["data"]
+    pod = objects["Deployment/features-featurewell"]["spec"]["template"]["spec"]
+    password_file = settings["FEATUREWELL_REDIS_PASSWORD_FILE"]
+    assert _mounted_file(pod, password_file) == ("secret", "redis-users", "fw-server")
+    loaded = _server_settings(settings)
+    assert (loaded.redis.username, loaded.redis.password_file) == ("fw-server", password_file)
+    assert not loaded.redis.password
+    defaults = _render(helm)["ConfigMap/features-featurewell"]["data"]
+    assert "FEATUREWELL_REDIS_PASSWORD_FILE" not in defaults
+    assert "FEATUREWELL_REDIS_USERNAME" not in defaults
+
+
+def test_network_policy(helm: str, tmp_path: Path) -> None:
+    assert not [n for n in _render(helm) if n.startswith("NetworkPolicy/")]  # opt-in
+    values = {"networkPolicy": {"enabled": True, "redisPorts": [6379, 6380]}}
+    objects = _valid(helm, "-f", _values(tmp_path, values))
+    policy = objects["NetworkPolicy/features-featurewell"]["spec"]
+    assert policy["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "featurewell",
+        "app.kubernetes.io/instance": "features",
+    }
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    grpc_in, metrics_in = policy["ingress"]
+    assert grpc_in["ports"] == [{"port": 50051, "protocol": "TCP"}]
+    assert grpc_in["from"] == [{"podSelector": {"matchLabels": {"featurewell-client": "true"}}}]
+    assert metrics_in["ports"] == [{"port": 9464, "protocol": "TCP"}]
+    assert metrics_in["from"][0]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "prometheus"
+    }
+    redis_out, dns_out = policy["egress"]
+    assert redis_out["ports"] == [{"port": p, "protocol": "TCP"} for p in (6379, 6380)]
+    assert redis_out["to"] == [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "redis-cluster"}}}
+    ]
+    assert {(p["port"], p["protocol"]) for p in dns_out["ports"]} == {(53, "UDP"), (53, "TCP")}
+    assert dns_out["to"][0]["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"tls": {"clientAuth": True}}, "tls.clientAuth (mTLS) needs tls.enabled"),
+        ({"tls": {"enabled": True}}, "tls.enabled needs tls.existingSecret"),
+        (
+            {"auth": {"jwks": {"existingSecret": "a", "existingConfigMap": "b"}}},
+            "set existingSecret or existingConfigMap, not both",
+        ),
+    ],
+    ids=["mtls-without-tls", "tls-without-secret", "two-jwks"],
+)
+def test_contradicting_security_values_fail_to_render(
+    helm: str, tmp_path: Path, values: dict[str, Any], message: str
+) -> None:
+    done = _helm(helm, "template", "features", str(CHART), "-f", _values(tmp_path, values))
+    assert done.returncode != 0
+    assert message in done.stderr

@@ -34,9 +34,9 @@ log = logging.getLogger("featurewell.server")
 
 
 def node_access(redis: RedisSettings) -> NodeAccess:
-    """Password and TLS context for every Redis connection."""
+    """Credentials and TLS context for every Redis connection."""
     if not redis.tls:
-        return NodeAccess(redis.password)
+        return NodeAccess(redis.password, None, redis.username, redis.password_file)
     try:
         context = ssl.create_default_context(cafile=redis.tls_ca_file or None)
         if redis.tls_cert_file:
@@ -44,7 +44,7 @@ def node_access(redis: RedisSettings) -> NodeAccess:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"cannot load the Redis TLS files: {exc}") from exc
     context.check_hostname = redis.tls_check_hostname
-    return NodeAccess(redis.password, context)
+    return NodeAccess(redis.password, context, redis.username, redis.password_file)
 
 
 def hot_key_cache(cache: CacheSettings, store_timeout_ms: float) -> HotKeyCache | None:

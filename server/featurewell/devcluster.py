@@ -39,6 +39,7 @@ class LocalCluster:
     redis_server: str = "redis-server"
     tls: TlsFiles | None = None
     tls_ports: dict[int, int] = field(default_factory=dict)  # plaintext port -> its TLS port
+    aclfile: Path | None = None  # Redis ACL users every node loads (`featurewell redis-acl`)
 
     @property
     def seeds(self) -> list[Address]:
@@ -68,6 +69,7 @@ class LocalCluster:
             self.node_timeout_ms,
             self.tls,
             self.tls_ports.get(port),
+            self.aclfile,
         )
         _wait_for(lambda: call(port, "PING") == b"PONG", f"node {port} to restart")
 
@@ -106,10 +108,13 @@ def start_local_cluster(
     workdir: Path | None = None,
     redis_server: str = "redis-server",
     tls: TlsFiles | None = None,
+    aclfile: Path | None = None,
 ) -> LocalCluster:
     """Start `masters` masters (+ replicas), assign all slots, wait until the cluster is ok.
     With `tls`, every node also listens for TLS on its own port and the cluster bus runs TLS;
-    Redis reports TLS ports to TLS clients and plaintext ports to the rest."""
+    Redis reports TLS ports to TLS clients and plaintext ports to the rest. With `aclfile`,
+    every node loads its ACL users (keep `default` usable: this module administers the nodes
+    as the default user)."""
     if shutil.which(redis_server) is None:
         raise RuntimeError(
             f"{redis_server!r} not found: install Redis (apt-get install redis-server)"
@@ -126,11 +131,18 @@ def start_local_cluster(
         redis_server=redis_server,
         tls=tls,
         tls_ports=dict(zip(ports[:nodes], ports[nodes:], strict=True)) if tls else {},
+        aclfile=aclfile,
     )
     try:
         for port in ports[:nodes]:
             cluster.processes[port] = _spawn(
-                redis_server, port, directory, node_timeout_ms, tls, cluster.tls_ports.get(port)
+                redis_server,
+                port,
+                directory,
+                node_timeout_ms,
+                tls,
+                cluster.tls_ports.get(port),
+                aclfile,
             )
         for port in ports[:nodes]:
             _wait_for(lambda p=port: call(p, "PING") == b"PONG", f"node {port} to start")
@@ -157,6 +169,7 @@ def _spawn(
     node_timeout_ms: int,
     tls: TlsFiles | None = None,
     tls_port: int | None = None,
+    aclfile: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     args = [
         binary,
@@ -212,6 +225,8 @@ def _spawn(
             "--tls-auth-clients",
             "optional",
         ]
+    if aclfile is not None:
+        args += ["--aclfile", str(aclfile.resolve())]
     return subprocess.Popen(
         [*DIE_WITH_PARENT, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

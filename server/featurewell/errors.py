@@ -17,6 +17,9 @@ the code raises domain errors and never touches gRPC.
         ├── StoreUnavailable   no connection, cluster down, node unreachable
         ├── StoreTimeout       the store did not answer within the call's budget
         └── CorruptRow         a stored row does not match its view's schema
+
+StorePermissionDenied is a StoreError too: Redis's ACL refused this process's user a command or
+a key (NOPERM).
 """
 
 from __future__ import annotations
@@ -79,3 +82,9 @@ class StoreTimeout(StoreError):
 class CorruptRow(StoreError):
     """A stored row does not decode with its view's schema (was a view changed without a new
     version?)."""
+
+
+class StorePermissionDenied(StoreError):
+    """Redis refused a command or key to this process's ACL user (NOPERM): a deployment that
+    gave the process a role without the permission, not a fault of the caller, and retrying it
+    unchanged fails again."""

@@ -38,6 +38,18 @@ class RedisSettings(Group):
         "",
         secret=True,
     )
+    username: str = setting(
+        "redis_username",
+        "Redis ACL user to AUTH as (AUTH <user> <password>); empty: Redis's default user. "
+        "`featurewell redis-acl` prints the rules of each role.",
+        "",
+    )
+    password_file: str = setting(
+        "redis_password_file",
+        "File holding the Redis password (a mounted Secret), read at every connect so a "
+        "rotated password is picked up on reconnect; instead of redis_password.",
+        "",
+    )
     tls: bool = setting("redis_tls", "Connect to Redis over TLS (nodes' tls-port).", False)
     tls_ca_file: str = setting(
         "redis_tls_ca_file",
@@ -81,6 +93,8 @@ class RedisSettings(Group):
             raise ConfigError(
                 "settings redis_tls_cert_file and redis_tls_key_file go together: set both"
             )
+        if self.password and self.password_file:
+            raise ConfigError("settings redis_password and redis_password_file both set: keep one")
         if (self.tls_ca_file or self.tls_cert_file) and not self.tls:
             raise ConfigError("redis_tls_* files are set but redis_tls is off: set redis_tls=true")
 

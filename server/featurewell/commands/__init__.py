@@ -1,7 +1,7 @@
 """The `featurewell` verbs, one module per area: each verb declares its own arguments and the
 settings groups it reads beside its handler (see `_command.Command`)."""
 
-from featurewell.commands import data, lifecycle, local, serving, training
+from featurewell.commands import acl, data, lifecycle, local, probe, serving, training
 from featurewell.commands._command import Command
 
 COMMANDS: tuple[Command, ...] = (
@@ -10,6 +10,8 @@ COMMANDS: tuple[Command, ...] = (
     *training.COMMANDS,
     *lifecycle.COMMANDS,
     *local.COMMANDS,
+    *acl.COMMANDS,
+    *probe.COMMANDS,
 )
 
 __all__ = ["COMMANDS", "Command"]

@@ -16,10 +16,15 @@ from featurewell.settings import RedisSettings, Settings
 def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--masters", type=int, default=3)
     parser.add_argument("--replicas", type=int, default=0, help="replicas per master")
+    parser.add_argument(
+        "--aclfile",
+        type=Path,
+        help="Redis ACL users for every node (`featurewell redis-acl --format aclfile`)",
+    )
 
 
 def _cluster(_settings: Settings, args: argparse.Namespace) -> None:
-    with start_local_cluster(args.masters, args.replicas) as cluster:
+    with start_local_cluster(args.masters, args.replicas, aclfile=args.aclfile) as cluster:
         seeds = ",".join(f"{h}:{p}" for h, p in cluster.seeds)
         print(f"Redis Cluster up: masters {seeds}; replicas {cluster.replicas}", flush=True)
         print(f"  export FEATUREWELL_REDIS={seeds}", flush=True)

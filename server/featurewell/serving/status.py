@@ -19,6 +19,7 @@ from featurewell.errors import (
     InvalidRequest,
     Overloaded,
     StoreError,
+    StorePermissionDenied,
     TransformFailed,
     UnknownFeature,
 )
@@ -32,6 +33,8 @@ _CODES: tuple[tuple[type[FeaturewellError], grpc.StatusCode], ...] = (
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (CorruptRow, grpc.StatusCode.DATA_LOSS),
+    # Before StoreError: the server's Redis user lacks a permission, which no retry fixes.
+    (StorePermissionDenied, grpc.StatusCode.FAILED_PRECONDITION),
     (StoreError, grpc.StatusCode.UNAVAILABLE),
     (TransformFailed, grpc.StatusCode.INTERNAL),
     (DefinitionError, grpc.StatusCode.FAILED_PRECONDITION),

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from featurewell.errors import StoreUnavailable
-from featurewell.store.connection import Address
+from featurewell.store.connection import Address, refusal
 
 
 class FailureReason(enum.IntEnum):
@@ -64,6 +64,8 @@ class Replies(NamedTuple):
     def checked(self, what: str) -> list[Any]:
         """The replies of a batch that must succeed whole: StoreUnavailable("<what>: <first
         problem>") when a command got no reply or an error reply."""
+        if self.errors and not self.failures:  # an error reply: NOPERM reads differently
+            raise refusal(what, self.values[self.errors[0]])
         if self.failures or self.errors:
             problem = self.failures[0].detail if self.failures else self.values[self.errors[0]]
             raise StoreUnavailable(f"{what}: {problem}")

@@ -18,22 +18,62 @@ from typing import Any, cast
 
 import hiredis
 
-from featurewell.errors import StoreUnavailable
+from featurewell.errors import StoreError, StorePermissionDenied, StoreUnavailable
 
 Address = tuple[str, int]
 
 
 @dataclass(frozen=True)
 class NodeAccess:
-    """How to reach a node: AUTH password and TLS context (None: plaintext). Shared by every
-    connection, data and invalidation alike."""
+    """How to reach a node: AUTH credentials and TLS context (None: plaintext). Shared by every
+    connection, data and invalidation alike. With `password_file`, the password is read from it
+    at every connect, so a rotated Secret is picked up by the next reconnect, no restart."""
 
     password: str = ""
     tls: ssl.SSLContext | None = None
+    username: str = ""  # an ACL user; "" is Redis's `default` user (AUTH <password> alone)
+    password_file: str = ""
 
     def __repr__(self) -> str:  # never the password
-        hidden = "***" if self.password else ""
-        return f"NodeAccess(password={hidden!r}, tls={self.tls is not None})"
+        hidden = "***" if self.password or self.password_file else ""
+        return (
+            f"NodeAccess(username={self.username!r}, password={hidden!r}, "
+            f"tls={self.tls is not None})"
+        )
+
+    def auth_command(self) -> tuple[str, ...] | None:
+        """AUTH's arguments (None: no AUTH). Raises StoreUnavailable when the password file
+        cannot be read: a Secret not mounted yet is a connect failure like any other."""
+        password = self.password
+        if self.password_file:
+            try:
+                with open(self.password_file, encoding="utf-8") as file:
+                    password = file.read().rstrip("\r\n")  # a Secret file may end in a newline
+            except OSError as exc:
+                raise StoreUnavailable(
+                    f"cannot read redis_password_file {self.password_file}: {exc.strerror}"
+                ) from exc
+        if not password:
+            return None
+        return ("AUTH", self.username, password) if self.username else ("AUTH", password)
+
+
+# Redis refuses a command an ACL user may not run with an error reply starting "NOPERM"; this is
+# the one place that reads it, so every path says the same thing: which permission is missing,
+# and that it is this process's Redis user (a deployment problem), not the caller, that lacks it.
+_NOPERM = "NOPERM"
+
+
+def refusal(what: str, reply: object) -> StoreError:
+    """The error for an error `reply` Redis gave to `what` ("cannot promote view x"):
+    StorePermissionDenied for an ACL refusal (NOPERM), StoreUnavailable for anything else."""
+    text = f"{reply!s:.300}"
+    if text.startswith(_NOPERM):
+        return StorePermissionDenied(
+            f"{what}: this process's Redis user may not do it (Redis said: {text}); run it with "
+            "a redis_username whose role allows it (see `featurewell redis-acl --help`)"
+        )
+    return StoreUnavailable(f"{what}: {text}")
 
 
 def encode_command(*args: bytes | str | int) -> bytes:
@@ -76,6 +116,7 @@ class Connection(asyncio.Protocol):
         host, port = address
         access = access or NodeAccess()
         loop = asyncio.get_running_loop()
+        command = access.auth_command()  # before connecting: a missing file leaks nothing
         try:
             async with asyncio.timeout(timeout):
                 _, protocol = await loop.create_connection(
@@ -85,8 +126,7 @@ class Connection(asyncio.Protocol):
                     ssl=access.tls,
                     server_hostname=host if access.tls is not None else None,
                 )
-                password = access.password
-                reply = await protocol.call("AUTH", password) if password else b"OK"
+                reply = await protocol.call(*command) if command else b"OK"
         except ssl.SSLError as exc:
             raise StoreUnavailable(
                 f"TLS to Redis node {host}:{port} failed ({exc.reason or exc}); check the "
@@ -96,9 +136,11 @@ class Connection(asyncio.Protocol):
             raise StoreUnavailable(f"cannot connect to Redis node {host}:{port}: {exc}") from exc
         if reply != b"OK":
             protocol.close()
+            user = f"user {access.username!r}" if access.username else "the default user"
             raise StoreUnavailable(
-                f"Redis node {host}:{port} refused the password ({reply!s:.200}); check "
-                "FEATUREWELL_REDIS_PASSWORD"
+                f"Redis node {host}:{port} refused the password of {user} ({reply!s:.200}); check "
+                "redis_username and the password (FEATUREWELL_REDIS_PASSWORD or "
+                "redis_password_file)"
             )
         return protocol
 

@@ -14,13 +14,13 @@ import numpy as np
 import numpy.typing as npt
 
 from featurewell.definitions import FeatureView
-from featurewell.errors import StoreError, StoreTimeout, StoreUnavailable
+from featurewell.errors import StoreTimeout, StoreUnavailable
 from featurewell.store.addressing import Addresses, EntityRead, EntityRows
 from featurewell.store.batch import Failure, FailureReason, NodeTiming, Replies, describe
 from featurewell.store.breaker import BreakerPolicy
 from featurewell.store.cache import MISS, Group, HotKeyCache, Row
 from featurewell.store.cluster import ClusterClient
-from featurewell.store.connection import Address, NodeAccess, encode_command
+from featurewell.store.connection import Address, NodeAccess, encode_command, refusal
 from featurewell.store.keys import META_SLOT, KeyColumn, freshness_key
 from featurewell.store.tracking import InvalidationTracker
 from featurewell.values import FALLBACK, FALLBACK_CACHE
@@ -204,7 +204,7 @@ class OnlineStore:
             else Replies([], [], [], [])
         )
         if replies.errors:
-            raise StoreError(f"Redis Cluster refused a read: {replies.values[replies.errors[0]]}")
+            raise refusal("Redis Cluster refused a read", replies.values[replies.errors[0]])
         failed = _failed_commands(replies.failures, len(commands))
         out = [self._assemble(p, replies.values, failed, now, since) for p in pending]
         return StoreRead(out, replies.failures, replies.timings)
@@ -338,9 +338,7 @@ class OnlineStore:
             retried = set(missing)
             errors = [i for i in errors if i not in retried] + [missing[j] for j in redo_errors]
         if errors:
-            raise StoreUnavailable(
-                f"Redis Cluster refused {len(errors)} writes: {replies[errors[0]]}"
-            )
+            raise refusal(f"Redis Cluster refused {len(errors)} writes", replies[errors[0]])
         replies = replies[: len(rows)]
         written = sum(replies)
         return WriteOutcome(written=written, skipped_older=len(replies) - written)
@@ -356,7 +354,7 @@ class OnlineStore:
         )
         _raise_for(failures, len(markers))
         if errors:
-            raise StoreUnavailable(f"cannot read write markers: {replies[errors[0]]}")
+            raise refusal("cannot read write markers", replies[errors[0]])
         return [WriteMarker(int(n or 0), int(w or 0)) for n, w in replies]
 
     async def _load_script(self, nodes: set[Address | None]) -> None:
