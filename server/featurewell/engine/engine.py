@@ -8,6 +8,7 @@ vectorised transforms.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from featurewell.store.codec import DecodedRows
 from featurewell.store.keys import KeyColumn
 from featurewell.store.online import OnlineStore
 from featurewell.values import (
+    DATA_LOSS,
     FALLBACK,
     FALLBACK_CACHE,
     PRESENT,
@@ -53,6 +55,8 @@ from featurewell.values import (
     presence_statuses,
     worst_status,
 )
+
+log = logging.getLogger("featurewell.engine")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,7 @@ class FeatureEngine:
         timings = CallTimings()
         fetched, fallbacks = await self._fetch(plan, request, rows, budget, timings)
         if request.strict:
+            self._require_intact(plan, fetched)
             self._require_present(plan, fetched)
         columns: list[ResultColumn] = []
         computed = self._run_transforms(plan, fetched, request.context, rows, timings)
@@ -219,12 +224,21 @@ class FeatureEngine:
         for group, views in zip(plan.groups, stored.views, strict=True):
             for read, wanted, got in zip(group.reads, group.wanted, views, strict=True):
                 decoded = read.codec.decode(got.rows, wanted)
+                if decoded.corrupt is not None:
+                    _log_corrupt(read.view.ref, decoded.corrupt)
                 statuses = _statuses(read, decoded, now_us)
                 if got.fallback is not None and got.reasons is not None:
                     statuses = np.where(got.fallback > 0, got.fallback, statuses)
                     fallbacks += _count_fallbacks(read, got.fallback, got.reasons)
                 fetched[id(read)] = _Fetched(decoded, statuses)
         return fetched, fallbacks
+
+    def _require_intact(self, plan: Plan, fetched: Mapping[int, _Fetched]) -> None:
+        """Strict mode: a corrupt row fails the call (DATA_LOSS) rather than serving defaults."""
+        for read in (read for group in plan.groups for read in group.reads):
+            corrupt = fetched[id(read)].rows.corrupt
+            if corrupt is not None:
+                raise read.codec.corrupt_error(int(np.count_nonzero(corrupt)))
 
     def _require_present(self, plan: Plan, fetched: Mapping[int, _Fetched]) -> None:
         for read in (read for group in plan.groups for read in group.reads):
@@ -329,6 +343,27 @@ def _strict_failure(failures: list[Failure], budget: Budget) -> FeaturewellError
     )
 
 
+_CORRUPT_LOG_EVERY_S = 60.0
+_corrupt_logged: dict[str, float] = {}
+
+
+def _log_corrupt(view: str, corrupt: npt.NDArray[np.bool_]) -> None:
+    """A warning per view at most once a minute: a hot corrupt row is read thousands of times
+    a second (the metric featurewell_corrupt_rows_total counts every one)."""
+    now = time.monotonic()
+    if now - _corrupt_logged.get(view, -_CORRUPT_LOG_EVERY_S) < _CORRUPT_LOG_EVERY_S:
+        return
+    if len(_corrupt_logged) > 4096:  # views of many reloads: keep it bounded
+        _corrupt_logged.clear()
+    _corrupt_logged[view] = now
+    log.warning(
+        "feature view %r: %d stored rows do not decode with its schema (served as DATA_LOSS "
+        "with the defaults); re-write them",
+        view,
+        int(np.count_nonzero(corrupt)),
+    )
+
+
 def _count_fallbacks(
     read: ViewRead, fallback: npt.NDArray[np.uint8], reasons: npt.NDArray[np.uint8]
 ) -> list[FallbackCount]:
@@ -348,6 +383,8 @@ def _count_fallbacks(
 
 def _statuses(read: ViewRead, decoded: DecodedRows, now_us: int) -> npt.NDArray[np.uint8]:
     statuses = presence_statuses(decoded.present)
+    if decoded.corrupt is not None:
+        statuses[decoded.corrupt] = DATA_LOSS
     if read.max_age_us:
         # Missing rows have event time 0, so they look stale too: keep them NOT_FOUND.
         stale = (decoded.event_time_us < now_us - read.max_age_us) & decoded.present
