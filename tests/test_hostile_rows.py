@@ -5,6 +5,7 @@ the rest of the call is served. GET (one view) and MGET (several) answer alike."
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,13 +15,15 @@ import pytest
 import redis.cluster
 
 from featurewell.client import FeatureClient, FeatureClientError, Status
-from featurewell.definitions import FeatureView
+from featurewell.definitions import FeatureView, Registry
 from featurewell.devcluster import LocalCluster
+from featurewell.store import versions
 from featurewell.store.codec import RowCodec
-from featurewell.store.keys import entity_tags, key_prefix
+from featurewell.store.keys import DEFAULTS_KEY, entity_tags, key_prefix
+from featurewell.store.online import OnlineStore
 from featurewell.values import Ragged
 from tests import defs
-from tests.tools import Ids, ServerThread, wait_until
+from tests.tools import Ids, ServerThread, make_settings, wait_until
 
 PROFILE = RowCodec(defs.profile)
 
@@ -162,3 +165,51 @@ def test_wrong_type_key_is_data_loss_on_get_and_mget_alike(
     assert mget.statuses("profile@v1:age").tolist() == [Status.DATA_LOSS]
     assert mget.statuses("profile:age").tolist() == [Status.PRESENT]
     assert mget["profile:age"].values.tolist() == [20]
+
+
+# -- promoted default versions --------------------------------------------------------------
+
+BAD_PROMOTIONS: dict[Any, Any] = {
+    b"hostile-not-a-number": b"two",
+    b"hostile-negative": b"-3",
+    b"hostile-\xff\xfe": b"2",  # a view name that is not UTF-8
+    b"hostile-huge-float": b"1e400",
+}
+
+
+@pytest.fixture
+def bad_promotions(rc: redis.cluster.RedisCluster) -> Iterator[None]:
+    """Bad entries beside a good one in the shared defaults hash, removed afterwards (the views
+    are named for this test only: no other test serves them)."""
+    rc.hset(DEFAULTS_KEY, mapping={**BAD_PROMOTIONS, b"hostile-good": b"4"})
+    try:
+        yield
+    finally:
+        rc.hdel(DEFAULTS_KEY, *BAD_PROMOTIONS, b"hostile-good")
+
+
+async def test_bad_promoted_versions_are_ignored_and_logged(
+    cluster: LocalCluster, bad_promotions: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await OnlineStore.connect(cluster.seeds, connect_timeout=2, connections_per_node=1)
+    try:
+        found = await versions.promoted(store.cluster)
+    finally:
+        await store.close()
+    assert found.get("hostile-good") == 4
+    assert not {name for name in found if name.startswith("hostile-") and name != "hostile-good"}
+    assert caplog.text.count("ignoring a bad promoted default version") == len(BAD_PROMOTIONS)
+
+
+def test_a_server_starts_and_follows_promotions_past_bad_entries(
+    cluster: LocalCluster, registry: Registry, bad_promotions: None
+) -> None:
+    running = ServerThread(make_settings(cluster, versions_poll_s=0.05), registry)
+    try:
+        assert running.server.promoted.get("hostile-good") == 4
+        task = running.server.versions_task
+        assert task is not None
+        time.sleep(0.3)  # several polls over the bad entries
+        assert not task.done()
+    finally:
+        running.stop()
