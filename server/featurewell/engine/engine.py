@@ -39,6 +39,7 @@ from featurewell.errors import (
     RequestError,
     StoreUnavailable,
     UnknownFeature,
+    shown,
 )
 from featurewell.settings import CacheSettings, ServingSettings
 from featurewell.store.addressing import EntityRows
@@ -163,11 +164,15 @@ class FeatureEngine:
             k for k, c in (*request.entities.items(), *request.context.items()) if not c.values
         ]
         if empty:
-            raise InvalidRequest(f"empty batch: columns {empty} have no values")
+            raise InvalidRequest(
+                f"empty batch: columns {', '.join(map(shown, empty[:5]))} have no values"
+            )
         for name, column in request.entities.items():
             expected = known.get(name)
             if expected is None:
-                raise InvalidRequest(f"unknown entity key {name!r}; known keys: {sorted(known)}")
+                raise InvalidRequest(
+                    f"unknown entity key {shown(name)}; known keys: {sorted(known)}"
+                )
             _check_kind(f"entity key {name!r}", expected, column)
         needed = {key for entity in plan.entities for key in entity.key_names}
         for entity in plan.entities:
@@ -333,8 +338,10 @@ def _key_columns(entity: Entity, entities: Mapping[str, InputColumn]) -> list[Ke
 
 
 def _strict_failure(failures: list[Failure], budget: Budget) -> FeaturewellError:
-    rows, what = describe(failures)
-    detail = f"{rows} rows could not be read from Redis ({what})"
+    # Node addresses go to the log, not to the client.
+    log.warning("strict call failed: %d rows not read from Redis (%s)", *describe(failures))
+    rows, what = describe(failures, nodes=False)
+    detail = f"{rows} rows could not be read from Redis ({what}; the server log names the node)"
     timed_out = all(f.reason is FailureReason.TIMEOUT for f in failures)
     if timed_out and budget.deadline_bound:
         return DeadlineExceeded(f"the call's deadline expired waiting for Redis: {detail}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from featurewell.store.connection import Address, NodeAccess, encode_command
 from featurewell.store.keys import META_SLOT, KeyColumn, freshness_key
 from featurewell.store.tracking import InvalidationTracker
 from featurewell.values import FALLBACK, FALLBACK_CACHE
+
+log = logging.getLogger("featurewell.store")
 
 # Compare-and-set on event time, atomic per key: an event older than the stored one never
 # overwrites it (equal times: the later write wins, so a corrected row can be re-sent).
@@ -411,7 +414,8 @@ class OnlineStore:
                 continue
             reply = await self.cluster.call(address, "SCRIPT", "LOAD", _WRITE_IF_NEWER)
             if type(reply) is hiredis.ReplyError:
-                raise StoreUnavailable(f"cannot load the write script on {address}: {reply}")
+                log.warning("cannot load the write script on %s:%d: %s", *address, reply)
+                raise StoreUnavailable(f"cannot load the write script on a Redis node: {reply}")
 
 
 # EVALSHA <sha> 1, the constant head of every row write, encoded once (rows are written by the
@@ -466,10 +470,12 @@ def _failed_commands(failures: list[Failure], count: int) -> npt.NDArray[np.uint
 def _raise_for(failures: list[Failure], rows: int) -> None:
     if not failures:
         return
-    failed, what = describe(failures)
+    failed, detail = describe(failures)
+    log.warning("%d of %d writes got no confirmation (%s)", failed, rows, detail)
+    _, what = describe(failures, nodes=False)  # node addresses: in the log only
     message = (
-        f"{failed} of {rows} writes got no confirmation ({what}); they may be partly applied: "
-        "retrying is safe"
+        f"{failed} of {rows} writes got no confirmation ({what}; the server log names the "
+        "node); they may be partly applied: retrying is safe"
     )
     if failures[0].reason is FailureReason.TIMEOUT:
         raise StoreTimeout(message)
