@@ -21,7 +21,7 @@ from featurewell.engine.engine import FeatureEngine
 from featurewell.engine.plan import Planner
 from featurewell.errors import ConfigError, FeaturewellError, StoreError
 from featurewell.serving.service import AFTER_ANSWER_S, FeatureService
-from featurewell.settings import Settings
+from featurewell.settings import ServingSettings, Settings
 from featurewell.store import versions
 from featurewell.store.online import OnlineStore
 from featurewell.telemetry import exposition
@@ -75,8 +75,8 @@ class Server:
             grpc_server = grpc.aio.server(
                 options=[
                     ("grpc.max_send_message_length", settings.serving.max_message_bytes),
-                    ("grpc.max_receive_message_length", settings.serving.max_message_bytes),
                     ("grpc.so_reuseport", 1 if settings.serving.workers > 1 else 0),
+                    *connection_limits(settings.serving),
                 ]
             )
             tracing = tracing if tracing is not None else Tracing.from_settings(settings.telemetry)
@@ -233,6 +233,33 @@ class Server:
             in_flight,
             calls.cancelled,
         )
+
+
+def connection_limits(serving: ServingSettings) -> list[tuple[str, int]]:
+    """gRPC core options bounding what one client connection may take: request size, open
+    calls, lifetime and idleness, and keepalive pings (each a setting, documented in
+    docs/security-hardening.md)."""
+    options = [
+        # max_message_mb bounds both ways; max_request_mb bounds requests further.
+        (
+            "grpc.max_receive_message_length",
+            min(serving.max_request_mb * 1024 * 1024, serving.max_message_bytes),
+        ),
+        ("grpc.max_concurrent_streams", serving.max_concurrent_streams),
+        ("grpc.max_connection_idle_ms", int(serving.max_connection_idle_s * 1000)),
+        (
+            "grpc.http2.min_ping_interval_without_data_ms",
+            int(serving.keepalive_min_interval_s * 1000),
+        ),
+        ("grpc.keepalive_permit_without_calls", int(serving.keepalive_permit_without_calls)),
+        ("grpc.http2.max_ping_strikes", 2),  # bad pings tolerated before GOAWAY
+    ]
+    if serving.max_connection_age_s > 0:
+        options += [
+            ("grpc.max_connection_age_ms", int(serving.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(serving.max_connection_age_grace_s * 1000)),
+        ]
+    return options
 
 
 def add_feature_service(service: FeatureService, grpc_server: grpc.aio.Server) -> None:
