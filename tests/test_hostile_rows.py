@@ -77,7 +77,7 @@ CASES: dict[str, Callable[[redis.cluster.RedisCluster, bytes], Any]] = {
     "row-of-wrong-size": lambda rc, key: rc.set(key, b"not a row"),
     "foreign-json": lambda rc, key: rc.set(key, b'{"age": 3, "country": "fr"}'),
     "bad-length-prefix": lambda rc, key: rc.set(key, profile_row()[:-12] + b"\xff\xff\xff\x7f"),
-    "event-time-zero": lambda rc, key: rc.set(key, profile_row(at_us=0)),
+    "negative-event-time": lambda rc, key: rc.set(key, profile_row(at_us=-5)),
     "wrong-type-list": lambda rc, key: rc.rpush(key, b"x"),
     "wrong-type-hash": lambda rc, key: rc.hset(key, "age", "3"),
 }

@@ -126,8 +126,8 @@ class RowCodec:
         """Decode rows; only the features in `wanted` (default: all) are materialised, so a
         request for one embedding of a view with strings parses no strings.
 
-        A row that does not decode (wrong size, bad lengths, invalid UTF-8, an event time that
-        no write can store, or not bytes at all: a WRONGTYPE reply) is served as missing and
+        A row that does not decode (wrong size, bad lengths, invalid UTF-8, a negative event
+        time, or not bytes at all: a WRONGTYPE reply) is served as missing and
         flagged in `corrupt`; the other rows decode as usual. The checks are bulk numpy on the
         usual path; only a batch holding a bad row pays for finding which one."""
         count = len(rows)
@@ -138,7 +138,7 @@ class RowCodec:
             present = np.fromiter((r is not None for r in rows), dtype=np.bool_, count=count)
         corrupt: npt.NDArray[np.bool_] | None = None
         block = self._fixed_block(present_rows)
-        if block is None or (len(block) and int(block[_TS].min()) <= 0):
+        if block is None or (len(block) and int(block[_TS].min()) < 0):
             corrupt = self._bad_fixed(rows)
         elif self._variable and (wanted is None or any(f.name in wanted for f in self._variable)):
             variable = self._decode_variable(present_rows, present)
@@ -201,7 +201,7 @@ class RowCodec:
         return np.frombuffer(joined, dtype=self.fixed_dtype)
 
     def _bad_fixed(self, rows: Sequence[Any]) -> npt.NDArray[np.bool_]:
-        """Per row: not bytes, a fixed block of the wrong size, or an event time <= 0."""
+        """Per row: not bytes, a fixed block of the wrong size, or a negative event time."""
         size, variable = self.fixed_size, bool(self._variable)
         bad = np.zeros(len(rows), dtype=np.bool_)
         for i, row in enumerate(rows):
@@ -210,7 +210,7 @@ class RowCodec:
             bad[i] = (
                 type(row) is not bytes
                 or (len(row) < size if variable else len(row) != size)
-                or int.from_bytes(row[:8], "little", signed=True) <= 0
+                or int.from_bytes(row[:8], "little", signed=True) < 0
             )
         return bad
 
