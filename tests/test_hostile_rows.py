@@ -213,3 +213,19 @@ def test_a_server_starts_and_follows_promotions_past_bad_entries(
         assert not task.done()
     finally:
         running.stop()
+
+
+def test_writing_the_row_repairs_a_key_of_another_type(
+    client: FeatureClient, rc: redis.cluster.RedisCluster, ids: Ids
+) -> None:
+    user = ids("repair")
+    rc.rpush(row_key(defs.profile, user), b"x")
+    assert client.get_features(["profile:age"], entities={"user_id": [user]}).statuses(
+        "profile:age"
+    ).tolist() == [Status.DATA_LOSS]
+
+    assert defs.write_profiles(client, [user], ages=[52]).written == 1
+
+    repaired = client.get_features(["profile:age"], entities={"user_id": [user]})
+    assert repaired.statuses("profile:age").tolist() == [Status.PRESENT]
+    assert repaired["profile:age"].values.tolist() == [52]

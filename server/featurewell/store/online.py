@@ -32,8 +32,11 @@ log = logging.getLogger("featurewell.store")
 # overwrites it (equal times: the later write wins, so a corrected row can be re-sent).
 # KEYS[1] row key. ARGV[1] row (its first 8 bytes are the event time, int64 LE µs).
 # ARGV[2] absolute expiry in Unix ms, or "0" to keep the key until overwritten.
+# A key of another type (GET: WRONGTYPE; served as DATA_LOSS) is replaced: writing the row
+# repairs it.
 _WRITE_IF_NEWER = b"""
-local current = redis.call('GET', KEYS[1])
+local current = redis.pcall('GET', KEYS[1])
+if type(current) == 'table' then current = false end
 if current and #current >= 8 then
   if struct.unpack('<i8', current) > struct.unpack('<i8', ARGV[1]) then return 0 end
 end
