@@ -98,6 +98,16 @@ def test_corrupt_rows_are_flagged_not_misread(mangle: Any) -> None:
     assert str(CODEC.corrupt_error(1)).count("'profile@v2'") == 1
 
 
+def test_rows_corrupt_in_different_ways_in_one_batch_are_all_flagged() -> None:
+    rows = CODEC.encode(np.array([7, 8, 9], np.int64), _columns(3))
+    fixed_size = CODEC.fixed_size
+    bad_string = rows[2][: fixed_size + 4] + b"\xff" + rows[2][fixed_size + 5 :]  # c2-ü -> \xff2-ü
+    decoded = CODEC.decode([rows[0], b"short", bad_string])
+    assert decoded.corrupt is not None
+    assert decoded.corrupt.tolist() == [False, True, True]
+    assert fixed(decoded.values["country"]).tolist() == ["c0-ü", "zz", "zz"]
+
+
 def test_intact_rows_have_no_corrupt_mask() -> None:
     decoded = CODEC.decode([*CODEC.encode(np.array([7], np.int64), _columns(1)), None])
     assert decoded.corrupt is None

@@ -152,6 +152,8 @@ class RowCodec:
             # Decode again without the bad rows (rare: only batches holding one pay for it).
             kept = [None if bad else r for r, bad in zip(rows, corrupt.tolist(), strict=True)]
             decoded = self.decode(kept, wanted)
+            if decoded.corrupt is not None:  # a bad variable part behind a bad fixed block
+                corrupt |= decoded.corrupt
             return DecodedRows(decoded.present, decoded.event_time_us, decoded.values, corrupt)
         return self._rows(count, present, block, wanted, {}, None)
 
