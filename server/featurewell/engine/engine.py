@@ -229,8 +229,6 @@ class FeatureEngine:
         for group, views in zip(plan.groups, stored.views, strict=True):
             for read, wanted, got in zip(group.reads, group.wanted, views, strict=True):
                 decoded = read.codec.decode(got.rows, wanted)
-                if decoded.corrupt is not None:
-                    _log_corrupt(read.view.ref, decoded.corrupt)
                 statuses = _statuses(read, decoded, now_us)
                 if got.fallback is not None and got.reasons is not None:
                     statuses = np.where(got.fallback > 0, got.fallback, statuses)
@@ -347,27 +345,6 @@ def _strict_failure(failures: list[Failure], budget: Budget) -> FeaturewellError
         return DeadlineExceeded(f"the call's deadline expired waiting for Redis: {detail}")
     return StoreUnavailable(
         f"strict call: {detail}; retry, or call without strict to get flagged fallbacks"
-    )
-
-
-_CORRUPT_LOG_EVERY_S = 60.0
-_corrupt_logged: dict[str, float] = {}
-
-
-def _log_corrupt(view: str, corrupt: npt.NDArray[np.bool_]) -> None:
-    """A warning per view at most once a minute: a hot corrupt row is read thousands of times
-    a second (the metric featurewell_corrupt_rows_total counts every one)."""
-    now = time.monotonic()
-    if now - _corrupt_logged.get(view, -_CORRUPT_LOG_EVERY_S) < _CORRUPT_LOG_EVERY_S:
-        return
-    if len(_corrupt_logged) > 4096:  # views of many reloads: keep it bounded
-        _corrupt_logged.clear()
-    _corrupt_logged[view] = now
-    log.warning(
-        "feature view %r: %d stored rows do not decode with its schema (served as DATA_LOSS "
-        "with the defaults); re-write them",
-        view,
-        int(np.count_nonzero(corrupt)),
     )
 
 

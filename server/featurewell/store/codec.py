@@ -12,7 +12,9 @@ binds a row to its schema, which is why a schema change needs a new view version
 
 from __future__ import annotations
 
+import logging
 import struct
+import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +26,7 @@ from featurewell.definitions import Feature, FeatureView, Kind
 from featurewell.errors import CorruptRow, InvalidRequest
 from featurewell.values import ColumnValues, Ragged
 
+log = logging.getLogger("featurewell.store")
 _TS = "__event_time_us"
 _U32 = struct.Struct("<I")
 _ACCEPTED_KINDS = {
@@ -154,6 +157,8 @@ class RowCodec:
             decoded = self.decode(kept, wanted)
             if decoded.corrupt is not None:  # a bad variable part behind a bad fixed block
                 corrupt |= decoded.corrupt
+            else:
+                _log_corrupt(self.view.ref, int(np.count_nonzero(corrupt)))
             return DecodedRows(decoded.present, decoded.event_time_us, decoded.values, corrupt)
         return self._rows(count, present, block, wanted, {}, None)
 
@@ -256,6 +261,27 @@ class RowCodec:
             "(a definition changed without a new version, or bytes written by something "
             "else): re-write them, or bump the version and re-materialize"
         )
+
+
+_CORRUPT_LOG_EVERY_S = 60.0
+_corrupt_logged: dict[str, float] = {}
+
+
+def _log_corrupt(view: str, rows: int) -> None:
+    """A warning per view at most once a minute: a hot corrupt row is read thousands of times
+    a second (the metric featurewell_corrupt_rows_total counts every one)."""
+    now = time.monotonic()
+    if now - _corrupt_logged.get(view, -_CORRUPT_LOG_EVERY_S) < _CORRUPT_LOG_EVERY_S:
+        return
+    if len(_corrupt_logged) > 4096:  # views of many reloads: keep it bounded
+        _corrupt_logged.clear()
+    _corrupt_logged[view] = now
+    log.warning(
+        "feature view %r: %d stored rows do not decode with its schema (served as DATA_LOSS "
+        "with the defaults); re-write them",
+        view,
+        rows,
+    )
 
 
 def _assemble(feature: Feature, raw: list[bytes], positions: list[int], count: int) -> ColumnValues:

@@ -15,7 +15,8 @@ import numpy as np
 import numpy.typing as npt
 
 from featurewell.definitions import FeatureView
-from featurewell.errors import StoreError, StoreTimeout, StoreUnavailable
+from featurewell.errors import StoreTimeout, StoreUnavailable
+from featurewell.store import rowcheck
 from featurewell.store.addressing import Addresses, EntityRead, EntityRows
 from featurewell.store.batch import Failure, FailureReason, NodeTiming, Replies, describe
 from featurewell.store.breaker import BreakerPolicy
@@ -213,9 +214,14 @@ class OnlineStore:
             else Replies([], [], [], [])
         )
         if replies.errors:
-            _keep_wrong_types(replies)
+            rowcheck.keep_wrong_types(replies)
         if self.check_wrong_types and commands:
-            await self._mark_wrong_types(pending, replies.values, deadline - time.monotonic())
+            await rowcheck.mark_wrong_types(
+                self.cluster,
+                [(p.read, p.start, p.rows) for p in pending],
+                replies.values,
+                deadline - time.monotonic(),
+            )
         failed = _failed_commands(replies.failures, len(commands))
         out = [self._assemble(p, replies.values, failed, now, since) for p in pending]
         return StoreRead(out, replies.failures, replies.timings)
@@ -244,7 +250,7 @@ class OnlineStore:
             if reasons is not None and reasons[j]:
                 continue
             merged[r] = part[j]
-            if j in to_cache and _cacheable(part[j]):
+            if j in to_cache and rowcheck.cacheable(part[j]):
                 served_tags.append(read.tags[r])
                 served.append(part[j])
         cache = self.cache
@@ -268,47 +274,6 @@ class OnlineStore:
         for view in out:
             view.fallback, view.reasons = fallback, why
         return out
-
-    async def _mark_wrong_types(
-        self, pending: Sequence[_Pending], values: list[Any], timeout: float
-    ) -> None:
-        """A GET of a key of another Redis type answers WRONGTYPE, which the codec flags as a
-        corrupt row (DATA_LOSS); an MGET answers nil, as for a missing row. So the views an
-        MGET left nil are asked their TYPE in one more pipelined batch, and a key that exists
-        with a type other than a string gets the WRONGTYPE reply a GET would have had: both
-        paths answer DATA_LOSS. Calls whose rows all exist pay one scan of their replies;
-        calls with missing views of multi-view rows pay one more round trip (no reply within
-        the remaining budget: the rows stay NOT_FOUND)."""
-        commands: list[bytes] = []
-        slots: list[int] = []
-        where: list[tuple[int, int]] = []
-        for p in pending:
-            prefixes = p.read.prefixes
-            if len(prefixes) < 2:
-                continue
-            rows = range(len(p.read.tags)) if p.rows is None else p.rows
-            part = values[p.start : p.start + len(rows)]
-            if not any(type(reply) is list and None in reply for reply in part):
-                continue
-            for j, reply in enumerate(part):
-                if type(reply) is not list or None not in reply:
-                    continue
-                r = rows[j]
-                for v, row in enumerate(reply):
-                    if row is None:
-                        commands.append(
-                            encode_command(b"TYPE", prefixes[v] + p.read.tags[r] + b"}")
-                        )
-                        slots.append(p.read.slots[r])
-                        where.append((p.start + j, v))
-        if not commands or timeout <= 0:
-            return
-        types = await self.cluster.execute(commands, slots, timeout, count_timeouts=False)
-        for (i, v), kind in zip(where, types.values, strict=True):
-            if type(kind) is bytes and kind not in (b"none", b"string"):
-                values[i][v] = hiredis.ReplyError(
-                    f"WRONGTYPE the key holds a {kind.decode(errors='replace')}, not a row"
-                )
 
     async def write(
         self,
@@ -436,21 +401,6 @@ def _evalsha(key: bytes, row: bytes, expire_at: bytes) -> bytes:
         len(expire_at),
         expire_at,
     )
-
-
-def _keep_wrong_types(replies: Replies) -> None:
-    """WRONGTYPE replies stay in place (the codec serves them as corrupt rows, DATA_LOSS);
-    any other error reply to a read is the store's failure."""
-    for i in replies.errors:
-        if not str(replies.values[i]).startswith("WRONGTYPE"):
-            raise StoreError(f"Redis Cluster refused a read: {replies.values[i]}")
-
-
-def _cacheable(reply: Any) -> bool:
-    """Whether a row's reply may be cached: not an error (a WRONGTYPE row is re-read)."""
-    if type(reply) is list:
-        return not any(type(row) is hiredis.ReplyError for row in reply)
-    return type(reply) is not hiredis.ReplyError
 
 
 def _per_view(replies: list[Any], views: int) -> list[ViewRows]:
