@@ -8,9 +8,9 @@ import grpc
 import numpy as np
 import pytest
 
-from featurewell.client import FeatureClient, FeatureClientError
+from featurewell.client import FeatureClient, FeatureClientError, Status
 from featurewell.devcluster import LocalCluster, call
-from featurewell.errors import CorruptRow, InvalidRequest
+from featurewell.errors import InvalidRequest
 from featurewell.store.codec import RowCodec
 from featurewell.store.keys import entity_tags, key_prefix, slot_of
 from featurewell.values import Ragged
@@ -87,10 +87,30 @@ def test_decode_only_wanted_features() -> None:
     [lambda r: r[:-1], lambda r: r + b"x", lambda r: r[:10], lambda r: b""],
     ids=["short", "trailing", "truncated-fixed", "empty"],
 )
-def test_corrupt_rows_are_refused(mangle: Any) -> None:
-    (row,) = CODEC.encode(np.array([7], np.int64), _columns(1))
-    with pytest.raises(CorruptRow, match="changed without a new version"):
-        CODEC.decode([mangle(row)])
+def test_corrupt_rows_are_flagged_not_misread(mangle: Any) -> None:
+    good, bad = CODEC.encode(np.array([7, 8], np.int64), _columns(2))
+    decoded = CODEC.decode([good, mangle(bad), None])
+    assert decoded.corrupt is not None
+    assert decoded.corrupt.tolist() == [False, True, False]
+    assert decoded.present.tolist() == [True, False, False]  # served as missing: the defaults
+    assert fixed(decoded.values["age"]).tolist() == [-3, -1, -1]
+    assert fixed(decoded.values["country"]).tolist() == ["c0-ü", "zz", "zz"]
+    assert str(CODEC.corrupt_error(1)).count("'profile@v2'") == 1
+
+
+def test_rows_corrupt_in_different_ways_in_one_batch_are_all_flagged() -> None:
+    rows = CODEC.encode(np.array([7, 8, 9], np.int64), _columns(3))
+    fixed_size = CODEC.fixed_size
+    bad_string = rows[2][: fixed_size + 4] + b"\xff" + rows[2][fixed_size + 5 :]  # c2-ü -> \xff2-ü
+    decoded = CODEC.decode([rows[0], b"short", bad_string])
+    assert decoded.corrupt is not None
+    assert decoded.corrupt.tolist() == [False, True, True]
+    assert fixed(decoded.values["country"]).tolist() == ["c0-ü", "zz", "zz"]
+
+
+def test_intact_rows_have_no_corrupt_mask() -> None:
+    decoded = CODEC.decode([*CODEC.encode(np.array([7], np.int64), _columns(1)), None])
+    assert decoded.corrupt is None
 
 
 def test_wrong_shapes_are_refused_on_encode() -> None:
@@ -113,7 +133,9 @@ def test_corrupt_stored_row_is_data_loss(
     else:
         pytest.fail(f"no master accepted slot {slot_of(tag)}")
 
+    result = client.get_features(["profile:age"], entities={"user_id": [user]})
+    assert result.statuses("profile:age").tolist() == [Status.DATA_LOSS]
     with pytest.raises(FeatureClientError) as error:
-        client.get_features(["profile:age"], entities={"user_id": [user]})
+        client.get_features(["profile:age"], entities={"user_id": [user]}, strict=True)
     assert error.value.code == grpc.StatusCode.DATA_LOSS
     assert "'profile@v2'" in str(error.value)

@@ -88,3 +88,18 @@ class StorePermissionDenied(StoreError):
     """Redis refused a command or key to this process's ACL user (NOPERM): a deployment that
     gave the process a role without the permission, not a fault of the caller, and retrying it
     unchanged fails again."""
+
+
+# The most characters of caller input an error message echoes: a 60 MB entity key must not
+# come back in a status message (nor fill the logs).
+SHOWN_CHARS = 80
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """`repr(value)` cut to `limit` characters, saying how long it was: for echoing caller
+    input in error messages."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = len(value) if isinstance(value, str | bytes) else len(text)
+    return f"{text[:limit]}... ({size} chars)"

@@ -196,8 +196,53 @@ class ServingSettings(Group):
         "this long first. Keep 0 in production.",
         0.0,
     )
+    # HTTP/2 and gRPC limits against hostile or broken clients (docs/security-hardening.md).
+    max_request_mb: int = setting(
+        "max_request_mb",
+        "Largest request a call may send, in MiB (gRPC max receive message length); larger "
+        "ones are refused with RESOURCE_EXHAUSTED before they are parsed.",
+        16,
+    )
+    max_concurrent_streams: int = setting(
+        "max_concurrent_streams",
+        "Calls one client connection may have open at once (HTTP/2 MAX_CONCURRENT_STREAMS); "
+        "more wait in the client.",
+        256,
+    )
+    max_connection_idle_s: float = setting(
+        "max_connection_idle_s",
+        "Close a client connection with no calls for this long (GOAWAY; clients reconnect).",
+        300.0,
+    )
+    max_connection_age_s: float = setting(
+        "max_connection_age_s",
+        "Close every client connection after this long (GOAWAY), so clients spread over new "
+        "replicas and no connection lives forever (0: no limit).",
+        1800.0,
+    )
+    max_connection_age_grace_s: float = setting(
+        "max_connection_age_grace_s",
+        "Calls still open on a connection closed for its age may finish within this.",
+        30.0,
+    )
+    keepalive_min_interval_s: float = setting(
+        "keepalive_min_interval_s",
+        "Shortest interval between client keepalive pings the server accepts; a client pinging "
+        "faster is disconnected (GOAWAY too_many_pings). The featurewell client pings every "
+        "30 s.",
+        10.0,
+    )
+    keepalive_permit_without_calls: bool = setting(
+        "keepalive_permit_without_calls",
+        "Accept keepalive pings on connections with no call open (off: idle connections may "
+        "not keep themselves alive with pings).",
+        False,
+    )
 
     def check(self) -> None:
+        _positive(self, "max_request_mb", "max_concurrent_streams")
+        _positive(self, "max_connection_idle_s", "keepalive_min_interval_s")
+        _not_negative(self, "max_connection_age_s", "max_connection_age_grace_s")
         _positive(
             self,
             "workers",

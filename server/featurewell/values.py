@@ -18,10 +18,11 @@ class Status(enum.IntEnum):
     STALE = 3
     FALLBACK = 4  # the store failed: the definition's default was served
     FALLBACK_CACHE = 5  # the store failed: the last cached row (past its TTL) was served
+    DATA_LOSS = 6  # the stored row is corrupt: the default was served
 
 
 # Plain ints for hot paths: IntEnum attribute access costs a metaclass lookup every time.
-PRESENT, NOT_FOUND, STALE, FALLBACK, FALLBACK_CACHE = (int(s) for s in Status)
+PRESENT, NOT_FOUND, STALE, FALLBACK, FALLBACK_CACHE, DATA_LOSS = (int(s) for s in Status)
 # Status of each row from its `present` flag: index False -> NOT_FOUND, True -> PRESENT.
 _BY_PRESENCE = np.array([NOT_FOUND, PRESENT], dtype=np.uint8)
 
@@ -32,9 +33,16 @@ def presence_statuses(present: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
 
 
 # How bad each status is, for combining the inputs of an on-demand output: index = Status value.
-_SEVERITY = np.array([0, 0, 2, 1, 4, 3], dtype=np.uint8)
+_SEVERITY = np.array([0, 0, 2, 1, 4, 3, 5], dtype=np.uint8)
 _BY_SEVERITY = np.array(
-    [Status.PRESENT, Status.STALE, Status.NOT_FOUND, Status.FALLBACK_CACHE, Status.FALLBACK],
+    [
+        Status.PRESENT,
+        Status.STALE,
+        Status.NOT_FOUND,
+        Status.FALLBACK_CACHE,
+        Status.FALLBACK,
+        Status.DATA_LOSS,
+    ],
     np.uint8,
 )
 

@@ -44,6 +44,7 @@ class Status(enum.IntEnum):
     STALE = pb.FEATURE_STATUS_STALE
     FALLBACK = pb.FEATURE_STATUS_FALLBACK  # the store failed: the default was served
     FALLBACK_CACHE = pb.FEATURE_STATUS_FALLBACK_CACHE  # the store failed: a cached copy served
+    DATA_LOSS = pb.FEATURE_STATUS_DATA_LOSS  # the stored row is corrupt: the default was served
 
 
 class FallbackReason(enum.IntEnum):
@@ -137,6 +138,12 @@ class FeatureResult:
     def fallback_count(self) -> int:
         """Values served from a fallback (cache copy or default) because the store failed."""
         return self.count(Status.FALLBACK) + self.count(Status.FALLBACK_CACHE)
+
+    @property
+    def data_loss_count(self) -> int:
+        """Values whose stored row was corrupt (the default was served; the row needs
+        re-writing)."""
+        return self.count(Status.DATA_LOSS)
 
     @property
     def degraded(self) -> bool:

@@ -78,6 +78,11 @@ class _FeatureStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Feature
     """The store could not answer for this row: the server's last cached copy (past its cache TTL,
     within the fallback horizon) was served. GetFeaturesResponse.fallbacks says why.
     """
+    FEATURE_STATUS_DATA_LOSS: _FeatureStatus.ValueType  # 6
+    """The stored row is corrupt (bytes that do not decode with the view's schema, invalid UTF-8,
+    a key of another Redis type): the feature's default was served. The server logs and counts
+    it (featurewell_corrupt_rows_total); re-write the row to repair it.
+    """
 
 class FeatureStatus(_FeatureStatus, metaclass=_FeatureStatusEnumTypeWrapper): ...
 
@@ -95,6 +100,11 @@ default was served. GetFeaturesResponse.fallbacks says why.
 FEATURE_STATUS_FALLBACK_CACHE: FeatureStatus.ValueType  # 5
 """The store could not answer for this row: the server's last cached copy (past its cache TTL,
 within the fallback horizon) was served. GetFeaturesResponse.fallbacks says why.
+"""
+FEATURE_STATUS_DATA_LOSS: FeatureStatus.ValueType  # 6
+"""The stored row is corrupt (bytes that do not decode with the view's schema, invalid UTF-8,
+a key of another Redis type): the feature's default was served. The server logs and counts
+it (featurewell_corrupt_rows_total); re-write the row to repair it.
 """
 Global___FeatureStatus: _TypeAlias = FeatureStatus  # noqa: Y015
 

@@ -8,6 +8,7 @@ vectorised transforms.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from featurewell.errors import (
     RequestError,
     StoreUnavailable,
     UnknownFeature,
+    shown,
 )
 from featurewell.settings import CacheSettings, ServingSettings
 from featurewell.store.addressing import EntityRows
@@ -46,6 +48,7 @@ from featurewell.store.codec import DecodedRows
 from featurewell.store.keys import KeyColumn
 from featurewell.store.online import OnlineStore
 from featurewell.values import (
+    DATA_LOSS,
     FALLBACK,
     FALLBACK_CACHE,
     PRESENT,
@@ -53,6 +56,8 @@ from featurewell.values import (
     presence_statuses,
     worst_status,
 )
+
+log = logging.getLogger("featurewell.engine")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +115,7 @@ class FeatureEngine:
         timings = CallTimings()
         fetched, fallbacks = await self._fetch(plan, request, rows, budget, timings)
         if request.strict:
+            self._require_intact(plan, fetched)
             self._require_present(plan, fetched)
         columns: list[ResultColumn] = []
         computed = self._run_transforms(plan, fetched, request.context, rows, timings)
@@ -158,11 +164,15 @@ class FeatureEngine:
             k for k, c in (*request.entities.items(), *request.context.items()) if not c.values
         ]
         if empty:
-            raise InvalidRequest(f"empty batch: columns {empty} have no values")
+            raise InvalidRequest(
+                f"empty batch: columns {', '.join(map(shown, empty[:5]))} have no values"
+            )
         for name, column in request.entities.items():
             expected = known.get(name)
             if expected is None:
-                raise InvalidRequest(f"unknown entity key {name!r}; known keys: {sorted(known)}")
+                raise InvalidRequest(
+                    f"unknown entity key {shown(name)}; known keys: {sorted(known)}"
+                )
             _check_kind(f"entity key {name!r}", expected, column)
         needed = {key for entity in plan.entities for key in entity.key_names}
         for entity in plan.entities:
@@ -225,6 +235,13 @@ class FeatureEngine:
                     fallbacks += _count_fallbacks(read, got.fallback, got.reasons)
                 fetched[id(read)] = _Fetched(decoded, statuses)
         return fetched, fallbacks
+
+    def _require_intact(self, plan: Plan, fetched: Mapping[int, _Fetched]) -> None:
+        """Strict mode: a corrupt row fails the call (DATA_LOSS) rather than serving defaults."""
+        for read in (read for group in plan.groups for read in group.reads):
+            corrupt = fetched[id(read)].rows.corrupt
+            if corrupt is not None:
+                raise read.codec.corrupt_error(int(np.count_nonzero(corrupt)))
 
     def _require_present(self, plan: Plan, fetched: Mapping[int, _Fetched]) -> None:
         for read in (read for group in plan.groups for read in group.reads):
@@ -319,8 +336,10 @@ def _key_columns(entity: Entity, entities: Mapping[str, InputColumn]) -> list[Ke
 
 
 def _strict_failure(failures: list[Failure], budget: Budget) -> FeaturewellError:
-    rows, what = describe(failures)
-    detail = f"{rows} rows could not be read from Redis ({what})"
+    # Node addresses go to the log, not to the client.
+    log.warning("strict call failed: %d rows not read from Redis (%s)", *describe(failures))
+    rows, what = describe(failures, nodes=False)
+    detail = f"{rows} rows could not be read from Redis ({what}; the server log names the node)"
     timed_out = all(f.reason is FailureReason.TIMEOUT for f in failures)
     if timed_out and budget.deadline_bound:
         return DeadlineExceeded(f"the call's deadline expired waiting for Redis: {detail}")
@@ -348,6 +367,8 @@ def _count_fallbacks(
 
 def _statuses(read: ViewRead, decoded: DecodedRows, now_us: int) -> npt.NDArray[np.uint8]:
     statuses = presence_statuses(decoded.present)
+    if decoded.corrupt is not None:
+        statuses[decoded.corrupt] = DATA_LOSS
     if read.max_age_us:
         # Missing rows have event time 0, so they look stale too: keep them NOT_FOUND.
         stale = (decoded.event_time_us < now_us - read.max_age_us) & decoded.present

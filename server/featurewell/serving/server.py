@@ -9,6 +9,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -20,14 +21,13 @@ from featurewell.engine.engine import FeatureEngine
 from featurewell.engine.plan import Planner
 from featurewell.errors import ConfigError, FeaturewellError, StoreError
 from featurewell.serving.service import AFTER_ANSWER_S, FeatureService
-from featurewell.settings import Settings
+from featurewell.settings import ServingSettings, Settings
 from featurewell.store import versions
 from featurewell.store.online import OnlineStore
 from featurewell.telemetry import exposition
 from featurewell.telemetry.hub import Telemetry
 from featurewell.telemetry.tracing import Tracing
 from featurewell.v1 import feature_service_pb2 as pb
-from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger("featurewell.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["FeatureService"].full_name
@@ -75,8 +75,8 @@ class Server:
             grpc_server = grpc.aio.server(
                 options=[
                     ("grpc.max_send_message_length", settings.serving.max_message_bytes),
-                    ("grpc.max_receive_message_length", settings.serving.max_message_bytes),
                     ("grpc.so_reuseport", 1 if settings.serving.workers > 1 else 0),
+                    *connection_limits(settings.serving),
                 ]
             )
             tracing = tracing if tracing is not None else Tracing.from_settings(settings.telemetry)
@@ -89,7 +89,7 @@ class Server:
             )
             engine = FeatureEngine(registry, store, settings.serving, settings.cache)
             service = FeatureService(engine, settings.serving, telemetry)
-            pb_grpc.add_FeatureServiceServicer_to_server(service, grpc_server)
+            add_feature_service(service, grpc_server)
             health = health_aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(health, grpc_server)
             reflection.enable_server_reflection(
@@ -233,6 +233,54 @@ class Server:
             in_flight,
             calls.cancelled,
         )
+
+
+def connection_limits(serving: ServingSettings) -> list[tuple[str, int]]:
+    """gRPC core options bounding what one client connection may take: request size, open
+    calls, lifetime and idleness, and keepalive pings (each a setting, documented in
+    docs/security-hardening.md)."""
+    options = [
+        # max_message_mb bounds both ways; max_request_mb bounds requests further.
+        (
+            "grpc.max_receive_message_length",
+            min(serving.max_request_mb * 1024 * 1024, serving.max_message_bytes),
+        ),
+        ("grpc.max_concurrent_streams", serving.max_concurrent_streams),
+        ("grpc.max_connection_idle_ms", int(serving.max_connection_idle_s * 1000)),
+        (
+            "grpc.http2.min_ping_interval_without_data_ms",
+            int(serving.keepalive_min_interval_s * 1000),
+        ),
+        ("grpc.keepalive_permit_without_calls", int(serving.keepalive_permit_without_calls)),
+        ("grpc.http2.max_ping_strikes", 2),  # bad pings tolerated before GOAWAY
+    ]
+    if serving.max_connection_age_s > 0:
+        options += [
+            ("grpc.max_connection_age_ms", int(serving.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(serving.max_connection_age_grace_s * 1000)),
+        ]
+    return options
+
+
+def add_feature_service(service: FeatureService, grpc_server: grpc.aio.Server) -> None:
+    """Register FeatureService as the generated `add_FeatureServiceServicer_to_server` does,
+    but with requests passed on as bytes: gRPC's own parsing answers a corrupt request (or one
+    with invalid UTF-8) UNKNOWN "Unexpected DecodeError", so `serving/wire` parses it instead
+    and answers INVALID_ARGUMENT with a message. Same methods, same cost (one FromString per
+    call, moved), same names for reflection, clients unchanged."""
+    descriptor = pb.DESCRIPTOR.services_by_name["FeatureService"]
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        method.name: grpc.unary_unary_rpc_method_handler(
+            getattr(service, method.name),
+            request_deserializer=None,  # bytes in: serving/wire parses
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+        )
+        for method in descriptor.methods
+    }
+    grpc_server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(descriptor.full_name, handlers),)
+    )
+    grpc_server.add_registered_method_handlers(descriptor.full_name, handlers)
 
 
 def _listen(grpc_server: grpc.aio.Server, settings: Settings) -> int:

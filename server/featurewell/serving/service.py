@@ -93,8 +93,10 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
             )
         return Budget(seconds, deadline_bound=True)
 
+    # Requests arrive as bytes (parsed by serving/wire, see serving/server.py) or, when the
+    # servicer is registered with the generated stubs, as messages.
     async def GetFeatures(
-        self, request: pb.GetFeaturesRequest, context: Context[pb.GetFeaturesRequest]
+        self, request: pb.GetFeaturesRequest | bytes, context: Context[pb.GetFeaturesRequest]
     ) -> pb.GetFeaturesResponse:
         started = time.perf_counter_ns()
         try:
@@ -117,7 +119,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         return response
 
     async def WriteFeatures(
-        self, request: pb.WriteFeaturesRequest, context: Context[pb.WriteFeaturesRequest]
+        self, request: pb.WriteFeaturesRequest | bytes, context: Context[pb.WriteFeaturesRequest]
     ) -> pb.WriteFeaturesResponse:
         started = time.perf_counter_ns()
         try:
@@ -131,10 +133,11 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         return wire.write_response(result)
 
     async def ListFeatures(
-        self, request: pb.ListFeaturesRequest, context: Context[pb.ListFeaturesRequest]
+        self, request: pb.ListFeaturesRequest | bytes, context: Context[pb.ListFeaturesRequest]
     ) -> pb.ListFeaturesResponse:
         started = time.perf_counter_ns()
         try:
+            wire.parsed(pb.ListFeaturesRequest, request)
             response = wire.catalog(self.engine.registry)
         except Exception as exc:
             await self._abort("ListFeatures", exc, context, started)

@@ -54,8 +54,19 @@ def status_for(error: Exception, method: str) -> tuple[grpc.StatusCode, str]:
     """The status code and message a call that raised `error` answers with. Anything but a
     `FeaturewellError` is a bug: logged with its traceback, answered INTERNAL."""
     if isinstance(error, FeaturewellError):
-        return code_for(error), str(error)
+        return code_for(error), _capped(str(error))
     log.error("bug while serving %s", method, exc_info=error)
     return grpc.StatusCode.INTERNAL, (
         f"internal error in {method}; the server log has the traceback"
     )
+
+
+# The longest status message sent: messages echo caller input (most cut it to a few dozen
+# characters with errors.shown); this bounds any that does not.
+MESSAGE_CHARS = 1024
+
+
+def _capped(message: str) -> str:
+    if len(message) <= MESSAGE_CHARS:
+        return message
+    return f"{message[:MESSAGE_CHARS]}... (message cut at {MESSAGE_CHARS} characters)"

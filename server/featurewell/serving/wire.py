@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from featurewell.definitions import Feature, Kind, Registry
 from featurewell.engine.calls import (
@@ -18,7 +19,7 @@ from featurewell.engine.calls import (
     WriteRequest,
     WriteResult,
 )
-from featurewell.errors import InvalidRequest
+from featurewell.errors import InvalidRequest, shown
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1.columns import (
     ColumnFormatError,
@@ -37,7 +38,29 @@ _INPUT_KINDS = {
 }
 
 
-def feature_request(message: pb.GetFeaturesRequest) -> FeatureRequest:
+Message = TypeVar("Message", pb.GetFeaturesRequest, pb.WriteFeaturesRequest, pb.ListFeaturesRequest)
+
+
+def parsed(kind: type[Message], request: Message | bytes) -> Message:
+    """The request as its message. The server registers FeatureService with bytes in (see
+    serving/server.py), so a request that is not valid protobuf, or whose string fields are
+    not valid UTF-8, is parsed here and refused as INVALID_ARGUMENT instead of failing inside
+    gRPC as UNKNOWN. A message object (the servicer called directly, or registered with the
+    generated stubs) passes through untouched."""
+    if type(request) is not bytes:
+        return request  # type: ignore[return-value]
+    try:
+        return kind.FromString(request)
+    except DecodeError as exc:
+        raise InvalidRequest(
+            f"the {kind.__name__} ({len(request)} bytes) is not valid protobuf ({shown(str(exc))}"
+            "): corrupt bytes, or a string field that is not valid UTF-8; build it with the "
+            "featurewell client or the generated v1 stubs"
+        ) from None
+
+
+def feature_request(request: pb.GetFeaturesRequest | bytes) -> FeatureRequest:
+    message = parsed(pb.GetFeaturesRequest, request)
     return FeatureRequest(
         features=tuple(message.features),
         entities=_inputs(message.entities, "entity key"),
@@ -52,7 +75,7 @@ def _inputs(columns: Mapping[str, pb.Values], what: str) -> dict[str, InputColum
     for name, column in columns.items():
         kind = column.WhichOneof("kind")
         if kind is None:
-            raise InvalidRequest(f"{what} {name!r} has no values: set int64s, strings, ...")
+            raise InvalidRequest(f"{what} {shown(name)} has no values: set int64s, strings, ...")
         out[name] = InputColumn(_INPUT_KINDS[kind], getattr(column, kind).values)
     return out
 
@@ -86,11 +109,12 @@ def _packable(values: ColumnValues) -> Any:
     return (values.flat, values.offsets) if isinstance(values, Ragged) else values
 
 
-def write_request(message: pb.WriteFeaturesRequest) -> WriteRequest:
+def write_request(request: pb.WriteFeaturesRequest | bytes) -> WriteRequest:
+    message = parsed(pb.WriteFeaturesRequest, request)
     features: dict[str, ColumnValues] = {}
     for column in message.features:
         if column.name in features:
-            raise InvalidRequest(f"feature {column.name!r} is sent twice")
+            raise InvalidRequest(f"feature {shown(column.name)} is sent twice")
         try:
             features[column.name] = _column_values(column)
         except ColumnFormatError as exc:
@@ -110,7 +134,7 @@ def _column_values(column: pb.FeatureColumn) -> ColumnValues:
         flat, offsets = list_values(column)
         return Ragged(flat, offsets)
     if column.type == pb.VALUE_TYPE_UNSPECIFIED:
-        raise InvalidRequest(f"feature column {column.name!r} has no type")
+        raise InvalidRequest(f"feature column {shown(column.name)} has no type")
     return fixed_values(column)
 
 

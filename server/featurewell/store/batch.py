@@ -28,10 +28,14 @@ class Failure:
     detail: str
 
 
-def describe(failures: Sequence[Failure]) -> tuple[int, str]:
+def describe(failures: Sequence[Failure], *, nodes: bool = True) -> tuple[int, str]:
     """How many commands got no reply, and the first failure in words, for error messages:
-    (3, "node 10.0.0.1:7000: timeout, no reply within the budget")."""
+    (3, "node 10.0.0.1:7000: timeout, no reply within the budget"). `nodes=False` leaves out
+    the node and the detail (which may name nodes too), for messages sent to clients:
+    (3, "timeout")."""
     first = failures[0]
+    if not nodes:
+        return sum(len(f.indexes) for f in failures), first.reason.name.lower()
     node = f"node {first.node[0]}:{first.node[1]}" if first.node else "the cluster"
     return sum(len(f.indexes) for f in failures), (
         f"{node}: {first.reason.name.lower()}, {first.detail}"

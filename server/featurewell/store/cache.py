@@ -8,8 +8,12 @@ decoded by the same codec), so a cached answer cannot differ from a fetched one.
   frequency window (exact counts, halved when the window fills: TinyLFU's aging without the
   sketch), so the long tail of one-off items never pushes hot rows out. The store asks
   `select` before fetching, so Redis tracks (for invalidation) only the rows that will be cached.
-- **Bounded** by entries and by bytes (estimated from each view group's first row: rows of one
-  group share their fixed-width block); expired entries leave first, then the oldest fresh ones.
+- **Bounded** by entries and by bytes (each entry counted by its real size: tag, reply and
+  overhead); expired entries leave first, then the oldest fresh ones. Rows of entities whose
+  hash tag exceeds `max_tag_bytes`, or whose entry would take over half of `max_bytes`, are
+  never cached (the tags not even counted for admission): a 60 MB entity id must not sit in
+  memory. The admission counts are bounded in bytes too (`max_seen_bytes`):
+  a client inventing ids ages them early, it cannot grow them.
 - **Fresh for a per-view TTL** (the planner caps it at a fraction of the view's max age); past it
   an entry no longer answers reads but may still stand in for Redis as a *fallback* for
   `fallback_s` more seconds when Redis cannot answer.
@@ -38,6 +42,7 @@ import numpy as np
 import numpy.typing as npt
 
 _ENTRY_OVERHEAD = 150  # bytes of dict slots and objects per entry besides key and value
+_SEEN_OVERHEAD = 100  # bytes of an admission count besides its tag
 
 
 class Miss:
@@ -55,6 +60,8 @@ class CachePolicy:
     admit_after: int = 2
     fallback_s: float = 300.0
     race_window_s: float = 1.0  # longer than any read: how long invalidations are remembered
+    max_tag_bytes: int = 1024  # rows of longer entity hash tags are never cached
+    max_seen_bytes: int = 0  # admission counts, in bytes over all groups (0: max_bytes / 8)
 
 
 @dataclass(slots=True)
@@ -80,10 +87,11 @@ class _Rows:
     """One group's entries, keyed by hash tag (dicts keyed by the request's own tag objects,
     whose hashes Python has already computed, so each step is one cheap dict operation)."""
 
-    __slots__ = ("expired", "fresh", "fresh_until", "row_bytes", "seen")
+    __slots__ = ("expired", "fresh", "fresh_until", "seen", "seen_bytes", "sizes")
 
     def __init__(self) -> None:
-        self.row_bytes = 0  # a typical entry's size, measured on the group's first row
+        self.sizes: dict[bytes, int] = {}  # each entry's size in bytes (fresh or expired)
+        self.seen_bytes = 0
         self.fresh: OrderedDict[bytes, Row] = OrderedDict()  # oldest first, for eviction
         self.fresh_until: dict[bytes, float] = {}
         self.expired: OrderedDict[bytes, tuple[Row, float]] = OrderedDict()  # (row, usable until)
@@ -101,6 +109,8 @@ class HotKeyCache:
         self._batches: deque[tuple[float, _Rows, list[bytes]]] = deque()  # by expiry
         self._entries = 0
         self._seen_limit = max(1024, 4 * policy.max_entries)
+        self._seen_bytes_limit = policy.max_seen_bytes or max(1 << 20, policy.max_bytes // 8)
+        self._seen_bytes = 0
         self._invalidated: dict[tuple[bytes, bytes], int] = {}
         self._invalidated_before: dict[tuple[bytes, bytes], int] = {}
         self._rotated_at = time.monotonic()
@@ -148,19 +158,47 @@ class HotKeyCache:
         tracked. The others' sightings are counted."""
         state = self._state(group)
         expired, seen, admit_after = state.expired, state.seen, self.policy.admit_after
+        max_tag = self.policy.max_tag_bytes
         chosen: list[int] = []
+        added = 0
         for position, tag in enumerate(tags):
             if tag in expired:
                 chosen.append(position)
                 continue
+            if len(tag) > max_tag:
+                continue  # never cached, never counted
             count = seen.get(tag, 0) + 1
             if count >= admit_after:
                 chosen.append(position)
             else:
+                if count == 1:
+                    added += len(tag) + _SEEN_OVERHEAD
                 seen[tag] = count
-        if len(seen) > self._seen_limit:  # age the counts: recent popularity wins
-            state.seen = {tag: count >> 1 for tag, count in seen.items() if count > 1}
+        state.seen_bytes += added
+        self._seen_bytes += added
+        if len(seen) > self._seen_limit or self._seen_bytes > self._seen_bytes_limit:
+            self._age_counts()
         return chosen
+
+    def _age_counts(self) -> None:
+        """Halve every admission count (dropping ones): recent popularity wins. If that does
+        not bring them under their byte bound (a flood of ids seen twice), forget them all."""
+        for state in self._groups.values():
+            state.seen = {tag: count >> 1 for tag, count in state.seen.items() if count > 1}
+        total = 0
+        for state in self._groups.values():
+            state.seen_bytes = sum(len(tag) + _SEEN_OVERHEAD for tag in state.seen)
+            total += state.seen_bytes
+        if total > self._seen_bytes_limit // 2:
+            for state in self._groups.values():
+                state.seen, state.seen_bytes = {}, 0
+            total = 0
+        self._seen_bytes = total
+
+    @property
+    def seen_bytes(self) -> int:
+        """Bytes the admission counts take (bounded by `max_seen_bytes`)."""
+        return self._seen_bytes
 
     def offer(
         self,
@@ -174,27 +212,36 @@ class HotKeyCache:
         """Rows `select` chose, just fetched (tracked) from Redis by a read that started at
         invalidation count `since`: cache them for `ttl` seconds."""
         state = self._state(group)
-        fresh, fresh_until, expired, seen = (
+        fresh, fresh_until, expired, seen, sizes = (
             state.fresh,
             state.fresh_until,
             state.expired,
             state.seen,
+            state.sizes,
         )
         raced = self.sequence != since
         until = now + ttl
         admitted: list[bytes] = []
+        max_tag = self.policy.max_tag_bytes
+        max_entry = self.policy.max_bytes // 2
         for tag, row in zip(tags, rows, strict=True):
-            if tag in fresh:
-                continue  # a concurrent read cached it already
+            if tag in fresh or len(tag) > max_tag:
+                continue  # a concurrent read cached it already; a tag too long to keep
             if raced and self._invalidated_since(group, tag, since):
                 continue  # fetched before a write that has since been announced: not cacheable
+            size = _size(tag, row)
+            if size > max_entry:  # would push out many hot rows for one
+                continue
             if expired.pop(tag, None) is None:
-                seen.pop(tag, None)
+                if seen.pop(tag, None) is not None:
+                    state.seen_bytes -= len(tag) + _SEEN_OVERHEAD
+                    self._seen_bytes -= len(tag) + _SEEN_OVERHEAD
                 self.stats.admissions += 1
                 self._entries += 1
-                if not state.row_bytes:
-                    state.row_bytes = _size(tag, row)
-                self.bytes += state.row_bytes
+                self.bytes += size
+            else:  # an expired entry refreshed: its new row may have another size
+                self.bytes += size - sizes[tag]
+            sizes[tag] = size
             fresh[tag] = row
             fresh_until[tag] = until
             admitted.append(tag)
@@ -245,7 +292,7 @@ class HotKeyCache:
             del state.expired[tag]
         else:
             return
-        self.bytes -= state.row_bytes
+        self.bytes -= state.sizes.pop(tag)
         self._entries -= 1
         self.stats.invalidations += 1
 
@@ -282,14 +329,14 @@ class HotKeyCache:
             with_expired = [s for s in states if s.expired]
             if with_expired:  # expired entries go first, from the group holding the most
                 state = max(with_expired, key=lambda s: len(s.expired))
-                state.expired.popitem(last=False)
+                tag, _ = state.expired.popitem(last=False)
             else:  # then the oldest fresh entry of the largest group
                 state = max(states, key=lambda s: len(s.fresh))
                 if not state.fresh:
                     return
                 tag, _ = state.fresh.popitem(last=False)
                 del state.fresh_until[tag]
-            self.bytes -= state.row_bytes
+            self.bytes -= state.sizes.pop(tag)
             self._entries -= 1
             self.stats.evictions += 1
 

@@ -12,7 +12,9 @@ binds a row to its schema, which is why a schema change needs a new view version
 
 from __future__ import annotations
 
+import logging
 import struct
+import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +26,7 @@ from featurewell.definitions import Feature, FeatureView, Kind
 from featurewell.errors import CorruptRow, InvalidRequest
 from featurewell.values import ColumnValues, Ragged
 
+log = logging.getLogger("featurewell.store")
 _TS = "__event_time_us"
 _U32 = struct.Struct("<I")
 _ACCEPTED_KINDS = {
@@ -42,6 +45,7 @@ class DecodedRows:
     present: npt.NDArray[np.bool_]
     event_time_us: npt.NDArray[np.int64]
     values: dict[str, ColumnValues]
+    corrupt: npt.NDArray[np.bool_] | None = None  # rows that did not decode (served as missing)
 
 
 class RowCodec:
@@ -121,22 +125,57 @@ class RowCodec:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def decode(
-        self, rows: Sequence[bytes | None], wanted: Collection[str] | None = None
-    ) -> DecodedRows:
+    def decode(self, rows: Sequence[Any], wanted: Collection[str] | None = None) -> DecodedRows:
         """Decode rows; only the features in `wanted` (default: all) are materialised, so a
-        request for one embedding of a view with strings parses no strings."""
+        request for one embedding of a view with strings parses no strings.
+
+        A row that does not decode (wrong size, bad lengths, invalid UTF-8, a negative event
+        time, or not bytes at all: a WRONGTYPE reply) is served as missing and
+        flagged in `corrupt`; the other rows decode as usual. The checks are bulk numpy on the
+        usual path; only a batch holding a bad row pays for finding which one."""
         count = len(rows)
         present_rows = [r for r in rows if r is not None]
         if len(present_rows) == count:
             present = np.ones(count, dtype=np.bool_)
         else:
             present = np.fromiter((r is not None for r in rows), dtype=np.bool_, count=count)
+        corrupt: npt.NDArray[np.bool_] | None = None
         block = self._fixed_block(present_rows)
+        if block is None or (len(block) and int(block[_TS].min()) < 0):
+            corrupt = self._bad_fixed(rows)
+        elif self._variable and (wanted is None or any(f.name in wanted for f in self._variable)):
+            variable = self._decode_variable(present_rows, present)
+            if variable is None:
+                corrupt = self._bad_fixed(rows) | self._bad_variable(rows)
+            else:
+                return self._rows(count, present, block, wanted, variable, None)
+        if corrupt is not None:
+            if not corrupt.any():  # a check above missed which row: refuse them all, not loop
+                corrupt = present.copy()
+            # Decode again without the bad rows (rare: only batches holding one pay for it).
+            kept = [None if bad else r for r, bad in zip(rows, corrupt.tolist(), strict=True)]
+            decoded = self.decode(kept, wanted)
+            if decoded.corrupt is not None:  # a bad variable part behind a bad fixed block
+                corrupt |= decoded.corrupt
+            else:
+                _log_corrupt(self.view.ref, int(np.count_nonzero(corrupt)))
+            return DecodedRows(decoded.present, decoded.event_time_us, decoded.values, corrupt)
+        return self._rows(count, present, block, wanted, {}, None)
+
+    def _rows(
+        self,
+        count: int,
+        present: npt.NDArray[np.bool_],
+        block: npt.NDArray[Any] | None,
+        wanted: Collection[str] | None,
+        variable: dict[str, ColumnValues],
+        corrupt: npt.NDArray[np.bool_] | None,
+    ) -> DecodedRows:
+        assert block is not None
         event_time = np.zeros(count, dtype=np.int64)
         event_time[present] = block[_TS]
         values: dict[str, ColumnValues] = {}
-        all_present = len(present_rows) == count
+        all_present = len(block) == count
         for feature in self._fixed:
             if wanted is not None and feature.name not in wanted:
                 continue
@@ -148,48 +187,101 @@ class RowCodec:
                 column[...] = feature.default
                 column[present] = stored
                 values[feature.name] = column
-        if self._variable and (wanted is None or any(f.name in wanted for f in self._variable)):
-            values.update(self._decode_variable(present_rows, present))
-        return DecodedRows(present, event_time, values)
+        values.update(variable)
+        return DecodedRows(present, event_time, values, corrupt)
 
-    def _fixed_block(self, present_rows: list[bytes]) -> npt.NDArray[Any]:
+    def _fixed_block(self, present_rows: list[Any]) -> npt.NDArray[Any] | None:
+        """The rows' fixed blocks as one structured array; None when some row is not bytes of
+        a size that fits (the caller then finds which)."""
         size = self.fixed_size
-        if self._variable:
-            if present_rows and min(map(len, present_rows)) < size:
-                raise self._corrupt()
-            joined = b"".join([r[:size] for r in present_rows])
-        else:
-            joined = b"".join(present_rows)
-            if present_rows and set(map(len, present_rows)) != {size}:
-                raise self._corrupt()
+        try:
+            if self._variable:
+                if present_rows and min(map(len, present_rows)) < size:
+                    return None
+                joined = b"".join([r[:size] for r in present_rows])
+            else:
+                joined = b"".join(present_rows)
+                if present_rows and set(map(len, present_rows)) != {size}:
+                    return None
+        except TypeError:  # a reply that is not bytes (a WRONGTYPE error)
+            return None
         return np.frombuffer(joined, dtype=self.fixed_dtype)
+
+    def _bad_fixed(self, rows: Sequence[Any]) -> npt.NDArray[np.bool_]:
+        """Per row: not bytes, a fixed block of the wrong size, or a negative event time."""
+        size, variable = self.fixed_size, bool(self._variable)
+        bad = np.zeros(len(rows), dtype=np.bool_)
+        for i, row in enumerate(rows):
+            if row is None:
+                continue
+            bad[i] = (
+                type(row) is not bytes
+                or (len(row) < size if variable else len(row) != size)
+                or int.from_bytes(row[:8], "little", signed=True) < 0
+            )
+        return bad
+
+    def _bad_variable(self, rows: Sequence[Any]) -> npt.NDArray[np.bool_]:
+        """Per row: a variable part that does not parse."""
+        bad = np.zeros(len(rows), dtype=np.bool_)
+        for i, row in enumerate(rows):
+            if type(row) is bytes and len(row) >= self.fixed_size:
+                present = np.ones(1, dtype=np.bool_)
+                bad[i] = self._decode_variable([row], present) is None
+        return bad
 
     def _decode_variable(
         self, present_rows: list[bytes], present: npt.NDArray[np.bool_]
-    ) -> dict[str, ColumnValues]:
+    ) -> dict[str, ColumnValues] | None:
+        """The variable features, or None when some row's variable part does not parse."""
         payloads: list[list[bytes]] = [[] for _ in self._variable]
         for row in present_rows:
             offset = self.fixed_size
             for slot in payloads:
                 if offset + 4 > len(row):
-                    raise self._corrupt()
+                    return None
                 (length,) = _U32.unpack_from(row, offset)
                 offset += 4
                 slot.append(row[offset : offset + length])
                 offset += length
             if offset != len(row):
-                raise self._corrupt()
+                return None
         out: dict[str, ColumnValues] = {}
         positions = np.flatnonzero(present).tolist()
-        for feature, raw in zip(self._variable, payloads, strict=True):
-            out[feature.name] = _assemble(feature, raw, positions, len(present))
+        try:
+            for feature, raw in zip(self._variable, payloads, strict=True):
+                out[feature.name] = _assemble(feature, raw, positions, len(present))
+        except ValueError:  # invalid UTF-8 (UnicodeDecodeError), a list of partial elements
+            return None
         return out
 
-    def _corrupt(self) -> CorruptRow:
+    def corrupt_error(self, rows: int) -> CorruptRow:
         return CorruptRow(
-            f"stored rows of feature view {self.view.ref!r} do not match its schema: "
-            "a definition changed without a new version? Bump the version and re-materialize"
+            f"{rows} stored rows of feature view {self.view.ref!r} do not match its schema "
+            "(a definition changed without a new version, or bytes written by something "
+            "else): re-write them, or bump the version and re-materialize"
         )
+
+
+_CORRUPT_LOG_EVERY_S = 60.0
+_corrupt_logged: dict[str, float] = {}
+
+
+def _log_corrupt(view: str, rows: int) -> None:
+    """A warning per view at most once a minute: a hot corrupt row is read thousands of times
+    a second (the metric featurewell_corrupt_rows_total counts every one)."""
+    now = time.monotonic()
+    if now - _corrupt_logged.get(view, -_CORRUPT_LOG_EVERY_S) < _CORRUPT_LOG_EVERY_S:
+        return
+    if len(_corrupt_logged) > 4096:  # views of many reloads: keep it bounded
+        _corrupt_logged.clear()
+    _corrupt_logged[view] = now
+    log.warning(
+        "feature view %r: %d stored rows do not decode with its schema (served as DATA_LOSS "
+        "with the defaults); re-write them",
+        view,
+        rows,
+    )
 
 
 def _assemble(feature: Feature, raw: list[bytes], positions: list[int], count: int) -> ColumnValues:

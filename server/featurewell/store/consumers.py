@@ -1,6 +1,9 @@
 """Reads per (caller, view version), summed over every server: the `consumer_calls` and
 `consumer_seen` hashes (store/keys.py), one field "<caller>|<view>@v<n>" per pair. Callers are
 free text, view references hold no '|': a field splits back at its last '|'.
+
+The hashes hold at most `MAX_PAIRS` fields: once full, reads of a new pair are added to
+"(too many callers)|<view>" instead (a client inventing caller names cannot grow Redis).
 """
 
 from __future__ import annotations
@@ -13,18 +16,40 @@ from featurewell.store.connection import encode_command
 from featurewell.store.keys import CONSUMER_CALLS_KEY, CONSUMER_SEEN_KEY, META_SLOT
 
 Pair = tuple[str, str]  # (caller, view reference "name@vN")
+MAX_PAIRS = 20_000
+OVERFLOW = "(too many callers)"
+
+# Atomic on the {_meta} node, so servers flushing at once cannot overshoot the bound together.
+# KEYS[1] calls hash, KEYS[2] last-seen hash. ARGV[1] the most fields, ARGV[2] the overflow
+# caller; then per pair: caller, view, count, last seen.
+_ADD = b"""
+local calls, seen, most, overflow = KEYS[1], KEYS[2], tonumber(ARGV[1]), ARGV[2]
+for i = 3, #ARGV, 4 do
+  local field = ARGV[i] .. '|' .. ARGV[i + 1]
+  if redis.call('HEXISTS', calls, field) == 0 and redis.call('HLEN', calls) >= most then
+    field = overflow .. '|' .. ARGV[i + 1]
+  end
+  redis.call('HINCRBY', calls, field, ARGV[i + 2])
+  redis.call('HSET', seen, field, ARGV[i + 3])
+end
+return 1
+"""
 
 
 async def add(
-    cluster: ClusterClient, calls: Mapping[Pair, int], seen: Mapping[Pair, int], timeout: float
+    cluster: ClusterClient,
+    calls: Mapping[Pair, int],
+    seen: Mapping[Pair, int],
+    timeout: float,
+    max_pairs: int = MAX_PAIRS,
 ) -> None:
-    """Add `calls` to each pair's count and set its last call (Unix seconds) from `seen`."""
-    commands = []
+    """Add `calls` to each pair's count and set its last call (Unix seconds) from `seen`; new
+    pairs beyond `max_pairs` stored are counted under OVERFLOW."""
+    args: list[bytes | str | int] = [b"EVAL", _ADD, 2, CONSUMER_CALLS_KEY, CONSUMER_SEEN_KEY]
+    args += [max_pairs, OVERFLOW]
     for (caller, view), count in calls.items():
-        field = f"{caller}|{view}"
-        commands.append(encode_command(b"HINCRBY", CONSUMER_CALLS_KEY, field, count))
-        commands.append(encode_command(b"HSET", CONSUMER_SEEN_KEY, field, seen[(caller, view)]))
-    replies = await cluster.execute(commands, [META_SLOT] * len(commands), timeout)
+        args += [caller, view, count, seen[(caller, view)]]
+    replies = await cluster.execute([encode_command(*args)], [META_SLOT], timeout)
     replies.checked("cannot record consumers")
 
 

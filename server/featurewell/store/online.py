@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import numpy.typing as npt
 
 from featurewell.definitions import FeatureView
 from featurewell.errors import StoreTimeout, StoreUnavailable
+from featurewell.store import rowcheck
 from featurewell.store.addressing import Addresses, EntityRead, EntityRows
 from featurewell.store.batch import Failure, FailureReason, NodeTiming, Replies, describe
 from featurewell.store.breaker import BreakerPolicy
@@ -25,12 +27,17 @@ from featurewell.store.keys import META_SLOT, KeyColumn, freshness_key
 from featurewell.store.tracking import InvalidationTracker
 from featurewell.values import FALLBACK, FALLBACK_CACHE
 
+log = logging.getLogger("featurewell.store")
+
 # Compare-and-set on event time, atomic per key: an event older than the stored one never
 # overwrites it (equal times: the later write wins, so a corrected row can be re-sent).
 # KEYS[1] row key. ARGV[1] row (its first 8 bytes are the event time, int64 LE µs).
 # ARGV[2] absolute expiry in Unix ms, or "0" to keep the key until overwritten.
+# A key of another type (GET: WRONGTYPE; served as DATA_LOSS) is replaced: writing the row
+# repairs it.
 _WRITE_IF_NEWER = b"""
-local current = redis.call('GET', KEYS[1])
+local current = redis.pcall('GET', KEYS[1])
+if type(current) == 'table' then current = false end
 if current and #current >= 8 then
   if struct.unpack('<i8', current) > struct.unpack('<i8', ARGV[1]) then return 0 end
 end
@@ -118,6 +125,8 @@ class OnlineStore:
         self.cache = cache
         self.tracker = tracker
         self._addresses = Addresses()
+        # MGET answers nil for a key of another type; look again at those (see below).
+        self.check_wrong_types = True
 
     @classmethod
     async def connect(
@@ -173,6 +182,7 @@ class OnlineStore:
         """`read` of rows already addressed."""
         cache = self.cache
         now = time.monotonic()
+        deadline = now + timeout
         since = cache.sequence if cache is not None else 0
         commands: list[bytes] = []
         slots: list[int] = []
@@ -204,7 +214,14 @@ class OnlineStore:
             else Replies([], [], [], [])
         )
         if replies.errors:
-            raise refusal("Redis Cluster refused a read", replies.values[replies.errors[0]])
+            rowcheck.keep_wrong_types(replies)
+        if self.check_wrong_types and commands:
+            await rowcheck.mark_wrong_types(
+                self.cluster,
+                [(p.read, p.start, p.rows) for p in pending],
+                replies.values,
+                deadline - time.monotonic(),
+            )
         failed = _failed_commands(replies.failures, len(commands))
         out = [self._assemble(p, replies.values, failed, now, since) for p in pending]
         return StoreRead(out, replies.failures, replies.timings)
@@ -233,7 +250,7 @@ class OnlineStore:
             if reasons is not None and reasons[j]:
                 continue
             merged[r] = part[j]
-            if j in to_cache:
+            if j in to_cache and rowcheck.cacheable(part[j]):
                 served_tags.append(read.tags[r])
                 served.append(part[j])
         cache = self.cache
@@ -363,7 +380,8 @@ class OnlineStore:
                 continue
             reply = await self.cluster.call(address, "SCRIPT", "LOAD", _WRITE_IF_NEWER)
             if type(reply) is hiredis.ReplyError:
-                raise StoreUnavailable(f"cannot load the write script on {address}: {reply}")
+                log.warning("cannot load the write script on %s:%d: %s", *address, reply)
+                raise StoreUnavailable(f"cannot load the write script on a Redis node: {reply}")
 
 
 # EVALSHA <sha> 1, the constant head of every row write, encoded once (rows are written by the
@@ -403,10 +421,12 @@ def _failed_commands(failures: list[Failure], count: int) -> npt.NDArray[np.uint
 def _raise_for(failures: list[Failure], rows: int) -> None:
     if not failures:
         return
-    failed, what = describe(failures)
+    failed, detail = describe(failures)
+    log.warning("%d of %d writes got no confirmation (%s)", failed, rows, detail)
+    _, what = describe(failures, nodes=False)  # node addresses: in the log only
     message = (
-        f"{failed} of {rows} writes got no confirmation ({what}); they may be partly applied: "
-        "retrying is safe"
+        f"{failed} of {rows} writes got no confirmation ({what}; the server log names the "
+        "node); they may be partly applied: retrying is safe"
     )
     if failures[0].reason is FailureReason.TIMEOUT:
         raise StoreTimeout(message)

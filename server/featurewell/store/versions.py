@@ -33,16 +33,47 @@ class Change:
 
 
 async def promoted(cluster: ClusterClient) -> dict[str, int]:
-    """The promoted default version of every view that has one."""
+    """The promoted default version of every view that has one. An entry that is not a view
+    name and a positive integer (written by hand, or by something else) is logged and
+    ignored: it must not stop start-up or the promotion follower."""
     (reply,) = await _run(cluster, [encode_command(b"HGETALL", DEFAULTS_KEY)])
     pairs = iter(reply or [])
-    return {name.decode(): int(version) for name, version in zip(pairs, pairs, strict=True)}
+    out: dict[str, int] = {}
+    for name, version in zip(pairs, pairs, strict=False):
+        parsed = _entry(name, version)
+        if parsed is not None:
+            out[parsed[0]] = parsed[1]
+    return out
+
+
+def _entry(name: Any, version: Any) -> tuple[str, int] | None:
+    try:
+        view = name.decode()
+        number = int(version)
+        if number <= 0 or not view:
+            raise ValueError("not a positive version")
+    except (AttributeError, UnicodeDecodeError, ValueError) as exc:
+        log.warning(
+            "ignoring a bad promoted default version in Redis (%s): %.60r = %.60r; fix it with "
+            "`featurewell promote`",
+            exc.__class__.__name__,
+            name,
+            version,
+        )
+        return None
+    return view, number
 
 
 async def history(cluster: ClusterClient, view: str | None = None) -> list[Change]:
-    """Promotes and rollbacks, newest first (of one view, or all)."""
+    """Promotes and rollbacks, newest first (of one view, or all); entries that do not parse
+    are logged and skipped."""
     (reply,) = await _run(cluster, [encode_command(b"LRANGE", DEFAULTS_LOG_KEY, 0, -1)])
-    changes = [Change(**json.loads(raw)) for raw in reply or []]
+    changes: list[Change] = []
+    for raw in reply or []:
+        try:
+            changes.append(Change(**json.loads(raw)))
+        except (TypeError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError too
+            log.warning("ignoring a bad entry of the default versions log: %.60r (%s)", raw, exc)
     return [c for c in changes if view is None or c.view == view]
 
 

@@ -6,7 +6,11 @@ view version) in memory and adds them to Redis every `flush_s`, so `featurewell 
 every replica's callers (store/consumers.py keeps them).
 
 Not a Prometheus label: caller names are unbounded. A process keeps at most `max_pairs` pairs
-between flushes; beyond that, reads are counted under "(too many callers)".
+between flushes; beyond that, reads are counted under "(too many callers)", and Redis keeps at
+most `stored.MAX_PAIRS` pairs (store/consumers.py). A caller name must be printable ASCII of at
+most 200 characters (the client's own rule); any other is counted as "(invalid)" and the call
+served as usual: the header names a model, it authenticates nothing, so a bad one is not worth
+failing a read for.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from featurewell.store.online import OnlineStore
 
 CALLER_HEADER = "x-featurewell-model"
 ANONYMOUS = "(unnamed)"
-OVERFLOW = "(too many callers)"
+OVERFLOW = stored.OVERFLOW
+INVALID = "(invalid)"
+MAX_CALLER_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,7 @@ class Consumers:
         caller = ANONYMOUS
         for key, value in metadata:
             if key == CALLER_HEADER:
-                caller = value.decode() if isinstance(value, bytes) else value
+                caller = caller_name(value)
                 break
         now = int(time.time())
         for served in result.served:
@@ -66,6 +72,25 @@ class Consumers:
                 self._calls[pair] = self._calls.get(pair, 0) + count
                 self._seen.setdefault(pair, seen[pair])
             raise
+
+
+def caller_name(value: str | bytes) -> str:
+    """The caller a header value names, or INVALID: printable ASCII, 1-200 characters, and no
+    '|' (it separates caller from view in Redis) nor '(' first (the names above are ours)."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("ascii")
+        except UnicodeDecodeError:
+            return INVALID
+    if (
+        not value
+        or len(value) > MAX_CALLER_CHARS
+        or not (value.isascii() and value.isprintable())
+        or "|" in value
+        or value.startswith("(")
+    ):
+        return INVALID
+    return value
 
 
 async def read(cluster: ClusterClient, timeout: float = 5.0) -> list[Consumer]:

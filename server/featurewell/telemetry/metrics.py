@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from featurewell.engine.calls import FeatureResult, WriteResult
 from featurewell.store.batch import FailureReason, NodeTiming
 from featurewell.telemetry._histogram import bounds_of, observe_many
-from featurewell.values import FALLBACK, FALLBACK_CACHE, NOT_FOUND, PRESENT, STALE
+from featurewell.values import DATA_LOSS, FALLBACK, FALLBACK_CACHE, NOT_FOUND, PRESENT, STALE
 
 # Fine enough below 5 ms to judge a sub-millisecond SLO; budgets (5 ms, 15 ms) are bucket edges,
 # so "p99 within budget" is read off the buckets exactly, without interpolation.
@@ -72,6 +72,7 @@ STATUS_NAMES = {
     STALE: "stale",
     FALLBACK: "fallback",
     FALLBACK_CACHE: "fallback_cache",
+    DATA_LOSS: "data_loss",
 }
 # The wire's FallbackReason names, lower-cased.
 REASON_NAMES = {
@@ -142,6 +143,14 @@ class ServerMetrics:
             ["view", "reason", "source"],
             registry=registry,
         )
+        self.corrupt_rows = Counter(
+            "featurewell_corrupt_rows",
+            "Stored rows that did not decode with their view's schema (bad size or lengths, "
+            "invalid UTF-8, a key of another Redis type), served as DATA_LOSS with the "
+            "defaults, by view. Any increase needs a look: re-write the rows.",
+            ["view"],
+            registry=registry,
+        )
         self.written_rows = Counter(
             "featurewell_written_rows",
             "Rows written through WriteFeatures, by view and outcome (written, or skipped_older "
@@ -193,6 +202,8 @@ class ServerMetrics:
             if len(statuses) == 1:
                 status = int(statuses[0])
                 series.rows[status].inc()
+                if status == DATA_LOSS:
+                    series.corrupt.inc()
                 if status in (PRESENT, STALE):
                     series.age.observe((now_us - int(served.rows.event_time_us[0])) / 1e6)
                 continue
@@ -200,6 +211,8 @@ class ServerMetrics:
             for status, count in enumerate(counts):
                 if count:
                     series.rows[status].inc(count)
+            if counts[DATA_LOSS]:
+                series.corrupt.inc(counts[DATA_LOSS])
             with_value = counts[PRESENT] + counts[STALE]
             if with_value == len(statuses):  # the usual case: no mask to build
                 ages = (now_us - served.rows.event_time_us) / 1e6
@@ -252,3 +265,4 @@ class _ViewSeries:
         for status, name in STATUS_NAMES.items():
             self.rows[status] = metrics.served_rows.labels(ref, name)
         self.age = metrics.value_age.labels(ref)
+        self.corrupt = metrics.corrupt_rows.labels(ref)
