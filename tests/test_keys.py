@@ -171,6 +171,12 @@ def _events() -> Iterator[Case]:
                 yield Case("events", key.encode(), parts, None)
 
 
+def _dead_letters() -> Iterator[Case]:
+    for name in NAMES:
+        key = keys.dead_letters_key(_source(name, 2))
+        yield Case("dead_letters", key.encode(), {"source": name.encode()}, None)
+
+
 BUILDERS: dict[str, Callable[[], Iterator[Case]]] = {
     "row": lambda: _rows(keys.key_prefix, "row"),
     "state": lambda: _rows(keys.state_prefix, "state"),
@@ -181,6 +187,7 @@ BUILDERS: dict[str, Callable[[], Iterator[Case]]] = {
     "consumer_seen": _fixed("consumer_seen", keys.CONSUMER_SEEN_KEY),
     "watermarks": _watermarks,
     "events": _events,
+    "dead_letters": _dead_letters,
 }
 
 
@@ -267,6 +274,8 @@ def test_tags_read_back_as_their_entity_keys() -> None:
         ("fw:_agg:profile:v2:{x}", 1),
         ("fw:{_meta}:profile:v1", 1),
         ("fw:{_stream}:watches:featurewell:watermarks", 1),
+        ("fw:deadletters:watches", 1),
+        ("fw:deadletters:other", 1),
     ],
 )
 def test_a_stream_override_on_another_familys_key_is_refused(stream: str, partitions: int) -> None:

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import uuid
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from featurewell.compute.deadletters import RedisDeadLetters
+from featurewell.compute.events import Event, EventScreen, Refused, wall_clock_us
 from featurewell.compute.stream import EventBatch
 from featurewell.definitions import EventSource, Kind
+from featurewell.engine.validation import WriteRules
 from featurewell.errors import InvalidRequest
 from featurewell.store import streams
 from featurewell.store.cluster import ClusterClient
@@ -111,7 +114,12 @@ class RedisStreamSource:
         partitions: Sequence[int] | None = None,
         claim_idle_ms: int = 30_000,
         timeout: float = 5.0,
+        rules: WriteRules | None = None,
+        clock_us: Callable[[], int] = wall_clock_us,
+        dead_letter_kb: int = 64,
     ) -> None:
+        """Entries are screened (compute/events.py) by `rules` against `clock_us`; refused
+        ones go to the source's dead-letter stream, payloads cut at `dead_letter_kb` KiB."""
         self.cluster = cluster
         self.source = source
         self.group = group
@@ -120,6 +128,8 @@ class RedisStreamSource:
         self.claim_idle_ms = claim_idle_ms
         self._keys = stream_keys(source)
         self.timeout = timeout
+        self.screen = EventScreen(source, rules, clock_us)
+        self.dead_letters = RedisDeadLetters(cluster, source, dead_letter_kb * 1024, timeout)
         # Per partition: "0" while re-reading our own pending entries, then ">" (new ones).
         self._cursor = dict.fromkeys(self.partitions, "0")
         self.claimed = 0
@@ -169,28 +179,29 @@ class RedisStreamSource:
         return total
 
     def _batch(self, partition: int, entries: list[streams.Entry]) -> EventBatch:
-        source = self.source
-        ids, positions, rows = [], [], []
+        """The entries as events; those the screen refuses ride along as dead letters."""
+        events: list[Event] = []
+        ids, positions, payloads, rejected = [], [], [], []
         for entry_id, fields in entries:
+            receipt = entry_id.decode()
+            payload = tuple(zip(fields[::2], fields[1::2], strict=True))
+            try:
+                event = self.screen.redis_entry(fields)
+            except Refused as refused:
+                rejected.append(self.screen.screened(partition, receipt, payload, refused))
+                continue
             major, _, minor = entry_id.partition(b"-")
             positions.append((int(major), int(minor)))
-            values = dict(zip(fields[::2], fields[1::2], strict=True))
-            rows.append(values)
-            ids.append(entry_id.decode())
-        columns = {
-            name: _column(kind.kind, [row.get(name.encode(), b"") for row in rows])
-            for name, kind in source.columns.items()
-        }
-        times = np.asarray([int(row[source.timestamp_field.encode()]) for row in rows], np.int64)
-        event_ids = [row[source.id_field.encode()].decode() for row in rows]
-        return EventBatch(partition, columns, times, event_ids, positions, ids)
-
-
-def _column(kind: Kind, raw: list[bytes]) -> Any:
-    if kind is Kind.STRING:
-        return np.asarray([value.decode() for value in raw], dtype=object)
-    if kind is Kind.BOOL:
-        return np.asarray([value in (b"1", b"true", b"True") for value in raw], dtype=bool)
-    if kind is Kind.INT64:
-        return np.asarray([int(value) for value in raw], dtype=np.int64)
-    return np.asarray([float(value) for value in raw], dtype=np.float64)
+            events.append(event)
+            ids.append(receipt)
+            payloads.append(payload)
+        return EventBatch(
+            partition,
+            self.screen.columns(events),
+            np.asarray([event[1] for event in events], np.int64),
+            [event[0] for event in events],
+            positions,
+            ids,
+            payloads,
+            rejected,
+        )

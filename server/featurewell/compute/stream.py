@@ -42,9 +42,31 @@ class EventBatch:
     event_ids: Sequence[str]
     positions: Sequence[Position]
     receipts: Sequence[str] = ()  # what the source needs to acknowledge them (stream entry ids)
+    # Each event as read (a dead letter keeps it if a view refuses the event), and the entries
+    # of this read the screen refused (compute/events.py): acknowledged with the batch.
+    payloads: Sequence[Any] = ()
+    rejected: Sequence[Any] = ()
 
     def __len__(self) -> int:
         return len(self.event_time_us)
+
+    def without(self, rows: Sequence[int]) -> EventBatch:
+        """The batch less `rows` (indexes), with no rejected entries (they stay with self)."""
+        dropped = set(rows)
+        keep = [i for i in range(len(self)) if i not in dropped]
+        return self.take(keep)
+
+    def take(self, rows: Sequence[int]) -> EventBatch:
+        index = np.asarray(rows, dtype=np.int64)
+        return EventBatch(
+            self.partition,
+            {name: column[index] for name, column in self.columns.items()},
+            self.event_time_us[index],
+            [self.event_ids[i] for i in rows],
+            [self.positions[i] for i in rows],
+            [self.receipts[i] for i in rows] if self.receipts else (),
+            [self.payloads[i] for i in rows] if self.payloads else (),
+        )
 
 
 @dataclass(slots=True)
@@ -110,11 +132,28 @@ class StreamEngine:
         self.watermarks: dict[int, int] = {}
         self.counters = Counters()
 
-    def apply(self, batch: EventBatch) -> dict[str, set[EntityKey]]:
-        """Apply a partition's events; returns the entities each view must emit again."""
+    def apply(
+        self, batch: EventBatch, refused: list[tuple[int, str]] | None = None
+    ) -> dict[str, set[EntityKey]]:
+        """Apply a partition's events; returns the entities each view must emit again.
+
+        With `refused`, an event a view's own code refuses (an expression that fails on it, an
+        aggregation's check, a non-finite value an expression made) is left out and listed there
+        as (index in `batch`, reason), and the rest is applied; without it, that raises."""
         touched: dict[str, set[EntityKey]] = {ref: set() for ref in self.views}
         if not len(batch):
             return touched
+        start = 0 if refused is None else len(refused)
+        inputs = self._inputs(batch, refused)
+        if refused is not None and len(refused) > start:
+            first: dict[int, str] = {}  # one reason per event (several features may refuse it)
+            for i, reason in refused[start:]:
+                first.setdefault(i, reason)
+            refused[start:] = sorted(first.items())
+            batch = batch.without(list(first))
+            if not len(batch):
+                return touched
+            inputs = self._inputs(batch, None)
         times = batch.event_time_us
         start = self.watermarks.get(batch.partition, _NEVER)
         # The watermark each event meets: the greatest event time read before it.
@@ -126,17 +165,56 @@ class StreamEngine:
         self.watermarks[batch.partition] = max(start, int(times.max()))
         self.counters.late += int(len(times) - np.count_nonzero(on_time))
         for state in self.views.values():
-            touched[state.program.view.ref] = self._apply_view(state, batch, on_time)
+            ref = state.program.view.ref
+            touched[ref] = self._apply_view(state, batch, on_time, inputs[ref])
         return touched
 
+    def _inputs(
+        self, batch: EventBatch, refused: list[tuple[int, str]] | None
+    ) -> dict[str, list[tuple[Any, Any, npt.NDArray[np.bool_]]]]:
+        """Every view's per-feature inputs of the batch. When the batch cannot be evaluated
+        whole, each event is evaluated alone (only then: one failing event costs a pass) to
+        find those to refuse; non-finite values an expression made are refused too."""
+        try:
+            out = {ref: _inputs_of(state, batch) for ref, state in self.views.items()}
+        except Exception as exc:
+            if refused is None:
+                raise
+            failing = []
+            for i in range(len(batch)):
+                try:
+                    for state in self.views.values():
+                        _inputs_of(state, batch.take([i]))
+                except Exception as alone:
+                    failing.append((i, f"{type(alone).__name__}: {alone}"))
+            if not failing:  # fails whole but on no event alone: not the data's fault
+                raise exc
+            refused.extend(failing)
+            return {}
+        if refused is not None:
+            for state in self.views.values():
+                for feature, (value, weight, keep) in zip(
+                    state.program.features, out[state.program.view.ref], strict=True
+                ):
+                    for name, column in (("value", value), ("weight", weight)):
+                        for i in _not_finite(column, keep):
+                            refused.append(
+                                (
+                                    i,
+                                    f"view {state.program.view.ref!r} feature "
+                                    f"{feature.feature.name!r}: its {name} is not finite",
+                                )
+                            )
+        return out
+
     def _apply_view(
-        self, state: ViewState, batch: EventBatch, on_time: npt.NDArray[np.bool_]
+        self,
+        state: ViewState,
+        batch: EventBatch,
+        on_time: npt.NDArray[np.bool_],
+        inputs: list[tuple[Any, Any, npt.NDArray[np.bool_]]],
     ) -> set[EntityKey]:
         program = state.program
-        rows = len(batch)
-        # What expressions see, as in the batch engine: the source's columns and event_time.
-        visible = {**batch.columns, "event_time": batch.event_time_us}
-        inputs = [f.inputs(visible, rows) for f in program.features]
         key_names = list(program.view.entity.key_names)
         keys = list(zip(*(batch.columns[k].tolist() for k in key_names), strict=True))
         tiles = program.tile_of(batch.event_time_us).tolist()
@@ -248,6 +326,23 @@ class StreamEngine:
                         del state.entities[key]
                         dropped += 1
                 yield dropped
+
+
+def _inputs_of(state: ViewState, batch: EventBatch) -> list[tuple[Any, Any, Any]]:
+    # What expressions see, as in the batch engine: the source's columns and event_time.
+    visible = {**batch.columns, "event_time": batch.event_time_us}
+    return [f.inputs(visible, len(batch)) for f in state.program.features]
+
+
+def _not_finite(column: Any, keep: npt.NDArray[np.bool_]) -> list[int]:
+    """Rows (kept by the feature's filter) whose float value is NaN or infinite."""
+    if not isinstance(column, np.ndarray) or column.dtype.kind != "f":
+        return []
+    bad: npt.NDArray[np.bool_] = ~np.isfinite(column)
+    if bad.ndim > 1:
+        bad = np.asarray(bad.any(axis=tuple(range(1, bad.ndim))))
+    rows: list[int] = np.flatnonzero(bad & keep).tolist()
+    return rows
 
 
 def _new_entity(state: ViewState) -> EntityState:

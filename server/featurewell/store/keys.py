@@ -10,6 +10,7 @@
   consumer_seen   fw:{_meta}:consumers:seen                  hash    _meta
   watermarks      fw:{_stream}:<source>:<group>:watermarks   string  _stream
   events          fw:events:<source>[:<partition>]           stream  none: the whole key
+  dead_letters    fw:deadletters:<source>                    stream  none: the whole key
 
 - row (store/online.py): a view version's feature row for one entity. Every view of one entity
   shares the tag, hence the slot and the node: one round trip per node.
@@ -25,6 +26,9 @@
 - events (store/streams.py): one stream per partition (":<partition>" only when the source has
   several), each in a slot of its own so partitions spread over the nodes. `EventSource(stream=
   ...)` replaces `fw:events:<source>` with the user's name (refused if another family's key).
+- dead_letters (store/streams.py, compute/deadletters.py): the events of a source the stream
+  refused (malformed, or refused by a view), with the reason and the payload, until replayed or
+  dropped. One stream per source, whatever its partitions (each letter names its partition).
 
 Why no two families can collide (tests/test_keys.py checks it): view and source names are
 `[a-z][a-z0-9_]*` (definitions' check_name), so a name is never '{_meta}', '{_stream}' or
@@ -86,6 +90,11 @@ def watermarks_key(source: EventSource, group: str) -> bytes:
     return f"fw:{{_stream}}:{source.name}:{group}:watermarks".encode()
 
 
+def dead_letters_key(source: EventSource) -> str:
+    """The stream of the events `featurewell stream` refused from `source`."""
+    return f"fw:deadletters:{source.name}"
+
+
 def stream_name(source: EventSource) -> str:
     """The source's stream name: the user's `stream=`, or featurewell's. With several
     partitions, each partition's key is the name and ':<partition>'."""
@@ -142,6 +151,7 @@ FAMILIES = (
     _family("consumer_seen", re.escape(CONSUMER_SEEN_KEY), b"_meta"),
     _family("watermarks", _WATERMARKS, b"_stream"),
     _family("events", rb"fw:events:(?P<source>" + _NAME + rb")(?::(?P<partition>[0-9]+))?"),
+    _family("dead_letters", rb"fw:deadletters:(?P<source>" + _NAME + rb")"),
 )
 
 
