@@ -11,7 +11,7 @@ Checked, in order (the reason class is a metric label, so the set is fixed):
 - `wrong_type`: a value that is not the column's declared type (Kafka: JSON types exactly);
 - `not_finite`: NaN or ±Inf in a float column;
 - `entity_key`: an empty key or one over `max_entity_key_bytes` (engine/validation.py);
-- `event_id`: an empty event id, or one over `max_entity_key_bytes` (ids are kept in state);
+- `event_id`: an empty event id, or one over `MAX_EVENT_ID_BYTES` (ids are kept in state);
 - `event_time`: beyond `max_future_skew_s` ahead of the clock, or absurdly old: a future event
   would move the partition's watermark, and every later event would be dropped as late;
 - `view_rejected`: a computed view's own code (an expression, an aggregation's check) refuses
@@ -44,6 +44,7 @@ REASONS = (
     "view_rejected",
 )
 Payload = tuple[tuple[bytes, bytes], ...]  # as read: a Redis entry's fields, Kafka's key/value
+MAX_EVENT_ID_BYTES = 1024  # ids are remembered per entity for the lateness horizon
 _INT = re.compile(rb"[+-]?[0-9]+")
 _INT64 = (-(2**63), 2**63 - 1)
 _TRUE, _FALSE = (b"1", b"true", b"True"), (b"0", b"false", b"False")
@@ -129,10 +130,9 @@ class EventScreen:
 
     def _event(self, event_id: str, time_us: int) -> Event:
         size = len(event_id.encode("utf-8", "surrogatepass"))
-        if not event_id or size > self.rules.max_entity_key_bytes:
+        if not event_id or size > MAX_EVENT_ID_BYTES:
             raise Refused(
-                "event_id",
-                f"event id {echo(event_id)} must be 1 to {self.rules.max_entity_key_bytes} bytes",
+                "event_id", f"event id {echo(event_id)} must be 1 to {MAX_EVENT_ID_BYTES} bytes"
             )
         problem = event_time_problem(time_us, self.rules, self.clock_us())
         if problem is not None:

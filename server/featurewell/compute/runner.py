@@ -80,6 +80,7 @@ class StreamRunner:
         history: OfflineStore | None = None,
         history_flush_s: float = 60.0,
         rules: WriteRules | None = None,
+        dead_letter_kb: int = 64,
     ) -> None:
         """`events` reads the source (default: its Redis Streams, as consumer `consumer` of
         `group`); a `KafkaSource` reads its topic instead. `clock_us` is the time values are
@@ -98,8 +99,8 @@ class StreamRunner:
 
         Every event is screened first (compute/events.py, by `rules`, default WriteRules()) and
         a refused one, or one a view's code refuses while applied, goes to the reader's dead
-        letters; the stream goes on. (`rules` screens the default Redis reader; a given reader
-        brings its own.)"""
+        letters (payloads cut at `dead_letter_kb` KiB); the stream goes on. (`rules` and
+        `dead_letter_kb` configure the default Redis reader; a given reader brings its own.)"""
         self.registry = registry
         self.source = source
         self.writer = writer
@@ -122,6 +123,7 @@ class StreamRunner:
             claim_idle_ms,
             rules=rules,
             clock_us=clock_us,
+            dead_letter_kb=dead_letter_kb,
         )
         self.group = group
         self.batch_size = batch_size
@@ -168,6 +170,7 @@ class StreamRunner:
             for ref, keys in self.engine.apply(batch, refused).items():
                 self._to_emit[ref] |= keys
             letters = [*batch.rejected, *(self._refused(batch, i, r) for i, r in refused)]
+            letters.sort(key=_read_order)  # in the order they were read
             if letters:
                 # Written before any entry of the batch can be acknowledged: none is lost.
                 await self.events.dead_letters.write(letters)
@@ -391,6 +394,11 @@ class StreamRunner:
             for key, raw in zip(missing, stored, strict=True):
                 if raw:
                     state.entities[key] = decode_entity(state, raw)
+
+
+def _read_order(letter: DeadLetter) -> tuple[int, ...]:
+    """A receipt's place in its partition: a Redis Stream id "ms-seq", a Kafka offset."""
+    return tuple(int(part) for part in letter.receipt.split("-"))
 
 
 def _tags(keys: list[EntityKey]) -> list[bytes]:
