@@ -18,11 +18,20 @@ cut letter says so and cannot be replayed (its event is no longer whole).
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from featurewell.compute.events import DeadLetter, Payload
 from featurewell.definitions import EventSource
@@ -233,3 +242,65 @@ class KafkaDeadLetters:
             raise StoreUnavailable(
                 f"dead letters not acknowledged by Kafka ({remaining} pending): {failures[:3]}"
             )
+
+
+def read_kafka_dead_letters(
+    config: Mapping[str, Any], topic: str, limit: int = 1000, timeout_s: float = 10.0
+) -> list[StoredLetter]:
+    """The oldest `limit` dead letters of a Kafka dead-letter topic (each partition from its
+    start, commits nothing). Ids are "<partition>:<offset>"."""
+    settings = {k: v for k, v in config.items() if not k.startswith(("group.", "enable."))}
+    consumer = Consumer(
+        {
+            **settings,
+            "group.id": f"featurewell-dead-letters-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        found = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if found is None or found.error is not None:
+            return []
+        partitions = list(found.partitions)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        out: list[StoredLetter] = []
+        ended: set[int] = set()
+        deadline = time.monotonic() + timeout_s
+        while len(ended) < len(partitions) and len(out) < limit and time.monotonic() < deadline:
+            message = consumer.poll(0.1)
+            if message is None:
+                continue
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    ended.add(int(message.partition() or 0))
+                    continue
+                raise StoreUnavailable(f"cannot read dead letters from {topic}: {error}")
+            out.append(_from_kafka(message))
+        return sorted(out, key=lambda s: s.letter.time_us)
+    finally:
+        consumer.close()
+
+
+def _from_kafka(message: Message) -> StoredLetter:
+    headers = message.headers() or []
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    meta = {
+        str(name): value.decode("utf-8", "backslashreplace")
+        for name, value in pairs
+        if isinstance(value, bytes)
+    }
+    payload = ((b"key", message.key() or b""), (b"value", message.value() or b""))
+    letter = DeadLetter(
+        meta.get("source", ""),
+        int(meta.get("partition", "0")),
+        meta.get("receipt", ""),
+        meta.get("reason_class", ""),
+        meta.get("reason", ""),
+        payload,
+        int(meta.get("refused_at_us", "0")),
+    )
+    entry_id = f"{message.partition()}:{message.offset()}"
+    size = int(meta.get("payload_bytes", "0"))
+    return StoredLetter(entry_id, letter, size, meta.get("cut") == "1")
