@@ -368,3 +368,29 @@ def test_non_finite_text_is_refused(value: bytes) -> None:
     with pytest.raises(Refused) as refused:
         EventScreen(source).redis_entry(fields)
     assert refused.value.reason_class == "not_finite"
+
+
+def test_the_stream_addresses_an_empty_key_as_redis_and_serving_do(cluster: LocalCluster) -> None:
+    """The stream's state keys are tagged by the same function as the served rows
+    (store.keys.entity_tags): an empty key is '%00', in the slot Redis itself computes, never
+    the whole-key hash of an empty '{}' (which sent its checkpoint to a node answering MOVED)."""
+    from featurewell.compute.runner import _tags
+    from featurewell.devcluster import call
+    from featurewell.store.addressing import Addresses
+    from featurewell.store.keys import slots_of, state_prefix, view_keys
+
+    _, view = definitions("watches")
+    keys: list[tuple[Any, ...]] = [("",), ("a",), ("{}",), ("|",)]
+    tags = _tags(keys)
+    served = Addresses().read(_rows(view, [k[0] for k in keys]))
+    assert tags == served.tags
+    assert tags[0] == b"%00"
+    port = cluster.masters[0]
+    for key, slot in zip(view_keys(state_prefix(view), tags), slots_of(tags), strict=True):
+        assert call(port, "CLUSTER", "KEYSLOT", key) == slot, key
+
+
+def _rows(view: FeatureView, members: list[str]) -> Any:
+    from featurewell.store.addressing import EntityRows
+
+    return EntityRows([view], [members], len(members))
