@@ -6,7 +6,8 @@ it was never acknowledged the restarted stream read it first again (a crash loop
 event becomes a `DeadLetter` (compute/deadletters.py writes it), the rest of the batch goes on.
 
 Checked, in order (the reason class is a metric label, so the set is fixed):
-- `undecodable`: not UTF-8 (a Redis entry's names and text values), not a JSON object (Kafka);
+- `undecodable`: not UTF-8 (a Redis entry's event id and String values), not a JSON object
+  (Kafka);
 - `missing_field`: the event id, the event time or a column of the source is absent;
 - `wrong_type`: a value that is not the column's declared type (Kafka: JSON types exactly);
 - `not_finite`: NaN or ±Inf in a float column;
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,7 +45,6 @@ REASONS = (
 )
 Payload = tuple[tuple[bytes, bytes], ...]  # as read: a Redis entry's fields, Kafka's key/value
 MAX_EVENT_ID_BYTES = 1024  # ids are remembered per entity for the lateness horizon
-_INT = re.compile(rb"[+-]?[0-9]+")
 _INT64 = (-(2**63), 2**63 - 1)
 _TRUE, _FALSE = (b"1", b"true", b"True"), (b"0", b"false", b"False")
 
@@ -90,23 +89,39 @@ class EventScreen:
         self.rules = rules or WriteRules()
         self.clock_us = clock_us
         self._columns = [(name, t.kind, name in source.keys) for name, t in source.columns.items()]
+        self._text_columns = [(n, n.encode(), k, key) for n, k, key in self._columns]
 
-    def redis_entry(self, fields: Sequence[bytes]) -> Event:
-        """An entry's [field, value, ...] as Redis returned them: names and text in UTF-8."""
-        row: dict[str, bytes] = {}
-        for field_name, value in zip(fields[::2], fields[1::2], strict=True):
-            row[_text(field_name, "a field name")] = value
-        event_id = _text(self._present(row, self.source.id_field), "the event id")
-        raw_time = self._present(row, self.source.timestamp_field)
+    def redis_entry(self, fields: Sequence[bytes], now_us: int | None = None) -> Event:
+        """An entry's [field, value, ...] as Redis returned them: text in UTF-8. `now_us`
+        (default the clock) is what event times are judged against: read once per batch."""
+        row = dict(zip(fields[::2], fields[1::2], strict=True))
+        id_field, time_field = self.source.id_field, self.source.timestamp_field
+        raw_id = row.get(id_field.encode())
+        raw_time = row.get(time_field.encode())
+        if raw_id is None or raw_time is None:
+            self._present({k.decode("utf-8", "replace"): v for k, v in row.items()}, id_field)
+            self._present({k.decode("utf-8", "replace"): v for k, v in row.items()}, time_field)
+        assert raw_id is not None
+        assert raw_time is not None
         values = []
-        for name, kind, is_key in self._columns:
-            values.append(self._checked(name, _from_text(name, kind, self._present(row, name))))
-            if is_key:
-                self._key(name, values[-1])
-        event = self._event(event_id, _from_text(self.source.timestamp_field, Kind.INT64, raw_time))
-        return event[0], event[1], values
+        max_key = self.rules.max_entity_key_bytes
+        for name, encoded, kind, is_key in self._text_columns:
+            raw = row.get(encoded)
+            if raw is None:
+                self._present({k.decode("utf-8", "replace"): v for k, v in row.items()}, name)
+            assert raw is not None
+            value = _from_text(name, kind, raw)
+            if kind is Kind.FLOAT64 or kind is Kind.FLOAT32:
+                self._checked(name, value)
+            # A text key's UTF-8 size is its raw size: the rule is only called to say why.
+            if is_key and (not 0 < len(raw) <= max_key if kind is Kind.STRING else True):
+                self._key(name, value)
+            values.append(value)
+        event_id = _text(raw_id, "the event id")
+        time_us = _from_text(time_field, Kind.INT64, raw_time)
+        return self._event(event_id, time_us, now_us), time_us, values
 
-    def kafka_value(self, value: bytes | None) -> Event:
+    def kafka_value(self, value: bytes | None, now_us: int | None = None) -> Event:
         """A message's value: a JSON object of the event id, the event time and the columns."""
         try:
             row = json.loads(value or b"")
@@ -125,19 +140,25 @@ class EventScreen:
             values.append(self._checked(name, _from_json(name, kind, self._present(row, name))))
             if is_key:
                 self._key(name, values[-1])
-        event = self._event(event_id, _from_json(self.source.timestamp_field, Kind.INT64, raw_time))
-        return event[0], event[1], values
+        time_us = _from_json(self.source.timestamp_field, Kind.INT64, raw_time)
+        return self._event(event_id, time_us, now_us), time_us, values
 
-    def _event(self, event_id: str, time_us: int) -> Event:
-        size = len(event_id.encode("utf-8", "surrogatepass"))
-        if not event_id or size > MAX_EVENT_ID_BYTES:
-            raise Refused(
-                "event_id", f"event id {echo(event_id)} must be 1 to {MAX_EVENT_ID_BYTES} bytes"
-            )
-        problem = event_time_problem(time_us, self.rules, self.clock_us())
-        if problem is not None:
-            raise Refused("event_time", problem)
-        return event_id, time_us, []
+    def _event(self, event_id: str, time_us: int, now_us: int | None) -> str:
+        """The event id, once it and the event time pass."""
+        if not event_id or len(event_id) * 4 > MAX_EVENT_ID_BYTES:  # 4: UTF-8's widest
+            size = len(event_id.encode("utf-8", "surrogatepass"))
+            if not event_id or size > MAX_EVENT_ID_BYTES:
+                raise Refused(
+                    "event_id",
+                    f"event id {echo(event_id)} must be 1 to {MAX_EVENT_ID_BYTES} bytes",
+                )
+        now = self.clock_us() if now_us is None else now_us
+        rules = self.rules
+        if not now - rules.max_event_age_us <= time_us <= now + rules.max_future_skew_us:
+            problem = event_time_problem(time_us, rules, now)
+            if problem is not None:
+                raise Refused("event_time", problem)
+        return event_id
 
     def _present(self, row: Mapping[str, Any], name: str) -> Any:
         if name not in row:
@@ -203,7 +224,13 @@ def _from_text(name: str, kind: Kind, raw: bytes) -> Any:
             return raw in _TRUE
         raise Refused("wrong_type", f"{name!r} must be a bool (1/0/true/false), got {echo(raw)}")
     if kind is Kind.INT64:
-        if _INT.fullmatch(raw) and _INT64[0] <= (number := int(raw)) <= _INT64[1]:
+        try:
+            number = int(raw)
+        except ValueError:
+            number = None
+        digits = raw[1:] if raw[:1] in (b"-", b"+") else raw
+        # int() also takes spaces and '_': only plain digits are an int64 here.
+        if number is not None and _INT64[0] <= number <= _INT64[1] and digits.isdigit():
             return number
         raise Refused("wrong_type", f"{name!r} must be an int64, got {echo(raw)}")
     try:

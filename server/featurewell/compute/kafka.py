@@ -100,11 +100,12 @@ class KafkaSource:
         """The messages as events; those the screen refuses ride along as dead letters."""
         events: list[Event] = []
         offsets, payloads, rejected = [], [], []
+        now_us = self.screen.clock_us()  # event times are judged against one now per batch
         for message in messages:
             offset = int(message.offset() or 0)
             payload = ((b"key", message.key() or b""), (b"value", message.value() or b""))
             try:
-                event = self.screen.kafka_value(message.value())
+                event = self.screen.kafka_value(message.value(), now_us)
             except Refused as refused:
                 rejected.append(self.screen.screened(partition, str(offset), payload, refused))
                 continue

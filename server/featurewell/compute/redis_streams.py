@@ -182,11 +182,12 @@ class RedisStreamSource:
         """The entries as events; those the screen refuses ride along as dead letters."""
         events: list[Event] = []
         ids, positions, payloads, rejected = [], [], [], []
+        now_us = self.screen.clock_us()  # event times are judged against one now per batch
         for entry_id, fields in entries:
             receipt = entry_id.decode()
             payload = tuple(zip(fields[::2], fields[1::2], strict=True))
             try:
-                event = self.screen.redis_entry(fields)
+                event = self.screen.redis_entry(fields, now_us)
             except Refused as refused:
                 rejected.append(self.screen.screened(partition, receipt, payload, refused))
                 continue
