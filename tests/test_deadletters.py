@@ -394,3 +394,26 @@ def _rows(view: FeatureView, members: list[str]) -> Any:
     from featurewell.store.addressing import EntityRows
 
     return EntityRows([view], [members], len(members))
+
+
+@pytest.mark.parametrize(
+    ("change", "complaint"),
+    [
+        ({"member_id": ""}, "empty string"),
+        ({"member_id": "x" * 2000}, "over max_entity_key_bytes 1024"),
+        ({"event_time": 2**62}, "in the future"),
+        ({"amount": float("inf")}, "only finite numbers"),
+        ({"event_id": "e" * 2000}, "must be 1 to 1024 bytes"),
+    ],
+)
+def test_append_refuses_what_the_stream_would(change: dict[str, Any], complaint: str) -> None:
+    """`featurewell append` (checked_event) screens with the stream's own rules."""
+    from featurewell.compute.redis_streams import checked_event
+    from featurewell.errors import InvalidRequest
+
+    source, _ = definitions("watches")
+    now = time.time_ns() // 1000
+    event = {"member_id": "m1", "amount": 1.0, "hour": 3, **change}
+    with pytest.raises(InvalidRequest, match=complaint):
+        checked_event(source, event, now)
+    assert checked_event(source, {"member_id": "m1", "amount": 1.0, "hour": 3}, now)

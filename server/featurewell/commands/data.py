@@ -298,6 +298,7 @@ def _append(settings: Settings, args: argparse.Namespace) -> None:
     if not texts:
         raise InvalidRequest("no events: pass --event JSON, or JSON lines on stdin")
     now_us = time.time_ns() // 1000
+    rules = WriteRules.from_settings(settings.serving)  # what the stream would refuse
     events = []
     for n, text in enumerate(texts, 1):
         try:
@@ -306,7 +307,7 @@ def _append(settings: Settings, args: argparse.Namespace) -> None:
             raise InvalidRequest(f"event {n} is not JSON: {exc}") from None
         if not isinstance(parsed, dict):
             raise InvalidRequest(f"event {n} must be a JSON object, got {text.strip()[:60]!r}")
-        events.append(checked_event(source, parsed, now_us))
+        events.append(checked_event(source, parsed, now_us, rules))
 
     async def send() -> list[str]:
         async with connected(settings.redis) as store:

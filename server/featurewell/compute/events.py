@@ -129,6 +129,10 @@ class EventScreen:
             raise Refused("undecodable", f"the message is not JSON: {exc}") from None
         if not isinstance(row, dict):
             raise Refused("undecodable", f"the message is not a JSON object: {echo(row)}")
+        return self.mapping(row, now_us)
+
+    def mapping(self, row: Mapping[str, Any], now_us: int | None = None) -> Event:
+        """An event as a mapping of JSON-typed values (a Kafka message, `featurewell append`)."""
         event_id = self._present(row, self.source.id_field)
         if isinstance(event_id, int) and not isinstance(event_id, bool):
             event_id = str(event_id)

@@ -24,7 +24,7 @@ from featurewell.compute.deadletters import RedisDeadLetters
 from featurewell.compute.events import Event, EventScreen, Refused, wall_clock_us
 from featurewell.compute.stream import EventBatch
 from featurewell.definitions import EventSource, Kind
-from featurewell.engine.validation import WriteRules
+from featurewell.engine.validation import WriteRules, echo
 from featurewell.errors import InvalidRequest
 from featurewell.store import streams
 from featurewell.store.cluster import ClusterClient
@@ -54,9 +54,13 @@ async def append(
     return await streams.add(cluster, entries, timeout)
 
 
-def checked_event(source: EventSource, event: Mapping[str, Any], now_us: int) -> dict[str, Any]:
-    """A producer's event (e.g. parsed JSON) checked against the source's columns and types;
-    `event_id` defaults to a fresh UUID and `event_time` to `now_us`."""
+def checked_event(
+    source: EventSource, event: Mapping[str, Any], now_us: int, rules: WriteRules | None = None
+) -> dict[str, Any]:
+    """A producer's event (e.g. parsed JSON) checked against the source's columns and types,
+    and by the stream's own screen (`rules`: keys, event time, finite numbers), so what is
+    appended is what the stream accepts; `event_id` defaults to a fresh UUID and `event_time`
+    to `now_us`."""
     where = f"event for source {source.name!r}"
     columns = source.columns
     known = {*columns, source.id_field, source.timestamp_field}
@@ -78,6 +82,10 @@ def checked_event(source: EventSource, event: Mapping[str, Any], now_us: int) ->
     }
     for name, dtype in columns.items():
         checked[name] = _typed(where, name, dtype.kind, event[name])
+    try:
+        EventScreen(source, rules).mapping(checked, now_us)
+    except Refused as refused:
+        raise InvalidRequest(f"{where}: {refused.reason}") from None
     return checked
 
 
@@ -90,7 +98,7 @@ def _typed(where: str, name: str, kind: Kind, value: Any) -> Any:
         Kind.FLOAT64: isinstance(value, int | float) and not isinstance(value, bool),
     }[kind]
     if not ok:
-        raise InvalidRequest(f"{where}: {name!r} must be {kind.name.lower()}, got {value!r}")
+        raise InvalidRequest(f"{where}: {name!r} must be {kind.name.lower()}, got {echo(value)}")
     return float(value) if kind in (Kind.FLOAT32, Kind.FLOAT64) else value
 
 
