@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Producer
 
 from featurewell.compute.deadletters import read_kafka_dead_letters
 from featurewell.compute.kafka import KafkaSource
-from featurewell.definitions import Registry
+from featurewell.definitions import Registry, load_repo
 from featurewell.devcluster import LocalCluster
-from tests.test_deadletters import MINUTE_US, definitions, member
+from tests.test_deadletters import MINUTE_US, REPO, definitions, member
 from tests.test_kafka import _runner, kafka
 from tests.test_stream import close, served
 from tests.tools import ServerThread, make_settings
@@ -75,7 +78,7 @@ def test_each_malformed_message_is_a_dead_letter_and_the_stream_goes_on(
     assert producer.flush(30) == 0
     total = 2 * len(cases) + 1
     group = f"g-{uuid.uuid4().hex[:6]}"
-    config = {"bootstrap.servers": bootstrap}
+    config = _config(bootstrap)
     loop = asyncio.new_event_loop()
     runner = restarted = None
     try:
@@ -104,18 +107,33 @@ def test_each_malformed_message_is_a_dead_letter_and_the_stream_goes_on(
         assert values[f"{view.name}:watches_1d"] == [len(cases) + 1]
         assert values[f"{view.name}:amount_1d"] == [2.0 * len(cases) + 1.0]
 
-        # Committed past the bad messages: a restarted member reads nothing again.
+        # Committed past the bad messages: a restarted member reads only what came after.
+        after = json.dumps(_event("m1", now - MINUTE_US)).encode()
+        producer.produce(source.kafka_topic, key=b"m1", value=after)
+        assert producer.flush(30) == 0
         again = KafkaSource(source, config, group)
         restarted = loop.run_until_complete(_runner(cluster, registry, again))
-        for _ in range(20):
+        loop.run_until_complete(_read(restarted, 1))
+        for _ in range(10):
             loop.run_until_complete(restarted.step())
         again.close()
-        assert restarted.stats.events == 0
+        assert restarted.stats.events == 1
+        assert restarted.engine.counters.applied == 1
+        assert sum(restarted.stats.dead_letters.values()) == 0
         assert len(read_kafka_dead_letters(config, f"{source.kafka_topic}.dead-letters")) == len(
             cases
         )
     finally:
         close(loop, runner, restarted)
+
+
+def _config(bootstrap: str) -> dict[str, Any]:
+    # A short session: a closed member's partitions go to the next one in seconds, not 45.
+    return {
+        "bootstrap.servers": bootstrap,
+        "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 500,
+    }
 
 
 async def _read(runner: Any, expected: int) -> None:
@@ -124,3 +142,73 @@ async def _read(runner: Any, expected: int) -> None:
             return
         await runner.step()
     raise AssertionError(f"read {runner.stats.events} of {expected} events")
+
+
+def test_dead_letters_command_lists_and_replays_kafka_after_a_fix(
+    kafka: tuple[Producer, str], cluster: LocalCluster, tmp_path: Path
+) -> None:
+    producer, bootstrap = kafka
+    name = f"watches_{uuid.uuid4().hex[:6]}"
+    repo = tmp_path / "repo.py"
+    repo.write_text(REPO.replace("NAME", name).replace("CATEGORIES", "24"))
+    registry = load_repo(str(repo))
+    view = registry.view(f"{name}_stats")
+    source = view.events
+    assert source is not None
+    now = time.time_ns() // 1000
+    for hour in (3, 30):  # 30: refused by the Mode of 24 hours
+        value = json.dumps(_event("m1", now - MINUTE_US, hour=hour)).encode()
+        producer.produce(source.kafka_topic, key=b"m1", value=value)
+    assert producer.flush(30) == 0
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    config = _config(bootstrap)
+    kafka_flags = ("--source", name, "--kafka-bootstrap", bootstrap)
+    loop = asyncio.new_event_loop()
+    runner = fixed = None
+    try:
+        reader = KafkaSource(source, config, group)
+        runner = loop.run_until_complete(_runner(cluster, registry, reader))
+        loop.run_until_complete(_read(runner, 2))
+        loop.run_until_complete(runner.checkpoint())
+        reader.close()
+
+        listed = _cli(repo, cluster, "list", *kafka_flags, "--json")
+        assert listed.returncode == 0, listed.stderr
+        rows = [json.loads(line) for line in listed.stdout.splitlines()]
+        assert [r["reason_class"] for r in rows] == ["view_rejected"]
+        assert json.loads(rows[0]["payload"]["value"])["hour"] == 30
+        refused = _cli(repo, cluster, "replay", *kafka_flags)
+        assert refused.returncode != 0
+        assert "needs --ids" in refused.stderr
+
+        repo.write_text(REPO.replace("NAME", name).replace("CATEGORIES", "48"))  # the fix
+        replay = _cli(repo, cluster, "replay", *kafka_flags, "--ids", rows[0]["id"])
+        assert replay.returncode == 0, replay.stderr
+        assert "replayed 1" in replay.stdout
+        fixed_registry = load_repo(str(repo))
+        again = KafkaSource(source, config, group)
+        fixed = loop.run_until_complete(_runner(cluster, fixed_registry, again))
+        loop.run_until_complete(_read(fixed, 1))
+        loop.run_until_complete(fixed.flush())
+        again.close()
+        assert fixed.engine.counters.applied == 1
+        server = ServerThread(make_settings(cluster), fixed_registry)
+        try:
+            values, _ = served(server, fixed_registry.view(view.name), ["m1"])
+        finally:
+            server.stop()
+        assert values[f"{view.name}:watches_1d"] == [2]
+    finally:
+        close(loop, runner, fixed)
+
+
+def _cli(repo: Path, cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
+    seeds = ",".join(f"{h}:{p}" for h, p in cluster.seeds)
+    command = [sys.executable, "-m", "featurewell.cli", "dead-letters", *args]
+    return subprocess.run(
+        [*command, "--repo", str(repo), "--redis", seeds],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

@@ -8,11 +8,18 @@ import json
 import sys
 from datetime import UTC, datetime
 
+from confluent_kafka import Producer
+
 from featurewell.app import connected
 from featurewell.commands._command import Command, event_source, registry_of, run
-from featurewell.compute.deadletters import RedisDeadLetters, StoredLetter
+from featurewell.compute.deadletters import (
+    RedisDeadLetters,
+    StoredLetter,
+    read_kafka_dead_letters,
+)
+from featurewell.definitions import EventSource
 from featurewell.engine.validation import echo
-from featurewell.errors import ConfigError
+from featurewell.errors import ConfigError, InvalidRequest, StoreUnavailable
 from featurewell.settings import RedisSettings, Settings
 
 
@@ -29,6 +36,13 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
         "--ids", nargs="+", metavar="ID", help="replay/drop: only these (default: replay all)"
     )
     parser.add_argument("--all", action="store_true", help="drop: every dead letter")
+    parser.add_argument(
+        "--kafka-bootstrap",
+        metavar="HOST:PORT,...",
+        help="a Kafka source's dead letters (its topic + '.dead-letters'): list, or replay "
+        "--ids onto the source's topic (a topic cannot delete: they stay listed)",
+    )
+    parser.add_argument("--dead-letter-topic", default="", help="Kafka: the dead-letter topic")
 
 
 def _dead_letters(settings: Settings, args: argparse.Namespace) -> None:
@@ -38,6 +52,10 @@ def _dead_letters(settings: Settings, args: argparse.Namespace) -> None:
         raise ConfigError("featurewell dead-letters drop: pass --ids ID... or --all")
     if args.limit <= 0:
         raise ConfigError(f"--limit must be positive, got {args.limit}")
+
+    if args.kafka_bootstrap:
+        _kafka(source, args)
+        return
 
     async def act() -> None:
         async with connected(settings.redis) as store:
@@ -59,6 +77,41 @@ def _dead_letters(settings: Settings, args: argparse.Namespace) -> None:
                 print(f"dropped {removed} dead letters of {source.name}")
 
     run(act())
+
+
+def _kafka(source: EventSource, args: argparse.Namespace) -> None:
+    config = {"bootstrap.servers": args.kafka_bootstrap}
+    topic = args.dead_letter_topic or f"{source.kafka_topic}.dead-letters"
+    if args.action == "drop":
+        raise ConfigError(
+            f"Kafka dead letters cannot be dropped one by one: set {topic}'s retention instead"
+        )
+    if args.action == "replay" and not args.ids:
+        raise ConfigError(
+            "featurewell dead-letters replay --kafka-bootstrap needs --ids PARTITION:OFFSET... "
+            "(a topic keeps what was replayed: name what to send again)"
+        )
+    letters = read_kafka_dead_letters(config, topic, args.limit if args.action == "list" else 10**9)
+    if args.action == "list":
+        for stored in letters:
+            print(json.dumps(stored.as_json()) if args.json else _line(stored))
+        print(f"{len(letters)} dead letters on {topic}", file=sys.stderr)
+        return
+    known = {stored.id: stored for stored in letters}
+    if missing := [i for i in args.ids if i not in known]:
+        raise InvalidRequest(f"no dead letters {missing[:5]} on {topic}")
+    chosen = [known[i] for i in args.ids]
+    if cut := [stored.id for stored in chosen if stored.cut]:
+        raise InvalidRequest(f"dead letters {cut[:5]} were cut: their events are not whole")
+    producer = Producer({**config, "acks": "all"})
+    for stored in chosen:
+        payload = dict(stored.letter.payload)
+        producer.produce(
+            source.kafka_topic, key=payload.get(b"key") or None, value=payload.get(b"value")
+        )
+    if producer.flush(30):
+        raise StoreUnavailable(f"the replayed events were not acknowledged by Kafka ({topic})")
+    print(f"replayed {len(chosen)} dead letters onto {source.kafka_topic}")
 
 
 def _line(stored: StoredLetter) -> str:
