@@ -18,6 +18,7 @@ cut letter says so and cannot be replayed (its event is no longer whole).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -33,15 +34,50 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from featurewell.compute.events import DeadLetter, Payload
+from featurewell.compute.events import DeadLetter, Payload, wall_clock_us
+from featurewell.compute.stream import EventBatch
 from featurewell.definitions import EventSource
 from featurewell.errors import InvalidRequest, StoreUnavailable
 from featurewell.store import streams
 from featurewell.store.cluster import ClusterClient
 from featurewell.store.keys import dead_letters_key, stream_keys
 
+log = logging.getLogger("featurewell.stream")
 _RAW = b"raw:"
 _META = ("reason_class", "reason", "source", "partition", "receipt", "refused_at_us")
+
+
+def batch_letters(
+    source: EventSource, batch: EventBatch, refused: Sequence[tuple[int, str]]
+) -> list[DeadLetter]:
+    """A batch's dead letters, in the order they were read: the entries the screen refused and
+    the events (by index in `batch`) a view refused while applying them. Each is logged."""
+    letters = [*batch.rejected]
+    for row, reason in refused:
+        receipt = batch.receipts[row] if batch.receipts else str(batch.positions[row][0])
+        payload = batch.payloads[row] if batch.payloads else ()
+        letters.append(
+            DeadLetter(
+                source.name,
+                batch.partition,
+                receipt,
+                "view_rejected",
+                reason,
+                payload,
+                wall_clock_us(),
+            )
+        )
+    # A receipt's place in its partition: a Redis Stream id "ms-seq", a Kafka offset.
+    letters.sort(key=lambda letter: tuple(int(part) for part in letter.receipt.split("-")))
+    for letter in letters:
+        log.warning(
+            "dead letter: %s partition %d entry %s: %s",
+            letter.source,
+            letter.partition,
+            letter.receipt,
+            letter.reason,
+        )
+    return letters
 
 
 class DeadLetterSink(Protocol):

@@ -22,8 +22,8 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
-from featurewell.compute.deadletters import DeadLetterSink
-from featurewell.compute.events import DeadLetter, wall_clock_us
+from featurewell.compute.deadletters import DeadLetterSink, batch_letters
+from featurewell.compute.events import wall_clock_us
 from featurewell.compute.program import ViewProgram, compile_view, history_table, write_request
 from featurewell.compute.redis_streams import RedisStreamSource
 from featurewell.compute.state import decode_entity, encode_entity
@@ -169,20 +169,12 @@ class StreamRunner:
             refused: list[tuple[int, str]] = []
             for ref, keys in self.engine.apply(batch, refused).items():
                 self._to_emit[ref] |= keys
-            letters = [*batch.rejected, *(self._refused(batch, i, r) for i, r in refused)]
-            letters.sort(key=_read_order)  # in the order they were read
+            letters = batch_letters(self.source, batch, refused)
             if letters:
                 # Written before any entry of the batch can be acknowledged: none is lost.
                 await self.events.dead_letters.write(letters)
                 for letter in letters:
                     self.stats.dead_letter(letter.reason_class)
-                    log.warning(
-                        "dead letter: %s partition %d entry %s: %s",
-                        letter.source,
-                        letter.partition,
-                        letter.receipt,
-                        letter.reason,
-                    )
             self._emitting.append(batch)
             unacked = self._unacked.setdefault(batch.partition, [])
             unacked.extend(batch.receipts)
@@ -218,17 +210,6 @@ class StreamRunner:
             # In the background, in slices: events keep flowing while every entity is visited.
             self._refreshing = asyncio.get_running_loop().create_task(self.refresh())
         return read
-
-    def _refused(self, batch: EventBatch, row: int, reason: str) -> DeadLetter:
-        return DeadLetter(
-            self.source.name,
-            batch.partition,
-            batch.receipts[row] if batch.receipts else str(batch.positions[row][0]),
-            "view_rejected",
-            reason,
-            batch.payloads[row] if batch.payloads else (),
-            wall_clock_us(),
-        )
 
     def _record_visibility(self, batch: EventBatch) -> None:
         """Redis Stream ids start with the ms Redis appended the entry at: how long each event
@@ -394,11 +375,6 @@ class StreamRunner:
             for key, raw in zip(missing, stored, strict=True):
                 if raw:
                     state.entities[key] = decode_entity(state, raw)
-
-
-def _read_order(letter: DeadLetter) -> tuple[int, ...]:
-    """A receipt's place in its partition: a Redis Stream id "ms-seq", a Kafka offset."""
-    return tuple(int(part) for part in letter.receipt.split("-"))
 
 
 def _tags(keys: list[EntityKey]) -> list[bytes]:
