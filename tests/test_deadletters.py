@@ -417,3 +417,61 @@ def test_append_refuses_what_the_stream_would(change: dict[str, Any], complaint:
     with pytest.raises(InvalidRequest, match=complaint):
         checked_event(source, event, now)
     assert checked_event(source, {"member_id": "m1", "amount": 1.0, "hour": 3}, now)
+
+
+def test_featurewell_stream_keeps_running_past_bad_entries(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """The crash loop, end to end: `featurewell stream` as a process, a malformed entry before
+    each good one; the process stays up, the good events become servable, the metric counts."""
+    import signal
+
+    from featurewell.client import FeatureClient
+    from featurewell.store.online import OnlineStore
+    from tests.tools import free_port, scrape_until, wait_until
+
+    name = f"watches_{uuid.uuid4().hex[:6]}"
+    repo = tmp_path / "repo.py"
+    repo.write_text(REPO.replace("NAME", name).replace("CATEGORIES", "24"))
+    registry = load_repo(str(repo))
+    view = registry.view(f"{name}_stats")
+    source = view.events
+    assert source is not None
+    metrics = free_port()
+    seeds = ",".join(f"{h}:{p}" for h, p in cluster.seeds)
+    command = [sys.executable, "-m", "featurewell.cli", "stream", "--repo", str(repo)]
+    process = subprocess.Popen(
+        [*command, "--source", name, "--redis", seeds, "--metrics-port", str(metrics)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    server = ServerThread(make_settings(cluster), registry)
+    loop = asyncio.new_event_loop()
+    feature = f"{view.name}:watches_1d"
+    try:
+        store = loop.run_until_complete(
+            OnlineStore.connect(cluster.seeds, connect_timeout=2, connections_per_node=1)
+        )
+        key = stream_keys(source)[0]
+        now = time.time_ns() // 1000
+        for n, (_, bad) in enumerate(malformed(now - MINUTE_US)):
+            good = entry("m1", now - MINUTE_US)
+            loop.run_until_complete(streams.add(store.cluster, [(key, bad), (key, good)], 5.0))
+
+            def served_count(count: int = n + 1) -> bool:
+                with FeatureClient(server.address, timeout=5.0) as client:
+                    got = client.get_features([feature], entities={"member_id": ["m1"]})
+                return int(got.values(feature)[0]) == count
+
+            wait_until(served_count, 15, f"good event {n + 1} to become servable")
+            assert process.poll() is None  # still running
+        sample = f'featurewell_stream_dead_letters_total{{reason="wrong_type",source="{name}"}}'
+        got = scrape_until(metrics, lambda m: m.get(sample, 0) >= 2)
+        assert got[sample] == 2
+        loop.run_until_complete(store.close())
+    finally:
+        loop.close()
+        server.stop()
+        process.send_signal(signal.SIGTERM)
+        _, errors = process.communicate(timeout=30)
+    assert process.returncode == 0, errors.decode()[-2000:]
