@@ -29,6 +29,7 @@ from featurewell.compute.tiles import ADD, VALUE, Adder, Finisher, empty
 _NEVER = -(2**62)  # the watermark of a partition nothing was read from (no event is late)
 Position = tuple[int, int]  # a partition's position: Redis Stream id (ms, seq); Kafka (offset, 0)
 _BEFORE_ANY: Position = (-1, -1)
+_REASON_CHARS = 500
 EntityKey = tuple[Any, ...]
 
 
@@ -143,13 +144,13 @@ class StreamEngine:
         touched: dict[str, set[EntityKey]] = {ref: set() for ref in self.views}
         if not len(batch):
             return touched
-        start = 0 if refused is None else len(refused)
+        known = 0 if refused is None else len(refused)
         inputs = self._inputs(batch, refused)
-        if refused is not None and len(refused) > start:
+        if refused is not None and len(refused) > known:
             first: dict[int, str] = {}  # one reason per event (several features may refuse it)
-            for i, reason in refused[start:]:
+            for i, reason in refused[known:]:
                 first.setdefault(i, reason)
-            refused[start:] = sorted(first.items())
+            refused[known:] = sorted(first.items())
             batch = batch.without(list(first))
             if not len(batch):
                 return touched
@@ -186,7 +187,8 @@ class StreamEngine:
                     for state in self.views.values():
                         _inputs_of(state, batch.take([i]))
                 except Exception as alone:
-                    failing.append((i, f"{type(alone).__name__}: {alone}"))
+                    # The view's own message, bounded: it may quote the event's values.
+                    failing.append((i, f"{type(alone).__name__}: {alone}"[:_REASON_CHARS]))
             if not failing:  # fails whole but on no event alone: not the data's fault
                 raise exc
             refused.extend(failing)
