@@ -36,6 +36,7 @@ NAMES = [
     "events_0",
     "fw",
     "v1_1",
+    "deadletters",
 ]
 # Names that would break the layout: check_name keeps them out of every key.
 BAD_NAMES = [
@@ -48,6 +49,7 @@ BAD_NAMES = [
     "_meta",
     "_agg",
     "_stream",
+    "_deadletters",
     "a{b}",
     "1",
     "v1:{x}",
@@ -274,8 +276,8 @@ def test_tags_read_back_as_their_entity_keys() -> None:
         ("fw:_agg:profile:v2:{x}", 1),
         ("fw:{_meta}:profile:v1", 1),
         ("fw:{_stream}:watches:featurewell:watermarks", 1),
-        ("fw:deadletters:watches", 1),
-        ("fw:deadletters:other", 1),
+        ("fw:_deadletters:watches", 1),
+        ("fw:_deadletters:other", 1),
     ],
 )
 def test_a_stream_override_on_another_familys_key_is_refused(stream: str, partitions: int) -> None:
