@@ -119,6 +119,27 @@ def family(name: str) -> str:
     return name
 
 
+def stream_metrics_text(cluster: Any) -> str:
+    """What a real `featurewell stream` runner exports (on a throwaway source)."""
+    import asyncio
+    import uuid
+
+    from prometheus_client import generate_latest
+
+    from featurewell.compute.metrics import stream_registry
+    from featurewell.definitions import Registry
+    from tests.test_deadletters import definitions, member
+    from tests.test_stream import _runner, close
+
+    source, view = definitions(f"watches_{uuid.uuid4().hex[:6]}")
+    loop = asyncio.new_event_loop()
+    runner = loop.run_until_complete(_runner(cluster, Registry.build([member, view]), source))
+    try:
+        return generate_latest(stream_registry(runner)).decode()
+    finally:
+        close(loop, runner)
+
+
 def test_every_metric_named_is_exported_by_a_real_server(cluster: Any, ids: Ids) -> None:
     named = {family(m) for _, expr in queries(dashboard()) for m in METRIC.findall(expr)}
     rules = yaml.safe_load(RULES.read_text())
@@ -134,6 +155,7 @@ def test_every_metric_named_is_exported_by_a_real_server(cluster: Any, ids: Ids)
         text = metrics_text(running.server.metrics_port)
     finally:
         running.stop()
+    text += stream_metrics_text(cluster)  # `featurewell stream` exports the stream's
     # Families a server declares, whether or not a labelled child has a sample yet.
     exported = {
         family(name)

@@ -36,6 +36,7 @@ NAMES = [
     "events_0",
     "fw",
     "v1_1",
+    "deadletters",
 ]
 # Names that would break the layout: check_name keeps them out of every key.
 BAD_NAMES = [
@@ -48,6 +49,7 @@ BAD_NAMES = [
     "_meta",
     "_agg",
     "_stream",
+    "_deadletters",
     "a{b}",
     "1",
     "v1:{x}",
@@ -171,6 +173,12 @@ def _events() -> Iterator[Case]:
                 yield Case("events", key.encode(), parts, None)
 
 
+def _dead_letters() -> Iterator[Case]:
+    for name in NAMES:
+        key = keys.dead_letters_key(_source(name, 2))
+        yield Case("dead_letters", key.encode(), {"source": name.encode()}, None)
+
+
 BUILDERS: dict[str, Callable[[], Iterator[Case]]] = {
     "row": lambda: _rows(keys.key_prefix, "row"),
     "state": lambda: _rows(keys.state_prefix, "state"),
@@ -181,6 +189,7 @@ BUILDERS: dict[str, Callable[[], Iterator[Case]]] = {
     "consumer_seen": _fixed("consumer_seen", keys.CONSUMER_SEEN_KEY),
     "watermarks": _watermarks,
     "events": _events,
+    "dead_letters": _dead_letters,
 }
 
 
@@ -267,6 +276,8 @@ def test_tags_read_back_as_their_entity_keys() -> None:
         ("fw:_agg:profile:v2:{x}", 1),
         ("fw:{_meta}:profile:v1", 1),
         ("fw:{_stream}:watches:featurewell:watermarks", 1),
+        ("fw:_deadletters:watches", 1),
+        ("fw:_deadletters:other", 1),
     ],
 )
 def test_a_stream_override_on_another_familys_key_is_refused(stream: str, partitions: int) -> None:

@@ -25,6 +25,7 @@ from featurewell.compute.redis_streams import append, checked_event
 from featurewell.compute.runner import StreamRunner
 from featurewell.definitions import EventSource, Registry
 from featurewell.engine.engine import FeatureEngine
+from featurewell.engine.validation import WriteRules
 from featurewell.errors import InvalidRequest
 from featurewell.ingest.materialize import materialize
 from featurewell.offline.store import OfflineStore
@@ -113,6 +114,18 @@ def _stream_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--checkpoint-s", type=float, default=5.0)
     parser.add_argument("--refresh-s", type=float, default=60.0)
+    parser.add_argument(
+        "--dead-letter-topic",
+        default="",
+        help="Kafka: where refused events go (default: the source's topic + '.dead-letters'; "
+        "Redis Streams: always the source's dead-letter stream)",
+    )
+    parser.add_argument(
+        "--dead-letter-kb",
+        type=int,
+        default=64,
+        help="payload kept of a refused event, in KiB (the rest is cut, and the cut recorded)",
+    )
 
 
 def _stream(settings: Settings, args: argparse.Namespace) -> None:
@@ -120,12 +133,22 @@ def _stream(settings: Settings, args: argparse.Namespace) -> None:
     source = event_source(registry, args.source)
     partitions = [int(p) for p in args.partitions.split(",")] if args.partitions else None
     listen, offline = settings.listen, settings.offline
+    # Events are screened by the rules writes are (max_future_skew_s, max_event_age_days,
+    # max_entity_key_bytes: FEATUREWELL_* variables).
+    rules = WriteRules.from_settings(settings.serving)
 
     async def consume() -> None:
         async with connected(settings.redis) as store:
             kafka = None
             if args.kafka_bootstrap:
-                kafka = KafkaSource(source, {"bootstrap.servers": args.kafka_bootstrap}, args.group)
+                kafka = KafkaSource(
+                    source,
+                    {"bootstrap.servers": args.kafka_bootstrap},
+                    args.group,
+                    rules=rules,
+                    dead_letter_topic=args.dead_letter_topic,
+                    dead_letter_kb=args.dead_letter_kb,
+                )
             runner = StreamRunner(
                 registry,
                 source,
@@ -140,6 +163,8 @@ def _stream(settings: Settings, args: argparse.Namespace) -> None:
                 events=kafka,
                 freeze_gc=True,
                 history=OfflineStore(offline.dir, offline.format) if offline.dir else None,
+                rules=rules,
+                dead_letter_kb=args.dead_letter_kb,
             )
             metrics = "off"
             if listen.metrics_port >= 0:
@@ -273,6 +298,7 @@ def _append(settings: Settings, args: argparse.Namespace) -> None:
     if not texts:
         raise InvalidRequest("no events: pass --event JSON, or JSON lines on stdin")
     now_us = time.time_ns() // 1000
+    rules = WriteRules.from_settings(settings.serving)  # what the stream would refuse
     events = []
     for n, text in enumerate(texts, 1):
         try:
@@ -281,7 +307,7 @@ def _append(settings: Settings, args: argparse.Namespace) -> None:
             raise InvalidRequest(f"event {n} is not JSON: {exc}") from None
         if not isinstance(parsed, dict):
             raise InvalidRequest(f"event {n} must be a JSON object, got {text.strip()[:60]!r}")
-        events.append(checked_event(source, parsed, now_us))
+        events.append(checked_event(source, parsed, now_us, rules))
 
     async def send() -> list[str]:
         async with connected(settings.redis) as store:

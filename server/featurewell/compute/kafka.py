@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
+from featurewell.compute.deadletters import KafkaDeadLetters
+from featurewell.compute.events import Event, EventScreen, Refused, wall_clock_us
 from featurewell.compute.stream import EventBatch
-from featurewell.definitions import EventSource, Kind
+from featurewell.definitions import EventSource
+from featurewell.engine.validation import WriteRules
 from featurewell.errors import StoreUnavailable
 
 
@@ -43,9 +46,21 @@ class KafkaSource:
         config: Mapping[str, Any],
         group: str,
         poll_s: float = 0.05,
+        *,
+        rules: WriteRules | None = None,
+        clock_us: Callable[[], int] = wall_clock_us,
+        dead_letter_topic: str = "",
+        dead_letter_kb: int = 64,
     ) -> None:
+        """Messages are screened (compute/events.py) by `rules` against `clock_us`; refused
+        ones go to `dead_letter_topic` (default `<topic>.dead-letters`), payloads cut at
+        `dead_letter_kb` KiB."""
         self.source = source
         self.poll_s = poll_s
+        self.screen = EventScreen(source, rules, clock_us)
+        self.dead_letters = KafkaDeadLetters(
+            config, dead_letter_topic or f"{source.kafka_topic}.dead-letters", dead_letter_kb * 1024
+        )
         self.consumer = Consumer(
             {
                 **config,
@@ -82,33 +97,32 @@ class KafkaSource:
         self.consumer.close()
 
     def _batch(self, partition: int, messages: list[Message]) -> EventBatch:
-        source = self.source
-        rows = [json.loads(m.value() or b"{}") for m in messages]
-        columns = {
-            name: _column(kind.kind, [row.get(name) for row in rows])
-            for name, kind in source.columns.items()
-        }
-        times = np.asarray([int(row[source.timestamp_field]) for row in rows], dtype=np.int64)
-        offsets = [int(m.offset() or 0) for m in messages]
+        """The messages as events; those the screen refuses ride along as dead letters."""
+        events: list[Event] = []
+        offsets, payloads, rejected = [], [], []
+        now_us = self.screen.clock_us()  # event times are judged against one now per batch
+        for message in messages:
+            offset = int(message.offset() or 0)
+            payload = ((b"key", message.key() or b""), (b"value", message.value() or b""))
+            try:
+                event = self.screen.kafka_value(message.value(), now_us)
+            except Refused as refused:
+                rejected.append(self.screen.screened(partition, str(offset), payload, refused))
+                continue
+            events.append(event)
+            offsets.append(offset)
+            payloads.append(payload)
         return EventBatch(
             partition,
-            columns,
-            times,
-            [str(row[source.id_field]) for row in rows],
+            self.screen.columns(events),
+            np.asarray([event[1] for event in events], dtype=np.int64),
+            [event[0] for event in events],
             [(offset, 0) for offset in offsets],
             [str(offset) for offset in offsets],
+            payloads,
+            rejected,
         )
 
 
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
-
-
-def _column(kind: Kind, values: list[Any]) -> Any:
-    if kind is Kind.STRING:
-        return np.asarray([str(v) for v in values], dtype=object)
-    if kind is Kind.BOOL:
-        return np.asarray([bool(v) for v in values], dtype=bool)
-    if kind is Kind.INT64:
-        return np.asarray([int(v) for v in values], dtype=np.int64)
-    return np.asarray([float(v) for v in values], dtype=np.float64)

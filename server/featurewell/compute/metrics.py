@@ -41,6 +41,16 @@ class StreamCollector(Collector):
         for outcome in ("applied", "duplicates", "late", "replayed"):
             events.add_metric([source, outcome.rstrip("s")], getattr(counters, outcome))
         yield events
+        dead = CounterMetricFamily(
+            "featurewell_stream_dead_letters",
+            "Events refused and sent to the dead letters (not applied; the stream went on), by "
+            "reason class: undecodable, missing_field, wrong_type, not_finite, entity_key, "
+            "event_id, event_time, view_rejected.",
+            labels=["source", "reason"],
+        )
+        for reason, count in runner.stats.dead_letters.items():
+            dead.add_metric([source, reason], count)
+        yield dead
         rows = CounterMetricFamily(
             "featurewell_stream_rows_written",
             "Feature rows written to the online store.",

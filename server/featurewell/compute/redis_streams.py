@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import uuid
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from featurewell.compute.deadletters import RedisDeadLetters
+from featurewell.compute.events import Event, EventScreen, Refused, wall_clock_us
 from featurewell.compute.stream import EventBatch
 from featurewell.definitions import EventSource, Kind
+from featurewell.engine.validation import WriteRules, echo
 from featurewell.errors import InvalidRequest
 from featurewell.store import streams
 from featurewell.store.cluster import ClusterClient
@@ -51,9 +54,13 @@ async def append(
     return await streams.add(cluster, entries, timeout)
 
 
-def checked_event(source: EventSource, event: Mapping[str, Any], now_us: int) -> dict[str, Any]:
-    """A producer's event (e.g. parsed JSON) checked against the source's columns and types;
-    `event_id` defaults to a fresh UUID and `event_time` to `now_us`."""
+def checked_event(
+    source: EventSource, event: Mapping[str, Any], now_us: int, rules: WriteRules | None = None
+) -> dict[str, Any]:
+    """A producer's event (e.g. parsed JSON) checked against the source's columns and types,
+    and by the stream's own screen (`rules`: keys, event time, finite numbers), so what is
+    appended is what the stream accepts; `event_id` defaults to a fresh UUID and `event_time`
+    to `now_us`."""
     where = f"event for source {source.name!r}"
     columns = source.columns
     known = {*columns, source.id_field, source.timestamp_field}
@@ -75,6 +82,10 @@ def checked_event(source: EventSource, event: Mapping[str, Any], now_us: int) ->
     }
     for name, dtype in columns.items():
         checked[name] = _typed(where, name, dtype.kind, event[name])
+    try:
+        EventScreen(source, rules).mapping(checked, now_us)
+    except Refused as refused:
+        raise InvalidRequest(f"{where}: {refused.reason}") from None
     return checked
 
 
@@ -87,7 +98,7 @@ def _typed(where: str, name: str, kind: Kind, value: Any) -> Any:
         Kind.FLOAT64: isinstance(value, int | float) and not isinstance(value, bool),
     }[kind]
     if not ok:
-        raise InvalidRequest(f"{where}: {name!r} must be {kind.name.lower()}, got {value!r}")
+        raise InvalidRequest(f"{where}: {name!r} must be {kind.name.lower()}, got {echo(value)}")
     return float(value) if kind in (Kind.FLOAT32, Kind.FLOAT64) else value
 
 
@@ -111,7 +122,12 @@ class RedisStreamSource:
         partitions: Sequence[int] | None = None,
         claim_idle_ms: int = 30_000,
         timeout: float = 5.0,
+        rules: WriteRules | None = None,
+        clock_us: Callable[[], int] = wall_clock_us,
+        dead_letter_kb: int = 64,
     ) -> None:
+        """Entries are screened (compute/events.py) by `rules` against `clock_us`; refused
+        ones go to the source's dead-letter stream, payloads cut at `dead_letter_kb` KiB."""
         self.cluster = cluster
         self.source = source
         self.group = group
@@ -120,6 +136,8 @@ class RedisStreamSource:
         self.claim_idle_ms = claim_idle_ms
         self._keys = stream_keys(source)
         self.timeout = timeout
+        self.screen = EventScreen(source, rules, clock_us)
+        self.dead_letters = RedisDeadLetters(cluster, source, dead_letter_kb * 1024, timeout)
         # Per partition: "0" while re-reading our own pending entries, then ">" (new ones).
         self._cursor = dict.fromkeys(self.partitions, "0")
         self.claimed = 0
@@ -169,28 +187,30 @@ class RedisStreamSource:
         return total
 
     def _batch(self, partition: int, entries: list[streams.Entry]) -> EventBatch:
-        source = self.source
-        ids, positions, rows = [], [], []
+        """The entries as events; those the screen refuses ride along as dead letters."""
+        events: list[Event] = []
+        ids, positions, payloads, rejected = [], [], [], []
+        now_us = self.screen.clock_us()  # event times are judged against one now per batch
         for entry_id, fields in entries:
+            receipt = entry_id.decode()
+            payload = tuple(zip(fields[::2], fields[1::2], strict=True))
+            try:
+                event = self.screen.redis_entry(fields, now_us)
+            except Refused as refused:
+                rejected.append(self.screen.screened(partition, receipt, payload, refused))
+                continue
             major, _, minor = entry_id.partition(b"-")
             positions.append((int(major), int(minor)))
-            values = dict(zip(fields[::2], fields[1::2], strict=True))
-            rows.append(values)
-            ids.append(entry_id.decode())
-        columns = {
-            name: _column(kind.kind, [row.get(name.encode(), b"") for row in rows])
-            for name, kind in source.columns.items()
-        }
-        times = np.asarray([int(row[source.timestamp_field.encode()]) for row in rows], np.int64)
-        event_ids = [row[source.id_field.encode()].decode() for row in rows]
-        return EventBatch(partition, columns, times, event_ids, positions, ids)
-
-
-def _column(kind: Kind, raw: list[bytes]) -> Any:
-    if kind is Kind.STRING:
-        return np.asarray([value.decode() for value in raw], dtype=object)
-    if kind is Kind.BOOL:
-        return np.asarray([value in (b"1", b"true", b"True") for value in raw], dtype=bool)
-    if kind is Kind.INT64:
-        return np.asarray([int(value) for value in raw], dtype=np.int64)
-    return np.asarray([float(value) for value in raw], dtype=np.float64)
+            events.append(event)
+            ids.append(receipt)
+            payloads.append(payload)
+        return EventBatch(
+            partition,
+            self.screen.columns(events),
+            np.asarray([event[1] for event in events], np.int64),
+            [event[0] for event in events],
+            positions,
+            ids,
+            payloads,
+            rejected,
+        )

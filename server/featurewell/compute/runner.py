@@ -22,6 +22,8 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
+from featurewell.compute.deadletters import DeadLetterSink, batch_letters
+from featurewell.compute.events import wall_clock_us
 from featurewell.compute.program import ViewProgram, compile_view, history_table, write_request
 from featurewell.compute.redis_streams import RedisStreamSource
 from featurewell.compute.state import decode_entity, encode_entity
@@ -29,6 +31,7 @@ from featurewell.compute.stats import StreamStats
 from featurewell.compute.stream import EntityKey, EventBatch, StreamEngine, ViewState
 from featurewell.definitions import EventSource, Registry
 from featurewell.engine.engine import FeatureEngine
+from featurewell.engine.validation import WriteRules
 from featurewell.offline.store import OfflineStore
 from featurewell.store.keys import entity_tags
 from featurewell.store.state import load_states, load_watermarks, save_states, save_watermarks
@@ -40,7 +43,10 @@ _Checkpoint = tuple[dict[str, set[EntityKey]], dict[int, list[str]], dict[int, i
 
 
 class EventReader(Protocol):
-    """Where events come from: Redis Streams or Kafka."""
+    """Where events come from: Redis Streams or Kafka; and where it puts the ones it refuses."""
+
+    @property
+    def dead_letters(self) -> DeadLetterSink: ...
 
     async def start(self) -> None: ...
 
@@ -49,8 +55,7 @@ class EventReader(Protocol):
     async def ack(self, partition: int, receipts: Sequence[str]) -> None: ...
 
 
-def _wall_clock_us() -> int:
-    return time.time_ns() // 1000
+_wall_clock_us = wall_clock_us
 
 
 class StreamRunner:
@@ -74,6 +79,8 @@ class StreamRunner:
         freeze_gc: bool = False,
         history: OfflineStore | None = None,
         history_flush_s: float = 60.0,
+        rules: WriteRules | None = None,
+        dead_letter_kb: int = 64,
     ) -> None:
         """`events` reads the source (default: its Redis Streams, as consumer `consumer` of
         `group`); a `KafkaSource` reads its topic instead. `clock_us` is the time values are
@@ -88,7 +95,12 @@ class StreamRunner:
         `history` receives every row written online (created when written), in one file per
         view and day every `history_flush_s`: the offline store training sets are built from.
         Rows not yet flushed when the process dies are lost from history only (a backfill
-        rebuilds history from the log)."""
+        rebuilds history from the log).
+
+        Every event is screened first (compute/events.py, by `rules`, default WriteRules()) and
+        a refused one, or one a view's code refuses while applied, goes to the reader's dead
+        letters (payloads cut at `dead_letter_kb` KiB); the stream goes on. (`rules` and
+        `dead_letter_kb` configure the default Redis reader; a given reader brings its own.)"""
         self.registry = registry
         self.source = source
         self.writer = writer
@@ -103,7 +115,15 @@ class StreamRunner:
         self.programs = {p.view.ref: p for p in programs}
         self.engine = StreamEngine(programs, int(allowed_lateness_s * 1e6))
         self.events: EventReader = events or RedisStreamSource(
-            self.cluster, source, group, consumer, partitions, claim_idle_ms
+            self.cluster,
+            source,
+            group,
+            consumer,
+            partitions,
+            claim_idle_ms,
+            rules=rules,
+            clock_us=clock_us,
+            dead_letter_kb=dead_letter_kb,
         )
         self.group = group
         self.batch_size = batch_size
@@ -146,12 +166,21 @@ class StreamRunner:
         read = sum(len(b) for b in batches)
         for batch in batches:
             await self._load_entities(batch)
-            for ref, keys in self.engine.apply(batch).items():
+            refused: list[tuple[int, str]] = []
+            for ref, keys in self.engine.apply(batch, refused).items():
                 self._to_emit[ref] |= keys
+            letters = batch_letters(self.source, batch, refused)
+            if letters:
+                # Written before any entry of the batch can be acknowledged: none is lost.
+                await self.events.dead_letters.write(letters)
+                for letter in letters:
+                    self.stats.dead_letter(letter.reason_class)
             self._emitting.append(batch)
-            self._unacked.setdefault(batch.partition, []).extend(batch.receipts)
+            unacked = self._unacked.setdefault(batch.partition, [])
+            unacked.extend(batch.receipts)
+            unacked.extend(letter.receipt for letter in batch.rejected)
             self.stats.batches += 1
-            self.stats.events += len(batch)
+            self.stats.events += len(batch) + len(batch.rejected)
         now = time.monotonic()
         if now - self._last_emit >= self.emit_s:
             # One write per touched entity per interval: a popular item read 50 times in the

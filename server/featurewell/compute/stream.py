@@ -16,8 +16,7 @@ Rules (the batch engine applies the same ones, so both agree):
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,10 +24,12 @@ import numpy as np
 import numpy.typing as npt
 
 from featurewell.compute.program import FeatureProgram, ViewProgram, is_last
+from featurewell.compute.tiles import ADD, VALUE, Adder, Finisher, empty
 
 _NEVER = -(2**62)  # the watermark of a partition nothing was read from (no event is late)
 Position = tuple[int, int]  # a partition's position: Redis Stream id (ms, seq); Kafka (offset, 0)
 _BEFORE_ANY: Position = (-1, -1)
+_REASON_CHARS = 500
 EntityKey = tuple[Any, ...]
 
 
@@ -42,9 +43,31 @@ class EventBatch:
     event_ids: Sequence[str]
     positions: Sequence[Position]
     receipts: Sequence[str] = ()  # what the source needs to acknowledge them (stream entry ids)
+    # Each event as read (a dead letter keeps it if a view refuses the event), and the entries
+    # of this read the screen refused (compute/events.py): acknowledged with the batch.
+    payloads: Sequence[Any] = ()
+    rejected: Sequence[Any] = ()
 
     def __len__(self) -> int:
         return len(self.event_time_us)
+
+    def without(self, rows: Sequence[int]) -> EventBatch:
+        """The batch less `rows` (indexes), with no rejected entries (they stay with self)."""
+        dropped = set(rows)
+        keep = [i for i in range(len(self)) if i not in dropped]
+        return self.take(keep)
+
+    def take(self, rows: Sequence[int]) -> EventBatch:
+        index = np.asarray(rows, dtype=np.int64)
+        return EventBatch(
+            self.partition,
+            {name: column[index] for name, column in self.columns.items()},
+            self.event_time_us[index],
+            [self.event_ids[i] for i in rows],
+            [self.positions[i] for i in rows],
+            [self.receipts[i] for i in rows] if self.receipts else (),
+            [self.payloads[i] for i in rows] if self.payloads else (),
+        )
 
 
 @dataclass(slots=True)
@@ -74,7 +97,7 @@ class ViewState:
         self.windowed = tuple(f for f in self.program.features if not is_last(f))
         self.lasts = tuple(f for f in self.program.features if is_last(f))
         # Per windowed feature, its arithmetic, looked up once (not per event).
-        self.adders = tuple(_ADD[f.kind] for f in self.windowed)
+        self.adders = tuple(ADD[f.kind] for f in self.windowed)
         # Values: the tiles in each distinct window are found once per entity, not per feature.
         self.windows = tuple(sorted({f.tiles for f in self.windowed}))
         plan: list[tuple[FeatureProgram, int, int, Finisher | None]] = []
@@ -87,7 +110,7 @@ class ViewState:
                         feature,
                         self.windowed.index(feature),
                         self.windows.index(feature.tiles),
-                        _VALUE[feature.kind],
+                        VALUE[feature.kind],
                     )
                 )
         self.plan = tuple(plan)
@@ -110,11 +133,28 @@ class StreamEngine:
         self.watermarks: dict[int, int] = {}
         self.counters = Counters()
 
-    def apply(self, batch: EventBatch) -> dict[str, set[EntityKey]]:
-        """Apply a partition's events; returns the entities each view must emit again."""
+    def apply(
+        self, batch: EventBatch, refused: list[tuple[int, str]] | None = None
+    ) -> dict[str, set[EntityKey]]:
+        """Apply a partition's events; returns the entities each view must emit again.
+
+        With `refused`, an event a view's own code refuses (an expression that fails on it, an
+        aggregation's check, a non-finite value an expression made) is left out and listed there
+        as (index in `batch`, reason), and the rest is applied; without it, that raises."""
         touched: dict[str, set[EntityKey]] = {ref: set() for ref in self.views}
         if not len(batch):
             return touched
+        known = 0 if refused is None else len(refused)
+        inputs = self._inputs(batch, refused)
+        if refused is not None and len(refused) > known:
+            first: dict[int, str] = {}  # one reason per event (several features may refuse it)
+            for i, reason in refused[known:]:
+                first.setdefault(i, reason)
+            refused[known:] = sorted(first.items())
+            batch = batch.without(list(first))
+            if not len(batch):
+                return touched
+            inputs = self._inputs(batch, None)
         times = batch.event_time_us
         start = self.watermarks.get(batch.partition, _NEVER)
         # The watermark each event meets: the greatest event time read before it.
@@ -126,17 +166,57 @@ class StreamEngine:
         self.watermarks[batch.partition] = max(start, int(times.max()))
         self.counters.late += int(len(times) - np.count_nonzero(on_time))
         for state in self.views.values():
-            touched[state.program.view.ref] = self._apply_view(state, batch, on_time)
+            ref = state.program.view.ref
+            touched[ref] = self._apply_view(state, batch, on_time, inputs[ref])
         return touched
 
+    def _inputs(
+        self, batch: EventBatch, refused: list[tuple[int, str]] | None
+    ) -> dict[str, list[tuple[Any, Any, npt.NDArray[np.bool_]]]]:
+        """Every view's per-feature inputs of the batch. When the batch cannot be evaluated
+        whole, each event is evaluated alone (only then: one failing event costs a pass) to
+        find those to refuse; non-finite values an expression made are refused too."""
+        try:
+            out = {ref: _inputs_of(state, batch) for ref, state in self.views.items()}
+        except Exception as exc:
+            if refused is None:
+                raise
+            failing = []
+            for i in range(len(batch)):
+                try:
+                    for state in self.views.values():
+                        _inputs_of(state, batch.take([i]))
+                except Exception as alone:
+                    # The view's own message, bounded: it may quote the event's values.
+                    failing.append((i, f"{type(alone).__name__}: {alone}"[:_REASON_CHARS]))
+            if not failing:  # fails whole but on no event alone: not the data's fault
+                raise exc
+            refused.extend(failing)
+            return {}
+        if refused is not None:
+            for state in self.views.values():
+                for feature, (value, weight, keep) in zip(
+                    state.program.features, out[state.program.view.ref], strict=True
+                ):
+                    for name, column in (("value", value), ("weight", weight)):
+                        for i in _not_finite(column, keep):
+                            refused.append(
+                                (
+                                    i,
+                                    f"view {state.program.view.ref!r} feature "
+                                    f"{feature.feature.name!r}: its {name} is not finite",
+                                )
+                            )
+        return out
+
     def _apply_view(
-        self, state: ViewState, batch: EventBatch, on_time: npt.NDArray[np.bool_]
+        self,
+        state: ViewState,
+        batch: EventBatch,
+        on_time: npt.NDArray[np.bool_],
+        inputs: list[tuple[Any, Any, npt.NDArray[np.bool_]]],
     ) -> set[EntityKey]:
         program = state.program
-        rows = len(batch)
-        # What expressions see, as in the batch engine: the source's columns and event_time.
-        visible = {**batch.columns, "event_time": batch.event_time_us}
-        inputs = [f.inputs(visible, rows) for f in program.features]
         key_names = list(program.view.entity.key_names)
         keys = list(zip(*(batch.columns[k].tolist() for k in key_names), strict=True))
         tiles = program.tile_of(batch.event_time_us).tolist()
@@ -175,7 +255,7 @@ class StreamEngine:
                 entity.newest_us = time_us
             partials = entity.tiles.get(tile)
             if partials is None:
-                partials = entity.tiles[tile] = [_empty(f) for f in state.windowed]
+                partials = entity.tiles[tile] = [empty(f) for f in state.windowed]
             for slot, adder, feature, value, weight, keep in windowed:
                 if keep[i]:
                     partials[slot] = adder(
@@ -250,27 +330,25 @@ class StreamEngine:
                 yield dropped
 
 
+def _inputs_of(state: ViewState, batch: EventBatch) -> list[tuple[Any, Any, Any]]:
+    # What expressions see, as in the batch engine: the source's columns and event_time.
+    visible = {**batch.columns, "event_time": batch.event_time_us}
+    return [f.inputs(visible, len(batch)) for f in state.program.features]
+
+
+def _not_finite(column: Any, keep: npt.NDArray[np.bool_]) -> list[int]:
+    """Rows (kept by the feature's filter) whose float value is NaN or infinite."""
+    if not isinstance(column, np.ndarray) or column.dtype.kind != "f":
+        return []
+    bad: npt.NDArray[np.bool_] = ~np.isfinite(column)
+    if bad.ndim > 1:
+        bad = np.asarray(bad.any(axis=tuple(range(1, bad.ndim))))
+    rows: list[int] = np.flatnonzero(bad & keep).tolist()
+    return rows
+
+
 def _new_entity(state: ViewState) -> EntityState:
     return EntityState(last=[None] * len(state.lasts))
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def _empty(feature: FeatureProgram) -> Any:
-    kind = feature.kind
-    if kind in ("count", "sum", "decayed sum"):
-        return 0
-    if kind == "mean":
-        return [0.0, 0.0]
-    if kind == "mode":
-        return {}
-    return None  # min, max
-
-
-Adder = Callable[[FeatureProgram, Any, Any, Any, int, int, int], Any]
-Finisher = Callable[[FeatureProgram, list[tuple[int, list[Any]]], int, int, int], Any]
 
 
 def _listed(inputs: tuple[Any, Any, Any]) -> tuple[Any, Any, list[bool]]:
@@ -281,130 +359,3 @@ def _listed(inputs: tuple[Any, Any, Any]) -> tuple[Any, Any, list[bool]]:
     if isinstance(weight, np.ndarray):
         weight = weight.tolist()
     return value, weight, keep.tolist()
-
-
-def _add_count(
-    f: FeatureProgram, partial: Any, value: Any, w: Any, t: int, tile: int, tile_us: int
-) -> Any:
-    return partial + 1
-
-
-def _add_sum(
-    f: FeatureProgram, partial: Any, value: Any, w: Any, t: int, tile: int, tile_us: int
-) -> Any:
-    return partial + _plain(value)
-
-
-def _add_min(
-    f: FeatureProgram, partial: Any, value: Any, w: Any, t: int, tile: int, tile_us: int
-) -> Any:
-    value = _plain(value)
-    return value if partial is None or value < partial else partial
-
-
-def _add_max(
-    f: FeatureProgram, partial: Any, value: Any, w: Any, t: int, tile: int, tile_us: int
-) -> Any:
-    value = _plain(value)
-    return value if partial is None or value > partial else partial
-
-
-def _add_mean(
-    f: FeatureProgram, partial: Any, value: Any, w: Any, t: int, tile: int, tile_us: int
-) -> Any:
-    weight = 1.0 if w is None else float(w)
-    partial[0] = partial[0] + weight * (value if isinstance(value, np.ndarray) else float(value))
-    partial[1] += weight
-    return partial
-
-
-def _add_decayed(
-    f: FeatureProgram, partial: Any, value: Any, w: Any, t: int, tile: int, tile_us: int
-) -> Any:
-    # Decayed to the tile's end, so every term's factor is at most 1.
-    end = (tile + 1) * tile_us
-    return partial + float(value) * 2.0 ** (-(end - t) / f.half_life_us)
-
-
-def _add_mode(
-    f: FeatureProgram, partial: Any, value: Any, w: Any, t: int, tile: int, tile_us: int
-) -> Any:
-    category = int(value)
-    partial[category] = partial.get(category, 0) + 1
-    return partial
-
-
-_ADD: dict[str, Adder] = {
-    "count": _add_count,
-    "sum": _add_sum,
-    "min": _add_min,
-    "max": _add_max,
-    "mean": _add_mean,
-    "decayed sum": _add_decayed,
-    "mode": _add_mode,
-}
-
-
-Tiles = list[tuple[int, list[Any]]]  # (tile, partials of every windowed feature) in a window
-
-
-def _count(f: FeatureProgram, tiles: Tiles, slot: int, as_of: int, tile_us: int) -> Any:
-    total = 0
-    for _, parts in tiles:
-        total += parts[slot]
-    return total
-
-
-def _sum(f: FeatureProgram, tiles: Tiles, slot: int, as_of: int, tile_us: int) -> Any:
-    total = 0
-    for _, parts in tiles:
-        total = total + parts[slot]
-    return total
-
-
-def _min(f: FeatureProgram, tiles: Tiles, slot: int, as_of: int, tile_us: int) -> Any:
-    present = [parts[slot] for _, parts in tiles if parts[slot] is not None]
-    return min(present) if present else f.feature.default
-
-
-def _max(f: FeatureProgram, tiles: Tiles, slot: int, as_of: int, tile_us: int) -> Any:
-    present = [parts[slot] for _, parts in tiles if parts[slot] is not None]
-    return max(present) if present else f.feature.default
-
-
-def _mean(f: FeatureProgram, tiles: Tiles, slot: int, as_of: int, tile_us: int) -> Any:
-    total: Any = 0.0
-    weight = 0.0
-    for _, parts in tiles:
-        partial = parts[slot]
-        total = total + partial[0]
-        weight += partial[1]
-    return total / weight if weight else f.feature.default
-
-
-def _decayed(f: FeatureProgram, tiles: Tiles, slot: int, as_of: int, tile_us: int) -> Any:
-    return math.fsum(
-        parts[slot] * 2.0 ** (-(as_of - (tile + 1) * tile_us) / f.half_life_us)
-        for tile, parts in tiles
-    )
-
-
-def _mode(f: FeatureProgram, tiles: Tiles, slot: int, as_of: int, tile_us: int) -> Any:
-    counts: dict[int, int] = {}
-    for _, parts in tiles:
-        for category, n in parts[slot].items():
-            counts[category] = counts.get(category, 0) + n
-    if not counts:
-        return f.feature.default
-    return min(counts, key=lambda c: (-counts[c], c))
-
-
-_VALUE: dict[str, Finisher] = {
-    "count": _count,
-    "sum": _sum,
-    "min": _min,
-    "max": _max,
-    "mean": _mean,
-    "decayed sum": _decayed,
-    "mode": _mode,
-}

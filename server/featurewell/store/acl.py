@@ -142,9 +142,12 @@ ROLES: dict[str, Role] = {
                 "xack",
                 "xinfo|groups",
                 "xpending",
+                "xrange",  # `featurewell dead-letters list` and replay
+                "xdel",  # dead letters replayed or dropped
+                "xlen",
             ),
             reads=("defaults",),
-            writes=("row", "state", "marker", "watermarks", "events"),
+            writes=("row", "state", "marker", "watermarks", "events", "dead_letters"),
         ),
         Role(
             "admin",

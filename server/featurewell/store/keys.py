@@ -10,6 +10,7 @@
   consumer_seen   fw:{_meta}:consumers:seen                  hash    _meta
   watermarks      fw:{_stream}:<source>:<group>:watermarks   string  _stream
   events          fw:events:<source>[:<partition>]           stream  none: the whole key
+  dead_letters    fw:_deadletters:<source>                   stream  none: the whole key
 
 - row (store/online.py): a view version's feature row for one entity. Every view of one entity
   shares the tag, hence the slot and the node: one round trip per node.
@@ -25,12 +26,17 @@
 - events (store/streams.py): one stream per partition (":<partition>" only when the source has
   several), each in a slot of its own so partitions spread over the nodes. `EventSource(stream=
   ...)` replaces `fw:events:<source>` with the user's name (refused if another family's key).
+- dead_letters (store/streams.py, compute/deadletters.py): the events of a source the stream
+  refused (malformed, or refused by a view), with the reason and the payload, until replayed or
+  dropped. One stream per source, whatever its partitions (each letter names its partition).
+  '_deadletters', like '_agg', is never a view name: no row key, nor a glob of rows (Redis ACL
+  key patterns are globs of these families), starts like a dead-letter key.
 
 Why no two families can collide (tests/test_keys.py checks it): view and source names are
-`[a-z][a-z0-9_]*` (definitions' check_name), so a name is never '{_meta}', '{_stream}' or
-'_agg' and holds no ':', '{' or '}'. A row ends in ':{<tag>}'; an events key holds no '{'.
-Markers end in ':v<n>', the other `{_meta}` keys do not. A group is free text, but it sits
-between '<source>:' and the fixed ':watermarks' inside the '{_stream}' family.
+`[a-z][a-z0-9_]*` (definitions' check_name), so a name is never '{_meta}', '{_stream}',
+'_agg' or '_deadletters' and holds no ':', '{' or '}'. A row ends in ':{<tag>}'; an events key
+holds no '{'. Markers end in ':v<n>', the other `{_meta}` keys do not. A group is free text,
+but it sits between '<source>:' and the fixed ':watermarks' inside the '{_stream}' family.
 
 The entity tag is the entity's key values, composite keys joined by '|'. '%', '{', '}' and '|'
 inside a string key are percent-escaped so a key value can neither end the hash tag early nor
@@ -84,6 +90,11 @@ def freshness_key(view: FeatureView) -> bytes:
 def watermarks_key(source: EventSource, group: str) -> bytes:
     """A consumer group's checkpointed watermarks of one event source."""
     return f"fw:{{_stream}}:{source.name}:{group}:watermarks".encode()
+
+
+def dead_letters_key(source: EventSource) -> str:
+    """The stream of the events `featurewell stream` refused from `source`."""
+    return f"fw:_deadletters:{source.name}"
 
 
 def stream_name(source: EventSource) -> str:
@@ -142,6 +153,7 @@ FAMILIES = (
     _family("consumer_seen", re.escape(CONSUMER_SEEN_KEY), b"_meta"),
     _family("watermarks", _WATERMARKS, b"_stream"),
     _family("events", rb"fw:events:(?P<source>" + _NAME + rb")(?::(?P<partition>[0-9]+))?"),
+    _family("dead_letters", rb"fw:_deadletters:(?P<source>" + _NAME + rb")"),
 )
 
 

@@ -119,6 +119,33 @@ async def pending(cluster: ClusterClient, key: str, group: str, timeout: float) 
     return int(reply[0])
 
 
+async def entries(
+    cluster: ClusterClient, key: str, start: str, count: int, timeout: float
+) -> list[Entry]:
+    """Up to `count` entries from id `start` on (XRANGE; "-" is the first, "(<id>" after it)."""
+    reply = await _one(cluster, key, timeout, "XRANGE", key, start, "+", "COUNT", count)
+    if isinstance(reply, hiredis.ReplyError):
+        raise StoreUnavailable(f"cannot read {key}: {reply}")
+    return [(entry_id, fields) for entry_id, fields in reply]
+
+
+async def delete(cluster: ClusterClient, key: str, ids: Sequence[str], timeout: float) -> int:
+    """Remove entries by id (XDEL); returns how many existed."""
+    if not ids:
+        return 0
+    reply = await _one(cluster, key, timeout, "XDEL", key, *ids)
+    if isinstance(reply, hiredis.ReplyError):
+        raise StoreUnavailable(f"cannot delete from {key}: {reply}")
+    return int(reply)
+
+
+async def length(cluster: ClusterClient, key: str, timeout: float) -> int:
+    reply = await _one(cluster, key, timeout, "XLEN", key)
+    if isinstance(reply, hiredis.ReplyError):
+        raise StoreUnavailable(f"cannot count {key}: {reply}")
+    return int(reply)
+
+
 async def _one(cluster: ClusterClient, key: str, timeout: float, *args: Field) -> Any:
     # Error replies come back as values: each caller reads its own (BUSYGROUP is fine).
     replies, _, failures, _ = await cluster.execute(
