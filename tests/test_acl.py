@@ -33,6 +33,7 @@ from featurewell.store.keys import (
     DEFAULTS_KEY,
     DEFAULTS_LOG_KEY,
     Family,
+    dead_letters_key,
     families_of,
     freshness_key,
     key_prefix,
@@ -61,6 +62,7 @@ def _sample_keys() -> dict[str, list[bytes]]:
         "consumer_seen": [CONSUMER_SEEN_KEY],
         "watermarks": [watermarks_key(SOURCE, "g:1"), watermarks_key(SOURCE, "stream")],
         "events": [key.encode() for key in stream_keys(SOURCE)],
+        "dead_letters": [dead_letters_key(SOURCE).encode()],
     }
 
 
