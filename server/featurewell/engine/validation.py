@@ -155,13 +155,15 @@ def check_write(
     return sorted(problems, key=lambda problem: problem.row)
 
 
-def refusal(what: str, problems: Sequence[Problem]) -> str:
-    """`what` refused for `problems`, naming the first few and how many there are."""
+def refusal(what: str, problems: Sequence[Problem], total: int | None = None) -> str:
+    """`what` refused for `problems`, naming the first few and how many there are (`total`,
+    when `problems` holds only the first ones)."""
+    count = len(problems) if total is None else total
     shown = "; ".join(str(p) for p in problems[:SHOWN_PROBLEMS])
-    more = len(problems) - SHOWN_PROBLEMS
+    more = count - min(len(problems), SHOWN_PROBLEMS)
     tail = f"; and {more} more" if more > 0 else ""
-    plural = "s" if len(problems) != 1 else ""
-    return f"{what}: {len(problems)} problem{plural}, nothing written: {shown}{tail}"
+    plural = "s" if count != 1 else ""
+    return f"{what}: {count} problem{plural}, nothing written: {shown}{tail}"
 
 
 def entity_key_problems(
