@@ -231,7 +231,9 @@ def test_a_bool_byte_other_than_0_or_1_is_refused(vserver: ServerThread) -> None
         with pytest.raises(grpc.RpcError) as error:
             stub.WriteFeatures(request, timeout=5)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "row 0, 'on': bool byte 7 is neither 0 (false) nor 1 (true)" in error.value.details()
+    assert "row 0, 'on': bool byte 7 is neither 0 (false) nor 1 (true)" in str(
+        error.value.details()
+    )
 
 
 # -- the engine's checks, on the same store (paths that are not WriteFeatures) ------------------
@@ -328,7 +330,9 @@ def test_feature_options_are_checked_with_the_definitions() -> None:
 
 def _columns(n: int) -> dict[str, Any]:
     values = row(n)
-    values["recent"] = Ragged(np.arange(2 * n, dtype=np.int64), np.arange(0, 2 * n + 1, 2))
+    values["recent"] = Ragged(
+        np.arange(2 * n, dtype=np.int64), np.arange(0, 2 * n + 1, 2, dtype=np.int32)
+    )
     values["label"] = np.array(values["label"], dtype=object)
     return values
 
