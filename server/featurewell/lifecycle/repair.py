@@ -26,7 +26,7 @@ class Repair:
     view: str
     cutoff_us: int
     rows: list[PoisonedRow]  # found beyond the cutoff
-    deleted: int
+    deleted: list[bool]  # per row (empty on a dry run)
     marker_newest_us: int  # the write marker's newest event time before the repair
     marker_reset: bool
     dry_run: bool
@@ -51,7 +51,7 @@ async def repair_view(
         rows = await repair.future_rows(cluster, view, columns, count, cutoff_us, timeout)
     newest = await repair.marker_newest_event(cluster, view, timeout)
     if dry_run:
-        return Repair(view.ref, cutoff_us, rows, 0, newest, False, True)
+        return Repair(view.ref, cutoff_us, rows, [], newest, False, True)
     deleted = await repair.delete_future_rows(cluster, rows, cutoff_us, timeout)
     reset = await repair.reset_future_marker(cluster, view, cutoff_us, timeout)
     return Repair(view.ref, cutoff_us, rows, deleted, newest, reset, False)
@@ -85,12 +85,15 @@ def key_columns(
 
 
 def render(done: Repair) -> str:
-    verb = "would delete" if done.dry_run else "deleted"
     lines = [
         f"{done.view}: {len(done.rows)} rows with an event time beyond now + max_future_skew "
         f"({done.cutoff_us} µs)"
     ]
-    for row in done.rows:
+    outcomes = done.deleted or [False] * len(done.rows)
+    for row, deleted in zip(done.rows, outcomes, strict=True):
+        verb = (
+            "would delete" if done.dry_run else "deleted" if deleted else "kept (rewritten since)"
+        )
         ahead_s = (row.event_time_us - done.cutoff_us) / 1e6
         lines.append(
             f"  {verb} {done.view} entity {row.entity}: stored event time "
@@ -100,5 +103,6 @@ def render(done: Repair) -> str:
         action = "would reset" if done.dry_run else "reset" if done.marker_reset else "kept"
         lines.append(f"  write marker: newest event time {done.marker_newest_us} µs, {action}")
     if not done.dry_run:
-        lines.append(f"{done.view}: {done.deleted} rows deleted; the next write of each lands")
+        count = sum(done.deleted)
+        lines.append(f"{done.view}: {count} rows deleted; the next write of each lands")
     return "\n".join(lines)

@@ -97,13 +97,13 @@ async def scan_future_rows(
 
 async def delete_future_rows(
     cluster: ClusterClient, rows: Sequence[PoisonedRow], cutoff_us: int, timeout: float
-) -> int:
-    """Delete `rows` that are still beyond `cutoff_us`; how many were deleted."""
+) -> list[bool]:
+    """Delete `rows` that are still beyond `cutoff_us`: whether each was deleted."""
     if not rows:
-        return 0
+        return []
     commands = [encode_command(b"EVAL", _DELETE_IF_FUTURE, b"1", r.key, cutoff_us) for r in rows]
     replies = await cluster.execute(commands, [key_slot(r.key) for r in rows], timeout)
-    return sum(int(reply) for reply in replies.checked("deleting poisoned rows"))
+    return [bool(reply) for reply in replies.checked("deleting poisoned rows")]
 
 
 async def marker_newest_event(cluster: ClusterClient, view: FeatureView, timeout: float) -> int:
