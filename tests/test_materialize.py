@@ -34,6 +34,7 @@ from featurewell.devcluster import LocalCluster
 from featurewell.engine.calls import Budget, FeatureRequest, InputColumn
 from featurewell.engine.engine import FeatureEngine
 from featurewell.errors import InvalidRequest
+from featurewell.ingest import columns
 from featurewell.ingest.materialize import ViewLoad, materialize
 from featurewell.store.online import OnlineStore
 from featurewell.values import Ragged
@@ -257,3 +258,14 @@ def test_the_command_refuses_a_bad_file_with_a_message_not_a_traceback(
     assert f"materialize of '{name}@v1' from {tmp_path / 'vec.parquet'} refused" in done.stderr
     assert "row 0, 'vec': 3 numbers; embedding[4] needs exactly 4 per row" in done.stderr
     assert "row 1, 'vec': null value" in done.stderr
+
+
+def test_timestamp_columns_of_any_unit_become_microseconds() -> None:
+    ns = pa.array([1_700_000_000_123_456_789, None], pa.timestamp("ns"))
+    assert columns.timestamps(ns)[0].tolist()[0] == 1_700_000_000_123_456
+    assert columns.timestamps(ns)[1] == [(1, "null event time")]
+    seconds = pa.array([1_700_000_000, 2**62], pa.timestamp("s", tz="UTC"))
+    values, problems = columns.timestamps(seconds)
+    assert values.tolist()[0] == 1_700_000_000_000_000
+    assert problems == [(1, f"event time {2**62} s is beyond the int64 µs range")]
+    assert columns.timestamps(pa.array(["2024-01-01"]))[1][0][0] == -1  # text: the whole column

@@ -44,17 +44,35 @@ def key_values(kind: Kind, array: pa.Array) -> Converted:
 
 
 def timestamps(array: pa.Array) -> Converted:
-    """The event time column as int64 µs since the epoch."""
+    """The event time column as int64 µs since the epoch: integers are µs already; timestamps
+    of any unit are converted (ns cut to µs; s and ms beyond the int64 µs range are refused,
+    not wrapped)."""
     if pa.types.is_timestamp(array.type):
-        array = array.cast(pa.timestamp("us", tz=array.type.tz)).cast(pa.int64())
-    elif not pa.types.is_integer(array.type):
+        unit = array.type.unit
+        array = array.cast(pa.int64())
+    elif pa.types.is_integer(array.type):
+        unit = "us"
+    else:
         return np.zeros(len(array), np.int64), [
             (-1, f"holds {array.type}; event times are timestamps or integer µs since the epoch")
         ]
     nulls = null_rows(array)
     problems = [(row, "null event time") for row in np.flatnonzero(nulls).tolist()]
-    values = pc.fill_null(array, 0) if problems else array
-    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.int64), problems
+    values = np.asarray(pc.fill_null(array, 0).to_numpy(zero_copy_only=False))
+    scale = {"s": 1_000_000, "ms": 1_000}.get(unit, 1)
+    limit = np.iinfo(np.int64).max // scale
+    if values.dtype.kind == "u":
+        too_big = values > limit
+    else:
+        too_big = np.abs(values.astype(np.float64)) > limit
+    problems += [
+        (row, f"event time {values[row]} {unit} is beyond the int64 µs range")
+        for row in np.flatnonzero(too_big).tolist()
+    ]
+    values = np.where(too_big, 0, values).astype(np.int64)
+    if unit == "ns":
+        return values // 1000, problems
+    return values * scale, problems
 
 
 def feature_values(feature: Feature, array: pa.Array) -> tuple[ColumnValues, list[RowProblem]]:
