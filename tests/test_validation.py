@@ -32,7 +32,13 @@ from featurewell.definitions import (
 from featurewell.devcluster import LocalCluster, call
 from featurewell.engine.calls import InputColumn, WriteRequest
 from featurewell.engine.engine import FeatureEngine
-from featurewell.engine.validation import Problem, WriteRules, check_write, refusal
+from featurewell.engine.validation import (
+    Problem,
+    WriteRules,
+    check_write,
+    entity_key_problems,
+    refusal,
+)
 from featurewell.errors import DefinitionError, InvalidRequest
 from featurewell.settings import ServingSettings
 from featurewell.store.keys import entity_tags, key_prefix, slot_of
@@ -347,3 +353,22 @@ def _request(keys: list[str], times: Any = None, **changes: Any) -> WriteRequest
         times if times is not None else np.full(n, now_us(), np.int64),
         features,
     )
+
+
+def test_the_entity_key_limit_is_in_utf8_bytes_exactly() -> None:
+    rules = WriteRules(max_entity_key_bytes=1024)
+    fits = ["a" * 1024, "ü" * 512, "€" * 341, "k"]
+    over = ["a" * 1025, "ü" * 513, "€" * 342]
+
+    assert entity_key_problems(fits, String.kind, rules, "sensor_id") == []
+    found = entity_key_problems(fits + over, String.kind, rules, "sensor_id")
+    assert [(p.row, p.reason.split(" is ")[-1]) for p in found] == [
+        (4, "1025 bytes, over max_entity_key_bytes 1024"),
+        (5, "1026 bytes, over max_entity_key_bytes 1024"),
+        (6, "1026 bytes, over max_entity_key_bytes 1024"),
+    ]
+    ints = entity_key_problems([1, 2**63, True], Int64.kind, rules, "n")
+    assert [(p.row, p.reason) for p in ints] == [
+        (1, "entity key value 9223372036854775808 does not fit in int64"),
+        (2, "entity key value True must be a string or an integer"),
+    ]

@@ -175,8 +175,11 @@ def entity_key_problems(
     types = set(map(type, items))
     if kind is Kind.STRING and types <= {str, np.str_}:
         longest = max(map(len, items), default=0)
-        # A char is at most 4 bytes in UTF-8: under the limit in chars / 4, no row can be over.
-        if longest * 4 <= rules.max_entity_key_bytes and "" not in items and utf8(items):
+        # A char is 1 byte in UTF-8 if ASCII, else at most 4: no row can be over the limit if
+        # the longest is under it in chars (ASCII) or in chars x 4.
+        limit = rules.max_entity_key_bytes
+        short = longest * 4 <= limit or (longest <= limit and "".join(items).isascii())
+        if short and "" not in items and utf8(items):
             return []
     if kind is Kind.INT64 and types <= {int}:
         try:
