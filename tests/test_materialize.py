@@ -52,10 +52,9 @@ def items(n: int) -> list[int]:
     return [base + i for i in range(n)]
 
 
-def view_of(path: Path, *features: Feature) -> FeatureView:
-    return FeatureView(
-        f"m_{uuid.uuid4().hex[:8]}", entity=item, features=features, source=ParquetSource(str(path))
-    )
+def view_of(path: Path, *features: Feature, timestamp: str = "event_time") -> FeatureView:
+    source = ParquetSource(str(path), timestamp_field=timestamp)
+    return FeatureView(f"m_{uuid.uuid4().hex[:8]}", entity=item, features=features, source=source)
 
 
 def load(cluster: LocalCluster, view: FeatureView, **options: Any) -> list[ViewLoad]:
@@ -194,14 +193,14 @@ def test_one_bad_row_deep_in_the_file_refuses_it_all(cluster: LocalCluster, tmp_
     score[4500] = np.nan
     times = np.full(5000, now_us(), np.int64)
     times[4999] = now_us() + 3600 * 1_000_000  # an hour ahead: would shadow later writes
-    pq.write_table(pa.table({"item_id": ids, "event_time": times, "score": score}), path)
-    view = view_of(path, Feature("score", Float64))
+    pq.write_table(pa.table({"item_id": ids, "ts": times, "score": score}), path)
+    view = view_of(path, Feature("score", Float64), timestamp="ts")
 
     text = refused(cluster, view, batch_rows=2000)
 
     assert "2 problems" in text
     assert "row 4500, 'score': nan is not a finite number" in text
-    assert "row 4999, 'event_time': event time" in text
+    assert "row 4999, 'ts': event time" in text  # named as the file names it
     assert "s in the future" in text
     present, _ = served(cluster, view, ids[:2000], "score")  # not even the first batch
     assert not any(present)

@@ -91,6 +91,8 @@ def check(engine: FeatureEngine, view: FeatureView, path: Path, batch_rows: int)
     """Convert and validate every row of `view`'s source file; InvalidRequest naming the view,
     the file and the first bad rows (file rows, from 0) if any row cannot be written. Returns
     the rows that will be written (`skip_row` nulls left out)."""
+    assert view.source is not None
+    timestamp = view.source.timestamp_field
     found: list[Problem] = []
     total = rows = 0
     seen_columns: set[tuple[str, str]] = set()  # a column-wide problem repeats in every batch
@@ -101,7 +103,11 @@ def check(engine: FeatureEngine, view: FeatureView, path: Path, batch_rows: int)
             # name each (row, column) once, by what conversion saw.
             _, engine_problems = engine.check_write(request)
             named = {(p.row, p.column) for p in problems}
-            problems += [p for p in engine_problems if (p.row, p.column) not in named]
+            for p in engine_problems:
+                if p.column == "event_time" and p.column not in view.feature_index:
+                    p = Problem(p.row, timestamp, p.reason)  # the file's name for the column
+                if (p.row, p.column) not in named:
+                    problems.append(p)
         for problem in _at_file_rows(problems, file_rows):
             if problem.row < 0:
                 if (problem.column, problem.reason) in seen_columns:
