@@ -108,7 +108,7 @@ def test_embeddings_of_3_and_5_numbers_are_refused_not_reshaped(
 
     text = refused(cluster, view)
 
-    assert "2 problems" in text
+    assert "refused: 2 problems," in text
     assert "row 0, 'vec': 3 numbers; embedding[4] needs exactly 4 per row" in text
     assert "row 1, 'vec': 5 numbers" in text
     assert served(cluster, view, ids, "vec")[0] == [False, False]
@@ -178,7 +178,7 @@ def test_a_null_list_and_a_null_int_are_refused_by_default(
 
     text = refused(cluster, view)
 
-    assert "3 problems" in text
+    assert "refused: 3 problems," in text
     assert "row 1, 'count': null value; declare the feature with nulls='default'" in text
     assert "row 2, 'tags': null value" in text
     assert "row 0, 'odd': a list holding a null item" in text
@@ -198,7 +198,7 @@ def test_one_bad_row_deep_in_the_file_refuses_it_all(cluster: LocalCluster, tmp_
 
     text = refused(cluster, view, batch_rows=2000)
 
-    assert "2 problems" in text
+    assert "refused: 2 problems," in text
     assert "row 4500, 'score': nan is not a finite number" in text
     assert "row 4999, 'ts': event time" in text  # named as the file names it
     assert "s in the future" in text
@@ -220,7 +220,7 @@ def test_wrong_types_nulls_in_keys_and_times_are_named(
 
     text = refused(cluster, view)
 
-    assert "3 problems" in text  # the column problem counts once, not once per batch
+    assert "refused: 3 problems," in text  # the column problem counts once, not once per batch
     assert "column 'count': holds double; feature 'count' is int64: convert the column" in text
     assert "row 1, 'item_id': null entity key" in text
     assert "row 2, 'event_time': null event time" in text
@@ -268,3 +268,22 @@ def test_timestamp_columns_of_any_unit_become_microseconds() -> None:
     assert values.tolist()[0] == 1_700_000_000_000_000
     assert problems == [(1, f"event time {2**62} s is beyond the int64 µs range")]
     assert columns.timestamps(pa.array(["2024-01-01"]))[1][0][0] == -1  # text: the whole column
+
+
+def test_a_column_of_the_wrong_type_is_one_problem_not_one_per_row(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    path = tmp_path / "text_times.parquet"
+    table = {
+        "item_id": [0.5] * 3000,  # floats for an Int64 key
+        "event_time": ["2024-01-01"] * 3000,  # text for the timestamp
+        "count": list(range(3000)),
+    }
+    pq.write_table(pa.table(table), path)
+    view = view_of(path, Feature("count", Int64))
+
+    text = refused(cluster, view, batch_rows=1000)
+
+    assert "refused: 2 problems, nothing written" in text
+    assert "column 'item_id': holds double; the entity key takes integers" in text
+    assert "column 'event_time': holds string; event times are timestamps or integer µs" in text

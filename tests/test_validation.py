@@ -159,7 +159,7 @@ def test_one_bad_row_refuses_the_whole_call_naming_first_rows_and_count(
 
     text = refused(vclient, ids, [now_us()] * 8, row(8, level=level, count=count))
 
-    assert "5 problems, nothing written" in text
+    assert "refused: 5 problems, nothing written" in text
     assert "row 2, 'level': nan is not a finite number" in text
     assert "row 3, 'level': inf is not a finite number" in text
     assert "row 5, 'level': -inf" in text
@@ -261,7 +261,7 @@ def test_strings_and_keys_that_cannot_be_utf8_are_refused(cluster: LocalCluster)
     with pytest.raises(InvalidRequest) as error:
         asyncio.run(write())
     text = str(error.value)
-    assert "2 problems" in text
+    assert "refused: 2 problems," in text
     assert "row 1, 'sensor_id': entity key value 'bad\\ud800' is not valid Unicode" in text
     assert "row 1, 'label': 'y\\udfff' is not valid Unicode" in text
 

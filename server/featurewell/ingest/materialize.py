@@ -99,16 +99,17 @@ def check(engine: FeatureEngine, view: FeatureView, path: Path, batch_rows: int)
     for request, problems, file_rows in _batches(view, path, batch_rows):
         rows += len(request.event_time_us)
         if request.event_time_us.size:
-            # The engine's own rules, on placeholders where conversion found a row bad already:
-            # name each (row, column) once, by what conversion saw.
+            # The engine's own rules, on placeholders where conversion found a row (or a whole
+            # column) bad already: name each once, by what conversion saw.
             _, engine_problems = engine.check_write(request)
             named = {(p.row, p.column) for p in problems}
+            whole = {p.column for p in problems if p.row < 0}
             for p in engine_problems:
                 if p.column == "event_time" and p.column not in view.feature_index:
                     p = Problem(p.row, timestamp, p.reason)  # the file's name for the column
-                if (p.row, p.column) not in named:
+                if (p.row, p.column) not in named and p.column not in whole:
                     problems.append(p)
-        for problem in _at_file_rows(problems, file_rows):
+        for problem in sorted(_at_file_rows(problems, file_rows), key=lambda p: p.row):
             if problem.row < 0:
                 if (problem.column, problem.reason) in seen_columns:
                     continue
