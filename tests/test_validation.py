@@ -36,6 +36,7 @@ from featurewell.engine.validation import (
     Problem,
     WriteRules,
     check_write,
+    entity_key_problem,
     entity_key_problems,
     refusal,
 )
@@ -367,6 +368,9 @@ def test_the_entity_key_limit_is_in_utf8_bytes_exactly() -> None:
         (5, "1026 bytes, over max_entity_key_bytes 1024"),
         (6, "1026 bytes, over max_entity_key_bytes 1024"),
     ]
+    # The stream checks each event's keys with entity_key_problem: a JSON "\ud800" escape too.
+    surrogate = entity_key_problem("a\ud800", rules)
+    assert surrogate == "entity key value 'a\\ud800' is not valid Unicode (a lone surrogate?)"
     ints = entity_key_problems([1, 2**63, True], Int64.kind, rules, "n")
     assert [(p.row, p.reason) for p in ints] == [
         (1, "entity key value 9223372036854775808 does not fit in int64"),

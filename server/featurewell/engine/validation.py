@@ -111,7 +111,10 @@ def entity_key_problem(value: Any, rules: WriteRules) -> str | None:
     if isinstance(value, str):
         if not value:
             return "an entity key value is the empty string"
-        size = len(value.encode("utf-8", "surrogatepass"))
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError:  # a lone surrogate: Redis keys and tags are UTF-8 bytes
+            return f"entity key value {echo(value)} is not valid Unicode (a lone surrogate?)"
         if size > rules.max_entity_key_bytes:
             return (
                 f"entity key value {echo(value)} is {size} bytes, over max_entity_key_bytes "
@@ -205,8 +208,6 @@ def _key_value_problem(value: Any, kind: Kind, rules: WriteRules) -> str | None:
     reason = entity_key_problem(value, rules)
     if reason is not None:
         return reason
-    if isinstance(value, str) and not utf8([value]):
-        return f"entity key value {echo(value)} is not valid Unicode (a lone surrogate?)"
     if isinstance(value, int | np.integer) and not -(2**63) <= int(value) <= _INT64_MAX:
         return f"entity key value {echo(value)} does not fit in int64"
     return None
