@@ -376,3 +376,13 @@ def test_the_entity_key_limit_is_in_utf8_bytes_exactly() -> None:
         (1, "entity key value 9223372036854775808 does not fit in int64"),
         (2, "entity key value True must be a string or an integer"),
     ]
+
+
+def test_embedding_rows_of_several_lengths_from_python_are_one_clear_problem() -> None:
+    request = _request(["a", "b"], vec=[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0, 8.0]])
+
+    problems = check_write(readings, request, WriteRules(), now_us())
+
+    assert [str(p) for p in problems] == [
+        "column 'vec': embedding[4] needs 2 rows of one shape, got rows of different lengths"
+    ]

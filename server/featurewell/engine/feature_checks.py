@@ -47,7 +47,10 @@ def _fixed_problems(feature: Feature, values: ColumnValues, rows: int) -> list[R
     dtype = feature.dtype
     if isinstance(values, Ragged):
         return [(-1, f"{dtype} takes one value per row, got lists")]
-    array = np.asarray(values)
+    try:
+        array = np.asarray(values)
+    except (ValueError, TypeError):  # e.g. Python lists of embedding rows of several lengths
+        return [(-1, f"{dtype} needs {rows} rows of one shape, got rows of different lengths")]
     embedding = dtype.kind is Kind.EMBEDDING
     expected = (rows, dtype.dim) if embedding else (rows,)
     if array.shape != expected:
