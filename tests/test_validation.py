@@ -386,3 +386,9 @@ def test_embedding_rows_of_several_lengths_from_python_are_one_clear_problem() -
     assert [str(p) for p in problems] == [
         "column 'vec': embedding[4] needs 2 rows of one shape, got rows of different lengths"
     ]
+
+
+def test_event_times_must_be_integers() -> None:
+    request = _request(["a"], times=np.array([now_us() + 0.5]))
+    (problem,) = check_write(readings, request, WriteRules(), now_us())
+    assert str(problem) == "column 'event_time': event times are integer µs, got float64 values"

@@ -139,6 +139,9 @@ def check_write(
     passes whatever their size, strings and keys one C-level pass unless something is wrong.
     """
     rows = len(request.event_time_us)
+    if request.event_time_us.dtype.kind not in "iu":  # not from the wire: a caller's array
+        got = request.event_time_us.dtype
+        return [Problem(-1, "event_time", f"event times are integer µs, got {got} values")]
     problems = event_time_problems(request.event_time_us, rules, now_us, "event_time")
     if now_us - rules.max_event_age_us <= 0:  # else event_time_problems caught these already
         problems += [
