@@ -192,7 +192,7 @@ def test_deadline_shorter_than_the_margin(server: ServerThread) -> None:
             "pair",
             {"progress": np.array([1], np.int64)},
             grpc.StatusCode.INVALID_ARGUMENT,
-            "feature 'progress' is float32; got int64 values",
+            "column 'progress': float32 takes no int64 values",
         ),
     ],
 )
@@ -244,7 +244,7 @@ def test_write_with_mismatched_buffer_is_rejected(
 
 def test_write_needs_positive_timestamps_and_matching_keys(client: FeatureClient) -> None:
     features = {"progress": np.array([1], np.float32)}
-    with pytest.raises(FeatureClientError, match="event timestamps must be positive"):
+    with pytest.raises(FeatureClientError, match="event time 0 µs is not a positive time"):
         client.write_features("pair", {"user_id": ["u"], "item_id": [1]}, [0], features)
     with pytest.raises(FeatureClientError, match="entity key 'item_id' has 2 values for 1 rows"):
         client.write_features("pair", {"user_id": ["u"], "item_id": [1, 2]}, [5], features)

@@ -387,7 +387,9 @@ def test_refresh_rewrites_only_what_time_changed(cluster: LocalCluster) -> None:
         ],
     )
     registry = Registry.build([member, counted, faded])
-    now = [(time.time_ns() // 1000) // tile * tile + 60_000_000]  # 1 min into a tile
+    # 1 min into a tile, half an hour ago: the clock moves 15 minutes on below, and a row
+    # written ahead of the real clock by more than max_future_skew_s is refused.
+    now = [(time.time_ns() // 1000 - 30 * 60_000_000) // tile * tile + 60_000_000]
     members = [f"m{n}-{uuid.uuid4().hex[:4]}" for n in range(3)]
     # In the window's oldest tile: counted now, out of the window once the tile moves.
     old = now[0] - 86_400_000_000 + tile

@@ -167,7 +167,8 @@ def test_training_rows_equal_what_serving_answered_at_each_label(
     # After that many writes; the first ones ask riders nothing was written for yet.
     labels_at = sorted({0, 1, 2, 3, *(int(x) for x in rng.integers(4, 240, 40))})
     store = OfflineStore(tmp_path)
-    server = ServerThread(make_settings(cluster), registry)
+    # Event times of January 1970: the server must take events that old (max_event_age_days).
+    server = ServerThread(make_settings(cluster, max_event_age_days=30_000), registry)
     served: list[tuple[int, str, float, str, int]] = []
     try:
         with FeatureClient(server.address) as client:

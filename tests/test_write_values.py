@@ -124,6 +124,10 @@ def test_a_stated_value_type_converts_the_values(values: Any, decoded: Any) -> N
         ((ValueType.STRING, ["a", 1]), "STRING values must all be str, got int"),
         ((ValueType.EMBEDDING, np.array([1, 2], np.float32)), "expected a 2-D array (rows x dim)"),
         ((ValueType.INT64_LIST, [[0.5], [1]]), "cannot be written as INT64_LIST"),
+        ((ValueType.FLOAT32, [1e300, 1.0]), "beyond the range of FLOAT32 (float32) would become"),
+        ((ValueType.EMBEDDING, [[1e39, 0.0], [0.0, 0.0]]), "would become inf: scale or clip"),
+        (np.array([2**64 - 1, 1], np.uint64), "uint64 value 18446744073709551615 does not fit"),
+        ((np.array([2**63, 1], np.uint64), [0, 1, 2]), "does not fit in INT64_LIST (int64)"),
     ],
 )
 def test_values_the_client_cannot_type_fail_before_any_call(values: Any, message: str) -> None:

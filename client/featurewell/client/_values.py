@@ -41,7 +41,21 @@ _STATE_IT = "state the type: (ValueType.{}, values)"
 
 def typed_values(name: str, values: Any) -> tuple[ValueType, Any]:
     """The ValueType of one feature's values, and the values as `fill_column` packs them: an
-    array for fixed-width types, a list of str, or (flat, offsets) for lists."""
+    array for fixed-width types, a list of str, or (flat, offsets) for lists. Values the type
+    cannot hold (uint64 above int64's range, float64 beyond float32's) are refused here, before
+    packing would wrap or overflow them silently."""
+    value_type, typed = _typed(name, values)
+    numbers = typed[0] if value_type in LIST_TYPES else typed
+    unsigned = isinstance(numbers, np.ndarray) and numbers.dtype.kind == "u" and numbers.size
+    if unsigned and int(numbers.max()) > np.iinfo(np.int64).max:
+        raise InvalidValues(
+            f"feature {name!r}: {numbers.dtype} value {int(numbers.max())} does not fit in "
+            f"{value_type.name} (int64)"
+        )
+    return value_type, typed
+
+
+def _typed(name: str, values: Any) -> tuple[ValueType, Any]:
     if isinstance(values, tuple) and len(values) == 2 and isinstance(values[0], ValueType):
         return values[0], _as_type(name, values[0], values[1])
     if isinstance(values, tuple):
@@ -196,6 +210,13 @@ def _cast(name: str, value_type: ValueType, array: npt.NDArray[Any]) -> npt.NDAr
             f"without changing them: convert them first if that is meant "
             f"(values.astype({dtype.name!r}))"
         )
+    if array.dtype.kind == "f" and array.dtype.itemsize > dtype.itemsize and array.size:
+        finite = np.isfinite(array)
+        if np.any(np.abs(array[finite]) > np.finfo(dtype).max):
+            raise InvalidValues(
+                f"feature {name!r}: {array.dtype} values beyond the range of {value_type.name} "
+                f"({dtype}) would become inf: scale or clip them first"
+            )
     return array.astype(dtype, copy=False)
 
 

@@ -1,13 +1,24 @@
 """The `featurewell` verbs, one module per area: each verb declares its own arguments and the
 settings groups it reads beside its handler (see `_command.Command`)."""
 
-from featurewell.commands import acl, data, deadletters, lifecycle, local, probe, serving, training
+from featurewell.commands import (
+    acl,
+    data,
+    deadletters,
+    lifecycle,
+    local,
+    probe,
+    repair,
+    serving,
+    training,
+)
 from featurewell.commands._command import Command
 
 COMMANDS: tuple[Command, ...] = (
     *serving.COMMANDS,
     *data.COMMANDS,
     *deadletters.COMMANDS,
+    *repair.COMMANDS,
     *training.COMMANDS,
     *lifecycle.COMMANDS,
     *local.COMMANDS,

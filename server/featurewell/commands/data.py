@@ -51,7 +51,7 @@ def _materialize(settings: Settings, args: argparse.Namespace) -> None:
 
     async def load() -> None:
         async with connected(settings.redis) as store:
-            engine = FeatureEngine(registry, store)
+            engine = FeatureEngine(registry, store, settings.serving)  # its write rules too
             views = None  # every view with a ParquetSource; computed views from their logs
             if names is not None:
                 views = [v for v in registry.views.values() if v.name in names and v.source]

@@ -27,7 +27,8 @@ from featurewell.compute.runner import StreamRunner
 from featurewell.compute.stream import EventBatch
 from featurewell.definitions import EventSource, Registry
 from featurewell.engine.engine import FeatureEngine
-from featurewell.errors import DefinitionError
+from featurewell.engine.validation import WriteRules, event_time_problem
+from featurewell.errors import DefinitionError, InvalidRequest
 from featurewell.offline.store import OfflineStore
 
 
@@ -56,7 +57,14 @@ async def backfill(
     batch_rows: int = 2000,
     views: set[str] | None = None,
 ) -> list[Backfilled]:
-    """`views` (names) limits the online and history writes; the seeded state covers them all."""
+    """`views` (names) limits the online and history writes; the seeded state covers them all.
+    Rows are written at `as_of_us`, through the engine's write validation: an as-of time it
+    would refuse (beyond now + max_future_skew_s) is refused here, before anything is computed."""
+    reason = event_time_problem(
+        as_of_us, WriteRules.from_settings(writer.limits), time.time_ns() // 1000
+    )
+    if reason is not None:
+        raise InvalidRequest(f"backfill of {source.name!r} as of {as_of_us} refused: {reason}")
     _check_log(source, log)
     # A paced backfill is a background job beside serving: DuckDB gets one core, not every
     # core of a big machine. (On these 2 cores it made no measurable difference: the paced

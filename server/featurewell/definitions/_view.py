@@ -10,6 +10,7 @@ from typing import Any
 from featurewell.definitions._computed import Aggregation, EventSource
 from featurewell.definitions._entity import Entity
 from featurewell.definitions._names import check_name
+from featurewell.definitions._options import check_options
 from featurewell.definitions._types import FeatureType, Kind
 from featurewell.errors import DefinitionError
 
@@ -35,7 +36,13 @@ class Stats:
 
 @dataclass(frozen=True, eq=False)
 class Feature:
-    """One feature: a name, a type, and the default served when an entity has no value."""
+    """One feature: a name, a type, and the default served when an entity has no value.
+
+    Write options (docs/security-validation.md): `allow_non_finite` lets a float feature hold
+    NaN and infinities (refused by default); `nulls` says what `featurewell materialize` does
+    with a null in the source column: "reject" the file (default), write the "default", or
+    "skip_row"; `max_length` bounds the items of a ListOf feature's rows.
+    """
 
     name: str
     dtype: FeatureType
@@ -43,6 +50,9 @@ class Feature:
     description: str = ""
     expected: Stats | None = None
     computed: Aggregation | None = None  # how a view with events= computes it
+    allow_non_finite: bool = False
+    nulls: str = "reject"
+    max_length: int | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name, "feature")
@@ -57,6 +67,7 @@ class Feature:
             else self.dtype.coerce(self.default, f"default of feature {self.name!r}")
         )
         object.__setattr__(self, "default", default)
+        check_options(self.name, self.dtype, self.allow_non_finite, self.nulls, self.max_length)
         if self.expected is not None:
             _check_stats(self.name, self.dtype, self.expected)
 

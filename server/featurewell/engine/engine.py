@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from featurewell.definitions import Entity, FeatureType, Kind, Registry
+from featurewell.definitions import Entity, FeatureType, FeatureView, Kind, Registry
 from featurewell.engine.calls import (
     Budget,
     CallTimings,
@@ -31,6 +31,7 @@ from featurewell.engine.calls import (
     WriteResult,
 )
 from featurewell.engine.plan import Plan, Planner, ViewRead
+from featurewell.engine.validation import Problem, WriteRules, check_write, refusal
 from featurewell.errors import (
     DeadlineExceeded,
     EntityNotFound,
@@ -285,6 +286,25 @@ class FeatureEngine:
     # -- writing -------------------------------------------------------------------------------
 
     async def write(self, request: WriteRequest) -> WriteResult:
+        """Write whole rows, or nothing: a request with any problem (engine/validation.py) is
+        refused as InvalidRequest naming its first problems and how many there are."""
+        view, problems = self.check_write(request)
+        if problems:
+            raise InvalidRequest(refusal(f"write to {view.ref!r} refused", problems))
+        encoded = self.planner.read_of(view).codec.encode(request.event_time_us, request.features)
+        outcome = await self.store.write(
+            view,
+            _key_columns(view.entity, request.entities),
+            encoded,
+            request.event_time_us,
+            timeout=self.limits.write_timeout_s,
+        )
+        return WriteResult(view.ref, outcome.written, outcome.skipped_older)
+
+    def check_write(self, request: WriteRequest) -> tuple[FeatureView, list[Problem]]:
+        """The view `request` writes and every problem of its values (none: it can be written).
+        A request of the wrong shape (unknown view or feature, a missing column, columns of
+        different lengths) raises at once: there are no rows to name."""
         name, _, version = request.view.partition("@v")
         if version and not version.isdigit():
             raise InvalidRequest(f"view {request.view!r}: write 'view' or 'view@v2'")
@@ -296,8 +316,6 @@ class FeatureEngine:
             raise InvalidRequest(
                 f"write of {rows} rows exceeds the limit of {self.limits.max_rows}"
             )
-        if int(request.event_time_us.min()) <= 0:
-            raise InvalidRequest("event timestamps must be positive microseconds since the epoch")
         for key in view.entity.key_names:
             column = request.entities.get(key)
             if column is None:
@@ -315,15 +333,8 @@ class FeatureEngine:
             raise InvalidRequest(
                 f"writing {view.ref!r} replaces whole rows: send every feature; missing {missing}"
             )
-        encoded = self.planner.read_of(view).codec.encode(request.event_time_us, request.features)
-        outcome = await self.store.write(
-            view,
-            _key_columns(view.entity, request.entities),
-            encoded,
-            request.event_time_us,
-            timeout=self.limits.write_timeout_s,
-        )
-        return WriteResult(view.ref, outcome.written, outcome.skipped_older)
+        rules = WriteRules.from_settings(self.limits)
+        return view, check_write(view, request, rules, time.time_ns() // 1000)
 
 
 def _key_columns(entity: Entity, entities: Mapping[str, InputColumn]) -> list[KeyColumn]:

@@ -12,18 +12,25 @@ its dead letters and goes on.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from featurewell.definitions import FeatureView, Kind
+from featurewell.engine.calls import WriteRequest
+from featurewell.engine.feature_checks import feature_problems, rows_and_values, utf8
 from featurewell.settings_groups import ServingSettings
 
 _US_PER_S = 1_000_000
 _US_PER_DAY = 86_400 * _US_PER_S
 # A message never echoes more of a hostile value than this.
 _ECHO_CHARS = 40
+# A refusal names this many problems (then says how many more there are).
+SHOWN_PROBLEMS = 5
+_INT64_MAX = np.iinfo(np.int64).max
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +111,10 @@ def entity_key_problem(value: Any, rules: WriteRules) -> str | None:
     if isinstance(value, str):
         if not value:
             return "an entity key value is the empty string"
-        size = len(value.encode("utf-8", "surrogatepass"))
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError:  # a lone surrogate: Redis keys and tags are UTF-8 bytes
+            return f"entity key value {echo(value)} is not valid Unicode (a lone surrogate?)"
         if size > rules.max_entity_key_bytes:
             return (
                 f"entity key value {echo(value)} is {size} bytes, over max_entity_key_bytes "
@@ -113,4 +123,94 @@ def entity_key_problem(value: Any, rules: WriteRules) -> str | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         return f"entity key value {echo(value)} must be a string or an integer"
+    return None
+
+
+# -- a whole write ------------------------------------------------------------------------------
+
+
+def check_write(
+    view: FeatureView, request: WriteRequest, rules: WriteRules, now_us: int
+) -> list[Problem]:
+    """Every problem of a write's values, rows in order (column-wide problems, row -1, first).
+
+    The request's shape (entity keys and features present, key kinds, row counts) is the
+    engine's to check before; this checks the values, in bulk: numeric columns cost a few numpy
+    passes whatever their size, strings and keys one C-level pass unless something is wrong.
+    """
+    rows = len(request.event_time_us)
+    if request.event_time_us.dtype.kind not in "iu":  # not from the wire: a caller's array
+        got = request.event_time_us.dtype
+        return [Problem(-1, "event_time", f"event times are integer µs, got {got} values")]
+    problems = event_time_problems(request.event_time_us, rules, now_us, "event_time")
+    if now_us - rules.max_event_age_us <= 0:  # else event_time_problems caught these already
+        problems += [
+            Problem(row, "event_time", f"event time {t} µs is not a positive time since the epoch")
+            for row, t in rows_and_values(request.event_time_us <= 0, request.event_time_us)
+        ]
+    for key in view.entity.key_names:
+        column = request.entities.get(key)
+        if column is not None:
+            kind = view.entity.join_keys[key].kind
+            problems += entity_key_problems(column.values, kind, rules, key)
+    for feature in view.features:
+        values = request.features.get(feature.name)
+        if values is not None:
+            found = feature_problems(feature, values, rows)
+            problems += [Problem(row, feature.name, reason) for row, reason in found]
+    return sorted(problems, key=lambda problem: problem.row)
+
+
+def refusal(what: str, problems: Sequence[Problem], total: int | None = None) -> str:
+    """`what` refused for `problems`, naming the first few and how many there are (`total`,
+    when `problems` holds only the first ones)."""
+    count = len(problems) if total is None else total
+    shown = "; ".join(str(p) for p in problems[:SHOWN_PROBLEMS])
+    more = count - min(len(problems), SHOWN_PROBLEMS)
+    tail = f"; and {more} more" if more > 0 else ""
+    plural = "s" if count != 1 else ""
+    return f"{what}: {count} problem{plural}, nothing written: {shown}{tail}"
+
+
+def entity_key_problems(
+    values: Sequence[Any], kind: Kind, rules: WriteRules, column: str
+) -> list[Problem]:
+    """`entity_key_problem` for every row of a key column of `kind`; a valid column of the
+    kind's Python type costs a few C-level passes, not a Python call per row."""
+    items = values.tolist() if isinstance(values, np.ndarray) else list(values)
+    types = set(map(type, items))
+    if kind is Kind.STRING and types <= {str, np.str_}:
+        longest = max(map(len, items), default=0)
+        # A char is 1 byte in UTF-8 if ASCII, else at most 4: no row can be over the limit if
+        # the longest is under it in chars (ASCII) or in chars x 4.
+        limit = rules.max_entity_key_bytes
+        short = longest * 4 <= limit or (longest <= limit and "".join(items).isascii())
+        if short and "" not in items and utf8(items):
+            return []
+    if kind is Kind.INT64 and types <= {int}:
+        try:
+            np.asarray(items, dtype=np.int64)
+            return []
+        except OverflowError:
+            pass
+    out = []
+    for row, value in enumerate(items):
+        reason = _key_value_problem(value, kind, rules)
+        if reason is not None:
+            out.append(Problem(row, column, reason))
+    return out
+
+
+def _key_value_problem(value: Any, kind: Kind, rules: WriteRules) -> str | None:
+    if value is None:
+        return "the entity key is null"
+    if kind is Kind.STRING and not isinstance(value, str):
+        return f"entity key value {echo(value)} must be a string (the entity declares String)"
+    if kind is Kind.INT64 and isinstance(value, str):
+        return f"entity key value {echo(value)} must be an integer (the entity declares Int64)"
+    reason = entity_key_problem(value, rules)
+    if reason is not None:
+        return reason
+    if isinstance(value, int | np.integer) and not -(2**63) <= int(value) <= _INT64_MAX:
+        return f"entity key value {echo(value)} does not fit in int64"
     return None

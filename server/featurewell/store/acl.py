@@ -151,8 +151,9 @@ ROLES: dict[str, Role] = {
         ),
         Role(
             "admin",
-            "featurewell promote, rollback, status, lineage, validate: the promoted-defaults "
-            "keys; reads rows, markers and consumer counts",
+            "featurewell promote, rollback, status, lineage, validate, repair: the "
+            "promoted-defaults keys; deletes rows poisoned by a future time; reads consumer "
+            "counts",
             (
                 *_CLUSTER,
                 "hgetall",
@@ -163,10 +164,14 @@ ROLES: dict[str, Role] = {
                 "hmget",
                 "get",
                 "mget",
-                "scan",  # validate samples a view's entities
+                "scan",  # validate samples a view's entities; repair --all-future
+                "eval",  # repair: delete a row only while it is still poisoned (one script)
+                "del",
+                "hdel",
+                "getrange",  # repair reads stored event times
             ),
-            reads=("row", "marker", "consumer_calls", "consumer_seen"),
-            writes=("defaults", "defaults_log"),
+            reads=("consumer_calls", "consumer_seen"),
+            writes=("defaults", "defaults_log", "row", "marker"),
         ),
     )
 }
