@@ -25,6 +25,7 @@ from featurewell.definitions import EventSource, Int64, Registry, String
 from featurewell.devcluster import LocalCluster, call, start_local_cluster
 from featurewell.errors import ConfigError, StorePermissionDenied, StoreUnavailable
 from featurewell.lifecycle import defaults
+from featurewell.lifecycle.repair import repair_view
 from featurewell.settings import RedisSettings, Settings
 from featurewell.store import acl
 from featurewell.store.keys import (
@@ -315,3 +316,24 @@ def test_node_access_repr_hides_the_password() -> None:
     shown = repr(node_access(RedisSettings(username="u", password="pw-in-clear")))
     assert "***" in shown
     assert "pw-in-clear" not in shown
+
+
+@pytest.mark.redis
+async def test_only_admin_repairs(acl_cluster: AclCluster, registry: Registry) -> None:
+    """`featurewell repair` deletes rows: an operator's act, not a server's or a pipeline's."""
+    view = registry.view("profile")
+    entities = {"user_id": ["acl-repair"]}
+    admin = await open_store(acl_cluster.settings("fw-admin").redis)
+    others = [
+        await open_store(acl_cluster.settings(user).redis) for user in ("fw-server", "fw-writer")
+    ]
+    try:
+        for store in others:
+            with pytest.raises(StorePermissionDenied, match="NOPERM"):
+                await repair_view(store.cluster, view, entities, 300.0)
+        done = await repair_view(admin.cluster, view, entities, 300.0)
+        assert done.rows == []  # nothing poisoned, but allowed to look
+        assert not done.dry_run
+    finally:
+        for store in (admin, *others):
+            await store.close()

@@ -169,6 +169,7 @@ ROLES: dict[str, Role] = {
                 "del",
                 "hdel",
                 "getrange",  # repair reads stored event times
+                "hget",  # and the write marker's newest time
             ),
             reads=("consumer_calls", "consumer_seen"),
             writes=("defaults", "defaults_log", "row", "marker"),
