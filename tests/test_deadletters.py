@@ -28,6 +28,7 @@ from featurewell.definitions import (
     EventSource,
     Feature,
     FeatureView,
+    Float32,
     Float64,
     Int64,
     Mode,
@@ -475,3 +476,57 @@ def test_featurewell_stream_keeps_running_past_bad_entries(
         process.send_signal(signal.SIGTERM)
         _, errors = process.communicate(timeout=30)
     assert process.returncode == 0, errors.decode()[-2000:]
+
+
+def test_a_computed_row_the_write_rules_refuse_is_skipped_and_counted(
+    cluster: LocalCluster,
+) -> None:
+    """Valid events can still compute a row no write may store: a Float32 sum past its range.
+    That entity's row is refused (counted, logged), the others are written, the stream goes on,
+    and the entity's last good value stays served."""
+    name = f"watches_{uuid.uuid4().hex[:6]}"
+    source = EventSource(name, keys={"member_id": String}, fields={"amount": Float64})
+    view = FeatureView(
+        f"{name}_sum32",
+        entity=member,
+        events=source,
+        tile=timedelta(minutes=10),
+        features=[Feature("amount_1d", Float32, computed=Sum("amount", window=timedelta(days=1)))],
+    )
+    registry = Registry.build([member, view])
+    now = time.time_ns() // 1000
+    loop = asyncio.new_event_loop()
+    runner = None
+
+    def amount(member_id: str, at: int, value: str) -> list[bytes]:
+        fields = {
+            b"event_id": uuid.uuid4().hex.encode(),
+            b"event_time": str(at).encode(),
+            b"member_id": member_id.encode(),
+            b"amount": value.encode(),
+        }
+        return [v for pair in fields.items() for v in pair]
+
+    try:
+        runner = loop.run_until_complete(_runner(cluster, registry, source, batch_size=10))
+        first = [amount("big", now - 3 * MINUTE_US, "1e38"), amount("ok", now - MINUTE_US, "2")]
+        loop.run_until_complete(_add(runner, source, first))
+        loop.run_until_complete(_drain(runner))
+        loop.run_until_complete(runner.flush())
+        # 1e38 + 1e38 + 2e38 is past float32's 3.4e38: valid events, an unstorable sum.
+        later = [amount("big", now - 2 * MINUTE_US, "1e38"), amount("big", now - 60, "2e38")]
+        later.append(amount("ok", now - 30, "3"))
+        loop.run_until_complete(_add(runner, source, later))
+        loop.run_until_complete(_drain(runner))
+        loop.run_until_complete(runner.flush())
+        assert runner.stats.rows_refused == 1
+        metrics = stream_registry(runner)
+        assert metrics.get_sample_value("featurewell_stream_rows_refused_total", {"source": name})
+        server = ServerThread(make_settings(cluster), registry)
+        try:
+            values, _ = served(server, view, ["big", "ok"])
+        finally:
+            server.stop()
+        assert values[f"{view.name}:amount_1d"] == [pytest.approx(1e38, rel=1e-6), 5.0]
+    finally:
+        close(loop, runner)

@@ -58,6 +58,14 @@ class StreamCollector(Collector):
         )
         rows.add_metric([source], runner.stats.rows_written)
         yield rows
+        refused = CounterMetricFamily(
+            "featurewell_stream_rows_refused",
+            "Computed rows the write validation refused (not written; the entity keeps its "
+            "last good value): an aggregation out of its feature's range.",
+            labels=["source"],
+        )
+        refused.add_metric([source], runner.stats.rows_refused)
+        yield refused
         checkpoints = CounterMetricFamily(
             "featurewell_stream_checkpoints", "State checkpoints written.", labels=["source"]
         )

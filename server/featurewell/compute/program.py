@@ -135,6 +135,10 @@ def write_request(
             features[feature.name] = np.asarray(
                 [np.asarray(v, dtype=np.float32) for v in column], dtype=np.float32
             ).reshape(len(rows), feature.dtype.dim)
+        elif kind is Kind.FLOAT32:
+            # Kept wide: the write validation refuses a sum past float32's range by name,
+            # where a cast here would quietly make it inf.
+            features[feature.name] = np.asarray(column, dtype=np.float64)
         else:
             features[feature.name] = np.asarray(column, dtype=feature.dtype.element_dtype)
     return WriteRequest(view.ref, entities, np.full(len(rows), as_of_us, dtype=np.int64), features)
@@ -156,5 +160,5 @@ def history_table(view: FeatureView, request: WriteRequest, created_us: int) -> 
         elif feature.dtype.kind is Kind.STRING:
             columns[feature.name] = pa.array(list(values), pa.string())
         else:
-            columns[feature.name] = pa.array(values)
+            columns[feature.name] = pa.array(values.astype(feature.dtype.element_dtype, copy=False))
     return pa.table(columns)

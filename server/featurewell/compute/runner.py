@@ -355,6 +355,23 @@ class StreamRunner:
                 self._dirty[ref].add(key)
             if rows:
                 request = write_request(program, rows, as_of)
+                _, problems = self.writer.check_write(request)
+                if problems:
+                    # A row the events made but the write rules refuse (a float32 sum past
+                    # its range, say) must not stop the stream or poison the row: the entity
+                    # keeps its last good value, and the refusal is logged and counted.
+                    bad = {p.row for p in problems}
+                    log.warning(
+                        "stream: %d computed rows of %s refused, not written: %s",
+                        len(bad),
+                        ref,
+                        "; ".join(str(p) for p in problems[:3]),
+                    )
+                    self.stats.rows_refused += len(bad)
+                    rows = [row for i, row in enumerate(rows) if i not in bad]
+                    if not rows:
+                        continue
+                    request = write_request(program, rows, as_of)
                 await self.writer.write(request)
                 written += len(rows)
                 if self.history is not None:

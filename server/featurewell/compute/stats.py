@@ -21,6 +21,9 @@ class StreamStats:
     batches: int = 0
     events: int = 0
     rows_written: int = 0
+    # Computed rows the write validation refused (e.g. a float32 sum that overflowed): not
+    # written, logged, counted; the stream goes on.
+    rows_refused: int = 0
     checkpoints: int = 0
     refreshed: int = 0
     # Appended (the stream entry's time) to servable (its entity's row written), per event, in
