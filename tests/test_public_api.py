@@ -15,6 +15,7 @@ PUBLIC = {
         "ClientOptions",
         "Column",
         "DeadlineExceeded",
+        "DeprecatedFeatureWarning",
         "Fallback",
         "FallbackReason",
         "FeatureClient",
@@ -28,6 +29,7 @@ PUBLIC = {
         "Status",
         "Unavailable",
         "ValueType",
+        "ViewStatus",
         "WriteResult",
     ],
     "featurewell.definitions": [
@@ -35,6 +37,7 @@ PUBLIC = {
         "Bool",
         "Count",
         "DecayedSum",
+        "Deprecated",
         "Embedding",
         "Entity",
         "EventSource",
@@ -60,6 +63,7 @@ PUBLIC = {
         "Sum",
         "load_repo",
         "on_demand",
+        "parse_view_ref",
         "repo_fingerprint",
     ],
     "featurewell.offline": [

@@ -24,11 +24,13 @@ from featurewell.client._errors import (
 )
 from featurewell.client._result import (
     Column,
+    DeprecatedFeatureWarning,
     Fallback,
     FallbackReason,
     FeatureResult,
     Status,
     ValueType,
+    ViewStatus,
     WriteResult,
 )
 
@@ -37,6 +39,7 @@ __all__ = [
     "ClientOptions",
     "Column",
     "DeadlineExceeded",
+    "DeprecatedFeatureWarning",
     "Fallback",
     "FallbackReason",
     "FeatureClient",
@@ -50,5 +53,6 @@ __all__ = [
     "Status",
     "Unavailable",
     "ValueType",
+    "ViewStatus",
     "WriteResult",
 ]

@@ -11,9 +11,13 @@ import numpy as np
 
 from featurewell.client._channel import ClientOptions
 from featurewell.client._errors import translate
-from featurewell.client._request import build_request, build_write_request
+from featurewell.client._request import (
+    build_list_request,
+    build_request,
+    build_write_request,
+)
 from featurewell.client._result import FeatureResult, WriteResult
-from featurewell.client._tracing import call_metadata
+from featurewell.client._tracing import call_metadata, deprecations_of
 from featurewell.client._values import FeatureValues
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
@@ -72,12 +76,12 @@ class FeatureClient:
             include_event_timestamps=include_event_timestamps,
         )
         try:
-            response = self._stub.GetFeatures(
+            response, call = self._stub.GetFeatures.with_call(
                 request, timeout=timeout or self.timeout, metadata=call_metadata(self._caller)
             )
         except grpc.RpcError as exc:
             raise translate(exc) from None
-        return FeatureResult(response)
+        return FeatureResult(response, deprecations_of(call.trailing_metadata()))
 
     def write_features(
         self,
@@ -107,10 +111,23 @@ class FeatureClient:
             raise translate(exc) from None
         return WriteResult(view, response.written, response.skipped_older)
 
-    def list_features(self, *, timeout: float | None = None) -> pb.ListFeaturesResponse:
+    def list_features(
+        self,
+        *,
+        owner: str = "",
+        tag: str = "",
+        entity: str = "",
+        name_prefix: str = "",
+        status: int = 0,
+        timeout: float | None = None,
+    ) -> pb.ListFeaturesResponse:
+        """The catalog: entities, view versions (status, SLA, deprecation, versions) and
+        transforms; filters narrow it to the views matching all those given (`tag`: "key" or
+        "key=value"; `status`: a ViewStatus). Views the caller may not read are never listed."""
+        request = build_list_request(owner, tag, entity, name_prefix, status)
         try:
             response: pb.ListFeaturesResponse = self._stub.ListFeatures(
-                pb.ListFeaturesRequest(),
+                request,
                 timeout=timeout or self.timeout,
                 metadata=call_metadata(self._caller),
             )

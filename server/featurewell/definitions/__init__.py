@@ -28,7 +28,7 @@ from featurewell.definitions._computed import (
 from featurewell.definitions._entity import Entity
 from featurewell.definitions._loader import load_repo, repo_fingerprint
 from featurewell.definitions._on_demand import OnDemandTransform, on_demand
-from featurewell.definitions._refs import FeatureRef
+from featurewell.definitions._refs import FeatureRef, parse_view_ref
 from featurewell.definitions._registry import Registry
 from featurewell.definitions._types import (
     Bool,
@@ -41,13 +41,20 @@ from featurewell.definitions._types import (
     ListOf,
     String,
 )
-from featurewell.definitions._view import Feature, FeatureView, ParquetSource, Stats
+from featurewell.definitions._view import (
+    Deprecated,
+    Feature,
+    FeatureView,
+    ParquetSource,
+    Stats,
+)
 
 __all__ = [
     "Aggregation",
     "Bool",
     "Count",
     "DecayedSum",
+    "Deprecated",
     "EventSource",
     "Last",
     "Max",
@@ -74,4 +81,5 @@ __all__ = [
     "load_repo",
     "repo_fingerprint",
     "on_demand",
+    "parse_view_ref",
 ]

@@ -10,7 +10,7 @@ from typing import TypeVar
 
 from featurewell.definitions._entity import Entity
 from featurewell.definitions._on_demand import OnDemandTransform
-from featurewell.definitions._refs import FeatureRef
+from featurewell.definitions._refs import FeatureRef, parse_view_ref
 from featurewell.definitions._types import FeatureType
 from featurewell.definitions._view import Feature, FeatureView
 from featurewell.errors import DefinitionError, InvalidRequest, UnknownFeature
@@ -76,6 +76,8 @@ class Registry:
                 raise DefinitionError(f"{name!r} names both a feature view and a transform")
         defaults = {name: max(v for n, v in views if n == name) for name in view_names}
         registry = cls(entities, views, transforms, defaults, join_keys, root)
+        for view in views.values():
+            _check_replacement(registry, view)
         for transform in transforms.values():
             for alias, ref in transform.inputs.items():
                 try:
@@ -130,6 +132,23 @@ class Registry:
 
     def _known_views(self) -> list[str]:
         return sorted(self.default_versions) + sorted(self.transforms)
+
+
+def _check_replacement(registry: Registry, view: FeatureView) -> None:
+    """A deprecated view's replacement must be a view version the repo defines."""
+    if view.deprecated is None or not view.deprecated.replacement:
+        return
+    replacement = view.deprecated.replacement
+    try:
+        name, version = parse_view_ref(replacement)
+        registry.view(name, version)
+    except (UnknownFeature, InvalidRequest) as exc:
+        raise DefinitionError(
+            f"feature view {view.ref!r} is deprecated for {replacement!r}, which is not a view "
+            f"the repo defines ({exc}); name it 'view' or 'view@vN'"
+        ) from None
+    if (name, version or registry.default_versions[name]) == (view.name, view.version):
+        raise DefinitionError(f"feature view {view.ref!r} is deprecated for itself")
 
 
 def _add_unique(table: dict[K, V], key: K, item: V, what: str) -> None:

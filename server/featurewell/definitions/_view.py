@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from featurewell.definitions._computed import Aggregation, EventSource
@@ -138,6 +138,47 @@ def _check_computed(
         feature.computed.check(feature.name, feature.dtype, events, tile)
 
 
+def _check_deprecated(where: str, deprecated: Deprecated | None) -> None:
+    if deprecated is None:
+        return
+    if not isinstance(deprecated, Deprecated):
+        raise DefinitionError(
+            f"{where}: deprecated= takes Deprecated(replacement=..., removal_date=...), got "
+            f"{deprecated!r}"
+        )
+    if not isinstance(deprecated.replacement, str) or not isinstance(deprecated.reason, str):
+        raise DefinitionError(f"{where}: Deprecated replacement and reason must be strings")
+    day = deprecated.removal_date
+    if day is not None and not (isinstance(day, date) and not isinstance(day, datetime)):
+        raise DefinitionError(
+            f"{where}: Deprecated removal_date must be a datetime.date, e.g. date(2027, 1, 31)"
+        )
+    if any(c in deprecated.replacement + deprecated.reason for c in "\r\n"):
+        raise DefinitionError(f"{where}: Deprecated texts must be one line (they go in metadata)")
+
+
+@dataclass(frozen=True, slots=True)
+class Deprecated:
+    """Marks a view version deprecated: reads of it still work, but are counted
+    (`featurewell_deprecated_reads_total`), flagged to the caller in the trailing metadata
+    `x-featurewell-deprecated` (`result.deprecations` in the client) and listed by `featurewell
+    impact`. `replacement` names what to read instead ("view@v2", or "view" for its default),
+    `removal_date` the day it stops being served, `reason` why."""
+
+    replacement: str = ""
+    removal_date: date | None = None
+    reason: str = ""
+
+    def notice(self, ref: str) -> str:
+        """`view@v1 -> view@v2 on 2027-01-31`, the text callers see."""
+        text = ref
+        if self.replacement:
+            text += f" -> {self.replacement}"
+        if self.removal_date is not None:
+            text += f" on {self.removal_date.isoformat()}"
+        return text
+
+
 @dataclass(frozen=True, slots=True)
 class ParquetSource:
     """Rows for `featurewell materialize`: join keys, a timestamp column and one column per
@@ -171,6 +212,7 @@ class FeatureView:
     owner: str = ""
     description: str = ""
     tags: Mapping[str, str] = field(default_factory=dict)
+    deprecated: Deprecated | None = None
     feature_index: Mapping[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -203,6 +245,7 @@ class FeatureView:
             if age is not None and (not isinstance(age, timedelta) or age <= timedelta(0)):
                 raise DefinitionError(f"{where}: {label} must be a positive timedelta")
         _check_computed(where, self.entity, features, self.events, self.source, self.tile)
+        _check_deprecated(where, self.deprecated)
         object.__setattr__(self, "features", features)
         object.__setattr__(self, "feature_index", index)
         object.__setattr__(self, "tags", dict(self.tags))

@@ -15,6 +15,7 @@ from featurewell.engine.calls import Budget
 from featurewell.engine.engine import FeatureEngine
 from featurewell.errors import DeadlineExceeded, Overloaded
 from featurewell.serving import wire
+from featurewell.serving.deprecation import DeprecationNotices
 from featurewell.serving.status import status_for
 from featurewell.settings import ServingSettings
 from featurewell.telemetry.hub import Metadata, Telemetry
@@ -80,6 +81,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         self._cap = settings.store_timeout_ms / 1000
         self._injected_delay = settings.inject_delay_ms / 1000
         self._margin = settings.deadline_margin_ms / 1000
+        self._deprecations = DeprecationNotices(telemetry.metrics.deprecated_reads)
 
     def budget(self, remaining: float | None) -> Budget:
         """Store time for a call with `remaining` seconds left (None: no client deadline)."""
@@ -104,8 +106,12 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
                 if self._injected_delay:
                     await asyncio.sleep(self._injected_delay)
                 budget = self.budget(context.time_remaining())
-                result = await self.engine.get_features(wire.feature_request(request), budget)
-                response = wire.feature_response(result)
+                message = wire.parsed(pb.GetFeaturesRequest, request)
+                result = await self.engine.get_features(wire.feature_request(message), budget)
+                response = wire.feature_response(result, message.typed_values)
+                notices = self._deprecations.notices(self.engine.registry, result)
+                if notices:
+                    context.set_trailing_metadata(notices)
         except Exception as exc:
             await self._abort("GetFeatures", exc, context, started)
         # Telemetry runs once the call has ended (its answer sent), not inside its time.
@@ -137,8 +143,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
     ) -> pb.ListFeaturesResponse:
         started = time.perf_counter_ns()
         try:
-            wire.parsed(pb.ListFeaturesRequest, request)
-            response = wire.catalog(self.engine.registry)
+            response = wire.catalog(self.engine.registry, wire.catalog_filter(request))
         except Exception as exc:
             await self._abort("ListFeatures", exc, context, started)
         self.telemetry.call_done(

@@ -170,6 +170,14 @@ class ServerMetrics:
             ["result"],
             registry=registry,
         )
+        self.deprecated_reads = Counter(
+            "featurewell_deprecated_reads",
+            "GetFeatures calls that read a view version marked deprecated in its definition, "
+            "by view (name@vN: only deprecated versions, so bounded by the repo). "
+            "`featurewell impact VIEW@vN` says who the callers are.",
+            ["view"],
+            registry=registry,
+        )
         self.build_info = Gauge(
             "featurewell_build_info",
             "Always 1; the running version in a label.",
