@@ -3,6 +3,7 @@ settings groups it reads beside its handler (see `_command.Command`)."""
 
 from featurewell.commands import (
     acl,
+    catalog,
     data,
     deadletters,
     lifecycle,
@@ -24,6 +25,7 @@ COMMANDS: tuple[Command, ...] = (
     *local.COMMANDS,
     *acl.COMMANDS,
     *probe.COMMANDS,
+    *catalog.COMMANDS,
 )
 
 __all__ = ["COMMANDS", "Command"]
