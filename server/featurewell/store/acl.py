@@ -110,7 +110,10 @@ ROLES: dict[str, Role] = {
                 "hgetall",  # promoted defaults; consumer counts
                 "hincrby",  # consumer counts
                 "hset",  # consumers' last call
+                "eval",  # the consumers script (its commands are checked against this role)
                 "expire",  # per-day consumer counts expire (inside the consumers script)
+                "hexists",  # and the script's bound on the consumer pairs
+                "hlen",
                 "client|id",
                 "client|tracking",
                 "client|caching",
