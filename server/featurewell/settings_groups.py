@@ -196,7 +196,7 @@ class ServingSettings(Group):
         "this long first. Keep 0 in production.",
         0.0,
     )
-    # HTTP/2 and gRPC limits against hostile or broken clients (docs/security-hardening.md).
+    # HTTP/2 and gRPC limits against hostile or broken clients (docs/security/requests-and-stored-data.md).
     max_request_mb: int = setting(
         "max_request_mb",
         "Largest request a call may send, in MiB (gRPC max receive message length); larger "

@@ -38,7 +38,7 @@ class Stats:
 class Feature:
     """One feature: a name, a type, and the default served when an entity has no value.
 
-    Write options (docs/security-validation.md): `allow_non_finite` lets a float feature hold
+    Write options (docs/security/writes.md): `allow_non_finite` lets a float feature hold
     NaN and infinities (refused by default); `nulls` says what `featurewell materialize` does
     with a null in the source column: "reject" the file (default), write the "default", or
     "skip_row"; `max_length` bounds the items of a ListOf feature's rows.

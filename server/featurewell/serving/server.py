@@ -238,7 +238,7 @@ class Server:
 def connection_limits(serving: ServingSettings) -> list[tuple[str, int]]:
     """gRPC core options bounding what one client connection may take: request size, open
     calls, lifetime and idleness, and keepalive pings (each a setting, documented in
-    docs/security-hardening.md)."""
+    docs/security/requests-and-stored-data.md)."""
     options = [
         # max_message_mb bounds both ways; max_request_mb bounds requests further.
         (
