@@ -19,6 +19,8 @@ from featurewell.definitions import Registry, load_repo, repo_fingerprint
 from featurewell.engine.engine import FeatureEngine
 from featurewell.engine.plan import Planner
 from featurewell.errors import ConfigError, FeaturewellError, StoreError
+from featurewell.serving.auth import Authenticator, AuthInterceptor
+from featurewell.serving.authz import Authoriser
 from featurewell.serving.service import AFTER_ANSWER_S, FeatureService
 from featurewell.settings import Settings
 from featurewell.store import versions
@@ -73,11 +75,12 @@ class Server:
             if overrides:
                 registry = versions.serve_defaults(registry, overrides)
             grpc_server = grpc.aio.server(
+                interceptors=_interceptors(settings),
                 options=[
                     ("grpc.max_send_message_length", settings.serving.max_message_bytes),
                     ("grpc.max_receive_message_length", settings.serving.max_message_bytes),
                     ("grpc.so_reuseport", 1 if settings.serving.workers > 1 else 0),
-                ]
+                ],
             )
             tracing = tracing if tracing is not None else Tracing.from_settings(settings.telemetry)
             telemetry = Telemetry(
@@ -88,7 +91,9 @@ class Server:
                 poll_timeout_s=settings.redis.connect_timeout_s,
             )
             engine = FeatureEngine(registry, store, settings.serving, settings.cache)
-            service = FeatureService(engine, settings.serving, telemetry)
+            service = FeatureService(
+                engine, settings.serving, telemetry, Authoriser(enforce=settings.auth.required)
+            )
             pb_grpc.add_FeatureServiceServicer_to_server(service, grpc_server)
             health = health_aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(health, grpc_server)
@@ -244,7 +249,35 @@ def _listen(grpc_server: grpc.aio.Server, settings: Settings) -> int:
         chain = Path(settings.serving.tls_cert_file).read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read the TLS certificate or key: {exc}") from exc
-    return grpc_server.add_secure_port(address, grpc.ssl_server_credentials([(key, chain)]))
+    return grpc_server.add_secure_port(address, _credentials(settings, key, chain))
+
+
+def _credentials(settings: Settings, key: bytes, chain: bytes) -> grpc.ServerCredentials:
+    """TLS; with tls_client_ca_file, mTLS: gRPC refuses handshakes without a client certificate
+    that this CA signed, so a call that reaches a handler carries a verified one."""
+    if not settings.serving.tls_client_ca_file:
+        return grpc.ssl_server_credentials([(key, chain)])
+    try:
+        roots = Path(settings.serving.tls_client_ca_file).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read tls_client_ca_file: {exc}") from exc
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=roots, require_client_auth=True
+    )
+
+
+def _interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor] | None:
+    """The authentication interceptor, when any identity is in play; none (today's path,
+    untouched) with authentication off."""
+    auth = settings.auth
+    if not (auth.required or auth.configured or settings.serving.tls_client_ca_file):
+        return None
+    if auth.required and not (auth.configured or settings.serving.tls_client_ca_file):
+        raise ConfigError(
+            "auth_required is on but no caller could authenticate: set tls_client_ca_file "
+            "(mTLS), auth_tokens_file or auth_jwks_file"
+        )
+    return [AuthInterceptor(Authenticator(auth))]
 
 
 def _serve_metrics(telemetry: Telemetry, settings: Settings) -> int | None:

@@ -14,7 +14,8 @@ import grpc
 from featurewell.engine.calls import Budget
 from featurewell.engine.engine import FeatureEngine
 from featurewell.errors import DeadlineExceeded, Overloaded
-from featurewell.serving import wire
+from featurewell.serving import auth, wire
+from featurewell.serving.authz import Authoriser
 from featurewell.serving.status import status_for
 from featurewell.settings import ServingSettings
 from featurewell.telemetry.hub import Metadata, Telemetry
@@ -71,9 +72,14 @@ class CallCounter:
 
 class FeatureService(pb_grpc.FeatureServiceServicer):
     def __init__(
-        self, engine: FeatureEngine, settings: ServingSettings, telemetry: Telemetry
+        self,
+        engine: FeatureEngine,
+        settings: ServingSettings,
+        telemetry: Telemetry,
+        access: Authoriser | None = None,
     ) -> None:
         self.engine = engine
+        self.access = access if access is not None else Authoriser(enforce=False)
         self.telemetry = telemetry
         shed = telemetry.metrics.shed_calls
         self.calls = CallCounter(settings.max_in_flight, lambda method: shed.labels(method).inc())
@@ -102,6 +108,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
                 if self._injected_delay:
                     await asyncio.sleep(self._injected_delay)
                 budget = self.budget(context.time_remaining())
+                self._authorise_read(request)
                 result = await self.engine.get_features(wire.feature_request(request), budget)
                 response = wire.feature_response(result)
         except Exception as exc:
@@ -113,6 +120,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
             started,
             time.perf_counter_ns(),
             context.invocation_metadata(),  # always: it names the caller (lineage)
+            auth.principal(),
         )
         return response
 
@@ -122,6 +130,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         started = time.perf_counter_ns()
         try:
             with self.calls.track("WriteFeatures"):
+                self._authorise_write(request)
                 result = await self.engine.write(wire.write_request(request))
         except Exception as exc:
             await self._abort("WriteFeatures", exc, context, started)
@@ -135,7 +144,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
     ) -> pb.ListFeaturesResponse:
         started = time.perf_counter_ns()
         try:
-            response = wire.catalog(self.engine.registry)
+            response = self._catalog()
         except Exception as exc:
             await self._abort("ListFeatures", exc, context, started)
         self.telemetry.call_done(
@@ -146,6 +155,19 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
             self._trace(context),
         )
         return response
+
+    # -- authorisation (serving/authz.py): the call's principal was set by serving/auth.py --
+
+    def _authorise_read(self, request: pb.GetFeaturesRequest) -> None:
+        self.access.check_read(self.engine.registry, auth.principal(), request.features)
+
+    def _authorise_write(self, request: pb.WriteFeaturesRequest) -> None:
+        self.access.check_write(self.engine.registry, auth.principal(), request.view)
+
+    def _catalog(self) -> pb.ListFeaturesResponse:
+        registry = self.engine.registry
+        granted = self.access.readable(registry, auth.principal())
+        return wire.catalog(registry, granted.can_read if granted is not None else None)
 
     def _trace(self, context: Context[Any]) -> Metadata | None:
         """The call's metadata when tracing needs it (read now: it is gone once the call ends)."""

@@ -18,8 +18,10 @@ from featurewell.errors import (
     FeaturewellError,
     InvalidRequest,
     Overloaded,
+    PermissionDenied,
     StoreError,
     TransformFailed,
+    Unauthenticated,
     UnknownFeature,
 )
 
@@ -35,6 +37,8 @@ _CODES: tuple[tuple[type[FeaturewellError], grpc.StatusCode], ...] = (
     (StoreError, grpc.StatusCode.UNAVAILABLE),
     (TransformFailed, grpc.StatusCode.INTERNAL),
     (DefinitionError, grpc.StatusCode.FAILED_PRECONDITION),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 )
 
 

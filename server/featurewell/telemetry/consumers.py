@@ -1,9 +1,10 @@
 """Which callers read which views: the consumers half of lineage.
 
 A caller names itself with the `x-featurewell-model` call metadata (`ClientOptions(caller=
-"ranker/3.2")` in the client): a model name and version. Each server counts reads per (caller,
-view version) in memory and adds them to Redis every `flush_s`, so `featurewell lineage` sees
-every replica's callers (store/consumers.py keeps them).
+"ranker/3.2")` in the client): a model name and version. With authentication on, the caller is
+its verified principal, the header naming only the model within it. Each server counts reads
+per (caller, view version) in memory and adds them to Redis every `flush_s`, so `featurewell
+lineage` sees every replica's callers (store/consumers.py keeps them).
 
 Not a Prometheus label: caller names are unbounded. A process keeps at most `max_pairs` pairs
 between flushes; beyond that, reads are counted under "(too many callers)".
@@ -39,12 +40,13 @@ class Consumers:
         self._calls: dict[tuple[str, str], int] = {}
         self._seen: dict[tuple[str, str], int] = {}
 
-    def observe(self, metadata: Iterable[tuple[str, str | bytes]], result: FeatureResult) -> None:
-        caller = ANONYMOUS
-        for key, value in metadata:
-            if key == CALLER_HEADER:
-                caller = value.decode() if isinstance(value, bytes) else value
-                break
+    def observe(
+        self,
+        metadata: Iterable[tuple[str, str | bytes]],
+        result: FeatureResult,
+        principal: str | None = None,
+    ) -> None:
+        caller = caller_name(metadata, principal)
         now = int(time.time())
         for served in result.served:
             pair = (caller, served.view.ref)
@@ -66,6 +68,20 @@ class Consumers:
                 self._calls[pair] = self._calls.get(pair, 0) + count
                 self._seen.setdefault(pair, seen[pair])
             raise
+
+
+def caller_name(metadata: Iterable[tuple[str, str | bytes]], principal: str | None) -> str:
+    """Who read: the authenticated principal, with the model it names in `x-featurewell-model`
+    ("spiffe://prod/ranker (ranker/3.2)"); the header alone when the call was anonymous (auth
+    off), since only a verified principal says who the caller really is."""
+    model = None
+    for key, value in metadata:
+        if key == CALLER_HEADER:
+            model = value.decode() if isinstance(value, bytes) else value
+            break
+    if principal is None:
+        return model if model is not None else ANONYMOUS
+    return f"{principal} ({model})" if model else principal
 
 
 async def read(cluster: ClusterClient, timeout: float = 5.0) -> list[Consumer]:

@@ -69,11 +69,16 @@ class Telemetry:
     # always pass it, for the caller's name). --
 
     def read_done(
-        self, result: FeatureResult, started_ns: int, ended_ns: int, metadata: Metadata | None
+        self,
+        result: FeatureResult,
+        started_ns: int,
+        ended_ns: int,
+        metadata: Metadata | None,
+        principal: str | None = None,
     ) -> None:
         self.metrics.record_read(result, (ended_ns - started_ns) / 1e9)
         self.drift.observe(result)
-        self.consumers.observe(metadata or (), result)
+        self.consumers.observe(metadata or (), result, principal)
         if self.tracing is not None:
             self.tracing.record(
                 "GetFeatures",
