@@ -132,6 +132,15 @@ def test_bad_or_missing_credentials_are_unauthenticated(
             client.list_features()
 
 
+def test_refused_calls_are_counted(stack: AuthStack) -> None:
+    metrics = stack.token.server.telemetry.metrics.registry
+    labels = {"method": "GetFeatures", "code": "UNAUTHENTICATED"}
+    before = metrics.get_sample_value("featurewell_requests_total", labels) or 0.0
+    with stack.token_client("tok-nobody") as client, pytest.raises(Unauthenticated):
+        _read_secret(client)
+    assert metrics.get_sample_value("featurewell_requests_total", labels) == before + 1
+
+
 def test_health_and_reflection_stay_open(stack: AuthStack) -> None:
     credentials = grpc.ssl_channel_credentials(stack.pki.roots)
     with grpc.secure_channel(f"localhost:{stack.token.server.port}", credentials) as channel:

@@ -27,7 +27,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import jwt
@@ -242,6 +242,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, authenticator: Authenticator) -> None:
         self.authenticator = authenticator
         self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+        # Told of every refused call (method, code, started/ended ns, message): the server
+        # counts them with the other answered calls (featurewell_requests_total by code).
+        self.on_refused: Callable[[str, grpc.StatusCode, int, int, str], None] | None = None
 
     async def intercept_service(
         self,
@@ -258,21 +261,21 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or handler.unary_unary is None or not method.startswith(SERVICE_PREFIX):
             return handler
         wrapped = grpc.unary_unary_rpc_method_handler(
-            self._authenticated(handler.unary_unary),  # type: ignore[arg-type]
+            self._authenticated(method[len(SERVICE_PREFIX) :], handler.unary_unary),  # type: ignore[arg-type]
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
         self._handlers[method] = wrapped
         return wrapped
 
-    def _authenticated(self, handler: Handler) -> Handler:
+    def _authenticated(self, name: str, handler: Handler) -> Handler:
         identify = self.authenticator.identify
 
         async def authenticated(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
                 named = identify(context)
             except Unauthenticated as exc:
-                await context.abort(*status_for(exc, "authentication"))
+                await self._refuse(name, exc, context)
             token = _PRINCIPAL.set(named)
             try:
                 return await handler(request, context)
@@ -280,3 +283,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 _PRINCIPAL.reset(token)
 
         return authenticated
+
+    async def _refuse(
+        self, name: str, error: Unauthenticated, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> NoReturn:
+        code, message = status_for(error, name)
+        if self.on_refused is not None:
+            now = time.perf_counter_ns()
+            self.on_refused(name, code, now, now, message)
+        await context.abort(code, message)
+        raise AssertionError("unreachable: context.abort raises")

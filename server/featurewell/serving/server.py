@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,8 +75,9 @@ class Server:
                 overrides = {}
             if overrides:
                 registry = versions.serve_defaults(registry, overrides)
+            authenticating = _interceptor(settings)
             grpc_server = grpc.aio.server(
-                interceptors=_interceptors(settings),
+                interceptors=[authenticating] if authenticating is not None else None,
                 options=[
                     ("grpc.max_send_message_length", settings.serving.max_message_bytes),
                     ("grpc.max_receive_message_length", settings.serving.max_message_bytes),
@@ -90,6 +92,8 @@ class Server:
                 tracing,
                 poll_timeout_s=settings.redis.connect_timeout_s,
             )
+            if authenticating is not None:
+                authenticating.on_refused = _counted(telemetry)
             engine = FeatureEngine(registry, store, settings.serving, settings.cache)
             service = FeatureService(
                 engine, settings.serving, telemetry, Authoriser(enforce=settings.auth.required)
@@ -266,7 +270,7 @@ def _credentials(settings: Settings, key: bytes, chain: bytes) -> grpc.ServerCre
     )
 
 
-def _interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor] | None:
+def _interceptor(settings: Settings) -> AuthInterceptor | None:
     """The authentication interceptor, when any identity is in play; none (today's path,
     untouched) with authentication off."""
     auth = settings.auth
@@ -277,7 +281,16 @@ def _interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor] | None
             "auth_required is on but no caller could authenticate: set tls_client_ca_file "
             "(mTLS), auth_tokens_file or auth_jwks_file"
         )
-    return [AuthInterceptor(Authenticator(auth))]
+    return AuthInterceptor(Authenticator(auth))
+
+
+def _counted(telemetry: Telemetry) -> Callable[[str, grpc.StatusCode, int, int, str], None]:
+    """Refused authentications, counted and traced like every other answered call."""
+
+    def refused(method: str, code: grpc.StatusCode, started: int, ended: int, message: str) -> None:
+        telemetry.call_done(method, code, started, ended, None, error=message)
+
+    return refused
 
 
 def _serve_metrics(telemetry: Telemetry, settings: Settings) -> int | None:
