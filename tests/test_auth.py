@@ -13,8 +13,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from featurewell.client import (
+    AsyncFeatureClient,
     ClientOptions,
     FeatureClient,
     PermissionDenied,
@@ -147,6 +149,22 @@ def test_health_and_reflection_stay_open(stack: AuthStack) -> None:
         health = health_pb2_grpc.HealthStub(channel)
         reply = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        asked = reflection_pb2.ServerReflectionRequest(list_services="")
+        (answer,) = list(reflection.ServerReflectionInfo(iter([asked]), timeout=5))
+        names = {s.name for s in answer.list_services_response.service}
+        assert "featurewell.v1.FeatureService" in names
+
+
+async def test_async_client_with_mtls_and_token(stack: AuthStack) -> None:
+    cert, key = stack.pki.client(uri=RANKER)
+    mtls = ClientOptions(tls=stack.pki.roots, client_cert=cert, client_key=key, timeout=5.0)
+    async with AsyncFeatureClient(f"localhost:{stack.mtls.server.port}", options=mtls) as client:
+        result = await client.get_features(["secret:score"], entities={"user_id": ["u1"]})
+        assert result.rows == 1
+    token = ClientOptions(tls=stack.pki.roots, token=stack.jwks.token(), timeout=5.0)
+    async with AsyncFeatureClient(f"localhost:{stack.token.server.port}", options=token) as client:
+        assert [v.name for v in (await client.list_features()).views if v.name == "secret"]
 
 
 def test_tokens_rotate_through_the_file(stack: AuthStack) -> None:
