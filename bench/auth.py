@@ -2,13 +2,14 @@
 bearer tokens (a tokens-file token and a JWT), measured side by side in one run.
 
 Starts a local 3+3 Redis Cluster, loads the example repo's sample data (bench/e2e.py's), and runs
-four `featurewell serve` processes on it, hot-key cache off as in bench/e2e.py:
+one `featurewell serve` process per mode on it, hot-key cache off as in bench/e2e.py:
 
     off     plaintext, no authentication (today's default)
     tls     TLS, no authentication: what encryption alone costs
     mtls    mTLS required (`tls_client_ca_file`), `auth_required`: principal from the certificate
-    token   TLS + `auth_required` with `auth_tokens_file` and `auth_jwks_file`; called with a
-            tokens-file token (`token`) and with a JWT (`jwt`, verified once, then cached)
+    token   TLS + `auth_required` with `auth_tokens_file` and `auth_jwks_file`, called with a
+            tokens-file token
+    jwt     the same server settings, called with a JWT (verified once, then cached)
 
 Certificates come from a throwaway CA (trustme), the JWKS from a fresh RSA key. One client per
 mode times single-entity and ranking (1 user + 500 items) calls OPEN LOOP: calls are scheduled
@@ -86,23 +87,27 @@ def server_flags(folder: Path) -> dict[str, list[str]]:
         "--tls-key-file",
         str(folder / "server.key"),
     ]
+    tokens = [
+        *tls,
+        "--auth-required",
+        "true",
+        "--auth-tokens-file",
+        str(folder / "tokens.txt"),
+        "--auth-jwks-file",
+        str(folder / "jwks.json"),
+        "--auth-jwt-issuer",
+        ISSUER,
+        "--auth-jwt-audience",
+        AUDIENCE,
+    ]
+    # One server per mode, token and jwt too: a server answering twice the calls would run
+    # warmer than the others and flatter its modes.
     return {
         "off": [],
         "tls": tls,
         "mtls": [*tls, "--tls-client-ca-file", str(folder / "ca.crt"), "--auth-required", "true"],
-        "token": [
-            *tls,
-            "--auth-required",
-            "true",
-            "--auth-tokens-file",
-            str(folder / "tokens.txt"),
-            "--auth-jwks-file",
-            str(folder / "jwks.json"),
-            "--auth-jwt-issuer",
-            ISSUER,
-            "--auth-jwt-audience",
-            AUDIENCE,
-        ],
+        "token": tokens,
+        "jwt": tokens,
     }
 
 
@@ -117,10 +122,8 @@ def clients(ports: dict[str, int], creds: dict[str, Any]) -> dict[str, FeatureCl
         "token": ClientOptions(timeout=5, tls=roots, token=TOKEN),
         "jwt": ClientOptions(timeout=5, tls=roots, token=creds["jwt"]),
     }
-    server_of = {"off": "off", "tls": "tls", "mtls": "mtls", "token": "token", "jwt": "token"}
     return {
-        mode: FeatureClient(f"localhost:{ports[server_of[mode]]}", options=options[mode])
-        for mode in MODES
+        mode: FeatureClient(f"localhost:{ports[mode]}", options=options[mode]) for mode in MODES
     }
 
 
@@ -240,7 +243,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    print("starting a 3+3 Redis Cluster, sample data and four servers...", flush=True)
+    print("starting a 3+3 Redis Cluster, sample data and five servers...", flush=True)
     results = run(args.rounds, args.warmup)
     report(results)
     if args.json:
