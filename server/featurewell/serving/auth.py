@@ -145,8 +145,11 @@ def parse_jwks(raw: bytes) -> dict[str | None, jwt.PyJWK]:
 class Authenticator:
     """Finds and verifies the identity of a call. Raises Unauthenticated."""
 
-    def __init__(self, settings: AuthSettings) -> None:
+    def __init__(self, settings: AuthSettings, client_certificates: bool = False) -> None:
+        """`client_certificates`: the server verifies them (tls_client_ca_file); without it no
+        call can carry one, and the certificate lookup is skipped."""
         self.required = settings.required
+        self._certificates = client_certificates
         self._tokens = (
             _Watched(settings.tokens_file, parse_tokens, "auth_tokens_file")
             if settings.tokens_file
@@ -162,9 +165,10 @@ class Authenticator:
         self._jwks_version = 0
 
     def identify(self, context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
-        named = certificate_principal(context.auth_context())  # type: ignore[arg-type]
-        if named is not None:
-            return named
+        if self._certificates:
+            named = certificate_principal(context.auth_context())  # type: ignore[arg-type]
+            if named is not None:
+                return named
         token = None
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":

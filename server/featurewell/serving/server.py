@@ -281,7 +281,8 @@ def _interceptor(settings: Settings) -> AuthInterceptor | None:
             "auth_required is on but no caller could authenticate: set tls_client_ca_file "
             "(mTLS), auth_tokens_file or auth_jwks_file"
         )
-    return AuthInterceptor(Authenticator(auth))
+    certificates = bool(settings.serving.tls_client_ca_file)
+    return AuthInterceptor(Authenticator(auth, client_certificates=certificates))
 
 
 def _counted(telemetry: Telemetry) -> Callable[[str, grpc.StatusCode, int, int, str], None]:
