@@ -20,7 +20,7 @@ from featurewell.definitions import (
     Team,
 )
 from featurewell.devcluster import LocalCluster
-from featurewell.errors import DefinitionError
+from featurewell.errors import DefinitionError, Unauthenticated
 from featurewell.serving.authz import Authoriser, grants
 from featurewell.telemetry import consumers
 from tests import auth_tools, defs
@@ -152,6 +152,8 @@ def test_grants_resolve_teams_defaults_and_are_cached_per_registry() -> None:
     assert ("profile", 2) in grants(closed, "a").readable
     assert ("profile", 2) not in grants(closed, "b").readable
     authoriser = Authoriser(enforce=True)
+    with pytest.raises(Unauthenticated):  # fails closed should an anonymous call get here
+        authoriser.check_read(registry, None, ["profile:age"])
     first = authoriser.grants(registry, RANKER)
     assert authoriser.grants(registry, RANKER) is first
     assert authoriser.grants(auth_tools.registry(), RANKER) is not first  # a reload

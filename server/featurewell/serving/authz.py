@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from featurewell.definitions import FeatureRef, FeatureView, Registry
 from featurewell.definitions._access import allows, names
-from featurewell.errors import PermissionDenied, RequestError
+from featurewell.errors import PermissionDenied, RequestError, Unauthenticated
 
 MAX_PRINCIPALS = 10_000  # grants kept (then all are dropped and rebuilt as calls come)
 MAX_REFS = 4_096  # memoised reference verdicts per principal
@@ -80,9 +80,9 @@ class Authoriser:
 
     def check_read(self, registry: Registry, principal: str | None, refs: Iterable[str]) -> None:
         """Raise PermissionDenied naming the principal and the first view it may not read."""
-        if not self.enforce or principal is None:
+        if not self.enforce:
             return
-        granted = self.grants(registry, principal)
+        granted = self.grants(registry, _known(principal))
         verdicts = granted.verdicts
         for ref in refs:
             verdict = verdicts.get(ref, "")
@@ -120,9 +120,17 @@ class Authoriser:
 
     def readable(self, registry: Registry, principal: str | None) -> Grants | None:
         """What ListFeatures may show (None: everything)."""
-        if not self.enforce or principal is None:
+        if not self.enforce:
             return None
-        return self.grants(registry, principal)
+        return self.grants(registry, _known(principal))
+
+
+def _known(principal: str | None) -> str:
+    """Fail closed: the interceptor refuses anonymous calls when policies are enforced, so one
+    that gets here anyway is refused too, not let through."""
+    if principal is None:
+        raise Unauthenticated("this server requires authentication; no identity was verified")
+    return principal
 
 
 def _read_verdict(registry: Registry, granted: Grants, text: str) -> str | None:
