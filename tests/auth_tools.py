@@ -5,6 +5,7 @@ with access policies, and servers on the shared cluster that use them."""
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import time
 from collections.abc import Iterator
@@ -167,6 +168,11 @@ class AuthStack:
     mtls: ServerThread  # mTLS required, policies enforced
     token: ServerThread  # TLS + bearer tokens (file and JWT), policies enforced
     off: ServerThread  # authentication off, same definitions
+
+    @functools.cached_property
+    def ranker_cert(self) -> tuple[bytes, bytes]:
+        """A client certificate naming RANKER (made once)."""
+        return self.pki.client(uri=RANKER)
 
     def mtls_client(self, cert: tuple[bytes, bytes] | None, caller: str = "") -> FeatureClient:
         options = ClientOptions(

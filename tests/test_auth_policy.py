@@ -5,11 +5,12 @@ WriteFeatures, lineage by principal, and the policy objects' own checks."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from featurewell.client import FeatureClient, PermissionDenied
+from featurewell.client import ClientOptions, FeatureClient, PermissionDenied
 from featurewell.definitions import (
     Access,
     DefaultAccess,
@@ -25,7 +26,7 @@ from featurewell.serving.authz import Authoriser, grants
 from featurewell.telemetry import consumers
 from tests import auth_tools, defs
 from tests.auth_tools import PIPELINE, RANKER, WRITER, AuthStack
-from tests.tools import Ids, wait_until
+from tests.tools import Ids, ServerThread, make_settings, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +131,45 @@ def test_lineage_records_the_principal(stack: AuthStack, ranker: FeatureClient) 
         return any(c.caller == expected and c.view == "secret@v1" for c in seen)
 
     wait_until(recorded, 5, f"consumers to record {expected!r}", interval=0.1)
+
+
+REPO = """
+from featurewell.definitions import Access, Entity, Feature, FeatureView, Int64, String
+
+user = Entity("user", join_keys={"user_id": String})
+gated = FeatureView(
+    "gated", entity=user, features=[Feature("x", Int64)], access=Access(read=[READERS])
+)
+"""
+
+
+def test_a_reload_brings_the_new_policy(
+    stack: AuthStack, cluster: LocalCluster, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo.py"
+    repo.write_text(REPO.replace("READERS", repr("someone-else")))
+    folder = stack.pki.folder
+    settings = make_settings(
+        cluster,
+        repo=str(repo),
+        tls_cert_file=str(folder / "server.crt"),
+        tls_key_file=str(folder / "server.key"),
+        tls_client_ca_file=str(folder / "ca.crt"),
+        auth_required=True,
+    )
+    server = ServerThread(settings, None)
+    try:
+        options = ClientOptions(
+            tls=stack.pki.roots, client_cert=stack.ranker_cert[0], client_key=stack.ranker_cert[1]
+        )
+        with FeatureClient(f"localhost:{server.server.port}", options=options) as client:
+            with pytest.raises(PermissionDenied, match="may not read view 'gated@v1'"):
+                client.get_features(["gated:x"], {"user_id": ["u"]})
+            repo.write_text(REPO.replace("READERS", repr(RANKER)))
+            assert server.run(server.server.reload()) is True
+            assert client.get_features(["gated:x"], {"user_id": ["u"]}).rows == 1
+    finally:
+        server.stop()
 
 
 def test_caller_name() -> None:
