@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn, TypeAlias, TypeVar
 
 import grpc
@@ -108,8 +108,9 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
                 if self._injected_delay:
                     await asyncio.sleep(self._injected_delay)
                 budget = self.budget(context.time_remaining())
-                self._authorise_read(request)
-                result = await self.engine.get_features(wire.feature_request(request), budget)
+                asked = wire.feature_request(request)
+                self._authorise_read(asked.features)
+                result = await self.engine.get_features(asked, budget)
                 response = wire.feature_response(result)
         except Exception as exc:
             await self._abort("GetFeatures", exc, context, started)
@@ -130,8 +131,9 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         started = time.perf_counter_ns()
         try:
             with self.calls.track("WriteFeatures"):
-                self._authorise_write(request)
-                result = await self.engine.write(wire.write_request(request))
+                asked_write = wire.write_request(request)
+                self._authorise_write(asked_write.view)
+                result = await self.engine.write(asked_write)
         except Exception as exc:
             await self._abort("WriteFeatures", exc, context, started)
         _after_answer(
@@ -158,11 +160,13 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
 
     # -- authorisation (serving/authz.py): the call's principal was set by serving/auth.py --
 
-    def _authorise_read(self, request: pb.GetFeaturesRequest) -> None:
-        self.access.check_read(self.engine.registry, auth.principal(), request.features)
+    # (On parsed requests, so they hold however wire receives them.)
 
-    def _authorise_write(self, request: pb.WriteFeaturesRequest) -> None:
-        self.access.check_write(self.engine.registry, auth.principal(), request.view)
+    def _authorise_read(self, features: Sequence[str]) -> None:
+        self.access.check_read(self.engine.registry, auth.principal(), features)
+
+    def _authorise_write(self, view: str) -> None:
+        self.access.check_write(self.engine.registry, auth.principal(), view)
 
     def _catalog(self) -> pb.ListFeaturesResponse:
         registry = self.engine.registry
