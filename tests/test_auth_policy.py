@@ -172,11 +172,14 @@ def test_a_reload_brings_the_new_policy(
         server.stop()
 
 
-def test_caller_name() -> None:
-    header = [("x-featurewell-model", "ranker/3.2")]
-    assert consumers.caller_name(header, None) == "ranker/3.2"  # auth off: as before
-    assert consumers.caller_name(header, "svc") == "svc (ranker/3.2)"
-    assert consumers.caller_name([], "svc") == "svc"
+def test_lineage_names_the_principal_and_the_model_within_it() -> None:
+    header = [("x-featurewell-model", "ranker/3.2"), ("traceparent", "t")]
+    assert consumers.as_principal(header, None) == header  # auth off: as before
+    assert list(consumers.as_principal(header, "svc")) == [
+        ("x-featurewell-model", "svc (ranker/3.2)"),
+        ("traceparent", "t"),
+    ]
+    assert list(consumers.as_principal([], "svc")) == [("x-featurewell-model", "svc")]
 
 
 def test_grants_resolve_teams_defaults_and_are_cached_per_registry() -> None:

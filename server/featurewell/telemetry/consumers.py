@@ -1,10 +1,9 @@
 """Which callers read which views: the consumers half of lineage.
 
 A caller names itself with the `x-featurewell-model` call metadata (`ClientOptions(caller=
-"ranker/3.2")` in the client): a model name and version. With authentication on, the caller is
-its verified principal, the header naming only the model within it. Each server counts reads
-per (caller, view version) in memory and adds them to Redis every `flush_s`, so `featurewell
-lineage` sees every replica's callers (store/consumers.py keeps them).
+"ranker/3.2")` in the client): a model name and version. Each server counts reads per (caller,
+view version) in memory and adds them to Redis every `flush_s`, so `featurewell lineage` sees
+every replica's callers (store/consumers.py keeps them).
 
 Not a Prometheus label: caller names are unbounded. A process keeps at most `max_pairs` pairs
 between flushes; beyond that, reads are counted under "(too many callers)".
@@ -40,13 +39,12 @@ class Consumers:
         self._calls: dict[tuple[str, str], int] = {}
         self._seen: dict[tuple[str, str], int] = {}
 
-    def observe(
-        self,
-        metadata: Iterable[tuple[str, str | bytes]],
-        result: FeatureResult,
-        principal: str | None = None,
-    ) -> None:
-        caller = caller_name(metadata, principal)
+    def observe(self, metadata: Iterable[tuple[str, str | bytes]], result: FeatureResult) -> None:
+        caller = ANONYMOUS
+        for key, value in metadata:
+            if key == CALLER_HEADER:
+                caller = value.decode() if isinstance(value, bytes) else value
+                break
         now = int(time.time())
         for served in result.served:
             pair = (caller, served.view.ref)
@@ -70,23 +68,30 @@ class Consumers:
             raise
 
 
-def caller_name(metadata: Iterable[tuple[str, str | bytes]], principal: str | None) -> str:
-    """Who read: the authenticated principal, with the model it names in `x-featurewell-model`
-    ("spiffe://prod/ranker (ranker/3.2)"); the header alone when the call was anonymous (auth
-    off), since only a verified principal says who the caller really is."""
-    model = None
-    for key, value in metadata:
-        if key == CALLER_HEADER:
-            model = value.decode() if isinstance(value, bytes) else value
-            break
-    if principal is None:
-        return model if model is not None else ANONYMOUS
-    return f"{principal} ({model})" if model else principal
-
-
 async def read(cluster: ClusterClient, timeout: float = 5.0) -> list[Consumer]:
     out = [
         Consumer(caller, view, calls, last_seen_s)
         for (caller, view), (calls, last_seen_s) in (await stored.read(cluster, timeout)).items()
     ]
     return sorted(out, key=lambda c: (c.view, -c.calls))
+
+
+def as_principal(
+    metadata: Iterable[tuple[str, str | bytes]], principal: str | None
+) -> Iterable[tuple[str, str | bytes]]:
+    """The call's metadata with its caller named by the verified principal, the model its
+    `x-featurewell-model` names only within it ("spiffe://prod/ranker (ranker/3.2)"), so
+    lineage says who really read. Unchanged for an anonymous call (auth off): the header alone
+    names the caller, as before."""
+    if principal is None:
+        return metadata
+    others: list[tuple[str, str | bytes]] = []
+    model: str | bytes = ""
+    for key, value in metadata:
+        if key == CALLER_HEADER:
+            model = model or value
+        else:
+            others.append((key, value))
+    if isinstance(model, bytes):
+        model = model.decode("ascii", "replace")
+    return [(CALLER_HEADER, f"{principal} ({model})" if model else principal), *others]

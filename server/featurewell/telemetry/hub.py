@@ -19,7 +19,7 @@ from featurewell.errors import FeaturewellError
 from featurewell.settings import TelemetrySettings
 from featurewell.store.online import OnlineStore
 from featurewell.telemetry import baseline
-from featurewell.telemetry.consumers import Consumers
+from featurewell.telemetry.consumers import Consumers, as_principal
 from featurewell.telemetry.drift import DriftMonitor
 from featurewell.telemetry.freshness import FreshnessMonitor
 from featurewell.telemetry.metrics import ServerMetrics
@@ -78,7 +78,7 @@ class Telemetry:
     ) -> None:
         self.metrics.record_read(result, (ended_ns - started_ns) / 1e9)
         self.drift.observe(result)
-        self.consumers.observe(metadata or (), result, principal)
+        self.consumers.observe(as_principal(metadata or (), principal), result)
         if self.tracing is not None:
             self.tracing.record(
                 "GetFeatures",
