@@ -109,7 +109,7 @@ def test_an_unknown_status_number_is_refused(catalog_server: ServerThread) -> No
 
 def test_status_staging_above_a_promoted_default() -> None:
     registry = defs_catalog.registry().with_defaults({"cat_ranking": 1})
-    response = wire.catalog(registry, wire.CatalogFilter())
+    response = wire.catalog(registry, wanted=wire.CatalogFilter())
     status = {f"{v.name}@v{v.version}": ViewStatus(v.status) for v in response.views}
     assert status["cat_ranking@v2"] == ViewStatus.STAGING
     assert status["cat_ranking@v1"] == ViewStatus.DEPRECATED  # marked wins over default

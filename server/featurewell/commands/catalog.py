@@ -5,7 +5,6 @@ Redis (docs/lifecycle.md)."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,9 +28,9 @@ def _client_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", default="127.0.0.1:50051", help="host:port of a server")
     parser.add_argument("--tls", action="store_true", help="TLS with the system's roots")
     parser.add_argument("--ca-file", type=Path, help="TLS, trusting this PEM CA instead")
-    parser.add_argument(
-        "--token-file", type=Path, help="a file holding the bearer token to call with"
-    )
+    parser.add_argument("--cert-file", type=Path, help="PEM client certificate (mTLS)")
+    parser.add_argument("--key-file", type=Path, help="PEM private key of --cert-file")
+    parser.add_argument("--token-file", type=Path, help="a file holding a bearer token")
     parser.add_argument(
         "--caller", default="featurewell-cli", help="the name calls carry (x-featurewell-model)"
     )
@@ -40,17 +39,21 @@ def _client_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace) -> FeatureClient:
-    tls: bool | bytes = args.tls
-    if args.ca_file is not None:
-        tls = _read(args.ca_file)
-    options: dict[str, Any] = {"tls": tls, "caller": args.caller, "timeout": args.timeout}
-    if args.token_file is not None:
-        fields = {f.name for f in dataclasses.fields(ClientOptions)}
-        if "token" not in fields:
-            raise ConfigError("this featurewell client has no token option: drop --token-file")
-        options["token"] = _read(args.token_file).decode().strip()
+    """A client with the client's own options (ClientOptions), from the flags."""
+    tls: bool | bytes = _read(args.ca_file) if args.ca_file is not None else args.tls
+    if (args.cert_file is None) != (args.key_file is None):
+        raise ConfigError("--cert-file and --key-file go together (mTLS)")
+    token = _read(args.token_file).decode().strip() if args.token_file is not None else None
     try:
-        return FeatureClient(args.server, options=ClientOptions(**options))
+        options = ClientOptions(
+            tls=tls or args.cert_file is not None,
+            caller=args.caller,
+            timeout=args.timeout,
+            client_cert=_read(args.cert_file) if args.cert_file is not None else None,
+            client_key=_read(args.key_file) if args.key_file is not None else None,
+            token=token or None,
+        )
+        return FeatureClient(args.server, options=options)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 

@@ -13,6 +13,7 @@ all load the same module, so there is one definition of every feature::
     )
 """
 
+from featurewell.definitions._access import Access, DefaultAccess, Team
 from featurewell.definitions._computed import (
     Aggregation,
     Count,
@@ -50,6 +51,9 @@ from featurewell.definitions._view import (
 )
 
 __all__ = [
+    "Access",
+    "DefaultAccess",
+    "Team",
     "Aggregation",
     "Bool",
     "Count",

@@ -4,7 +4,7 @@ shared with the client)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from featurewell.definitions import Feature, FeatureView, Kind, Registry
+from featurewell.definitions import Feature, FeatureRef, FeatureView, Kind, Registry
 from featurewell.engine.calls import (
     FeatureRequest,
     FeatureResult,
@@ -252,16 +252,27 @@ def view_status(registry: Registry, view: FeatureView) -> int:
     return pb.VIEW_STATUS_STAGING if view.version > default else pb.VIEW_STATUS_INACTIVE
 
 
-def catalog(registry: Registry, wanted: CatalogFilter | None = None) -> pb.ListFeaturesResponse:
+def catalog(
+    registry: Registry,
+    can_read: Callable[[FeatureView, str], bool] | None = None,
+    wanted: CatalogFilter | None = None,
+) -> pb.ListFeaturesResponse:
+    """The catalog of the views `wanted` matches; with `can_read(view, feature)` (an
+    authenticated caller's grants) only the views and features it may read, and the transforms
+    all of whose inputs it may read."""
     wanted = wanted or CatalogFilter()
     response = pb.ListFeaturesResponse()
-    versions: dict[str, list[int]] = {}
-    for name, version in sorted(registry.views):
-        versions.setdefault(name, []).append(version)
+    versions: dict[str, list[int]] = {}  # the versions the caller may read something of
+    for (name, version), view in sorted(registry.views.items()):
+        if can_read is None or any(can_read(view, f.name) for f in view.features):
+            versions.setdefault(name, []).append(version)
     listed_entities: set[str] = set()
     for (name, version), view in sorted(registry.views.items()):
         status = view_status(registry, view)
         if not wanted.matches(view, status):
+            continue
+        features = [f for f in view.features if can_read is None or can_read(view, f.name)]
+        if not features:
             continue
         listed_entities.add(view.entity.name)
         spec = response.views.add(
@@ -269,7 +280,7 @@ def catalog(registry: Registry, wanted: CatalogFilter | None = None) -> pb.ListF
             version=version,
             is_default=registry.default_versions[name] == version,
             entity=view.entity.name,
-            features=[_feature_spec(f) for f in view.features],
+            features=[_feature_spec(f) for f in features],
             max_age_seconds=_seconds(view.max_age),
             retention_seconds=_seconds(view.retention),
             owner=view.owner,
@@ -298,6 +309,10 @@ def catalog(registry: Registry, wanted: CatalogFilter | None = None) -> pb.ListF
     if wanted.any_view_filter or wanted.entity:
         return response  # transforms have no owner, tags, entity or status to match
     for transform in registry.transforms.values():
+        if can_read is not None and not all(
+            _input_readable(registry, ref, can_read) for ref in transform.inputs.values()
+        ):
+            continue
         response.on_demand.add(
             name=transform.name,
             inputs=list(transform.inputs.values()),
@@ -306,6 +321,14 @@ def catalog(registry: Registry, wanted: CatalogFilter | None = None) -> pb.ListF
             description=transform.description,
         )
     return response
+
+
+def _input_readable(
+    registry: Registry, text: str, can_read: Callable[[FeatureView, str], bool]
+) -> bool:
+    ref = FeatureRef.parse(text)  # checked when the registry was built
+    view, feature = registry.feature(ref)
+    return can_read(view, feature.name)
 
 
 def _feature_spec(feature: Feature) -> pb.FeatureSpec:

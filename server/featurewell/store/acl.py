@@ -110,10 +110,10 @@ ROLES: dict[str, Role] = {
                 "hgetall",  # promoted defaults; consumer counts
                 "hincrby",  # consumer counts
                 "hset",  # consumers' last call
-                "eval",  # the consumers script (its commands are checked against this role)
-                "expire",  # per-day consumer counts expire (inside the consumers script)
-                "hexists",  # and the script's bound on the consumer pairs
-                "hlen",
+                "eval",  # the consumer counts' bounded update (one script per flush)
+                "hexists",  # inside it: a known (caller, view) pair?
+                "hlen",  # inside it: how many pairs are kept
+                "expire",  # inside it: a day's counts expire (consumer_days)
                 "client|id",
                 "client|tracking",
                 "client|caching",
