@@ -13,6 +13,7 @@ from google.protobuf import json_format
 
 from featurewell import cli
 from featurewell.client import Column, FeatureClient, FeatureResult, Status
+from featurewell.lifecycle.lineage import describe, render
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
 from tests import defs
@@ -186,3 +187,12 @@ def _same_values(a: Column, b: Column) -> None:
     else:
         assert a.values.dtype == b.values.dtype, a.name
         assert np.array_equal(a.values, b.values), a.name
+
+
+def test_lineage_prints_defaults_as_values_not_numpy_reprs() -> None:
+    text = render(describe(defs.registry(), {}, []))
+    assert "- score: float32 (default 0.0)" in text
+    assert "- taste: embedding[4] (default [0.0, 0.0, 0.0, 1.0])" in text
+    assert "- country: string (default 'zz')" in text
+    assert "np." not in text
+    assert "array(" not in text
