@@ -52,3 +52,49 @@ def test_alert_test_helper_fails_on_a_wrong_expectation(tmp_path: Path) -> None:
         == 0
     )
     assert alert_test(tmp_path, series, "FeaturewellRedisNodeDown", [("5m", [])]).returncode != 0
+
+
+# Each pipeline alert broken the way it could plausibly go wrong: the unit tests turn red.
+_BROKEN_PIPELINE_RULES = [
+    (  # the watermark alone: a quiet partition (nothing unread) would page
+        "FeaturewellStreamBehind",
+        """
+          and on (source, partition)
+          max by (source, partition) (featurewell_stream_unread_entries) > 0
+        for: 5m""",
+        "\n        for: 5m",
+    ),
+    (  # refused events not counted as read: a source refusing everything would page
+        "FeaturewellStreamStopped",
+        "featurewell_stream_events_total|featurewell_stream_dead_letters_total",
+        "featurewell_stream_events_total",
+    ),
+    (
+        "FeaturewellStreamRowsRefused",
+        "(increase(featurewell_stream_rows_refused_total[10m])) > 0",
+        "(increase(featurewell_stream_rows_refused_total[10m])) > 5",
+    ),
+    (  # any failed Job in the cluster
+        "FeaturewellPipelineJobFailed",
+        'job_name=~".*featurewell-(materialize|backfill).*"',
+        'job_name=~".*"',
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("alert", "right", "wrong"),
+    _BROKEN_PIPELINE_RULES,
+    ids=[a for a, _, _ in _BROKEN_PIPELINE_RULES],
+)
+def test_the_unit_tests_catch_a_broken_pipeline_alert(
+    tmp_path: Path, alert: str, right: str, wrong: str
+) -> None:
+    rules = RULES.read_text()
+    assert rules.count(right) == 1, right  # the mutation hits exactly the rule meant
+    (tmp_path / "rules.yml").write_text(rules.replace(right, wrong))
+    (tmp_path / "rules.test.yml").write_text((RULES.parent / "rules.test.yml").read_text())
+    assert promtool("check", "rules", str(tmp_path / "rules.yml")).returncode == 0  # still valid
+    tested = promtool("test", "rules", "rules.test.yml", cwd=tmp_path)
+    assert tested.returncode != 0
+    assert alert in tested.stdout + tested.stderr
