@@ -3,9 +3,11 @@ on a broken copy (so neither is a check that cannot fail)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.tools import RULES, alert_test, promtool
 
@@ -98,3 +100,43 @@ def test_the_unit_tests_catch_a_broken_pipeline_alert(
     tested = promtool("test", "rules", "rules.test.yml", cwd=tmp_path)
     assert tested.returncode != 0
     assert alert in tested.stdout + tested.stderr
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def broken_runbooks(rules_text: str) -> list[str]:
+    """Runbook annotations (docs/<file>.md#<anchor>) whose file or heading does not exist."""
+    root = RULES.parents[2]
+    broken = []
+    for group in yaml.safe_load(rules_text)["groups"]:
+        for rule in group["rules"]:
+            runbook = rule.get("annotations", {}).get("runbook")
+            if runbook is None:
+                continue
+            path, _, anchor = runbook.partition("#")
+            doc = root / path
+            headings = (
+                {
+                    _slug(line.lstrip("#"))
+                    for line in doc.read_text().splitlines()
+                    if line.startswith("#")
+                }
+                if doc.is_file()
+                else set()
+            )
+            if anchor not in headings:
+                broken.append(f"{rule['alert']}: {runbook}")
+    return broken
+
+
+def test_every_runbook_link_resolves() -> None:
+    assert broken_runbooks(RULES.read_text()) == []
+    # The dead-letters alert pointed at docs/security.md, which a rename had removed.
+    stale = RULES.read_text().replace(
+        "docs/security-deadletters.md#metric-and-alert", "docs/security.md#dead-letters"
+    )
+    assert broken_runbooks(stale) == ["FeaturewellStreamDeadLetters: docs/security.md#dead-letters"]
