@@ -89,7 +89,8 @@ def test_sigterm_mid_backlog_checkpoints_and_exits_within_the_chart_grace(
 
         first = wait_until(reading(1), 60, "the worker reading", retry_on=(OSError,))
         later = wait_until(reading(5000), 60, "5,000 events read")
-        assert first is not None and later is not None  # wait_until returns what held
+        assert first is not None  # wait_until returns what held
+        assert later is not None
         # The backlog Redis reports, as the worker's /metrics shows it, goes down as it reads.
         assert 0 < _unread(later, name) < _unread(first, name) <= EVENTS
         signalled = time.monotonic()
