@@ -368,6 +368,12 @@ _PIPELINES: dict[str, Any] = {
         "sources": [
             {"name": "watches", "partitions": 4, "replicas": 2},
             {"name": "page_views", "partitions": 2},
+            {
+                "name": "clicks",
+                "partitions": 8,
+                "kafkaBootstrap": "kafka:9092",
+                "args": ["--batch-size=200"],
+            },
         ]
     },
     "jobs": {
@@ -396,7 +402,7 @@ def test_pipelines_render_valid_and_off_by_default(helm: str, tmp_path: Path) ->
     assert kinds == sorted(
         f"{kind}/features-featurewell-stream-{name}"
         for kind in ("Deployment", "Service", "PodDisruptionBudget", "ServiceMonitor")
-        for name in ("watches", "page-views")
+        for name in ("watches", "page-views", "clicks")
     )
     # The servers' Service, PDB and ServiceMonitor select server pods only, never workers.
     worker = objects["Deployment/features-featurewell-stream-watches"]["spec"]["template"]
@@ -453,6 +459,15 @@ def test_stream_worker_per_source(helm: str, tmp_path: Path) -> None:
         assert offline["mountPath"] == loaded.offline.dir
         volume = next(v for v in pod["volumes"] if v["name"] == "offline")
         assert volume["persistentVolumeClaim"] == {"claimName": "featurewell-offline"}
+    # A Kafka source: its topic instead of Redis Streams, and extra flags passed through.
+    kafka = objects["Deployment/features-featurewell-stream-clicks"]["spec"]["template"]["spec"]
+    args = _parser().parse_args(kafka["containers"][0]["args"])
+    assert (args.kafka_bootstrap, args.batch_size) == ("kafka:9092", 200)
+    # The servers' anti-affinity (about server pods) is not the workers'.
+    production = _render(helm, "-f", str(PRODUCTION), "-f", _values(tmp_path, _PIPELINES))
+    assert "affinity" in production["Deployment/features-featurewell"]["spec"]["template"]["spec"]
+    worker = production["Deployment/features-featurewell-stream-watches"]["spec"]["template"]
+    assert "affinity" not in worker["spec"]
     loaded = _server_settings(settings)
     assert (loaded.redis.username, loaded.redis.password_file) == (
         "fw-writer",
