@@ -543,3 +543,29 @@ def test_the_selector_check_catches_a_mismatch() -> None:
     labels = {"app.kubernetes.io/component": "stream-watches", "app.kubernetes.io/name": "x"}
     assert _selects({"app.kubernetes.io/component": "stream-watches"}, labels)
     assert not _selects({"app.kubernetes.io/component": "stream-clicks"}, labels)
+
+
+def test_pipelines_network_policy(helm: str, tmp_path: Path) -> None:
+    kafka = {"to": [{"podSelector": {"matchLabels": {"app": "kafka"}}}], "ports": [{"port": 9092}]}
+    values = copy.deepcopy(_PIPELINES)
+    values["networkPolicy"] = {"enabled": True, "pipelinesEgress": [kafka]}
+    objects = _valid(helm, "-f", _values(tmp_path, values))
+    policy = objects["NetworkPolicy/features-featurewell-pipelines"]["spec"]
+    workers = [o for n, o in objects.items() if n.startswith("Deployment/") and "stream" in n]
+    assert workers
+    for worker in workers:  # every worker's pods, and the servers' policy selects none of them
+        labels = worker["spec"]["template"]["metadata"]["labels"]
+        assert _selects(policy["podSelector"]["matchLabels"], labels)
+        server = objects["NetworkPolicy/features-featurewell"]["spec"]["podSelector"]
+        assert not _selects(server["matchLabels"], labels)
+    (metrics_in,) = policy["ingress"]
+    assert metrics_in["ports"] == [{"port": 9464, "protocol": "TCP"}]
+    redis_out, dns_out, kafka_out = policy["egress"]
+    assert redis_out["ports"] == [{"port": 6379, "protocol": "TCP"}]
+    assert {p["port"] for p in dns_out["ports"]} == {53}
+    assert kafka_out == kafka
+    # A Kafka source behind a policy with no way out to Kafka would never read: refused.
+    values["networkPolicy"]["pipelinesEgress"] = []
+    done = _helm(helm, "template", "features", str(CHART), "-f", _values(tmp_path, values))
+    assert done.returncode != 0
+    assert "stream.sources clicks reads Kafka" in done.stderr
