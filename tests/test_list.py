@@ -4,6 +4,7 @@ server on the shared cluster."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from datetime import timedelta
@@ -12,7 +13,7 @@ import grpc
 import pytest
 
 from featurewell import cli
-from featurewell.client import FeatureClient, InvalidArgument, ViewStatus
+from featurewell.client import AsyncFeatureClient, FeatureClient, InvalidArgument, ViewStatus
 from featurewell.devcluster import LocalCluster
 from featurewell.serving import wire
 from featurewell.v1 import feature_service_pb2 as pb
@@ -146,3 +147,11 @@ def test_featurewell_list_without_a_server_exits_2(capsys: pytest.CaptureFixture
 def test_client_side_errors_stay_typed(catalog_client: FeatureClient) -> None:
     with pytest.raises(InvalidArgument, match="ViewStatus"):
         catalog_client.list_features(status=9)
+
+
+def test_the_async_client_filters_too(catalog_server: ServerThread) -> None:
+    async def listed() -> list[str]:
+        async with AsyncFeatureClient(catalog_server.address, timeout=5.0) as client:
+            return _refs(await client.list_features(tag="tier=silver", status=ViewStatus.ACTIVE))
+
+    assert asyncio.run(listed()) == ["cat_items@v1"]
