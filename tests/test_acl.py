@@ -106,10 +106,12 @@ def test_rules_grant_reads_read_only_and_never_in_clear(tmp_path: Path) -> None:
 
 
 def test_the_documented_rules_are_the_generated_ones() -> None:
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "security-acldeploy.md").read_text()
+    doc = (
+        Path(__file__).resolve().parents[1] / "docs" / "security" / "redis-and-deploy.md"
+    ).read_text()
     for role in acl.ROLES.values():
         line = acl.setuser(f"fw-{role.name}", [role], None)
-        assert line in doc.splitlines(), f"docs/security-acldeploy.md: update {line!r}"
+        assert line in doc.splitlines(), f"docs/security/redis-and-deploy.md: update {line!r}"
 
 
 def test_settings_refuse_two_passwords() -> None:

@@ -32,7 +32,7 @@ def test_every_public_name_is_unique_and_reaches_its_group() -> None:
         assert loaded.public(spec.name) == getattr(
             loaded if spec.group is None else getattr(loaded, spec.group), spec.attribute
         )
-    assert set(GROUPS) == {"redis", "listen", "serving", "cache", "telemetry", "offline"}
+    assert set(GROUPS) == {"redis", "listen", "serving", "cache", "telemetry", "offline", "auth"}
 
 
 def test_flags_win_over_the_environment_and_bad_values_name_the_setting() -> None:

@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from featurewell.definitions import Registry, load_repo, repo_fingerprint
 from featurewell.engine.engine import FeatureEngine
 from featurewell.engine.plan import Planner
 from featurewell.errors import ConfigError, FeaturewellError, StoreError
+from featurewell.serving.auth import Authenticator, AuthInterceptor
+from featurewell.serving.authz import Authoriser
 from featurewell.serving.service import AFTER_ANSWER_S, FeatureService
 from featurewell.settings import ServingSettings, Settings
 from featurewell.store import versions
@@ -72,12 +75,14 @@ class Server:
                 overrides = {}
             if overrides:
                 registry = versions.serve_defaults(registry, overrides)
+            authenticating = _interceptor(settings)
             grpc_server = grpc.aio.server(
+                interceptors=[authenticating] if authenticating is not None else None,
                 options=[
                     ("grpc.max_send_message_length", settings.serving.max_message_bytes),
                     ("grpc.so_reuseport", 1 if settings.serving.workers > 1 else 0),
                     *connection_limits(settings.serving),
-                ]
+                ],
             )
             tracing = tracing if tracing is not None else Tracing.from_settings(settings.telemetry)
             telemetry = Telemetry(
@@ -87,8 +92,12 @@ class Server:
                 tracing,
                 poll_timeout_s=settings.redis.connect_timeout_s,
             )
+            if authenticating is not None:
+                authenticating.on_refused = _counted(telemetry)
             engine = FeatureEngine(registry, store, settings.serving, settings.cache)
-            service = FeatureService(engine, settings.serving, telemetry)
+            service = FeatureService(
+                engine, settings.serving, telemetry, Authoriser(enforce=settings.auth.required)
+            )
             add_feature_service(service, grpc_server)
             health = health_aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(health, grpc_server)
@@ -238,7 +247,7 @@ class Server:
 def connection_limits(serving: ServingSettings) -> list[tuple[str, int]]:
     """gRPC core options bounding what one client connection may take: request size, open
     calls, lifetime and idleness, and keepalive pings (each a setting, documented in
-    docs/security-hardening.md)."""
+    docs/security/requests-and-stored-data.md)."""
     options = [
         # max_message_mb bounds both ways; max_request_mb bounds requests further.
         (
@@ -292,7 +301,45 @@ def _listen(grpc_server: grpc.aio.Server, settings: Settings) -> int:
         chain = Path(settings.serving.tls_cert_file).read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read the TLS certificate or key: {exc}") from exc
-    return grpc_server.add_secure_port(address, grpc.ssl_server_credentials([(key, chain)]))
+    return grpc_server.add_secure_port(address, _credentials(settings, key, chain))
+
+
+def _credentials(settings: Settings, key: bytes, chain: bytes) -> grpc.ServerCredentials:
+    """TLS; with tls_client_ca_file, mTLS: gRPC refuses handshakes without a client certificate
+    that this CA signed, so a call that reaches a handler carries a verified one."""
+    if not settings.serving.tls_client_ca_file:
+        return grpc.ssl_server_credentials([(key, chain)])
+    try:
+        roots = Path(settings.serving.tls_client_ca_file).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read tls_client_ca_file: {exc}") from exc
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=roots, require_client_auth=True
+    )
+
+
+def _interceptor(settings: Settings) -> AuthInterceptor | None:
+    """The authentication interceptor, when any identity is in play; none (today's path,
+    untouched) with authentication off."""
+    auth = settings.auth
+    if not (auth.required or auth.configured or settings.serving.tls_client_ca_file):
+        return None
+    if auth.required and not (auth.configured or settings.serving.tls_client_ca_file):
+        raise ConfigError(
+            "auth_required is on but no caller could authenticate: set tls_client_ca_file "
+            "(mTLS), auth_tokens_file or auth_jwks_file"
+        )
+    certificates = bool(settings.serving.tls_client_ca_file)
+    return AuthInterceptor(Authenticator(auth, client_certificates=certificates))
+
+
+def _counted(telemetry: Telemetry) -> Callable[[str, grpc.StatusCode, int, int, str], None]:
+    """Refused authentications, counted and traced like every other answered call."""
+
+    def refused(method: str, code: grpc.StatusCode, started: int, ended: int, message: str) -> None:
+        telemetry.call_done(method, code, started, ended, None, error=message)
+
+    return refused
 
 
 def _serve_metrics(telemetry: Telemetry, settings: Settings) -> int | None:
