@@ -11,6 +11,7 @@ from featurewell.commands import (
     repair,
     serving,
     training,
+    ui,
 )
 from featurewell.commands._command import Command
 
@@ -24,6 +25,7 @@ COMMANDS: tuple[Command, ...] = (
     *local.COMMANDS,
     *acl.COMMANDS,
     *probe.COMMANDS,
+    *ui.COMMANDS,
 )
 
 __all__ = ["COMMANDS", "Command"]
