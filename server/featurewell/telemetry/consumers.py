@@ -59,6 +59,11 @@ class Consumers:
             self._calls[pair] = self._calls.get(pair, 0) + 1
             self._seen[pair] = now
 
+    @property
+    def pending(self) -> int:
+        """(caller, view) pairs observed since the last flush."""
+        return len(self._calls)
+
     async def flush(self, store: OnlineStore, timeout: float) -> None:
         """Add the counts since the last flush to Redis (kept for the next one if it fails)."""
         calls, self._calls = self._calls, {}
