@@ -161,3 +161,18 @@ def test_static_files_are_the_checked_in_builds() -> None:
     static = Path(catalog.__file__).parent / "static"
     assert "Chart.js v4.6.1" in (static / "chart.umd.min.js").read_text()[:300]
     assert "htmx" in (static / "htmx.min.js").read_text()[:2000]
+
+
+def test_health_shows_only_the_views_and_features_a_principal_may_read(
+    enforced: TestClient,
+) -> None:
+    state = enforced.app.state.ui  # type: ignore[attr-defined]
+    writer = state.gate.viewer(state.registry, WRITER).visible
+    ranker = state.gate.viewer(state.registry, RANKER).visible
+    auditor = state.gate.viewer(state.registry, AUDITOR).visible
+    assert not writer("secret@v1", None)
+    assert writer("profile@v2", "age")
+    assert ranker("secret@v1", "score")
+    assert not ranker("secret@v1", "ssn")
+    assert auditor("secret@v1", "ssn")
+    assert not ranker("nope@v1", None)

@@ -281,6 +281,8 @@ def _load_module(path: Path) -> Any:
 _HOW_TO_CALL = """
 featurewell is serving the streaming_media example on {address} (Ctrl-C stops it all).
 Metrics: {metrics}    drift report: featurewell drift --metrics-url {metrics}
+Web UI (catalog, views, live health; docs/ui.md), then open http://127.0.0.1:8080/:
+    featurewell ui --repo {repo} --redis {redis} --metrics-url {metrics}
 
   Python:
     from featurewell.client import FeatureClient
