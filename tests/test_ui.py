@@ -12,10 +12,11 @@ import pytest
 from starlette.testclient import TestClient
 
 from featurewell.devcluster import LocalCluster
+from featurewell.errors import Unauthenticated
 from featurewell.settings import AuthSettings
 from featurewell.telemetry.metrics import ServerMetrics
 from featurewell.ui import catalog, health
-from featurewell.ui.access import COOKIE
+from featurewell.ui.access import COOKIE, Gate
 from featurewell.ui.app import build
 from tests import auth_tools
 from tests.auth_tools import AUDITOR, RANKER, WRITER
@@ -176,3 +177,27 @@ def test_health_shows_only_the_views_and_features_a_principal_may_read(
     assert not ranker("secret@v1", "ssn")
     assert auditor("secret@v1", "ssn")
     assert not ranker("nope@v1", None)
+
+
+def test_a_jwt_signs_in_as_its_subject_until_it_is_refused(tmp_path: Path) -> None:
+    """The JWKS path of the API's Authenticator: a valid JWT names its `sub`; an expired one,
+    or one for another audience, is refused."""
+    jwks = auth_tools.make_jwks(tmp_path)
+    gate = Gate(
+        AuthSettings(
+            required=True,
+            jwks_file=str(jwks.path),
+            jwt_issuer=auth_tools.ISSUER,
+            jwt_audience=auth_tools.AUDIENCE,
+        )
+    )
+    session = gate.sign_in(jwks.token(RANKER))
+    assert gate.principal(None, session) == RANKER
+    assert gate.principal(f"Bearer {jwks.token(AUDITOR)}", None) == AUDITOR
+    for bad in (jwks.token(RANKER, expires_in=-60), jwks.token(RANKER, aud="another")):
+        with pytest.raises(Unauthenticated):
+            gate.sign_in(bad)
+    with pytest.raises(Unauthenticated, match="Bearer <token>"):
+        gate.principal("Basic abc", None)
+    with pytest.raises(Unauthenticated, match="sign in"):
+        gate.principal(None, "no-such-session")
