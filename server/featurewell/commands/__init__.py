@@ -12,6 +12,7 @@ from featurewell.commands import (
     repair,
     serving,
     training,
+    ui,
 )
 from featurewell.commands._command import Command
 
@@ -26,6 +27,7 @@ COMMANDS: tuple[Command, ...] = (
     *acl.COMMANDS,
     *probe.COMMANDS,
     *catalog.COMMANDS,
+    *ui.COMMANDS,
 )
 
 __all__ = ["COMMANDS", "Command"]

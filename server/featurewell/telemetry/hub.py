@@ -61,6 +61,7 @@ class Telemetry:
 
     def use(self, registry: Registry) -> None:
         """Follow a (re)loaded registry: its views' SLAs and its features' baselines."""
+        self.metrics.use(registry)
         self.freshness.use(registry)
         self.drift.use(baseline.for_registry(registry, self._computed))
 
