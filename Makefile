@@ -5,7 +5,8 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 PROTO_SRC := protos/featurewell/v1/feature_service.proto
 PROTO_OUT := client
 
-.PHONY: install run test test-core bench gate proto proto-check lint fmt clean promtool chromium
+.PHONY: install run test test-core bench gate proto proto-check lint fmt clean promtool chromium \
+	screenshots
 
 .venv/.installed: pyproject.toml
 	python3 -m venv .venv
@@ -56,6 +57,11 @@ test: install .venv/bin/helm $(SCHEMA_CHECK)/node_modules/.package-lock.json pro
 ## promtool or chromium needed
 test-core: install
 	$(PY) -m pytest -m "not deploy and not browser"
+
+## screenshots: the browser tests, saving the web UI's pictures into docs/ (other runs keep them
+## in a temporary folder)
+screenshots: install chromium
+	FEATUREWELL_SCREENSHOTS=docs $(PY) -m pytest tests/test_ui_browser.py
 
 ## gate: the Locust latency gate against a local demo stack (exits 1 when a budget is broken)
 gate: install

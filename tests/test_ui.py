@@ -18,7 +18,7 @@ from featurewell.telemetry.metrics import ServerMetrics
 from featurewell.ui import catalog, health
 from featurewell.ui.access import COOKIE, Gate
 from featurewell.ui.app import build
-from tests import auth_tools
+from tests import auth_tools, defs_catalog
 from tests.auth_tools import AUDITOR, RANKER, WRITER
 from tests.tools import make_settings
 
@@ -201,3 +201,11 @@ def test_a_jwt_signs_in_as_its_subject_until_it_is_refused(tmp_path: Path) -> No
         gate.principal("Basic abc", None)
     with pytest.raises(Unauthenticated, match="sign in"):
         gate.principal(None, "no-such-session")
+
+
+def test_a_view_marked_deprecated_is_listed_as_deprecated() -> None:
+    """The catalog follows the definitions' `deprecated=` (the API's DEPRECATED status)."""
+    registry = defs_catalog.registry()
+    found = {e.ref: e.status for e in catalog.entries(registry, {}, None)}
+    assert found["cat_ranking@v1"] == "deprecated"
+    assert found["cat_ranking@v2"] == "active"

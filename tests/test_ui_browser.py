@@ -6,23 +6,28 @@ here."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.test_demo_metrics import CALLER, DemoStack, demo_stack, ordinary_traffic
-from tests.tools import ROOT, wait_until
+from tests.tools import wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.redis]
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-DOCS = ROOT / "docs"
+# `make screenshots` sets FEATUREWELL_SCREENSHOTS=docs, so the pictures in docs/ come from
+# here; other runs keep theirs in a temporary folder and leave the tree as it was.
+SHOTS = Path(os.environ.get("FEATUREWELL_SCREENSHOTS") or tempfile.mkdtemp(prefix="fw-ui-"))
 FEATUREWELL = (sys.executable, "-m", "featurewell.cli")
 
 
@@ -117,7 +122,7 @@ def test_catalog_loads_and_filters_filter(page: Any, ui: str) -> None:
     wait_until(lambda: rows(page) == ["user_activity@v1"], 10, "the team filter")
     page.select_option("#filter-team", "")
     wait_until(lambda: rows(page) == everything, 10, "clearing the filters to show all again")
-    page.screenshot(path=str(DOCS / "ui-catalog.png"), full_page=True)
+    page.screenshot(path=str(SHOTS / "ui-catalog.png"), full_page=True)
 
 
 def test_view_page_lists_versions_history_lineage_and_callers(
@@ -153,7 +158,7 @@ def test_view_page_lists_versions_history_lineage_and_callers(
         in page.locator("#features").inner_text()
     )
     page.goto(ui + "/views/user_genre_preferences@v2")  # the docs' picture: the active one
-    page.screenshot(path=str(DOCS / "ui-view.png"), full_page=True)
+    page.screenshot(path=str(SHOTS / "ui-view.png"), full_page=True)
 
 
 DRAWN = """id => {
@@ -192,7 +197,7 @@ def test_health_charts_draw_series_from_live_metrics(page: Any, ui: str, stack: 
     assert "GetFeatures" in page.locator("#latency").inner_text()
     assert "primary_genre" in page.locator("#drift").inner_text()
     assert "within SLA" in page.locator("#freshness").inner_text()
-    page.screenshot(path=str(DOCS / "ui-health.png"), full_page=True)
+    page.screenshot(path=str(SHOTS / "ui-health.png"), full_page=True)
 
 
 def test_the_chart_check_fails_on_an_empty_chart(page: Any, ui: str) -> None:

@@ -3,7 +3,8 @@
 
 A view's status: `active` when it is the version `view:feature` serves (declared or promoted),
 `staging` when it is a newer version not promoted yet, `superseded` when an older one, and
-`deprecated` when its tags say so (`tags={"status": "deprecated"}`), whatever its version.
+`deprecated` when it is marked so (`deprecated=Deprecated(...)`, or the tag `status=deprecated`),
+whatever its version.
 Its team is `tags["team"]`, else the teams its read policy names.
 """
 
@@ -182,7 +183,7 @@ def span(value: timedelta | None) -> str:
 
 def _entry(registry: Registry, view: FeatureView, default: int, features: list[Any]) -> Entry:
     tags = {str(k): str(v) for k, v in view.tags.items()}
-    if tags.get("status") == "deprecated":
+    if view.deprecated is not None or tags.get("status") == "deprecated":
         status = "deprecated"
     elif view.version == default:
         status = "active"
