@@ -262,12 +262,21 @@ def test_invalid_repo_and_unreachable_redis_exit_with_a_message(example_repo: Pa
     out, _ = bad.communicate(timeout=30)
     assert bad.returncode == 2
     assert "does not exist" in out
+    # (By default it starts NOT_SERVING and waits instead: tests/test_startup.py.)
     down = featurewell(
-        "serve", "--repo", str(example_repo), "--redis", "127.0.0.1:1", "--port", "0"
+        "serve",
+        "--repo",
+        str(example_repo),
+        "--redis",
+        "127.0.0.1:1",
+        "--port",
+        "0",
+        "--redis-wait-at-start",
+        "false",
     )
     out, _ = down.communicate(timeout=30)
     assert down.returncode == 2
-    assert "no Redis Cluster node answered CLUSTER SLOTS" in out
+    assert "Redis Cluster unreachable: none of its 1 known nodes answered" in out
     assert "127.0.0.1:1" in out
 
 

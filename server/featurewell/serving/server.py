@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,14 @@ from grpc_reflection.v1alpha import reflection
 from featurewell.definitions import Registry, load_repo, repo_fingerprint
 from featurewell.engine.engine import FeatureEngine
 from featurewell.engine.plan import Planner
-from featurewell.errors import ConfigError, FeaturewellError, StoreError
+from featurewell.errors import (
+    ConfigError,
+    FeaturewellError,
+    StoreError,
+    StoreUnreachable,
+)
 from featurewell.serving.service import AFTER_ANSWER_S, FeatureService
+from featurewell.serving.startup import Gate, connect_with_backoff, gated, not_yet
 from featurewell.settings import ServingSettings, Settings
 from featurewell.store import versions
 from featurewell.store.online import OnlineStore
@@ -30,6 +37,8 @@ from featurewell.telemetry.tracing import Tracing
 from featurewell.v1 import feature_service_pb2 as pb
 
 log = logging.getLogger("featurewell.server")
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["FeatureService"].full_name
 
 
@@ -45,11 +54,14 @@ class Server:
     health: health_aio.HealthServicer
     metrics_port: int | None  # None: /metrics is off
     telemetry: Telemetry
-    telemetry_task: asyncio.Task[None]
+    telemetry_task: asyncio.Task[None] | None  # None until the store has connected
+    gate: Gate = field(default_factory=lambda: Gate(None))
     reloads: int = 0
     reloads_failed: int = 0
     promoted: dict[str, int] = field(default_factory=dict)  # as last read from Redis
     versions_task: asyncio.Task[None] | None = None
+    connecting_task: asyncio.Task[None] | None = None
+    stopping: bool = False
 
     @classmethod
     async def start(
@@ -58,18 +70,21 @@ class Server:
         store: OnlineStore,
         registry: Registry,
         tracing: Tracing | None = None,
+        *,
+        unreachable: StoreUnreachable | None = None,
     ) -> Server:
         """Listen and serve `registry` from `store`, which the server then owns: it closes it
         when it stops, or here if starting fails. `tracing` replaces the one the settings
         describe (tests pass in-memory exporters). `featurewell.app.start_server` opens the
-        store and loads the repo from the settings."""
+        store and loads the repo from the settings. With `unreachable` (the store has not
+        connected: no node answered), the server listens NOT_SERVING, answers UNAVAILABLE and
+        connects in the background (`wait_for_store`)."""
         telemetry: Telemetry | None = None
+        gate = Gate(None if unreachable is None else not_yet(unreachable))
+        overrides: dict[str, int] = {}
         try:
-            try:
-                overrides = await versions.promoted(store.cluster)
-            except StoreError as exc:  # serve the declared defaults; followed once Redis answers
-                log.warning("cannot read promoted versions yet: %s", exc)
-                overrides = {}
+            if unreachable is None:
+                overrides = await _promoted(store)
             if overrides:
                 registry = versions.serve_defaults(registry, overrides)
             grpc_server = grpc.aio.server(
@@ -89,7 +104,7 @@ class Server:
             )
             engine = FeatureEngine(registry, store, settings.serving, settings.cache)
             service = FeatureService(engine, settings.serving, telemetry)
-            add_feature_service(service, grpc_server)
+            add_feature_service(service, grpc_server, gate if unreachable is not None else None)
             health = health_aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(health, grpc_server)
             reflection.enable_server_reflection(
@@ -108,9 +123,10 @@ class Server:
                 telemetry.close()
             await store.close()
             raise
-        telemetry_task = asyncio.get_running_loop().create_task(telemetry.run())
+        ready = unreachable is None
+        telemetry_task = asyncio.get_running_loop().create_task(telemetry.run()) if ready else None
         for name in ("", SERVICE_NAME):
-            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await health.set(name, SERVING if ready else NOT_SERVING)
         if settings.serving.inject_delay_ms:
             log.warning(
                 "fault injection on: every GetFeatures waits %.1f ms first",
@@ -133,12 +149,48 @@ class Server:
             metrics_port,
             telemetry,
             telemetry_task,
+            gate,
             promoted=overrides,
         )
-        server.versions_task = asyncio.get_running_loop().create_task(
-            server.follow_promotions(settings.serving.versions_poll_s)
-        )
+        if unreachable is not None:
+            server.connecting_task = asyncio.get_running_loop().create_task(
+                server.wait_for_store(unreachable)
+            )
+        else:
+            server.versions_task = asyncio.get_running_loop().create_task(
+                server.follow_promotions(settings.serving.versions_poll_s)
+            )
         return server
+
+    @property
+    def ready(self) -> bool:
+        """Whether the store has connected (health SERVING unless stopping)."""
+        return self.gate.waiting is None
+
+    async def wait_for_store(self, first: StoreUnreachable) -> None:
+        """Connect the store with capped, jittered exponential backoff, logging at most every
+        LOG_EVERY_S; then read the promoted versions, start telemetry and turn SERVING."""
+        since = time.monotonic()
+        self.promoted, attempts = await connect_with_backoff(
+            self.store, self.settings.redis, first, self.gate
+        )
+        if self.promoted:
+            engine = self.service.engine
+            self._serve(engine.prepare(versions.serve_defaults(engine.registry, self.promoted)))
+        loop = asyncio.get_running_loop()
+        self.telemetry_task = loop.create_task(self.telemetry.run())
+        self.versions_task = loop.create_task(
+            self.follow_promotions(self.settings.serving.versions_poll_s)
+        )
+        self.gate.waiting = None
+        if not self.stopping:
+            for name in ("", SERVICE_NAME):
+                await self.health.set(name, SERVING)
+        log.warning(
+            "Redis Cluster answered after %.1f s (%d attempts): SERVING",
+            time.monotonic() - since,
+            attempts,
+        )
 
     async def follow_promotions(self, interval: float) -> None:
         """Serve the default versions `featurewell promote` and `rollback` set, read from Redis
@@ -209,29 +261,33 @@ class Server:
         gRPC core cancels calls that arrived in the instant of stopping but never reached a
         handler; they were not processed, so clients may retry them (the client retries reads).
         """
+        self.stopping = True
+        if self.connecting_task is not None:
+            self.connecting_task.cancel()
         for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await self.health.set(name, NOT_SERVING)
         if drain_delay > 0:
             await asyncio.sleep(drain_delay)
         calls = self.service.calls
         in_flight = calls.in_flight
-        await self.grpc_server.stop(
-            self.settings.serving.grace_period_s if grace is None else grace
-        )
-        self.telemetry_task.cancel()
-        if self.versions_task is not None:
-            self.versions_task.cancel()
+        grace = self.settings.serving.grace_period_s if grace is None else grace
+        calls.cut_off_at = time.monotonic() + grace  # handlers cancelled from then on: cut off
+        await self.grpc_server.stop(grace)
+        for task in (self.telemetry_task, self.versions_task):
+            if task is not None:
+                task.cancel()
         # The last calls' telemetry runs AFTER_ANSWER_S after their answers: let it, then add
         # their callers to the consumers too (if Redis is up).
         await asyncio.sleep(4 * AFTER_ANSWER_S)
-        with contextlib.suppress(FeaturewellError):
-            await self.telemetry.consumers.flush(self.store, timeout=1.0)
+        if self.ready:
+            with contextlib.suppress(FeaturewellError):
+                await self.telemetry.consumers.flush(self.store, timeout=1.0)
         self.telemetry.close()
         await self.store.close()
         log.info(
             "stopped: %d calls were in flight, %d cut off by the grace period",
             in_flight,
-            calls.cancelled,
+            calls.cut_off,
         )
 
 
@@ -262,7 +318,17 @@ def connection_limits(serving: ServingSettings) -> list[tuple[str, int]]:
     return options
 
 
-def add_feature_service(service: FeatureService, grpc_server: grpc.aio.Server) -> None:
+async def _promoted(store: OnlineStore) -> dict[str, int]:
+    try:
+        return await versions.promoted(store.cluster)
+    except StoreError as exc:  # serve the declared defaults; followed once Redis answers
+        log.warning("cannot read promoted versions yet: %s", exc)
+        return {}
+
+
+def add_feature_service(
+    service: FeatureService, grpc_server: grpc.aio.Server, gate: Gate | None = None
+) -> None:
     """Register FeatureService as the generated `add_FeatureServiceServicer_to_server` does,
     but with requests passed on as bytes: gRPC's own parsing answers a corrupt request (or one
     with invalid UTF-8) UNKNOWN "Unexpected DecodeError", so `serving/wire` parses it instead
@@ -271,7 +337,9 @@ def add_feature_service(service: FeatureService, grpc_server: grpc.aio.Server) -
     descriptor = pb.DESCRIPTOR.services_by_name["FeatureService"]
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         method.name: grpc.unary_unary_rpc_method_handler(
-            getattr(service, method.name),
+            getattr(service, method.name)
+            if gate is None
+            else gated(service, gate, method.name, getattr(service, method.name)),
             request_deserializer=None,  # bytes in: serving/wire parses
             response_serializer=getattr(pb, method.output_type.name).SerializeToString,
         )
