@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from featurewell.commands._command import Command, pairs, registry_of
+from featurewell.commands.progress import Progress
 from featurewell.errors import ConfigError, InvalidRequest, StoreUnavailable
 from featurewell.offline.store import OfflineStore
 from featurewell.offline.training import STATUS_SUFFIX, get_historical_features
@@ -35,13 +36,17 @@ def _training_set(settings: Settings, args: argparse.Namespace) -> None:
     features = [f.strip() for f in args.features.split(",") if f.strip()]
     started = time.perf_counter()
     labels = pq.read_table(labels_path)
-    table = get_historical_features(
-        registry,
-        labels,
-        features,
-        OfflineStore(offline.dir, offline.format),
-        timestamp_column=args.timestamp_column,
-    )
+    with Progress("training-set") as progress:
+        table = get_historical_features(
+            registry,
+            labels,
+            features,
+            OfflineStore(offline.dir, offline.format),
+            timestamp_column=args.timestamp_column,
+            progress=lambda done, total: progress.update(
+                f"{labels.num_rows:,} labels", done, total, "joined rows"
+            ),
+        )
     pq.write_table(table, args.out)
     seconds = time.perf_counter() - started
     values = [n for n in table.column_names if ":" in n and not n.endswith(STATUS_SUFFIX)]

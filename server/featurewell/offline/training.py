@@ -17,7 +17,7 @@ The joins are DuckDB ASOF joins over the offline store's Parquet.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,9 +44,11 @@ def get_historical_features(
     offline: OfflineStore,
     *,
     timestamp_column: str = "event_timestamp",
+    progress: Callable[[int, int], None] | None = None,
 ) -> pa.Table:
     """`labels` plus one column per requested feature (named as served: `view:feature`) and one
-    status column per view or transform (`view:__status`, the `Status` numbers)."""
+    status column per view or transform (`view:__status`, the `Status` numbers).
+    `progress(rows_joined, rows_to_join)` after each view's join: label rows x views."""
     plan = Planner(registry).plan(list(features))
     rows = labels.num_rows
     if rows == 0:
@@ -61,6 +63,7 @@ def get_historical_features(
     import duckdb
 
     con = duckdb.connect()
+    joins, joined = sum(len(group.reads) for group in plan.groups), 0
     try:
         for group in plan.groups:
             keys = _keys(labels, group.entity.join_keys)
@@ -68,6 +71,9 @@ def get_historical_features(
             con.register("labels", pa.table({**keys, "__ts": label_ts, "__row": order}))
             for read, wanted in zip(group.reads, group.wanted, strict=True):
                 fetched[id(read)] = _join(con, registry, offline, read, sorted(wanted), label_ts)
+                joined += 1
+                if progress is not None:
+                    progress(joined * rows, joins * rows)
             con.unregister("labels")
     finally:
         con.close()
