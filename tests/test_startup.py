@@ -149,6 +149,7 @@ def test_full_outage_of_a_running_server(
             with pytest.raises(FeatureClientError) as refused:
                 defs.write_profiles(client, users, ages=[31])
             assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+
             def retries() -> list[str]:
                 return [r.getMessage() for r in caplog.records if "topology" in r.getMessage()]
 
