@@ -76,10 +76,10 @@ class Serve:
         return code
 
 
-def health(address: str) -> int:
+def health(address: str, service: str = "featurewell.v1.FeatureService") -> int:
     with grpc.insecure_channel(address) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=""), timeout=5
+            health_pb2.HealthCheckRequest(service=service), timeout=5
         )
         return int(reply.status)
 
@@ -96,7 +96,8 @@ def test_server_started_before_its_cluster_serves_once_it_answers() -> None:
         line = server.announced()
         assert (line["event"], line["ready"]) == ("serving", False), line
         address = line["grpc"]
-        assert health(address) == NOT_SERVING
+        assert health(address) == NOT_SERVING  # not ready: readiness probes keep calls away
+        assert health(address, "") == SERVING  # alive: liveness probes do not restart it
         with (
             FeatureClient(address, timeout=5) as client,
             pytest.raises(FeatureClientError) as refused,

@@ -125,8 +125,11 @@ class Server:
             raise
         ready = unreachable is None
         telemetry_task = asyncio.get_running_loop().create_task(telemetry.run()) if ready else None
-        for name in ("", SERVICE_NAME):
-            await health.set(name, SERVING if ready else NOT_SERVING)
+        # Waiting for Redis, the service is NOT_SERVING (not ready: readiness probes, load
+        # balancers) but the server as a whole ("") is alive: Kubernetes' startup and liveness
+        # probes check "", and failing them would restart the pod, the crash loop this avoids.
+        await health.set("", SERVING)
+        await health.set(SERVICE_NAME, SERVING if ready else NOT_SERVING)
         if settings.serving.inject_delay_ms:
             log.warning(
                 "fault injection on: every GetFeatures waits %.1f ms first",
@@ -184,8 +187,7 @@ class Server:
         )
         self.gate.waiting = None
         if not self.stopping:
-            for name in ("", SERVICE_NAME):
-                await self.health.set(name, SERVING)
+            await self.health.set(SERVICE_NAME, SERVING)
         log.warning(
             "Redis Cluster answered after %.1f s (%d attempts): SERVING",
             time.monotonic() - since,
