@@ -43,7 +43,7 @@ from featurewell.store.keys import (
     watermarks_key,
 )
 from tests import defs
-from tests.tools import ServerThread, make_settings
+from tests.tools import ServerThread, make_settings, wait_until
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "streaming_media"
 SOURCE = EventSource("watches", keys={"user_id": String}, fields={"n": Int64}, partitions=3)
@@ -106,10 +106,12 @@ def test_rules_grant_reads_read_only_and_never_in_clear(tmp_path: Path) -> None:
 
 
 def test_the_documented_rules_are_the_generated_ones() -> None:
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "security-acldeploy.md").read_text()
+    doc = (
+        Path(__file__).resolve().parents[1] / "docs" / "security" / "redis-and-deploy.md"
+    ).read_text()
     for role in acl.ROLES.values():
         line = acl.setuser(f"fw-{role.name}", [role], None)
-        assert line in doc.splitlines(), f"docs/security-acldeploy.md: update {line!r}"
+        assert line in doc.splitlines(), f"docs/security/redis-and-deploy.md: update {line!r}"
 
 
 def test_settings_refuse_two_passwords() -> None:
@@ -189,6 +191,11 @@ def test_server_user_reads_but_cannot_write_or_promote(
         assert "NOPERM" in str(refused.value)
         assert "'evalsha'" in str(refused.value)
         assert "redis_username" in str(refused.value)
+        # The server records its callers (a bounded script) with its own user too.
+        telemetry = reader.server.telemetry
+        wait_until(lambda: telemetry.consumers.pending > 0, 5.0, "the reads observed")
+        reader.run(telemetry.consumers.flush(reader.server.store, timeout=5.0))
+        assert telemetry.consumers.pending == 0  # flushed, not kept back for a retry
         with pytest.raises(StorePermissionDenied, match="NOPERM"):
             reader.run(defaults.promote(reader.server.store.cluster, registry, "profile", 1))
     finally:

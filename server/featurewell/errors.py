@@ -12,7 +12,9 @@ the code raises domain errors and never touches gRPC.
     │   ├── InvalidRequest     malformed input: bad key type, lengths, empty or oversized batch
     │   ├── UnknownFeature     a feature, view, version or transform that does not exist
     │   ├── EntityNotFound     strict mode and some entities have no stored row
-    │   └── DeadlineExceeded   the caller's deadline expired (or leaves no time) before the answer
+    │   ├── DeadlineExceeded   the caller's deadline expired (or leaves no time) before the answer
+    │   ├── Unauthenticated    no verified identity where one is required, or a bad credential
+    │   └── PermissionDenied   the caller's principal may not read or write a view
     └── StoreError             the online store could not answer
         ├── StoreUnavailable   no connection, cluster down, node unreachable
         │   └── StoreUnreachable  no node of the cluster answers at all (down, not misconfigured)
@@ -66,6 +68,16 @@ class EntityNotFound(RequestError):
 
 class DeadlineExceeded(RequestError):
     """The caller's deadline expired, or leaves too little time, before the answer was ready."""
+
+
+class Unauthenticated(RequestError):
+    """Authentication is required and the call has no verified identity, or it sent a token
+    that is unknown, expired or badly signed. The message says what to send."""
+
+
+class PermissionDenied(RequestError):
+    """The call's principal may not read or write a view (its Access policy); the message
+    names the principal and the view."""
 
 
 class StoreError(FeaturewellError):

@@ -18,8 +18,10 @@ from featurewell.client._errors import (
     InvalidArgument,
     InvalidValues,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
     ServerError,
+    Unauthenticated,
     Unavailable,
 )
 from featurewell.client._result import (
@@ -45,9 +47,11 @@ __all__ = [
     "InvalidArgument",
     "InvalidValues",
     "NotFound",
+    "PermissionDenied",
     "ResourceExhausted",
     "ServerError",
     "Status",
+    "Unauthenticated",
     "Unavailable",
     "ValueType",
     "WriteResult",

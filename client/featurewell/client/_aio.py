@@ -41,6 +41,9 @@ class AsyncFeatureClient:
         )
         self._stub = pb_grpc.FeatureServiceStub(self._channel)
 
+    def _metadata(self) -> tuple[tuple[str, str | bytes], ...] | None:
+        return call_metadata(self._caller, self.options.bearer())
+
     async def close(self) -> None:
         await self._channel.close()
 
@@ -69,7 +72,7 @@ class AsyncFeatureClient:
         )
         try:
             response = await self._stub.GetFeatures(
-                request, timeout=timeout or self.timeout, metadata=call_metadata(self._caller)
+                request, timeout=timeout or self.timeout, metadata=self._metadata()
             )
         except grpc.RpcError as exc:
             raise translate(exc) from None
@@ -88,7 +91,7 @@ class AsyncFeatureClient:
         request = build_write_request(view, entities, event_timestamps_us, features)
         try:
             response: pb.WriteFeaturesResponse = await self._stub.WriteFeatures(
-                request, timeout=timeout or self.timeout * 10, metadata=call_metadata(self._caller)
+                request, timeout=timeout or self.timeout * 10, metadata=self._metadata()
             )
         except grpc.RpcError as exc:
             raise translate(exc) from None
@@ -99,7 +102,7 @@ class AsyncFeatureClient:
             response: pb.ListFeaturesResponse = await self._stub.ListFeatures(
                 pb.ListFeaturesRequest(),
                 timeout=timeout or self.timeout,
-                metadata=call_metadata(self._caller),
+                metadata=self._metadata(),
             )
         except grpc.RpcError as exc:
             raise translate(exc) from None

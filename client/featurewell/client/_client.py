@@ -43,6 +43,9 @@ class FeatureClient:
         self._channel = open_channel(target, options)
         self._stub = pb_grpc.FeatureServiceStub(self._channel)
 
+    def _metadata(self) -> tuple[tuple[str, str | bytes], ...] | None:
+        return call_metadata(self._caller, self.options.bearer())
+
     def close(self) -> None:
         self._channel.close()
 
@@ -73,7 +76,7 @@ class FeatureClient:
         )
         try:
             response = self._stub.GetFeatures(
-                request, timeout=timeout or self.timeout, metadata=call_metadata(self._caller)
+                request, timeout=timeout or self.timeout, metadata=self._metadata()
             )
         except grpc.RpcError as exc:
             raise translate(exc) from None
@@ -101,7 +104,7 @@ class FeatureClient:
         request = build_write_request(view, entities, event_timestamps_us, features)
         try:
             response: pb.WriteFeaturesResponse = self._stub.WriteFeatures(
-                request, timeout=timeout or self.timeout * 10, metadata=call_metadata(self._caller)
+                request, timeout=timeout or self.timeout * 10, metadata=self._metadata()
             )
         except grpc.RpcError as exc:
             raise translate(exc) from None
@@ -112,7 +115,7 @@ class FeatureClient:
             response: pb.ListFeaturesResponse = self._stub.ListFeatures(
                 pb.ListFeaturesRequest(),
                 timeout=timeout or self.timeout,
-                metadata=call_metadata(self._caller),
+                metadata=self._metadata(),
             )
         except grpc.RpcError as exc:
             raise translate(exc) from None

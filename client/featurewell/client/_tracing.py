@@ -24,9 +24,14 @@ def trace_metadata() -> tuple[tuple[str, str | bytes], ...] | None:
 CALLER_HEADER = "x-featurewell-model"
 
 
-def call_metadata(caller: str) -> tuple[tuple[str, str | bytes], ...] | None:
-    """The caller's name and the current span's context, or None when there is neither."""
+def call_metadata(
+    caller: str, bearer: str | None = None
+) -> tuple[tuple[str, str | bytes], ...] | None:
+    """The caller's name, its bearer token (`authorization`) and the current span's context,
+    or None when there is none of them."""
     traced = trace_metadata() or ()
+    if bearer is not None:
+        traced = (("authorization", bearer), *traced)
     if not caller:
         return traced or None
     return ((CALLER_HEADER, caller), *traced)

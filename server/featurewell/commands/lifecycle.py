@@ -15,6 +15,7 @@ from featurewell.engine.engine import FeatureEngine
 from featurewell.lifecycle import defaults
 from featurewell.lifecycle import validate as validation
 from featurewell.lifecycle.lineage import as_json, describe, render
+from featurewell.offline import versions as offline_versions
 from featurewell.settings import RedisSettings, Settings
 from featurewell.store.online import OnlineStore
 from featurewell.telemetry import consumers
@@ -60,6 +61,15 @@ def _rollback(settings: Settings, args: argparse.Namespace) -> None:
     print(f"{change.view}: rolled back, default version {change.previous} -> {change.current}")
 
 
+def _versions_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--export",
+        metavar="FILE",
+        help="also write the promoted defaults to FILE (JSON), for `featurewell training-set "
+        "--defaults FILE` away from the cluster",
+    )
+
+
 def _versions(settings: Settings, args: argparse.Namespace) -> None:
     async def read(
         store: OnlineStore, registry: Registry
@@ -79,6 +89,13 @@ def _versions(settings: Settings, args: argparse.Namespace) -> None:
         for change in (c for c in changes if c.view == name):
             at = datetime.fromtimestamp(change.at_us / 1e6, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
             print(f"  {at} UTC {change.action} v{change.previous} -> v{change.current}")
+    if args.export:
+        seeds = ",".join(f"{host}:{port}" for host, port in settings.redis.seeds)
+        offline_versions.export(args.export, chosen, f"the cluster at {seeds}")
+        print(
+            f"wrote {len(chosen)} promoted defaults to {args.export}; train on what servers "
+            f"serve with `featurewell training-set --defaults {args.export}`"
+        )
 
 
 def _lineage_arguments(parser: argparse.ArgumentParser) -> None:
@@ -146,6 +163,7 @@ COMMANDS = (
         "every view's versions, default and promote history",
         _versions,
         (RedisSettings,),
+        _versions_arguments,
     ),
     Command(
         "lineage",

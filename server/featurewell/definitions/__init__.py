@@ -13,6 +13,7 @@ all load the same module, so there is one definition of every feature::
     )
 """
 
+from featurewell.definitions._access import Access, DefaultAccess, Team
 from featurewell.definitions._computed import (
     Aggregation,
     Count,
@@ -44,6 +45,9 @@ from featurewell.definitions._types import (
 from featurewell.definitions._view import Feature, FeatureView, ParquetSource, Stats
 
 __all__ = [
+    "Access",
+    "DefaultAccess",
+    "Team",
     "Aggregation",
     "Bool",
     "Count",

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from featurewell.definitions._access import Access
 from featurewell.definitions._computed import Aggregation, EventSource
 from featurewell.definitions._entity import Entity
 from featurewell.definitions._names import check_name
@@ -38,7 +39,7 @@ class Stats:
 class Feature:
     """One feature: a name, a type, and the default served when an entity has no value.
 
-    Write options (docs/security-validation.md): `allow_non_finite` lets a float feature hold
+    Write options (docs/security/writes.md): `allow_non_finite` lets a float feature hold
     NaN and infinities (refused by default); `nulls` says what `featurewell materialize` does
     with a null in the source column: "reject" the file (default), write the "default", or
     "skip_row"; `max_length` bounds the items of a ListOf feature's rows.
@@ -138,6 +139,18 @@ def _check_computed(
         feature.computed.check(feature.name, feature.dtype, events, tile)
 
 
+def _check_access(where: str, access: Access | None, index: Mapping[str, int]) -> None:
+    if access is None:
+        return
+    if not isinstance(access, Access):
+        raise DefinitionError(f"{where}: access must be an Access, got {access!r}")
+    unknown = sorted(set(access.features) - set(index))
+    if unknown:
+        raise DefinitionError(
+            f"{where}: access names features {unknown} the view does not have; it has {list(index)}"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ParquetSource:
     """Rows for `featurewell materialize`: join keys, a timestamp column and one column per
@@ -171,6 +184,7 @@ class FeatureView:
     owner: str = ""
     description: str = ""
     tags: Mapping[str, str] = field(default_factory=dict)
+    access: Access | None = None  # who may read/write it (definitions/_access.py); None: default
     feature_index: Mapping[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -203,6 +217,7 @@ class FeatureView:
             if age is not None and (not isinstance(age, timedelta) or age <= timedelta(0)):
                 raise DefinitionError(f"{where}: {label} must be a positive timedelta")
         _check_computed(where, self.entity, features, self.events, self.source, self.tile)
+        _check_access(where, self.access, index)
         object.__setattr__(self, "features", features)
         object.__setattr__(self, "feature_index", index)
         object.__setattr__(self, "tags", dict(self.tags))

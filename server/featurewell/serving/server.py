@@ -8,6 +8,7 @@ import gc
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,14 +21,17 @@ from grpc_reflection.v1alpha import reflection
 from featurewell.definitions import Registry, load_repo, repo_fingerprint
 from featurewell.engine.engine import FeatureEngine
 from featurewell.engine.plan import Planner
-from featurewell.errors import (
-    ConfigError,
-    FeaturewellError,
-    StoreError,
-    StoreUnreachable,
-)
+from featurewell.errors import ConfigError, FeaturewellError, StoreError, StoreUnreachable
+from featurewell.serving.auth import Authenticator, AuthInterceptor
+from featurewell.serving.authz import Authoriser
 from featurewell.serving.service import AFTER_ANSWER_S, FeatureService
-from featurewell.serving.startup import Gate, connect_with_backoff, gated, not_yet
+from featurewell.serving.startup import (
+    Gate,
+    gated,
+    not_yet,
+    promoted_or_none,
+    serve_when_connected,
+)
 from featurewell.settings import ServingSettings, Settings
 from featurewell.store import versions
 from featurewell.store.online import OnlineStore
@@ -78,21 +82,23 @@ class Server:
         describe (tests pass in-memory exporters). `featurewell.app.start_server` opens the
         store and loads the repo from the settings. With `unreachable` (the store has not
         connected: no node answered), the server listens NOT_SERVING, answers UNAVAILABLE and
-        connects in the background (`wait_for_store`)."""
+        connects in the background (`startup.serve_when_connected`)."""
         telemetry: Telemetry | None = None
         gate = Gate(None if unreachable is None else not_yet(unreachable))
         overrides: dict[str, int] = {}
         try:
             if unreachable is None:
-                overrides = await _promoted(store)
+                overrides = await promoted_or_none(store)
             if overrides:
                 registry = versions.serve_defaults(registry, overrides)
+            authenticating = _interceptor(settings)
             grpc_server = grpc.aio.server(
+                interceptors=[authenticating] if authenticating is not None else None,
                 options=[
                     ("grpc.max_send_message_length", settings.serving.max_message_bytes),
                     ("grpc.so_reuseport", 1 if settings.serving.workers > 1 else 0),
                     *connection_limits(settings.serving),
-                ]
+                ],
             )
             tracing = tracing if tracing is not None else Tracing.from_settings(settings.telemetry)
             telemetry = Telemetry(
@@ -102,8 +108,12 @@ class Server:
                 tracing,
                 poll_timeout_s=settings.redis.connect_timeout_s,
             )
+            if authenticating is not None:
+                authenticating.on_refused = _counted(telemetry)
             engine = FeatureEngine(registry, store, settings.serving, settings.cache)
-            service = FeatureService(engine, settings.serving, telemetry)
+            service = FeatureService(
+                engine, settings.serving, telemetry, Authoriser(enforce=settings.auth.required)
+            )
             add_feature_service(service, grpc_server, gate if unreachable is not None else None)
             health = health_aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(health, grpc_server)
@@ -157,7 +167,7 @@ class Server:
         )
         if unreachable is not None:
             server.connecting_task = asyncio.get_running_loop().create_task(
-                server.wait_for_store(unreachable)
+                serve_when_connected(server, unreachable)
             )
         else:
             server.versions_task = asyncio.get_running_loop().create_task(
@@ -169,30 +179,6 @@ class Server:
     def ready(self) -> bool:
         """Whether the store has connected (health SERVING unless stopping)."""
         return self.gate.waiting is None
-
-    async def wait_for_store(self, first: StoreUnreachable) -> None:
-        """Connect the store with capped, jittered exponential backoff, logging at most every
-        LOG_EVERY_S; then read the promoted versions, start telemetry and turn SERVING."""
-        since = time.monotonic()
-        self.promoted, attempts = await connect_with_backoff(
-            self.store, self.settings.redis, first, self.gate
-        )
-        if self.promoted:
-            engine = self.service.engine
-            self._serve(engine.prepare(versions.serve_defaults(engine.registry, self.promoted)))
-        loop = asyncio.get_running_loop()
-        self.telemetry_task = loop.create_task(self.telemetry.run())
-        self.versions_task = loop.create_task(
-            self.follow_promotions(self.settings.serving.versions_poll_s)
-        )
-        self.gate.waiting = None
-        if not self.stopping:
-            await self.health.set(SERVICE_NAME, SERVING)
-        log.warning(
-            "Redis Cluster answered after %.1f s (%d attempts): SERVING",
-            time.monotonic() - since,
-            attempts,
-        )
 
     async def follow_promotions(self, interval: float) -> None:
         """Serve the default versions `featurewell promote` and `rollback` set, read from Redis
@@ -296,7 +282,7 @@ class Server:
 def connection_limits(serving: ServingSettings) -> list[tuple[str, int]]:
     """gRPC core options bounding what one client connection may take: request size, open
     calls, lifetime and idleness, and keepalive pings (each a setting, documented in
-    docs/security-hardening.md)."""
+    docs/security/requests-and-stored-data.md)."""
     options = [
         # max_message_mb bounds both ways; max_request_mb bounds requests further.
         (
@@ -318,14 +304,6 @@ def connection_limits(serving: ServingSettings) -> list[tuple[str, int]]:
             ("grpc.max_connection_age_grace_ms", int(serving.max_connection_age_grace_s * 1000)),
         ]
     return options
-
-
-async def _promoted(store: OnlineStore) -> dict[str, int]:
-    try:
-        return await versions.promoted(store.cluster)
-    except StoreError as exc:  # serve the declared defaults; followed once Redis answers
-        log.warning("cannot read promoted versions yet: %s", exc)
-        return {}
 
 
 def add_feature_service(
@@ -362,7 +340,45 @@ def _listen(grpc_server: grpc.aio.Server, settings: Settings) -> int:
         chain = Path(settings.serving.tls_cert_file).read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read the TLS certificate or key: {exc}") from exc
-    return grpc_server.add_secure_port(address, grpc.ssl_server_credentials([(key, chain)]))
+    return grpc_server.add_secure_port(address, _credentials(settings, key, chain))
+
+
+def _credentials(settings: Settings, key: bytes, chain: bytes) -> grpc.ServerCredentials:
+    """TLS; with tls_client_ca_file, mTLS: gRPC refuses handshakes without a client certificate
+    that this CA signed, so a call that reaches a handler carries a verified one."""
+    if not settings.serving.tls_client_ca_file:
+        return grpc.ssl_server_credentials([(key, chain)])
+    try:
+        roots = Path(settings.serving.tls_client_ca_file).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read tls_client_ca_file: {exc}") from exc
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=roots, require_client_auth=True
+    )
+
+
+def _interceptor(settings: Settings) -> AuthInterceptor | None:
+    """The authentication interceptor, when any identity is in play; none (today's path,
+    untouched) with authentication off."""
+    auth = settings.auth
+    if not (auth.required or auth.configured or settings.serving.tls_client_ca_file):
+        return None
+    if auth.required and not (auth.configured or settings.serving.tls_client_ca_file):
+        raise ConfigError(
+            "auth_required is on but no caller could authenticate: set tls_client_ca_file "
+            "(mTLS), auth_tokens_file or auth_jwks_file"
+        )
+    certificates = bool(settings.serving.tls_client_ca_file)
+    return AuthInterceptor(Authenticator(auth, client_certificates=certificates))
+
+
+def _counted(telemetry: Telemetry) -> Callable[[str, grpc.StatusCode, int, int, str], None]:
+    """Refused authentications, counted and traced like every other answered call."""
+
+    def refused(method: str, code: grpc.StatusCode, started: int, ended: int, message: str) -> None:
+        telemetry.call_done(method, code, started, ended, None, error=message)
+
+    return refused
 
 
 def _serve_metrics(telemetry: Telemetry, settings: Settings) -> int | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn, TypeAlias, TypeVar
 
 import grpc
@@ -14,7 +14,8 @@ import grpc
 from featurewell.engine.calls import Budget
 from featurewell.engine.engine import FeatureEngine
 from featurewell.errors import DeadlineExceeded, Overloaded
-from featurewell.serving import wire
+from featurewell.serving import auth, wire
+from featurewell.serving.authz import Authoriser
 from featurewell.serving.status import status_for
 from featurewell.settings import ServingSettings
 from featurewell.telemetry.hub import Metadata, Telemetry
@@ -79,9 +80,14 @@ class CallCounter:
 
 class FeatureService(pb_grpc.FeatureServiceServicer):
     def __init__(
-        self, engine: FeatureEngine, settings: ServingSettings, telemetry: Telemetry
+        self,
+        engine: FeatureEngine,
+        settings: ServingSettings,
+        telemetry: Telemetry,
+        access: Authoriser | None = None,
     ) -> None:
         self.engine = engine
+        self.access = access if access is not None else Authoriser(enforce=False)
         self.telemetry = telemetry
         shed = telemetry.metrics.shed_calls
         self.calls = CallCounter(settings.max_in_flight, lambda method: shed.labels(method).inc())
@@ -112,7 +118,9 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
                 if self._injected_delay:
                     await asyncio.sleep(self._injected_delay)
                 budget = self.budget(context.time_remaining())
-                result = await self.engine.get_features(wire.feature_request(request), budget)
+                asked = wire.feature_request(request)
+                self._authorise_read(asked.features)
+                result = await self.engine.get_features(asked, budget)
                 response = wire.feature_response(result)
         except Exception as exc:
             await self._abort("GetFeatures", exc, context, started)
@@ -123,6 +131,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
             started,
             time.perf_counter_ns(),
             context.invocation_metadata(),  # always: it names the caller (lineage)
+            auth.principal(),
         )
         return response
 
@@ -132,7 +141,9 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         started = time.perf_counter_ns()
         try:
             with self.calls.track("WriteFeatures"):
-                result = await self.engine.write(wire.write_request(request))
+                asked_write = wire.write_request(request)
+                self._authorise_write(asked_write.view)
+                result = await self.engine.write(asked_write)
         except Exception as exc:
             await self._abort("WriteFeatures", exc, context, started)
         _after_answer(
@@ -146,7 +157,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         started = time.perf_counter_ns()
         try:
             wire.parsed(pb.ListFeaturesRequest, request)
-            response = wire.catalog(self.engine.registry)
+            response = self._catalog()
         except Exception as exc:
             await self._abort("ListFeatures", exc, context, started)
         self.telemetry.call_done(
@@ -157,6 +168,21 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
             self._trace(context),
         )
         return response
+
+    # -- authorisation (serving/authz.py): the call's principal was set by serving/auth.py --
+
+    # (On parsed requests, so they hold however wire receives them.)
+
+    def _authorise_read(self, features: Sequence[str]) -> None:
+        self.access.check_read(self.engine.registry, auth.principal(), features)
+
+    def _authorise_write(self, view: str) -> None:
+        self.access.check_write(self.engine.registry, auth.principal(), view)
+
+    def _catalog(self) -> pb.ListFeaturesResponse:
+        registry = self.engine.registry
+        granted = self.access.readable(registry, auth.principal())
+        return wire.catalog(registry, granted.can_read if granted is not None else None)
 
     def _trace(self, context: Context[Any]) -> Metadata | None:
         """The call's metadata when tracing needs it (read now: it is gone once the call ends)."""

@@ -15,7 +15,9 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from grpc_health.v1 import health_pb2
 
 from featurewell.errors import StoreError, StoreUnavailable, StoreUnreachable
 from featurewell.serving.service import FeatureService
@@ -23,8 +25,14 @@ from featurewell.settings import RedisSettings
 from featurewell.store import versions
 from featurewell.store.cluster import LOG_EVERY_S
 from featurewell.store.online import OnlineStore
+from featurewell.v1 import feature_service_pb2 as pb
+
+if TYPE_CHECKING:
+    from featurewell.serving.server import Server
 
 log = logging.getLogger("featurewell.server")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["FeatureService"].full_name
+SERVING = health_pb2.HealthCheckResponse.SERVING
 RETRY_FIRST_S = 0.2  # first pause between connection attempts; doubles up to redis_retry_max_s
 
 
@@ -59,12 +67,31 @@ def gated(
     return checked
 
 
+async def serve_when_connected(server: Server, first: StoreUnreachable) -> None:
+    """Connect the server's store (`connect_with_backoff`), then serve the promoted versions,
+    start telemetry and following promotions, and turn SERVING."""
+    server.promoted = await connect_with_backoff(
+        server.store, server.settings.redis, first, server.gate
+    )
+    if server.promoted:
+        engine = server.service.engine
+        server._serve(engine.prepare(versions.serve_defaults(engine.registry, server.promoted)))
+    loop = asyncio.get_running_loop()
+    server.telemetry_task = loop.create_task(server.telemetry.run())
+    server.versions_task = loop.create_task(
+        server.follow_promotions(server.settings.serving.versions_poll_s)
+    )
+    server.gate.waiting = None
+    if not server.stopping:
+        await server.health.set(SERVICE_NAME, SERVING)
+
+
 async def connect_with_backoff(
     store: OnlineStore, redis: RedisSettings, first: StoreUnreachable, gate: Gate
-) -> tuple[dict[str, int], int]:
+) -> dict[str, int]:
     """Connect `store` and read the promoted default versions, retrying until both succeed;
     the gate says why meanwhile. Logs the unreachable nodes once, then at most every
-    LOG_EVERY_S. Returns the promoted versions and the attempts it took."""
+    LOG_EVERY_S, and the success. Returns the promoted versions."""
     since = logged_at = time.monotonic()
     log.warning(
         "Redis Cluster unreachable at start-up: %s do not answer; NOT_SERVING, calls get "
@@ -82,7 +109,13 @@ async def connect_with_backoff(
             await store.cluster.start()
             # Also a first read: a cluster still forming (or failing over) answers CLUSTER
             # SLOTS but CLUSTERDOWN to reads, and the default versions must be known.
-            return await versions.promoted(store.cluster), attempts
+            promoted = await versions.promoted(store.cluster)
+            log.warning(
+                "Redis Cluster answered after %.1f s (%d attempts): SERVING",
+                time.monotonic() - since,
+                attempts,
+            )
+            return promoted
         except StoreError as exc:  # down still, forming, or refusing us: keep trying
             if isinstance(exc, StoreUnreachable):
                 gate.waiting = not_yet(exc)
@@ -98,3 +131,13 @@ async def connect_with_backoff(
                     LOG_EVERY_S,
                     exc,
                 )
+
+
+async def promoted_or_none(store: OnlineStore) -> dict[str, int]:
+    """The promoted default versions, or none when Redis cannot say (the declared defaults are
+    served; `Server.follow_promotions` catches up once Redis answers)."""
+    try:
+        return await versions.promoted(store.cluster)
+    except StoreError as exc:
+        log.warning("cannot read promoted versions yet: %s", exc)
+        return {}

@@ -4,14 +4,14 @@ shared with the client)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from featurewell.definitions import Feature, Kind, Registry
+from featurewell.definitions import Feature, FeatureRef, FeatureView, Kind, Registry
 from featurewell.engine.calls import (
     FeatureRequest,
     FeatureResult,
@@ -142,7 +142,11 @@ def write_response(outcome: WriteResult) -> pb.WriteFeaturesResponse:
     return pb.WriteFeaturesResponse(written=outcome.written, skipped_older=outcome.skipped_older)
 
 
-def catalog(registry: Registry) -> pb.ListFeaturesResponse:
+def catalog(
+    registry: Registry, can_read: Callable[[FeatureView, str], bool] | None = None
+) -> pb.ListFeaturesResponse:
+    """The catalog; with `can_read(view, feature)` (an authenticated caller's grants) only the
+    views and features it may read, and the transforms all of whose inputs it may read."""
     response = pb.ListFeaturesResponse()
     for entity in registry.entities.values():
         response.entities.add(
@@ -152,12 +156,15 @@ def catalog(registry: Registry) -> pb.ListFeaturesResponse:
             description=entity.description,
         )
     for (name, version), view in sorted(registry.views.items()):
+        features = [f for f in view.features if can_read is None or can_read(view, f.name)]
+        if not features:
+            continue
         response.views.add(
             name=name,
             version=version,
             is_default=registry.default_versions[name] == version,
             entity=view.entity.name,
-            features=[_feature_spec(f) for f in view.features],
+            features=[_feature_spec(f) for f in features],
             max_age_seconds=_seconds(view.max_age),
             retention_seconds=_seconds(view.retention),
             owner=view.owner,
@@ -165,6 +172,10 @@ def catalog(registry: Registry) -> pb.ListFeaturesResponse:
             tags=dict(view.tags),
         )
     for transform in registry.transforms.values():
+        if can_read is not None and not all(
+            _input_readable(registry, ref, can_read) for ref in transform.inputs.values()
+        ):
+            continue
         response.on_demand.add(
             name=transform.name,
             inputs=list(transform.inputs.values()),
@@ -173,6 +184,14 @@ def catalog(registry: Registry) -> pb.ListFeaturesResponse:
             description=transform.description,
         )
     return response
+
+
+def _input_readable(
+    registry: Registry, text: str, can_read: Callable[[FeatureView, str], bool]
+) -> bool:
+    ref = FeatureRef.parse(text)  # checked when the registry was built
+    view, feature = registry.feature(ref)
+    return can_read(view, feature.name)
 
 
 def _feature_spec(feature: Feature) -> pb.FeatureSpec:

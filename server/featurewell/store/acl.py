@@ -109,6 +109,9 @@ ROLES: dict[str, Role] = {
                 "hgetall",  # promoted defaults; consumer counts
                 "hincrby",  # consumer counts
                 "hset",  # consumers' last call
+                "eval",  # the consumer counts' bounded update (one script per flush)
+                "hexists",  # inside it: a known (caller, view) pair?
+                "hlen",  # inside it: how many pairs are kept
                 "client|id",
                 "client|tracking",
                 "client|caching",
