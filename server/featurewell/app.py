@@ -103,7 +103,7 @@ async def start_server(
     try:
         store = await open_store(settings.redis, cache)
     except StoreUnreachable as exc:
-        if not settings.redis.wait_at_start:
+        if not settings.serving.wait_for_redis:
             raise
         store = await open_store(settings.redis, cache, connect_now=False)
         return await Server.start(settings, store, registry, tracing, unreachable=exc)

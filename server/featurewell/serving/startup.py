@@ -21,7 +21,6 @@ from grpc_health.v1 import health_pb2
 
 from featurewell.errors import StoreError, StoreUnavailable, StoreUnreachable
 from featurewell.serving.service import FeatureService
-from featurewell.settings import RedisSettings
 from featurewell.store import versions
 from featurewell.store.cluster import LOG_EVERY_S
 from featurewell.store.online import OnlineStore
@@ -71,7 +70,7 @@ async def serve_when_connected(server: Server, first: StoreUnreachable) -> None:
     """Connect the server's store (`connect_with_backoff`), then serve the promoted versions,
     start telemetry and following promotions, and turn SERVING."""
     server.promoted = await connect_with_backoff(
-        server.store, server.settings.redis, first, server.gate
+        server.store, server.settings.serving.redis_retry_max_s, first, server.gate
     )
     if server.promoted:
         engine = server.service.engine
@@ -87,7 +86,7 @@ async def serve_when_connected(server: Server, first: StoreUnreachable) -> None:
 
 
 async def connect_with_backoff(
-    store: OnlineStore, redis: RedisSettings, first: StoreUnreachable, gate: Gate
+    store: OnlineStore, retry_max_s: float, first: StoreUnreachable, gate: Gate
 ) -> dict[str, int]:
     """Connect `store` and read the promoted default versions, retrying until both succeed;
     the gate says why meanwhile. Logs the unreachable nodes once, then at most every
@@ -97,13 +96,13 @@ async def connect_with_backoff(
         "Redis Cluster unreachable at start-up: %s do not answer; NOT_SERVING, calls get "
         "UNAVAILABLE, retrying with backoff (up to %.1f s apart)",
         ", ".join(first.nodes),
-        redis.retry_max_s,
+        retry_max_s,
     )
     delay, attempts = RETRY_FIRST_S, 1
     while True:
         # Jittered over the upper half: servers started together do not retry together.
         await asyncio.sleep(random.uniform(delay / 2, delay))
-        delay = min(delay * 2, redis.retry_max_s)
+        delay = min(delay * 2, retry_max_s)
         attempts += 1
         try:
             await store.cluster.start()
