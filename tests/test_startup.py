@@ -135,7 +135,7 @@ def test_full_outage_of_a_running_server(
     """All nodes down under a running server: health stays SERVING (every replica would go
     NOT_SERVING at once), reads answer their defaults flagged FALLBACK, writes UNAVAILABLE;
     the topology retry log names the nodes once, not every 100 ms; it serves again after."""
-    caplog.set_level(logging.WARNING, logger="featurewell.store")
+    caplog.set_level(logging.WARNING, logger="featurewell")
     running = ServerThread(make_settings(own_cluster), defs.registry())
     users = [ids("u1")]
     try:
@@ -157,6 +157,8 @@ def test_full_outage_of_a_running_server(
             wait_until(retries, 20, "a topology retry to be logged")
             time.sleep(2.0)  # 20 more retries at 0.1 s
             assert len(retries()) == 1, retries()
+            versions = [r for r in caplog.records if "promoted versions" in r.getMessage()]
+            assert len(versions) == 1, versions  # polled every second, logged once
             logged = retries()[0]
             assert "Redis Cluster unreachable" in logged
             assert all(str(port) in logged for port in own_cluster.masters), logged

@@ -34,6 +34,7 @@ from featurewell.serving.startup import (
 )
 from featurewell.settings import ServingSettings, Settings
 from featurewell.store import versions
+from featurewell.store.cluster import LOG_EVERY_S
 from featurewell.store.online import OnlineStore
 from featurewell.telemetry import exposition
 from featurewell.telemetry.hub import Telemetry
@@ -184,12 +185,15 @@ class Server:
         """Serve the default versions `featurewell promote` and `rollback` set, read from Redis
         every `interval` seconds: the next call plans with them, calls in flight finish as
         they started, and calls pinned to a version (`view@v1:x`) never move."""
+        logged_at = -LOG_EVERY_S
         while True:
             await asyncio.sleep(interval)
             try:
                 overrides = await versions.promoted(self.store.cluster)
-            except StoreError as exc:
-                log.warning("cannot read promoted versions (keeping the current ones): %s", exc)
+            except StoreError as exc:  # logged at most every LOG_EVERY_S through an outage
+                if time.monotonic() - logged_at >= LOG_EVERY_S:
+                    logged_at = time.monotonic()
+                    log.warning("cannot read promoted versions (keeping the current ones): %s", exc)
                 continue
             if overrides != self.promoted:
                 engine = self.service.engine
