@@ -17,6 +17,7 @@ the code raises domain errors and never touches gRPC.
     │   └── PermissionDenied   the caller's principal may not read or write a view
     └── StoreError             the online store could not answer
         ├── StoreUnavailable   no connection, cluster down, node unreachable
+        │   └── StoreUnreachable  no node of the cluster answers at all (down, not misconfigured)
         ├── StoreTimeout       the store did not answer within the call's budget
         └── CorruptRow         a stored row does not match its view's schema
 
@@ -85,6 +86,16 @@ class StoreError(FeaturewellError):
 
 class StoreUnavailable(StoreError):
     """The online store (or one of its nodes) cannot be reached."""
+
+
+class StoreUnreachable(StoreUnavailable):
+    """No Redis Cluster node answered: every one refused the connection or timed out. Unlike
+    a refused password, a TLS failure or a node that is not a cluster node, waiting may fix it
+    (a server starts NOT_SERVING and retries)."""
+
+    def __init__(self, message: str, nodes: list[str]) -> None:
+        super().__init__(message)
+        self.nodes = nodes  # "host:port" of every node tried
 
 
 class StoreTimeout(StoreError):

@@ -246,7 +246,21 @@ class ServingSettings(Group):
         False,
     )
 
+    wait_for_redis: bool = setting(
+        "redis_wait_at_start",
+        "When no Redis Cluster node answers at start-up, start anyway NOT_SERVING and serve once "
+        "the cluster answers (false: exit with an error instead).",
+        True,
+    )
+    redis_retry_max_s: float = setting(
+        "redis_retry_max_s",
+        "Longest pause between start-up connection attempts (the pause doubles from 0.2 s up "
+        "to it, jittered).",
+        5.0,
+    )
+
     def check(self) -> None:
+        _positive(self, "redis_retry_max_s")
         _positive(self, "max_request_mb", "max_concurrent_streams")
         _positive(self, "max_connection_idle_s", "keepalive_min_interval_s")
         _not_negative(self, "max_connection_age_s", "max_connection_age_grace_s")

@@ -9,6 +9,7 @@ from typing import TypeVar
 
 from featurewell.app import connected
 from featurewell.commands._command import Command, registry_of, run
+from featurewell.commands.progress import Progress
 from featurewell.definitions import Registry
 from featurewell.engine.engine import FeatureEngine
 from featurewell.lifecycle import defaults
@@ -129,9 +130,12 @@ def _validate(settings: Settings, args: argparse.Namespace) -> None:
         new = registry.view(args.view, new_version)
         engine = FeatureEngine(registry, store)
         entities = await validation.sample_entities(engine, new, args.sample)
-        return await validation.validate(engine, old, new, entities)
+        return await validation.validate(
+            engine, old, new, entities, lambda done, total: progress.update(args.view, done, total)
+        )
 
-    report = _with_store(settings, compare)
+    with Progress("validate") as progress:
+        report = _with_store(settings, compare)
     print(validation.render(report))
     if report.worst_psi() > args.fail_above or report.present_new < report.present_old - 0.05:
         print(f"NOT READY to promote {report.new}: PSI above {args.fail_above} or rows missing")

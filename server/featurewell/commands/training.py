@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 
 from featurewell.app import connected
 from featurewell.commands._command import Command, pairs, registry_of, run
+from featurewell.commands.progress import Progress
 from featurewell.errors import ConfigError, InvalidRequest, StoreUnavailable
 from featurewell.offline import versions
 from featurewell.offline.store import OfflineStore
@@ -69,9 +70,18 @@ def _training_set(settings: Settings, args: argparse.Namespace) -> None:
     defaults = _served_defaults(settings, args)
     started = time.perf_counter()
     labels = pq.read_table(labels_path)
-    table = get_historical_features(
-        registry, labels, features, store, timestamp_column=args.timestamp_column, defaults=defaults
-    )
+    with Progress("training-set") as progress:
+        table = get_historical_features(
+            registry,
+            labels,
+            features,
+            store,
+            timestamp_column=args.timestamp_column,
+            defaults=defaults,
+            progress=lambda done, total: progress.update(
+                f"{labels.num_rows:,} labels", done, total, "joined rows"
+            ),
+        )
     pq.write_table(table, args.out)
     seconds = time.perf_counter() - started
     used = versions.recorded(table.schema.metadata)

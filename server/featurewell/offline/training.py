@@ -25,7 +25,7 @@ known time, and the ASOF join then has exactly one candidate per (entity, known 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -57,6 +57,7 @@ def get_historical_features(
     *,
     timestamp_column: str = "event_timestamp",
     defaults: ServedDefaults | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> pa.Table:
     """`labels` plus one column per requested feature (named as served: `view:feature`) and one
     status column per view or transform (`view:__status`, the `Status` numbers).
@@ -80,6 +81,7 @@ def get_historical_features(
     import duckdb
 
     con = duckdb.connect()
+    joins, joined = sum(len(group.reads) for group in plan.groups), 0
     try:
         for group in plan.groups:
             keys = _keys(labels, group.entity.join_keys)
@@ -87,6 +89,9 @@ def get_historical_features(
             con.register("labels", pa.table({**keys, "__ts": label_ts, "__row": order}))
             for read, wanted in zip(group.reads, group.wanted, strict=True):
                 fetched[id(read)] = _join(con, registry, offline, read, sorted(wanted), label_ts)
+                joined += 1
+                if progress is not None:
+                    progress(joined * rows, joins * rows)
             con.unregister("labels")
     finally:
         con.close()

@@ -40,8 +40,10 @@ def _after_answer(record: Callable[..., None], *args: Any) -> None:
 
 class CallCounter:
     """Calls inside a handler now (at most `limit`: beyond it calls are shed at once rather
-    than queued behind the others until every one is late), calls shed, and handlers cancelled
-    before they finished (a shutdown whose grace expired). Shutdown reports the last, so
+    than queued behind the others until every one is late), calls shed, handlers cancelled
+    before they finished (`cancelled`: any reason, a client's expired deadline included), and
+    of those the ones cut off by a shutdown's grace period (`cut_off`: cancelled at or after
+    `cut_off_at`, which shutdown sets to the end of its grace). Shutdown reports the last, so
     "drained" is a measured claim."""
 
     def __init__(self, limit: int, on_shed: Callable[[str], None] | None = None) -> None:
@@ -50,6 +52,8 @@ class CallCounter:
         self.in_flight = 0
         self.shed = 0
         self.cancelled = 0
+        self.cut_off = 0
+        self.cut_off_at: float | None = None  # time.monotonic() when the grace period ends
 
     @contextlib.contextmanager
     def track(self, method: str) -> Iterator[None]:
@@ -66,6 +70,10 @@ class CallCounter:
             yield
         except asyncio.CancelledError:
             self.cancelled += 1
+            # gRPC cancels every handler still running when the grace ends; a client whose
+            # deadline expires cancels its handler too, but before that (or with no shutdown).
+            if self.cut_off_at is not None and time.monotonic() >= self.cut_off_at - 0.001:
+                self.cut_off += 1
             raise
         finally:
             self.in_flight -= 1
