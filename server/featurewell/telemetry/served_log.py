@@ -52,6 +52,7 @@ from featurewell.values import Ragged
 log = logging.getLogger("featurewell.served_log")
 DROP_REASONS = ("queue_full", "shutdown")
 RETRY_S = 1.0
+SETTLE_S = 0.05  # well past service.AFTER_ANSWER_S
 
 
 class Sampler:
@@ -216,7 +217,10 @@ class ServedLog:
             pushed.pop(0)
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every record queued so far is written (tests, shutdown); False if not."""
+        """Wait until every record queued so far is written (tests, shutdown); False if not.
+        Calls answered just now are queued a moment after their answers (service.AFTER_ANSWER_S
+        on the serving loop): give them that moment first."""
+        time.sleep(SETTLE_S)
         deadline = time.monotonic() + timeout
         while self._queued and time.monotonic() < deadline:
             self._wake.set()
