@@ -79,18 +79,18 @@ class Telemetry:
     def sample(self, metadata: Metadata) -> tuple[str, float, str, int] | None:
         """For a GetFeatures call about to answer: (request id, its fraction, caller, logged at
         µs) when some view of it may be logged, else None (no id: most calls, when sampled)."""
-        log = self.served_log
-        if log is None:
+        served_log = self.served_log
+        if served_log is None or not served_log.sampler.on:
             return None
         caller = ""
         for key, value in metadata:
             if key == CALLER_HEADER:
                 caller = caller_name(value)  # "(invalid)" for a hostile one
                 break
-        widest = log.sampler.widest(caller)
+        widest = served_log.sampler.widest(caller)
         if widest <= 0:
             return None
-        request_id, fraction = log.sampler.draw()
+        request_id, fraction = served_log.sampler.draw()
         if fraction >= widest:
             return None
         return request_id, fraction, caller, time.time_ns() // 1000
@@ -142,8 +142,12 @@ class Telemetry:
         """`pushed`: the write's rows and when they were written, for the offline history."""
         if pushed is not None and self._write_history and self.served_log is not None:
             name, _, version = result.view.rpartition("@v")
-            view = self._registry.view(name, int(version))
-            self.served_log.record_write(view, pushed[0], pushed[1])
+            try:
+                view = self._registry.view(name, int(version))
+            except FeaturewellError:  # a reload took the version away since the write
+                log.warning("%s rows not added to the offline history: no longer defined", name)
+            else:
+                self.served_log.record_write(view, pushed[0], pushed[1])
         self.metrics.record_write(result, (ended_ns - started_ns) / 1e9)
         if self.tracing is not None:
             self.tracing.record(
@@ -221,7 +225,7 @@ def _served_log(
     callers = rate_list(settings.served_log_callers, "served_log_callers")
     views = rate_list(settings.served_log_views, "served_log_views")
     sampler = Sampler(settings.served_log_rate, callers, views)
-    logging_on = sampler.widest("") > 0 or any(rate > 0 for rate in callers.values())
+    logging_on = sampler.on
     directory = offline.dir if offline is not None else ""
     if logging_on and not directory:
         raise ConfigError(

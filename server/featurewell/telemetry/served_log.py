@@ -61,6 +61,7 @@ class Sampler:
         self.callers = dict(callers)
         self.views = dict(views)
         self._widest = max([rate, *views.values()])
+        self.on = self._widest > 0 or any(rate > 0 for rate in self.callers.values())
 
     def rate_of(self, view: str, caller: str) -> float:
         if caller in self.callers:
@@ -145,7 +146,15 @@ class ServedLog:
     # -- the serving loop's side: cheap, never blocks --
 
     def record(self, call: LoggedCall) -> None:
-        self._put(max(call.result.rows, 1) * max(len(call.result.served), 1), call)
+        rows = sum(
+            len(view.statuses)
+            for view in call.result.served
+            if call.fraction < self.sampler.rate_of(view.view.name, call.caller)
+        )
+        if any(not column.entity for column in call.result.columns):  # transforms: maybe
+            rows += call.result.rows
+        if rows:
+            self._put(rows, call)
 
     def record_write(self, view: FeatureView, request: WriteRequest, created_us: int) -> None:
         self._put(len(request.event_time_us), PushedRows(view, request, created_us))
