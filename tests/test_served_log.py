@@ -5,6 +5,7 @@ rates hold; a full queue drops and counts without blocking; a failing volume los
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import time
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from featurewell.client import ClientOptions, FeatureClient
+from featurewell.client import AsyncFeatureClient, ClientOptions, FeatureClient
 from featurewell.devcluster import LocalCluster
 from featurewell.errors import ConfigError
 from featurewell.offline import served
@@ -213,3 +214,20 @@ def test_logging_needs_an_offline_store(cluster: LocalCluster) -> None:
         ServerThread(make_settings(cluster, served_log_rate=0.01), defs.registry())
     with pytest.raises(ConfigError, match="served_log_callers"):
         rate_list("ranker=2", "served_log_callers")
+
+
+def test_the_async_client_gets_the_request_id_too(start: Any, tmp_path: Path, ids: Ids) -> None:
+    server = start(served_log_rate=1.0, served_log_flush_s=0.1)
+
+    async def call() -> str:
+        async with AsyncFeatureClient(server.address) as client:
+            result = await client.get_features(["profile:age"], entities={"user_id": [ids("u")]})
+            return result.request_id
+
+    request_id = asyncio.run(call())
+    assert len(request_id) == 32
+    assert _log(server).flush()
+    records = served.read(served.view_folder(tmp_path, defs.registry().view("profile")))
+    assert records.column("request_id").to_pylist() == [request_id]
+    assert records.column("status").to_pylist() == [Status.NOT_FOUND]
+    assert records.column("caller").to_pylist() == [""]  # no x-featurewell-model
