@@ -77,33 +77,3 @@ def read(folder: Path, since_us: int | None = None, until_us: int | None = None)
     )
     first = keyed.aggregate([("_order", "min")]).column("_order_min")
     return table.take(first).sort_by([("logged_at_us", "ascending"), ("row", "ascending")])
-
-
-def write(folder: Path, table: pa.Table) -> list[Path]:
-    """Add `table` (COLUMNS first) under `folder`, one file per UTC day of `logged_at_us`, each
-    named by its write time (offline/store.py's stamps) and renamed into place whole, so a
-    reader never sees half a file."""
-    import os
-    import uuid
-    from datetime import UTC, datetime
-
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    from featurewell.offline.store import US_PER_DAY, _write_stamp
-
-    if table.num_rows == 0:
-        return []
-    days = np.asarray(table.column("logged_at_us").to_numpy()) // US_PER_DAY
-    stamp = _write_stamp()
-    written = []
-    for day in np.unique(days).tolist():
-        date = datetime.fromtimestamp(day * 86_400, tz=UTC).strftime("%Y-%m-%d")
-        target = folder / f"date={date}"
-        target.mkdir(parents=True, exist_ok=True)
-        path = target / f"{stamp:016d}-{uuid.uuid4().hex[:12]}.parquet"
-        temporary = path.with_suffix(".tmp")
-        pq.write_table(table.filter(pa.array(days == day)), temporary)
-        os.replace(temporary, path)
-        written.append(path)
-    return written

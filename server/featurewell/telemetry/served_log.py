@@ -33,20 +33,23 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from prometheus_client import CollectorRegistry, Counter
 
 from featurewell.definitions import Feature, FeatureView, Kind
 from featurewell.engine.calls import FeatureResult, InputColumn, WriteRequest
 from featurewell.offline import served
-from featurewell.offline.store import OfflineStore
+from featurewell.offline.store import US_PER_DAY, OfflineStore, write_stamp
 from featurewell.values import Ragged
 
 log = logging.getLogger("featurewell.served_log")
@@ -217,7 +220,7 @@ class ServedLog:
     ) -> None:
         for folder in list(pending):
             table = pa.concat_tables(pending[folder], promote_options="permissive")
-            served.write(folder, table)
+            write_files(folder, table)
             self.written.labels("served").inc(table.num_rows)
             del pending[folder]
         while pushed:
@@ -243,6 +246,25 @@ class ServedLog:
             self._stopping = True
         self._wake.set()
         self._thread.join(timeout)
+
+
+def write_files(folder: Path, table: pa.Table) -> list[Path]:
+    """Add `table` (offline/served.py's COLUMNS first) under `folder`, one file per UTC day of
+    `logged_at_us`, named by its write time as offline/store.py names history files, and renamed
+    into place whole, so a reader never sees half a file."""
+    days = np.asarray(table.column("logged_at_us").to_numpy()) // US_PER_DAY
+    stamp = write_stamp()
+    written = []
+    for day in np.unique(days).tolist():
+        date = datetime.fromtimestamp(day * 86_400, tz=UTC).strftime("%Y-%m-%d")
+        target = folder / f"date={date}"
+        target.mkdir(parents=True, exist_ok=True)
+        path = target / f"{stamp:016d}-{uuid.uuid4().hex[:12]}.parquet"
+        temporary = path.with_suffix(".tmp")
+        pq.write_table(table.filter(pa.array(days == day)), temporary)
+        os.replace(temporary, path)
+        written.append(path)
+    return written
 
 
 # -- records as rows (on the writer thread) --
