@@ -231,3 +231,23 @@ def test_the_async_client_gets_the_request_id_too(start: Any, tmp_path: Path, id
     assert records.column("request_id").to_pylist() == [request_id]
     assert records.column("status").to_pylist() == [Status.NOT_FOUND]
     assert records.column("caller").to_pylist() == [""]  # no x-featurewell-model
+
+
+def test_an_id_means_rows_were_logged(start: Any, tmp_path: Path, ids: Ids) -> None:
+    server = start(served_log_views="item_stats=1,birth=1", served_log_flush_s=0.1)
+    client = _client(server)
+    user, item = ids("u"), _items(1)
+    unlogged = client.get_features(["profile:age"], entities={"user_id": [user]})
+    assert unlogged.request_id == ""  # item_stats is the only view logged: not read here
+    logged = client.get_features(["item_stats:popularity"], entities={"item_id": item})
+    transform = client.get_features(
+        ["birth:adult"], entities={"user_id": [user]}, context={"year": [2026]}
+    )
+    assert len(logged.request_id) == len(transform.request_id) == 32
+    assert _log(server).flush()
+    registry = defs.registry()
+    stats = served.read(served.view_folder(tmp_path, registry.view("item_stats")))
+    assert stats.column("request_id").to_pylist() == [logged.request_id]
+    adult = served.read(served.transform_folder(tmp_path, "birth"))
+    assert adult.column("request_id").to_pylist() == [transform.request_id]
+    assert not served.view_folder(tmp_path, registry.view("profile")).exists()

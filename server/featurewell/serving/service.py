@@ -128,7 +128,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
                 response = wire.feature_response(result, message.typed_values)
                 notices = self._deprecations.notices(self.engine.registry, result)
                 # Sampled for the served-feature log: its request id goes back to the caller.
-                sampled = self.telemetry.sample(context.invocation_metadata() or ())
+                sampled = self.telemetry.sample(context.invocation_metadata() or (), result)
                 if sampled is not None:
                     notices.append((REQUEST_ID_HEADER, sampled[0]))
                 if notices:

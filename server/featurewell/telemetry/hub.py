@@ -76,9 +76,11 @@ class Telemetry:
 
     # -- the served-feature log: the handler asks, the record follows the answer --
 
-    def sample(self, metadata: Metadata) -> tuple[str, float, str, int] | None:
-        """For a GetFeatures call about to answer: (request id, its fraction, caller, logged at
-        µs) when some view of it may be logged, else None (no id: most calls, when sampled)."""
+    def sample(
+        self, metadata: Metadata, result: FeatureResult
+    ) -> tuple[str, float, str, int] | None:
+        """For a GetFeatures call about to answer `result`: (request id, its fraction, caller,
+        logged at µs) when some of its views or transforms are logged, else None (no id)."""
         served_log = self.served_log
         if served_log is None or not served_log.sampler.on:
             return None
@@ -91,7 +93,7 @@ class Telemetry:
         if widest <= 0:
             return None
         request_id, fraction = served_log.sampler.draw()
-        if fraction >= widest:
+        if fraction >= widest or not served_log.logs_any(result, fraction, caller):
             return None
         return request_id, fraction, caller, time.time_ns() // 1000
 

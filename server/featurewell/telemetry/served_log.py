@@ -148,14 +148,24 @@ class ServedLog:
 
     # -- the serving loop's side: cheap, never blocks --
 
+    def logs_any(self, result: FeatureResult, fraction: float, caller: str) -> bool:
+        """Whether a call drawn at `fraction` logs some view or transform of `result`."""
+        rate_of = self.sampler.rate_of
+        return any(fraction < rate_of(view.view.name, caller) for view in result.served) or any(
+            fraction < rate_of(column.name.partition(":")[0], caller)
+            for column in result.columns
+            if not column.entity
+        )
+
     def record(self, call: LoggedCall) -> None:
+        rate_of, fraction, caller = self.sampler.rate_of, call.fraction, call.caller
         rows = sum(
             len(view.statuses)
             for view in call.result.served
-            if call.fraction < self.sampler.rate_of(view.view.name, call.caller)
+            if fraction < rate_of(view.view.name, caller)
         )
-        if any(not column.entity for column in call.result.columns):  # transforms: maybe
-            rows += call.result.rows
+        transforms = {c.name.partition(":")[0] for c in call.result.columns if not c.entity}
+        rows += call.result.rows * sum(fraction < rate_of(name, caller) for name in transforms)
         if rows:
             self._put(rows, call)
 
