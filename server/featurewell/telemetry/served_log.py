@@ -249,8 +249,9 @@ class ServedLog:
             time.sleep(0.01)
         return self._queued == 0
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Write what is queued (one last try), then stop the thread."""
+    def close(self, timeout: float = 5.0) -> None:
+        """Write what is queued (one last try), then stop the thread. Blocks its caller (a
+        stopping server's loop, its calls drained) for at most about 2 x `timeout`."""
         self.flush(timeout)
         with self._lock:
             self._stopping = True
