@@ -1,5 +1,6 @@
 """`featurewell stream`: the streaming engine attached to Redis: events in from a consumer group,
-feature rows out to the online store, state checkpointed beside each entity's rows.
+feature rows out to the online store, state checkpointed beside each entity's rows, and (with an
+offline store) every row written online kept as history.
 
 Each step reads a batch per partition, loads the state of entities it has not seen since start
 (one GET per entity, pipelined per node), applies the events, and writes the touched entities'
@@ -8,13 +9,33 @@ rows as of now (event time = the time of the values, so rows only move forward).
 acknowledges the entries: a crash replays unacknowledged entries, and the state skips those it
 already holds. Every `refresh_s` it writes again the entities whose values time alone changed
 (a 7-day count falls as old events leave the window; a decayed popularity fades).
+
+History survives a crash (SIGKILL included): no row lost, none written twice. A checkpoint
+writes, in this order: (1) the rows of every event its states hold, as one history batch
+`stream-<group>-<consumer>-<n>` (a file per view and day, named, so writing batch n again
+replaces it); (2) in one HSET, "batch n written, it covers partition p up to position P_p"
+(store/state.py `save_progress`); (3) the states; (4) the watermarks; (5) the acknowledgements.
+After a crash the unacknowledged entries come again, and:
+- an entity whose state (3) was saved skips the events it holds (the replay rule): its rows are
+  in batch n already, since (1) came first;
+- an entity whose state was not saved applies them again and writes its row online again; its
+  history is written again only for events past P_p. Those at or before P_p are "quiet": their
+  rows are in batch n, recorded by (2);
+- a crash between (1) and (2) leaves batch n unrecorded: the restarted consumer writes its next
+  batch under the same number, n, and replaces those files (no state of that checkpoint was
+  saved, so every one of their events comes again, not quiet).
+Re-deriving from the log instead (no write before the acknowledgement) was rejected: the log
+says which events were applied, not which rows the stream wrote when, and rows are written as
+of wall-clock time, so the rows a restart re-derives are not the ones it lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -28,13 +49,20 @@ from featurewell.compute.program import ViewProgram, compile_view, history_table
 from featurewell.compute.redis_streams import RedisStreamSource
 from featurewell.compute.state import decode_entity, encode_entity
 from featurewell.compute.stats import StreamStats
-from featurewell.compute.stream import EntityKey, EventBatch, StreamEngine, ViewState
+from featurewell.compute.stream import EntityKey, EventBatch, Position, StreamEngine, ViewState
 from featurewell.definitions import EventSource, Registry
 from featurewell.engine.engine import FeatureEngine
 from featurewell.engine.validation import WriteRules
 from featurewell.offline.store import OfflineStore
 from featurewell.store.keys import entity_tags
-from featurewell.store.state import load_states, load_watermarks, save_states, save_watermarks
+from featurewell.store.state import (
+    load_progress,
+    load_states,
+    load_watermarks,
+    save_progress,
+    save_states,
+    save_watermarks,
+)
 
 log = logging.getLogger("featurewell.stream")
 _CHECKPOINT_SLICE = 500  # entity states encoded between two turns of the event loop
@@ -78,7 +106,6 @@ class StreamRunner:
         clock_us: Callable[[], int] = _wall_clock_us,
         freeze_gc: bool = False,
         history: OfflineStore | None = None,
-        history_flush_s: float = 60.0,
         rules: WriteRules | None = None,
         dead_letter_kb: int = 64,
     ) -> None:
@@ -92,10 +119,10 @@ class StreamRunner:
         for up to 0.4 s (19 stalls, 2.8 s in a 20 s run at 5,000 events/s). The state has no
         reference cycles, so reference counting still frees what eviction drops.
 
-        `history` receives every row written online (created when written), in one file per
-        view and day every `history_flush_s`: the offline store training sets are built from.
-        Rows not yet flushed when the process dies are lost from history only (a backfill
-        rebuilds history from the log).
+        `history` receives every row written online (created when written), one batch per
+        checkpoint (a file per view and day), before the checkpoint's states are saved and its
+        entries acknowledged: the offline store training sets are built from. A crash loses no
+        history row and writes none twice (the module's docstring says how).
 
         Every event is screened first (compute/events.py, by `rules`, default WriteRules()) and
         a refused one, or one a view's code refuses while applied, goes to the reader's dead
@@ -126,6 +153,7 @@ class StreamRunner:
             dead_letter_kb=dead_letter_kb,
         )
         self.group = group
+        self.consumer = consumer
         self.batch_size = batch_size
         self.checkpoint_s = checkpoint_s
         self.refresh_s = refresh_s
@@ -141,14 +169,22 @@ class StreamRunner:
         self.clock_us = clock_us
         self.freeze_gc = freeze_gc
         self.history = history
-        self.history_flush_s = history_flush_s
         self._history_pending: list[tuple[ViewProgram, pa.Table]] = []
-        self._last_history = time.monotonic()
+        # History progress: this consumer's last history batch; per partition, the position of
+        # the last event whose rows the history holds (replayed events up to it are quiet), of
+        # the last event applied, and of the last event whose row is emitted (or being emitted).
+        self._history_batch = 0
+        self._covered: dict[int, Position] = {}
+        self._applied_to: dict[int, Position] = {}
+        self._emitted_to: dict[int, Position] = {}
+        self._flushing = asyncio.Lock()
         start_us = clock_us()
         self._refreshed_tile = {ref: start_us // p.tile_us for ref, p in self.programs.items()}
         self.emit_s = emit_s
         self._last_emit = 0.0
         self._to_emit: dict[str, set[EntityKey]] = {ref: set() for ref in self.programs}
+        # Entities touched only by quiet events: written online, their history already kept.
+        self._quiet: dict[str, set[EntityKey]] = {ref: set() for ref in self.programs}
         self._emitting: list[EventBatch] = []
         self._emitted: dict[tuple[str, EntityKey], list[Any]] = {}
 
@@ -158,6 +194,10 @@ class StreamRunner:
         marks = await load_watermarks(self.cluster, self.source, self.group, 10.0)
         if marks:
             self.engine.watermarks = marks
+        if self.history is not None:
+            self._covered, self._history_batch = await load_progress(
+                self.cluster, self.source, self.group, self.consumer, 10.0
+            )
         await self.events.start()
 
     async def step(self) -> int:
@@ -166,10 +206,15 @@ class StreamRunner:
         read = sum(len(b) for b in batches)
         for batch in batches:
             await self._load_entities(batch)
-            refused: list[tuple[int, str]] = []
-            for ref, keys in self.engine.apply(batch, refused).items():
-                self._to_emit[ref] |= keys
-            letters = batch_letters(self.source, batch, refused)
+            letters = []
+            for part, quiet in self._quiet_split(batch):
+                refused: list[tuple[int, str]] = []
+                emit = self._quiet if quiet else self._to_emit
+                for ref, keys in self.engine.apply(part, refused).items():
+                    emit[ref] |= keys
+                letters += batch_letters(self.source, part, refused)
+            if len(batch):
+                self._applied_to[batch.partition] = batch.positions[-1]
             if letters:
                 # Written before any entry of the batch can be acknowledged: none is lost.
                 await self.events.dead_letters.write(letters)
@@ -200,8 +245,6 @@ class StreamRunner:
             self._checkpointing = asyncio.get_running_loop().create_task(
                 self._write_checkpoint(*taken)
             )
-        if self.history is not None and now - self._last_history >= self.history_flush_s:
-            await self.flush_history()
         refreshing = self._refreshing
         if now - self._last_refresh >= self.refresh_s and (refreshing is None or refreshing.done()):
             if refreshing is not None:
@@ -210,6 +253,18 @@ class StreamRunner:
             # In the background, in slices: events keep flowing while every entity is visited.
             self._refreshing = asyncio.get_running_loop().create_task(self.refresh())
         return read
+
+    def _quiet_split(self, batch: EventBatch) -> list[tuple[EventBatch, bool]]:
+        """The batch as (part, quiet) pairs: events at or before the position the history
+        covers (replayed after a crash; their rows are kept already) are quiet."""
+        covered = self._covered.get(batch.partition)
+        if covered is None or not len(batch) or batch.positions[0] > covered:
+            return [(batch, False)]
+        quiet = sum(1 for position in batch.positions if position <= covered)
+        if quiet == len(batch):
+            return [(batch, True)]
+        rest = dataclasses.replace(batch.take(range(quiet, len(batch))), rejected=batch.rejected)
+        return [(batch.take(range(quiet)), True), (rest, False)]
 
     def _record_visibility(self, batch: EventBatch) -> None:
         """Redis Stream ids start with the ms Redis appended the entry at: how long each event
@@ -228,7 +283,6 @@ class StreamRunner:
             if background is not None:
                 await background
         await self.checkpoint()
-        await self.flush_history()
 
     async def seed(self, batches: Sequence[EventBatch]) -> None:
         """Start the state from history (a backfill's event log, in delivery order): apply it,
@@ -239,30 +293,59 @@ class StreamRunner:
         await self._write_checkpoint(*self._take_checkpoint(), ack=False)
 
     async def flush(self) -> None:
-        """Write the rows of every event applied so far."""
+        """Write the rows of every event applied so far (one flush at a time: when one ends,
+        the history rows of every event up to `_emitted_to` are pending)."""
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         self._last_emit = time.monotonic()
+        self._emitted_to = dict(self._applied_to)
         if not self._emitting:
             return
         to_emit, self._to_emit = self._to_emit, {ref: set() for ref in self.programs}
+        quiet, self._quiet = self._quiet, {ref: set() for ref in self.programs}
+        for ref, keys in quiet.items():
+            keys -= to_emit[ref]  # touched by a new event too: its row is new history
+            to_emit[ref] |= keys
         emitting, self._emitting = self._emitting, []
-        await self._emit(to_emit)
+        await self._emit(to_emit, quiet=quiet)
         for done in emitting:
             self._record_visibility(done)
 
     async def flush_history(self) -> None:
-        """Write the rows written online since the last flush to the offline store."""
-        self._last_history = time.monotonic()
-        pending, self._history_pending = self._history_pending, []
-        if self.history is None or not pending:
+        """Write every row of every event applied so far to the offline store as one history
+        batch, and record what it covers: step (1) and (2) of a checkpoint."""
+        if self.history is None:
             return
-        by_view: dict[str, list[pa.Table]] = {}
-        for program, table in pending:
-            by_view.setdefault(program.view.ref, []).append(table)
-        for ref, tables in by_view.items():
-            # Off the event loop: Parquet encoding releases the GIL.
-            await asyncio.to_thread(
-                self.history.write, self.programs[ref].view, pa.concat_tables(tables)
+        async with self._flushing:
+            await self._flush()
+            pending, self._history_pending = self._history_pending, []
+            covered = dict(self._emitted_to)
+        if not pending and covered == self._covered:
+            return
+        number = self._history_batch + 1 if pending else self._history_batch
+        try:
+            by_view: dict[str, list[pa.Table]] = {}
+            for program, table in pending:
+                by_view.setdefault(program.view.ref, []).append(table)
+            name = f"stream-{_file_safe(self.group)}-{_file_safe(self.consumer)}-{number:010d}"
+            for ref, tables in by_view.items():
+                # Off the event loop: Parquet encoding releases the GIL.
+                await asyncio.to_thread(
+                    self.history.write_batch,
+                    self.programs[ref].view,
+                    pa.concat_tables(tables),
+                    name,
+                )
+            await save_progress(
+                self.cluster, self.source, self.group, self.consumer, number, covered, 10.0
             )
+        except BaseException:
+            self._history_pending[:0] = pending  # the next attempt writes them (same number)
+            raise
+        self._history_batch = number
+        self._covered = covered
 
     async def checkpoint(self, *, ack: bool = True) -> None:
         """Write changed entities' state and the watermarks, then acknowledge the entries
@@ -285,14 +368,25 @@ class StreamRunner:
         marks: dict[int, int],
         ack: bool = True,
     ) -> None:
-        """States in slices of `_CHECKPOINT_SLICE` (the event loop serves steps in between),
-        then the watermarks, then the acknowledgements."""
+        """States encoded in slices of `_CHECKPOINT_SLICE` (the event loop serves steps in
+        between), then the history of every event they hold, then the states written, then the
+        watermarks, then the acknowledgements."""
         try:
+            encoded: list[tuple[ViewState, list[EntityKey], list[bytes]]] = []
             for ref, keys in dirty.items():
                 state = self.engine.views[ref]
                 present = [key for key in keys if key in state.entities]
                 for start in range(0, len(present), _CHECKPOINT_SLICE):
-                    await self._write_states(state, present[start : start + _CHECKPOINT_SLICE])
+                    chunk = present[start : start + _CHECKPOINT_SLICE]
+                    encoded.append(
+                        (state, chunk, [encode_entity(state, state.entities[k]) for k in chunk])
+                    )
+                    await asyncio.sleep(0)
+            # Encoded first, history next: the history holds the rows of every event the
+            # states hold (and maybe a few more), never fewer.
+            await self.flush_history()
+            for state, chunk, states in encoded:
+                await save_states(self.cluster, state.program.view, _tags(chunk), states, 10.0)
             await save_watermarks(self.cluster, self.source, self.group, marks, 10.0)
             if ack:
                 for partition, ids in unacked.items():
@@ -312,10 +406,6 @@ class StreamRunner:
         if self.freeze_gc:
             gc.freeze()
         self.stats.checkpoints += 1
-
-    async def _write_states(self, state: ViewState, keys: list[EntityKey]) -> None:
-        states = [encode_entity(state, state.entities[key]) for key in keys]
-        await save_states(self.cluster, state.program.view, _tags(keys), states, 10.0)
 
     async def refresh(self, slice_size: int = 2000) -> None:
         """Write again every entity whose values changed with time alone, `slice_size` at a
@@ -337,7 +427,14 @@ class StreamRunner:
                 self.stats.refreshed += await self._emit(chunk, only_changed=True)
                 await asyncio.sleep(0)
 
-    async def _emit(self, touched: dict[str, set[EntityKey]], only_changed: bool = False) -> int:
+    async def _emit(
+        self,
+        touched: dict[str, set[EntityKey]],
+        only_changed: bool = False,
+        quiet: dict[str, set[EntityKey]] | None = None,
+    ) -> int:
+        """Write the entities' rows online, and queue them as history (but for the `quiet`
+        ones: replayed after a crash, their rows are in the history already)."""
         as_of = self.clock_us()
         as_of = max(as_of, *self.engine.watermarks.values()) if self.engine.watermarks else as_of
         written = 0
@@ -375,8 +472,12 @@ class StreamRunner:
                 await self.writer.write(request)
                 written += len(rows)
                 if self.history is not None:
-                    table = history_table(program.view, request, _wall_clock_us())
-                    self._history_pending.append((program, table))
+                    hushed = quiet.get(ref, set()) if quiet else set()
+                    kept = [row for row in rows if row[0] not in hushed] if hushed else rows
+                    if kept:
+                        history = request if kept is rows else write_request(program, kept, as_of)
+                        table = history_table(program.view, history, _wall_clock_us())
+                        self._history_pending.append((program, table))
         self.stats.rows_written += written
         return written
 
@@ -397,6 +498,11 @@ class StreamRunner:
 def _tags(keys: list[EntityKey]) -> list[bytes]:
     """Hash tags of entity keys (tuples of key values), all at once."""
     return entity_tags([list(column) for column in zip(*keys, strict=True)], len(keys))
+
+
+def _file_safe(name: str) -> str:
+    """A group or consumer name as part of a file name."""
+    return re.sub(r"[^A-Za-z0-9_.]", "_", name)
 
 
 def _same(previous: list[Any] | None, values: list[Any]) -> bool:

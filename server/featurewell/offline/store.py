@@ -105,6 +105,33 @@ class OfflineStore:
             written.append(path)
         return Written(table.num_rows, written)
 
+    def write_batch(self, view: FeatureView, table: pa.Table, name: str) -> Written:
+        """Like `write`, but the files are named `<name>.parquet` (one per day) and replace any
+        file of that name, in every day: writing a batch again (a stream re-deriving it after a
+        crash) leaves one copy, never two. Delta tables append (a transaction per batch)."""
+        if self.table_format == "delta":
+            return self.write(view, table)
+        needed = [*view.entity.key_names, "event_time", "created", *view.feature_index]
+        missing = [column for column in needed if column not in table.column_names]
+        if missing:
+            raise DefinitionError(f"history rows for {view.ref} lack columns {missing}")
+        table = table.select(needed)
+        days = np.asarray(table.column("event_time").to_numpy()) // US_PER_DAY
+        written = []
+        for day in np.unique(days).tolist():
+            date = datetime.fromtimestamp(day * 86_400, tz=UTC).strftime("%Y-%m-%d")
+            target = self.folder(view) / f"date={date}"
+            target.mkdir(parents=True, exist_ok=True)
+            path = target / f"{name}.parquet"
+            temporary = path.with_suffix(".tmp")
+            pq.write_table(table.filter(pa.array(days == day)), temporary)
+            os.replace(temporary, path)
+            written.append(path)
+        for stale in self.folder(view).glob(f"date=*/{name}.parquet"):
+            if stale not in written:  # an earlier write of the batch, on another day
+                stale.unlink(missing_ok=True)
+        return Written(table.num_rows, written)
+
     def source_of(self, view: FeatureView, registry: Registry) -> HistorySource | None:
         """The view's own history if any was written, else its ParquetSource, else None."""
         if (self.folder(view) / "_delta_log").is_dir():

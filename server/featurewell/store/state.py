@@ -14,7 +14,16 @@ from typing import Any
 from featurewell.definitions import EventSource, FeatureView
 from featurewell.store.cluster import ClusterClient
 from featurewell.store.connection import encode_command
-from featurewell.store.keys import key_slot, slots_of, state_prefix, view_keys, watermarks_key
+from featurewell.store.keys import (
+    key_slot,
+    slots_of,
+    state_prefix,
+    stream_progress_key,
+    view_keys,
+    watermarks_key,
+)
+
+Position = tuple[int, int]
 
 
 async def load_states(
@@ -71,6 +80,46 @@ async def save_watermarks(
     key = watermarks_key(source, group)
     command = encode_command("SET", key, json.dumps(watermarks))
     await _run(cluster, [command], [key_slot(key)], timeout, "checkpoint failed")
+
+
+async def load_progress(
+    cluster: ClusterClient, source: EventSource, group: str, consumer: str, timeout: float
+) -> tuple[dict[int, Position], int]:
+    """The group's history progress: per partition, the position of the last event whose rows
+    the offline store holds; and `consumer`'s last history batch number (0: none yet)."""
+    key = stream_progress_key(source, group)
+    (reply,) = await _run(
+        cluster, [encode_command("HGETALL", key)], [key_slot(key)], timeout, "cannot read"
+    )
+    covered: dict[int, Position] = {}
+    batch = 0
+    for field, value in zip(reply[::2], reply[1::2], strict=True):
+        kind, _, name = field.decode().partition(":")
+        if kind == "covered":
+            major, _, minor = value.decode().partition("-")
+            covered[int(name)] = (int(major), int(minor))
+        elif kind == "batch" and name == consumer:
+            batch = int(value)
+    return covered, batch
+
+
+async def save_progress(
+    cluster: ClusterClient,
+    source: EventSource,
+    group: str,
+    consumer: str,
+    batch: int,
+    covered: Mapping[int, Position],
+    timeout: float,
+) -> None:
+    """Record, in one HSET (all or nothing), that `consumer`'s history batch `batch` is written
+    and covers each partition up to its position."""
+    key = stream_progress_key(source, group)
+    fields: list[str | int] = [f"batch:{consumer}", batch]
+    for partition, (major, minor) in covered.items():
+        fields += [f"covered:{partition}", f"{major}-{minor}"]
+    command = encode_command("HSET", key, *fields)
+    await _run(cluster, [command], [key_slot(key)], timeout, "history progress not recorded")
 
 
 async def _run(
