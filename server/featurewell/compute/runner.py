@@ -10,42 +10,24 @@ acknowledges the entries: a crash replays unacknowledged entries, and the state 
 already holds. Every `refresh_s` it writes again the entities whose values time alone changed
 (a 7-day count falls as old events leave the window; a decayed popularity fades).
 
-History survives a crash (SIGKILL included): no row lost, none written twice. A checkpoint
-writes, in this order: (1) the rows of every event its states hold, as one history batch
-`stream-<group>-<consumer>-<n>` (a file per view and day, named, so writing batch n again
-replaces it); (2) in one HSET, "batch n written, it covers partition p up to position P_p"
-(store/state.py `save_progress`); (3) the states; (4) the watermarks; (5) the acknowledgements.
-After a crash the unacknowledged entries come again, and:
-- an entity whose state (3) was saved skips the events it holds (the replay rule): its rows are
-  in batch n already, since (1) came first;
-- an entity whose state was not saved applies them again and writes its row online again; its
-  history is written again only for events past P_p. Those at or before P_p are "quiet": their
-  rows are in batch n, recorded by (2);
-- a crash between (1) and (2) leaves batch n unrecorded: the restarted consumer writes its next
-  batch under the same number, n, and replaces those files (no state of that checkpoint was
-  saved, so every one of their events comes again, not quiet).
-Re-deriving from the log instead (no write before the acknowledgement) was rejected: the log
-says which events were applied, not which rows the stream wrote when, and rows are written as
-of wall-clock time, so the rows a restart re-derives are not the ones it lost.
+History survives a crash (SIGKILL included): compute/history.py says how.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
 import logging
-import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
-import pyarrow as pa
 
 from featurewell.compute.deadletters import DeadLetterSink, batch_letters
 from featurewell.compute.events import wall_clock_us
-from featurewell.compute.program import ViewProgram, compile_view, history_table, write_request
+from featurewell.compute.history import StreamHistory
+from featurewell.compute.program import compile_view, write_request
 from featurewell.compute.redis_streams import RedisStreamSource
 from featurewell.compute.state import decode_entity, encode_entity
 from featurewell.compute.stats import StreamStats
@@ -55,14 +37,7 @@ from featurewell.engine.engine import FeatureEngine
 from featurewell.engine.validation import WriteRules
 from featurewell.offline.store import OfflineStore
 from featurewell.store.keys import entity_tags
-from featurewell.store.state import (
-    load_progress,
-    load_states,
-    load_watermarks,
-    save_progress,
-    save_states,
-    save_watermarks,
-)
+from featurewell.store.state import load_states, load_watermarks, save_states, save_watermarks
 
 log = logging.getLogger("featurewell.stream")
 _CHECKPOINT_SLICE = 500  # entity states encoded between two turns of the event loop
@@ -168,13 +143,11 @@ class StreamRunner:
         # as of now: a refresh has nothing to add until the tile moves).
         self.clock_us = clock_us
         self.freeze_gc = freeze_gc
-        self.history = history
-        self._history_pending: list[tuple[ViewProgram, pa.Table]] = []
-        # History progress: this consumer's last history batch; per partition, the position of
-        # the last event whose rows the history holds (replayed events up to it are quiet), of
-        # the last event applied, and of the last event whose row is emitted (or being emitted).
-        self._history_batch = 0
-        self._covered: dict[int, Position] = {}
+        self.history: StreamHistory | None = None
+        if history is not None:
+            self.history = StreamHistory(history, self.cluster, source, group, consumer)
+        # Per partition, the position of the last event applied, and of the last event whose
+        # row is emitted (or being emitted).
         self._applied_to: dict[int, Position] = {}
         self._emitted_to: dict[int, Position] = {}
         self._flushing = asyncio.Lock()
@@ -195,9 +168,7 @@ class StreamRunner:
         if marks:
             self.engine.watermarks = marks
         if self.history is not None:
-            self._covered, self._history_batch = await load_progress(
-                self.cluster, self.source, self.group, self.consumer, 10.0
-            )
+            await self.history.load()
         await self.events.start()
 
     async def step(self) -> int:
@@ -207,7 +178,8 @@ class StreamRunner:
         for batch in batches:
             await self._load_entities(batch)
             letters = []
-            for part, quiet in self._quiet_split(batch):
+            parts = [(batch, False)] if self.history is None else self.history.split(batch)
+            for part, quiet in parts:
                 refused: list[tuple[int, str]] = []
                 emit = self._quiet if quiet else self._to_emit
                 for ref, keys in self.engine.apply(part, refused).items():
@@ -253,18 +225,6 @@ class StreamRunner:
             # In the background, in slices: events keep flowing while every entity is visited.
             self._refreshing = asyncio.get_running_loop().create_task(self.refresh())
         return read
-
-    def _quiet_split(self, batch: EventBatch) -> list[tuple[EventBatch, bool]]:
-        """The batch as (part, quiet) pairs: events at or before the position the history
-        covers (replayed after a crash; their rows are kept already) are quiet."""
-        covered = self._covered.get(batch.partition)
-        if covered is None or not len(batch) or batch.positions[0] > covered:
-            return [(batch, False)]
-        quiet = sum(1 for position in batch.positions if position <= covered)
-        if quiet == len(batch):
-            return [(batch, True)]
-        rest = dataclasses.replace(batch.take(range(quiet, len(batch))), rejected=batch.rejected)
-        return [(batch.take(range(quiet)), True), (rest, False)]
 
     def _record_visibility(self, batch: EventBatch) -> None:
         """Redis Stream ids start with the ms Redis appended the entry at: how long each event
@@ -315,37 +275,14 @@ class StreamRunner:
 
     async def flush_history(self) -> None:
         """Write every row of every event applied so far to the offline store as one history
-        batch, and record what it covers: step (1) and (2) of a checkpoint."""
+        batch, and record what it covers: steps (1) and (2) of a checkpoint."""
         if self.history is None:
             return
         async with self._flushing:
             await self._flush()
-            pending, self._history_pending = self._history_pending, []
+            pending = self.history.take()
             covered = dict(self._emitted_to)
-        if not pending and covered == self._covered:
-            return
-        number = self._history_batch + 1 if pending else self._history_batch
-        try:
-            by_view: dict[str, list[pa.Table]] = {}
-            for program, table in pending:
-                by_view.setdefault(program.view.ref, []).append(table)
-            name = f"stream-{_file_safe(self.group)}-{_file_safe(self.consumer)}-{number:010d}"
-            for ref, tables in by_view.items():
-                # Off the event loop: Parquet encoding releases the GIL.
-                await asyncio.to_thread(
-                    self.history.write_batch,
-                    self.programs[ref].view,
-                    pa.concat_tables(tables),
-                    name,
-                )
-            await save_progress(
-                self.cluster, self.source, self.group, self.consumer, number, covered, 10.0
-            )
-        except BaseException:
-            self._history_pending[:0] = pending  # the next attempt writes them (same number)
-            raise
-        self._history_batch = number
-        self._covered = covered
+        await self.history.write(pending, covered, self.programs)
 
     async def checkpoint(self, *, ack: bool = True) -> None:
         """Write changed entities' state and the watermarks, then acknowledge the entries
@@ -476,8 +413,7 @@ class StreamRunner:
                     kept = [row for row in rows if row[0] not in hushed] if hushed else rows
                     if kept:
                         history = request if kept is rows else write_request(program, kept, as_of)
-                        table = history_table(program.view, history, _wall_clock_us())
-                        self._history_pending.append((program, table))
+                        self.history.add(program, history, _wall_clock_us())
         self.stats.rows_written += written
         return written
 
@@ -498,11 +434,6 @@ class StreamRunner:
 def _tags(keys: list[EntityKey]) -> list[bytes]:
     """Hash tags of entity keys (tuples of key values), all at once."""
     return entity_tags([list(column) for column in zip(*keys, strict=True)], len(keys))
-
-
-def _file_safe(name: str) -> str:
-    """A group or consumer name as part of a file name."""
-    return re.sub(r"[^A-Za-z0-9_.]", "_", name)
 
 
 def _same(previous: list[Any] | None, values: list[Any]) -> bool:
