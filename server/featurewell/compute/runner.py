@@ -27,7 +27,7 @@ import numpy as np
 from featurewell.compute.deadletters import DeadLetterSink, batch_letters
 from featurewell.compute.events import wall_clock_us
 from featurewell.compute.history import StreamHistory
-from featurewell.compute.program import compile_view, write_request
+from featurewell.compute.program import ViewProgram, compile_view, write_request
 from featurewell.compute.redis_streams import RedisStreamSource
 from featurewell.compute.state import decode_entity, encode_entity
 from featurewell.compute.stats import StreamStats
@@ -83,6 +83,7 @@ class StreamRunner:
         history: OfflineStore | None = None,
         rules: WriteRules | None = None,
         dead_letter_kb: int = 64,
+        lease_s: float = 0.0,
     ) -> None:
         """`events` reads the source (default: its Redis Streams, as consumer `consumer` of
         `group`); a `KafkaSource` reads its topic instead. `clock_us` is the time values are
@@ -102,7 +103,11 @@ class StreamRunner:
         Every event is screened first (compute/events.py, by `rules`, default WriteRules()) and
         a refused one, or one a view's code refuses while applied, goes to the reader's dead
         letters (payloads cut at `dead_letter_kb` KiB); the stream goes on. (`rules` and
-        `dead_letter_kb` configure the default Redis reader; a given reader brings its own.)"""
+        `dead_letter_kb` configure the default Redis reader; a given reader brings its own.)
+
+        `lease_s` > 0 shares the source's partitions with the group's other consumers (each
+        partition leased to one at a time: compute/redis_streams.py); every view must then be
+        keyed by the key the source is partitioned by, so an entity's events meet one consumer."""
         self.registry = registry
         self.source = source
         self.writer = writer
@@ -115,6 +120,8 @@ class StreamRunner:
         if not programs:
             raise ValueError(f"no feature view is computed from event source {source.name!r}")
         self.programs = {p.view.ref: p for p in programs}
+        if lease_s:
+            _check_shareable(source, programs, events)
         self.engine = StreamEngine(programs, int(allowed_lateness_s * 1e6))
         self.events: EventReader = events or RedisStreamSource(
             self.cluster,
@@ -126,7 +133,10 @@ class StreamRunner:
             rules=rules,
             clock_us=clock_us,
             dead_letter_kb=dead_letter_kb,
+            lease_ms=int(lease_s * 1000),
         )
+        self.lease_s = lease_s
+        self._last_balance = 0.0
         self.group = group
         self.consumer = consumer
         self.batch_size = batch_size
@@ -170,9 +180,13 @@ class StreamRunner:
         if self.history is not None:
             await self.history.load()
         await self.events.start()
+        if self.lease_s:
+            await self.balance()
 
     async def step(self) -> int:
         """One read-apply-write round; returns how many events it read."""
+        if self.lease_s and time.monotonic() - self._last_balance >= self.lease_s / 3:
+            await self.balance()
         batches = await self.events.read(self.batch_size)
         read = sum(len(b) for b in batches)
         for batch in batches:
@@ -243,6 +257,58 @@ class StreamRunner:
             if background is not None:
                 await background
         await self.checkpoint()
+        if self.lease_s:
+            assert isinstance(self.events, RedisStreamSource)
+            await self.events.release(sorted(self.events.owned))  # others take them at once
+
+    async def balance(self) -> None:
+        """Renew this consumer's partition leases, take those due to it, give up those due to
+        others (checkpointed and acknowledged first), forget those lost."""
+        assert isinstance(self.events, RedisStreamSource)
+        self._last_balance = time.monotonic()
+        gained, lost, surplus = await self.events.balance(_wall_clock_us() // 1000)
+        for partition in lost:  # another consumer took it: its entries come to that one
+            self._forget(partition)
+        if surplus:
+            background = self._checkpointing
+            if background is not None:
+                await background
+            await self.checkpoint()
+            await self.events.release(surplus)
+            for partition in surplus:
+                self._forget(partition)
+        if gained:
+            marks = await load_watermarks(self.cluster, self.source, self.group, 10.0)
+            if self.history is not None:
+                await self.history.load()
+            for partition in gained:
+                self._forget(partition)  # what this consumer knew of it may be stale
+                if partition in marks:
+                    self.engine.watermarks[partition] = marks[partition]
+        if gained or lost or surplus:
+            log.info(
+                "stream %s: partitions gained %s, lost %s, released %s; owns %s",
+                self.consumer,
+                gained,
+                lost,
+                surplus,
+                sorted(self.events.owned),
+            )
+
+    def _forget(self, partition: int) -> None:
+        """Drop what this consumer holds of a partition it does not own: its entities' state
+        (a view's entity hears from one partition only when sharing), its entries."""
+        for ref, state in self.engine.views.items():
+            gone = [k for k, e in state.entities.items() if partition in e.applied]
+            for key in gone:
+                del state.entities[key]
+                self._emitted.pop((ref, key), None)
+            for pending in (self._dirty, self._to_emit, self._quiet):
+                pending[ref].difference_update(gone)
+        self._unacked.pop(partition, None)
+        self.engine.watermarks.pop(partition, None)
+        self._applied_to.pop(partition, None)
+        self._emitted_to.pop(partition, None)
 
     async def seed(self, batches: Sequence[EventBatch]) -> None:
         """Start the state from history (a backfill's event log, in delivery order): apply it,
@@ -429,6 +495,23 @@ class StreamRunner:
             for key, raw in zip(missing, stored, strict=True):
                 if raw:
                     state.entities[key] = decode_entity(state, raw)
+
+
+def _check_shareable(
+    source: EventSource, programs: Sequence[ViewProgram], events: EventReader | None
+) -> None:
+    if events is not None:
+        raise ValueError("sharing partitions by lease is for Redis Streams (Kafka rebalances)")
+    first = next(iter(source.keys))
+    for program in programs:
+        names = list(program.view.entity.key_names)
+        if first not in names:
+            raise ValueError(
+                f"view {program.view.ref} is keyed by {names}, but source {source.name!r} is "
+                f"partitioned by {first!r}: its entities hear from every partition, so workers "
+                "sharing the partitions would each count part of them. Compute it from a source "
+                f"partitioned by {names[0]!r}, or run one worker (no --lease-s)"
+            )
 
 
 def _tags(keys: list[EntityKey]) -> list[bytes]:

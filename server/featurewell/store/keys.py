@@ -99,6 +99,18 @@ def stream_progress_key(source: EventSource, group: str) -> bytes:
     return watermarks_key(source, f"{group}:progress")
 
 
+def stream_lease_key(source: EventSource, group: str, partition: int) -> bytes:
+    """Which consumer of the group owns a partition (store/streams.py `lease`), while its lease
+    lasts. In the watermarks family (the group "<group>:lease:<partition>")."""
+    return watermarks_key(source, f"{group}:lease:{partition}")
+
+
+def stream_members_key(source: EventSource, group: str) -> bytes:
+    """The group's consumers sharing partitions, each with its last heartbeat (ms; a hash). In
+    the watermarks family (the group "<group>:members")."""
+    return watermarks_key(source, f"{group}:members")
+
+
 def dead_letters_key(source: EventSource) -> str:
     """The stream of the events `featurewell stream` refused from `source`."""
     return f"fw:_deadletters:{source.name}"

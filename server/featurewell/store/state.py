@@ -1,5 +1,6 @@
 """The streaming engine's checkpoints in Redis: each entity's state (the `state` family, in the
-slot of the entity's rows) and each consumer group's watermarks (JSON {partition: µs}). What a
+slot of the entity's rows) and each consumer group's progress (a hash: per partition its
+watermark, µs, and the position its history covers; per consumer its last history batch). What a
 state holds is compute/state.py's; here it is bytes.
 
 Failures raise RuntimeError: the runner stops, loudly, rather than go on without its state.
@@ -57,17 +58,25 @@ async def save_states(
 async def load_watermarks(
     cluster: ClusterClient, source: EventSource, group: str, timeout: float
 ) -> dict[int, int]:
-    """The group's watermarks by partition, as last checkpointed (empty: never)."""
-    key = watermarks_key(source, group)
+    """The group's watermarks by partition, as last checkpointed (empty: never): each
+    partition's own field of the progress hash, else the JSON written before there was one."""
+    key, progress = watermarks_key(source, group), stream_progress_key(source, group)
     replies, _, failures, _ = await cluster.execute(
-        [encode_command("GET", key)], [key_slot(key)], timeout
+        [encode_command("GET", key), encode_command("HGETALL", progress)],
+        [key_slot(key), key_slot(progress)],
+        timeout,
     )
     if failures:
         raise RuntimeError(f"cannot read the checkpoint: {failures[0].detail}")
-    raw = replies[0]
-    if not isinstance(raw, bytes) or not raw:
-        return {}
-    return {int(p): int(w) for p, w in json.loads(raw).items()}
+    raw, fields = replies
+    marks: dict[int, int] = {}
+    if isinstance(raw, bytes) and raw:
+        marks = {int(p): int(w) for p, w in json.loads(raw).items()}
+    for field, value in zip(fields[::2], fields[1::2], strict=True):
+        kind, _, partition = field.decode().partition(":")
+        if kind == "watermark":
+            marks[int(partition)] = int(value)
+    return marks
 
 
 async def save_watermarks(
@@ -77,8 +86,15 @@ async def save_watermarks(
     watermarks: Mapping[int, int],
     timeout: float,
 ) -> None:
-    key = watermarks_key(source, group)
-    command = encode_command("SET", key, json.dumps(watermarks))
+    """Each partition's watermark in its own field: consumers sharing a group's partitions
+    write their own partitions' and leave the others'."""
+    if not watermarks:
+        return
+    key = stream_progress_key(source, group)
+    fields: list[str | int] = []
+    for partition, mark in watermarks.items():
+        fields += [f"watermark:{partition}", mark]
+    command = encode_command("HSET", key, *fields)
     await _run(cluster, [command], [key_slot(key)], timeout, "checkpoint failed")
 
 
