@@ -142,8 +142,8 @@ def test_sigkilled_stream_loses_and_duplicates_no_history_row(
                     process.wait(10)
                     killed_with.append(outstanding())
                 else:
-                    producer.join(120)
-                    wait_until(lambda: outstanding() == 0, 120, "every event acknowledged")
+                    producer.join(60)
+                    wait_until(lambda: outstanding() == 0, 60, "every event acknowledged")
                     process.send_signal(signal.SIGTERM)
                     assert process.wait(30) == 0, (tmp_path / f"stream-{run}.log").read_text()
             finally:
@@ -155,7 +155,7 @@ def test_sigkilled_stream_loses_and_duplicates_no_history_row(
         assert len(ids) == len(events)
         history = _history(offline, view)
     finally:
-        producer.join(120)
+        producer.join(60)
         loop.run_until_complete(store.close())
         loop.close()
 

@@ -153,13 +153,13 @@ def test_workers_share_partitions_and_survive_a_sigkill(
         workers["a"].send_signal(signal.SIGKILL)
         workers["a"].wait(10)
         wait_until(_held(holders, "b"), 30, "b to take a's partitions over")
-        producer.join(120)
-        wait_until(lambda: outstanding() == 0, 120, "every event acknowledged")
+        producer.join(60)
+        wait_until(lambda: outstanding() == 0, 60, "every event acknowledged")
         workers["b"].send_signal(signal.SIGTERM)
         assert workers["b"].wait(30) == 0
     finally:
         if producer.ident is not None:
-            producer.join(120)
+            producer.join(60)
         for worker in workers.values():
             if worker.poll() is None:
                 worker.kill()
