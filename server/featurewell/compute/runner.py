@@ -24,10 +24,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from featurewell.compute import sharing
 from featurewell.compute.deadletters import DeadLetterSink, batch_letters
 from featurewell.compute.events import wall_clock_us
 from featurewell.compute.history import StreamHistory
-from featurewell.compute.program import ViewProgram, compile_view, write_request
+from featurewell.compute.program import compile_view, write_request
 from featurewell.compute.redis_streams import RedisStreamSource
 from featurewell.compute.state import decode_entity, encode_entity
 from featurewell.compute.stats import StreamStats
@@ -121,7 +122,7 @@ class StreamRunner:
             raise ValueError(f"no feature view is computed from event source {source.name!r}")
         self.programs = {p.view.ref: p for p in programs}
         if lease_s:
-            _check_shareable(source, programs, events)
+            sharing.check_shareable(source, programs, events is not None)
         self.engine = StreamEngine(programs, int(allowed_lateness_s * 1e6))
         self.events: EventReader = events or RedisStreamSource(
             self.cluster,
@@ -262,40 +263,18 @@ class StreamRunner:
             await self.events.release(sorted(self.events.owned))  # others take them at once
 
     async def balance(self) -> None:
-        """Renew this consumer's partition leases, take those due to it, give up those due to
-        others (checkpointed and acknowledged first), forget those lost."""
-        assert isinstance(self.events, RedisStreamSource)
+        """One round of partition sharing (compute/sharing.py)."""
         self._last_balance = time.monotonic()
-        gained, lost, surplus = await self.events.balance(_wall_clock_us() // 1000)
-        for partition in lost:  # another consumer took it: its entries come to that one
-            self._forget(partition)
-        if surplus:
-            background = self._checkpointing
-            if background is not None:
-                await background
-            await self.checkpoint()
-            await self.events.release(surplus)
-            for partition in surplus:
-                self._forget(partition)
-        if gained:
-            marks = await load_watermarks(self.cluster, self.source, self.group, 10.0)
-            if self.history is not None:
-                await self.history.load()
-            for partition in gained:
-                self._forget(partition)  # what this consumer knew of it may be stale
-                if partition in marks:
-                    self.engine.watermarks[partition] = marks[partition]
-        if gained or lost or surplus:
-            log.info(
-                "stream %s: partitions gained %s, lost %s, released %s; owns %s",
-                self.consumer,
-                gained,
-                lost,
-                surplus,
-                sorted(self.events.owned),
-            )
+        await sharing.balance(self)
 
-    def _forget(self, partition: int) -> None:
+    async def settle(self) -> None:
+        """Checkpoint and acknowledge every event applied so far (the background checkpoint
+        under way first)."""
+        if self._checkpointing is not None:
+            await self._checkpointing
+        await self.checkpoint()
+
+    def forget(self, partition: int) -> None:
         """Drop what this consumer holds of a partition it does not own: its entities' state
         (a view's entity hears from one partition only when sharing), its entries."""
         for ref, state in self.engine.views.items():
@@ -495,23 +474,6 @@ class StreamRunner:
             for key, raw in zip(missing, stored, strict=True):
                 if raw:
                     state.entities[key] = decode_entity(state, raw)
-
-
-def _check_shareable(
-    source: EventSource, programs: Sequence[ViewProgram], events: EventReader | None
-) -> None:
-    if events is not None:
-        raise ValueError("sharing partitions by lease is for Redis Streams (Kafka rebalances)")
-    first = next(iter(source.keys))
-    for program in programs:
-        names = list(program.view.entity.key_names)
-        if first not in names:
-            raise ValueError(
-                f"view {program.view.ref} is keyed by {names}, but source {source.name!r} is "
-                f"partitioned by {first!r}: its entities hear from every partition, so workers "
-                "sharing the partitions would each count part of them. Compute it from a source "
-                f"partitioned by {names[0]!r}, or run one worker (no --lease-s)"
-            )
 
 
 def _tags(keys: list[EntityKey]) -> list[bytes]:
