@@ -5,7 +5,8 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 PROTO_SRC := protos/featurewell/v1/feature_service.proto
 PROTO_OUT := client
 
-.PHONY: install run test test-core bench gate proto proto-check lint fmt clean promtool
+.PHONY: install run test test-core bench gate proto proto-check lint fmt clean promtool chromium \
+	screenshots
 
 .venv/.installed: pyproject.toml
 	python3 -m venv .venv
@@ -35,17 +36,32 @@ promtool:
 	      apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 	  else echo "promtool is missing: sudo apt-get install prometheus" >&2; exit 1; fi; }
 
+# The web UI's browser tests drive Debian's chromium with Playwright (never `playwright install`:
+# no browser download). Installed here when running as root, like promtool.
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else echo "chromium is missing: sudo apt-get install chromium" >&2; exit 1; fi; }
+
 ## run: a local 3-master Redis Cluster + the example repo's sample data + the server on :50051
 run: install
 	$(PY) -m featurewell.cli demo
 
 ## test: the whole test suite against real Redis Cluster nodes and a real gRPC server
-test: install .venv/bin/helm $(SCHEMA_CHECK)/node_modules/.package-lock.json promtool
+test: install .venv/bin/helm $(SCHEMA_CHECK)/node_modules/.package-lock.json promtool chromium
 	$(PY) -m pytest
 
-## test-core: the tests without the deploy checks, so no npm, helm or promtool needed
+## test-core: the tests without the deploy checks and the browser tests, so no npm, helm,
+## promtool or chromium needed
 test-core: install
-	$(PY) -m pytest -m "not deploy"
+	$(PY) -m pytest -m "not deploy and not browser"
+
+## screenshots: the browser tests, saving the web UI's pictures into docs/ (other runs keep them
+## in a temporary folder)
+screenshots: install chromium
+	FEATUREWELL_SCREENSHOTS=docs $(PY) -m pytest tests/test_ui_browser.py
 
 ## gate: the Locust latency gate against a local demo stack (exits 1 when a budget is broken)
 gate: install

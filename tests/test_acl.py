@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from contextlib import redirect_stdout
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import pytest
 
 from featurewell.app import open_store
 from featurewell.cli import main
-from featurewell.client import FeatureClient, FeatureClientError
+from featurewell.client import ClientOptions, FeatureClient, FeatureClientError
 from featurewell.definitions import EventSource, Int64, Registry, String
 from featurewell.devcluster import LocalCluster, call, start_local_cluster
 from featurewell.errors import ConfigError, StorePermissionDenied, StoreUnavailable
@@ -28,12 +29,14 @@ from featurewell.lifecycle import defaults
 from featurewell.lifecycle.repair import repair_view
 from featurewell.settings import RedisSettings, Settings
 from featurewell.store import acl
+from featurewell.store import consumers as stored_consumers
 from featurewell.store.keys import (
     CONSUMER_CALLS_KEY,
     CONSUMER_SEEN_KEY,
     DEFAULTS_KEY,
     DEFAULTS_LOG_KEY,
     Family,
+    consumer_day_key,
     dead_letters_key,
     families_of,
     freshness_key,
@@ -43,7 +46,7 @@ from featurewell.store.keys import (
     watermarks_key,
 )
 from tests import defs
-from tests.tools import ServerThread, make_settings
+from tests.tools import ServerThread, make_settings, wait_until
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "streaming_media"
 SOURCE = EventSource("watches", keys={"user_id": String}, fields={"n": Int64}, partitions=3)
@@ -61,6 +64,7 @@ def _sample_keys() -> dict[str, list[bytes]]:
         "defaults_log": [DEFAULTS_LOG_KEY],
         "consumer_calls": [CONSUMER_CALLS_KEY],
         "consumer_seen": [CONSUMER_SEEN_KEY],
+        "consumer_days": [consumer_day_key("20261204")],
         "watermarks": [watermarks_key(SOURCE, "g:1"), watermarks_key(SOURCE, "stream")],
         "events": [key.encode() for key in stream_keys(SOURCE)],
         "dead_letters": [dead_letters_key(SOURCE).encode()],
@@ -106,10 +110,12 @@ def test_rules_grant_reads_read_only_and_never_in_clear(tmp_path: Path) -> None:
 
 
 def test_the_documented_rules_are_the_generated_ones() -> None:
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "security-acldeploy.md").read_text()
+    doc = (
+        Path(__file__).resolve().parents[1] / "docs" / "security" / "redis-and-deploy.md"
+    ).read_text()
     for role in acl.ROLES.values():
         line = acl.setuser(f"fw-{role.name}", [role], None)
-        assert line in doc.splitlines(), f"docs/security-acldeploy.md: update {line!r}"
+        assert line in doc.splitlines(), f"docs/security/redis-and-deploy.md: update {line!r}"
 
 
 def test_settings_refuse_two_passwords() -> None:
@@ -189,6 +195,11 @@ def test_server_user_reads_but_cannot_write_or_promote(
         assert "NOPERM" in str(refused.value)
         assert "'evalsha'" in str(refused.value)
         assert "redis_username" in str(refused.value)
+        # The server records its callers (a bounded script) with its own user too.
+        telemetry = reader.server.telemetry
+        wait_until(lambda: telemetry.consumers.pending > 0, 5.0, "the reads observed")
+        reader.run(telemetry.consumers.flush(reader.server.store, timeout=5.0))
+        assert telemetry.consumers.pending == 0  # flushed, not kept back for a retry
         with pytest.raises(StorePermissionDenied, match="NOPERM"):
             reader.run(defaults.promote(reader.server.store.cluster, registry, "profile", 1))
     finally:
@@ -232,6 +243,36 @@ def test_writer_materializes_the_example_repo(
     assert "user_activity@v1: 40 rows computed from watches" in capsys.readouterr().out
 
 
+@pytest.mark.redis
+def test_server_user_records_consumers_in_total_and_per_day(
+    acl_cluster: AclCluster, registry: Registry
+) -> None:
+    """The consumers flush is one EVAL: the server role must be allowed to run it (and the
+    EXPIRE of the per-day hash inside it), or `lineage`, `impact` and `unused` see nothing."""
+    server = ServerThread(acl_cluster.settings("fw-server", consumers_flush_s=0.1), registry)
+    caller = f"acl-reader/{uuid.uuid4().hex[:8]}"
+    try:
+        options = ClientOptions(caller=caller, timeout=5.0)
+        with FeatureClient(server.address, options=options) as client:
+            client.get_features(["profile:age"], entities={"user_id": ["acl-u9"]})
+
+        async def counted() -> tuple[int, int]:
+            admin = await open_store(acl_cluster.settings("fw-admin").redis)
+            try:
+                totals = await stored_consumers.read(admin.cluster, 5.0)
+                days = await stored_consumers.read_days(
+                    admin.cluster, [stored_consumers.today()], 5.0
+                )
+            finally:
+                await admin.close()
+            pair = (caller, "profile@v2")
+            return totals.get(pair, (0, 0))[0], days.get(pair, 0)
+
+        wait_until(lambda: asyncio.run(counted()) == (1, 1), 10, "the server's consumers flush")
+    finally:
+        server.stop()
+
+
 # What each role may do beyond what the tests above run: (role, command, allowed).
 _DRYRUN = [
     ("fw-writer", ["XADD", "fw:events:watches:1", "*", "a", "1"], True),
@@ -245,6 +286,10 @@ _DRYRUN = [
     ("fw-server", ["MGET", "fw:profile:v2:{u1}", "fw:item_stats:v1:{u1}"], True),
     ("fw-server", ["HINCRBY", "fw:{_meta}:consumers", "m|profile@v2", "1"], True),
     ("fw-server", ["HMGET", "fw:{_meta}:profile:v2", "newest_event_us", "written_us"], True),
+    ("fw-server", ["EVAL", "return 1", "1", "fw:{_meta}:consumers:day:20261204"], True),
+    ("fw-server", ["EXPIRE", "fw:{_meta}:consumers:day:20261204", "60"], True),
+    ("fw-server", ["EXPIRE", "fw:profile:v2:{u1}", "60"], False),
+    ("fw-server", ["EVAL", "return 1", "1", "fw:profile:v2:{u1}"], False),
     ("fw-server", ["HGETALL", "fw:{_meta}:defaults"], True),
     ("fw-server", ["SUBSCRIBE", "__redis__:invalidate"], True),
     ("fw-server", ["SUBSCRIBE", "other"], False),
@@ -257,6 +302,7 @@ _DRYRUN = [
     ("fw-admin", ["SCAN", "0", "MATCH", "fw:profile:v2:{*"], True),
     ("fw-admin", ["SET", "fw:profile:v2:{u1}", "x"], False),
     ("fw-admin", ["HSET", "fw:{_meta}:consumers", "x", "1"], False),
+    ("fw-admin", ["HGETALL", "fw:{_meta}:consumers:day:20261204"], True),
 ]
 
 

@@ -3,21 +3,27 @@ and demo, the README's first command."""
 
 from __future__ import annotations
 
+import io
 import os
+import pty
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from featurewell.client import FeatureClient, FeatureClientError, Status, Unavailable
+from featurewell.commands.progress import Progress
 from featurewell.devcluster import LocalCluster, _is_free, call, free_ports
 from featurewell.store.keys import key_slot
 from tests.tools import wait_until
@@ -262,12 +268,21 @@ def test_invalid_repo_and_unreachable_redis_exit_with_a_message(example_repo: Pa
     out, _ = bad.communicate(timeout=30)
     assert bad.returncode == 2
     assert "does not exist" in out
+    # (By default it starts NOT_SERVING and waits instead: tests/test_startup.py.)
     down = featurewell(
-        "serve", "--repo", str(example_repo), "--redis", "127.0.0.1:1", "--port", "0"
+        "serve",
+        "--repo",
+        str(example_repo),
+        "--redis",
+        "127.0.0.1:1",
+        "--port",
+        "0",
+        "--redis-wait-at-start",
+        "false",
     )
     out, _ = down.communicate(timeout=30)
     assert down.returncode == 2
-    assert "no Redis Cluster node answered CLUSTER SLOTS" in out
+    assert "Redis Cluster unreachable: none of its 1 known nodes answered" in out
     assert "127.0.0.1:1" in out
 
 
@@ -367,3 +382,93 @@ def test_append_refuses_bad_events_and_writes_nothing(cluster: LocalCluster, see
     streams = [f"fw:events:watches:{p}" for p in range(4)]
     lengths = [call(cluster.owner(key_slot(k.encode())), "XLEN", k) for k in streams]
     assert lengths == [0, 0, 0, 0]
+
+
+def test_progress_lines_when_not_a_terminal() -> None:
+    stream = io.StringIO()
+    with Progress("materialize", stream=stream, terminal=False, every_s=0.0) as progress:
+        progress.update("item_genre@v1", 250, 1000)
+        time.sleep(0.05)
+        progress.update("item_genre@v1", 500, 1000)
+        progress.update("unknown_total", 7)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3, lines
+    assert re.fullmatch(
+        r"materialize item_genre@v1: 500 of 1,000 rows \(50%\), [\d,]+ rows/s, ETA \d+:\d\d",
+        lines[1],
+    ), lines[1]
+    assert re.fullmatch(r"materialize unknown_total: 7 rows, [\d,]+ rows/s", lines[2]), lines[2]
+    quiet = io.StringIO()  # every few seconds only: a fast job prints none
+    with Progress("backfill", stream=quiet, terminal=False) as progress:
+        for rows in range(0, 10_000, 100):
+            progress.update("v@v1", rows, 10_000)
+    assert quiet.getvalue() == ""
+
+
+def on_terminal(*args: str, env: dict[str, str] | None = None) -> tuple[str, str, int]:
+    """Run `featurewell ARGS` with stderr on a pseudo-terminal (stdout piped): what the terminal
+    showed (colour codes removed), stdout, the exit code."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "featurewell.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, "COLUMNS": "160", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+        text=True,
+    )
+    os.close(terminal)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the process closed the terminal
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(controller)
+    out, _ = process.communicate(timeout=120)
+    colourless = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", drawn.decode(errors="replace"))
+    return colourless, out, process.returncode
+
+
+def test_materialize_shows_a_progress_bar_on_a_terminal(example_repo: Path, seeds: str) -> None:
+    screen, out, code = on_terminal(
+        "materialize", "--repo", str(example_repo), env={"FEATUREWELL_REDIS": seeds}
+    )
+    assert code == 0, screen
+    assert "materialize item_genre@v1" in screen
+    assert "200/200" in screen  # the view's rows, done of total
+    assert "rows/s" in screen
+    assert "ETA" in screen
+    assert "item_genre@v1: 200 rows" in out  # the summary stays on stdout, undecorated
+    assert "\x1b[" not in out
+
+
+def test_backfill_and_training_set_show_progress_on_a_terminal(
+    example_repo: Path, seeds: str, tmp_path: Path
+) -> None:
+    history = tmp_path / "history"
+    screen, out, code = on_terminal(
+        *("backfill", "--repo", str(example_repo), "--redis", seeds, "--source", "watches"),
+        *("--history-out", str(history), "--group", ""),
+    )
+    assert code == 0, screen
+    assert "backfill user_activity@v1" in screen
+    assert "300/300" in screen  # every user's row written
+    assert "ETA" in screen
+    assert "user_activity@v1: 300 entities online" in out
+    labels = tmp_path / "labels.parquet"
+    users = [f"u{n:06d}" for n in range(50)]
+    pq.write_table(
+        pa.table({"user_id": users, "event_timestamp": [time.time_ns() // 1000] * 50}), labels
+    )
+    screen, out, code = on_terminal(
+        *("training-set", "--repo", str(example_repo), "--offline-dir", str(history)),
+        *("--labels", str(labels), "--features", "user_activity:*", "--out", str(tmp_path / "t")),
+    )
+    assert code == 0, screen
+    assert "training-set 50 labels" in screen
+    assert "50/50 joined rows" in screen  # 50 label rows x 1 view
+    assert "50 rows x" in out

@@ -66,6 +66,54 @@ def test_ranking_matrix_broadcasts_the_user_and_counts_statuses(
     assert stale.stale_count == 2
 
 
+def test_to_numpy_dtypes_never_narrow_silently(client: FeatureClient, ids: Ids) -> None:
+    user = ids("wide")
+    big = 1_796_141_823  # a Unix time in seconds: float32 keeps 24 bits of it
+    defs.write_profiles(client, [user], ages=[big])
+    result = client.get_features(["profile:*"], entities={"user_id": [user]})
+    assert result.non_numeric == ["profile:country", "profile:recent", "profile:weights"]
+
+    narrow, names = result.to_numpy()  # the documented default: float32, rounded
+    assert names[:2] == ["profile:age", "profile:score"]
+    assert narrow.dtype == np.float32
+    assert int(narrow[0, 0]) != big  # float32 is off by up to 64 s at this size
+    assert abs(int(narrow[0, 0]) - big) <= 64
+
+    wide, _ = result.to_numpy(dtype=np.float64)
+    assert int(wide[0, 0]) == big  # exact up to 2**53
+    assert wide[0, 1] == big / 100  # FLOAT64 score, not rounded through float32
+
+    exact, _ = result.to_numpy(["profile:age"], dtype=np.int64)
+    assert exact.tolist() == [[big]]
+    with pytest.raises(TypeError, match="would narrow it"):
+        result.to_numpy(["profile:age"], dtype=np.int32)
+    with pytest.raises(TypeError, match="holds floats"):
+        result.to_numpy(["profile:score"], dtype=np.int64)
+    with pytest.raises(TypeError, match="pass dtype=object"):
+        result.to_numpy(["profile:country"])
+
+    everything, names = result.to_numpy(dtype=object)
+    row = dict(zip(names, everything[0], strict=True))
+    assert row["profile:country"] == f"c{big}"
+    assert row["profile:recent"].tolist() == [0, 1]
+    assert row["profile:weights"].tolist() == [1.0]
+    assert row["profile:age"] == big
+    assert set(result.non_numeric) <= set(names)
+    assert result.values("profile:country").tolist() == [f"c{big}"]  # strings, as str
+
+
+def test_to_numpy_object_broadcasts_a_one_row_list_column(client: FeatureClient, ids: Ids) -> None:
+    user = ids("lists")
+    defs.write_profiles(client, [user], ages=[5])
+    result = client.get_features(
+        ["profile:recent", "item_stats:popularity"],
+        entities={"user_id": [user], "item_id": [1, 2]},
+    )
+    matrix, names = result.to_numpy(dtype=object)
+    assert names == ["profile:recent", "item_stats:popularity"]
+    assert [cell.tolist() for cell in matrix[:, 0]] == [[0, 1], [0, 1]]
+
+
 async def test_async_client_reads_writes_and_lists(server: ServerThread, ids: Ids) -> None:
     user = ids("async")
     async with AsyncFeatureClient(server.address) as client:

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
+from featurewell.cli import _parser
+from featurewell.definitions import load_repo
 from featurewell.devcluster import call, free_ports
 from featurewell.settings import Settings
 from featurewell.store import acl
@@ -23,6 +25,7 @@ from tests.tools import promtool, wait_until
 pytestmark = pytest.mark.deploy
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+EXAMPLE = load_repo(str(DEPLOY.parent / "examples" / "streaming_media"))  # the image's repo
 
 
 def _load() -> dict[str, Any]:
@@ -79,6 +82,7 @@ def problems(compose: dict[str, Any], root: Path) -> list[str]:
         found.append(f"Prometheus scrapes {sorted(targets)}, not featurewell's /metrics")
     mounts = {name: _mounts(service, root) for name, service in services.items()}
     found += _secret_problems(compose, root, mounts)
+    found += _stream_problems(compose, targets)
     for rule_file in prometheus.get("rule_files", []):
         if rule_file not in mounts["prometheus"]:
             found.append(f"Prometheus loads {rule_file}, which no volume provides")
@@ -91,6 +95,37 @@ def problems(compose: dict[str, Any], root: Path) -> list[str]:
         folder = mounts["grafana"].get(provider["options"]["path"])
         if folder is None or not list(folder.glob("*.json")):
             found.append(f"Grafana's dashboards path {provider['options']['path']} has none")
+    return found
+
+
+def _stream_problems(compose: dict[str, Any], targets: set[str]) -> list[str]:
+    """The stream worker: a command line the CLI takes, for a source of the image's repo, its
+    /metrics published, health-checked and scraped, time for its last checkpoint on SIGTERM,
+    and its offline store on a volume."""
+    found: list[str] = []
+    service = compose["services"]["stream"]
+    env = service["environment"]
+    settings = Settings.load(environ={k: v for k, v in env.items() if k.startswith("FEATUREWELL_")})
+    args = _parser().parse_args([*service["entrypoint"][1:], *service["command"]])
+    if args.command.name != "stream":
+        found.append(f"stream runs `featurewell {args.command.name}`, not `featurewell stream`")
+    sources = {v.events.name for v in EXAMPLE.views.values() if v.events is not None}
+    if args.source not in sources:
+        found.append(f"stream reads {args.source!r}; the image's repo has {sorted(sources)}")
+    port = settings.listen.metrics_port
+    if f"stream:{port}" not in targets:
+        found.append(f"Prometheus scrapes {sorted(targets)}, not the stream's /metrics :{port}")
+    if {int(p.split(":")[1]) for p in service["ports"]} != {port}:
+        found.append(f"stream listens on {port}, publishes {service['ports']}")
+    if f":{port}/metrics" not in " ".join(service["healthcheck"]["test"]):
+        found.append(f"stream's health check does not ask its /metrics on {port}")
+    # SIGTERM: a last checkpoint (states, watermarks, acknowledgements: 10 s Redis timeouts).
+    grace = int(str(service.get("stop_grace_period", "10s")).removesuffix("s"))
+    if grace < args.checkpoint_s + 3 * 10:
+        found.append(f"stream gets {grace} s after SIGTERM, too short for its last checkpoint")
+    volumes = {v.split(":")[1]: v.split(":")[0] for v in service.get("volumes", [])}
+    if settings.offline.dir not in volumes:
+        found.append(f"stream writes history to {settings.offline.dir!r}, which is no volume")
     return found
 
 
@@ -148,7 +183,9 @@ def test_prometheus_config_with_its_rules_passes_promtool(tmp_path: Path) -> Non
     (tmp_path / "prometheus.yml").write_text(config)
     checked = promtool("check", "config", str(tmp_path / "prometheus.yml"))
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "19 rules found" in checked.stdout
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "rules.yml").read_text())["groups"]
+    # Every rule of the file, counted from it (a fixed number went stale as rules were added).
+    assert f"{sum(len(g['rules']) for g in rules)} rules found" in checked.stdout
 
 
 def test_the_checks_catch_broken_stacks() -> None:
@@ -173,6 +210,23 @@ def test_the_checks_catch_broken_stacks() -> None:
     no_dashboards = copy.deepcopy(_load())
     no_dashboards["services"]["grafana"]["volumes"].pop()
     assert any("dashboards path" in p for p in problems(no_dashboards, DEPLOY))
+
+    # The stream worker: unscraped, for a source the repo lacks, cut off before its checkpoint.
+    stream = copy.deepcopy(_load())
+    stream["services"]["stream"]["environment"]["FEATUREWELL_METRICS_PORT"] = "9999"
+    stream["services"]["stream"]["command"][1] = "clicks"
+    stream["services"]["stream"]["stop_grace_period"] = "10s"
+    del stream["services"]["stream"]["volumes"]
+    found = problems(stream, DEPLOY)
+    for expected in (
+        "not the stream's /metrics :9999",
+        "stream listens on 9999",
+        "does not ask its /metrics on 9999",
+        "stream reads 'clicks'",
+        "too short for its last checkpoint",
+        "which is no volume",
+    ):
+        assert any(expected in p for p in found), (expected, found)
 
     not_a_member = copy.deepcopy(_load())
     not_a_member["services"]["featurewell"]["environment"]["FEATUREWELL_REDIS"] = "10.9.9.9:6379"

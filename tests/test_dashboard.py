@@ -163,3 +163,32 @@ def test_every_metric_named_is_exported_by_a_real_server(cluster: Any, ids: Ids)
     }
     assert named - exported == set(), "the dashboard or the rules name metrics no server exports"
     assert len(named) >= 25
+
+
+PIPELINE_METRIC = re.compile(r"\b(?:featurewell|kube)_[a-z0-9_]+\b")
+
+
+def unshown_pipeline_alerts(board: dict[str, Any]) -> dict[str, set[str]]:
+    """Per pipeline alert (and the stream's dead letters), the metrics it reads that no panel
+    shows: whoever is paged finds each alert's series on the dashboard."""
+    shown = {m for _, expr in queries(board) for m in PIPELINE_METRIC.findall(expr)}
+    rules = yaml.safe_load(RULES.read_text())["groups"]
+    alerts = [
+        rule
+        for group in rules
+        for rule in group["rules"]
+        if group["name"] == "featurewell.pipelines"
+        or rule.get("alert", "").startswith("FeaturewellStream")
+    ]
+    assert len(alerts) >= 5
+    missing = {a["alert"]: set(PIPELINE_METRIC.findall(a["expr"])) - shown for a in alerts}
+    return {alert: metrics for alert, metrics in missing.items() if metrics}
+
+
+def test_every_pipeline_alert_has_its_panels() -> None:
+    assert unshown_pipeline_alerts(dashboard()) == {}
+    # The check fails when a panel goes: without the backlog panel, two alerts lose a series.
+    board = copy.deepcopy(dashboard())
+    board["panels"] = [p for p in board["panels"] if p["title"] != "Stream unread entries"]
+    missing = unshown_pipeline_alerts(board)
+    assert set(missing) == {"FeaturewellStreamBehind", "FeaturewellStreamStopped"}

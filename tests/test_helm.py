@@ -4,6 +4,7 @@ right: probes, ports, resources, labels, drain, security. Each check is also sho
 
 from __future__ import annotations
 
+import copy
 import shutil
 import subprocess
 from pathlib import Path
@@ -354,3 +355,217 @@ def test_contradicting_security_values_fail_to_render(
     done = _helm(helm, "template", "features", str(CHART), "-f", _values(tmp_path, values))
     assert done.returncode != 0
     assert message in done.stderr
+
+
+# -- pipelines: stream workers per event source, materialize and backfill Jobs/CronJobs ---------
+
+_PIPELINES: dict[str, Any] = {
+    "pipelines": {
+        "redis": {"username": "fw-writer", "existingSecret": "redis-users", "passwordKey": "fw-w"}
+    },
+    "offline": {"existingClaim": "featurewell-offline"},
+    "stream": {
+        "sources": [
+            {"name": "watches", "partitions": 4, "replicas": 2},
+            {"name": "page_views", "partitions": 2},
+            {
+                "name": "clicks",
+                "partitions": 8,
+                "kafkaBootstrap": "kafka:9092",
+                "args": ["--batch-size=200"],
+            },
+        ]
+    },
+    "jobs": {
+        "materialize": {"enabled": True, "schedule": "0 3 * * *"},
+        "backfill": {"enabled": True, "source": "watches", "log": "/data/watches.parquet"},
+    },
+    "metrics": {"serviceMonitor": {"enabled": True}},
+}
+
+
+def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def _pipeline_settings(objects: dict[str, dict[str, Any]]) -> dict[str, str]:
+    data: dict[str, str] = objects["ConfigMap/features-featurewell-pipelines"]["data"]
+    return data
+
+
+def test_pipelines_render_valid_and_off_by_default(helm: str, tmp_path: Path) -> None:
+    defaults = _render(helm)
+    assert not [n for n in defaults if "stream" in n or "materialize" in n or "backfill" in n]
+    assert "ConfigMap/features-featurewell-pipelines" not in defaults
+    objects = _valid(helm, "-f", _values(tmp_path, _PIPELINES))
+    kinds = sorted(n for n in objects if "featurewell-stream-" in n)
+    assert kinds == sorted(
+        f"{kind}/features-featurewell-stream-{name}"
+        for kind in ("Deployment", "Service", "PodDisruptionBudget", "ServiceMonitor")
+        for name in ("watches", "page-views", "clicks")
+    )
+    # The servers' Service, PDB and ServiceMonitor select server pods only, never workers.
+    worker = objects["Deployment/features-featurewell-stream-watches"]["spec"]["template"]
+    server_selector = objects["Service/features-featurewell"]["spec"]["selector"]
+    assert not _selects(server_selector, worker["metadata"]["labels"])
+
+
+def test_stream_worker_per_source(helm: str, tmp_path: Path) -> None:
+    objects = _valid(helm, "-f", _values(tmp_path, _PIPELINES))
+    settings = _pipeline_settings(objects)
+    for name, replicas, consumer in (("watches", 2, "$(POD_NAME)"), ("page-views", 1, "stream-0")):
+        deployment = objects[f"Deployment/features-featurewell-stream-{name}"]["spec"]
+        assert deployment["replicas"] == replicas
+        # Never two workers on one consumer name or partition during a rollout.
+        assert deployment["strategy"] == {"type": "Recreate"}
+        pod = deployment["template"]["spec"]
+        labels = deployment["template"]["metadata"]["labels"]
+        assert _selects(deployment["selector"]["matchLabels"], labels)
+        (container,) = pod["containers"]
+        assert container["command"] == ["featurewell"]
+        args = _parser().parse_args(container["args"])  # a command line the CLI accepts
+        assert args.source == name.replace("-", "_")
+        assert args.consumer == consumer
+        assert args.group == "featurewell"
+        if consumer == "$(POD_NAME)":  # expanded by the kubelet from the downward API
+            assert container["env"] == [
+                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+            ]
+        # SIGTERM: the last checkpoint writes states, then watermarks, then acknowledges, each
+        # with a 10 s Redis timeout, after up to one checkpoint interval already under way.
+        assert pod["terminationGracePeriodSeconds"] >= args.checkpoint_s + 3 * 10
+        # Metrics: the port the worker listens on is the container's, the Service's and the
+        # ServiceMonitor's, and they select this worker's pods.
+        loaded = _server_settings(settings)
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports == {"metrics": loaded.listen.metrics_port}
+        assert loaded.listen.host == "0.0.0.0"
+        service = objects[f"Service/features-featurewell-stream-{name}"]["spec"]
+        assert _selects(service["selector"], labels)
+        assert service["ports"][0]["targetPort"] == "metrics"
+        monitor = objects[f"ServiceMonitor/features-featurewell-stream-{name}"]["spec"]
+        service_labels = objects[f"Service/features-featurewell-stream-{name}"]["metadata"]
+        assert _selects(monitor["selector"]["matchLabels"], service_labels["labels"])
+        assert monitor["endpoints"][0]["port"] == "metrics"
+        pdb = objects[f"PodDisruptionBudget/features-featurewell-stream-{name}"]["spec"]
+        assert _selects(pdb["selector"]["matchLabels"], labels)
+        # The writer's credentials and the offline store are what the chart mounts.
+        assert _mounted_file(pod, settings["FEATUREWELL_REDIS_PASSWORD_FILE"]) == (
+            "secret",
+            "redis-users",
+            "fw-w",
+        )
+        offline = next(m for m in container["volumeMounts"] if m["name"] == "offline")
+        assert offline["mountPath"] == loaded.offline.dir
+        volume = next(v for v in pod["volumes"] if v["name"] == "offline")
+        assert volume["persistentVolumeClaim"] == {"claimName": "featurewell-offline"}
+    # A Kafka source: its topic instead of Redis Streams, and extra flags passed through.
+    kafka = objects["Deployment/features-featurewell-stream-clicks"]["spec"]["template"]["spec"]
+    args = _parser().parse_args(kafka["containers"][0]["args"])
+    assert (args.kafka_bootstrap, args.batch_size) == ("kafka:9092", 200)
+    # The servers' anti-affinity (about server pods) is not the workers'.
+    production = _render(helm, "-f", str(PRODUCTION), "-f", _values(tmp_path, _PIPELINES))
+    assert "affinity" in production["Deployment/features-featurewell"]["spec"]["template"]["spec"]
+    worker = production["Deployment/features-featurewell-stream-watches"]["spec"]["template"]
+    assert "affinity" not in worker["spec"]
+    loaded = _server_settings(settings)
+    assert (loaded.redis.username, loaded.redis.password_file) == (
+        "fw-writer",
+        "/etc/featurewell/redis-auth/password",
+    )
+    assert not loaded.redis.password
+    # The servers keep their own user: none set here, so none in their ConfigMap.
+    assert "FEATUREWELL_REDIS_USERNAME" not in objects["ConfigMap/features-featurewell"]["data"]
+
+
+def test_materialize_and_backfill_jobs_are_paced(helm: str, tmp_path: Path) -> None:
+    objects = _valid(helm, "-f", _values(tmp_path, _PIPELINES))
+    cron = objects["CronJob/features-featurewell-materialize"]["spec"]
+    assert cron["schedule"] == "0 3 * * *"
+    assert cron["concurrencyPolicy"] == "Forbid"
+    one_off = objects["Job/features-featurewell-backfill-r1"]["spec"]  # named by revision
+    for job, command in ((cron["jobTemplate"]["spec"], "materialize"), (one_off, "backfill")):
+        pod = job["template"]["spec"]
+        assert pod["restartPolicy"] == "Never"
+        assert job["backoffLimit"] == 2
+        assert job["activeDeadlineSeconds"] > 0  # a stuck load fails, and alerts
+        (container,) = pod["containers"]
+        args = _parser().parse_args(container["args"])
+        assert container["args"][0] == command
+        assert args.max_rows_per_second == 20000  # paced by default
+        assert {"name": "offline", "mountPath": "/var/lib/featurewell/offline"} in container[
+            "volumeMounts"
+        ]
+    backfill = _parser().parse_args(one_off["template"]["spec"]["containers"][0]["args"])
+    assert (backfill.source, backfill.log, backfill.group) == (
+        "watches",
+        "/data/watches.parquet",
+        "featurewell",
+    )
+    # schedule swaps the kinds; maxRowsPerSecond 0 lifts the pace.
+    values = copy.deepcopy(_PIPELINES)
+    values["jobs"]["materialize"].update(schedule="", maxRowsPerSecond=0)
+    values["jobs"]["backfill"]["schedule"] = "*/30 * * * *"
+    swapped = _valid(helm, "-f", _values(tmp_path, values))
+    job = swapped["Job/features-featurewell-materialize-r1"]["spec"]
+    args = _parser().parse_args(job["template"]["spec"]["containers"][0]["args"])
+    assert not args.max_rows_per_second
+    assert "CronJob/features-featurewell-backfill" in swapped
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"stream": {"sources": [{"name": "watches", "partitions": 4, "replicas": 5}]}},
+            "replicas 5 must be between 1 and its 4 partitions",
+        ),
+        (
+            {"stream": {"sources": [{"name": "watches"}]}},
+            "partitions (the source's partitions= in the repo)",
+        ),
+        (
+            {"jobs": {"backfill": {"enabled": True}}},
+            "jobs.backfill.source: the EventSource to backfill",
+        ),
+    ],
+    ids=["replicas-above-partitions", "no-partitions", "backfill-without-source"],
+)
+def test_pipeline_values_that_cannot_work_fail_to_render(
+    helm: str, tmp_path: Path, change: dict[str, Any], message: str
+) -> None:
+    done = _helm(helm, "template", "features", str(CHART), "-f", _values(tmp_path, change))
+    assert done.returncode != 0
+    assert message in done.stderr
+
+
+def test_the_selector_check_catches_a_mismatch() -> None:
+    labels = {"app.kubernetes.io/component": "stream-watches", "app.kubernetes.io/name": "x"}
+    assert _selects({"app.kubernetes.io/component": "stream-watches"}, labels)
+    assert not _selects({"app.kubernetes.io/component": "stream-clicks"}, labels)
+
+
+def test_pipelines_network_policy(helm: str, tmp_path: Path) -> None:
+    kafka = {"to": [{"podSelector": {"matchLabels": {"app": "kafka"}}}], "ports": [{"port": 9092}]}
+    values = copy.deepcopy(_PIPELINES)
+    values["networkPolicy"] = {"enabled": True, "pipelinesEgress": [kafka]}
+    objects = _valid(helm, "-f", _values(tmp_path, values))
+    policy = objects["NetworkPolicy/features-featurewell-pipelines"]["spec"]
+    workers = [o for n, o in objects.items() if n.startswith("Deployment/") and "stream" in n]
+    assert workers
+    for worker in workers:  # every worker's pods, and the servers' policy selects none of them
+        labels = worker["spec"]["template"]["metadata"]["labels"]
+        assert _selects(policy["podSelector"]["matchLabels"], labels)
+        server = objects["NetworkPolicy/features-featurewell"]["spec"]["podSelector"]
+        assert not _selects(server["matchLabels"], labels)
+    (metrics_in,) = policy["ingress"]
+    assert metrics_in["ports"] == [{"port": 9464, "protocol": "TCP"}]
+    redis_out, dns_out, kafka_out = policy["egress"]
+    assert redis_out["ports"] == [{"port": 6379, "protocol": "TCP"}]
+    assert {p["port"] for p in dns_out["ports"]} == {53}
+    assert kafka_out == kafka
+    # A Kafka source behind a policy with no way out to Kafka would never read: refused.
+    values["networkPolicy"]["pipelinesEgress"] = []
+    done = _helm(helm, "template", "features", str(CHART), "-f", _values(tmp_path, values))
+    assert done.returncode != 0
+    assert "stream.sources clicks reads Kafka" in done.stderr

@@ -67,7 +67,10 @@ def test_admission_counts_stay_within_their_byte_bound() -> None:
 def test_a_long_entity_id_is_served_but_not_cached(
     cluster: LocalCluster, registry: Registry, ids: Ids
 ) -> None:
-    server = ServerThread(make_settings(cluster, cache_admit_after=1), registry)
+    # Keys this long are refused by default (max_entity_key_bytes); a deployment that raises the
+    # limit still gets a cache that never holds them.
+    settings = make_settings(cluster, cache_admit_after=1, max_entity_key_bytes=8192)
+    server = ServerThread(settings, registry)
     try:
         with FeatureClient(server.address, timeout=5) as client:
             short, long = ids("short"), ids("long-" + "x" * 5000)

@@ -187,6 +187,12 @@ BUILDERS: dict[str, Callable[[], Iterator[Case]]] = {
     "defaults_log": _fixed("defaults_log", keys.DEFAULTS_LOG_KEY),
     "consumer_calls": _fixed("consumer_calls", keys.CONSUMER_CALLS_KEY),
     "consumer_seen": _fixed("consumer_seen", keys.CONSUMER_SEEN_KEY),
+    "consumer_days": lambda: iter(
+        [
+            Case("consumer_days", keys.consumer_day_key(day), {"day": day.encode()}, keys.META_SLOT)
+            for day in ("20261204", "19700101", "99991231")
+        ]
+    ),
     "watermarks": _watermarks,
     "events": _events,
     "dead_letters": _dead_letters,

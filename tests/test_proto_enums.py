@@ -45,6 +45,7 @@ MIRRORS: dict[str, tuple[Mapping[str, int], str, str, Mapping[str, str]]] = {
         {"TIMEOUT": "STORE_TIMEOUT", "UNAVAILABLE": "STORE_UNAVAILABLE"},
     ),
     "definitions Kind": (_members(Kind), "ValueType", "VALUE_TYPE_", {}),
+    "client ViewStatus": (_members(client.ViewStatus), "ViewStatus", "VIEW_STATUS_", {}),
 }
 
 # Proto values with no counterpart on purpose: the zero "not set" value of each enum.
@@ -52,6 +53,7 @@ UNSPECIFIED = {
     "FeatureStatus": {"FEATURE_STATUS_UNSPECIFIED"},
     "FallbackReason": {"FALLBACK_REASON_UNSPECIFIED"},
     "ValueType": {"VALUE_TYPE_UNSPECIFIED"},
+    "ViewStatus": {"VIEW_STATUS_UNSPECIFIED"},
 }
 
 

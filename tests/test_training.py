@@ -27,7 +27,7 @@ from featurewell.definitions import (
 )
 from featurewell.devcluster import LocalCluster
 from featurewell.errors import InvalidRequest, UnknownFeature
-from featurewell.offline import OfflineStore, get_historical_features
+from featurewell.offline import OfflineStore, get_historical_features, versions
 from featurewell.values import NOT_FOUND, PRESENT, STALE
 from tests.tools import ServerThread, make_settings
 
@@ -316,10 +316,16 @@ def test_training_set_command(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "3 rows x 2 features" in done.stdout
+    version = "rides v1 (highest in the repo, no promoted defaults given)"
     assert (
-        "rides: not_found 2, present 1" in done.stdout
-        or "rides: present 1, not_found 2" in done.stdout
+        f"{version}: not_found 2, present 1" in done.stdout
+        or f"{version}: present 1, not_found 2" in done.stdout
     )
-    table = pq.read_table(tmp_path / "train.parquet").to_pydict()
+    assert "note: no promoted defaults given" in done.stdout
+    written = pq.read_table(tmp_path / "train.parquet")
+    assert versions.recorded(written.schema.metadata) == {
+        "rides": {"version": 1, "how": "highest in the repo, no promoted defaults given"}
+    }
+    table = written.to_pydict()
     assert table["rides:score"] == [-1.0, 4.0, -1.0]
     assert table["rides:tier"] == ["-", "t4", "-"]

@@ -9,6 +9,7 @@ process, or several workers sharing the port.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import multiprocessing
 import os
@@ -20,7 +21,7 @@ from contextlib import asynccontextmanager
 import uvloop
 
 from featurewell.definitions import Registry, load_repo
-from featurewell.errors import ConfigError
+from featurewell.errors import ConfigError, StoreUnreachable
 from featurewell.serving.server import Server
 from featurewell.settings import CacheSettings, RedisSettings, Settings
 from featurewell.store.breaker import BreakerPolicy
@@ -62,8 +63,11 @@ def hot_key_cache(cache: CacheSettings, store_timeout_ms: float) -> HotKeyCache 
     )
 
 
-async def open_store(redis: RedisSettings, cache: HotKeyCache | None = None) -> OnlineStore:
-    """The online store with circuit breakers; raises StoreUnavailable when no node answers."""
+async def open_store(
+    redis: RedisSettings, cache: HotKeyCache | None = None, *, connect_now: bool = True
+) -> OnlineStore:
+    """The online store with circuit breakers; raises StoreUnavailable when no node answers
+    (StoreUnreachable when none answers at all). `connect_now=False`: not connected yet."""
     return await OnlineStore.connect(
         redis.seeds,
         connect_timeout=redis.connect_timeout_s,
@@ -71,6 +75,7 @@ async def open_store(redis: RedisSettings, cache: HotKeyCache | None = None) -> 
         breaker=BreakerPolicy(redis.breaker_failures, redis.breaker_open_ms / 1000),
         cache=cache,
         access=node_access(redis),
+        connect_now=connect_now,
     )
 
 
@@ -89,11 +94,19 @@ async def start_server(
     settings: Settings, registry: Registry | None = None, tracing: Tracing | None = None
 ) -> Server:
     """Load the repo (unless given), connect to Redis with the hot-key cache, listen. Raises
-    DefinitionError for a bad repo and StoreUnavailable when no Redis Cluster node answers,
-    before anything listens. The server owns the store: `Server.stop` closes it."""
+    DefinitionError for a bad repo, and StoreUnavailable before anything listens when Redis
+    refuses this server (password, TLS, not a cluster). When no node answers at all, the server
+    starts NOT_SERVING and connects once the cluster answers (unless `redis_wait_at_start` is
+    off: then StoreUnreachable). The server owns the store: `Server.stop` closes it."""
     registry = registry if registry is not None else load_repo(settings.repo)
     cache = hot_key_cache(settings.cache, settings.serving.store_timeout_ms)
-    store = await open_store(settings.redis, cache)
+    try:
+        store = await open_store(settings.redis, cache)
+    except StoreUnreachable as exc:
+        if not settings.serving.wait_for_redis:
+            raise
+        store = await open_store(settings.redis, cache, connect_now=False)
+        return await Server.start(settings, store, registry, tracing, unreachable=exc)
     return await Server.start(settings, store, registry, tracing)
 
 
@@ -107,6 +120,8 @@ async def run_server(settings: Settings) -> None:
         settings.repo,
         ",".join(f"{h}:{p}" for h, p in settings.redis.seeds),
     )
+    if settings.serving.workers == 1:  # several workers: the parent prints the line
+        announce(settings.listen.host, server.port, server.metrics_port, server.ready)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -137,9 +152,12 @@ def serve(settings: Settings) -> None:
     # own endpoint stays off.
     listen = settings.listen
     shared = exposition.WorkerMetrics() if listen.metrics_port >= 0 else None
+    metrics_port = None
     if shared is not None:
-        port = exposition.serve(shared.registry, listen.host, listen.metrics_port)
-        log.info("metrics of %d workers on :%d/metrics", settings.serving.workers, port)
+        metrics_port = exposition.serve(shared.registry, listen.host, listen.metrics_port)
+        log.info("metrics of %d workers on :%d/metrics", settings.serving.workers, metrics_port)
+    # Workers share a fixed port (SO_REUSEPORT); each reports its own health.
+    announce(listen.host, settings.serving.port, metrics_port, None)
     context = multiprocessing.get_context("spawn")
     worker_settings = settings.with_changes(metrics_port=-1)
     workers = [
@@ -163,6 +181,19 @@ def serve(settings: Settings) -> None:
             shared.worker_exited(worker.pid)
     if shared is not None:
         shared.close()
+
+
+def announce(host: str, port: int, metrics_port: int | None, ready: bool | None) -> None:
+    """One JSON line on stdout saying where the server listens, for scripts (`--port 0`,
+    `--metrics-port 0`): `{"event": "serving", "grpc": "host:port", "metrics": "host:port" or
+    null, "ready": true|false|null}`. Logs go to stderr, so stdout holds only this line."""
+    line = {
+        "event": "serving",
+        "grpc": f"{host}:{port}",
+        "metrics": f"{host}:{metrics_port}" if metrics_port is not None else None,
+        "ready": ready,  # false: NOT_SERVING until Redis answers; null: several workers
+    }
+    print(json.dumps(line), flush=True)
 
 
 def _worker(settings: Settings) -> None:

@@ -27,10 +27,11 @@ from featurewell.compute.backfill import backfill_logs
 from featurewell.compute.redis_streams import append, checked_event
 from featurewell.definitions import EventSource, Registry, load_repo
 from featurewell.devcluster import DIE_WITH_PARENT, start_local_cluster
-from featurewell.errors import ConfigError
+from featurewell.errors import ConfigError, DefinitionError
 from featurewell.ingest.materialize import materialize
 from featurewell.serving.server import Server
-from featurewell.settings import Settings
+from featurewell.settings import Settings, TelemetrySettings
+from featurewell.telemetry.report import compute_baselines
 
 _READY = re.compile(r"featurewell stream: consuming .*; metrics (\S+)")
 _ECHOES: set[asyncio.Task[None]] = set()
@@ -81,7 +82,34 @@ def run_demo(settings: Settings, options: DemoOptions) -> None:
         if generator is not None:
             rows = generator.generate(options.users, options.items, repo / "data")
             print(f"generated sample data in {repo / 'data'}: {rows}", flush=True)
+        settings = with_drift_baselines(settings, repo)
         uvloop.run(_serve(settings, generator))
+
+
+# The demo watches drift closely, so its dashboard's drift panels fill within a minute of
+# traffic: every call sampled, compared every 15 s (production: 1% of calls, every 5 minutes).
+DEMO_DRIFT = {"drift_sample_rate": 1.0, "drift_window_s": 15.0}
+
+
+def with_drift_baselines(settings: Settings, repo: Path) -> Settings:
+    """`settings` with drift baselines from the sample data, as `featurewell baseline` makes
+    them (each Parquet-sourced view's own file; the definitions' Stats cover the computed
+    views), saved beside the repo; and the demo's drift pace where the user set none."""
+    changes: dict[str, object] = {
+        name: value
+        for name, value in DEMO_DRIFT.items()
+        if getattr(settings.telemetry, name) == getattr(TelemetrySettings(), name)
+    }
+    if not settings.telemetry.drift_baseline:
+        out = repo / "baseline.json"
+        try:
+            found = compute_baselines(load_repo(settings.repo), None, out)
+        except DefinitionError as exc:  # no Parquet-sourced view: the Stats alone
+            print(f"drift baselines: the definitions' Stats only ({exc})", flush=True)
+        else:
+            print(f"drift baselines: {len(found)} from the sample data in {out}", flush=True)
+            changes["drift_baseline"] = str(out)
+    return settings.with_changes(**changes)
 
 
 async def _serve(settings: Settings, generator: Any) -> None:
@@ -253,6 +281,8 @@ def _load_module(path: Path) -> Any:
 _HOW_TO_CALL = """
 featurewell is serving the streaming_media example on {address} (Ctrl-C stops it all).
 Metrics: {metrics}    drift report: featurewell drift --metrics-url {metrics}
+Web UI (catalog, views, live health; docs/ui.md), then open http://127.0.0.1:8080/:
+    featurewell ui --repo {repo} --redis {redis} --metrics-url {metrics}
 
   Python:
     from featurewell.client import FeatureClient

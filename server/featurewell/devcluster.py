@@ -14,16 +14,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import hiredis
 
+from featurewell.errors import ConfigError
 from featurewell.store.connection import Address, encode_command
 from featurewell.store.keys import SLOTS
 
 HOST = "127.0.0.1"
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
 @dataclass
@@ -109,8 +112,11 @@ def start_local_cluster(
     redis_server: str = "redis-server",
     tls: TlsFiles | None = None,
     aclfile: Path | None = None,
+    ports: Sequence[int] | None = None,
 ) -> LocalCluster:
     """Start `masters` masters (+ replicas), assign all slots, wait until the cluster is ok.
+    `ports`: the nodes' ports, masters first (then, with TLS, their TLS ports); default: free
+    ones outside the ephemeral range (see `free_ports`).
     With `tls`, every node also listens for TLS on its own port and the cluster bus runs TLS;
     Redis reports TLS ports to TLS clients and plaintext ports to the rest. With `aclfile`,
     every node loads its ACL users (keep `default` usable: this module administers the nodes
@@ -120,7 +126,11 @@ def start_local_cluster(
             f"{redis_server!r} not found: install Redis (apt-get install redis-server)"
         )
     nodes = masters * (1 + replicas_per_master)
-    ports = free_ports(nodes * (2 if tls else 1))
+    if ports is None:
+        ports = free_ports(nodes * (2 if tls else 1))
+    else:
+        ports = list(ports)
+        _check_ports(ports, nodes * (2 if tls else 1))
     directory = workdir or Path(tempfile.mkdtemp(prefix="featurewell-cluster-"))
     cluster = LocalCluster(
         ports[:masters],
@@ -320,15 +330,55 @@ def _wait_for(condition: Any, what: str, timeout: float = 30.0) -> None:
     raise RuntimeError(f"timed out waiting for {what}" + (f": {last}" if last else ""))
 
 
+BUS_OFFSET = 10000  # Redis's cluster bus listens on port + 10000
+
+
 def free_ports(count: int) -> list[int]:
-    """Ports free both for clients and for the cluster bus (port + 10000)."""
+    """Ports free both for clients and for the cluster bus (port + 10000), both outside the
+    kernel's ephemeral range: there an outgoing connection may take a killed node's port (or
+    its bus port) before it restarts, and the node fails with "Address already in use"."""
+    low, high = usable_range()
     chosen: list[int] = []
-    while len(chosen) < count:
-        port = random.randint(20000, 29999)
-        if port in chosen or not (_is_free(port) and _is_free(port + 10000)):
+    for _ in range(100_000):
+        if len(chosen) == count:
+            return chosen
+        port = random.randint(low, high)
+        if port in chosen or not (_is_free(port) and _is_free(port + BUS_OFFSET)):
             continue
         chosen.append(port)
-    return chosen
+    raise RuntimeError(f"cannot find {count} free ports (with bus ports) in {low}-{high}")
+
+
+def usable_range() -> tuple[int, int]:
+    """Ports whose bus port (port + 10000) is below the ephemeral range too (Linux's
+    /proc/sys/net/ipv4/ip_local_port_range, 32768-60999 by default: 10000-22767), or above it
+    when the range starts too low for that."""
+    try:
+        first, last = map(int, EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        first, last = 32768, 60999  # Linux's default; other systems differ but rarely matter
+    if first - 1 - BUS_OFFSET >= 11000:
+        return 10000, first - 1 - BUS_OFFSET
+    if 65535 - BUS_OFFSET - (last + 1) >= 1000:
+        return last + 1, 65535 - BUS_OFFSET
+    raise RuntimeError(
+        f"the ephemeral port range {first}-{last} leaves no room for local cluster ports and "
+        "their bus ports (port + 10000); pass ports explicitly"
+    )
+
+
+def _check_ports(ports: list[int], needed: int) -> None:
+    if len(ports) != needed or len(set(ports)) != needed:
+        raise ConfigError(f"the local cluster needs {needed} distinct ports, got {ports}")
+    for port in ports:
+        if not 1 <= port <= 65535 - BUS_OFFSET:
+            raise ConfigError(
+                f"port {port} out of range: a node's bus port (port + 10000) must be <= 65535"
+            )
+        for taken in (port, port + BUS_OFFSET):
+            if not _is_free(taken):
+                what = "its cluster bus port" if taken != port else "it"
+                raise ConfigError(f"port {port} is not free ({what}, {taken}, is in use)")
 
 
 def _is_free(port: int) -> bool:

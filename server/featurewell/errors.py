@@ -12,9 +12,12 @@ the code raises domain errors and never touches gRPC.
     │   ├── InvalidRequest     malformed input: bad key type, lengths, empty or oversized batch
     │   ├── UnknownFeature     a feature, view, version or transform that does not exist
     │   ├── EntityNotFound     strict mode and some entities have no stored row
-    │   └── DeadlineExceeded   the caller's deadline expired (or leaves no time) before the answer
+    │   ├── DeadlineExceeded   the caller's deadline expired (or leaves no time) before the answer
+    │   ├── Unauthenticated    no verified identity where one is required, or a bad credential
+    │   └── PermissionDenied   the caller's principal may not read or write a view
     └── StoreError             the online store could not answer
         ├── StoreUnavailable   no connection, cluster down, node unreachable
+        │   └── StoreUnreachable  no node of the cluster answers at all (down, not misconfigured)
         ├── StoreTimeout       the store did not answer within the call's budget
         └── CorruptRow         a stored row does not match its view's schema
 
@@ -67,12 +70,32 @@ class DeadlineExceeded(RequestError):
     """The caller's deadline expired, or leaves too little time, before the answer was ready."""
 
 
+class Unauthenticated(RequestError):
+    """Authentication is required and the call has no verified identity, or it sent a token
+    that is unknown, expired or badly signed. The message says what to send."""
+
+
+class PermissionDenied(RequestError):
+    """The call's principal may not read or write a view (its Access policy); the message
+    names the principal and the view."""
+
+
 class StoreError(FeaturewellError):
     """The online store failed to answer."""
 
 
 class StoreUnavailable(StoreError):
     """The online store (or one of its nodes) cannot be reached."""
+
+
+class StoreUnreachable(StoreUnavailable):
+    """No Redis Cluster node answered: every one refused the connection or timed out. Unlike
+    a refused password, a TLS failure or a node that is not a cluster node, waiting may fix it
+    (a server starts NOT_SERVING and retries)."""
+
+    def __init__(self, message: str, nodes: list[str]) -> None:
+        super().__init__(message)
+        self.nodes = nodes  # "host:port" of every node tried
 
 
 class StoreTimeout(StoreError):

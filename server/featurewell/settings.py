@@ -16,6 +16,7 @@ from typing import Any
 
 from featurewell.errors import ConfigError
 from featurewell.settings_groups import (
+    AuthSettings,
     CacheSettings,
     Group,
     ListenSettings,
@@ -42,6 +43,7 @@ class Settings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     offline: OfflineSettings = field(default_factory=OfflineSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
 
     @classmethod
     def load(
@@ -129,6 +131,7 @@ GROUPS: dict[str, type[Group]] = {
     "cache": CacheSettings,
     "telemetry": TelemetrySettings,
     "offline": OfflineSettings,
+    "auth": AuthSettings,
 }
 
 
@@ -187,6 +190,7 @@ def parse_addresses(raw: str) -> tuple[Address, ...]:
 
 __all__ = [
     "GROUPS",
+    "AuthSettings",
     "CacheSettings",
     "Group",
     "ListenSettings",

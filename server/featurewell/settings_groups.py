@@ -125,6 +125,12 @@ class ServingSettings(Group):
         "tls_cert_file", "PEM certificate chain: serve TLS (with tls_key_file).", ""
     )
     tls_key_file: str = setting("tls_key_file", "PEM private key of tls_cert_file.", "")
+    tls_client_ca_file: str = setting(
+        "tls_client_ca_file",
+        "PEM CA bundle: with tls_cert_file and tls_key_file, require and verify client "
+        "certificates (mTLS); the caller's principal comes from its certificate.",
+        "",
+    )
     store_timeout_ms: float = setting(
         "store_timeout_ms",
         "Longest a call waits for Redis; a shorter client deadline shortens it further.",
@@ -196,7 +202,8 @@ class ServingSettings(Group):
         "this long first. Keep 0 in production.",
         0.0,
     )
-    # HTTP/2 and gRPC limits against hostile or broken clients (docs/security-hardening.md).
+    # HTTP/2 and gRPC limits against hostile or broken clients
+    # (docs/security/requests-and-stored-data.md).
     max_request_mb: int = setting(
         "max_request_mb",
         "Largest request a call may send, in MiB (gRPC max receive message length); larger "
@@ -239,7 +246,21 @@ class ServingSettings(Group):
         False,
     )
 
+    wait_for_redis: bool = setting(
+        "redis_wait_at_start",
+        "When no Redis Cluster node answers at start-up, start anyway NOT_SERVING and serve once "
+        "the cluster answers (false: exit with an error instead).",
+        True,
+    )
+    redis_retry_max_s: float = setting(
+        "redis_retry_max_s",
+        "Longest pause between start-up connection attempts (the pause doubles from 0.2 s up "
+        "to it, jittered).",
+        5.0,
+    )
+
     def check(self) -> None:
+        _positive(self, "redis_retry_max_s")
         _positive(self, "max_request_mb", "max_concurrent_streams")
         _positive(self, "max_connection_idle_s", "keepalive_min_interval_s")
         _not_negative(self, "max_connection_age_s", "max_connection_age_grace_s")
@@ -264,6 +285,10 @@ class ServingSettings(Group):
             raise ConfigError("several workers need a fixed port, not port 0")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ConfigError("settings tls_cert_file and tls_key_file go together: set both")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ConfigError(
+                "setting tls_client_ca_file (mTLS) needs TLS: set tls_cert_file and tls_key_file"
+            )
 
     @property
     def max_message_bytes(self) -> int:
@@ -375,6 +400,48 @@ class OfflineSettings(Group):
             raise ConfigError(
                 f"setting offline_format must be parquet or delta, got {self.format!r}"
             )
+
+
+@dataclass(frozen=True)
+class AuthSettings(Group):
+    title = "Authentication"
+    required: bool = setting(
+        "auth_required",
+        "Refuse FeatureService calls without a verified identity (client certificate or "
+        "bearer token) with UNAUTHENTICATED, and enforce the definitions' Access policies. "
+        "Health and reflection stay open.",
+        False,
+    )
+    tokens_file: str = setting(
+        "auth_tokens_file",
+        "Bearer tokens: lines '<sha256 hex of the token> <principal>' (no secrets in the "
+        "file); re-read when it changes, so tokens rotate without a restart.",
+        "",
+    )
+    jwks_file: str = setting(
+        "auth_jwks_file",
+        "JWKS file (JSON) whose keys verify bearer JWTs locally; the principal is the `sub` "
+        "claim. Needs auth_jwt_issuer and auth_jwt_audience.",
+        "",
+    )
+    jwt_issuer: str = setting("auth_jwt_issuer", "The `iss` every bearer JWT must carry.", "")
+    jwt_audience: str = setting(
+        "auth_jwt_audience", "The `aud` every bearer JWT must carry (this service).", ""
+    )
+
+    def check(self) -> None:
+        if self.jwks_file and not (self.jwt_issuer and self.jwt_audience):
+            raise ConfigError(
+                "setting auth_jwks_file needs auth_jwt_issuer and auth_jwt_audience: a JWT is "
+                "accepted only for the issuer and audience named"
+            )
+        if (self.jwt_issuer or self.jwt_audience) and not self.jwks_file:
+            raise ConfigError("settings auth_jwt_issuer/audience need auth_jwks_file (the keys)")
+
+    @property
+    def configured(self) -> bool:
+        """Whether any bearer-token source is set."""
+        return bool(self.tokens_file or self.jwks_file)
 
 
 def _positive(group: Group, *names: str) -> None:

@@ -18,17 +18,21 @@ from featurewell.client._errors import (
     InvalidArgument,
     InvalidValues,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
     ServerError,
+    Unauthenticated,
     Unavailable,
 )
 from featurewell.client._result import (
     Column,
+    DeprecatedFeatureWarning,
     Fallback,
     FallbackReason,
     FeatureResult,
     Status,
     ValueType,
+    ViewStatus,
     WriteResult,
 )
 
@@ -37,6 +41,7 @@ __all__ = [
     "ClientOptions",
     "Column",
     "DeadlineExceeded",
+    "DeprecatedFeatureWarning",
     "Fallback",
     "FallbackReason",
     "FeatureClient",
@@ -45,10 +50,13 @@ __all__ = [
     "InvalidArgument",
     "InvalidValues",
     "NotFound",
+    "PermissionDenied",
     "ResourceExhausted",
     "ServerError",
     "Status",
+    "Unauthenticated",
     "Unavailable",
     "ValueType",
+    "ViewStatus",
     "WriteResult",
 ]

@@ -11,9 +11,13 @@ import numpy as np
 
 from featurewell.client._channel import ClientOptions
 from featurewell.client._errors import translate
-from featurewell.client._request import build_request, build_write_request
+from featurewell.client._request import (
+    build_list_request,
+    build_request,
+    build_write_request,
+)
 from featurewell.client._result import FeatureResult, WriteResult
-from featurewell.client._tracing import call_metadata
+from featurewell.client._tracing import call_metadata, deprecations_of
 from featurewell.client._values import FeatureValues
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
@@ -40,6 +44,9 @@ class AsyncFeatureClient:
             else grpc.aio.secure_channel(target, credentials, options=settings)
         )
         self._stub = pb_grpc.FeatureServiceStub(self._channel)
+
+    def _metadata(self) -> tuple[tuple[str, str | bytes], ...] | None:
+        return call_metadata(self._caller, self.options.bearer())
 
     async def close(self) -> None:
         await self._channel.close()
@@ -68,12 +75,14 @@ class AsyncFeatureClient:
             include_event_timestamps=include_event_timestamps,
         )
         try:
-            response = await self._stub.GetFeatures(
-                request, timeout=timeout or self.timeout, metadata=call_metadata(self._caller)
+            call = self._stub.GetFeatures(
+                request, timeout=timeout or self.timeout, metadata=self._metadata()
             )
+            response = await call
+            trailing = await call.trailing_metadata()
         except grpc.RpcError as exc:
             raise translate(exc) from None
-        return FeatureResult(response)
+        return FeatureResult(response, deprecations_of(trailing))
 
     async def write_features(
         self,
@@ -88,18 +97,31 @@ class AsyncFeatureClient:
         request = build_write_request(view, entities, event_timestamps_us, features)
         try:
             response: pb.WriteFeaturesResponse = await self._stub.WriteFeatures(
-                request, timeout=timeout or self.timeout * 10, metadata=call_metadata(self._caller)
+                request, timeout=timeout or self.timeout * 10, metadata=self._metadata()
             )
         except grpc.RpcError as exc:
             raise translate(exc) from None
         return WriteResult(view, response.written, response.skipped_older)
 
-    async def list_features(self, *, timeout: float | None = None) -> pb.ListFeaturesResponse:
+    async def list_features(
+        self,
+        *,
+        owner: str = "",
+        tag: str = "",
+        entity: str = "",
+        name_prefix: str = "",
+        status: int = 0,
+        timeout: float | None = None,
+    ) -> pb.ListFeaturesResponse:
+        """The catalog: entities, view versions (status, SLA, deprecation, versions) and
+        transforms; filters narrow it to the views matching all those given (`tag`: "key" or
+        "key=value"; `status`: a ViewStatus). Views the caller may not read are never listed."""
+        request = build_list_request(owner, tag, entity, name_prefix, status)
         try:
             response: pb.ListFeaturesResponse = await self._stub.ListFeatures(
-                pb.ListFeaturesRequest(),
+                request,
                 timeout=timeout or self.timeout,
-                metadata=call_metadata(self._caller),
+                metadata=self._metadata(),
             )
         except grpc.RpcError as exc:
             raise translate(exc) from None

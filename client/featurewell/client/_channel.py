@@ -5,6 +5,7 @@ clients behave identically and no retry loop is written twice."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,13 @@ class ClientOptions:
     tls: False for plaintext, True for TLS with the system's roots, or PEM root certificates.
     caller: who is calling, a model name and version ("ranker/3.2"), sent with every call as
         `x-featurewell-model` metadata; servers record which views each caller reads
-        (`featurewell lineage`).
+        (`featurewell lineage`). With authentication on it names the model within the
+        authenticated principal; it grants nothing.
+    client_cert / client_key: PEM client certificate chain and private key for mTLS (servers
+        with `tls_client_ca_file`); needs `tls`.
+    token: a bearer token sent as `authorization: Bearer <token>` with every call, or a
+        function returning the current one (called per call: rotate by returning a new one;
+        cache it yourself). Needs `tls`: a token in plaintext is anyone's.
     """
 
     timeout: float = 1.0
@@ -39,6 +46,9 @@ class ClientOptions:
     max_message_mb: int = 64
     tls: bool | bytes = False
     caller: str = ""
+    client_cert: bytes | None = None
+    client_key: bytes | None = None
+    token: str | Callable[[], str] | None = None
 
     def __post_init__(self) -> None:
         if self.timeout <= 0:
@@ -49,6 +59,20 @@ class ClientOptions:
             raise ValueError(
                 f"caller must be printable ASCII, at most 200 characters: {self.caller!r}"
             )
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key go together: give both for mTLS")
+        if (self.client_cert is not None or self.token is not None) and self.tls is False:
+            raise ValueError(
+                "client_cert and token need tls=True (or PEM roots): credentials travel only "
+                "over TLS"
+            )
+
+    def bearer(self) -> str | None:
+        """The `authorization` value for the next call, or None without a token."""
+        if self.token is None:
+            return None
+        token = self.token() if callable(self.token) else self.token
+        return f"Bearer {token}"
 
     def channel_options(self, target: str) -> list[tuple[str, Any]]:
         size = self.max_message_mb * 1024 * 1024
@@ -72,7 +96,11 @@ class ClientOptions:
         if self.tls is False:
             return None
         roots = self.tls if isinstance(self.tls, bytes) else None
-        return grpc.ssl_channel_credentials(root_certificates=roots)
+        return grpc.ssl_channel_credentials(
+            root_certificates=roots,
+            private_key=self.client_key,
+            certificate_chain=self.client_cert,
+        )
 
     def _service_config(self) -> dict[str, Any]:
         reads = [{"service": _SERVICE, "method": m} for m in ("GetFeatures", "ListFeatures")]

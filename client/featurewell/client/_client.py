@@ -11,9 +11,13 @@ import numpy as np
 
 from featurewell.client._channel import ClientOptions
 from featurewell.client._errors import translate
-from featurewell.client._request import build_request, build_write_request
+from featurewell.client._request import (
+    build_list_request,
+    build_request,
+    build_write_request,
+)
 from featurewell.client._result import FeatureResult, WriteResult
-from featurewell.client._tracing import call_metadata
+from featurewell.client._tracing import call_metadata, deprecations_of
 from featurewell.client._values import FeatureValues
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
@@ -42,6 +46,9 @@ class FeatureClient:
         self.timeout = options.timeout
         self._channel = open_channel(target, options)
         self._stub = pb_grpc.FeatureServiceStub(self._channel)
+
+    def _metadata(self) -> tuple[tuple[str, str | bytes], ...] | None:
+        return call_metadata(self._caller, self.options.bearer())
 
     def close(self) -> None:
         self._channel.close()
@@ -72,12 +79,12 @@ class FeatureClient:
             include_event_timestamps=include_event_timestamps,
         )
         try:
-            response = self._stub.GetFeatures(
-                request, timeout=timeout or self.timeout, metadata=call_metadata(self._caller)
+            response, call = self._stub.GetFeatures.with_call(
+                request, timeout=timeout or self.timeout, metadata=self._metadata()
             )
         except grpc.RpcError as exc:
             raise translate(exc) from None
-        return FeatureResult(response)
+        return FeatureResult(response, deprecations_of(call.trailing_metadata()))
 
     def write_features(
         self,
@@ -101,18 +108,31 @@ class FeatureClient:
         request = build_write_request(view, entities, event_timestamps_us, features)
         try:
             response: pb.WriteFeaturesResponse = self._stub.WriteFeatures(
-                request, timeout=timeout or self.timeout * 10, metadata=call_metadata(self._caller)
+                request, timeout=timeout or self.timeout * 10, metadata=self._metadata()
             )
         except grpc.RpcError as exc:
             raise translate(exc) from None
         return WriteResult(view, response.written, response.skipped_older)
 
-    def list_features(self, *, timeout: float | None = None) -> pb.ListFeaturesResponse:
+    def list_features(
+        self,
+        *,
+        owner: str = "",
+        tag: str = "",
+        entity: str = "",
+        name_prefix: str = "",
+        status: int = 0,
+        timeout: float | None = None,
+    ) -> pb.ListFeaturesResponse:
+        """The catalog: entities, view versions (status, SLA, deprecation, versions) and
+        transforms; filters narrow it to the views matching all those given (`tag`: "key" or
+        "key=value"; `status`: a ViewStatus). Views the caller may not read are never listed."""
+        request = build_list_request(owner, tag, entity, name_prefix, status)
         try:
             response: pb.ListFeaturesResponse = self._stub.ListFeatures(
-                pb.ListFeaturesRequest(),
+                request,
                 timeout=timeout or self.timeout,
-                metadata=call_metadata(self._caller),
+                metadata=self._metadata(),
             )
         except grpc.RpcError as exc:
             raise translate(exc) from None

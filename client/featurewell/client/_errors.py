@@ -9,6 +9,8 @@ FeatureClientError
 ├── DeadlineExceeded    no answer within the deadline
 ├── Unavailable         server or store unreachable (retryable)
 ├── ResourceExhausted   the server shed the call (overloaded) or a message was too large
+├── Unauthenticated     no credentials where the server requires them, or a bad token
+├── PermissionDenied    the caller's principal may not read or write a view
 └── ServerError         anything else the server reported
 """
 
@@ -51,6 +53,14 @@ class ResourceExhausted(FeatureClientError):
     pass
 
 
+class Unauthenticated(FeatureClientError):
+    pass
+
+
+class PermissionDenied(FeatureClientError):
+    pass
+
+
 class ServerError(FeatureClientError):
     pass
 
@@ -61,6 +71,8 @@ _BY_CODE: dict[grpc.StatusCode, type[FeatureClientError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
 }
 
 

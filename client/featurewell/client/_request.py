@@ -57,3 +57,21 @@ def build_write_request(
         value_type, packed = typed_values(name, values)
         fill_column(request.features.add(name=name), value_type, packed)
     return request
+
+
+def build_list_request(
+    owner: str = "",
+    tag: str = "",
+    entity: str = "",
+    name_prefix: str = "",
+    status: int = 0,
+) -> pb.ListFeaturesRequest:
+    """ListFeatures' filters; a view is listed when it matches every one given. `tag` is
+    "key" (any value) or "key=value"; `status` a ViewStatus (0: any)."""
+    return pb.ListFeaturesRequest(
+        owner=owner,
+        tag=tag,
+        entity=entity,
+        name_prefix=name_prefix,
+        status=status,  # type: ignore[arg-type]
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +14,13 @@ import numpy as np
 import numpy.typing as npt
 
 from featurewell.v1 import feature_service_pb2 as pb
-from featurewell.v1.columns import LIST_TYPES, fixed_values, list_values, string_values
+from featurewell.v1.columns import (
+    ELEMENT_DTYPES,
+    LIST_TYPES,
+    fixed_values,
+    list_values,
+    string_values,
+)
 
 
 @functools.lru_cache(maxsize=64)
@@ -45,6 +52,19 @@ class Status(enum.IntEnum):
     FALLBACK = pb.FEATURE_STATUS_FALLBACK  # the store failed: the default was served
     FALLBACK_CACHE = pb.FEATURE_STATUS_FALLBACK_CACHE  # the store failed: a cached copy served
     DATA_LOSS = pb.FEATURE_STATUS_DATA_LOSS  # the stored row is corrupt: the default was served
+
+
+class ViewStatus(enum.IntEnum):
+    """Where a view version stands (ListFeatures' `FeatureViewSpec.status`)."""
+
+    ACTIVE = pb.VIEW_STATUS_ACTIVE  # the default version
+    STAGING = pb.VIEW_STATUS_STAGING  # above the default: filled and validated before a promote
+    DEPRECATED = pb.VIEW_STATUS_DEPRECATED  # marked deprecated in its definition
+    INACTIVE = pb.VIEW_STATUS_INACTIVE  # below the default, not marked
+
+
+class DeprecatedFeatureWarning(UserWarning):
+    """A call read a view version marked deprecated (`FeatureResult.deprecations` has them)."""
 
 
 class FallbackReason(enum.IntEnum):
@@ -83,6 +103,8 @@ class Column:
 
     @classmethod
     def from_proto(cls, message: pb.FeatureColumn) -> Column:
+        if message.HasField("typed"):
+            return cls._from_typed(message)
         if message.type == pb.VALUE_TYPE_STRING:
             values: Any = np.array(string_values(message), dtype=object)
         elif message.type in LIST_TYPES:
@@ -108,6 +130,34 @@ class Column:
             message.version,
         )
 
+    @classmethod
+    def _from_typed(cls, message: pb.FeatureColumn) -> Column:
+        """A column answered with `typed_values` (the request option grpcurl users want)."""
+        kind = message.typed.WhichOneof("kind")
+        raw = list(getattr(message.typed, kind).values) if kind else []
+        values: Any
+        if message.type == pb.VALUE_TYPE_STRING:
+            values = np.array(raw, dtype=object)
+        elif message.type in LIST_TYPES:
+            flat = np.array(raw, dtype=ELEMENT_DTYPES[message.type])
+            ends = np.cumsum(np.asarray(message.typed_row_lengths, dtype=np.int64))
+            values = np.split(flat, ends[:-1]) if len(ends) else []
+        else:
+            values = np.array(raw, dtype=ELEMENT_DTYPES[message.type])
+            if message.type == pb.VALUE_TYPE_EMBEDDING:
+                values = values.reshape(message.length, message.dim)
+        stamps = np.array(message.typed_event_timestamps, dtype=np.int64)
+        return cls(
+            message.name,
+            ValueType(message.type),
+            message.length,
+            values,
+            np.array(message.typed_statuses, dtype=np.uint8),
+            stamps if len(stamps) else None,
+            message.entity,
+            message.version,
+        )
+
 
 @dataclass(frozen=True)
 class WriteResult:
@@ -119,9 +169,20 @@ class WriteResult:
 
 
 class FeatureResult:
-    """The answer to one GetFeatures call: `rows` rows, one Column per feature."""
+    """The answer to one GetFeatures call: `rows` rows, one Column per feature.
 
-    def __init__(self, response: pb.GetFeaturesResponse) -> None:
+    `deprecations`: the deprecated view versions the call read, as the server flagged them
+    ("view@v1 -> view@v2 on 2027-01-31"); each also raises a `DeprecatedFeatureWarning`
+    (shown once per call site by Python's default warning filter)."""
+
+    def __init__(self, response: pb.GetFeaturesResponse, deprecations: Sequence[str] = ()) -> None:
+        self.deprecations = list(deprecations)
+        for notice in self.deprecations:
+            warnings.warn(
+                f"featurewell: read a deprecated view version: {notice}",
+                DeprecatedFeatureWarning,
+                stacklevel=3,
+            )
         self.rows = response.row_count
         self.columns = {c.name: Column.from_proto(c) for c in response.columns}
         self.fallbacks = [
@@ -171,29 +232,47 @@ class FeatureResult:
         """How many values (over all columns, after broadcast) have `status`."""
         return sum(int(np.count_nonzero(self.statuses(n) == status)) for n in self.columns)
 
+    @property
+    def non_numeric(self) -> list[str]:
+        """Features `to_numpy()` leaves out by default: STRING and list columns (read them with
+        `values(name)`, `to_pandas()` or `to_numpy(dtype=object)`)."""
+        return [n for n, c in self.columns.items() if c.type in _NON_NUMERIC]
+
     def to_numpy(
         self, features: Sequence[str] | None = None, dtype: npt.DTypeLike = np.float32
     ) -> tuple[npt.NDArray[Any], list[str]]:
-        """A (rows x width) matrix of the numeric features, length-1 columns broadcast, and the
-        matrix's column names (an embedding `f` of dim d gives `f[0]` ... `f[d-1]`)."""
+        """A (rows x width) matrix of the features, length-1 columns broadcast, and the
+        matrix's column names (an embedding `f` of dim d gives `f[0]` ... `f[d-1]`).
+
+        By default every numeric feature goes in and STRING and list features are left out
+        (`non_numeric` names them). The default dtype, float32, is what most models eat, and
+        it rounds: INT64 and FLOAT64 values above 2**24 (16,777,216) in magnitude lose digits
+        (a Unix time in seconds, 1.7961418e+09, is off by up to 64 s). `dtype=np.float64` is
+        exact for integers up to 2**53. An integer dtype refuses float features and any
+        integer narrower than int64 (no silent truncation). `dtype=object` takes every feature,
+        strings as str and list rows as arrays.
+        """
+        dtype = np.dtype(dtype)
+        whole = dtype == np.dtype(object)
         chosen = (
             list(features)
             if features is not None
-            else [
-                n
-                for n, c in self.columns.items()
-                if c.type not in LIST_TYPES and c.type != ValueType.STRING
-            ]
+            else [n for n, c in self.columns.items() if whole or c.type not in _NON_NUMERIC]
         )
+        for name in chosen:
+            _check_fits(name, self.columns[name].type, dtype)
         widths = [self.columns[n].width for n in chosen]
         matrix = np.empty((self.rows, sum(widths)), dtype=dtype)
         names: list[str] = []
         start = 0
         for name, width in zip(chosen, widths, strict=True):
             column = self.columns[name]
-            if column.type in LIST_TYPES or column.type == ValueType.STRING:
-                raise TypeError(f"{name!r} is not numeric and cannot go into a matrix")
-            matrix[:, start : start + width] = column.values.reshape(column.length, width)
+            if column.type in LIST_TYPES:
+                matrix[:, start] = _object_column(column.values, self.rows)
+            elif column.type == ValueType.STRING:
+                matrix[:, start] = np.broadcast_to(column.values, (self.rows,))
+            else:
+                matrix[:, start : start + width] = column.values.reshape(column.length, width)
             names += [name] if width == 1 else [f"{name}[{i}]" for i in range(width)]
             start += width
         return matrix, names
@@ -211,3 +290,29 @@ class FeatureResult:
             values = self.values(name)
             data[name] = list(values) if getattr(values, "ndim", 1) > 1 else values
         return pd.DataFrame(data)
+
+
+_NON_NUMERIC = (*LIST_TYPES, ValueType.STRING)
+_FLOATS = (ValueType.FLOAT32, ValueType.FLOAT64, ValueType.EMBEDDING)
+
+
+def _check_fits(name: str, value_type: int, dtype: np.dtype[Any]) -> None:
+    """Refuse what would truncate silently or cannot go in a numeric matrix."""
+    if dtype == np.dtype(object):
+        return
+    if value_type in _NON_NUMERIC:
+        raise TypeError(
+            f"{name!r} is not numeric and cannot go into a {dtype} matrix: leave it out, or "
+            "pass dtype=object"
+        )
+    if dtype.kind in "iu" and value_type in _FLOATS:
+        raise TypeError(f"{name!r} holds floats: an integer dtype ({dtype}) would truncate them")
+    if dtype.kind in "iu" and value_type == ValueType.INT64 and dtype != np.dtype(np.int64):
+        raise TypeError(f"{name!r} is INT64: {dtype} would narrow it; use int64 or float64")
+
+
+def _object_column(values: Any, rows: int) -> npt.NDArray[Any]:
+    cells = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):  # one by one: equal-length rows must stay arrays
+        cells[i] = np.asarray(value)
+    return np.broadcast_to(cells, (rows,)) if len(cells) == 1 else cells

@@ -1,9 +1,12 @@
 """Metadata of outgoing calls: the caller's name (`ClientOptions.caller`), and trace context.
 When the caller uses OpenTelemetry and a span is active, its W3C `traceparent` (and whatever
 else the configured propagators carry) goes out too, so the server's spans join the caller's
-trace. Without OpenTelemetry installed that part is a no-op and the client does not need it."""
+trace. Without OpenTelemetry installed that part is a no-op and the client does not need it.
+Incoming: the deprecation notices a call's trailing metadata carries."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 try:
     from opentelemetry import propagate, trace
@@ -24,9 +27,26 @@ def trace_metadata() -> tuple[tuple[str, str | bytes], ...] | None:
 CALLER_HEADER = "x-featurewell-model"
 
 
-def call_metadata(caller: str) -> tuple[tuple[str, str | bytes], ...] | None:
-    """The caller's name and the current span's context, or None when there is neither."""
+def call_metadata(
+    caller: str, bearer: str | None = None
+) -> tuple[tuple[str, str | bytes], ...] | None:
+    """The caller's name, its bearer token (`authorization`) and the current span's context,
+    or None when there is none of them."""
     traced = trace_metadata() or ()
+    if bearer is not None:
+        traced = (("authorization", bearer), *traced)
     if not caller:
         return traced or None
     return ((CALLER_HEADER, caller), *traced)
+
+
+DEPRECATED_HEADER = "x-featurewell-deprecated"
+
+
+def deprecations_of(trailing: Iterable[tuple[str, str | bytes]] | None) -> list[str]:
+    """The deprecation notices of a call's trailing metadata (server: serving/deprecation.py)."""
+    return [
+        value if isinstance(value, str) else value.decode()
+        for key, value in trailing or ()
+        if key == DEPRECATED_HEADER
+    ]

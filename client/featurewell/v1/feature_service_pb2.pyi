@@ -134,6 +134,36 @@ FALLBACK_REASON_CIRCUIT_OPEN: FallbackReason.ValueType  # 3
 """The node kept failing, so the server stopped asking it for a while (circuit breaker open)."""
 Global___FallbackReason: _TypeAlias = FallbackReason  # noqa: Y015
 
+class _ViewStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ViewStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ViewStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VIEW_STATUS_UNSPECIFIED: _ViewStatus.ValueType  # 0
+    VIEW_STATUS_ACTIVE: _ViewStatus.ValueType  # 1
+    """The default version ("view:feature" resolves to it)."""
+    VIEW_STATUS_STAGING: _ViewStatus.ValueType  # 2
+    """A version above the default, being filled and validated before a promote."""
+    VIEW_STATUS_DEPRECATED: _ViewStatus.ValueType  # 3
+    """Marked deprecated in its definition (see FeatureViewSpec.deprecation)."""
+    VIEW_STATUS_INACTIVE: _ViewStatus.ValueType  # 4
+    """A version below the default, not marked deprecated (kept after a promote, rollback target)."""
+
+class ViewStatus(_ViewStatus, metaclass=_ViewStatusEnumTypeWrapper):
+    """Where a view version stands."""
+
+VIEW_STATUS_UNSPECIFIED: ViewStatus.ValueType  # 0
+VIEW_STATUS_ACTIVE: ViewStatus.ValueType  # 1
+"""The default version ("view:feature" resolves to it)."""
+VIEW_STATUS_STAGING: ViewStatus.ValueType  # 2
+"""A version above the default, being filled and validated before a promote."""
+VIEW_STATUS_DEPRECATED: ViewStatus.ValueType  # 3
+"""Marked deprecated in its definition (see FeatureViewSpec.deprecation)."""
+VIEW_STATUS_INACTIVE: ViewStatus.ValueType  # 4
+"""A version below the default, not marked deprecated (kept after a promote, rollback target)."""
+Global___ViewStatus: _TypeAlias = ViewStatus  # noqa: Y015
+
 @_typing.final
 class Fallback(_message.Message):
     """Rows of one feature view served from fallbacks in one call, for one reason."""
@@ -300,6 +330,10 @@ class FeatureColumn(_message.Message):
     EVENT_TIMESTAMPS_FIELD_NUMBER: _builtins.int
     ENTITY_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    TYPED_FIELD_NUMBER: _builtins.int
+    TYPED_ROW_LENGTHS_FIELD_NUMBER: _builtins.int
+    TYPED_STATUSES_FIELD_NUMBER: _builtins.int
+    TYPED_EVENT_TIMESTAMPS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Feature reference: "view:feature", "view@v2:feature" or "transform:output"."""
     type: Global___ValueType.ValueType
@@ -327,6 +361,26 @@ class FeatureColumn(_message.Message):
     def strings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """VALUE_TYPE_STRING values."""
 
+    @_builtins.property
+    def typed(self) -> Global___Values:
+        """Only when the request sets `typed_values` (for grpcurl and clients without the packed
+        decoder); `data`, `offsets`, `statuses` and `event_timestamps` are then left empty.
+        The values as a typed list: int64s (INT64, INT64_LIST), doubles (FLOAT32, FLOAT64,
+        FLOAT64_LIST, EMBEDDING: length*dim values row-major), bools (BOOL), strings (STRING).
+        """
+
+    @_builtins.property
+    def typed_row_lengths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """List types: the number of elements of each row in `typed`."""
+
+    @_builtins.property
+    def typed_statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___FeatureStatus.ValueType]:
+        """One status per row (all rows, PRESENT included)."""
+
+    @_builtins.property
+    def typed_event_timestamps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Event time per row in microseconds (0: no stored row), when the request asks for them."""
+
     def __init__(
         self,
         *,
@@ -341,10 +395,14 @@ class FeatureColumn(_message.Message):
         event_timestamps: _builtins.bytes = ...,
         entity: _builtins.str = ...,
         version: _builtins.int = ...,
+        typed: Global___Values | None = ...,
+        typed_row_lengths: _abc.Iterable[_builtins.int] | None = ...,
+        typed_statuses: _abc.Iterable[Global___FeatureStatus.ValueType] | None = ...,
+        typed_event_timestamps: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["typed", b"typed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "dim", b"dim", "entity", b"entity", "event_timestamps", b"event_timestamps", "length", b"length", "name", b"name", "offsets", b"offsets", "statuses", b"statuses", "strings", b"strings", "type", b"type", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "dim", b"dim", "entity", b"entity", "event_timestamps", b"event_timestamps", "length", b"length", "name", b"name", "offsets", b"offsets", "statuses", b"statuses", "strings", b"strings", "type", b"type", "typed", b"typed", "typed_event_timestamps", b"typed_event_timestamps", "typed_row_lengths", b"typed_row_lengths", "typed_statuses", b"typed_statuses", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -401,12 +459,18 @@ class GetFeaturesRequest(_message.Message):
     CONTEXT_FIELD_NUMBER: _builtins.int
     STRICT_FIELD_NUMBER: _builtins.int
     INCLUDE_EVENT_TIMESTAMPS_FIELD_NUMBER: _builtins.int
+    TYPED_VALUES_FIELD_NUMBER: _builtins.int
     strict: _builtins.bool
     """Fail with NOT_FOUND instead of serving defaults for missing entities, and with UNAVAILABLE
     (or DEADLINE_EXCEEDED) instead of serving fallbacks when the store cannot answer.
     """
     include_event_timestamps: _builtins.bool
     """Fill FeatureColumn.event_timestamps."""
+    typed_values: _builtins.bool
+    """Answer typed lists (FeatureColumn.typed, typed_statuses, ...) instead of packed bytes:
+    readable in grpcurl's JSON and from any language's generated stubs, but larger and slower
+    than the packed default, which model servers should keep.
+    """
     @_builtins.property
     def features(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """"view:feature", "view:*", "view@v2:feature", "transform:output" or "transform:*"."""
@@ -427,10 +491,11 @@ class GetFeaturesRequest(_message.Message):
         context: _abc.Mapping[_builtins.str, Global___Values] | None = ...,
         strict: _builtins.bool = ...,
         include_event_timestamps: _builtins.bool = ...,
+        typed_values: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "entities", b"entities", "features", b"features", "include_event_timestamps", b"include_event_timestamps", "strict", b"strict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "entities", b"entities", "features", b"features", "include_event_timestamps", b"include_event_timestamps", "strict", b"strict", "typed_values", b"typed_values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -551,18 +616,70 @@ Global___WriteFeaturesResponse: _TypeAlias = WriteFeaturesResponse  # noqa: Y015
 
 @_typing.final
 class ListFeaturesRequest(_message.Message):
+    """Every filter is optional; a view must match all that are set."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
+    OWNER_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
+    ENTITY_FIELD_NUMBER: _builtins.int
+    NAME_PREFIX_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    owner: _builtins.str
+    """Views owned by exactly this owner."""
+    tag: _builtins.str
+    """Views with this tag: "key" (any value) or "key=value"."""
+    entity: _builtins.str
+    """Views of this entity (its name, e.g. "user")."""
+    name_prefix: _builtins.str
+    """Views whose name starts with this."""
+    status: Global___ViewStatus.ValueType
+    """Views in this status; VIEW_STATUS_UNSPECIFIED: any."""
     def __init__(
         self,
+        *,
+        owner: _builtins.str = ...,
+        tag: _builtins.str = ...,
+        entity: _builtins.str = ...,
+        name_prefix: _builtins.str = ...,
+        status: Global___ViewStatus.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity", b"entity", "name_prefix", b"name_prefix", "owner", b"owner", "status", b"status", "tag", b"tag"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListFeaturesRequest: _TypeAlias = ListFeaturesRequest  # noqa: Y015
+
+@_typing.final
+class Deprecation(_message.Message):
+    """A view version marked deprecated in its definition."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLACEMENT_FIELD_NUMBER: _builtins.int
+    REMOVAL_DATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    replacement: _builtins.str
+    """What to read instead ("view@v2"); empty when there is no replacement."""
+    removal_date: _builtins.str
+    """The day it stops being served, ISO 8601 ("2027-01-31"); empty when not planned."""
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        replacement: _builtins.str = ...,
+        removal_date: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "removal_date", b"removal_date", "replacement", b"replacement"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Deprecation: _TypeAlias = Deprecation  # noqa: Y015
 
 @_typing.final
 class ListFeaturesResponse(_message.Message):
@@ -690,6 +807,10 @@ class FeatureViewSpec(_message.Message):
     OWNER_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    FRESHNESS_SLA_SECONDS_FIELD_NUMBER: _builtins.int
+    DEPRECATION_FIELD_NUMBER: _builtins.int
+    VERSIONS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     is_default: _builtins.bool
@@ -701,10 +822,21 @@ class FeatureViewSpec(_message.Message):
     """Keys expire this long after their event time. 0: kept until overwritten."""
     owner: _builtins.str
     description: _builtins.str
+    status: Global___ViewStatus.ValueType
+    freshness_sla_seconds: _builtins.float
+    """The newest event written must be younger than this (freshness alert). 0: no SLA."""
     @_builtins.property
     def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureSpec]: ...
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def deprecation(self) -> Global___Deprecation:
+        """Set when the version is deprecated."""
+
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Every version of this view the server knows, ascending."""
+
     def __init__(
         self,
         *,
@@ -718,10 +850,14 @@ class FeatureViewSpec(_message.Message):
         owner: _builtins.str = ...,
         description: _builtins.str = ...,
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        status: Global___ViewStatus.ValueType = ...,
+        freshness_sla_seconds: _builtins.float = ...,
+        deprecation: Global___Deprecation | None = ...,
+        versions: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deprecation", b"deprecation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "entity", b"entity", "features", b"features", "is_default", b"is_default", "max_age_seconds", b"max_age_seconds", "name", b"name", "owner", b"owner", "retention_seconds", b"retention_seconds", "tags", b"tags", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deprecation", b"deprecation", "description", b"description", "entity", b"entity", "features", b"features", "freshness_sla_seconds", b"freshness_sla_seconds", "is_default", b"is_default", "max_age_seconds", b"max_age_seconds", "name", b"name", "owner", b"owner", "retention_seconds", b"retention_seconds", "status", b"status", "tags", b"tags", "version", b"version", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

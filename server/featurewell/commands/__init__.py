@@ -3,6 +3,7 @@ settings groups it reads beside its handler (see `_command.Command`)."""
 
 from featurewell.commands import (
     acl,
+    catalog,
     data,
     deadletters,
     lifecycle,
@@ -11,6 +12,7 @@ from featurewell.commands import (
     repair,
     serving,
     training,
+    ui,
 )
 from featurewell.commands._command import Command
 
@@ -24,6 +26,8 @@ COMMANDS: tuple[Command, ...] = (
     *local.COMMANDS,
     *acl.COMMANDS,
     *probe.COMMANDS,
+    *catalog.COMMANDS,
+    *ui.COMMANDS,
 )
 
 __all__ = ["COMMANDS", "Command"]

@@ -9,7 +9,6 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pyarrow as pa
 
 from featurewell.app import connected
 from featurewell.commands._command import Command, event_source, registry_of, run
+from featurewell.commands.progress import Progress
 from featurewell.compute.backfill import backfill, backfill_logs, read_log
 from featurewell.compute.kafka import KafkaSource
 from featurewell.compute.metrics import stream_registry
@@ -49,7 +49,7 @@ def _materialize(settings: Settings, args: argparse.Namespace) -> None:
     registry = registry_of(settings)
     names = set(args.views.split(",")) if args.views else None
 
-    async def load() -> None:
+    async def load(progress: Progress) -> None:
         async with connected(settings.redis) as store:
             engine = FeatureEngine(registry, store, settings.serving)  # its write rules too
             views = None  # every view with a ParquetSource; computed views from their logs
@@ -60,7 +60,7 @@ def _materialize(settings: Settings, args: argparse.Namespace) -> None:
                 views,
                 batch_rows=args.batch_rows,
                 max_rows_per_second=args.max_rows_per_second,
-                progress=_progress_printer(),
+                progress=progress.update,
             )
             for summary in loads:
                 print(
@@ -74,6 +74,7 @@ def _materialize(settings: Settings, args: argparse.Namespace) -> None:
                 as_of_us=time.time_ns() // 1000,
                 views=names,
                 max_rows_per_second=args.max_rows_per_second,
+                progress=progress.update,
             )
             for done in computed:
                 print(
@@ -81,19 +82,8 @@ def _materialize(settings: Settings, args: argparse.Namespace) -> None:
                     f"in {done.seconds:.2f} s"
                 )
 
-    run(load())
-
-
-def _progress_printer(every: int = 50_000) -> Callable[[str, int], None]:
-    """Prints a line to stderr each time a view's load passes another `every` rows."""
-    last: dict[str, int] = {}
-
-    def report(view: str, rows: int) -> None:
-        if rows // every > last.get(view, 0) // every:
-            print(f"  {view}: {rows:,} rows sent...", file=sys.stderr, flush=True)
-        last[view] = rows
-
-    return report
+    with Progress("materialize") as progress:
+        run(load(progress))
 
 
 def _source_argument(parser: argparse.ArgumentParser) -> None:
@@ -230,7 +220,7 @@ def _backfill(settings: Settings, args: argparse.Namespace) -> None:
     registry, source, log_table = _source_and_log(settings, args)
     history = args.history_out or settings.offline.dir
 
-    async def fill() -> None:
+    async def fill(progress: Progress) -> None:
         async with connected(settings.redis) as store:
             done = await backfill(
                 registry,
@@ -244,6 +234,7 @@ def _backfill(settings: Settings, args: argparse.Namespace) -> None:
                 history_step=timedelta(hours=args.history_step_h),
                 history_format=settings.offline.format,
                 seed_group=args.group or None,
+                progress=progress.update,
             )
         for view in done:
             print(
@@ -251,7 +242,8 @@ def _backfill(settings: Settings, args: argparse.Namespace) -> None:
                 f"{view.history_rows:,} history rows"
             )
 
-    run(fill())
+    with Progress("backfill") as progress:
+        run(fill(progress))
 
 
 def _parity_arguments(parser: argparse.ArgumentParser) -> None:

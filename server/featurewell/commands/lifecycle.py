@@ -9,11 +9,13 @@ from typing import TypeVar
 
 from featurewell.app import connected
 from featurewell.commands._command import Command, registry_of, run
+from featurewell.commands.progress import Progress
 from featurewell.definitions import Registry
 from featurewell.engine.engine import FeatureEngine
 from featurewell.lifecycle import defaults
 from featurewell.lifecycle import validate as validation
 from featurewell.lifecycle.lineage import as_json, describe, render
+from featurewell.offline import versions as offline_versions
 from featurewell.settings import RedisSettings, Settings
 from featurewell.store.online import OnlineStore
 from featurewell.telemetry import consumers
@@ -59,6 +61,15 @@ def _rollback(settings: Settings, args: argparse.Namespace) -> None:
     print(f"{change.view}: rolled back, default version {change.previous} -> {change.current}")
 
 
+def _versions_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--export",
+        metavar="FILE",
+        help="also write the promoted defaults to FILE (JSON), for `featurewell training-set "
+        "--defaults FILE` away from the cluster",
+    )
+
+
 def _versions(settings: Settings, args: argparse.Namespace) -> None:
     async def read(
         store: OnlineStore, registry: Registry
@@ -78,6 +89,13 @@ def _versions(settings: Settings, args: argparse.Namespace) -> None:
         for change in (c for c in changes if c.view == name):
             at = datetime.fromtimestamp(change.at_us / 1e6, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
             print(f"  {at} UTC {change.action} v{change.previous} -> v{change.current}")
+    if args.export:
+        seeds = ",".join(f"{host}:{port}" for host, port in settings.redis.seeds)
+        offline_versions.export(args.export, chosen, f"the cluster at {seeds}")
+        print(
+            f"wrote {len(chosen)} promoted defaults to {args.export}; train on what servers "
+            f"serve with `featurewell training-set --defaults {args.export}`"
+        )
 
 
 def _lineage_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,9 +130,12 @@ def _validate(settings: Settings, args: argparse.Namespace) -> None:
         new = registry.view(args.view, new_version)
         engine = FeatureEngine(registry, store)
         entities = await validation.sample_entities(engine, new, args.sample)
-        return await validation.validate(engine, old, new, entities)
+        return await validation.validate(
+            engine, old, new, entities, lambda done, total: progress.update(args.view, done, total)
+        )
 
-    report = _with_store(settings, compare)
+    with Progress("validate") as progress:
+        report = _with_store(settings, compare)
     print(validation.render(report))
     if report.worst_psi() > args.fail_above or report.present_new < report.present_old - 0.05:
         print(f"NOT READY to promote {report.new}: PSI above {args.fail_above} or rows missing")
@@ -142,6 +163,7 @@ COMMANDS = (
         "every view's versions, default and promote history",
         _versions,
         (RedisSettings,),
+        _versions_arguments,
     ),
     Command(
         "lineage",

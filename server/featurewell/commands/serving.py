@@ -7,6 +7,7 @@ import argparse
 from featurewell.app import serve
 from featurewell.commands._command import Command
 from featurewell.settings import (
+    AuthSettings,
     CacheSettings,
     ListenSettings,
     RedisSettings,
@@ -21,6 +22,7 @@ SERVER_GROUPS = (
     ServingSettings,
     CacheSettings,
     TelemetrySettings,
+    AuthSettings,
 )
 
 

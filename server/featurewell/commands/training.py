@@ -8,11 +8,15 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from featurewell.commands._command import Command, pairs, registry_of
+from featurewell.app import connected
+from featurewell.commands._command import Command, pairs, registry_of, run
+from featurewell.commands.progress import Progress
 from featurewell.errors import ConfigError, InvalidRequest, StoreUnavailable
+from featurewell.offline import versions
 from featurewell.offline.store import OfflineStore
 from featurewell.offline.training import STATUS_SUFFIX, get_historical_features
-from featurewell.settings import OfflineSettings, Settings
+from featurewell.settings import OfflineSettings, RedisSettings, Settings, specs
+from featurewell.store.versions import promoted
 from featurewell.telemetry import baseline, report
 from featurewell.values import Status
 
@@ -22,37 +26,89 @@ def _training_set_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", required=True, help="comma-separated references")
     parser.add_argument("--timestamp-column", default="event_timestamp")
     parser.add_argument("--out", required=True, help="Parquet file to write")
+    parser.add_argument(
+        "--defaults",
+        metavar="FILE",
+        help="promoted default versions from `featurewell versions --export FILE`, so view:* "
+        "reads what servers serve (or give the cluster with --redis to read them there)",
+    )
+
+
+def _served_defaults(
+    settings: Settings, args: argparse.Namespace
+) -> versions.ServedDefaults | None:
+    """The promoted defaults servers follow: from --defaults FILE, or from the cluster when one
+    was given (--redis or FEATUREWELL_REDIS); None when neither was."""
+    default_seeds = next(s.default for s in specs(RedisSettings) if s.name == "redis")
+    cluster_given = args.redis is not None or settings.redis.seeds != default_seeds
+    if args.defaults and cluster_given:
+        raise ConfigError("pass --defaults FILE or --redis, not both: one source of defaults")
+    if args.defaults:
+        return versions.load(args.defaults)
+
+    async def read() -> dict[str, int]:
+        async with connected(settings.redis) as store:
+            return await promoted(store.cluster)
+
+    if not cluster_given:
+        return None
+    seeds = ",".join(f"{host}:{port}" for host, port in settings.redis.seeds)
+    return versions.ServedDefaults(run(read()), f"the cluster at {seeds}")
 
 
 def _training_set(settings: Settings, args: argparse.Namespace) -> None:
     offline = settings.offline
     if not offline.dir:
         raise ConfigError("training-set reads the offline store: pass --offline-dir DIR")
+    store = OfflineStore(offline.dir, offline.format)
+    store.check_exists()
     registry = registry_of(settings)
     labels_path = Path(args.labels)
     if not labels_path.exists():
         raise InvalidRequest(f"label file {labels_path} does not exist")
     features = [f.strip() for f in args.features.split(",") if f.strip()]
+    defaults = _served_defaults(settings, args)
     started = time.perf_counter()
     labels = pq.read_table(labels_path)
-    table = get_historical_features(
-        registry,
-        labels,
-        features,
-        OfflineStore(offline.dir, offline.format),
-        timestamp_column=args.timestamp_column,
-    )
+    with Progress("training-set") as progress:
+        table = get_historical_features(
+            registry,
+            labels,
+            features,
+            store,
+            timestamp_column=args.timestamp_column,
+            defaults=defaults,
+            progress=lambda done, total: progress.update(
+                f"{labels.num_rows:,} labels", done, total, "joined rows"
+            ),
+        )
     pq.write_table(table, args.out)
     seconds = time.perf_counter() - started
+    used = versions.recorded(table.schema.metadata)
+    if defaults is None:
+        print(
+            "note: no promoted defaults given (--redis or --defaults FILE): view:* read each "
+            "view's highest version in the repo, which servers serve only if none was promoted"
+        )
     values = [n for n in table.column_names if ":" in n and not n.endswith(STATUS_SUFFIX)]
     print(
         f"{table.num_rows:,} rows x {len(values)} features -> {args.out} in {seconds:.1f} s "
         f"({table.num_rows / max(seconds, 1e-9):,.0f} rows/s)"
     )
     for name in (n for n in table.column_names if n.endswith(STATUS_SUFFIX)):
-        counts = table.column(name).value_counts().to_pylist()
+        output = name.removesuffix(STATUS_SUFFIX)
+        column = table.column(name)
+        counts = column.value_counts().to_pylist()
         shown = ", ".join(f"{Status(c['values']).name.lower()} {c['counts']:,}" for c in counts)
-        print(f"  {name.removesuffix(STATUS_SUFFIX)}: {shown}")
+        entry = used.get(output, {})
+        version = f" v{entry['version']} ({entry['how']})" if "version" in entry else ""
+        print(f"  {output}{version}: {shown}")
+        if column.null_count == 0 and all(c["values"] == Status.NOT_FOUND for c in counts):
+            print(
+                f"  warning: every {output} value is NOT_FOUND: no history row was known at "
+                "any label time; check --offline-dir, that the view's history was written, "
+                "and that the label times are µs"
+            )
 
 
 def _baseline_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,7 +176,7 @@ COMMANDS = (
         "training-set",
         "point-in-time-correct features for labelled rows, from history",
         _training_set,
-        (OfflineSettings,),
+        (OfflineSettings, RedisSettings),
         _training_set_arguments,
     ),
     Command(

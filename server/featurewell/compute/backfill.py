@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -56,8 +57,10 @@ async def backfill(
     seed_group: str | None = None,
     batch_rows: int = 2000,
     views: set[str] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> list[Backfilled]:
     """`views` (names) limits the online and history writes; the seeded state covers them all.
+    `progress(view, rows_written, rows_to_write)` is called after every batch.
     Rows are written at `as_of_us`, through the engine's write validation: an as-of time it
     would refuse (beyond now + max_future_skew_s) is refused here, before anything is computed."""
     reason = event_time_problem(
@@ -89,6 +92,8 @@ async def backfill(
                 if ahead > 0:
                     await asyncio.sleep(ahead)
             await writer.write(write_request(program, rows[start : start + batch_rows], as_of_us))
+            if progress is not None:
+                progress(program.view.ref, min(start + batch_rows, len(rows)), len(rows))
         history = 0
         if history_dir is not None:
             history = _history(
@@ -120,6 +125,7 @@ async def backfill_logs(
     seed_group: str | None = "featurewell",
     views: set[str] | None = None,
     max_rows_per_second: float | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> list[Backfilled]:
     """Every event source's Parquet log (`EventSource(parquet=...)`) through `backfill`: what
     `featurewell materialize` does for computed views."""
@@ -140,6 +146,7 @@ async def backfill_logs(
             seed_group=seed_group,
             views=views,
             max_rows_per_second=max_rows_per_second,
+            progress=progress,
         )
     return done
 

@@ -3,7 +3,7 @@ the offline store (offline/store.py) so training sets see what was served, and k
 crash (SIGKILL included) loses no history row and writes none twice.
 
 A checkpoint (compute/runner.py) writes, in this order: (1) the rows of every event its states
-hold, as one history batch `stream-<group>-<consumer>-<n>` (a file per view and day, named, so
+hold, as one history batch `<written>-stream_<consumer>_<hash>_<n>` (a file per view and day, so
 writing batch n again replaces it); (2) in one HSET, "batch n written, it covers partition p up
 to position P_p" (store/state.py `save_progress`); (3) the states; (4) the watermarks; (5) the
 acknowledgements.
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import re
 from collections.abc import Mapping
 
@@ -101,7 +102,7 @@ class StreamHistory:
             by_view: dict[str, list[pa.Table]] = {}
             for program, table in pending:
                 by_view.setdefault(program.view.ref, []).append(table)
-            name = f"stream-{_file_safe(self.group)}-{_file_safe(self.consumer)}-{number:010d}"
+            name = f"stream_{_file_tag(self.group, self.consumer)}_{number:010d}"
             for ref, tables in by_view.items():
                 # Off the event loop: Parquet encoding releases the GIL.
                 await asyncio.to_thread(
@@ -117,6 +118,8 @@ class StreamHistory:
         self.covered = dict(covered)
 
 
-def _file_safe(name: str) -> str:
-    """A group or consumer name as part of a file name."""
-    return re.sub(r"[^A-Za-z0-9_.]", "_", name)
+def _file_tag(group: str, consumer: str) -> str:
+    """The consumer in a file name: readable (its letters and digits), and unique (a hash of
+    group and consumer); no '-' (offline/store.py's separator)."""
+    digest = hashlib.sha1(f"{group}\0{consumer}".encode()).hexdigest()[:12]
+    return f"{re.sub(r'[^A-Za-z0-9]', '', consumer)[:40]}_{digest}"

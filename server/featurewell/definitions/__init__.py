@@ -13,6 +13,7 @@ all load the same module, so there is one definition of every feature::
     )
 """
 
+from featurewell.definitions._access import Access, DefaultAccess, Team
 from featurewell.definitions._computed import (
     Aggregation,
     Count,
@@ -28,7 +29,7 @@ from featurewell.definitions._computed import (
 from featurewell.definitions._entity import Entity
 from featurewell.definitions._loader import load_repo, repo_fingerprint
 from featurewell.definitions._on_demand import OnDemandTransform, on_demand
-from featurewell.definitions._refs import FeatureRef
+from featurewell.definitions._refs import FeatureRef, parse_view_ref
 from featurewell.definitions._registry import Registry
 from featurewell.definitions._types import (
     Bool,
@@ -41,13 +42,23 @@ from featurewell.definitions._types import (
     ListOf,
     String,
 )
-from featurewell.definitions._view import Feature, FeatureView, ParquetSource, Stats
+from featurewell.definitions._view import (
+    Deprecated,
+    Feature,
+    FeatureView,
+    ParquetSource,
+    Stats,
+)
 
 __all__ = [
+    "Access",
+    "DefaultAccess",
+    "Team",
     "Aggregation",
     "Bool",
     "Count",
     "DecayedSum",
+    "Deprecated",
     "EventSource",
     "Last",
     "Max",
@@ -74,4 +85,5 @@ __all__ = [
     "load_repo",
     "repo_fingerprint",
     "on_demand",
+    "parse_view_ref",
 ]

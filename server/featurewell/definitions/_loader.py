@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+from featurewell.definitions._access import DefaultAccess, Team
 from featurewell.definitions._entity import Entity
 from featurewell.definitions._on_demand import OnDemandTransform
 from featurewell.definitions._registry import Definition, Registry
@@ -18,13 +19,13 @@ from featurewell.errors import DefinitionError
 
 def load_repo(target: str) -> Registry:
     """Load the feature repo at `target`: a `.py` file, a folder holding `repo.py`, or a module
-    path such as `examples.streaming_media.repo`. Every Entity, FeatureView and on-demand
-    transform at the module's top level is registered."""
+    path such as `examples.streaming_media.repo`. Every Entity, FeatureView, on-demand
+    transform, Team and DefaultAccess at the module's top level is registered."""
     module = _import(target)
     definitions: list[Definition] = [
         value
         for value in vars(module).values()
-        if isinstance(value, Entity | FeatureView | OnDemandTransform)
+        if isinstance(value, Entity | FeatureView | OnDemandTransform | Team | DefaultAccess)
     ]
     if not any(isinstance(d, FeatureView) for d in definitions):
         raise DefinitionError(f"feature repo {target!r} defines no FeatureView")

@@ -35,3 +35,15 @@ class FeatureRef:
     def __str__(self) -> str:
         version = f"@v{self.version}" if self.version is not None else ""
         return f"{self.table}{version}:{self.field}"
+
+
+_VIEW_REF = re.compile(r"(?P<table>[a-z][a-z0-9_]*)(?:@v(?P<version>[1-9][0-9]*))?")
+
+
+def parse_view_ref(text: str) -> tuple[str, int | None]:
+    """`view` (its default version: None) or `view@vN`."""
+    match = _VIEW_REF.fullmatch(text)
+    if match is None:
+        raise InvalidRequest(f"view reference {text!r} is malformed: use 'view' or 'view@v2'")
+    version = match["version"]
+    return match["table"], int(version) if version else None

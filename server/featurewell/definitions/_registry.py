@@ -8,14 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from featurewell.definitions._access import OPEN, Access, DefaultAccess, Team
 from featurewell.definitions._entity import Entity
 from featurewell.definitions._on_demand import OnDemandTransform
-from featurewell.definitions._refs import FeatureRef
+from featurewell.definitions._refs import FeatureRef, parse_view_ref
 from featurewell.definitions._types import FeatureType
 from featurewell.definitions._view import Feature, FeatureView
 from featurewell.errors import DefinitionError, InvalidRequest, UnknownFeature
 
-Definition = Entity | FeatureView | OnDemandTransform
+Definition = Entity | FeatureView | OnDemandTransform | Team | DefaultAccess
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -34,12 +35,20 @@ class Registry:
     default_versions: dict[str, int]
     join_keys: dict[str, FeatureType]
     root: Path | None = None
+    teams: dict[str, Team] = dataclasses.field(default_factory=dict)
+    default_access: Access = OPEN  # for views without access= (a DefaultAccess in the repo)
+
+    def access(self, view: FeatureView) -> Access:
+        """The policy in force for `view`: its own, else the repo's default."""
+        return view.access if view.access is not None else self.default_access
 
     @classmethod
     def build(cls, definitions: Iterable[Definition], root: Path | None = None) -> Registry:
         entities: dict[str, Entity] = {}
         views: dict[tuple[str, int], FeatureView] = {}
         transforms: dict[str, OnDemandTransform] = {}
+        teams: dict[str, Team] = {}
+        defaults_access: list[DefaultAccess] = []
         for item in definitions:
             if isinstance(item, Entity):
                 _add_unique(entities, item.name, item, f"entity {item.name!r}")
@@ -47,6 +56,12 @@ class Registry:
                 _add_unique(views, (item.name, item.version), item, f"feature view {item.ref!r}")
             elif isinstance(item, OnDemandTransform):
                 _add_unique(transforms, item.name, item, f"on-demand transform {item.name!r}")
+            elif isinstance(item, Team):
+                _add_unique(teams, item.name, item, f"team {item.name!r}")
+            elif isinstance(item, DefaultAccess):
+                if defaults_access and defaults_access[0] is not item:
+                    raise DefinitionError("the repo declares DefaultAccess twice; keep one")
+                defaults_access.append(item)
             else:
                 raise DefinitionError(
                     f"{item!r} is not an Entity, FeatureView or on-demand transform"
@@ -75,7 +90,13 @@ class Registry:
             if name in view_names:
                 raise DefinitionError(f"{name!r} names both a feature view and a transform")
         defaults = {name: max(v for n, v in views if n == name) for name in view_names}
-        registry = cls(entities, views, transforms, defaults, join_keys, root)
+        default_access = defaults_access[0] if defaults_access else OPEN
+        _check_teams(views.values(), default_access, teams)
+        registry = cls(
+            entities, views, transforms, defaults, join_keys, root, teams, default_access
+        )
+        for view in views.values():
+            _check_replacement(registry, view)
         for transform in transforms.values():
             for alias, ref in transform.inputs.items():
                 try:
@@ -130,6 +151,38 @@ class Registry:
 
     def _known_views(self) -> list[str]:
         return sorted(self.default_versions) + sorted(self.transforms)
+
+
+def _check_teams(
+    views: Iterable[FeatureView], default_access: Access, teams: Mapping[str, Team]
+) -> None:
+    """Every `team:<name>` a policy names is declared: a typo must not silently deny."""
+    policies: list[tuple[str, Access]] = [("DefaultAccess", default_access)]
+    policies += [(f"feature view {v.ref!r}", v.access) for v in views if v.access is not None]
+    for where, access in policies:
+        missing = sorted(access.teams() - set(teams))
+        if missing:
+            raise DefinitionError(
+                f"{where}: access names teams {missing} that the repo does not declare; add "
+                f"Team(name, members=[...]) for each (declared: {sorted(teams)})"
+            )
+
+
+def _check_replacement(registry: Registry, view: FeatureView) -> None:
+    """A deprecated view's replacement must be a view version the repo defines."""
+    if view.deprecated is None or not view.deprecated.replacement:
+        return
+    replacement = view.deprecated.replacement
+    try:
+        name, version = parse_view_ref(replacement)
+        registry.view(name, version)
+    except (UnknownFeature, InvalidRequest) as exc:
+        raise DefinitionError(
+            f"feature view {view.ref!r} is deprecated for {replacement!r}, which is not a view "
+            f"the repo defines ({exc}); name it 'view' or 'view@vN'"
+        ) from None
+    if (name, version or registry.default_versions[name]) == (view.name, view.version):
+        raise DefinitionError(f"feature view {view.ref!r} is deprecated for itself")
 
 
 def _add_unique(table: dict[K, V], key: K, item: V, what: str) -> None:

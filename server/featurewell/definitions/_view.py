@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
+from featurewell.definitions._access import Access
 from featurewell.definitions._computed import Aggregation, EventSource
 from featurewell.definitions._entity import Entity
 from featurewell.definitions._names import check_name
@@ -38,7 +39,7 @@ class Stats:
 class Feature:
     """One feature: a name, a type, and the default served when an entity has no value.
 
-    Write options (docs/security-validation.md): `allow_non_finite` lets a float feature hold
+    Write options (docs/security/writes.md): `allow_non_finite` lets a float feature hold
     NaN and infinities (refused by default); `nulls` says what `featurewell materialize` does
     with a null in the source column: "reject" the file (default), write the "default", or
     "skip_row"; `max_length` bounds the items of a ListOf feature's rows.
@@ -138,6 +139,59 @@ def _check_computed(
         feature.computed.check(feature.name, feature.dtype, events, tile)
 
 
+def _check_deprecated(where: str, deprecated: Deprecated | None) -> None:
+    if deprecated is None:
+        return
+    if not isinstance(deprecated, Deprecated):
+        raise DefinitionError(
+            f"{where}: deprecated= takes Deprecated(replacement=..., removal_date=...), got "
+            f"{deprecated!r}"
+        )
+    if not isinstance(deprecated.replacement, str) or not isinstance(deprecated.reason, str):
+        raise DefinitionError(f"{where}: Deprecated replacement and reason must be strings")
+    day = deprecated.removal_date
+    if day is not None and not (isinstance(day, date) and not isinstance(day, datetime)):
+        raise DefinitionError(
+            f"{where}: Deprecated removal_date must be a datetime.date, e.g. date(2027, 1, 31)"
+        )
+    if any(c in deprecated.replacement + deprecated.reason for c in "\r\n"):
+        raise DefinitionError(f"{where}: Deprecated texts must be one line (they go in metadata)")
+
+
+@dataclass(frozen=True, slots=True)
+class Deprecated:
+    """Marks a view version deprecated: reads of it still work, but are counted
+    (`featurewell_deprecated_reads_total`), flagged to the caller in the trailing metadata
+    `x-featurewell-deprecated` (`result.deprecations` in the client) and listed by `featurewell
+    impact`. `replacement` names what to read instead ("view@v2", or "view" for its default),
+    `removal_date` the day it stops being served, `reason` why."""
+
+    replacement: str = ""
+    removal_date: date | None = None
+    reason: str = ""
+
+    def notice(self, ref: str) -> str:
+        """`view@v1 -> view@v2 on 2027-01-31`, the text callers see."""
+        text = ref
+        if self.replacement:
+            text += f" -> {self.replacement}"
+        if self.removal_date is not None:
+            text += f" on {self.removal_date.isoformat()}"
+        return text
+
+
+def _check_access(where: str, access: Access | None, index: Mapping[str, int]) -> None:
+    if access is None:
+        return
+    if not isinstance(access, Access):
+        raise DefinitionError(f"{where}: access must be an Access, got {access!r}")
+    unknown = sorted(set(access.features) - set(index))
+    if unknown:
+        raise DefinitionError(
+            f"{where}: access names features {unknown} the view does not have; it has {list(index)}"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ParquetSource:
     """Rows for `featurewell materialize`: join keys, a timestamp column and one column per
@@ -171,6 +225,8 @@ class FeatureView:
     owner: str = ""
     description: str = ""
     tags: Mapping[str, str] = field(default_factory=dict)
+    deprecated: Deprecated | None = None
+    access: Access | None = None  # who may read/write it (definitions/_access.py); None: default
     feature_index: Mapping[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -203,6 +259,8 @@ class FeatureView:
             if age is not None and (not isinstance(age, timedelta) or age <= timedelta(0)):
                 raise DefinitionError(f"{where}: {label} must be a positive timedelta")
         _check_computed(where, self.entity, features, self.events, self.source, self.tile)
+        _check_deprecated(where, self.deprecated)
+        _check_access(where, self.access, index)
         object.__setattr__(self, "features", features)
         object.__setattr__(self, "feature_index", index)
         object.__setattr__(self, "tags", dict(self.tags))

@@ -31,7 +31,13 @@ from featurewell.engine.calls import (
     WriteResult,
 )
 from featurewell.engine.plan import Plan, Planner, ViewRead
-from featurewell.engine.validation import Problem, WriteRules, check_write, refusal
+from featurewell.engine.validation import (
+    Problem,
+    WriteRules,
+    check_write,
+    entity_key_problem,
+    refusal,
+)
 from featurewell.errors import (
     DeadlineExceeded,
     EntityNotFound,
@@ -81,6 +87,7 @@ class FeatureEngine:
         self.store = store
         self.limits = limits if limits is not None else ServingSettings()
         self.cache = cache if cache is not None else CacheSettings()
+        self.rules = WriteRules.from_settings(self.limits)
         self.planner = self._planner(registry)
 
     @property
@@ -159,6 +166,19 @@ class FeatureEngine:
 
     # -- validation ----------------------------------------------------------------------------
 
+    def _check_key_sizes(self, name: str, values: Sequence[str]) -> None:
+        """No row can be stored under a key longer than writes accept, so reading one only
+        costs Redis and the cache: refused, with the limit named. One C-level pass over the
+        lengths; bytes are counted only when some value could be over (UTF-8: <= 4 per char)."""
+        limit = self.rules.max_entity_key_bytes
+        if max(map(len, values)) * 4 <= limit:
+            return
+        for value in values:
+            if len(value) > limit // 4 and len(value.encode("utf-8", "surrogatepass")) > limit:
+                raise InvalidRequest(
+                    f"entity key {shown(name)}: {entity_key_problem(value, self.rules)}"
+                )
+
     def _row_count(self, request: FeatureRequest, plan: Plan) -> int:
         known = self.registry.join_keys
         empty = [
@@ -175,6 +195,8 @@ class FeatureEngine:
                     f"unknown entity key {shown(name)}; known keys: {sorted(known)}"
                 )
             _check_kind(f"entity key {name!r}", expected, column)
+            if expected.kind is Kind.STRING:
+                self._check_key_sizes(name, column.values)
         needed = {key for entity in plan.entities for key in entity.key_names}
         for entity in plan.entities:
             for key in entity.key_names:
@@ -333,7 +355,7 @@ class FeatureEngine:
             raise InvalidRequest(
                 f"writing {view.ref!r} replaces whole rows: send every feature; missing {missing}"
             )
-        rules = WriteRules.from_settings(self.limits)
+        rules = self.rules
         return view, check_write(view, request, rules, time.time_ns() // 1000)
 
 

@@ -48,17 +48,18 @@ async def materialize(
     batch_rows: int = 2000,
     in_flight: int = 4,
     max_rows_per_second: float | None = None,
-    progress: Callable[[str, int], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> list[ViewLoad]:
     """Load every view that has a ParquetSource (or just `views`). Returns a summary per view;
-    `progress(view, rows_sent)` is called after every batch."""
+    `progress(view, rows_sent, rows_to_send)` is called after every batch."""
     registry = engine.registry
     chosen = views if views is not None else [v for v in registry.views.values() if v.source]
     results: list[ViewLoad] = []
     size = min(batch_rows, engine.limits.max_rows)
     paths = {view.ref: _source_path(registry, view) for view in chosen}
+    totals = {}
     for view in chosen:  # nothing is written unless every row of every file can be
-        check(engine, view, paths[view.ref], size)
+        totals[view.ref] = check(engine, view, paths[view.ref], size)
     for view in chosen:
         started = time.perf_counter()
         path = paths[view.ref]
@@ -79,7 +80,7 @@ async def materialize(
                     outcome = task.result()
                     written, skipped = written + outcome.written, skipped + outcome.skipped_older
             if progress is not None:
-                progress(view.ref, rows)
+                progress(view.ref, rows, totals[view.ref])
         for task in pending:
             outcome = await task
             written, skipped = written + outcome.written, skipped + outcome.skipped_older

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
+
 from featurewell.definitions import Aggregation, FeatureRef, FeatureView, Registry
 from featurewell.store.keys import stream_keys, stream_name
 from featurewell.telemetry.consumers import Consumer
@@ -128,7 +130,15 @@ def _source(view: FeatureView) -> str:
 
 def _feature(name: str, dtype: Any, default: Any, computed: Aggregation | None) -> str:
     how = f" = {_aggregation(computed)}" if computed is not None else ""
-    return f"{name}: {dtype} (default {default!r}){how}"
+    return f"{name}: {dtype} (default {_plain(default)}){how}"
+
+
+def _plain(value: Any) -> str:
+    """A default as a person reads it: `0.0`, `[0.0, 0.0]`, `'zz'`; not `np.float32(0.0)` nor
+    `array([...], dtype=float32)` (numpy scalars and arrays become Python values first)."""
+    if isinstance(value, np.ndarray | np.generic):
+        value = value.tolist()
+    return repr(value)
 
 
 def _aggregation(agg: Aggregation, code: bool = False) -> str:

@@ -14,6 +14,7 @@ Features only one version has are listed. So is each version's share of entities
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,8 +70,14 @@ async def sample_entities(
 
 
 async def validate(
-    engine: FeatureEngine, old: FeatureView, new: FeatureView, entities: list[tuple[Any, ...]]
+    engine: FeatureEngine,
+    old: FeatureView,
+    new: FeatureView,
+    entities: list[tuple[Any, ...]],
+    progress: Callable[[int, int], None] | None = None,
 ) -> Validation:
+    """Compare `old` and `new` on `entities`; `progress(rows_read, rows_to_read)` after each
+    version's read (two reads of every entity)."""
     if old.name != new.name or old.version == new.version:
         raise InvalidRequest("validate compares two versions of one view")
     if not entities:
@@ -87,6 +94,8 @@ async def validate(
         refs = [f"{view.name}@v{view.version}:{f.name}" for f in view.features]
         result = await engine.get_features(FeatureRequest(tuple(refs), columns, {}), Budget(5.0))
         served[view.version] = {c.name.split(":", 1)[1]: c for c in result.columns}
+        if progress is not None:
+            progress(len(served) * len(entities), 2 * len(entities))
     present = {}
     for view in (old, new):
         first = next(iter(served[view.version].values()))

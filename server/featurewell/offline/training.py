@@ -1,23 +1,31 @@
 """Point-in-time-correct training sets: for each label row (entity keys + a timestamp), the values
 the online store would have served at that instant, and nothing known only later.
 
-The rule, per view and entity, mirrors the online store's compare-and-set on event time:
+The rule, per view and entity, is the online store's compare-and-set (later event time wins;
+equal event times: the later write wins), made total:
 - a history row is known from `max(created, event_time)` (written, and not in the future);
-- a row only takes effect if its event time is >= every row known before it (an older row
-  written late never replaced a newer one online, so it does not here either);
-- a label at time T gets the last effective row known at or before T (ties included: a value
-  known at exactly T is known at T);
+- a label at time T gets, among the rows known at or before T, the one with the greatest
+  event time, then the greatest `created`, then the greatest write order (offline/store.py:
+  file write order, then row order). An older row written late never wins; an equal event time
+  written later (a correction) does;
 - past the view's `max_age` the value is kept and marked STALE, as serving does; no row at
   all gives the feature's default, marked NOT_FOUND.
 
-On-demand transforms run the same function as the server on the joined columns (request
-context comes from label columns of the same name), so training and serving share one code path.
-The joins are DuckDB ASOF joins over the offline store's Parquet.
+Which version `view:feature` reads is the one servers serve (offline/versions.py), recorded in
+the result's schema metadata. On-demand transforms run the same function as the server on the
+joined columns (request context comes from label columns of the same name), so training and
+serving share one code path.
+
+The joins are DuckDB queries over the history files. Nothing relies on which of several equal
+ASOF matches DuckDB returns (undocumented): each row gets its rank in the total order above,
+only the rows that beat everything known at or before their own known time are kept, one per
+known time, and the ASOF join then has exactly one candidate per (entity, known time).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,13 +36,17 @@ import pyarrow.compute as pc
 from featurewell.definitions import Feature, FeatureType, Kind, Registry
 from featurewell.engine.plan import Planner, ViewRead
 from featurewell.errors import InvalidRequest
+from featurewell.offline import versions as served_versions
+from featurewell.offline.labels import microseconds
 from featurewell.offline.store import OfflineStore
+from featurewell.offline.versions import ServedDefaults
 from featurewell.values import NOT_FOUND, PRESENT, STALE, worst_status
 
 if TYPE_CHECKING:
     import duckdb
 
 STATUS_SUFFIX = ":__status"
+log = logging.getLogger("featurewell.training")
 
 
 def get_historical_features(
@@ -44,10 +56,18 @@ def get_historical_features(
     offline: OfflineStore,
     *,
     timestamp_column: str = "event_timestamp",
+    defaults: ServedDefaults | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> pa.Table:
     """`labels` plus one column per requested feature (named as served: `view:feature`) and one
-    status column per view or transform (`view:__status`, the `Status` numbers)."""
-    plan = Planner(registry).plan(list(features))
+    status column per view or transform (`view:__status`, the `Status` numbers).
+
+    `view:feature` reads the version servers serve under `defaults` (the promoted defaults:
+    `versions.load(file)`, or read from the cluster); None: each view's highest version. The
+    versions used are in the result's schema metadata (`versions.recorded(table.schema.metadata)`).
+    """
+    offline.check_exists()
+    plan = Planner(served_versions.as_served(registry, defaults)).plan(list(features))
     rows = labels.num_rows
     if rows == 0:
         raise InvalidRequest("the label table is empty: nothing to build a training set for")
@@ -56,11 +76,12 @@ def get_historical_features(
             f"the label table has no {timestamp_column!r} column; name its timestamp column "
             f"with timestamp_column= (it has {labels.column_names})"
         )
-    label_ts = _microseconds(labels.column(timestamp_column), timestamp_column)
+    label_ts = microseconds(labels.column(timestamp_column), timestamp_column)
     fetched: dict[int, tuple[dict[str, Any], npt.NDArray[np.uint8]]] = {}
     import duckdb
 
     con = duckdb.connect()
+    joins, joined = sum(len(group.reads) for group in plan.groups), 0
     try:
         for group in plan.groups:
             keys = _keys(labels, group.entity.join_keys)
@@ -68,6 +89,9 @@ def get_historical_features(
             con.register("labels", pa.table({**keys, "__ts": label_ts, "__row": order}))
             for read, wanted in zip(group.reads, group.wanted, strict=True):
                 fetched[id(read)] = _join(con, registry, offline, read, sorted(wanted), label_ts)
+                joined += 1
+                if progress is not None:
+                    progress(joined * rows, joins * rows)
             con.unregister("labels")
     finally:
         con.close()
@@ -100,7 +124,12 @@ def get_historical_features(
             out[output.name] = _arrow(output.feature, value)
     for table, status in statuses.items():
         out[table + STATUS_SUFFIX] = pa.array(status, pa.uint8())
-    return pa.table(out)
+        if (status == NOT_FOUND).all():
+            log.warning(
+                "%s: every value is NOT_FOUND: no history row was known at any label time", table
+            )
+    used = served_versions.used(plan, defaults)
+    return pa.table(out).replace_schema_metadata(served_versions.metadata(used))
 
 
 def _join(
@@ -125,33 +154,45 @@ def _join(
         if source.event_time_is_timestamp
         else f'"{source.event_time}"'
     )
-    known = f'greatest("{source.created}", {event_time})' if source.created else event_time
+    created = f'"{source.created}"' if source.created else event_time
     key_list = ", ".join(f'"{k}"' for k in keys)
-    columns = ", ".join(f'"{name}"' for name in [*keys, *wanted])
-    if source.dataset is not None:  # a Delta table: ties in `known` broken by scan order
-        con.register("__delta", source.dataset)
-        scan, order, params = "__delta", "'' AS __file, row_number() OVER () AS __line", []
-    else:  # Parquet files: ties broken by file, then row
-        scan = "read_parquet(?, filename = true, file_row_number = true)"
-        order, params = "filename AS __file, file_row_number AS __line", [list(source.files)]
-    joined = con.sql(
-        f"""
-        WITH history AS (
-            SELECT {columns}, {event_time} AS __event_time, {known} AS __known, {order}
-            FROM {scan}),
-        effective AS (
-            SELECT * FROM (
-                SELECT *, max(__event_time) OVER (
-                    PARTITION BY {key_list} ORDER BY __known, __file, __line
-                    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS __best
-                FROM history)
-            WHERE __best IS NULL OR __event_time >= __best)
-        SELECT l.__row, h.__event_time, {picked}
-        FROM labels l ASOF LEFT JOIN effective h ON {on} AND l.__ts >= h.__known
-        ORDER BY l.__row
-        """,
-        params=params,
-    ).to_arrow_table()
+    columns = ", ".join(f'h."{name}"' for name in [*keys, *wanted])
+    # Files in write order (offline/store.py); a file's position and a row's number in it are
+    # the write order that breaks ties of equal event time and equal created.
+    con.register(
+        "__files",
+        pa.table(
+            {"__path": list(source.files), "__file": pa.array(range(len(source.files)), pa.int64())}
+        ),
+    )
+    try:
+        joined = con.sql(
+            f"""
+            WITH history AS (
+                SELECT {columns}, {event_time} AS __event_time, {created} AS __created,
+                       greatest({created}, {event_time}) AS __known, f.__file,
+                       h.file_row_number AS __line
+                FROM read_parquet(?, filename = true, file_row_number = true,
+                                  hive_partitioning = false) h
+                JOIN __files f ON f.__path = h.filename),
+            ranked AS (
+                SELECT *, row_number() OVER (
+                    PARTITION BY {key_list}
+                    ORDER BY __event_time, __created, __file, __line) AS __rank
+                FROM history),
+            effective AS (
+                SELECT * FROM ranked
+                QUALIFY __rank = max(__rank) OVER (
+                    PARTITION BY {key_list} ORDER BY __known
+                    RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW))
+            SELECT l.__row, h.__event_time, {picked}
+            FROM labels l ASOF LEFT JOIN effective h ON {on} AND l.__ts >= h.__known
+            ORDER BY l.__row
+            """,
+            params=[list(source.files)],
+        ).to_arrow_table()
+    finally:
+        con.unregister("__files")
     found_time = joined.column("__event_time")
     missing = np.asarray(found_time.is_null().to_numpy(zero_copy_only=False), dtype=bool)
     status = np.full(rows, PRESENT, np.uint8)
@@ -181,16 +222,6 @@ def _keys(labels: pa.Table, join_keys: Mapping[str, FeatureType]) -> dict[str, p
             )
         out[name] = column
     return out
-
-
-def _microseconds(column: pa.ChunkedArray, name: str) -> npt.NDArray[np.int64]:
-    if pa.types.is_timestamp(column.type):
-        column = column.cast(pa.timestamp("us", tz=column.type.tz)).cast(pa.int64())
-    elif not pa.types.is_integer(column.type):
-        raise InvalidRequest(f"{name!r} must be a timestamp or integer µs, not {column.type}")
-    if column.null_count:
-        raise InvalidRequest(f"{name!r} has {column.null_count} empty timestamps")
-    return np.asarray(column.to_numpy(), dtype=np.int64)
 
 
 def _numpy(feature: Feature, column: pa.ChunkedArray, missing: npt.NDArray[np.bool_]) -> Any:

@@ -7,6 +7,8 @@ import contextlib
 import gc
 import logging
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,10 +21,20 @@ from grpc_reflection.v1alpha import reflection
 from featurewell.definitions import Registry, load_repo, repo_fingerprint
 from featurewell.engine.engine import FeatureEngine
 from featurewell.engine.plan import Planner
-from featurewell.errors import ConfigError, FeaturewellError, StoreError
+from featurewell.errors import ConfigError, FeaturewellError, StoreError, StoreUnreachable
+from featurewell.serving.auth import Authenticator, AuthInterceptor
+from featurewell.serving.authz import Authoriser
 from featurewell.serving.service import AFTER_ANSWER_S, FeatureService
+from featurewell.serving.startup import (
+    Gate,
+    gated,
+    not_yet,
+    promoted_or_none,
+    serve_when_connected,
+)
 from featurewell.settings import ServingSettings, Settings
 from featurewell.store import versions
+from featurewell.store.cluster import LOG_EVERY_S
 from featurewell.store.online import OnlineStore
 from featurewell.telemetry import exposition
 from featurewell.telemetry.hub import Telemetry
@@ -30,6 +42,8 @@ from featurewell.telemetry.tracing import Tracing
 from featurewell.v1 import feature_service_pb2 as pb
 
 log = logging.getLogger("featurewell.server")
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["FeatureService"].full_name
 
 
@@ -45,11 +59,14 @@ class Server:
     health: health_aio.HealthServicer
     metrics_port: int | None  # None: /metrics is off
     telemetry: Telemetry
-    telemetry_task: asyncio.Task[None]
+    telemetry_task: asyncio.Task[None] | None  # None until the store has connected
+    gate: Gate = field(default_factory=lambda: Gate(None))
     reloads: int = 0
     reloads_failed: int = 0
     promoted: dict[str, int] = field(default_factory=dict)  # as last read from Redis
     versions_task: asyncio.Task[None] | None = None
+    connecting_task: asyncio.Task[None] | None = None
+    stopping: bool = False
 
     @classmethod
     async def start(
@@ -58,26 +75,31 @@ class Server:
         store: OnlineStore,
         registry: Registry,
         tracing: Tracing | None = None,
+        *,
+        unreachable: StoreUnreachable | None = None,
     ) -> Server:
         """Listen and serve `registry` from `store`, which the server then owns: it closes it
         when it stops, or here if starting fails. `tracing` replaces the one the settings
         describe (tests pass in-memory exporters). `featurewell.app.start_server` opens the
-        store and loads the repo from the settings."""
+        store and loads the repo from the settings. With `unreachable` (the store has not
+        connected: no node answered), the server listens NOT_SERVING, answers UNAVAILABLE and
+        connects in the background (`startup.serve_when_connected`)."""
         telemetry: Telemetry | None = None
+        gate = Gate(None if unreachable is None else not_yet(unreachable))
+        overrides: dict[str, int] = {}
         try:
-            try:
-                overrides = await versions.promoted(store.cluster)
-            except StoreError as exc:  # serve the declared defaults; followed once Redis answers
-                log.warning("cannot read promoted versions yet: %s", exc)
-                overrides = {}
+            if unreachable is None:
+                overrides = await promoted_or_none(store)
             if overrides:
                 registry = versions.serve_defaults(registry, overrides)
+            authenticating = _interceptor(settings)
             grpc_server = grpc.aio.server(
+                interceptors=[authenticating] if authenticating is not None else None,
                 options=[
                     ("grpc.max_send_message_length", settings.serving.max_message_bytes),
                     ("grpc.so_reuseport", 1 if settings.serving.workers > 1 else 0),
                     *connection_limits(settings.serving),
-                ]
+                ],
             )
             tracing = tracing if tracing is not None else Tracing.from_settings(settings.telemetry)
             telemetry = Telemetry(
@@ -87,9 +109,13 @@ class Server:
                 tracing,
                 poll_timeout_s=settings.redis.connect_timeout_s,
             )
+            if authenticating is not None:
+                authenticating.on_refused = _counted(telemetry)
             engine = FeatureEngine(registry, store, settings.serving, settings.cache)
-            service = FeatureService(engine, settings.serving, telemetry)
-            add_feature_service(service, grpc_server)
+            service = FeatureService(
+                engine, settings.serving, telemetry, Authoriser(enforce=settings.auth.required)
+            )
+            add_feature_service(service, grpc_server, gate if unreachable is not None else None)
             health = health_aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(health, grpc_server)
             reflection.enable_server_reflection(
@@ -108,9 +134,13 @@ class Server:
                 telemetry.close()
             await store.close()
             raise
-        telemetry_task = asyncio.get_running_loop().create_task(telemetry.run())
-        for name in ("", SERVICE_NAME):
-            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        ready = unreachable is None
+        telemetry_task = asyncio.get_running_loop().create_task(telemetry.run()) if ready else None
+        # Waiting for Redis, the service is NOT_SERVING (not ready: readiness probes, load
+        # balancers) but the server as a whole ("") is alive: Kubernetes' startup and liveness
+        # probes check "", and failing them would restart the pod, the crash loop this avoids.
+        await health.set("", SERVING)
+        await health.set(SERVICE_NAME, SERVING if ready else NOT_SERVING)
         if settings.serving.inject_delay_ms:
             log.warning(
                 "fault injection on: every GetFeatures waits %.1f ms first",
@@ -133,23 +163,37 @@ class Server:
             metrics_port,
             telemetry,
             telemetry_task,
+            gate,
             promoted=overrides,
         )
-        server.versions_task = asyncio.get_running_loop().create_task(
-            server.follow_promotions(settings.serving.versions_poll_s)
-        )
+        if unreachable is not None:
+            server.connecting_task = asyncio.get_running_loop().create_task(
+                serve_when_connected(server, unreachable)
+            )
+        else:
+            server.versions_task = asyncio.get_running_loop().create_task(
+                server.follow_promotions(settings.serving.versions_poll_s)
+            )
         return server
+
+    @property
+    def ready(self) -> bool:
+        """Whether the store has connected (health SERVING unless stopping)."""
+        return self.gate.waiting is None
 
     async def follow_promotions(self, interval: float) -> None:
         """Serve the default versions `featurewell promote` and `rollback` set, read from Redis
         every `interval` seconds: the next call plans with them, calls in flight finish as
         they started, and calls pinned to a version (`view@v1:x`) never move."""
+        logged_at = -LOG_EVERY_S
         while True:
             await asyncio.sleep(interval)
             try:
                 overrides = await versions.promoted(self.store.cluster)
-            except StoreError as exc:
-                log.warning("cannot read promoted versions (keeping the current ones): %s", exc)
+            except StoreError as exc:  # logged at most every LOG_EVERY_S through an outage
+                if time.monotonic() - logged_at >= LOG_EVERY_S:
+                    logged_at = time.monotonic()
+                    log.warning("cannot read promoted versions (keeping the current ones): %s", exc)
                 continue
             if overrides != self.promoted:
                 engine = self.service.engine
@@ -209,36 +253,40 @@ class Server:
         gRPC core cancels calls that arrived in the instant of stopping but never reached a
         handler; they were not processed, so clients may retry them (the client retries reads).
         """
+        self.stopping = True
+        if self.connecting_task is not None:
+            self.connecting_task.cancel()
         for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await self.health.set(name, NOT_SERVING)
         if drain_delay > 0:
             await asyncio.sleep(drain_delay)
         calls = self.service.calls
         in_flight = calls.in_flight
-        await self.grpc_server.stop(
-            self.settings.serving.grace_period_s if grace is None else grace
-        )
-        self.telemetry_task.cancel()
-        if self.versions_task is not None:
-            self.versions_task.cancel()
+        grace = self.settings.serving.grace_period_s if grace is None else grace
+        calls.cut_off_at = time.monotonic() + grace  # handlers cancelled from then on: cut off
+        await self.grpc_server.stop(grace)
+        for task in (self.telemetry_task, self.versions_task):
+            if task is not None:
+                task.cancel()
         # The last calls' telemetry runs AFTER_ANSWER_S after their answers: let it, then add
         # their callers to the consumers too (if Redis is up).
         await asyncio.sleep(4 * AFTER_ANSWER_S)
-        with contextlib.suppress(FeaturewellError):
-            await self.telemetry.consumers.flush(self.store, timeout=1.0)
+        if self.ready:
+            with contextlib.suppress(FeaturewellError):
+                await self.telemetry.consumers.flush(self.store, timeout=1.0)
         self.telemetry.close()
         await self.store.close()
         log.info(
             "stopped: %d calls were in flight, %d cut off by the grace period",
             in_flight,
-            calls.cancelled,
+            calls.cut_off,
         )
 
 
 def connection_limits(serving: ServingSettings) -> list[tuple[str, int]]:
     """gRPC core options bounding what one client connection may take: request size, open
     calls, lifetime and idleness, and keepalive pings (each a setting, documented in
-    docs/security-hardening.md)."""
+    docs/security/requests-and-stored-data.md)."""
     options = [
         # max_message_mb bounds both ways; max_request_mb bounds requests further.
         (
@@ -262,7 +310,9 @@ def connection_limits(serving: ServingSettings) -> list[tuple[str, int]]:
     return options
 
 
-def add_feature_service(service: FeatureService, grpc_server: grpc.aio.Server) -> None:
+def add_feature_service(
+    service: FeatureService, grpc_server: grpc.aio.Server, gate: Gate | None = None
+) -> None:
     """Register FeatureService as the generated `add_FeatureServiceServicer_to_server` does,
     but with requests passed on as bytes: gRPC's own parsing answers a corrupt request (or one
     with invalid UTF-8) UNKNOWN "Unexpected DecodeError", so `serving/wire` parses it instead
@@ -271,7 +321,9 @@ def add_feature_service(service: FeatureService, grpc_server: grpc.aio.Server) -
     descriptor = pb.DESCRIPTOR.services_by_name["FeatureService"]
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         method.name: grpc.unary_unary_rpc_method_handler(
-            getattr(service, method.name),
+            getattr(service, method.name)
+            if gate is None
+            else gated(service, gate, method.name, getattr(service, method.name)),
             request_deserializer=None,  # bytes in: serving/wire parses
             response_serializer=getattr(pb, method.output_type.name).SerializeToString,
         )
@@ -292,7 +344,45 @@ def _listen(grpc_server: grpc.aio.Server, settings: Settings) -> int:
         chain = Path(settings.serving.tls_cert_file).read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read the TLS certificate or key: {exc}") from exc
-    return grpc_server.add_secure_port(address, grpc.ssl_server_credentials([(key, chain)]))
+    return grpc_server.add_secure_port(address, _credentials(settings, key, chain))
+
+
+def _credentials(settings: Settings, key: bytes, chain: bytes) -> grpc.ServerCredentials:
+    """TLS; with tls_client_ca_file, mTLS: gRPC refuses handshakes without a client certificate
+    that this CA signed, so a call that reaches a handler carries a verified one."""
+    if not settings.serving.tls_client_ca_file:
+        return grpc.ssl_server_credentials([(key, chain)])
+    try:
+        roots = Path(settings.serving.tls_client_ca_file).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read tls_client_ca_file: {exc}") from exc
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=roots, require_client_auth=True
+    )
+
+
+def _interceptor(settings: Settings) -> AuthInterceptor | None:
+    """The authentication interceptor, when any identity is in play; none (today's path,
+    untouched) with authentication off."""
+    auth = settings.auth
+    if not (auth.required or auth.configured or settings.serving.tls_client_ca_file):
+        return None
+    if auth.required and not (auth.configured or settings.serving.tls_client_ca_file):
+        raise ConfigError(
+            "auth_required is on but no caller could authenticate: set tls_client_ca_file "
+            "(mTLS), auth_tokens_file or auth_jwks_file"
+        )
+    certificates = bool(settings.serving.tls_client_ca_file)
+    return AuthInterceptor(Authenticator(auth, client_certificates=certificates))
+
+
+def _counted(telemetry: Telemetry) -> Callable[[str, grpc.StatusCode, int, int, str], None]:
+    """Refused authentications, counted and traced like every other answered call."""
+
+    def refused(method: str, code: grpc.StatusCode, started: int, ended: int, message: str) -> None:
+        telemetry.call_done(method, code, started, ended, None, error=message)
+
+    return refused
 
 
 def _serve_metrics(telemetry: Telemetry, settings: Settings) -> int | None:

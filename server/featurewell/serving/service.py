@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn, TypeAlias, TypeVar
 
 import grpc
@@ -14,7 +14,9 @@ import grpc
 from featurewell.engine.calls import Budget
 from featurewell.engine.engine import FeatureEngine
 from featurewell.errors import DeadlineExceeded, Overloaded
-from featurewell.serving import wire
+from featurewell.serving import auth, wire
+from featurewell.serving.authz import Authoriser
+from featurewell.serving.deprecation import DeprecationNotices
 from featurewell.serving.status import status_for
 from featurewell.settings import ServingSettings
 from featurewell.telemetry.hub import Metadata, Telemetry
@@ -38,8 +40,10 @@ def _after_answer(record: Callable[..., None], *args: Any) -> None:
 
 class CallCounter:
     """Calls inside a handler now (at most `limit`: beyond it calls are shed at once rather
-    than queued behind the others until every one is late), calls shed, and handlers cancelled
-    before they finished (a shutdown whose grace expired). Shutdown reports the last, so
+    than queued behind the others until every one is late), calls shed, handlers cancelled
+    before they finished (`cancelled`: any reason, a client's expired deadline included), and
+    of those the ones cut off by a shutdown's grace period (`cut_off`: cancelled at or after
+    `cut_off_at`, which shutdown sets to the end of its grace). Shutdown reports the last, so
     "drained" is a measured claim."""
 
     def __init__(self, limit: int, on_shed: Callable[[str], None] | None = None) -> None:
@@ -48,6 +52,8 @@ class CallCounter:
         self.in_flight = 0
         self.shed = 0
         self.cancelled = 0
+        self.cut_off = 0
+        self.cut_off_at: float | None = None  # time.monotonic() when the grace period ends
 
     @contextlib.contextmanager
     def track(self, method: str) -> Iterator[None]:
@@ -64,6 +70,10 @@ class CallCounter:
             yield
         except asyncio.CancelledError:
             self.cancelled += 1
+            # gRPC cancels every handler still running when the grace ends; a client whose
+            # deadline expires cancels its handler too, but before that (or with no shutdown).
+            if self.cut_off_at is not None and time.monotonic() >= self.cut_off_at - 0.001:
+                self.cut_off += 1
             raise
         finally:
             self.in_flight -= 1
@@ -71,15 +81,21 @@ class CallCounter:
 
 class FeatureService(pb_grpc.FeatureServiceServicer):
     def __init__(
-        self, engine: FeatureEngine, settings: ServingSettings, telemetry: Telemetry
+        self,
+        engine: FeatureEngine,
+        settings: ServingSettings,
+        telemetry: Telemetry,
+        access: Authoriser | None = None,
     ) -> None:
         self.engine = engine
+        self.access = access if access is not None else Authoriser(enforce=False)
         self.telemetry = telemetry
         shed = telemetry.metrics.shed_calls
         self.calls = CallCounter(settings.max_in_flight, lambda method: shed.labels(method).inc())
         self._cap = settings.store_timeout_ms / 1000
         self._injected_delay = settings.inject_delay_ms / 1000
         self._margin = settings.deadline_margin_ms / 1000
+        self._deprecations = DeprecationNotices(telemetry.metrics.deprecated_reads)
 
     def budget(self, remaining: float | None) -> Budget:
         """Store time for a call with `remaining` seconds left (None: no client deadline)."""
@@ -104,8 +120,14 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
                 if self._injected_delay:
                     await asyncio.sleep(self._injected_delay)
                 budget = self.budget(context.time_remaining())
-                result = await self.engine.get_features(wire.feature_request(request), budget)
-                response = wire.feature_response(result)
+                message = wire.parsed(pb.GetFeaturesRequest, request)
+                asked = wire.feature_request(message)
+                self._authorise_read(asked.features)
+                result = await self.engine.get_features(asked, budget)
+                response = wire.feature_response(result, message.typed_values)
+                notices = self._deprecations.notices(self.engine.registry, result)
+                if notices:
+                    context.set_trailing_metadata(notices)
         except Exception as exc:
             await self._abort("GetFeatures", exc, context, started)
         # Telemetry runs once the call has ended (its answer sent), not inside its time.
@@ -115,6 +137,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
             started,
             time.perf_counter_ns(),
             context.invocation_metadata(),  # always: it names the caller (lineage)
+            auth.principal(),
         )
         return response
 
@@ -124,7 +147,9 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         started = time.perf_counter_ns()
         try:
             with self.calls.track("WriteFeatures"):
-                result = await self.engine.write(wire.write_request(request))
+                asked_write = wire.write_request(request)
+                self._authorise_write(asked_write.view)
+                result = await self.engine.write(asked_write)
         except Exception as exc:
             await self._abort("WriteFeatures", exc, context, started)
         _after_answer(
@@ -137,8 +162,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
     ) -> pb.ListFeaturesResponse:
         started = time.perf_counter_ns()
         try:
-            wire.parsed(pb.ListFeaturesRequest, request)
-            response = wire.catalog(self.engine.registry)
+            response = self._catalog(wire.catalog_filter(request))
         except Exception as exc:
             await self._abort("ListFeatures", exc, context, started)
         self.telemetry.call_done(
@@ -149,6 +173,21 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
             self._trace(context),
         )
         return response
+
+    # -- authorisation (serving/authz.py): the call's principal was set by serving/auth.py --
+
+    # (On parsed requests, so they hold however wire receives them.)
+
+    def _authorise_read(self, features: Sequence[str]) -> None:
+        self.access.check_read(self.engine.registry, auth.principal(), features)
+
+    def _authorise_write(self, view: str) -> None:
+        self.access.check_write(self.engine.registry, auth.principal(), view)
+
+    def _catalog(self, wanted: wire.CatalogFilter) -> pb.ListFeaturesResponse:
+        registry = self.engine.registry
+        granted = self.access.readable(registry, auth.principal())
+        return wire.catalog(registry, granted.can_read if granted is not None else None, wanted)
 
     def _trace(self, context: Context[Any]) -> Metadata | None:
         """The call's metadata when tracing needs it (read now: it is gone once the call ends)."""

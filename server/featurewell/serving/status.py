@@ -18,9 +18,11 @@ from featurewell.errors import (
     FeaturewellError,
     InvalidRequest,
     Overloaded,
+    PermissionDenied,
     StoreError,
     StorePermissionDenied,
     TransformFailed,
+    Unauthenticated,
     UnknownFeature,
 )
 
@@ -38,6 +40,8 @@ _CODES: tuple[tuple[type[FeaturewellError], grpc.StatusCode], ...] = (
     (StoreError, grpc.StatusCode.UNAVAILABLE),
     (TransformFailed, grpc.StatusCode.INTERNAL),
     (DefinitionError, grpc.StatusCode.FAILED_PRECONDITION),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 )
 
 

@@ -35,6 +35,7 @@ _NAME = r"\[a-z\]\[a-z0-9_\]\*"
 _PIECES: tuple[tuple[str, str], ...] = (
     (rf"\(\?P<(?:view|source)>{_NAME}\)", "[a-z]*"),  # names start with a letter
     (r"\(\?P<version>\[0-9\]\+\)", "[0-9]*"),
+    (r"\(\?P<day>\[0-9\]\+\)", "[0-9]*"),
     (r"\\\{\(\?P<tag>\[\^\{\}\]\*\)\\\}", "{*}"),
     (r"\(\?P<group>\.\*\)", "*"),
     # An optional ":<partition>" after a source name: the name's own trailing '*' covers it.
@@ -109,13 +110,17 @@ ROLES: dict[str, Role] = {
                 "hgetall",  # promoted defaults; consumer counts
                 "hincrby",  # consumer counts
                 "hset",  # consumers' last call
+                "eval",  # the consumer counts' bounded update (one script per flush)
+                "hexists",  # inside it: a known (caller, view) pair?
+                "hlen",  # inside it: how many pairs are kept
+                "expire",  # inside it: a day's counts expire (consumer_days)
                 "client|id",
                 "client|tracking",
                 "client|caching",
                 "subscribe",
             ),
             reads=("row", "marker", "defaults"),
-            writes=("consumer_calls", "consumer_seen"),
+            writes=("consumer_calls", "consumer_seen", "consumer_days"),
             channels=(INVALIDATION_CHANNEL,),
         ),
         Role(
@@ -171,7 +176,7 @@ ROLES: dict[str, Role] = {
                 "getrange",  # repair reads stored event times
                 "hget",  # and the write marker's newest time
             ),
-            reads=("consumer_calls", "consumer_seen"),
+            reads=("consumer_calls", "consumer_seen", "consumer_days"),
             writes=("defaults", "defaults_log", "row", "marker"),
         ),
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ import hiredis
 import numpy as np
 import numpy.typing as npt
 
-from featurewell.errors import StoreUnavailable
+from featurewell.errors import StoreUnavailable, StoreUnreachable
 from featurewell.store.batch import Failure, FailureReason, NodeTiming, Replies
 from featurewell.store.breaker import Breaker, BreakerPolicy, BreakerState
 from featurewell.store.connection import Address, Connection, NodeAccess, encode_command
@@ -33,6 +34,7 @@ _ASKING = encode_command("ASKING")
 _CACHING_YES = encode_command("CLIENT", "CACHING", "YES")
 _MAX_ROUNDS = 5
 _RETRYABLE = ("TRYAGAIN", "CLUSTERDOWN", "LOADING", "MASTERDOWN")
+LOG_EVERY_S = 30.0  # a failing retry loop logs at most this often
 
 
 OnConnect = Callable[[Connection], Awaitable[None]]
@@ -101,22 +103,33 @@ class ClusterClient:
             if not force and time.monotonic() - self._refreshed_at < 0.05:
                 return  # a concurrent caller just refreshed it
             problems: list[str] = []
+            unreachable: list[str] = []  # refused or silent: down, not misconfigured
             candidates = dict.fromkeys([*self.slot_map.nodes, *self._seeds])
             healthy = [a for a in candidates if a not in self.breakers or self._closed(a)]
             for address in [*healthy, *(a for a in candidates if a not in healthy)]:
+                name = f"{address[0]}:{address[1]}"
                 try:
                     async with asyncio.timeout(self._connect_timeout):
                         connection = await self._connection(address)
                         reply = await connection.call("CLUSTER", "SLOTS")
                 except (StoreUnavailable, TimeoutError) as exc:
-                    problems.append(f"{address[0]}:{address[1]}: {exc or 'timed out'}")
+                    problems.append(f"{name}: {exc or 'timed out'}")
+                    if _unreachable(exc):
+                        unreachable.append(name)
                     continue
                 if isinstance(reply, hiredis.ReplyError):
-                    problems.append(f"{address[0]}:{address[1]} is not a cluster node ({reply})")
+                    problems.append(f"{name} is not a cluster node ({reply})")
                     continue
                 self.slot_map.apply(reply, address)
                 self._refreshed_at = time.monotonic()
                 return
+            if len(unreachable) == len(problems):
+                raise StoreUnreachable(
+                    f"Redis Cluster unreachable: none of its {len(problems)} known nodes answered ("
+                    + "; ".join(problems)
+                    + ")",
+                    unreachable,
+                )
             raise StoreUnavailable(
                 "no Redis Cluster node answered CLUSTER SLOTS; check the --redis addresses: "
                 + "; ".join(problems)
@@ -184,13 +197,34 @@ class ClusterClient:
         """While a node is failing, re-read the slot map often so a promoted replica takes over
         its slots as soon as the cluster elects it, and open connections to new masters before
         calls need them."""
+        failing_since: float | None = None
+        logged_at = 0.0
         while True:
             await asyncio.sleep(self._recovery_interval)
             try:
                 await self.refresh_topology(force=True)
             except StoreUnavailable as exc:
-                log.warning("cannot refresh the Redis Cluster topology: %s", exc)
+                # Retried every `recovery_interval` (a failover is over in seconds), but logged
+                # on the first failure and then every LOG_EVERY_S only.
+                now = time.monotonic()
+                failing_since = failing_since if failing_since is not None else now
+                if now - logged_at >= LOG_EVERY_S:
+                    logged_at = now
+                    log.warning(
+                        "cannot refresh the Redis Cluster topology for %.0f s (retrying every "
+                        "%.1f s, logged every %.0f s): %s",
+                        now - failing_since,
+                        self._recovery_interval,
+                        LOG_EVERY_S,
+                        exc,
+                    )
                 continue
+            if failing_since is not None:
+                log.warning(
+                    "Redis Cluster topology readable again after %.1f s",
+                    time.monotonic() - failing_since,
+                )
+                failing_since = None
             masters = set(self.masters)
             for address in masters:
                 if address not in self._pools and self._closed_or_new(address):
@@ -356,6 +390,13 @@ class ClusterClient:
             out.append(replies[position])
             position += 1
         return out
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether a failed connection means the node is down or cut off (refused, reset, silent)
+    rather than misconfigured (TLS, password): only the first is worth waiting for."""
+    cause = exc if isinstance(exc, TimeoutError) else exc.__cause__
+    return isinstance(cause, OSError | TimeoutError) and not isinstance(cause, ssl.SSLError)
 
 
 def _parse_address(text: str, asked: Address) -> Address:

@@ -8,6 +8,7 @@
   defaults_log    fw:{_meta}:defaults:log                    list    _meta
   consumer_calls  fw:{_meta}:consumers                       hash    _meta
   consumer_seen   fw:{_meta}:consumers:seen                  hash    _meta
+  consumer_days   fw:{_meta}:consumers:day:<YYYYMMDD>        hash    _meta
   watermarks      fw:{_stream}:<source>:<group>:watermarks   string  _stream
   events          fw:events:<source>[:<partition>]           stream  none: the whole key
   dead_letters    fw:_deadletters:<source>                   stream  none: the whole key
@@ -21,6 +22,8 @@
   promote and rollback, newest first, JSON.
 - consumer_calls, consumer_seen (store/consumers.py): "<caller>|<view>@v<n>" -> calls; last
   call, Unix seconds.
+- consumer_days (store/consumers.py): the same calls counted per UTC day, one hash a day that
+  expires after `CONSUMER_DAYS_KEPT` days (`featurewell impact`, `featurewell unused`).
 - watermarks (store/state.py): JSON {partition: newest event time read, µs}, per source and
   consumer group.
 - events (store/streams.py): one stream per partition (":<partition>" only when the source has
@@ -66,6 +69,14 @@ DEFAULTS_KEY = b"fw:{_meta}:defaults"
 DEFAULTS_LOG_KEY = b"fw:{_meta}:defaults:log"
 CONSUMER_CALLS_KEY = b"fw:{_meta}:consumers"
 CONSUMER_SEEN_KEY = b"fw:{_meta}:consumers:seen"
+CONSUMER_DAYS_KEPT = 92  # days of per-day consumer counts (`featurewell impact --days`)
+
+
+def consumer_day_key(day: str) -> bytes:
+    """The per-day consumer counts of `day`, "YYYYMMDD" (UTC)."""
+    if len(day) != 8 or not day.isdigit():
+        raise ValueError(f"a consumer day is YYYYMMDD, got {day!r}")
+    return f"fw:{{_meta}}:consumers:day:{day}".encode()
 
 
 def key_prefix(view: FeatureView) -> bytes:
@@ -170,6 +181,7 @@ FAMILIES = (
     _family("defaults_log", re.escape(DEFAULTS_LOG_KEY), b"_meta"),
     _family("consumer_calls", re.escape(CONSUMER_CALLS_KEY), b"_meta"),
     _family("consumer_seen", re.escape(CONSUMER_SEEN_KEY), b"_meta"),
+    _family("consumer_days", rb"fw:\{_meta\}:consumers:day:(?P<day>[0-9]+)", b"_meta"),
     _family("watermarks", _WATERMARKS, b"_stream"),
     _family("events", rb"fw:events:(?P<source>" + _NAME + rb")(?::(?P<partition>[0-9]+))?"),
     _family("dead_letters", rb"fw:_deadletters:(?P<source>" + _NAME + rb")"),

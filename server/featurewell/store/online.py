@@ -138,9 +138,11 @@ class OnlineStore:
         breaker: BreakerPolicy | None = None,
         cache: HotKeyCache | None = None,
         access: NodeAccess | None = None,
+        connect_now: bool = True,
     ) -> OnlineStore:
         """Connect to the cluster; with a cache, every connection is tracked for invalidations.
-        Raises StoreUnavailable when no seed answers."""
+        Raises StoreUnavailable when no seed answers. `connect_now=False` returns a store that
+        has not connected yet: `cluster.start()` connects it (a server starting before Redis)."""
         tracker = InvalidationTracker(cache, connect_timeout, access) if cache is not None else None
         cluster = ClusterClient(
             seeds,
@@ -151,7 +153,8 @@ class OnlineStore:
             access=access,
         )
         try:
-            await cluster.start()
+            if connect_now:
+                await cluster.start()
         except BaseException:
             await cluster.close()
             if tracker is not None:

@@ -59,6 +59,11 @@ class Consumers:
             self._calls[pair] = self._calls.get(pair, 0) + 1
             self._seen[pair] = now
 
+    @property
+    def pending(self) -> int:
+        """(caller, view) pairs observed since the last flush."""
+        return len(self._calls)
+
     async def flush(self, store: OnlineStore, timeout: float) -> None:
         """Add the counts since the last flush to Redis (kept for the next one if it fails)."""
         calls, self._calls = self._calls, {}
@@ -99,3 +104,24 @@ async def read(cluster: ClusterClient, timeout: float = 5.0) -> list[Consumer]:
         for (caller, view), (calls, last_seen_s) in (await stored.read(cluster, timeout)).items()
     ]
     return sorted(out, key=lambda c: (c.view, -c.calls))
+
+
+def as_principal(
+    metadata: Iterable[tuple[str, str | bytes]], principal: str | None
+) -> Iterable[tuple[str, str | bytes]]:
+    """The call's metadata with its caller named by the verified principal, the model its
+    `x-featurewell-model` names only within it ("spiffe://prod/ranker (ranker/3.2)"), so
+    lineage says who really read. Unchanged for an anonymous call (auth off): the header alone
+    names the caller, as before."""
+    if principal is None:
+        return metadata
+    others: list[tuple[str, str | bytes]] = []
+    model: str | bytes = ""
+    for key, value in metadata:
+        if key == CALLER_HEADER:
+            model = model or value
+        else:
+            others.append((key, value))
+    if isinstance(model, bytes):
+        model = model.decode("ascii", "replace")
+    return [(CALLER_HEADER, f"{principal} ({model})" if model else principal), *others]

@@ -19,7 +19,7 @@ from featurewell.errors import FeaturewellError
 from featurewell.settings import TelemetrySettings
 from featurewell.store.online import OnlineStore
 from featurewell.telemetry import baseline
-from featurewell.telemetry.consumers import Consumers
+from featurewell.telemetry.consumers import Consumers, as_principal
 from featurewell.telemetry.drift import DriftMonitor
 from featurewell.telemetry.freshness import FreshnessMonitor
 from featurewell.telemetry.metrics import ServerMetrics
@@ -61,6 +61,7 @@ class Telemetry:
 
     def use(self, registry: Registry) -> None:
         """Follow a (re)loaded registry: its views' SLAs and its features' baselines."""
+        self.metrics.use(registry)
         self.freshness.use(registry)
         self.drift.use(baseline.for_registry(registry, self._computed))
 
@@ -69,11 +70,16 @@ class Telemetry:
     # always pass it, for the caller's name). --
 
     def read_done(
-        self, result: FeatureResult, started_ns: int, ended_ns: int, metadata: Metadata | None
+        self,
+        result: FeatureResult,
+        started_ns: int,
+        ended_ns: int,
+        metadata: Metadata | None,
+        principal: str | None = None,
     ) -> None:
         self.metrics.record_read(result, (ended_ns - started_ns) / 1e9)
         self.drift.observe(result)
-        self.consumers.observe(metadata or (), result)
+        self.consumers.observe(as_principal(metadata or (), principal), result)
         if self.tracing is not None:
             self.tracing.record(
                 "GetFeatures",

@@ -13,6 +13,7 @@ import time
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from featurewell.definitions import Registry
 from featurewell.engine.calls import FeatureResult, WriteResult
 from featurewell.store.batch import FailureReason, NodeTiming
 from featurewell.telemetry._histogram import bounds_of, observe_many
@@ -80,6 +81,14 @@ REASON_NAMES = {
     FailureReason.UNAVAILABLE: "store_unavailable",
     FailureReason.CIRCUIT_OPEN: "circuit_open",
 }
+# Known label values, created at 0 when a server starts or reloads (Prometheus' "avoid missing
+# metrics"): a series that appears only once something happened makes `rate()` and the
+# dashboard's panels empty until then, and an alert on it blind to the first occurrence.
+METHODS = ("GetFeatures", "WriteFeatures", "ListFeatures")
+SHED_METHODS = ("GetFeatures", "WriteFeatures")  # the calls max_in_flight counts
+WRITE_OUTCOMES = ("written", "skipped_older")
+FALLBACK_SOURCES = ("cache", "default")
+RELOAD_RESULTS = ("ok", "failed")
 
 
 class ServerMetrics:
@@ -170,6 +179,14 @@ class ServerMetrics:
             ["result"],
             registry=registry,
         )
+        self.deprecated_reads = Counter(
+            "featurewell_deprecated_reads",
+            "GetFeatures calls that read a view version marked deprecated in its definition, "
+            "by view (name@vN: only deprecated versions, so bounded by the repo). "
+            "`featurewell impact VIEW@vN` says who the callers are.",
+            ["view"],
+            registry=registry,
+        )
         self.build_info = Gauge(
             "featurewell_build_info",
             "Always 1; the running version in a label.",
@@ -184,6 +201,27 @@ class ServerMetrics:
         self._ok = self.requests.labels("GetFeatures", "OK")
         self._views: dict[str, _ViewSeries] = {}
         self._nodes: dict[tuple[str, int], Histogram] = {}
+        for method in METHODS:
+            self.requests.labels(method, "OK")
+        self.request_seconds.labels("WriteFeatures", "batch")
+        self.request_rows.labels("WriteFeatures")
+        for method in SHED_METHODS:
+            self.shed_calls.labels(method)
+        for result in RELOAD_RESULTS:
+            self.reloads.labels(result)
+
+    def use(self, registry: Registry) -> None:
+        """Start every view's labelled series at 0: served rows by status, value ages, corrupt
+        rows, fallback rows by reason and source, written rows by outcome. A reload adds the
+        new views' (series of views gone stay: their counts are history)."""
+        for view in registry.views.values():
+            ref = view.ref
+            self._view(ref)
+            for reason in REASON_NAMES.values():
+                for source in FALLBACK_SOURCES:
+                    self.fallback_rows.labels(ref, reason, source)
+            for outcome in WRITE_OUTCOMES:
+                self.written_rows.labels(ref, outcome)
 
     def record_read(self, result: FeatureResult, seconds: float) -> None:
         """An answered GetFeatures call: its time, shape, per-node store time, what each view

@@ -87,7 +87,12 @@ class StoreStats(Collector):
         tracker = self._store.tracker
         if tracker is not None:
             self._advance("lost", self._lost, tracker.lost)
-        for (host, port), breaker in list(self._store.cluster.breakers.items()):
+        cluster = self._store.cluster
+        for host, port in cluster.masters:  # known nodes start at 0: panels and alerts see them
+            if (host, port) not in cluster.breakers:
+                self._open.labels(f"{host}:{port}").set(0)
+                self._opened.labels(f"{host}:{port}")
+        for (host, port), breaker in list(cluster.breakers.items()):
             node = f"{host}:{port}"
             self._open.labels(node).set(0 if breaker.state is BreakerState.CLOSED else 1)
             self._advance(f"opened {node}", self._opened.labels(node), breaker.opened)
