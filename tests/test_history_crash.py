@@ -26,6 +26,7 @@ from featurewell.compute.program import compile_view
 from featurewell.compute.redis_streams import append
 from featurewell.definitions import FeatureView, load_repo
 from featurewell.devcluster import LocalCluster
+from featurewell.offline.store import OfflineStore
 from featurewell.store import streams
 from featurewell.store.keys import stream_keys
 from featurewell.store.online import OnlineStore
@@ -198,3 +199,37 @@ def test_sigkilled_stream_loses_and_duplicates_no_history_row(
     for row, (member, at) in enumerate(zip(members, times, strict=True)):
         if at == max(t for t, _ in rows[member]):
             assert [visits[row], amounts[row]] == final[(member,)][:2], member
+
+
+def test_a_history_batch_written_again_replaces_its_files(tmp_path: Path) -> None:
+    """A batch written again (a restart re-deriving it after a crash between writing it and
+    recording it) leaves one copy, in every day it touched, and the newest write order."""
+    repo = tmp_path / "repo.py"
+    repo.write_text(REPO.replace("NAME", "batches"))
+    view = load_repo(str(repo)).view("batches_stats")
+    store = OfflineStore(tmp_path / "offline")
+    day = 86_400_000_000
+    first = _rows([19_000 * day + 5, 19_001 * day + 5], [1, 2])
+    again = _rows([19_001 * day + 7], [3])
+    store.write_batch(view, first, "stream_w0_abc_0000000001")
+    store.write_batch(view, _rows([19_001 * day + 9], [9]), "stream_w0_abc_0000000002")
+    store.write_batch(view, again, "stream_w0_abc_0000000001")
+    files = sorted((tmp_path / "offline" / "batches_stats" / "v1").glob("date=*/*.parquet"))
+    names = [f.name.split("-", 1)[1] for f in files]
+    assert sorted(names) == ["stream_w0_abc_0000000001.parquet", "stream_w0_abc_0000000002.parquet"]
+    history = _history(tmp_path / "offline", view)
+    assert sorted(history.column("visits_1h").to_pylist()) == [3, 9]
+    # The rewrite is the newest write: its file name sorts last (offline/store.py write order).
+    assert max(files, key=lambda f: f.name).name.endswith("_0000000001.parquet")
+
+
+def _rows(times: list[int], visits: list[int]) -> pa.Table:
+    return pa.table(
+        {
+            "member_id": [f"m{n}" for n in range(len(times))],
+            "event_time": pa.array(times, pa.int64()),
+            "created": pa.array(times, pa.int64()),
+            "visits_1h": pa.array(visits, pa.int64()),
+            "amount_1h": pa.array([1.0] * len(times)),
+        }
+    )
