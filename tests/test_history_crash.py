@@ -160,6 +160,16 @@ def test_sigkilled_stream_loses_and_duplicates_no_history_row(
         loop.run_until_complete(store.close())
         loop.close()
 
+    check_history(history, view, events, ids)
+
+
+def check_history(
+    history: pa.Table, view: FeatureView, events: list[dict[str, Any]], ids: list[str]
+) -> None:
+    """The history of a view with `visits_1h` (a count) and `amount_1h` (a sum) per member,
+    every event inside the windows: nothing twice, nothing lost, each row exact."""
+    source = view.events
+    assert source is not None
     members = history.column("member_id").to_pylist()
     times = history.column("event_time").to_pylist()
     visits = history.column("visits_1h").to_pylist()
