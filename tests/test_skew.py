@@ -180,6 +180,10 @@ def by_name(results: Sequence[FeatureSkew]) -> dict[str, FeatureSkew]:
 
 @pytest.fixture
 def served_stack(cluster: LocalCluster, tmp_path: Path) -> dict[str, Any]:
+    return build_served_stack(cluster, tmp_path)
+
+
+def build_served_stack(cluster: LocalCluster, tmp_path: Path) -> dict[str, Any]:
     """A server whose repo differs from the training repo in one transform (scaled: 1.1 on the
     server, 1.0 in the repo), history written as the online rows were, and logged answers."""
     name = f"skew_{uuid.uuid4().hex[:6]}"

@@ -31,9 +31,9 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0
 
 
 def duration_s(raw: str) -> float:
-    """'90', '90s', '5m', '1h', '1d' as seconds."""
+    """'90', '90s', '5m', '1h', '1d' as seconds (0 allowed: no lag)."""
     found = _DURATION.match(raw.strip())
-    if not found or float(found.group(1)) <= 0:
+    if not found:
         raise argparse.ArgumentTypeError(f"{raw!r} is not a duration like 60s, 5m or 1h")
     return float(found.group(1)) * _UNITS[found.group(2)]
 
@@ -154,6 +154,8 @@ def _skew(settings: Settings, args: argparse.Namespace) -> None:
         until = args.until or int((time.time() - args.lag) * 1e6)
         return (args.since or until - int(args.window * 1e6)), until
 
+    if args.every is not None and args.every <= 0:
+        raise ConfigError("--every must be a positive duration, like 60s")
     if args.every is None:
         results = once(*window())
         if args.fail_above is not None and any(r.ratio > args.fail_above for r in results):

@@ -151,6 +151,7 @@ def _against_offline(
             table.name,
             feature,
             "offline",
+            table.keys,
             logged,
             served_status,
             offline_status,
@@ -165,6 +166,7 @@ def _compare(
     table: str,
     feature: Feature,
     against: str,
+    keys: list[str],
     logged: pa.Table,
     served_status: npt.NDArray[np.uint8],
     other_status: npt.NDArray[np.uint8],
@@ -195,6 +197,8 @@ def _compare(
         result.examples.append(
             {
                 "request_id": logged.column("request_id")[row].as_py(),
+                "row": logged.column("row")[row].as_py(),
+                **{k: logged.column(k)[row].as_py() for k in keys},
                 "logged_at_us": logged.column("logged_at_us")[row].as_py(),
                 "served": served_values[row].as_py(),
                 "served_status": int(served_status[row]),
