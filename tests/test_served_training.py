@@ -116,6 +116,8 @@ def test_bad_requests_say_what_to_fix(logged: dict[str, Any], tmp_path: Path) ->
         from_served_log(registry, pa.table({"request_id": ["x"]}), [f"{name}:score"], root)
     with pytest.raises(UnknownFeature, match="no feature 'speed'"):
         from_served_log(registry, labels, [f"{name}:speed"], root, join="time")
+    with pytest.raises(InvalidRequest, match="on-demand transform: its records carry no"):
+        from_served_log(registry, labels, [f"{name}_doubled:doubled"], root, join="time")
     with pytest.raises(InvalidRequest, match="no served-feature log under"):
         from_served_log(registry, labels, [f"{name}:score"], tmp_path, join="time")
 

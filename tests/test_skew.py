@@ -149,6 +149,9 @@ def log_answer(
             folder = served.transform_folder(root, table)
             features = [transform.outputs[transform.output_index[n]] for n in names]
             times, version = [0] * answer.rows, 0
+            columns: Mapping[
+                str, Sequence[Any]
+            ] = {}  # as the logger: a transform's outputs, no entity keys
         else:
             view = max((v for (n, _), v in registry.views.items() if n == table), key=_version)
             folder = served.view_folder(root, view)
@@ -156,9 +159,10 @@ def log_answer(
             stamps = first.event_time_us
             times = [0] * answer.rows if stamps is None else [int(t) for t in stamps]
             version = view.version
+            columns = keys
         log_records(
             folder,
-            keys,
+            columns,
             features,
             values,
             statuses,
@@ -441,3 +445,18 @@ def test_a_stream_bug_disagrees_with_the_batch_engine(
     assert bug[f"{ref}:trips_1h/batch"].examples[0]["served"] == int(counts[2]) + 1
     assert bug[f"{ref}:km_1h/batch"].mismatched == 0
     assert PRESENT in {int(s) for s in answer.statuses(f"{view.name}:trips_1h")}
+
+
+def test_transform_records_without_logged_inputs_are_not_compared(
+    served_stack: dict[str, Any],
+) -> None:
+    """The logger writes a transform's outputs without entity keys: they come from the input
+    view's records of the same call. With those gone, nothing is compared, and it says why."""
+    import shutil
+
+    name, store = served_stack["name"], served_stack["store"]
+    shutil.rmtree(store.root / served.SERVED / name)
+    results = by_name(measure(served_stack["registry"], store, None, None))
+    scaled = results[f"{name}_scaled:scaled/offline"]
+    assert (scaled.compared, scaled.mismatched) == (0, 0)
+    assert scaled.note == "not compared: no input view logged for its 18 records (keys unknown)"

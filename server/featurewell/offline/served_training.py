@@ -180,8 +180,13 @@ def from_served_log(
 def _join_columns(table: LoggedTable, labels: pa.Table, join: Join) -> list[str]:
     names = labels.column_names
     if join == "time":
+        if not table.keys:
+            raise InvalidRequest(
+                f"{table.name} is an on-demand transform: its records carry no entity keys, so "
+                "join it by request id (or train on its input views by time)"
+            )
         missing = [k for k in table.keys if k not in names]
-        if missing or not table.keys:
+        if missing:
             raise InvalidRequest(
                 f"joining {table.name} by entity and time needs its key columns {table.keys} "
                 f"in the labels (missing {missing})"

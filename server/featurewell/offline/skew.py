@@ -4,8 +4,10 @@ instant, feature by feature.
 
 - Against the point-in-time join (offline/training.py, the rule training sets use): each logged
   record becomes a label at its `logged_at_us`, for the version it was served from (`view@vN`).
-  Transforms are re-run offline on the joined inputs (request context from logged columns of
-  the same name; a transform whose context was not logged is not compared, and says so).
+  Transforms are re-run offline on the joined inputs, for the entity keys the records of their
+  input views logged in the same call and row (the logger writes a transform's outputs without
+  keys); request context comes from logged columns of the same name, and a transform whose
+  context was not logged is not compared, and says so.
 - Against the batch engine (compute/batch.py) for computed views, when their event log is
   given: the served values as of the served row's event time (the time its values are as of).
   Each distinct event time is one batch computation, so at most `batch_times` of them (evenly
@@ -22,7 +24,7 @@ fallback default is an outage, not skew of the value.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ import pyarrow.compute as pc
 
 from featurewell.compute import batch
 from featurewell.compute.program import compile_view
-from featurewell.definitions import Feature, Kind, Registry
+from featurewell.definitions import Feature, FeatureView, Kind, Registry
 from featurewell.offline import served
 from featurewell.offline.served_training import LoggedTable, read_logged
 from featurewell.offline.store import OfflineStore
@@ -116,10 +118,64 @@ def measure(
             note = f"not compared: its request context {missing} was not logged"
             out += [FeatureSkew(table.name, o, "offline", note=note) for o in table.outputs]
             continue
-        table.keys = [k for k in table.keys if k not in transform.context]
+        table.keys = _input_keys(registry, transform.inputs.values())
+        logged, unkeyed = _with_input_keys(root, table.keys, logged, since_us, until_us)
+        if logged.num_rows == 0:
+            note = f"not compared: no input view logged for its {unkeyed} records (keys unknown)"
+            out += [FeatureSkew(table.name, o, "offline", note=note) for o in table.outputs]
+            continue
         features = list(transform.outputs)
-        out += _against_offline(registry, offline, table, features, logged, defaults, tolerance)
+        found = _against_offline(registry, offline, table, features, logged, defaults, tolerance)
+        for result in found:
+            result.skipped += unkeyed
+            if unkeyed:
+                result.note = f"{unkeyed} records skipped: their input views were not logged"
+        out += found
     return out
+
+
+def _input_keys(registry: Registry, inputs: Iterable[str]) -> list[str]:
+    """The entity key columns a transform's inputs are read by."""
+    keys: list[str] = []
+    for reference in inputs:
+        name = reference.partition(":")[0].partition("@v")[0]
+        view = max((v for (n, _), v in registry.views.items() if n == name), key=_version)
+        keys += [k for k in view.entity.key_names if k not in keys]
+    return keys
+
+
+def _version(view: FeatureView) -> int:
+    return view.version
+
+
+def _with_input_keys(
+    root: Path, keys: list[str], logged: pa.Table, since_us: int | None, until_us: int | None
+) -> tuple[pa.Table, int]:
+    """Transform records with their entity keys: the logger writes a transform's outputs
+    without keys, so they come from the records its input views logged for the same call and
+    row. Records with no such record are dropped (and counted)."""
+    missing = [k for k in keys if k not in logged.column_names]
+    if not missing:
+        return logged, 0
+    ordered = logged.append_column("__order", pa.array(range(logged.num_rows), pa.int64()))
+    for folder in sorted(p for p in root.glob("*") if p.name != served.TRANSFORMS):
+        wanted = [k for k in missing if k not in ordered.column_names]
+        if not wanted:
+            break
+        views = [served.read(v, since_us, until_us) for v in sorted(folder.glob("v*"))]
+        views = [v for v in views if v.num_rows and all(k in v.column_names for k in wanted)]
+        if not views:
+            continue
+        columns = ["request_id", "row", *wanted]
+        rows = pa.concat_tables([v.select(columns) for v in views], promote_options="permissive")
+        ordered = ordered.join(rows, ["request_id", "row"], join_type="left outer")
+    present = pa.array(np.ones(ordered.num_rows, bool))
+    for key in keys:
+        if key not in ordered.column_names:
+            return logged.slice(0, 0), logged.num_rows
+        present = pc.and_(present, pc.is_valid(ordered.column(key)))
+    keyed = ordered.filter(present).sort_by("__order").drop_columns(["__order"])
+    return keyed, logged.num_rows - keyed.num_rows
 
 
 def _against_offline(
