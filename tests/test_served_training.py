@@ -19,10 +19,10 @@ from featurewell.client import FeatureClient
 from featurewell.definitions import load_repo
 from featurewell.devcluster import LocalCluster
 from featurewell.errors import InvalidRequest, UnknownFeature
-from featurewell.offline import OfflineStore
+from featurewell.offline import OfflineStore, served
 from featurewell.offline.served_training import from_served_log
 from featurewell.values import NOT_FOUND, PRESENT
-from tests.test_skew import log_answer, write_repo
+from tests.test_skew import log_answer, log_records, write_repo
 from tests.tools import ServerThread, make_settings
 
 
@@ -150,3 +150,33 @@ def test_the_cli_trains_on_the_served_log(
     assert f"{name} (served v1): present 1, not_found 1; no record 0" in shown
     table = pq.read_table(out).to_pydict()
     assert table[f"{name}:score"] == [2.0, -1.0]  # joined by request id and the entity keys
+
+
+def test_a_view_logged_once_per_call_joins_every_row_of_it(tmp_path: Path) -> None:
+    """A ranking call of 1 user + N items logs one row of the user's view: every impression
+    row of that call gets it."""
+    name = f"one_{uuid.uuid4().hex[:6]}"
+    registry = load_repo(str(write_repo(tmp_path / "repo.py", name, 1.0)))
+    view = registry.views[(name, 1)]
+    root = tmp_path / "offline"
+    log_records(
+        served.view_folder(root, view),
+        {"rider_id": ["u"]},
+        list(view.features),
+        {
+            "score": [7.0],
+            "clicks": [3],
+            "tier": ["gold"],
+            "taste": np.ones((1, 2), np.float32),
+        },
+        [PRESENT],
+        [5],
+        request_id="a" * 32,
+        logged_at_us=time.time_ns() // 1000,
+        version=1,
+    )
+    labels = pa.table(
+        {"request_id": ["a" * 32] * 3 + ["b" * 32], "row": pa.array([0, 1, 2, 1], pa.int32())}
+    )
+    got = from_served_log(registry, labels, [f"{name}:score"], root).to_pydict()
+    assert got[f"{name}:score"] == [7.0, 7.0, 7.0, None]

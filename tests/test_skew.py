@@ -460,3 +460,44 @@ def test_transform_records_without_logged_inputs_are_not_compared(
     scaled = results[f"{name}_scaled:scaled/offline"]
     assert (scaled.compared, scaled.mismatched) == (0, 0)
     assert scaled.note == "not compared: no input view logged for its 18 records (keys unknown)"
+
+
+def test_a_view_logged_once_per_call_keys_every_transform_row(
+    served_stack: dict[str, Any],
+) -> None:
+    """A ranking call logs one row of the user's view and a transform row per item: each
+    transform row gets the user's keys from that one row."""
+    name, store, registry = served_stack["name"], served_stack["store"], served_stack["registry"]
+    view, transform = registry.views[(name, 1)], registry.transforms[f"{name}_doubled"]
+    at = time.time_ns() // 1000
+    log_records(
+        served.view_folder(store.root, view),
+        {"rider_id": ["r0"]},
+        list(view.features),
+        {
+            "score": [1.0],
+            "clicks": [0],
+            "tier": ["t0"],
+            "taste": np.array([[0, 1]], np.float32),
+        },
+        [PRESENT],
+        [at - 10 * MINUTE_US],
+        request_id="c" * 32,
+        logged_at_us=at,
+        version=1,
+    )
+    log_records(
+        served.transform_folder(store.root, transform.name),
+        {},
+        list(transform.outputs),
+        {"doubled": [2.0, 2.0, 2.5]},  # the third is not what the repo's code gives
+        [PRESENT] * 3,
+        [0] * 3,
+        request_id="c" * 32,
+        logged_at_us=at,
+        version=0,
+    )
+    doubled = by_name(measure(registry, store, at, None))[f"{transform.name}:doubled/offline"]
+    assert (doubled.compared, doubled.mismatched, doubled.skipped) == (3, 1, 0)
+    assert doubled.examples[0]["row"] == 2
+    assert doubled.examples[0]["rider_id"] == "r0"

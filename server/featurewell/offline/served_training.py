@@ -5,7 +5,9 @@ exactly the vectors it saw, whatever the history or the definitions say now.
 Two joins, per view or transform:
 - by request id: labels carry `request_id` (returned to the caller in the
   `x-featurewell-request-id` trailing metadata) and either `row` (the entity row within the
-  call) or the entity key columns. A call that asked for one entity twice matches its first row;
+  call) or the entity key columns. A view logged with one row for the call (a ranking call's
+  user, beside 500 items) matches every row of it; a call that asked for one entity twice
+  matches its first row when joined by keys;
 - by entity and time: labels carry the entity keys and a timestamp; each gets the latest record
   logged at or before it (records logged at the same µs: the greatest request id, then row).
 
@@ -151,9 +153,14 @@ def from_served_log(
             extra = "s.status, s.version, s.logged_at_us"
             condition = " AND ".join(f'l."{k}" = s."{k}"' for k in on)
             if join == "request_id":
+                if on == ["request_id", "row"]:  # a view of one row serves every row
+                    condition = (
+                        'l.request_id = s.request_id AND (l."row" = s."row" OR s.__rows = 1)'
+                    )
                 query = f"""
-                    WITH s AS (SELECT * FROM s QUALIFY row_number() OVER (
-                        PARTITION BY {", ".join(f'"{k}"' for k in on)} ORDER BY "row") = 1)
+                    WITH s AS (SELECT *, count(*) OVER (PARTITION BY request_id) AS __rows
+                        FROM s QUALIFY row_number() OVER (
+                            PARTITION BY {", ".join(f'"{k}"' for k in on)} ORDER BY "row") = 1)
                     SELECT l.__order, {picked}, {extra}
                     FROM l LEFT JOIN s ON {condition} ORDER BY l.__order"""
             else:

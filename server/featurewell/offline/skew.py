@@ -168,7 +168,7 @@ def _with_input_keys(
             continue
         columns = ["request_id", "row", *wanted]
         rows = pa.concat_tables([v.select(columns) for v in views], promote_options="permissive")
-        ordered = ordered.join(rows, ["request_id", "row"], join_type="left outer")
+        ordered = _join_rows(ordered, rows, wanted)
     present = pa.array(np.ones(ordered.num_rows, bool))
     for key in keys:
         if key not in ordered.column_names:
@@ -176,6 +176,24 @@ def _with_input_keys(
         present = pc.and_(present, pc.is_valid(ordered.column(key)))
     keyed = ordered.filter(present).sort_by("__order").drop_columns(["__order"])
     return keyed, logged.num_rows - keyed.num_rows
+
+
+def _join_rows(records: pa.Table, view_rows: pa.Table, keys: list[str]) -> pa.Table:
+    """`records` plus `keys` from the view record of the same call and row; a view logged with
+    one row for the call (a ranking call's user) gives it to every row."""
+    import duckdb
+
+    with duckdb.connect() as con:
+        con.register("t", records)
+        con.register("v", view_rows)
+        picked = ", ".join(f'v."{k}"' for k in keys)
+        return con.sql(
+            f"""
+            WITH v AS (SELECT *, count(*) OVER (PARTITION BY request_id) AS __rows FROM v)
+            SELECT t.*, {picked} FROM t LEFT JOIN v ON t.request_id = v.request_id
+                AND (t."row" = v."row" OR v.__rows = 1)
+            """
+        ).to_arrow_table()
 
 
 def _against_offline(
