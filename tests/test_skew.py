@@ -501,3 +501,38 @@ def test_a_view_logged_once_per_call_keys_every_transform_row(
     assert (doubled.compared, doubled.mismatched, doubled.skipped) == (3, 1, 0)
     assert doubled.examples[0]["row"] == 2
     assert doubled.examples[0]["rider_id"] == "r0"
+
+
+def test_logged_tables_the_repo_does_not_define_are_named(tmp_path: Path) -> None:
+    name = f"gh_{uuid.uuid4().hex[:6]}"
+    registry = load_repo(str(write_repo(tmp_path / "repo.py", name, 1.0)))
+    store = OfflineStore(tmp_path / "offline")
+    view = registry.views[(name, 1)]
+    at = time.time_ns() // 1000
+    for folder in (
+        store.root / served.SERVED / name / "v7",
+        served.transform_folder(store.root, "gone"),
+    ):
+        log_records(
+            folder, {}, [], {}, [PRESENT], [0], request_id="d" * 32, logged_at_us=at, version=7
+        )
+    log_records(
+        served.view_folder(store.root, view),
+        {"rider_id": ["x"]},
+        [],
+        {},
+        [NOT_FOUND],
+        [0],
+        request_id="d" * 32,
+        logged_at_us=at,
+        version=1,
+    )
+    results = measure(registry, store, None, None)
+    notes = {(r.table, r.feature): r.note for r in results if r.feature == "*"}
+    assert notes == {
+        (f"{name}@v7", "*"): "not compared: the repo has no such view version",
+        ("gone", "*"): "not compared: the repo has no such on-demand transform",
+    }
+    # Features not in these records (logged before they were added) say so.
+    score = by_name(results)[f"{name}@v1:score/offline"]
+    assert (score.compared, score.note) == (0, "not logged (a feature added after these records)")

@@ -92,7 +92,11 @@ def measure(
     for folder in sorted(root.glob("*/v*")) if root.is_dir() else []:
         name, version = folder.parent.name, folder.name[1:]
         view = registry.views.get((name, int(version))) if version.isdigit() else None
-        if name == served.TRANSFORMS or view is None:
+        if name == served.TRANSFORMS:
+            continue
+        if view is None:  # served by other definitions than the repo's: say so, do not guess
+            note = "not compared: the repo has no such view version"
+            out.append(FeatureSkew(f"{name}@{folder.name}", "*", "offline", note=note))
             continue
         table = LoggedTable(f"{name}@v{view.version}", [folder], list(view.entity.key_names))
         table.outputs = list(view.feature_index)
@@ -107,6 +111,8 @@ def measure(
     for folder in sorted((root / served.TRANSFORMS).glob("*")) if root.is_dir() else []:
         transform = registry.transforms.get(folder.name)
         if transform is None:
+            note = "not compared: the repo has no such on-demand transform"
+            out.append(FeatureSkew(folder.name, "*", "offline", note=note))
             continue
         table = LoggedTable(transform.name, [folder], [])
         table.outputs = list(transform.output_index)

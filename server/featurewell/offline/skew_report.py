@@ -88,6 +88,8 @@ class SkewCollector(Collector):
             labels=labels,
         )
         for r in results:
+            if r.feature == "*":  # a logged table the repo does not define: no series
+                continue
             view, _, version = r.table.partition("@v")
             names = [view, version, r.feature, r.against]
             ratio.add_metric(names, r.ratio)
