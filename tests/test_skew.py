@@ -29,6 +29,7 @@ from featurewell.compute.program import compile_view
 from featurewell.definitions import Feature, Kind, Registry, load_repo
 from featurewell.devcluster import LocalCluster
 from featurewell.engine.calls import InputColumn, WriteRequest
+from featurewell.errors import ConfigError
 from featurewell.offline import OfflineStore, served
 from featurewell.offline.skew import FeatureSkew, Tolerance, differ, measure
 from featurewell.values import FALLBACK, NOT_FOUND, PRESENT
@@ -536,3 +537,13 @@ def test_logged_tables_the_repo_does_not_define_are_named(tmp_path: Path) -> Non
     # Features not in these records (logged before they were added) say so.
     score = by_name(results)[f"{name}@v1:score/offline"]
     assert (score.compared, score.note) == (0, "not logged (a feature added after these records)")
+
+
+def test_a_file_that_is_not_parquet_is_named(served_stack: dict[str, Any]) -> None:
+    """A writer's temporary is retried (it is renamed whole in a moment); one left behind by a
+    crashed writer is named, not a raw pyarrow error."""
+    name, store = served_stack["name"], served_stack["store"]
+    folder = next((store.root / served.SERVED / name / "v1").glob("date=*"))
+    (folder / "0-crashed.tmp").write_bytes(b"PAR1 half")
+    with pytest.raises(ConfigError, match=r"cannot read the served-feature log under .*v1: "):
+        measure(served_stack["registry"], store, None, None)

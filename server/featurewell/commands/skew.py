@@ -19,7 +19,7 @@ from featurewell.commands._command import Command, pairs, registry_of
 from featurewell.commands.training import _served_defaults
 from featurewell.compute.backfill import read_log
 from featurewell.definitions import Registry
-from featurewell.errors import ConfigError
+from featurewell.errors import ConfigError, FeaturewellError
 from featurewell.offline import skew_report
 from featurewell.offline.skew import FeatureSkew, Tolerance, measure
 from featurewell.offline.store import OfflineStore
@@ -174,7 +174,13 @@ def _skew(settings: Settings, args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, stopping)
     runs = 0
     while not stop.is_set():
-        collector.update(once(*window()), time.time())
+        try:
+            collector.update(once(*window()), time.time())
+        except (FeaturewellError, OSError, pa.ArrowException) as exc:
+            # Keep going: the next run may read again (the gauges keep the last good run, and
+            # featurewell_skew_last_run_timestamp_seconds ages, which FeaturewellSkewCheckStopped
+            # watches).
+            print(f"skew run failed: {exc}", flush=True)
         runs += 1
         if args.runs is not None and runs >= args.runs:
             break

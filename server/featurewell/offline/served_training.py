@@ -19,6 +19,7 @@ nothing was served for it, and a model should not pretend otherwise.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Literal
 import pyarrow as pa
 
 from featurewell.definitions import Registry
-from featurewell.errors import InvalidRequest, UnknownFeature
+from featurewell.errors import ConfigError, InvalidRequest, UnknownFeature
 from featurewell.offline import served
 from featurewell.offline.labels import microseconds
 
@@ -86,11 +87,30 @@ def logged_tables(
     return list(tables.values())
 
 
+def read_settled(
+    folder: Path, since_us: int | None = None, until_us: int | None = None, attempts: int = 5
+) -> pa.Table:
+    """`served.read`, tried again while a file is being written: the logger writes each file
+    under a temporary name and renames it whole, but a reader listing the folder meanwhile sees
+    the temporary (not Parquet yet) or a name that is gone when opened."""
+    for attempt in range(attempts):
+        try:
+            return served.read(folder, since_us, until_us)
+        except (pa.ArrowInvalid, OSError) as exc:
+            if attempt == attempts - 1:
+                raise ConfigError(
+                    f"cannot read the served-feature log under {folder}: {exc}; a file there "
+                    "that is not Parquet (a crashed writer's temporary) must be removed"
+                ) from None
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
 def read_logged(
     table: LoggedTable, since_us: int | None = None, until_us: int | None = None
 ) -> pa.Table:
     """Every record of `table` (all its logged versions), duplicates dropped."""
-    parts = [served.read(folder, since_us, until_us) for folder in table.folders]
+    parts = [read_settled(folder, since_us, until_us) for folder in table.folders]
     parts = [p for p in parts if p.num_rows] or parts[:1]
     logged = pa.concat_tables(parts, promote_options="permissive")
     if not table.keys:  # a transform: its key columns are whatever is not a record column

@@ -38,7 +38,7 @@ from featurewell.compute import batch
 from featurewell.compute.program import compile_view
 from featurewell.definitions import Feature, FeatureView, Kind, Registry
 from featurewell.offline import served
-from featurewell.offline.served_training import LoggedTable, read_logged
+from featurewell.offline.served_training import LoggedTable, read_logged, read_settled
 from featurewell.offline.store import OfflineStore
 from featurewell.offline.training import STATUS_SUFFIX, get_historical_features
 from featurewell.offline.versions import ServedDefaults
@@ -168,7 +168,7 @@ def _with_input_keys(
         wanted = [k for k in missing if k not in ordered.column_names]
         if not wanted:
             break
-        views = [served.read(v, since_us, until_us) for v in sorted(folder.glob("v*"))]
+        views = [read_settled(v, since_us, until_us) for v in sorted(folder.glob("v*"))]
         views = [v for v in views if v.num_rows and all(k in v.column_names for k in wanted)]
         if not views:
             continue
