@@ -8,68 +8,43 @@ instant, feature by feature.
   input views logged in the same call and row (the logger writes a transform's outputs without
   keys); request context comes from logged columns of the same name, and a transform whose
   context was not logged is not compared, and says so.
-- Against the batch engine (compute/batch.py) for computed views, when their event log is
-  given: the served values as of the served row's event time (the time its values are as of).
-  Each distinct event time is one batch computation, so at most `batch_times` of them (evenly
-  spread) are compared.
+- Against the batch engine for computed views, when their event log is given
+  (offline/skew_batch.py).
 
-How two values compare: integers, booleans and strings exactly; floats within a relative
-tolerance (`rtol`, and `atol` near zero); embeddings by cosine similarity (at least `cosine`);
-lists element by element. A record is compared by status first: a value served with no row
-(NOT_FOUND) matches a join that found none; one found on one side only is a mismatch. Records
-served degraded (FALLBACK, FALLBACK_CACHE, DATA_LOSS) are not compared at all (`skipped`): a
-fallback default is an outage, not skew of the value.
+How two values compare: offline/skew_compare.py. A record is compared by status first: a
+value served with no row (NOT_FOUND) matches a join that found none; one found on one side only
+is a mismatch. Records served degraded (FALLBACK, FALLBACK_CACHE, DATA_LOSS) are not compared
+at all (`skipped`): a fallback default is an outage, not skew of the value.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from featurewell.compute import batch
-from featurewell.compute.program import compile_view
-from featurewell.definitions import Feature, FeatureView, Kind, Registry
+from featurewell.definitions import Feature, FeatureView, Registry
 from featurewell.offline import served
 from featurewell.offline.served_training import LoggedTable, read_logged, read_settled
+from featurewell.offline.skew_batch import against_batch
+from featurewell.offline.skew_compare import (
+    COMPARED_STATUSES,
+    EXAMPLES,
+    FeatureSkew,
+    Tolerance,
+    differ,
+)
 from featurewell.offline.store import OfflineStore
 from featurewell.offline.training import STATUS_SUFFIX, get_historical_features
 from featurewell.offline.versions import ServedDefaults
-from featurewell.values import NOT_FOUND, PRESENT, STALE
+from featurewell.values import PRESENT, STALE
 
-COMPARED_STATUSES = (PRESENT, STALE, NOT_FOUND)
-EXAMPLES = 3
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    rtol: float = 1e-5  # floats: |a - b| <= rtol * max(|a|, |b|) + atol
-    atol: float = 1e-6
-    cosine: float = 0.9999  # embeddings: cosine similarity at least this
-
-
-@dataclass
-class FeatureSkew:
-    table: str  # `view@vN` or the transform
-    feature: str
-    against: str  # "offline" (the point-in-time join) or "batch" (the event log)
-    compared: int = 0
-    mismatched: int = 0
-    status_mismatched: int = 0  # of `mismatched`: found on one side only
-    skipped: int = 0  # served degraded (a fallback): not compared
-    examples: list[dict[str, Any]] = field(default_factory=list)
-    note: str = ""
-
-    @property
-    def ratio(self) -> float:
-        return self.mismatched / self.compared if self.compared else 0.0
+__all__ = ["FeatureSkew", "Tolerance", "differ", "measure"]
+DEFAULT_TOLERANCE = Tolerance()
 
 
 def measure(
@@ -82,7 +57,7 @@ def measure(
     events: Mapping[str, pa.Table] | None = None,
     allowed_lateness_s: float = 3600.0,
     batch_times: int = 50,
-    tolerance: Tolerance = Tolerance(),
+    tolerance: Tolerance = DEFAULT_TOLERANCE,
 ) -> list[FeatureSkew]:
     """Skew of every view and transform logged in [since_us, until_us). `events`: per event
     source name, its log, for the batch comparison of the views computed from it."""
@@ -107,7 +82,7 @@ def measure(
         out += _against_offline(registry, offline, table, features, logged, defaults, tolerance)
         log = (events or {}).get(view.events.name) if view.events is not None else None
         if log is not None:
-            out += _against_batch(view, log, logged, allowed_lateness_s, batch_times, tolerance)
+            out += against_batch(view, log, logged, allowed_lateness_s, batch_times, tolerance)
     for folder in sorted((root / served.TRANSFORMS).glob("*")) if root.is_dir() else []:
         transform = registry.transforms.get(folder.name)
         if transform is None:
@@ -287,114 +262,3 @@ def _compare(
             }
         )
     return result
-
-
-def differ(
-    feature: Feature,
-    served_values: pa.ChunkedArray | pa.Array,
-    other: pa.ChunkedArray | pa.Array,
-    tolerance: Tolerance,
-) -> npt.NDArray[np.bool_]:
-    """Per row, whether the two values differ under the feature type's rule (module docstring)."""
-    kind = feature.dtype.kind
-    if kind in (Kind.FLOAT32, Kind.FLOAT64):
-        a = np.asarray(pc.cast(served_values, pa.float64()).to_numpy(zero_copy_only=False))
-        b = np.asarray(pc.cast(other, pa.float64()).to_numpy(zero_copy_only=False))
-        close = np.abs(a - b) <= tolerance.rtol * np.maximum(np.abs(a), np.abs(b)) + tolerance.atol
-        return np.asarray(~(close | (np.isnan(a) & np.isnan(b))), bool)
-    if kind is Kind.EMBEDDING:
-        dim = feature.dtype.dim
-        a = _matrix(served_values, dim)
-        b = _matrix(other, dim)
-        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-        dot = (a * b).sum(axis=1)
-        zero = norms == 0
-        cosine = np.where(zero, 0.0, dot / np.where(zero, 1.0, norms))
-        same_zero = zero & (np.abs(a).sum(axis=1) == 0) & (np.abs(b).sum(axis=1) == 0)
-        return np.asarray(~(same_zero | (cosine >= tolerance.cosine)), bool)
-    if feature.dtype.is_list:
-        return np.array(
-            [
-                not _same(x, y, tolerance)
-                for x, y in zip(served_values.to_pylist(), other.to_pylist(), strict=True)
-            ],
-            bool,
-        )
-    equal = pc.equal(served_values, pc.cast(other, served_values.type))
-    return np.asarray(pc.fill_null(pc.invert(equal), True).to_numpy(zero_copy_only=False), bool)
-
-
-def _matrix(column: pa.ChunkedArray | pa.Array, dim: int) -> npt.NDArray[np.float64]:
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    flat = pc.list_flatten(column).to_numpy(zero_copy_only=False)
-    return np.asarray(flat, np.float64).reshape(-1, dim)
-
-
-def _same(a: Any, b: Any, tolerance: Tolerance) -> bool:
-    """Two Python values (lists, scalars) under the same rules as `differ`."""
-    if isinstance(a, list | tuple | np.ndarray) or isinstance(b, list | tuple | np.ndarray):
-        a, b = list(np.asarray(a).tolist()), list(np.asarray(b).tolist())
-        return len(a) == len(b) and all(_same(x, y, tolerance) for x, y in zip(a, b, strict=True))
-    if isinstance(a, float) or isinstance(b, float):
-        if math.isnan(float(a)) and math.isnan(float(b)):
-            return True
-        return math.isclose(float(a), float(b), rel_tol=tolerance.rtol, abs_tol=tolerance.atol)
-    return bool(a == b)
-
-
-def _against_batch(
-    view: Any,
-    log: pa.Table,
-    logged: pa.Table,
-    allowed_lateness_s: float,
-    batch_times: int,
-    tolerance: Tolerance,
-) -> list[FeatureSkew]:
-    """Served values of a computed view against the batch engine as of each served row's event
-    time (up to `batch_times` distinct times, evenly spread)."""
-    program = compile_view(view)
-    accepted = batch.accepted_events(log, int(allowed_lateness_s * 1e6))
-    table = f"{view.name}@v{view.version}"
-    results = [FeatureSkew(table, f.name, "batch") for f in view.features]
-    status = np.asarray(logged.column("status").to_numpy(), np.uint8)
-    times = np.asarray(logged.column("event_time").to_numpy(), np.int64)
-    found = np.isin(status, (PRESENT, STALE))
-    distinct = np.unique(times[found])
-    if len(distinct) > batch_times:
-        distinct = distinct[np.linspace(0, len(distinct) - 1, batch_times).astype(int)]
-    keys = list(zip(*(logged.column(k).to_pylist() for k in view.entity.key_names), strict=True))
-    note = "" if len(np.unique(times[found])) <= batch_times else f"{batch_times} times sampled"
-    for as_of in distinct.tolist():
-        computed = batch.compute(program, accepted, as_of)
-        for row in np.flatnonzero(found & (times == as_of)).tolist():
-            expected = computed.get(keys[row]) or [batch.empty_value(f) for f in program.features]
-            for n, result in enumerate(results):
-                value = logged.column(result.feature)[row].as_py()
-                result.compared += 1
-                if not _same(value, _plain(expected[n]), tolerance):
-                    result.mismatched += 1
-                    if len(result.examples) < EXAMPLES:
-                        result.examples.append(
-                            {
-                                "request_id": logged.column("request_id")[row].as_py(),
-                                "entity": keys[row],
-                                "event_time": as_of,
-                                "served": value,
-                                "batch": _plain(expected[n]),
-                            }
-                        )
-    for result in results:
-        result.skipped = int((~found).sum())
-        result.note = note
-    return results
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def served_root(offline: OfflineStore) -> Path:
-    return offline.root / served.SERVED
