@@ -547,3 +547,34 @@ def test_a_file_that_is_not_parquet_is_named(served_stack: dict[str, Any]) -> No
     (folder / "0-crashed.tmp").write_bytes(b"PAR1 half")
     with pytest.raises(ConfigError, match=r"cannot read the served-feature log under .*v1: "):
         measure(served_stack["registry"], store, None, None)
+
+
+@pytest.mark.parametrize(
+    ("flags", "complaint"),
+    [
+        (["--since", "yesterday"], "'yesterday' is not a time: give ISO-8601"),
+        (["--since", "1700000000"], "integer times are µs since the epoch"),
+        (["--every", "soon"], "'soon' is not a duration like 60s"),
+        (["--every", "0s"], "--every must be a positive duration"),
+        (["--log", "nope=x.parquet"], "--log names no event source: ['nope']"),
+        (["--offline-dir", "/nonexistent-skew"], "offline store /nonexistent-skew does not exist"),
+    ],
+)
+def test_bad_flags_say_what_to_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], complaint: str
+) -> None:
+    repo = write_repo(tmp_path / "repo.py", f"bf_{uuid.uuid4().hex[:6]}", 1.0)
+    with pytest.raises(SystemExit) as failed:
+        main(["skew", "--repo", str(repo), "--offline-dir", str(tmp_path), *flags])
+    assert failed.value.code == 2
+    assert complaint in capsys.readouterr().err
+
+
+def test_no_log_at_all_is_a_warning_not_silence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = write_repo(tmp_path / "repo.py", f"nl_{uuid.uuid4().hex[:6]}", 1.0)
+    main(["skew", "--repo", str(repo), "--offline-dir", str(tmp_path)])
+    shown = capsys.readouterr().out
+    assert f"warning: no served-feature log under {tmp_path / '_served'}" in shown
+    assert "no served records in the window: nothing to compare" in shown

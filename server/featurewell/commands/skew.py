@@ -20,7 +20,7 @@ from featurewell.commands.training import _served_defaults
 from featurewell.compute.backfill import read_log
 from featurewell.definitions import Registry
 from featurewell.errors import ConfigError, FeaturewellError
-from featurewell.offline import skew_report
+from featurewell.offline import served, skew_report
 from featurewell.offline.skew import FeatureSkew, Tolerance, measure
 from featurewell.offline.store import OfflineStore
 from featurewell.settings import OfflineSettings, RedisSettings, Settings
@@ -126,6 +126,11 @@ def _skew(settings: Settings, args: argparse.Namespace) -> None:
     defaults = _served_defaults(settings, args)
     events = _events(registry, args)
     tolerance = Tolerance(args.rtol, args.atol, args.cosine)
+    if not (store.root / served.SERVED).is_dir():
+        print(
+            f"warning: no served-feature log under {store.root / served.SERVED}: servers log "
+            "what they serve only with a served-log rate above 0 and this --offline-dir"
+        )
 
     def once(since_us: int | None, until_us: int) -> list[FeatureSkew]:
         started = time.perf_counter()
