@@ -1,7 +1,7 @@
 """Skew, measured against a real server on the real cluster: what GetFeatures answered, logged in
-the served-feature layout (offline/served.py), against the point-in-time join and the batch
-engine. Injected skew (a transform changed on the server only; a stream writing values the
-event log disagrees with) goes red; a clean run stays green.
+the served-feature layout (offline/served.py), against the point-in-time join. Injected skew (a
+transform changed on the server only; history that disagrees with serving) goes red; clean
+features stay green. The batch engine's side: test_skew_batch.py.
 
 Until the served-feature logger is on main, `log_answer` writes exactly the layout it writes,
 from the real answers."""
@@ -21,18 +21,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from featurewell.cli import main
 from featurewell.client import FeatureClient
 from featurewell.client._result import FeatureResult
-from featurewell.compute import batch
-from featurewell.compute.program import compile_view
 from featurewell.definitions import Feature, Kind, Registry, load_repo
 from featurewell.devcluster import LocalCluster
-from featurewell.engine.calls import InputColumn, WriteRequest
-from featurewell.errors import ConfigError
 from featurewell.offline import OfflineStore, served
-from featurewell.offline.skew import FeatureSkew, Tolerance, differ, measure
-from featurewell.values import FALLBACK, NOT_FOUND, PRESENT
+from featurewell.offline.skew import FeatureSkew, measure
+from featurewell.values import PRESENT
 from tests.tools import ServerThread, make_settings
 
 MINUTE_US = 60_000_000
@@ -286,168 +281,6 @@ def test_history_that_disagrees_with_serving_is_skew(served_stack: dict[str, Any
     assert (clicks.mismatched, clicks.status_mismatched) == (3, 3)  # r4 only
 
 
-def test_the_cli_reports_and_fails_above_a_ratio(
-    served_stack: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    name = served_stack["name"]
-    args = [
-        "skew",
-        "--repo",
-        str(served_stack["repo"]),
-        "--offline-dir",
-        str(served_stack["store"].root),
-        "--since",
-        "2000-01-01T00:00:00Z",
-        "--until",
-        str(time.time_ns() // 1000 + 1),
-        "--json",
-        str(tmp_path / "skew.json"),
-    ]
-    main(args)
-    shown = capsys.readouterr().out
-    lines = {line.split()[0]: line for line in shown.splitlines() if line and line[0] != " "}
-    assert lines[f"{name}_scaled:scaled"].endswith("SKEW")
-    assert not lines[f"{name}@v1:score"].endswith("SKEW")
-    with pytest.raises(SystemExit) as failed:
-        main([*args, "--fail-above", "0.5"])
-    assert failed.value.code == 1
-    main([*args, "--fail-above", "0.9"])  # 15/18 = 0.83: under
-
-
-def test_degraded_answers_are_compared_by_status_only(tmp_path: Path) -> None:
-    """A FALLBACK default is an outage, not skew: skipped. NOT_FOUND served where history has
-    nothing: a match."""
-    name = f"deg_{uuid.uuid4().hex[:6]}"
-    registry = load_repo(str(write_repo(tmp_path / "repo.py", name, 1.0)))
-    view = registry.views[(name, 1)]
-    store = OfflineStore(tmp_path / "offline")
-    store.root.mkdir()
-    features = list(view.features)
-    values = {
-        "score": [-1.0, -1.0],
-        "clicks": [0, 0],
-        "tier": ["-", "-"],
-        "taste": np.zeros((2, 2), np.float32),
-    }
-    log_records(
-        served.view_folder(store.root, view),
-        {"rider_id": ["a", "b"]},
-        features,
-        values,
-        [FALLBACK, NOT_FOUND],
-        [0, 0],
-        request_id="f" * 32,
-        logged_at_us=time.time_ns() // 1000,
-        version=1,
-    )
-    score = by_name(measure(registry, store, None, None))[f"{name}@v1:score/offline"]
-    assert (score.compared, score.mismatched, score.skipped) == (1, 0, 1)
-
-
-def test_value_rules_per_type() -> None:
-    tol = Tolerance(rtol=1e-3, atol=1e-9, cosine=0.99)
-    f64 = Feature("x", load_type("Float64"))
-    got = differ(
-        f64,
-        pa.array([1.0, 1.0, float("nan"), 0.0]),
-        pa.array([1.0005, 1.01, float("nan"), 0.0]),
-        tol,
-    )
-    assert got.tolist() == [False, True, False, False]
-    emb = Feature("e", load_type("Embedding", 2))
-    a = pa.FixedSizeListArray.from_arrays(pa.array([1, 0, 1, 0, 0, 0], pa.float32()), 2)
-    b = pa.FixedSizeListArray.from_arrays(pa.array([2, 0.01, 0, 1, 0, 0], pa.float32()), 2)
-    assert differ(emb, a, b, tol).tolist() == [False, True, False]  # scale is not skew
-    text = Feature("t", load_type("String"))
-    assert differ(text, pa.array(["a", "b"]), pa.array(["a", "B"]), tol).tolist() == [False, True]
-
-
-def load_type(name: str, *args: int) -> Any:
-    from featurewell import definitions
-
-    kind = getattr(definitions, name)
-    return kind(*args) if args else kind
-
-
-def test_a_stream_bug_disagrees_with_the_batch_engine(
-    cluster: LocalCluster, tmp_path: Path
-) -> None:
-    """A computed view whose online rows (and their history, written by the same stream) are
-    wrong for one rider: the point-in-time join agrees with what was served (history has the
-    same bug), the batch engine over the event log does not."""
-    name = f"sb_{uuid.uuid4().hex[:6]}"
-    registry = load_repo(str(write_repo(tmp_path / "repo.py", name, 1.0)))
-    view = registry.views[(f"{name}_activity", 1)]
-    store = OfflineStore(tmp_path / "offline")
-    now = time.time_ns() // 1000
-    riders = ["a", "b", "c"]
-    events = pa.table(
-        {
-            "rider_id": ["a", "a", "b", "c", "c", "c"],
-            "km": [1.0, 2.0, 5.0, 1.5, 1.5, 1.0],
-            "event_time": pa.array([now - (20 - n) * MINUTE_US for n in range(6)], pa.int64()),
-            "event_id": [f"e{n}" for n in range(6)],
-        }
-    )
-    as_of = now - 10 * MINUTE_US
-    truth = batch.compute(compile_view(view), batch.accepted_events(events, 3_600_000_000), as_of)
-    counts = np.array([truth[(r,)][0] for r in riders], np.int64)
-    km = np.array([truth[(r,)][1] for r in riders])
-    counts_bug = counts.copy()
-    counts_bug[2] += 1  # the stream counted one of c's trips twice
-    results = {}
-    for label, written in (("clean", counts), ("bug", counts_bug)):
-        root = tmp_path / label
-        store = OfflineStore(root)
-        server = ServerThread(make_settings(cluster), registry)
-        ids = [f"{label}-{r}" for r in riders]
-        log = events.set_column(
-            0, "rider_id", pa.array([f"{label}-{r}" for r in events.column(0).to_pylist()])
-        )
-        try:
-            # Written as the stream writes (the engine's write, no WriteFeatures call), and
-            # to history as `stream --history-out` records what it wrote.
-            request = WriteRequest(
-                view.ref,
-                {"rider_id": InputColumn(Kind.STRING, ids)},
-                np.full(3, as_of, np.int64),
-                {"trips_1h": written, "km_1h": km},
-            )
-            server.run(server.server.service.engine.write(request))
-            store.write(
-                view,
-                pa.table(
-                    {
-                        "rider_id": ids,
-                        "event_time": [as_of] * 3,
-                        "created": [time.time_ns() // 1000] * 3,
-                        "trips_1h": written,
-                        "km_1h": km,
-                    }
-                ),
-            )
-            with FeatureClient(server.address) as client:
-                answer = client.get_features(
-                    [f"{view.name}:*"], entities={"rider_id": ids}, include_event_timestamps=True
-                )
-                log_answer(root, registry, answer, {"rider_id": ids})
-        finally:
-            server.stop()
-        results[label] = by_name(
-            measure(registry, store, None, None, events={f"{name}_trips": log})
-        )
-    clean, bug = results["clean"], results["bug"]
-    ref = f"{view.name}@v1"
-    assert clean[f"{ref}:trips_1h/batch"].compared == 3
-    assert clean[f"{ref}:trips_1h/batch"].mismatched == 0
-    assert clean[f"{ref}:km_1h/batch"].mismatched == 0
-    assert bug[f"{ref}:trips_1h/offline"].mismatched == 0  # history has the stream's bug too
-    assert bug[f"{ref}:trips_1h/batch"].mismatched == 1
-    assert bug[f"{ref}:trips_1h/batch"].examples[0]["served"] == int(counts[2]) + 1
-    assert bug[f"{ref}:km_1h/batch"].mismatched == 0
-    assert PRESENT in {int(s) for s in answer.statuses(f"{view.name}:trips_1h")}
-
-
 def test_transform_records_without_logged_inputs_are_not_compared(
     served_stack: dict[str, Any],
 ) -> None:
@@ -502,79 +335,3 @@ def test_a_view_logged_once_per_call_keys_every_transform_row(
     assert (doubled.compared, doubled.mismatched, doubled.skipped) == (3, 1, 0)
     assert doubled.examples[0]["row"] == 2
     assert doubled.examples[0]["rider_id"] == "r0"
-
-
-def test_logged_tables_the_repo_does_not_define_are_named(tmp_path: Path) -> None:
-    name = f"gh_{uuid.uuid4().hex[:6]}"
-    registry = load_repo(str(write_repo(tmp_path / "repo.py", name, 1.0)))
-    store = OfflineStore(tmp_path / "offline")
-    view = registry.views[(name, 1)]
-    at = time.time_ns() // 1000
-    for folder in (
-        store.root / served.SERVED / name / "v7",
-        served.transform_folder(store.root, "gone"),
-    ):
-        log_records(
-            folder, {}, [], {}, [PRESENT], [0], request_id="d" * 32, logged_at_us=at, version=7
-        )
-    log_records(
-        served.view_folder(store.root, view),
-        {"rider_id": ["x"]},
-        [],
-        {},
-        [NOT_FOUND],
-        [0],
-        request_id="d" * 32,
-        logged_at_us=at,
-        version=1,
-    )
-    results = measure(registry, store, None, None)
-    notes = {(r.table, r.feature): r.note for r in results if r.feature == "*"}
-    assert notes == {
-        (f"{name}@v7", "*"): "not compared: the repo has no such view version",
-        ("gone", "*"): "not compared: the repo has no such on-demand transform",
-    }
-    # Features not in these records (logged before they were added) say so.
-    score = by_name(results)[f"{name}@v1:score/offline"]
-    assert (score.compared, score.note) == (0, "not logged (a feature added after these records)")
-
-
-def test_a_file_that_is_not_parquet_is_named(served_stack: dict[str, Any]) -> None:
-    """A writer's temporary is retried (it is renamed whole in a moment); one left behind by a
-    crashed writer is named, not a raw pyarrow error."""
-    name, store = served_stack["name"], served_stack["store"]
-    folder = next((store.root / served.SERVED / name / "v1").glob("date=*"))
-    (folder / "0-crashed.tmp").write_bytes(b"PAR1 half")
-    with pytest.raises(ConfigError, match=r"cannot read the served-feature log under .*v1: "):
-        measure(served_stack["registry"], store, None, None)
-
-
-@pytest.mark.parametrize(
-    ("flags", "complaint"),
-    [
-        (["--since", "yesterday"], "'yesterday' is not a time: give ISO-8601"),
-        (["--since", "1700000000"], "integer times are µs since the epoch"),
-        (["--every", "soon"], "'soon' is not a duration like 60s"),
-        (["--every", "0s"], "--every must be a positive duration"),
-        (["--log", "nope=x.parquet"], "--log names no event source: ['nope']"),
-        (["--offline-dir", "/nonexistent-skew"], "offline store /nonexistent-skew does not exist"),
-    ],
-)
-def test_bad_flags_say_what_to_fix(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], complaint: str
-) -> None:
-    repo = write_repo(tmp_path / "repo.py", f"bf_{uuid.uuid4().hex[:6]}", 1.0)
-    with pytest.raises(SystemExit) as failed:
-        main(["skew", "--repo", str(repo), "--offline-dir", str(tmp_path), *flags])
-    assert failed.value.code == 2
-    assert complaint in capsys.readouterr().err
-
-
-def test_no_log_at_all_is_a_warning_not_silence(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    repo = write_repo(tmp_path / "repo.py", f"nl_{uuid.uuid4().hex[:6]}", 1.0)
-    main(["skew", "--repo", str(repo), "--offline-dir", str(tmp_path)])
-    shown = capsys.readouterr().out
-    assert f"warning: no served-feature log under {tmp_path / '_served'}" in shown
-    assert "no served records in the window: nothing to compare" in shown
