@@ -140,6 +140,15 @@ def stream_metrics_text(cluster: Any) -> str:
         close(loop, runner)
 
 
+def skew_metrics_text() -> str:
+    """What `featurewell skew --every` exports (the gauges of its latest run)."""
+    from prometheus_client import generate_latest
+
+    from featurewell.offline.skew_report import SkewCollector, skew_registry
+
+    return generate_latest(skew_registry(SkewCollector())).decode()
+
+
 def test_every_metric_named_is_exported_by_a_real_server(cluster: Any, ids: Ids) -> None:
     named = {family(m) for _, expr in queries(dashboard()) for m in METRIC.findall(expr)}
     rules = yaml.safe_load(RULES.read_text())
@@ -156,6 +165,7 @@ def test_every_metric_named_is_exported_by_a_real_server(cluster: Any, ids: Ids)
     finally:
         running.stop()
     text += stream_metrics_text(cluster)  # `featurewell stream` exports the stream's
+    text += skew_metrics_text()  # and `featurewell skew --every` the skew gauges
     # Families a server declares, whether or not a labelled child has a sample yet.
     exported = {
         family(name)
