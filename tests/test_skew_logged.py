@@ -20,14 +20,8 @@ from featurewell.devcluster import LocalCluster
 from featurewell.offline import OfflineStore
 from featurewell.offline.served_training import from_served_log
 from featurewell.offline.skew import measure
-from featurewell.settings import specs
 from tests.test_skew import MINUTE_US, by_name, write_repo
 from tests.tools import ServerThread, make_settings
-
-pytestmark = pytest.mark.skipif(
-    "served_log_rate" not in {s.name for s in specs()},
-    reason="the served-feature logger is not on this branch yet",
-)
 
 
 def test_logged_answers_measure_skew_and_train(cluster: LocalCluster, tmp_path: Path) -> None:
@@ -58,7 +52,8 @@ def test_logged_answers_measure_skew_and_train(cluster: LocalCluster, tmp_path: 
                     "taste": np.array([[n, 1.0] for n in range(5)], np.float32),
                 },
             )
-            log = getattr(server.server.telemetry, "served_log")  # noqa: B009 (not on main yet)
+            log = server.server.telemetry.served_log
+            assert log is not None  # logging is on
             assert log.flush()  # the history of the pushed rows lands before they are served
             for _ in range(3):
                 answers.append(
@@ -79,7 +74,7 @@ def test_logged_answers_measure_skew_and_train(cluster: LocalCluster, tmp_path: 
     scaled = results[f"{name}_scaled:scaled/offline"]
     assert (scaled.compared, scaled.mismatched) == (18, 15)
 
-    request_id = getattr(answers[1], "request_id")  # noqa: B009 (not on main yet)
+    request_id = answers[1].request_id
     labels = pa.table({"request_id": [request_id] * 6, "row": pa.array(range(6), pa.int32())})
     got = from_served_log(registry, labels, [f"{name}:score", f"{name}_scaled:scaled"], root)
     assert got.column(f"{name}:score").to_pylist() == list(answers[1][f"{name}:score"].values)
