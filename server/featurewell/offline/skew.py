@@ -232,12 +232,15 @@ def _compare(
     if feature.name not in logged.column_names:
         result.note = "not logged (a feature added after these records)"
         return result
-    counted = np.isin(served_status, COMPARED_STATUSES)
-    result.skipped = int((~counted).sum())
+    # A null value was not asked for in its call (the logger writes the view's every feature;
+    # a served value is never null): nothing was served to compare.
+    asked = ~np.asarray(logged.column(feature.name).is_null(), bool)
+    counted = np.isin(served_status, COMPARED_STATUSES) & asked
+    result.skipped = int((asked & ~counted).sum())
     found = np.isin(served_status, (PRESENT, STALE))
     other_found = np.isin(other_status, (PRESENT, STALE))
     status_differs = counted & (found != other_found)
-    both = found & other_found
+    both = found & other_found & asked
     values = np.zeros(len(served_status), bool)
     if both.any():
         values[both] = differ(

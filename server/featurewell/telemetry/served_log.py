@@ -295,10 +295,13 @@ def tables_of(root: Path, sampler: Sampler, call: LoggedCall) -> list[tuple[Path
             columns[name] = _keys(call.entities.get(name), rows)
         for feature in view.features:
             values = view_rows.rows.values.get(feature.name)
+            kind, dim = feature.dtype.kind, feature.dtype.dim
+            # A feature the call did not ask for: nulls, typed as when asked (a file of such
+            # calls alone must read with the others), which the skew check leaves out.
             columns[feature.name] = (
-                arrow_values(feature.dtype.kind, values, feature.dtype.dim)
+                arrow_values(kind, values, dim)
                 if values is not None
-                else pa.nulls(rows)
+                else pa.nulls(rows, arrow_values(kind, [], dim).type)
             )
         out.append((served.view_folder(root, view), pa.table(columns)))
     transforms: dict[str, dict[str, Any]] = {}
