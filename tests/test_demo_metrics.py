@@ -1,6 +1,7 @@
 """The demo's dashboard shows data: after ordinary traffic on the stack `featurewell demo`
 starts, every metric the Grafana dashboard queries has samples in /metrics (labelled series
-start at 0; the demo serves drift baselines). `demo_stack` is the stack the UI's browser tests
+start at 0; the demo serves drift baselines; its `featurewell skew --every` exports the skew
+gauges, 0 on a clean demo). `demo_stack` is the stack the UI's browser tests
 use too."""
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class DemoStack:
     address: str
     metrics_url: str
     stream_metrics_url: str
+    skew_metrics_url: str
     seeds: str
     repo: Path
 
@@ -57,18 +59,22 @@ def demo_stack(workdir: Path, **env: str) -> Iterator[DemoStack]:
         assert process.stdout is not None
         for line in process.stdout:
             lines.append(line)
-            if "Ctrl-C stops it all" in line:
+            if "featurewell ui --repo" in line:  # the summary, up to the web UI's command
                 break
         text = "".join(lines)
         assert "Ctrl-C stops it all" in text, text
         seeds = re.search(r"Redis Cluster up: (\S+)", text)
         stream = re.search(r"featurewell stream \(pid \d+\), metrics (\S+)", text)
+        skew = re.search(r"featurewell skew \(pid \d+\) every \S+, metrics (\S+/metrics)", text)
         assert seeds is not None, text
         assert stream is not None, text
+        assert skew is not None, text
+        assert "featurewell skew --repo" in text, text  # the summary's command line
         yield DemoStack(
             f"127.0.0.1:{port}",
             f"http://127.0.0.1:{metrics_port}/metrics",
             stream.group(1),
+            skew.group(1),
             seeds.group(1),
             workdir,
         )
@@ -122,16 +128,37 @@ def test_every_dashboard_metric_has_samples_on_the_demo_after_ordinary_traffic(
     with demo_stack(tmp_path / "demo") as stack:
         assert (stack.repo / "baseline.json").is_file()  # the demo made drift baselines
         ordinary_traffic(stack)
-        deadline = time.monotonic() + 60  # the demo compares drift every 15 s
+        # The demo compares drift every 15 s, and skew every 15 s over records 10 s old.
+        deadline = time.monotonic() + 90
         while True:
             text = fetch(stack.metrics_url) + fetch(stack.stream_metrics_url)
+            text += fetch(stack.skew_metrics_url)
             missing = named - sampled(text)
-            if not missing or time.monotonic() > deadline:
+            if not (missing or unskewed(text) is None) or time.monotonic() > deadline:
                 break
             time.sleep(1)
     assert missing == set(), f"the dashboard charts metrics with no sample: {sorted(missing)}"
     # Drift against the sample data's baseline (item_genre's genres), not only the Stats.
     assert 'featurewell_feature_drift_psi{feature="primary_genre",view="item_genre@v1"}' in text
+    # The skew loop is clean: what was served is what training would hold, for every feature
+    # the traffic asked for (stream-computed, Parquet-sourced), compared in earnest.
+    assert unskewed(text) is not None, text
+    ratios, compared = unskewed(text) or ({}, {})
+    assert {labels: ratio for labels, ratio in ratios.items() if ratio} == {}, text
+    assert sum(compared.values()) >= 150, compared
+
+
+def unskewed(text: str) -> tuple[dict[str, float], dict[str, float]] | None:
+    """The skew gauges (ratio, compared rows) by labels, once a run compared the features
+    `ordinary_traffic` reads; None before."""
+    ratios, compared = (
+        {k: float(v) for k, v in re.findall(rf"^{name}(\{{[^}}]*\}}) (\S+)$", text, re.M)}
+        for name in ("featurewell_skew_mismatch_ratio", "featurewell_skew_compared_rows")
+    )
+    for feature in ("watch_count_7d", "primary_genre", "popularity_score"):
+        if not any(f'feature="{feature}"' in k and v for k, v in compared.items()):
+            return None
+    return ratios, compared
 
 
 def test_labelled_families_start_at_zero_for_every_view() -> None:

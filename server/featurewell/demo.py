@@ -1,7 +1,8 @@
 """`featurewell demo`, the README's first command: a local Redis Cluster, the example repo's sample
 data loaded (catalog from Parquet, computed views from the event log by the batch engine), the
 server, and `featurewell stream` in its own process keeping computed views fresh. It appends one
-event and shows the feature it changes, servable within a fraction of a second.
+event and shows the feature it changes, servable within a fraction of a second. The skew loop runs
+too (demo_skew.py): served values logged, history kept, `featurewell skew --every` comparing them.
 """
 
 from __future__ import annotations
@@ -23,9 +24,14 @@ import uvloop
 
 from featurewell.app import start_server
 from featurewell.client import AsyncFeatureClient
-from featurewell.compute.backfill import backfill_logs
 from featurewell.compute.redis_streams import append, checked_event
 from featurewell.definitions import EventSource, Registry, load_repo
+from featurewell.demo_skew import (
+    backfill_with_history,
+    skew_command,
+    start_skew_check,
+    with_offline_store,
+)
 from featurewell.devcluster import DIE_WITH_PARENT, start_local_cluster
 from featurewell.errors import ConfigError, DefinitionError
 from featurewell.ingest.materialize import materialize
@@ -82,7 +88,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> None:
         if generator is not None:
             rows = generator.generate(options.users, options.items, repo / "data")
             print(f"generated sample data in {repo / 'data'}: {rows}", flush=True)
-        settings = with_drift_baselines(settings, repo)
+        settings = with_offline_store(with_drift_baselines(settings, repo), repo)
         uvloop.run(_serve(settings, generator))
 
 
@@ -134,7 +140,10 @@ async def _serve(settings: Settings, generator: Any) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await setup
     finally:
-        print("stopping: the stream, then draining calls, then the local cluster", flush=True)
+        print(
+            "stopping: the stream and the skew check, then draining calls, then the local cluster",
+            flush=True,
+        )
         for process in streams:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
@@ -154,11 +163,12 @@ async def _load_and_stream(
     loaded = sum(load.rows for load in await materialize(engine))
     print(f"materialized {loaded:,} rows from Parquet in {time.perf_counter() - started:.1f} s")
     started = time.perf_counter()
-    computed = await backfill_logs(registry, engine, as_of_us=time.time_ns() // 1000)
+    computed = await backfill_with_history(settings, registry, engine)
     if computed:
         print(
             f"computed {sum(c.entities for c in computed):,} rows of {len(computed)} views "
-            f"from their event logs in {time.perf_counter() - started:.1f} s",
+            f"from their event logs in {time.perf_counter() - started:.1f} s "
+            f"({sum(c.history_rows for c in computed):,} history rows in {settings.offline.dir})",
             flush=True,
         )
     address = f"{settings.listen.host}:{server.port}"
@@ -167,6 +177,7 @@ async def _load_and_stream(
     if streams and hasattr(generator, "live_event"):
         live = generator.live_event(Path(settings.repo) / "data")
         await _show_live_update(server, registry, address, *live)
+    skew_metrics = await start_skew_check(settings, streams)
     metrics = f"http://{settings.listen.host}:{server.metrics_port}/metrics"
     print(
         _HOW_TO_CALL.format(
@@ -174,6 +185,8 @@ async def _load_and_stream(
             metrics=metrics if server.metrics_port else "off",
             repo=settings.repo,
             redis=_seeds(settings),
+            skew=" ".join(skew_command(settings)),
+            skew_metrics=skew_metrics,
         ),
         flush=True,
     )
@@ -201,6 +214,8 @@ async def _start_stream(
         _seeds(settings),
         "--source",
         source.name,
+        "--offline-dir",  # its history: what it writes online, for training and the skew check
+        settings.offline.dir,
         "--metrics-port",
         "0",
         "--log-level",
@@ -281,6 +296,9 @@ def _load_module(path: Path) -> Any:
 _HOW_TO_CALL = """
 featurewell is serving the streaming_media example on {address} (Ctrl-C stops it all).
 Metrics: {metrics}    drift report: featurewell drift --metrics-url {metrics}
+Training/serving skew: every answer is logged to the offline store and compared with what a
+training set would hold every 15 s (ratio 0 when clean; gauges {skew_metrics}), as run by:
+    {skew}
 Web UI (catalog, views, live health; docs/ui.md), then open http://127.0.0.1:8080/:
     featurewell ui --repo {repo} --redis {redis} --metrics-url {metrics}
 
