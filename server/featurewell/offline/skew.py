@@ -143,13 +143,16 @@ def _with_input_keys(
         wanted = [k for k in missing if k not in ordered.column_names]
         if not wanted:
             break
+        # A view keys some of them (a transform over user and item views: item_genre gives
+        # item_id, user_genre_preferences user_id); one view's versions share its keys.
         views = [read_settled(v, since_us, until_us) for v in sorted(folder.glob("v*"))]
-        views = [v for v in views if v.num_rows and all(k in v.column_names for k in wanted)]
-        if not views:
+        views = [v for v in views if v.num_rows]
+        found = [k for k in wanted if views and all(k in v.column_names for v in views)]
+        if not found:
             continue
-        columns = ["request_id", "row", *wanted]
+        columns = ["request_id", "row", *found]
         rows = pa.concat_tables([v.select(columns) for v in views], promote_options="permissive")
-        ordered = _join_rows(ordered, rows, wanted)
+        ordered = _join_rows(ordered, rows, found)
     present = pa.array(np.ones(ordered.num_rows, bool))
     for key in keys:
         if key not in ordered.column_names:
