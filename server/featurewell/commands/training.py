@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -13,6 +14,7 @@ from featurewell.commands._command import Command, pairs, registry_of, run
 from featurewell.commands.progress import Progress
 from featurewell.errors import ConfigError, InvalidRequest, StoreUnavailable
 from featurewell.offline import versions
+from featurewell.offline.compact import compact
 from featurewell.offline.store import OfflineStore
 from featurewell.offline.training import STATUS_SUFFIX, get_historical_features
 from featurewell.settings import OfflineSettings, RedisSettings, Settings, specs
@@ -111,6 +113,46 @@ def _training_set(settings: Settings, args: argparse.Namespace) -> None:
             )
 
 
+def _compact_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--view", required=True, help="VIEW or VIEW@vN (default: its highest)")
+    parser.add_argument(
+        "--before",
+        metavar="YYYY-MM-DD",
+        help="merge partitions dated before this and write the as-of snapshot for it "
+        "(default: today, UTC: the partition the stream is still writing is left alone)",
+    )
+    parser.add_argument(
+        "--settle-s",
+        type=float,
+        default=60.0,
+        help="leave files younger than this for the next run (default: 60)",
+    )
+
+
+def _compact(settings: Settings, args: argparse.Namespace) -> None:
+    offline = settings.offline
+    if not offline.dir:
+        raise ConfigError("compact rewrites the offline store: pass --offline-dir DIR")
+    store = OfflineStore(offline.dir, offline.format)
+    store.check_exists()
+    registry = registry_of(settings)
+    name, _, version = args.view.partition("@v")
+    if version and not version.isdigit():
+        raise ConfigError(f"--view {args.view!r}: give VIEW or VIEW@vN")
+    view = registry.view(name, int(version) if version else None)  # names the known views
+    before = args.before or datetime.now(UTC).strftime("%Y-%m-%d")
+    started = time.perf_counter()
+    done = compact(store, view, before, settle_s=args.settle_s)
+    print(
+        f"{view.ref}: merged {done.files_in:,} files into {done.files_out:,} in "
+        f"{done.partitions:,} partitions before {before} ({time.perf_counter() - started:.1f} s)"
+    )
+    for reason in done.skipped:
+        print(f"  left as it was: {reason}")
+    if done.snapshot is not None:
+        print(f"  as-of snapshot {done.snapshot} ({done.snapshot_rows:,} rows)")
+
+
 def _baseline_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
@@ -172,6 +214,13 @@ def _drift(settings: Settings, args: argparse.Namespace) -> None:
 
 
 COMMANDS = (
+    Command(
+        "compact",
+        "merge a view's small history files and write its as-of snapshot (faster training sets)",
+        _compact,
+        (OfflineSettings,),
+        _compact_arguments,
+    ),
     Command(
         "training-set",
         "point-in-time-correct features for labelled rows, from history",

@@ -45,6 +45,7 @@ import pyarrow.parquet as pq
 
 from featurewell.definitions import FeatureView, Registry
 from featurewell.errors import ConfigError, DefinitionError
+from featurewell.offline import partitions
 
 US_PER_DAY = 86_400_000_000
 
@@ -67,7 +68,7 @@ _stamp_lock = threading.Lock()
 _last_stamp = 0
 
 
-def _write_stamp() -> int:
+def write_stamp() -> int:
     """The wall-clock µs of a write, strictly increasing within this process: two writes in one
     microsecond still name their files in the order they were written."""
     global _last_stamp
@@ -115,7 +116,7 @@ class OfflineStore:
             )
             return Written(table.num_rows, [folder])
         written = []
-        stamp = _write_stamp()
+        stamp = write_stamp()
         for day in np.unique(days).tolist():
             date = datetime.fromtimestamp(day * 86_400, tz=UTC).strftime("%Y-%m-%d")
             target = self.folder(view) / f"date={date}"
@@ -136,14 +137,24 @@ class OfflineStore:
                 "--offline-dir (FEATUREWELL_OFFLINE_DIR)"
             )
 
-    def source_of(self, view: FeatureView, registry: Registry) -> HistorySource | None:
+    def source_of(
+        self, view: FeatureView, registry: Registry, span: tuple[int, int] | None = None
+    ) -> HistorySource | None:
         """The view's own history if any was written, else its ParquetSource, else None. A
-        ParquetSource file that is not there is an error naming its path, not an empty history."""
-        if (self.folder(view) / "_delta_log").is_dir():
-            return HistorySource(_delta_files(self.folder(view)), "event_time", "created", False)
-        files = sorted(str(p) for p in self.folder(view).glob("date=*/*.parquet"))
-        if files:
-            return HistorySource(tuple(files), "event_time", "created", False)
+        ParquetSource file that is not there is an error naming its path, not an empty history.
+
+        `span` (the first and last label time, µs): only the files labels in it can need
+        (offline/partitions.py); the training set is the same as from every file."""
+        folder = self.folder(view)
+        if (folder / "_delta_log").is_dir():
+            files = _delta_files(folder)
+            if span is not None:  # the upper bound only: Delta tables have no as-of snapshots
+                last = partitions.date_of(span[1])
+                files = tuple(f for f in files if (partitions.delta_date(f) or "") <= last)
+            return HistorySource(files, "event_time", "created", False)
+        if any(folder.glob("date=*/*.parquet")):
+            found = partitions.needed(folder, span)
+            return HistorySource(tuple(str(p) for p in found), "event_time", "created", False)
         if view.source is None:
             return None
         path = Path(view.source.path)

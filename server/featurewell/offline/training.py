@@ -25,7 +25,9 @@ known time, and the ASOF join then has exactly one candidate per (entity, known 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,7 +40,7 @@ from featurewell.engine.plan import Planner, ViewRead
 from featurewell.errors import InvalidRequest
 from featurewell.offline import versions as served_versions
 from featurewell.offline.labels import microseconds
-from featurewell.offline.store import OfflineStore
+from featurewell.offline.store import HistorySource, OfflineStore
 from featurewell.offline.versions import ServedDefaults
 from featurewell.values import NOT_FOUND, PRESENT, STALE, worst_status
 
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
 
 STATUS_SUFFIX = ":__status"
 log = logging.getLogger("featurewell.training")
+RETRIES = 8  # lists of history files that a compaction changed while they were read
 
 
 def get_historical_features(
@@ -58,6 +61,7 @@ def get_historical_features(
     timestamp_column: str = "event_timestamp",
     defaults: ServedDefaults | None = None,
     progress: Callable[[int, int], None] | None = None,
+    prune: bool = True,
 ) -> pa.Table:
     """`labels` plus one column per requested feature (named as served: `view:feature`) and one
     status column per view or transform (`view:__status`, the `Status` numbers).
@@ -65,6 +69,9 @@ def get_historical_features(
     `view:feature` reads the version servers serve under `defaults` (the promoted defaults:
     `versions.load(file)`, or read from the cluster); None: each view's highest version. The
     versions used are in the result's schema metadata (`versions.recorded(table.schema.metadata)`).
+
+    `prune`: read only the history files the labels' time range needs (offline/partitions.py:
+    the same result, from fewer files); False reads every file.
     """
     offline.check_exists()
     plan = Planner(served_versions.as_served(registry, defaults)).plan(list(features))
@@ -77,6 +84,7 @@ def get_historical_features(
             f"with timestamp_column= (it has {labels.column_names})"
         )
     label_ts = microseconds(labels.column(timestamp_column), timestamp_column)
+    span = (int(label_ts.min()), int(label_ts.max())) if prune else None
     fetched: dict[int, tuple[dict[str, Any], npt.NDArray[np.uint8]]] = {}
     import duckdb
 
@@ -88,7 +96,9 @@ def get_historical_features(
             order = np.arange(rows, dtype=np.int64)
             con.register("labels", pa.table({**keys, "__ts": label_ts, "__row": order}))
             for read, wanted in zip(group.reads, group.wanted, strict=True):
-                fetched[id(read)] = _join(con, registry, offline, read, sorted(wanted), label_ts)
+                fetched[id(read)] = _read(
+                    con, registry, offline, read, sorted(wanted), label_ts, span
+                )
                 joined += 1
                 if progress is not None:
                     progress(joined * rows, joins * rows)
@@ -132,18 +142,46 @@ def get_historical_features(
     return pa.table(out).replace_schema_metadata(served_versions.metadata(used))
 
 
-def _join(
+def _read(
     con: duckdb.DuckDBPyConnection,
     registry: Registry,
     offline: OfflineStore,
     read: ViewRead,
     wanted: list[str],
     label_ts: npt.NDArray[np.int64],
+    span: tuple[int, int] | None,
+) -> tuple[dict[str, Any], npt.NDArray[np.uint8]]:
+    """One view's join. `featurewell compact` removes merged inputs once the merged file is in
+    place; a join that listed them just before reads a missing file, so it lists again."""
+    import duckdb
+
+    for attempt in range(RETRIES):
+        source = offline.source_of(read.view, registry, span)
+        try:
+            return _join(con, read, source, wanted, label_ts)
+        except duckdb.IOException as exc:
+            gone = source is not None and any(not Path(f).exists() for f in source.files)
+            if not gone or attempt == RETRIES - 1:
+                raise
+            time.sleep(0.05 * attempt)
+            log.info(
+                "%s: history files were compacted while read (%s); reading again",
+                read.view.ref,
+                exc,
+            )
+    raise AssertionError("unreachable")
+
+
+def _join(
+    con: duckdb.DuckDBPyConnection,
+    read: ViewRead,
+    source: HistorySource | None,
+    wanted: list[str],
+    label_ts: npt.NDArray[np.int64],
 ) -> tuple[dict[str, Any], npt.NDArray[np.uint8]]:
     view = read.view
-    source = offline.source_of(view, registry)
     rows = len(label_ts)
-    if source is None:  # no history at all: every value NOT_FOUND, as serving a fresh store
+    if source is None or not source.files:  # no history (known by then): all NOT_FOUND
         values = {name: _defaults(view.features[view.feature_index[name]], rows) for name in wanted}
         return values, np.full(rows, NOT_FOUND, np.uint8)
     keys = list(view.entity.key_names)
