@@ -6,6 +6,13 @@ History: 100,000 users x 12 snapshots (10 features) and 20,000 items x 30 snapsh
 (10 features), 30 days; labels are random (user, item, time) rows in the same 30 days.
 
     python bench/training.py [--labels 1000000] [--runs 3]
+
+`--case prune`: an offline store that stays fast. 90 days of history written as a stream
+writes it (one small file per view per hour: 2,160 files each), labels over the last 7 days;
+training sets read everything (`prune=False`) or only what the labels need, before and after
+`compact` (merged partitions plus the as-of snapshot at the labels' first day).
+
+    python bench/training.py --case prune [--labels 200000] [--runs 3]
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from featurewell.definitions import Entity, Feature, FeatureView, Float32, Int64, Registry, String
-from featurewell.offline import OfflineStore, get_historical_features
+from featurewell.offline import OfflineStore, get_historical_features, partitions
+from featurewell.offline.compact import compact
 
 DAY_US = 86_400_000_000
 START = 1_790_000_000_000_000
@@ -78,11 +86,86 @@ def floor(store: OfflineStore, labels: pa.Table) -> float:
     return time.perf_counter() - started
 
 
+def hourly(
+    rng: np.random.Generator, view: FeatureView, keys: pa.Array, days: int
+) -> list[pa.Table]:
+    """`days` of history as a stream writes it: one small table per hour, each key updated
+    about once a day at a random time."""
+    out = []
+    for hour in range(days * 24):
+        chosen = keys.take(pa.array(rng.integers(0, len(keys), len(keys) // 24)))
+        table = history(rng, view, chosen, 1)
+        times = DAY_START + hour * 3_600_000_000 + rng.integers(0, 3_600_000_000, len(chosen))
+        table = table.set_column(1, "event_time", pa.array(times, pa.int64()))
+        created = times + rng.integers(0, 60_000_000, len(chosen))
+        out.append(table.set_column(2, "created", pa.array(created, pa.int64())))
+    return out
+
+
+DAY_START = START // DAY_US * DAY_US
+
+
+def prune_case(args: argparse.Namespace) -> None:
+    rng = np.random.default_rng(0)
+    days = 90
+    user_ids = pa.array([f"u{n:07d}" for n in range(20_000)])
+    item_ids = pa.array(np.arange(5_000, dtype=np.int64))
+    with tempfile.TemporaryDirectory() as folder:
+        store = OfflineStore(folder)
+        started = time.perf_counter()
+        for view, keys in ((users_view, user_ids), (items_view, item_ids)):
+            for table in hourly(rng, view, keys, days):
+                store.write(view, table)
+        files = sum(1 for _ in store.root.glob("*/v1/date=*/*.parquet"))
+        print(
+            f"history: {days} days, {files:,} files, "
+            f"written in {time.perf_counter() - started:.0f} s"
+        )
+        first = DAY_START + (days - 7) * DAY_US
+        labels = pa.table(
+            {
+                "user_id": user_ids.take(pa.array(rng.integers(0, len(user_ids), args.labels))),
+                "item_id": item_ids.take(pa.array(rng.integers(0, len(item_ids), args.labels))),
+                "event_timestamp": pa.array(
+                    first + rng.integers(0, 7 * DAY_US, args.labels), pa.int64()
+                ),
+            }
+        )
+
+        def measure(name: str, prune: bool, reference: pa.Table | None) -> pa.Table:
+            seconds = []
+            for _ in range(args.runs):
+                started = time.perf_counter()
+                table = get_historical_features(REGISTRY, labels, FEATURES, store, prune=prune)
+                seconds.append(time.perf_counter() - started)
+            same = "" if reference is None else f", same as unpruned: {table.equals(reference)}"
+            shown = ", ".join(f"{s:.2f}" for s in seconds)
+            print(f"{name}: {shown} s, median {statistics.median(seconds):.2f} s{same}")
+            return table
+
+        reference = measure("before compaction, every file", False, None)
+        measure("before compaction, pruned", True, reference)
+        started = time.perf_counter()
+        for view in (users_view, items_view):
+            done = compact(store, view, partitions.date_of(first), settle_s=0)
+            print(
+                f"compact {view.name}: {done.files_in:,} files -> {done.files_out:,}, snapshot "
+                f"{done.snapshot_rows:,} rows"
+            )
+        print(f"compaction took {time.perf_counter() - started:.1f} s")
+        measure("after compaction, every file", False, reference)
+        measure("after compaction, pruned", True, reference)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--labels", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--case", choices=["join", "prune"], default="join")
     args = parser.parse_args()
+    if args.case == "prune":
+        prune_case(args)
+        return
     rng = np.random.default_rng(0)
     user_ids = pa.array([f"u{n:07d}" for n in range(100_000)])
     item_ids = pa.array(np.arange(20_000, dtype=np.int64))

@@ -29,6 +29,19 @@ def _training_set_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timestamp-column", default="event_timestamp")
     parser.add_argument("--out", required=True, help="Parquet file to write")
     parser.add_argument(
+        "--engine",
+        choices=["duckdb", "spark"],
+        default="duckdb",
+        help="where the joins run: duckdb (this process) or spark (pip install "
+        "'featurewell[spark]', Java 17); the same rule and the same result (default: duckdb)",
+    )
+    parser.add_argument(
+        "--spark-master",
+        metavar="URL",
+        help="with --engine spark: the cluster to run on, e.g. spark://host:7077 "
+        "(default: a local Spark on every core, local[*])",
+    )
+    parser.add_argument(
         "--defaults",
         metavar="FILE",
         help="promoted default versions from `featurewell versions --export FILE`, so view:* "
@@ -65,6 +78,8 @@ def _training_set(settings: Settings, args: argparse.Namespace) -> None:
     store = OfflineStore(offline.dir, offline.format)
     store.check_exists()
     registry = registry_of(settings)
+    if args.spark_master and args.engine != "spark":
+        raise ConfigError("--spark-master is for --engine spark")
     labels_path = Path(args.labels)
     if not labels_path.exists():
         raise InvalidRequest(f"label file {labels_path} does not exist")
@@ -80,6 +95,8 @@ def _training_set(settings: Settings, args: argparse.Namespace) -> None:
             store,
             timestamp_column=args.timestamp_column,
             defaults=defaults,
+            engine=args.engine,
+            spark_master=args.spark_master,
             progress=lambda done, total: progress.update(
                 f"{labels.num_rows:,} labels", done, total, "joined rows"
             ),

@@ -24,6 +24,7 @@ known time, and the ASOF join then has exactly one candidate per (entity, known 
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 
 STATUS_SUFFIX = ":__status"
 log = logging.getLogger("featurewell.training")
+ENGINES = ("duckdb", "spark")
 RETRIES = 8  # lists of history files that a compaction changed while they were read
 
 
@@ -62,6 +64,8 @@ def get_historical_features(
     defaults: ServedDefaults | None = None,
     progress: Callable[[int, int], None] | None = None,
     prune: bool = True,
+    engine: str = "duckdb",
+    spark_master: str | None = None,
 ) -> pa.Table:
     """`labels` plus one column per requested feature (named as served: `view:feature`) and one
     status column per view or transform (`view:__status`, the `Status` numbers).
@@ -72,6 +76,9 @@ def get_historical_features(
 
     `prune`: read only the history files the labels' time range needs (offline/partitions.py:
     the same result, from fewer files); False reads every file.
+
+    `engine`: "duckdb" (one process) or "spark" (offline/spark.py: the same rule as Spark
+    jobs, on `spark_master`, default a local Spark; `pip install 'featurewell[spark]'`).
     """
     offline.check_exists()
     plan = Planner(served_versions.as_served(registry, defaults)).plan(list(features))
@@ -88,16 +95,29 @@ def get_historical_features(
     fetched: dict[int, tuple[dict[str, Any], npt.NDArray[np.uint8]]] = {}
     import duckdb
 
+    if engine not in ENGINES:
+        raise InvalidRequest(f"engine must be one of {ENGINES}, got {engine!r}")
     con = duckdb.connect()
+    on_spark = None
+    if engine == "spark":
+        from featurewell.offline import spark as spark_engine
+
+        on_spark = spark_engine.AsOf(spark_engine.session(spark_master))
     joins, joined = sum(len(group.reads) for group in plan.groups), 0
     try:
         for group in plan.groups:
             keys = _keys(labels, group.entity.join_keys)
             order = np.arange(rows, dtype=np.int64)
-            con.register("labels", pa.table({**keys, "__ts": label_ts, "__row": order}))
+            keyed = pa.table({**keys, "__ts": label_ts, "__row": order})
+            con.register("labels", keyed)
             for read, wanted in zip(group.reads, group.wanted, strict=True):
+                join = (
+                    functools.partial(_duckdb_rows, con)
+                    if on_spark is None
+                    else functools.partial(on_spark.rows, keyed)
+                )
                 fetched[id(read)] = _read(
-                    con, registry, offline, read, sorted(wanted), label_ts, span
+                    join, registry, offline, read, sorted(wanted), label_ts, span
                 )
                 joined += 1
                 if progress is not None:
@@ -142,8 +162,11 @@ def get_historical_features(
     return pa.table(out).replace_schema_metadata(served_versions.metadata(used))
 
 
+Rows = Callable[[HistorySource, list[str], list[str]], pa.Table]
+
+
 def _read(
-    con: duckdb.DuckDBPyConnection,
+    join: Rows,
     registry: Registry,
     offline: OfflineStore,
     read: ViewRead,
@@ -155,11 +178,14 @@ def _read(
     place; a join that listed them just before reads a missing file, so it lists again."""
     import duckdb
 
+    errors: tuple[type[Exception], ...] = (duckdb.IOException,)
+    if not isinstance(join, functools.partial) or join.func is not _duckdb_rows:
+        errors = (Exception,)  # Spark's errors for a missing file are Py4J/Spark exceptions
     for attempt in range(RETRIES):
         source = offline.source_of(read.view, registry, span)
         try:
-            return _join(con, read, source, wanted, label_ts)
-        except duckdb.IOException as exc:
+            return _join(join, read, source, wanted, label_ts)
+        except errors as exc:
             gone = source is not None and any(not Path(f).exists() for f in source.files)
             if not gone or attempt == RETRIES - 1:
                 raise
@@ -173,7 +199,7 @@ def _read(
 
 
 def _join(
-    con: duckdb.DuckDBPyConnection,
+    join: Rows,
     read: ViewRead,
     source: HistorySource | None,
     wanted: list[str],
@@ -184,7 +210,26 @@ def _join(
     if source is None or not source.files:  # no history (known by then): all NOT_FOUND
         values = {name: _defaults(view.features[view.feature_index[name]], rows) for name in wanted}
         return values, np.full(rows, NOT_FOUND, np.uint8)
-    keys = list(view.entity.key_names)
+    joined = join(source, list(view.entity.key_names), wanted)
+    found_time = joined.column("__event_time")
+    missing = np.asarray(found_time.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    status = np.full(rows, PRESENT, np.uint8)
+    status[missing] = NOT_FOUND
+    if read.max_age_us:
+        ages = label_ts - np.asarray(pc.fill_null(found_time, 0).to_numpy(), np.int64)
+        status[~missing & (ages > read.max_age_us)] = STALE
+    values = {
+        name: _numpy(view.features[view.feature_index[name]], joined.column(name), missing)
+        for name in wanted
+    }
+    return values, status
+
+
+def _duckdb_rows(
+    con: duckdb.DuckDBPyConnection, source: HistorySource, keys: list[str], wanted: list[str]
+) -> pa.Table:
+    """Per label row (`labels`, registered), in label order: the winning row's event time (null:
+    none) and its `wanted` columns."""
     on = " AND ".join(f'l."{k}" = h."{k}"' for k in keys)
     picked = ", ".join(f'h."{name}"' for name in wanted)
     event_time = (
@@ -231,18 +276,7 @@ def _join(
         ).to_arrow_table()
     finally:
         con.unregister("__files")
-    found_time = joined.column("__event_time")
-    missing = np.asarray(found_time.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-    status = np.full(rows, PRESENT, np.uint8)
-    status[missing] = NOT_FOUND
-    if read.max_age_us:
-        ages = label_ts - np.asarray(pc.fill_null(found_time, 0).to_numpy(), np.int64)
-        status[~missing & (ages > read.max_age_us)] = STALE
-    values = {
-        name: _numpy(view.features[view.feature_index[name]], joined.column(name), missing)
-        for name in wanted
-    }
-    return values, status
+    return joined
 
 
 def _keys(labels: pa.Table, join_keys: Mapping[str, FeatureType]) -> dict[str, pa.ChunkedArray]:
