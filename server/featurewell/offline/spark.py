@@ -50,6 +50,7 @@ def session(master: str | None = None) -> Any:
                 SparkSession.builder.appName("featurewell-training")
                 .master(chosen)
                 .config("spark.ui.enabled", "false")
+                .config("spark.ui.showConsoleProgress", "false")
                 .config("spark.sql.session.timeZone", "UTC")
                 .config("spark.sql.execution.arrow.pyspark.enabled", "true")
             )
