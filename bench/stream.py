@@ -9,6 +9,11 @@ decayed popularity and per user-item progress, over 4 partitions.
 
     python bench/stream.py [--rate 5000] [--seconds 20] [--runs 3] [--backlog 100000]
         [--checkpoint-s 5] [--refresh-s 15]
+
+Scale-out, instead: `--workers N` drains a backlog with N `featurewell stream` processes sharing
+the partitions by lease (`--lease-s`), `--runs` times, and reports events/s in all and per
+worker. Its views are the user and user-item ones: the item view hears from every partition
+(events are partitioned by user), so workers cannot share it (docs/computed.md).
 """
 
 from __future__ import annotations
@@ -16,10 +21,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -61,15 +69,21 @@ user_activity = FeatureView("bench_user_activity", entity=user, events=watches,
         lambda e: GENRES[e["genre_id"]], weight="duration_min", window=timedelta(days=30))),
     Feature("last_item", String, computed=Last("item_id")),
 ])
+"""
+ITEM_VIEW = """
 item_stats = FeatureView("bench_item_stats", entity=item, events=watches,
     tile=timedelta(hours=1), features=[
     Feature("popularity", Float64, computed=DecayedSum(half_life=timedelta(days=1),
                                                        window=timedelta(days=14))),
     Feature("watch_count_24h", Int64, computed=Count(window=timedelta(hours=24))),
 ])
+"""
+PROGRESS_VIEW = """
 progress = FeatureView("bench_progress", entity=user_item, events=watches,
     features=[Feature("progress", Float32, computed=Last("progress"))])
 """
+REPO_HEAD = REPO
+REPO = REPO_HEAD + ITEM_VIEW + PROGRESS_VIEW
 USERS, ITEMS = 20_000, 5_000
 
 
@@ -263,6 +277,95 @@ async def latency(
     }
 
 
+def scaleout(
+    seeds: list[tuple[str, int]], folder: Path, workers: int, backlog: int, run: int
+) -> dict[str, Any]:
+    """Append a backlog (a week, in time order) to a source of its own, start `workers`
+    processes sharing its partitions, and time them from the first event applied to the last."""
+    repo = folder / f"shared_{workers}_{run}.py"
+    repo.write_text((REPO_HEAD + PROGRESS_VIEW).replace("bench_", f"bench{workers}x{run}_"))
+    source = _source(repo)
+
+    async def fill() -> None:
+        cluster = ClusterClient(seeds, connections_per_node=1)
+        await cluster.start()
+        rng = np.random.default_rng(1)
+        now_us = time.time_ns() // 1000
+        times = np.sort(rng.integers(now_us - 7 * 86_400_000_000, now_us, backlog))
+        for start in range(0, backlog, 5000):
+            chunk = times[start : start + 5000]
+            await append(cluster, source, events(rng, len(chunk), start, chunk))
+        await cluster.close()
+
+    asyncio.run(fill())
+    ports = [_free_port() for _ in range(workers)]
+    command = [sys.executable, "-m", "featurewell.cli", "stream", "--repo", str(repo)]
+    command += ["--source", source.name, "--redis", ",".join(f"{h}:{p}" for h, p in seeds)]
+    command += ["--lease-s", "1.5", "--batch-size", "2000"]
+    processes = [
+        subprocess.Popen(
+            [*command, "--consumer", f"w{n}", "--metrics-port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for n, port in enumerate(ports)
+    ]
+    first = last = 0.0
+    counts = [0] * workers
+    cpu_first: list[float] = []
+    try:
+        deadline = time.monotonic() + 600
+        while sum(counts) < backlog and time.monotonic() < deadline:
+            time.sleep(0.05)
+            counts = [_consumed(port, source.name) for port in ports]
+            if not first and any(counts):
+                first = time.monotonic()
+                cpu_first = [_cpu_s(p.pid) for p in processes]
+            last = time.monotonic()
+        cpu = sum(_cpu_s(p.pid) for p in processes) - sum(cpu_first)
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(60)
+    seconds = last - first
+    return {
+        "events": sum(counts),
+        "seconds": seconds,
+        "events_per_s": sum(counts) / seconds,
+        "per_worker": [c / seconds for c in counts],
+        "per_cpu_s": sum(counts) / cpu,
+    }
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds a process used so far (Linux: utime + stime, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _consumed(port: int, source: str) -> int:
+    """Events whose rows a worker wrote (each once: the appended-to-servable histogram's count;
+    the events counter counts an event once per view)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return 0  # not up yet
+    line = f'featurewell_stream_visible_seconds_count{{source="{source}"}} '
+    for row in text.splitlines():
+        if row.startswith(line):
+            return int(float(row[len(line) :]))
+    return 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=5000)
@@ -273,6 +376,7 @@ def main() -> None:
     # Every run passes through a refresh (a visit of every entity in memory), at 4x the CLI's
     # default frequency: its stall, if any, shows in the p99.
     parser.add_argument("--refresh-s", type=float, default=15.0)
+    parser.add_argument("--workers", type=int, help="measure N workers sharing the partitions")
     parser.add_argument("--produce", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--repo", help=argparse.SUPPRESS)
     parser.add_argument("--seeds", help=argparse.SUPPRESS)
@@ -282,6 +386,28 @@ def main() -> None:
         asyncio.run(produce(seeds, Path(args.repo), args.rate, args.seconds))
         return
     with tempfile.TemporaryDirectory() as folder, start_local_cluster(3) as cluster:
+        if args.workers:
+            drains, per_cpu = [], []
+            for n in range(args.runs):
+                got = scaleout(cluster.seeds, Path(folder), args.workers, args.backlog, n)
+                drains.append(got["events_per_s"])
+                per_cpu.append(got["per_cpu_s"])
+                shares = ", ".join(f"{rate:,.0f}" for rate in got["per_worker"])
+                print(
+                    f"run {n + 1}: {args.workers} workers drained {got['events']:,} events in "
+                    f"{got['seconds']:.1f} s = {got['events_per_s']:,.0f} events/s "
+                    f"({got['events_per_s'] / args.workers:,.0f} per worker; each: {shares}); "
+                    f"{got['per_cpu_s']:,.0f} events per worker CPU-second",
+                    flush=True,
+                )
+            median = float(np.median(drains))
+            print(
+                f"median of {len(drains)} runs, {args.workers} workers: {median:,.0f} events/s, "
+                f"{median / args.workers:,.0f} per worker (spread {min(drains):,.0f}-"
+                f"{max(drains):,.0f}); {float(np.median(per_cpu)):,.0f} events per worker "
+                "CPU-second"
+            )
+            return
         repo = Path(folder) / "repo.py"
         repo.write_text(REPO)
         drained = asyncio.run(throughput(cluster.seeds, repo, args.backlog))

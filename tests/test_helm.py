@@ -427,6 +427,8 @@ def test_stream_worker_per_source(helm: str, tmp_path: Path) -> None:
         assert args.source == name.replace("-", "_")
         assert args.consumer == consumer
         assert args.group == "featurewell"
+        # Several workers share the partitions by lease; one worker needs none.
+        assert args.lease_s == (10.0 if replicas > 1 else 0.0)
         if consumer == "$(POD_NAME)":  # expanded by the kubelet from the downward API
             assert container["env"] == [
                 {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
@@ -525,11 +527,21 @@ def test_materialize_and_backfill_jobs_are_paced(helm: str, tmp_path: Path) -> N
             "partitions (the source's partitions= in the repo)",
         ),
         (
+            {
+                "stream": {
+                    "sources": [
+                        {"name": "clicks", "partitions": 4, "replicas": 2, "kafkaBootstrap": "k:1"}
+                    ]
+                }
+            },
+            "Kafka sources run one worker each",
+        ),
+        (
             {"jobs": {"backfill": {"enabled": True}}},
             "jobs.backfill.source: the EventSource to backfill",
         ),
     ],
-    ids=["replicas-above-partitions", "no-partitions", "backfill-without-source"],
+    ids=["replicas-above-partitions", "no-partitions", "kafka-replicas", "backfill-without-source"],
 )
 def test_pipeline_values_that_cannot_work_fail_to_render(
     helm: str, tmp_path: Path, change: dict[str, Any], message: str

@@ -103,3 +103,10 @@ def test_a_command_without_its_repo_says_how_to_give_one() -> None:
     )
     assert done.returncode == 2
     assert "--repo (or FEATUREWELL_REPO) is required" in done.stderr
+
+
+def test_log_level_takes_any_case_and_refuses_unknown_levels() -> None:
+    assert Settings.load({"log_level": "info"}, environ={}).log_level == "INFO"
+    assert Settings.load(environ={"FEATUREWELL_LOG_LEVEL": "debug"}).log_level == "DEBUG"
+    with pytest.raises(ConfigError, match="log_level must be DEBUG, INFO"):
+        Settings.load({"log_level": "chatty"}, environ={})

@@ -9,6 +9,7 @@ module is the only place that reads the environment.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -79,11 +80,18 @@ class Settings:
                 grouped.setdefault(spec.group, {})[spec.attribute] = parsed
         for group, values in grouped.items():
             top[group] = replace(getattr(self, group), **values)
+        if "log_level" in top:  # `info` works as well as `INFO`
+            top["log_level"] = str(top["log_level"]).upper()
         settings = replace(self, **top)
         settings.check()
         return settings
 
     def check(self) -> None:
+        if not isinstance(logging.getLevelName(self.log_level), int):
+            raise ConfigError(
+                f"setting log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got "
+                f"{self.log_level!r}"
+            )
         for spec in fields(self):
             value = getattr(self, spec.name)
             if isinstance(value, Group):

@@ -105,6 +105,14 @@ def _stream_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-s", type=float, default=5.0)
     parser.add_argument("--refresh-s", type=float, default=60.0)
     parser.add_argument(
+        "--lease-s",
+        type=float,
+        default=0.0,
+        help="share the source's partitions with the group's other consumers (Redis Streams): "
+        "each partition leased to one at a time for this long, renewed every third of it; a "
+        "dead consumer's partitions move when its leases run out. 0: read --partitions alone",
+    )
+    parser.add_argument(
         "--dead-letter-topic",
         default="",
         help="Kafka: where refused events go (default: the source's topic + '.dead-letters'; "
@@ -155,6 +163,7 @@ def _stream(settings: Settings, args: argparse.Namespace) -> None:
                 history=OfflineStore(offline.dir, offline.format) if offline.dir else None,
                 rules=rules,
                 dead_letter_kb=args.dead_letter_kb,
+                lease_s=args.lease_s,
             )
             metrics = "off"
             if listen.metrics_port >= 0:

@@ -9,6 +9,17 @@ Consumption is at-least-once: entries are acknowledged (XACK) only after the sta
 them is checkpointed. A restarted consumer first re-reads its own pending entries; a consumer that
 replaces a dead one (another name) first claims the dead one's pending entries (XAUTOCLAIM). The
 engine skips what its checkpointed state already holds, so redelivery never double-counts.
+
+Scale-out (`lease_ms` > 0): several consumers of one group share a source's partitions, each
+partition owned by one consumer at a time (its entities' state lives in that consumer's memory;
+two consumers reading one partition would each count half an entity's events). Ownership is a
+lease per partition (a Redis key holding the owner's name, for `lease_ms`), renewed every third
+of that. Live consumers (a heartbeat hash) are sorted by name and partition i goes to consumer
+i mod n, so adding or losing a consumer moves only the partitions it must. A consumer that no
+longer should own a partition checkpoints, acknowledges and releases it; one that dies (SIGKILL)
+keeps it until the lease runs out. Whoever takes a partition first claims every entry still
+pending on it (XAUTOCLAIM, no idle time: the lease, not the entry's idle time, says its owner is
+gone) and reads those first; the state's replay rule skips what the checkpoint already holds.
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ from featurewell.engine.validation import WriteRules, echo
 from featurewell.errors import InvalidRequest
 from featurewell.store import streams
 from featurewell.store.cluster import ClusterClient
-from featurewell.store.keys import stream_keys
+from featurewell.store.keys import stream_keys, stream_lease_key, stream_members_key
 
 
 def partition_of(source: EventSource, event: Mapping[str, Any]) -> int:
@@ -125,9 +136,11 @@ class RedisStreamSource:
         rules: WriteRules | None = None,
         clock_us: Callable[[], int] = wall_clock_us,
         dead_letter_kb: int = 64,
+        lease_ms: int = 0,
     ) -> None:
         """Entries are screened (compute/events.py) by `rules` against `clock_us`; refused
-        ones go to the source's dead-letter stream, payloads cut at `dead_letter_kb` KiB."""
+        ones go to the source's dead-letter stream, payloads cut at `dead_letter_kb` KiB.
+        `lease_ms` > 0 shares `partitions` with the group's other consumers (see above)."""
         self.cluster = cluster
         self.source = source
         self.group = group
@@ -135,12 +148,16 @@ class RedisStreamSource:
         self.partitions = list(range(source.partitions)) if partitions is None else list(partitions)
         self.claim_idle_ms = claim_idle_ms
         self._keys = stream_keys(source)
+        self._members = stream_members_key(source, group)
         self.timeout = timeout
         self.screen = EventScreen(source, rules, clock_us)
         self.dead_letters = RedisDeadLetters(cluster, source, dead_letter_kb * 1024, timeout)
-        # Per partition: "0" while re-reading our own pending entries, then ">" (new ones).
+        # Per partition: "0" (then the last id read) while re-reading our own pending entries,
+        # then ">" (new ones).
         self._cursor = dict.fromkeys(self.partitions, "0")
         self.claimed = 0
+        self.lease_ms = lease_ms
+        self.owned = set() if lease_ms else set(self.partitions)
 
     async def start(self) -> None:
         """Create the group if needed (from the stream's start), and claim the entries a dead
@@ -148,23 +165,62 @@ class RedisStreamSource:
         for partition in self.partitions:
             key = self._keys[partition]
             await streams.create_group(self.cluster, key, self.group, self.timeout)
+            if not self.lease_ms:  # sharing: claimed when its lease is taken
+                self.claimed += await streams.claim_idle(
+                    self.cluster, key, self.group, self.consumer, self.claim_idle_ms, self.timeout
+                )
+
+    async def balance(self, now_ms: int) -> tuple[list[int], list[int], list[int]]:
+        """Heartbeat, renew the leases held, take those this consumer should own and are free.
+        Returns the partitions gained, lost (a lease found taken: this consumer stalled past
+        it), and held but due to another consumer (to checkpoint, then `release`)."""
+        members = await streams.heartbeat(
+            self.cluster, self._members, self.consumer, now_ms, self.timeout
+        )
+        alive = sorted(m for m, seen in members.items() if now_ms - seen < self.lease_ms)
+        alive = alive if self.consumer in alive else sorted([*alive, self.consumer])
+        mine = {p for i, p in enumerate(self.partitions) if alive[i % len(alive)] == self.consumer}
+        asked = sorted(self.owned | mine)
+        keys = [self._lease(p) for p in asked]
+        held = await streams.lease(self.cluster, keys, self.consumer, self.lease_ms, self.timeout)
+        now = {p for p, ok in zip(asked, held, strict=True) if ok}
+        gained, lost = sorted(now - self.owned), sorted(self.owned - now)
+        self.owned = now
+        for partition in gained:
+            self._cursor[partition] = "0"  # what it claims is read first
             self.claimed += await streams.claim_idle(
-                self.cluster, key, self.group, self.consumer, self.claim_idle_ms, self.timeout
+                self.cluster, self._keys[partition], self.group, self.consumer, 0, self.timeout
             )
+        return gained, lost, sorted(now - mine)
+
+    async def release(self, partitions: Sequence[int]) -> None:
+        """Give partitions up (checkpointed and acknowledged first): their owner-to-be takes
+        them at its next renewal, not when the lease would have run out."""
+        self.owned -= set(partitions)
+        await streams.release(
+            self.cluster, [self._lease(p) for p in partitions], self.consumer, self.timeout
+        )
+
+    def _lease(self, partition: int) -> bytes:
+        return stream_lease_key(self.source, self.group, partition)
 
     async def read(self, count: int) -> list[EventBatch]:
         """Up to `count` entries per partition (pending ones first after a restart)."""
         batches: list[EventBatch] = []
-        partitions = self.partitions
+        partitions = [p for p in self.partitions if p in self.owned]
         while partitions:
             switched = []
             for partition, entries in zip(
                 partitions, await self._read(partitions, count), strict=True
             ):
-                if self._cursor[partition] == "0" and not entries:
+                if self._cursor[partition] != ">" and not entries:
                     self._cursor[partition] = ">"  # our pending entries are done: new ones now
                     switched.append(partition)
                 elif entries:
+                    if self._cursor[partition] != ">":
+                        # Pending entries after this one next (they stay pending until the
+                        # checkpoint acknowledges them: "0" would return these again).
+                        self._cursor[partition] = entries[-1][0].decode()
                     batches.append(self._batch(partition, entries))
             partitions = switched  # read those again, for new entries
         return batches

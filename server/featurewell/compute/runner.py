@@ -1,5 +1,6 @@
 """`featurewell stream`: the streaming engine attached to Redis: events in from a consumer group,
-feature rows out to the online store, state checkpointed beside each entity's rows.
+feature rows out to the online store, state checkpointed beside each entity's rows, and (with an
+offline store) every row written online kept as history.
 
 Each step reads a batch per partition, loads the state of entities it has not seen since start
 (one GET per entity, pipelined per node), applies the events, and writes the touched entities'
@@ -8,6 +9,8 @@ rows as of now (event time = the time of the values, so rows only move forward).
 acknowledges the entries: a crash replays unacknowledged entries, and the state skips those it
 already holds. Every `refresh_s` it writes again the entities whose values time alone changed
 (a 7-day count falls as old events leave the window; a decayed popularity fades).
+
+History survives a crash (SIGKILL included): compute/history.py says how.
 """
 
 from __future__ import annotations
@@ -20,15 +23,16 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
-import pyarrow as pa
 
+from featurewell.compute import sharing
 from featurewell.compute.deadletters import DeadLetterSink, batch_letters
 from featurewell.compute.events import wall_clock_us
-from featurewell.compute.program import ViewProgram, compile_view, history_table, write_request
+from featurewell.compute.history import StreamHistory
+from featurewell.compute.program import compile_view, write_request
 from featurewell.compute.redis_streams import RedisStreamSource
 from featurewell.compute.state import decode_entity, encode_entity
 from featurewell.compute.stats import StreamStats
-from featurewell.compute.stream import EntityKey, EventBatch, StreamEngine, ViewState
+from featurewell.compute.stream import EntityKey, EventBatch, Position, StreamEngine, ViewState
 from featurewell.definitions import EventSource, Registry
 from featurewell.engine.engine import FeatureEngine
 from featurewell.engine.validation import WriteRules
@@ -78,9 +82,9 @@ class StreamRunner:
         clock_us: Callable[[], int] = _wall_clock_us,
         freeze_gc: bool = False,
         history: OfflineStore | None = None,
-        history_flush_s: float = 60.0,
         rules: WriteRules | None = None,
         dead_letter_kb: int = 64,
+        lease_s: float = 0.0,
     ) -> None:
         """`events` reads the source (default: its Redis Streams, as consumer `consumer` of
         `group`); a `KafkaSource` reads its topic instead. `clock_us` is the time values are
@@ -92,15 +96,19 @@ class StreamRunner:
         for up to 0.4 s (19 stalls, 2.8 s in a 20 s run at 5,000 events/s). The state has no
         reference cycles, so reference counting still frees what eviction drops.
 
-        `history` receives every row written online (created when written), in one file per
-        view and day every `history_flush_s`: the offline store training sets are built from.
-        Rows not yet flushed when the process dies are lost from history only (a backfill
-        rebuilds history from the log).
+        `history` receives every row written online (created when written), one batch per
+        checkpoint (a file per view and day), before the checkpoint's states are saved and its
+        entries acknowledged: the offline store training sets are built from. A crash loses no
+        history row and writes none twice (the module's docstring says how).
 
         Every event is screened first (compute/events.py, by `rules`, default WriteRules()) and
         a refused one, or one a view's code refuses while applied, goes to the reader's dead
         letters (payloads cut at `dead_letter_kb` KiB); the stream goes on. (`rules` and
-        `dead_letter_kb` configure the default Redis reader; a given reader brings its own.)"""
+        `dead_letter_kb` configure the default Redis reader; a given reader brings its own.)
+
+        `lease_s` > 0 shares the source's partitions with the group's other consumers (each
+        partition leased to one at a time: compute/redis_streams.py); every view must then be
+        keyed by the key the source is partitioned by, so an entity's events meet one consumer."""
         self.registry = registry
         self.source = source
         self.writer = writer
@@ -113,6 +121,8 @@ class StreamRunner:
         if not programs:
             raise ValueError(f"no feature view is computed from event source {source.name!r}")
         self.programs = {p.view.ref: p for p in programs}
+        if lease_s:
+            sharing.check_shareable(source, programs, events is not None)
         self.engine = StreamEngine(programs, int(allowed_lateness_s * 1e6))
         self.events: EventReader = events or RedisStreamSource(
             self.cluster,
@@ -124,8 +134,12 @@ class StreamRunner:
             rules=rules,
             clock_us=clock_us,
             dead_letter_kb=dead_letter_kb,
+            lease_ms=int(lease_s * 1000),
         )
+        self.lease_s = lease_s
+        self._last_balance = 0.0
         self.group = group
+        self.consumer = consumer
         self.batch_size = batch_size
         self.checkpoint_s = checkpoint_s
         self.refresh_s = refresh_s
@@ -140,15 +154,21 @@ class StreamRunner:
         # as of now: a refresh has nothing to add until the tile moves).
         self.clock_us = clock_us
         self.freeze_gc = freeze_gc
-        self.history = history
-        self.history_flush_s = history_flush_s
-        self._history_pending: list[tuple[ViewProgram, pa.Table]] = []
-        self._last_history = time.monotonic()
+        self.history: StreamHistory | None = None
+        if history is not None:
+            self.history = StreamHistory(history, self.cluster, source, group, consumer)
+        # Per partition, the position of the last event applied, and of the last event whose
+        # row is emitted (or being emitted).
+        self._applied_to: dict[int, Position] = {}
+        self._emitted_to: dict[int, Position] = {}
+        self._flushing = asyncio.Lock()
         start_us = clock_us()
         self._refreshed_tile = {ref: start_us // p.tile_us for ref, p in self.programs.items()}
         self.emit_s = emit_s
         self._last_emit = 0.0
         self._to_emit: dict[str, set[EntityKey]] = {ref: set() for ref in self.programs}
+        # Entities touched only by quiet events: written online, their history already kept.
+        self._quiet: dict[str, set[EntityKey]] = {ref: set() for ref in self.programs}
         self._emitting: list[EventBatch] = []
         self._emitted: dict[tuple[str, EntityKey], list[Any]] = {}
 
@@ -158,18 +178,30 @@ class StreamRunner:
         marks = await load_watermarks(self.cluster, self.source, self.group, 10.0)
         if marks:
             self.engine.watermarks = marks
+        if self.history is not None:
+            await self.history.load()
         await self.events.start()
+        if self.lease_s:
+            await self.balance()
 
     async def step(self) -> int:
         """One read-apply-write round; returns how many events it read."""
+        if self.lease_s and time.monotonic() - self._last_balance >= self.lease_s / 3:
+            await self.balance()
         batches = await self.events.read(self.batch_size)
         read = sum(len(b) for b in batches)
         for batch in batches:
             await self._load_entities(batch)
-            refused: list[tuple[int, str]] = []
-            for ref, keys in self.engine.apply(batch, refused).items():
-                self._to_emit[ref] |= keys
-            letters = batch_letters(self.source, batch, refused)
+            letters = []
+            parts = [(batch, False)] if self.history is None else self.history.split(batch)
+            for part, quiet in parts:
+                refused: list[tuple[int, str]] = []
+                emit = self._quiet if quiet else self._to_emit
+                for ref, keys in self.engine.apply(part, refused).items():
+                    emit[ref] |= keys
+                letters += batch_letters(self.source, part, refused)
+            if len(batch):
+                self._applied_to[batch.partition] = batch.positions[-1]
             if letters:
                 # Written before any entry of the batch can be acknowledged: none is lost.
                 await self.events.dead_letters.write(letters)
@@ -200,8 +232,6 @@ class StreamRunner:
             self._checkpointing = asyncio.get_running_loop().create_task(
                 self._write_checkpoint(*taken)
             )
-        if self.history is not None and now - self._last_history >= self.history_flush_s:
-            await self.flush_history()
         refreshing = self._refreshing
         if now - self._last_refresh >= self.refresh_s and (refreshing is None or refreshing.done()):
             if refreshing is not None:
@@ -228,7 +258,36 @@ class StreamRunner:
             if background is not None:
                 await background
         await self.checkpoint()
-        await self.flush_history()
+        if self.lease_s:
+            assert isinstance(self.events, RedisStreamSource)
+            await self.events.release(sorted(self.events.owned))  # others take them at once
+
+    async def balance(self) -> None:
+        """One round of partition sharing (compute/sharing.py)."""
+        self._last_balance = time.monotonic()
+        await sharing.balance(self)
+
+    async def settle(self) -> None:
+        """Checkpoint and acknowledge every event applied so far (the background checkpoint
+        under way first)."""
+        if self._checkpointing is not None:
+            await self._checkpointing
+        await self.checkpoint()
+
+    def forget(self, partition: int) -> None:
+        """Drop what this consumer holds of a partition it does not own: its entities' state
+        (a view's entity hears from one partition only when sharing), its entries."""
+        for ref, state in self.engine.views.items():
+            gone = [k for k, e in state.entities.items() if partition in e.applied]
+            for key in gone:
+                del state.entities[key]
+                self._emitted.pop((ref, key), None)
+            for pending in (self._dirty, self._to_emit, self._quiet):
+                pending[ref].difference_update(gone)
+        self._unacked.pop(partition, None)
+        self.engine.watermarks.pop(partition, None)
+        self._applied_to.pop(partition, None)
+        self._emitted_to.pop(partition, None)
 
     async def seed(self, batches: Sequence[EventBatch]) -> None:
         """Start the state from history (a backfill's event log, in delivery order): apply it,
@@ -239,30 +298,36 @@ class StreamRunner:
         await self._write_checkpoint(*self._take_checkpoint(), ack=False)
 
     async def flush(self) -> None:
-        """Write the rows of every event applied so far."""
+        """Write the rows of every event applied so far (one flush at a time: when one ends,
+        the history rows of every event up to `_emitted_to` are pending)."""
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         self._last_emit = time.monotonic()
+        self._emitted_to = dict(self._applied_to)
         if not self._emitting:
             return
         to_emit, self._to_emit = self._to_emit, {ref: set() for ref in self.programs}
+        quiet, self._quiet = self._quiet, {ref: set() for ref in self.programs}
+        for ref, keys in quiet.items():
+            keys -= to_emit[ref]  # touched by a new event too: its row is new history
+            to_emit[ref] |= keys
         emitting, self._emitting = self._emitting, []
-        await self._emit(to_emit)
+        await self._emit(to_emit, quiet=quiet)
         for done in emitting:
             self._record_visibility(done)
 
     async def flush_history(self) -> None:
-        """Write the rows written online since the last flush to the offline store."""
-        self._last_history = time.monotonic()
-        pending, self._history_pending = self._history_pending, []
-        if self.history is None or not pending:
+        """Write every row of every event applied so far to the offline store as one history
+        batch, and record what it covers: steps (1) and (2) of a checkpoint."""
+        if self.history is None:
             return
-        by_view: dict[str, list[pa.Table]] = {}
-        for program, table in pending:
-            by_view.setdefault(program.view.ref, []).append(table)
-        for ref, tables in by_view.items():
-            # Off the event loop: Parquet encoding releases the GIL.
-            await asyncio.to_thread(
-                self.history.write, self.programs[ref].view, pa.concat_tables(tables)
-            )
+        async with self._flushing:
+            await self._flush()
+            pending = self.history.take()
+            covered = dict(self._emitted_to)
+        await self.history.write(pending, covered, self.programs)
 
     async def checkpoint(self, *, ack: bool = True) -> None:
         """Write changed entities' state and the watermarks, then acknowledge the entries
@@ -285,14 +350,25 @@ class StreamRunner:
         marks: dict[int, int],
         ack: bool = True,
     ) -> None:
-        """States in slices of `_CHECKPOINT_SLICE` (the event loop serves steps in between),
-        then the watermarks, then the acknowledgements."""
+        """States encoded in slices of `_CHECKPOINT_SLICE` (the event loop serves steps in
+        between), then the history of every event they hold, then the states written, then the
+        watermarks, then the acknowledgements."""
         try:
+            encoded: list[tuple[ViewState, list[EntityKey], list[bytes]]] = []
             for ref, keys in dirty.items():
                 state = self.engine.views[ref]
                 present = [key for key in keys if key in state.entities]
                 for start in range(0, len(present), _CHECKPOINT_SLICE):
-                    await self._write_states(state, present[start : start + _CHECKPOINT_SLICE])
+                    chunk = present[start : start + _CHECKPOINT_SLICE]
+                    encoded.append(
+                        (state, chunk, [encode_entity(state, state.entities[k]) for k in chunk])
+                    )
+                    await asyncio.sleep(0)
+            # Encoded first, history next: the history holds the rows of every event the
+            # states hold (and maybe a few more), never fewer.
+            await self.flush_history()
+            for state, chunk, states in encoded:
+                await save_states(self.cluster, state.program.view, _tags(chunk), states, 10.0)
             await save_watermarks(self.cluster, self.source, self.group, marks, 10.0)
             if ack:
                 for partition, ids in unacked.items():
@@ -312,10 +388,6 @@ class StreamRunner:
         if self.freeze_gc:
             gc.freeze()
         self.stats.checkpoints += 1
-
-    async def _write_states(self, state: ViewState, keys: list[EntityKey]) -> None:
-        states = [encode_entity(state, state.entities[key]) for key in keys]
-        await save_states(self.cluster, state.program.view, _tags(keys), states, 10.0)
 
     async def refresh(self, slice_size: int = 2000) -> None:
         """Write again every entity whose values changed with time alone, `slice_size` at a
@@ -337,7 +409,14 @@ class StreamRunner:
                 self.stats.refreshed += await self._emit(chunk, only_changed=True)
                 await asyncio.sleep(0)
 
-    async def _emit(self, touched: dict[str, set[EntityKey]], only_changed: bool = False) -> int:
+    async def _emit(
+        self,
+        touched: dict[str, set[EntityKey]],
+        only_changed: bool = False,
+        quiet: dict[str, set[EntityKey]] | None = None,
+    ) -> int:
+        """Write the entities' rows online, and queue them as history (but for the `quiet`
+        ones: replayed after a crash, their rows are in the history already)."""
         as_of = self.clock_us()
         as_of = max(as_of, *self.engine.watermarks.values()) if self.engine.watermarks else as_of
         written = 0
@@ -375,8 +454,11 @@ class StreamRunner:
                 await self.writer.write(request)
                 written += len(rows)
                 if self.history is not None:
-                    table = history_table(program.view, request, _wall_clock_us())
-                    self._history_pending.append((program, table))
+                    hushed = quiet.get(ref, set()) if quiet else set()
+                    kept = [row for row in rows if row[0] not in hushed] if hushed else rows
+                    if kept:
+                        history = request if kept is rows else write_request(program, kept, as_of)
+                        self.history.add(program, history, _wall_clock_us())
         self.stats.rows_written += written
         return written
 

@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from featurewell.definitions import Feature, Kind
+from featurewell.store.codec import ACCEPTED_KINDS
 from featurewell.values import ColumnValues, Ragged
 
 # A problem of one row (row -1: the whole column) in words; validation.py names the column.
@@ -20,18 +21,6 @@ RowProblem: TypeAlias = tuple[int, str]
 
 _INT64_MAX = np.iinfo(np.int64).max
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
-# numpy kinds a feature accepts: the same kind of number only (int64 <- ints, floats <- floats),
-# since a silent int -> float or bool -> int cast is how training/serving skew creeps in
-# unnoticed. (The codec holds the same rule; checked here first so the refusal names the row.)
-_ACCEPTED_KINDS = {
-    Kind.INT64: "iu",
-    Kind.FLOAT32: "f",
-    Kind.FLOAT64: "f",
-    Kind.BOOL: "b",
-    Kind.EMBEDDING: "f",
-    Kind.INT64_LIST: "iu",
-    Kind.FLOAT64_LIST: "f",
-}
 
 
 def feature_problems(feature: Feature, values: ColumnValues, rows: int) -> list[RowProblem]:
@@ -114,7 +103,7 @@ def _string_problems(values: ColumnValues, rows: int) -> list[RowProblem]:
 
 
 def _kind_problem(feature: Feature, got: np.dtype[Any]) -> RowProblem | None:
-    if got.kind in _ACCEPTED_KINDS[feature.dtype.kind]:
+    if got.kind in ACCEPTED_KINDS[feature.dtype.kind]:
         return None
     what = "elements" if feature.dtype.is_list else "values"
     return (

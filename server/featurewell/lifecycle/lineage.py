@@ -79,7 +79,7 @@ def fingerprint(view: FeatureView) -> str:
     for feature in view.features:
         parts += [feature.name, str(feature.dtype), repr(feature.default)]
         if feature.computed is not None:
-            parts.append(_aggregation(feature.computed, code=True))
+            parts.append(aggregation(feature.computed, code=True))
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
 
 
@@ -129,7 +129,7 @@ def _source(view: FeatureView) -> str:
 
 
 def _feature(name: str, dtype: Any, default: Any, computed: Aggregation | None) -> str:
-    how = f" = {_aggregation(computed)}" if computed is not None else ""
+    how = f" = {aggregation(computed)}" if computed is not None else ""
     return f"{name}: {dtype} (default {_plain(default)}){how}"
 
 
@@ -141,8 +141,9 @@ def _plain(value: Any) -> str:
     return repr(value)
 
 
-def _aggregation(agg: Aggregation, code: bool = False) -> str:
-    """`Count(window 7d, where <fn>)`; with `code`, functions by their bytecode too."""
+def aggregation(agg: Aggregation, code: bool = False) -> str:
+    """`Count(window 7d, where <fn>)`; with `code`, functions by their bytecode too (the
+    definition fingerprint); the CLI and the web UI print it without."""
     parts = []
     for name, value in vars(agg).items():
         if value is None:

@@ -128,6 +128,35 @@ class OfflineStore:
             written.append(path)
         return Written(table.num_rows, written)
 
+    def write_batch(self, view: FeatureView, table: pa.Table, name: str) -> Written:
+        """Like `write` (files named `<written>-<name>.parquet`, one per day), but writing a
+        batch again (a stream re-deriving it after a crash) replaces the earlier files of that
+        name, in every day: one copy, never two, in the write order of the last write. `name`
+        holds no '-'. Delta tables append (a transaction per batch)."""
+        if self.table_format == "delta":
+            return self.write(view, table)
+        needed = [*view.entity.key_names, "event_time", "created", *view.feature_index]
+        missing = [column for column in needed if column not in table.column_names]
+        if missing:
+            raise DefinitionError(f"history rows for {view.ref} lack columns {missing}")
+        table = table.select(needed)
+        days = np.asarray(table.column("event_time").to_numpy()) // US_PER_DAY
+        written = []
+        stamp = _write_stamp()
+        for day in np.unique(days).tolist():
+            date = datetime.fromtimestamp(day * 86_400, tz=UTC).strftime("%Y-%m-%d")
+            target = self.folder(view) / f"date={date}"
+            target.mkdir(parents=True, exist_ok=True)
+            path = target / f"{stamp:016d}-{name}.parquet"
+            temporary = path.with_suffix(".tmp")
+            pq.write_table(table.filter(pa.array(days == day)), temporary)
+            os.replace(temporary, path)
+            written.append(path)
+        for stale in self.folder(view).glob(f"date=*/[0-9]*-{name}.parquet"):
+            if stale not in written:  # an earlier write of the batch
+                stale.unlink(missing_ok=True)
+        return Written(table.num_rows, written)
+
     def check_exists(self) -> None:
         """Refuse a missing root: a mistyped --offline-dir would otherwise read as no history
         at all, every value NOT_FOUND."""

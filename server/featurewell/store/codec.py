@@ -29,12 +29,18 @@ from featurewell.values import ColumnValues, Ragged
 log = logging.getLogger("featurewell.store")
 _TS = "__event_time_us"
 _U32 = struct.Struct("<I")
-_ACCEPTED_KINDS = {
+# numpy kinds a feature accepts: the same kind of number only (int64 <- ints, floats <- floats),
+# since a silent int -> float or bool -> int cast is how training/serving skew creeps in
+# unnoticed. The write validation (engine/feature_checks.py) checks the same rule first, so its
+# refusal can name the row.
+ACCEPTED_KINDS = {
     Kind.INT64: "iu",
     Kind.FLOAT32: "f",
     Kind.FLOAT64: "f",
     Kind.BOOL: "b",
     Kind.EMBEDDING: "f",
+    Kind.INT64_LIST: "iu",
+    Kind.FLOAT64_LIST: "f",
 }
 
 
@@ -100,7 +106,7 @@ class RowCodec:
             )
         # Same kind of number only (int64 <- ints, floats <- floats): a silent int -> float or
         # bool -> int cast is how training/serving skew creeps in unnoticed.
-        if array.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
+        if array.dtype.kind not in ACCEPTED_KINDS[dtype.kind]:
             raise InvalidRequest(
                 f"feature {feature.name!r} is {dtype}; got {array.dtype} values: convert them first"
             )

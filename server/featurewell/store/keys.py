@@ -103,6 +103,25 @@ def watermarks_key(source: EventSource, group: str) -> bytes:
     return f"fw:{{_stream}}:{source.name}:{group}:watermarks".encode()
 
 
+def stream_progress_key(source: EventSource, group: str) -> bytes:
+    """A consumer group's stream progress (a hash, store/state.py): per partition, the position
+    its offline history covers, and per consumer, its last history batch. In the watermarks
+    family (the group "<group>:progress"), so the roles that keep stream state may use it."""
+    return watermarks_key(source, f"{group}:progress")
+
+
+def stream_lease_key(source: EventSource, group: str, partition: int) -> bytes:
+    """Which consumer of the group owns a partition (store/streams.py `lease`), while its lease
+    lasts. In the watermarks family (the group "<group>:lease:<partition>")."""
+    return watermarks_key(source, f"{group}:lease:{partition}")
+
+
+def stream_members_key(source: EventSource, group: str) -> bytes:
+    """The group's consumers sharing partitions, each with its last heartbeat (ms; a hash). In
+    the watermarks family (the group "<group>:members")."""
+    return watermarks_key(source, f"{group}:members")
+
+
 def dead_letters_key(source: EventSource) -> str:
     """The stream of the events `featurewell stream` refused from `source`."""
     return f"fw:_deadletters:{source.name}"

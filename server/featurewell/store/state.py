@@ -1,5 +1,6 @@
 """The streaming engine's checkpoints in Redis: each entity's state (the `state` family, in the
-slot of the entity's rows) and each consumer group's watermarks (JSON {partition: µs}). What a
+slot of the entity's rows) and each consumer group's progress (a hash: per partition its
+watermark, µs, and the position its history covers; per consumer its last history batch). What a
 state holds is compute/state.py's; here it is bytes.
 
 Failures raise RuntimeError: the runner stops, loudly, rather than go on without its state.
@@ -14,7 +15,16 @@ from typing import Any
 from featurewell.definitions import EventSource, FeatureView
 from featurewell.store.cluster import ClusterClient
 from featurewell.store.connection import encode_command
-from featurewell.store.keys import key_slot, slots_of, state_prefix, view_keys, watermarks_key
+from featurewell.store.keys import (
+    key_slot,
+    slots_of,
+    state_prefix,
+    stream_progress_key,
+    view_keys,
+    watermarks_key,
+)
+
+Position = tuple[int, int]
 
 
 async def load_states(
@@ -48,17 +58,25 @@ async def save_states(
 async def load_watermarks(
     cluster: ClusterClient, source: EventSource, group: str, timeout: float
 ) -> dict[int, int]:
-    """The group's watermarks by partition, as last checkpointed (empty: never)."""
-    key = watermarks_key(source, group)
+    """The group's watermarks by partition, as last checkpointed (empty: never): each
+    partition's own field of the progress hash, else the JSON written before there was one."""
+    key, progress = watermarks_key(source, group), stream_progress_key(source, group)
     replies, _, failures, _ = await cluster.execute(
-        [encode_command("GET", key)], [key_slot(key)], timeout
+        [encode_command("GET", key), encode_command("HGETALL", progress)],
+        [key_slot(key), key_slot(progress)],
+        timeout,
     )
     if failures:
         raise RuntimeError(f"cannot read the checkpoint: {failures[0].detail}")
-    raw = replies[0]
-    if not isinstance(raw, bytes) or not raw:
-        return {}
-    return {int(p): int(w) for p, w in json.loads(raw).items()}
+    raw, fields = replies
+    marks: dict[int, int] = {}
+    if isinstance(raw, bytes) and raw:
+        marks = {int(p): int(w) for p, w in json.loads(raw).items()}
+    for field, value in zip(fields[::2], fields[1::2], strict=True):
+        kind, _, partition = field.decode().partition(":")
+        if kind == "watermark":
+            marks[int(partition)] = int(value)
+    return marks
 
 
 async def save_watermarks(
@@ -68,9 +86,56 @@ async def save_watermarks(
     watermarks: Mapping[int, int],
     timeout: float,
 ) -> None:
-    key = watermarks_key(source, group)
-    command = encode_command("SET", key, json.dumps(watermarks))
+    """Each partition's watermark in its own field: consumers sharing a group's partitions
+    write their own partitions' and leave the others'."""
+    if not watermarks:
+        return
+    key = stream_progress_key(source, group)
+    fields: list[str | int] = []
+    for partition, mark in watermarks.items():
+        fields += [f"watermark:{partition}", mark]
+    command = encode_command("HSET", key, *fields)
     await _run(cluster, [command], [key_slot(key)], timeout, "checkpoint failed")
+
+
+async def load_progress(
+    cluster: ClusterClient, source: EventSource, group: str, consumer: str, timeout: float
+) -> tuple[dict[int, Position], int]:
+    """The group's history progress: per partition, the position of the last event whose rows
+    the offline store holds; and `consumer`'s last history batch number (0: none yet)."""
+    key = stream_progress_key(source, group)
+    (reply,) = await _run(
+        cluster, [encode_command("HGETALL", key)], [key_slot(key)], timeout, "cannot read"
+    )
+    covered: dict[int, Position] = {}
+    batch = 0
+    for field, value in zip(reply[::2], reply[1::2], strict=True):
+        kind, _, name = field.decode().partition(":")
+        if kind == "covered":
+            major, _, minor = value.decode().partition("-")
+            covered[int(name)] = (int(major), int(minor))
+        elif kind == "batch" and name == consumer:
+            batch = int(value)
+    return covered, batch
+
+
+async def save_progress(
+    cluster: ClusterClient,
+    source: EventSource,
+    group: str,
+    consumer: str,
+    batch: int,
+    covered: Mapping[int, Position],
+    timeout: float,
+) -> None:
+    """Record, in one HSET (all or nothing), that `consumer`'s history batch `batch` is written
+    and covers each partition up to its position."""
+    key = stream_progress_key(source, group)
+    fields: list[str | int] = [f"batch:{consumer}", batch]
+    for partition, (major, minor) in covered.items():
+        fields += [f"covered:{partition}", f"{major}-{minor}"]
+    command = encode_command("HSET", key, *fields)
+    await _run(cluster, [command], [key_slot(key)], timeout, "history progress not recorded")
 
 
 async def _run(

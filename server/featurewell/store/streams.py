@@ -146,11 +146,80 @@ async def length(cluster: ClusterClient, key: str, timeout: float) -> int:
     return int(reply)
 
 
-async def _one(cluster: ClusterClient, key: str, timeout: float, *args: Field) -> Any:
+# Take or keep a lease: free (never taken, expired, released) or ours already. Only GET and SET
+# (what the writer role may run), on keys in one slot (`{_stream}`): one script for them all.
+_LEASE = b"""
+local out = {}
+for i, key in ipairs(KEYS) do
+  local holder = redis.call('GET', key)
+  if holder == false or holder == '' or holder == ARGV[1] then
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+_RELEASE = b"""
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then redis.call('SET', key, '', 'PX', 1) end
+end
+return 1
+"""
+
+
+async def lease(
+    cluster: ClusterClient, keys: Sequence[bytes], holder: str, ttl_ms: int, timeout: float
+) -> list[bool]:
+    """Take or renew, for `ttl_ms`, each lease (keys in one slot) that is free or `holder`'s;
+    True where `holder` has it now."""
+    if not keys:
+        return []
+    reply = await _one(cluster, keys[0], timeout, "EVAL", _LEASE, len(keys), *keys, holder, ttl_ms)
+    if isinstance(reply, hiredis.ReplyError):
+        raise StoreUnavailable(f"cannot take partition leases: {reply}")
+    return [bool(taken) for taken in reply]
+
+
+async def release(
+    cluster: ClusterClient, keys: Sequence[bytes], holder: str, timeout: float
+) -> None:
+    """Give up `holder`'s leases (keys in one slot); others' are left alone."""
+    if keys:
+        reply = await _one(cluster, keys[0], timeout, "EVAL", _RELEASE, len(keys), *keys, holder)
+        if isinstance(reply, hiredis.ReplyError):
+            raise StoreUnavailable(f"cannot release partition leases: {reply}")
+
+
+async def holders(cluster: ClusterClient, keys: Sequence[bytes], timeout: float) -> list[str]:
+    """Who holds each lease ('' when nobody does)."""
+    replies = (
+        await cluster.execute(
+            [encode_command("GET", key) for key in keys], [key_slot(key) for key in keys], timeout
+        )
+    ).checked("cannot read partition leases")
+    return [reply.decode() if reply else "" for reply in replies]
+
+
+async def heartbeat(
+    cluster: ClusterClient, key: bytes, member: str, now_ms: int, timeout: float
+) -> dict[str, int]:
+    """Note that `member` is alive at `now_ms`; returns every member's last heartbeat (ms)."""
+    commands = [encode_command("HSET", key, member, now_ms), encode_command("HGETALL", key)]
+    replies = (await cluster.execute(commands, [key_slot(key)] * 2, timeout)).checked(
+        "cannot note this consumer's heartbeat"
+    )
+    seen = replies[1]
+    return {name.decode(): int(ms) for name, ms in zip(seen[::2], seen[1::2], strict=True)}
+
+
+async def _one(cluster: ClusterClient, key: str | bytes, timeout: float, *args: Field) -> Any:
     # Error replies come back as values: each caller reads its own (BUSYGROUP is fine).
     replies, _, failures, _ = await cluster.execute(
         [encode_command(*args)], [key_slot(key)], timeout
     )
     if failures:
-        raise StoreUnavailable(f"Redis did not answer {args[0]!s} on {key}: {failures[0].detail}")
+        where = key.decode() if isinstance(key, bytes) else key
+        raise StoreUnavailable(f"Redis did not answer {args[0]!s} on {where}: {failures[0].detail}")
     return replies[0]

@@ -20,7 +20,7 @@ import numpy as np
 
 from featurewell.definitions import FeatureView, Registry
 from featurewell.definitions._access import TEAM_PREFIX
-from featurewell.lifecycle.lineage import describe
+from featurewell.lifecycle.lineage import aggregation, describe
 from featurewell.store.versions import Change
 from featurewell.telemetry.consumers import Consumer
 
@@ -213,27 +213,11 @@ def _entry(registry: Registry, view: FeatureView, default: int, features: list[A
                 dtype=str(f.dtype),
                 default=readable(f.default),
                 description=f.description,
-                computed=_computed(f.computed),
+                computed=aggregation(f.computed) if f.computed is not None else "",
             )
             for f in features
         ],
     )
-
-
-def _computed(agg: Any) -> str:
-    if agg is None:
-        return ""
-    parts = []
-    for name, value in vars(agg).items():
-        if value is None:
-            continue
-        if isinstance(value, timedelta):
-            parts.append(f"{name} {span(value)}")
-        elif callable(value):
-            parts.append(f"{name} {getattr(value, '__qualname__', 'a function')}")
-        else:
-            parts.append(f"{name} {value!r}")
-    return f"{type(agg).__name__}({', '.join(parts)})"
 
 
 def _when(seconds: float) -> str:
