@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet
 import pytest
 
 from featurewell.definitions import Entity, Feature, FeatureView, Float64, Registry, String
@@ -153,6 +154,26 @@ def test_a_merged_file_sorts_where_its_inputs_did(tmp_path: Path) -> None:
     store.write(view, _rows([("b", e, e, 6.0)]))  # a correction written after compaction wins
     compact(store, view, layout.date_of(D0 + DAY), settle_s=0)
     assert _train(store, labels, prune=True).column("rides:score").to_pylist() == [3.0, 6.0]
+
+
+def test_a_stream_consumers_newest_batch_stays_replaceable(tmp_path: Path) -> None:
+    """A consumer restarted after a crash writes its newest batch again, replacing its files
+    (OfflineStore.write_batch): compaction leaves that batch alone, so no stale copy stays."""
+    store = OfflineStore(tmp_path)
+    e = D0 + HOUR
+    store.write(view, _rows([("a", e, e, 1.0)]))
+    store.write_batch(view, _rows([("a", e + 1, e + 1, 2.0)]), "stream_w1_abc_0000000001")
+    store.write_batch(view, _rows([("a", e + 2, e + 2, 3.0)]), "stream_w1_abc_0000000002")
+    done = compact(store, view, layout.date_of(D0 + DAY), settle_s=0)
+    assert (done.files_in, done.files_out) == (2, 1)  # batch 2 is held back
+    # The restart rewrites batch 2 with what it re-derived.
+    store.write_batch(view, _rows([("a", e + 2, e + 3, 4.0)]), "stream_w1_abc_0000000002")
+    source = store.source_of(view, REGISTRY)
+    assert source is not None
+    rows = sum(pa.parquet.read_metadata(f).num_rows for f in source.files)
+    assert rows == 3  # 1.0, 2.0 merged; 4.0 replaced 3.0
+    labels = pa.table({"rider_id": ["a"], "event_timestamp": pa.array([e + 2], pa.int64())})
+    assert _train(store, labels, prune=True).column("rides:score").to_pylist() == [2.0]
 
 
 def test_readers_and_writers_during_compaction_see_one_consistent_history(tmp_path: Path) -> None:

@@ -10,7 +10,9 @@ Safe with concurrent readers and writers, because nothing a reader lists is ever
    file written after them, so the write-order tie-break is unchanged.
 2. Only then are the inputs removed. A reader that listed them before the rename and opens one
    after its removal lists again (offline/training.py).
-3. Writers only add files. Files younger than `settle_s` (by the write time in their name) and
+3. Writers only add files, except that a stream consumer may rewrite its newest history batch
+   after a crash (`OfflineStore.write_batch`), so each consumer's newest batch is not merged.
+   Files younger than `settle_s` (by the write time in their name) and
    files after a temporary file still being written are left for the next run, and if a file
    that sorts among the inputs appears while merging (a writer slower than `settle_s`), the
    merged file is removed again and the partition left as it was.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -71,10 +74,11 @@ def compact(
         raise ConfigError(f"{view.ref} has no history under {folder}: nothing to compact")
     done = Compacted()
     settled = int((time.time() - settle_s) * 1_000_000)
+    held = _open_batches(folder)
     for partition in sorted(p for p in folder.glob("date=*") if p.is_dir()):
         if partition.name.removeprefix("date=") >= before:
             continue
-        merged = _merge(partition, settled, done)
+        merged = _merge(partition, settled, held, done)
         if merged:
             done.partitions += 1
             done.files_in += merged
@@ -88,14 +92,33 @@ def _stamp(path: Path) -> int:
     return int(head) if head.isdigit() else 0
 
 
-def _merge(partition: Path, settled: int, done: Compacted) -> int:
+_BATCH = re.compile(r"^\d{16}-(stream_.+)_(\d{10})\.parquet$")
+
+
+def _open_batches(folder: Path) -> set[str]:
+    """The files of each stream consumer's newest history batch (compute/history.py): a
+    consumer restarted after a crash may write that batch again, replacing its files
+    (`OfflineStore.write_batch`), so they must still exist under their own names. A batch with
+    a later one after it was recorded, and is final."""
+    newest: dict[str, int] = {}
+    found: list[tuple[str, str, int]] = []
+    for path in folder.glob("date=*/*.parquet"):
+        match = _BATCH.match(path.name)
+        if match:
+            tag, number = match.group(1), int(match.group(2))
+            newest[tag] = max(newest.get(tag, number), number)
+            found.append((path.name, tag, number))
+    return {name for name, tag, number in found if number == newest[tag]}
+
+
+def _merge(partition: Path, settled: int, held: set[str], done: Compacted) -> int:
     """Merge the partition's settled prefix of live files; the number of inputs (0: none)."""
     live = partitions.live_files(partition)
     writing = [_stamp(p) for p in partition.glob("*.tmp")]
     horizon = min([settled, *(s - 1 for s in writing)])
     inputs: list[Path] = []
     for path in live:
-        if _stamp(path) > horizon:
+        if _stamp(path) > horizon or path.name in held:
             break
         inputs.append(path)
     if len(inputs) < 2:

@@ -142,7 +142,7 @@ class OfflineStore:
         table = table.select(needed)
         days = np.asarray(table.column("event_time").to_numpy()) // US_PER_DAY
         written = []
-        stamp = _write_stamp()
+        stamp = write_stamp()
         for day in np.unique(days).tolist():
             date = datetime.fromtimestamp(day * 86_400, tz=UTC).strftime("%Y-%m-%d")
             target = self.folder(view) / f"date={date}"
