@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import operator
 import os
+import sys
 import threading
 from typing import Any
 
@@ -58,6 +59,9 @@ def session(master: str | None = None) -> Any:
                 cores = os.cpu_count() or 2
                 builder = builder.config("spark.sql.shuffle.partitions", str(2 * cores))
                 builder = builder.config("spark.driver.memory", "2g")
+                # Python workers run this interpreter (its featurewell and pyarrow); on a
+                # cluster, the executors' Python must have `featurewell[spark]` installed.
+                os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
             spark = builder.getOrCreate()
             spark.sparkContext.setLogLevel("ERROR")
             _sessions[chosen] = spark
@@ -81,69 +85,75 @@ class AsOf:
     ) -> pa.Table:
         """Per label row of `keyed` (keys, `__ts`, `__row`), in its order: the winning row's
         event time (null: none) and its `wanted` columns."""
-        from pyspark.sql import Window
-        from pyspark.sql import functions as fn
-
-        spark = self.spark
-        files = [os.path.abspath(f) for f in source.files]
-        order = spark.createDataFrame(
-            pa.table({"__path": files, "__file": pa.array(range(len(files)), pa.int64())})
-        )
-        history = spark.read.option("recursiveFileLookup", "true").parquet(*files)
-        event_time = fn.col(source.event_time)
-        if source.event_time_is_timestamp:
-            event_time = fn.unix_micros(event_time)
-        created = fn.col(source.created) if source.created else event_time
-        path = fn.url_decode(fn.regexp_replace(fn.col("_metadata.file_path"), "^file:(//)?", ""))
-        history = (
-            history.select(
-                *[fn.col(k) for k in keys],
-                *[fn.col(w) for w in wanted],
-                event_time.alias("__event_time"),
-                created.alias("__created"),
-                path.alias("__path"),
-                fn.col("_metadata.row_index").alias("__line"),
-            )
-            .where(functools.reduce(operator.and_, [fn.col(k).isNotNull() for k in keys]))
-            .join(fn.broadcast(order), "__path")
-            .withColumn("__known", fn.greatest("__created", "__event_time"))
-        )
-        by_entity = Window.partitionBy(*keys)
-        ranked = history.withColumn(
-            "__rank",
-            fn.row_number().over(
-                by_entity.orderBy("__event_time", "__created", "__file", "__line")
-            ),
-        )
-        best_so_far = fn.max("__rank").over(
-            by_entity.orderBy("__known").rangeBetween(Window.unboundedPreceding, Window.currentRow)
-        )
-        effective = ranked.withColumn("__best", best_so_far).where("__rank = __best")
-        payload = fn.struct(fn.col("__event_time"), *[fn.col(w) for w in wanted])
-        found = effective.select(
-            *keys,
-            fn.col("__known").alias("__t"),
-            fn.lit(0).alias("__kind"),
-            fn.lit(None).cast("long").alias("__row"),
-            payload.alias("__hit"),
-        )
-        labels = self._label_frame(keyed).select(
-            *keys,
-            fn.col("__ts").alias("__t"),
-            fn.lit(1).alias("__kind"),
-            fn.col("__row"),
-            fn.lit(None).cast(found.schema["__hit"].dataType).alias("__hit"),
-        )
-        running = by_entity.orderBy("__t", "__kind").rowsBetween(
-            Window.unboundedPreceding, Window.currentRow
-        )
-        joined = (
-            found.unionByName(labels)
-            .withColumn("__last", fn.last("__hit", ignorenulls=True).over(running))
-            .where("__kind = 1")
-            .select("__row", "__last.*")
-        )
-        table = joined.toArrow().sort_by("__row")
-        # Labels with a null key meet no history row: history rows with null keys were dropped
-        # above, as DuckDB's equality never matches them either.
+        hits = as_of(self.spark, self._label_frame(keyed), source, keys, wanted)
+        table = hits.select("__row", "__last.*").toArrow().sort_by("__row")
         return table.set_column(1, "__event_time", table.column("__event_time").cast(pa.int64()))
+
+
+def as_of(
+    spark: Any, labels: Any, source: HistorySource, keys: list[str], wanted: list[str]
+) -> Any:
+    """A DataFrame of (`__row`, `__last`): per row of `labels` (keys, `__ts`, `__row`) the
+    winning history row as a struct of `__event_time` and `wanted` (null: none)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as fn
+
+    files = [os.path.abspath(f) for f in source.files]
+    order = spark.createDataFrame(
+        pa.table({"__path": files, "__file": pa.array(range(len(files)), pa.int64())})
+    )
+    history = spark.read.option("recursiveFileLookup", "true").parquet(*files)
+    event_time = fn.col(source.event_time)
+    if source.event_time_is_timestamp:
+        event_time = fn.unix_micros(event_time)
+    created = fn.col(source.created) if source.created else event_time
+    path = fn.url_decode(fn.regexp_replace(fn.col("_metadata.file_path"), "^file:(//)?", ""))
+    history = (
+        history.select(
+            *[fn.col(k) for k in keys],
+            *[fn.col(w) for w in wanted],
+            event_time.cast("long").alias("__event_time"),
+            created.cast("long").alias("__created"),
+            path.alias("__path"),
+            fn.col("_metadata.row_index").alias("__line"),
+        )
+        .where(functools.reduce(operator.and_, [fn.col(k).isNotNull() for k in keys]))
+        .join(fn.broadcast(order), "__path")
+        .withColumn("__known", fn.greatest("__created", "__event_time"))
+    )
+    by_entity = Window.partitionBy(*keys)
+    ranked = history.withColumn(
+        "__rank",
+        fn.row_number().over(by_entity.orderBy("__event_time", "__created", "__file", "__line")),
+    )
+    best_so_far = fn.max("__rank").over(
+        by_entity.orderBy("__known").rangeBetween(Window.unboundedPreceding, Window.currentRow)
+    )
+    effective = ranked.withColumn("__best", best_so_far).where("__rank = __best")
+    payload = fn.struct(fn.col("__event_time"), *[fn.col(w) for w in wanted])
+    found = effective.select(
+        *keys,
+        fn.col("__known").alias("__t"),
+        fn.lit(0).alias("__kind"),
+        fn.lit(None).cast("long").alias("__row"),
+        payload.alias("__hit"),
+    )
+    asked = labels.select(
+        *keys,
+        fn.col("__ts").alias("__t"),
+        fn.lit(1).alias("__kind"),
+        fn.col("__row"),
+        fn.lit(None).cast(found.schema["__hit"].dataType).alias("__hit"),
+    )
+    # A history row before a label at the same instant: a row known at exactly T counts. Labels
+    # with a null key meet no row: history rows with null keys were dropped above, as DuckDB's
+    # equality never matches them either.
+    running = by_entity.orderBy("__t", "__kind").rowsBetween(
+        Window.unboundedPreceding, Window.currentRow
+    )
+    return (
+        found.unionByName(asked)
+        .withColumn("__last", fn.last("__hit", ignorenulls=True).over(running))
+        .where("__kind = 1")
+        .select("__row", "__last")
+    )

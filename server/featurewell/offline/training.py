@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from featurewell.definitions import Feature, FeatureType, Kind, Registry
-from featurewell.engine.plan import Planner, ViewRead
+from featurewell.engine.plan import Plan, Planner, ViewRead
 from featurewell.errors import InvalidRequest
 from featurewell.offline import versions as served_versions
 from featurewell.offline.labels import microseconds
@@ -126,6 +126,27 @@ def get_historical_features(
     finally:
         con.close()
 
+    out, statuses = finish(plan, labels, fetched)
+    for table, status in statuses.items():
+        if (status == NOT_FOUND).all():
+            log.warning(
+                "%s: every value is NOT_FOUND: no history row was known at any label time", table
+            )
+    used = served_versions.used(plan, defaults)
+    return pa.table(out).replace_schema_metadata(served_versions.metadata(used))
+
+
+Fetched = dict[int, tuple[dict[str, Any], npt.NDArray[np.uint8]]]
+
+
+def finish(
+    plan: Plan, labels: pa.Table, fetched: Fetched
+) -> tuple[dict[str, Any], dict[str, npt.NDArray[np.uint8]]]:
+    """The output columns from the joined values and statuses of each read (`fetched`, by
+    `id(read)`): the label columns, then each feature as served, with transforms run on the
+    joined columns, then one status column per view or transform. Both engines run it (Spark
+    per Arrow batch, offline/spark.py)."""
+    rows = labels.num_rows
     out: dict[str, Any] = {name: labels.column(name) for name in labels.column_names}
     statuses: dict[str, npt.NDArray[np.uint8]] = {}
     computed: dict[str, dict[str, Any]] = {}
@@ -154,12 +175,7 @@ def get_historical_features(
             out[output.name] = _arrow(output.feature, value)
     for table, status in statuses.items():
         out[table + STATUS_SUFFIX] = pa.array(status, pa.uint8())
-        if (status == NOT_FOUND).all():
-            log.warning(
-                "%s: every value is NOT_FOUND: no history row was known at any label time", table
-            )
-    used = served_versions.used(plan, defaults)
-    return pa.table(out).replace_schema_metadata(served_versions.metadata(used))
+    return out, statuses
 
 
 Rows = Callable[[HistorySource, list[str], list[str]], pa.Table]
@@ -210,7 +226,16 @@ def _join(
     if source is None or not source.files:  # no history (known by then): all NOT_FOUND
         values = {name: _defaults(view.features[view.feature_index[name]], rows) for name in wanted}
         return values, np.full(rows, NOT_FOUND, np.uint8)
-    joined = join(source, list(view.entity.key_names), wanted)
+    return from_joined(read, join(source, list(view.entity.key_names), wanted), wanted, label_ts)
+
+
+def from_joined(
+    read: ViewRead, joined: pa.Table, wanted: list[str], label_ts: npt.NDArray[np.int64]
+) -> tuple[dict[str, Any], npt.NDArray[np.uint8]]:
+    """Values (defaults where nothing was found) and statuses from a join's rows: per label, the
+    winning row's `__event_time` (null: none) and its `wanted` columns."""
+    view = read.view
+    rows = len(label_ts)
     found_time = joined.column("__event_time")
     missing = np.asarray(found_time.is_null().to_numpy(zero_copy_only=False), dtype=bool)
     status = np.full(rows, PRESENT, np.uint8)
