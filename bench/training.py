@@ -5,7 +5,10 @@ compare-and-set rule, no availability time, no defaults or statuses).
 History: 100,000 users x 12 snapshots (10 features) and 20,000 items x 30 snapshots
 (10 features), 30 days; labels are random (user, item, time) rows in the same 30 days.
 
-    python bench/training.py [--labels 1000000] [--runs 3] [--engine duckdb|spark]
+    python bench/training.py [--labels 1000000] [--runs 3] [--engine duckdb|spark|spark-frame]
+
+spark: `get_historical_features(engine="spark")`, labels from and the result to the driver;
+spark-frame: `training_frame`, labels read and the result written by Spark.
 
 `--case prune`: an offline store that stays fast. 90 days of history written as a stream
 writes it (one small file per view per hour: 2,160 files each), labels over the last 7 days;
@@ -27,6 +30,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from featurewell.definitions import Entity, Feature, FeatureView, Float32, Int64, Registry, String
 from featurewell.offline import OfflineStore, get_historical_features, partitions
@@ -158,12 +162,36 @@ def prune_case(args: argparse.Namespace) -> None:
         measure("after compaction, pruned", True, reference)
 
 
+def frames(args: argparse.Namespace, store: OfflineStore, labels: pa.Table, folder: str) -> None:
+    """`training_frame`: labels as a DataFrame (from Parquet, as a cluster job reads them), the
+    result written by Spark as Parquet; nothing goes through the driver."""
+    from featurewell.offline.spark import session
+    from featurewell.offline.spark_frame import training_frame
+
+    spark = session(args.spark_master)
+    labels_path = f"{folder}/labels.parquet"
+    pq.write_table(labels, labels_path)
+    seconds = []
+    for run in range(args.runs + 1):  # the first run warms the session up, not counted
+        started = time.perf_counter()
+        frame, _ = training_frame(REGISTRY, spark.read.parquet(labels_path), FEATURES, store)
+        frame.write.mode("overwrite").parquet(f"{folder}/out")
+        if run:
+            seconds.append(time.perf_counter() - started)
+            print(f"run {run}: {args.labels:,} rows x 20 features in {seconds[-1]:.2f} s")
+    median, cores = statistics.median(seconds), os.cpu_count() or 1
+    print(
+        f"spark-frame: median of {args.runs}: {median:.2f} s ({args.labels / median:,.0f} rows/s, "
+        f"{args.labels / median / cores:,.0f} rows/s per core on {cores})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--labels", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--case", choices=["join", "prune"], default="join")
-    parser.add_argument("--engine", choices=["duckdb", "spark"], default="duckdb")
+    parser.add_argument("--engine", choices=["duckdb", "spark", "spark-frame"], default="duckdb")
     parser.add_argument("--spark-master", help="with --engine spark (default: local[*])")
     args = parser.parse_args()
     if args.case == "prune":
@@ -185,6 +213,9 @@ def main() -> None:
                 ).cast(pa.timestamp("us", tz="UTC")),
             }
         )
+        if args.engine == "spark-frame":
+            frames(args, store, labels, folder)
+            return
         engine = {"engine": args.engine, "spark_master": args.spark_master}
         if args.engine == "spark":  # start the session first: seconds, once per process
             started = time.perf_counter()
