@@ -68,13 +68,19 @@ _stamp_lock = threading.Lock()
 _last_stamp = 0
 
 
-def write_stamp() -> int:
+def _write_stamp() -> int:
     """The wall-clock µs of a write, strictly increasing within this process: two writes in one
     microsecond still name their files in the order they were written."""
     global _last_stamp
     with _stamp_lock:
         _last_stamp = max(time.time_ns() // 1000, _last_stamp + 1)
         return _last_stamp
+
+
+def write_stamp() -> int:
+    """A file's write time for its name, as history files are named (strictly increasing in
+    this process), for other writers of the offline store (telemetry/served_log.py)."""
+    return _write_stamp()
 
 
 @dataclass(frozen=True)
@@ -116,7 +122,7 @@ class OfflineStore:
             )
             return Written(table.num_rows, [folder])
         written = []
-        stamp = write_stamp()
+        stamp = _write_stamp()
         for day in np.unique(days).tolist():
             date = datetime.fromtimestamp(day * 86_400, tz=UTC).strftime("%Y-%m-%d")
             target = self.folder(view) / f"date={date}"
@@ -142,7 +148,7 @@ class OfflineStore:
         table = table.select(needed)
         days = np.asarray(table.column("event_time").to_numpy()) // US_PER_DAY
         written = []
-        stamp = write_stamp()
+        stamp = _write_stamp()
         for day in np.unique(days).tolist():
             date = datetime.fromtimestamp(day * 86_400, tz=UTC).strftime("%Y-%m-%d")
             target = self.folder(view) / f"date={date}"
