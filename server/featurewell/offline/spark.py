@@ -107,7 +107,10 @@ def as_of(
     if source.event_time_is_timestamp:
         event_time = fn.unix_micros(event_time)
     created = fn.col(source.created) if source.created else event_time
-    path = fn.url_decode(fn.regexp_replace(fn.col("_metadata.file_path"), "^file:(//)?", ""))
+    # `_metadata.file_path` is a URI: percent-decoded back to the path, a literal '+' kept
+    # (url_decode would read it as a space, and the file would match no write order).
+    uri = fn.regexp_replace(fn.col("_metadata.file_path"), "^file:(//)?", "")
+    path = fn.url_decode(fn.regexp_replace(uri, "\\+", "%2B"))
     history = (
         history.select(
             *[fn.col(k) for k in keys],
