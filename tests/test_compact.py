@@ -249,6 +249,22 @@ def test_the_compact_command(tmp_path: Path) -> None:
     assert "Traceback" not in bad.stderr + unknown.stderr
 
 
-def test_delta_is_not_compacted_here(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="OPTIMIZE"):
-        compact(OfflineStore(tmp_path, "delta"), view, "2026-09-21")
+def test_a_delta_table_gets_the_snapshot_and_prunes_the_same(tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    store = OfflineStore(tmp_path, "delta")
+    _random_history(store, rng, 40, 0.0)
+    labels = _labels(rng, 200)
+    full = _train(store, labels, prune=False)
+    before = layout.date_of(START)
+    done = compact(store, view, before)
+    assert "OPTIMIZE" in done.skipped[0]  # files are not merged on Delta
+    assert done.snapshot is not None
+    read = _files(store, labels)
+    assert read[0] == str(done.snapshot)
+    assert all(f.split("date=")[1][:10] >= before for f in read[1:])
+    assert _train(store, labels, prune=True).equals(full)
+    _random_history(store, rng, 15, 500.0)  # commits after the snapshot, old dates included
+    full = _train(store, labels, prune=False)
+    assert _train(store, labels, prune=True).equals(full)
+    with pytest.raises(ConfigError, match="YYYY-MM-DD"):
+        compact(store, view, "21.09.2026")

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 from featurewell.definitions import FeatureView
 from featurewell.errors import ConfigError
 from featurewell.offline import partitions
-from featurewell.offline.store import OfflineStore, write_stamp
+from featurewell.offline.store import OfflineStore, delta_files, write_stamp
 
 log = logging.getLogger("featurewell.compact")
 
@@ -59,12 +59,6 @@ def compact(
 ) -> Compacted:
     """Merge the files of each partition dated before `before` (YYYY-MM-DD), then write the
     as-of snapshot for `before`."""
-    if store.table_format != "parquet":
-        raise ConfigError(
-            "featurewell compact merges Parquet history; a Delta table is compacted by Delta "
-            "itself (OPTIMIZE), which loses the write order of rows equal in event time and "
-            "created (docs/training.md)"
-        )
     try:
         partitions.midnight_us(before)  # a bad date is refused before anything is touched
     except ValueError:
@@ -73,6 +67,13 @@ def compact(
     if not folder.is_dir():
         raise ConfigError(f"{view.ref} has no history under {folder}: nothing to compact")
     done = Compacted()
+    if store.table_format == "delta":  # the snapshot only
+        done.skipped.append(
+            "a Delta table's files are not merged here: Delta's OPTIMIZE does it, and loses the "
+            "write order of rows equal in event time and created (docs/training.md)"
+        )
+        done.snapshot, done.snapshot_rows = write_snapshot(store, view, before)
+        return done
     settled = int((time.time() - settle_s) * 1_000_000)
     held = _open_batches(folder)
     for partition in sorted(p for p in folder.glob("date=*") if p.is_dir()):
@@ -150,8 +151,14 @@ def write_snapshot(store: OfflineStore, view: FeatureView, before: str) -> tuple
     midnight = partitions.midnight_us(before)
     covers: dict[str, list[str]] = {}
     files: list[Path] = []
+    if store.table_format == "delta":  # its live files, in commit order
+        for name in delta_files(folder):
+            date = partitions.delta_date(name)
+            if date is not None and date < before:
+                covers.setdefault(f"date={date}", []).append(partitions.relative(name, folder))
+                files.append(Path(name))
     for partition in sorted(p for p in folder.glob("date=*") if p.is_dir()):
-        if partition.name.removeprefix("date=") < before:
+        if store.table_format == "parquet" and partition.name.removeprefix("date=") < before:
             live = partitions.live_files(partition)
             covers[partition.name] = [p.name for p in live]
             files.extend(live)

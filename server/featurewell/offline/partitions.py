@@ -31,6 +31,7 @@ What a label range [first, last] needs, and why the result is the same as readin
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -92,6 +93,30 @@ def needed(folder: Path, span: tuple[int, int] | None) -> list[Path]:
             files = [f for f in files if f.name not in skip.get(partition.name, set())]
         out.extend(files)
     return out
+
+
+def relative(path: str, folder: Path) -> str:
+    return Path(os.path.relpath(path, folder)).as_posix()
+
+
+def needed_delta(folder: Path, files: list[str], span: tuple[int, int]) -> list[str]:
+    """`needed` for a Delta table's live files (in commit order): the same rule, with the
+    table's `date=` partition values and a snapshot in its `_asof` folder (hidden from Delta)."""
+    first, last = span
+    last_date = date_of(last)
+    files = [f for f in files if (delta_date(f) or "") <= last_date]
+    found = snapshot_for(folder, first)
+    if found is None:
+        return files
+    skip = covered(found[0])
+
+    def superseded(name: str) -> bool:
+        date = delta_date(name)
+        if date is None or date >= found[1]:
+            return False
+        return relative(name, folder) in skip.get(f"date={date}", set())
+
+    return [str(found[0]), *(f for f in files if not superseded(f))]
 
 
 def delta_date(path: str) -> str | None:

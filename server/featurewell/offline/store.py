@@ -182,10 +182,9 @@ class OfflineStore:
         (offline/partitions.py); the training set is the same as from every file."""
         folder = self.folder(view)
         if (folder / "_delta_log").is_dir():
-            files = _delta_files(folder)
-            if span is not None:  # the upper bound only: Delta tables have no as-of snapshots
-                last = partitions.date_of(span[1])
-                files = tuple(f for f in files if (partitions.delta_date(f) or "") <= last)
+            files = delta_files(folder)
+            if span is not None:
+                files = tuple(partitions.needed_delta(folder, list(files), span))
             return HistorySource(files, "event_time", "created", False)
         if any(folder.glob("date=*/*.parquet")):
             found = partitions.needed(folder, span)
@@ -207,7 +206,7 @@ class OfflineStore:
         return HistorySource((str(path),), field, created, timestamp)
 
 
-def _delta_files(folder: Path) -> tuple[str, ...]:
+def delta_files(folder: Path) -> tuple[str, ...]:
     """A Delta table's live data files in write order: by the commit that added each (read from
     the transaction log's JSON commits), then by path. Files whose commit JSON was cleaned up
     after a checkpoint are older than every remaining commit, so they come first."""
