@@ -296,8 +296,8 @@ def _load_module(path: Path) -> Any:
 _HOW_TO_CALL = """
 featurewell is serving the streaming_media example on {address} (Ctrl-C stops it all).
 Metrics: {metrics}    drift report: featurewell drift --metrics-url {metrics}
-Training/serving skew: every answer is logged to the offline store and compared with what a
-training set would hold every 15 s (ratio 0 when clean; gauges {skew_metrics}), as run by:
+Training/serving skew: every answer is logged to the offline store and compared every 15 s with
+what a training set would hold (ratio 0 when clean; gauges {skew_metrics}). The report now:
     {skew}
 Web UI (catalog, views, live health; docs/ui.md), then open http://127.0.0.1:8080/:
     featurewell ui --repo {repo} --redis {redis} --metrics-url {metrics}

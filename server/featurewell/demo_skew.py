@@ -8,7 +8,6 @@ ratio 0: what was served is what training would hold.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import sys
 import time
@@ -29,6 +28,7 @@ DEMO_SERVED_LOG = {"served_log_rate": 1.0, "served_log_flush_s": 1.0}
 SKEW_EVERY, SKEW_WINDOW, SKEW_LAG = "15s", "10m", "10s"
 _READY = re.compile(r"skew gauges at (\S+)")
 _WEEK_US = 7 * 86_400 * 1_000_000
+_TASKS: set[asyncio.Task[None]] = set()
 
 
 def with_offline_store(settings: Settings, repo: Path) -> Settings:
@@ -80,13 +80,16 @@ async def start_skew_check(settings: Settings, started: list[asyncio.subprocess.
     """`featurewell skew --every` as its own process (as deployed), added to `started`; returns
     its metrics URL once it serves the gauges. Its reports go to skew.log in the offline store;
     the demo prints only runs that find skew or fail."""
-    command = skew_command(settings, "0")
     process = await asyncio.create_subprocess_exec(
         *DIE_WITH_PARENT,
         sys.executable,
         "-m",
         "featurewell.cli",
-        *command[1:],
+        *skew_command(settings)[1:],
+        "--every",
+        SKEW_EVERY,
+        "--metrics-port",
+        "0",
         "--log-level",
         settings.log_level,
         stdout=asyncio.subprocess.PIPE,
@@ -113,8 +116,9 @@ async def start_skew_check(settings: Settings, started: list[asyncio.subprocess.
     return url
 
 
-def skew_command(settings: Settings, metrics_port: str = "9465") -> list[str]:
-    """The demo's `featurewell skew` command line, for the summary and the process."""
+def skew_command(settings: Settings) -> list[str]:
+    """`featurewell skew` over the demo's window, once: the check's command line without
+    `--every`, for the summary (it prints the report, examples of any mismatch included)."""
     return [
         "featurewell",
         "skew",
@@ -124,18 +128,11 @@ def skew_command(settings: Settings, metrics_port: str = "9465") -> list[str]:
         settings.offline.dir,
         "--redis",
         ",".join(f"{h}:{p}" for h, p in settings.redis.seeds),
-        "--every",
-        SKEW_EVERY,
         "--window",
         SKEW_WINDOW,
         "--lag",
         SKEW_LAG,
-        "--metrics-port",
-        metrics_port,
     ]
-
-
-_TASKS: set[asyncio.Task[None]] = set()
 
 
 async def _keep(lines: asyncio.StreamReader, log: Path) -> None:
@@ -145,5 +142,4 @@ async def _keep(lines: asyncio.StreamReader, log: Path) -> None:
             out.write(line)
             out.flush()
             if "SKEW" in line or "skew run failed" in line:
-                with contextlib.suppress(OSError):
-                    print("[skew] " + line.rstrip(), flush=True)
+                print("[skew] " + line.rstrip(), flush=True)
