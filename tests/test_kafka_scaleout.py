@@ -1,10 +1,11 @@
-"""Stream scale-out on Kafka against real processes: two `featurewell stream --shared` workers
-in one consumer group over librdkafka's mock cluster (`test.mock.num.brokers`, which runs the
-group protocol: joins, rebalances, session timeouts). The second to start makes the group
-rebalance (the first checkpoints and commits before its partitions go); the first is then
-SIGKILLed mid-run and, once its session times out, the other takes all partitions from their last
-commit. Every event is counted once: the served values equal the batch engine's over the topic as
-delivered, and the offline history both wrote has no row lost or twice."""
+"""Stream scale-out on Kafka against real processes: `featurewell stream --shared` workers in
+one consumer group over librdkafka's mock cluster (`test.mock.num.brokers`, which runs the group
+protocol: joins, rebalances, session timeouts). The second to start makes the group rebalance
+(the first checkpoints and commits before its partitions go); the second leaves (SIGTERM) and the
+first takes its partitions back (dropping what it knew of them: stale); a third joins, and the
+first is SIGKILLed mid-run: once its session times out, the third takes all partitions from their
+last commit. Every event is counted once: the served values equal the batch engine's over the
+topic as delivered, and the offline history they wrote has no row lost or twice."""
 
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def _worker(repo: Path, name: str, seeds: str, kafka: str, consumer: str, log: I
     # A short session: a dead worker's partitions move in seconds, not the default 45.
     command += ["--kafka-option", "session.timeout.ms=6000"]
     command += ["--kafka-option", "heartbeat.interval.ms=500", "--kafka-option", "log_level=3"]
-    command += ["--checkpoint-s", "0.5", "--batch-size", "20", "--refresh-s", "3600"]
+    command += ["--checkpoint-s", "2", "--batch-size", "20", "--refresh-s", "3600"]
     command += ["--log-level", "INFO"]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
 
@@ -81,9 +82,9 @@ def _assignments(log: Path) -> list[list[int]]:
     return out
 
 
-def _halves(logs: dict[str, Path]) -> bool:
+def _halves(logs: dict[str, Path], *workers: str) -> bool:
     """True once each worker's last assignment is half the partitions, and together all."""
-    last = [_assignments(log)[-1:] for log in logs.values()]
+    last = [_assignments(logs[worker])[-1:] for worker in workers]
     mine = [set(parts[0]) for parts in last if parts]
     return len(mine) == 2 and all(len(m) == 2 for m in mine) and set.union(*mine) == {0, 1, 2, 3}
 
@@ -130,33 +131,42 @@ def test_kafka_workers_share_partitions_and_survive_a_sigkill(
     source = view.events
     assert source is not None
     seeds = ",".join(f"{h}:{p}" for h, p in cluster.seeds)
-    members, events = _events(name, 9000)
+    members, events = _events(name, 12000)
     produce(producer, source, events[:45])  # the topic exists before the workers subscribe
 
-    def send() -> None:  # ~400 events/s for ~20 s: past the rebalance and the kill
+    def send() -> None:  # ~400 events/s for ~27 s: past the rebalances and the kill
         for start in range(45, len(events), 45):
             produce(producer, source, events[start : start + 45])
             time.sleep(0.1)
 
-    logs = {c: tmp_path / f"{c}.log" for c in ("a", "b")}
+    logs = {c: tmp_path / f"{c}.log" for c in ("a", "b", "c")}
     files = {c: path.open("wb") for c, path in logs.items()}
     workers = {"a": _worker(repo, name, seeds, bootstrap, "a", files["a"])}
     sender = threading.Thread(target=send)
     try:
         wait_until(lambda: _assignments(logs["a"]) == [[0, 1, 2, 3]], 60, "a to take all four")
         sender.start()
+        time.sleep(2.0)  # a mid-stream when the group rebalances
         workers["b"] = _worker(repo, name, seeds, bootstrap, "b", files["b"])
-        wait_until(lambda: _halves(logs), 60, "the group to give a and b two partitions each")
+        wait_until(lambda: _halves(logs, "a", "b"), 60, "a and b to get two partitions each")
         assert "Kafka revoked partitions [0, 1, 2, 3]" in logs["a"].read_text()
+        time.sleep(1.0)
+        # b leaves (SIGTERM): a takes b's partitions back, and must drop what it knew of them
+        # (b counted their events since).
+        workers["b"].send_signal(signal.SIGTERM)
+        assert workers["b"].wait(30) == 0
+        wait_until(lambda: _assignments(logs["a"])[-1] == [0, 1, 2, 3], 60, "a to take b's")
+        workers["c"] = _worker(repo, name, seeds, bootstrap, "c", files["c"])
+        wait_until(lambda: _halves(logs, "a", "c"), 60, "a and c to get two partitions each")
         time.sleep(1.0)
         assert sender.is_alive()  # killed mid-run
         workers["a"].send_signal(signal.SIGKILL)
         workers["a"].wait(10)
-        wait_until(lambda: _assignments(logs["b"])[-1] == [0, 1, 2, 3], 60, "b to take a's")
+        wait_until(lambda: _assignments(logs["c"])[-1] == [0, 1, 2, 3], 60, "c to take a's")
         sender.join(60)
         wait_until(lambda: _committed(bootstrap, source) == 0, 60, "every event committed")
-        workers["b"].send_signal(signal.SIGTERM)
-        assert workers["b"].wait(30) == 0
+        workers["c"].send_signal(signal.SIGTERM)
+        assert workers["c"].wait(30) == 0
     finally:
         if sender.ident is not None:
             sender.join(60)
