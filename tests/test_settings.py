@@ -81,7 +81,7 @@ def test_each_command_lists_only_the_settings_it_uses() -> None:
     ]
     for name in every_server_setting:
         assert f"--{name.replace('_', '-')}" in serve
-    assert "--offline-dir" not in serve
+    assert "--offline-dir" in serve  # the served-feature log and pushed rows (docs/skew.md)
     stream = _help("stream")
     assert "--offline-dir" in stream
     assert "--metrics-port" in stream

@@ -17,7 +17,7 @@ from featurewell.client._request import (
     build_write_request,
 )
 from featurewell.client._result import FeatureResult, WriteResult
-from featurewell.client._tracing import call_metadata, deprecations_of
+from featurewell.client._tracing import call_metadata, deprecations_of, request_id_of
 from featurewell.client._values import FeatureValues
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
@@ -84,7 +84,8 @@ class FeatureClient:
             )
         except grpc.RpcError as exc:
             raise translate(exc) from None
-        return FeatureResult(response, deprecations_of(call.trailing_metadata()))
+        trailing = call.trailing_metadata()
+        return FeatureResult(response, deprecations_of(trailing), request_id_of(trailing))
 
     def write_features(
         self,

@@ -173,9 +173,18 @@ class FeatureResult:
 
     `deprecations`: the deprecated view versions the call read, as the server flagged them
     ("view@v1 -> view@v2 on 2027-01-31"); each also raises a `DeprecatedFeatureWarning`
-    (shown once per call site by Python's default warning filter)."""
+    (shown once per call site by Python's default warning filter).
 
-    def __init__(self, response: pb.GetFeaturesResponse, deprecations: Sequence[str] = ()) -> None:
+    `request_id`: the id the server logged this answer under (32 hex digits) when the call was
+    sampled for the served-feature log, else "" (docs/skew.md)."""
+
+    def __init__(
+        self,
+        response: pb.GetFeaturesResponse,
+        deprecations: Sequence[str] = (),
+        request_id: str = "",
+    ) -> None:
+        self.request_id = request_id
         self.deprecations = list(deprecations)
         for notice in self.deprecations:
             warnings.warn(

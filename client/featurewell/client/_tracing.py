@@ -50,3 +50,15 @@ def deprecations_of(trailing: Iterable[tuple[str, str | bytes]] | None) -> list[
         for key, value in trailing or ()
         if key == DEPRECATED_HEADER
     ]
+
+
+REQUEST_ID_HEADER = "x-featurewell-request-id"
+
+
+def request_id_of(trailing: Iterable[tuple[str, str | bytes]] | None) -> str:
+    """The id under which the server logged the call's answer (its served-feature log), "" when
+    the call was not sampled: attach it to impressions and labels to train on what was served."""
+    for key, value in trailing or ():
+        if key == REQUEST_ID_HEADER:
+            return value if isinstance(value, str) else value.decode()
+    return ""

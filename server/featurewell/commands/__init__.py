@@ -11,6 +11,7 @@ from featurewell.commands import (
     probe,
     repair,
     serving,
+    skew,
     training,
     ui,
 )
@@ -28,6 +29,7 @@ COMMANDS: tuple[Command, ...] = (
     *probe.COMMANDS,
     *catalog.COMMANDS,
     *ui.COMMANDS,
+    *skew.COMMANDS,
 )
 
 __all__ = ["COMMANDS", "Command"]

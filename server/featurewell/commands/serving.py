@@ -10,6 +10,7 @@ from featurewell.settings import (
     AuthSettings,
     CacheSettings,
     ListenSettings,
+    OfflineSettings,
     RedisSettings,
     ServingSettings,
     Settings,
@@ -23,6 +24,7 @@ SERVER_GROUPS = (
     CacheSettings,
     TelemetrySettings,
     AuthSettings,
+    OfflineSettings,  # the served-feature log and pushed rows' history (docs/skew.md)
 )
 
 

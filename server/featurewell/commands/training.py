@@ -6,13 +6,15 @@ import argparse
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from featurewell.app import connected
 from featurewell.commands._command import Command, pairs, registry_of, run
 from featurewell.commands.progress import Progress
+from featurewell.definitions import Registry
 from featurewell.errors import ConfigError, InvalidRequest, StoreUnavailable
-from featurewell.offline import versions
+from featurewell.offline import served_training, versions
 from featurewell.offline.store import OfflineStore
 from featurewell.offline.training import STATUS_SUFFIX, get_historical_features
 from featurewell.settings import OfflineSettings, RedisSettings, Settings, specs
@@ -31,6 +33,16 @@ def _training_set_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="promoted default versions from `featurewell versions --export FILE`, so view:* "
         "reads what servers serve (or give the cluster with --redis to read them there)",
+    )
+    parser.add_argument(
+        "--from-served-log",
+        nargs="?",
+        const="request_id",
+        choices=served_training.JOINS,
+        metavar="JOIN",
+        help="join the labels to the values servers logged (the served-feature log under "
+        "--offline-dir), not to history: by request_id (labels carry request_id and row or the "
+        "entity keys; the default) or by time (the latest record logged at or before the label)",
     )
 
 
@@ -67,6 +79,9 @@ def _training_set(settings: Settings, args: argparse.Namespace) -> None:
     if not labels_path.exists():
         raise InvalidRequest(f"label file {labels_path} does not exist")
     features = [f.strip() for f in args.features.split(",") if f.strip()]
+    if args.from_served_log:
+        _from_served_log(store, registry, labels_path, features, args)
+        return
     defaults = _served_defaults(settings, args)
     started = time.perf_counter()
     labels = pq.read_table(labels_path)
@@ -109,6 +124,49 @@ def _training_set(settings: Settings, args: argparse.Namespace) -> None:
                 "any label time; check --offline-dir, that the view's history was written, "
                 "and that the label times are µs"
             )
+
+
+def _from_served_log(
+    store: OfflineStore,
+    registry: Registry,
+    labels_path: Path,
+    features: list[str],
+    args: argparse.Namespace,
+) -> None:
+    """Log and wait: the labels joined to what was served (offline/served_training.py)."""
+    started = time.perf_counter()
+    table = served_training.from_served_log(
+        registry,
+        pq.read_table(labels_path),
+        features,
+        store.root,
+        join=args.from_served_log,
+        timestamp_column=args.timestamp_column,
+    )
+    pq.write_table(table, args.out)
+    seconds = time.perf_counter() - started
+    print(
+        f"{table.num_rows:,} rows from the served-feature log (joined by "
+        f"{args.from_served_log}) -> {args.out} in {seconds:.1f} s"
+    )
+    for name in (n for n in table.column_names if n.endswith(served_training.STATUS)):
+        output = name.removesuffix(served_training.STATUS)
+        column = table.column(name)
+        unmatched = column.null_count
+        counts = [c for c in column.value_counts().to_pylist() if c["values"] is not None]
+        shown = ", ".join(f"{Status(c['values']).name.lower()} {c['counts']:,}" for c in counts)
+        found = _versions_of(table.column(output + served_training.VERSION))
+        print(f"  {output} (served {found}): {shown or 'nothing'}; no record {unmatched:,}")
+        if unmatched == table.num_rows:
+            print(
+                f"  warning: no label matched a logged {output} record: check the join "
+                "(request ids, entity keys, label times in µs) and that it was logged"
+            )
+
+
+def _versions_of(column: pa.ChunkedArray) -> str:
+    versions_ = sorted(v for v in set(column.to_pylist()) if v is not None)
+    return ", ".join(f"v{v}" for v in versions_) or "no version"
 
 
 def _baseline_arguments(parser: argparse.ArgumentParser) -> None:

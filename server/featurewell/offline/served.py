@@ -58,7 +58,13 @@ def read(folder: Path, since_us: int | None = None, until_us: int | None = None)
     written is kept). An empty table when nothing was logged."""
     if not folder.exists():
         return pa.table({field.name: pa.array([], field.type) for field in COLUMNS})
-    dataset = ds.dataset(folder, format="parquet", partitioning="hive")
+    # Finished files only: a writer's file in progress has another suffix until it is renamed.
+    files = sorted(str(path) for path in folder.rglob("*.parquet"))
+    if not files:
+        return pa.table({field.name: pa.array([], field.type) for field in COLUMNS})
+    dataset = ds.dataset(
+        files, format="parquet", partitioning="hive", partition_base_dir=str(folder)
+    )
     condition = None
     stamp = ds.field("logged_at_us")
     if since_us is not None:

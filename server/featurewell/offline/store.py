@@ -76,6 +76,12 @@ def _write_stamp() -> int:
         return _last_stamp
 
 
+def write_stamp() -> int:
+    """A file's write time for its name, as history files are named (strictly increasing in
+    this process), for other writers of the offline store (telemetry/served_log.py)."""
+    return _write_stamp()
+
+
 @dataclass(frozen=True)
 class Written:
     rows: int

@@ -108,6 +108,7 @@ class Server:
                 registry,
                 tracing,
                 poll_timeout_s=settings.redis.connect_timeout_s,
+                offline=settings.offline,
             )
             if authenticating is not None:
                 authenticating.on_refused = _counted(telemetry)

@@ -14,6 +14,7 @@ import grpc
 from featurewell.engine.calls import Budget
 from featurewell.engine.engine import FeatureEngine
 from featurewell.errors import DeadlineExceeded, Overloaded
+from featurewell.offline.served import REQUEST_ID_HEADER
 from featurewell.serving import auth, wire
 from featurewell.serving.authz import Authoriser
 from featurewell.serving.deprecation import DeprecationNotices
@@ -126,6 +127,10 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
                 result = await self.engine.get_features(asked, budget)
                 response = wire.feature_response(result, message.typed_values)
                 notices = self._deprecations.notices(self.engine.registry, result)
+                # Sampled for the served-feature log: its request id goes back to the caller.
+                sampled = self.telemetry.sample(context.invocation_metadata() or (), result)
+                if sampled is not None:
+                    notices.append((REQUEST_ID_HEADER, sampled[0]))
                 if notices:
                     context.set_trailing_metadata(notices)
         except Exception as exc:
@@ -138,6 +143,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
             time.perf_counter_ns(),
             context.invocation_metadata(),  # always: it names the caller (lineage)
             auth.principal(),
+            None if sampled is None else (sampled, asked.entities),
         )
         return response
 
@@ -150,10 +156,16 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
                 asked_write = wire.write_request(request)
                 self._authorise_write(asked_write.view)
                 result = await self.engine.write(asked_write)
+                written_us = time.time_ns() // 1000  # the rows' `created` in the history
         except Exception as exc:
             await self._abort("WriteFeatures", exc, context, started)
         _after_answer(
-            self.telemetry.write_done, result, started, time.perf_counter_ns(), self._trace(context)
+            self.telemetry.write_done,
+            result,
+            started,
+            time.perf_counter_ns(),
+            self._trace(context),
+            (asked_write, written_us),
         )
         return wire.write_response(result)
 

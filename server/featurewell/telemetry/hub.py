@@ -8,21 +8,24 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from importlib import metadata
 
 import grpc
 
 from featurewell.definitions import Registry
-from featurewell.engine.calls import FeatureResult, WriteResult
-from featurewell.errors import FeaturewellError
-from featurewell.settings import TelemetrySettings
+from featurewell.engine.calls import FeatureResult, InputColumn, WriteRequest, WriteResult
+from featurewell.errors import ConfigError, FeaturewellError
+from featurewell.offline.store import OfflineStore
+from featurewell.settings import OfflineSettings, TelemetrySettings
+from featurewell.settings_groups import rate_list
 from featurewell.store.online import OnlineStore
 from featurewell.telemetry import baseline
-from featurewell.telemetry.consumers import Consumers, as_principal
+from featurewell.telemetry.consumers import CALLER_HEADER, Consumers, as_principal, caller_name
 from featurewell.telemetry.drift import DriftMonitor
 from featurewell.telemetry.freshness import FreshnessMonitor
 from featurewell.telemetry.metrics import ServerMetrics
+from featurewell.telemetry.served_log import LoggedCall, Sampler, ServedLog
 from featurewell.telemetry.store_stats import StoreStats
 from featurewell.telemetry.tracing import Tracing
 
@@ -40,8 +43,10 @@ class Telemetry:
         tracing: Tracing | None = None,
         *,
         poll_timeout_s: float = 2.0,
+        offline: OfflineSettings | None = None,
     ) -> None:
-        """`poll_timeout_s`: how long the freshness poll waits for Redis."""
+        """`poll_timeout_s`: how long the freshness poll waits for Redis. `offline`: where the
+        served-feature log and pushed rows' history go (telemetry/served_log.py)."""
         self.settings = settings
         self._poll_timeout_s = max(1.0, poll_timeout_s)
         self.store = store
@@ -57,6 +62,9 @@ class Telemetry:
         self.tracing = tracing
         self._computed = baseline.load(settings.drift_baseline) if settings.drift_baseline else {}
         self.metrics.build_info.labels(_version()).set(1)
+        self.served_log = _served_log(settings, offline, self.metrics)
+        self._write_history = offline is not None and offline.write_history
+        self._registry = registry
         self.use(registry)
 
     def use(self, registry: Registry) -> None:
@@ -64,6 +72,30 @@ class Telemetry:
         self.metrics.use(registry)
         self.freshness.use(registry)
         self.drift.use(baseline.for_registry(registry, self._computed))
+        self._registry = registry
+
+    # -- the served-feature log: the handler asks, the record follows the answer --
+
+    def sample(
+        self, metadata: Metadata, result: FeatureResult
+    ) -> tuple[str, float, str, int] | None:
+        """For a GetFeatures call about to answer `result`: (request id, its fraction, caller,
+        logged at µs) when some of its views or transforms are logged, else None (no id)."""
+        served_log = self.served_log
+        if served_log is None or not served_log.sampler.on:
+            return None
+        caller = ""
+        for key, value in metadata:
+            if key == CALLER_HEADER:
+                caller = caller_name(value)  # "(invalid)" for a hostile one
+                break
+        widest = served_log.sampler.widest(caller)
+        if widest <= 0:
+            return None
+        request_id, fraction = served_log.sampler.draw()
+        if fraction >= widest or not served_log.logs_any(result, fraction, caller):
+            return None
+        return request_id, fraction, caller, time.time_ns() // 1000
 
     # -- calls: run a moment after the answer (service.AFTER_ANSWER_S), off the call's path.
     # `metadata` is the call's: the caller's trace context (None unless tracing is on; reads
@@ -76,7 +108,14 @@ class Telemetry:
         ended_ns: int,
         metadata: Metadata | None,
         principal: str | None = None,
+        logged: tuple[tuple[str, float, str, int], Mapping[str, InputColumn]] | None = None,
     ) -> None:
+        """`logged`: the call's sample (from `sample`) and entity columns when it is logged."""
+        if logged is not None and self.served_log is not None:
+            (request_id, fraction, caller, at_us), entities = logged
+            self.served_log.record(
+                LoggedCall(request_id, fraction, at_us, caller, principal or "", entities, result)
+            )
         self.metrics.record_read(result, (ended_ns - started_ns) / 1e9)
         self.drift.observe(result)
         self.consumers.observe(as_principal(metadata or (), principal), result)
@@ -95,8 +134,22 @@ class Telemetry:
             )
 
     def write_done(
-        self, result: WriteResult, started_ns: int, ended_ns: int, metadata: Metadata | None
+        self,
+        result: WriteResult,
+        started_ns: int,
+        ended_ns: int,
+        metadata: Metadata | None,
+        pushed: tuple[WriteRequest, int] | None = None,
     ) -> None:
+        """`pushed`: the write's rows and when they were written, for the offline history."""
+        if pushed is not None and self._write_history and self.served_log is not None:
+            name, _, version = result.view.rpartition("@v")
+            try:
+                view = self._registry.view(name, int(version))
+            except FeaturewellError:  # a reload took the version away since the write
+                log.warning("%s rows not added to the offline history: no longer defined", name)
+            else:
+                self.served_log.record_write(view, pushed[0], pushed[1])
         self.metrics.record_write(result, (ended_ns - started_ns) / 1e9)
         if self.tracing is not None:
             self.tracing.record(
@@ -160,9 +213,38 @@ class Telemetry:
             await asyncio.sleep(max(0.0, wake - time.monotonic()))
 
     def close(self) -> None:
+        if self.served_log is not None:
+            self.served_log.close()
         if self.tracing is not None:
             with contextlib.suppress(Exception):  # exporting must never block shutdown
                 self.tracing.shutdown()
+
+
+def _served_log(
+    settings: TelemetrySettings, offline: OfflineSettings | None, metrics: ServerMetrics
+) -> ServedLog | None:
+    """The served-log writer when anything is to be logged or pushed rows recorded."""
+    callers = rate_list(settings.served_log_callers, "served_log_callers")
+    views = rate_list(settings.served_log_views, "served_log_views")
+    sampler = Sampler(settings.served_log_rate, callers, views)
+    logging_on = sampler.on
+    directory = offline.dir if offline is not None else ""
+    if logging_on and not directory:
+        raise ConfigError(
+            "served_log_rate (or a served_log_callers/views rate) is above 0 but offline_dir is "
+            "empty: the served-feature log is written to the offline store; set offline_dir"
+        )
+    if not directory or not (logging_on or (offline is not None and offline.write_history)):
+        return None
+    assert offline is not None
+    return ServedLog(
+        OfflineStore(directory, offline.format),
+        sampler,
+        metrics.registry,
+        queue_rows=settings.served_log_queue_rows,
+        flush_s=settings.served_log_flush_s,
+        batch_rows=settings.served_log_batch_rows,
+    )
 
 
 def _version() -> str:
