@@ -237,3 +237,23 @@ def test_shared_kafka_refuses_a_view_keyed_by_another_key(
             each.close()
         loop.run_until_complete(store.close())
         loop.close()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--shared"], "--shared is for Kafka sources (--kafka-bootstrap)"),
+        (["--kafka-bootstrap", "127.0.0.1:1", "--kafka-option", "linger"], "give KEY=VALUE"),
+    ],
+    ids=["shared-without-kafka", "option-without-value"],
+)
+def test_stream_flags_that_cannot_work_are_refused(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    repo = tmp_path / "repo.py"
+    repo.write_text(REPO.replace("NAME", "flags"))
+    command = [sys.executable, "-m", "featurewell.cli", "stream", "--repo", str(repo)]
+    command += ["--source", "flags", "--redis", "127.0.0.1:1", "--metrics-port", "-1", *flags]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
