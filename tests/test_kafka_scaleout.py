@@ -257,3 +257,69 @@ def test_stream_flags_that_cannot_work_are_refused(
     done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
+
+
+def test_a_worker_that_stops_polling_loses_its_partitions_and_forgets_them(
+    kafka: tuple[Producer, str],
+    cluster: LocalCluster,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A worker stalled past max.poll.interval.ms is taken out of the group: its next poll
+    reports the partitions lost (no revoke: too late to commit) and the runner drops what it
+    held of them instead of stopping (it raised on _MAX_POLL_EXCEEDED before), rejoins, and
+    reads them again from their last commit (none here): every event counted once."""
+    producer, bootstrap = kafka
+    name = f"klost_{uuid.uuid4().hex[:6]}"
+    repo = tmp_path / "repo.py"
+    repo.write_text(REPO.replace("NAME", name))
+    registry = load_repo(str(repo))
+    view = registry.view(f"{name}_stats")
+    source = view.events
+    assert source is not None
+    members, events = _events(name, 400)
+    produce(producer, source, events)
+    config = {
+        "bootstrap.servers": bootstrap,
+        "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 500,
+        "max.poll.interval.ms": 6000,
+        "log_level": 0,
+    }
+    reader = KafkaSource(source, config, f"g-{uuid.uuid4().hex[:6]}")
+    loop = asyncio.new_event_loop()
+    store = loop.run_until_complete(
+        OnlineStore.connect(cluster.seeds, connect_timeout=2, connections_per_node=1)
+    )
+    engine = FeatureEngine(registry, store)
+    runner = StreamRunner(registry, source, engine, events=reader, batch_size=50)
+    runner.checkpoint_s = 1e9  # nothing checkpointed nor committed before the loss
+
+    def step_until(done: Any, what: str) -> None:
+        for _ in range(600):
+            loop.run_until_complete(runner.step())
+            if done():
+                return
+        raise AssertionError(f"never: {what}")
+
+    try:
+        loop.run_until_complete(runner.start())
+        step_until(lambda: runner.stats.events >= 100, "a first read")
+        time.sleep(8.0)  # no poll: the consumer is taken out of the group
+        step_until(lambda: "lost" in caplog.text, "the partitions reported lost")
+        step_until(lambda: runner.stats.events >= 100 + len(events), "everything read again")
+        loop.run_until_complete(runner.checkpoint())
+    finally:
+        reader.close()
+        loop.run_until_complete(store.close())
+        loop.close()
+    delivered = _topic(bootstrap, source, len(events))
+    table: dict[str, list[Any]] = {key: [m[2][key] for m in delivered] for key in events[0]}
+    table["_partition"] = [m[0] for m in delivered]
+    table["_pos_major"] = [m[1] for m in delivered]
+    table["_pos_minor"] = [0] * len(delivered)
+    server = ServerThread(make_settings(cluster), registry)
+    try:
+        check_served(server, view, pa.table(table), members)
+    finally:
+        server.stop()

@@ -53,7 +53,7 @@ class PartitionHooks(Protocol):
 
     async def revoked(self, partitions: Sequence[int]) -> None: ...
 
-    def lost(self, partitions: Sequence[int]) -> None: ...
+    async def lost(self, partitions: Sequence[int]) -> None: ...
 
 
 def produce(producer: Producer, source: EventSource, events: Sequence[Mapping[str, Any]]) -> None:
@@ -151,8 +151,7 @@ class KafkaSource:
         self._revoked |= set(gone)
         for partition in gone:
             self._acked.pop(partition, None)
-        if self.hooks is not None:
-            self.hooks.lost(gone)
+        self._call(lambda hooks: hooks.lost(gone))  # on the loop: it changes the runner's state
 
     def _call(self, work: Callable[[PartitionHooks], Awaitable[None]]) -> None:
         """Run a hook on the runner's loop and wait for it (the rebalance waits for us). Not
@@ -173,6 +172,11 @@ class KafkaSource:
             error = message.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if error.code() == KafkaError._MAX_POLL_EXCEEDED:
+                    # This worker stalled past max.poll.interval.ms and left the group: its
+                    # partitions are reported lost (`_on_lost`), and it rejoins as it polls.
+                    log.warning("stream: %s; rejoining the group", error.str())
                     continue
                 raise StoreUnavailable(f"Kafka consumer error: {error}")
             partition = int(message.partition() or 0)

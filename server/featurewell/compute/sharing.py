@@ -109,7 +109,7 @@ class KafkaHandoff:
         await give_up(self.runner, partitions)
         log.info("stream %s: Kafka revoked partitions %s", self.runner.consumer, partitions)
 
-    def lost(self, partitions: Sequence[int]) -> None:
+    async def lost(self, partitions: Sequence[int]) -> None:
         """Taken away without a revoke (this worker missed its session timeout): their new
         owner re-reads from the last commit, so what this worker applied since is dropped."""
         for partition in partitions:
