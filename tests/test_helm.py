@@ -527,21 +527,11 @@ def test_materialize_and_backfill_jobs_are_paced(helm: str, tmp_path: Path) -> N
             "partitions (the source's partitions= in the repo)",
         ),
         (
-            {
-                "stream": {
-                    "sources": [
-                        {"name": "clicks", "partitions": 4, "replicas": 2, "kafkaBootstrap": "k:1"}
-                    ]
-                }
-            },
-            "Kafka sources run one worker each",
-        ),
-        (
             {"jobs": {"backfill": {"enabled": True}}},
             "jobs.backfill.source: the EventSource to backfill",
         ),
     ],
-    ids=["replicas-above-partitions", "no-partitions", "kafka-replicas", "backfill-without-source"],
+    ids=["replicas-above-partitions", "no-partitions", "backfill-without-source"],
 )
 def test_pipeline_values_that_cannot_work_fail_to_render(
     helm: str, tmp_path: Path, change: dict[str, Any], message: str
@@ -549,6 +539,23 @@ def test_pipeline_values_that_cannot_work_fail_to_render(
     done = _helm(helm, "template", "features", str(CHART), "-f", _values(tmp_path, change))
     assert done.returncode != 0
     assert message in done.stderr
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 8])
+def test_kafka_replicas_share_the_topic_by_rebalancing(
+    helm: str, tmp_path: Path, replicas: int
+) -> None:
+    """Several workers of a Kafka source: one consumer group sharing the topic's partitions
+    (--shared), each worker its own consumer name; no leases (those are Redis Streams')."""
+    source = {"name": "clicks", "partitions": 8, "replicas": replicas, "kafkaBootstrap": "k:1"}
+    values = {**_PIPELINES, "stream": {"sources": [source]}}
+    objects = _valid(helm, "-f", _values(tmp_path, values))
+    deployment = objects["Deployment/features-featurewell-stream-clicks"]["spec"]
+    assert deployment["replicas"] == replicas
+    args = _parser().parse_args(deployment["template"]["spec"]["containers"][0]["args"])
+    assert (args.kafka_bootstrap, args.group, args.lease_s) == ("k:1", "featurewell", 0.0)
+    assert args.shared == (replicas > 1)
+    assert args.consumer == ("$(POD_NAME)" if replicas > 1 else "stream-0")
 
 
 def test_the_selector_check_catches_a_mismatch() -> None:

@@ -26,7 +26,7 @@ from featurewell.compute.runner import StreamRunner
 from featurewell.definitions import EventSource, Registry
 from featurewell.engine.engine import FeatureEngine
 from featurewell.engine.validation import WriteRules
-from featurewell.errors import InvalidRequest
+from featurewell.errors import ConfigError, InvalidRequest
 from featurewell.ingest.materialize import materialize
 from featurewell.offline.store import OfflineStore
 from featurewell.settings import ListenSettings, OfflineSettings, RedisSettings, Settings
@@ -113,6 +113,21 @@ def _stream_arguments(parser: argparse.ArgumentParser) -> None:
         "dead consumer's partitions move when its leases run out. 0: read --partitions alone",
     )
     parser.add_argument(
+        "--shared",
+        action="store_true",
+        help="Kafka: other workers of the group share the topic's partitions (Kafka rebalances "
+        "them; each is checkpointed and committed before it moves). Views must then be keyed "
+        "by the source's partition key. Redis Streams share by --lease-s",
+    )
+    parser.add_argument(
+        "--kafka-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a librdkafka consumer setting, e.g. session.timeout.ms=10000 (how soon a dead "
+        "worker's partitions move) or security settings; repeatable",
+    )
+    parser.add_argument(
         "--dead-letter-topic",
         default="",
         help="Kafka: where refused events go (default: the source's topic + '.dead-letters'; "
@@ -134,6 +149,12 @@ def _stream(settings: Settings, args: argparse.Namespace) -> None:
     # Events are screened by the rules writes are (max_future_skew_s, max_event_age_days,
     # max_entity_key_bytes: FEATUREWELL_* variables).
     rules = WriteRules.from_settings(settings.serving)
+    if args.shared and not args.kafka_bootstrap:
+        raise ConfigError(
+            "featurewell stream: --shared is for Kafka sources (--kafka-bootstrap); Redis "
+            "Streams workers share partitions by --lease-s"
+        )
+    kafka_config = {"bootstrap.servers": args.kafka_bootstrap, **_kafka_options(args)}
 
     async def consume() -> None:
         async with connected(settings.redis) as store:
@@ -141,7 +162,7 @@ def _stream(settings: Settings, args: argparse.Namespace) -> None:
             if args.kafka_bootstrap:
                 kafka = KafkaSource(
                     source,
-                    {"bootstrap.servers": args.kafka_bootstrap},
+                    kafka_config,
                     args.group,
                     rules=rules,
                     dead_letter_topic=args.dead_letter_topic,
@@ -164,6 +185,7 @@ def _stream(settings: Settings, args: argparse.Namespace) -> None:
                 rules=rules,
                 dead_letter_kb=args.dead_letter_kb,
                 lease_s=args.lease_s,
+                shared=args.shared,
             )
             metrics = "off"
             if listen.metrics_port >= 0:
@@ -191,6 +213,16 @@ def _stream(settings: Settings, args: argparse.Namespace) -> None:
         )
 
     run(consume())
+
+
+def _kafka_options(args: argparse.Namespace) -> dict[str, str]:
+    options = {}
+    for option in args.kafka_option:
+        key, equals, value = option.partition("=")
+        if not equals or not key.strip():
+            raise ConfigError(f"featurewell stream: --kafka-option {option!r}: give KEY=VALUE")
+        options[key.strip()] = value.strip()
+    return options
 
 
 def _backfill_arguments(parser: argparse.ArgumentParser) -> None:

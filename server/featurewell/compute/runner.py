@@ -28,6 +28,7 @@ from featurewell.compute import sharing
 from featurewell.compute.deadletters import DeadLetterSink, batch_letters
 from featurewell.compute.events import wall_clock_us
 from featurewell.compute.history import StreamHistory
+from featurewell.compute.kafka import KafkaSource
 from featurewell.compute.program import compile_view, write_request
 from featurewell.compute.redis_streams import RedisStreamSource
 from featurewell.compute.state import decode_entity, encode_entity
@@ -85,6 +86,7 @@ class StreamRunner:
         rules: WriteRules | None = None,
         dead_letter_kb: int = 64,
         lease_s: float = 0.0,
+        shared: bool = False,
     ) -> None:
         """`events` reads the source (default: its Redis Streams, as consumer `consumer` of
         `group`); a `KafkaSource` reads its topic instead. `clock_us` is the time values are
@@ -108,7 +110,10 @@ class StreamRunner:
 
         `lease_s` > 0 shares the source's partitions with the group's other consumers (each
         partition leased to one at a time: compute/redis_streams.py); every view must then be
-        keyed by the key the source is partitioned by, so an entity's events meet one consumer."""
+        keyed by the key the source is partitioned by, so an entity's events meet one consumer.
+        A Kafka source's partitions are shared by its consumer group, which rebalances them
+        (compute/kafka.py); `shared` says other workers are in the group, and holds its views
+        to the same rule."""
         self.registry = registry
         self.source = source
         self.writer = writer
@@ -121,8 +126,9 @@ class StreamRunner:
         if not programs:
             raise ValueError(f"no feature view is computed from event source {source.name!r}")
         self.programs = {p.view.ref: p for p in programs}
-        if lease_s:
-            sharing.check_shareable(source, programs, events is not None)
+        if lease_s or shared:
+            kafka = isinstance(events, KafkaSource)
+            sharing.check_shareable(source, programs, by_lease=bool(lease_s), kafka=kafka)
         self.engine = StreamEngine(programs, int(allowed_lateness_s * 1e6))
         self.events: EventReader = events or RedisStreamSource(
             self.cluster,
@@ -174,12 +180,17 @@ class StreamRunner:
 
     async def start(self) -> None:
         """Restore the watermarks, create or join the consumer group, claim dead consumers'
-        pending entries."""
-        marks = await load_watermarks(self.cluster, self.source, self.group, 10.0)
-        if marks:
-            self.engine.watermarks = marks
+        pending entries. (Workers sharing partitions restore a partition's watermark when they
+        take it: the others' would be stale, and saved again with this worker's.)"""
+        kafka = self.events if isinstance(self.events, KafkaSource) else None
+        if not self.lease_s and kafka is None:
+            marks = await load_watermarks(self.cluster, self.source, self.group, 10.0)
+            if marks:
+                self.engine.watermarks = marks
         if self.history is not None:
             await self.history.load()
+        if kafka is not None:  # Kafka assigns partitions from the first read on
+            kafka.bind(sharing.KafkaHandoff(self), asyncio.get_running_loop())
         await self.events.start()
         if self.lease_s:
             await self.balance()
