@@ -95,6 +95,8 @@ class Server:
             authenticating = _interceptor(settings)
             grpc_server = grpc.aio.server(
                 interceptors=[authenticating] if authenticating is not None else None,
+                # Past it gRPC answers RESOURCE_EXHAUSTED before any handler: serving/overload.py
+                maximum_concurrent_rpcs=settings.serving.max_concurrent_rpcs or None,
                 options=[
                     ("grpc.max_send_message_length", settings.serving.max_message_bytes),
                     ("grpc.so_reuseport", 1 if settings.serving.workers > 1 else 0),
