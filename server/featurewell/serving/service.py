@@ -178,5 +178,9 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         self.telemetry.call_done(
             method, code, started, time.perf_counter_ns(), self._trace(context), error=message
         )
+        if context.cancelled() or context.done():
+            # The caller is gone (its deadline passed while the call queued): no status can be
+            # sent, and trying makes gRPC log a traceback per call, costly in an overload.
+            raise asyncio.CancelledError
         await context.abort(code, message)
         raise AssertionError("unreachable: context.abort raises")
