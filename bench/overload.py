@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from e2e import SINGLE, USERS, example_repo
 
 LEVELS = (0.5, 1.0, 1.5, 3.0)
+SHED = ("RESOURCE_EXHAUSTED", "DROPPED", "CANCELLED")
 Outcome = tuple[str, float]  # status code name, seconds from the scheduled send
 
 
@@ -122,7 +124,9 @@ def level(pool: Any, address: str, rate: float, args: argparse.Namespace, capaci
     deadline = args.deadline_ms / 1000
     ok = np.array([s for code, s in outcomes if code == "OK"]) * 1000
     in_time = int((ok <= args.deadline_ms).sum())
-    shed = np.array([s for code, s in outcomes if code in ("RESOURCE_EXHAUSTED", "DROPPED")])
+    # Refused: by the handler (RESOURCE_EXHAUSTED, or DROPPED: its deadline could not be met) or
+    # by gRPC's core past max_pending_calls (it resets the stream: CANCELLED).
+    shed = np.array([s for code, s in outcomes if code in SHED])
     missed = sum(1 for code, s in outcomes if code == "DEADLINE_EXCEEDED" or s > deadline)
     return {
         "offered_per_s": round(rate),
@@ -131,15 +135,15 @@ def level(pool: Any, address: str, rate: float, args: argparse.Namespace, capaci
         "ok_p50_ms": round(float(np.percentile(ok, 50)), 2) if len(ok) else None,
         "ok_p99_ms": round(float(np.percentile(ok, 99)), 2) if len(ok) else None,
         "shed": len(shed),
+        "resource_exhausted": sum(1 for code, _ in outcomes if code == "RESOURCE_EXHAUSTED"),
         "shed_p50_ms": round(float(np.percentile(shed, 50)) * 1000, 2) if len(shed) else None,
         "shed_p99_ms": round(float(np.percentile(shed, 99)) * 1000, 2) if len(shed) else None,
         "missed_deadline": missed,
         "other_errors": sum(
-            1
-            for code, _ in outcomes
-            if code not in ("OK", "RESOURCE_EXHAUSTED", "DROPPED", "DEADLINE_EXCEEDED")
+            1 for code, _ in outcomes if code not in ("OK", "DEADLINE_EXCEEDED", *SHED)
         ),
         "calls": len(outcomes),
+        "codes": dict(Counter(code for code, _ in outcomes)),
     }
 
 

@@ -82,6 +82,45 @@ def test_calls_past_max_concurrent_rpcs_are_refused_before_they_queue(
     assert server.server.service.calls.shed == 0
 
 
+def test_calls_past_max_pending_calls_are_refused_while_the_server_is_busy(
+    cluster: LocalCluster, registry: Registry
+) -> None:
+    # A CPU-bound server's queue is in gRPC's core, before Python takes calls up. With the
+    # server's loop blocked (as a saturated one is), calls past max_pending_calls are refused
+    # by the core at once; the ones within it are served once the loop is free.
+    server = ServerThread(
+        make_settings(cluster, max_pending_calls=3, max_concurrent_rpcs=0, cache_entries=0),
+        registry,
+    )
+    try:
+        blocked = threading.Event()
+
+        def busy() -> None:
+            blocked.set()
+            time.sleep(1.5)
+
+        threading.Timer(0.5, lambda: server.loop.call_soon_threadsafe(busy)).start()
+        # The barrier in _concurrent releases the calls at once; block the loop first.
+        outcomes: list[tuple[float, str, str]] = []
+
+        def send() -> None:
+            blocked.wait(5)
+            time.sleep(0.05)
+            outcomes.extend(_concurrent(server.address, 10, timeout=5.0))
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        sender.join()
+    finally:
+        server.stop()
+    codes = [code for _, code, _ in outcomes]
+    refused = codes.count("CANCELLED")
+    # 3 wait in the core; gRPC's Python server also holds a couple it asked for in advance.
+    assert refused >= 4
+    assert codes.count("OK") == 10 - refused
+    assert codes[:refused] == ["CANCELLED"] * refused  # refused while the loop was blocked
+
+
 def test_the_adaptive_limit_sheds_when_handlers_slow_down(
     cluster: LocalCluster, registry: Registry
 ) -> None:

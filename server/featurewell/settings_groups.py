@@ -168,6 +168,14 @@ class ServingSettings(Group):
         "deadline (0: no limit).",
         128,
     )
+    max_pending_calls: int = setting(
+        "max_pending_calls",
+        "Calls gRPC's core may hold that this process has not yet taken up (it is busy): more "
+        "are answered RESOURCE_EXHAUSTED by gRPC's C core at once, the cheapest refusal there "
+        "is (clients see CANCELLED), instead of queueing until their deadline (0: gRPC's "
+        "default, 1000 then 3000).",
+        64,
+    )
     overload_latency_ms: float = setting(
         "overload_latency_ms",
         "Handler time above which the adaptive concurrency limit backs off (AIMD: x0.9 on a "
@@ -296,7 +304,7 @@ class ServingSettings(Group):
             "max_entity_key_bytes",
         )
         _not_negative(self, "reload_interval_s", "inject_delay_ms")
-        _not_negative(self, "max_concurrent_rpcs", "overload_latency_ms")
+        _not_negative(self, "max_concurrent_rpcs", "overload_latency_ms", "max_pending_calls")
         if not 0 <= self.port < 65536:
             raise ConfigError(f"setting port must be 0-65535, got {self.port}")
         if self.workers > 1 and self.port == 0:
