@@ -174,7 +174,7 @@ class ServingSettings(Group):
         "are answered RESOURCE_EXHAUSTED by gRPC's C core at once, the cheapest refusal there "
         "is (clients see CANCELLED), instead of queueing until their deadline (0: gRPC's "
         "default, 1000 then 3000).",
-        64,
+        16,
     )
     overload_latency_ms: float = setting(
         "overload_latency_ms",
