@@ -6,7 +6,7 @@ PROTO_SRC := protos/featurewell/v1/feature_service.proto
 PROTO_OUT := client
 
 .PHONY: install run test test-core bench gate proto proto-check lint fmt clean promtool chromium \
-	screenshots
+	screenshots java
 
 .venv/.installed: pyproject.toml
 	python3 -m venv .venv
@@ -45,18 +45,27 @@ chromium:
 	      apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
 	  else echo "chromium is missing: sudo apt-get install chromium" >&2; exit 1; fi; }
 
+# The spark engine's tests (marker spark) run a local Spark: it needs a Java 17 runtime, from
+# Debian (installed here when running as root, like promtool).
+java:
+	@command -v java >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends openjdk-17-jre-headless >/dev/null; \
+	  else echo "java is missing: sudo apt-get install openjdk-17-jre-headless" >&2; exit 1; fi; }
+
 ## run: a local 3-master Redis Cluster + the example repo's sample data + the server on :50051
 run: install
 	$(PY) -m featurewell.cli demo
 
 ## test: the whole test suite against real Redis Cluster nodes and a real gRPC server
-test: install .venv/bin/helm $(SCHEMA_CHECK)/node_modules/.package-lock.json promtool chromium
+test: install .venv/bin/helm $(SCHEMA_CHECK)/node_modules/.package-lock.json promtool chromium java
 	$(PY) -m pytest
 
-## test-core: the tests without the deploy checks and the browser tests, so no npm, helm,
-## promtool or chromium needed
+## test-core: the tests without the deploy checks, the browser tests and the Spark tests, so no
+## npm, helm, promtool, chromium or Java needed
 test-core: install
-	$(PY) -m pytest -m "not deploy and not browser"
+	$(PY) -m pytest -m "not deploy and not browser and not spark"
 
 ## screenshots: the browser tests, saving the web UI's pictures into docs/ (other runs keep them
 ## in a temporary folder)

@@ -149,13 +149,19 @@ def skew_metrics_text() -> str:
     return generate_latest(skew_registry(SkewCollector())).decode()
 
 
-def test_every_metric_named_is_exported_by_a_real_server(cluster: Any, ids: Ids) -> None:
+def test_every_metric_named_is_exported_by_a_real_server(
+    cluster: Any, ids: Ids, tmp_path: Path
+) -> None:
     named = {family(m) for _, expr in queries(dashboard()) for m in METRIC.findall(expr)}
     rules = yaml.safe_load(RULES.read_text())
     for group in rules["groups"]:
         for rule in group["rules"]:
             named |= {family(m) for m in METRIC.findall(rule["expr"])}
-    running = ServerThread(make_settings(cluster, metrics_port=0), defs.registry())
+    # With the served-feature log on, so its families (and their alert's) are there too.
+    settings = make_settings(
+        cluster, metrics_port=0, served_log_rate=0.01, offline_dir=str(tmp_path)
+    )
+    running = ServerThread(settings, defs.registry())
     try:
         with FeatureClient(running.address, timeout=5.0) as client:
             defs.write_profiles(client, [ids("m")], ages=[3])

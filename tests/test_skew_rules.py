@@ -118,10 +118,16 @@ def test_logged_tables_the_repo_does_not_define_are_named(tmp_path: Path) -> Non
 
 
 def test_a_file_that_is_not_parquet_is_named(served_stack: dict[str, Any]) -> None:
-    """A writer's temporary is retried (it is renamed whole in a moment); one left behind by a
-    crashed writer is named, not a raw pyarrow error."""
+    """A writer's temporary (renamed whole in a moment, or left behind by a crashed writer) is
+    not read at all; a damaged log file is named, not a raw pyarrow error."""
     name, store = served_stack["name"], served_stack["store"]
     folder = next((store.root / served.SERVED / name / "v1").glob("date=*"))
     (folder / "0-crashed.tmp").write_bytes(b"PAR1 half")
-    with pytest.raises(ConfigError, match=r"cannot read the served-feature log under .*v1: "):
-        measure(served_stack["registry"], store, None, None)
+    assert measure(served_stack["registry"], store, None, None)  # the temporary is skipped
+    damaged = folder / "0-damaged.parquet"
+    damaged.write_bytes(b"PAR1 half")
+    try:
+        with pytest.raises(ConfigError, match=r"cannot read the served-feature log under .*v1: "):
+            measure(served_stack["registry"], store, None, None)
+    finally:
+        damaged.unlink()  # the module's other tests read the same log

@@ -21,6 +21,7 @@ rider = Entity("rider", join_keys={"rider_id": String})
 view = FeatureView("ties", entity=rider, features=[Feature("score", Float64, default=-1.0)])
 REGISTRY = Registry.build([rider, view])
 FORMATS = ["parquet", "delta"]
+ENGINES = ["duckdb", pytest.param("spark", marks=pytest.mark.spark)]
 
 
 def _rows(rows: list[tuple[str, int, int, float]]) -> pa.Table:
@@ -35,20 +36,25 @@ def _rows(rows: list[tuple[str, int, int, float]]) -> pa.Table:
     )
 
 
-def _train(store: OfflineStore, asked: list[tuple[str, int]]) -> tuple[list[float], list[int]]:
+def _train(
+    store: OfflineStore, asked: list[tuple[str, int]], engine: str
+) -> tuple[list[float], list[int]]:
     labels = pa.table(
         {
             "rider_id": [a[0] for a in asked],
             "event_timestamp": pa.array([a[1] for a in asked], pa.int64()),
         }
     )
-    got = get_historical_features(REGISTRY, labels, ["ties:score"], store)
+    got = get_historical_features(REGISTRY, labels, ["ties:score"], store, engine=engine)
+    if engine != "duckdb":  # both engines agree cell for cell
+        assert got.equals(get_historical_features(REGISTRY, labels, ["ties:score"], store))
     return got.column("ties:score").to_pylist(), got.column("ties:__status").to_pylist()
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("table_format", FORMATS)
 def test_equal_instant_ties_follow_created_then_write_order(
-    tmp_path: Path, table_format: str
+    tmp_path: Path, table_format: str, engine: str
 ) -> None:
     store = OfflineStore(tmp_path, table_format)
     e = T0 + 1_000  # every tied row is about e and written before it: all known at exactly e
@@ -69,6 +75,7 @@ def test_equal_instant_ties_follow_created_then_write_order(
     scores, statuses = _train(
         store,
         [("a", e - 1), ("a", e), ("b", e), ("c", e), ("d", e + 69), ("d", e + 70), ("f", e)],
+        engine,
     )
     assert scores == [-1.0, 2.0, 4.0, 6.0, -1.0, 7.0, 9.0]
     assert statuses == [NOT_FOUND, PRESENT, PRESENT, PRESENT, NOT_FOUND, PRESENT, PRESENT]
@@ -81,8 +88,11 @@ def _expected(history: list[tuple[str, int, int, float, int]], rider_id: str, at
     return max(known, key=lambda h: (h[1], h[2], h[4]))[3] if known else -1.0
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("table_format", FORMATS)
-def test_random_histories_full_of_ties_follow_the_rule(tmp_path: Path, table_format: str) -> None:
+def test_random_histories_full_of_ties_follow_the_rule(
+    tmp_path: Path, table_format: str, engine: str
+) -> None:
     rng = np.random.default_rng(16)
     store = OfflineStore(tmp_path, table_format)
     riders = [f"r{n}" for n in range(6)]
@@ -98,6 +108,6 @@ def test_random_histories_full_of_ties_follow_the_rule(tmp_path: Path, table_for
             history.append((*batch[-1], len(history)))
         store.write(view, _rows(batch))
     asked = [(r, T0 + t * 5) for r in riders for t in range(-1, 18)]
-    scores, _ = _train(store, asked)
+    scores, _ = _train(store, asked, engine)
     assert scores == [_expected(history, r, at) for r, at in asked]
     assert len({s for s in scores if s >= 0}) > 10  # many different rows were chosen

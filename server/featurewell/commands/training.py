@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,6 +18,7 @@ from featurewell.commands.progress import Progress
 from featurewell.definitions import Registry
 from featurewell.errors import ConfigError, InvalidRequest, StoreUnavailable
 from featurewell.offline import served_training, versions
+from featurewell.offline.compact import compact
 from featurewell.offline.store import OfflineStore
 from featurewell.offline.training import STATUS_SUFFIX, get_historical_features
 from featurewell.settings import OfflineSettings, RedisSettings, Settings, specs
@@ -28,6 +32,19 @@ def _training_set_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", required=True, help="comma-separated references")
     parser.add_argument("--timestamp-column", default="event_timestamp")
     parser.add_argument("--out", required=True, help="Parquet file to write")
+    parser.add_argument(
+        "--engine",
+        choices=["duckdb", "spark"],
+        default="duckdb",
+        help="where the joins run: duckdb (this process) or spark (pip install "
+        "'featurewell[spark]', Java 17); the same rule and the same result (default: duckdb)",
+    )
+    parser.add_argument(
+        "--spark-master",
+        metavar="URL",
+        help="with --engine spark: the cluster to run on, e.g. spark://host:7077 "
+        "(default: a local Spark on every core, local[*])",
+    )
     parser.add_argument(
         "--defaults",
         metavar="FILE",
@@ -75,55 +92,149 @@ def _training_set(settings: Settings, args: argparse.Namespace) -> None:
     store = OfflineStore(offline.dir, offline.format)
     store.check_exists()
     registry = registry_of(settings)
+    if args.spark_master and args.engine != "spark":
+        raise ConfigError("--spark-master is for --engine spark")
     labels_path = Path(args.labels)
     if not labels_path.exists():
         raise InvalidRequest(f"label file {labels_path} does not exist")
     features = [f.strip() for f in args.features.split(",") if f.strip()]
     if args.from_served_log:
+        if args.engine != "duckdb":
+            raise ConfigError("--from-served-log joins the log in this process: drop --engine")
         _from_served_log(store, registry, labels_path, features, args)
         return
     defaults = _served_defaults(settings, args)
     started = time.perf_counter()
-    labels = pq.read_table(labels_path)
-    with Progress("training-set") as progress:
-        table = get_historical_features(
-            registry,
-            labels,
-            features,
-            store,
-            timestamp_column=args.timestamp_column,
-            defaults=defaults,
-            progress=lambda done, total: progress.update(
-                f"{labels.num_rows:,} labels", done, total, "joined rows"
-            ),
+    if args.engine == "spark":
+        rows, names, counts, used = _on_spark(
+            registry, store, labels_path, features, args, defaults
         )
-    pq.write_table(table, args.out)
+    else:
+        labels = pq.read_table(labels_path)
+        with Progress("training-set") as progress:
+            table = get_historical_features(
+                registry,
+                labels,
+                features,
+                store,
+                timestamp_column=args.timestamp_column,
+                defaults=defaults,
+                progress=lambda done, total: progress.update(
+                    f"{labels.num_rows:,} labels", done, total, "joined rows"
+                ),
+            )
+        pq.write_table(table, args.out)
+        rows, names, used = (
+            table.num_rows,
+            table.column_names,
+            versions.recorded(table.schema.metadata),
+        )
+        counts = {
+            n: table.column(n).value_counts().to_pylist()
+            for n in names
+            if n.endswith(STATUS_SUFFIX)
+        }
     seconds = time.perf_counter() - started
-    used = versions.recorded(table.schema.metadata)
     if defaults is None:
         print(
             "note: no promoted defaults given (--redis or --defaults FILE): view:* read each "
             "view's highest version in the repo, which servers serve only if none was promoted"
         )
-    values = [n for n in table.column_names if ":" in n and not n.endswith(STATUS_SUFFIX)]
+    values = [n for n in names if ":" in n and not n.endswith(STATUS_SUFFIX)]
     print(
-        f"{table.num_rows:,} rows x {len(values)} features -> {args.out} in {seconds:.1f} s "
-        f"({table.num_rows / max(seconds, 1e-9):,.0f} rows/s)"
+        f"{rows:,} rows x {len(values)} features -> {args.out} in {seconds:.1f} s "
+        f"({rows / max(seconds, 1e-9):,.0f} rows/s)"
     )
-    for name in (n for n in table.column_names if n.endswith(STATUS_SUFFIX)):
+    for name, found in counts.items():
         output = name.removesuffix(STATUS_SUFFIX)
-        column = table.column(name)
-        counts = column.value_counts().to_pylist()
-        shown = ", ".join(f"{Status(c['values']).name.lower()} {c['counts']:,}" for c in counts)
+        shown = ", ".join(f"{Status(c['values']).name.lower()} {c['counts']:,}" for c in found)
         entry = used.get(output, {})
         version = f" v{entry['version']} ({entry['how']})" if "version" in entry else ""
         print(f"  {output}{version}: {shown}")
-        if column.null_count == 0 and all(c["values"] == Status.NOT_FOUND for c in counts):
+        if all(c["values"] == Status.NOT_FOUND for c in found):
             print(
                 f"  warning: every {output} value is NOT_FOUND: no history row was known at "
                 "any label time; check --offline-dir, that the view's history was written, "
                 "and that the label times are µs"
             )
+
+
+def _on_spark(
+    registry: Registry,
+    store: OfflineStore,
+    labels_path: Path,
+    features: list[str],
+    args: argparse.Namespace,
+    defaults: versions.ServedDefaults | None,
+) -> tuple[int, list[str], dict[str, list[dict[str, Any]]], dict[str, Any]]:
+    """Labels read and the result written by Spark (offline/spark_frame.py): `--out` is a
+    folder of Parquet files, with the versions used in `_featurewell_versions.json`."""
+    from featurewell.offline import spark as spark_engine
+    from featurewell.offline.spark_frame import training_frame
+
+    out = Path(args.out)
+    if out.exists() and not (out / "_SUCCESS").is_file():
+        raise ConfigError(
+            f"--out {out} exists and is not an earlier Spark output: with --engine spark, "
+            "--out is a folder Spark writes (and replaces): choose a new path"
+        )
+    spark = spark_engine.session(args.spark_master)
+    labels = spark.read.parquet(str(labels_path))
+    frame, used = training_frame(
+        registry, labels, features, store, timestamp_column=args.timestamp_column, defaults=defaults
+    )
+    frame.write.mode("overwrite").parquet(str(out))
+    (out / "_featurewell_versions.json").write_text(json.dumps(used))
+    written = spark.read.parquet(str(out))
+    counts = {
+        name: [
+            {"values": row[0], "counts": row[1]}
+            for row in sorted(written.groupBy(name).count().collect())
+        ]
+        for name in written.columns
+        if name.endswith(STATUS_SUFFIX)
+    }
+    return written.count(), list(written.columns), counts, used
+
+
+def _compact_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--view", required=True, help="VIEW or VIEW@vN (default: its highest)")
+    parser.add_argument(
+        "--before",
+        metavar="YYYY-MM-DD",
+        help="merge partitions dated before this and write the as-of snapshot for it "
+        "(default: today, UTC: the partition the stream is still writing is left alone)",
+    )
+    parser.add_argument(
+        "--settle-s",
+        type=float,
+        default=60.0,
+        help="leave files younger than this for the next run (default: 60)",
+    )
+
+
+def _compact(settings: Settings, args: argparse.Namespace) -> None:
+    offline = settings.offline
+    if not offline.dir:
+        raise ConfigError("compact rewrites the offline store: pass --offline-dir DIR")
+    store = OfflineStore(offline.dir, offline.format)
+    store.check_exists()
+    registry = registry_of(settings)
+    name, _, version = args.view.partition("@v")
+    if version and not version.isdigit():
+        raise ConfigError(f"--view {args.view!r}: give VIEW or VIEW@vN")
+    view = registry.view(name, int(version) if version else None)  # names the known views
+    before = args.before or datetime.now(UTC).strftime("%Y-%m-%d")
+    started = time.perf_counter()
+    done = compact(store, view, before, settle_s=args.settle_s)
+    print(
+        f"{view.ref}: merged {done.files_in:,} files into {done.files_out:,} in "
+        f"{done.partitions:,} partitions before {before} ({time.perf_counter() - started:.1f} s)"
+    )
+    for reason in done.skipped:
+        print(f"  left as it was: {reason}")
+    if done.snapshot is not None:
+        print(f"  as-of snapshot {done.snapshot} ({done.snapshot_rows:,} rows)")
 
 
 def _from_served_log(
@@ -230,6 +341,13 @@ def _drift(settings: Settings, args: argparse.Namespace) -> None:
 
 
 COMMANDS = (
+    Command(
+        "compact",
+        "merge a view's small history files and write its as-of snapshot (faster training sets)",
+        _compact,
+        (OfflineSettings,),
+        _compact_arguments,
+    ),
     Command(
         "training-set",
         "point-in-time-correct features for labelled rows, from history",

@@ -45,6 +45,7 @@ import pyarrow.parquet as pq
 
 from featurewell.definitions import FeatureView, Registry
 from featurewell.errors import ConfigError, DefinitionError
+from featurewell.offline import partitions
 
 US_PER_DAY = 86_400_000_000
 
@@ -171,14 +172,23 @@ class OfflineStore:
                 "--offline-dir (FEATUREWELL_OFFLINE_DIR)"
             )
 
-    def source_of(self, view: FeatureView, registry: Registry) -> HistorySource | None:
+    def source_of(
+        self, view: FeatureView, registry: Registry, span: tuple[int, int] | None = None
+    ) -> HistorySource | None:
         """The view's own history if any was written, else its ParquetSource, else None. A
-        ParquetSource file that is not there is an error naming its path, not an empty history."""
-        if (self.folder(view) / "_delta_log").is_dir():
-            return HistorySource(_delta_files(self.folder(view)), "event_time", "created", False)
-        files = sorted(str(p) for p in self.folder(view).glob("date=*/*.parquet"))
-        if files:
-            return HistorySource(tuple(files), "event_time", "created", False)
+        ParquetSource file that is not there is an error naming its path, not an empty history.
+
+        `span` (the first and last label time, µs): only the files labels in it can need
+        (offline/partitions.py); the training set is the same as from every file."""
+        folder = self.folder(view)
+        if (folder / "_delta_log").is_dir():
+            files = delta_files(folder)
+            if span is not None:
+                files = tuple(partitions.needed_delta(folder, list(files), span))
+            return HistorySource(files, "event_time", "created", False)
+        if any(folder.glob("date=*/*.parquet")):
+            found = partitions.needed(folder, span)
+            return HistorySource(tuple(str(p) for p in found), "event_time", "created", False)
         if view.source is None:
             return None
         path = Path(view.source.path)
@@ -196,7 +206,7 @@ class OfflineStore:
         return HistorySource((str(path),), field, created, timestamp)
 
 
-def _delta_files(folder: Path) -> tuple[str, ...]:
+def delta_files(folder: Path) -> tuple[str, ...]:
     """A Delta table's live data files in write order: by the commit that added each (read from
     the transaction log's JSON commits), then by path. Files whose commit JSON was cleaned up
     after a checkpoint are older than every remaining commit, so they come first."""

@@ -24,8 +24,11 @@ known time, and the ASOF join then has exactly one candidate per (entity, known 
 
 from __future__ import annotations
 
+import functools
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,11 +37,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from featurewell.definitions import Feature, FeatureType, Kind, Registry
-from featurewell.engine.plan import Planner, ViewRead
+from featurewell.engine.plan import Plan, Planner, ViewRead
 from featurewell.errors import InvalidRequest
 from featurewell.offline import versions as served_versions
 from featurewell.offline.labels import microseconds
-from featurewell.offline.store import OfflineStore
+from featurewell.offline.store import HistorySource, OfflineStore
 from featurewell.offline.versions import ServedDefaults
 from featurewell.values import NOT_FOUND, PRESENT, STALE, worst_status
 
@@ -47,6 +50,8 @@ if TYPE_CHECKING:
 
 STATUS_SUFFIX = ":__status"
 log = logging.getLogger("featurewell.training")
+ENGINES = ("duckdb", "spark")
+RETRIES = 8  # lists of history files that a compaction changed while they were read
 
 
 def get_historical_features(
@@ -58,6 +63,9 @@ def get_historical_features(
     timestamp_column: str = "event_timestamp",
     defaults: ServedDefaults | None = None,
     progress: Callable[[int, int], None] | None = None,
+    prune: bool = True,
+    engine: str = "duckdb",
+    spark_master: str | None = None,
 ) -> pa.Table:
     """`labels` plus one column per requested feature (named as served: `view:feature`) and one
     status column per view or transform (`view:__status`, the `Status` numbers).
@@ -65,6 +73,12 @@ def get_historical_features(
     `view:feature` reads the version servers serve under `defaults` (the promoted defaults:
     `versions.load(file)`, or read from the cluster); None: each view's highest version. The
     versions used are in the result's schema metadata (`versions.recorded(table.schema.metadata)`).
+
+    `prune`: read only the history files the labels' time range needs (offline/partitions.py:
+    the same result, from fewer files); False reads every file.
+
+    `engine`: "duckdb" (one process) or "spark" (offline/spark.py: the same rule as Spark
+    jobs, on `spark_master`, default a local Spark; `pip install 'featurewell[spark]'`).
     """
     offline.check_exists()
     plan = Planner(served_versions.as_served(registry, defaults)).plan(list(features))
@@ -77,18 +91,34 @@ def get_historical_features(
             f"with timestamp_column= (it has {labels.column_names})"
         )
     label_ts = microseconds(labels.column(timestamp_column), timestamp_column)
+    span = (int(label_ts.min()), int(label_ts.max())) if prune else None
     fetched: dict[int, tuple[dict[str, Any], npt.NDArray[np.uint8]]] = {}
     import duckdb
 
+    if engine not in ENGINES:
+        raise InvalidRequest(f"engine must be one of {ENGINES}, got {engine!r}")
     con = duckdb.connect()
+    on_spark = None
+    if engine == "spark":
+        from featurewell.offline import spark as spark_engine
+
+        on_spark = spark_engine.AsOf(spark_engine.session(spark_master))
     joins, joined = sum(len(group.reads) for group in plan.groups), 0
     try:
         for group in plan.groups:
             keys = _keys(labels, group.entity.join_keys)
             order = np.arange(rows, dtype=np.int64)
-            con.register("labels", pa.table({**keys, "__ts": label_ts, "__row": order}))
+            keyed = pa.table({**keys, "__ts": label_ts, "__row": order})
+            con.register("labels", keyed)
             for read, wanted in zip(group.reads, group.wanted, strict=True):
-                fetched[id(read)] = _join(con, registry, offline, read, sorted(wanted), label_ts)
+                join = (
+                    functools.partial(_duckdb_rows, con)
+                    if on_spark is None
+                    else functools.partial(on_spark.rows, keyed)
+                )
+                fetched[id(read)] = _read(
+                    join, registry, offline, read, sorted(wanted), label_ts, span
+                )
                 joined += 1
                 if progress is not None:
                     progress(joined * rows, joins * rows)
@@ -96,6 +126,27 @@ def get_historical_features(
     finally:
         con.close()
 
+    out, statuses = finish(plan, labels, fetched)
+    for table, status in statuses.items():
+        if (status == NOT_FOUND).all():
+            log.warning(
+                "%s: every value is NOT_FOUND: no history row was known at any label time", table
+            )
+    used = served_versions.used(plan, defaults)
+    return pa.table(out).replace_schema_metadata(served_versions.metadata(used))
+
+
+Fetched = dict[int, tuple[dict[str, Any], npt.NDArray[np.uint8]]]
+
+
+def finish(
+    plan: Plan, labels: pa.Table, fetched: Fetched
+) -> tuple[dict[str, Any], dict[str, npt.NDArray[np.uint8]]]:
+    """The output columns from the joined values and statuses of each read (`fetched`, by
+    `id(read)`): the label columns, then each feature as served, with transforms run on the
+    joined columns, then one status column per view or transform. Both engines run it (Spark
+    per Arrow batch, offline/spark.py)."""
+    rows = labels.num_rows
     out: dict[str, Any] = {name: labels.column(name) for name in labels.column_names}
     statuses: dict[str, npt.NDArray[np.uint8]] = {}
     computed: dict[str, dict[str, Any]] = {}
@@ -124,29 +175,86 @@ def get_historical_features(
             out[output.name] = _arrow(output.feature, value)
     for table, status in statuses.items():
         out[table + STATUS_SUFFIX] = pa.array(status, pa.uint8())
-        if (status == NOT_FOUND).all():
-            log.warning(
-                "%s: every value is NOT_FOUND: no history row was known at any label time", table
-            )
-    used = served_versions.used(plan, defaults)
-    return pa.table(out).replace_schema_metadata(served_versions.metadata(used))
+    return out, statuses
 
 
-def _join(
-    con: duckdb.DuckDBPyConnection,
+Rows = Callable[[HistorySource, list[str], list[str]], pa.Table]
+
+
+def _read(
+    join: Rows,
     registry: Registry,
     offline: OfflineStore,
     read: ViewRead,
     wanted: list[str],
     label_ts: npt.NDArray[np.int64],
+    span: tuple[int, int] | None,
+) -> tuple[dict[str, Any], npt.NDArray[np.uint8]]:
+    """One view's join. `featurewell compact` removes merged inputs once the merged file is in
+    place; a join that listed them just before reads a missing file, so it lists again."""
+    import duckdb
+
+    errors: tuple[type[Exception], ...] = (duckdb.IOException,)
+    if not isinstance(join, functools.partial) or join.func is not _duckdb_rows:
+        errors = (Exception,)  # Spark's errors for a missing file are Py4J/Spark exceptions
+    for attempt in range(RETRIES):
+        source = offline.source_of(read.view, registry, span)
+        try:
+            return _join(join, read, source, wanted, label_ts)
+        except errors as exc:
+            gone = source is not None and any(not Path(f).exists() for f in source.files)
+            if not gone or attempt == RETRIES - 1:
+                raise
+            time.sleep(0.05 * attempt)
+            log.info(
+                "%s: history files were compacted while read (%s); reading again",
+                read.view.ref,
+                exc,
+            )
+    raise AssertionError("unreachable")
+
+
+def _join(
+    join: Rows,
+    read: ViewRead,
+    source: HistorySource | None,
+    wanted: list[str],
+    label_ts: npt.NDArray[np.int64],
 ) -> tuple[dict[str, Any], npt.NDArray[np.uint8]]:
     view = read.view
-    source = offline.source_of(view, registry)
     rows = len(label_ts)
-    if source is None:  # no history at all: every value NOT_FOUND, as serving a fresh store
+    if source is None or not source.files:  # no history (known by then): all NOT_FOUND
         values = {name: _defaults(view.features[view.feature_index[name]], rows) for name in wanted}
         return values, np.full(rows, NOT_FOUND, np.uint8)
-    keys = list(view.entity.key_names)
+    return from_joined(read, join(source, list(view.entity.key_names), wanted), wanted, label_ts)
+
+
+def from_joined(
+    read: ViewRead, joined: pa.Table, wanted: list[str], label_ts: npt.NDArray[np.int64]
+) -> tuple[dict[str, Any], npt.NDArray[np.uint8]]:
+    """Values (defaults where nothing was found) and statuses from a join's rows: per label, the
+    winning row's `__event_time` (null: none) and its `wanted` columns."""
+    view = read.view
+    rows = len(label_ts)
+    found_time = joined.column("__event_time")
+    missing = np.asarray(found_time.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    status = np.full(rows, PRESENT, np.uint8)
+    status[missing] = NOT_FOUND
+    if read.max_age_us:
+        ages = label_ts - np.asarray(pc.fill_null(found_time, 0).to_numpy(), np.int64)
+        status[~missing & (ages > read.max_age_us)] = STALE
+    values = {
+        name: _numpy(view.features[view.feature_index[name]], joined.column(name), missing)
+        for name in wanted
+    }
+    return values, status
+
+
+def _duckdb_rows(
+    con: duckdb.DuckDBPyConnection, source: HistorySource, keys: list[str], wanted: list[str]
+) -> pa.Table:
+    """Per label row (`labels`, registered), in label order: the winning row's event time (null:
+    none) and its `wanted` columns."""
     on = " AND ".join(f'l."{k}" = h."{k}"' for k in keys)
     picked = ", ".join(f'h."{name}"' for name in wanted)
     event_time = (
@@ -193,18 +301,7 @@ def _join(
         ).to_arrow_table()
     finally:
         con.unregister("__files")
-    found_time = joined.column("__event_time")
-    missing = np.asarray(found_time.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-    status = np.full(rows, PRESENT, np.uint8)
-    status[missing] = NOT_FOUND
-    if read.max_age_us:
-        ages = label_ts - np.asarray(pc.fill_null(found_time, 0).to_numpy(), np.int64)
-        status[~missing & (ages > read.max_age_us)] = STALE
-    values = {
-        name: _numpy(view.features[view.feature_index[name]], joined.column(name), missing)
-        for name in wanted
-    }
-    return values, status
+    return joined
 
 
 def _keys(labels: pa.Table, join_keys: Mapping[str, FeatureType]) -> dict[str, pa.ChunkedArray]:
