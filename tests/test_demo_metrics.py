@@ -182,5 +182,5 @@ def test_labelled_families_start_at_zero_for_every_view() -> None:
             f'featurewell_served_rows_total{{status="fallback",view="{view.ref}"}} 0.0',
         ):
             assert line in text
-    assert 'featurewell_shed_calls_total{method="GetFeatures"} 0.0' in text
+    assert 'featurewell_shed_calls_total{method="GetFeatures",reason="max_in_flight"} 0.0' in text
     assert 'featurewell_reloads_total{result="failed"} 0.0' in text

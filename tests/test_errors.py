@@ -165,13 +165,13 @@ def test_deadline_shorter_than_the_margin(server: ServerThread) -> None:
     with grpc.insecure_channel(server.address) as channel:
         stub = pb_grpc.FeatureServiceStub(channel)
         service = server.server.service
-        original = service._margin
-        service._margin = 10.0
+        original = service.calls.margin.base_s
+        service.calls.margin.base_s = 10.0
         try:
             with pytest.raises(grpc.RpcError) as error:
                 stub.GetFeatures(request, timeout=5)
         finally:
-            service._margin = original
+            service.calls.margin.base_s = original
     assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "raise the deadline" in (error.value.details() or "")
 

@@ -70,7 +70,7 @@ def test_calls_beyond_the_in_flight_limit_are_shed_at_once(
         assert server.server.service.calls.shed == 6
         assert server.server.metrics_port is not None
         shed = scrape(server.server.metrics_port)[
-            'featurewell_shed_calls_total{method="GetFeatures"}'
+            'featurewell_shed_calls_total{method="GetFeatures",reason="max_in_flight"}'
         ]
         assert shed == 6
         assert server.server.service.calls.in_flight == 0

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from featurewell.client import FeatureClient, Status
+from featurewell.client import ClientOptions, FeatureClient, Status
 from featurewell.definitions import Registry
 from featurewell.devcluster import LocalCluster, call, start_local_cluster
 from featurewell.store.keys import entity_tags, key_prefix, slot_of
@@ -287,3 +287,37 @@ def test_slow_node_opens_its_circuit_then_recovers(
         assert breaker.opened >= 1
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("deadline_ms", [50, 20])
+def test_a_sleeping_node_never_costs_a_call_its_deadline(
+    cluster: LocalCluster, registry: Registry, deadline_ms: int
+) -> None:
+    # Short client deadlines and a node asleep: every call is answered before its deadline,
+    # the node's rows as fallbacks (the store's budget follows the deadline and keeps back the
+    # measured answer margin), and the node's timeouts open its circuit although the client's
+    # deadline, not the server's cap, set every budget.
+    server = _serve(cluster, registry, breaker_failures=3, breaker_open_ms=5000.0, cache_entries=0)
+    try:
+        users, owners = _seed(server, cluster, f"deadline{deadline_ms}")
+        asleep = owners[0]
+        options = ClientOptions(deadline_ms / 1000, read_attempts=1)
+        with FeatureClient(server.address, options=options) as client:
+            client.get_features(["profile:age"], entities={"user_id": users})  # connected, warm
+            sleeping = sleep_node(asleep, 1.5)
+            try:
+                results = [
+                    client.get_features(["profile:age"], entities={"user_id": users})
+                    for _ in range(12)
+                ]
+            finally:
+                sleeping.join()
+        breaker = server.server.store.cluster.breakers.get(("127.0.0.1", asleep))
+    finally:
+        server.stop()
+    on_node = [owner == asleep for owner in owners]
+    for result in results:
+        statuses = result.statuses("profile:age").tolist()
+        assert [s == Status.FALLBACK for s in statuses] == on_node
+    assert breaker is not None  # made on the node's first counted failure
+    assert breaker.opened >= 1

@@ -138,8 +138,9 @@ class ServingSettings(Group):
     )
     deadline_margin_ms: float = setting(
         "deadline_margin_ms",
-        "Time kept back from the client's deadline to build and send the answer.",
-        1.0,
+        "Time kept back from the client's deadline for the answer's trip to the client; the "
+        "server adds the time its answers measurably need (serving/overload.py).",
+        2.0,
     )
     write_timeout_s: float = setting(
         "write_timeout_s", "Longest a write batch waits for Redis to confirm it.", 10.0
@@ -157,6 +158,30 @@ class ServingSettings(Group):
         "max_in_flight",
         "Calls served at once per process; more are shed at once with RESOURCE_EXHAUSTED.",
         256,
+    )
+    # Overload control (serving/overload.py, docs/resilience.md "Overload").
+    max_concurrent_rpcs: int = setting(
+        "max_concurrent_rpcs",
+        "Calls a server process holds at once, queued before their handler included (gRPC's "
+        "maximum_concurrent_rpcs; health checks count too): more are answered "
+        "RESOURCE_EXHAUSTED at once, before any work, instead of waiting in a queue until their "
+        "deadline (0: no limit).",
+        128,
+    )
+    max_pending_calls: int = setting(
+        "max_pending_calls",
+        "Calls gRPC's core may hold that this process has not yet taken up (it is busy): more "
+        "are answered RESOURCE_EXHAUSTED by gRPC's C core at once, the cheapest refusal there "
+        "is (clients see CANCELLED), instead of queueing until their deadline (0: gRPC's "
+        "default, 1000 then 3000).",
+        16,
+    )
+    overload_latency_ms: float = setting(
+        "overload_latency_ms",
+        "Handler time above which the adaptive concurrency limit backs off (AIMD: x0.9 on a "
+        "slower call, +1 on one in time, within max_in_flight); calls beyond the limit are shed "
+        "with RESOURCE_EXHAUSTED (0: no adaptive limit, only max_in_flight).",
+        20.0,
     )
     reload_interval_s: float = setting(
         "reload_interval_s",
@@ -279,6 +304,7 @@ class ServingSettings(Group):
             "max_entity_key_bytes",
         )
         _not_negative(self, "reload_interval_s", "inject_delay_ms")
+        _not_negative(self, "max_concurrent_rpcs", "overload_latency_ms", "max_pending_calls")
         if not 0 <= self.port < 65536:
             raise ConfigError(f"setting port must be 0-65535, got {self.port}")
         if self.workers > 1 and self.port == 0:

@@ -51,6 +51,7 @@ from featurewell.errors import (
 from featurewell.settings import CacheSettings, ServingSettings
 from featurewell.store.addressing import EntityRows
 from featurewell.store.batch import Failure, FailureReason, describe
+from featurewell.store.breaker import timeout_counts
 from featurewell.store.codec import DecodedRows
 from featurewell.store.keys import KeyColumn
 from featurewell.store.online import OnlineStore
@@ -237,10 +238,11 @@ class FeatureEngine:
             EntityRows(group.views, _key_columns(group.entity, entities), rows, group.cache_ttl_s)
             for group in plan.groups
         ]
-        # A short client deadline says nothing of a node's health: keep it out of breakers.
+        # A timeout counts against the node whatever set the budget, unless the budget was too
+        # short to say anything of the node (store/breaker.py).
         timings.store_started_ns = time.perf_counter_ns()
         stored = await self.store.read(
-            reads, budget.seconds, count_timeouts=not budget.deadline_bound
+            reads, budget.seconds, count_timeouts=timeout_counts(budget.seconds)
         )
         timings.store_ended_ns = time.perf_counter_ns()
         timings.nodes = stored.timings

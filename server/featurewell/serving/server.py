@@ -95,10 +95,13 @@ class Server:
             authenticating = _interceptor(settings)
             grpc_server = grpc.aio.server(
                 interceptors=[authenticating] if authenticating is not None else None,
+                # Past it gRPC answers RESOURCE_EXHAUSTED before any handler: serving/overload.py
+                maximum_concurrent_rpcs=settings.serving.max_concurrent_rpcs or None,
                 options=[
                     ("grpc.max_send_message_length", settings.serving.max_message_bytes),
                     ("grpc.so_reuseport", 1 if settings.serving.workers > 1 else 0),
                     *connection_limits(settings.serving),
+                    *pending_limits(settings.serving),
                 ],
             )
             tracing = tracing if tracing is not None else Tracing.from_settings(settings.telemetry)
@@ -309,6 +312,19 @@ def connection_limits(serving: ServingSettings) -> list[tuple[str, int]]:
             ("grpc.max_connection_age_grace_ms", int(serving.max_connection_age_grace_s * 1000)),
         ]
     return options
+
+
+def pending_limits(serving: ServingSettings) -> list[tuple[str, int]]:
+    """gRPC core's bound on calls it holds before this process takes them up: past it, core
+    answers RESOURCE_EXHAUSTED "Too many pending requests for this server" without Python. A
+    CPU-bound server's queue lives there, where neither maximum_concurrent_rpcs nor any handler
+    sees it (serving/overload.py)."""
+    if not serving.max_pending_calls:
+        return []
+    return [
+        ("grpc.server.max_pending_requests", serving.max_pending_calls),
+        ("grpc.server.max_pending_requests_hard_limit", serving.max_pending_calls),
+    ]
 
 
 def add_feature_service(

@@ -4,20 +4,19 @@ own beyond turning the call's deadline into a store budget and an error into its
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeAlias, TypeVar
 
 import grpc
 
 from featurewell.engine.calls import Budget
 from featurewell.engine.engine import FeatureEngine
-from featurewell.errors import DeadlineExceeded, Overloaded
 from featurewell.offline.served import REQUEST_ID_HEADER
 from featurewell.serving import auth, wire
 from featurewell.serving.authz import Authoriser
 from featurewell.serving.deprecation import DeprecationNotices
+from featurewell.serving.overload import Admission
 from featurewell.serving.status import status_for
 from featurewell.settings import ServingSettings
 from featurewell.telemetry.hub import Metadata, Telemetry
@@ -39,47 +38,6 @@ def _after_answer(record: Callable[..., None], *args: Any) -> None:
     asyncio.get_running_loop().call_later(AFTER_ANSWER_S, record, *args)
 
 
-class CallCounter:
-    """Calls inside a handler now (at most `limit`: beyond it calls are shed at once rather
-    than queued behind the others until every one is late), calls shed, handlers cancelled
-    before they finished (`cancelled`: any reason, a client's expired deadline included), and
-    of those the ones cut off by a shutdown's grace period (`cut_off`: cancelled at or after
-    `cut_off_at`, which shutdown sets to the end of its grace). Shutdown reports the last, so
-    "drained" is a measured claim."""
-
-    def __init__(self, limit: int, on_shed: Callable[[str], None] | None = None) -> None:
-        self.limit = limit
-        self._on_shed = on_shed
-        self.in_flight = 0
-        self.shed = 0
-        self.cancelled = 0
-        self.cut_off = 0
-        self.cut_off_at: float | None = None  # time.monotonic() when the grace period ends
-
-    @contextlib.contextmanager
-    def track(self, method: str) -> Iterator[None]:
-        if self.in_flight >= self.limit:
-            self.shed += 1
-            if self._on_shed is not None:
-                self._on_shed(method)
-            raise Overloaded(
-                f"server busy: {self.in_flight} calls in flight (max_in_flight {self.limit}); "
-                "retry with backoff or add replicas"
-            )
-        self.in_flight += 1
-        try:
-            yield
-        except asyncio.CancelledError:
-            self.cancelled += 1
-            # gRPC cancels every handler still running when the grace ends; a client whose
-            # deadline expires cancels its handler too, but before that (or with no shutdown).
-            if self.cut_off_at is not None and time.monotonic() >= self.cut_off_at - 0.001:
-                self.cut_off += 1
-            raise
-        finally:
-            self.in_flight -= 1
-
-
 class FeatureService(pb_grpc.FeatureServiceServicer):
     def __init__(
         self,
@@ -92,23 +50,25 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         self.access = access if access is not None else Authoriser(enforce=False)
         self.telemetry = telemetry
         shed = telemetry.metrics.shed_calls
-        self.calls = CallCounter(settings.max_in_flight, lambda method: shed.labels(method).inc())
+        # Admission (serving/overload.py): calls in handlers, the ones shed and why, the margin.
+        self.calls = Admission(
+            settings.max_in_flight,
+            lambda method, reason: shed.labels(method, reason).inc(),
+            latency_target_s=settings.overload_latency_ms / 1000,
+            margin_s=settings.deadline_margin_ms / 1000,
+        )
         self._cap = settings.store_timeout_ms / 1000
         self._injected_delay = settings.inject_delay_ms / 1000
-        self._margin = settings.deadline_margin_ms / 1000
         self._deprecations = DeprecationNotices(telemetry.metrics.deprecated_reads)
 
     def budget(self, remaining: float | None) -> Budget:
-        """Store time for a call with `remaining` seconds left (None: no client deadline)."""
-        if remaining is None or remaining - self._margin >= self._cap:
+        """Store time for a call with `remaining` seconds left (None: no client deadline): what
+        the deadline leaves once the measured answer margin is kept back, at most the cap.
+        (`Admission.admit` has already refused calls whose deadline leaves nothing.)"""
+        seconds = None if remaining is None else remaining - self.calls.margin.seconds
+        if seconds is None or seconds >= self._cap:
             return Budget(self._cap)
-        seconds = remaining - self._margin
-        if seconds <= 0:
-            raise DeadlineExceeded(
-                f"the call's deadline leaves {remaining * 1000:.2f} ms, less than the "
-                f"{self._margin * 1000:.2f} ms the server needs to answer; raise the deadline"
-            )
-        return Budget(seconds, deadline_bound=True)
+        return Budget(max(seconds, 0.0), deadline_bound=True)
 
     # Requests arrive as bytes (parsed by serving/wire, see serving/server.py) or, when the
     # servicer is registered with the generated stubs, as messages.
@@ -117,10 +77,11 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
     ) -> pb.GetFeaturesResponse:
         started = time.perf_counter_ns()
         try:
-            with self.calls.track("GetFeatures"):
+            with self.calls.track("GetFeatures", context.time_remaining()):
                 if self._injected_delay:
                     await asyncio.sleep(self._injected_delay)
                 budget = self.budget(context.time_remaining())
+                budget_end = time.perf_counter_ns() + int(budget.seconds * 1e9)
                 message = wire.parsed(pb.GetFeaturesRequest, request)
                 asked = wire.feature_request(message)
                 self._authorise_read(asked.features)
@@ -133,6 +94,10 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
                     notices.append((REQUEST_ID_HEADER, sampled[0]))
                 if notices:
                     context.set_trailing_metadata(notices)
+                # What the answer needed after the store's reply or budget: the margin to keep.
+                store_end = result.timings.store_ended_ns or budget_end
+                answered = time.perf_counter_ns() - min(store_end, budget_end)
+                self.calls.margin.answered(answered / 1e9, timed_out=store_end >= budget_end)
         except Exception as exc:
             await self._abort("GetFeatures", exc, context, started)
         # Telemetry runs once the call has ended (its answer sent), not inside its time.
@@ -213,5 +178,9 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         self.telemetry.call_done(
             method, code, started, time.perf_counter_ns(), self._trace(context), error=message
         )
+        if context.cancelled() or context.done():
+            # The caller is gone (its deadline passed while the call queued): no status can be
+            # sent, and trying makes gRPC log a traceback per call, costly in an overload.
+            raise asyncio.CancelledError
         await context.abort(code, message)
         raise AssertionError("unreachable: context.abort raises")

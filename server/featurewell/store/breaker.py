@@ -4,6 +4,12 @@ A node that times out or refuses connections `failures` calls in a row is *open*
 seconds: calls whose keys live there fail at once (and the serving engine answers those rows from
 its fallbacks) instead of each spending its whole budget waiting. After `open_s` one call is let
 through as a trial; its success closes the breaker, its failure opens it again.
+
+A timeout counts as a failure whatever set the budget (the server's cap or a client's deadline),
+as long as the budget was at least TIMEOUT_EVIDENCE_S: a node that does not answer within that
+is slow, however short the caller's deadline. Below it, a miss may be the client's haste or this
+server's own busy loop, and says nothing of the node (counting those would open circuits on an
+overloaded server and serve fallbacks it need not).
 """
 
 from __future__ import annotations
@@ -11,6 +17,15 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass
+
+# A healthy Redis node answers a pipelined read in well under 1 ms on a LAN; 5 ms without a reply
+# is a node problem (DEBUG SLEEP, a fork, swapping), not noise.
+TIMEOUT_EVIDENCE_S = 0.005
+
+
+def timeout_counts(budget_s: float) -> bool:
+    """Whether a timeout after `budget_s` seconds counts against the node's breaker."""
+    return budget_s >= TIMEOUT_EVIDENCE_S
 
 
 class BreakerState(enum.Enum):

@@ -86,6 +86,7 @@ REASON_NAMES = {
 # dashboard's panels empty until then, and an alert on it blind to the first occurrence.
 METHODS = ("GetFeatures", "WriteFeatures", "ListFeatures")
 SHED_METHODS = ("GetFeatures", "WriteFeatures")  # the calls max_in_flight counts
+SHED_REASONS = ("max_in_flight", "adaptive_limit", "deadline")  # as serving/overload.py
 WRITE_OUTCOMES = ("written", "skipped_older")
 FALLBACK_SOURCES = ("cache", "default")
 RELOAD_RESULTS = ("ok", "failed")
@@ -169,8 +170,11 @@ class ServerMetrics:
         )
         self.shed_calls = Counter(
             "featurewell_shed_calls",
-            "Calls refused with RESOURCE_EXHAUSTED because max_in_flight calls were running.",
-            ["method"],
+            "Calls refused before any work, by reason: max_in_flight or adaptive_limit "
+            "(RESOURCE_EXHAUSTED: the server is busy), deadline (DEADLINE_EXCEEDED: the call's "
+            "remaining deadline cannot cover an answer). Calls gRPC refuses at "
+            "max_concurrent_rpcs never reach Python and are not counted here.",
+            ["method", "reason"],
             registry=registry,
         )
         self.reloads = Counter(
@@ -206,7 +210,8 @@ class ServerMetrics:
         self.request_seconds.labels("WriteFeatures", "batch")
         self.request_rows.labels("WriteFeatures")
         for method in SHED_METHODS:
-            self.shed_calls.labels(method)
+            for reason in SHED_REASONS:
+                self.shed_calls.labels(method, reason)
         for result in RELOAD_RESULTS:
             self.reloads.labels(result)
 

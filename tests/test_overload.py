@@ -1,0 +1,233 @@
+"""Overload control (serving/overload.py): calls past gRPC's concurrency limit are refused before
+they queue, the adaptive limit sheds when handlers slow down, calls whose deadline cannot be met
+are dropped before any work, and the answer margin follows what answers measure."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+
+from featurewell.definitions import Registry
+from featurewell.devcluster import LocalCluster
+from featurewell.serving.overload import MIN_LIMIT, TIMEOUT_PRIOR_S, AdaptiveLimit, AnswerMargin
+from featurewell.v1 import feature_service_pb2 as pb
+from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
+from tests.tools import ServerThread, make_settings, scrape
+
+
+def _request(user: str) -> pb.GetFeaturesRequest:
+    return pb.GetFeaturesRequest(
+        features=["profile:age"],
+        entities={"user_id": pb.Values(strings=pb.StringList(values=[user]))},
+    )
+
+
+def _concurrent(address: str, calls: int, timeout: float) -> list[tuple[float, str, str]]:
+    """`calls` GetFeatures at once, one attempt each (raw stubs: no client retries); returns
+    (answered at, status code name, details) sorted by answer time."""
+    outcomes: list[tuple[float, str, str]] = []
+    lock = threading.Lock()
+    start = threading.Barrier(calls)
+
+    def one(i: int) -> None:
+        with grpc.insecure_channel(address) as channel:
+            stub = pb_grpc.FeatureServiceStub(channel)
+            grpc.channel_ready_future(channel).result(timeout=5)
+            start.wait()
+            try:
+                stub.GetFeatures(_request(f"u{i}"), timeout=timeout)
+                outcome = ("OK", "")
+            except grpc.RpcError as exc:
+                outcome = (exc.code().name, exc.details() or "")
+        with lock:
+            outcomes.append((time.monotonic(), *outcome))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sorted(outcomes)
+
+
+def test_calls_past_max_concurrent_rpcs_are_refused_before_they_queue(
+    cluster: LocalCluster, registry: Registry
+) -> None:
+    # Every call spends 400 ms in its handler; 4 may be held at once. The other 8 must be
+    # answered RESOURCE_EXHAUSTED at once, not queued behind the 4 (which would answer them
+    # OK 400 ms later, or let them miss their deadline).
+    server = ServerThread(
+        make_settings(
+            cluster,
+            max_concurrent_rpcs=4,
+            inject_delay_ms=400.0,
+            overload_latency_ms=0.0,
+            cache_entries=0,
+        ),
+        registry,
+    )
+    try:
+        outcomes = _concurrent(server.address, 12, timeout=5.0)
+    finally:
+        server.stop()
+    codes = [code for _, code, _ in outcomes]
+    assert codes.count("OK") == 4
+    assert codes.count("RESOURCE_EXHAUSTED") == 8
+    # Refused before the admitted calls answered: they never waited for a slot.
+    assert codes[:8] == ["RESOURCE_EXHAUSTED"] * 8
+    # Refused by gRPC itself, before the handler: the handler's counters never saw them.
+    assert server.server.service.calls.shed == 0
+
+
+def test_calls_past_max_pending_calls_are_refused_while_the_server_is_busy(
+    cluster: LocalCluster, registry: Registry
+) -> None:
+    # A CPU-bound server's queue is in gRPC's core, before Python takes calls up. With the
+    # server's loop blocked (as a saturated one is), calls past max_pending_calls are refused
+    # by the core at once; the ones within it are served once the loop is free.
+    server = ServerThread(
+        make_settings(cluster, max_pending_calls=3, max_concurrent_rpcs=0, cache_entries=0),
+        registry,
+    )
+    try:
+        blocked = threading.Event()
+
+        def busy() -> None:
+            blocked.set()
+            time.sleep(1.5)
+
+        threading.Timer(0.5, lambda: server.loop.call_soon_threadsafe(busy)).start()
+        # The barrier in _concurrent releases the calls at once; block the loop first.
+        outcomes: list[tuple[float, str, str]] = []
+
+        def send() -> None:
+            blocked.wait(5)
+            time.sleep(0.05)
+            outcomes.extend(_concurrent(server.address, 10, timeout=5.0))
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        sender.join()
+    finally:
+        server.stop()
+    codes = [code for _, code, _ in outcomes]
+    refused = codes.count("CANCELLED")
+    # 3 wait in the core; gRPC's Python server also holds a couple it asked for in advance.
+    assert refused >= 4
+    assert codes.count("OK") == 10 - refused
+    assert codes[:refused] == ["CANCELLED"] * refused  # refused while the loop was blocked
+
+
+def test_the_adaptive_limit_sheds_when_handlers_slow_down(
+    cluster: LocalCluster, registry: Registry
+) -> None:
+    # Handlers take 300 ms against a 5 ms latency target: the limit backs off from 8 towards
+    # MIN_LIMIT, and calls beyond it are shed at once with RESOURCE_EXHAUSTED.
+    server = ServerThread(
+        make_settings(
+            cluster,
+            max_in_flight=8,
+            max_concurrent_rpcs=0,
+            inject_delay_ms=300.0,
+            overload_latency_ms=5.0,
+            cache_entries=0,
+            metrics_port=0,
+        ),
+        registry,
+    )
+    try:
+        calls = server.server.service.calls
+        for _ in range(3):  # slow calls one after another: each shrinks the limit
+            _concurrent(server.address, 1, timeout=5.0)
+        assert calls.adaptive.limit < 6
+        outcomes = _concurrent(server.address, 16, timeout=5.0)
+        assert server.server.metrics_port is not None
+        metrics = scrape(server.server.metrics_port)
+    finally:
+        server.stop()
+    codes = [code for _, code, _ in outcomes]
+    shed = codes.count("RESOURCE_EXHAUSTED")
+    assert shed >= 16 - 6
+    assert codes.count("OK") >= MIN_LIMIT
+    assert codes[:shed] == ["RESOURCE_EXHAUSTED"] * shed  # answered before the served ones
+    assert all("adaptive limit" in details for _, code, details in outcomes if code != "OK")
+    assert calls.shed_by_reason["adaptive_limit"] >= shed
+    key = 'featurewell_shed_calls_total{method="GetFeatures",reason="adaptive_limit"}'
+    assert metrics[key] == calls.shed_by_reason["adaptive_limit"]
+
+
+def test_calls_that_cannot_meet_their_deadline_are_dropped_before_any_work(
+    cluster: LocalCluster, registry: Registry
+) -> None:
+    # The server needs 100 ms to answer (its margin) and would then wait 300 ms (injected):
+    # a 50 ms call is refused by the server at once, not left to expire in the client.
+    server = ServerThread(
+        make_settings(
+            cluster,
+            deadline_margin_ms=100.0,
+            inject_delay_ms=300.0,
+            cache_entries=0,
+            metrics_port=0,
+        ),
+        registry,
+    )
+    try:
+        outcomes = [_concurrent(server.address, 1, timeout=0.05)[0] for _ in range(3)]
+        calls = server.server.service.calls
+        assert server.server.metrics_port is not None
+        metrics = scrape(server.server.metrics_port)
+    finally:
+        server.stop()
+    for _, code, details in outcomes:
+        assert code == "DEADLINE_EXCEEDED"
+        assert "the server needs to answer" in details  # the server's answer, not the client's
+    assert calls.shed_by_reason["deadline"] == 3
+    assert metrics['featurewell_shed_calls_total{method="GetFeatures",reason="deadline"}'] == 3
+
+
+def test_adaptive_limit_backs_off_on_slow_calls_and_grows_back() -> None:
+    limit = AdaptiveLimit(ceiling=100, target_s=0.010)
+    now = 0.0
+    for _ in range(10):
+        now += 0.01
+        limit.done(0.050, in_flight=100, now=now)
+    assert limit.limit == pytest.approx(100 * 0.9**10)
+    # Slow calls finishing together are one signal, not many.
+    limit.done(0.050, in_flight=100, now=now + 0.001)
+    assert limit.limit == pytest.approx(100 * 0.9**10)
+    for _ in range(1000):
+        now += 0.01
+        limit.done(0.050, in_flight=100, now=now)
+    assert limit.limit == MIN_LIMIT
+    for _ in range(200):
+        limit.done(0.001, in_flight=100, now=now)
+    assert limit.limit == 100
+    idle = AdaptiveLimit(ceiling=100, target_s=0.010)
+    idle.limit = 50
+    idle.done(0.001, in_flight=1, now=0.0)  # not using the limit: no evidence it may grow
+    assert idle.limit == 50
+
+
+def test_answer_margin_keeps_the_slow_answers_and_decays() -> None:
+    margin = AnswerMargin(base_s=0.001)
+    assert margin.seconds == 0.001 + TIMEOUT_PRIOR_S  # the first timeout is covered
+    margin.answered(0.004)
+    margin.answered(0.0005)
+    assert margin.seconds == pytest.approx(0.001 + 0.004 * 0.995)
+    for _ in range(2000):
+        margin.answered(0.0005)
+    assert margin.seconds == pytest.approx(0.001 + TIMEOUT_PRIOR_S)
+    margin.answered(5.0)  # a pause: capped, so one freak sample cannot eat whole deadlines
+    assert margin.seconds == pytest.approx(0.011)
+    # A timeout's answer raises its own peak, which ordinary answers do not wear down.
+    slow_timeout = AnswerMargin(base_s=0.001)
+    slow_timeout.answered(0.003, timed_out=True)
+    for _ in range(2000):
+        slow_timeout.answered(0.0001)
+    assert slow_timeout.seconds == pytest.approx(0.004)
+    for _ in range(100):
+        slow_timeout.answered(0.0001, timed_out=True)
+    assert slow_timeout.seconds == pytest.approx(0.001 + 0.0001)
