@@ -10,6 +10,7 @@ import time
 import grpc
 import pytest
 
+from featurewell.client import ClientOptions, FeatureClient, FeatureClientError
 from featurewell.definitions import Registry
 from featurewell.devcluster import LocalCluster
 from featurewell.serving.overload import MIN_LIMIT, TIMEOUT_PRIOR_S, AdaptiveLimit, AnswerMargin
@@ -231,3 +232,53 @@ def test_answer_margin_keeps_the_slow_answers_and_decays() -> None:
     for _ in range(100):
         slow_timeout.answered(0.0001, timed_out=True)
     assert slow_timeout.seconds == pytest.approx(0.001 + 0.0001)
+
+
+def test_the_client_retries_a_read_the_busy_core_refused(
+    cluster: LocalCluster, registry: Registry
+) -> None:
+    """A read refused by the core (CANCELLED, before any work) is repeated by the client within
+    its deadline, so a moment's stall costs callers latency, not errors; with one attempt the
+    same refusal reaches the caller."""
+    server = ServerThread(
+        make_settings(cluster, max_pending_calls=1, max_concurrent_rpcs=0, cache_entries=0),
+        registry,
+    )
+    retried = ClientOptions(timeout=5.0, read_attempts=5, retry_backoff_s=0.1)
+    once = ClientOptions(timeout=5.0, read_attempts=1)
+    outcomes: dict[str, list[str]] = {"retried": [], "once": []}
+    lock = threading.Lock()
+    try:
+        blocked = threading.Event()
+
+        def busy() -> None:
+            blocked.set()
+            time.sleep(0.4)
+
+        def call(kind: str, options: ClientOptions, user: str) -> None:
+            with FeatureClient(server.address, options=options) as client:
+                grpc.channel_ready_future(client._channel).result(timeout=5)
+                blocked.wait(5)
+                try:
+                    client.get_features(["profile:age"], entities={"user_id": [user]})
+                    outcome = "OK"
+                except FeatureClientError as exc:
+                    outcome = exc.code.name
+            with lock:
+                outcomes[kind].append(outcome)
+
+        threads = [
+            threading.Thread(target=call, args=(kind, options, f"u{i}"))
+            for i in range(6)
+            for kind, options in (("retried", retried), ("once", once))
+        ]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)  # every client connected
+        server.loop.call_soon_threadsafe(busy)
+        for thread in threads:
+            thread.join(10)
+    finally:
+        server.stop()
+    assert outcomes["retried"] == ["OK"] * 6
+    assert "CANCELLED" in outcomes["once"]  # the refusal the retries absorbed

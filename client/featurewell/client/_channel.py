@@ -19,9 +19,10 @@ class ClientOptions:
     """How a client talks to featurewell.
 
     timeout: default deadline of a read, in seconds (writes get ten times as long).
-    read_attempts: attempts of a read (GetFeatures, ListFeatures) that failed with UNAVAILABLE
-        or RESOURCE_EXHAUSTED (a shed call: never started, so safe to repeat), within the
-        call's deadline; 1 turns retries off. Writes are never retried.
+    read_attempts: attempts of a read (GetFeatures, ListFeatures) that failed with UNAVAILABLE,
+        RESOURCE_EXHAUSTED or CANCELLED (a shed call: never started, so safe to repeat), within
+        the call's deadline, throttled while most attempts fail; 1 turns retries off. Writes
+        are never retried.
     retry_backoff_s / retry_max_backoff_s: the first and the largest pause between attempts
         (exponential, randomised by gRPC).
     keepalive_s: ping an idle-but-busy connection this often to notice dead peers fast.
@@ -111,6 +112,14 @@ class ClientOptions:
                 "initialBackoff": f"{self.retry_backoff_s:.3f}s",
                 "maxBackoff": f"{self.retry_max_backoff_s:.3f}s",
                 "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
+                # CANCELLED: a busy server's gRPC core refused the call before any work
+                # (max_pending_calls), so repeating a read is safe.
+                "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED", "CANCELLED"],
+            }
+            # Retries stop while more than half of recent attempts failed, so an overloaded
+            # fleet is not handed a retry storm on top of its load.
+            return {
+                "methodConfig": [config],
+                "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
             }
         return {"methodConfig": [config]}
