@@ -106,11 +106,14 @@ def test_a_corrupt_row_is_its_own_data_loss_and_the_rest_is_served(
     assert single.data_loss_count == 3  # three columns of one bad row
 
     # Two views of one entity: one MGET per row, the same answer for the bad view. (A bad
-    # variable part is found when a string or list feature of the view is read.)
+    # variable part is found when a string or list feature of the view is read.) MGET answers
+    # nil for a key of another type: NOT_FOUND, unless row_type_checks looks again (below).
+    wrong_type = case.startswith("wrong-type")
     multi = client.get_features(
         ["profile:age", "profile:country", "profile@v1:age"], entities={"user_id": [good, bad]}
     )
-    assert multi.statuses("profile:age").tolist() == [Status.PRESENT, Status.DATA_LOSS]
+    bad_status = Status.NOT_FOUND if wrong_type else Status.DATA_LOSS
+    assert multi.statuses("profile:age").tolist() == [Status.PRESENT, bad_status]
     assert multi.statuses("profile@v1:age").tolist() == [Status.NOT_FOUND, Status.NOT_FOUND]
     matrix, names = multi.to_numpy()
     assert names == ["profile:age", "profile@v1:age"]
@@ -124,10 +127,11 @@ def test_a_corrupt_row_is_its_own_data_loss_and_the_rest_is_served(
     assert error.value.code == grpc.StatusCode.DATA_LOSS
     assert "'profile@v2'" in str(error.value)
 
+    reads = 1 if wrong_type else 2
     wait_until(
-        lambda: corrupt_rows_metric(server, "profile@v2") >= before + 2,
+        lambda: corrupt_rows_metric(server, "profile@v2") >= before + reads,
         2.0,
-        "featurewell_corrupt_rows_total{view='profile@v2'} counting both reads",
+        "featurewell_corrupt_rows_total{view='profile@v2'} counting the reads that saw it",
     )
 
 
@@ -151,17 +155,33 @@ def test_one_corrupt_row_of_500_fails_nothing_else(
     assert matrix[250].tolist() == [0.0, 0.0, 0.0, 0.0, 0.0]  # the defaults
 
 
-def test_wrong_type_key_is_data_loss_on_get_and_mget_alike(
-    client: FeatureClient, rc: redis.cluster.RedisCluster, ids: Ids
+def test_wrong_type_key_is_data_loss_on_get_and_with_row_type_checks_on_mget(
+    client: FeatureClient,
+    rc: redis.cluster.RedisCluster,
+    ids: Ids,
+    cluster: LocalCluster,
+    registry: Registry,
 ) -> None:
+    """A single-view GET reports a key of another type at no cost. A multi-view MGET sees it
+    as missing (NOT_FOUND), unless `row_type_checks` pays a second look (TYPE) for rows it
+    found missing: then both paths answer DATA_LOSS."""
     user = ids("wrongtype-v1")
     rc.sadd(row_key(defs.profile_v1, user), b"member")  # the v1 key is a set
     defs.write_profiles(client, [user], ages=[20])
+    both = ["profile@v1:age", "profile:age"]
 
     get = client.get_features(["profile@v1:age"], entities={"user_id": [user]})
-    mget = client.get_features(["profile@v1:age", "profile:age"], entities={"user_id": [user]})
-
+    mget = client.get_features(both, entities={"user_id": [user]})
     assert get.statuses("profile@v1:age").tolist() == [Status.DATA_LOSS]
+    assert mget.statuses("profile@v1:age").tolist() == [Status.NOT_FOUND]  # the default
+    assert mget.statuses("profile:age").tolist() == [Status.PRESENT]
+
+    checking = ServerThread(make_settings(cluster, row_type_checks=True), registry)
+    try:
+        with FeatureClient(checking.address, timeout=5.0) as checked:
+            mget = checked.get_features(both, entities={"user_id": [user]})
+    finally:
+        checking.stop()
     assert mget.statuses("profile@v1:age").tolist() == [Status.DATA_LOSS]
     assert mget.statuses("profile:age").tolist() == [Status.PRESENT]
     assert mget["profile:age"].values.tolist() == [20]

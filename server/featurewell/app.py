@@ -106,7 +106,9 @@ async def start_server(
         if not settings.serving.wait_for_redis:
             raise
         store = await open_store(settings.redis, cache, connect_now=False)
+        store.check_wrong_types = settings.serving.row_type_checks
         return await Server.start(settings, store, registry, tracing, unreachable=exc)
+    store.check_wrong_types = settings.serving.row_type_checks
     return await Server.start(settings, store, registry, tracing)
 
 

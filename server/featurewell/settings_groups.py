@@ -205,6 +205,14 @@ class ServingSettings(Group):
     gc_gen0_threshold: int = setting(
         "gc_gen0_threshold", "Allocations between young-generation GC passes.", 50_000
     )
+    row_type_checks: bool = setting(
+        "row_type_checks",
+        "Multi-view reads (one MGET per entity) see a key of another Redis type as missing "
+        "(NOT_FOUND); on, rows they found missing are looked up again (TYPE, one more round "
+        "trip for calls with missing views) so a foreign key is DATA_LOSS. Single-view reads "
+        "report it always, at no cost.",
+        False,
+    )
     max_future_skew_s: float = setting(
         "max_future_skew_s",
         "Writes and events may carry event times at most this far ahead of the server's clock; "

@@ -125,8 +125,10 @@ class OnlineStore:
         self.cache = cache
         self.tracker = tracker
         self._addresses = Addresses()
-        # MGET answers nil for a key of another type; look again at those (see below).
-        self.check_wrong_types = True
+        # MGET answers nil for a key of another type, as for a missing key. Looking again costs
+        # a round trip whenever a row misses a view (ordinary for sparse items), so it is the
+        # server's choice (`row_type_checks`), off by default.
+        self.check_wrong_types = False
 
     @classmethod
     async def connect(
