@@ -88,8 +88,9 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
                 result = await self.engine.get_features(asked, budget)
                 response = wire.feature_response(result, message.typed_values)
                 notices = self._deprecations.notices(self.engine.registry, result)
+                metadata = context.invocation_metadata() or ()  # read once: a copy each time
                 # Sampled for the served-feature log: its request id goes back to the caller.
-                sampled = self.telemetry.sample(context.invocation_metadata() or (), result)
+                sampled = self.telemetry.sample(metadata, result)
                 if sampled is not None:
                     notices.append((REQUEST_ID_HEADER, sampled[0]))
                 if notices:
@@ -106,7 +107,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
             result,
             started,
             time.perf_counter_ns(),
-            context.invocation_metadata(),  # always: it names the caller (lineage)
+            metadata,  # always: it names the caller (lineage)
             auth.principal(),
             None if sampled is None else (sampled, asked.entities),
         )
