@@ -173,7 +173,10 @@ def ready(client: FeatureClient, timeout: float = 30.0) -> None:
 
 
 def measure(by_mode: dict[str, FeatureClient], rounds: int, warmup: int) -> dict[str, Any]:
-    calls = [(mode, kind) for mode in MODES for kind in KINDS]
+    """Single and ranking calls to every server of `by_mode`, interleaved in a shuffled order
+    each round, open loop: each timed from its scheduled send (and, as `service_p50`, from its
+    actual one). bench/served_log.py measures its servers the same way."""
+    calls = [(mode, kind) for mode in by_mode for kind in KINDS]
     scenarios = {mode: get_features(client) for mode, client in by_mode.items()}
     samples: dict[tuple[str, str], list[float]] = {call: [] for call in calls}
     service: dict[tuple[str, str], list[float]] = {call: [] for call in calls}
@@ -209,6 +212,7 @@ def measure(by_mode: dict[str, FeatureClient], rounds: int, warmup: int) -> dict
     results["machine"] = {
         "cores": os.cpu_count(),
         "rounds": rounds,
+        "warmup": warmup,
         "late_sends": late / (rounds * len(calls)),
     }
     return results

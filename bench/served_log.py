@@ -22,28 +22,24 @@ the calls' rows that did not reach it).
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import pyarrow.dataset as ds
-from auth import ready
-from e2e import ITEMS, USERS, example_repo, get_features, percentiles
+from auth import measure, ready
+from e2e import example_repo
 
 from featurewell.client import ClientOptions, FeatureClient
 from featurewell.devcluster import free_ports, start_local_cluster
 
 MODES = {"off": "0", "1%": "0.01", "100%": "1"}
 KINDS = ("single", "ranking")
-SLOT_S = {"single": 0.004, "ranking": 0.012}  # scheduled gap after each call of a kind
 
 
 def run(rounds: int, warmup: int) -> dict[str, Any]:
@@ -100,49 +96,6 @@ def logged_rows(store: Path) -> int:
     if not served.exists():
         return 0
     return int(ds.dataset(served, format="parquet", partitioning="hive").count_rows())
-
-
-def measure(by_mode: dict[str, FeatureClient], rounds: int, warmup: int) -> dict[str, Any]:
-    calls = [(mode, kind) for mode in MODES for kind in KINDS]
-    scenarios = {mode: get_features(client) for mode, client in by_mode.items()}
-    samples: dict[tuple[str, str], list[float]] = {call: [] for call in calls}
-    service: dict[tuple[str, str], list[float]] = {call: [] for call in calls}
-    late = 0  # sends that left over 1 ms after their slot: the machine (or a call) stalled
-    rng, order = random.Random(1), random.Random(2)
-    gc.collect()
-    gc.freeze()
-    scheduled = time.perf_counter()
-    for n in range(warmup + rounds):
-        user = f"u{rng.randrange(USERS):06d}"
-        items = [f"i{i:06d}" for i in rng.sample(range(ITEMS), 500)]
-        order.shuffle(calls)
-        for mode, kind in calls:
-            while (wait := scheduled - time.perf_counter()) > 0:
-                time.sleep(wait if wait > 0.0005 else 0)
-            sent = time.perf_counter()
-            scenarios[mode][kind](user, items)
-            if n >= warmup:
-                done = time.perf_counter()
-                samples[(mode, kind)].append(done - scheduled)
-                service[(mode, kind)].append(done - sent)
-                late += sent - scheduled > 0.001
-            scheduled += SLOT_S[kind]
-        if n == warmup - 1:
-            scheduled = time.perf_counter()  # measured rounds start on time
-    for client in by_mode.values():
-        client.close()
-    results: dict[str, Any] = {
-        f"{mode} {kind}": percentiles(values)
-        | {"service_p50": percentiles(service[(mode, kind)])["p50"]}
-        for (mode, kind), values in samples.items()
-    }
-    results["machine"] = {
-        "cores": os.cpu_count(),
-        "rounds": rounds,
-        "warmup": warmup,
-        "late_sends": late / (rounds * len(calls)),
-    }
-    return results
 
 
 def report(results: dict[str, Any]) -> None:
