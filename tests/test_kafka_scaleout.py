@@ -18,7 +18,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,21 +29,15 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from featurewell.compute.kafka import KafkaSource, produce
 from featurewell.compute.runner import StreamRunner
 from featurewell.definitions import (
-    Count,
-    Entity,
     EventSource,
-    Feature,
-    FeatureView,
-    Int64,
     Registry,
-    String,
     load_repo,
 )
 from featurewell.devcluster import LocalCluster
 from featurewell.engine.engine import FeatureEngine
 from featurewell.store.online import OnlineStore
 from tests.test_history_crash import check_history
-from tests.test_scaleout import REPO, _events
+from tests.test_scaleout import REPO, _events, mixed_keys
 from tests.test_stream import check_served, member
 from tests.tools import ServerThread, make_settings, wait_until
 
@@ -200,18 +193,7 @@ def test_shared_kafka_refuses_a_view_keyed_by_another_key(
     so workers sharing the topic would each count part of a page. And leases are not Kafka's."""
     _, bootstrap = kafka
     name = f"kmixed_{uuid.uuid4().hex[:6]}"
-    source = EventSource(name, keys={"member_id": String, "page": String}, partitions=4)
-    page = Entity("page", join_keys={"page": String})
-    views = [
-        FeatureView(
-            f"{name}_{entity.name}s",
-            entity=entity,
-            events=source,
-            tile=timedelta(minutes=1),
-            features=[Feature("views_1h", Int64, computed=Count(window=timedelta(hours=1)))],
-        )
-        for entity in (member, page)
-    ]
+    source, views = mixed_keys(name)
     loop = asyncio.new_event_loop()
     store = loop.run_until_complete(
         OnlineStore.connect(cluster.seeds, connect_timeout=2, connections_per_node=1)
@@ -228,7 +210,7 @@ def test_shared_kafka_refuses_a_view_keyed_by_another_key(
         StreamRunner(shared, source, engine, events=reader(), shared=True)  # member: fine
         with pytest.raises(ValueError, match="Kafka workers share"):
             StreamRunner(shared, source, engine, events=reader(), lease_s=2.0)
-        mixed = Registry.build([member, page, *views])
+        mixed = Registry.build([member, views[1].entity, *views])
         with pytest.raises(ValueError, match="partitioned by 'member_id'"):
             StreamRunner(mixed, source, FeatureEngine(mixed, store), events=reader(), shared=True)
         StreamRunner(mixed, source, FeatureEngine(mixed, store), events=reader())  # one: fine

@@ -186,10 +186,9 @@ def test_workers_share_partitions_and_survive_a_sigkill(
     check_history(pa.concat_tables(pq.read_table(f) for f in files), view, events, ids)
 
 
-def test_sharing_refuses_a_view_keyed_by_another_key(cluster: LocalCluster) -> None:
-    """A page view over events partitioned by member hears from every partition: workers
-    sharing the partitions would each count part of a page's events."""
-    name = f"mixed_{uuid.uuid4().hex[:6]}"
+def mixed_keys(name: str) -> tuple[EventSource, list[FeatureView]]:
+    """A source partitioned by member, with a member view and a page view: the page view hears
+    from every partition, so workers sharing them may not compute it."""
     source = EventSource(name, keys={"member_id": String, "page": String}, partitions=4)
     page = Entity("page", join_keys={"page": String})
     views = [
@@ -202,6 +201,14 @@ def test_sharing_refuses_a_view_keyed_by_another_key(cluster: LocalCluster) -> N
         )
         for entity in (member, page)
     ]
+    return source, views
+
+
+def test_sharing_refuses_a_view_keyed_by_another_key(cluster: LocalCluster) -> None:
+    """A page view over events partitioned by member hears from every partition: workers
+    sharing the partitions would each count part of a page's events."""
+    name = f"mixed_{uuid.uuid4().hex[:6]}"
+    source, views = mixed_keys(name)
     loop = asyncio.new_event_loop()
     store = loop.run_until_complete(
         OnlineStore.connect(cluster.seeds, connect_timeout=2, connections_per_node=1)
@@ -209,7 +216,7 @@ def test_sharing_refuses_a_view_keyed_by_another_key(cluster: LocalCluster) -> N
     try:
         shared = Registry.build([member, views[0]])
         StreamRunner(shared, source, FeatureEngine(shared, store), lease_s=2.0)  # member: fine
-        mixed = Registry.build([member, page, *views])
+        mixed = Registry.build([member, views[1].entity, *views])
         with pytest.raises(ValueError, match="partitioned by 'member_id'"):
             StreamRunner(mixed, source, FeatureEngine(mixed, store), lease_s=2.0)
         StreamRunner(mixed, source, FeatureEngine(mixed, store))  # one worker: fine
