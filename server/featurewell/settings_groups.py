@@ -291,9 +291,22 @@ class ServingSettings(Group):
         "to it, jittered).",
         5.0,
     )
+    near_cache_ttl_s: float = setting(
+        "near_cache_ttl_s",
+        "Longest a row may answer from a client's near cache (docs/near-cache.md); a view's is "
+        "also at most cache_ttl_fraction of its max age. 0 refuses near-cache subscriptions.",
+        1.0,
+    )
+    near_cache_buffer: int = setting(
+        "near_cache_buffer",
+        "Invalidated rows queued per near-cache subscriber; past it the subscriber's stream "
+        "ends with a reset (it drops its cache and subscribes again).",
+        10_000,
+    )
 
     def check(self) -> None:
-        _positive(self, "redis_retry_max_s")
+        _positive(self, "redis_retry_max_s", "near_cache_buffer")
+        _not_negative(self, "near_cache_ttl_s")
         _positive(self, "max_request_mb", "max_concurrent_streams")
         _positive(self, "max_connection_idle_s", "keepalive_min_interval_s")
         _not_negative(self, "max_connection_age_s", "max_connection_age_grace_s")

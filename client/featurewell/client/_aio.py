@@ -10,13 +10,16 @@ import grpc
 import numpy as np
 
 from featurewell.client._channel import ClientOptions
+from featurewell.client._client import open_channel
 from featurewell.client._errors import translate
+from featurewell.client._near_cache import NearCacheStore, near_key
 from featurewell.client._request import (
     build_list_request,
     build_request,
     build_write_request,
 )
 from featurewell.client._result import FeatureResult, WriteResult
+from featurewell.client._subscription import Subscription
 from featurewell.client._tracing import call_metadata, deprecations_of, request_id_of
 from featurewell.client._values import FeatureValues
 from featurewell.v1 import feature_service_pb2 as pb
@@ -44,11 +47,24 @@ class AsyncFeatureClient:
             else grpc.aio.secure_channel(target, credentials, options=settings)
         )
         self._stub = pb_grpc.FeatureServiceStub(self._channel)
+        # The near cache's stream runs on a thread with a sync channel of its own (shared with
+        # FeatureClient); hits never await.
+        self.near_cache: NearCacheStore | None = None
+        self._subscription: Subscription | None = None
+        near = options.near_cache_options
+        if near is not None:
+            self.near_cache = NearCacheStore(near)
+            self._subscription = Subscription(
+                self.near_cache, open_channel(target, options), options.caller, options.bearer
+            )
 
     def _metadata(self) -> tuple[tuple[str, str | bytes], ...] | None:
         return call_metadata(self._caller, self.options.bearer())
 
     async def close(self) -> None:
+        if self._subscription is not None:
+            self._subscription.close()
+            self._subscription.channel.close()
         await self._channel.close()
 
     async def __aenter__(self) -> AsyncFeatureClient:
@@ -66,6 +82,31 @@ class AsyncFeatureClient:
         strict: bool = False,
         include_event_timestamps: bool = False,
         timeout: float | None = None,
+    ) -> FeatureResult:
+        near = self.near_cache
+        if near is not None:
+            key = near_key(
+                near, self.options, features, entities, context, strict, include_event_timestamps
+            )
+            if key is not None:
+                hit = near.lookup(key)
+                if hit is not None:
+                    return hit
+                ticket = near.ticket()
+                read = await self._read(features, entities, None, False, True, timeout)
+                return near.admit(key, ticket, read, entities)
+        return await self._read(
+            features, entities, context, strict, include_event_timestamps, timeout
+        )
+
+    async def _read(
+        self,
+        features: Sequence[str],
+        entities: Mapping[str, Sequence[Any]],
+        context: Mapping[str, Sequence[Any]] | None,
+        strict: bool,
+        include_event_timestamps: bool,
+        timeout: float | None,
     ) -> FeatureResult:
         request = build_request(
             features,

@@ -11,6 +11,8 @@ from typing import Any
 
 import grpc
 
+from featurewell.client._near_cache import NearCache
+
 _SERVICE = "featurewell.v1.FeatureService"
 
 
@@ -37,6 +39,8 @@ class ClientOptions:
     token: a bearer token sent as `authorization: Bearer <token>` with every call, or a
         function returning the current one (called per call: rotate by returning a new one;
         cache it yourself). Needs `tls`: a token in plaintext is anyone's.
+    near_cache: True or a `NearCache` to keep hot single-entity answers in this process,
+        invalidated by the server within a hard TTL (docs/near-cache.md); off by default.
     """
 
     timeout: float = 1.0
@@ -50,6 +54,7 @@ class ClientOptions:
     client_cert: bytes | None = None
     client_key: bytes | None = None
     token: str | Callable[[], str] | None = None
+    near_cache: bool | NearCache = False
 
     def __post_init__(self) -> None:
         if self.timeout <= 0:
@@ -67,6 +72,12 @@ class ClientOptions:
                 "client_cert and token need tls=True (or PEM roots): credentials travel only "
                 "over TLS"
             )
+
+    @property
+    def near_cache_options(self) -> NearCache | None:
+        if self.near_cache is False:
+            return None
+        return NearCache() if self.near_cache is True else self.near_cache
 
     def bearer(self) -> str | None:
         """The `authorization` value for the next call, or None without a token."""

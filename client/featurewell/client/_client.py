@@ -11,12 +11,14 @@ import numpy as np
 
 from featurewell.client._channel import ClientOptions
 from featurewell.client._errors import translate
+from featurewell.client._near_cache import NearCacheStore, near_key
 from featurewell.client._request import (
     build_list_request,
     build_request,
     build_write_request,
 )
 from featurewell.client._result import FeatureResult, WriteResult
+from featurewell.client._subscription import Subscription
 from featurewell.client._tracing import call_metadata, deprecations_of, request_id_of
 from featurewell.client._values import FeatureValues
 from featurewell.v1 import feature_service_pb2 as pb
@@ -46,11 +48,22 @@ class FeatureClient:
         self.timeout = options.timeout
         self._channel = open_channel(target, options)
         self._stub = pb_grpc.FeatureServiceStub(self._channel)
+        # ClientOptions(near_cache=...): hot single-entity answers kept here (docs/near-cache.md)
+        self.near_cache: NearCacheStore | None = None
+        self._subscription: Subscription | None = None
+        near = options.near_cache_options
+        if near is not None:
+            self.near_cache = NearCacheStore(near)
+            self._subscription = Subscription(
+                self.near_cache, self._channel, options.caller, options.bearer
+            )
 
     def _metadata(self) -> tuple[tuple[str, str | bytes], ...] | None:
         return call_metadata(self._caller, self.options.bearer())
 
     def close(self) -> None:
+        if self._subscription is not None:
+            self._subscription.close()
         self._channel.close()
 
     def __enter__(self) -> FeatureClient:
@@ -70,7 +83,31 @@ class FeatureClient:
         timeout: float | None = None,
     ) -> FeatureResult:
         """Features for a batch of entities; length-1 key columns broadcast. Retried on
-        UNAVAILABLE / RESOURCE_EXHAUSTED within `timeout` (default: the client's)."""
+        UNAVAILABLE / RESOURCE_EXHAUSTED within `timeout` (default: the client's). With the
+        near cache on, a single-entity call may be answered from it (docs/near-cache.md)."""
+        near = self.near_cache
+        if near is not None:
+            key = near_key(
+                near, self.options, features, entities, context, strict, include_event_timestamps
+            )
+            if key is not None:
+                hit = near.lookup(key)
+                if hit is not None:
+                    return hit
+                ticket = near.ticket()
+                read = self._read(features, entities, None, False, True, timeout)
+                return near.admit(key, ticket, read, entities)
+        return self._read(features, entities, context, strict, include_event_timestamps, timeout)
+
+    def _read(
+        self,
+        features: Sequence[str],
+        entities: Mapping[str, Sequence[Any]],
+        context: Mapping[str, Sequence[Any]] | None,
+        strict: bool,
+        include_event_timestamps: bool,
+        timeout: float | None,
+    ) -> FeatureResult:
         request = build_request(
             features,
             entities,

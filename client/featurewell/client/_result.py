@@ -199,6 +199,19 @@ class FeatureResult:
             for f in response.fallbacks
         ]
 
+    @classmethod
+    def from_columns(
+        cls, rows: int, columns: dict[str, Column], deprecations: Sequence[str] = ()
+    ) -> FeatureResult:
+        """An answer from the client's near cache (no fallbacks, never sampled: no request id)."""
+        result = cls.__new__(cls)
+        result.request_id = ""
+        result.deprecations = list(deprecations)
+        result.rows = rows
+        result.columns = dict(columns)
+        result.fallbacks = []
+        return result
+
     @property
     def stale_count(self) -> int:
         """Values served although older than their view's max age."""

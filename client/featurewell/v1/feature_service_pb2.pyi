@@ -900,3 +900,148 @@ class OnDemandSpec(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OnDemandSpec: _TypeAlias = OnDemandSpec  # noqa: Y015
+
+@_typing.final
+class SubscribeInvalidationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VIEWS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def views(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Views whose rows the caller keeps: "view" (its default version) or "view@v2", at most 256.
+        The caller must be allowed to read each (PERMISSION_DENIED otherwise).
+        """
+
+    def __init__(
+        self,
+        *,
+        views: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["views", b"views"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscribeInvalidationsRequest: _TypeAlias = SubscribeInvalidationsRequest  # noqa: Y015
+
+@_typing.final
+class CacheableView(_message.Message):
+    """One view of a subscription, as the server resolved it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    JOIN_KEYS_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    MAX_AGE_SECONDS_FIELD_NUMBER: _builtins.int
+    NOT_CACHEABLE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.int
+    ttl_seconds: _builtins.float
+    """How long a row of this view may answer from a near cache after the call that read it was
+    sent. 0: not cacheable (`not_cacheable` says why).
+    """
+    max_age_seconds: _builtins.float
+    """The view's max age (0: never stale): a near cache turns PRESENT into STALE past it."""
+    not_cacheable: _builtins.str
+    @_builtins.property
+    def join_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The view's entity's join key names, in key order (EntityKey.parts follow it)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+        join_keys: _abc.Iterable[_builtins.str] | None = ...,
+        ttl_seconds: _builtins.float = ...,
+        max_age_seconds: _builtins.float = ...,
+        not_cacheable: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["join_keys", b"join_keys", "max_age_seconds", b"max_age_seconds", "name", b"name", "not_cacheable", b"not_cacheable", "ttl_seconds", b"ttl_seconds", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CacheableView: _TypeAlias = CacheableView  # noqa: Y015
+
+@_typing.final
+class EntityKey(_message.Message):
+    """One entity's key values, as text (an integer key in decimal), in join key order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def parts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        parts: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parts", b"parts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EntityKey: _TypeAlias = EntityKey  # noqa: Y015
+
+@_typing.final
+class RowInvalidation(_message.Message):
+    """Rows of one view written since the last message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VIEW_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    view: _builtins.int
+    """Position of the view in the first message's `views`."""
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___EntityKey]: ...
+    def __init__(
+        self,
+        *,
+        view: _builtins.int = ...,
+        keys: _abc.Iterable[Global___EntityKey] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys", "view", b"view"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RowInvalidation: _TypeAlias = RowInvalidation  # noqa: Y015
+
+@_typing.final
+class InvalidationBatch(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VIEWS_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    RESET_FIELD_NUMBER: _builtins.int
+    reset: _builtins.str
+    """Set on the last message when any row may have changed unannounced: drop every cached row."""
+    @_builtins.property
+    def views(self) -> _containers.RepeatedCompositeFieldContainer[Global___CacheableView]:
+        """First message only: the views asked for, in the order asked."""
+
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___RowInvalidation]: ...
+    def __init__(
+        self,
+        *,
+        views: _abc.Iterable[Global___CacheableView] | None = ...,
+        rows: _abc.Iterable[Global___RowInvalidation] | None = ...,
+        reset: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reset", b"reset", "rows", b"rows", "views", b"views"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InvalidationBatch: _TypeAlias = InvalidationBatch  # noqa: Y015

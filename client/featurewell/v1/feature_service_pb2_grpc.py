@@ -49,6 +49,11 @@ class FeatureServiceStub:
                 request_serializer=featurewell_dot_v1_dot_feature__service__pb2.ListFeaturesRequest.SerializeToString,
                 response_deserializer=featurewell_dot_v1_dot_feature__service__pb2.ListFeaturesResponse.FromString,
                 _registered_method=True)
+        self.SubscribeInvalidations = channel.unary_stream(
+                '/featurewell.v1.FeatureService/SubscribeInvalidations',
+                request_serializer=featurewell_dot_v1_dot_feature__service__pb2.SubscribeInvalidationsRequest.SerializeToString,
+                response_deserializer=featurewell_dot_v1_dot_feature__service__pb2.InvalidationBatch.FromString,
+                _registered_method=True)
 
 
 class FeatureServiceServicer:
@@ -76,6 +81,17 @@ class FeatureServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubscribeInvalidations(self, request, context):
+        """Feeds a client's near cache (docs/near-cache.md): the first message says which of the asked
+        views may be cached and for how long; each later one names rows written since, anywhere.
+        The stream ends with `reset` when rows may have changed unannounced (a lost Redis
+        connection, a reload or promote, a subscriber too slow to keep up, the server stopping):
+        the client then drops what it holds and subscribes again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeatureServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +109,11 @@ def add_FeatureServiceServicer_to_server(servicer, server):
                     servicer.ListFeatures,
                     request_deserializer=featurewell_dot_v1_dot_feature__service__pb2.ListFeaturesRequest.FromString,
                     response_serializer=featurewell_dot_v1_dot_feature__service__pb2.ListFeaturesResponse.SerializeToString,
+            ),
+            'SubscribeInvalidations': grpc.unary_stream_rpc_method_handler(
+                    servicer.SubscribeInvalidations,
+                    request_deserializer=featurewell_dot_v1_dot_feature__service__pb2.SubscribeInvalidationsRequest.FromString,
+                    response_serializer=featurewell_dot_v1_dot_feature__service__pb2.InvalidationBatch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +197,33 @@ class FeatureService:
             '/featurewell.v1.FeatureService/ListFeatures',
             featurewell_dot_v1_dot_feature__service__pb2.ListFeaturesRequest.SerializeToString,
             featurewell_dot_v1_dot_feature__service__pb2.ListFeaturesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubscribeInvalidations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/featurewell.v1.FeatureService/SubscribeInvalidations',
+            featurewell_dot_v1_dot_feature__service__pb2.SubscribeInvalidationsRequest.SerializeToString,
+            featurewell_dot_v1_dot_feature__service__pb2.InvalidationBatch.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,13 @@ class FeatureServiceStub:
     """Writes whole rows of one feature view. A row older than the stored one is skipped, not applied."""
     ListFeatures: _grpc.UnaryUnaryMultiCallable[_feature_service_pb2.ListFeaturesRequest, _feature_service_pb2.ListFeaturesResponse]
     """Describes every entity, feature view (all versions) and on-demand transform the server knows."""
+    SubscribeInvalidations: _grpc.UnaryStreamMultiCallable[_feature_service_pb2.SubscribeInvalidationsRequest, _feature_service_pb2.InvalidationBatch]
+    """Feeds a client's near cache (docs/near-cache.md): the first message says which of the asked
+    views may be cached and for how long; each later one names rows written since, anywhere.
+    The stream ends with `reset` when rows may have changed unannounced (a lost Redis
+    connection, a reload or promote, a subscriber too slow to keep up, the server stopping):
+    the client then drops what it holds and subscribes again.
+    """
 
 @_typing.type_check_only
 class FeatureServiceAsyncStub(FeatureServiceStub):
@@ -56,6 +63,13 @@ class FeatureServiceAsyncStub(FeatureServiceStub):
     """Writes whole rows of one feature view. A row older than the stored one is skipped, not applied."""
     ListFeatures: _aio.UnaryUnaryMultiCallable[_feature_service_pb2.ListFeaturesRequest, _feature_service_pb2.ListFeaturesResponse]  # type: ignore[assignment]
     """Describes every entity, feature view (all versions) and on-demand transform the server knows."""
+    SubscribeInvalidations: _aio.UnaryStreamMultiCallable[_feature_service_pb2.SubscribeInvalidationsRequest, _feature_service_pb2.InvalidationBatch]  # type: ignore[assignment]
+    """Feeds a client's near cache (docs/near-cache.md): the first message says which of the asked
+    views may be cached and for how long; each later one names rows written since, anywhere.
+    The stream ends with `reset` when rows may have changed unannounced (a lost Redis
+    connection, a reload or promote, a subscriber too slow to keep up, the server stopping):
+    the client then drops what it holds and subscribes again.
+    """
 
 class FeatureServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -83,5 +97,18 @@ class FeatureServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_feature_service_pb2.ListFeaturesResponse, _abc.Awaitable[_feature_service_pb2.ListFeaturesResponse]]:
         """Describes every entity, feature view (all versions) and on-demand transform the server knows."""
+
+    @_abc_1.abstractmethod
+    def SubscribeInvalidations(
+        self,
+        request: _feature_service_pb2.SubscribeInvalidationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_feature_service_pb2.InvalidationBatch], _abc.AsyncIterator[_feature_service_pb2.InvalidationBatch]]:
+        """Feeds a client's near cache (docs/near-cache.md): the first message says which of the asked
+        views may be cached and for how long; each later one names rows written since, anywhere.
+        The stream ends with `reset` when rows may have changed unannounced (a lost Redis
+        connection, a reload or promote, a subscriber too slow to keep up, the server stopping):
+        the client then drops what it holds and subscribes again.
+        """
 
 def add_FeatureServiceServicer_to_server(servicer: FeatureServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

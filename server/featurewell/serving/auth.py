@@ -262,10 +262,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if wrapped is not None:
             return wrapped
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None or not method.startswith(SERVICE_PREFIX):
+        if handler is None or not method.startswith(SERVICE_PREFIX):
             return handler
-        wrapped = grpc.unary_unary_rpc_method_handler(
-            self._authenticated(method[len(SERVICE_PREFIX) :], handler.unary_unary),  # type: ignore[arg-type]
+        # Unary calls, and the server-streaming SubscribeInvalidations (it answers with
+        # context.write, so the same coroutine wrapper holds its principal for the stream).
+        streaming = handler.unary_stream is not None
+        behaviour = handler.unary_stream if streaming else handler.unary_unary
+        if behaviour is None:
+            return handler
+        wrapped = (
+            grpc.unary_stream_rpc_method_handler
+            if streaming
+            else grpc.unary_unary_rpc_method_handler
+        )(
+            self._authenticated(method[len(SERVICE_PREFIX) :], behaviour),  # type: ignore[arg-type]
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

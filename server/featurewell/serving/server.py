@@ -268,6 +268,7 @@ class Server:
         in_flight = calls.in_flight
         grace = self.settings.serving.grace_period_s if grace is None else grace
         calls.cut_off_at = time.monotonic() + grace  # handlers cancelled from then on: cut off
+        self.service.invalidations.close()  # near-cache streams end now, not at the grace's end
         await self.grpc_server.stop(grace)
         for task in (self.telemetry_task, self.versions_task):
             if task is not None:
@@ -337,7 +338,12 @@ def add_feature_service(
     call, moved), same names for reflection, clients unchanged."""
     descriptor = pb.DESCRIPTOR.services_by_name["FeatureService"]
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
-        method.name: grpc.unary_unary_rpc_method_handler(
+        # SubscribeInvalidations streams its answers (near caches); every other call is unary.
+        method.name: (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )(
             getattr(service, method.name)
             if gate is None
             else gated(service, gate, method.name, getattr(service, method.name)),

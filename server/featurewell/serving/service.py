@@ -16,6 +16,7 @@ from featurewell.offline.served import REQUEST_ID_HEADER
 from featurewell.serving import auth, wire
 from featurewell.serving.authz import Authoriser
 from featurewell.serving.deprecation import DeprecationNotices
+from featurewell.serving.invalidations import InvalidationHub
 from featurewell.serving.overload import Admission
 from featurewell.serving.status import status_for
 from featurewell.settings import ServingSettings
@@ -60,6 +61,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         self._cap = settings.store_timeout_ms / 1000
         self._injected_delay = settings.inject_delay_ms / 1000
         self._deprecations = DeprecationNotices(telemetry.metrics.deprecated_reads)
+        self.invalidations = InvalidationHub(engine, self.access)  # near-cache subscriptions
 
     def budget(self, remaining: float | None) -> Budget:
         """Store time for a call with `remaining` seconds left (None: no client deadline): what
@@ -151,6 +153,19 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
             self._trace(context),
         )
         return response
+
+    async def SubscribeInvalidations(
+        self,
+        request: pb.SubscribeInvalidationsRequest | bytes,
+        context: Context[pb.SubscribeInvalidationsRequest],
+    ) -> None:
+        """A near cache's feed of written rows (serving/invalidations.py); a server-streaming
+        call answered with `context.write`."""
+        started = time.perf_counter_ns()
+        try:
+            await self.invalidations.serve(request, context)
+        except Exception as exc:
+            await self._abort("SubscribeInvalidations", exc, context, started)
 
     # -- authorisation (serving/authz.py): the call's principal was set by serving/auth.py --
 

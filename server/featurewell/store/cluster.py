@@ -77,6 +77,15 @@ class ClusterClient:
     def masters(self) -> list[Address]:
         return self.slot_map.masters
 
+    @property
+    def access(self) -> NodeAccess | None:
+        """Credentials and TLS of this cluster's connections (for connections of other kinds)."""
+        return self._access
+
+    @property
+    def connect_timeout(self) -> float:
+        return self._connect_timeout
+
     def node_of(self, slot: int) -> Address | None:
         return self.slot_map.node_of(slot)
 
