@@ -23,6 +23,7 @@ PUBLIC = {
         "FeatureResult",
         "InvalidArgument",
         "InvalidValues",
+        "NearCache",
         "NotFound",
         "PermissionDenied",
         "ResourceExhausted",

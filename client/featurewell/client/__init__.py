@@ -24,6 +24,7 @@ from featurewell.client._errors import (
     Unauthenticated,
     Unavailable,
 )
+from featurewell.client._near_cache import NearCache
 from featurewell.client._result import (
     Column,
     DeprecatedFeatureWarning,
@@ -49,6 +50,7 @@ __all__ = [
     "FeatureResult",
     "InvalidArgument",
     "InvalidValues",
+    "NearCache",
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",

@@ -175,8 +175,8 @@ class NearCacheStore:
     ) -> FeatureResult:
         """Keep `result` (read with event times) if it may be, and return it as the caller
         asked for it (without event times unless asked)."""
-        with_stamps = bool(key[2])
-        if not with_stamps:
+        stamps = stamps_of(result)
+        if not key[2]:  # event times were asked for the cache's sake only
             result.columns = {
                 n: dataclasses.replace(c, event_time_us=None) for n, c in result.columns.items()
             }
@@ -211,7 +211,7 @@ class NearCacheStore:
                 return result  # the subscription broke or restarted while the call was out
             if self._sequence != ticket.sequence and self._raced(rows_of, ticket.sequence):
                 return result
-            self._insert(key, result, ticket.sent + ttl, max_age, stamps_of(result), rows_of)
+            self._insert(key, result, ticket.sent + ttl, max_age, stamps, rows_of)
         return result
 
     # -- the subscription's side ------------------------------------------------------------
