@@ -36,9 +36,7 @@ def near_server(cluster: LocalCluster) -> Iterator[ServerThread]:
 
 
 def near_client(address: str, near: NearCache = LONG_TTL, **options: Any) -> FeatureClient:
-    return FeatureClient(
-        address, options=ClientOptions(timeout=5.0, near_cache=near, **options)
-    )
+    return FeatureClient(address, options=ClientOptions(timeout=5.0, near_cache=near, **options))
 
 
 def age(result: FeatureResult) -> int:
@@ -57,7 +55,9 @@ def from_near_cache(
         result = client.get_features(features, {"user_id": [user]}, **asked)
         return result if stats.hits > before else None
 
-    return wait_until(hit, 15, "an answer from the near cache")
+    found = wait_until(hit, 15, "an answer from the near cache")
+    assert found is not None
+    return found
 
 
 def test_a_hit_answers_as_the_server_does(
@@ -80,11 +80,13 @@ def test_a_hit_answers_as_the_server_does(
                 ]
                 assert (ours.event_time_us is None) is (not stamps)
                 if stamps:
-                    assert ours.event_time_us is not None and theirs.event_time_us is not None
+                    assert ours.event_time_us is not None
+                    assert theirs.event_time_us is not None
                     assert ours.event_time_us.tolist() == theirs.event_time_us.tolist()
             # Shared by every hit, so no caller may change it for the others.
             assert not cached["profile:age"].values.flags.writeable
-            assert cached.request_id == "" and cached.fallbacks == []
+            assert cached.request_id == ""
+            assert cached.fallbacks == []
 
 
 def test_writes_through_any_server_are_seen_long_before_the_ttl(
@@ -110,7 +112,8 @@ def test_writes_through_any_server_are_seen_long_before_the_ttl(
                 10,
                 "a write through another server to reach the near cache",
             )
-            assert near.near_cache is not None and near.near_cache.stats.invalidated >= 2
+            assert near.near_cache is not None
+            assert near.near_cache.stats.invalidated >= 2
 
 
 def test_a_broken_stream_falls_back_to_the_ttl_and_a_reconnect_resubscribes(
@@ -198,11 +201,13 @@ def test_a_held_value_turns_stale_past_its_max_age(
         held = from_near_cache(near, user)
         assert held.statuses("profile:age").tolist() == [Status.PRESENT]
         misses = near.near_cache.stats.misses
-        stale = wait_until(
-            lambda: (r := near.get_features(FEATURES, {"user_id": [user]})).stale_count and r,
-            15,
-            "the held value to turn STALE",
-        )
+
+        def stale_answer() -> FeatureResult | None:
+            result = near.get_features(FEATURES, {"user_id": [user]})
+            return result if result.stale_count else None
+
+        stale = wait_until(stale_answer, 15, "the held value to turn STALE")
+        assert stale is not None
         assert near.near_cache.stats.misses == misses  # answered by the near cache
         assert stale.statuses("profile:age").tolist() == [Status.STALE]
         served = client.get_features(FEATURES, {"user_id": [user]})

@@ -52,7 +52,7 @@ def test_garbage_subscriptions_are_refused(server: ServerThread) -> None:
             request = pb.SubscribeInvalidationsRequest(views=views)
             assert refusal(channel, request) == code, views[:2]
         # Bytes that are not the message at all.
-        raw = channel.unary_stream(
+        raw: grpc.UnaryStreamMultiCallable[bytes, pb.InvalidationBatch] = channel.unary_stream(
             METHOD,
             request_serializer=None,
             response_deserializer=pb.InvalidationBatch.FromString,
@@ -85,9 +85,11 @@ def test_what_is_cacheable_and_for_how_long() -> None:
     assert near_ttl(view(), 1.0, 0.1) == (1.0, "")
     assert near_ttl(view(timedelta(seconds=5)), 1.0, 0.1) == (0.5, "")  # a tenth of max age
     ttl, why = near_ttl(view(near_cache="off"), 1.0, 0.1)
-    assert ttl == 0 and "opts out" in why
+    assert ttl == 0
+    assert "opts out" in why
     ttl, why = near_ttl(view(), 0.0, 0.1)
-    assert ttl == 0 and "near_cache_ttl_s" in why
+    assert ttl == 0
+    assert "near_cache_ttl_s" in why
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +151,9 @@ def test_a_near_cache_never_answers_a_caller_without_access(
                 near.get_features(["secret:ssn"], {"user_id": [user]})
 
 
-def _subscribe(address: str, views: list[str]) -> tuple[grpc.Channel, Iterator[pb.InvalidationBatch]]:
+def _subscribe(
+    address: str, views: list[str]
+) -> tuple[grpc.Channel, Iterator[pb.InvalidationBatch]]:
     channel = grpc.insecure_channel(address)
     call = pb_grpc.FeatureServiceStub(channel).SubscribeInvalidations(
         pb.SubscribeInvalidationsRequest(views=views), timeout=30

@@ -154,7 +154,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         )
         return response
 
-    async def SubscribeInvalidations(
+    async def SubscribeInvalidations(  # type: ignore[override]  # answers with context.write
         self,
         request: pb.SubscribeInvalidationsRequest | bytes,
         context: Context[pb.SubscribeInvalidationsRequest],

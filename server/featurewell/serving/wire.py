@@ -39,7 +39,13 @@ _INPUT_KINDS = {
 }
 
 
-Message = TypeVar("Message", pb.GetFeaturesRequest, pb.WriteFeaturesRequest, pb.ListFeaturesRequest)
+Message = TypeVar(
+    "Message",
+    pb.GetFeaturesRequest,
+    pb.WriteFeaturesRequest,
+    pb.ListFeaturesRequest,
+    pb.SubscribeInvalidationsRequest,
+)
 
 
 def parsed(kind: type[Message], request: Message | bytes) -> Message:
