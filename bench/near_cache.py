@@ -9,14 +9,14 @@ order each round:
     hot     one user, back to back: the near cache's own cost (every call after the first
             per TTL a hit)
     zipf    a user drawn by Zipf popularity (s = 1.1 over 5,000 users) each round, OPEN LOOP:
-            calls scheduled on a fixed clock (`--slot-ms` apart) and each timed from its
+            calls scheduled on a fixed clock (`--slot-ms`, 6 ms, apart) and each timed from its
             scheduled send, so a slow call's delay to the next counts
 
 Reported per phase and mode: p50/p90/p99 (ms; µs for the hits), each call's own service p50
 (from its actual send), the near cache's hit rate over the measured calls, and ratios of `on`
 to `off` and to the gRPC floor.
 
-    python bench/near_cache.py [--rounds 3000] [--slot-ms 3] [--s 1.1] [--json out.json]
+    python bench/near_cache.py [--rounds 3000] [--slot-ms 6] [--s 1.1] [--json out.json]
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3000)
     parser.add_argument("--warmup", type=int, default=300)
-    parser.add_argument("--slot-ms", type=float, default=3.0, help="zipf: scheduled gap per call")
+    parser.add_argument("--slot-ms", type=float, default=6.0, help="zipf: scheduled gap per call")
     parser.add_argument("--s", type=float, default=1.1, help="Zipf exponent over the users")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()

@@ -24,7 +24,7 @@ from featurewell.client._errors import (
     Unauthenticated,
     Unavailable,
 )
-from featurewell.client._near_cache import NearCache
+from featurewell.client._near_options import NearCache
 from featurewell.client._result import (
     Column,
     DeprecatedFeatureWarning,

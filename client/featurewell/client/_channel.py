@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 
-from featurewell.client._near_cache import NearCache
+from featurewell.client._near_options import NearCache
 
 _SERVICE = "featurewell.v1.FeatureService"
 

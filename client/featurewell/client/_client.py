@@ -11,7 +11,7 @@ import numpy as np
 
 from featurewell.client._channel import ClientOptions
 from featurewell.client._errors import translate
-from featurewell.client._near_cache import NearCacheStore, near_key
+from featurewell.client._near_cache import NearCacheStore
 from featurewell.client._request import (
     build_list_request,
     build_request,
@@ -87,14 +87,12 @@ class FeatureClient:
         near cache on, a single-entity call may be answered from it (docs/near-cache.md)."""
         near = self.near_cache
         if near is not None:
-            key = near_key(
-                near, self.options, features, entities, context, strict, include_event_timestamps
+            hit, key, ticket = near.consult(
+                self.options, features, entities, context, strict, include_event_timestamps
             )
-            if key is not None:
-                hit = near.lookup(key)
-                if hit is not None:
-                    return hit
-                ticket = near.ticket()
+            if hit is not None:
+                return hit
+            if key is not None:  # asked with event times: the cache ages statuses by them
                 read = self._read(features, entities, None, False, True, timeout)
                 return near.admit(key, ticket, read, entities)
         return self._read(features, entities, context, strict, include_event_timestamps, timeout)

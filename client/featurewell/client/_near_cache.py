@@ -23,58 +23,27 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from featurewell.client._near_options import NearCache, NearCacheStats
 from featurewell.client._result import Column, FeatureResult, Status
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1.columns import LIST_TYPES
+
+if TYPE_CHECKING:
+    from featurewell.client._channel import ClientOptions
 
 _ENTRY_OVERHEAD = 600  # bytes of Python objects per entry besides the answer's payload
 _CACHEABLE_STATUSES = frozenset((Status.PRESENT, Status.NOT_FOUND, Status.STALE))
 _STALE = np.full(1, Status.STALE, dtype=np.uint8)
 _STALE.flags.writeable = False
 _NEVER = 1 << 62
+_MAX_RECENT = 100_000  # invalidations remembered for races; past it, every read in flight races
 
 Key = tuple[Any, ...]  # (features, entity keys, with event times, bearer)
 RowId = tuple[str, int, tuple[str, ...]]  # (view, version, entity key parts)
-
-
-@dataclass(frozen=True)
-class NearCache:
-    """ClientOptions(near_cache=NearCache(...)): keep hot single-entity answers in this process.
-
-    max_entries / max_bytes: bounds of what it holds (the oldest answers leave first).
-    max_ttl_s: the longest an answer is reused after its call was sent; the server's per-view
-        TTL (`near_cache_ttl_s`, 1 s by default) may be shorter. This is the staleness bound.
-    resubscribe_s / max_resubscribe_s: first and longest pause before subscribing again after
-        the invalidation stream broke (doubling, jittered)."""
-
-    max_entries: int = 10_000
-    max_bytes: int = 64 * 1024 * 1024
-    max_ttl_s: float = 1.0
-    resubscribe_s: float = 0.05
-    max_resubscribe_s: float = 2.0
-
-    def __post_init__(self) -> None:
-        if self.max_entries < 1 or self.max_bytes < 1:
-            raise ValueError("near cache max_entries and max_bytes must be positive")
-        if not 0 < self.max_ttl_s <= 60:
-            raise ValueError(f"near cache max_ttl_s must be in (0, 60], got {self.max_ttl_s}")
-        if not 0 < self.resubscribe_s <= self.max_resubscribe_s:
-            raise ValueError("near cache resubscribe_s must be positive, <= max_resubscribe_s")
-
-
-@dataclass
-class NearCacheStats:
-    hits: int = 0
-    misses: int = 0
-    admitted: int = 0
-    invalidated: int = 0  # answers dropped because the server announced a write
-    evicted: int = 0  # answers dropped for the entry or byte bound
-    subscriptions: int = 0  # streams that went live (each flushed what was held)
-    resets: int = 0  # streams that ended (reset, error or a new view to follow)
 
 
 @dataclass(frozen=True)
@@ -120,6 +89,7 @@ class NearCacheStore:
         self._sequence = 0  # invalidations heard
         self._recent: dict[RowId, int] = {}  # row -> sequence it was invalidated at
         self._recent_before: dict[RowId, int] = {}
+        self._forgot_at = 0  # reads sent before this invalidation count raced "something"
         self._rotated = time.monotonic()
         self.wanted: set[str] = set()  # "view@vN" the subscription should follow
         self.wanted_changed = threading.Event()
@@ -159,6 +129,27 @@ class NearCacheStore:
         if any(c.type in LIST_TYPES for c in columns.values()):
             columns = {n: _fresh_lists(c) for n, c in columns.items()}
         return FeatureResult.from_columns(entry.rows, columns, entry.deprecations)
+
+    def consult(
+        self,
+        options: ClientOptions,
+        features: Sequence[str],
+        entities: Mapping[str, Sequence[Any]],
+        context: Mapping[str, Sequence[Any]] | None,
+        strict: bool,
+        with_stamps: bool,
+    ) -> tuple[FeatureResult | None, Key | None, Ticket | None]:
+        """A call's answer from the cache; else, for a call it may keep the answer of, the key
+        and ticket to `admit` it with (key None: the call is the server's alone). Calls with
+        request context (on-demand inputs) or `strict` (its errors are the server's to raise)
+        never use it."""
+        if context or strict:
+            return None, None, None
+        key = self.key(features, entities, with_stamps, options.bearer())
+        if key is None:
+            return None, None, None
+        hit = self.lookup(key)
+        return hit, key, None if hit is not None else self.ticket()
 
     def ticket(self) -> Ticket | None:
         """Taken before a missed call is sent; None: its answer cannot be kept."""
@@ -265,6 +256,8 @@ class NearCacheStore:
             self.wanted_changed.set()
 
     def _raced(self, rows: Iterable[RowId], since: int) -> bool:
+        if since < self._forgot_at:
+            return True
         for row in rows:
             at = self._recent.get(row) or self._recent_before.get(row)
             if at is not None and at > since:
@@ -278,6 +271,9 @@ class NearCacheStore:
         if now - self._rotated > self.options.max_ttl_s:
             self._recent_before, self._recent = self._recent, {}
             self._rotated = now
+        elif len(self._recent) > _MAX_RECENT:  # a flood of writes: bounded, conservatively
+            self._recent_before, self._recent = {}, {}
+            self._forgot_at = self._sequence + 1
 
     def _insert(
         self,
@@ -406,19 +402,3 @@ def _payload(column: Column) -> int:
             return sum(len(str(v)) + 50 for v in values.ravel())
         return int(values.nbytes)
     return sum(int(np.asarray(v).nbytes) + 100 for v in values)
-
-
-def near_key(
-    store: NearCacheStore,
-    options: Any,
-    features: Sequence[str],
-    entities: Mapping[str, Sequence[Any]],
-    context: Mapping[str, Sequence[Any]] | None,
-    strict: bool,
-    with_stamps: bool,
-) -> Key | None:
-    """The near-cache key of a call, or None when it must go to the server: calls with request
-    context (on-demand inputs) or `strict` (its errors are the server's to raise) never use it."""
-    if context or strict:
-        return None
-    return store.key(features, entities, with_stamps, options.bearer())
