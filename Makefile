@@ -77,8 +77,9 @@ gate: install
 	$(PY) loadtest/gate.py --local
 
 ## bench: end-to-end latency table (bare gRPC, raw Redis, GetFeatures), the hot-key cache off/on
-## under Zipf-popular items, the client's near cache off/on (Zipf-popular users), telemetry before/off/on, the streaming engine (throughput,
-## appended-to-servable latency), training sets (1M rows x 20 features), and codec micro-benchmarks
+## under Zipf-popular items, the client's near cache off/on (Zipf-popular users), telemetry
+## before/off/on, the streaming engine (throughput, appended-to-servable latency), training sets
+## (1M rows x 20 features), and codec micro-benchmarks
 bench: install
 	$(PY) bench/e2e.py
 	$(PY) bench/zipf.py
