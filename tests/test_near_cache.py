@@ -5,6 +5,7 @@ invalidation from an expiry: a change seen within seconds can only have come fro
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +22,7 @@ from featurewell.client import (
     Unavailable,
 )
 from featurewell.devcluster import LocalCluster
+from featurewell.store.keys import key_slot
 from tests import defs
 from tests.tools import Ids, ServerThread, free_port, make_settings, wait_until
 
@@ -90,7 +92,7 @@ def test_a_hit_answers_as_the_server_does(
 
 
 def test_writes_through_any_server_are_seen_long_before_the_ttl(
-    near_server: ServerThread, server: ServerThread, client: FeatureClient, ids: Ids
+    near_server: ServerThread, cluster: LocalCluster, client: FeatureClient, ids: Ids
 ) -> None:
     user = ids("written")
     with FeatureClient(near_server.address, timeout=5.0) as same_server:
@@ -112,8 +114,23 @@ def test_writes_through_any_server_are_seen_long_before_the_ttl(
                 10,
                 "a write through another server to reach the near cache",
             )
+            # ...and by any client of Redis itself (an operator deleting the row).
+            assert age(from_near_cache(near, user)) == 32
+            key = f"fw:profile:v2:{{{user}}}"
+            deleted = subprocess.run(
+                ["redis-cli", "-p", str(cluster.owner(key_slot(key))), "DEL", key],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            assert deleted.stdout.strip() == "1"
+            wait_until(
+                lambda: near.get_features(FEATURES, {"user_id": [user]}).count(Status.NOT_FOUND),
+                10,
+                "a row deleted in Redis to reach the near cache",
+            )
             assert near.near_cache is not None
-            assert near.near_cache.stats.invalidated >= 2
+            assert near.near_cache.stats.invalidated >= 3
 
 
 def test_a_broken_stream_falls_back_to_the_ttl_and_a_reconnect_resubscribes(

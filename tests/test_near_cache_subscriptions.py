@@ -188,3 +188,26 @@ def test_a_slow_subscriber_gets_a_reset_and_a_stopping_server_ends_streams(
     finally:
         if not stopped:
             server.stop()
+
+
+_REPO = """
+from featurewell.definitions import Entity, Feature, FeatureView, Int64, String
+
+user = Entity("user", join_keys={"user_id": String})
+member = FeatureView("member", entity=user, features=[Feature("age", Int64, default=-1)])
+"""
+
+
+def test_a_reload_resets_every_stream(cluster: LocalCluster, tmp_path: Path) -> None:
+    """A reload may change what `view:feature` means (or a view's TTL): held rows must go."""
+    repo = tmp_path / "repo.py"
+    repo.write_text(_REPO)
+    server = ServerThread(make_settings(cluster, repo=str(repo)), None)
+    try:
+        channel, stream = _subscribe(server.address, ["member"])
+        assert next(stream).views[0].name == "member"
+        assert server.run(server.server.reload()) is True
+        assert [b.reset for b in stream] == ["the definitions were reloaded or a version promoted"]
+        channel.close()
+    finally:
+        server.stop()
