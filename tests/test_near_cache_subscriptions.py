@@ -4,6 +4,7 @@ instead of buffered without bound, and a near cache that never answers a caller 
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -208,6 +209,47 @@ def test_a_reload_resets_every_stream(cluster: LocalCluster, tmp_path: Path) -> 
         assert next(stream).views[0].name == "member"
         assert server.run(server.server.reload()) is True
         assert [b.reset for b in stream] == ["the definitions were reloaded or a version promoted"]
+        channel.close()
+    finally:
+        server.stop()
+
+
+def _redis(port: int, *args: str) -> str:
+    """A command's reply as redis-cli prints it (an error reply is printed too, not raised)."""
+    return subprocess.run(
+        ["redis-cli", "-p", str(port), *args], capture_output=True, text=True, check=False
+    ).stdout
+
+
+def _broadcast_clients(cluster: LocalCluster) -> list[tuple[int, str]]:
+    """(node, client id) of every connection tracking in broadcast mode (flag B): the
+    near-cache feeds (the hot-key cache tracks in OPTIN mode, never B)."""
+    found = []
+    for port in cluster.masters:
+        for line in _redis(port, "CLIENT", "LIST").splitlines():
+            fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+            if "B" in fields.get("flags", ""):
+                found.append((port, fields["id"]))
+    return found
+
+
+def test_a_lost_redis_connection_resets_every_stream(cluster: LocalCluster) -> None:
+    server = ServerThread(make_settings(cluster), defs.registry())
+    try:
+        channel, stream = _subscribe(server.address, ["profile", "item_stats"])
+        next(stream)
+        feeds = _broadcast_clients(cluster)
+        assert {port for port, _ in feeds} == set(cluster.masters)  # one on every master
+        # Any one lost connection ends the whole feed; kill them all (another server of this
+        # session may have a feed too: its streams reset just the same).
+        killed = [_redis(port, "CLIENT", "KILL", "ID", client).strip() for port, client in feeds]
+        assert "1" in killed
+        resets = [b.reset for b in stream]
+        assert resets[-1].startswith("lost the connection to 127.0.0.1:")
+        channel.close()
+        # The next subscription listens again, on every master.
+        channel, stream = _subscribe(server.address, ["profile"])
+        assert next(stream).views[0].name == "profile"
         channel.close()
     finally:
         server.stop()
