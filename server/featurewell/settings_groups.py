@@ -294,7 +294,7 @@ class ServingSettings(Group):
     near_cache_ttl_s: float = setting(
         "near_cache_ttl_s",
         "Longest a row may answer from a client's near cache (docs/near-cache.md); a view's is "
-        "also at most cache_ttl_fraction of its max age. 0 refuses near-cache subscriptions.",
+        "also at most cache_ttl_fraction of its max age. 0: no view may be near-cached.",
         1.0,
     )
     near_cache_buffer: int = setting(
