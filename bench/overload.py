@@ -289,6 +289,9 @@ def main() -> None:
         default="poisson",
         help="send times: a Poisson process (default) or evenly spaced",
     )
+    parser.add_argument(
+        "--capacity", type=float, default=0.0, help="calls/s the levels multiply (0: measured)"
+    )
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)), help="multiples to run")
     parser.add_argument("--serve-flag", action="append", default=[], help="extra serve flags")
     parser.add_argument(
@@ -329,7 +332,9 @@ def main() -> None:
                 usage = Usage(server.pid, redis)
                 closed = pool.map(_generate, jobs)
                 ok = sum(1 for part in closed for code, *_ in part.outcomes if code == "OK")
-                capacity = ok / args.seconds
+                # --capacity: levels as multiples of a given rate (runs comparable at the same
+                # offered loads, e.g. across max_pending_calls below the closed loop's calls)
+                capacity = args.capacity or ok / args.seconds
                 cores = usage.cores()
                 results: dict[str, Any] = {
                     "capacity_per_s": round(capacity),
