@@ -4,6 +4,7 @@ are dropped before any work, and the answer margin follows what answers measure.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -13,7 +14,14 @@ import pytest
 from featurewell.client import ClientOptions, FeatureClient, FeatureClientError
 from featurewell.definitions import Registry
 from featurewell.devcluster import LocalCluster
-from featurewell.serving.overload import MIN_LIMIT, TIMEOUT_PRIOR_S, AdaptiveLimit, AnswerMargin
+from featurewell.errors import DeadlineExceeded
+from featurewell.serving.overload import (
+    MIN_LIMIT,
+    TIMEOUT_PRIOR_S,
+    AdaptiveLimit,
+    Admission,
+    AnswerMargin,
+)
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
 from tests.tools import ServerThread, make_settings, scrape
@@ -307,3 +315,19 @@ def test_the_client_retries_a_read_the_busy_core_refused(
         server.stop()
     assert outcomes["retried"] == ["OK"] * 6
     assert "CANCELLED" in outcomes["once"]  # the refusal the retries absorbed
+
+
+def test_a_call_past_its_deadline_is_dropped_without_a_status() -> None:
+    # A call taken up after its deadline passed (it waited in a busy server's queue) has no
+    # caller left to answer, and gRPC's core is cancelling it: sending a status would race that
+    # (and log a traceback per call when it loses). It is counted and ended without one; a call
+    # with a little time left still gets its DEADLINE_EXCEEDED.
+    calls = Admission(8, margin_s=0.002)
+    with pytest.raises(asyncio.CancelledError):
+        calls.admit("GetFeatures", 0.0)
+    with pytest.raises(DeadlineExceeded, match="server needs to answer"):
+        calls.admit("GetFeatures", 0.001)
+    calls.admit("GetFeatures", None)  # no deadline: served
+    calls.admit("GetFeatures", 1.0)
+    assert calls.shed_by_reason["deadline"] == 2
+    assert calls.in_flight == 0  # refused calls never count as running
