@@ -5,8 +5,11 @@ are dropped before any work, and the answer margin follows what answers measure.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -22,6 +25,7 @@ from featurewell.serving.overload import (
     Admission,
     AnswerMargin,
 )
+from featurewell.serving.server import GRPC_THREADS
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
 from tests.tools import ServerThread, make_settings, scrape
@@ -331,3 +335,42 @@ def test_a_call_past_its_deadline_is_dropped_without_a_status() -> None:
     calls.admit("GetFeatures", 1.0)
     assert calls.shed_by_reason["deadline"] == 2
     assert calls.in_flight == 0  # refused calls never count as running
+
+
+def _niceness() -> dict[int, tuple[str, int]]:
+    """This process's threads: (Linux name, niceness) by thread id."""
+    threads = {}
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            name = (task / "comm").read_text().strip()
+            threads[int(task.name)] = (name, os.getpriority(os.PRIO_PROCESS, int(task.name)))
+    return threads
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="Linux's /proc names threads")
+def test_grpc_threads_nice_demotes_grpc_cores_threads_and_no_others(
+    cluster: LocalCluster, registry: Registry
+) -> None:
+    # Past capacity gRPC core's threads take the event loop's core to refuse calls; demoted, they
+    # take it in fewer, larger turns. Only they: the loop's thread (and any other Python thread,
+    # which would hold the GIL at a low priority) keeps its niceness.
+    base = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    server = ServerThread(make_settings(cluster, grpc_threads_nice=3, cache_entries=0), registry)
+    try:
+        threads = _niceness()
+    finally:
+        server.stop()
+        # The test process's gRPC threads serve later tests' clients too: put them back (needs
+        # the privilege to raise a priority; without it they stay a little lower, harmlessly).
+        for tid, (name, _) in _niceness().items():
+            if name in GRPC_THREADS:
+                with contextlib.suppress(OSError):
+                    os.setpriority(os.PRIO_PROCESS, tid, base)
+    grpc_threads = [nice for name, nice in threads.values() if name in GRPC_THREADS]
+    assert grpc_threads
+    assert all(nice == min(base + 3, 19) for nice in grpc_threads)
+    others = [nice for name, nice in threads.values() if name not in GRPC_THREADS]
+    assert others
+    assert all(nice == base for nice in others)
+    assert threads[threading.get_native_id()][1] == base
+    assert threads[server._thread.native_id or 0][1] == base  # the server's event loop
