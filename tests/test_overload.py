@@ -17,7 +17,7 @@ import pytest
 from featurewell.client import ClientOptions, FeatureClient, FeatureClientError
 from featurewell.definitions import Registry
 from featurewell.devcluster import LocalCluster
-from featurewell.errors import DeadlineExceeded
+from featurewell.errors import ConfigError, DeadlineExceeded
 from featurewell.serving.overload import (
     MIN_LIMIT,
     TIMEOUT_PRIOR_S,
@@ -26,6 +26,7 @@ from featurewell.serving.overload import (
     AnswerMargin,
 )
 from featurewell.serving.server import GRPC_THREADS
+from featurewell.settings import Settings
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
 from tests.tools import ServerThread, make_settings, scrape
@@ -345,6 +346,14 @@ def _niceness() -> dict[int, tuple[str, int]]:
             name = (task / "comm").read_text().strip()
             threads[int(task.name)] = (name, os.getpriority(os.PRIO_PROCESS, int(task.name)))
     return threads
+
+
+def test_grpc_threads_nice_must_be_a_niceness() -> None:
+    settings = Settings.load(environ={})
+    assert settings.with_changes(grpc_threads_nice=19).serving.grpc_threads_nice == 19
+    for wrong in (-1, 20):
+        with pytest.raises(ConfigError, match="grpc_threads_nice must be 0-19"):
+            settings.with_changes(grpc_threads_nice=wrong)
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="Linux's /proc names threads")
