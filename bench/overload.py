@@ -4,15 +4,22 @@ Starts a local 3-master Redis Cluster, loads the example repo's sample data, run
 serve` in its own process (cache off), then from generator processes of its own:
 
 1. capacity: closed loop, `--concurrency` calls always open for `--seconds`: OK calls/s;
-2. for each multiple of it, an open-loop generator (split over `--generators` processes) sends
-   single-entity GetFeatures on a fixed schedule with a `--deadline-ms` deadline, each call timed
-   from its scheduled send (no coordinated omission: a late send counts against the server).
+2. for each multiple of it (`--levels`), an open-loop generator (split over `--generators`
+   processes) sends single-entity GetFeatures with a `--deadline-ms` deadline at Poisson
+   arrival times (`--arrivals uniform`: evenly spaced), each call timed from its scheduled send
+   (no coordinated omission: a late send counts against the server). Requests go out as
+   pre-serialized bytes and answers stay bytes, so the generator's CPU goes to gRPC alone.
 
 Per level: offered and answered calls/s, goodput (OK within the deadline, per second, and as a
-share of capacity), p50/p99 of answered calls, shed calls (RESOURCE_EXHAUSTED, or the server's
-DEADLINE_EXCEEDED drop) with their latency, and calls that missed their deadline in the client.
+share of capacity), p50/p99 of answered calls, shed calls (CANCELLED from gRPC core's pending
+bound, RESOURCE_EXHAUSTED, or the server's DEADLINE_EXCEEDED drop) with their latency, and calls
+that missed their deadline in the client. To read them on a shared machine, also: the CPU the
+server's event loop, its other threads (gRPC core) and Redis got (in cores), goodput per server
+core against capacity's, the generators' own send lag and CPU, and how many refusals fell in
+100 ms windows where the generator itself sent late (its stall, released at once, is a burst
+no server made).
 
-    python bench/overload.py [--seconds 4] [--deadline-ms 50] [--json out.json]
+    python bench/overload.py [--pin 1] [--seconds 4] [--deadline-ms 50] [--json out.json]
 """
 
 from __future__ import annotations
@@ -29,34 +36,47 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
+import uvloop
 
 from featurewell.devcluster import free_ports, start_local_cluster
 from featurewell.v1 import feature_service_pb2 as pb
-from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from e2e import SINGLE, USERS, example_repo
 
 LEVELS = (0.5, 1.0, 1.5, 3.0)
 SHED = ("RESOURCE_EXHAUSTED", "DROPPED", "CANCELLED")
-Outcome = tuple[str, float]  # status code name, seconds from the scheduled send
+METHOD = "/featurewell.v1.FeatureService/GetFeatures"
+# A send this much behind its schedule marks its 100 ms window as the generator's own burst.
+GENERATOR_LATE_S = 0.005
+Outcome = tuple[str, float, float, float]  # code name, s from scheduled send, send time, its lag
 
 
-def _request(rng: random.Random) -> pb.GetFeaturesRequest:
-    user = f"u{rng.randrange(USERS):06d}"
-    return pb.GetFeaturesRequest(
-        features=SINGLE, entities={"user_id": pb.Values(strings=pb.StringList(values=[user]))}
-    )
+def _requests(seed: int, count: int = 2048) -> list[bytes]:
+    """Serialized single-entity requests for random users: the generator sends bytes and keeps
+    the answers as bytes, so its own CPU per call (one core for up to ~6,000 calls/s at 3x) goes
+    to gRPC, not to protobuf."""
+    rng = random.Random(seed)
+    return [
+        pb.GetFeaturesRequest(
+            features=SINGLE,
+            entities={
+                "user_id": pb.Values(strings=pb.StringList(values=[f"u{rng.randrange(USERS):06d}"]))
+            },
+        ).SerializeToString()
+        for _ in range(count)
+    ]
 
 
-async def _call(stub: Any, request: Any, deadline: float) -> str:
+async def _call(stub: Any, request: bytes, deadline: float) -> str:
     try:
-        await stub.GetFeatures(request, timeout=deadline)
+        await stub(request, timeout=deadline)
         return "OK"
     except grpc.aio.AioRpcError as exc:
         code = exc.code().name
@@ -65,85 +85,195 @@ async def _call(stub: Any, request: Any, deadline: float) -> str:
         return code
 
 
-async def _open_loop(address: str, rate: float, seconds: float, deadline: float) -> list[Outcome]:
-    rng = random.Random()
+def _schedule(rate: float, seconds: float, arrivals: str, rng: random.Random) -> list[float]:
+    """Send times from 0: evenly spaced, or a Poisson process (exponential gaps: the bursts an
+    open-loop population of independent callers makes)."""
+    if arrivals == "uniform":
+        return [n / rate for n in range(int(rate * seconds))]
+    times, at = [], rng.expovariate(rate)
+    while at < seconds:
+        times.append(at)
+        at += rng.expovariate(rate)
+    return times
+
+
+async def _open_loop(job: Job) -> Generated:
+    rng = random.Random(job.seed)
+    requests = _requests(job.seed)
     outcomes: list[Outcome] = []
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = pb_grpc.FeatureServiceStub(channel)
+    async with grpc.aio.insecure_channel(job.address) as channel:
+        stub: Any = channel.unary_unary(METHOD)  # bytes both ways
         await channel.channel_ready()
         loop = asyncio.get_running_loop()
         start = loop.time() + 0.05
         tasks: list[asyncio.Task[None]] = []
 
         async def one(scheduled: float) -> None:
-            code = await _call(stub, _request(rng), deadline)
-            outcomes.append((code, loop.time() - scheduled))
+            lag = loop.time() - scheduled
+            code = await _call(stub, requests[rng.randrange(len(requests))], job.deadline)
+            outcomes.append((code, loop.time() - scheduled, scheduled - start, lag))
 
-        for n in range(int(rate * seconds)):
-            scheduled = start + n / rate
+        cpu = time.process_time()
+        for offset in _schedule(job.rate, job.seconds, job.arrivals, rng):
+            scheduled = start + offset
             delay = scheduled - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(loop.create_task(one(scheduled)))
         await asyncio.gather(*tasks)
-    return outcomes
+        cpu = time.process_time() - cpu
+    return Generated(outcomes, cpu)
 
 
-async def _closed_loop(address: str, concurrency: int, seconds: float) -> int:
-    rng = random.Random()
-    done = 0
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = pb_grpc.FeatureServiceStub(channel)
+async def _closed_loop(job: Job) -> Generated:
+    rng = random.Random(job.seed)
+    requests = _requests(job.seed)
+    outcomes: list[Outcome] = []
+    async with grpc.aio.insecure_channel(job.address) as channel:
+        stub: Any = channel.unary_unary(METHOD)
         await channel.channel_ready()
-        end = time.monotonic() + seconds
+        end = time.monotonic() + job.seconds
 
         async def caller() -> None:
-            nonlocal done
             while time.monotonic() < end:
-                if await _call(stub, _request(rng), 1.0) == "OK":
-                    done += 1
+                code = await _call(stub, requests[rng.randrange(len(requests))], 1.0)
+                outcomes.append((code, 0.0, 0.0, 0.0))
 
-        await asyncio.gather(*(caller() for _ in range(concurrency)))
-    return done
-
-
-def _generate(job: tuple[str, str, float, float, float, int]) -> Any:
-    kind, address, rate, seconds, deadline, core = job
-    if core >= 0:
-        os.sched_setaffinity(0, {core})
-    if kind == "closed":
-        return asyncio.run(_closed_loop(address, int(rate), seconds))
-    return asyncio.run(_open_loop(address, rate, seconds, deadline))
+        cpu = time.process_time()
+        await asyncio.gather(*(caller() for _ in range(int(job.rate))))
+        cpu = time.process_time() - cpu
+    return Generated(outcomes, cpu)
 
 
-def level(pool: Any, address: str, rate: float, args: argparse.Namespace, capacity: float) -> Any:
+@dataclass(frozen=True)
+class Job:
+    closed: bool
+    address: str
+    rate: float  # calls/s (open loop) or calls kept open (closed loop)
+    seconds: float
+    deadline: float
+    core: int
+    arrivals: str
+    seed: int
+
+
+@dataclass
+class Generated:
+    outcomes: list[Outcome]
+    cpu_s: float  # the generator process's CPU time
+
+
+def _generate(job: Job) -> Generated:
+    if job.core >= 0:
+        os.sched_setaffinity(0, {job.core})
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_closed_loop(job) if job.closed else _open_loop(job))
+
+
+def _cpu_s(pid: int) -> tuple[float, float]:
+    """CPU seconds of process `pid`: its main thread (the event loop) and its other threads
+    (gRPC core's, the store's)."""
+    main = other = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended
+            continue
+        seconds = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        if int(task.name) == pid:
+            main += seconds
+        else:
+            other += seconds
+    return main, other
+
+
+class Usage:
+    """CPU the server (event loop, other threads) and Redis used over a level, in cores."""
+
+    def __init__(self, server: int, redis: list[int]) -> None:
+        self.server, self.redis = server, redis
+        self.started = time.monotonic()
+        self.before = self._now()
+
+    def _now(self) -> tuple[float, float, float]:
+        main, other = _cpu_s(self.server)
+        return main, other, sum(sum(_cpu_s(pid)) for pid in self.redis)
+
+    def cores(self) -> dict[str, float]:
+        elapsed = time.monotonic() - self.started
+        spent = [now - then for now, then in zip(self._now(), self.before, strict=True)]
+        return {
+            name: round(seconds / elapsed, 2)
+            for name, seconds in zip(("loop", "server_threads", "redis"), spent, strict=True)
+        }
+
+
+def _server_cores(cores: dict[str, float]) -> float:
+    return max(cores["loop"] + cores["server_threads"], 0.01)
+
+
+def _ms(values: Any, q: float) -> float | None:
+    return round(float(np.percentile(values, q)) * 1000, 2) if len(values) else None
+
+
+def level(
+    pool: Any, address: str, rate: float, args: argparse.Namespace, capacity: float, usage: Usage
+) -> Any:
     share = rate / args.generators
-    jobs = [("open", address, share, args.seconds, args.deadline_ms / 1000, args.pin)]
-    jobs *= args.generators
-    outcomes = [o for part in pool.map(_generate, jobs) for o in part]
     deadline = args.deadline_ms / 1000
-    ok = np.array([s for code, s in outcomes if code == "OK"]) * 1000
-    in_time = int((ok <= args.deadline_ms).sum())
+    jobs = [
+        Job(
+            False,
+            address,
+            share,
+            args.seconds,
+            deadline,
+            args.pin,
+            args.arrivals,
+            seed,
+        )
+        for seed in range(args.generators)
+    ]
+    parts = pool.map(_generate, jobs)
+    cores = usage.cores()
+    outcomes = [o for part in parts for o in part.outcomes]
+    ok = np.array([s for code, s, _, _ in outcomes if code == "OK"])
+    in_time = int((ok <= deadline).sum())
     # Refused: by the handler (RESOURCE_EXHAUSTED, or DROPPED: its deadline could not be met) or
     # by gRPC's core past max_pending_calls (it resets the stream: CANCELLED).
-    shed = np.array([s for code, s in outcomes if code in SHED])
-    missed = sum(1 for code, s in outcomes if code == "DEADLINE_EXCEEDED" or s > deadline)
+    shed = np.array([s for code, s, _, _ in outcomes if code in SHED])
+    missed = sum(1 for code, s, _, _ in outcomes if code == "DEADLINE_EXCEEDED" or s > deadline)
+    lags = np.array([lag for _, _, _, lag in outcomes])
+    # When refusals happened: 100 ms windows of the schedule holding at least one; and those in
+    # windows where the generator itself sent late (its own stall turns into a burst at once).
+    late = {int(sent * 10) for _, _, sent, lag in outcomes if lag > GENERATOR_LATE_S}
+    refused_windows = {int(sent * 10) for code, _, sent, _ in outcomes if code in SHED}
+    refused_late = sum(1 for c, _, sent, _ in outcomes if c in SHED and int(sent * 10) in late)
     return {
         "offered_per_s": round(rate),
         "goodput_per_s": round(in_time / args.seconds),
         "goodput_of_capacity": round(in_time / args.seconds / capacity, 2),
-        "ok_p50_ms": round(float(np.percentile(ok, 50)), 2) if len(ok) else None,
-        "ok_p99_ms": round(float(np.percentile(ok, 99)), 2) if len(ok) else None,
+        "ok_p50_ms": _ms(ok, 50),
+        "ok_p99_ms": _ms(ok, 99),
         "shed": len(shed),
-        "resource_exhausted": sum(1 for code, _ in outcomes if code == "RESOURCE_EXHAUSTED"),
-        "shed_p50_ms": round(float(np.percentile(shed, 50)) * 1000, 2) if len(shed) else None,
-        "shed_p99_ms": round(float(np.percentile(shed, 99)) * 1000, 2) if len(shed) else None,
+        "resource_exhausted": sum(1 for code, _, _, _ in outcomes if code == "RESOURCE_EXHAUSTED"),
+        "shed_p50_ms": _ms(shed, 50),
+        "shed_p99_ms": _ms(shed, 99),
         "missed_deadline": missed,
         "other_errors": sum(
-            1 for code, _ in outcomes if code not in ("OK", "DEADLINE_EXCEEDED", *SHED)
+            1 for code, _, _, _ in outcomes if code not in ("OK", "DEADLINE_EXCEEDED", *SHED)
         ),
         "calls": len(outcomes),
-        "codes": dict(Counter(code for code, _ in outcomes)),
+        "codes": dict(Counter(code for code, _, _, _ in outcomes)),
+        "refused_windows_100ms": len(refused_windows),
+        "refused_in_generator_bursts": refused_late,
+        "send_lag_p99_ms": _ms(lags, 99),
+        "generator_cores": round(sum(part.cpu_s for part in parts) / args.seconds, 2),
+        "cores": cores,
+        # OK calls within the deadline per core-second the server (loop and threads) got: on a
+        # shared box, ratios of this to capacity's are what neighbours' load does not move.
+        "goodput_per_server_core": round(in_time / args.seconds / _server_cores(cores)),
     }
 
 
@@ -153,6 +283,16 @@ def main() -> None:
     parser.add_argument("--deadline-ms", type=float, default=50.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--generators", type=int, default=2)
+    parser.add_argument(
+        "--arrivals",
+        choices=("poisson", "uniform"),
+        default="poisson",
+        help="send times: a Poisson process (default) or evenly spaced",
+    )
+    parser.add_argument(
+        "--capacity", type=float, default=0.0, help="calls/s the levels multiply (0: measured)"
+    )
+    parser.add_argument("--levels", default=",".join(map(str, LEVELS)), help="multiples to run")
     parser.add_argument("--serve-flag", action="append", default=[], help="extra serve flags")
     parser.add_argument(
         "--pin",
@@ -175,38 +315,73 @@ def main() -> None:
         serve = [*cli, "serve", "--repo", str(repo), "--redis", seeds, "--log-level", "ERROR"]
         serve += ["--cache-entries", "0", "--metrics-port", "-1", "--port", str(port)]
         server = subprocess.Popen([*serve, *args.serve_flag])
+        redis = [p.pid for p in cluster.processes.values()]
         if args.pin >= 0:
             others = set(range(os.cpu_count() or 1)) - {args.pin}
-            for pid in [server.pid, *(p.pid for p in cluster.processes.values())]:
+            for pid in [server.pid, *redis]:
                 os.sched_setaffinity(pid, others)
         address = f"127.0.0.1:{port}"
         try:
             grpc.channel_ready_future(grpc.insecure_channel(address)).result(timeout=60)
             with multiprocessing.get_context("spawn").Pool(args.generators) as pool:
                 per = max(1, args.concurrency // args.generators)
-                jobs = [("closed", address, per, args.seconds, 1.0, args.pin)] * args.generators
-                capacity = sum(pool.map(_generate, jobs)) / args.seconds
-                results: dict[str, Any] = {"capacity_per_s": round(capacity), "levels": {}}
-                for multiple in LEVELS:
-                    row = level(pool, address, capacity * multiple, args, capacity)
+                jobs = [
+                    Job(True, address, per, args.seconds, 1.0, args.pin, "", seed)
+                    for seed in range(args.generators)
+                ]
+                usage = Usage(server.pid, redis)
+                closed = pool.map(_generate, jobs)
+                ok = sum(1 for part in closed for code, *_ in part.outcomes if code == "OK")
+                # --capacity: levels as multiples of a given rate (runs comparable at the same
+                # offered loads, e.g. across max_pending_calls below the closed loop's calls)
+                capacity = args.capacity or ok / args.seconds
+                cores = usage.cores()
+                results: dict[str, Any] = {
+                    "capacity_per_s": round(capacity),
+                    "capacity_cores": cores,
+                    "capacity_per_server_core": round(capacity / _server_cores(cores)),
+                    "arrivals": args.arrivals,
+                    "levels": {},
+                }
+                for multiple in (float(m) for m in args.levels.split(",")):
+                    usage = Usage(server.pid, redis)
+                    row = level(pool, address, capacity * multiple, args, capacity, usage)
+                    row["goodput_per_core_of_capacity"] = round(
+                        row["goodput_per_server_core"] / results["capacity_per_server_core"], 2
+                    )
                     results["levels"][f"{multiple}x"] = row
                     time.sleep(1.0)  # let the server drain between levels
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=30)
     results["deadline_ms"] = args.deadline_ms
-    print(f"capacity {results['capacity_per_s']} calls/s (closed loop, {args.concurrency} open)")
-    header = "level offered goodput (x cap) ok_p50 ok_p99 shed shed_p50 shed_p99 missed errors"
-    print(header)
+    _report(results, args)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+def _report(results: dict[str, Any], args: argparse.Namespace) -> None:
+    cores = results["capacity_cores"]
+    print(
+        f"capacity {results['capacity_per_s']} calls/s (closed loop, {args.concurrency} open; "
+        f"cores: loop {cores['loop']} threads {cores['server_threads']} redis {cores['redis']})"
+    )
+    print(
+        "level offered goodput (x cap) ok_p50 ok_p99 shed shed_p50 shed_p99 missed errors "
+        "| per-core refused_windows in_gen_bursts send_lag_p99 gen_cores loop threads redis"
+    )
     for name, row in results["levels"].items():
+        cores = row["cores"]
         print(
             f"{name:>5} {row['offered_per_s']:>7} {row['goodput_per_s']:>7} "
             f"({row['goodput_of_capacity']:.2f}) {row['ok_p50_ms']} {row['ok_p99_ms']} "
             f"{row['shed']} {row['shed_p50_ms']} {row['shed_p99_ms']} "
-            f"{row['missed_deadline']} {row['other_errors']}"
+            f"{row['missed_deadline']} {row['other_errors']} | "
+            f"{row['goodput_per_core_of_capacity']:.2f} {row['refused_windows_100ms']} "
+            f"{row['refused_in_generator_bursts']} "
+            f"{row['send_lag_p99_ms']} {row['generator_cores']} {cores['loop']} "
+            f"{cores['server_threads']} {cores['redis']}"
         )
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

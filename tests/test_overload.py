@@ -4,8 +4,12 @@ are dropped before any work, and the answer margin follows what answers measure.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -13,7 +17,16 @@ import pytest
 from featurewell.client import ClientOptions, FeatureClient, FeatureClientError
 from featurewell.definitions import Registry
 from featurewell.devcluster import LocalCluster
-from featurewell.serving.overload import MIN_LIMIT, TIMEOUT_PRIOR_S, AdaptiveLimit, AnswerMargin
+from featurewell.errors import ConfigError, DeadlineExceeded
+from featurewell.serving.overload import (
+    MIN_LIMIT,
+    TIMEOUT_PRIOR_S,
+    AdaptiveLimit,
+    Admission,
+    AnswerMargin,
+)
+from featurewell.serving.server import GRPC_THREADS
+from featurewell.settings import Settings
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
 from tests.tools import ServerThread, make_settings, scrape
@@ -83,6 +96,30 @@ def test_calls_past_max_concurrent_rpcs_are_refused_before_they_queue(
     assert server.server.service.calls.shed == 0
 
 
+def _during_a_stall(server: ServerThread, calls: int, stall_s: float) -> list[str]:
+    """`calls` GetFeatures sent at once while the server's event loop is blocked for `stall_s`
+    (as a saturated loop, a GC pause or a preempted process is): their status code names, in
+    answer order."""
+    blocked = threading.Event()
+
+    def busy() -> None:
+        blocked.set()
+        time.sleep(stall_s)
+
+    threading.Timer(0.5, lambda: server.loop.call_soon_threadsafe(busy)).start()
+    outcomes: list[tuple[float, str, str]] = []
+
+    def send() -> None:
+        blocked.wait(5)
+        time.sleep(0.05)
+        outcomes.extend(_concurrent(server.address, calls, timeout=5.0))
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    sender.join()
+    return [code for _, code, _ in outcomes]
+
+
 def test_calls_past_max_pending_calls_are_refused_while_the_server_is_busy(
     cluster: LocalCluster, registry: Registry
 ) -> None:
@@ -94,32 +131,33 @@ def test_calls_past_max_pending_calls_are_refused_while_the_server_is_busy(
         registry,
     )
     try:
-        blocked = threading.Event()
-
-        def busy() -> None:
-            blocked.set()
-            time.sleep(1.5)
-
-        threading.Timer(0.5, lambda: server.loop.call_soon_threadsafe(busy)).start()
-        # The barrier in _concurrent releases the calls at once; block the loop first.
-        outcomes: list[tuple[float, str, str]] = []
-
-        def send() -> None:
-            blocked.wait(5)
-            time.sleep(0.05)
-            outcomes.extend(_concurrent(server.address, 10, timeout=5.0))
-
-        sender = threading.Thread(target=send)
-        sender.start()
-        sender.join()
+        codes = _during_a_stall(server, 10, stall_s=1.5)
     finally:
         server.stop()
-    codes = [code for _, code, _ in outcomes]
     refused = codes.count("CANCELLED")
     # 3 wait in the core; gRPC's Python server also holds a couple it asked for in advance.
     assert refused >= 4
     assert codes.count("OK") == 10 - refused
     assert codes[:refused] == ["CANCELLED"] * refused  # refused while the loop was blocked
+
+
+def test_a_burst_within_max_pending_calls_is_served_not_refused(
+    cluster: LocalCluster, registry: Registry
+) -> None:
+    # Light load is not smooth: an open-loop (Poisson) schedule clumps, and a server's loop
+    # stalls now and then (GC, a preempted process). Calls that arrive meanwhile wait in gRPC's
+    # core, up to max_pending_calls of them: a burst that size, arriving all at once while the
+    # loop is blocked, is served in full once it runs again. (The default bound, so a change to
+    # it that would refuse such bursts fails here; bench/overload.py measures the rest.)
+    settings = make_settings(cluster, cache_entries=0)
+    burst = settings.serving.max_pending_calls
+    assert burst >= 16  # a Poisson schedule at half capacity bunches well below this
+    server = ServerThread(settings, registry)
+    try:
+        codes = _during_a_stall(server, burst, stall_s=0.5)
+    finally:
+        server.stop()
+    assert codes == ["OK"] * burst
 
 
 def test_the_adaptive_limit_sheds_when_handlers_slow_down(
@@ -282,3 +320,66 @@ def test_the_client_retries_a_read_the_busy_core_refused(
         server.stop()
     assert outcomes["retried"] == ["OK"] * 6
     assert "CANCELLED" in outcomes["once"]  # the refusal the retries absorbed
+
+
+def test_a_call_past_its_deadline_is_dropped_without_a_status() -> None:
+    # A call taken up after its deadline passed (it waited in a busy server's queue) has no
+    # caller left to answer, and gRPC's core is cancelling it: sending a status would race that
+    # (and log a traceback per call when it loses). It is counted and ended without one; a call
+    # with a little time left still gets its DEADLINE_EXCEEDED.
+    calls = Admission(8, margin_s=0.002)
+    with pytest.raises(asyncio.CancelledError):
+        calls.admit("GetFeatures", 0.0)
+    with pytest.raises(DeadlineExceeded, match="server needs to answer"):
+        calls.admit("GetFeatures", 0.001)
+    calls.admit("GetFeatures", None)  # no deadline: served
+    calls.admit("GetFeatures", 1.0)
+    assert calls.shed_by_reason["deadline"] == 2
+    assert calls.in_flight == 0  # refused calls never count as running
+
+
+def _niceness() -> dict[int, tuple[str, int]]:
+    """This process's threads: (Linux name, niceness) by thread id."""
+    threads = {}
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            name = (task / "comm").read_text().strip()
+            threads[int(task.name)] = (name, os.getpriority(os.PRIO_PROCESS, int(task.name)))
+    return threads
+
+
+def test_grpc_threads_nice_must_be_a_niceness() -> None:
+    settings = Settings.load(environ={})
+    assert settings.with_changes(grpc_threads_nice=19).serving.grpc_threads_nice == 19
+    for wrong in (-1, 20):
+        with pytest.raises(ConfigError, match="grpc_threads_nice must be 0-19"):
+            settings.with_changes(grpc_threads_nice=wrong)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="Linux's /proc names threads")
+def test_grpc_threads_nice_demotes_grpc_cores_threads_and_no_others(
+    cluster: LocalCluster, registry: Registry
+) -> None:
+    # Past capacity gRPC core's threads take the event loop's core to refuse calls; demoted, they
+    # take it in fewer, larger turns. Only they: the loop's thread (and any other Python thread,
+    # which would hold the GIL at a low priority) keeps its niceness.
+    base = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    server = ServerThread(make_settings(cluster, grpc_threads_nice=3, cache_entries=0), registry)
+    try:
+        threads = _niceness()
+    finally:
+        server.stop()
+        # The test process's gRPC threads serve later tests' clients too: put them back (needs
+        # the privilege to raise a priority; without it they stay a little lower, harmlessly).
+        for tid, (name, _) in _niceness().items():
+            if name in GRPC_THREADS:
+                with contextlib.suppress(OSError):
+                    os.setpriority(os.PRIO_PROCESS, tid, base)
+    grpc_threads = [nice for name, nice in threads.values() if name in GRPC_THREADS]
+    assert grpc_threads
+    assert all(nice == min(base + 3, 19) for nice in grpc_threads)
+    others = [nice for name, nice in threads.values() if name not in GRPC_THREADS]
+    assert others
+    assert all(nice == base for nice in others)
+    assert threads[threading.get_native_id()][1] == base
+    assert threads[server._thread.native_id or 0][1] == base  # the server's event loop

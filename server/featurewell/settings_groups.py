@@ -183,6 +183,14 @@ class ServingSettings(Group):
         "with RESOURCE_EXHAUSTED (0: no adaptive limit, only max_in_flight).",
         20.0,
     )
+    grpc_threads_nice: int = setting(
+        "grpc_threads_nice",
+        "Niceness added to gRPC core's own threads (Linux; 0: off, up to 19). Past capacity "
+        "they spend the event loop's core refusing calls; at a lower priority they take it in "
+        'fewer, larger turns and the loop answers more (docs/resilience.md, "Overload"), but '
+        "refusals wait longer and, on a host shared with other busy processes, so does I/O.",
+        0,
+    )
     reload_interval_s: float = setting(
         "reload_interval_s",
         "How often to check the feature repo's files for changes and reload (0: only on SIGHUP).",
@@ -326,6 +334,10 @@ class ServingSettings(Group):
         )
         _not_negative(self, "reload_interval_s", "inject_delay_ms")
         _not_negative(self, "max_concurrent_rpcs", "overload_latency_ms", "max_pending_calls")
+        if not 0 <= self.grpc_threads_nice <= 19:
+            raise ConfigError(
+                f"setting grpc_threads_nice must be 0-19, got {self.grpc_threads_nice}"
+            )
         if not 0 <= self.port < 65536:
             raise ConfigError(f"setting port must be 0-65535, got {self.port}")
         if self.workers > 1 and self.port == 0:

@@ -14,7 +14,8 @@ Three layers, cheapest first (docs/resilience.md, "Overload"):
    asyncio server a saturated loop shows as slower handlers (each await waits its turn behind
    the queue), so the limit follows the loop's congestion.
 3. A call whose remaining deadline cannot cover the time an answer needs is dropped before any
-   work (DEADLINE_EXCEEDED): its caller has given up, or will before an answer could reach it.
+   work (DEADLINE_EXCEEDED): its caller has given up, or will before an answer could reach it
+   (one whose deadline has already passed ends without a status: none can reach its caller).
 
 Every refusal is counted by reason in `featurewell_shed_calls_total` (reasons: SHED_REASONS).
 """
@@ -152,6 +153,12 @@ class Admission:
             )
         if remaining is not None and remaining <= self.margin.seconds:
             self._refuse(method, "deadline")
+            if remaining <= 0.0:
+                # Its deadline has passed (it waited in a busy server's queue): the caller has
+                # given up and gRPC's core cancels the call, so no status can reach it. Sending
+                # one anyway races that cancellation, and when it loses gRPC logs a traceback
+                # per call, many a second in an overload: end the call without one.
+                raise asyncio.CancelledError
             raise DeadlineExceeded(
                 f"the call's deadline leaves {remaining * 1000:.2f} ms, less than the "
                 f"{self.margin.seconds * 1000:.2f} ms the server needs to answer (it may have "

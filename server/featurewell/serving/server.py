@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -132,6 +133,7 @@ class Server:
             )
             port = _listen(grpc_server, settings)
             await grpc_server.start()
+            demote_grpc_threads(settings.serving.grpc_threads_nice)
             metrics_port = _serve_metrics(telemetry, settings)
         except BaseException:
             if telemetry is not None:
@@ -326,6 +328,34 @@ def pending_limits(serving: ServingSettings) -> list[tuple[str, int]]:
         ("grpc.server.max_pending_requests", serving.max_pending_calls),
         ("grpc.server.max_pending_requests_hard_limit", serving.max_pending_calls),
     ]
+
+
+# gRPC core's threads, by their Linux names: its event engine's workers, the lifeguard that adds
+# workers (threads inherit their creator's niceness, so its new ones are demoted too), its timer.
+GRPC_THREADS = frozenset({"event_engine", "lifeguard", "grpc_global_tim"})
+
+
+def demote_grpc_threads(nice: int) -> int:
+    """Add `nice` to the niceness of gRPC core's threads in this process (setting
+    grpc_threads_nice; Linux only, elsewhere nothing). Past capacity they spend the event loop's
+    core refusing calls; demoted, they run in fewer, larger turns and the loop keeps more of it
+    (docs/resilience.md, "Overload"). Returns how many threads were demoted."""
+    tasks = Path("/proc/self/task")
+    if nice <= 0 or not tasks.is_dir():
+        return 0
+    target = min(os.getpriority(os.PRIO_PROCESS, os.getpid()) + nice, 19)
+    demoted = 0
+    for task in tasks.iterdir():
+        try:
+            if (task / "comm").read_text().strip() not in GRPC_THREADS:
+                continue
+            tid = int(task.name)
+            if os.getpriority(os.PRIO_PROCESS, tid) < target:
+                os.setpriority(os.PRIO_PROCESS, tid, target)
+                demoted += 1
+        except (OSError, ValueError):  # the thread ended meanwhile
+            continue
+    return demoted
 
 
 def add_feature_service(
