@@ -18,7 +18,8 @@ status): a round whose calls were not all OK fails the run.
 
 `--compare-tree DIR` serves a second server from another checkout (its own code, same repo,
 cluster and flags, also on core 0) and runs its rounds interleaved with this tree's: before and
-after from one run. Then an open-loop check: Python clients (bench/overload.py's generator) on
+after from one run. `--compare-flag=--workers=2` (repeatable) does the same for this tree
+served with other flags. Then an open-loop check: Python clients (bench/overload.py's generator) on
 the other core send single-entity calls for random users at `--open-rate` calls/s, each timed
 from its scheduled send; p50/p99 of this tree's server.
 
@@ -41,6 +42,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,9 +144,12 @@ def wait_serving(server: Served, timeout: float = 90.0) -> None:
         if server.process.poll() is not None:
             sys.exit(f"{server.label}: featurewell serve exited ({server.process.returncode})")
         try:
-            server.metrics()
+            server.metrics()  # with --workers, the parent's: then wait for the workers too
+            with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                grpc.channel_ready_future(channel).result(timeout=end - time.monotonic())
+            time.sleep(2.0)  # every worker listening, not only the first
             return
-        except OSError:
+        except (OSError, grpc.FutureTimeoutError):
             time.sleep(0.2)
     sys.exit(f"{server.label}: not serving after {timeout:.0f} s")
 
@@ -207,7 +212,7 @@ def rounds(servers: list[Served], args: argparse.Namespace) -> dict[str, list[di
                 row = measure(server, scenario, args)
                 results.setdefault(f"{scenario} [{server.label}]", []).append(row)
                 print(
-                    f"round {n + 1} {server.label:>10} {scenario:>6}: {row['per_s']:8.0f} "
+                    f"round {n + 1} {server.label:>13} {scenario:>6}: {row['per_s']:8.0f} "
                     f"calls/s {row['cpu_us']:6.1f} µs CPU/call",
                     flush=True,
                 )
@@ -225,6 +230,7 @@ def open_loop(server: Served, args: argparse.Namespace) -> dict[str, Any]:
         "rate_per_s": args.open_rate,
         "calls": len(outcomes),
         "failed": len(outcomes) - len(ok),
+        "codes": dict(Counter(code for code, _ in outcomes)),
         "p50_ms": round(float(np.percentile(ok, 50)), 2),
         "p99_ms": round(float(np.percentile(ok, 99)), 2),
     }
@@ -260,6 +266,12 @@ def main() -> None:
     parser.add_argument("--cache", action="store_true", help="hot-key cache on (default off)")
     parser.add_argument("--serve-flag", action="append", default=[], help="extra serve flags")
     parser.add_argument("--compare-tree", type=Path, metavar="DIR")
+    parser.add_argument(
+        "--compare-flag",
+        action="append",
+        default=[],
+        help="also serve this tree with these extra flags (e.g. --compare-flag=--workers=2)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if shutil.which("h2load") is None:
@@ -285,6 +297,9 @@ def main() -> None:
             if args.compare_tree is not None:
                 tree = checkout(args.compare_tree)
                 servers.append(serve(tree.label, cli, tree.env, flags, args.server_core))
+            if args.compare_flag:  # this tree again, with other flags
+                label = " ".join(args.compare_flag)
+                servers.append(serve(label, cli, None, flags + args.compare_flag, args.server_core))
             for server in servers:
                 wait_serving(server)
                 h2load(server.port, *args.requests["single"], 1, args)  # warm up
@@ -304,19 +319,19 @@ def main() -> None:
 
 def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"\nclosed loop, h2load -c {args.clients} -m {args.streams}, medians of {args.rounds}")
-    print("server       health/s  single/s  ratio (range)       µs CPU/call health single")
+    print("server          health/s  single/s  ratio (range)    µs CPU/call health single")
     for label, row in results["summary"].items():
         low, high = row["ratio_range"]
         print(
-            f"{label:>10} {row['health_per_s']:9.0f} {row['single_per_s']:9.0f}  "
+            f"{label:>13} {row['health_per_s']:9.0f} {row['single_per_s']:9.0f}  "
             f"{row['ratio']:.2f} ({low:.2f}-{high:.2f})  "
-            f"{row['health_cpu_us']:20.1f} {row['single_cpu_us']:6.1f}"
+            f"{row['health_cpu_us']:17.1f} {row['single_cpu_us']:6.1f}"
         )
     if "open_loop" in results:
         row = results["open_loop"]
         print(
             f"open loop {row['rate_per_s']:.0f}/s (Python clients): p50 {row['p50_ms']} ms, "
-            f"p99 {row['p99_ms']} ms, {row['failed']} of {row['calls']} failed"
+            f"p99 {row['p99_ms']} ms, {row['failed']} of {row['calls']} failed {row['codes']}"
         )
     print(f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
 
