@@ -186,7 +186,8 @@ class Load:
 def answer_bytes(port: int, path: str, body: Path) -> int:
     """The framed size of the server's answer to `body` (checked OK by gRPC itself)."""
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        return 5 + len(channel.unary_unary(path)(body.read_bytes()[5:], timeout=10))
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(path)
+        return 5 + len(call(body.read_bytes()[5:], timeout=10))
 
 
 def measure(server: Served, scenario: str, args: argparse.Namespace) -> dict[str, float]:
@@ -302,7 +303,8 @@ def main() -> None:
                 servers.append(serve(label, cli, None, flags + args.compare_flag, args.server_core))
             for server in servers:
                 wait_serving(server)
-                h2load(server.port, *args.requests["single"], 1, args)  # warm up
+                path, body = args.requests["single"]
+                h2load(server.port, path, body, 1, args)  # warm up
             results: dict[str, Any] = {"rounds": rounds(servers, args)}
             results["summary"] = summary(results["rounds"], [s.label for s in servers])
             if args.open_rate > 0:

@@ -43,7 +43,8 @@ def test_one_row_decodes_as_in_a_batch() -> None:
 
 def test_one_row_with_a_negative_event_time_is_corrupt() -> None:
     decoded = ITEM_STATS.decode([_row(-5)])
-    assert decoded.corrupt is not None and decoded.corrupt.tolist() == [True]
+    assert decoded.corrupt is not None
+    assert decoded.corrupt.tolist() == [True]
     assert decoded.present.tolist() == [False]  # served as missing: the defaults
     assert fixed(decoded.values["popularity"]).tolist() == [0.0]
 
