@@ -21,7 +21,7 @@ cluster and flags, also on core 0) and runs its rounds interleaved with this tre
 after from one run. `--compare-flag=--workers=2` (repeatable) does the same for this tree
 served with other flags. Then an open-loop check: Python clients (bench/overload.py's generator) on
 the other core send single-entity calls for random users at `--open-rate` calls/s, each timed
-from its scheduled send; p50/p99 of this tree's server.
+from its scheduled send; p50/p99 of each server, twice, alternating.
 
     python bench/percore.py [--rounds 3] [--seconds 4] [--open-rate 2000] [--compare-tree DIR]
         [--serve-flag=--workers=2] [--json out.json]
@@ -307,8 +307,10 @@ def main() -> None:
                 h2load(server.port, path, body, 1, args)  # warm up
             results: dict[str, Any] = {"rounds": rounds(servers, args)}
             results["summary"] = summary(results["rounds"], [s.label for s in servers])
-            if args.open_rate > 0:
-                results["open_loop"] = open_loop(servers[0], args)
+            if args.open_rate > 0:  # every server in turn, twice, alternating
+                for server in [*servers, *servers[::-1]]:
+                    row = open_loop(server, args)
+                    results.setdefault("open_loop", {}).setdefault(server.label, []).append(row)
         finally:
             for server in servers:
                 server.process.send_signal(signal.SIGTERM)
@@ -329,12 +331,12 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
             f"{row['ratio']:.2f} ({low:.2f}-{high:.2f})  "
             f"{row['health_cpu_us']:17.1f} {row['single_cpu_us']:6.1f}"
         )
-    if "open_loop" in results:
-        row = results["open_loop"]
-        print(
-            f"open loop {row['rate_per_s']:.0f}/s (Python clients): p50 {row['p50_ms']} ms, "
-            f"p99 {row['p99_ms']} ms, {row['failed']} of {row['calls']} failed {row['codes']}"
-        )
+    for label, rows in results.get("open_loop", {}).items():
+        for row in rows:
+            print(
+                f"open loop {row['rate_per_s']:.0f}/s {label}: p50 {row['p50_ms']} ms, "
+                f"p99 {row['p99_ms']} ms, {row['failed']} of {row['calls']} failed {row['codes']}"
+            )
     print(f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
 
 
