@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -34,8 +34,12 @@ class FeatureRequest:
     include_event_timestamps: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class ResultColumn:
+# The per-call records below are NamedTuples, not frozen dataclasses: as immutable, and built
+# in C (a frozen dataclass sets each field through object.__setattr__), which a single-entity
+# call building a dozen of them measurably paid for (docs/performance.md).
+
+
+class ResultColumn(NamedTuple):
     name: str
     dtype: FeatureType
     values: ColumnValues
@@ -55,8 +59,7 @@ class FallbackCount:
     from_default: int
 
 
-@dataclass(frozen=True, slots=True)
-class ServedView:
+class ServedView(NamedTuple):
     """One view's rows as a call served them (by reference, not copied), for telemetry:
     statuses per view, value ages, drift samples."""
 

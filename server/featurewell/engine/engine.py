@@ -11,8 +11,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -59,6 +58,7 @@ from featurewell.values import (
     DATA_LOSS,
     FALLBACK,
     FALLBACK_CACHE,
+    NOT_FOUND,
     PRESENT,
     STALE,
     presence_statuses,
@@ -68,8 +68,7 @@ from featurewell.values import (
 log = logging.getLogger("featurewell.engine")
 
 
-@dataclass(frozen=True, slots=True)
-class _Fetched:
+class _Fetched(NamedTuple):
     rows: DecodedRows
     statuses: npt.NDArray[np.uint8]
 
@@ -400,7 +399,20 @@ def _count_fallbacks(
     return out
 
 
+# One row's status column per status (shared, so read-only): a single-entity call's statuses
+# without numpy work, the path model servers take on every call.
+_ONE_STATUS = {status: np.full(1, status, np.uint8) for status in (PRESENT, NOT_FOUND, STALE)}
+for _column in _ONE_STATUS.values():
+    _column.flags.writeable = False
+
+
 def _statuses(read: ViewRead, decoded: DecodedRows, now_us: int) -> npt.NDArray[np.uint8]:
+    if len(decoded.present) == 1 and decoded.corrupt is None:
+        if not decoded.present[0]:
+            return _ONE_STATUS[NOT_FOUND]
+        if read.max_age_us and int(decoded.event_time_us[0]) < now_us - read.max_age_us:
+            return _ONE_STATUS[STALE]
+        return _ONE_STATUS[PRESENT]
     statuses = presence_statuses(decoded.present)
     if decoded.corrupt is not None:
         statuses[decoded.corrupt] = DATA_LOSS

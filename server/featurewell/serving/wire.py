@@ -39,6 +39,8 @@ _INPUT_KINDS = {
 }
 
 
+_PRESENT_BYTE = bytes([PRESENT])
+
 Message = TypeVar(
     "Message",
     pb.GetFeaturesRequest,
@@ -99,7 +101,9 @@ def feature_response(result: FeatureResult, typed: bool = False) -> pb.GetFeatur
         statuses = column.statuses
         packed = packed_statuses.get(id(statuses))
         if packed is None:
-            packed = b"" if statuses.min() == statuses.max() == PRESENT else statuses.tobytes()
+            packed = statuses.tobytes()
+            if not packed.strip(_PRESENT_BYTE):  # all PRESENT (one C pass, no numpy call)
+                packed = b""
             packed_statuses[id(statuses)] = packed
         if packed:
             out.statuses = packed

@@ -16,8 +16,7 @@ import logging
 import struct
 import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -44,9 +43,9 @@ ACCEPTED_KINDS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class DecodedRows:
-    """A view's rows for a batch of entities; missing entities hold the feature defaults."""
+class DecodedRows(NamedTuple):
+    """A view's rows for a batch of entities; missing entities hold the feature defaults.
+    (Immutable, and built in C: one per view read on every call.)"""
 
     present: npt.NDArray[np.bool_]
     event_time_us: npt.NDArray[np.int64]
@@ -142,12 +141,12 @@ class RowCodec:
         count = len(rows)
         present_rows = [r for r in rows if r is not None]
         if len(present_rows) == count:
-            present = np.ones(count, dtype=np.bool_)
+            present = _ONE_PRESENT if count == 1 else np.ones(count, dtype=np.bool_)
         else:
             present = np.fromiter((r is not None for r in rows), dtype=np.bool_, count=count)
         corrupt: npt.NDArray[np.bool_] | None = None
         block = self._fixed_block(present_rows)
-        if block is None or (len(block) and int(block[_TS].min()) < 0):
+        if block is None or _negative_time(present_rows, block):
             corrupt = self._bad_fixed(rows)
         elif self._variable and (wanted is None or any(f.name in wanted for f in self._variable)):
             variable = self._decode_variable(present_rows, present)
@@ -178,10 +177,13 @@ class RowCodec:
         corrupt: npt.NDArray[np.bool_] | None,
     ) -> DecodedRows:
         assert block is not None
-        event_time = np.zeros(count, dtype=np.int64)
-        event_time[present] = block[_TS]
-        values: dict[str, ColumnValues] = {}
         all_present = len(block) == count
+        if all_present:
+            event_time = block[_TS].copy()  # contiguous, and the block stays read-only
+        else:
+            event_time = np.zeros(count, dtype=np.int64)
+            event_time[present] = block[_TS]
+        values: dict[str, ColumnValues] = {}
         for feature in self._fixed:
             if wanted is not None and feature.name not in wanted:
                 continue
@@ -267,6 +269,20 @@ class RowCodec:
             "(a definition changed without a new version, or bytes written by something "
             "else): re-write them, or bump the version and re-materialize"
         )
+
+
+# The presence of a single stored row, the most common batch there is (a model server's one
+# entity): shared, so read-only (every consumer reads it; writing would raise, not corrupt).
+_ONE_PRESENT = np.ones(1, dtype=np.bool_)
+_ONE_PRESENT.flags.writeable = False
+
+
+def _negative_time(present_rows: list[bytes], block: npt.NDArray[Any]) -> bool:
+    """Whether some row's event time is negative: for one row, the sign bit of its little-endian
+    int64 (byte 7), read without a numpy reduction."""
+    if len(present_rows) == 1:
+        return present_rows[0][7] >= 0x80
+    return bool(len(block)) and int(block[_TS].min()) < 0
 
 
 _CORRUPT_LOG_EVERY_S = 60.0
