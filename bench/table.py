@@ -231,11 +231,15 @@ def script_flags(part: str, plan: Plan) -> list[str]:
     if part == "overload":
         pair = cores()
         return [*plan.overload, *(("--pin", str(pair[1])) if pair else ())]
-    # near_cache.py is another helper's: pass --quick only when it says it takes one.
+    # near_cache.py is another helper's: shorten it only through flags its --help offers.
     helped = subprocess.run(
         [sys.executable, str(BENCH / "near_cache.py"), "--help"], capture_output=True, text=True
-    )
-    return ["--quick"] if quick and "--quick" in helped.stdout else []
+    ).stdout
+    if not quick:
+        return []
+    if "--quick" in helped:
+        return ["--quick"]
+    return ["--rounds", "600", "--warmup", "100"] if "--rounds" in helped else []
 
 
 def run(wanted: list[str], plan: Plan, command: str) -> dict[str, Any]:

@@ -166,33 +166,36 @@ def overload_rows(found: dict[str, Any]) -> Iterator[Row]:
 
 
 def percentile_dicts(
-    value: Any, path: tuple[str, ...] = ()
-) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every nested dict holding a p50 and a p99 (as `p50` or `p50_ms`), with its key path."""
-    if not isinstance(value, dict):
-        return
-    if any(k in value for k in ("p50", "p50_ms")) and any(k in value for k in ("p99", "p99_ms")):
-        yield " / ".join(path), value
-        return
+    value: dict[str, Any], path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], dict[str, Any], dict[str, Any]]]:
+    """Every nested dict holding a p50 and a p99 (as `p50` or `p50_ms`): its key path, itself,
+    and the dict holding it."""
     for key, inner in value.items():
-        yield from percentile_dicts(inner, (*path, str(key)))
+        if not isinstance(inner, dict):
+            continue
+        if {"p50", "p50_ms"} & inner.keys() and {"p99", "p99_ms"} & inner.keys():
+            yield (*path, str(key)), inner, value
+        else:
+            yield from percentile_dicts(inner, (*path, str(key)))
+
+
+def hits(figures: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in figures.items() if "hit" in k and isinstance(v, float)}
 
 
 def near_cache_rows(found: dict[str, Any], grpc: dict[str, Any] | None) -> Iterator[Row]:
-    """bench/near_cache.py's figures, read by shape: every p50/p99 pair it reports."""
-    for name, f in percentile_dicts(found):
+    """bench/near_cache.py's figures, read by shape: a row per p50/p99 pair it reports, against
+    the gRPC floor it measured beside that pair (a `floor` sibling) or else the table's; hit
+    ratios in the notes (its own `hit...` keys, and its parent's for a cache-on row `on`)."""
+    for path, f, parent in percentile_dicts(found):
+        key = path[-1]
         p50, p99 = f.get("p50", f.get("p50_ms")), f.get("p99", f.get("p99_ms"))
-        against = versus({"p50": p50, "p99": p99}, [grpc], "gRPC")
-        hits = [f"{k} {share(v)}" for k, v in f.items() if "hit" in k and isinstance(v, float)]
-        yield (
-            "near cache",
-            name,
-            "",
-            ms(p50),
-            ms(p99),
-            against,
-            "; ".join(hits),
-        )
+        sibling = parent.get("floor")
+        floor = sibling if isinstance(sibling, dict) and "p50" in sibling else grpc
+        against = "floor" if f is sibling else versus({"p50": p50, "p99": p99}, [floor], "gRPC")
+        ratios = hits(f) | (hits(parent) if key == "on" or key.endswith("_on") else {})
+        notes = "; ".join(f"{k.replace('_', ' ')} {share(v)}" for k, v in ratios.items())
+        yield ("near cache", " / ".join(path), "", ms(p50), ms(p99), against, notes)
 
 
 def rows(results: dict[str, Any]) -> Iterator[Row]:

@@ -133,7 +133,16 @@ def test_other_scripts_json_becomes_rows() -> None:
             "hit_ratio": 0.83,
         },
     }
-    near = {"hot_single": {"p50_ms": 0.05, "p99_ms": 0.2, "hit_ratio": 0.99}, "setup": {"n": 1}}
+    near = {  # bench/near_cache.py's shape: phases of modes, a floor measured beside them
+        "hot": {
+            "floor": _figures(0.4, 0.8),
+            "off": _figures(1.0, 2.0),
+            "on": _figures(0.04, 0.4),
+            "hit_rate": 0.99,
+            "on_hit_service": {"p50_ms": 0.02, "p99_ms": 0.05},
+        },
+        "setup": {"rounds": 10},
+    }
     table = render(_results(overload=overload, zipf=zipf, near_cache=near))
     level = _row(table, "3.0x capacity")
     assert level[2:5] == ["1,900", "1.20", "4.50"]
@@ -141,9 +150,11 @@ def test_other_scripts_json_becomes_rows() -> None:
     cached = _row(table, "Zipf s=1.1 over 100,000 items: cache on")
     assert cached[5] == "2.00x / 1.50x gRPC + Redis"  # 4 / (1.5 + 0.5), 6 / (3 + 1)
     assert cached[6] == "rows from the cache: 83%"
-    near_row = _row(table, "hot_single")
-    assert near_row[3:6] == ["0.050", "0.20", "0.10x / 0.20x gRPC"]
-    assert "hit_ratio 99%" in near_row[6]
+    assert _row(table, "| hot / floor |")[5] == "floor"
+    near_on = _row(table, "| hot / on |")
+    assert near_on[3:6] == ["0.040", "0.40", "0.10x / 0.50x gRPC"]  # over its own floor
+    assert near_on[6] == "hit rate 99%"
+    assert _row(table, "hot / on_hit_service")[3:6] == ["0.020", "0.050", "0.05x / 0.06x gRPC"]
 
 
 def _threshold(limit: float) -> Any:
