@@ -28,6 +28,7 @@ import json
 import multiprocessing
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -107,12 +108,11 @@ def machine() -> dict[str, Any]:
 
 def serve(repo: Path, seeds: str, port: int, *flags: str, core: int | None = None) -> Any:
     """`featurewell serve` in its own process; with `core`, it (and any worker it forks) runs
-    on that core only."""
+    on that core only (taskset sets it before exec: no preexec_fn in a process with threads)."""
     command = [*CLI, "serve", "--repo", str(repo), "--redis", seeds, "--log-level", "WARNING"]
     command += ["--port", str(port), *flags]
-    if core is None:
-        return subprocess.Popen(command)
-    return subprocess.Popen(command, preexec_fn=lambda: os.sched_setaffinity(0, {core}))
+    pinned = ["taskset", "--cpu-list", str(core)] if core is not None else []
+    return subprocess.Popen([*pinned, *command])
 
 
 @contextlib.contextmanager
@@ -146,9 +146,10 @@ def latency_part(cluster: LocalCluster, repo: Path, seeds: str, plan: Plan) -> d
 
 
 def cores() -> tuple[int, int] | None:
-    """(the serving core, the generator's core), or None on a one-core machine."""
+    """(the serving core, the generator's core), or None on a one-core machine (or one with no
+    taskset to start a pinned server)."""
     usable = sorted(os.sched_getaffinity(0))
-    return (usable[0], usable[1]) if len(usable) >= 2 else None
+    return (usable[0], usable[1]) if len(usable) >= 2 and shutil.which("taskset") else None
 
 
 def capacity_part(cluster: LocalCluster, repo: Path, seeds: str, plan: Plan) -> dict[str, Any]:
@@ -158,7 +159,7 @@ def capacity_part(cluster: LocalCluster, repo: Path, seeds: str, plan: Plan) -> 
             pin(node.pid, {pair[0]})
         pinning = f"server + Redis on core {pair[0]}, generator on core {pair[1]}"
     else:
-        pinning = "one core: nothing pinned"
+        pinning = "nothing pinned (one core, or no taskset)"
     port = free_ports(1)[0]
     flags = ("--cache-entries", "0", "--metrics-port", "-1")
     server = serve(repo, seeds, port, *flags, core=pair[0] if pair else None)
@@ -284,12 +285,14 @@ def main() -> None:
     print(table)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
+    failed = [name for name, part in results["parts"].items() if "error" in part]
+    if args.readme and failed:
+        sys.exit(f"[table] {', '.join(failed)} failed: README.md left as it was")
     if args.readme:
         RECORD.parent.mkdir(exist_ok=True)
         RECORD.write_text(json.dumps(results, indent=2) + "\n")
         README.write_text(with_block(README.read_text(), table))
         print(f"[table] rewrote {README.name}'s table; its run is {RECORD.relative_to(ROOT)}")
-    failed = [name for name, part in results["parts"].items() if "error" in part]
     sys.exit(1 if failed else 0)
 
 
