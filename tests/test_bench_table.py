@@ -181,8 +181,13 @@ def test_capacity_search_reports_none_when_nothing_passes() -> None:
     assert [p.rate for p in tried] == [500.0, 250, 125, 62]
 
 
+async def _nothing(user: str, items: list[str]) -> None:
+    """A call that is never made: the schedule only names it."""
+
+
 def test_schedule_rotates_so_every_scenario_leads_in_turn() -> None:
-    order = [Scenario(name, print, width) for name, width in (("a", 1.0), ("b", 2.0), ("c", 3.0))]
+    widths = (("a", 1.0), ("b", 2.0), ("c", 3.0))
+    order = [Scenario(name, _nothing, width) for name, width in widths]
     plan = spaced(order, 3)
     assert [s.name for _, s, _ in plan] == list("abcbcacab")
     assert [offset for offset, _, _ in plan[:4]] == [0.0, 1.0, 3.0, 6.0]
