@@ -145,11 +145,27 @@ def latency_part(cluster: LocalCluster, repo: Path, seeds: str, plan: Plan) -> d
     return {"setup": setup(plan.iterations, plan.warmup), "scenarios": figures}
 
 
+def idle_ticks() -> dict[int, int]:
+    """Each CPU's idle + iowait ticks so far (/proc/stat)."""
+    ticks = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            ticks[int(name[3:])] = int(fields[3]) + int(fields[4])
+    return ticks
+
+
 def cores() -> tuple[int, int] | None:
-    """(the serving core, the generator's core), or None on a one-core machine (or one with no
-    taskset to start a pinned server)."""
-    usable = sorted(os.sched_getaffinity(0))
-    return (usable[0], usable[1]) if len(usable) >= 2 and shutil.which("taskset") else None
+    """(the serving core, the generator's core): the two idlest over the last half second (on a
+    shared box others pin work too), or None on a one-core machine or without taskset."""
+    usable = os.sched_getaffinity(0)
+    if len(usable) < 2 or not shutil.which("taskset"):
+        return None
+    before = idle_ticks()
+    time.sleep(0.5)
+    after = idle_ticks()
+    idlest = sorted(usable, key=lambda cpu: before.get(cpu, 0) - after.get(cpu, 0))
+    return idlest[0], idlest[1]
 
 
 def capacity_part(cluster: LocalCluster, repo: Path, seeds: str, plan: Plan) -> dict[str, Any]:

@@ -63,9 +63,10 @@ async def paced(
     warmup: int,
     measuring: Callable[[], None] = lambda: None,
     seed: int = 1,
-) -> dict[str, dict[str, float]]:
-    """Runs the schedule; per scenario: p50/p90/p99 ms from the scheduled send, calls, the share
-    of calls sent late, and the offered rate (calls/s of that scenario). `measuring` is called
+) -> dict[str, dict[str, Any]]:
+    """Runs the schedule; per scenario: p50/p90/p99 ms from the scheduled send of the calls that
+    answered, their number, the share sent late, failed calls by kind, and the offered rate
+    (calls/s of that scenario). `measuring` is called
     once, when the warm-up calls have all answered."""
     rng = random.Random(seed)
     requests = [
@@ -74,11 +75,18 @@ async def paced(
     ]
     samples: dict[str, list[float]] = {s.name: [] for s in scenarios}
     late: dict[str, int] = dict.fromkeys(samples, 0)
+    failed: dict[str, dict[str, int]] = {name: {} for name in samples}
     running: set[asyncio.Task[None]] = set()
 
     async def one(scenario: Scenario, slot: float, n: int) -> None:
         sent = time.perf_counter()
-        await scenario.call(*requests[n])
+        try:
+            await scenario.call(*requests[n])
+        except Exception as exc:  # a failed call is counted by kind, never timed
+            if n >= warmup:
+                kind = failure(exc)
+                failed[scenario.name][kind] = failed[scenario.name].get(kind, 0) + 1
+            return
         if n >= warmup:
             samples[scenario.name].append(time.perf_counter() - slot)
             late[scenario.name] += sent - slot > LATE_S
@@ -103,13 +111,27 @@ async def paced(
     await asyncio.gather(*running)
     gc.unfreeze()
     period = sum(s.slot_s for s in scenarios)
-    return {name: summary(values, late[name], 1 / period) for name, values in samples.items()}
+    return {
+        name: summary(values, late[name], 1 / period) | {"failed": failed[name]}
+        for name, values in samples.items()
+    }
 
 
-def summary(seconds: list[float], late: int, rate: float) -> dict[str, float]:
-    ms = np.asarray(seconds) * 1000
+def failure(exc: Exception) -> str:
+    """A failed call's kind: its gRPC status code's name when it has one."""
+    code = getattr(exc, "code", None)
+    status = code() if callable(code) else code
+    return str(getattr(status, "name", type(exc).__name__))
+
+
+def summary(seconds: list[float], late: int, rate: float) -> dict[str, Any]:
+    ms = np.asarray(seconds) * 1000 if seconds else np.asarray([np.nan])
     figures = {f"p{q}": float(np.percentile(ms, q)) for q in (50, 90, 99)}
-    return figures | {"n": len(ms), "late_share": late / len(ms), "rate_per_s": rate}
+    return figures | {
+        "n": len(seconds),
+        "late_share": late / max(len(seconds), 1),
+        "rate_per_s": rate,
+    }
 
 
 def slot_of(name: str) -> float:

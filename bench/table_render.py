@@ -84,6 +84,9 @@ def latency_rows(found: dict[str, Any]) -> Iterator[Row]:
             against = "floor"
         if "hit_ratio" in f:
             notes.append(f"rows from the cache: {share(f['hit_ratio'])}")
+        if f.get("failed"):
+            kinds = ", ".join(f"{kind} {count}" for kind, count in f["failed"].items())
+            notes.append(f"**failed**: {kinds}")
         if f.get("late_share", 0) >= 0.005:
             notes.append(f"sent late: {share(f['late_share'])}")
         yield (
