@@ -286,6 +286,9 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--readme", action="store_true", help=f"rewrite {README.name}'s table")
+    parser.add_argument(
+        "--force", action="store_true", help="--readme even when a part failed (its row says so)"
+    )
     parser.add_argument("--from-json", type=Path, help="render a saved run instead of measuring")
     args = parser.parse_args()
     wanted = [p for p in args.parts.split(",") if p]
@@ -304,8 +307,8 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     failed = [name for name, part in results["parts"].items() if "error" in part]
-    if args.readme and failed:
-        sys.exit(f"[table] {', '.join(failed)} failed: README.md left as it was")
+    if args.readme and failed and not args.force:
+        sys.exit(f"[table] {', '.join(failed)} failed: README.md left as it was (see --force)")
     if args.readme:
         RECORD.parent.mkdir(exist_ok=True)
         RECORD.write_text(json.dumps(results, indent=2) + "\n")

@@ -40,7 +40,7 @@ def ms(value: float | None) -> str:
 def rate(value: float | None) -> str:
     if value is None:
         return "-"
-    return f"{value:,.0f}" if value >= 10 else f"{value:.1f}"
+    return f"{value:,.0f}" if value >= 10 or value == 0 else f"{value:.1f}"
 
 
 def ratio(value: float | None, over: float | None) -> str:
@@ -249,7 +249,8 @@ def heading(results: dict[str, Any]) -> str:
 
 def render(results: dict[str, Any]) -> str:
     lines = [heading(results), "", HEADER]
-    lines += ["| " + " | ".join(row) + " |" for row in rows(results)]
+    # a cell quoting an error or a log may hold "|", which would split the row
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows(results)]
     return "\n".join(lines) + "\n"
 
 

@@ -101,8 +101,11 @@ def test_ratios_are_to_this_runs_floors() -> None:
 
 
 def test_parts_that_failed_or_did_not_run_say_so() -> None:
-    table = render(_results(zipf={"error": "RuntimeError: zipf.py exited 1"}))
-    assert _row(table, "zipf.py exited 1")[0] == "zipf"
+    table = render(_results(zipf={"error": "RuntimeError: zipf.py exited 1: a | b"}))
+    assert _row(table, "zipf.py exited 1")[:2] == [
+        "zipf",
+        "failed: RuntimeError: zipf.py exited 1: a / b",
+    ]
     for part in ("capacity", "overload"):
         assert f"| {part} | not run (see --parts) |" in table
     assert _row(table, "no bench/near_cache.py")[0] == "near cache"
