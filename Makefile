@@ -76,9 +76,9 @@ screenshots: install chromium
 gate: install
 	$(PY) loadtest/gate.py --local
 
-## bench: one table from one run (bench/table.py, < 10 min): bare gRPC and raw Redis floors,
+## bench: one table from one run (bench/table.py, about 4 min): bare gRPC and raw Redis floors,
 ## single entity, ranking with the hot-key cache off and on, the caches under Zipf-popular items,
-## capacity per core at client p99 <= 5 ms, the overload curve. BENCH_FLAGS=--quick: ~2 min;
+## capacity per core at client p99 <= 5 ms, the overload curve. BENCH_FLAGS=--quick: ~2.5 min;
 ## BENCH_FLAGS=--readme: also rewrite README.md's table from this run
 BENCH_FLAGS ?=
 bench: install

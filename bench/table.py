@@ -279,7 +279,7 @@ def run(wanted: list[str], plan: Plan, command: str) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short runs of every part (~2 min)")
+    parser.add_argument("--quick", action="store_true", help="short runs of every part (~2.5 min)")
     parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tests only
     parser.add_argument(
         "--parts", default=",".join(PARTS), help="comma-separated, of " + ", ".join(PARTS)

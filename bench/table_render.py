@@ -134,6 +134,11 @@ def capacity_rows(found: dict[str, Any]) -> Iterator[Row]:
         f = found[kind]
         versus = "floor" if kind == "health" else f"{ratio(f['rate_per_s'], health)} health"
         notes = f"{found['pinning']}; {len(f['probes'])} probes of {found['seconds']:g} s"
+        if f["probes"] and not f["rate_per_s"]:
+            lowest = min(f["probes"], key=lambda p: p["rate"])
+            notes += (
+                f"; none passed, down to {rate(lowest['rate'])}/s (p99 {ms(lowest['p99_ms'])} ms)"
+            )
         yield (
             "capacity",
             measure,

@@ -243,3 +243,20 @@ def test_measured_parts_run_end_to_end(tmp_path: Path) -> None:
         passing = [p["rate"] for p in probes if p["passed"]]
         assert capacity[kind]["rate_per_s"] == max(passing, default=0.0)
     assert render(results) in done.stdout
+
+
+def test_capacity_rows_divide_by_the_health_checks_rate() -> None:
+    def found(rate: float, p99: float | None) -> dict[str, Any]:
+        probe = {"rate": 125.0, "calls": 10, "failed": 0, "p50_ms": 1.0, "p99_ms": p99}
+        return {"rate_per_s": rate, "p50_ms": 1.0, "p99_ms": p99, "probes": [probe]}
+
+    part = {"budget_ms": 5.0, "seconds": 3.0, "pinning": "pinned", "single": found(1500.0, 4.0)}
+    table = render(_results(capacity=part | {"health": found(2000.0, 3.0)}))
+    assert _row(table, "single-entity calls per server core")[2:6] == [
+        "1,500",
+        "1.00",
+        "4.00",
+        "0.75x health",
+    ]
+    busy = render(_results(capacity=part | {"single": found(0.0, None)}))
+    assert "none passed, down to 125/s" in _row(busy, "single-entity calls per server core")[6]
