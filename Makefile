@@ -5,7 +5,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 PROTO_SRC := protos/featurewell/v1/feature_service.proto
 PROTO_OUT := client
 
-.PHONY: install run test test-core bench gate proto proto-check lint fmt clean promtool chromium \
+.PHONY: install run test test-core bench bench-all gate proto proto-check lint fmt clean promtool chromium \
 	screenshots java
 
 .venv/.installed: pyproject.toml
@@ -76,14 +76,18 @@ screenshots: install chromium
 gate: install
 	$(PY) loadtest/gate.py --local
 
-## bench: end-to-end latency table (bare gRPC, raw Redis, GetFeatures), the hot-key cache off/on
-## under Zipf-popular items, the client's near cache off/on (Zipf-popular users), telemetry
-## before/off/on, the streaming engine (throughput, appended-to-servable latency), training sets
-## (1M rows x 20 features), and codec micro-benchmarks
+## bench: one table from one run (bench/table.py, about 4 min): bare gRPC and raw Redis floors,
+## single entity, ranking with the hot-key cache off and on, the caches under Zipf-popular items,
+## the client's near cache off/on, capacity per core at client p99 <= 5 ms, the overload curve.
+## BENCH_FLAGS=--quick: ~2.5 min; BENCH_FLAGS=--readme: also rewrite README.md's table
+BENCH_FLAGS ?=
 bench: install
-	$(PY) bench/e2e.py
-	$(PY) bench/zipf.py
-	$(PY) bench/near_cache.py
+	$(PY) bench/table.py $(BENCH_FLAGS)
+
+## bench-all: the table, then the benchmarks of other subjects: telemetry before/off/on, the
+## streaming engine (throughput, appended-to-servable latency), training sets (1M rows x 20
+## features), and codec micro-benchmarks
+bench-all: bench
 	$(PY) bench/telemetry.py
 	$(PY) bench/stream.py --backlog 50000
 	$(PY) bench/training.py
