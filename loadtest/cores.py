@@ -1,0 +1,106 @@
+"""Where the gate's processes run: the serving side on one core, the load generator and the
+probes on another, so the generator's CPU never queues the server's work (nor the reverse).
+
+On CI's two cores: `featurewell demo` (the server, its Redis nodes, the stream process: all
+children of the demo, and a child inherits its parent's affinity) on core 0; Locust and the
+probes on core 1. With more cores the same two are used, so a bigger machine measures the same
+layout. With one core nothing is pinned, and the report says so.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Placement:
+    serving: frozenset[int] | None  # None: not pinned
+    client: frozenset[int] | None
+    note: str
+
+    @property
+    def client_cpus(self) -> str:
+        """For probe.py's --cpus ("" when not pinned)."""
+        return ",".join(map(str, sorted(self.client))) if self.client else ""
+
+
+def plan(pin: bool) -> Placement:
+    if not hasattr(os, "sched_setaffinity"):
+        return Placement(None, None, "no pinning: this OS has no sched_setaffinity")
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin:
+        return Placement(None, None, f"no pinning (--no-pin); {len(cpus)} cpus shared")
+    if len(cpus) < 2:
+        return Placement(
+            None, None, "no pinning: 1 core, so server, Redis, Locust and probes share it"
+        )
+    serving, client = frozenset(cpus[:1]), frozenset(cpus[1:2])
+    return Placement(
+        serving,
+        client,
+        f"pinned: server + Redis on cpu {cpus[0]}, Locust + probes on cpu {cpus[1]}",
+    )
+
+
+def move_to(cpus: frozenset[int] | None) -> None:
+    """Pin this process (and the children it starts from now on)."""
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
+
+
+def can_use_fifo() -> bool:
+    """Whether this process may give a child real-time priority (root, or CAP_SYS_NICE)."""
+    try:
+        return os.sched_get_priority_max(os.SCHED_FIFO) > 0 and (
+            os.geteuid() == 0 or _has_sys_nice()
+        )
+    except (AttributeError, OSError):
+        return False
+
+
+def _has_sys_nice() -> bool:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) & (1 << 23))  # CAP_SYS_NICE
+    except OSError:
+        pass
+    return False
+
+
+# What the window's figures owe to other programs on the machine: time runnable but waiting
+# for a CPU. Read before and after the window; the report prints the difference.
+
+
+def cpu_pressure_us() -> int | None:
+    """Total time (us) some task waited for a CPU, machine-wide (Linux PSI; None without it)."""
+    try:
+        with open("/proc/pressure/cpu") as pressure:
+            some = pressure.readline().split()
+    except OSError:
+        return None
+    return int(some[-1].removeprefix("total="))
+
+
+def run_delay_ns(root: int | None) -> int | None:
+    """Time (ns) the threads of process `root` and its descendants waited on a run queue
+    (schedstat); None when not known."""
+    if root is None:
+        return None
+    total, pending, seen = 0, [root], set()
+    while pending:
+        pid = pending.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
+                    total += int(stat.read().split()[1])
+                with open(f"/proc/{pid}/task/{tid}/children") as children:
+                    pending.extend(int(child) for child in children.read().split())
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+    return total
