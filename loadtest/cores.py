@@ -25,7 +25,9 @@ class Placement:
         return ",".join(map(str, sorted(self.client))) if self.client else ""
 
 
-def plan(pin: bool) -> Placement:
+def plan(pin: bool, serving_cpu: int | None = None) -> Placement:
+    """The serving side on `serving_cpu` (default: the first this process may use), the client
+    side on the next one."""
     if not hasattr(os, "sched_setaffinity"):
         return Placement(None, None, "no pinning: this OS has no sched_setaffinity")
     cpus = sorted(os.sched_getaffinity(0))
@@ -35,11 +37,14 @@ def plan(pin: bool) -> Placement:
         return Placement(
             None, None, "no pinning: 1 core, so server, Redis, Locust and probes share it"
         )
-    serving, client = frozenset(cpus[:1]), frozenset(cpus[1:2])
+    serving = cpus[0] if serving_cpu is None else serving_cpu
+    if serving not in cpus:
+        raise SystemExit(f"--serving-cpu {serving}: this process may use cpus {cpus} only")
+    client = next(cpu for cpu in cpus if cpu != serving)
     return Placement(
-        serving,
-        client,
-        f"pinned: server + Redis on cpu {cpus[0]}, Locust + probes on cpu {cpus[1]}",
+        frozenset({serving}),
+        frozenset({client}),
+        f"pinned: server + Redis on cpu {serving}, Locust + probes on cpu {client}",
     )
 
 

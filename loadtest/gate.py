@@ -77,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-pin", action="store_true", help="--local: leave every process on every core"
     )
+    parser.add_argument(
+        "--serving-cpu",
+        type=int,
+        help="--local: the core for the server and Redis (default: the first; Locust and the "
+        "probes take the next)",
+    )
     args = parser.parse_args(argv)
     # Never hang CI: past any sane run time, print every thread's stack and exit 1.
     faulthandler.dump_traceback_later(args.warmup + args.duration + 240, exit=True)
@@ -89,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 def _with_local_server(args: argparse.Namespace) -> int:
     from featurewell.devcluster import free_ports
 
-    placement = cores.plan(pin=not args.no_pin)
+    placement = cores.plan(not args.no_pin, args.serving_cpu)
     port, metrics_port = free_ports(2)
     # The demo's output goes to a file, not a pipe: nothing here could keep reading a pipe once
     # Locust has monkey-patched threading (a reader thread would deadlock its import).

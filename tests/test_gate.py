@@ -3,7 +3,7 @@ load, the open-loop probes), it goes red naming the kind of call the server was 
 (`fault_delay`, serving/fault.py), and only that kind.
 
 Short windows keep these to about half a minute each. The kind not slowed gets a budget no
-noise reaches (1 s), so each test shows the gate telling the two kinds apart, whatever else
+noise reaches (60 s), so each test shows the gate telling the two kinds apart, whatever else
 runs on the machine; the slowed kind keeps the real 5 ms budget, under an 8 ms delay."""
 
 from __future__ import annotations
@@ -44,24 +44,26 @@ def _verdicts(stdout: str) -> list[str]:
 
 
 @pytest.mark.timeout(200)
-def test_gate_goes_red_naming_single_when_single_calls_are_slowed(tmp_path: Path) -> None:
-    run = _gate(tmp_path, "single:8ms", "--budget-ranker-ms", "1000")
+@pytest.mark.parametrize(
+    ("fault_delay", "relaxed", "red", "green", "probe_calls"),
+    [
+        # 60 single and 15 ranking probe calls/s for 6 s: every scheduled call made.
+        ("single:8ms", "--budget-ranker-ms", "single", "ranking", 360),
+        ("batch:8ms", "--budget-single-ms", "ranking", "single", 90),
+    ],
+    ids=["single-slowed", "ranking-slowed"],
+)
+def test_gate_goes_red_naming_the_kind_of_call_slowed(
+    tmp_path: Path, fault_delay: str, relaxed: str, red: str, green: str, probe_calls: int
+) -> None:
+    run = _gate(tmp_path, fault_delay, relaxed, "60000")
 
     assert run.returncode == 1, run.stdout + run.stderr
     verdicts = _verdicts(run.stdout)
-    assert any(v.startswith("single: client p99") for v in verdicts), verdicts
-    assert not any(v.startswith("ranking:") for v in verdicts), verdicts
+    assert any(v.startswith(f"{red}: client p99") for v in verdicts), verdicts
+    # (A neighbour's load may fail calls or slow Locust on a shared machine: those verdicts say
+    # so themselves. The other kind's budget is never what broke.)
+    assert not any(v.startswith(f"{green}: client p99") for v in verdicts), verdicts
+    assert f"| {red} | {probe_calls} |" in run.stdout
     for report in ("gate_stats.csv", "gate_report.html", "gate_summary.json"):
         assert (tmp_path / report).stat().st_size > 0
-    assert "| single | 360 |" in run.stdout  # every scheduled probe call made: 60/s for 6 s
-
-
-@pytest.mark.timeout(200)
-def test_gate_goes_red_naming_ranking_when_batch_calls_are_slowed(tmp_path: Path) -> None:
-    run = _gate(tmp_path, "batch:8ms", "--budget-single-ms", "1000")
-
-    assert run.returncode == 1, run.stdout + run.stderr
-    verdicts = _verdicts(run.stdout)
-    assert any(v.startswith("ranking: client p99") for v in verdicts), verdicts
-    assert not any(v.startswith("single:") for v in verdicts), verdicts
-    assert "| ranking | 90 |" in run.stdout
