@@ -73,3 +73,14 @@ def test_single_and_batch_calls_get_their_own_delay() -> None:
     assert delay.seconds(ranking) == pytest.approx(0.003)
     assert delay.seconds(several_users) == pytest.approx(0.003)
     assert fault.parse("batch:3ms").seconds(single) == 0.0
+
+
+def test_a_server_applying_a_fault_delay_says_so_in_its_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("WARNING", logger="featurewell.serving.fault"):
+        assert fault.applied("") == fault.FaultDelay()
+        assert not caplog.records
+        assert fault.applied("batch:8ms") == fault.FaultDelay(batch_s=0.008)
+    assert "fault injection on (fault_delay=batch:8ms)" in caplog.text
+    assert "8.0 ms batch" in caplog.text

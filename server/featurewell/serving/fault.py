@@ -17,6 +17,7 @@ own latency histogram as well as in what clients see, and it holds no CPU.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -29,6 +30,7 @@ if TYPE_CHECKING:  # (settings import this module: it stays free of the engine's
 KINDS = ("single", "batch")
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
 _ITEM = re.compile(r"^(?P<kind>[a-z]+):(?P<amount>\d+(?:\.\d+)?)(?P<unit>us|ms|s)$")
+log = logging.getLogger(__name__)
 # A fault delay is for tests and drills, far below any call deadline a client would set.
 MAX_DELAY_S = 60.0
 
@@ -76,3 +78,18 @@ def parse(text: str, name: str = "fault_delay") -> FaultDelay:
             )
         delays[kind] = seconds
     return FaultDelay(single_s=delays.get("single", 0.0), batch_s=delays.get("batch", 0.0))
+
+
+def applied(text: str) -> FaultDelay:
+    """`parse` for the server that applies it: a delay that is on is logged as a warning, so a
+    slowed server says why in its log."""
+    delay = parse(text)
+    if delay:
+        log.warning(
+            "fault injection on (fault_delay=%s): GetFeatures delayed %.1f ms single, %.1f ms "
+            "batch",
+            text,
+            delay.single_s * 1000,
+            delay.batch_s * 1000,
+        )
+    return delay

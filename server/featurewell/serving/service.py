@@ -59,7 +59,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         )
         self._cap = settings.store_timeout_ms / 1000
         self._injected_delay = settings.inject_delay_ms / 1000
-        self._fault = fault.parse(settings.fault_delay)  # off unless set (serving/fault.py)
+        self._fault = fault.applied(settings.fault_delay)  # off unless set (serving/fault.py)
         self._deprecations = DeprecationNotices(telemetry.metrics.deprecated_reads)
 
     def budget(self, remaining: float | None) -> Budget:
