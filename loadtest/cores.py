@@ -9,6 +9,7 @@ layout. With one core nothing is pinned, and the report says so.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -75,6 +76,39 @@ def _has_sys_nice() -> bool:
     return False
 
 
+def move_helpers(root: int, cpus: frozenset[int] | None) -> list[str]:
+    """Move the demo's processes that serve no call (the stream engine, the skew check: in a
+    deployment they run elsewhere) off the serving core, every thread; the server (`root`)
+    and the Redis nodes stay. Returns the names moved."""
+    if cpus is None:
+        return []
+    moved = []
+    for pid in _descendants(root):
+        name = _name(pid)
+        if name == "redis-server":
+            continue
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):  # a thread gone meanwhile
+                os.sched_setaffinity(int(tid), cpus)
+        moved.append(name)
+    return sorted(set(moved))
+
+
+def _descendants(root: int) -> list[int]:
+    found, pending = [], [root]
+    while pending:
+        pid = pending.pop()
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/children") as children:
+                    kids = [int(child) for child in children.read().split()]
+                found.extend(kids)
+                pending.extend(kids)
+        except (OSError, ValueError):
+            continue
+    return found
+
+
 # What the window's figures owe to other programs on the machine: time runnable but waiting
 # for a CPU. Read before and after the window; the report prints the difference.
 
@@ -89,23 +123,32 @@ def cpu_pressure_us() -> int | None:
     return int(some[-1].removeprefix("total="))
 
 
-def run_delay_ns(root: int | None) -> int | None:
-    """Time (ns) the threads of process `root` and its descendants waited on a run queue
-    (schedstat); None when not known."""
-    if root is None:
-        return None
-    total, pending, seen = 0, [root], set()
-    while pending:
-        pid = pending.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
+def tree_times(root: int | None) -> dict[str, tuple[float, float]]:
+    """Per process of `root` and its descendants, by name: (ms on a CPU, ms waiting on a run
+    queue), its threads summed (schedstat). Empty when not known."""
+    out: dict[str, tuple[float, float]] = {}
+    for pid in [] if root is None else [root, *_descendants(root)]:
+        ran = waited = 0
         try:
+            name = _name(pid)
             for tid in os.listdir(f"/proc/{pid}/task"):
                 with open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
-                    total += int(stat.read().split()[1])
-                with open(f"/proc/{pid}/task/{tid}/children") as children:
-                    pending.extend(int(child) for child in children.read().split())
+                    on_cpu, on_queue = stat.read().split()[:2]
+                ran, waited = ran + int(on_cpu), waited + int(on_queue)
         except (OSError, ValueError):
             continue  # gone meanwhile
-    return total
+        before = out.get(name, (0.0, 0.0))
+        out[name] = (before[0] + ran / 1e6, before[1] + waited / 1e6)
+    return out
+
+
+def _name(pid: int) -> str:
+    """`redis-server`, `featurewell demo` (the server), `featurewell stream`, ..."""
+    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+        words = [w.decode(errors="replace") for w in cmdline.read().split(b"\0") if w]
+    if words and words[0].split()[0].endswith("redis-server"):  # (it rewrites its title)
+        return "redis-server"
+    if "featurewell.cli" in words:
+        after = words[words.index("featurewell.cli") + 1 :]
+        return f"featurewell {after[0]}" if after else "featurewell"
+    return os.path.basename(words[0]) if words else str(pid)

@@ -27,6 +27,7 @@ core 0, Locust and the probes on core 1, the probes at real-time priority when a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import faulthandler
 import json
 import math
@@ -124,6 +125,11 @@ def _with_local_server(args: argparse.Namespace) -> int:
             if time.monotonic() > deadline:
                 raise SystemExit(f"featurewell demo was not ready within 120 s: see {log_path}")
             time.sleep(0.2)
+        moved = cores.move_helpers(demo.pid, placement.client)
+        if moved:
+            placement = dataclasses.replace(
+                placement, note=f"{placement.note} ({', '.join(moved)} too)"
+            )
         os.environ["FEATUREWELL_LOAD_USERS"] = str(args.local_users)
         os.environ["FEATUREWELL_LOAD_ITEMS"] = str(args.local_items)
         return _gate(args, placement, demo.pid)
@@ -187,7 +193,7 @@ def _run(
     probes: dict[str, subprocess.Popen[str]],
     window_start: float,
     serving: int | None,
-) -> tuple[dict[str, dict[str, Any]], Any, dict[str, float]]:
+) -> tuple[dict[str, dict[str, Any]], Any, dict[str, Any]]:
     import gevent  # imported here: Locust monkey-patches the process on import
     import locustfile
     from locust import User, events
@@ -220,11 +226,11 @@ def _run(
     gevent.sleep(max(0.0, window_start - time.monotonic()))
     env.stats.reset_all()
     before = verdict.scrape(metrics)
-    waited = (cores.cpu_pressure_us(), cores.run_delay_ns(serving))
+    waited = (cores.cpu_pressure_us(), cores.tree_times(serving))
     measuring[0] = True
     gevent.sleep(max(0.0, window_start + args.duration - time.monotonic()))
     measuring[0] = False
-    waits = verdict.waits(waited, (cores.cpu_pressure_us(), cores.run_delay_ns(serving)))
+    waits = verdict.waits(waited, (cores.cpu_pressure_us(), cores.tree_times(serving)))
     _step("measured")
     probed = {kind: _finish_probe(probe) for kind, probe in probes.items()}
     _keep(args.out, probed)

@@ -95,16 +95,19 @@ def judge(
     return verdicts
 
 
-def waits(
-    before: tuple[int | None, int | None], after: tuple[int | None, int | None]
-) -> dict[str, float]:
-    """CPU waits in the window (cores.py): machine-wide pressure in us, the serving side's
-    run-queue time in ns; both in ms."""
-    out = {}
+Times = tuple[int | None, dict[str, tuple[float, float]]]
+
+
+def waits(before: Times, after: Times) -> dict[str, Any]:
+    """The window's CPU accounting (cores.py): machine-wide CPU pressure, and per serving-side
+    process the CPU it used and the time its threads waited for one, in ms."""
+    out: dict[str, Any] = {}
     if before[0] is not None and after[0] is not None:
         out["cpu_pressure_ms"] = (after[0] - before[0]) / 1000
-    if before[1] is not None and after[1] is not None:
-        out["serving_run_wait_ms"] = (after[1] - before[1]) / 1e6
+    out["serving"] = {}
+    for name, (ran, waited) in after[1].items():
+        ran_before, waited_before = before[1].get(name, (0.0, 0.0))
+        out["serving"][name] = [ran - ran_before, waited - waited_before]
     return out
 
 
@@ -149,7 +152,7 @@ def report(
     verdicts: list[str],
     args: argparse.Namespace,
     placement: str,
-    waited: dict[str, float],
+    waited: dict[str, Any],
 ) -> None:
     from locust.html import get_html_report
     from locust.stats import PERCENTILES_TO_REPORT, StatsCSVFileWriter
@@ -174,11 +177,12 @@ def report(
     if "cpu_pressure_ms" in waited:
         share = waited["cpu_pressure_ms"] / window_ms
         print(f"CPU pressure in the window: some task waited for a CPU {share:.0%} of the time")
-    if "serving_run_wait_ms" in waited:
-        print(
-            f"the serving side (server, Redis, stream) waited {waited['serving_run_wait_ms']:.0f}"
-            f" ms for a CPU over the {args.duration:g} s (its threads summed)"
+    if waited["serving"]:
+        used = ", ".join(
+            f"{name} {ran:.0f}/{queued:.0f}"
+            for name, (ran, queued) in sorted(waited["serving"].items(), key=lambda i: -i[1][0])
         )
+        print(f"serving side, ms on a CPU / ms waiting for one in the window: {used}")
     print(
         "| kind | probe calls | client p50 ms | client p99 ms | client max ms | send lag p99 ms "
         "| server p50 ≤ ms | server p99 ≤ ms | Locust calls/s | Locust p99 ms | failures |"
