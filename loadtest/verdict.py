@@ -117,7 +117,9 @@ def scrape(url: str) -> dict[tuple[str, float], float]:
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(url, timeout=5) as response:
+    # Generous: a server starved of CPU (a neighbour's load) answers /metrics late, and the
+    # second column is worth waiting for; the probes have already judged.
+    with urllib.request.urlopen(url, timeout=30) as response:
         text = response.read().decode()
     buckets: dict[tuple[str, float], float] = {}
     for family in text_string_to_metric_families(text):
