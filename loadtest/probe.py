@@ -9,7 +9,8 @@ Why each choice:
 - Open loop, from the scheduled time (no coordinated omission). Call i is due at
   start + i/rate. When the probe sends late (its previous call was slow, or it woke late), the
   lateness is in that call's time, as it would be for a client that sent on time and waited in
-  a queue. A late call is not made up for: the schedule never bunches calls to catch up.
+  a queue. Every scheduled call is made: behind schedule, the next ones go back to back until
+  the probe is on time again, each timed from its own due time.
 - Its own process, one per kind. It shares no GIL or event loop with Locust, and a ranking
   call's client work (building 500 keys, decoding a 500-row matrix) never delays a single-entity
   call's send, as it would in one sequential client.
