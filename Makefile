@@ -72,7 +72,9 @@ test-core: install
 screenshots: install chromium
 	FEATUREWELL_SCREENSHOTS=docs $(PY) -m pytest tests/test_ui_browser.py
 
-## gate: the Locust latency gate against a local demo stack (exits 1 when a budget is broken)
+## gate: the latency gate against a local demo stack: Locust's load (300 single + 20 ranking +
+## 10 write calls/s), open-loop probes judging client p99 <= 5 ms per kind, server + Redis on
+## core 0 and Locust + probes on core 1 (exits 1 when a budget is broken)
 gate: install
 	$(PY) loadtest/gate.py --local
 

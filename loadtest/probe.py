@@ -1,65 +1,134 @@
-"""The gate's measuring instrument: one sequential client in its own process, calling at a
-steady pace while Locust generates the load, and timing each call from send to decoded matrix.
+"""The gate's measuring instrument: one kind of call (single or ranking) on a fixed open-loop
+schedule, in its own process, each call timed from its *scheduled* send time to its decoded
+answer.
 
-It shares no interpreter, GIL or event loop with the load generator, so its times hold what a
-model server or ranker would see (network, server queueing, server work, client decoding) and
-nothing of Locust's own scheduling. Prints {"single": [ms...], "ranker": [ms...]} as JSON.
+    python loadtest/probe.py --kind single --rate 60 --start-at MONOTONIC --duration 40
+        [--host 127.0.0.1:50051] [--cpus 1] [--fifo 10] [--seed 7]
 
-    python loadtest/probe.py --host 127.0.0.1:50051 --duration 20 [--single-rps 40]
-        [--ranker-rps 4]
+Why each choice:
+- Open loop, from the scheduled time (no coordinated omission). Call i is due at
+  start + i/rate. When the probe sends late (its previous call was slow, or it woke late), the
+  lateness is in that call's time, as it would be for a client that sent on time and waited in
+  a queue. Every scheduled call is made: behind schedule, the next ones go back to back until
+  the probe is on time again, each timed from its own due time.
+- Its own process, one per kind. It shares no GIL or event loop with Locust, and a ranking
+  call's client work (building 500 keys, decoding a 500-row matrix) never delays a single-entity
+  call's send, as it would in one sequential client.
+- Scheduling (set here, before grpc starts any thread, so every thread inherits it): pinned to
+  `--cpus` and, with `--fifo N`, real-time priority N (SCHED_FIFO). On the generator's core the
+  probe is the instrument, and the load generator must not decide when it wakes: a Locust
+  greenlet busy for a millisecond would otherwise be measured as server latency. It holds
+  that core for microseconds per call (it waits on the server, asleep), so Locust keeps its rate.
+- Waking: it sleeps until ~200 us before a call is due and spins the rest, since a sleep's
+  wake-up is late by 50-100 us (more on a busy vCPU), which would land in every measurement.
+- GC off during the window (after a collection and a freeze): a collection pass in the
+  instrument is time no server spent.
+- Arguments for every call (ids, item lists) are drawn before the window; what is timed is what
+  a client does per call: build the request, call, decode to numpy.
+
+Prints JSON: {"kind", "latency_ms": [...], "lag_ms": [...], "failures": n, "errors": [...]}
+(`lag_ms`: how late each call was sent, part of its latency, reported to tell instrument
+trouble from server trouble).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
 import time
 
-import numpy as np
+SPIN_S = 200e-6  # spin this long before a due call instead of trusting sleep's wake-up
 
-from featurewell.client import ClientOptions, FeatureClient
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from scenarios import RANKING, SINGLE, items_for, zipf_ids
+def _schedule(cpus: str, fifo: int) -> list[str]:
+    """Pin this process and set its priority (before any thread starts); says what it did."""
+    done = []
+    if cpus:
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+        done.append(f"cpus {cpus}")
+    if fifo:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(fifo))
+            done.append(f"SCHED_FIFO {fifo}")
+        except PermissionError:
+            done.append("no real-time priority (not permitted)")
+    return done
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kind", choices=("single", "ranker"), required=True)
     parser.add_argument("--host", default="127.0.0.1:50051")
-    parser.add_argument("--delay", type=float, default=0.0, help="wait this long first")
-    parser.add_argument("--duration", type=float, default=20.0)
-    parser.add_argument("--single-rps", type=float, default=40.0)
-    parser.add_argument("--ranker-rps", type=float, default=4.0)
-    args = parser.parse_args()
-    time.sleep(args.delay)
-
-    next_user = zipf_ids("u", int(os.environ.get("FEATUREWELL_LOAD_USERS", "5000")), seed=7)
-    rng = np.random.default_rng(8)
-    items = int(os.environ.get("FEATUREWELL_LOAD_ITEMS", "2000"))
-    # A steady schedule: every call has its slot; a late call is not made up for later.
-    slots = sorted(
-        [(i / args.single_rps, "single") for i in range(int(args.duration * args.single_rps))]
-        + [(i / args.ranker_rps, "ranker") for i in range(int(args.duration * args.ranker_rps))]
+    parser.add_argument("--rate", type=float, required=True, help="calls per second")
+    parser.add_argument(
+        "--start-at", type=float, help="time.monotonic() of the first call (default: in 1 s)"
     )
-    times: dict[str, list[float]] = {"single": [], "ranker": []}
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--cpus", default="", help="pin to these cpus (comma-separated)")
+    parser.add_argument("--fifo", type=int, default=0, help="SCHED_FIFO priority (0: none)")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    scheduling = _schedule(args.cpus, args.fifo)
+
+    import numpy as np
+
+    from featurewell.client import ClientOptions, FeatureClient
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from scenarios import RANKING, SINGLE, items_for, zipf_ids
+
+    calls = int(args.duration * args.rate)
+    next_user = zipf_ids("u", int(os.environ.get("FEATUREWELL_LOAD_USERS", "5000")), seed=args.seed)
+    rng = np.random.default_rng(args.seed + 1)
+    items = int(os.environ.get("FEATUREWELL_LOAD_ITEMS", "2000"))
+    features = SINGLE if args.kind == "single" else RANKING
+    entities: list[dict[str, list[str]]] = [
+        {"user_id": [next_user()]}
+        if args.kind == "single"
+        else {"user_id": [next_user()], "item_id": items_for(rng, items)}
+        for _ in range(calls)
+    ]
+    latency: list[float] = []
+    lag: list[float] = []
+    errors: list[str] = []
+    # One attempt, no retries: a retried call would hide a failure from the gate.
     options = ClientOptions(timeout=2.0, read_attempts=1)
     with FeatureClient(args.host, options=options) as client:
-        start = time.perf_counter()
-        for offset, kind in slots:
-            pause = start + offset - time.perf_counter()
+        for warm in entities[:5]:  # connect and warm up before the window, untimed
+            client.get_features(features, warm).to_numpy()
+        start = args.start_at if args.start_at is not None else time.monotonic() + 1.0
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        for i, asked in enumerate(entities):
+            due = start + i / args.rate
+            pause = due - time.monotonic() - SPIN_S
             if pause > 0:
                 time.sleep(pause)
-            user = next_user()
-            began = time.perf_counter()
-            if kind == "single":
-                client.get_features(SINGLE, {"user_id": [user]}).to_numpy()
-            else:
-                entities = {"user_id": [user], "item_id": items_for(rng, items)}
-                client.get_features(RANKING, entities).to_numpy()
-            times[kind].append((time.perf_counter() - began) * 1000)
-    json.dump(times, sys.stdout)
+            while time.monotonic() < due:
+                pass
+            sent = time.monotonic()
+            try:
+                client.get_features(features, asked).to_numpy()
+            except Exception as exc:  # counted and named, never swallowed
+                errors.append(f"{type(exc).__name__}: {exc}")
+            latency.append((time.monotonic() - due) * 1000)
+            lag.append((sent - due) * 1000)
+        gc.enable()
+    json.dump(
+        {
+            "kind": args.kind,
+            "scheduling": scheduling,
+            "latency_ms": latency,
+            "lag_ms": lag,
+            "failures": len(errors),
+            "errors": errors[:5],
+        },
+        sys.stdout,
+    )
 
 
 if __name__ == "__main__":

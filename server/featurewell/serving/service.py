@@ -15,7 +15,7 @@ import grpc
 from featurewell.engine.calls import Budget
 from featurewell.engine.engine import FeatureEngine
 from featurewell.offline.served import REQUEST_ID_HEADER
-from featurewell.serving import auth, wire
+from featurewell.serving import auth, fault, wire
 from featurewell.serving.authz import Authoriser
 from featurewell.serving.deprecation import DeprecationNotices
 from featurewell.serving.invalidations import InvalidationHub
@@ -97,6 +97,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         )
         self._cap = settings.store_timeout_ms / 1000
         self._injected_delay = settings.inject_delay_ms / 1000
+        self._fault = fault.applied(settings.fault_delay)  # off unless set (serving/fault.py)
         self._deprecations = DeprecationNotices(telemetry.metrics.deprecated_reads)
         self.invalidations = InvalidationHub(engine, self.access)  # near-cache subscriptions
         self._after_answer = AfterAnswer()
@@ -126,6 +127,8 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
                 budget_end = time.perf_counter_ns() + int(budget.seconds * 1e9)
                 message = wire.parsed(pb.GetFeaturesRequest, request)
                 asked = wire.feature_request(message)
+                if self._fault:
+                    await self._fault.wait(asked)
                 self._authorise_read(asked.features)
                 result = await self.engine.get_features(asked, budget)
                 response = wire.feature_response(result, message.typed_values)

@@ -1,0 +1,209 @@
+"""The gate's figures, its verdicts and its report (gate.py runs the load and the probes).
+
+Kinds: `single` (one user per call) and `ranker` (1 user + 500 items, shown as "ranking");
+Locust's `writer` is load only (its failures and rate are judged, its times reported)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from typing import Any
+
+import numpy as np
+
+SHOWN = {"single": "single", "ranker": "ranking", "writer": "write"}
+SHAPES = {"single": "single", "ranker": "batch"}  # the server histogram's `shape` label
+
+
+def figures(
+    timings: dict[str, list[float]],
+    failures: dict[str, list[str]],
+    probed: dict[str, dict[str, Any]],
+    before: dict[tuple[str, float], float],
+    after: dict[tuple[str, float], float],
+    rates: dict[str, float],
+    duration: float,
+) -> dict[str, dict[str, Any]]:
+    """Per kind: the probe's client figures (judged), the server's histogram, Locust's."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, values in timings.items():
+        if rates[name] <= 0 and name not in probed:
+            continue
+        locust = np.asarray(values) if values else np.full(1, np.nan)
+        figure: dict[str, Any] = {
+            "locust_calls": len(values),
+            "locust_rps": len(values) / duration,
+            "locust_failures": len(failures[name]),
+            "locust_errors": failures[name][:5],
+            "locust_p50": float(np.percentile(locust, 50)),
+            "locust_p99": float(np.percentile(locust, 99)),
+        }
+        if name in probed:
+            probe = probed[name]
+            times = np.asarray(probe["latency_ms"]) if probe["latency_ms"] else np.full(1, np.inf)
+            lag = np.asarray(probe["lag_ms"]) if probe["lag_ms"] else np.zeros(1)
+            figure |= {
+                "probe_calls": len(probe["latency_ms"]),
+                "probe_failures": probe["failures"],
+                "probe_errors": probe["errors"],
+                "probe_scheduling": probe["scheduling"],
+                "client_p50": float(np.percentile(times, 50)),
+                "client_p99": float(np.percentile(times, 99)),
+                "client_max": float(times.max()),
+                "send_lag_p99": float(np.percentile(lag, 99)),
+            }
+            figure |= server_quantiles(before, after, SHAPES[name])
+        out[name] = figure
+    return out
+
+
+def judge(
+    figures: dict[str, dict[str, Any]], rates: dict[str, float], args: argparse.Namespace
+) -> list[str]:
+    """What breaks the gate, one line each, naming the kind of call."""
+    verdicts = []
+    budgets = {"single": args.budget_single_ms, "ranker": args.budget_ranker_ms}
+    least = {"single": args.min_single_samples, "ranker": args.min_ranking_samples}
+    for name, f in figures.items():
+        shown = SHOWN[name]
+        if f["locust_failures"]:
+            verdicts.append(
+                f"{shown}: {f['locust_failures']} Locust calls failed ({f['locust_errors'][0]})"
+            )
+        if rates[name] > 0 and f["locust_rps"] < 0.9 * rates[name]:
+            verdicts.append(
+                f"{shown}: Locust sustained {f['locust_rps']:.0f}/s of the {rates[name]:.0f}/s "
+                "asked: the machine cannot generate this load, the run proves nothing"
+            )
+        if "probe_calls" not in f:
+            continue
+        if f["probe_failures"]:
+            verdicts.append(
+                f"{shown}: {f['probe_failures']} probe calls failed ({f['probe_errors'][0]})"
+            )
+        if f["probe_calls"] < least[name]:
+            verdicts.append(
+                f"{shown}: {f['probe_calls']} probe calls, fewer than the {least[name]} a p99 "
+                "needs: raise the duration or the probe's rate"
+            )
+        if f["client_p99"] > budgets[name]:
+            verdicts.append(
+                f"{shown}: client p99 {f['client_p99']:.2f} ms above the "
+                f"{budgets[name]:g} ms budget"
+            )
+    return verdicts
+
+
+Times = tuple[int | None, dict[str, tuple[float, float]]]
+
+
+def waits(before: Times, after: Times) -> dict[str, Any]:
+    """The window's CPU accounting (cores.py): machine-wide CPU pressure, and per serving-side
+    process the CPU it used and the time its threads waited for one, in ms."""
+    out: dict[str, Any] = {}
+    if before[0] is not None and after[0] is not None:
+        out["cpu_pressure_ms"] = (after[0] - before[0]) / 1000
+    out["serving"] = {}
+    for name, (ran, waited) in after[1].items():
+        ran_before, waited_before = before[1].get(name, (0.0, 0.0))
+        out["serving"][name] = [ran - ran_before, waited - waited_before]
+    return out
+
+
+def scrape(url: str) -> dict[tuple[str, float], float]:
+    """GetFeatures latency buckets: (shape, upper bound in ms) -> cumulative count."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    # Generous: a server starved of CPU (a neighbour's load) answers /metrics late, and the
+    # second column is worth waiting for; the probes have already judged.
+    with urllib.request.urlopen(url, timeout=30) as response:
+        text = response.read().decode()
+    buckets: dict[tuple[str, float], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if (
+                sample.name == "featurewell_request_duration_seconds_bucket"
+                and labels.get("method") == "GetFeatures"
+            ):
+                buckets[(labels["shape"], float(labels["le"]) * 1000)] = sample.value
+    return buckets
+
+
+def server_quantiles(
+    before: dict[tuple[str, float], float], after: dict[tuple[str, float], float], shape: str
+) -> dict[str, float]:
+    """The bucket edges at or below which 50% and 99% of the window's calls finished."""
+    bounds = sorted(b for s, b in after if s == shape)
+    counts = [after[(shape, b)] - before.get((shape, b), 0.0) for b in bounds]
+    total = counts[-1] if counts else 0.0
+    out = {"server_calls": total}
+    for name, q in (("server_p50", 0.5), ("server_p99", 0.99)):
+        out[name] = next(
+            (b for b, c in zip(bounds, counts, strict=True) if c >= q * total), float("inf")
+        )
+    return out
+
+
+def report(
+    env: Any,
+    figures: dict[str, dict[str, Any]],
+    verdicts: list[str],
+    args: argparse.Namespace,
+    placement: str,
+    waited: dict[str, Any],
+) -> None:
+    from locust.html import get_html_report
+    from locust.stats import PERCENTILES_TO_REPORT, StatsCSVFileWriter
+
+    writer = StatsCSVFileWriter(env, PERCENTILES_TO_REPORT, str(args.out / "gate"))
+    with open(args.out / "gate_stats.csv", "w", newline="") as stats_file:
+        writer.requests_csv(csv.writer(stats_file))
+    with open(args.out / "gate_failures.csv", "w", newline="") as failures_file:
+        writer.failures_csv(csv.writer(failures_file))
+    html: str = get_html_report(env)  # type: ignore[no-untyped-call]  # Locust leaves it untyped
+    (args.out / "gate_report.html").write_text(html)
+    summary = {"placement": placement, "waits": waited, "figures": figures, "verdicts": verdicts}
+    (args.out / "gate_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+
+    print(f"\n{args.host}, {args.duration:g} s after {args.warmup:g} s of warm-up; {placement}")
+    probe: list[str] = next(
+        (f["probe_scheduling"] for f in figures.values() if "probe_scheduling" in f), []
+    )
+    print(f"probes: {', '.join(probe) or 'not pinned, normal priority'}")
+    # Time other programs took from this run: a red gate on a busy machine says so here.
+    window_ms = args.duration * 1000
+    if "cpu_pressure_ms" in waited:
+        share = waited["cpu_pressure_ms"] / window_ms
+        print(f"CPU pressure in the window: some task waited for a CPU {share:.0%} of the time")
+    if waited["serving"]:
+        used = ", ".join(
+            f"{name} {ran:.0f}/{queued:.0f}"
+            for name, (ran, queued) in sorted(waited["serving"].items(), key=lambda i: -i[1][0])
+        )
+        print(f"serving side, ms on a CPU / ms waiting for one in the window: {used}")
+    print(
+        "| kind | probe calls | client p50 ms | client p99 ms | client max ms | send lag p99 ms "
+        "| server p50 ≤ ms | server p99 ≤ ms | Locust calls/s | Locust p99 ms | failures |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, f in figures.items():
+        judged = (
+            f"{f['probe_calls']} | {f['client_p50']:.2f} | {f['client_p99']:.2f} "
+            f"| {f['client_max']:.1f} | {f['send_lag_p99']:.2f} | {f['server_p50']:g} "
+            f"| {f['server_p99']:g}"
+            if "probe_calls" in f
+            else "- | - | - | - | - | - | -"
+        )
+        failed = f["locust_failures"] + f.get("probe_failures", 0)
+        print(
+            f"| {SHOWN[name]} | {judged} | {f['locust_rps']:.0f} | {f['locust_p99']:.2f} "
+            f"| {failed} |"
+        )
+    budgets = f"budgets: client p99 ≤ {args.budget_single_ms:g} ms single"
+    print(f"{budgets}, ≤ {args.budget_ranker_ms:g} ms ranking; no failed call")
+    print("\n" + ("GATE RED:\n  " + "\n  ".join(verdicts) if verdicts else "GATE GREEN"))
+    print(f"reports in {args.out}/")
