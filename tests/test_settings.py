@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from featurewell.commands import COMMANDS
+from featurewell.demo_skew import with_offline_store
 from featurewell.errors import ConfigError
 from featurewell.settings import GROUPS, CacheSettings, Settings, specs
 
@@ -47,6 +49,25 @@ def test_flags_win_over_the_environment_and_bad_values_name_the_setting() -> Non
     with pytest.raises(ConfigError, match="several workers need a fixed port"):
         Settings.load({"workers": "2", "port": "0"}, environ={})
     assert CacheSettings().entries == 100_000
+
+
+def test_settings_know_which_names_the_user_gave_even_at_their_defaults() -> None:
+    """The demo fills in its own sampling paces only where the user said nothing: a user who
+    asks for the default served-log rate (0) must get it, not the demo's 1.0."""
+    loaded = Settings.load(
+        {"served_log_rate": "0", "cache_entries": None},
+        environ={"FEATUREWELL_DRIFT_SAMPLE_RATE": "0.01", "FEATUREWELL_CACHE_MB": ""},
+    )
+    assert loaded.given == {"served_log_rate", "drift_sample_rate"}
+    assert loaded.with_changes(cache_entries=5).given == loaded.given
+    assert Settings.load(environ={}).given == frozenset()
+
+
+def test_the_demo_keeps_a_served_log_rate_the_user_gave(tmp_path: Path) -> None:
+    asked = Settings.load({"served_log_rate": "0"}, environ={})
+    assert with_offline_store(asked, tmp_path).telemetry.served_log_rate == 0
+    unset = Settings.load(environ={})
+    assert with_offline_store(unset, tmp_path).telemetry.served_log_rate == 1.0
 
 
 def test_the_password_stays_out_of_repr() -> None:

@@ -36,7 +36,7 @@ from featurewell.devcluster import DIE_WITH_PARENT, start_local_cluster
 from featurewell.errors import ConfigError, DefinitionError
 from featurewell.ingest.materialize import materialize
 from featurewell.serving.server import Server
-from featurewell.settings import Settings, TelemetrySettings
+from featurewell.settings import Settings
 from featurewell.telemetry.report import compute_baselines
 
 _READY = re.compile(r"featurewell stream: consuming .*; metrics (\S+)")
@@ -102,9 +102,7 @@ def with_drift_baselines(settings: Settings, repo: Path) -> Settings:
     them (each Parquet-sourced view's own file; the definitions' Stats cover the computed
     views), saved beside the repo; and the demo's drift pace where the user set none."""
     changes: dict[str, object] = {
-        name: value
-        for name, value in DEMO_DRIFT.items()
-        if getattr(settings.telemetry, name) == getattr(TelemetrySettings(), name)
+        name: value for name, value in DEMO_DRIFT.items() if name not in settings.given
     }
     if not settings.telemetry.drift_baseline:
         out = repo / "baseline.json"

@@ -18,7 +18,7 @@ from featurewell.compute.backfill import Backfilled, backfill, read_log
 from featurewell.definitions import Registry
 from featurewell.devcluster import DIE_WITH_PARENT
 from featurewell.engine.engine import FeatureEngine
-from featurewell.settings import Settings, TelemetrySettings
+from featurewell.settings import Settings
 
 # Every answer logged (production samples, e.g. 0.01) and written each second (production: 5 s),
 # so the skew check sees ordinary demo traffic within seconds.
@@ -35,9 +35,7 @@ def with_offline_store(settings: Settings, repo: Path) -> Settings:
     """`settings` with an offline store (the user's `offline_dir`, else `repo`/offline) and the
     demo's served-feature log where the user set none."""
     changes: dict[str, object] = {
-        name: value
-        for name, value in DEMO_SERVED_LOG.items()
-        if getattr(settings.telemetry, name) == getattr(TelemetrySettings(), name)
+        name: value for name, value in DEMO_SERVED_LOG.items() if name not in settings.given
     }
     offline = Path(settings.offline.dir or repo / "offline")
     offline.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,9 @@ class Settings:
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     offline: OfflineSettings = field(default_factory=OfflineSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    # The public names the environment or the caller set (`load`), defaults or not: what a
+    # command may only fill in where the user said nothing (the demo's sampling paces).
+    given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     @classmethod
     def load(
@@ -61,7 +64,10 @@ class Settings:
         values.update(
             {name: value for name, value in (overrides or {}).items() if value is not None}
         )
-        return cls().with_changes(**values)
+        given = frozenset(values) - {"traces_exporter"} | frozenset(
+            spec.name for spec in specs() if env.get(ENV_PREFIX + spec.name.upper())
+        )
+        return replace(cls().with_changes(**values), given=given)
 
     def with_changes(self, **changes: Any) -> Settings:
         """A copy with settings changed by public name (`cache_entries=0`), checked again."""
