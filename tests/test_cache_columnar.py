@@ -68,16 +68,12 @@ def _assert_same(got: DecodedRows, want: DecodedRows) -> None:
 def _read(
     cache: ColumnarCache, group: Any, codecs: list[RowCodec], tags: list[bytes], stored: list[Any]
 ) -> list[DecodedRows]:
-    """What a read of `tags` decodes per view: the cache's rows laid over the `stored` ones of
-    the rows it missed (None where it answered)."""
+    """What a read of `tags` decodes per view: the cache's rows beside the `stored` ones of
+    the rows it missed."""
     gathered, missed = cache.lookup(group, tags, now=1.0)
-    missing = set(missed.tolist())
     out = []
     for v, codec in enumerate(codecs):
-        rows = [
-            (row if len(codecs) == 1 else row[v]) if r in missing else None
-            for r, row in enumerate(stored)
-        ]
+        rows = [stored[r] if len(codecs) == 1 else stored[r][v] for r in missed.tolist()]
         out.append(merge(codec, rows, gathered[v] if gathered else None, None))
     return out
 
@@ -97,7 +93,7 @@ def test_cached_rows_decode_exactly_as_the_stored_bytes(cached_rows: list[int]) 
     assert cache.stats.hits == len(cached_rows)
     gathered, _ = cache.lookup(GROUP, tags, 1.0)
     if gathered is not None:  # only the wanted features are materialised, cached or not
-        rows = [None if r in cached_rows else row for r, row in enumerate(stored)]
+        rows = [row for r, row in enumerate(stored) if r not in cached_rows]
         _assert_same(merge(PROFILE, rows, gathered[0], {"age"}), PROFILE.decode(stored, {"age"}))
 
 

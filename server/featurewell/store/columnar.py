@@ -45,9 +45,11 @@ _FIRST_CAPACITY = 8
 @dataclass(frozen=True, slots=True)
 class Gathered:
     """One view's cached rows for one read: their positions in the read, their fixed-width
-    fields (structured, the codec's layout), presence and variable-width features."""
+    fields (structured, the codec's layout), presence and variable-width features; and the
+    positions of the read's other rows (`fetched`: from Redis, or its fallbacks)."""
 
     positions: npt.NDArray[np.intp]
+    fetched: npt.NDArray[np.intp]
     fixed: npt.NDArray[Any]
     present: npt.NDArray[np.bool_]
     variable: dict[str, npt.NDArray[Any]]
@@ -75,9 +77,15 @@ class _Block:
         self.present = _grown(self.present, used, capacity)
         self.variable = {n: _grown(a, used, capacity) for n, a in self.variable.items()}
 
-    def gather(self, positions: npt.NDArray[np.intp], slots: npt.NDArray[np.intp]) -> Gathered:
+    def gather(
+        self,
+        positions: npt.NDArray[np.intp],
+        fetched: npt.NDArray[np.intp],
+        slots: npt.NDArray[np.intp],
+    ) -> Gathered:
         return Gathered(
             positions,
+            fetched,
             self.fixed.take(slots),
             self.present.take(slots),
             {name: column.take(slots) for name, column in self.variable.items()},
@@ -175,9 +183,8 @@ class ColumnarCache:
         self.stats.misses += count - len(hits)
         if not len(hits):
             return None, np.arange(count)
-        taken = slots[hits]
-        gathered = [block.gather(hits, taken) for block in table.blocks]
-        return gathered, np.flatnonzero(~hit)
+        taken, missed = slots[hits], np.flatnonzero(~hit)
+        return [block.gather(hits, missed, taken) for block in table.blocks], missed
 
     def select(self, group: Group, tags: Sequence[bytes]) -> list[int]:
         return self.rows.select(group, tags)
@@ -255,36 +262,47 @@ def merge(
     cached: Gathered | None,
     wanted: Collection[str] | None,
 ) -> DecodedRows:
-    """The rows of one view for a read, decoded: the stored `rows` (None at cached positions)
-    through the codec, the `cached` ones laid over them."""
+    """The rows of one view for a read, decoded: the stored `rows` (those at `cached.fetched`,
+    or all of them without `cached`) through the codec, and the `cached` ones beside them."""
     if cached is None:
         return codec.decode(rows, wanted)
-    positions = cached.positions
-    if len(positions) == len(rows):  # every row from memory: nothing to decode
+    positions, fetched = cached.positions, cached.fetched
+    time_field = _time_field(codec)
+    if not len(fetched):  # every row from memory: nothing to decode
         return DecodedRows(
             cached.present,
-            cached.fixed[_time_field(codec)],
+            cached.fixed[time_field],
             {
                 f.name: _column(f.name, f.dtype.kind, f.dtype.element_dtype, cached)
                 for f in codec.view.features
                 if wanted is None or f.name in wanted
             },
         )
-    decoded = codec.decode(rows, wanted)  # at least one None: every column is a new array
-    decoded.present[positions] = cached.present
-    decoded.event_time_us[positions] = cached.fixed[_time_field(codec)]
-    values: dict[str, ColumnValues] = dict(decoded.values)
+    decoded = codec.decode(rows, wanted)
+    count = len(positions) + len(fetched)
+    present = np.empty(count, np.bool_)
+    present[positions], present[fetched] = cached.present, decoded.present
+    event_time = np.empty(count, np.int64)
+    event_time[positions], event_time[fetched] = cached.fixed[time_field], decoded.event_time_us
+    values: dict[str, ColumnValues] = {}
     for name, column in decoded.values.items():
         if isinstance(column, Ragged):
-            lists = [column.row(i) for i in range(len(column))]
+            lists: list[Any] = [None] * count
             for position, array in zip(positions.tolist(), cached.variable[name], strict=True):
                 lists[position] = array
+            for position, row in zip(fetched.tolist(), range(len(column)), strict=True):
+                lists[position] = column.row(row)
             values[name] = Ragged.from_rows(lists, column.flat.dtype)
-        elif name in cached.variable:
-            column[positions] = cached.variable[name]
-        else:
-            column[positions] = cached.fixed[name]
-    return DecodedRows(decoded.present, decoded.event_time_us, values, decoded.corrupt)
+            continue
+        out = np.empty((count, *column.shape[1:]), column.dtype)
+        out[fetched] = column
+        out[positions] = cached.variable[name] if name in cached.variable else cached.fixed[name]
+        values[name] = out
+    corrupt = None
+    if decoded.corrupt is not None:
+        corrupt = np.zeros(count, np.bool_)
+        corrupt[fetched] = decoded.corrupt
+    return DecodedRows(present, event_time, values, corrupt)
 
 
 def _column(name: str, kind: Kind, dtype: np.dtype[Any], cached: Gathered) -> ColumnValues:

@@ -69,8 +69,9 @@ class ViewRows:
     """One view's stored rows for one entity read (None where Redis has none). Rows Redis could
     not serve carry a `fallback` status (FALLBACK_CACHE with the cached row, or FALLBACK with
     None, so the default) and the `FailureReason` in `reasons`; both are None when every row
-    was served. Rows answered by the columnar cache are None in `rows` and already decoded in
-    `cached`: `decode` puts both together."""
+    was served. When the columnar cache answered some rows, they are already decoded in
+    `cached`, and `rows` holds only the others (at `cached.fetched`): `decode` puts both
+    together."""
 
     rows: list[bytes | None]
     fallback: npt.NDArray[np.uint8] | None = None
@@ -284,10 +285,10 @@ class OnlineStore:
         uses_cache = bool(pending.codecs)
         if failed is None and pending.cached is None and not pending.to_cache:
             return _per_view(part, views)  # the plain path: every row from Redis, none kept
-        # One reply per row (GET: the row, MGET: its views); None at the rows the cache
-        # answered (already decoded, in `pending.cached`).
+        # One reply per fetched row (GET: the row, MGET: its views); the rows the cache
+        # answered are already decoded, in `pending.cached`.
         empty = None if views == 1 else (None,) * views
-        merged: list[Any] = [empty] * len(read.tags)
+        merged: list[Any] = [empty] * len(fetched_rows)
         reasons = failed[start : start + len(fetched_rows)] if failed is not None else None
         served_tags: list[bytes] = []
         served: list[Any] = []
@@ -295,7 +296,7 @@ class OnlineStore:
         for j, r in enumerate(fetched_rows):
             if reasons is not None and reasons[j]:
                 continue
-            merged[r] = part[j]
+            merged[j] = part[j]
             if j in to_cache and rowcheck.cacheable(part[j]):
                 served_tags.append(read.tags[r])
                 served.append(part[j])
@@ -316,7 +317,7 @@ class OnlineStore:
             if cache is not None and uses_cache:
                 row = cache.fallback(pending.group, read.tags[r], now)
             fallback[r] = FALLBACK if row is MISS else FALLBACK_CACHE
-            merged[r] = empty if row is MISS else row
+            merged[j] = empty if row is MISS else row
             why[r] = reasons[j]
         out = _per_view(merged, views, pending.cached)
         for view in out:
