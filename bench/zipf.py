@@ -13,7 +13,7 @@ instead of hiding them. Users are uniform over 5,000 (the user row mostly misses
 second phase draws the 500 items from the 2,000 most popular only (a trending shelf). Each cached
 server's row hit ratio over a phase's measured calls comes from its /metrics.
 
-    python bench/zipf.py [--iterations 1000] [--items 100000] [--s 1.1] [--json out.json]
+    python bench/zipf.py [--iterations 800] [--items 100000] [--s 1.1] [--json out.json]
                          [--compare-tree DIR]
 
 `--json` writes `rows`: one per (phase, configuration, kind) with p50/p90/p99 ms, the ratio to
@@ -48,7 +48,7 @@ from featurewell.store.cluster import ClusterClient
 
 USERS = 5000
 TRENDING = 2000  # a trending shelf: candidates drawn from the most popular items only
-SLOT_S = {"ranking": 0.012, "single": 0.004, "raw": 0.008}  # scheduled gap after each call
+SLOT_S = {"ranking": 0.025, "single": 0.006, "raw": 0.015}  # scheduled gap after each call
 Call = Callable[[str, list[str]], bool]  # (user, items) -> whether the answer had fallbacks
 
 
@@ -85,8 +85,8 @@ def load() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=1000)
-    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--iterations", type=int, default=800)
+    parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--s", type=float, default=1.1, help="Zipf exponent")
     parser.add_argument("--json", type=Path)
