@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from featurewell.definitions import Kind
+from featurewell.definitions import FeatureView, Kind
 from featurewell.store.cache import CachePolicy, CacheStats, Group, HotKeyCache, Row
 from featurewell.store.codec import DecodedRows, RowCodec
 from featurewell.values import ColumnValues, Ragged
@@ -142,6 +142,19 @@ class ColumnarCache:
         self.rows = HotKeyCache(replace(policy, copies=2))
         self.rows.listener = self
         self._tables: dict[Group, _Table] = {}
+        self._codecs: dict[FeatureView, RowCodec] = {}
+
+    def codecs(self, views: Sequence[FeatureView]) -> list[RowCodec]:
+        """The codecs the blocks of these views decode rows with (built once per view)."""
+        out = []
+        for view in views:
+            codec = self._codecs.get(view)
+            if codec is None:
+                if len(self._codecs) >= 4096:  # views of many reloads: keep memory bounded
+                    self._codecs.clear()
+                codec = self._codecs[view] = RowCodec(view)
+            out.append(codec)
+        return out
 
     # The policy's figures and hooks, as the store, the tracker and telemetry read them.
     @property

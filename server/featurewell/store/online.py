@@ -135,7 +135,6 @@ class OnlineStore:
         self.cache = cache
         self.tracker = tracker
         self._addresses = Addresses()
-        self._codecs: dict[FeatureView, RowCodec] = {}  # what the cache decodes rows with
         # MGET answers nil for a key of another type, as for a missing key. Looking again costs
         # a round trip whenever a row misses a view (ordinary for sparse items), so it is the
         # server's choice (`row_type_checks`), off by default.
@@ -187,10 +186,10 @@ class OnlineStore:
         for the rows the cache cannot answer. Never raises for a failed node: its rows come
         back flagged with a fallback (see `ViewRows`). `count_timeouts=False` keeps timeouts
         out of the circuit breakers (a short client deadline says nothing of a node)."""
-        address = self._addresses.read
+        address, cache = self._addresses.read, self.cache
         codecs = (
-            [self._codecs_of(rows.views) if rows.cache_ttl > 0 else () for rows in entities]
-            if self.cache is not None
+            [cache.codecs(rows.views) if rows.cache_ttl > 0 else () for rows in entities]
+            if cache is not None
             else None
         )
         return await self.read_keys(
@@ -199,17 +198,6 @@ class OnlineStore:
             count_timeouts=count_timeouts,
             codecs=codecs,
         )
-
-    def _codecs_of(self, views: Sequence[FeatureView]) -> list[RowCodec]:
-        out = []
-        for view in views:
-            codec = self._codecs.get(view)
-            if codec is None:
-                if len(self._codecs) >= 4096:  # views of many reloads: keep memory bounded
-                    self._codecs.clear()
-                codec = self._codecs[view] = RowCodec(view)
-            out.append(codec)
-        return out
 
     async def read_keys(
         self,
