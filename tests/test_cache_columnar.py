@@ -97,6 +97,26 @@ def test_cached_rows_decode_exactly_as_the_stored_bytes(cached_rows: list[int]) 
         _assert_same(merge(PROFILE, rows, gathered[0], {"age"}), PROFILE.decode(stored, {"age"}))
 
 
+def test_stored_bytes_ending_in_zeros_are_kept_exactly() -> None:
+    cache = ColumnarCache(CachePolicy(admit_after=1))
+    (row,) = PROFILE.encode(
+        np.array([5], np.int64),
+        {
+            "age": np.array([1], np.int64),
+            "score": np.array([0.0]),
+            "premium": np.array([False]),
+            "country": np.array([""], dtype=object),
+            "taste": np.zeros((1, 4), np.float32),
+            "recent": Ragged.from_rows([np.zeros(2, np.int64)], np.dtype(np.int64)),
+            "weights": Ragged.from_rows([np.zeros(3)], np.dtype(np.float64)),
+        },
+    )
+    assert row.endswith(b"\x00" * 24)  # what a bytes dtype would strip
+    cache.offer(GROUP, [PROFILE], [b"k"], [row], 10.0, now=0.0, since=0)
+    (got,) = _read(cache, GROUP, [PROFILE], [b"k"], [row])
+    _assert_same(got, PROFILE.decode([row]))
+
+
 def test_groups_of_several_views_keep_each_views_rows() -> None:
     cache = ColumnarCache(CachePolicy(admit_after=1))
     items = ITEMS.encode(

@@ -244,6 +244,7 @@ class HotKeyCache:
         max_tag = self.policy.max_tag_bytes
         max_entry = self.policy.max_bytes // 2
         copies = self.policy.copies
+        admissions = added = seen_freed = 0  # counted here, stored once: a batch's rows
         for position, (tag, row) in enumerate(zip(tags, rows, strict=True)):
             if tag in fresh or len(tag) > max_tag:
                 continue  # a concurrent read cached it already; a tag too long to keep
@@ -254,18 +255,21 @@ class HotKeyCache:
                 continue
             if expired.pop(tag, None) is None:
                 if seen.pop(tag, None) is not None:
-                    state.seen_bytes -= len(tag) + _SEEN_OVERHEAD
-                    self._seen_bytes -= len(tag) + _SEEN_OVERHEAD
-                self.stats.admissions += 1
-                self._entries += 1
-                self.bytes += size
+                    seen_freed += len(tag) + _SEEN_OVERHEAD
+                admissions += 1
+                added += size
             else:  # an expired entry refreshed: its new row may have another size
-                self.bytes += size - sizes[tag]
+                added += size - sizes[tag]
             sizes[tag] = size
             fresh[tag] = row
             fresh_until[tag] = until
             admitted.append(tag)
             taken.append(position)
+        state.seen_bytes -= seen_freed
+        self._seen_bytes -= seen_freed
+        self.stats.admissions += admissions
+        self._entries += admissions
+        self.bytes += added
         if admitted:
             self._batches.append((until, state, admitted))
             if len(self._batches) > 1 and self._batches[-2][0] > until:  # a shorter TTL
@@ -371,7 +375,7 @@ class HotKeyCache:
 
 def _size(tag: bytes, row: Row) -> int:
     if type(row) is list:
-        payload = sum(len(part) for part in row if part is not None)
+        payload = sum(map(len, filter(None, row)))  # None (no row) and b"" weigh nothing
     else:
         payload = len(row) if row is not None else 0
     return len(tag) + payload + _ENTRY_OVERHEAD

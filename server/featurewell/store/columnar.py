@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from featurewell.definitions import FeatureView, Kind
+from featurewell.definitions import FeatureView
 from featurewell.store.cache import CachePolicy, CacheStats, Group, HotKeyCache, Row
 from featurewell.store.codec import DecodedRows, RowCodec
 from featurewell.values import ColumnValues, Ragged
@@ -45,37 +45,39 @@ _FIRST_CAPACITY = 8
 @dataclass(frozen=True, slots=True)
 class Gathered:
     """One view's cached rows for one read: their positions in the read, their fixed-width
-    fields (structured, the codec's layout), presence and variable-width features; and the
-    positions of the read's other rows (`fetched`: from Redis, or its fallbacks)."""
+    fields (structured, the codec's layout) and presence, their stored bytes when the view has
+    string or list features (None otherwise); and the positions of the read's other rows
+    (`fetched`: from Redis, or its fallbacks)."""
 
     positions: npt.NDArray[np.intp]
     fetched: npt.NDArray[np.intp]
     fixed: npt.NDArray[Any]
     present: npt.NDArray[np.bool_]
-    variable: dict[str, npt.NDArray[Any]]
+    stored: npt.NDArray[Any] | None
 
 
 class _Block:
-    """One view's decoded rows, a row per slot (the last row is the never-fresh sentinel's)."""
+    """One view's rows, a row per slot (the last row is the never-fresh sentinel's): the
+    fixed-width fields decoded; strings and lists left in the stored bytes (`stored`, the very
+    objects the raw entries hold), parsed only by reads that ask for them, since parsing them is
+    per-row Python that most reads of a view with a label or a list never need."""
 
-    __slots__ = ("codec", "fixed", "present", "time_field", "variable")
+    __slots__ = ("fixed", "fixed_names", "present", "stored", "time_field")
 
     def __init__(self, codec: RowCodec, capacity: int) -> None:
-        self.codec = codec
         self.time_field = _time_field(codec)
+        self.fixed_names = frozenset(f.name for f in codec.view.features if f.dtype.is_fixed_width)
         self.fixed = np.zeros(capacity + 1, codec.fixed_dtype)
         self.present = np.zeros(capacity + 1, np.bool_)
-        self.variable = {
-            f.name: np.empty(capacity + 1, object)
-            for f in codec.view.features
-            if not f.dtype.is_fixed_width
-        }
+        variable = len(self.fixed_names) < len(codec.view.features)
+        self.stored = np.empty(capacity + 1, object) if variable else None
 
     def grow(self, capacity: int) -> None:
         used = len(self.present) - 1
         self.fixed = _grown(self.fixed, used, capacity)
         self.present = _grown(self.present, used, capacity)
-        self.variable = {n: _grown(a, used, capacity) for n, a in self.variable.items()}
+        if self.stored is not None:
+            self.stored = _grown(self.stored, used, capacity)
 
     def gather(
         self,
@@ -83,26 +85,20 @@ class _Block:
         fetched: npt.NDArray[np.intp],
         slots: npt.NDArray[np.intp],
     ) -> Gathered:
+        stored = self.stored.take(slots) if self.stored is not None else None
         return Gathered(
-            positions,
-            fetched,
-            self.fixed.take(slots),
-            self.present.take(slots),
-            {name: column.take(slots) for name, column in self.variable.items()},
+            positions, fetched, self.fixed.take(slots), self.present.take(slots), stored
         )
 
-    def put(self, slots: list[int], decoded: DecodedRows, rows: list[int]) -> None:
-        """Rows `rows` of `decoded` (all features) into `slots`."""
+    def put(self, slots: list[int], decoded: DecodedRows, rows: list[int], raw: list[Any]) -> None:
+        """Rows `rows` of `decoded` (its fixed-width features) and of `raw` into `slots`."""
         self.present[slots] = decoded.present[rows]
         self.fixed[self.time_field][slots] = decoded.event_time_us[rows]
         for name, values in decoded.values.items():
-            if isinstance(values, Ragged):  # one array per row (list features are rare)
-                for slot, row in zip(slots, rows, strict=True):
-                    self.variable[name][slot] = values.row(row).copy()
-            elif name in self.variable:
-                self.variable[name][slots] = values[rows]
-            else:
-                self.fixed[name][slots] = values[rows]
+            assert isinstance(values, np.ndarray)  # fixed-width features only
+            self.fixed[name][slots] = values[rows]
+        if self.stored is not None:
+            self.stored[slots] = [raw[row] for row in rows]
 
 
 class _Table:
@@ -222,9 +218,13 @@ class ColumnarCache:
         if not taken:
             return
         views = len(codecs)
-        decoded = [
-            codec.decode([replies[p] if views == 1 else replies[p][v] for p in taken])
-            for v, codec in enumerate(codecs)
+        raw = [[replies[p] if views == 1 else replies[p][v] for p in taken] for v in range(views)]
+        table = self._tables.get(group)
+        if table is None:
+            table = self._tables[group] = _Table(codecs)
+        decoded = [  # the fixed-width features: one frombuffer per view
+            codec.decode(rows, block.fixed_names)
+            for codec, block, rows in zip(codecs, table.blocks, raw, strict=True)
         ]
         bad: set[int] = set()
         for rows in decoded:
@@ -234,13 +234,13 @@ class ColumnarCache:
         for i in bad:  # an older decoded copy of the row must not outlive it
             self.dropped(group, tags[taken[i]])
         if not good:
+            if not table.index:
+                self._tables.pop(group, None)
             return
-        table = self._tables.get(group)
-        if table is None:
-            table = self._tables[group] = _Table(codecs)
+        self._tables[group] = table  # (back, if dropping emptied it)
         slots = [table.slot(tags[taken[i]]) for i in good]
-        for block, rows in zip(table.blocks, decoded, strict=True):
-            block.put(slots, rows, good)
+        for block, rows, stored in zip(table.blocks, decoded, raw, strict=True):
+            block.put(slots, rows, good, stored)
         table.fresh_until[slots] = now + ttl
 
     # -- Listener: entries leaving the HotKeyCache leave here too ----------------------------
@@ -250,13 +250,12 @@ class ColumnarCache:
         if table is None:
             return
         slot = table.index.pop(tag, None)
-        if slot is None:
-            return
-        table.fresh_until[slot] = 0.0
-        for block in table.blocks:
-            for column in block.variable.values():
-                column[slot] = None  # let the strings and arrays go
-        table.free.append(slot)
+        if slot is not None:
+            table.fresh_until[slot] = 0.0
+            for block in table.blocks:
+                if block.stored is not None:
+                    block.stored[slot] = None  # the bytes go with the raw entry
+            table.free.append(slot)
         if not table.index:
             del self._tables[group]
 
@@ -279,51 +278,57 @@ def merge(
     or all of them without `cached`) through the codec, and the `cached` ones beside them."""
     if cached is None:
         return codec.decode(rows, wanted)
+    hits = _cached_rows(codec, cached, wanted)
     positions, fetched = cached.positions, cached.fetched
-    time_field = _time_field(codec)
-    if not len(fetched):  # every row from memory: nothing to decode
-        return DecodedRows(
-            cached.present,
-            cached.fixed[time_field],
-            {
-                f.name: _column(f.name, f.dtype.kind, f.dtype.element_dtype, cached)
-                for f in codec.view.features
-                if wanted is None or f.name in wanted
-            },
-        )
+    if not len(fetched):  # every row from memory: nothing else to decode
+        return hits
     decoded = codec.decode(rows, wanted)
     count = len(positions) + len(fetched)
     present = np.empty(count, np.bool_)
-    present[positions], present[fetched] = cached.present, decoded.present
+    present[positions], present[fetched] = hits.present, decoded.present
     event_time = np.empty(count, np.int64)
-    event_time[positions], event_time[fetched] = cached.fixed[time_field], decoded.event_time_us
+    event_time[positions], event_time[fetched] = hits.event_time_us, decoded.event_time_us
     values: dict[str, ColumnValues] = {}
     for name, column in decoded.values.items():
-        if isinstance(column, Ragged):
+        mine = hits.values[name]
+        if isinstance(column, Ragged) or isinstance(mine, Ragged):
+            assert isinstance(column, Ragged)
+            assert isinstance(mine, Ragged)
             lists: list[Any] = [None] * count
-            for position, array in zip(positions.tolist(), cached.variable[name], strict=True):
-                lists[position] = array
+            for position, row in zip(positions.tolist(), range(len(mine)), strict=True):
+                lists[position] = mine.row(row)
             for position, row in zip(fetched.tolist(), range(len(column)), strict=True):
                 lists[position] = column.row(row)
             values[name] = Ragged.from_rows(lists, column.flat.dtype)
             continue
         out = np.empty((count, *column.shape[1:]), column.dtype)
-        out[fetched] = column
-        out[positions] = cached.variable[name] if name in cached.variable else cached.fixed[name]
+        out[fetched], out[positions] = column, mine
         values[name] = out
     corrupt = None
-    if decoded.corrupt is not None:
+    if decoded.corrupt is not None or hits.corrupt is not None:
         corrupt = np.zeros(count, np.bool_)
-        corrupt[fetched] = decoded.corrupt
+        if decoded.corrupt is not None:
+            corrupt[fetched] = decoded.corrupt
+        if hits.corrupt is not None:
+            corrupt[positions] = hits.corrupt
     return DecodedRows(present, event_time, values, corrupt)
 
 
-def _column(name: str, kind: Kind, dtype: np.dtype[Any], cached: Gathered) -> ColumnValues:
-    if kind in (Kind.INT64_LIST, Kind.FLOAT64_LIST):
-        return Ragged.from_rows(list(cached.variable[name]), dtype)
-    if name in cached.variable:
-        return cached.variable[name]
-    return cached.fixed[name]
+def _cached_rows(codec: RowCodec, cached: Gathered, wanted: Collection[str] | None) -> DecodedRows:
+    """The cached rows decoded: straight from the fixed-width block, unless the read wants a
+    string or list feature (then through the codec, from the stored bytes, as if fetched)."""
+    fixed = codec.fixed_dtype.names or ()
+    if cached.stored is not None and (wanted is None or any(w not in fixed for w in wanted)):
+        return codec.decode(cached.stored.tolist(), wanted)
+    return DecodedRows(
+        cached.present,
+        cached.fixed[_time_field(codec)],
+        {
+            f.name: cached.fixed[f.name]
+            for f in codec.view.features
+            if wanted is None or f.name in wanted
+        },
+    )
 
 
 def _time_field(codec: RowCodec) -> str:
