@@ -9,14 +9,15 @@ decoded copy of every entry it holds, per group of views read together:
 - a **table** per group: an index `hash tag -> slot`, and per slot the time it stops being fresh
   (`fresh_until`, the same instant the raw entry's TTL ends);
 - per view of the group, a **block**: the view's fixed-width fields (event time first) as one
-  structured numpy array with a row per slot, whether the entity had a row, and one object
-  array per string or list feature.
+  structured numpy array with a row per slot, whether the entity had a row, and, for a view
+  with string or list features, the stored bytes (the raw entry's own objects: no copy), parsed
+  only for reads that want those features (per-row Python, as for rows from Redis).
 
 A lookup is `np.fromiter(map(index.get, tags))` (one C-level pass), one fancy index of
 `fresh_until` (absent tags hit a sentinel slot that is never fresh) and one `take` per block:
 the rows are copied out at once, so a slot reused while the read waits for Redis cannot change
-what it serves. The engine decodes only the rows Redis sent and lays the gathered ones over them
-(`merge`), so statuses, ages and max age are computed from the same event times as before.
+what it serves. The engine decodes only the rows Redis sent and places the gathered ones beside
+them (`merge`), so statuses, ages and max age are computed from the same event times as before.
 
 Every entry leaves this copy when it leaves the `HotKeyCache` (the `Listener` hooks), so the
 copy is never fresher than the raw entry; when invalidations may have been lost, nothing here
