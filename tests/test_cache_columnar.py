@@ -20,6 +20,7 @@ from featurewell.store.columnar import ColumnarCache, merge
 from featurewell.store.keys import entity_tags, key_prefix, slot_of
 from featurewell.values import Ragged
 from tests import defs
+from tests.test_cache import age_of
 from tests.tools import Ids, ServerThread, fixed, make_settings, sleep_node, wait_until
 
 PROFILE = RowCodec(defs.profile)
@@ -226,6 +227,12 @@ def _answer(client: FeatureClient, users: list[str], items: list[int]) -> dict[s
     return out
 
 
+def _item_ids(ids: Ids, count: int) -> list[int]:
+    """`count` item ids of this test's own (items are ints; the cluster is shared)."""
+    base = int(ids("items").encode().hex()[-12:], 16) % 10**12 * 1000
+    return [base + i for i in range(count)]
+
+
 def _cached(server: ServerThread) -> ColumnarCache:
     cache = server.server.store.cache
     assert isinstance(cache, ColumnarCache)
@@ -241,8 +248,7 @@ def test_cached_answers_are_the_fetched_answers(
     on = ServerThread(make_settings(cluster, cache_admit_after=1, cache_ttl_s=60.0), registry)
     try:
         users = [ids(f"eq{i}") for i in range(3)]
-        base = int(ids("x").__hash__() % 10_000_000) * 100 + 10_000_000_000
-        items = [base + i for i in range(300)]
+        items = _item_ids(ids, 300)
         with FeatureClient(off.address) as a, FeatureClient(on.address) as b:
             defs.write_profiles(a, users[:2], ages=[20, 41])
             defs.write_items(a, items[:200])  # the last 100 have no row: NOT_FOUND
@@ -273,8 +279,7 @@ def test_writes_here_and_elsewhere_reach_cached_batches(
     settings = make_settings(cluster, cache_admit_after=1, cache_ttl_s=60.0)
     first, second = ServerThread(settings, registry), ServerThread(settings, registry)
     try:
-        base = int(ids("x").__hash__() % 10_000_000) * 100 + 20_000_000_000
-        items = [base + i for i in range(100)]
+        items = _item_ids(ids, 100)
 
         def popularity(client: FeatureClient) -> list[float]:
             got = client.get_features(["item_stats:popularity"], entities={"item_id": items})
@@ -366,19 +371,14 @@ def test_a_cached_row_past_its_max_age_reads_stale(
             defs.write_profiles(
                 client, [user], ages=[9], at_us=defs.now_us() - max_age_us + 1_500_000
             )
-            assert _age(client, user) == (9, Status.PRESENT)
+            assert age_of(client, user) == (9, Status.PRESENT)
             hits = _cached(server).stats.hits
-            assert _age(client, user) == (9, Status.PRESENT)
+            assert age_of(client, user) == (9, Status.PRESENT)
             time.sleep(1.6)
-            assert _age(client, user) == (9, Status.STALE)
+            assert age_of(client, user) == (9, Status.STALE)
             assert _cached(server).stats.hits == hits + 2  # both from memory
     finally:
         server.stop()
-
-
-def _age(client: FeatureClient, user: str) -> tuple[int, int]:
-    result = client.get_features(["profile:age"], entities={"user_id": [user]})
-    return int(result.values("profile:age")[0]), int(result.statuses("profile:age")[0])
 
 
 def test_a_sleeping_node_leaves_fresh_rows_served_and_expired_ones_as_fallbacks(
@@ -386,8 +386,7 @@ def test_a_sleeping_node_leaves_fresh_rows_served_and_expired_ones_as_fallbacks(
 ) -> None:
     server = ServerThread(make_settings(cluster, cache_admit_after=1, cache_ttl_s=0.3), registry)
     try:
-        base = int(ids("x").__hash__() % 10_000_000) * 100 + 30_000_000_000
-        items = [base + i for i in range(60)]
+        items = _item_ids(ids, 60)
         tags = entity_tags([items], len(items))
         asleep = cluster.owner(slot_of(tags[0]))
         on_it = [cluster.owner(slot_of(tag)) == asleep for tag in tags]
