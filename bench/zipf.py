@@ -1,14 +1,26 @@
-"""Ranking with Zipf-popular items: the hot-key cache off and on, measured side by side.
+"""Ranking with Zipf-popular items: the cache off and on, measured side by side in one run.
 
-Starts a local 3+3 Redis Cluster, materializes the example repo with 100,000 items, and runs two
-`featurewell serve` processes on the same data: one with the hot-key cache off, one with the
-default cache. Each ranking call is 1 user + 500 distinct items drawn by Zipf popularity
-(s = 1.1, as trending catalogues look), the same request sent to both servers and to raw Redis
-(the store's floor) call by call, in rotating order, so noise hits all three alike. A second
-phase draws the 500 items from the 2,000 most popular only (a trending shelf: every item hot).
-The cache's hit ratio over each phase's measured calls comes from the cached server's /metrics.
+Starts a local 3+3 Redis Cluster, materializes the example repo with 100,000 items, and runs
+`featurewell serve` on the same data with the cache off (`--cache-entries 0`) and with the
+default cache (the columnar cache, store/columnar.py); `--compare-tree DIR` adds DIR's server
+with its own cache (e.g. the commit before the columnar cache: the raw-row hot-key cache).
 
-    python bench/zipf.py [--iterations 1500] [--items 100000] [--s 1.1] [--json out.json]
+Each round sends, in a shuffled order: a ranking call (1 user + 500 distinct items drawn by Zipf
+popularity, s = 1.1) to every server, the same reads to raw Redis (the store's floor), and a
+single-entity call (1 user, the load tests' SINGLE features) to every server. Open loop: every
+call has a scheduled send time and is timed from it, so a stall delays the calls behind it
+instead of hiding them (the service time, from the actual send, is reported beside). Users are
+uniform over 5,000 (the user row mostly misses the cache). A second phase draws the 500 items
+from the 2,000 most popular only (a trending shelf). Each cached server's row hit ratio over a
+phase's measured calls comes from its /metrics. The cached servers run with a 60 s TTL: at this
+bench's few calls a second, the default 5 s would expire most rows between two calls needing
+them, where a ranker serving hundreds of calls a second would find them cached.
+
+    python bench/zipf.py [--iterations 600] [--cache-ttl-s 60] [--items 100000] [--s 1.1]
+                         [--json out.json] [--compare-tree DIR]
+
+`--json` writes `rows`: one per (phase, configuration, kind) with p50/p90/p99 ms, the ratio to
+the cache-off server's figure of the same kind in the same run, and the hit ratio.
 """
 
 from __future__ import annotations
@@ -18,17 +30,19 @@ import asyncio
 import gc
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
-from e2e import RANKING, example_repo, percentiles, raw_reads
+from e2e import RANKING, SINGLE, Tree, checkout, example_repo, percentiles, raw_reads
 from prometheus_client.parser import text_string_to_metric_families
 
 from featurewell.client import FeatureClient
@@ -37,6 +51,8 @@ from featurewell.store.cluster import ClusterClient
 
 USERS = 5000
 TRENDING = 2000  # a trending shelf: candidates drawn from the most popular items only
+SLOT_S = {"ranking": 0.04, "single": 0.008, "raw": 0.02}  # scheduled gap after each call
+Call = Callable[[str, list[str]], bool]  # (user, items) -> whether the answer had fallbacks
 
 
 def zipf_candidates(
@@ -65,14 +81,33 @@ def cache_counts(port: int) -> tuple[float, float]:
     return values["featurewell_cache_hits_total"], values["featurewell_cache_misses_total"]
 
 
+def load() -> str:
+    """The 1, 5 and 15 minute load averages (the machine is shared)."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=1500)
+    parser.add_argument("--iterations", type=int, default=600)
     parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument(
+        "--cache-ttl-s",
+        type=float,
+        default=60.0,
+        help="the cached servers' TTL: at this bench's few calls a second, the default 5 s "
+        "would let most rows expire between two calls that need them",
+    )
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--s", type=float, default=1.1, help="Zipf exponent")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--compare-tree",
+        type=Path,
+        metavar="DIR",
+        help="also serve from this featurewell checkout, its cache on, and time it alongside",
+    )
     args = parser.parse_args()
+    compare = checkout(args.compare_tree) if args.compare_tree else None
 
     print(f"generating {USERS} users x {args.items} items and a 3+3 cluster...", flush=True)
     folder = Path(os.environ.get("FEATUREWELL_BENCH_DATA", "/tmp/featurewell-zipf"))
@@ -82,6 +117,7 @@ def main() -> None:
         "zipf": zipf_candidates(calls, args.items, args.s, 500),
         "trending": zipf_candidates(calls, TRENDING, args.s, 500, seed=3),
     }
+    load_before = load()
     with start_local_cluster(3, 1) as cluster:
         seeds = ",".join(f"{h}:{p}" for h, p in cluster.seeds)
         cli = [sys.executable, "-m", "featurewell.cli"]
@@ -90,18 +126,27 @@ def main() -> None:
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        off_port, on_port, metrics_port = free_ports(3)
         common = [*cli, "serve", "--repo", str(data), "--redis", seeds, "--log-level", "WARNING"]
-        servers = [
-            subprocess.Popen(
-                [*common, "--port", str(off_port), "--cache-entries", "0", "--metrics-port", "-1"]
-            ),
-            subprocess.Popen(
-                [*common, "--port", str(on_port), "--metrics-port", str(metrics_port)]
-            ),
-        ]
+        ttl = ["--cache-ttl-s", str(args.cache_ttl_s)]
+        configs: dict[str, tuple[list[str], Tree | None]] = {
+            "cache_off": (["--cache-entries", "0"], None),
+            "cache_on": (ttl, None),
+        }
+        if compare is not None:
+            configs[f"cache_on [{compare.label}]"] = (ttl, compare)
+        ports = free_ports(2 * len(configs))
+        servers, grpc_ports, metrics_ports = [], {}, {}
+        for n, (name, (flags, tree)) in enumerate(configs.items()):
+            grpc_ports[name], metrics = ports[2 * n], ports[2 * n + 1]
+            cached = name != "cache_off"
+            if cached:
+                metrics_ports[name] = metrics
+            command = [*common, *flags, "--port", str(grpc_ports[name])]
+            command += ["--metrics-port", str(metrics if cached else -1)]
+            env = tree.env if tree is not None else None
+            servers.append(subprocess.Popen(command, env=env))
         try:
-            results = measure(cluster.seeds, off_port, on_port, metrics_port, phases, args.warmup)
+            results = measure(cluster.seeds, grpc_ports, metrics_ports, phases, args.warmup)
         finally:
             for server in servers:
                 server.send_signal(signal.SIGTERM)
@@ -110,8 +155,12 @@ def main() -> None:
         "items": args.items,
         "s": args.s,
         "iterations": args.iterations,
+        "cache_ttl_s": args.cache_ttl_s,
         "cores": os.cpu_count(),
+        "load_before": load_before,
+        "load_after": load(),
     }
+    results["rows"] = rows(results)
     report(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
@@ -119,86 +168,155 @@ def main() -> None:
 
 def measure(
     seeds: Any,
-    off_port: int,
-    on_port: int,
-    metrics_port: int,
+    grpc_ports: dict[str, int],
+    metrics_ports: dict[str, int],
     phases: dict[str, list[list[str]]],
     warmup: int,
 ) -> dict[str, Any]:
-    for port in (off_port, on_port):
-        grpc.channel_ready_future(grpc.insecure_channel(f"127.0.0.1:{port}")).result(timeout=30)
+    for port in grpc_ports.values():
+        grpc.channel_ready_future(grpc.insecure_channel(f"127.0.0.1:{port}")).result(timeout=60)
     loop = asyncio.new_event_loop()
     store = ClusterClient(seeds, connections_per_node=1)
     loop.run_until_complete(store.start())
-    off = FeatureClient(f"127.0.0.1:{off_port}", timeout=5)
-    on = FeatureClient(f"127.0.0.1:{on_port}", timeout=5)
-    rng = np.random.default_rng(2)
+    clients = {
+        name: FeatureClient(f"127.0.0.1:{port}", timeout=5) for name, port in grpc_ports.items()
+    }
 
-    def raw(user: str, items: list[str]) -> None:
+    def raw(user: str, items: list[str]) -> bool:
         reads = raw_reads(user, items)
         commands = [c for r in reads for c in r.commands()]
         slots = [s for r in reads for s in r.slots]
         loop.run_until_complete(store.execute(commands, slots, 1.0))
+        return False
 
-    def ranking(client: FeatureClient) -> Any:
-        def call(user: str, items: list[str]) -> None:
+    def ranking(client: FeatureClient) -> Call:
+        def call(user: str, items: list[str]) -> bool:
             result = client.get_features(RANKING, entities={"user_id": [user], "item_id": items})
-            assert not result.fallbacks
             matrix, _ = result.to_numpy()
             assert matrix.shape[0] == 500
+            return bool(result.fallbacks)
 
         return call
 
-    scenarios = {"raw_redis": raw, "cache_off": ranking(off), "cache_on": ranking(on)}
+    def single(client: FeatureClient) -> Call:
+        def call(user: str, items: list[str]) -> bool:
+            return bool(client.get_features(SINGLE, entities={"user_id": [user]}).fallbacks)
+
+        return call
+
+    scenarios: dict[tuple[str, str], Call] = {("raw_redis", "raw"): raw}
+    for name, client in clients.items():
+        scenarios[(name, "ranking")] = ranking(client)
+        scenarios[(name, "single")] = single(client)
     results: dict[str, Any] = {}
+    users, order = random.Random(2), random.Random(3)
     gc.collect()
     gc.freeze()
     try:
         for phase, candidates in phases.items():
-            samples: dict[str, list[float]] = {name: [] for name in scenarios}
+            samples: dict[tuple[str, str], list[float]] = {key: [] for key in scenarios}
+            service: dict[tuple[str, str], list[float]] = {key: [] for key in scenarios}
+            degraded = dict.fromkeys(scenarios, 0)
+            late = 0
+            before: dict[str, tuple[float, float]] = {}
+            calls = list(scenarios)
+            scheduled = time.perf_counter()
             for n, items in enumerate(candidates):
                 if n == warmup:
-                    hits_before, misses_before = cache_counts(metrics_port)
-                user = f"u{int(rng.integers(USERS)):06d}"
-                # Rotate who goes first: a call right after another server's call shares the
-                # CPU with that server's late gRPC work, a bias that must hit all alike.
-                order = list(scenarios.items())
-                order = order[n % len(order) :] + order[: n % len(order)]
-                for name, call in order:
-                    started = time.perf_counter()
-                    call(user, items)
+                    before = {name: cache_counts(port) for name, port in metrics_ports.items()}
+                    scheduled = time.perf_counter()  # measured rounds start on time
+                user = f"u{users.randrange(USERS):06d}"
+                order.shuffle(calls)  # nobody always goes first, or right after a server
+                for key in calls:
+                    while (wait := scheduled - time.perf_counter()) > 0:
+                        time.sleep(wait if wait > 0.0005 else 0)
+                    sent = time.perf_counter()
+                    fell_back = scenarios[key](user, items)
                     if n >= warmup:
-                        samples[name].append(time.perf_counter() - started)
-            hits, misses = cache_counts(metrics_port)
-            looked_up = (hits - hits_before) + (misses - misses_before)
-            results[phase] = {name: percentiles(values) for name, values in samples.items()}
-            results[phase]["hit_ratio"] = (hits - hits_before) / looked_up
+                        done = time.perf_counter()
+                        samples[key].append(done - scheduled)
+                        service[key].append(done - sent)
+                        degraded[key] += fell_back
+                        late += sent - scheduled > 0.001
+                    scheduled += SLOT_S[key[1]]
+            out: dict[str, Any] = {}
+            for (name, kind), values in samples.items():
+                out[f"{name} {kind}"] = percentiles(values) | {
+                    "with_fallbacks": degraded[(name, kind)],
+                    "service": percentiles(service[(name, kind)]),
+                }
+            for name, port in metrics_ports.items():
+                hits, misses = cache_counts(port)
+                hit, miss = hits - before[name][0], misses - before[name][1]
+                out[f"{name} hit_ratio"] = hit / (hit + miss) if hit + miss else 0.0
+            out["late_sends"] = late / sum(len(v) for v in samples.values())
+            results[phase] = out
     finally:
-        off.close()
-        on.close()
+        for client in clients.values():
+            client.close()
         loop.run_until_complete(store.close())
         loop.close()
     return results
 
 
+def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (phase, configuration, kind), with ratios to the cache-off server's figures
+    of the same kind in the same run."""
+    out = []
+    for phase in ("zipf", "trending"):
+        figures = results[phase]
+        for key, f in figures.items():
+            if not isinstance(f, dict):
+                continue
+            config, kind = key.rsplit(" ", 1)
+            off = figures.get(f"cache_off {kind}", figures["cache_off ranking"])
+            out.append(
+                {
+                    "bench": "zipf",
+                    "phase": phase,
+                    "config": config,
+                    "kind": kind,
+                    "p50_ms": f["p50"],
+                    "p90_ms": f["p90"],
+                    "p99_ms": f["p99"],
+                    "p50_vs_off": f["p50"] / off["p50"],
+                    "p99_vs_off": f["p99"] / off["p99"],
+                    "service_p50_ms": f["service"]["p50"],
+                    "service_p99_ms": f["service"]["p99"],
+                    "hit_ratio": figures.get(f"{config} hit_ratio"),
+                    "with_fallbacks": f["with_fallbacks"],
+                    "calls": f["n"],
+                }
+            )
+    return out
+
+
 def report(results: dict[str, Any]) -> None:
     setup = results["setup"]
     print(
-        f"\n1 user (uniform over {USERS}) + 500 items per call, {setup['iterations']} calls "
-        f"per scenario, interleaved; items: Zipf s={setup['s']} over {setup['items']} "
-        f"(zipf), or the {TRENDING} most popular of them (trending)"
+        f"\n1 user (uniform over {USERS}) + 500 items per ranking call, {setup['iterations']} "
+        f"rounds, open loop, interleaved; items: Zipf s={setup['s']} over {setup['items']} "
+        f"(zipf), or the {TRENDING} most popular of them (trending); load "
+        f"{setup['load_before']} -> {setup['load_after']}"
     )
-    print("\n| items | scenario | p50 ms | p90 ms | p99 ms |\n|---|---|---|---|---|")
-    for phase in ("zipf", "trending"):
-        for name in ("raw_redis", "cache_off", "cache_on"):
-            f = results[phase][name]
-            print(f"| {phase} | {name} | {f['p50']:.3f} | {f['p90']:.3f} | {f['p99']:.3f} |")
-    for phase in ("zipf", "trending"):
-        off, on = results[phase]["cache_off"], results[phase]["cache_on"]
+    print(
+        "\n| items | configuration | kind | p50 ms | p99 ms | p50 / off | p99 / off | hit ratio "
+        "| service p50 / p99 ms | calls with fallbacks |\n|---|---|---|---|---|---|---|---|---|---|"
+    )
+    for row in results["rows"]:
+        hit = f"{row['hit_ratio']:.1%}" if row["hit_ratio"] is not None else ""
         print(
-            f"{phase}: row hit ratio {results[phase]['hit_ratio']:.1%}; cache on vs off: "
-            f"p50 {on['p50']:.2f} vs {off['p50']:.2f} ms ({on['p50'] / off['p50']:.2f}x), "
-            f"p99 {on['p99']:.2f} vs {off['p99']:.2f} ms ({on['p99'] / off['p99']:.2f}x)"
+            f"| {row['phase']} | {row['config']} | {row['kind']} | {row['p50_ms']:.3f} "
+            f"| {row['p99_ms']:.3f} | {row['p50_vs_off']:.2f} | {row['p99_vs_off']:.2f} | {hit} "
+            f"| {row['service_p50_ms']:.3f} / {row['service_p99_ms']:.3f} "
+            f"| {row['with_fallbacks']} |"
+        )
+    for phase in ("zipf", "trending"):
+        figures = results[phase]
+        on, single = figures["cache_on ranking"], figures["cache_off single"]
+        print(
+            f"{phase}: cache on ranking p99 / cache off single-entity p99 = "
+            f"{on['p99'] / single['p99']:.2f}; late sends {figures['late_sends']:.1%}"
         )
 
 

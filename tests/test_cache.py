@@ -137,7 +137,7 @@ def test_a_trial_that_never_reports_does_not_block_recovery() -> None:
     assert breaker.allow(2.2)
 
 
-def test_cache_ttl_never_exceeds_a_fraction_of_max_age(registry: Registry) -> None:
+def test_cache_ttl_never_exceeds_a_fraction_of_maxage_of(registry: Registry) -> None:
     planner = Planner(registry, cache_ttl_s=1000.0, cache_ttl_fraction=0.1)
     assert (defs.profile.max_age, defs.item_stats.max_age) == (
         timedelta(hours=1),
@@ -156,7 +156,8 @@ def _key(user: str) -> tuple[bytes, int]:
     return key_prefix(defs.profile) + tag + b"}", slot_of(tag)
 
 
-def _age(client: FeatureClient, user: str) -> tuple[int, int]:
+def age_of(client: FeatureClient, user: str) -> tuple[int, int]:
+    """The user's profile:age and its status (test_cache_columnar reads them too)."""
     result = client.get_features(["profile:age"], entities={"user_id": [user]})
     return int(result.values("profile:age")[0]), int(result.statuses("profile:age")[0])
 
@@ -174,29 +175,29 @@ def test_hot_rows_are_served_from_memory_and_writes_invalidate_them(
             cache = first.server.store.cache
             assert cache is not None
             for _ in range(3):
-                assert _age(a, user) == (30, Status.PRESENT)
+                assert age_of(a, user) == (30, Status.PRESENT)
             assert cache.stats.admissions >= 1
             assert cache.stats.hits >= 1
 
             defs.write_profiles(a, [user], ages=[31])  # through this server: gone at once
-            assert _age(a, user) == (31, Status.PRESENT)
+            assert age_of(a, user) == (31, Status.PRESENT)
 
             for _ in range(3):
-                _age(a, user)
+                age_of(a, user)
             defs.write_profiles(b, [user], ages=[32])  # through another server: Redis tells us
             wait_until(
-                lambda: _age(a, user) == (32, Status.PRESENT),
+                lambda: age_of(a, user) == (32, Status.PRESENT),
                 2,
                 "a to serve the age written through b",
             )
 
             key, slot = _key(user)
             for _ in range(3):
-                _age(a, user)
+                age_of(a, user)
             port = cluster.owner(slot)
             assert call(port, "DEL", key) == 1  # any Redis client, not only featurewell
             wait_until(
-                lambda: _age(a, user) == (-1, Status.NOT_FOUND), 2, "a to see the key deleted"
+                lambda: age_of(a, user) == (-1, Status.NOT_FOUND), 2, "a to see the key deleted"
             )
     finally:
         first.stop()
@@ -212,7 +213,7 @@ def test_a_failing_node_is_answered_from_the_expired_cache_entry(
         with FeatureClient(server.address) as client:
             defs.write_profiles(client, [user], ages=[44])
             for _ in range(3):
-                _age(client, user)
+                age_of(client, user)
             time.sleep(0.1)  # the entry is past its TTL: it no longer answers reads...
             port = cluster.owner(_key(user)[1])
             sleeper = sleep_node(port, 0.5)

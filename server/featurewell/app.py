@@ -25,7 +25,8 @@ from featurewell.errors import ConfigError, StoreUnreachable
 from featurewell.serving.server import Server
 from featurewell.settings import CacheSettings, RedisSettings, Settings
 from featurewell.store.breaker import BreakerPolicy
-from featurewell.store.cache import CachePolicy, HotKeyCache
+from featurewell.store.cache import CachePolicy
+from featurewell.store.columnar import ColumnarCache
 from featurewell.store.connection import NodeAccess
 from featurewell.store.online import OnlineStore
 from featurewell.telemetry import exposition
@@ -48,11 +49,11 @@ def node_access(redis: RedisSettings) -> NodeAccess:
     return NodeAccess(redis.password, context, redis.username, redis.password_file)
 
 
-def hot_key_cache(cache: CacheSettings, store_timeout_ms: float) -> HotKeyCache | None:
+def hot_key_cache(cache: CacheSettings, store_timeout_ms: float) -> ColumnarCache | None:
     """The serving cache, or None when `cache_entries` is 0."""
     if cache.entries <= 0:
         return None
-    return HotKeyCache(
+    return ColumnarCache(
         CachePolicy(
             max_entries=cache.entries,
             max_bytes=cache.mb * 1024 * 1024,
@@ -64,7 +65,7 @@ def hot_key_cache(cache: CacheSettings, store_timeout_ms: float) -> HotKeyCache 
 
 
 async def open_store(
-    redis: RedisSettings, cache: HotKeyCache | None = None, *, connect_now: bool = True
+    redis: RedisSettings, cache: ColumnarCache | None = None, *, connect_now: bool = True
 ) -> OnlineStore:
     """The online store with circuit breakers; raises StoreUnavailable when no node answers
     (StoreUnreachable when none answers at all). `connect_now=False`: not connected yet."""

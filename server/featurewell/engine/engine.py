@@ -252,7 +252,7 @@ class FeatureEngine:
         fallbacks: list[FallbackCount] = []
         for group, views in zip(plan.groups, stored.views, strict=True):
             for read, wanted, got in zip(group.reads, group.wanted, views, strict=True):
-                decoded = read.codec.decode(got.rows, wanted)
+                decoded = got.decode(read.codec, wanted)
                 statuses = _statuses(read, decoded, now_us)
                 if got.fallback is not None and got.reasons is not None:
                     statuses = np.where(got.fallback > 0, got.fallback, statuses)

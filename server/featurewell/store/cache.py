@@ -36,7 +36,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -62,6 +62,7 @@ class CachePolicy:
     race_window_s: float = 1.0  # longer than any read: how long invalidations are remembered
     max_tag_bytes: int = 1024  # rows of longer entity hash tags are never cached
     max_seen_bytes: int = 0  # admission counts, in bytes over all groups (0: max_bytes / 8)
+    copies: int = 1  # copies of each entry held (2: the columnar cache keeps it decoded too)
 
 
 @dataclass(slots=True)
@@ -83,13 +84,23 @@ Group = tuple[bytes, ...]  # the key prefixes of the views read together, in rea
 Row = Any  # a GET reply (bytes | None) or an MGET reply (list of bytes | None)
 
 
+class Listener(Protocol):
+    """Told when entries leave the cache, so a copy kept elsewhere (store/columnar.py) leaves
+    with them."""
+
+    def dropped(self, group: Group, tag: bytes) -> None: ...
+
+    def expired_all(self) -> None: ...
+
+
 class _Rows:
     """One group's entries, keyed by hash tag (dicts keyed by the request's own tag objects,
     whose hashes Python has already computed, so each step is one cheap dict operation)."""
 
-    __slots__ = ("expired", "fresh", "fresh_until", "seen", "seen_bytes", "sizes")
+    __slots__ = ("expired", "fresh", "fresh_until", "group", "seen", "seen_bytes", "sizes")
 
-    def __init__(self) -> None:
+    def __init__(self, group: Group = ()) -> None:
+        self.group = group
         self.sizes: dict[bytes, int] = {}  # each entry's size in bytes (fresh or expired)
         self.seen_bytes = 0
         self.fresh: OrderedDict[bytes, Row] = OrderedDict()  # oldest first, for eviction
@@ -115,6 +126,7 @@ class HotKeyCache:
         self._invalidated_before: dict[tuple[bytes, bytes], int] = {}
         self._rotated_at = time.monotonic()
         self._all_invalidated_at = -1  # the sequence of the last expire_all
+        self.listener: Listener | None = None
 
     def __len__(self) -> int:
         return self._entries
@@ -124,8 +136,7 @@ class HotKeyCache:
     ) -> tuple[list[Row], npt.NDArray[np.bool_]]:
         """Each row's fresh cached reply (None: known to have no row) or MISS, and which rows
         missed."""
-        if self._batches and now >= self._batches[0][0]:
-            self._expire(now)
+        self.expire_due(now)
         rows = self._groups.get(group)
         if rows is None:
             self.stats.misses += len(tags)
@@ -136,6 +147,12 @@ class HotKeyCache:
         self.stats.misses += misses
         self.stats.hits += len(tags) - misses
         return found, missed
+
+    def expire_due(self, now: float) -> None:
+        """Move entries past their TTL to the fallbacks (a check of one timestamp unless some
+        are due)."""
+        if self._batches and now >= self._batches[0][0]:
+            self._expire(now)
 
     def fallback(self, group: Group, tag: bytes, now: float) -> Row:
         """The row's cached reply if still within the fallback horizon, fresh or not; else
@@ -208,9 +225,10 @@ class HotKeyCache:
         ttl: float,
         now: float,
         since: int,
-    ) -> None:
+    ) -> list[int]:
         """Rows `select` chose, just fetched (tracked) from Redis by a read that started at
-        invalidation count `since`: cache them for `ttl` seconds."""
+        invalidation count `since`: cache them for `ttl` seconds. Returns the positions of the
+        rows it took (not those a concurrent read cached first, nor those a write raced)."""
         state = self._state(group)
         fresh, fresh_until, expired, seen, sizes = (
             state.fresh,
@@ -222,39 +240,47 @@ class HotKeyCache:
         raced = self.sequence != since
         until = now + ttl
         admitted: list[bytes] = []
+        taken: list[int] = []
         max_tag = self.policy.max_tag_bytes
         max_entry = self.policy.max_bytes // 2
-        for tag, row in zip(tags, rows, strict=True):
+        copies = self.policy.copies
+        admissions = added = seen_freed = 0  # counted here, stored once: a batch's rows
+        for position, (tag, row) in enumerate(zip(tags, rows, strict=True)):
             if tag in fresh or len(tag) > max_tag:
                 continue  # a concurrent read cached it already; a tag too long to keep
             if raced and self._invalidated_since(group, tag, since):
                 continue  # fetched before a write that has since been announced: not cacheable
-            size = _size(tag, row)
+            size = _size(tag, row) * copies
             if size > max_entry:  # would push out many hot rows for one
                 continue
             if expired.pop(tag, None) is None:
                 if seen.pop(tag, None) is not None:
-                    state.seen_bytes -= len(tag) + _SEEN_OVERHEAD
-                    self._seen_bytes -= len(tag) + _SEEN_OVERHEAD
-                self.stats.admissions += 1
-                self._entries += 1
-                self.bytes += size
+                    seen_freed += len(tag) + _SEEN_OVERHEAD
+                admissions += 1
+                added += size
             else:  # an expired entry refreshed: its new row may have another size
-                self.bytes += size - sizes[tag]
+                added += size - sizes[tag]
             sizes[tag] = size
             fresh[tag] = row
             fresh_until[tag] = until
             admitted.append(tag)
+            taken.append(position)
+        state.seen_bytes -= seen_freed
+        self._seen_bytes -= seen_freed
+        self.stats.admissions += admissions
+        self._entries += admissions
+        self.bytes += added
         if admitted:
             self._batches.append((until, state, admitted))
             if len(self._batches) > 1 and self._batches[-2][0] > until:  # a shorter TTL
                 self._batches = deque(sorted(self._batches, key=lambda batch: batch[0]))
         self._evict()
+        return [p for p in taken if tags[p] in fresh]  # eviction may have taken some already
 
     def _state(self, group: Group) -> _Rows:
         state = self._groups.get(group)
         if state is None:
-            state = self._groups[group] = _Rows()
+            state = self._groups[group] = _Rows(group)
             for prefix in group:
                 self._groups_of.setdefault(prefix, []).append(state)
         return state
@@ -284,6 +310,8 @@ class HotKeyCache:
             state.fresh.clear()
             state.fresh_until.clear()
         self._batches.clear()
+        if self.listener is not None:
+            self.listener.expired_all()
 
     def _drop(self, state: _Rows, tag: bytes) -> None:
         if tag in state.fresh:
@@ -295,6 +323,8 @@ class HotKeyCache:
         self.bytes -= state.sizes.pop(tag)
         self._entries -= 1
         self.stats.invalidations += 1
+        if self.listener is not None:
+            self.listener.dropped(state.group, tag)
 
     def _expire(self, now: float) -> None:
         """Move every entry past its TTL to the fallbacks, a batch of insertions at a time."""
@@ -339,11 +369,13 @@ class HotKeyCache:
             self.bytes -= state.sizes.pop(tag)
             self._entries -= 1
             self.stats.evictions += 1
+            if self.listener is not None:
+                self.listener.dropped(state.group, tag)
 
 
 def _size(tag: bytes, row: Row) -> int:
     if type(row) is list:
-        payload = sum(len(part) for part in row if part is not None)
+        payload = sum(map(len, filter(None, row)))  # None (no row) and b"" weigh nothing
     else:
         payload = len(row) if row is not None else 0
     return len(tag) + payload + _ENTRY_OVERHEAD

@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +20,10 @@ from featurewell.store import rowcheck
 from featurewell.store.addressing import Addresses, EntityRead, EntityRows
 from featurewell.store.batch import Failure, FailureReason, NodeTiming, Replies, describe
 from featurewell.store.breaker import BreakerPolicy
-from featurewell.store.cache import MISS, Group, HotKeyCache, Row
+from featurewell.store.cache import MISS, Group
 from featurewell.store.cluster import ClusterClient
+from featurewell.store.codec import DecodedRows, RowCodec
+from featurewell.store.columnar import ColumnarCache, Gathered, merge
 from featurewell.store.connection import Address, NodeAccess, encode_command, refusal
 from featurewell.store.keys import META_SLOT, KeyColumn, freshness_key
 from featurewell.store.tracking import InvalidationTracker
@@ -67,11 +69,18 @@ class ViewRows:
     """One view's stored rows for one entity read (None where Redis has none). Rows Redis could
     not serve carry a `fallback` status (FALLBACK_CACHE with the cached row, or FALLBACK with
     None, so the default) and the `FailureReason` in `reasons`; both are None when every row
-    was served."""
+    was served. When the columnar cache answered some rows, they are already decoded in
+    `cached`, and `rows` holds only the others (at `cached.fetched`): `decode` puts both
+    together."""
 
     rows: list[bytes | None]
     fallback: npt.NDArray[np.uint8] | None = None
     reasons: npt.NDArray[np.uint8] | None = None
+    cached: Gathered | None = None
+
+    def decode(self, codec: RowCodec, wanted: Collection[str] | None = None) -> DecodedRows:
+        """Every row decoded (only the `wanted` features), cached or fetched."""
+        return merge(codec, self.rows, self.cached, wanted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,26 +108,27 @@ class WriteOutcome:
 @dataclass(slots=True)
 class _Pending:
     """An entity read's rows that need Redis: `rows` (None: all), at `start` in the batch, and
-    when the read uses the cache, what the cache answered for every row (MISS where it could
-    not) and the TTL its rows get."""
+    when the read uses the cache, what the cache answered (each view's rows, decoded), and
+    the codecs that decode what it is offered."""
 
     read: EntityRead
     start: int
     rows: list[int] | None
     group: Group = ()  # the read's key prefixes: its rows' identity in the cache
-    cached: list[Row] | None = None
+    codecs: Sequence[RowCodec] = ()  # set when the read uses the cache
+    cached: list[Gathered] | None = None
     to_cache: frozenset[int] = frozenset()  # positions in `rows` the cache takes once fetched
 
 
 class OnlineStore:
     """Feature-view rows of entities: `read` and `write` take views and entity key columns and
     work out keys, hash tags and slots themselves (`read_keys` and `write_keys` take them
-    already addressed). Hot rows are answered from an optional `HotKeyCache`."""
+    already addressed). Hot rows are answered from an optional `ColumnarCache`."""
 
     def __init__(
         self,
         cluster: ClusterClient,
-        cache: HotKeyCache | None = None,
+        cache: ColumnarCache | None = None,
         tracker: InvalidationTracker | None = None,
     ) -> None:
         self.cluster = cluster
@@ -138,7 +148,7 @@ class OnlineStore:
         connect_timeout: float,
         connections_per_node: int,
         breaker: BreakerPolicy | None = None,
-        cache: HotKeyCache | None = None,
+        cache: ColumnarCache | None = None,
         access: NodeAccess | None = None,
         connect_now: bool = True,
     ) -> OnlineStore:
@@ -176,15 +186,29 @@ class OnlineStore:
         for the rows the cache cannot answer. Never raises for a failed node: its rows come
         back flagged with a fallback (see `ViewRows`). `count_timeouts=False` keeps timeouts
         out of the circuit breakers (a short client deadline says nothing of a node)."""
-        address = self._addresses.read
+        address, cache = self._addresses.read, self.cache
+        codecs = (
+            [cache.codecs(rows.views) if rows.cache_ttl > 0 else () for rows in entities]
+            if cache is not None
+            else None
+        )
         return await self.read_keys(
-            [address(rows) for rows in entities], timeout, count_timeouts=count_timeouts
+            [address(rows) for rows in entities],
+            timeout,
+            count_timeouts=count_timeouts,
+            codecs=codecs,
         )
 
     async def read_keys(
-        self, reads: Sequence[EntityRead], timeout: float, *, count_timeouts: bool = True
+        self,
+        reads: Sequence[EntityRead],
+        timeout: float,
+        *,
+        count_timeouts: bool = True,
+        codecs: Sequence[Sequence[RowCodec]] | None = None,
     ) -> StoreRead:
-        """`read` of rows already addressed."""
+        """`read` of rows already addressed. The cache answers only reads given their views'
+        `codecs` (it holds rows decoded)."""
         cache = self.cache
         now = time.monotonic()
         deadline = now + timeout
@@ -193,20 +217,23 @@ class OnlineStore:
         slots: list[int] = []
         tracked: set[int] = set()
         pending: list[_Pending] = []
-        for read in reads:
-            if cache is None or read.cache_ttl <= 0:
+        for n, read in enumerate(reads):
+            read_codecs = codecs[n] if codecs is not None else ()
+            if cache is None or read.cache_ttl <= 0 or not read_codecs:
                 pending.append(_Pending(read, len(commands), None))
                 commands += read.commands()
                 slots += read.slots
                 continue
             group = tuple(read.prefixes)
             cached, missed = cache.lookup(group, read.tags, now)
-            missing = np.flatnonzero(missed).tolist()
-            missing_tags = [read.tags[r] for r in missing]
+            missing = missed.tolist()
+            missing_tags = [read.tags[r] for r in missing] if cached is not None else read.tags
             to_cache = cache.select(group, missing_tags)
             tracked.update(len(commands) + j for j in to_cache)
             pending.append(
-                _Pending(read, len(commands), missing, group, cached, frozenset(to_cache))
+                _Pending(
+                    read, len(commands), missing, group, read_codecs, cached, frozenset(to_cache)
+                )
             )
             if missing:
                 commands += read.commands(missing_tags)
@@ -243,10 +270,13 @@ class OnlineStore:
         views = len(read.prefixes)
         fetched_rows = range(len(read.tags)) if pending.rows is None else pending.rows
         part = replies[start : start + len(fetched_rows)]
-        if pending.cached is None and failed is None:  # the plain path: every row from Redis
-            return _per_view(part, views)
-        # One reply per row (GET: the row, MGET: its views), cached or fetched.
-        merged = pending.cached if pending.cached is not None else [None] * len(read.tags)
+        uses_cache = bool(pending.codecs)
+        if failed is None and pending.cached is None and not pending.to_cache:
+            return _per_view(part, views)  # the plain path: every row from Redis, none kept
+        # One reply per fetched row (GET: the row, MGET: its views); the rows the cache
+        # answered are already decoded, in `pending.cached`.
+        empty = None if views == 1 else (None,) * views
+        merged: list[Any] = [empty] * len(fetched_rows)
         reasons = failed[start : start + len(fetched_rows)] if failed is not None else None
         served_tags: list[bytes] = []
         served: list[Any] = []
@@ -254,15 +284,17 @@ class OnlineStore:
         for j, r in enumerate(fetched_rows):
             if reasons is not None and reasons[j]:
                 continue
-            merged[r] = part[j]
+            merged[j] = part[j]
             if j in to_cache and rowcheck.cacheable(part[j]):
                 served_tags.append(read.tags[r])
                 served.append(part[j])
         cache = self.cache
-        if cache is not None and pending.cached is not None and served:
-            cache.offer(pending.group, served_tags, served, read.cache_ttl, now, since)
+        if cache is not None and uses_cache and served:
+            cache.offer(
+                pending.group, pending.codecs, served_tags, served, read.cache_ttl, now, since
+            )
         if reasons is None or not reasons.any():
-            return _per_view(merged, views)
+            return _per_view(merged, views, pending.cached)
         # Rows Redis did not serve: the cached reply if within the fallback horizon, else no
         # row (the engine serves the defaults), each flagged with the status and the reason.
         fallback = np.zeros(len(read.tags), dtype=np.uint8)
@@ -270,12 +302,12 @@ class OnlineStore:
         for j in np.flatnonzero(reasons).tolist():
             r = fetched_rows[j]
             row: Any = MISS
-            if cache is not None and pending.cached is not None:
+            if cache is not None and uses_cache:
                 row = cache.fallback(pending.group, read.tags[r], now)
             fallback[r] = FALLBACK if row is MISS else FALLBACK_CACHE
-            merged[r] = ([None] * views if views > 1 else None) if row is MISS else row
+            merged[j] = empty if row is MISS else row
             why[r] = reasons[j]
-        out = _per_view(merged, views)
+        out = _per_view(merged, views, pending.cached)
         for view in out:
             view.fallback, view.reasons = fallback, why
         return out
@@ -406,8 +438,15 @@ def _evalsha(key: bytes, row: bytes, expire_at: bytes) -> bytes:
     )
 
 
-def _per_view(replies: list[Any], views: int) -> list[ViewRows]:
-    """Per-view row lists from one reply per row (a GET's row, or an MGET's list of rows)."""
+def _per_view(
+    replies: list[Any], views: int, cached: list[Gathered] | None = None
+) -> list[ViewRows]:
+    """Per-view row lists from one reply per row (a GET's row, or an MGET's list of rows),
+    with each view's rows from the cache."""
+    if cached is not None:
+        if views == 1:
+            return [ViewRows(replies, cached=cached[0])]
+        return [ViewRows([row[v] for row in replies], cached=cached[v]) for v in range(views)]
     if views == 1:
         return [ViewRows(replies)]
     return [ViewRows([row[v] for row in replies]) for v in range(views)]

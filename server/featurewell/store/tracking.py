@@ -19,7 +19,7 @@ from __future__ import annotations
 import hiredis
 
 from featurewell.errors import StoreUnavailable
-from featurewell.store.cache import HotKeyCache
+from featurewell.store.columnar import ColumnarCache
 from featurewell.store.connection import Address, Connection, NodeAccess, encode_command
 
 _CHANNEL = b"__redis__:invalidate"
@@ -27,7 +27,7 @@ _CHANNEL = b"__redis__:invalidate"
 
 class InvalidationTracker:
     def __init__(
-        self, cache: HotKeyCache, connect_timeout: float, access: NodeAccess | None = None
+        self, cache: ColumnarCache, connect_timeout: float, access: NodeAccess | None = None
     ) -> None:
         self._cache = cache
         self._connect_timeout = connect_timeout

@@ -1,0 +1,350 @@
+"""The columnar cache: cached rows held decoded, in numpy blocks, so a ranking call's 400 cached
+items are one gather, not 400 Python steps.
+
+`HotKeyCache` (store/cache.py) keeps deciding *which* rows are cached and for how long: admission
+by frequency, the TTL, bounds and eviction, invalidations (writes through this server, Redis
+tracking), the race check, the raw rows that stand in when Redis fails. This module keeps a
+decoded copy of every entry it holds, per group of views read together:
+
+- a **table** per group: an index `hash tag -> slot`, and per slot the time it stops being fresh
+  (`fresh_until`, the same instant the raw entry's TTL ends);
+- per view of the group, a **block**: the view's fixed-width fields (event time first) as one
+  structured numpy array with a row per slot, whether the entity had a row, and, for a view
+  with string or list features, the stored bytes (the raw entry's own objects: no copy), parsed
+  only for reads that want those features (per-row Python, as for rows from Redis).
+
+A lookup is `np.fromiter(map(index.get, tags))` (one C-level pass), one fancy index of
+`fresh_until` (absent tags hit a sentinel slot that is never fresh) and one `take` per block:
+the rows are copied out at once, so a slot reused while the read waits for Redis cannot change
+what it serves. The engine decodes only the rows Redis sent and places the gathered ones beside
+them (`merge`), so statuses, ages and max age are computed from the same event times as before.
+
+Every entry leaves this copy when it leaves the `HotKeyCache` (the `Listener` hooks), so the
+copy is never fresher than the raw entry; when invalidations may have been lost, nothing here
+is fresh any more. Blocks grow by doubling (the allocation is at most twice the table's largest
+number of entries) and a table goes when its last entry does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, replace
+from itertools import repeat
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from featurewell.definitions import FeatureView
+from featurewell.store.cache import CachePolicy, CacheStats, Group, HotKeyCache, Row
+from featurewell.store.codec import DecodedRows, RowCodec
+from featurewell.values import ColumnValues, Ragged
+
+_FIRST_CAPACITY = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Gathered:
+    """One view's cached rows for one read: their positions in the read, their fixed-width
+    fields (structured, the codec's layout) and presence, their stored bytes when the view has
+    string or list features (None otherwise); and the positions of the read's other rows
+    (`fetched`: from Redis, or its fallbacks)."""
+
+    positions: npt.NDArray[np.intp]
+    fetched: npt.NDArray[np.intp]
+    fixed: npt.NDArray[Any]
+    present: npt.NDArray[np.bool_]
+    stored: npt.NDArray[Any] | None
+
+
+class _Block:
+    """One view's rows, a row per slot (the last row is the never-fresh sentinel's): the
+    fixed-width fields decoded; strings and lists left in the stored bytes (`stored`, the very
+    objects the raw entries hold), parsed only by reads that ask for them, since parsing them is
+    per-row Python that most reads of a view with a label or a list never need."""
+
+    __slots__ = ("fixed", "fixed_names", "present", "stored", "time_field")
+
+    def __init__(self, codec: RowCodec, capacity: int) -> None:
+        self.time_field = _time_field(codec)
+        self.fixed_names = frozenset(f.name for f in codec.view.features if f.dtype.is_fixed_width)
+        self.fixed = np.zeros(capacity + 1, codec.fixed_dtype)
+        self.present = np.zeros(capacity + 1, np.bool_)
+        variable = len(self.fixed_names) < len(codec.view.features)
+        self.stored = np.empty(capacity + 1, object) if variable else None
+
+    def grow(self, capacity: int) -> None:
+        used = len(self.present) - 1
+        self.fixed = _grown(self.fixed, used, capacity)
+        self.present = _grown(self.present, used, capacity)
+        if self.stored is not None:
+            self.stored = _grown(self.stored, used, capacity)
+
+    def gather(
+        self,
+        positions: npt.NDArray[np.intp],
+        fetched: npt.NDArray[np.intp],
+        slots: npt.NDArray[np.intp],
+    ) -> Gathered:
+        stored = self.stored.take(slots) if self.stored is not None else None
+        return Gathered(
+            positions, fetched, self.fixed.take(slots), self.present.take(slots), stored
+        )
+
+    def put(self, slots: list[int], decoded: DecodedRows, rows: list[int], raw: list[Any]) -> None:
+        """Rows `rows` of `decoded` (its fixed-width features) and of `raw` into `slots`."""
+        self.present[slots] = decoded.present[rows]
+        self.fixed[self.time_field][slots] = decoded.event_time_us[rows]
+        for name, values in decoded.values.items():
+            assert isinstance(values, np.ndarray)  # fixed-width features only
+            self.fixed[name][slots] = values[rows]
+        if self.stored is not None:
+            self.stored[slots] = [raw[row] for row in rows]
+
+
+class _Table:
+    """One group's slots: an index by hash tag and when each slot stops being fresh."""
+
+    __slots__ = ("blocks", "free", "fresh_until", "index")
+
+    def __init__(self, codecs: Sequence[RowCodec]) -> None:
+        self.index: dict[bytes, int] = {}
+        self.free = list(range(_FIRST_CAPACITY - 1, -1, -1))
+        self.fresh_until = np.zeros(_FIRST_CAPACITY + 1)  # the last: the sentinel, never fresh
+        self.blocks = [_Block(codec, _FIRST_CAPACITY) for codec in codecs]
+
+    def slot(self, tag: bytes) -> int:
+        slot = self.index.get(tag)
+        if slot is None:
+            if not self.free:
+                self._grow()
+            slot = self.index[tag] = self.free.pop()
+        return slot
+
+    def _grow(self) -> None:
+        used = len(self.fresh_until) - 1
+        capacity = 2 * used
+        self.fresh_until = _grown(self.fresh_until, used, capacity)
+        for block in self.blocks:
+            block.grow(capacity)
+        self.free = list(range(capacity - 1, used - 1, -1))
+
+
+class ColumnarCache:
+    """The serving cache: a `HotKeyCache` (`rows`) deciding what is cached, and its entries
+    decoded into blocks for reads (see the module docstring)."""
+
+    def __init__(self, policy: CachePolicy) -> None:
+        # Each entry is held twice (raw, for fallbacks; decoded, for reads): counted twice.
+        self.rows = HotKeyCache(replace(policy, copies=2))
+        self.rows.listener = self
+        self._tables: dict[Group, _Table] = {}
+        self._codecs: dict[FeatureView, RowCodec] = {}
+
+    def codecs(self, views: Sequence[FeatureView]) -> list[RowCodec]:
+        """The codecs the blocks of these views decode rows with (built once per view)."""
+        out = []
+        for view in views:
+            codec = self._codecs.get(view)
+            if codec is None:
+                if len(self._codecs) >= 4096:  # views of many reloads: keep memory bounded
+                    self._codecs.clear()
+                codec = self._codecs[view] = RowCodec(view)
+            out.append(codec)
+        return out
+
+    # The policy's figures and hooks, as the store, the tracker and telemetry read them.
+    @property
+    def policy(self) -> CachePolicy:
+        return self.rows.policy
+
+    @property
+    def stats(self) -> CacheStats:
+        return self.rows.stats
+
+    @property
+    def sequence(self) -> int:
+        return self.rows.sequence
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def invalidate(self, keys: Sequence[bytes]) -> None:
+        self.rows.invalidate(keys)
+
+    def expire_all(self) -> None:
+        self.rows.expire_all()
+
+    def lookup(
+        self, group: Group, tags: Sequence[bytes], now: float
+    ) -> tuple[list[Gathered] | None, npt.NDArray[np.intp]]:
+        """Each view's fresh cached rows, copied out (None: no row is cached), and the
+        positions of the rows that missed."""
+        self.rows.expire_due(now)
+        table = self._tables.get(group)
+        count = len(tags)
+        if table is None:
+            self.stats.misses += count
+            return None, np.arange(count)
+        slots = np.fromiter(map(table.index.get, tags, repeat(-1)), np.intp, count)
+        hit = table.fresh_until[slots] > now
+        hits = np.flatnonzero(hit)
+        self.stats.hits += len(hits)
+        self.stats.misses += count - len(hits)
+        if not len(hits):
+            return None, np.arange(count)
+        taken, missed = slots[hits], np.flatnonzero(~hit)
+        return [block.gather(hits, missed, taken) for block in table.blocks], missed
+
+    def select(self, group: Group, tags: Sequence[bytes]) -> list[int]:
+        return self.rows.select(group, tags)
+
+    def fallback(self, group: Group, tag: bytes, now: float) -> Row:
+        return self.rows.fallback(group, tag, now)
+
+    def offer(
+        self,
+        group: Group,
+        codecs: Sequence[RowCodec],
+        tags: Sequence[bytes],
+        replies: Sequence[Row],
+        ttl: float,
+        now: float,
+        since: int,
+    ) -> None:
+        """`HotKeyCache.offer`, then the rows it took decoded into their slots. A row that
+        does not decode (its bytes do not fit the schema) stays out of the blocks: it is read
+        from Redis each time, and served as it always is."""
+        taken = self.rows.offer(group, tags, replies, ttl, now, since)
+        if not taken:
+            return
+        views = len(codecs)
+        raw = [[replies[p] if views == 1 else replies[p][v] for p in taken] for v in range(views)]
+        table = self._tables.get(group)
+        if table is None:
+            table = self._tables[group] = _Table(codecs)
+        decoded = [  # the fixed-width features: one frombuffer per view
+            codec.decode(rows, block.fixed_names)
+            for codec, block, rows in zip(codecs, table.blocks, raw, strict=True)
+        ]
+        bad: set[int] = set()
+        for rows in decoded:
+            if rows.corrupt is not None:
+                bad.update(np.flatnonzero(rows.corrupt).tolist())
+        good = [i for i in range(len(taken)) if i not in bad]
+        for i in bad:  # an older decoded copy of the row must not outlive it
+            self.dropped(group, tags[taken[i]])
+        if not good:
+            if not table.index:
+                self._tables.pop(group, None)
+            return
+        self._tables[group] = table  # (back, if dropping emptied it)
+        slots = [table.slot(tags[taken[i]]) for i in good]
+        for block, rows, stored in zip(table.blocks, decoded, raw, strict=True):
+            block.put(slots, rows, good, stored)
+        table.fresh_until[slots] = now + ttl
+
+    # -- Listener: entries leaving the HotKeyCache leave here too ----------------------------
+
+    def dropped(self, group: Group, tag: bytes) -> None:
+        table = self._tables.get(group)
+        if table is None:
+            return
+        slot = table.index.pop(tag, None)
+        if slot is not None:
+            table.fresh_until[slot] = 0.0
+            for block in table.blocks:
+                if block.stored is not None:
+                    block.stored[slot] = None  # the bytes go with the raw entry
+            table.free.append(slot)
+        if not table.index:
+            del self._tables[group]
+
+    def expired_all(self) -> None:
+        for table in self._tables.values():
+            table.fresh_until[:] = 0.0
+
+    @property
+    def bytes(self) -> int:  # last: the name would shadow the type in the class body
+        return self.rows.bytes
+
+
+def merge(
+    codec: RowCodec,
+    rows: Sequence[Any],
+    cached: Gathered | None,
+    wanted: Collection[str] | None,
+) -> DecodedRows:
+    """The rows of one view for a read, decoded: the stored `rows` (those at `cached.fetched`,
+    or all of them without `cached`) through the codec, and the `cached` ones beside them."""
+    if cached is None:
+        return codec.decode(rows, wanted)
+    hits = _cached_rows(codec, cached, wanted)
+    positions, fetched = cached.positions, cached.fetched
+    if not len(fetched):  # every row from memory: nothing else to decode
+        return hits
+    decoded = codec.decode(rows, wanted)
+    count = len(positions) + len(fetched)
+    present = np.empty(count, np.bool_)
+    present[positions], present[fetched] = hits.present, decoded.present
+    event_time = np.empty(count, np.int64)
+    event_time[positions], event_time[fetched] = hits.event_time_us, decoded.event_time_us
+    values: dict[str, ColumnValues] = {}
+    for name, column in decoded.values.items():
+        mine = hits.values[name]
+        if isinstance(column, Ragged) or isinstance(mine, Ragged):
+            assert isinstance(column, Ragged)
+            assert isinstance(mine, Ragged)
+            lists: list[Any] = [None] * count
+            for position, row in zip(positions.tolist(), range(len(mine)), strict=True):
+                lists[position] = mine.row(row)
+            for position, row in zip(fetched.tolist(), range(len(column)), strict=True):
+                lists[position] = column.row(row)
+            values[name] = Ragged.from_rows(lists, column.flat.dtype)
+            continue
+        out = np.empty((count, *column.shape[1:]), column.dtype)
+        out[fetched], out[positions] = column, mine
+        values[name] = out
+    corrupt = None
+    if decoded.corrupt is not None or hits.corrupt is not None:
+        corrupt = np.zeros(count, np.bool_)
+        if decoded.corrupt is not None:
+            corrupt[fetched] = decoded.corrupt
+        if hits.corrupt is not None:
+            corrupt[positions] = hits.corrupt
+    return DecodedRows(present, event_time, values, corrupt)
+
+
+def _cached_rows(codec: RowCodec, cached: Gathered, wanted: Collection[str] | None) -> DecodedRows:
+    """The cached rows decoded: straight from the fixed-width block, unless the read wants a
+    string or list feature (then through the codec, from the stored bytes, as if fetched)."""
+    fixed = codec.fixed_dtype.names or ()
+    if cached.stored is not None and (wanted is None or any(w not in fixed for w in wanted)):
+        return codec.decode(cached.stored.tolist(), wanted)
+    return DecodedRows(
+        cached.present,
+        cached.fixed[_time_field(codec)],
+        {
+            f.name: cached.fixed[f.name]
+            for f in codec.view.features
+            if wanted is None or f.name in wanted
+        },
+    )
+
+
+def _time_field(codec: RowCodec) -> str:
+    """The event time's field in the codec's fixed block (always the first)."""
+    names = codec.fixed_dtype.names
+    assert names is not None
+    return names[0]
+
+
+def _grown(array: npt.NDArray[Any], used: int, capacity: int) -> npt.NDArray[Any]:
+    """`array` of `used` slots + the sentinel, with room for `capacity` (sentinel last)."""
+    out = (
+        np.zeros(capacity + 1, array.dtype)
+        if array.dtype != object
+        else np.empty(capacity + 1, object)
+    )
+    out[:used] = array[:used]
+    return out
