@@ -56,7 +56,7 @@ from featurewell.v1 import feature_service_pb2 as pb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from e2e import SINGLE, checkout, example_repo
-from overload import _generate
+from overload import Job, _generate
 
 HEALTH_PATH = "/grpc.health.v1.Health/Check"
 SINGLE_PATH = "/featurewell.v1.FeatureService/GetFeatures"
@@ -223,15 +223,27 @@ def rounds(servers: list[Served], args: argparse.Namespace) -> dict[str, list[di
 def open_loop(server: Served, args: argparse.Namespace) -> dict[str, Any]:
     """Client latency of single calls at `--open-rate`, timed from each scheduled send."""
     share = args.open_rate / args.generators
-    job = ("open", f"127.0.0.1:{server.port}", share, args.seconds, 1.0, args.load_core)
+    jobs = [
+        Job(
+            False,
+            f"127.0.0.1:{server.port}",
+            share,
+            args.seconds,
+            1.0,
+            args.load_core,
+            "poisson",
+            n,
+        )
+        for n in range(args.generators)
+    ]
     with multiprocessing.get_context("spawn").Pool(args.generators) as pool:
-        outcomes = [o for part in pool.map(_generate, [job] * args.generators) for o in part]
-    ok = np.array([s for code, s in outcomes if code == "OK"]) * 1000
+        outcomes = [o for part in pool.map(_generate, jobs) for o in part.outcomes]
+    ok = np.array([o[1] for o in outcomes if o[0] == "OK"]) * 1000
     return {
         "rate_per_s": args.open_rate,
         "calls": len(outcomes),
         "failed": len(outcomes) - len(ok),
-        "codes": dict(Counter(code for code, _ in outcomes)),
+        "codes": dict(Counter(o[0] for o in outcomes)),
         "p50_ms": round(float(np.percentile(ok, 50)), 2),
         "p99_ms": round(float(np.percentile(ok, 99)), 2),
     }

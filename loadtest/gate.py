@@ -14,10 +14,13 @@ send time (no coordinated omission), over a 40 s window after a 5 s warm-up: 2,4
 - a probe gathered fewer samples than --min-single-samples / --min-ranking-samples (2,000 /
   500: fewer and its p99 means little), or Locust fell 10% short of a rate asked (the run
   proves nothing).
-The server's own histogram is a second column, reported, not judged: it is a part of what the
-probes time (it leaves out queueing before the handler, the network and the client), so a
-client p99 within budget holds it within budget too; beside the client's, it says whether time
-went in the handler or around it.
+- with --server-budget-single-ms / --server-budget-ranker-ms, the server's own histogram p99
+  is above it.
+The server's own histogram is a second column: it is a part of what the probes time (it leaves
+out queueing before the handler, the network and the client), so a client p99 within budget
+holds it within budget too; beside the client's, it says whether time went in the handler or
+around it. `make gate` (CI) judges both, with a client budget above the 5 ms target for now:
+on CI's two shared cores clients see 6-9 ms p99 at this mix (loadtest/README.md says why).
 
 `--local` starts `featurewell demo` and places it (cores.py): the server and its Redis nodes on
 core 0, Locust and the probes on core 1, the probes at real-time priority when allowed. Writes
@@ -62,8 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--probe-single-rps", type=float, default=60.0)
     parser.add_argument("--probe-ranker-rps", type=float, default=15.0)
-    parser.add_argument("--budget-single-ms", type=float, default=5.0)
-    parser.add_argument("--budget-ranker-ms", type=float, default=5.0)
+    parser.add_argument("--budget-single-ms", type=float, default=5.0, help="client p99")
+    parser.add_argument("--budget-ranker-ms", type=float, default=5.0, help="client p99")
+    parser.add_argument(
+        "--server-budget-single-ms", type=float, help="server histogram p99 (default: reported)"
+    )
+    parser.add_argument(
+        "--server-budget-ranker-ms", type=float, help="server histogram p99 (default: reported)"
+    )
     parser.add_argument("--min-single-samples", type=int, default=2000)
     parser.add_argument("--min-ranking-samples", type=int, default=500)
     parser.add_argument("--out", type=Path, default=Path("loadtest/reports"))

@@ -64,6 +64,10 @@ def judge(
     """What breaks the gate, one line each, naming the kind of call."""
     verdicts = []
     budgets = {"single": args.budget_single_ms, "ranker": args.budget_ranker_ms}
+    server_budgets = {
+        "single": args.server_budget_single_ms,
+        "ranker": args.server_budget_ranker_ms,
+    }
     least = {"single": args.min_single_samples, "ranker": args.min_ranking_samples}
     for name, f in figures.items():
         shown = SHOWN[name]
@@ -91,6 +95,12 @@ def judge(
             verdicts.append(
                 f"{shown}: client p99 {f['client_p99']:.2f} ms above the "
                 f"{budgets[name]:g} ms budget"
+            )
+        server_budget = server_budgets[name]
+        if server_budget is not None and f["server_p99"] > server_budget:
+            verdicts.append(
+                f"{shown}: server p99 above {server_budget:g} ms (at most {f['server_p99']:g} ms, "
+                "its histogram's bucket edge)"
             )
     return verdicts
 
@@ -204,6 +214,12 @@ def report(
             f"| {failed} |"
         )
     budgets = f"budgets: client p99 ≤ {args.budget_single_ms:g} ms single"
-    print(f"{budgets}, ≤ {args.budget_ranker_ms:g} ms ranking; no failed call")
+    budgets += f", ≤ {args.budget_ranker_ms:g} ms ranking"
+    if args.server_budget_single_ms is not None or args.server_budget_ranker_ms is not None:
+        budgets += (
+            f"; server p99 ≤ {args.server_budget_single_ms or '-'} ms single, "
+            f"≤ {args.server_budget_ranker_ms or '-'} ms ranking"
+        )
+    print(f"{budgets}; no failed call")
     print("\n" + ("GATE RED:\n  " + "\n  ".join(verdicts) if verdicts else "GATE GREEN"))
     print(f"reports in {args.out}/")
