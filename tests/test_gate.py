@@ -1,7 +1,7 @@
 """The latency gate is real: run as CI runs it (`loadtest/gate.py --local`, a demo stack, Locust
 load, the open-loop probes), it goes red naming the kind of call the server was slowed on
-(`fault_delay`, serving/fault.py), and only that kind, by both of its judges: the probes' client
-p99 and the server's histogram.
+(`fault_delay`, featurewell/faults.py), and only that kind, by both of its judges: the probes'
+client p99 and the server's histogram.
 
 Short windows keep these to about half a minute each. The kind not slowed gets budgets no noise
 reaches (60 s); the slowed kind gets 20 ms budgets, above what this stack takes unslowed on a

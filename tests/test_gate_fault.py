@@ -1,4 +1,4 @@
-"""The fault-injection knob (serving/fault.py): what `fault_delay` accepts, what it refuses
+"""The fault-injection knob (featurewell/faults.py): what `fault_delay` accepts, what it refuses
 with a clear error, and which calls it delays. (That a delay reaches clients is shown by the
 real gate in test_gate.py.)"""
 
@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from featurewell import faults as fault
 from featurewell.errors import ConfigError
-from featurewell.serving import fault, wire
+from featurewell.serving import wire
 from featurewell.settings import Settings
 from featurewell.v1 import feature_service_pb2 as pb
 
@@ -78,7 +79,7 @@ def test_single_and_batch_calls_get_their_own_delay() -> None:
 def test_a_server_applying_a_fault_delay_says_so_in_its_log(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level("WARNING", logger="featurewell.serving.fault"):
+    with caplog.at_level("WARNING", logger="featurewell.faults"):
         assert fault.applied("") == fault.FaultDelay()
         assert not caplog.records
         assert fault.applied("batch:8ms") == fault.FaultDelay(batch_s=0.008)

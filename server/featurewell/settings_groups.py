@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
+from featurewell import faults
 from featurewell.errors import ConfigError
-from featurewell.serving import fault
 from featurewell.store.connection import Address
 
 
@@ -246,7 +246,7 @@ class ServingSettings(Group):
     )
     fault_delay: str = setting(
         "fault_delay",
-        "Fault injection (serving/fault.py) for the load-test gate and alert drills: delay "
+        "Fault injection (featurewell/faults.py) for the load-test gate and alert drills: delay "
         "single-entity and/or batch GetFeatures calls, e.g. single:8ms or batch:8ms,single:2ms. "
         "Empty (off) in production.",
         "",
@@ -341,7 +341,7 @@ class ServingSettings(Group):
             "max_entity_key_bytes",
         )
         _not_negative(self, "reload_interval_s", "inject_delay_ms")
-        fault.parse(self.fault_delay)
+        faults.parse(self.fault_delay)
         _not_negative(self, "max_concurrent_rpcs", "overload_latency_ms", "max_pending_calls")
         if not 0 <= self.grpc_threads_nice <= 19:
             raise ConfigError(

@@ -12,10 +12,11 @@ from typing import Any, NoReturn, TypeAlias, TypeVar
 
 import grpc
 
+from featurewell import faults
 from featurewell.engine.calls import Budget
 from featurewell.engine.engine import FeatureEngine
 from featurewell.offline.served import REQUEST_ID_HEADER
-from featurewell.serving import auth, fault, wire
+from featurewell.serving import auth, wire
 from featurewell.serving.authz import Authoriser
 from featurewell.serving.deprecation import DeprecationNotices
 from featurewell.serving.invalidations import InvalidationHub
@@ -97,7 +98,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         )
         self._cap = settings.store_timeout_ms / 1000
         self._injected_delay = settings.inject_delay_ms / 1000
-        self._fault = fault.applied(settings.fault_delay)  # off unless set (serving/fault.py)
+        self._fault = faults.applied(settings.fault_delay)  # off unless set
         self._deprecations = DeprecationNotices(telemetry.metrics.deprecated_reads)
         self.invalidations = InvalidationHub(engine, self.access)  # near-cache subscriptions
         self._after_answer = AfterAnswer()
