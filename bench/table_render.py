@@ -101,25 +101,25 @@ def latency_rows(found: dict[str, Any]) -> Iterator[Row]:
 
 
 def zipf_rows(found: dict[str, Any], grpc: dict[str, Any] | None) -> Iterator[Row]:
+    """bench/zipf.py's rows: each configuration against cache off in the same run (its own
+    ratios), raw Redis as that phase's floor."""
+    del grpc  # zipf.py measures its own floor (raw Redis) beside the calls
     setup = found.get("setup", {})
-    for phase, figures in found.items():
-        if phase == "setup" or not isinstance(figures, dict):
-            continue
+    for row in found.get("rows", []):
+        phase = row["phase"]
         if phase == "zipf":
             label = f"Zipf s={setup.get('s', '?')} over {setup.get('items', 0):,} items"
         else:
             label = f"{phase} items"
-        raw = figures.get("raw_redis")
-        for scenario, f in figures.items():
-            if not (isinstance(f, dict) and "p50" in f):
-                continue
-            hit = figures.get(f"hit_ratio_{scenario}")
-            if hit is None and scenario == "cache_on":
-                hit = figures.get("hit_ratio")
-            notes = f"rows from the cache: {share(hit)}" if isinstance(hit, float) else ""
-            measure = f"ranking, {label}: {scenario.replace('_', ' ')}"
-            against = "floor" if f is raw else versus(f, [grpc, raw], "gRPC + Redis")
-            yield ("zipf", measure, "", ms(f["p50"]), ms(f["p99"]), against, notes)
+        config = str(row["config"]).replace("_", " ")
+        if row["config"] == "raw_redis":
+            measure, against = f"ranking, {label}: raw Redis (its commands)", "floor"
+        else:
+            measure = f"{row['kind']}, {label}: {config}"
+            against = f"{row['p50_vs_off']:.2f}x / {row['p99_vs_off']:.2f}x cache off"
+        hit = row.get("hit_ratio")
+        notes = f"rows from the cache: {share(hit)}" if isinstance(hit, float) else ""
+        yield ("zipf", measure, "", ms(row["p50_ms"]), ms(row["p99_ms"]), against, notes)
 
 
 def capacity_rows(found: dict[str, Any]) -> Iterator[Row]:

@@ -129,13 +129,30 @@ def test_other_scripts_json_becomes_rows() -> None:
             }
         },
     }
-    zipf = {
+    zipf = {  # bench/zipf.py's shape: its rows, each with its ratios to cache off
         "setup": {"s": 1.1, "items": 100_000},
-        "zipf": {
-            "raw_redis": _figures(1.5, 3.0),
-            "cache_on": _figures(4.0, 6.0),
-            "hit_ratio": 0.83,
-        },
+        "rows": [
+            {
+                "phase": "zipf",
+                "config": "raw_redis",
+                "kind": "raw",
+                "p50_ms": 1.5,
+                "p99_ms": 3.0,
+                "p50_vs_off": 0.5,
+                "p99_vs_off": 0.5,
+                "hit_ratio": None,
+            },
+            {
+                "phase": "zipf",
+                "config": "cache_on",
+                "kind": "ranking",
+                "p50_ms": 4.0,
+                "p99_ms": 6.0,
+                "p50_vs_off": 0.8,
+                "p99_vs_off": 0.75,
+                "hit_ratio": 0.83,
+            },
+        ],
     }
     near = {  # bench/near_cache.py's shape: phases of modes, a floor measured beside them
         "hot": {
@@ -151,9 +168,9 @@ def test_other_scripts_json_becomes_rows() -> None:
     level = _row(table, "3.0x capacity")
     assert level[2:5] == ["1,900", "1.20", "4.50"]
     assert "shed 4000 (p50 0.30 / p99 0.90 ms)" in level[6]
-    cached = _row(table, "Zipf s=1.1 over 100,000 items: cache on")
-    assert cached[5] == "2.00x / 1.50x gRPC + Redis"  # 4 / (1.5 + 0.5), 6 / (3 + 1)
-    assert cached[6] == "rows from the cache: 83%"
+    cached = _row(table, "ranking, Zipf s=1.1 over 100,000 items: cache on")
+    assert cached[3:7] == ["4.00", "6.00", "0.80x / 0.75x cache off", "rows from the cache: 83%"]
+    assert _row(table, "raw Redis (its commands)")[5] == "floor"
     assert _row(table, "| hot / floor |")[5] == "floor"
     near_on = _row(table, "| hot / on |")
     assert near_on[3:6] == ["0.040", "0.40", "0.10x / 0.50x gRPC"]  # over its own floor
