@@ -127,8 +127,13 @@ def test_kafka_workers_share_partitions_and_survive_a_sigkill(
     members, events = _events(name, 12000)
     produce(producer, source, events[:45])  # the topic exists before the workers subscribe
 
-    def send() -> None:  # ~400 events/s for ~27 s: past the rebalances and the kill
+    killed = threading.Event()
+    split = 2 * len(events) // 3 // 45 * 45
+
+    def send() -> None:  # ~400 events/s through the rebalances, and on after the kill
         for start in range(45, len(events), 45):
+            if start == split:  # the last third waits for a's SIGKILL however slow the
+                killed.wait(120)  # rebalances before it were (a busy machine once outran it)
             produce(producer, source, events[start : start + 45])
             time.sleep(0.1)
 
@@ -155,12 +160,14 @@ def test_kafka_workers_share_partitions_and_survive_a_sigkill(
         assert sender.is_alive()  # killed mid-run
         workers["a"].send_signal(signal.SIGKILL)
         workers["a"].wait(10)
+        killed.set()
         wait_until(lambda: _assignments(logs["c"])[-1] == [0, 1, 2, 3], 60, "c to take a's")
         sender.join(60)
         wait_until(lambda: _committed(bootstrap, source) == 0, 60, "every event committed")
         workers["c"].send_signal(signal.SIGTERM)
         assert workers["c"].wait(30) == 0
     finally:
+        killed.set()
         if sender.ident is not None:
             sender.join(60)
         for worker in workers.values():
