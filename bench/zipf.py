@@ -17,7 +17,7 @@ bench's few calls a second, the default 5 s would expire most rows between two c
 them, where a ranker serving hundreds of calls a second would find them cached.
 
     python bench/zipf.py [--iterations 600] [--cache-ttl-s 60] [--items 100000] [--s 1.1]
-                         [--json out.json] [--compare-tree DIR]
+                         [--json out.json] [--compare-tree DIR] [--variant NAME=FLAGS]
 
 `--json` writes `rows`: one per (phase, configuration, kind) with p50/p90/p99 ms, the ratio to
 the cache-off server's figure of the same kind in the same run, and the hit ratio.
@@ -106,6 +106,14 @@ def main() -> None:
         metavar="DIR",
         help="also serve from this featurewell checkout, its cache on, and time it alongside",
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=FLAGS",
+        help="also serve with the cache on and these extra serve flags, timed alongside "
+        "(e.g. 'admit4=--cache-admit-after 4'); repeatable",
+    )
     args = parser.parse_args()
     compare = checkout(args.compare_tree) if args.compare_tree else None
 
@@ -134,6 +142,9 @@ def main() -> None:
         }
         if compare is not None:
             configs[f"cache_on [{compare.label}]"] = (ttl, compare)
+        for variant in args.variant:
+            name, _, flags = variant.partition("=")
+            configs[f"cache_on [{name}]"] = ([*ttl, *flags.split()], None)
         ports = free_ports(2 * len(configs))
         servers, grpc_ports, metrics_ports = [], {}, {}
         for n, (name, (flags, tree)) in enumerate(configs.items()):
