@@ -83,7 +83,7 @@ GATE_FLAGS ?= --budget-single-ms 20 --budget-ranker-ms 20 \
 gate: install
 	$(PY) loadtest/gate.py --local $(GATE_FLAGS)
 
-## bench: one table from one run (bench/table.py, about 4 min): bare gRPC and raw Redis floors,
+## bench: one table from one run (bench/table.py, about 8 min): bare gRPC and raw Redis floors,
 ## single entity, ranking with the hot-key cache off and on, the caches under Zipf-popular items,
 ## the client's near cache off/on, capacity per core at client p99 <= 5 ms, the overload curve.
 ## BENCH_FLAGS=--quick: ~2.5 min; BENCH_FLAGS=--readme: also rewrite README.md's table
