@@ -25,7 +25,7 @@ from featurewell.store.keys import entity_tags, slot_of
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
 from tests import defs
-from tests.tools import Ids, ServerThread, sleep_node
+from tests.tools import Ids, ServerThread, sleep_node, wait_until
 
 
 def _code(error: pytest.ExceptionInfo[FeatureClientError]) -> grpc.StatusCode:
@@ -299,6 +299,20 @@ def test_slow_store_falls_back_or_is_unavailable_or_deadline_exceeded(
             )
     finally:
         sleeper.join()  # and asserts the node did sleep
+        # The timeouts opened the shared server's breaker for that node: wait for a trial call
+        # to close it, so the next module's calls there are not refused (circuit_open).
+        wait_until(
+            lambda: (
+                client.get_features(
+                    ["profile:age"], entities={"user_id": [user]}, strict=True, timeout=5
+                ).rows
+                == 1
+            ),
+            10,
+            "the node's breaker to close again",
+            interval=0.05,
+            retry_on=(FeatureClientError,),
+        )
     assert degraded.statuses("profile:age").tolist() == [Status.FALLBACK]
     assert degraded.values("profile:age").tolist() == [-1]  # the definition's default
     assert [(f.view, f.reason, f.from_cache, f.from_default) for f in degraded.fallbacks] == [
