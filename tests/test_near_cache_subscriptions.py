@@ -152,6 +152,10 @@ def test_a_near_cache_never_answers_a_caller_without_access(
                 near.get_features(["secret:ssn"], {"user_id": [user]})
 
 
+def _metric(server: ServerThread, name: str, **labels: str) -> float | None:
+    return server.server.telemetry.metrics.registry.get_sample_value(name, labels)
+
+
 def _subscribe(
     address: str, views: list[str]
 ) -> tuple[grpc.Channel, Iterator[pb.InvalidationBatch]]:
@@ -177,15 +181,23 @@ def test_a_slow_subscriber_gets_a_reset_and_a_stopping_server_ends_streams(
         batches = list(stream)  # the stream ends after its reset
         channel.close()
         assert "fell behind by more than 5 rows" in batches[-1].reset
-        assert sum(len(k.keys) for b in batches for k in b.rows) < 300
+        sent = sum(len(k.keys) for b in batches for k in b.rows)
+        assert sent < 300
         assert wait_until(lambda: hub.subscribers == 0, 10, "the subscriber to be let go") is True
+        # What an SRE sees: the reset by reason, the rows sent, no stream left open.
+        assert _metric(server, "featurewell_near_cache_resets_total", reason="fell_behind") == 1
+        assert _metric(server, "featurewell_near_cache_resets_total", reason="stopping") == 0
+        assert _metric(server, "featurewell_near_cache_invalidations_total") == sent
+        assert _metric(server, "featurewell_near_cache_subscribers") == 0
 
         channel, stream = _subscribe(server.address, ["profile"])
         next(stream)
+        assert _metric(server, "featurewell_near_cache_subscribers") == 1
         server.stop()
         stopped = True
         assert [b.reset for b in stream][-1] == "the server is stopping"
         channel.close()
+        assert _metric(server, "featurewell_near_cache_resets_total", reason="stopping") == 1
     finally:
         if not stopped:
             server.stop()
@@ -247,6 +259,13 @@ def test_a_lost_redis_connection_resets_every_stream(cluster: LocalCluster) -> N
         resets = [b.reset for b in stream]
         assert resets[-1].startswith("lost the connection to 127.0.0.1:")
         channel.close()
+        lost = {"reason": "connection_lost"}
+        counted = wait_until(
+            lambda: _metric(server, "featurewell_near_cache_resets_total", **lost),
+            10,
+            "the reset to be counted",
+        )
+        assert counted == 1
         # The next subscription listens again, on every master.
         channel, stream = _subscribe(server.address, ["profile"])
         assert next(stream).views[0].name == "profile"

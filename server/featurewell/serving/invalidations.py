@@ -30,6 +30,7 @@ from featurewell.serving import auth, wire
 from featurewell.serving.authz import Authoriser
 from featurewell.store import broadcast
 from featurewell.store.keys import entity_of_tag, key_prefix
+from featurewell.telemetry.metrics import ServerMetrics
 from featurewell.v1 import feature_service_pb2 as pb
 
 MAX_VIEWS = 256  # views per subscription
@@ -59,39 +60,45 @@ class _Subscriber:
     pending: dict[int, list[tuple[str, ...]]] = field(default_factory=dict)
     queued: int = 0
     reset: str = ""
+    reason: str = ""  # the reset's, of telemetry.metrics.NEAR_CACHE_RESETS
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def offer(self, position: int, key: tuple[str, ...]) -> None:
         if self.reset:
             return
         if self.queued >= self.limit:
-            self.end(f"the subscriber fell behind by more than {self.limit} rows")
+            self.end(f"the subscriber fell behind by more than {self.limit} rows", "fell_behind")
             return
         self.pending.setdefault(position, []).append(key)
         self.queued += 1
         self.wake.set()
 
-    def end(self, why: str) -> None:
+    def end(self, why: str, reason: str) -> None:
         if not self.reset:
-            self.reset = why
+            self.reset, self.reason = why, reason
             self.pending, self.queued = {}, 0  # nothing queued matters once it must drop all
             self.wake.set()
 
-    def batch(self) -> pb.InvalidationBatch:
+    def batch(self) -> tuple[pb.InvalidationBatch, int]:
+        """The next message, and how many rows it invalidates."""
         message = pb.InvalidationBatch(reset=self.reset)
         for position, keys in self.pending.items():
             rows = message.rows.add(view=position)
             for parts in keys:
                 rows.keys.add(parts=parts)
+        rows_sent = self.queued
         self.pending, self.queued = {}, 0
         self.wake.clear()
-        return message
+        return message, rows_sent
 
 
 class InvalidationHub:
-    def __init__(self, engine: FeatureEngine, access: Authoriser) -> None:
+    def __init__(self, engine: FeatureEngine, access: Authoriser, metrics: ServerMetrics) -> None:
         self.engine = engine
         self.access = access
+        self._gauge = metrics.near_cache_subscribers
+        self._resets = metrics.near_cache_resets
+        self._invalidated = metrics.near_cache_invalidations
         self._feed: broadcast.RowBroadcast | None = None
         self._feed_registry: Registry | None = None  # whose cacheable views the feed hears
         self._starting = asyncio.Lock()
@@ -151,24 +158,31 @@ class InvalidationHub:
         if subscriber.views:
             await self._listening(registry)
         self._subscribers.add(subscriber)
+        self._gauge.inc()
         try:
             await context.write(pb.InvalidationBatch(views=[about for about, _ in described]))
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(subscriber.wake.wait(), WAKE_S)
                 if self.engine.registry is not registry:
-                    subscriber.end("the definitions were reloaded or a version promoted")
+                    subscriber.end(
+                        "the definitions were reloaded or a version promoted", "reloaded"
+                    )
                 elif subscriber.views and (self._feed is None or not self._feed.current()):
-                    subscriber.end("the Redis Cluster's masters changed")
-                batch = subscriber.batch()
+                    subscriber.end("the Redis Cluster's masters changed", "masters_changed")
+                batch, rows = subscriber.batch()
                 if batch.rows or batch.reset:
                     await asyncio.wait_for(context.write(batch), WRITE_TIMEOUT_S)
+                    self._invalidated.inc(rows)
                 if batch.reset:
                     return
         except TimeoutError:
             return  # the subscriber stopped reading: its stream ends, its client resubscribes
         finally:
             self._subscribers.discard(subscriber)
+            self._gauge.dec()
+            if subscriber.reason:
+                self._resets.labels(subscriber.reason).inc()
 
     async def _listening(self, registry: Registry) -> None:
         """The feed, hearing every cacheable view of `registry` on every current master."""
@@ -210,14 +224,14 @@ class InvalidationHub:
                         continue  # not a row key of this view (a user's key under its prefix)
                 subscriber.offer(found[0], parts)
 
-    def _reset(self, why: str) -> None:
+    def _reset(self, why: str, reason: str) -> None:
         for subscriber in self._subscribers:
-            subscriber.end(why)
+            subscriber.end(why, reason)
 
     def close(self) -> None:
         """End every stream (the server is stopping) and stop listening."""
         self.closed = True
-        self._reset("the server is stopping")
+        self._reset("the server is stopping", "stopping")
         if self._feed is not None:
             self._feed.close()
 

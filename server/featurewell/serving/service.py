@@ -100,7 +100,8 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         self._injected_delay = settings.inject_delay_ms / 1000
         self._fault = faults.applied(settings.fault_delay)  # off unless set
         self._deprecations = DeprecationNotices(telemetry.metrics.deprecated_reads)
-        self.invalidations = InvalidationHub(engine, self.access)  # near-cache subscriptions
+        # Near-cache subscriptions.
+        self.invalidations = InvalidationHub(engine, self.access, telemetry.metrics)
         self._after_answer = AfterAnswer()
 
     def budget(self, remaining: float | None) -> Budget:

@@ -25,19 +25,20 @@ from featurewell.store.cluster import ClusterClient
 from featurewell.store.connection import Address, Connection, encode_command
 
 _CHANNEL = b"__redis__:invalidate"
+RESETS = ("connection_lost", "flushed")  # why a broadcast may have missed writes
 
 
 class RowBroadcast:
     """Listens on every master for writes to `prefixes`; `on_keys` gets each batch of changed
     keys, `on_reset` is called once when any may have been missed (then the broadcast stops:
-    `start` it again)."""
+    `start` it again), with why (for people) and a reason of `RESETS` (for metrics)."""
 
     def __init__(
         self,
         cluster: ClusterClient,
         prefixes: Sequence[bytes],
         on_keys: Callable[[list[bytes]], None],
-        on_reset: Callable[[str], None],
+        on_reset: Callable[[str, str], None],
     ) -> None:
         self.cluster = cluster
         self.prefixes = list(prefixes)
@@ -88,7 +89,7 @@ class RowBroadcast:
             )
         connection.on_message = self._message
         connection.on_lost = lambda: self._reset(
-            f"lost the connection to {address[0]}:{address[1]}"
+            f"lost the connection to {address[0]}:{address[1]}", "connection_lost"
         )
         return connection
 
@@ -97,15 +98,15 @@ class RowBroadcast:
             return
         keys = message[2]
         if keys is None:  # FLUSHALL / FLUSHDB: every row may have changed
-            self._reset("the Redis database was flushed")
+            self._reset("the Redis database was flushed", "flushed")
         elif isinstance(keys, list):
             self._on_keys(keys)
 
-    def _reset(self, why: str) -> None:
+    def _reset(self, why: str, reason: str) -> None:
         if self.stopped:
             return
         self.close()
-        self._on_reset(why)
+        self._on_reset(why, reason)
 
     def close(self) -> None:
         self.stopped = True
@@ -120,7 +121,7 @@ async def started(
     cluster: ClusterClient,
     prefixes: Sequence[bytes],
     on_keys: Callable[[list[bytes]], None],
-    on_reset: Callable[[str], None],
+    on_reset: Callable[[str, str], None],
     timeout: float,
 ) -> RowBroadcast:
     """A broadcast listening on every master within `timeout` seconds (StoreUnavailable when

@@ -90,6 +90,17 @@ SHED_REASONS = ("max_in_flight", "adaptive_limit", "deadline")  # as serving/ove
 WRITE_OUTCOMES = ("written", "skipped_older")
 FALLBACK_SOURCES = ("cache", "default")
 RELOAD_RESULTS = ("ok", "failed")
+# Why a near-cache stream ended with a reset (serving/invalidations.py): its subscriber fell
+# behind, the definitions changed, the masters changed, the Redis feed lost a connection or saw
+# a flush, the server is stopping.
+NEAR_CACHE_RESETS = (
+    "fell_behind",
+    "reloaded",
+    "masters_changed",
+    "connection_lost",
+    "flushed",
+    "stopping",
+)
 
 
 class ServerMetrics:
@@ -191,6 +202,25 @@ class ServerMetrics:
             ["view"],
             registry=registry,
         )
+        self.near_cache_subscribers = Gauge(
+            "featurewell_near_cache_subscribers",
+            "Open SubscribeInvalidations streams: client near caches listening for writes.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.near_cache_resets = Counter(
+            "featurewell_near_cache_resets",
+            "Near-cache streams ended with a reset, by reason (each client drops every answer "
+            "it holds and subscribes again). fell_behind: raise near_cache_buffer or find the "
+            "slow client; connection_lost or masters_changed: Redis trouble or a failover.",
+            ["reason"],
+            registry=registry,
+        )
+        self.near_cache_invalidations = Counter(
+            "featurewell_near_cache_invalidations",
+            "Row invalidations sent to near-cache subscribers (one per row and subscriber).",
+            registry=registry,
+        )
         self.build_info = Gauge(
             "featurewell_build_info",
             "Always 1; the running version in a label.",
@@ -214,6 +244,8 @@ class ServerMetrics:
                 self.shed_calls.labels(method, reason)
         for result in RELOAD_RESULTS:
             self.reloads.labels(result)
+        for reason in NEAR_CACHE_RESETS:
+            self.near_cache_resets.labels(reason)
 
     def use(self, registry: Registry) -> None:
         """Start every view's labelled series at 0: served rows by status, value ages, corrupt
