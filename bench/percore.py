@@ -220,6 +220,23 @@ def rounds(servers: list[Served], args: argparse.Namespace) -> dict[str, list[di
     return results
 
 
+def profile(server: Served, args: argparse.Namespace) -> None:
+    """Where the server's CPU goes in a single-entity round: py-spy samples every thread of
+    it (native frames too) while h2load runs, written as collapsed stacks."""
+    out = args.profile.with_name(f"{args.profile.name}.{server.label.replace(' ', '_')}.txt")
+    spy_bin = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    if spy_bin is None:
+        sys.exit("py-spy is missing: pip install py-spy")
+    command = ["taskset", "-c", str(args.load_core), spy_bin, "record", "--native", "-r", "200"]
+    command += ["-f", "raw", "-o", str(out), "-d", str(args.seconds), "-p"]
+    spy = subprocess.Popen([*command, str(server.process.pid)], stdout=subprocess.DEVNULL)
+    time.sleep(0.5)  # attached before the load starts
+    path, body = args.requests["single"]
+    h2load(server.port, path, body, args.seconds, args)
+    spy.wait(timeout=60)
+    print(f"profile of {server.label}: {out}")
+
+
 def open_loop(server: Served, args: argparse.Namespace) -> dict[str, Any]:
     """Client latency of single calls at `--open-rate`, timed from each scheduled send."""
     share = args.open_rate / args.generators
@@ -286,6 +303,13 @@ def main() -> None:
         help="also serve this tree with these extra flags (e.g. --compare-flag=--workers=2)",
     )
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="OUT",
+        help="py-spy (on the load core) samples each server through one extra single round: "
+        "OUT.<label>.txt, collapsed stacks (flamegraph.pl / speedscope read them)",
+    )
     args = parser.parse_args()
     if shutil.which("h2load") is None:
         sys.exit("h2load is missing: apt-get install -y nghttp2-client (Debian/Ubuntu)")
@@ -318,6 +342,9 @@ def main() -> None:
                 path, body = args.requests["single"]
                 h2load(server.port, path, body, 1, args)  # warm up
             results: dict[str, Any] = {"rounds": rounds(servers, args)}
+            if args.profile is not None:
+                for server in servers:
+                    profile(server, args)
             results["summary"] = summary(results["rounds"], [s.label for s in servers])
             if args.open_rate > 0:  # every server in turn, twice, alternating
                 for server in [*servers, *servers[::-1]]:
