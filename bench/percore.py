@@ -57,6 +57,7 @@ from featurewell.v1 import feature_service_pb2 as pb
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from e2e import SINGLE, checkout, example_repo
 from overload import Job, _generate
+from percore_open import hot_open_loop, sampled
 
 HEALTH_PATH = "/grpc.health.v1.Health/Check"
 SINGLE_PATH = "/featurewell.v1.FeatureService/GetFeatures"
@@ -221,24 +222,28 @@ def rounds(servers: list[Served], args: argparse.Namespace) -> dict[str, list[di
 
 
 def profile(server: Served, args: argparse.Namespace) -> None:
-    """Where the server's CPU goes in a single-entity round: py-spy samples every thread of
-    it (native frames too) while h2load runs, written as collapsed stacks."""
+    """Where the server's CPU goes in a single-entity round (bench/percore_open.py)."""
     out = args.profile.with_name(f"{args.profile.name}.{server.label.replace(' ', '_')}.txt")
-    spy_bin = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    if spy_bin is None:
-        sys.exit("py-spy is missing: pip install py-spy")
-    command = ["taskset", "-c", str(args.load_core), spy_bin, "record", "--native", "-r", "200"]
-    command += ["-f", "raw", "-o", str(out), "-d", str(args.seconds), "-p"]
-    spy = subprocess.Popen([*command, str(server.process.pid)], stdout=subprocess.DEVNULL)
-    time.sleep(0.5)  # attached before the load starts
     path, body = args.requests["single"]
-    h2load(server.port, path, body, args.seconds, args)
-    spy.wait(timeout=60)
+    sampled(server.process.pid, out, args.seconds, args.load_core)(
+        lambda: h2load(server.port, path, body, args.seconds, args)
+    )
     print(f"profile of {server.label}: {out}")
 
 
 def open_loop(server: Served, args: argparse.Namespace) -> dict[str, Any]:
     """Client latency of single calls at `--open-rate`, timed from each scheduled send."""
+    if args.open_users:
+        return hot_open_loop(
+            f"127.0.0.1:{server.port}",
+            f"http://127.0.0.1:{server.metrics_port}/metrics",
+            args.open_rate,
+            args.seconds,
+            args.load_core,
+            args.open_users,
+            SINGLE,
+            args.generators,
+        )
     share = args.open_rate / args.generators
     jobs = [
         Job(
@@ -293,6 +298,12 @@ def main() -> None:
     parser.add_argument("--load-core", type=int, default=1, help="h2load, Redis, Python clients")
     parser.add_argument("--open-rate", type=float, default=2000.0, help="0: no open-loop check")
     parser.add_argument("--generators", type=int, default=2)
+    parser.add_argument(
+        "--open-users",
+        type=int,
+        default=0,
+        help="open loop over this many hot users (bench/percore_open.py; 0: all users)",
+    )
     parser.add_argument("--cache", action="store_true", help="hot-key cache on (default off)")
     parser.add_argument("--serve-flag", action="append", default=[], help="extra serve flags")
     parser.add_argument("--compare-tree", type=Path, metavar="DIR")
@@ -375,6 +386,10 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
             print(
                 f"open loop {row['rate_per_s']:.0f}/s {label}: p50 {row['p50_ms']} ms, "
                 f"p99 {row['p99_ms']} ms, {row['failed']} of {row['calls']} failed {row['codes']}"
+                + (
+                    f", {row['hot_users']} hot users, hits {row['cache_hit_ratio']}"
+                    * ("hot_users" in row)
+                )
             )
     print(f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
 
