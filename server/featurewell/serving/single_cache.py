@@ -150,7 +150,12 @@ class SingleAnswers:
         for group in plan.groups:
             if group.cache_ttl_s <= 0:
                 return None
-            keys = [asked.entities[key].values for key in group.entity.key_names]
+            keys = []
+            for key in group.entity.key_names:  # the store's key order
+                column = asked.entities.get(key)
+                if column is None or column.kind is not group.entity.join_keys[key].kind:
+                    return None  # the engine refuses it, with the error it names
+                keys.append(column.values)
             read = self._addresses.read(EntityRows(group.views, keys, 1, group.cache_ttl_s))
             entry = _peek(rows_cache, tuple(read.prefixes), read.tags, now)
             if type(entry) is not bytes and type(entry) is not list:
