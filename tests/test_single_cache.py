@@ -46,13 +46,16 @@ def _single(server: ServerThread) -> SingleAnswers:
 def _raw(server: ServerThread, request: pb.GetFeaturesRequest) -> bytes:
     """The server's answer as sent on the wire."""
     with grpc.insecure_channel(server.address) as channel:
-        method = channel.unary_unary(METHOD)
+        method: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(METHOD)
         return bytes(method(request.SerializeToString(), timeout=5))
 
 
 def _request(user: str, features: list[str], **flags: bool) -> pb.GetFeaturesRequest:
     values = pb.Values(strings=pb.StringList(values=[user]))
-    return pb.GetFeaturesRequest(features=features, entities={"user_id": values}, **flags)
+    request = pb.GetFeaturesRequest(features=features, entities={"user_id": values})
+    for flag, on in flags.items():
+        setattr(request, flag, on)
+    return request
 
 
 @pytest.mark.parametrize(
@@ -83,6 +86,34 @@ def test_a_kept_answer_is_the_fetched_answer_byte_for_byte(
     reply = pb.GetFeaturesResponse.FromString(fetched)
     assert reply.row_count == 1
     assert len(reply.columns) >= 2
+
+
+def test_a_composite_entity_with_two_views_is_kept_and_matches(
+    servers: tuple[ServerThread, ServerThread, ServerThread], ids: Ids
+) -> None:
+    cached, _, uncached = servers
+    user = ids("pair")
+    with FeatureClient(cached.address) as client:
+        defs.write_profiles(client, [user], ages=[23])
+        client.write_features(
+            "pair",
+            entities={"user_id": [user], "item_id": [7]},
+            event_timestamps_us=[defs.now_us()],
+            features={"progress": np.array([0.75], dtype=np.float32)},
+        )
+    request = _request(user, ["pair:progress", "profile:age", "profile@v1:age"])
+    request.entities["item_id"].int64s.values.append(7)
+    single = _single(cached)
+    served = single.served
+    answers = [_raw(cached, request) for _ in range(4)]
+    fetched = _raw(uncached, request)
+    assert answers == [fetched] * 4
+    # profile@v1 has no row for the user (NOT_FOUND): an answer the engine gives, never kept.
+    assert single.served == served
+    request.features.remove("profile@v1:age")
+    answers = [_raw(cached, request) for _ in range(4)]
+    assert single.served > served  # two groups (user_item, user), each row fresh: kept
+    assert answers == [_raw(uncached, request)] * 4
 
 
 def test_a_write_from_anywhere_ends_a_kept_answer(
