@@ -37,8 +37,9 @@ from featurewell.engine.calls import CallTimings, FeatureRequest, FeatureResult
 from featurewell.engine.engine import FeatureEngine
 from featurewell.engine.plan import Planner
 from featurewell.errors import RequestError
-from featurewell.store.addressing import Addresses, EntityRows
+from featurewell.store.addressing import Addresses
 from featurewell.store.cache import Group, HotKeyCache
+from featurewell.store.keys import entity_tags
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.values import PRESENT
 
@@ -156,11 +157,13 @@ class SingleAnswers:
                 if column is None or column.kind is not group.entity.join_keys[key].kind:
                     return None  # the engine refuses it, with the error it names
                 keys.append(column.values)
-            read = self._addresses.read(EntityRows(group.views, keys, 1, group.cache_ttl_s))
-            entry = _peek(rows_cache, tuple(read.prefixes), read.tags, now)
+            # The row's identity in the cache, as the store addresses it (no slots needed).
+            cached_as = tuple(map(self._addresses.prefix, group.views))
+            tags = entity_tags(keys, 1)
+            entry = _peek(rows_cache, cached_as, tags, now)
             if type(entry) is not bytes and type(entry) is not list:
                 return None  # not cached (MISS), or cached as having no row
-            rows.append((tuple(read.prefixes), read.tags, entry))
+            rows.append((cached_as, tags, entry))
         max_ages = tuple(read.max_age_us for group in plan.groups for read in group.reads)
         return Before(request, planner, tuple(rows), max_ages, asked)
 
