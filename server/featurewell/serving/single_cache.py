@@ -114,7 +114,8 @@ class SingleAnswers:
                 del self._answers[request]  # its row changed or left: learn it again
                 return None
         if answer.stale_at_us and time.time_ns() // 1000 > answer.stale_at_us:
-            return None  # the engine answers, with STALE
+            del self._answers[request]  # for good: the engine answers, with STALE
+            return None
         rows_cache.stats.hits += len(answer.rows)  # rows answered from the cache, as counted
         self.served += 1
         kept = answer.kept
