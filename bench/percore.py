@@ -57,12 +57,11 @@ from featurewell.v1 import feature_service_pb2 as pb
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from e2e import SINGLE, checkout, example_repo
 from overload import Job, _generate
-from percore_open import hot_open_loop, sampled
+from percore_open import cache_counts, hot_open_loop, sampled, tree_cpu_s
 
 HEALTH_PATH = "/grpc.health.v1.Health/Check"
 SINGLE_PATH = "/featurewell.v1.FeatureService/GetFeatures"
 USER = "u000042"
-CLOCK_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
 
 def framed(message: bytes) -> bytes:
@@ -90,29 +89,6 @@ def pin(pid: int, cores: set[int]) -> None:
     """Pin every thread of `pid` (sched_setaffinity on a pid moves its main thread only)."""
     for task in os.listdir(f"/proc/{pid}/task"):
         os.sched_setaffinity(int(task), cores)
-
-
-def tree_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) used so far by `pid` and its live descendants."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(parent, []).append(int(entry))
-    total, todo = 0.0, [pid]
-    while todo:
-        current = todo.pop()
-        todo += children.get(current, [])
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) * CLOCK_TICK_S  # utime, stime
-    return total
 
 
 @dataclass
@@ -195,14 +171,21 @@ def measure(server: Served, scenario: str, args: argparse.Namespace) -> dict[str
     """One h2load round on `server`: answered calls/s, server CPU µs per answered call."""
     path, body = args.requests[scenario]
     size = answer_bytes(server.port, path, body)
+    metrics = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    hits, misses = cache_counts(metrics)
     cpu_before = tree_cpu_s(server.process.pid)
     load = h2load(server.port, path, body, args.seconds, args)
     cpu = tree_cpu_s(server.process.pid) - cpu_before
+    after_hits, after_misses = cache_counts(metrics)
+    looked_up = after_hits - hits + after_misses - misses
     answered = load.answered(size)
     if answered < load.calls * 0.99:
         print(f"  {server.label} {scenario}: {load.calls - answered} of {load.calls} refused")
     # h2load's whole run (connections, the last calls) against the calls of its measured span.
-    return {"per_s": answered / load.seconds, "cpu_us": cpu / answered * 1e6}
+    row = {"per_s": answered / load.seconds, "cpu_us": cpu / answered * 1e6}
+    if looked_up:  # the cache's row lookups over the round (the /metrics counters)
+        row["hit_ratio"] = (after_hits - hits) / looked_up
+    return row
 
 
 def rounds(servers: list[Served], args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
@@ -215,7 +198,8 @@ def rounds(servers: list[Served], args: argparse.Namespace) -> dict[str, list[di
                 results.setdefault(f"{scenario} [{server.label}]", []).append(row)
                 print(
                     f"round {n + 1} {server.label:>13} {scenario:>6}: {row['per_s']:8.0f} "
-                    f"calls/s {row['cpu_us']:6.1f} µs CPU/call",
+                    f"calls/s {row['cpu_us']:6.1f} µs CPU/call"
+                    + (f", cache hits {row['hit_ratio']:.4f}" if "hit_ratio" in row else ""),
                     flush=True,
                 )
     return results

@@ -29,6 +29,7 @@ import uvloop
 from featurewell.v1 import feature_service_pb2 as pb
 
 SINGLE_PATH = "/featurewell.v1.FeatureService/GetFeatures"
+CLOCK_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,8 @@ def _generate(job: OpenJob) -> list[tuple[str, float]]:
         return runner.run(_open(job))
 
 
-def _cache_counts(metrics_url: str) -> tuple[float, float]:
+def cache_counts(metrics_url: str) -> tuple[float, float]:
+    """The server's cache hits and misses so far (its /metrics counters, rows looked up)."""
     with urllib.request.urlopen(metrics_url) as reply:
         text = reply.read().decode()
 
@@ -114,10 +116,10 @@ def hot_open_loop(
         OpenJob(address, rate / generators, seconds, 1.0, core, users, tuple(features), n)
         for n in range(generators)
     ]
-    hits, misses = _cache_counts(metrics_url)
+    hits, misses = cache_counts(metrics_url)
     with multiprocessing.get_context("spawn").Pool(generators) as pool:
         outcomes = [o for part in pool.map(_generate, jobs) for o in part]
-    after_hits, after_misses = _cache_counts(metrics_url)
+    after_hits, after_misses = cache_counts(metrics_url)
     looked_up = (after_hits - hits) + (after_misses - misses)
     ok = np.array([s for code, s in outcomes if code == "OK"]) * 1000
     return {
@@ -151,3 +153,26 @@ def sampled(
         spy.wait(timeout=60)
 
     return run
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by `pid` and its live descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        todo += children.get(current, [])
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) * CLOCK_TICK_S  # utime, stime
+    return total
