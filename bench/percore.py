@@ -57,11 +57,11 @@ from featurewell.v1 import feature_service_pb2 as pb
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from e2e import SINGLE, checkout, example_repo
 from overload import Job, _generate
+from percore_open import cache_counts, hot_open_loop, sampled, tree_cpu_s
 
 HEALTH_PATH = "/grpc.health.v1.Health/Check"
 SINGLE_PATH = "/featurewell.v1.FeatureService/GetFeatures"
 USER = "u000042"
-CLOCK_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
 
 def framed(message: bytes) -> bytes:
@@ -89,29 +89,6 @@ def pin(pid: int, cores: set[int]) -> None:
     """Pin every thread of `pid` (sched_setaffinity on a pid moves its main thread only)."""
     for task in os.listdir(f"/proc/{pid}/task"):
         os.sched_setaffinity(int(task), cores)
-
-
-def tree_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) used so far by `pid` and its live descendants."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(parent, []).append(int(entry))
-    total, todo = 0.0, [pid]
-    while todo:
-        current = todo.pop()
-        todo += children.get(current, [])
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) * CLOCK_TICK_S  # utime, stime
-    return total
 
 
 @dataclass
@@ -194,14 +171,21 @@ def measure(server: Served, scenario: str, args: argparse.Namespace) -> dict[str
     """One h2load round on `server`: answered calls/s, server CPU µs per answered call."""
     path, body = args.requests[scenario]
     size = answer_bytes(server.port, path, body)
+    metrics = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    hits, misses = cache_counts(metrics)
     cpu_before = tree_cpu_s(server.process.pid)
     load = h2load(server.port, path, body, args.seconds, args)
     cpu = tree_cpu_s(server.process.pid) - cpu_before
+    after_hits, after_misses = cache_counts(metrics)
+    looked_up = after_hits - hits + after_misses - misses
     answered = load.answered(size)
     if answered < load.calls * 0.99:
         print(f"  {server.label} {scenario}: {load.calls - answered} of {load.calls} refused")
     # h2load's whole run (connections, the last calls) against the calls of its measured span.
-    return {"per_s": answered / load.seconds, "cpu_us": cpu / answered * 1e6}
+    row = {"per_s": answered / load.seconds, "cpu_us": cpu / answered * 1e6}
+    if looked_up:  # the cache's row lookups over the round (the /metrics counters)
+        row["hit_ratio"] = (after_hits - hits) / looked_up
+    return row
 
 
 def rounds(servers: list[Served], args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
@@ -214,14 +198,36 @@ def rounds(servers: list[Served], args: argparse.Namespace) -> dict[str, list[di
                 results.setdefault(f"{scenario} [{server.label}]", []).append(row)
                 print(
                     f"round {n + 1} {server.label:>13} {scenario:>6}: {row['per_s']:8.0f} "
-                    f"calls/s {row['cpu_us']:6.1f} µs CPU/call",
+                    f"calls/s {row['cpu_us']:6.1f} µs CPU/call"
+                    + (f", cache hits {row['hit_ratio']:.4f}" if "hit_ratio" in row else ""),
                     flush=True,
                 )
     return results
 
 
+def profile(server: Served, args: argparse.Namespace) -> None:
+    """Where the server's CPU goes in a single-entity round (bench/percore_open.py)."""
+    out = args.profile.with_name(f"{args.profile.name}.{server.label.replace(' ', '_')}.txt")
+    path, body = args.requests["single"]
+    sampled(server.process.pid, out, args.seconds, args.load_core)(
+        lambda: h2load(server.port, path, body, args.seconds, args)
+    )
+    print(f"profile of {server.label}: {out}")
+
+
 def open_loop(server: Served, args: argparse.Namespace) -> dict[str, Any]:
     """Client latency of single calls at `--open-rate`, timed from each scheduled send."""
+    if args.open_users:
+        return hot_open_loop(
+            f"127.0.0.1:{server.port}",
+            f"http://127.0.0.1:{server.metrics_port}/metrics",
+            args.open_rate,
+            args.seconds,
+            args.load_core,
+            args.open_users,
+            SINGLE,
+            args.generators,
+        )
     share = args.open_rate / args.generators
     jobs = [
         Job(
@@ -276,6 +282,12 @@ def main() -> None:
     parser.add_argument("--load-core", type=int, default=1, help="h2load, Redis, Python clients")
     parser.add_argument("--open-rate", type=float, default=2000.0, help="0: no open-loop check")
     parser.add_argument("--generators", type=int, default=2)
+    parser.add_argument(
+        "--open-users",
+        type=int,
+        default=0,
+        help="open loop over this many hot users (bench/percore_open.py; 0: all users)",
+    )
     parser.add_argument("--cache", action="store_true", help="hot-key cache on (default off)")
     parser.add_argument("--serve-flag", action="append", default=[], help="extra serve flags")
     parser.add_argument("--compare-tree", type=Path, metavar="DIR")
@@ -286,6 +298,13 @@ def main() -> None:
         help="also serve this tree with these extra flags (e.g. --compare-flag=--workers=2)",
     )
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="OUT",
+        help="py-spy (on the load core) samples each server through one extra single round: "
+        "OUT.<label>.txt, collapsed stacks (flamegraph.pl / speedscope read them)",
+    )
     args = parser.parse_args()
     if shutil.which("h2load") is None:
         sys.exit("h2load is missing: apt-get install -y nghttp2-client (Debian/Ubuntu)")
@@ -318,6 +337,9 @@ def main() -> None:
                 path, body = args.requests["single"]
                 h2load(server.port, path, body, 1, args)  # warm up
             results: dict[str, Any] = {"rounds": rounds(servers, args)}
+            if args.profile is not None:
+                for server in servers:
+                    profile(server, args)
             results["summary"] = summary(results["rounds"], [s.label for s in servers])
             if args.open_rate > 0:  # every server in turn, twice, alternating
                 for server in [*servers, *servers[::-1]]:
@@ -348,6 +370,10 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
             print(
                 f"open loop {row['rate_per_s']:.0f}/s {label}: p50 {row['p50_ms']} ms, "
                 f"p99 {row['p99_ms']} ms, {row['failed']} of {row['calls']} failed {row['codes']}"
+                + (
+                    f", {row['hot_users']} hot users, hits {row['cache_hit_ratio']}"
+                    * ("hot_users" in row)
+                )
             )
     print(f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
 

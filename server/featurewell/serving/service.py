@@ -21,6 +21,7 @@ from featurewell.serving.authz import Authoriser
 from featurewell.serving.deprecation import DeprecationNotices
 from featurewell.serving.invalidations import InvalidationHub
 from featurewell.serving.overload import Admission
+from featurewell.serving.single_cache import SingleAnswers
 from featurewell.serving.status import status_for
 from featurewell.settings import ServingSettings
 from featurewell.telemetry.hub import Metadata, Telemetry
@@ -103,6 +104,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         # Near-cache subscriptions.
         self.invalidations = InvalidationHub(engine, self.access, telemetry.metrics)
         self._after_answer = AfterAnswer()
+        self.single = SingleAnswers(engine)  # hot single-entity answers (serving/single_cache)
 
     def budget(self, remaining: float | None) -> Budget:
         """Store time for a call with `remaining` seconds left (None: no client deadline): what
@@ -127,13 +129,25 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
                     remaining = context.time_remaining()
                 budget = self.budget(remaining)
                 budget_end = time.perf_counter_ns() + int(budget.seconds * 1e9)
-                message = wire.parsed(pb.GetFeaturesRequest, request)
-                asked = wire.feature_request(message)
+                # A hot single entity's kept answer (not under fault injection, which waits
+                # between this check and the answer).
+                kept = None if self._fault else self.single.answer(request)
+                if kept is None:
+                    message = wire.parsed(pb.GetFeaturesRequest, request)
+                    asked = wire.feature_request(message)
+                else:
+                    asked = kept.request
                 if self._fault:
                     await self._fault.wait(asked)
                 self._authorise_read(asked.features)
-                result = await self.engine.get_features(asked, budget)
-                response = wire.feature_response(result, message.typed_values)
+                if kept is None:
+                    before = self.single.before(request, asked)
+                    result = await self.engine.get_features(asked, budget)
+                    response = wire.feature_response(result, message.typed_values)
+                    if before is not None:
+                        self.single.learn(before, result, response)
+                else:
+                    result, response = kept.result, kept.response
                 notices = self._deprecations.notices(self.engine.registry, result)
                 metadata = context.invocation_metadata() or ()  # read once: a copy each time
                 # Sampled for the served-feature log: its request id goes back to the caller.
