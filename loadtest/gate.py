@@ -93,6 +93,18 @@ def main(argv: list[str] | None = None) -> int:
         help="--local: the core for the server and Redis (default: the first; Locust and the "
         "probes take the next)",
     )
+    parser.add_argument(
+        "--redis-priority",
+        choices=("fifo", "nice", "none"),
+        default="none",
+        help="--local: the Redis nodes' priority on the serving core",
+    )
+    parser.add_argument(
+        "--serving-nice",
+        type=int,
+        default=0,
+        help="--local: lower the serving side's niceness by this much",
+    )
     args = parser.parse_args(argv)
     # Never hang CI: past any sane run time, print every thread's stack and exit 1.
     faulthandler.dump_traceback_later(args.warmup + args.duration + 240, exit=True)
@@ -139,10 +151,11 @@ def _with_local_server(args: argparse.Namespace) -> int:
                 raise SystemExit(f"featurewell demo was not ready within 120 s: see {log_path}")
             time.sleep(0.2)
         moved = cores.move_helpers(demo.pid, placement.client)
-        if moved:
-            placement = dataclasses.replace(
-                placement, note=f"{placement.note} ({', '.join(moved)} too)"
-            )
+        note = placement.note + (f" ({', '.join(moved)} too)" if moved else "")
+        if cores.can_use_fifo():
+            note += "; " + cores.raise_serving(demo.pid, args.serving_nice)
+            note += "; " + cores.prioritise_redis(demo.pid, args.redis_priority)
+        placement = dataclasses.replace(placement, note=note)
         os.environ["FEATUREWELL_LOAD_USERS"] = str(args.local_users)
         os.environ["FEATUREWELL_LOAD_ITEMS"] = str(args.local_items)
         return _gate(args, placement, demo.pid)
@@ -173,7 +186,9 @@ def _gate(args: argparse.Namespace, placement: cores.Placement, serving: int | N
         kind: _start_probe(args, placement, kind, rate, window_start)
         for kind, rate in (("single", args.probe_single_rps), ("ranker", args.probe_ranker_rps))
     }
-    figures, env, waits = _run(args, rates, users, metrics, probes, window_start, serving)
+    figures, env, waits = _run(
+        args, rates, users, metrics, probes, window_start, (serving, placement.serving)
+    )
     verdicts = verdict.judge(figures, rates, args)
     verdict.report(env, figures, verdicts, args, placement.note, waits)
     return 1 if verdicts else 0
@@ -205,7 +220,7 @@ def _run(
     metrics: str,
     probes: dict[str, subprocess.Popen[str]],
     window_start: float,
-    serving: int | None,
+    serving_side: tuple[int | None, frozenset[int] | None],
 ) -> tuple[dict[str, dict[str, Any]], Any, dict[str, Any]]:
     import gevent  # imported here: Locust monkey-patches the process on import
     import locustfile
@@ -239,11 +254,19 @@ def _run(
     gevent.sleep(max(0.0, window_start - time.monotonic()))
     env.stats.reset_all()
     before = verdict.scrape(metrics)
-    waited = (cores.cpu_pressure_us(), cores.tree_times(serving))
+    serving, serving_cpus = serving_side
+    waited = (
+        cores.cpu_pressure_us(),
+        cores.tree_times(serving),
+        cores.core_times(serving_cpus),
+    )
     measuring[0] = True
     gevent.sleep(max(0.0, window_start + args.duration - time.monotonic()))
     measuring[0] = False
-    waits = verdict.waits(waited, (cores.cpu_pressure_us(), cores.tree_times(serving)))
+    waits = verdict.waits(
+        waited,
+        (cores.cpu_pressure_us(), cores.tree_times(serving), cores.core_times(serving_cpus)),
+    )
     _step("measured")
     probed = {kind: _finish_probe(probe) for kind, probe in probes.items()}
     _keep(args.out, probed)
