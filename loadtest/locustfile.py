@@ -14,7 +14,14 @@ Why the calls run in a thread: Locust's documented gRPC pattern (gevent-patched 
 2.5-8 ms to every call on small machines, so its percentiles could not judge a 5 ms p99. Here
 each call runs on a real OS thread (gevent's thread pool) with the plain grpc client, and its
 time is taken inside that thread, around the call alone: the generator's own scheduling is not
-in it. Each user paces itself (`constant_throughput`), so a run is a fixed-throughput test.
+in it. Each user keeps a fixed schedule, so a run is a fixed-throughput test.
+
+Why each kind's users are spread over their period: N users of a kind calling every 1/rate s
+and started together (Locust spawns them milliseconds apart) stay in step, so the server saw
+the gate's 20 rankings/s as 4 at once every 200 ms, 8-10 ms of ranking work at a time, and
+single calls arriving then waited it out (the single probe's slow calls came every 200 ms).
+No clients in production move in lockstep like that; each user here starts at its own slot of
+the period (user k of N at k/N of it) and keeps to it, so each kind's calls arrive evenly.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from typing import Any
 
 import gevent
 import numpy as np
-from locust import User, constant_throughput, task
+from locust import User, task
 
 from featurewell.client import ClientOptions, FeatureClient
 
@@ -47,11 +54,21 @@ class GrpcUser(User):
     """A user whose calls run on a real thread and are timed there (see the module doc)."""
 
     abstract = True
+    rate = 1.0  # calls per second per user
 
     def on_start(self) -> None:
         # One attempt: a retried call would hide a failure from the gate.
         options = ClientOptions(timeout=2.0, read_attempts=1)
         self.client = FeatureClient(self.host or "127.0.0.1:50051", options=options)
+        self._due = _slot(type(self))
+        gevent.sleep(max(0.0, self._due - time.monotonic()))
+
+    def wait_time(self) -> float:
+        """Until this user's next slot: one call per 1/rate s on a fixed grid. Behind it (a
+        slow call), the next call goes at once, and the grid moves rather than bursting."""
+        now = time.monotonic()
+        self._due = max(self._due + 1 / self.rate, now)
+        return self._due - now
 
     def on_stop(self) -> None:
         self.client.close()
@@ -76,8 +93,22 @@ class GrpcUser(User):
         )
 
 
+_STARTED: dict[type[GrpcUser], int] = {}
+
+
+def _slot(cls: type[GrpcUser]) -> float:
+    """The next monotonic time at user k of N's slot of `cls`'s period (k: the order users of
+    `cls` start in; N: `cls.fixed_count`, else 1), on a grid shared by all of them."""
+    index = _STARTED.get(cls, 0)
+    _STARTED[cls] = index + 1
+    period = 1 / cls.rate
+    offset = index % max(1, cls.fixed_count) * period / max(1, cls.fixed_count)
+    now = time.monotonic()
+    return now + (offset - now) % period
+
+
 class ModelServerUser(GrpcUser):
-    wait_time = constant_throughput(SINGLE_RATE)
+    rate = SINGLE_RATE
     next_user = staticmethod(zipf_ids("u", USERS, seed=1))
 
     @task
@@ -87,7 +118,7 @@ class ModelServerUser(GrpcUser):
 
 
 class RankerUser(GrpcUser):
-    wait_time = constant_throughput(RANKER_RATE)
+    rate = RANKER_RATE
     next_user = staticmethod(zipf_ids("u", USERS, seed=2))
 
     def on_start(self) -> None:
@@ -107,7 +138,7 @@ class RankerUser(GrpcUser):
 
 
 class WriterUser(GrpcUser):
-    wait_time = constant_throughput(WRITER_RATE)
+    rate = WRITER_RATE
     next_user = staticmethod(zipf_ids("u", USERS, seed=4))
 
     @task

@@ -26,7 +26,8 @@ Why each choice:
 - Arguments for every call (ids, item lists) are drawn before the window; what is timed is what
   a client does per call: build the request, call, decode to numpy.
 
-Prints JSON: {"kind", "latency_ms": [...], "lag_ms": [...], "failures": n, "errors": [...]}
+Prints JSON: {"kind", "scheduling", "start_at", "rate", "latency_ms": [...], "lag_ms": [...],
+"failures": n, "errors": [...]}
 (`lag_ms`: how late each call was sent, part of its latency, reported to tell instrument
 trouble from server trouble).
 """
@@ -122,6 +123,8 @@ def main() -> None:
         {
             "kind": args.kind,
             "scheduling": scheduling,
+            "start_at": start,  # time.monotonic() of call 0's due time: call i is due i/rate later
+            "rate": args.rate,
             "latency_ms": latency,
             "lag_ms": lag,
             "failures": len(errors),

@@ -105,7 +105,8 @@ def judge(
     return verdicts
 
 
-Times = tuple[int | None, dict[str, tuple[float, float]]]
+Times = tuple[int | None, dict[str, tuple[float, float]], tuple[float, float] | None]
+ON_SERVING_CORE = ("featurewell demo", "redis-server")  # the helpers run on the client core
 
 
 def waits(before: Times, after: Times) -> dict[str, Any]:
@@ -118,6 +119,14 @@ def waits(before: Times, after: Times) -> dict[str, Any]:
     for name, (ran, waited) in after[1].items():
         ran_before, waited_before = before[1].get(name, (0.0, 0.0))
         out["serving"][name] = [ran - ran_before, waited - waited_before]
+    if before[2] is not None and after[2] is not None:
+        busy, steal = (a - b for a, b in zip(after[2], before[2], strict=True))
+        ours = sum(out["serving"].get(name, (0.0, 0.0))[0] for name in ON_SERVING_CORE)
+        out["serving_core"] = {
+            "busy_ms": busy,
+            "others_ms": max(0.0, busy - ours),
+            "steal_ms": steal,
+        }
     return out
 
 
@@ -195,6 +204,12 @@ def report(
             for name, (ran, queued) in sorted(waited["serving"].items(), key=lambda i: -i[1][0])
         )
         print(f"serving side, ms on a CPU / ms waiting for one in the window: {used}")
+    core = waited.get("serving_core")
+    if core is not None:  # what the serving side did not get of its own core
+        print(
+            f"serving core: busy {core['busy_ms']:.0f} ms, {core['others_ms']:.0f} of it other "
+            f"programs'; {core['steal_ms']:.0f} ms taken by the hypervisor"
+        )
     print(
         "| kind | probe calls | client p50 ms | client p99 ms | client max ms | send lag p99 ms "
         "| server p50 ≤ ms | server p99 ≤ ms | Locust calls/s | Locust p99 ms | failures |"
