@@ -19,6 +19,7 @@ from featurewell.client import ClientOptions, FeatureClient, FeatureClientError
 from featurewell.definitions import Registry
 from featurewell.devcluster import LocalCluster
 from featurewell.errors import ConfigError, DeadlineExceeded
+from featurewell.serving.grpc_options import GRPC_THREADS
 from featurewell.serving.overload import (
     MIN_LIMIT,
     TIMEOUT_PRIOR_S,
@@ -26,7 +27,6 @@ from featurewell.serving.overload import (
     Admission,
     AnswerMargin,
 )
-from featurewell.serving.server import GRPC_THREADS
 from featurewell.settings import Settings
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
