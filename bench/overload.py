@@ -19,7 +19,12 @@ core against capacity's, the generators' own send lag and CPU, and how many refu
 100 ms windows where the generator itself sent late (its stall, released at once, is a burst
 no server made).
 
+With `--variant NAME=FLAGS` more servers run side by side (other serve flags), each level
+timed on every one in turn at the same offered rate; `--rounds N` repeats the levels.
+
     python bench/overload.py [--pin 1] [--seconds 4] [--deadline-ms 50] [--json out.json]
+        [--variant 'nice10=--grpc-threads-nice 10'] [--variant 'epoll=GRPC_POLL_STRATEGY=poll']
+        [--rounds 3]
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import json
 import multiprocessing
 import os
 import random
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -55,6 +62,7 @@ SHED = ("RESOURCE_EXHAUSTED", "DROPPED", "CANCELLED")
 METHOD = "/featurewell.v1.FeatureService/GetFeatures"
 # A send this much behind its schedule marks its 100 ms window as the generator's own burst.
 GENERATOR_LATE_S = 0.005
+ENVIRONMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=")  # a variant's word that sets the environment
 Outcome = tuple[str, float, float, float]  # code name, s from scheduled send, send time, its lag
 
 
@@ -105,18 +113,24 @@ async def _open_loop(job: Job) -> Generated:
         stub: Any = channel.unary_unary(METHOD)  # bytes both ways
         await channel.channel_ready()
         loop = asyncio.get_running_loop()
-        start = loop.time() + 0.05
+        # Timed with perf_counter: uvloop's loop.time() is libuv's millisecond clock, which
+        # turned sub-millisecond refusals into 0s and 1s (and their medians into interpolations).
+        clock = time.perf_counter
+        start = clock() + 0.05
         tasks: list[asyncio.Task[None]] = []
 
         async def one(scheduled: float) -> None:
-            lag = loop.time() - scheduled
+            sent = clock()
             code = await _call(stub, requests[rng.randrange(len(requests))], job.deadline)
-            outcomes.append((code, loop.time() - scheduled, scheduled - start, lag))
+            # From the scheduled send, or the actual one when earlier: uvloop's timers fire on
+            # its millisecond clock, a send up to ~1 ms early, which must not shorten a call.
+            began = min(sent, scheduled)
+            outcomes.append((code, clock() - began, scheduled - start, sent - began))
 
         cpu = time.process_time()
         for offset in _schedule(job.rate, job.seconds, job.arrivals, rng):
             scheduled = start + offset
-            delay = scheduled - loop.time()
+            delay = scheduled - clock()
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(loop.create_task(one(scheduled)))
@@ -243,6 +257,9 @@ def level(
     # Refused: by the handler (RESOURCE_EXHAUSTED, or DROPPED: its deadline could not be met) or
     # by gRPC's core past max_pending_calls (it resets the stream: CANCELLED).
     shed = np.array([s for code, s, _, _ in outcomes if code in SHED])
+    # The same from the call's actual send: what the generator's own lag (its loop busy on a
+    # saturated core at 3x) adds to a refusal, taken out. Its receiving side stays in.
+    shed_sent = np.array([s - lag for code, s, _, lag in outcomes if code in SHED])
     missed = sum(1 for code, s, _, _ in outcomes if code == "DEADLINE_EXCEEDED" or s > deadline)
     lags = np.array([lag for _, _, _, lag in outcomes])
     # When refusals happened: 100 ms windows of the schedule holding at least one; and those in
@@ -260,6 +277,8 @@ def level(
         "resource_exhausted": sum(1 for code, _, _, _ in outcomes if code == "RESOURCE_EXHAUSTED"),
         "shed_p50_ms": _ms(shed, 50),
         "shed_p99_ms": _ms(shed, 99),
+        "shed_after_send_p50_ms": _ms(shed_sent, 50),
+        "shed_after_send_p99_ms": _ms(shed_sent, 99),
         "missed_deadline": missed,
         "other_errors": sum(
             1 for code, _, _, _ in outcomes if code not in ("OK", "DEADLINE_EXCEEDED", *SHED)
@@ -268,6 +287,7 @@ def level(
         "codes": dict(Counter(code for code, _, _, _ in outcomes)),
         "refused_windows_100ms": len(refused_windows),
         "refused_in_generator_bursts": refused_late,
+        "send_lag_p50_ms": _ms(lags, 50),
         "send_lag_p99_ms": _ms(lags, 99),
         "generator_cores": round(sum(part.cpu_s for part in parts) / args.seconds, 2),
         "cores": cores,
@@ -295,6 +315,20 @@ def main() -> None:
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)), help="multiples to run")
     parser.add_argument("--serve-flag", action="append", default=[], help="extra serve flags")
     parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=FLAGS",
+        help="also serve with these extra serve flags (after --serve-flag) and run each level "
+        "on it right after the default's, at the same offered rates; repeatable",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the levels (every variant's, interleaved) this many times",
+    )
+    parser.add_argument(
         "--pin",
         type=int,
         default=-1,
@@ -302,7 +336,17 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    configs = {"default": list(args.serve_flag)}
+    environments: dict[str, dict[str, str]] = {"default": {}}
+    for variant in args.variant:
+        name, _, flags = variant.partition("=")
+        words = shlex.split(flags)
+        # Leading NAME=VALUE words set the server's environment (FEATUREWELL_*, GRPC_*).
+        environment = dict(w.split("=", 1) for w in words if ENVIRONMENT.match(w))
+        environments[name] = environment
+        configs[name] = [*args.serve_flag, *(w for w in words if not ENVIRONMENT.match(w))]
     cli = [sys.executable, "-m", "featurewell.cli"]
+    servers: dict[str, subprocess.Popen[bytes]] = {}
     with tempfile.TemporaryDirectory() as tmp, start_local_cluster(masters=3) as cluster:
         repo = example_repo(Path(tmp), items=200)
         seeds = ",".join(f"{h}:{p}" for h, p in cluster.seeds)
@@ -311,53 +355,81 @@ def main() -> None:
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        port = free_ports(1)[0]
+        ports = dict(zip(configs, free_ports(len(configs)), strict=True))
         serve = [*cli, "serve", "--repo", str(repo), "--redis", seeds, "--log-level", "ERROR"]
-        serve += ["--cache-entries", "0", "--metrics-port", "-1", "--port", str(port)]
-        server = subprocess.Popen([*serve, *args.serve_flag])
+        serve += ["--cache-entries", "0", "--metrics-port", "-1"]
+        for name, flags in configs.items():
+            servers[name] = subprocess.Popen(
+                [*serve, "--port", str(ports[name]), *flags],
+                env={**os.environ, **environments[name]},
+            )
         redis = [p.pid for p in cluster.processes.values()]
         if args.pin >= 0:
             others = set(range(os.cpu_count() or 1)) - {args.pin}
-            for pid in [server.pid, *redis]:
+            for pid in [*(s.pid for s in servers.values()), *redis]:
                 os.sched_setaffinity(pid, others)
-        address = f"127.0.0.1:{port}"
+        addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
         try:
-            grpc.channel_ready_future(grpc.insecure_channel(address)).result(timeout=60)
+            for address in addresses.values():
+                grpc.channel_ready_future(grpc.insecure_channel(address)).result(timeout=60)
             with multiprocessing.get_context("spawn").Pool(args.generators) as pool:
-                per = max(1, args.concurrency // args.generators)
-                jobs = [
-                    Job(True, address, per, args.seconds, 1.0, args.pin, "", seed)
-                    for seed in range(args.generators)
-                ]
-                usage = Usage(server.pid, redis)
-                closed = pool.map(_generate, jobs)
-                ok = sum(1 for part in closed for code, *_ in part.outcomes if code == "OK")
-                # --capacity: levels as multiples of a given rate (runs comparable at the same
-                # offered loads, e.g. across max_pending_calls below the closed loop's calls)
-                capacity = args.capacity or ok / args.seconds
-                cores = usage.cores()
-                results: dict[str, Any] = {
-                    "capacity_per_s": round(capacity),
-                    "capacity_cores": cores,
-                    "capacity_per_server_core": round(capacity / _server_cores(cores)),
-                    "arrivals": args.arrivals,
-                    "levels": {},
-                }
-                for multiple in (float(m) for m in args.levels.split(",")):
-                    usage = Usage(server.pid, redis)
-                    row = level(pool, address, capacity * multiple, args, capacity, usage)
-                    row["goodput_per_core_of_capacity"] = round(
-                        row["goodput_per_server_core"] / results["capacity_per_server_core"], 2
-                    )
-                    results["levels"][f"{multiple}x"] = row
-                    time.sleep(1.0)  # let the server drain between levels
+                results = _measure(pool, servers, addresses, redis, args)
         finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=30)
+            for server in servers.values():
+                server.send_signal(signal.SIGTERM)
+            for server in servers.values():
+                server.wait(timeout=30)
     results["deadline_ms"] = args.deadline_ms
+    results["configs"] = configs
+    results["environments"] = environments
     _report(results, args)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+
+
+def _measure(
+    pool: Any,
+    servers: dict[str, subprocess.Popen[bytes]],
+    addresses: dict[str, str],
+    redis: list[int],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Capacity (on the default server), then each round's levels, every variant's right after
+    the default's at the same offered rate: a neighbour's load falls on all of them alike."""
+    per = max(1, args.concurrency // args.generators)
+    jobs = [
+        Job(True, addresses["default"], per, args.seconds, 1.0, args.pin, "", seed)
+        for seed in range(args.generators)
+    ]
+    usage = Usage(servers["default"].pid, redis)
+    closed = pool.map(_generate, jobs)
+    ok = sum(1 for part in closed for code, *_ in part.outcomes if code == "OK")
+    # --capacity: levels as multiples of a given rate (runs comparable at the same offered
+    # loads, e.g. across max_pending_calls below the closed loop's calls)
+    capacity = args.capacity or ok / args.seconds
+    cores = usage.cores()
+    results: dict[str, Any] = {
+        "capacity_per_s": round(capacity),
+        "capacity_cores": cores,
+        "capacity_per_server_core": round(capacity / _server_cores(cores)),
+        "arrivals": args.arrivals,
+        "levels": {},
+        "rounds": [],
+    }
+    for _ in range(args.rounds):
+        round_: dict[str, dict[str, Any]] = {name: {} for name in servers}
+        for multiple in (float(m) for m in args.levels.split(",")):
+            for name, server in servers.items():
+                usage = Usage(server.pid, redis)
+                row = level(pool, addresses[name], capacity * multiple, args, capacity, usage)
+                row["goodput_per_core_of_capacity"] = round(
+                    row["goodput_per_server_core"] / results["capacity_per_server_core"], 2
+                )
+                round_[name][f"{multiple}x"] = row
+                time.sleep(1.0)  # let the server drain between levels
+        results["rounds"].append(round_)
+    results["levels"] = results["rounds"][0]["default"]
+    return results
 
 
 def _report(results: dict[str, Any], args: argparse.Namespace) -> None:
@@ -367,21 +439,50 @@ def _report(results: dict[str, Any], args: argparse.Namespace) -> None:
         f"cores: loop {cores['loop']} threads {cores['server_threads']} redis {cores['redis']})"
     )
     print(
-        "level offered goodput (x cap) ok_p50 ok_p99 shed shed_p50 shed_p99 missed errors "
-        "| per-core refused_windows in_gen_bursts send_lag_p99 gen_cores loop threads redis"
+        "variant round level offered goodput (x cap) ok_p50 ok_p99 shed shed_p50 shed_p99 "
+        "(from_send p50) missed errors | per-core refused_windows in_gen_bursts send_lag_p99 "
+        "gen_cores loop threads redis"
     )
-    for name, row in results["levels"].items():
-        cores = row["cores"]
+    for number, round_ in enumerate(results["rounds"], 1):
+        for name, levels in round_.items():
+            for level_name, row in levels.items():
+                cores = row["cores"]
+                print(
+                    f"{name} {number} {level_name:>5} {row['offered_per_s']:>7} "
+                    f"{row['goodput_per_s']:>7} ({row['goodput_of_capacity']:.2f}) "
+                    f"{row['ok_p50_ms']} {row['ok_p99_ms']} {row['shed']} {row['shed_p50_ms']} "
+                    f"{row['shed_p99_ms']} ({row['shed_after_send_p50_ms']}) "
+                    f"{row['missed_deadline']} {row['other_errors']} | "
+                    f"{row['goodput_per_core_of_capacity']:.2f} {row['refused_windows_100ms']} "
+                    f"{row['refused_in_generator_bursts']} "
+                    f"{row['send_lag_p99_ms']} {row['generator_cores']} {cores['loop']} "
+                    f"{cores['server_threads']} {cores['redis']}"
+                )
+    if len(results["rounds"]) > 1:
         print(
-            f"{name:>5} {row['offered_per_s']:>7} {row['goodput_per_s']:>7} "
-            f"({row['goodput_of_capacity']:.2f}) {row['ok_p50_ms']} {row['ok_p99_ms']} "
-            f"{row['shed']} {row['shed_p50_ms']} {row['shed_p99_ms']} "
-            f"{row['missed_deadline']} {row['other_errors']} | "
-            f"{row['goodput_per_core_of_capacity']:.2f} {row['refused_windows_100ms']} "
-            f"{row['refused_in_generator_bursts']} "
-            f"{row['send_lag_p99_ms']} {row['generator_cores']} {cores['loop']} "
-            f"{cores['server_threads']} {cores['redis']}"
+            "medians over rounds [range]: goodput (x cap) | shed p50 ms | shed p50 from its "
+            "send ms | ok p99 ms"
         )
+        for name in results["rounds"][0]:
+            for level_name in results["rounds"][0][name]:
+                rows = [round_[name][level_name] for round_ in results["rounds"]]
+                cells = [
+                    _spread([row[key] for row in rows])
+                    for key in (
+                        "goodput_of_capacity",
+                        "shed_p50_ms",
+                        "shed_after_send_p50_ms",
+                        "ok_p99_ms",
+                    )
+                ]
+                print(f"{name} {level_name:>5} " + " | ".join(cells))
+
+
+def _spread(values: list[float | None]) -> str:
+    known = [v for v in values if v is not None]
+    if not known:
+        return "none"
+    return f"{float(np.median(known)):.2f} [{min(known):.2f}-{max(known):.2f}]"
 
 
 if __name__ == "__main__":

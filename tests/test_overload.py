@@ -13,11 +13,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 
 from featurewell.client import ClientOptions, FeatureClient, FeatureClientError
 from featurewell.definitions import Registry
 from featurewell.devcluster import LocalCluster
 from featurewell.errors import ConfigError, DeadlineExceeded
+from featurewell.serving.grpc_options import GRPC_THREADS
 from featurewell.serving.overload import (
     MIN_LIMIT,
     TIMEOUT_PRIOR_S,
@@ -25,7 +27,6 @@ from featurewell.serving.overload import (
     Admission,
     AnswerMargin,
 )
-from featurewell.serving.server import GRPC_THREADS
 from featurewell.settings import Settings
 from featurewell.v1 import feature_service_pb2 as pb
 from featurewell.v1 import feature_service_pb2_grpc as pb_grpc
@@ -158,6 +159,47 @@ def test_a_burst_within_max_pending_calls_is_served_not_refused(
     finally:
         server.stop()
     assert codes == ["OK"] * burst
+
+
+CHART = Path(__file__).resolve().parents[1] / "helm" / "featurewell"
+
+
+def _chart_settings(cluster: LocalCluster) -> Settings:
+    """The server settings the Helm chart deploys (values.yaml, with the production profile's
+    overrides on top, as Helm merges them), on a test cluster."""
+    environ: dict[str, str] = {}
+    for values in ("values.yaml", "values-production.yaml"):
+        environ.update(yaml.safe_load((CHART / values).read_text()).get("settings") or {})
+    deployed = Settings.load(environ=environ).serving
+    return make_settings(
+        cluster,
+        max_pending_calls=deployed.max_pending_calls,
+        grpc_threads_nice=deployed.grpc_threads_nice,
+        cache_entries=0,
+    )
+
+
+def test_the_charts_pending_bound_serves_its_burst_and_refuses_the_rest(
+    cluster: LocalCluster, registry: Registry
+) -> None:
+    # The chart bounds gRPC core's pending queue by the latency budget (a few calls, not the
+    # server default's 16): past capacity answered calls wait behind at most that many. During
+    # a stall a burst of that size is served in full; a larger one is refused at once in C
+    # (CANCELLED), apart from the bound and the couple gRPC's Python server asked for early.
+    settings = _chart_settings(cluster)
+    bound = settings.serving.max_pending_calls
+    assert 0 < bound < Settings.load(environ={}).serving.max_pending_calls
+    server = ServerThread(settings, registry)
+    try:
+        within = _during_a_stall(server, bound, stall_s=0.5)
+        beyond = _during_a_stall(server, 4 * bound, stall_s=1.0)
+    finally:
+        server.stop()
+        _restore_grpc_threads()
+    assert within == ["OK"] * bound
+    refused = beyond.count("CANCELLED")
+    assert refused >= 4 * bound - bound - 3
+    assert beyond == ["CANCELLED"] * refused + ["OK"] * (4 * bound - refused)
 
 
 def test_the_adaptive_limit_sheds_when_handlers_slow_down(
@@ -338,6 +380,17 @@ def test_a_call_past_its_deadline_is_dropped_without_a_status() -> None:
     assert calls.in_flight == 0  # refused calls never count as running
 
 
+def _restore_grpc_threads() -> None:
+    """The test process's gRPC threads serve later tests' clients too: after a server that
+    demoted them, put them back to the process's niceness (needs the privilege to raise a
+    priority; without it they stay a little lower, harmlessly)."""
+    base = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    for tid, (name, _) in _niceness().items():
+        if name in GRPC_THREADS:
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, tid, base)
+
+
 def _niceness() -> dict[int, tuple[str, int]]:
     """This process's threads: (Linux name, niceness) by thread id."""
     threads = {}
@@ -369,12 +422,7 @@ def test_grpc_threads_nice_demotes_grpc_cores_threads_and_no_others(
         threads = _niceness()
     finally:
         server.stop()
-        # The test process's gRPC threads serve later tests' clients too: put them back (needs
-        # the privilege to raise a priority; without it they stay a little lower, harmlessly).
-        for tid, (name, _) in _niceness().items():
-            if name in GRPC_THREADS:
-                with contextlib.suppress(OSError):
-                    os.setpriority(os.PRIO_PROCESS, tid, base)
+        _restore_grpc_threads()
     grpc_threads = [nice for name, nice in threads.values() if name in GRPC_THREADS]
     assert grpc_threads
     assert all(nice == min(base + 3, 19) for nice in grpc_threads)

@@ -174,7 +174,9 @@ class ServingSettings(Group):
         "Calls gRPC's core may hold that this process has not yet taken up (it is busy): more "
         "are answered RESOURCE_EXHAUSTED by gRPC's C core at once, the cheapest refusal there "
         "is (clients see CANCELLED), instead of queueing until their deadline (0: gRPC's "
-        "default, 1000 then 3000).",
+        "default, 1000 then 3000). Past capacity answered calls wait behind this many, each "
+        "the loop's time per call: (latency budget - a call's own time) / that bounds it; the "
+        "Helm chart sets 4.",
         16,
     )
     overload_latency_ms: float = setting(
@@ -189,7 +191,8 @@ class ServingSettings(Group):
         "Niceness added to gRPC core's own threads (Linux; 0: off, up to 19). Past capacity "
         "they spend the event loop's core refusing calls; at a lower priority they take it in "
         'fewer, larger turns and the loop answers more (docs/resilience.md, "Overload"), but '
-        "refusals wait longer and, on a host shared with other busy processes, so does I/O.",
+        "refusals wait longer and, on a host shared with other busy processes, so does I/O "
+        "(the Helm chart sets 10: a pod's cgroup weighs them against its own loop only).",
         0,
     )
     reload_interval_s: float = setting(
