@@ -67,7 +67,7 @@ class _Block:
 
     def __init__(self, codec: RowCodec, capacity: int) -> None:
         self.time_field = _time_field(codec)
-        self.fixed_names = frozenset(f.name for f in codec.view.features if f.dtype.is_fixed_width)
+        self.fixed_names = codec.fixed_names
         self.fixed = np.zeros(capacity + 1, codec.fixed_dtype)
         self.present = np.zeros(capacity + 1, np.bool_)
         variable = len(self.fixed_names) < len(codec.view.features)
@@ -91,13 +91,22 @@ class _Block:
             positions, fetched, self.fixed.take(slots), self.present.take(slots), stored
         )
 
-    def put(self, slots: list[int], decoded: DecodedRows, rows: list[int], raw: list[Any]) -> None:
-        """Rows `rows` of `decoded` (its fixed-width features) and of `raw` into `slots`."""
-        self.present[slots] = decoded.present[rows]
-        self.fixed[self.time_field][slots] = decoded.event_time_us[rows]
+    def put(
+        self,
+        slots: npt.NDArray[np.intp],
+        decoded: DecodedRows,
+        at: npt.NDArray[np.intp],
+        raw: Sequence[Any],
+        rows: list[int],
+    ) -> None:
+        """Rows `at` (also as the list `rows`) of `decoded` (its fixed-width features) and of
+        `raw` into `slots`."""
+        self.present[slots] = decoded.present[at]
+        fixed = self.fixed
+        fixed[self.time_field][slots] = decoded.event_time_us[at]
         for name, values in decoded.values.items():
             assert isinstance(values, np.ndarray)  # fixed-width features only
-            self.fixed[name][slots] = values[rows]
+            fixed[name][slots] = values[at]
         if self.stored is not None:
             self.stored[slots] = [raw[row] for row in rows]
 
@@ -220,29 +229,75 @@ class ColumnarCache:
             return
         views = len(codecs)
         raw = [[replies[p] if views == 1 else replies[p][v] for p in taken] for v in range(views)]
+        decoded = [  # the fixed-width features: one frombuffer per view
+            codec.decode(rows, codec.fixed_names) for codec, rows in zip(codecs, raw, strict=True)
+        ]
+        rows = list(range(len(taken)))
+        self._fill(group, codecs, [tags[p] for p in taken], raw, decoded, rows, now + ttl)
+
+    def offer_decoded(
+        self,
+        group: Group,
+        codecs: Sequence[RowCodec],
+        tags: Sequence[bytes],
+        replies: Sequence[Row],
+        raw: Sequence[Sequence[Any]],
+        decoded: Sequence[DecodedRows],
+        chosen: Sequence[int],
+        ttl: float,
+        now: float,
+        since: int,
+    ) -> None:
+        """`offer` of the fetched rows at `chosen`, already decoded: `tags` and `replies` are
+        every fetched row's, `raw` and `decoded` each view's rows of them (the fixed-width
+        features, `RowCodec.fixed_names`, as `offer` decodes them). The same rows enter the
+        same slots as through `offer`, without decoding them a second time."""
+        taken = self.rows.offer(
+            group, [tags[j] for j in chosen], [replies[j] for j in chosen], ttl, now, since
+        )
+        if not taken:
+            return
+        rows = [chosen[i] for i in taken]
+        self._fill(group, codecs, [tags[j] for j in rows], raw, decoded, rows, now + ttl)
+
+    def _fill(
+        self,
+        group: Group,
+        codecs: Sequence[RowCodec],
+        tags: list[bytes],
+        raw: Sequence[Sequence[Any]],
+        decoded: Sequence[DecodedRows],
+        rows: list[int],
+        until: float,
+    ) -> None:
+        """Rows `rows` of `decoded` (and of `raw`, each view's stored bytes), entities `tags`,
+        into their slots, fresh until `until`; a row some view could not decode is dropped."""
         table = self._tables.get(group)
         if table is None:
             table = self._tables[group] = _Table(codecs)
-        decoded = [  # the fixed-width features: one frombuffer per view
-            codec.decode(rows, block.fixed_names)
-            for codec, block, rows in zip(codecs, table.blocks, raw, strict=True)
-        ]
-        bad: set[int] = set()
-        for rows in decoded:
-            if rows.corrupt is not None:
-                bad.update(np.flatnonzero(rows.corrupt).tolist())
-        good = [i for i in range(len(taken)) if i not in bad]
-        for i in bad:  # an older decoded copy of the row must not outlive it
-            self.dropped(group, tags[taken[i]])
-        if not good:
-            if not table.index:
-                self._tables.pop(group, None)
-            return
-        self._tables[group] = table  # (back, if dropping emptied it)
-        slots = [table.slot(tags[taken[i]]) for i in good]
-        for block, rows, stored in zip(table.blocks, decoded, raw, strict=True):
-            block.put(slots, rows, good, stored)
-        table.fresh_until[slots] = now + ttl
+        at = np.asarray(rows, np.intp)
+        bad: npt.NDArray[np.bool_] | None = None
+        for view_rows in decoded:
+            if view_rows.corrupt is not None:
+                corrupt = view_rows.corrupt[at]
+                bad = corrupt if bad is None else bad | corrupt
+        if bad is not None and bad.any():
+            for i in np.flatnonzero(bad).tolist():  # an older decoded copy must not outlive it
+                self.dropped(group, tags[i])
+            keep = np.flatnonzero(~bad)
+            at = at[keep]
+            tags = [tags[i] for i in keep.tolist()]
+            if not tags:
+                if not table.index:
+                    self._tables.pop(group, None)
+                return
+            rows = at.tolist()
+            self._tables[group] = table  # (back, if dropping emptied it)
+        slot = table.slot
+        slots = np.fromiter(map(slot, tags), np.intp, len(tags))
+        for block, view_rows, stored in zip(table.blocks, decoded, raw, strict=True):
+            block.put(slots, view_rows, at, stored, rows)
+        table.fresh_until[slots] = until
 
     # -- Listener: entries leaving the HotKeyCache leave here too ----------------------------
 
@@ -274,16 +329,19 @@ def merge(
     rows: Sequence[Any],
     cached: Gathered | None,
     wanted: Collection[str] | None,
+    decoded: DecodedRows | None = None,
 ) -> DecodedRows:
     """The rows of one view for a read, decoded: the stored `rows` (those at `cached.fetched`,
-    or all of them without `cached`) through the codec, and the `cached` ones beside them."""
+    or all of them without `cached`) through the codec, and the `cached` ones beside them.
+    `decoded`: `rows` already decoded (their fixed-width features), used when the read wants
+    no other feature."""
     if cached is None:
-        return codec.decode(rows, wanted)
+        return _fetched_rows(codec, rows, wanted, decoded)
     hits = _cached_rows(codec, cached, wanted)
     positions, fetched = cached.positions, cached.fetched
     if not len(fetched):  # every row from memory: nothing else to decode
         return hits
-    decoded = codec.decode(rows, wanted)
+    decoded = _fetched_rows(codec, rows, wanted, decoded)
     count = len(positions) + len(fetched)
     present = np.empty(count, np.bool_)
     present[positions], present[fetched] = hits.present, decoded.present
@@ -313,6 +371,22 @@ def merge(
         if hits.corrupt is not None:
             corrupt[positions] = hits.corrupt
     return DecodedRows(present, event_time, values, corrupt)
+
+
+def _fetched_rows(
+    codec: RowCodec, rows: Sequence[Any], wanted: Collection[str] | None, decoded: DecodedRows | None
+) -> DecodedRows:
+    """`rows` decoded (the `wanted` features): `decoded` when it holds them all (the same
+    decode of the same bytes), else through the codec."""
+    names = codec.fixed_names
+    if decoded is None or not (
+        names.issuperset(wanted) if wanted is not None else len(names) == len(codec.view.features)
+    ):
+        return codec.decode(rows, wanted)
+    values = decoded.values
+    if wanted is not None and len(values) != len(wanted):
+        values = {name: column for name, column in values.items() if name in wanted}
+    return DecodedRows(decoded.present, decoded.event_time_us, values, decoded.corrupt)
 
 
 def _cached_rows(codec: RowCodec, cached: Gathered, wanted: Collection[str] | None) -> DecodedRows:
