@@ -374,7 +374,10 @@ def merge(
 
 
 def _fetched_rows(
-    codec: RowCodec, rows: Sequence[Any], wanted: Collection[str] | None, decoded: DecodedRows | None
+    codec: RowCodec,
+    rows: Sequence[Any],
+    wanted: Collection[str] | None,
+    decoded: DecodedRows | None,
 ) -> DecodedRows:
     """`rows` decoded (the `wanted` features): `decoded` when it holds them all (the same
     decode of the same bytes), else through the codec."""
