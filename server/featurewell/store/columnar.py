@@ -27,9 +27,8 @@ number of entries) and a table goes when its last entry does.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass, replace
-from itertools import repeat
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -38,23 +37,12 @@ import numpy.typing as npt
 from featurewell.definitions import FeatureView
 from featurewell.store.cache import CachePolicy, CacheStats, Group, HotKeyCache, Row
 from featurewell.store.codec import DecodedRows, RowCodec
-from featurewell.values import ColumnValues, Ragged
+from featurewell.store.gathered import Gathered, merge, time_field
+from featurewell.store.probe import ProbeIndex
+
+__all__ = ["ColumnarCache", "Gathered", "merge"]
 
 _FIRST_CAPACITY = 8
-
-
-@dataclass(frozen=True, slots=True)
-class Gathered:
-    """One view's cached rows for one read: their positions in the read, their fixed-width
-    fields (structured, the codec's layout) and presence, their stored bytes when the view has
-    string or list features (None otherwise); and the positions of the read's other rows
-    (`fetched`: from Redis, or its fallbacks)."""
-
-    positions: npt.NDArray[np.intp]
-    fetched: npt.NDArray[np.intp]
-    fixed: npt.NDArray[Any]
-    present: npt.NDArray[np.bool_]
-    stored: npt.NDArray[Any] | None
 
 
 class _Block:
@@ -66,7 +54,7 @@ class _Block:
     __slots__ = ("fixed", "fixed_names", "present", "stored", "time_field")
 
     def __init__(self, codec: RowCodec, capacity: int) -> None:
-        self.time_field = _time_field(codec)
+        self.time_field = time_field(codec)
         self.fixed_names = codec.fixed_names
         self.fixed = np.zeros(capacity + 1, codec.fixed_dtype)
         self.present = np.zeros(capacity + 1, np.bool_)
@@ -112,14 +100,18 @@ class _Block:
 
 
 class _Table:
-    """One group's slots: an index by hash tag and when each slot stops being fresh."""
+    """One group's slots: an index by hash tag (the dict, for writes; `probe`, its numpy
+    mirror, for lookups, checked against each slot's `tags`) and when each slot stops being
+    fresh."""
 
-    __slots__ = ("blocks", "free", "fresh_until", "index")
+    __slots__ = ("blocks", "free", "fresh_until", "index", "probe", "tags")
 
     def __init__(self, codecs: Sequence[RowCodec]) -> None:
         self.index: dict[bytes, int] = {}
         self.free = list(range(_FIRST_CAPACITY - 1, -1, -1))
         self.fresh_until = np.zeros(_FIRST_CAPACITY + 1)  # the last: the sentinel, never fresh
+        self.tags = np.empty(_FIRST_CAPACITY + 1, object)  # each slot's tag (None: free)
+        self.probe = ProbeIndex(_FIRST_CAPACITY)
         self.blocks = [_Block(codec, _FIRST_CAPACITY) for codec in codecs]
 
     def slot(self, tag: bytes) -> int:
@@ -128,12 +120,33 @@ class _Table:
             if not self.free:
                 self._grow()
             slot = self.index[tag] = self.free.pop()
+            self.tags[slot] = tag
+            self.probe.add(tag, slot)
+        return slot
+
+    def find(self, tags: Sequence[bytes]) -> npt.NDArray[np.intp]:
+        """Each tag's slot, or the sentinel's."""
+        sentinel = len(self.fresh_until) - 1
+        slots = self.probe.find(tags, sentinel)
+        # The probe compares hashes only: a slot is the tag's only if it holds that very tag.
+        wrong = ~np.equal(self.tags.take(slots), np.array(tags, object))
+        if wrong.any():
+            slots[wrong] = sentinel
+        return slots
+
+    def release(self, tag: bytes) -> int | None:
+        slot = self.index.pop(tag, None)
+        if slot is not None:
+            self.tags[slot] = None
+            self.probe.remove(slot)
         return slot
 
     def _grow(self) -> None:
         used = len(self.fresh_until) - 1
         capacity = 2 * used
         self.fresh_until = _grown(self.fresh_until, used, capacity)
+        self.tags = _grown(self.tags, used, capacity)
+        self.probe.grow(capacity)
         for block in self.blocks:
             block.grow(capacity)
         self.free = list(range(capacity - 1, used - 1, -1))
@@ -195,7 +208,7 @@ class ColumnarCache:
         if table is None:
             self.stats.misses += count
             return None, np.arange(count)
-        slots = np.fromiter(map(table.index.get, tags, repeat(-1)), np.intp, count)
+        slots = table.find(tags)
         hit = table.fresh_until[slots] > now
         hits = np.flatnonzero(hit)
         self.stats.hits += len(hits)
@@ -305,7 +318,7 @@ class ColumnarCache:
         table = self._tables.get(group)
         if table is None:
             return
-        slot = table.index.pop(tag, None)
+        slot = table.release(tag)
         if slot is not None:
             table.fresh_until[slot] = 0.0
             for block in table.blocks:
@@ -322,98 +335,6 @@ class ColumnarCache:
     @property
     def bytes(self) -> int:  # last: the name would shadow the type in the class body
         return self.rows.bytes
-
-
-def merge(
-    codec: RowCodec,
-    rows: Sequence[Any],
-    cached: Gathered | None,
-    wanted: Collection[str] | None,
-    decoded: DecodedRows | None = None,
-) -> DecodedRows:
-    """The rows of one view for a read, decoded: the stored `rows` (those at `cached.fetched`,
-    or all of them without `cached`) through the codec, and the `cached` ones beside them.
-    `decoded`: `rows` already decoded (their fixed-width features), used when the read wants
-    no other feature."""
-    if cached is None:
-        return _fetched_rows(codec, rows, wanted, decoded)
-    hits = _cached_rows(codec, cached, wanted)
-    positions, fetched = cached.positions, cached.fetched
-    if not len(fetched):  # every row from memory: nothing else to decode
-        return hits
-    decoded = _fetched_rows(codec, rows, wanted, decoded)
-    count = len(positions) + len(fetched)
-    present = np.empty(count, np.bool_)
-    present[positions], present[fetched] = hits.present, decoded.present
-    event_time = np.empty(count, np.int64)
-    event_time[positions], event_time[fetched] = hits.event_time_us, decoded.event_time_us
-    values: dict[str, ColumnValues] = {}
-    for name, column in decoded.values.items():
-        mine = hits.values[name]
-        if isinstance(column, Ragged) or isinstance(mine, Ragged):
-            assert isinstance(column, Ragged)
-            assert isinstance(mine, Ragged)
-            lists: list[Any] = [None] * count
-            for position, row in zip(positions.tolist(), range(len(mine)), strict=True):
-                lists[position] = mine.row(row)
-            for position, row in zip(fetched.tolist(), range(len(column)), strict=True):
-                lists[position] = column.row(row)
-            values[name] = Ragged.from_rows(lists, column.flat.dtype)
-            continue
-        out = np.empty((count, *column.shape[1:]), column.dtype)
-        out[fetched], out[positions] = column, mine
-        values[name] = out
-    corrupt = None
-    if decoded.corrupt is not None or hits.corrupt is not None:
-        corrupt = np.zeros(count, np.bool_)
-        if decoded.corrupt is not None:
-            corrupt[fetched] = decoded.corrupt
-        if hits.corrupt is not None:
-            corrupt[positions] = hits.corrupt
-    return DecodedRows(present, event_time, values, corrupt)
-
-
-def _fetched_rows(
-    codec: RowCodec,
-    rows: Sequence[Any],
-    wanted: Collection[str] | None,
-    decoded: DecodedRows | None,
-) -> DecodedRows:
-    """`rows` decoded (the `wanted` features): `decoded` when it holds them all (the same
-    decode of the same bytes), else through the codec."""
-    names = codec.fixed_names
-    if decoded is None or not (
-        names.issuperset(wanted) if wanted is not None else len(names) == len(codec.view.features)
-    ):
-        return codec.decode(rows, wanted)
-    values = decoded.values
-    if wanted is not None and len(values) != len(wanted):
-        values = {name: column for name, column in values.items() if name in wanted}
-    return DecodedRows(decoded.present, decoded.event_time_us, values, decoded.corrupt)
-
-
-def _cached_rows(codec: RowCodec, cached: Gathered, wanted: Collection[str] | None) -> DecodedRows:
-    """The cached rows decoded: straight from the fixed-width block, unless the read wants a
-    string or list feature (then through the codec, from the stored bytes, as if fetched)."""
-    fixed = codec.fixed_dtype.names or ()
-    if cached.stored is not None and (wanted is None or any(w not in fixed for w in wanted)):
-        return codec.decode(cached.stored.tolist(), wanted)
-    return DecodedRows(
-        cached.present,
-        cached.fixed[_time_field(codec)],
-        {
-            f.name: cached.fixed[f.name]
-            for f in codec.view.features
-            if wanted is None or f.name in wanted
-        },
-    )
-
-
-def _time_field(codec: RowCodec) -> str:
-    """The event time's field in the codec's fixed block (always the first)."""
-    names = codec.fixed_dtype.names
-    assert names is not None
-    return names[0]
 
 
 def _grown(array: npt.NDArray[Any], used: int, capacity: int) -> npt.NDArray[Any]:

@@ -1,0 +1,54 @@
+"""The columnar table's numpy lookup index (store/probe.py) against a dict, through adds,
+removals, growth and rebuilds; and the table never answers a slot for a tag it does not hold,
+whatever the probe says."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from featurewell.store.columnar import _Table
+from featurewell.store.probe import ProbeIndex
+from tests.test_cache_columnar import PROFILE
+
+
+def test_the_probe_finds_what_a_dict_holds_through_churn() -> None:
+    rng = random.Random(7)
+    capacity = 8
+    probe = ProbeIndex(capacity)
+    held: dict[bytes, int] = {}
+    free = list(range(capacity))
+    for step in range(6000):
+        if free and (rng.random() < 0.6 or not held):
+            tag = b"t%d" % rng.randrange(10**6)
+            if tag in held:
+                continue
+            slot = free.pop()
+            probe.add(tag, slot)
+            held[tag] = slot
+        elif held:
+            slot = held.pop(rng.choice(list(held)))
+            probe.remove(slot)
+            free.append(slot)
+        if not free:  # full: grow, as the table does
+            probe.grow(2 * capacity)
+            free = list(range(2 * capacity - 1, capacity - 1, -1))
+            capacity *= 2
+        if step % 500 == 0 or step == 5999:
+            asked = [*held, b"absent", b"t-1"]
+            got = probe.find(asked, sentinel=capacity).tolist()
+            assert got == [held[t] for t in held] + [capacity, capacity]
+    assert probe.used == len(held)
+
+
+def test_a_hash_collision_never_answers_another_tags_slot() -> None:
+    table = _Table([PROFILE])
+    slot = table.slot(b"mine")
+    # Forge the probe: every tag now "hashes" to mine's entry.
+    table.probe.keys[:] = table.probe.hashes[slot]
+    table.probe.slots[:] = slot
+    assert table.find([b"mine", b"other"]).tolist() == [slot, len(table.fresh_until) - 1]
+    table.release(b"mine")
+    assert table.find([b"mine"]).tolist() == [len(table.fresh_until) - 1]
+    assert np.all(table.tags[: len(table.tags) - 1] == None)  # noqa: E711
