@@ -52,3 +52,24 @@ def test_a_hash_collision_never_answers_another_tags_slot() -> None:
     table.release(b"mine")
     assert table.find([b"mine"]).tolist() == [len(table.fresh_until) - 1]
     assert np.all(table.tags[: len(table.tags) - 1] == None)  # noqa: E711
+
+
+def test_a_table_placing_batches_finds_every_tag_it_holds() -> None:
+    """Batches of new and known tags (`_Table.slots`, growing the blocks when needed) and
+    releases: every held tag found in its own slot, no slot handed out twice, none leaked."""
+    rng = random.Random(11)
+    table = _Table([PROFILE])
+    held: dict[bytes, int] = {}
+    for _ in range(300):
+        batch = list({b"t%d" % rng.randrange(3000) for _ in range(rng.randrange(1, 40))})
+        slots = table.slots(batch).tolist()
+        for tag, slot in zip(batch, slots, strict=True):
+            assert held.setdefault(tag, slot) == slot  # a known tag keeps its slot
+        assert len(set(held.values())) == len(held)
+        for tag in rng.sample(list(held), k=min(len(held), rng.randrange(30))):
+            assert table.release(tag) == held.pop(tag)
+        asked = [*held, b"absent"]
+        assert table.find(asked).tolist() == [*held.values(), len(table.fresh_until) - 1]
+        capacity = len(table.fresh_until) - 1
+        assert len(table.free) + len(held) == capacity  # every slot free or held, once
+        assert table.probe.used == len(held)

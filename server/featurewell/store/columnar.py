@@ -124,6 +124,24 @@ class _Table:
             self.probe.add(tag, slot)
         return slot
 
+    def slots(self, tags: list[bytes]) -> npt.NDArray[np.intp]:
+        """`slot` of each of these (distinct) tags, the new ones placed in one batch."""
+        known = list(map(self.index.get, tags))
+        new = [tag for tag, slot in zip(tags, known, strict=True) if slot is None]
+        if not new:
+            return np.asarray(known, np.intp)
+        while len(self.free) < len(new):
+            self._grow()
+        taken = self.free[-len(new) :][::-1]  # what `free.pop()` would hand out, in order
+        del self.free[-len(new) :]
+        self.index.update(zip(new, taken, strict=True))
+        places = np.asarray(taken, np.intp)
+        self.tags[places] = new
+        self.probe.add_many(new, places)
+        if len(new) == len(tags):
+            return places
+        return np.fromiter(map(self.index.__getitem__, tags), np.intp, len(tags))
+
     def find(self, tags: Sequence[bytes]) -> npt.NDArray[np.intp]:
         """Each tag's slot, or the sentinel's."""
         sentinel = len(self.fresh_until) - 1
@@ -135,10 +153,12 @@ class _Table:
         return slots
 
     def release(self, tag: bytes) -> int | None:
+        """Free the tag's slot (the caller clears its rows); returns it, None if not held."""
         slot = self.index.pop(tag, None)
         if slot is not None:
             self.tags[slot] = None
             self.probe.remove(slot)
+            self.free.append(slot)
         return slot
 
     def _grow(self) -> None:
@@ -149,7 +169,7 @@ class _Table:
         self.probe.grow(capacity)
         for block in self.blocks:
             block.grow(capacity)
-        self.free = list(range(capacity - 1, used - 1, -1))
+        self.free[:0] = range(capacity - 1, used - 1, -1)  # after any still free: popped last
 
 
 class ColumnarCache:
@@ -306,8 +326,7 @@ class ColumnarCache:
                 return
             rows = at.tolist()
             self._tables[group] = table  # (back, if dropping emptied it)
-        slot = table.slot
-        slots = np.fromiter(map(slot, tags), np.intp, len(tags))
+        slots = table.slots(tags)
         for block, view_rows, stored in zip(table.blocks, decoded, raw, strict=True):
             block.put(slots, view_rows, at, stored, rows)
         table.fresh_until[slots] = until
@@ -324,7 +343,6 @@ class ColumnarCache:
             for block in table.blocks:
                 if block.stored is not None:
                     block.stored[slot] = None  # the bytes go with the raw entry
-            table.free.append(slot)
         if not table.index:
             del self._tables[group]
 

@@ -76,6 +76,34 @@ class ProbeIndex:
         self.hashes[slot] = key
         self.used += 1
 
+    def add_many(self, tags: Sequence[bytes], slots: npt.NDArray[np.intp]) -> None:
+        """`add` of each tag (distinct, none present) in its slot, in a few vectorised
+        rounds."""
+        keys = np.fromiter(map(hash, tags), np.int64, len(tags))
+        keys[keys == 0] = 1
+        self.hashes[slots] = keys
+        self.removed -= self._place(keys, slots)
+        self.used += len(tags)
+
+    def _place(self, keys: npt.NDArray[np.int64], slots: npt.NDArray[np.intp]) -> int:
+        """Put each key at the first empty or removed position of its probe sequence (first
+        come, first placed); returns how many removed positions were reused."""
+        table, places, mask = self.keys, self.slots, self.mask
+        at = keys & mask
+        reused = 0
+        while len(keys):
+            found = table[at]
+            free = (found == _EMPTY) | (found == _REMOVED)
+            spots, first = np.unique(at[free], return_index=True)
+            placed = np.flatnonzero(free)[first]
+            reused += int(np.count_nonzero(table[spots] == _REMOVED))
+            table[spots] = keys[placed]
+            places[spots] = slots[placed]
+            left = np.ones(len(keys), np.bool_)
+            left[placed] = False
+            keys, slots, at = keys[left], slots[left], (at[left] + 1) & mask
+        return reused
+
     def remove(self, slot: int) -> None:
         """The tag in `slot` left it."""
         key = int(self.hashes[slot])
@@ -108,17 +136,6 @@ class ProbeIndex:
         hashes = np.zeros(capacity + 1, np.int64)
         hashes[: len(self.hashes) - 1] = self.hashes[:-1]
         fresh = ProbeIndex(capacity)
-        keys, slots, mask = fresh.keys, fresh.slots, fresh.mask
-        pending = live
-        at = hashes[pending] & mask
-        while len(pending):  # place every entry whose position is free, first come first
-            free = keys[at] == _EMPTY
-            spots, first = np.unique(at[free], return_index=True)
-            placed = np.flatnonzero(free)[first]
-            keys[spots] = hashes[pending[placed]]
-            slots[spots] = pending[placed]
-            left = np.ones(len(pending), np.bool_)
-            left[placed] = False
-            pending, at = pending[left], (at[left] + 1) & mask
-        self.keys, self.slots, self.mask, self.hashes = keys, slots, mask, hashes
+        fresh._place(hashes[live], live)
+        self.keys, self.slots, self.mask, self.hashes = fresh.keys, fresh.slots, fresh.mask, hashes
         self.used, self.removed = len(live), 0
