@@ -6,18 +6,22 @@ by frequency, the TTL, bounds and eviction, invalidations (writes through this s
 tracking), the race check, the raw rows that stand in when Redis fails. This module keeps a
 decoded copy of every entry it holds, per group of views read together:
 
-- a **table** per group: an index `hash tag -> slot`, and per slot the time it stops being fresh
-  (`fresh_until`, the same instant the raw entry's TTL ends);
+- a **table** per group: an index `hash tag -> slot` (a dict for writes, mirrored for lookups
+  by a numpy open-addressing table of tag hashes, store/probe.py), each slot's tag, and per slot
+  the time it stops being fresh (`fresh_until`, the same instant the raw entry's TTL ends);
 - per view of the group, a **block**: the view's fixed-width fields (event time first) as one
   structured numpy array with a row per slot, whether the entity had a row, and, for a view
   with string or list features, the stored bytes (the raw entry's own objects: no copy), parsed
   only for reads that want those features (per-row Python, as for rows from Redis).
 
-A lookup is `np.fromiter(map(index.get, tags))` (one C-level pass), one fancy index of
-`fresh_until` (absent tags hit a sentinel slot that is never fresh) and one `take` per block:
-the rows are copied out at once, so a slot reused while the read waits for Redis cannot change
-what it serves. The engine decodes only the rows Redis sent and places the gathered ones beside
-them (`merge`), so statuses, ages and max age are computed from the same event times as before.
+A lookup hashes the tags (one C-level pass), probes the hash table in a few vectorised rounds,
+checks each slot found holds that very tag (one C-level comparison; a hash collision can only
+make a row miss), indexes `fresh_until` (absent tags hit a sentinel slot that is never fresh)
+and takes each block's rows: they are copied out at once, so a slot reused while the read waits
+for Redis cannot change what it serves. The engine decodes only the rows Redis sent and places
+the gathered ones beside them (`merge`), so statuses, ages and max age are computed from the
+same event times as before. Fetched rows the cache admits enter the blocks from the read's own
+decode of them (`offer_decoded`, store/assembly.py): one numpy scatter per field.
 
 Every entry leaves this copy when it leaves the `HotKeyCache` (the `Listener` hooks), so the
 copy is never fresher than the raw entry; when invalidations may have been lost, nothing here
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -43,6 +48,7 @@ from featurewell.store.probe import ProbeIndex
 __all__ = ["ColumnarCache", "Gathered", "merge"]
 
 _FIRST_CAPACITY = 8
+_FEW = 16  # lookups of at most this many tags use the dict
 
 
 class _Block:
@@ -145,6 +151,8 @@ class _Table:
     def find(self, tags: Sequence[bytes]) -> npt.NDArray[np.intp]:
         """Each tag's slot, or the sentinel's."""
         sentinel = len(self.fresh_until) - 1
+        if len(tags) <= _FEW:  # the probe's dozen numpy calls cost more than a few dict lookups
+            return np.fromiter(map(self.index.get, tags, repeat(sentinel)), np.intp, len(tags))
         slots = self.probe.find(tags, sentinel)
         # The probe compares hashes only: a slot is the tag's only if it holds that very tag.
         wrong = ~np.equal(self.tags.take(slots), np.array(tags, object))
