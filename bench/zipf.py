@@ -127,14 +127,11 @@ def main() -> None:
     data = example_repo(folder, args.items)
     calls = args.warmup + args.iterations
     wanted = args.phases.split(",")
-    phases = {
-        name: draw()
-        for name, draw in (
-            ("zipf", lambda: zipf_candidates(calls, args.items, args.s, 500)),
-            ("trending", lambda: zipf_candidates(calls, TRENDING, args.s, 500, seed=3)),
-        )
-        if name in wanted
-    }
+    phases: dict[str, list[list[str]]] = {}
+    if "zipf" in wanted:
+        phases["zipf"] = zipf_candidates(calls, args.items, args.s, 500)
+    if "trending" in wanted:
+        phases["trending"] = zipf_candidates(calls, TRENDING, args.s, 500, seed=3)
     load_before = load()
     with start_local_cluster(3, 1) as cluster:
         seeds = ",".join(f"{h}:{p}" for h, p in cluster.seeds)

@@ -91,9 +91,9 @@ def test_the_answer_from_the_single_decode_is_the_stored_bytes_decoded() -> None
             merge(PROFILE, profiles, None, wanted, decoded), PROFILE.decode(profiles, wanted)
         )
     # A read that wants a string or a list decodes the stored bytes (the variable parts).
-    for wanted in (None, {"age", "country"}, {"recent"}):
+    for variable in (None, {"age", "country"}, {"recent"}):
         _assert_same(
-            merge(PROFILE, profiles, None, wanted, decoded), PROFILE.decode(profiles, wanted)
+            merge(PROFILE, profiles, None, variable, decoded), PROFILE.decode(profiles, variable)
         )
     # Beside cached rows: the fetched ones from `decoded`, the cached ones from the blocks.
     gathered, missed = cache.lookup(GROUP, tags, 1.0)
