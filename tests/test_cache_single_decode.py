@@ -6,6 +6,7 @@ not decode must stay out of the blocks."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 
 from featurewell.store.cache import MISS, CachePolicy
 from featurewell.store.codec import DecodedRows, RowCodec
-from featurewell.store.columnar import ColumnarCache, merge
+from featurewell.store.columnar import ColumnarCache, _Table, merge
 from tests.test_cache_columnar import GROUP, ITEMS, PAIR, PROFILE, _assert_same, _profiles, _read
 
 
@@ -128,3 +129,23 @@ def test_a_row_dropped_while_admitted_elsewhere_leaves_no_decoded_copy() -> None
     cache.invalidate([GROUP[0] + b"k}"])
     _offer_decoded(cache, GROUP, [PROFILE], [b"k"], [b"\x01" * 5], [0], since=cache.sequence)
     assert cache.lookup(GROUP, [b"k"], 1.0)[1].tolist() == [0]
+
+
+def test_a_table_placing_batches_finds_every_tag_it_holds() -> None:
+    """Batches of new and known tags (`_Table.slots`, growing the blocks when needed) and
+    releases: every held tag found in its own slot, no slot handed out twice, none leaked."""
+    rng = random.Random(11)
+    table = _Table([PROFILE])
+    held: dict[bytes, int] = {}
+    for _ in range(300):
+        batch = list({b"t%d" % rng.randrange(3000) for _ in range(rng.randrange(1, 40))})
+        slots = table.slots(batch).tolist()
+        for tag, slot in zip(batch, slots, strict=True):
+            assert held.setdefault(tag, slot) == slot  # a known tag keeps its slot
+        assert len(set(held.values())) == len(held)
+        for tag in rng.sample(list(held), k=min(len(held), rng.randrange(30))):
+            assert table.release(tag) == held.pop(tag)
+        found = table.find([*held, b"absent"]).tolist()
+        assert found == [*held.values(), -1]  # -1: the sentinel slot, never fresh
+        capacity = len(table.fresh_until) - 1
+        assert len(table.free) + len(held) == capacity  # every slot free or held, once

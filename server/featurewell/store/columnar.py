@@ -6,22 +6,20 @@ by frequency, the TTL, bounds and eviction, invalidations (writes through this s
 tracking), the race check, the raw rows that stand in when Redis fails. This module keeps a
 decoded copy of every entry it holds, per group of views read together:
 
-- a **table** per group: an index `hash tag -> slot` (a dict for writes, mirrored for lookups
-  by a numpy open-addressing table of tag hashes, store/probe.py), each slot's tag, and per slot
-  the time it stops being fresh (`fresh_until`, the same instant the raw entry's TTL ends);
+- a **table** per group: an index `hash tag -> slot`, and per slot the time it stops being fresh
+  (`fresh_until`, the same instant the raw entry's TTL ends);
 - per view of the group, a **block**: the view's fixed-width fields (event time first) as one
   structured numpy array with a row per slot, whether the entity had a row, and, for a view
   with string or list features, the stored bytes (the raw entry's own objects: no copy), parsed
   only for reads that want those features (per-row Python, as for rows from Redis).
 
-A lookup hashes the tags (one C-level pass), probes the hash table in a few vectorised rounds,
-checks each slot found holds that very tag (one C-level comparison; a hash collision can only
-make a row miss), indexes `fresh_until` (absent tags hit a sentinel slot that is never fresh)
-and takes each block's rows: they are copied out at once, so a slot reused while the read waits
-for Redis cannot change what it serves. The engine decodes only the rows Redis sent and places
-the gathered ones beside them (`merge`), so statuses, ages and max age are computed from the
-same event times as before. Fetched rows the cache admits enter the blocks from the read's own
-decode of them (`offer_decoded`, store/assembly.py): one numpy scatter per field.
+A lookup is `np.fromiter(map(index.get, tags))` (one C-level pass), one fancy index of
+`fresh_until` (absent tags hit a sentinel slot that is never fresh) and one `take` per block:
+the rows are copied out at once, so a slot reused while the read waits for Redis cannot change
+what it serves. The engine decodes only the rows Redis sent and places the gathered ones beside
+them (`merge`), so statuses, ages and max age are computed from the same event times as before.
+Fetched rows the cache admits enter the blocks from the read's own decode of them
+(`offer_decoded`, store/assembly.py): one numpy scatter per field, no second decode.
 
 Every entry leaves this copy when it leaves the `HotKeyCache` (the `Listener` hooks), so the
 copy is never fresher than the raw entry; when invalidations may have been lost, nothing here
@@ -43,12 +41,10 @@ from featurewell.definitions import FeatureView
 from featurewell.store.cache import CachePolicy, CacheStats, Group, HotKeyCache, Row
 from featurewell.store.codec import DecodedRows, RowCodec
 from featurewell.store.gathered import Gathered, merge, time_field
-from featurewell.store.probe import ProbeIndex
 
 __all__ = ["ColumnarCache", "Gathered", "merge"]
 
 _FIRST_CAPACITY = 8
-_FEW = 16  # lookups of at most this many tags use the dict
 
 
 class _Block:
@@ -106,32 +102,18 @@ class _Block:
 
 
 class _Table:
-    """One group's slots: an index by hash tag (the dict, for writes; `probe`, its numpy
-    mirror, for lookups, checked against each slot's `tags`) and when each slot stops being
-    fresh."""
+    """One group's slots: an index by hash tag and when each slot stops being fresh."""
 
-    __slots__ = ("blocks", "free", "fresh_until", "index", "probe", "tags")
+    __slots__ = ("blocks", "free", "fresh_until", "index")
 
     def __init__(self, codecs: Sequence[RowCodec]) -> None:
         self.index: dict[bytes, int] = {}
         self.free = list(range(_FIRST_CAPACITY - 1, -1, -1))
         self.fresh_until = np.zeros(_FIRST_CAPACITY + 1)  # the last: the sentinel, never fresh
-        self.tags = np.empty(_FIRST_CAPACITY + 1, object)  # each slot's tag (None: free)
-        self.probe = ProbeIndex(_FIRST_CAPACITY)
         self.blocks = [_Block(codec, _FIRST_CAPACITY) for codec in codecs]
 
-    def slot(self, tag: bytes) -> int:
-        slot = self.index.get(tag)
-        if slot is None:
-            if not self.free:
-                self._grow()
-            slot = self.index[tag] = self.free.pop()
-            self.tags[slot] = tag
-            self.probe.add(tag, slot)
-        return slot
-
     def slots(self, tags: list[bytes]) -> npt.NDArray[np.intp]:
-        """`slot` of each of these (distinct) tags, the new ones placed in one batch."""
+        """Each of these (distinct) tags' slot, a free one for a new tag."""
         known = list(map(self.index.get, tags))
         new = [tag for tag, slot in zip(tags, known, strict=True) if slot is None]
         if not new:
@@ -141,31 +123,18 @@ class _Table:
         taken = self.free[-len(new) :][::-1]  # what `free.pop()` would hand out, in order
         del self.free[-len(new) :]
         self.index.update(zip(new, taken, strict=True))
-        places = np.asarray(taken, np.intp)
-        self.tags[places] = new
-        self.probe.add_many(new, places)
         if len(new) == len(tags):
-            return places
+            return np.asarray(taken, np.intp)
         return np.fromiter(map(self.index.__getitem__, tags), np.intp, len(tags))
 
     def find(self, tags: Sequence[bytes]) -> npt.NDArray[np.intp]:
-        """Each tag's slot, or the sentinel's."""
-        sentinel = len(self.fresh_until) - 1
-        if len(tags) <= _FEW:  # the probe's dozen numpy calls cost more than a few dict lookups
-            return np.fromiter(map(self.index.get, tags, repeat(sentinel)), np.intp, len(tags))
-        slots = self.probe.find(tags, sentinel)
-        # The probe compares hashes only: a slot is the tag's only if it holds that very tag.
-        wrong = ~np.equal(self.tags.take(slots), np.array(tags, object))
-        if wrong.any():
-            slots[wrong] = sentinel
-        return slots
+        """Each tag's slot, or the sentinel's (-1: the last)."""
+        return np.fromiter(map(self.index.get, tags, repeat(-1)), np.intp, len(tags))
 
     def release(self, tag: bytes) -> int | None:
         """Free the tag's slot (the caller clears its rows); returns it, None if not held."""
         slot = self.index.pop(tag, None)
         if slot is not None:
-            self.tags[slot] = None
-            self.probe.remove(slot)
             self.free.append(slot)
         return slot
 
@@ -173,8 +142,6 @@ class _Table:
         used = len(self.fresh_until) - 1
         capacity = 2 * used
         self.fresh_until = _grown(self.fresh_until, used, capacity)
-        self.tags = _grown(self.tags, used, capacity)
-        self.probe.grow(capacity)
         for block in self.blocks:
             block.grow(capacity)
         self.free[:0] = range(capacity - 1, used - 1, -1)  # after any still free: popped last
