@@ -114,6 +114,11 @@ def main() -> None:
         help="also serve with the cache on and these extra serve flags, timed alongside "
         "(e.g. 'admit4=--cache-admit-after 4'); repeatable",
     )
+    parser.add_argument(
+        "--phases",
+        default="zipf,trending",
+        help="which phases to run, comma-separated (default both: zipf,trending)",
+    )
     args = parser.parse_args()
     compare = checkout(args.compare_tree) if args.compare_tree else None
 
@@ -121,10 +126,12 @@ def main() -> None:
     folder = Path(os.environ.get("FEATUREWELL_BENCH_DATA", "/tmp/featurewell-zipf"))
     data = example_repo(folder, args.items)
     calls = args.warmup + args.iterations
-    phases = {
-        "zipf": zipf_candidates(calls, args.items, args.s, 500),
-        "trending": zipf_candidates(calls, TRENDING, args.s, 500, seed=3),
-    }
+    wanted = args.phases.split(",")
+    phases: dict[str, list[list[str]]] = {}
+    if "zipf" in wanted:
+        phases["zipf"] = zipf_candidates(calls, args.items, args.s, 500)
+    if "trending" in wanted:
+        phases["trending"] = zipf_candidates(calls, TRENDING, args.s, 500, seed=3)
     load_before = load()
     with start_local_cluster(3, 1) as cluster:
         seeds = ",".join(f"{h}:{p}" for h, p in cluster.seeds)
@@ -274,7 +281,7 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per (phase, configuration, kind), with ratios to the cache-off server's figures
     of the same kind in the same run."""
     out = []
-    for phase in ("zipf", "trending"):
+    for phase in (p for p in ("zipf", "trending") if p in results):
         figures = results[phase]
         for key, f in figures.items():
             if not isinstance(f, dict):
@@ -322,7 +329,7 @@ def report(results: dict[str, Any]) -> None:
             f"| {row['service_p50_ms']:.3f} / {row['service_p99_ms']:.3f} "
             f"| {row['with_fallbacks']} |"
         )
-    for phase in ("zipf", "trending"):
+    for phase in (p for p in ("zipf", "trending") if p in results):
         figures = results[phase]
         on, single = figures["cache_on ranking"], figures["cache_off single"]
         print(

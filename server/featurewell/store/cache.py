@@ -250,7 +250,11 @@ class HotKeyCache:
                 continue  # a concurrent read cached it already; a tag too long to keep
             if raced and self._invalidated_since(group, tag, since):
                 continue  # fetched before a write that has since been announced: not cacheable
-            size = _size(tag, row) * copies
+            if type(row) is list:  # _size, inlined: this loop runs for every admitted row
+                size = len(tag) + sum(map(len, filter(None, row))) + _ENTRY_OVERHEAD
+            else:
+                size = len(tag) + (len(row) if row is not None else 0) + _ENTRY_OVERHEAD
+            size *= copies
             if size > max_entry:  # would push out many hot rows for one
                 continue
             if expired.pop(tag, None) is None:
@@ -274,8 +278,9 @@ class HotKeyCache:
             self._batches.append((until, state, admitted))
             if len(self._batches) > 1 and self._batches[-2][0] > until:  # a shorter TTL
                 self._batches = deque(sorted(self._batches, key=lambda batch: batch[0]))
-        self._evict()
-        return [p for p in taken if tags[p] in fresh]  # eviction may have taken some already
+        if self._evict():  # it may have taken some of these already
+            return [p for p in taken if tags[p] in fresh]
+        return taken
 
     def _state(self, group: Group) -> _Rows:
         state = self._groups.get(group)
@@ -352,8 +357,10 @@ class HotKeyCache:
             self._invalidated_before, self._invalidated = self._invalidated, {}
             self._rotated_at = now
 
-    def _evict(self) -> None:
+    def _evict(self) -> int:
+        """Evict down to the bounds; returns how many entries left."""
         policy = self.policy
+        evicted = 0
         while self._entries > policy.max_entries or self.bytes > policy.max_bytes:
             states = list(self._groups.values())
             with_expired = [s for s in states if s.expired]
@@ -363,19 +370,13 @@ class HotKeyCache:
             else:  # then the oldest fresh entry of the largest group
                 state = max(states, key=lambda s: len(s.fresh))
                 if not state.fresh:
-                    return
+                    return evicted
                 tag, _ = state.fresh.popitem(last=False)
                 del state.fresh_until[tag]
             self.bytes -= state.sizes.pop(tag)
             self._entries -= 1
             self.stats.evictions += 1
+            evicted += 1
             if self.listener is not None:
                 self.listener.dropped(state.group, tag)
-
-
-def _size(tag: bytes, row: Row) -> int:
-    if type(row) is list:
-        payload = sum(map(len, filter(None, row)))  # None (no row) and b"" weigh nothing
-    else:
-        payload = len(row) if row is not None else 0
-    return len(tag) + payload + _ENTRY_OVERHEAD
+        return evicted

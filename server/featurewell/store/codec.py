@@ -61,6 +61,8 @@ class RowCodec:
         fixed = [f for f in view.features if f.dtype.is_fixed_width]
         self._fixed = fixed
         self._variable = [f for f in view.features if not f.dtype.is_fixed_width]
+        # What one `np.frombuffer` decodes: a read wanting only these never parses the rest.
+        self.fixed_names = frozenset(f.name for f in fixed)
         fields: list[tuple[Any, ...]] = [(_TS, "<i8")]
         for feature in fixed:
             shape = (feature.dtype.dim,) if feature.dtype.kind is Kind.EMBEDDING else ()

@@ -18,6 +18,8 @@ A lookup is `np.fromiter(map(index.get, tags))` (one C-level pass), one fancy in
 the rows are copied out at once, so a slot reused while the read waits for Redis cannot change
 what it serves. The engine decodes only the rows Redis sent and places the gathered ones beside
 them (`merge`), so statuses, ages and max age are computed from the same event times as before.
+Fetched rows the cache admits enter the blocks from the read's own decode of them
+(`offer_decoded`, store/assembly.py): one numpy scatter per field, no second decode.
 
 Every entry leaves this copy when it leaves the `HotKeyCache` (the `Listener` hooks), so the
 copy is never fresher than the raw entry; when invalidations may have been lost, nothing here
@@ -27,8 +29,8 @@ number of entries) and a table goes when its last entry does.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from itertools import repeat
 from typing import Any
 
@@ -38,23 +40,11 @@ import numpy.typing as npt
 from featurewell.definitions import FeatureView
 from featurewell.store.cache import CachePolicy, CacheStats, Group, HotKeyCache, Row
 from featurewell.store.codec import DecodedRows, RowCodec
-from featurewell.values import ColumnValues, Ragged
+from featurewell.store.gathered import Gathered, merge, time_field
+
+__all__ = ["ColumnarCache", "Gathered", "merge"]
 
 _FIRST_CAPACITY = 8
-
-
-@dataclass(frozen=True, slots=True)
-class Gathered:
-    """One view's cached rows for one read: their positions in the read, their fixed-width
-    fields (structured, the codec's layout) and presence, their stored bytes when the view has
-    string or list features (None otherwise); and the positions of the read's other rows
-    (`fetched`: from Redis, or its fallbacks)."""
-
-    positions: npt.NDArray[np.intp]
-    fetched: npt.NDArray[np.intp]
-    fixed: npt.NDArray[Any]
-    present: npt.NDArray[np.bool_]
-    stored: npt.NDArray[Any] | None
 
 
 class _Block:
@@ -66,8 +56,8 @@ class _Block:
     __slots__ = ("fixed", "fixed_names", "present", "stored", "time_field")
 
     def __init__(self, codec: RowCodec, capacity: int) -> None:
-        self.time_field = _time_field(codec)
-        self.fixed_names = frozenset(f.name for f in codec.view.features if f.dtype.is_fixed_width)
+        self.time_field = time_field(codec)
+        self.fixed_names = codec.fixed_names
         self.fixed = np.zeros(capacity + 1, codec.fixed_dtype)
         self.present = np.zeros(capacity + 1, np.bool_)
         variable = len(self.fixed_names) < len(codec.view.features)
@@ -91,13 +81,22 @@ class _Block:
             positions, fetched, self.fixed.take(slots), self.present.take(slots), stored
         )
 
-    def put(self, slots: list[int], decoded: DecodedRows, rows: list[int], raw: list[Any]) -> None:
-        """Rows `rows` of `decoded` (its fixed-width features) and of `raw` into `slots`."""
-        self.present[slots] = decoded.present[rows]
-        self.fixed[self.time_field][slots] = decoded.event_time_us[rows]
+    def put(
+        self,
+        slots: npt.NDArray[np.intp],
+        decoded: DecodedRows,
+        at: npt.NDArray[np.intp],
+        raw: Sequence[Any],
+        rows: list[int],
+    ) -> None:
+        """Rows `at` (also as the list `rows`) of `decoded` (its fixed-width features) and of
+        `raw` into `slots`."""
+        self.present[slots] = decoded.present[at]
+        fixed = self.fixed
+        fixed[self.time_field][slots] = decoded.event_time_us[at]
         for name, values in decoded.values.items():
             assert isinstance(values, np.ndarray)  # fixed-width features only
-            self.fixed[name][slots] = values[rows]
+            fixed[name][slots] = values[at]
         if self.stored is not None:
             self.stored[slots] = [raw[row] for row in rows]
 
@@ -113,12 +112,30 @@ class _Table:
         self.fresh_until = np.zeros(_FIRST_CAPACITY + 1)  # the last: the sentinel, never fresh
         self.blocks = [_Block(codec, _FIRST_CAPACITY) for codec in codecs]
 
-    def slot(self, tag: bytes) -> int:
-        slot = self.index.get(tag)
-        if slot is None:
-            if not self.free:
-                self._grow()
-            slot = self.index[tag] = self.free.pop()
+    def slots(self, tags: list[bytes]) -> npt.NDArray[np.intp]:
+        """Each of these (distinct) tags' slot, a free one for a new tag."""
+        known = list(map(self.index.get, tags))
+        new = [tag for tag, slot in zip(tags, known, strict=True) if slot is None]
+        if not new:
+            return np.asarray(known, np.intp)
+        while len(self.free) < len(new):
+            self._grow()
+        taken = self.free[-len(new) :][::-1]  # what `free.pop()` would hand out, in order
+        del self.free[-len(new) :]
+        self.index.update(zip(new, taken, strict=True))
+        if len(new) == len(tags):
+            return np.asarray(taken, np.intp)
+        return np.fromiter(map(self.index.__getitem__, tags), np.intp, len(tags))
+
+    def find(self, tags: Sequence[bytes]) -> npt.NDArray[np.intp]:
+        """Each tag's slot, or the sentinel's (-1: the last)."""
+        return np.fromiter(map(self.index.get, tags, repeat(-1)), np.intp, len(tags))
+
+    def release(self, tag: bytes) -> int | None:
+        """Free the tag's slot (the caller clears its rows); returns it, None if not held."""
+        slot = self.index.pop(tag, None)
+        if slot is not None:
+            self.free.append(slot)
         return slot
 
     def _grow(self) -> None:
@@ -127,7 +144,7 @@ class _Table:
         self.fresh_until = _grown(self.fresh_until, used, capacity)
         for block in self.blocks:
             block.grow(capacity)
-        self.free = list(range(capacity - 1, used - 1, -1))
+        self.free[:0] = range(capacity - 1, used - 1, -1)  # after any still free: popped last
 
 
 class ColumnarCache:
@@ -186,7 +203,7 @@ class ColumnarCache:
         if table is None:
             self.stats.misses += count
             return None, np.arange(count)
-        slots = np.fromiter(map(table.index.get, tags, repeat(-1)), np.intp, count)
+        slots = table.find(tags)
         hit = table.fresh_until[slots] > now
         hits = np.flatnonzero(hit)
         self.stats.hits += len(hits)
@@ -220,29 +237,74 @@ class ColumnarCache:
             return
         views = len(codecs)
         raw = [[replies[p] if views == 1 else replies[p][v] for p in taken] for v in range(views)]
+        decoded = [  # the fixed-width features: one frombuffer per view
+            codec.decode(rows, codec.fixed_names) for codec, rows in zip(codecs, raw, strict=True)
+        ]
+        rows = list(range(len(taken)))
+        self._fill(group, codecs, [tags[p] for p in taken], raw, decoded, rows, now + ttl)
+
+    def offer_decoded(
+        self,
+        group: Group,
+        codecs: Sequence[RowCodec],
+        tags: Sequence[bytes],
+        replies: Sequence[Row],
+        raw: Sequence[Sequence[Any]],
+        decoded: Sequence[DecodedRows],
+        chosen: Sequence[int],
+        ttl: float,
+        now: float,
+        since: int,
+    ) -> None:
+        """`offer` of the fetched rows at `chosen`, already decoded: `tags` and `replies` are
+        every fetched row's, `raw` and `decoded` each view's rows of them (the fixed-width
+        features, `RowCodec.fixed_names`, as `offer` decodes them). The same rows enter the
+        same slots as through `offer`, without decoding them a second time."""
+        taken = self.rows.offer(
+            group, [tags[j] for j in chosen], [replies[j] for j in chosen], ttl, now, since
+        )
+        if not taken:
+            return
+        rows = [chosen[i] for i in taken]
+        self._fill(group, codecs, [tags[j] for j in rows], raw, decoded, rows, now + ttl)
+
+    def _fill(
+        self,
+        group: Group,
+        codecs: Sequence[RowCodec],
+        tags: list[bytes],
+        raw: Sequence[Sequence[Any]],
+        decoded: Sequence[DecodedRows],
+        rows: list[int],
+        until: float,
+    ) -> None:
+        """Rows `rows` of `decoded` (and of `raw`, each view's stored bytes), entities `tags`,
+        into their slots, fresh until `until`; a row some view could not decode is dropped."""
         table = self._tables.get(group)
         if table is None:
             table = self._tables[group] = _Table(codecs)
-        decoded = [  # the fixed-width features: one frombuffer per view
-            codec.decode(rows, block.fixed_names)
-            for codec, block, rows in zip(codecs, table.blocks, raw, strict=True)
-        ]
-        bad: set[int] = set()
-        for rows in decoded:
-            if rows.corrupt is not None:
-                bad.update(np.flatnonzero(rows.corrupt).tolist())
-        good = [i for i in range(len(taken)) if i not in bad]
-        for i in bad:  # an older decoded copy of the row must not outlive it
-            self.dropped(group, tags[taken[i]])
-        if not good:
-            if not table.index:
-                self._tables.pop(group, None)
-            return
-        self._tables[group] = table  # (back, if dropping emptied it)
-        slots = [table.slot(tags[taken[i]]) for i in good]
-        for block, rows, stored in zip(table.blocks, decoded, raw, strict=True):
-            block.put(slots, rows, good, stored)
-        table.fresh_until[slots] = now + ttl
+        at = np.asarray(rows, np.intp)
+        bad: npt.NDArray[np.bool_] | None = None
+        for view_rows in decoded:
+            if view_rows.corrupt is not None:
+                corrupt = view_rows.corrupt[at]
+                bad = corrupt if bad is None else bad | corrupt
+        if bad is not None and bad.any():
+            for i in np.flatnonzero(bad).tolist():  # an older decoded copy must not outlive it
+                self.dropped(group, tags[i])
+            keep = np.flatnonzero(~bad)
+            at = at[keep]
+            tags = [tags[i] for i in keep.tolist()]
+            if not tags:
+                if not table.index:
+                    self._tables.pop(group, None)
+                return
+            rows = at.tolist()
+            self._tables[group] = table  # (back, if dropping emptied it)
+        slots = table.slots(tags)
+        for block, view_rows, stored in zip(table.blocks, decoded, raw, strict=True):
+            block.put(slots, view_rows, at, stored, rows)
+        table.fresh_until[slots] = until
 
     # -- Listener: entries leaving the HotKeyCache leave here too ----------------------------
 
@@ -250,13 +312,12 @@ class ColumnarCache:
         table = self._tables.get(group)
         if table is None:
             return
-        slot = table.index.pop(tag, None)
+        slot = table.release(tag)
         if slot is not None:
             table.fresh_until[slot] = 0.0
             for block in table.blocks:
                 if block.stored is not None:
                     block.stored[slot] = None  # the bytes go with the raw entry
-            table.free.append(slot)
         if not table.index:
             del self._tables[group]
 
@@ -267,76 +328,6 @@ class ColumnarCache:
     @property
     def bytes(self) -> int:  # last: the name would shadow the type in the class body
         return self.rows.bytes
-
-
-def merge(
-    codec: RowCodec,
-    rows: Sequence[Any],
-    cached: Gathered | None,
-    wanted: Collection[str] | None,
-) -> DecodedRows:
-    """The rows of one view for a read, decoded: the stored `rows` (those at `cached.fetched`,
-    or all of them without `cached`) through the codec, and the `cached` ones beside them."""
-    if cached is None:
-        return codec.decode(rows, wanted)
-    hits = _cached_rows(codec, cached, wanted)
-    positions, fetched = cached.positions, cached.fetched
-    if not len(fetched):  # every row from memory: nothing else to decode
-        return hits
-    decoded = codec.decode(rows, wanted)
-    count = len(positions) + len(fetched)
-    present = np.empty(count, np.bool_)
-    present[positions], present[fetched] = hits.present, decoded.present
-    event_time = np.empty(count, np.int64)
-    event_time[positions], event_time[fetched] = hits.event_time_us, decoded.event_time_us
-    values: dict[str, ColumnValues] = {}
-    for name, column in decoded.values.items():
-        mine = hits.values[name]
-        if isinstance(column, Ragged) or isinstance(mine, Ragged):
-            assert isinstance(column, Ragged)
-            assert isinstance(mine, Ragged)
-            lists: list[Any] = [None] * count
-            for position, row in zip(positions.tolist(), range(len(mine)), strict=True):
-                lists[position] = mine.row(row)
-            for position, row in zip(fetched.tolist(), range(len(column)), strict=True):
-                lists[position] = column.row(row)
-            values[name] = Ragged.from_rows(lists, column.flat.dtype)
-            continue
-        out = np.empty((count, *column.shape[1:]), column.dtype)
-        out[fetched], out[positions] = column, mine
-        values[name] = out
-    corrupt = None
-    if decoded.corrupt is not None or hits.corrupt is not None:
-        corrupt = np.zeros(count, np.bool_)
-        if decoded.corrupt is not None:
-            corrupt[fetched] = decoded.corrupt
-        if hits.corrupt is not None:
-            corrupt[positions] = hits.corrupt
-    return DecodedRows(present, event_time, values, corrupt)
-
-
-def _cached_rows(codec: RowCodec, cached: Gathered, wanted: Collection[str] | None) -> DecodedRows:
-    """The cached rows decoded: straight from the fixed-width block, unless the read wants a
-    string or list feature (then through the codec, from the stored bytes, as if fetched)."""
-    fixed = codec.fixed_dtype.names or ()
-    if cached.stored is not None and (wanted is None or any(w not in fixed for w in wanted)):
-        return codec.decode(cached.stored.tolist(), wanted)
-    return DecodedRows(
-        cached.present,
-        cached.fixed[_time_field(codec)],
-        {
-            f.name: cached.fixed[f.name]
-            for f in codec.view.features
-            if wanted is None or f.name in wanted
-        },
-    )
-
-
-def _time_field(codec: RowCodec) -> str:
-    """The event time's field in the codec's fixed block (always the first)."""
-    names = codec.fixed_dtype.names
-    assert names is not None
-    return names[0]
 
 
 def _grown(array: npt.NDArray[Any], used: int, capacity: int) -> npt.NDArray[Any]:

@@ -6,9 +6,8 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import hiredis
 import numpy as np
@@ -18,16 +17,17 @@ from featurewell.definitions import FeatureView
 from featurewell.errors import StoreTimeout, StoreUnavailable
 from featurewell.store import rowcheck
 from featurewell.store.addressing import Addresses, EntityRead, EntityRows
-from featurewell.store.batch import Failure, FailureReason, NodeTiming, Replies, describe
+from featurewell.store.assembly import Pending, StoreRead, ViewRows, assemble, failed_commands
+from featurewell.store.batch import Failure, FailureReason, Replies, describe
 from featurewell.store.breaker import BreakerPolicy
-from featurewell.store.cache import MISS, Group
 from featurewell.store.cluster import ClusterClient
-from featurewell.store.codec import DecodedRows, RowCodec
-from featurewell.store.columnar import ColumnarCache, Gathered, merge
+from featurewell.store.codec import RowCodec
+from featurewell.store.columnar import ColumnarCache
 from featurewell.store.connection import Address, NodeAccess, encode_command, refusal
 from featurewell.store.keys import META_SLOT, KeyColumn, freshness_key
 from featurewell.store.tracking import InvalidationTracker
-from featurewell.values import FALLBACK, FALLBACK_CACHE
+
+__all__ = ["OnlineStore", "StoreRead", "ViewRows", "WriteMarker", "WriteOutcome"]
 
 log = logging.getLogger("featurewell.store")
 
@@ -64,25 +64,6 @@ return 1
 """
 
 
-@dataclass(slots=True)
-class ViewRows:
-    """One view's stored rows for one entity read (None where Redis has none). Rows Redis could
-    not serve carry a `fallback` status (FALLBACK_CACHE with the cached row, or FALLBACK with
-    None, so the default) and the `FailureReason` in `reasons`; both are None when every row
-    was served. When the columnar cache answered some rows, they are already decoded in
-    `cached`, and `rows` holds only the others (at `cached.fetched`): `decode` puts both
-    together."""
-
-    rows: list[bytes | None]
-    fallback: npt.NDArray[np.uint8] | None = None
-    reasons: npt.NDArray[np.uint8] | None = None
-    cached: Gathered | None = None
-
-    def decode(self, codec: RowCodec, wanted: Collection[str] | None = None) -> DecodedRows:
-        """Every row decoded (only the `wanted` features), cached or fetched."""
-        return merge(codec, self.rows, self.cached, wanted)
-
-
 @dataclass(frozen=True, slots=True)
 class WriteMarker:
     """What the store knows of a view's writes from anywhere: the newest event time written
@@ -93,31 +74,9 @@ class WriteMarker:
 
 
 @dataclass(frozen=True, slots=True)
-class StoreRead:
-    views: list[list[ViewRows]]  # [entity read][view]
-    failures: list[Failure]  # which nodes failed and why, for strict errors and logs
-    timings: list[NodeTiming]  # each node batch, for telemetry
-
-
-@dataclass(frozen=True, slots=True)
 class WriteOutcome:
     written: int
     skipped_older: int
-
-
-@dataclass(slots=True)
-class _Pending:
-    """An entity read's rows that need Redis: `rows` (None: all), at `start` in the batch, and
-    when the read uses the cache, what the cache answered (each view's rows, decoded), and
-    the codecs that decode what it is offered."""
-
-    read: EntityRead
-    start: int
-    rows: list[int] | None
-    group: Group = ()  # the read's key prefixes: its rows' identity in the cache
-    codecs: Sequence[RowCodec] = ()  # set when the read uses the cache
-    cached: list[Gathered] | None = None
-    to_cache: frozenset[int] = frozenset()  # positions in `rows` the cache takes once fetched
 
 
 class OnlineStore:
@@ -215,32 +174,35 @@ class OnlineStore:
         since = cache.sequence if cache is not None else 0
         commands: list[bytes] = []
         slots: list[int] = []
-        tracked: set[int] = set()
-        pending: list[_Pending] = []
+        tracked: list[int] = []
+        pending: list[Pending] = []
         for n, read in enumerate(reads):
             read_codecs = codecs[n] if codecs is not None else ()
             if cache is None or read.cache_ttl <= 0 or not read_codecs:
-                pending.append(_Pending(read, len(commands), None))
+                pending.append(Pending(read, len(commands), None))
                 commands += read.commands()
                 slots += read.slots
                 continue
             group = tuple(read.prefixes)
             cached, missed = cache.lookup(group, read.tags, now)
-            missing = missed.tolist()
-            missing_tags = [read.tags[r] for r in missing] if cached is not None else read.tags
+            if cached is None:  # nothing cached: every row fetched
+                missing, missing_tags = None, read.tags
+            else:
+                missing = missed.tolist()
+                missing_tags = [read.tags[r] for r in missing]
             to_cache = cache.select(group, missing_tags)
-            tracked.update(len(commands) + j for j in to_cache)
+            if to_cache:
+                base = len(commands)
+                tracked += [base + j for j in to_cache]
             pending.append(
-                _Pending(
-                    read, len(commands), missing, group, read_codecs, cached, frozenset(to_cache)
-                )
+                Pending(read, len(commands), missing, group, read_codecs, cached, to_cache)
             )
-            if missing:
-                commands += read.commands(missing_tags)
-                slots += [read.slots[r] for r in missing]
+            if missing_tags:
+                commands += read.commands(missing_tags) if missing is not None else read.commands()
+                slots += [read.slots[r] for r in missing] if missing is not None else read.slots
         replies = (
             await self.cluster.execute(
-                commands, slots, timeout, count_timeouts=count_timeouts, tracked=tracked
+                commands, slots, timeout, count_timeouts=count_timeouts, tracked=set(tracked)
             )
             if commands
             else Replies([], [], [], [])
@@ -254,63 +216,10 @@ class OnlineStore:
                 replies.values,
                 deadline - time.monotonic(),
             )
-        failed = _failed_commands(replies.failures, len(commands))
-        out = [self._assemble(p, replies.values, failed, now, since) for p in pending]
+        failed = failed_commands(replies.failures, len(commands))
+        errors = bool(replies.errors) or self.check_wrong_types
+        out = [assemble(cache, p, replies.values, failed, now, since, errors) for p in pending]
         return StoreRead(out, replies.failures, replies.timings)
-
-    def _assemble(
-        self,
-        pending: _Pending,
-        replies: list[Any],
-        failed: npt.NDArray[np.uint8] | None,
-        now: float,
-        since: int,
-    ) -> list[ViewRows]:
-        read, start = pending.read, pending.start
-        views = len(read.prefixes)
-        fetched_rows = range(len(read.tags)) if pending.rows is None else pending.rows
-        part = replies[start : start + len(fetched_rows)]
-        uses_cache = bool(pending.codecs)
-        if failed is None and pending.cached is None and not pending.to_cache:
-            return _per_view(part, views)  # the plain path: every row from Redis, none kept
-        # One reply per fetched row (GET: the row, MGET: its views); the rows the cache
-        # answered are already decoded, in `pending.cached`.
-        empty = None if views == 1 else (None,) * views
-        merged: list[Any] = [empty] * len(fetched_rows)
-        reasons = failed[start : start + len(fetched_rows)] if failed is not None else None
-        served_tags: list[bytes] = []
-        served: list[Any] = []
-        to_cache = pending.to_cache
-        for j, r in enumerate(fetched_rows):
-            if reasons is not None and reasons[j]:
-                continue
-            merged[j] = part[j]
-            if j in to_cache and rowcheck.cacheable(part[j]):
-                served_tags.append(read.tags[r])
-                served.append(part[j])
-        cache = self.cache
-        if cache is not None and uses_cache and served:
-            cache.offer(
-                pending.group, pending.codecs, served_tags, served, read.cache_ttl, now, since
-            )
-        if reasons is None or not reasons.any():
-            return _per_view(merged, views, pending.cached)
-        # Rows Redis did not serve: the cached reply if within the fallback horizon, else no
-        # row (the engine serves the defaults), each flagged with the status and the reason.
-        fallback = np.zeros(len(read.tags), dtype=np.uint8)
-        why = np.zeros(len(read.tags), dtype=np.uint8)
-        for j in np.flatnonzero(reasons).tolist():
-            r = fetched_rows[j]
-            row: Any = MISS
-            if cache is not None and uses_cache:
-                row = cache.fallback(pending.group, read.tags[r], now)
-            fallback[r] = FALLBACK if row is MISS else FALLBACK_CACHE
-            merged[j] = empty if row is MISS else row
-            why[r] = reasons[j]
-        out = _per_view(merged, views, pending.cached)
-        for view in out:
-            view.fallback, view.reasons = fallback, why
-        return out
 
     async def write(
         self,
@@ -436,30 +345,6 @@ def _evalsha(key: bytes, row: bytes, expire_at: bytes) -> bytes:
         len(expire_at),
         expire_at,
     )
-
-
-def _per_view(
-    replies: list[Any], views: int, cached: list[Gathered] | None = None
-) -> list[ViewRows]:
-    """Per-view row lists from one reply per row (a GET's row, or an MGET's list of rows),
-    with each view's rows from the cache."""
-    if cached is not None:
-        if views == 1:
-            return [ViewRows(replies, cached=cached[0])]
-        return [ViewRows([row[v] for row in replies], cached=cached[v]) for v in range(views)]
-    if views == 1:
-        return [ViewRows(replies)]
-    return [ViewRows([row[v] for row in replies]) for v in range(views)]
-
-
-def _failed_commands(failures: list[Failure], count: int) -> npt.NDArray[np.uint8] | None:
-    """Per command, the `FailureReason` that left it without a reply (0: served)."""
-    if not failures:
-        return None
-    reasons = np.zeros(count, dtype=np.uint8)
-    for failure in failures:
-        reasons[failure.indexes] = failure.reason
-    return reasons
 
 
 def _raise_for(failures: list[Failure], rows: int) -> None:
