@@ -29,35 +29,31 @@ from featurewell.engine.calls import (
     WriteRequest,
     WriteResult,
 )
+from featurewell.engine.failures import count_fallbacks, strict_failure
 from featurewell.engine.plan import Plan, Planner, ViewRead
 from featurewell.engine.validation import (
     Problem,
     WriteRules,
+    check_kind,
     check_write,
     entity_key_problem,
     refusal,
+    write_view,
 )
 from featurewell.errors import (
-    DeadlineExceeded,
     EntityNotFound,
-    FeaturewellError,
     InvalidRequest,
     RequestError,
-    StoreUnavailable,
-    UnknownFeature,
     shown,
 )
 from featurewell.settings import CacheSettings, ServingSettings
 from featurewell.store.addressing import EntityRows
-from featurewell.store.batch import Failure, FailureReason, describe
 from featurewell.store.breaker import timeout_counts
 from featurewell.store.codec import DecodedRows
 from featurewell.store.keys import KeyColumn
 from featurewell.store.online import OnlineStore
 from featurewell.values import (
     DATA_LOSS,
-    FALLBACK,
-    FALLBACK_CACHE,
     NOT_FOUND,
     PRESENT,
     STALE,
@@ -194,7 +190,7 @@ class FeatureEngine:
                 raise InvalidRequest(
                     f"unknown entity key {shown(name)}; known keys: {sorted(known)}"
                 )
-            _check_kind(f"entity key {name!r}", expected, column)
+            check_kind(f"entity key {name!r}", expected, column)
             if expected.kind is Kind.STRING:
                 self._check_key_sizes(name, column.values)
         needed = {key for entity in plan.entities for key in entity.key_names}
@@ -212,7 +208,7 @@ class FeatureEngine:
                     f"the requested on-demand features need request context {name!r} "
                     f"({field_type}); send context={{'{name}': [...]}}"
                 )
-            _check_kind(f"context {name!r}", field_type, given)
+            check_kind(f"context {name!r}", field_type, given)
         lengths = {
             f"entity key {k!r}": len(c.values) for k, c in request.entities.items() if k in needed
         }
@@ -246,7 +242,7 @@ class FeatureEngine:
         timings.store_ended_ns = time.perf_counter_ns()
         timings.nodes = stored.timings
         if stored.failures and request.strict:
-            raise _strict_failure(stored.failures, budget)
+            raise strict_failure(stored.failures, budget)
         now_us = time.time_ns() // 1000
         fetched: dict[int, _Fetched] = {}
         fallbacks: list[FallbackCount] = []
@@ -256,7 +252,7 @@ class FeatureEngine:
                 statuses = _statuses(read, decoded, now_us)
                 if got.fallback is not None and got.reasons is not None:
                     statuses = np.where(got.fallback > 0, got.fallback, statuses)
-                    fallbacks += _count_fallbacks(read, got.fallback, got.reasons)
+                    fallbacks += count_fallbacks(read, got.fallback, got.reasons)
                 fetched[id(read)] = _Fetched(decoded, statuses)
         return fetched, fallbacks
 
@@ -326,38 +322,9 @@ class FeatureEngine:
 
     def check_write(self, request: WriteRequest) -> tuple[FeatureView, list[Problem]]:
         """The view `request` writes and every problem of its values (none: it can be written).
-        A request of the wrong shape (unknown view or feature, a missing column, columns of
-        different lengths) raises at once: there are no rows to name."""
-        name, _, version = request.view.partition("@v")
-        if version and not version.isdigit():
-            raise InvalidRequest(f"view {request.view!r}: write 'view' or 'view@v2'")
-        view = self.registry.view(name, int(version) if version else None)
-        rows = len(request.event_time_us)
-        if rows == 0:
-            raise InvalidRequest("empty write: send at least one row")
-        if rows > self.limits.max_rows:
-            raise InvalidRequest(
-                f"write of {rows} rows exceeds the limit of {self.limits.max_rows}"
-            )
-        for key in view.entity.key_names:
-            column = request.entities.get(key)
-            if column is None:
-                raise InvalidRequest(f"writing {view.ref!r} needs entity key {key!r}")
-            _check_kind(f"entity key {key!r}", view.entity.join_keys[key], column)
-            if len(column.values) != rows:
-                raise InvalidRequest(
-                    f"entity key {key!r} has {len(column.values)} values for {rows} rows"
-                )
-        unknown = sorted(set(request.features) - set(view.feature_index))
-        if unknown:
-            raise UnknownFeature(f"feature view {view.ref!r} has no features {unknown}")
-        missing = [f.name for f in view.features if f.name not in request.features]
-        if missing:
-            raise InvalidRequest(
-                f"writing {view.ref!r} replaces whole rows: send every feature; missing {missing}"
-            )
-        rules = self.rules
-        return view, check_write(view, request, rules, time.time_ns() // 1000)
+        A request of the wrong shape raises at once (engine/validation.py `write_view`)."""
+        view = write_view(self.registry, request, self.limits.max_rows)
+        return view, check_write(view, request, self.rules, time.time_ns() // 1000)
 
 
 def _key_columns(entity: Entity, entities: Mapping[str, InputColumn]) -> list[KeyColumn]:
@@ -367,36 +334,6 @@ def _key_columns(entity: Entity, entities: Mapping[str, InputColumn]) -> list[Ke
         if entity.join_keys[key].kind is Kind.STRING and "" in column:
             raise InvalidRequest(f"entity key {key!r} has an empty string value")
     return columns
-
-
-def _strict_failure(failures: list[Failure], budget: Budget) -> FeaturewellError:
-    # Node addresses go to the log, not to the client.
-    log.warning("strict call failed: %d rows not read from Redis (%s)", *describe(failures))
-    rows, what = describe(failures, nodes=False)
-    detail = f"{rows} rows could not be read from Redis ({what}; the server log names the node)"
-    timed_out = all(f.reason is FailureReason.TIMEOUT for f in failures)
-    if timed_out and budget.deadline_bound:
-        return DeadlineExceeded(f"the call's deadline expired waiting for Redis: {detail}")
-    return StoreUnavailable(
-        f"strict call: {detail}; retry, or call without strict to get flagged fallbacks"
-    )
-
-
-def _count_fallbacks(
-    read: ViewRead, fallback: npt.NDArray[np.uint8], reasons: npt.NDArray[np.uint8]
-) -> list[FallbackCount]:
-    out: list[FallbackCount] = []
-    for reason in np.unique(reasons[reasons > 0]).tolist():
-        mine = reasons == reason
-        out.append(
-            FallbackCount(
-                read.view.ref,
-                FailureReason(reason),
-                int(np.count_nonzero(mine & (fallback == FALLBACK_CACHE))),
-                int(np.count_nonzero(mine & (fallback == FALLBACK))),
-            )
-        )
-    return out
 
 
 # One row's status column per status (shared, so read-only): a single-entity call's statuses
@@ -422,11 +359,6 @@ def _statuses(read: ViewRead, decoded: DecodedRows, now_us: int) -> npt.NDArray[
         if stale.any():
             statuses[stale] = STALE
     return statuses
-
-
-def _check_kind(what: str, expected: FeatureType, column: InputColumn) -> None:
-    if column.kind is not expected.kind:
-        raise InvalidRequest(f"{what} is {expected}; got {column.kind.name.lower()} values")
 
 
 def _context_array(field_type: FeatureType, values: Sequence[Any]) -> npt.NDArray[Any]:

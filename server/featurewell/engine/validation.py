@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from featurewell.definitions import FeatureView, Kind
-from featurewell.engine.calls import WriteRequest
+from featurewell.definitions import FeatureType, FeatureView, Kind, Registry
+from featurewell.engine.calls import InputColumn, WriteRequest
 from featurewell.engine.feature_checks import feature_problems, rows_and_values, utf8
+from featurewell.errors import InvalidRequest, UnknownFeature
 from featurewell.settings_groups import ServingSettings
 
 _US_PER_S = 1_000_000
@@ -214,3 +215,43 @@ def _key_value_problem(value: Any, kind: Kind, rules: WriteRules) -> str | None:
     if isinstance(value, int | np.integer) and not -(2**63) <= int(value) <= _INT64_MAX:
         return f"entity key value {echo(value)} does not fit in int64"
     return None
+
+
+def write_view(registry: Registry, request: WriteRequest, max_rows: int) -> FeatureView:
+    """The view `request` writes, if the request has the shape of a write to it; else raises
+    at once (there are no rows to name): InvalidRequest for a malformed reference, no rows or
+    too many, a missing key or feature, columns of different lengths or the wrong kind;
+    UnknownFeature for an unknown view or version, or a feature the view does not have."""
+    name, _, version = request.view.partition("@v")
+    if version and not version.isdigit():
+        raise InvalidRequest(f"view {request.view!r}: write 'view' or 'view@v2'")
+    view = registry.view(name, int(version) if version else None)
+    rows = len(request.event_time_us)
+    if rows == 0:
+        raise InvalidRequest("empty write: send at least one row")
+    if rows > max_rows:
+        raise InvalidRequest(f"write of {rows} rows exceeds the limit of {max_rows}")
+    for key in view.entity.key_names:
+        column = request.entities.get(key)
+        if column is None:
+            raise InvalidRequest(f"writing {view.ref!r} needs entity key {key!r}")
+        check_kind(f"entity key {key!r}", view.entity.join_keys[key], column)
+        if len(column.values) != rows:
+            raise InvalidRequest(
+                f"entity key {key!r} has {len(column.values)} values for {rows} rows"
+            )
+    unknown = sorted(set(request.features) - set(view.feature_index))
+    if unknown:
+        raise UnknownFeature(f"feature view {view.ref!r} has no features {unknown}")
+    missing = [f.name for f in view.features if f.name not in request.features]
+    if missing:
+        raise InvalidRequest(
+            f"writing {view.ref!r} replaces whole rows: send every feature; missing {missing}"
+        )
+    return view
+
+
+def check_kind(what: str, expected: FeatureType, column: InputColumn) -> None:
+    """Refuse a column whose values are not of the kind `expected` says."""
+    if column.kind is not expected.kind:
+        raise InvalidRequest(f"{what} is {expected}; got {column.kind.name.lower()} values")
