@@ -7,12 +7,12 @@ columnar gather, numpy statuses, packing the response) computes the same thing o
 This module keeps that answer, keyed by the request's bytes, next to the *identities* of the
 cache entries it was built from, and serves it while those very entries are still fresh:
 
-- **Freshness is the cache's.** Each call looks its rows up in the `HotKeyCache` (its public
-  `lookup`, which counts the hits): an answer is served only if every row is the same entry
-  object it was built from. An entry never changes in place (a fresh entry is only ever
-  dropped: by a write through this server, a Redis tracking invalidation, its TTL, eviction,
-  or all at once when invalidations may have been lost), and a refetched row is a new object,
-  so an answer can never outlive its rows (docs/caching.md's bound holds unchanged).
+- **Freshness is the cache's.** Each call looks its rows up in the `HotKeyCache` (`peek`,
+  uncounted; a served answer counts its rows as hits): an answer is served only if every row
+  is the same entry object it was built from. An entry never changes in place (a fresh entry
+  is only ever dropped: by a write through this server, a Redis tracking invalidation, its TTL,
+  eviction, or all at once when invalidations may have been lost), and a refetched row is a
+  new object, so an answer can never outlive its rows (docs/caching.md's bound holds unchanged).
 - **Only answers every path would give alike.** Kept: one row per entity, no on-demand
   transforms (they may read the clock), every value PRESENT, no fallbacks. Served only while
   no row has gone past its view's max age (past it the engine answers, with STALE). The
@@ -48,7 +48,7 @@ from featurewell.values import PRESENT
 MAX_ANSWERS = 4096
 MAX_REQUEST_BYTES = 2048
 
-_Rows = tuple[tuple[Group, list[bytes], Any], ...]  # (group, [tag], the entry it read), per group
+_Rows = tuple[tuple[Group, bytes, Any], ...]  # (group, tag, the entry it read), per group
 
 
 class Kept(NamedTuple):
@@ -109,8 +109,8 @@ class SingleAnswers:
             del self._answers[request]
             return None
         now = time.monotonic()
-        for group, tags, entry in answer.rows:
-            if _peek(rows_cache, group, tags, now) is not entry:
+        for group, tag, entry in answer.rows:
+            if rows_cache.peek(group, tag, now) is not entry:
                 del self._answers[request]  # its row changed or left: learn it again
                 return None
         if answer.stale_at_us and time.time_ns() // 1000 > answer.stale_at_us:
@@ -148,7 +148,7 @@ class SingleAnswers:
         if plan.transforms:
             return None
         now = time.monotonic()
-        rows: list[tuple[Group, list[bytes], Any]] = []
+        rows: list[tuple[Group, bytes, Any]] = []
         for group in plan.groups:
             if group.cache_ttl_s <= 0:
                 return None
@@ -160,11 +160,11 @@ class SingleAnswers:
                 keys.append(column.values)
             # The row's identity in the cache, as the store addresses it (no slots needed).
             cached_as = tuple(map(self._addresses.prefix, group.views))
-            tags = entity_tags(keys, 1)
-            entry = _peek(rows_cache, cached_as, tags, now)
+            (tag,) = entity_tags(keys, 1)
+            entry = rows_cache.peek(cached_as, tag, now)
             if type(entry) is not bytes and type(entry) is not list:
                 return None  # not cached (MISS), or cached as having no row
-            rows.append((cached_as, tags, entry))
+            rows.append((cached_as, tag, entry))
         max_ages = tuple(read.max_age_us for group in plan.groups for read in group.reads)
         return Before(request, planner, tuple(rows), max_ages, asked)
 
@@ -183,8 +183,8 @@ class SingleAnswers:
         if rows_cache is None or before.planner is not self.engine.planner:
             return
         now = time.monotonic()
-        for group, tags, entry in before.rows:
-            if _peek(rows_cache, group, tags, now) is not entry:
+        for group, tag, entry in before.rows:
+            if rows_cache.peek(group, tag, now) is not entry:
                 return
         stale_at = [
             int(served.rows.event_time_us[0]) + max_age
@@ -199,13 +199,3 @@ class SingleAnswers:
             min(stale_at) if stale_at else 0,
             Kept(before.request, result, response),
         )
-
-
-def _peek(cache: HotKeyCache, group: Group, tags: list[bytes], now: float) -> Any:
-    """The one row's fresh cache entry (MISS if none), the cache's hit counts untouched: the
-    engine counts the call's own lookups."""
-    stats = cache.stats
-    hits, misses = stats.hits, stats.misses
-    entry = cache.lookup(group, tags, now)[0][0]
-    stats.hits, stats.misses = hits, misses
-    return entry

@@ -148,6 +148,14 @@ class HotKeyCache:
         self.stats.hits += len(tags) - misses
         return found, missed
 
+    def peek(self, group: Group, tag: bytes, now: float) -> Row:
+        """One row's fresh cached reply (None: known to have no row) or MISS, like `lookup`
+        but uncounted: for a caller checking that an entry it already read is still the one
+        held (serving/single_cache.py), whose reads the engine counts."""
+        self.expire_due(now)
+        rows = self._groups.get(group)
+        return MISS if rows is None else rows.fresh.get(tag, MISS)
+
     def expire_due(self, now: float) -> None:
         """Move entries past their TTL to the fallbacks (a check of one timestamp unless some
         are due)."""

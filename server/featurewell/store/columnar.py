@@ -87,10 +87,8 @@ class _Block:
         decoded: DecodedRows,
         at: npt.NDArray[np.intp],
         raw: Sequence[Any],
-        rows: list[int],
     ) -> None:
-        """Rows `at` (also as the list `rows`) of `decoded` (its fixed-width features) and of
-        `raw` into `slots`."""
+        """Rows `at` of `decoded` (its fixed-width features) and of `raw` into `slots`."""
         self.present[slots] = decoded.present[at]
         fixed = self.fixed
         fixed[self.time_field][slots] = decoded.event_time_us[at]
@@ -98,7 +96,7 @@ class _Block:
             assert isinstance(values, np.ndarray)  # fixed-width features only
             fixed[name][slots] = values[at]
         if self.stored is not None:
-            self.stored[slots] = [raw[row] for row in rows]
+            self.stored[slots] = [raw[row] for row in at.tolist()]
 
 
 class _Table:
@@ -299,11 +297,10 @@ class ColumnarCache:
                 if not table.index:
                     self._tables.pop(group, None)
                 return
-            rows = at.tolist()
             self._tables[group] = table  # (back, if dropping emptied it)
         slots = table.slots(tags)
         for block, view_rows, stored in zip(table.blocks, decoded, raw, strict=True):
-            block.put(slots, view_rows, at, stored, rows)
+            block.put(slots, view_rows, at, stored)
         table.fresh_until[slots] = until
 
     # -- Listener: entries leaving the HotKeyCache leave here too ----------------------------

@@ -87,10 +87,7 @@ def _fetched_rows(
 ) -> DecodedRows:
     """`rows` decoded (the `wanted` features): `decoded` when it holds them all (the same
     decode of the same bytes), else through the codec."""
-    names = codec.fixed_names
-    if decoded is None or not (
-        names.issuperset(wanted) if wanted is not None else len(names) == len(codec.view.features)
-    ):
+    if decoded is None or not _fixed_only(codec, wanted):
         return codec.decode(rows, wanted)
     values = decoded.values
     if wanted is not None and len(values) != len(wanted):
@@ -101,8 +98,7 @@ def _fetched_rows(
 def _cached_rows(codec: RowCodec, cached: Gathered, wanted: Collection[str] | None) -> DecodedRows:
     """The cached rows decoded: straight from the fixed-width block, unless the read wants a
     string or list feature (then through the codec, from the stored bytes, as if fetched)."""
-    fixed = codec.fixed_dtype.names or ()
-    if cached.stored is not None and (wanted is None or any(w not in fixed for w in wanted)):
+    if cached.stored is not None and not _fixed_only(codec, wanted):
         return codec.decode(cached.stored.tolist(), wanted)
     return DecodedRows(
         cached.present,
@@ -113,6 +109,14 @@ def _cached_rows(codec: RowCodec, cached: Gathered, wanted: Collection[str] | No
             if wanted is None or f.name in wanted
         },
     )
+
+
+def _fixed_only(codec: RowCodec, wanted: Collection[str] | None) -> bool:
+    """Whether the read wants only fixed-width features (None: every feature)."""
+    names = codec.fixed_names
+    if wanted is None:
+        return len(names) == len(codec.view.features)
+    return names.issuperset(wanted)
 
 
 def time_field(codec: RowCodec) -> str:
