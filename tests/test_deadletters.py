@@ -375,7 +375,7 @@ def test_the_stream_addresses_an_empty_key_as_redis_and_serving_do(cluster: Loca
     """The stream's state keys are tagged by the same function as the served rows
     (store.keys.entity_tags): an empty key is '%00', in the slot Redis itself computes, never
     the whole-key hash of an empty '{}' (which sent its checkpoint to a node answering MOVED)."""
-    from featurewell.compute.runner import _tags
+    from featurewell.compute.checkpoint import tags as _tags
     from featurewell.devcluster import call
     from featurewell.store.addressing import Addresses
     from featurewell.store.keys import slots_of, state_prefix, view_keys

@@ -2,7 +2,7 @@
 the offline store (offline/store.py) so training sets see what was served, and kept so that a
 crash (SIGKILL included) loses no history row and writes none twice.
 
-A checkpoint (compute/runner.py) writes, in this order: (1) the rows of every event its states
+A checkpoint (compute/checkpoint.py) writes, in this order: (1) the rows of every event its states
 hold, as one history batch `<written>-stream_<consumer>_<hash>_<n>` (a file per view and day, so
 writing batch n again replaces it); (2) in one HSET, "batch n written, it covers partition p up
 to position P_p" (store/state.py `save_progress`); (3) the states; (4) the watermarks; (5) the

@@ -11,40 +11,39 @@ already holds. Every `refresh_s` it writes again the entities whose values time 
 (a 7-day count falls as old events leave the window; a decayed popularity fades).
 
 History survives a crash (SIGKILL included): compute/history.py says how.
+
+This module reads, applies and decides when: what a flush writes is compute/rows.py's, what a
+checkpoint saves (and keeps after a failure) compute/checkpoint.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from featurewell.compute import sharing
+from featurewell.compute.checkpoint import Checkpoints
 from featurewell.compute.deadletters import DeadLetterSink, batch_letters
 from featurewell.compute.events import wall_clock_us
 from featurewell.compute.history import StreamHistory
 from featurewell.compute.kafka import KafkaSource
-from featurewell.compute.program import compile_view, write_request
+from featurewell.compute.program import compile_view
 from featurewell.compute.redis_streams import RedisStreamSource
-from featurewell.compute.state import decode_entity, encode_entity
+from featurewell.compute.rows import StreamRows
 from featurewell.compute.stats import StreamStats
-from featurewell.compute.stream import EntityKey, EventBatch, Position, StreamEngine, ViewState
+from featurewell.compute.stream import EventBatch, Position, StreamEngine
 from featurewell.definitions import EventSource, Registry
 from featurewell.engine.engine import FeatureEngine
 from featurewell.engine.validation import WriteRules
 from featurewell.offline.store import OfflineStore
-from featurewell.store.keys import entity_tags
-from featurewell.store.state import load_states, load_watermarks, save_states, save_watermarks
+from featurewell.store.state import load_watermarks
 
 log = logging.getLogger("featurewell.stream")
-_CHECKPOINT_SLICE = 500  # entity states encoded between two turns of the event loop
-# Dirty entities by view, entries to acknowledge by partition, watermarks by partition.
-_Checkpoint = tuple[dict[str, set[EntityKey]], dict[int, list[str]], dict[int, int]]
 
 
 class EventReader(Protocol):
@@ -58,9 +57,6 @@ class EventReader(Protocol):
     async def read(self, count: int) -> list[EventBatch]: ...
 
     async def ack(self, partition: int, receipts: Sequence[str]) -> None: ...
-
-
-_wall_clock_us = wall_clock_us
 
 
 class StreamRunner:
@@ -80,7 +76,7 @@ class StreamRunner:
         emit_s: float = 0.1,
         claim_idle_ms: int = 30_000,
         events: EventReader | None = None,
-        clock_us: Callable[[], int] = _wall_clock_us,
+        clock_us: Callable[[], int] = wall_clock_us,
         freeze_gc: bool = False,
         history: OfflineStore | None = None,
         rules: WriteRules | None = None,
@@ -150,33 +146,34 @@ class StreamRunner:
         self.checkpoint_s = checkpoint_s
         self.refresh_s = refresh_s
         self.stats = StreamStats()
-        self._dirty: dict[str, set[EntityKey]] = {ref: set() for ref in self.programs}
-        self._unacked: dict[int, list[str]] = {}
         self._last_checkpoint = time.monotonic()
         self._last_refresh = time.monotonic()
         self._checkpointing: asyncio.Task[None] | None = None
         self._refreshing: asyncio.Task[None] | None = None
-        # Per view, the tile its windows were last written at (rows emitted since start are
-        # as of now: a refresh has nothing to add until the tile moves).
         self.clock_us = clock_us
-        self.freeze_gc = freeze_gc
         self.history: StreamHistory | None = None
         if history is not None:
             self.history = StreamHistory(history, self.cluster, source, group, consumer)
+        self.checkpoints = Checkpoints(
+            self.engine,
+            self.cluster,
+            source,
+            group,
+            self.events.ack,
+            self.stats,
+            freeze_gc=freeze_gc,
+        )
+        self.rows = StreamRows(
+            self.programs, self.engine, writer, self.checkpoints, self.stats, self.history, clock_us
+        )
         # Per partition, the position of the last event applied, and of the last event whose
         # row is emitted (or being emitted).
         self._applied_to: dict[int, Position] = {}
         self._emitted_to: dict[int, Position] = {}
         self._flushing = asyncio.Lock()
-        start_us = clock_us()
-        self._refreshed_tile = {ref: start_us // p.tile_us for ref, p in self.programs.items()}
         self.emit_s = emit_s
         self._last_emit = 0.0
-        self._to_emit: dict[str, set[EntityKey]] = {ref: set() for ref in self.programs}
-        # Entities touched only by quiet events: written online, their history already kept.
-        self._quiet: dict[str, set[EntityKey]] = {ref: set() for ref in self.programs}
-        self._emitting: list[EventBatch] = []
-        self._emitted: dict[tuple[str, EntityKey], list[Any]] = {}
+        self._emitting: list[EventBatch] = []  # applied, their rows not yet written
 
     async def start(self) -> None:
         """Restore the watermarks, create or join the consumer group, claim dead consumers'
@@ -202,14 +199,12 @@ class StreamRunner:
         batches = await self.events.read(self.batch_size)
         read = sum(len(b) for b in batches)
         for batch in batches:
-            await self._load_entities(batch)
+            await self.checkpoints.load_entities(batch)
             letters = []
             parts = [(batch, False)] if self.history is None else self.history.split(batch)
             for part, quiet in parts:
                 refused: list[tuple[int, str]] = []
-                emit = self._quiet if quiet else self._to_emit
-                for ref, keys in self.engine.apply(part, refused).items():
-                    emit[ref] |= keys
+                self.rows.touched(self.engine.apply(part, refused), quiet)
                 letters += batch_letters(self.source, part, refused)
             if len(batch):
                 self._applied_to[batch.partition] = batch.positions[-1]
@@ -219,7 +214,7 @@ class StreamRunner:
                 for letter in letters:
                     self.stats.dead_letter(letter.reason_class)
             self._emitting.append(batch)
-            unacked = self._unacked.setdefault(batch.partition, [])
+            unacked = self.checkpoints.unacked.setdefault(batch.partition, [])
             unacked.extend(batch.receipts)
             unacked.extend(letter.receipt for letter in batch.rejected)
             self.stats.batches += 1
@@ -239,9 +234,9 @@ class StreamRunner:
             # so events keep flowing while states are encoded.
             await self.flush()
             self._last_checkpoint = now
-            taken = self._take_checkpoint()
+            taken = self.checkpoints.take()
             self._checkpointing = asyncio.get_running_loop().create_task(
-                self._write_checkpoint(*taken)
+                self.checkpoints.write(taken, self.flush_history)
             )
         refreshing = self._refreshing
         if now - self._last_refresh >= self.refresh_s and (refreshing is None or refreshing.done()):
@@ -292,10 +287,9 @@ class StreamRunner:
             gone = [k for k, e in state.entities.items() if partition in e.applied]
             for key in gone:
                 del state.entities[key]
-                self._emitted.pop((ref, key), None)
-            for pending in (self._dirty, self._to_emit, self._quiet):
-                pending[ref].difference_update(gone)
-        self._unacked.pop(partition, None)
+            self.rows.forget(ref, gone)
+            self.checkpoints.dirty[ref].difference_update(gone)
+        self.checkpoints.unacked.pop(partition, None)
         self.engine.watermarks.pop(partition, None)
         self._applied_to.pop(partition, None)
         self._emitted_to.pop(partition, None)
@@ -305,8 +299,8 @@ class StreamRunner:
         and checkpoint every entity it touched, so the live stream continues its windows."""
         for batch in batches:
             for ref, keys in self.engine.apply(batch).items():
-                self._dirty[ref] |= keys
-        await self._write_checkpoint(*self._take_checkpoint(), ack=False)
+                self.checkpoints.dirty[ref] |= keys
+        await self.checkpoints.write(self.checkpoints.take(), self.flush_history, ack=False)
 
     async def flush(self) -> None:
         """Write the rows of every event applied so far (one flush at a time: when one ends,
@@ -319,13 +313,8 @@ class StreamRunner:
         self._emitted_to = dict(self._applied_to)
         if not self._emitting:
             return
-        to_emit, self._to_emit = self._to_emit, {ref: set() for ref in self.programs}
-        quiet, self._quiet = self._quiet, {ref: set() for ref in self.programs}
-        for ref, keys in quiet.items():
-            keys -= to_emit[ref]  # touched by a new event too: its row is new history
-            to_emit[ref] |= keys
         emitting, self._emitting = self._emitting, []
-        await self._emit(to_emit, quiet=quiet)
+        await self.rows.flush()
         for done in emitting:
             self._record_visibility(done)
 
@@ -344,160 +333,10 @@ class StreamRunner:
         """Write changed entities' state and the watermarks, then acknowledge the entries
         (`ack=False`: a test's crash between the two)."""
         await self.flush()
-        await self._write_checkpoint(*self._take_checkpoint(), ack=ack)
-
-    def _take_checkpoint(self) -> _Checkpoint:
-        """The dirty entities and the entries to acknowledge, taken at once: every entry taken
-        was applied to a state written by this checkpoint (or an earlier one) and its row was
-        written, so acknowledging it is safe; what changes meanwhile waits for the next one."""
-        dirty, self._dirty = self._dirty, {ref: set() for ref in self.programs}
-        unacked, self._unacked = self._unacked, {}
-        return dirty, unacked, dict(self.engine.watermarks)
-
-    async def _write_checkpoint(
-        self,
-        dirty: dict[str, set[EntityKey]],
-        unacked: dict[int, list[str]],
-        marks: dict[int, int],
-        ack: bool = True,
-    ) -> None:
-        """States encoded in slices of `_CHECKPOINT_SLICE` (the event loop serves steps in
-        between), then the history of every event they hold, then the states written, then the
-        watermarks, then the acknowledgements."""
-        try:
-            encoded: list[tuple[ViewState, list[EntityKey], list[bytes]]] = []
-            for ref, keys in dirty.items():
-                state = self.engine.views[ref]
-                present = [key for key in keys if key in state.entities]
-                for start in range(0, len(present), _CHECKPOINT_SLICE):
-                    chunk = present[start : start + _CHECKPOINT_SLICE]
-                    encoded.append(
-                        (state, chunk, [encode_entity(state, state.entities[k]) for k in chunk])
-                    )
-                    await asyncio.sleep(0)
-            # Encoded first, history next: the history holds the rows of every event the
-            # states hold (and maybe a few more), never fewer.
-            await self.flush_history()
-            for state, chunk, states in encoded:
-                await save_states(self.cluster, state.program.view, _tags(chunk), states, 10.0)
-            await save_watermarks(self.cluster, self.source, self.group, marks, 10.0)
-            if ack:
-                for partition, ids in unacked.items():
-                    await self.events.ack(partition, ids)
-                unacked = {}
-        except BaseException:
-            # Not written (or not acknowledged): keep it all for the next attempt.
-            for ref, keys in dirty.items():
-                self._dirty[ref] |= keys
-            for partition, ids in unacked.items():
-                self._unacked.setdefault(partition, [])[:0] = ids
-            raise
-        for partition, ids in unacked.items():  # ack=False: still to acknowledge
-            self._unacked.setdefault(partition, [])[:0] = ids
-        for _ in self.engine.evict_in_slices():
-            await asyncio.sleep(0)  # events flow between slices
-        if self.freeze_gc:
-            gc.freeze()
-        self.stats.checkpoints += 1
+        await self.checkpoints.write(self.checkpoints.take(), self.flush_history, ack=ack)
 
     async def refresh(self, slice_size: int = 2000) -> None:
-        """Write again every entity whose values changed with time alone, `slice_size` at a
-        time (a pass over every entity at once would stall the events behind it).
-
-        Only views time can change are visited: last values never change with time, and a
-        window only moves when its tile does; decayed sums change continuously."""
+        """Write again the entities whose values time alone changed, in slices
+        (`StreamRows.refresh`)."""
         self._last_refresh = time.monotonic()
-        now_us = self.clock_us()
-        for ref, state in self.engine.views.items():
-            tile = now_us // state.program.tile_us
-            decays = any(f.kind == "decayed sum" for f in state.windowed)
-            if not state.windowed or (not decays and self._refreshed_tile.get(ref) == tile):
-                continue
-            self._refreshed_tile[ref] = tile
-            keys = list(state.entities)
-            for start in range(0, len(keys), slice_size):
-                chunk = {ref: set(keys[start : start + slice_size])}
-                self.stats.refreshed += await self._emit(chunk, only_changed=True)
-                await asyncio.sleep(0)
-
-    async def _emit(
-        self,
-        touched: dict[str, set[EntityKey]],
-        only_changed: bool = False,
-        quiet: dict[str, set[EntityKey]] | None = None,
-    ) -> int:
-        """Write the entities' rows online, and queue them as history (but for the `quiet`
-        ones: replayed after a crash, their rows are in the history already)."""
-        as_of = self.clock_us()
-        as_of = max(as_of, *self.engine.watermarks.values()) if self.engine.watermarks else as_of
-        written = 0
-        for ref, keys in touched.items():
-            if not keys:
-                continue
-            program = self.programs[ref]
-            rows: list[tuple[EntityKey, list[Any]]] = []
-            for key in keys:
-                values = self.engine.values(ref, key, as_of)
-                if only_changed and _same(self._emitted.get((ref, key)), values):
-                    continue
-                self._emitted[(ref, key)] = values
-                rows.append((key, values))
-                self._dirty[ref].add(key)
-            if rows:
-                request = write_request(program, rows, as_of)
-                _, problems = self.writer.check_write(request)
-                if problems:
-                    # A row the events made but the write rules refuse (a float32 sum past
-                    # its range, say) must not stop the stream or poison the row: the entity
-                    # keeps its last good value, and the refusal is logged and counted.
-                    bad = {p.row for p in problems}
-                    log.warning(
-                        "stream: %d computed rows of %s refused, not written: %s",
-                        len(bad),
-                        ref,
-                        "; ".join(str(p) for p in problems[:3]),
-                    )
-                    self.stats.rows_refused += len(bad)
-                    rows = [row for i, row in enumerate(rows) if i not in bad]
-                    if not rows:
-                        continue
-                    request = write_request(program, rows, as_of)
-                await self.writer.write(request)
-                written += len(rows)
-                if self.history is not None:
-                    hushed = quiet.get(ref, set()) if quiet else set()
-                    kept = [row for row in rows if row[0] not in hushed] if hushed else rows
-                    if kept:
-                        history = request if kept is rows else write_request(program, kept, as_of)
-                        self.history.add(program, history, _wall_clock_us())
-        self.stats.rows_written += written
-        return written
-
-    async def _load_entities(self, batch: EventBatch) -> None:
-        """Bring in the checkpointed state of entities this run has not seen yet."""
-        for state in self.engine.views.values():
-            names = list(state.program.view.entity.key_names)
-            keys = set(zip(*(batch.columns[n].tolist() for n in names), strict=True))
-            missing = [key for key in keys if key not in state.entities]
-            if not missing:
-                continue
-            stored = await load_states(self.cluster, state.program.view, _tags(missing), 10.0)
-            for key, raw in zip(missing, stored, strict=True):
-                if raw:
-                    state.entities[key] = decode_entity(state, raw)
-
-
-def _tags(keys: list[EntityKey]) -> list[bytes]:
-    """Hash tags of entity keys (tuples of key values), all at once."""
-    return entity_tags([list(column) for column in zip(*keys, strict=True)], len(keys))
-
-
-def _same(previous: list[Any] | None, values: list[Any]) -> bool:
-    if previous is None:
-        return False
-    return all(
-        bool(np.array_equal(a, b))
-        if isinstance(a, np.ndarray) or isinstance(b, np.ndarray)
-        else a == b
-        for a, b in zip(previous, values, strict=True)
-    )
+        await self.rows.refresh(slice_size)

@@ -1,7 +1,7 @@
 """The streaming engine's state machine: events in (in the order a partition delivers them),
 per-entity tiles updated incrementally, feature values out as of any time. No I/O here: the
-runner (`compute/runner.py`) feeds it from Redis Streams or Kafka, writes the rows it emits and
-checkpoints the state.
+runner (`compute/runner.py`) feeds it from Redis Streams or Kafka, writes the rows it emits
+(`compute/rows.py`) and checkpoints the state (`compute/checkpoint.py`).
 
 Rules (the batch engine applies the same ones, so both agree):
 - **Watermark**: per partition, the greatest event time read so far.
