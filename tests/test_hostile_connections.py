@@ -13,7 +13,7 @@ import pytest
 from featurewell.client import FeatureClient, FeatureClientError
 from featurewell.definitions import Registry
 from featurewell.devcluster import LocalCluster
-from featurewell.serving.server import connection_limits
+from featurewell.serving.grpc_options import connection_limits
 from featurewell.settings import Settings
 from featurewell.v1 import feature_service_pb2 as pb
 from tests.tools import ServerThread, make_settings, wait_until

@@ -3,10 +3,10 @@ deadline it keeps back to answer.
 
 Three layers, cheapest first (docs/resilience.md, "Overload"):
 
-1. gRPC's own `maximum_concurrent_rpcs` (serving/server.py, setting `max_concurrent_rpcs`) answers
-   RESOURCE_EXHAUSTED in gRPC's C-level loop code, before any handler or Python task exists. It
-   bounds the calls a server holds, queued before their handler included, which nothing here can
-   see: past capacity, calls otherwise wait there until their deadline.
+1. gRPC's own `maximum_concurrent_rpcs` (serving/transport.py, setting `max_concurrent_rpcs`)
+   answers RESOURCE_EXHAUSTED in gRPC's C-level loop code, before any handler or Python task
+   exists. It bounds the calls a server holds, queued before their handler included, which
+   nothing here can see: past capacity, calls otherwise wait there until their deadline.
 2. An adaptive concurrency limit on calls inside handlers (AIMD on handler latency, the scheme of
    Netflix's concurrency-limits `AIMDLimit` and close to Envoy's adaptive concurrency): a call
    slower than `overload_latency_ms` shrinks the limit by `BACKOFF`, a call in time grows it by

@@ -10,7 +10,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,15 +21,9 @@ from featurewell.definitions import Registry, load_repo, repo_fingerprint
 from featurewell.engine.engine import FeatureEngine
 from featurewell.engine.plan import Planner
 from featurewell.errors import ConfigError, FeaturewellError, StoreError, StoreUnreachable
-from featurewell.serving.auth import Authenticator, AuthInterceptor
+from featurewell.serving import transport
 from featurewell.serving.authz import Authoriser
-from featurewell.serving.grpc_options import (  # connection_limits: re-exported for tests
-    connection_limits as connection_limits,
-)
-from featurewell.serving.grpc_options import (
-    demote_grpc_threads,
-    pending_limits,
-)
+from featurewell.serving.grpc_options import demote_grpc_threads
 from featurewell.serving.service import AFTER_ANSWER_S, FeatureService
 from featurewell.serving.startup import (
     Gate,
@@ -99,18 +92,7 @@ class Server:
                 overrides = await promoted_or_none(store)
             if overrides:
                 registry = versions.serve_defaults(registry, overrides)
-            authenticating = _interceptor(settings)
-            grpc_server = grpc.aio.server(
-                interceptors=[authenticating] if authenticating is not None else None,
-                # Past it gRPC answers RESOURCE_EXHAUSTED before any handler: serving/overload.py
-                maximum_concurrent_rpcs=settings.serving.max_concurrent_rpcs or None,
-                options=[
-                    ("grpc.max_send_message_length", settings.serving.max_message_bytes),
-                    ("grpc.so_reuseport", 1 if settings.serving.workers > 1 else 0),
-                    *connection_limits(settings.serving),
-                    *pending_limits(settings.serving),
-                ],
-            )
+            grpc_server, authenticating = transport.grpc_server(settings)
             tracing = tracing if tracing is not None else Tracing.from_settings(settings.telemetry)
             telemetry = Telemetry(
                 settings.telemetry,
@@ -137,7 +119,7 @@ class Server:
                 ],
                 grpc_server,
             )
-            port = _listen(grpc_server, settings)
+            port = transport.listen(grpc_server, settings)
             await grpc_server.start()
             demote_grpc_threads(settings.serving.grpc_threads_nice)
             metrics_port = _serve_metrics(telemetry, settings)
@@ -350,47 +332,6 @@ def add_feature_service(
         (grpc.method_handlers_generic_handler(descriptor.full_name, handlers),)
     )
     grpc_server.add_registered_method_handlers(descriptor.full_name, handlers)
-
-
-def _listen(grpc_server: grpc.aio.Server, settings: Settings) -> int:
-    address = f"{settings.listen.host}:{settings.serving.port}"
-    if not settings.serving.tls_cert_file:
-        return grpc_server.add_insecure_port(address)
-    try:
-        key = Path(settings.serving.tls_key_file).read_bytes()
-        chain = Path(settings.serving.tls_cert_file).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the TLS certificate or key: {exc}") from exc
-    return grpc_server.add_secure_port(address, _credentials(settings, key, chain))
-
-
-def _credentials(settings: Settings, key: bytes, chain: bytes) -> grpc.ServerCredentials:
-    """TLS; with tls_client_ca_file, mTLS: gRPC refuses handshakes without a client certificate
-    that this CA signed, so a call that reaches a handler carries a verified one."""
-    if not settings.serving.tls_client_ca_file:
-        return grpc.ssl_server_credentials([(key, chain)])
-    try:
-        roots = Path(settings.serving.tls_client_ca_file).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read tls_client_ca_file: {exc}") from exc
-    return grpc.ssl_server_credentials(
-        [(key, chain)], root_certificates=roots, require_client_auth=True
-    )
-
-
-def _interceptor(settings: Settings) -> AuthInterceptor | None:
-    """The authentication interceptor, when any identity is in play; none (today's path,
-    untouched) with authentication off."""
-    auth = settings.auth
-    if not (auth.required or auth.configured or settings.serving.tls_client_ca_file):
-        return None
-    if auth.required and not (auth.configured or settings.serving.tls_client_ca_file):
-        raise ConfigError(
-            "auth_required is on but no caller could authenticate: set tls_client_ca_file "
-            "(mTLS), auth_tokens_file or auth_jwks_file"
-        )
-    certificates = bool(settings.serving.tls_client_ca_file)
-    return AuthInterceptor(Authenticator(auth, client_certificates=certificates))
 
 
 def _counted(telemetry: Telemetry) -> Callable[[str, grpc.StatusCode, int, int, str], None]:
