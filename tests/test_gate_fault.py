@@ -9,7 +9,7 @@ import pytest
 from featurewell import faults as fault
 from featurewell.errors import ConfigError
 from featurewell.serving import wire
-from featurewell.settings import Settings
+from featurewell.settings import Settings, specs
 from featurewell.v1 import feature_service_pb2 as pb
 
 
@@ -53,6 +53,15 @@ def test_fault_delay_is_off_by_default_and_read_from_the_environment() -> None:
     assert not fault.parse(Settings.load(environ={}).serving.fault_delay)
     loaded = Settings.load(environ={"FEATUREWELL_FAULT_DELAY": "batch:8ms"})
     assert fault.parse(loaded.serving.fault_delay) == fault.FaultDelay(batch_s=0.008)
+
+
+def test_fault_delay_is_the_only_fault_injection_setting() -> None:
+    """inject_delay_ms (every call, in ms) was folded into fault_delay: one knob, one log line.
+    Asked for by name it is refused, not silently ignored."""
+    with pytest.raises(ConfigError, match="inject_delay_ms"):
+        Settings.load({"inject_delay_ms": "400"})
+    faults_like = [s.name for s in specs() if "delay" in s.name and s.name != "drain_delay_s"]
+    assert faults_like == ["fault_delay"]
 
 
 def _request(users: list[str], items: list[str] | None = None) -> pb.GetFeaturesRequest:

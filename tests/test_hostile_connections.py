@@ -62,7 +62,7 @@ def test_a_request_over_max_request_mb_is_refused_unparsed(
 def test_open_calls_per_connection_are_capped(cluster: LocalCluster, registry: Registry) -> None:
     """One stream per connection: two calls sent at once on one channel run one after the
     other (each waits 300 ms in the server)."""
-    server = _server(cluster, registry, max_concurrent_streams=1, inject_delay_ms=300)
+    server = _server(cluster, registry, max_concurrent_streams=1, fault_delay="single:300ms")
     try:
         with FeatureClient(server.address, timeout=5) as client:
 

@@ -78,7 +78,7 @@ def test_calls_past_max_concurrent_rpcs_are_refused_before_they_queue(
         make_settings(
             cluster,
             max_concurrent_rpcs=4,
-            inject_delay_ms=400.0,
+            fault_delay="single:400ms",
             overload_latency_ms=0.0,
             cache_entries=0,
         ),
@@ -212,7 +212,7 @@ def test_the_adaptive_limit_sheds_when_handlers_slow_down(
             cluster,
             max_in_flight=8,
             max_concurrent_rpcs=0,
-            inject_delay_ms=300.0,
+            fault_delay="single:300ms",
             overload_latency_ms=5.0,
             cache_entries=0,
             metrics_port=0,
@@ -249,7 +249,7 @@ def test_calls_that_cannot_meet_their_deadline_are_dropped_before_any_work(
         make_settings(
             cluster,
             deadline_margin_ms=100.0,
-            inject_delay_ms=300.0,
+            fault_delay="single:300ms",
             cache_entries=0,
             metrics_port=0,
         ),

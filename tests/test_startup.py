@@ -179,7 +179,7 @@ def test_shutdown_counts_only_calls_cut_off_by_the_grace_period(
     cluster: LocalCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="featurewell.server")
-    running = ServerThread(make_settings(cluster, inject_delay_ms=400.0), defs.registry())
+    running = ServerThread(make_settings(cluster, fault_delay="single:400ms"), defs.registry())
     calls = running.server.service.calls
     stopped = False
     try:

@@ -135,11 +135,6 @@ class Server:
         # probes check "", and failing them would restart the pod, the crash loop this avoids.
         await health.set("", SERVING)
         await health.set(SERVICE_NAME, SERVING if ready else NOT_SERVING)
-        if settings.serving.inject_delay_ms:
-            log.warning(
-                "fault injection on: every GetFeatures waits %.1f ms first",
-                settings.serving.inject_delay_ms,
-            )
         # Start-up objects (registry, stubs, plans) never die: keep them out of every future
         # collection, or a full GC pass over them stalls calls for tens of milliseconds.
         gc.collect()

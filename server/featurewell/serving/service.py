@@ -98,7 +98,6 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
             margin_s=settings.deadline_margin_ms / 1000,
         )
         self._cap = settings.store_timeout_ms / 1000
-        self._injected_delay = settings.inject_delay_ms / 1000
         self._fault = faults.applied(settings.fault_delay)  # off unless set
         self._deprecations = DeprecationNotices(telemetry.metrics.deprecated_reads)
         # Near-cache subscriptions.
@@ -124,9 +123,6 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         try:
             remaining = context.time_remaining()
             with self.calls.track("GetFeatures", remaining):
-                if self._injected_delay:
-                    await asyncio.sleep(self._injected_delay)
-                    remaining = context.time_remaining()
                 budget = self.budget(remaining)
                 budget_end = time.perf_counter_ns() + int(budget.seconds * 1e9)
                 # A hot single entity's kept answer (not under fault injection, which waits
