@@ -1,103 +1,13 @@
-"""The settings groups: each a frozen dataclass whose fields carry their public name (flag and
-environment variable) and help, and which checks its own values."""
+"""The serving process's groups: where it listens, the calls it takes (limits, admission and
+overload, deadlines, connections, start and drain), and who may make them."""
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, ClassVar
+from dataclasses import dataclass
 
 from featurewell import faults
 from featurewell.errors import ConfigError
-from featurewell.store.connection import Address
-
-
-def setting(name: str, doc: str, default: Any = MISSING, *, secret: bool = False) -> Any:
-    # A secret stays out of repr(), so logging the settings never prints it.
-    return field(default=default, metadata={"name": name, "doc": doc}, repr=not secret)
-
-
-@dataclass(frozen=True)
-class Group:
-    """A group of settings. `title` heads its flags in `--help`."""
-
-    title: ClassVar[str] = ""
-
-    def check(self) -> None:
-        """Raise ConfigError naming the setting and what it takes."""
-
-
-@dataclass(frozen=True)
-class RedisSettings(Group):
-    title = "Redis Cluster"
-    seeds: tuple[Address, ...] = setting(
-        "redis", "Redis Cluster seed nodes, comma-separated host:port.", (("127.0.0.1", 7000),)
-    )
-    password: str = setting(
-        "redis_password",
-        "Redis AUTH password; set FEATUREWELL_REDIS_PASSWORD (from a Secret), not the flag, "
-        "which other users can see.",
-        "",
-        secret=True,
-    )
-    username: str = setting(
-        "redis_username",
-        "Redis ACL user to AUTH as (AUTH <user> <password>); empty: Redis's default user. "
-        "`featurewell redis-acl` prints the rules of each role.",
-        "",
-    )
-    password_file: str = setting(
-        "redis_password_file",
-        "File holding the Redis password (a mounted Secret), read at every connect so a "
-        "rotated password is picked up on reconnect; instead of redis_password.",
-        "",
-    )
-    tls: bool = setting("redis_tls", "Connect to Redis over TLS (nodes' tls-port).", False)
-    tls_ca_file: str = setting(
-        "redis_tls_ca_file",
-        "PEM CA bundle that signed the Redis nodes' certificates (default: the system's).",
-        "",
-    )
-    tls_cert_file: str = setting(
-        "redis_tls_cert_file",
-        "PEM client certificate, when Redis requires one (tls-auth-clients yes).",
-        "",
-    )
-    tls_key_file: str = setting("redis_tls_key_file", "PEM private key of redis_tls_cert_file.", "")
-    tls_check_hostname: bool = setting(
-        "redis_tls_check_hostname",
-        "Check that each node's certificate names the address CLUSTER SLOTS gives for it (an "
-        "IP SAN when nodes announce IPs); turn off only with a private CA.",
-        True,
-    )
-    connect_timeout_s: float = setting(
-        "connect_timeout_s", "Timeout to connect to a Redis node.", 2.0
-    )
-    connections_per_node: int = setting(
-        "connections_per_node", "Multiplexed connections per Redis master.", 2
-    )
-    breaker_failures: int = setting(
-        "breaker_failures", "Failed calls in a row that open a Redis node's circuit.", 3
-    )
-    breaker_open_ms: float = setting(
-        "breaker_open_ms",
-        "How long an open circuit fails fast before a trial call probes the node.",
-        1000.0,
-    )
-
-    def check(self) -> None:
-        _positive(
-            self, "connect_timeout_s", "connections_per_node", "breaker_failures", "breaker_open_ms"
-        )
-        if not self.seeds:
-            raise ConfigError("setting redis needs at least one host:port")
-        if bool(self.tls_cert_file) != bool(self.tls_key_file):
-            raise ConfigError(
-                "settings redis_tls_cert_file and redis_tls_key_file go together: set both"
-            )
-        if self.password and self.password_file:
-            raise ConfigError("settings redis_password and redis_password_file both set: keep one")
-        if (self.tls_ca_file or self.tls_cert_file) and not self.tls:
-            raise ConfigError("redis_tls_* files are set but redis_tls is off: set redis_tls=true")
+from featurewell.settings_groups.group import Group, not_negative, positive, setting
 
 
 @dataclass(frozen=True)
@@ -320,12 +230,12 @@ class ServingSettings(Group):
     )
 
     def check(self) -> None:
-        _positive(self, "redis_retry_max_s", "near_cache_buffer")
-        _not_negative(self, "near_cache_ttl_s")
-        _positive(self, "max_request_mb", "max_concurrent_streams")
-        _positive(self, "max_connection_idle_s", "keepalive_min_interval_s")
-        _not_negative(self, "max_connection_age_s", "max_connection_age_grace_s")
-        _positive(
+        positive(self, "redis_retry_max_s", "near_cache_buffer")
+        not_negative(self, "near_cache_ttl_s")
+        positive(self, "max_request_mb", "max_concurrent_streams")
+        positive(self, "max_connection_idle_s", "keepalive_min_interval_s")
+        not_negative(self, "max_connection_age_s", "max_connection_age_grace_s")
+        positive(
             self,
             "workers",
             "store_timeout_ms",
@@ -339,9 +249,9 @@ class ServingSettings(Group):
             "max_event_age_days",
             "max_entity_key_bytes",
         )
-        _not_negative(self, "reload_interval_s")
+        not_negative(self, "reload_interval_s")
         faults.parse(self.fault_delay)
-        _not_negative(self, "max_concurrent_rpcs", "overload_latency_ms", "max_pending_calls")
+        not_negative(self, "max_concurrent_rpcs", "overload_latency_ms", "max_pending_calls")
         if not 0 <= self.grpc_threads_nice <= 19:
             raise ConfigError(
                 f"setting grpc_threads_nice must be 0-19, got {self.grpc_threads_nice}"
@@ -360,157 +270,6 @@ class ServingSettings(Group):
     @property
     def max_message_bytes(self) -> int:
         return self.max_message_mb * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class CacheSettings(Group):
-    title = "hot-key cache"
-    entries: int = setting(
-        "cache_entries", "Hot-key cache size in rows (0 turns the cache off).", 100_000
-    )
-    mb: int = setting("cache_mb", "Hot-key cache size limit in MiB.", 256)
-    ttl_s: float = setting(
-        "cache_ttl_s",
-        "Longest a cached row answers reads (invalidations usually end it sooner).",
-        5.0,
-    )
-    ttl_fraction: float = setting(
-        "cache_ttl_fraction", "A view's cache TTL never exceeds this fraction of its max age.", 0.1
-    )
-    admit_after: int = setting(
-        "cache_admit_after",
-        "Fetches of a key (within the frequency window) before the cache admits it.",
-        2,
-    )
-    fallback_horizon_s: float = setting(
-        "fallback_horizon_s",
-        "How long past its TTL a cached row may still be served when Redis fails.",
-        300.0,
-    )
-
-    def check(self) -> None:
-        _positive(self, "mb", "ttl_fraction", "admit_after")
-        _not_negative(self, "entries", "ttl_s", "fallback_horizon_s")
-        if self.ttl_fraction > 1:
-            raise ConfigError(
-                "setting cache_ttl_fraction must be at most 1 (a fraction of max age)"
-            )
-
-
-@dataclass(frozen=True)
-class TelemetrySettings(Group):
-    title = "telemetry"
-    traces_exporter: str = setting(
-        "traces_exporter",
-        "OpenTelemetry trace exporter: otlp (gRPC), console, or none. Unset, it is taken from "
-        "OTEL_TRACES_EXPORTER, or otlp when an OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set; the "
-        "SDK reads the other OTEL_* variables (endpoint, sampler, service name) itself.",
-        "none",
-    )
-    freshness_interval_s: float = setting(
-        "freshness_interval_s",
-        "How often to read every view's write marker (newest event, last write) for the "
-        "freshness gauges.",
-        15.0,
-    )
-    drift_sample_rate: float = setting(
-        "drift_sample_rate", "Share of GetFeatures calls whose served values feed drift.", 0.01
-    )
-    drift_window_s: float = setting(
-        "drift_window_s", "Drift is compared with the baseline over windows of this length.", 300.0
-    )
-    drift_reservoir: int = setting(
-        "drift_reservoir", "Values kept per feature and window for drift (a sample).", 2048
-    )
-    drift_baseline: str = setting(
-        "drift_baseline",
-        "Baseline JSON from `featurewell baseline` (training data); without it, the expected "
-        "statistics (Stats) in the definitions.",
-        "",
-    )
-    consumers_flush_s: float = setting(
-        "consumers_flush_s",
-        "How often each server adds the callers it served (`x-featurewell-model`) and the views "
-        "they read to Redis, for `featurewell lineage`.",
-        10.0,
-    )
-    served_log_rate: float = setting(
-        "served_log_rate",
-        "Share of GetFeatures calls whose answers are logged to the offline store's _served "
-        "folder (per view; 0: off, 1: all); needs offline_dir. docs/skew.md.",
-        0.0,
-    )
-    served_log_callers: str = setting(
-        "served_log_callers",
-        "Per-caller rates (x-featurewell-model), name=rate comma-separated, e.g. "
-        "ranker/3=1,search=0.01: a listed caller's rate replaces every other for its calls.",
-        "",
-    )
-    served_log_views: str = setting(
-        "served_log_views",
-        "Per-view (or on-demand transform) rates, name=rate comma-separated: a listed view's "
-        "rate replaces served_log_rate for it (not a served_log_callers rate).",
-        "",
-    )
-    served_log_queue_rows: int = setting(
-        "served_log_queue_rows",
-        "Rows the served-log writer may hold; beyond them records are dropped and counted "
-        "(featurewell_served_log_dropped_total), never waited for.",
-        200_000,
-    )
-    served_log_flush_s: float = setting(
-        "served_log_flush_s",
-        "How often the served-log writer adds a batch of files (sooner at "
-        "served_log_batch_rows rows).",
-        5.0,
-    )
-    served_log_batch_rows: int = setting(
-        "served_log_batch_rows", "Queued rows that start a served-log write early.", 50_000
-    )
-
-    def check(self) -> None:
-        _positive(self, "freshness_interval_s", "drift_window_s", "drift_reservoir")
-        if not 0 <= self.drift_sample_rate <= 1:
-            raise ConfigError("setting drift_sample_rate must be in [0, 1] (a share of calls)")
-        if not 0 <= self.served_log_rate <= 1:
-            raise ConfigError("setting served_log_rate must be in [0, 1] (a share of calls)")
-        _positive(self, "served_log_queue_rows", "served_log_flush_s", "served_log_batch_rows")
-        rate_list(self.served_log_callers, "served_log_callers")
-        rate_list(self.served_log_views, "served_log_views")
-        if self.traces_exporter not in ("otlp", "console", "none"):
-            raise ConfigError(
-                f"setting traces_exporter must be otlp, console or none, got "
-                f"{self.traces_exporter!r}"
-            )
-
-
-@dataclass(frozen=True)
-class OfflineSettings(Group):
-    title = "offline store"
-    dir: str = setting(
-        "offline_dir",
-        "Root of the offline store (feature history): `featurewell stream` and `backfill` "
-        "write to it, `training-set` reads it; empty: no history is written.",
-        "",
-    )
-    format: str = setting(
-        "offline_format",
-        "Table format of the offline store: parquet (files by view, version and date) or delta "
-        "(a Delta Lake table per view version; pip install 'featurewell[delta]').",
-        "parquet",
-    )
-    write_history: bool = setting(
-        "offline_write_history",
-        "Servers add the rows pushed with WriteFeatures to the offline history (created: when "
-        "written), so pushed views train point in time; only with offline_dir.",
-        True,
-    )
-
-    def check(self) -> None:
-        if self.format not in ("parquet", "delta"):
-            raise ConfigError(
-                f"setting offline_format must be parquet or delta, got {self.format!r}"
-            )
 
 
 @dataclass(frozen=True)
@@ -553,41 +312,3 @@ class AuthSettings(Group):
     def configured(self) -> bool:
         """Whether any bearer-token source is set."""
         return bool(self.tokens_file or self.jwks_file)
-
-
-def rate_list(text: str, name: str) -> dict[str, float]:
-    """A `name=rate,name=rate` setting as a dict; ConfigError naming the setting otherwise."""
-    rates: dict[str, float] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, _, rate = item.partition("=")
-        try:
-            value = float(rate)
-        except ValueError:
-            value = -1.0
-        if not key.strip() or not 0 <= value <= 1:
-            raise ConfigError(
-                f"setting {name}: {item!r} is not name=rate with a rate in [0, 1] "
-                "(e.g. ranker/3=1.0,search=0.01)"
-            )
-        rates[key.strip()] = value
-    return rates
-
-
-def _positive(group: Group, *names: str) -> None:
-    for name in names:
-        if getattr(group, name) <= 0:
-            raise ConfigError(
-                f"setting {_public(group, name)} must be positive, got {getattr(group, name)}"
-            )
-
-
-def _not_negative(group: Group, *names: str) -> None:
-    for name in names:
-        if getattr(group, name) < 0:
-            raise ConfigError(
-                f"setting {_public(group, name)} must not be negative, got {getattr(group, name)}"
-            )
-
-
-def _public(group: Group, attribute: str) -> str:
-    return str(next(f.metadata["name"] for f in fields(group) if f.name == attribute))
