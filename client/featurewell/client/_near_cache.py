@@ -11,7 +11,7 @@ entity costs a dict lookup instead of a network round trip (docs/near-cache.md).
   hears of it. Only answers read while a subscription is live are kept, and a read that raced
   an invalidation of its rows is not.
 - **Statuses as the server would give them**: a PRESENT value whose age passes its view's max age
-  reads STALE on later hits.
+  reads STALE on later hits (_near_entry.py: what one kept answer holds and how a hit reads it).
 - **Bounded** by entries and bytes (oldest insertions leave first).
 """
 
@@ -27,23 +27,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from featurewell.client._near_entry import Entry, RowId, stamps_of
 from featurewell.client._near_options import NearCache, NearCacheStats
-from featurewell.client._result import Column, FeatureResult, Status
+from featurewell.client._result import FeatureResult, Status
 from featurewell.v1 import feature_service_pb2 as pb
-from featurewell.v1.columns import LIST_TYPES
 
 if TYPE_CHECKING:
     from featurewell.client._channel import ClientOptions
 
-_ENTRY_OVERHEAD = 600  # bytes of Python objects per entry besides the answer's payload
 _CACHEABLE_STATUSES = frozenset((Status.PRESENT, Status.NOT_FOUND, Status.STALE))
-_STALE = np.full(1, Status.STALE, dtype=np.uint8)
-_STALE.flags.writeable = False
-_NEVER = 1 << 62
 _MAX_RECENT = 100_000  # invalidations remembered for races; past it, every read in flight races
 
 Key = tuple[Any, ...]  # (features, entity keys, with event times, bearer)
-RowId = tuple[str, int, tuple[str, ...]]  # (view, version, entity key parts)
 
 
 @dataclass(frozen=True)
@@ -51,19 +46,6 @@ class _View:
     join_keys: tuple[str, ...]
     ttl_s: float
     max_age_us: int
-
-
-@dataclass(slots=True)
-class _Entry:
-    rows: int
-    columns: dict[str, Column]
-    deprecations: list[str]
-    until: float  # monotonic: never answers after this
-    stale_at_us: int  # wall clock: the first PRESENT value to turn STALE does then
-    max_age_us: dict[str, int]  # column -> its view's max age (0: never stale)
-    stamps: dict[str, int]  # column -> its row's event time
-    rows_of: tuple[RowId, ...]
-    size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +63,7 @@ class NearCacheStore:
         self.stats = NearCacheStats()
         self.bytes = 0
         self._lock = threading.Lock()
-        self._entries: OrderedDict[Key, _Entry] = OrderedDict()
+        self._entries: OrderedDict[Key, Entry] = OrderedDict()
         self._holding: dict[RowId, set[Key]] = {}
         self._views: dict[tuple[str, int], _View] = {}  # of the live subscription
         self.live = False
@@ -122,13 +104,8 @@ class NearCacheStore:
         if entry is None or time.monotonic() >= entry.until:
             self.stats.misses += 1
             return None
-        if time.time_ns() // 1000 > entry.stale_at_us:
-            self._age(entry)
         self.stats.hits += 1
-        columns = entry.columns
-        if any(c.type in LIST_TYPES for c in columns.values()):
-            columns = {n: _fresh_lists(c) for n, c in columns.items()}
-        return FeatureResult.from_columns(entry.rows, columns, entry.deprecations)
+        return entry.answer()
 
     def consult(
         self,
@@ -202,7 +179,7 @@ class NearCacheStore:
                 return result  # the subscription broke or restarted while the call was out
             if self._sequence != ticket.sequence and self._raced(rows_of, ticket.sequence):
                 return result
-            self._insert(key, result, ticket.sent + ttl, max_age, stamps, rows_of)
+            self._insert(key, Entry.of(result, ticket.sent + ttl, max_age, stamps, rows_of))
         return result
 
     # -- the subscription's side ------------------------------------------------------------
@@ -275,43 +252,14 @@ class NearCacheStore:
             self._recent_before, self._recent = {}, {}
             self._forgot_at = self._sequence + 1
 
-    def _insert(
-        self,
-        key: Key,
-        result: FeatureResult,
-        until: float,
-        max_age: dict[str, int],
-        stamps: dict[str, int],
-        rows_of: list[RowId],
-    ) -> None:
-        columns = {n: _read_only(c) for n, c in result.columns.items()}
-        size = _ENTRY_OVERHEAD + sum(_payload(c) for c in columns.values()) + 64 * len(columns)
-        if size > self.options.max_bytes // 2:
+    def _insert(self, key: Key, entry: Entry) -> None:
+        if entry.size > self.options.max_bytes // 2:
             return
         self._drop(key)
-        stale_at = min(
-            (
-                stamps[n] + max_age[n]
-                for n, c in columns.items()
-                if max_age[n] and c.statuses[0] == Status.PRESENT
-            ),
-            default=_NEVER,
-        )
-        entry = _Entry(
-            1,
-            columns,
-            result.deprecations,
-            until,
-            stale_at,
-            max_age,
-            stamps,
-            tuple(rows_of),
-            size,
-        )
         self._entries[key] = entry
-        for row in rows_of:
+        for row in entry.rows_of:
             self._holding.setdefault(row, set()).add(key)
-        self.bytes += size
+        self.bytes += entry.size
         self.stats.admitted += 1
         self._evict()
 
@@ -345,29 +293,6 @@ class NearCacheStore:
         self.bytes = 0
         self.generation += 1
 
-    def _age(self, entry: _Entry) -> None:
-        """Turn PRESENT values older than their max age STALE, as the server would now."""
-        now_us = time.time_ns() // 1000
-        columns = dict(entry.columns)
-        next_stale = _NEVER
-        for name, column in columns.items():
-            max_age = entry.max_age_us[name]
-            if not max_age or column.statuses[0] != Status.PRESENT:
-                continue
-            if entry.stamps[name] + max_age < now_us:
-                columns[name] = dataclasses.replace(column, statuses=_STALE)
-            else:
-                next_stale = min(next_stale, entry.stamps[name] + max_age)
-        entry.columns, entry.stale_at_us = columns, next_stale
-
-
-def stamps_of(result: FeatureResult) -> dict[str, int]:
-    """Each column's event time (0: no row), from the answer read with event times."""
-    return {
-        name: int(column.event_time_us[0]) if column.event_time_us is not None else 0
-        for name, column in result.columns.items()
-    }
-
 
 def _view_name(column: str) -> str:
     return column.partition(":")[0].partition("@")[0]
@@ -376,29 +301,3 @@ def _view_name(column: str) -> str:
 def _parts(entities: Mapping[str, Sequence[Any]], join_keys: Sequence[str]) -> tuple[str, ...]:
     """An entity's key as the server names it in invalidations (integers in decimal)."""
     return tuple(str(entities[k][0]) if k in entities else "" for k in join_keys)
-
-
-def _read_only(column: Column) -> Column:
-    """Arrays shared by every hit must not be changed by one caller."""
-    values = column.values
-    if isinstance(values, np.ndarray) and values.flags.writeable:
-        values = values.copy()
-        values.flags.writeable = False
-        column = dataclasses.replace(column, values=values)
-    return column
-
-
-def _fresh_lists(column: Column) -> Column:
-    """A list feature's rows in a list of the caller's own (the arrays are read-only)."""
-    if column.type not in LIST_TYPES:
-        return column
-    return dataclasses.replace(column, values=list(column.values))
-
-
-def _payload(column: Column) -> int:
-    values = column.values
-    if isinstance(values, np.ndarray):
-        if values.dtype == np.dtype(object):
-            return sum(len(str(v)) + 50 for v in values.ravel())
-        return int(values.nbytes)
-    return sum(int(np.asarray(v).nbytes) + 100 for v in values)
