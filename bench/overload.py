@@ -1,7 +1,8 @@
 """The overload curve: what a server answers at 0.5x, 1x, 1.5x and 3x its capacity.
 
 Starts a local 3-master Redis Cluster, loads the example repo's sample data, runs `featurewell
-serve` in its own process (cache off), then from generator processes of its own:
+serve` in its own process (cache off), then from generator processes of its own
+(bench/overload_generator.py):
 
 1. capacity: closed loop, `--concurrency` calls always open for `--seconds`: OK calls/s;
 2. for each multiple of it (`--levels`), an open-loop generator (split over `--generators`
@@ -30,11 +31,9 @@ timed on every one in turn at the same offered rate; `--rounds N` repeats the le
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import multiprocessing
 import os
-import random
 import re
 import shlex
 import signal
@@ -43,145 +42,23 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
-import uvloop
 
 from featurewell.devcluster import free_ports, start_local_cluster
-from featurewell.v1 import feature_service_pb2 as pb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from e2e import SINGLE, USERS, example_repo
+from e2e import example_repo
+from overload_generator import Job, generate
 
 LEVELS = (0.5, 1.0, 1.5, 3.0)
 SHED = ("RESOURCE_EXHAUSTED", "DROPPED", "CANCELLED")
-METHOD = "/featurewell.v1.FeatureService/GetFeatures"
 # A send this much behind its schedule marks its 100 ms window as the generator's own burst.
 GENERATOR_LATE_S = 0.005
 ENVIRONMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=")  # a variant's word that sets the environment
-Outcome = tuple[str, float, float, float]  # code name, s from scheduled send, send time, its lag
-
-
-def _requests(seed: int, count: int = 2048) -> list[bytes]:
-    """Serialized single-entity requests for random users: the generator sends bytes and keeps
-    the answers as bytes, so its own CPU per call (one core for up to ~6,000 calls/s at 3x) goes
-    to gRPC, not to protobuf."""
-    rng = random.Random(seed)
-    return [
-        pb.GetFeaturesRequest(
-            features=SINGLE,
-            entities={
-                "user_id": pb.Values(strings=pb.StringList(values=[f"u{rng.randrange(USERS):06d}"]))
-            },
-        ).SerializeToString()
-        for _ in range(count)
-    ]
-
-
-async def _call(stub: Any, request: bytes, deadline: float) -> str:
-    try:
-        await stub(request, timeout=deadline)
-        return "OK"
-    except grpc.aio.AioRpcError as exc:
-        code = exc.code().name
-        if code == "DEADLINE_EXCEEDED" and "server needs to answer" in (exc.details() or ""):
-            return "DROPPED"  # the server's drop before any work, not a deadline missed
-        return code
-
-
-def _schedule(rate: float, seconds: float, arrivals: str, rng: random.Random) -> list[float]:
-    """Send times from 0: evenly spaced, or a Poisson process (exponential gaps: the bursts an
-    open-loop population of independent callers makes)."""
-    if arrivals == "uniform":
-        return [n / rate for n in range(int(rate * seconds))]
-    times, at = [], rng.expovariate(rate)
-    while at < seconds:
-        times.append(at)
-        at += rng.expovariate(rate)
-    return times
-
-
-async def _open_loop(job: Job) -> Generated:
-    rng = random.Random(job.seed)
-    requests = _requests(job.seed)
-    outcomes: list[Outcome] = []
-    async with grpc.aio.insecure_channel(job.address) as channel:
-        stub: Any = channel.unary_unary(METHOD)  # bytes both ways
-        await channel.channel_ready()
-        loop = asyncio.get_running_loop()
-        # Timed with perf_counter: uvloop's loop.time() is libuv's millisecond clock, which
-        # turned sub-millisecond refusals into 0s and 1s (and their medians into interpolations).
-        clock = time.perf_counter
-        start = clock() + 0.05
-        tasks: list[asyncio.Task[None]] = []
-
-        async def one(scheduled: float) -> None:
-            sent = clock()
-            code = await _call(stub, requests[rng.randrange(len(requests))], job.deadline)
-            # From the scheduled send, or the actual one when earlier: uvloop's timers fire on
-            # its millisecond clock, a send up to ~1 ms early, which must not shorten a call.
-            began = min(sent, scheduled)
-            outcomes.append((code, clock() - began, scheduled - start, sent - began))
-
-        cpu = time.process_time()
-        for offset in _schedule(job.rate, job.seconds, job.arrivals, rng):
-            scheduled = start + offset
-            delay = scheduled - clock()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(loop.create_task(one(scheduled)))
-        await asyncio.gather(*tasks)
-        cpu = time.process_time() - cpu
-    return Generated(outcomes, cpu)
-
-
-async def _closed_loop(job: Job) -> Generated:
-    rng = random.Random(job.seed)
-    requests = _requests(job.seed)
-    outcomes: list[Outcome] = []
-    async with grpc.aio.insecure_channel(job.address) as channel:
-        stub: Any = channel.unary_unary(METHOD)
-        await channel.channel_ready()
-        end = time.monotonic() + job.seconds
-
-        async def caller() -> None:
-            while time.monotonic() < end:
-                code = await _call(stub, requests[rng.randrange(len(requests))], 1.0)
-                outcomes.append((code, 0.0, 0.0, 0.0))
-
-        cpu = time.process_time()
-        await asyncio.gather(*(caller() for _ in range(int(job.rate))))
-        cpu = time.process_time() - cpu
-    return Generated(outcomes, cpu)
-
-
-@dataclass(frozen=True)
-class Job:
-    closed: bool
-    address: str
-    rate: float  # calls/s (open loop) or calls kept open (closed loop)
-    seconds: float
-    deadline: float
-    core: int
-    arrivals: str
-    seed: int
-
-
-@dataclass
-class Generated:
-    outcomes: list[Outcome]
-    cpu_s: float  # the generator process's CPU time
-
-
-def _generate(job: Job) -> Generated:
-    if job.core >= 0:
-        os.sched_setaffinity(0, {job.core})
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_closed_loop(job) if job.closed else _open_loop(job))
 
 
 def _cpu_s(pid: int) -> tuple[float, float]:
@@ -249,7 +126,7 @@ def level(
         )
         for seed in range(args.generators)
     ]
-    parts = pool.map(_generate, jobs)
+    parts = pool.map(generate, jobs)
     cores = usage.cores()
     outcomes = [o for part in parts for o in part.outcomes]
     ok = np.array([s for code, s, _, _ in outcomes if code == "OK"])
@@ -402,7 +279,7 @@ def _measure(
         for seed in range(args.generators)
     ]
     usage = Usage(servers["default"].pid, redis)
-    closed = pool.map(_generate, jobs)
+    closed = pool.map(generate, jobs)
     ok = sum(1 for part in closed for code, *_ in part.outcomes if code == "OK")
     # --capacity: levels as multiples of a given rate (runs comparable at the same offered
     # loads, e.g. across max_pending_calls below the closed loop's calls)

@@ -56,7 +56,7 @@ from featurewell.v1 import feature_service_pb2 as pb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from e2e import SINGLE, checkout, example_repo
-from overload import Job, _generate
+from overload_generator import Job, generate
 from percore_open import cache_counts, hot_open_loop, sampled, tree_cpu_s
 
 HEALTH_PATH = "/grpc.health.v1.Health/Check"
@@ -243,7 +243,7 @@ def open_loop(server: Served, args: argparse.Namespace) -> dict[str, Any]:
         for n in range(args.generators)
     ]
     with multiprocessing.get_context("spawn").Pool(args.generators) as pool:
-        outcomes = [o for part in pool.map(_generate, jobs) for o in part.outcomes]
+        outcomes = [o for part in pool.map(generate, jobs) for o in part.outcomes]
     ok = np.array([o[1] for o in outcomes if o[0] == "OK"]) * 1000
     return {
         "rate_per_s": args.open_rate,

@@ -14,6 +14,8 @@ Scale-out, instead: `--workers N` drains a backlog with N `featurewell stream` p
 the partitions by lease (`--lease-s`), `--runs` times, and reports events/s in all and per
 worker. Its views are the user and user-item ones: the item view hears from every partition
 (events are partitioned by user), so workers cannot share it (docs/computed.md).
+
+The repo and its events are bench/stream_events.py's; scale-out is bench/stream_scaleout.py.
 """
 
 from __future__ import annotations
@@ -21,123 +23,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import deque
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from featurewell.compute.backfill import backfill
-from featurewell.compute.redis_streams import append
 from featurewell.compute.runner import StreamRunner
-from featurewell.definitions import EventSource, load_repo
+from featurewell.definitions import load_repo
 from featurewell.devcluster import start_local_cluster
 from featurewell.engine.engine import FeatureEngine
 from featurewell.settings import Settings
-from featurewell.store.cluster import ClusterClient
 from featurewell.store.online import OnlineStore
 
-REPO = """
-from datetime import timedelta
-import numpy as np
-import pyarrow as pa
-from featurewell.definitions import (Count, DecayedSum, Embedding, Entity, EventSource, Feature,
-    FeatureView, Float32, Float64, Int64, Last, Mean, Mode, String)
-
-GENRES = np.random.default_rng(0).normal(size=(12, 16))
-user = Entity("user", join_keys={"user_id": String})
-item = Entity("item", join_keys={"item_id": String})
-user_item = Entity.composite("user_item", user, item)
-watches = EventSource("bench_watches", keys={"user_id": String, "item_id": String},
-    fields={"duration_min": Float64, "hour": Int64, "genre_id": Int64, "progress": Float64},
-    partitions=4)
-user_activity = FeatureView("bench_user_activity", entity=user, events=watches,
-    tile=timedelta(hours=1), features=[
-    Feature("watch_count_7d", Int64, computed=Count(window=timedelta(days=7))),
-    Feature("avg_watch_min_30d", Float32, computed=Mean("duration_min", window=timedelta(days=30))),
-    Feature("preferred_hour", Int64, default=20,
-            computed=Mode("hour", categories=24, window=timedelta(days=30))),
-    Feature("genre_preference", Embedding(16), computed=Mean(
-        lambda e: GENRES[e["genre_id"]], weight="duration_min", window=timedelta(days=30))),
-    Feature("last_item", String, computed=Last("item_id")),
-])
-"""
-ITEM_VIEW = """
-item_stats = FeatureView("bench_item_stats", entity=item, events=watches,
-    tile=timedelta(hours=1), features=[
-    Feature("popularity", Float64, computed=DecayedSum(half_life=timedelta(days=1),
-                                                       window=timedelta(days=14))),
-    Feature("watch_count_24h", Int64, computed=Count(window=timedelta(hours=24))),
-])
-"""
-PROGRESS_VIEW = """
-progress = FeatureView("bench_progress", entity=user_item, events=watches,
-    features=[Feature("progress", Float32, computed=Last("progress"))])
-"""
-REPO_HEAD = REPO
-REPO = REPO_HEAD + ITEM_VIEW + PROGRESS_VIEW
-USERS, ITEMS = 20_000, 5_000
-
-
-def events(rng: np.random.Generator, count: int, start_id: int, times: Any) -> list[dict[str, Any]]:
-    users = rng.integers(0, USERS, count)
-    items = rng.zipf(1.3, count) % ITEMS
-    return [
-        {
-            "event_id": f"e{start_id + n}",
-            "event_time": int(times[n]),
-            "user_id": f"u{u}",
-            "item_id": f"i{i}",
-            "duration_min": float(d),
-            "hour": int(h),
-            "genre_id": int(g),
-            "progress": float(p),
-        }
-        for n, (u, i, d, h, g, p) in enumerate(
-            zip(
-                users,
-                items,
-                rng.gamma(2.0, 20.0, count).round(1),
-                rng.integers(0, 24, count),
-                rng.integers(0, 12, count),
-                rng.random(count).round(3),
-                strict=True,
-            )
-        )
-    ]
-
-
-async def produce(seeds: list[tuple[str, int]], repo: Path, rate: float, seconds: float) -> None:
-    """Append `rate` events a second for `seconds`, in 10 ms slices (its own process)."""
-    source = _source(repo)
-    cluster = ClusterClient(seeds, connections_per_node=1)
-    await cluster.start()
-    rng = np.random.default_rng(int(time.time()))
-    per_slice = max(1, int(rate / 100))
-    started = time.monotonic()
-    sent = 0
-    while time.monotonic() - started < seconds:
-        now_us = time.time_ns() // 1000
-        await append(cluster, source, events(rng, per_slice, sent + 10**9, [now_us] * per_slice))
-        sent += per_slice
-        ahead = sent / rate - (time.monotonic() - started)
-        if ahead > 0:
-            await asyncio.sleep(ahead)
-    await cluster.close()
-    print(json.dumps({"sent": sent, "seconds": time.monotonic() - started}), flush=True)
-
-
-def _source(repo: Path) -> EventSource:
-    registry = load_repo(str(repo))
-    return next(v.events for v in registry.views.values() if v.events is not None)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stream_events import REPO, WEEK_US, append_backlog, events, produce, source
+from stream_scaleout import report as scaleout_report
 
 
 async def _runner(
@@ -153,7 +59,7 @@ async def _runner(
     # Configured as `featurewell stream` runs it.
     runner = StreamRunner(
         registry,
-        _source(repo),
+        source(repo),
         FeatureEngine(registry, store, settings.serving),
         group=group,
         batch_size=2000,
@@ -167,16 +73,7 @@ async def _runner(
 
 async def throughput(seeds: list[tuple[str, int]], repo: Path, backlog: int) -> dict[str, float]:
     """Append a backlog (a week of history, in time order), then time draining it."""
-    source = _source(repo)
-    cluster = ClusterClient(seeds, connections_per_node=1)
-    await cluster.start()
-    rng = np.random.default_rng(1)
-    now_us = time.time_ns() // 1000
-    times = np.sort(rng.integers(now_us - 7 * 86_400_000_000, now_us, backlog))
-    for start in range(0, backlog, 5000):
-        chunk = times[start : start + 5000]
-        await append(cluster, source, events(rng, len(chunk), start, chunk))
-    await cluster.close()
+    await append_backlog(seeds, source(repo), backlog)
     runner = await _runner(seeds, repo, "bench-backlog")
     started = time.perf_counter()
     while runner.stats.events < backlog:
@@ -197,10 +94,10 @@ async def backfill_throughput(
     """Time `featurewell backfill` (batch engine, online rows, stream state) over a week's
     log of `count` events."""
     registry = load_repo(str(repo))
-    source = next(v.events for v in registry.views.values() if v.events is not None)
+    events_from = next(v.events for v in registry.views.values() if v.events is not None)
     rng = np.random.default_rng(2)
     now_us = time.time_ns() // 1000
-    times = np.sort(rng.integers(now_us - 7 * 86_400_000_000, now_us, count))
+    times = np.sort(rng.integers(now_us - WEEK_US, now_us, count))
     rows = events(rng, count, 0, times)
     log = pa.table({name: [row[name] for row in rows] for name in rows[0]})
     settings = Settings.load(environ={}).with_changes(redis=tuple(seeds))
@@ -208,7 +105,7 @@ async def backfill_throughput(
     started = time.perf_counter()
     done = await backfill(
         registry,
-        source,
+        events_from,
         FeatureEngine(registry, store, settings.serving),
         log,
         as_of_us=now_us,
@@ -277,95 +174,6 @@ async def latency(
     }
 
 
-def scaleout(
-    seeds: list[tuple[str, int]], folder: Path, workers: int, backlog: int, run: int
-) -> dict[str, Any]:
-    """Append a backlog (a week, in time order) to a source of its own, start `workers`
-    processes sharing its partitions, and time them from the first event applied to the last."""
-    repo = folder / f"shared_{workers}_{run}.py"
-    repo.write_text((REPO_HEAD + PROGRESS_VIEW).replace("bench_", f"bench{workers}x{run}_"))
-    source = _source(repo)
-
-    async def fill() -> None:
-        cluster = ClusterClient(seeds, connections_per_node=1)
-        await cluster.start()
-        rng = np.random.default_rng(1)
-        now_us = time.time_ns() // 1000
-        times = np.sort(rng.integers(now_us - 7 * 86_400_000_000, now_us, backlog))
-        for start in range(0, backlog, 5000):
-            chunk = times[start : start + 5000]
-            await append(cluster, source, events(rng, len(chunk), start, chunk))
-        await cluster.close()
-
-    asyncio.run(fill())
-    ports = [_free_port() for _ in range(workers)]
-    command = [sys.executable, "-m", "featurewell.cli", "stream", "--repo", str(repo)]
-    command += ["--source", source.name, "--redis", ",".join(f"{h}:{p}" for h, p in seeds)]
-    command += ["--lease-s", "1.5", "--batch-size", "2000"]
-    processes = [
-        subprocess.Popen(
-            [*command, "--consumer", f"w{n}", "--metrics-port", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for n, port in enumerate(ports)
-    ]
-    first = last = 0.0
-    counts = [0] * workers
-    cpu_first: list[float] = []
-    try:
-        deadline = time.monotonic() + 600
-        while sum(counts) < backlog and time.monotonic() < deadline:
-            time.sleep(0.05)
-            counts = [_consumed(port, source.name) for port in ports]
-            if not first and any(counts):
-                first = time.monotonic()
-                cpu_first = [_cpu_s(p.pid) for p in processes]
-            last = time.monotonic()
-        cpu = sum(_cpu_s(p.pid) for p in processes) - sum(cpu_first)
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(60)
-    seconds = last - first
-    return {
-        "events": sum(counts),
-        "seconds": seconds,
-        "events_per_s": sum(counts) / seconds,
-        "per_worker": [c / seconds for c in counts],
-        "per_cpu_s": sum(counts) / cpu,
-    }
-
-
-def _cpu_s(pid: int) -> float:
-    """CPU seconds a process used so far (Linux: utime + stime, in clock ticks)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _consumed(port: int, source: str) -> int:
-    """Events whose rows a worker wrote (each once: the appended-to-servable histogram's count;
-    the events counter counts an event once per view)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
-            text = reply.read().decode()
-    except OSError:
-        return 0  # not up yet
-    line = f'featurewell_stream_visible_seconds_count{{source="{source}"}} '
-    for row in text.splitlines():
-        if row.startswith(line):
-            return int(float(row[len(line) :]))
-    return 0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=5000)
@@ -387,26 +195,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as folder, start_local_cluster(3) as cluster:
         if args.workers:
-            drains, per_cpu = [], []
-            for n in range(args.runs):
-                got = scaleout(cluster.seeds, Path(folder), args.workers, args.backlog, n)
-                drains.append(got["events_per_s"])
-                per_cpu.append(got["per_cpu_s"])
-                shares = ", ".join(f"{rate:,.0f}" for rate in got["per_worker"])
-                print(
-                    f"run {n + 1}: {args.workers} workers drained {got['events']:,} events in "
-                    f"{got['seconds']:.1f} s = {got['events_per_s']:,.0f} events/s "
-                    f"({got['events_per_s'] / args.workers:,.0f} per worker; each: {shares}); "
-                    f"{got['per_cpu_s']:,.0f} events per worker CPU-second",
-                    flush=True,
-                )
-            median = float(np.median(drains))
-            print(
-                f"median of {len(drains)} runs, {args.workers} workers: {median:,.0f} events/s, "
-                f"{median / args.workers:,.0f} per worker (spread {min(drains):,.0f}-"
-                f"{max(drains):,.0f}); {float(np.median(per_cpu)):,.0f} events per worker "
-                "CPU-second"
-            )
+            scaleout_report(cluster.seeds, Path(folder), args.workers, args.backlog, args.runs)
             return
         repo = Path(folder) / "repo.py"
         repo.write_text(REPO)
