@@ -89,6 +89,11 @@ def scaleout(
         for process in processes:
             process.wait(60)
     seconds = last - first
+    if seconds <= 0 or cpu <= 0:  # drained between two polls: nothing to divide by
+        raise SystemExit(
+            f"{sum(counts):,} events were consumed before the first 50 ms poll could time them: "
+            "measure with a larger --backlog (100,000 is the documented one)"
+        )
     return {
         "events": sum(counts),
         "seconds": seconds,
