@@ -42,10 +42,10 @@ AFTER_ANSWER_S = 0.002
 
 # uvloop's timers fire on millisecond ticks: work this close to due runs on the earlier tick.
 _TIMER_SLACK_S = 0.0005
-# Under load (work still due after a run) the metrics calls recorded are exported at most this
-# often: a flush costs about what one call's updates did, and at thousands of calls a second
-# runs of a call or two each flushing cost as much as exporting every update at once. A server
-# with nothing more due flushes at once.
+# The metrics calls recorded are exported this long after the first of them (then the next
+# ones): a flush costs about what one call's metric updates did, and runs of a call or two
+# each flushing cost as much as exporting every update at once. Still well inside any scrape
+# interval; the served-feature log, traces and lineage are not delayed.
 FLUSH_EVERY_S = 0.05
 
 
@@ -54,15 +54,15 @@ class AfterAnswer:
     timer for everything due rather than a timer per call: at thousands of calls a second a
     call_later each (a TimerHandle, a heap insert) was a measurable share of a single-entity
     call's CPU (docs/performance.md). `after_batch` (telemetry's flush of the metrics those
-    calls recorded) runs after a run that leaves nothing due, else every FLUSH_EVERY_S."""
+    calls recorded) runs FLUSH_EVERY_S after a run, for every run in that time."""
 
-    __slots__ = ("_after_batch", "_armed", "_due", "_flushed_at")
+    __slots__ = ("_after_batch", "_armed", "_due", "_flush_armed")
 
     def __init__(self, after_batch: Callable[[], None] | None = None) -> None:
         self._due: deque[tuple[float, Callable[..., None], tuple[Any, ...]]] = deque()
         self._armed = False
         self._after_batch = after_batch
-        self._flushed_at = 0.0
+        self._flush_armed = False
 
     def __call__(self, record: Callable[..., None], *args: Any) -> None:
         loop = asyncio.get_running_loop()
@@ -80,16 +80,20 @@ class AfterAnswer:
                 record(*args)
             except Exception:  # as the loop would for a callback of its own: log, go on
                 log.exception("telemetry of an answered call failed")
-        if self._after_batch is not None and (not due or now >= self._flushed_at + FLUSH_EVERY_S):
-            self._flushed_at = now
-            try:
-                self._after_batch()
-            except Exception:
-                log.exception("telemetry of answered calls failed")
         if due:
             loop.call_at(due[0][0], self._run, loop)
         else:
             self._armed = False
+        if self._after_batch is not None and not self._flush_armed:
+            self._flush_armed = True
+            loop.call_later(FLUSH_EVERY_S, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_armed = False
+        try:
+            self._after_batch()  # type: ignore[misc]  # armed only when set
+        except Exception:
+            log.exception("telemetry of answered calls failed")
 
 
 class FeatureService(pb_grpc.FeatureServiceServicer):
