@@ -156,6 +156,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
                     message = wire.parsed(pb.GetFeaturesRequest, request)
                     asked = wire.feature_request(message)
                 else:
+                    found = time.perf_counter_ns()  # its "store reply", for the margin
                     asked = kept.request
                 if self._fault:
                     await self._fault.wait(asked)
@@ -165,10 +166,12 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
                     budget = Budget(store_s, deadline_bound=store_s < self._cap)
                     result = await self.engine.get_features(asked, budget)
                     response = wire.feature_response(result, message.typed_values)
+                    store_end = result.timings.store_ended_ns or budget_end
                     if before is not None:
                         self.single.learn(before, result, response)
                 else:
                     result, response = kept.result, kept.response
+                    store_end = found
                 notices = self._deprecations.notices(self.engine.registry, result)
                 metadata = context.invocation_metadata() or ()  # read once: a copy each time
                 # Sampled for the served-feature log: its request id goes back to the caller.
@@ -178,7 +181,6 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
                 if notices:
                     context.set_trailing_metadata(notices)
                 # What the answer needed after the store's reply or budget: the margin to keep.
-                store_end = result.timings.store_ended_ns or budget_end
                 answered = time.perf_counter_ns() - min(store_end, budget_end)
                 calls.margin.answered(answered / 1e9, timed_out=store_end >= budget_end)
             except asyncio.CancelledError:
