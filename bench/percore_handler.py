@@ -170,7 +170,8 @@ def main() -> None:
             print(f"profile of the current tree: {args.profile}")
         print("\nservicer CPU per single call (in process, no gRPC), median of", args.rounds)
         for label, values in results.items():
-            print(f"  {label:>8}: {np.median(values):6.1f} µs ({min(values):.1f}-{max(values):.1f})")
+            spread = f"{min(values):.1f}-{max(values):.1f}"
+            print(f"  {label:>8}: {np.median(values):6.1f} µs ({spread})")
 
 
 if __name__ == "__main__":
