@@ -1,8 +1,8 @@
 """Counting into Prometheus metrics for less than prometheus_client's own `inc`/`observe`.
 
 A call's updates are kept as plain numbers (`Tally`) and added to the metrics' cells in one go
-a moment later (the servicer flushes after each batch of answered calls' telemetry, a few ms
-after their answers). A ranking call serves 500 rows per view, so the served-value age histogram
+later (the servicer flushes FLUSH_EVERY_S, 50 ms, after a run of answered calls' telemetry, for
+all of them). A ranking call serves 500 rows per view, so the served-value age histogram
 takes its counts per bucket from numpy (`observe_many`). A flush writes into the metrics' own
 value cells (per-bucket counts, not cumulative, and the sum), which works in single- and
 multi-process mode alike; `tests/test_telemetry.py` checks the exposition matches observing

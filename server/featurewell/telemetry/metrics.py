@@ -236,7 +236,7 @@ class ServerMetrics:
         self._read_features = tally.histogram(self.request_features)
         self._ok = self.requests.labels("GetFeatures", "OK")
         self._reads = 0  # answered since the last flush
-        # The series of the view a call served last: calls read the same views again and again.
+        # Each view object's series (`view.ref` formats a string): id -> (view, series).
         self._by_view: dict[int, tuple[object, _ViewSeries]] = {}
         self._views: dict[str, _ViewSeries] = {}
         self._nodes: dict[tuple[str, int], PendingHistogram] = {}
@@ -269,7 +269,7 @@ class ServerMetrics:
     def record_read(self, result: FeatureResult, seconds: float) -> None:
         """An answered GetFeatures call: its time, shape, per-node store time, what each view
         served (statuses, value ages) and the rows served from fallbacks. Pending until
-        `flush`, which the servicer runs after each batch of answered calls."""
+        `flush` (the servicer's, FLUSH_EVERY_S after; fallbacks are counted at once)."""
         self._reads += 1
         (self._single if result.rows == 1 else self._batch).observe(seconds)
         self._read_rows.observe(result.rows)
