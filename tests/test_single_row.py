@@ -13,7 +13,7 @@ import pytest
 
 from featurewell.client import FeatureClient, Status
 from featurewell.devcluster import LocalCluster, call
-from featurewell.serving.service import AFTER_ANSWER_S, AfterAnswer
+from featurewell.serving.service import AFTER_ANSWER_S, FLUSH_EVERY_S, AfterAnswer
 from featurewell.store.codec import RowCodec
 from featurewell.store.keys import entity_tags, key_prefix
 from featurewell.values import Ragged
@@ -146,3 +146,19 @@ async def test_after_answer_keeps_each_entry_until_it_is_due() -> None:
     # Loop time, not a stopwatch: an entry never runs before its due time (less the timer's
     # own rounding, which the queue allows for).
     assert all(r >= a + AFTER_ANSWER_S - 0.0006 for a, r in zip(added_at, ran_at, strict=True))
+
+
+async def test_after_answer_flushes_once_for_all_it_ran_in_a_while() -> None:
+    ran: list[int] = []
+    flushed: list[list[int]] = []  # what had run at each flush
+    after = AfterAnswer(lambda: flushed.append(list(ran)))
+    for n in range(3):
+        after(ran.append, n)
+        await asyncio.sleep(AFTER_ANSWER_S * 2)  # each runs on a timer tick of its own
+    assert ran == [0, 1, 2]
+    assert flushed == []  # not one flush per run
+    await asyncio.sleep(FLUSH_EVERY_S * 2)
+    assert flushed == [[0, 1, 2]]
+    after(ran.append, 3)  # the flush re-arms with the next run
+    await asyncio.sleep(FLUSH_EVERY_S * 2)
+    assert flushed == [[0, 1, 2], [0, 1, 2, 3]]

@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from featurewell.client import (
     ClientOptions,
@@ -40,7 +40,7 @@ from featurewell.definitions import (
 from featurewell.devcluster import LocalCluster
 from featurewell.engine.calls import Budget, FeatureRequest, InputColumn
 from featurewell.telemetry import report
-from featurewell.telemetry._histogram import bounds_of, observe_many
+from featurewell.telemetry._histogram import Tally
 from featurewell.telemetry.tracing import Tracing
 from tests import defs
 from tests.tools import (
@@ -137,22 +137,35 @@ def read_orders(client: FeatureClient, ids: list[str]) -> None:
         )
 
 
-def test_bulk_histogram_observations_match_one_by_one() -> None:
+def test_tallied_observations_match_prometheus_one_by_one() -> None:
     values = np.array([0.5, 1.0, 1.0, 3.0, 7.5, 1e9, 0.0, 2.0])
     one, many = CollectorRegistry(), CollectorRegistry()
     single, bulk = (
         Histogram("age_seconds", "x", ["view"], buckets=(1, 2, 5), registry=registry)
         for registry in (one, many)
     )
+    counted, tallied = (Counter("rows", "x", registry=registry) for registry in (one, many))
     for value in values:
         single.labels("v").observe(float(value))
-    observe_many(bulk.labels("v"), bounds_of(bulk), values)
+    counted.inc(3)
+    counted.inc(4)
+    tally = Tally()
+    pending, rows = tally.histogram(bulk.labels("v")), tally.counter(tallied)
+    pending.observe_many(values[:5])
+    for value in values[5:]:
+        pending.observe(float(value))  # one by one and in bulk alike
+    rows.inc(3)
+    tally.flush()
+    rows.inc(4)  # pending until the next flush
+    assert b"rows_total 3.0" in generate_latest(many)
+    tally.flush()
+    tally.flush()  # nothing pending: adds nothing
     created = (b"_created", b"# ")  # creation timestamps differ by design
     lines = [
         [
             line
             for line in generate_latest(r).splitlines()
-            if not line.split(b"{")[0].endswith(created[0])
+            if not line.split(b"{")[0].split(b" ")[0].endswith(created[0])
         ]
         for r in (one, many)
     ]

@@ -165,21 +165,38 @@ class Admission:
                 "waited in a busy server's queue); raise the deadline or retry elsewhere"
             )
 
-    @contextlib.contextmanager
-    def track(self, method: str, remaining: float | None = None) -> Iterator[None]:
+    # A call's way through admission, without a context manager: the servicer's hot path calls
+    # these three itself (a generator-based `track` cost a single-entity call ~3 µs of CPU).
+
+    def enter(self, method: str, remaining: float | None = None) -> None:
+        """Admit a call (or raise, as `admit`) and count it in flight."""
         self.admit(method, remaining)
         self.in_flight += 1
-        started = time.perf_counter()
+
+    def leave(self, started_ns: int) -> None:
+        """A call `enter` admitted has ended, however it ended; it started (its handler took
+        it) at `started_ns` (`time.perf_counter_ns`)."""
+        now_ns = time.perf_counter_ns()
+        now = now_ns / 1e9
+        self.adaptive.done((now_ns - started_ns) / 1e9, self.in_flight, now)
+        self.in_flight -= 1
+
+    def was_cancelled(self) -> None:
+        """A call `enter` admitted was cancelled before it ended (`leave` still follows)."""
+        self.cancelled += 1
+        # gRPC cancels every handler still running when the grace ends; a client whose
+        # deadline expires cancels its handler too, but before that (or with no shutdown).
+        if self.cut_off_at is not None and time.monotonic() >= self.cut_off_at - 0.001:
+            self.cut_off += 1
+
+    @contextlib.contextmanager
+    def track(self, method: str, remaining: float | None = None) -> Iterator[None]:
+        self.enter(method, remaining)
+        started = time.perf_counter_ns()
         try:
             yield
         except asyncio.CancelledError:
-            self.cancelled += 1
-            # gRPC cancels every handler still running when the grace ends; a client whose
-            # deadline expires cancels its handler too, but before that (or with no shutdown).
-            if self.cut_off_at is not None and time.monotonic() >= self.cut_off_at - 0.001:
-                self.cut_off += 1
+            self.was_cancelled()
             raise
         finally:
-            now = time.perf_counter()
-            self.adaptive.done(now - started, self.in_flight, now)
-            self.in_flight -= 1
+            self.leave(started)

@@ -42,19 +42,27 @@ AFTER_ANSWER_S = 0.002
 
 # uvloop's timers fire on millisecond ticks: work this close to due runs on the earlier tick.
 _TIMER_SLACK_S = 0.0005
+# The metrics calls recorded are exported this long after the first of them (then the next
+# ones): a flush costs about what one call's metric updates did, and runs of a call or two
+# each flushing cost as much as exporting every update at once. Still well inside any scrape
+# interval; the served-feature log, traces and lineage are not delayed.
+FLUSH_EVERY_S = 0.05
 
 
 class AfterAnswer:
     """Work each call leaves to run AFTER_ANSWER_S after its answer, in answer order, on one
     timer for everything due rather than a timer per call: at thousands of calls a second a
     call_later each (a TimerHandle, a heap insert) was a measurable share of a single-entity
-    call's CPU (docs/performance.md)."""
+    call's CPU (docs/performance.md). `after_batch` (telemetry's flush of the metrics those
+    calls recorded) runs FLUSH_EVERY_S after a run, for every run in that time."""
 
-    __slots__ = ("_armed", "_due")
+    __slots__ = ("_after_batch", "_armed", "_due", "_flush_armed")
 
-    def __init__(self) -> None:
+    def __init__(self, after_batch: Callable[[], None] | None = None) -> None:
         self._due: deque[tuple[float, Callable[..., None], tuple[Any, ...]]] = deque()
         self._armed = False
+        self._after_batch = after_batch
+        self._flush_armed = False
 
     def __call__(self, record: Callable[..., None], *args: Any) -> None:
         loop = asyncio.get_running_loop()
@@ -76,6 +84,16 @@ class AfterAnswer:
             loop.call_at(due[0][0], self._run, loop)
         else:
             self._armed = False
+        if self._after_batch is not None and not self._flush_armed:
+            self._flush_armed = True
+            loop.call_later(FLUSH_EVERY_S, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_armed = False
+        try:
+            self._after_batch()  # type: ignore[misc]  # armed only when set
+        except Exception:
+            log.exception("telemetry of answered calls failed")
 
 
 class FeatureService(pb_grpc.FeatureServiceServicer):
@@ -102,17 +120,17 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         self._deprecations = DeprecationNotices(telemetry.metrics.deprecated_reads)
         # Near-cache subscriptions.
         self.invalidations = InvalidationHub(engine, self.access, telemetry.metrics)
-        self._after_answer = AfterAnswer()
+        self._after_answer = AfterAnswer(telemetry.flush)
         self.single = SingleAnswers(engine)  # hot single-entity answers (serving/single_cache)
 
-    def budget(self, remaining: float | None) -> Budget:
+    def _store_seconds(self, remaining: float | None) -> float:
         """Store time for a call with `remaining` seconds left (None: no client deadline): what
-        the deadline leaves once the measured answer margin is kept back, at most the cap.
-        (`Admission.admit` has already refused calls whose deadline leaves nothing.)"""
-        seconds = None if remaining is None else remaining - self.calls.margin.seconds
-        if seconds is None or seconds >= self._cap:
-            return Budget(self._cap)
-        return Budget(max(seconds, 0.0), deadline_bound=True)
+        the deadline leaves once the measured answer margin is kept back, at most the cap (the
+        call's Budget is deadline-bound below it). `Admission.admit` has already refused calls
+        whose deadline leaves nothing."""
+        if remaining is None:
+            return self._cap
+        return max(min(remaining - self.calls.margin.seconds, self._cap), 0.0)
 
     # Requests arrive as bytes (parsed by serving/wire, see serving/server.py) or, when the
     # servicer is registered with the generated stubs, as messages.
@@ -120,11 +138,13 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         self, request: pb.GetFeaturesRequest | bytes, context: Context[pb.GetFeaturesRequest]
     ) -> pb.GetFeaturesResponse:
         started = time.perf_counter_ns()
+        calls = self.calls
         try:
             remaining = context.time_remaining()
-            with self.calls.track("GetFeatures", remaining):
-                budget = self.budget(remaining)
-                budget_end = time.perf_counter_ns() + int(budget.seconds * 1e9)
+            calls.enter("GetFeatures", remaining)  # (Admission.track, inlined: per-call cost)
+            try:
+                store_s = self._store_seconds(remaining)
+                budget_end = time.perf_counter_ns() + int(store_s * 1e9)
                 # A hot single entity's kept answer (not under fault injection, which waits
                 # between this check and the answer).
                 kept = None if self._fault else self.single.answer(request)
@@ -132,18 +152,22 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
                     message = wire.parsed(pb.GetFeaturesRequest, request)
                     asked = wire.feature_request(message)
                 else:
+                    found = time.perf_counter_ns()  # its "store reply", for the margin
                     asked = kept.request
                 if self._fault:
                     await self._fault.wait(asked)
                 self._authorise_read(asked.features)
                 if kept is None:
                     before = self.single.before(request, asked)
+                    budget = Budget(store_s, deadline_bound=store_s < self._cap)
                     result = await self.engine.get_features(asked, budget)
                     response = wire.feature_response(result, message.typed_values)
+                    store_end = result.timings.store_ended_ns or budget_end
                     if before is not None:
                         self.single.learn(before, result, response)
                 else:
                     result, response = kept.result, kept.response
+                    store_end = found
                 notices = self._deprecations.notices(self.engine.registry, result)
                 metadata = context.invocation_metadata() or ()  # read once: a copy each time
                 # Sampled for the served-feature log: its request id goes back to the caller.
@@ -153,9 +177,13 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
                 if notices:
                     context.set_trailing_metadata(notices)
                 # What the answer needed after the store's reply or budget: the margin to keep.
-                store_end = result.timings.store_ended_ns or budget_end
                 answered = time.perf_counter_ns() - min(store_end, budget_end)
-                self.calls.margin.answered(answered / 1e9, timed_out=store_end >= budget_end)
+                calls.margin.answered(answered / 1e9, timed_out=store_end >= budget_end)
+            except asyncio.CancelledError:
+                calls.was_cancelled()
+                raise
+            finally:
+                calls.leave(started)
         except Exception as exc:
             await self._abort("GetFeatures", exc, context, started)
         # Telemetry runs once the call has ended (its answer sent), not inside its time.

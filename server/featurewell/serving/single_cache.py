@@ -53,8 +53,9 @@ _Rows = tuple[tuple[Group, bytes, Any], ...]  # (group, tag, the entry it read),
 
 class Kept(NamedTuple):
     """A kept answer: the parsed request (for authorisation, faults and sampling), the result
-    (for telemetry and notices) and the response message. (A NamedTuple: built in C, one per
-    call served.)"""
+    (for telemetry and notices) and the response message, the same objects for every call it
+    answers. The result has no timings (a store span, a store reply): no store was asked, as
+    for a call the cache answered whole; the servicer takes the time it found the answer."""
 
     request: FeatureRequest
     result: FeatureResult
@@ -118,17 +119,7 @@ class SingleAnswers:
             return None
         rows_cache.stats.hits += len(answer.rows)  # rows answered from the cache, as counted
         self.served += 1
-        kept = answer.kept
-        started = time.perf_counter_ns()
-        result = kept.result
-        # A result of its own per call: telemetry reads its timings (no store time: as a call
-        # the cache answered whole).
-        timings = CallTimings(started, started)
-        return Kept(
-            kept.request,
-            FeatureResult(result.rows, result.columns, [], result.served, timings),
-            kept.response,
-        )
+        return answer.kept
 
     def before(self, request: object, asked: FeatureRequest) -> Before | None:
         """For a call that may be kept (one row per entity, cached views, no transforms, every
@@ -193,9 +184,11 @@ class SingleAnswers:
         ]
         if len(self._answers) >= self.max_answers:
             del self._answers[next(iter(self._answers))]  # the oldest kept answer goes
+        # Shared by every call it answers: nothing reads a result's timings but telemetry.
+        shared = FeatureResult(result.rows, result.columns, [], result.served, CallTimings())
         self._answers[before.key] = _Answer(
             before.planner,
             before.rows,
             min(stale_at) if stale_at else 0,
-            Kept(before.request, result, response),
+            Kept(before.request, shared, response),
         )

@@ -29,6 +29,7 @@ ANONYMOUS = "(unnamed)"
 OVERFLOW = stored.OVERFLOW
 INVALID = "(invalid)"
 MAX_CALLER_CHARS = 200
+MAX_VIEW_REFS = 10_000  # views whose reference is kept (then all are dropped and kept anew)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class Consumers:
         self.max_pairs = max_pairs
         self._calls: dict[tuple[str, str], int] = {}
         self._seen: dict[tuple[str, str], int] = {}
+        # View objects' references (`ref` formats a string per read): id -> (view, ref).
+        self._refs: dict[int, tuple[object, str]] = {}
 
     def observe(self, metadata: Iterable[tuple[str, str | bytes]], result: FeatureResult) -> None:
         caller = ANONYMOUS
@@ -52,11 +55,26 @@ class Consumers:
                 caller = caller_name(value)
                 break
         now = int(time.time())
+        calls, refs = self._calls, self._refs
         for served in result.served:
-            pair = (caller, served.view.ref)
-            if pair not in self._calls and len(self._calls) >= self.max_pairs:
-                pair = (OVERFLOW, served.view.ref)
-            self._calls[pair] = self._calls.get(pair, 0) + 1
+            view = served.view
+            known = refs.get(id(view))
+            if known is not None and known[0] is view:
+                ref = known[1]
+            else:
+                if len(refs) >= MAX_VIEW_REFS:  # views of registries long gone
+                    refs.clear()
+                ref = view.ref
+                refs[id(view)] = (view, ref)
+            pair = (caller, ref)
+            count = calls.get(pair)
+            if count is None:
+                if len(calls) >= self.max_pairs:
+                    pair = (OVERFLOW, ref)
+                    count = calls.get(pair, 0)
+                else:
+                    count = 0
+            calls[pair] = count + 1
             self._seen[pair] = now
 
     @property

@@ -133,6 +133,11 @@ class Telemetry:
                 },
             )
 
+    def flush(self) -> None:
+        """Export what the calls recorded since the last flush (the servicer flushes after each
+        batch of calls it records; the loop below every second, whatever else happens)."""
+        self.metrics.flush()
+
     def write_done(
         self,
         result: WriteResult,
@@ -192,6 +197,7 @@ class Telemetry:
         next_consumers = time.monotonic() + self.settings.consumers_flush_s
         while True:
             now = time.monotonic()
+            self.flush()
             self.store_stats.sync()
             if now >= next_consumers:
                 next_consumers = now + self.settings.consumers_flush_s
@@ -213,6 +219,7 @@ class Telemetry:
             await asyncio.sleep(max(0.0, wake - time.monotonic()))
 
     def close(self) -> None:
+        self.flush()
         if self.served_log is not None:
             self.served_log.close()
         if self.tracing is not None:

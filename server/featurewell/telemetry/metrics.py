@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from featurewell.definitions import Registry
 from featurewell.engine.calls import FeatureResult, WriteResult
 from featurewell.store.batch import FailureReason, NodeTiming
-from featurewell.telemetry._histogram import bounds_of, observe_many
+from featurewell.telemetry._histogram import PendingCount, PendingHistogram, Tally
 from featurewell.values import DATA_LOSS, FALLBACK, FALLBACK_CACHE, NOT_FOUND, PRESENT, STALE
 
 # Fine enough below 5 ms to judge a sub-millisecond SLO; budgets (5 ms, 15 ms) are bucket edges,
@@ -228,13 +228,18 @@ class ServerMetrics:
             registry=registry,
             multiprocess_mode="max",
         )
-        self._age_bounds = bounds_of(self.value_age)
-        self._single = self.request_seconds.labels("GetFeatures", "single")
-        self._batch = self.request_seconds.labels("GetFeatures", "batch")
-        self._read_rows = self.request_rows.labels("GetFeatures")
+        # A read's updates wait in `tally` for `flush` (telemetry/_histogram.py).
+        self.tally = tally = Tally()
+        self._single = tally.histogram(self.request_seconds.labels("GetFeatures", "single"))
+        self._batch = tally.histogram(self.request_seconds.labels("GetFeatures", "batch"))
+        self._read_rows = tally.histogram(self.request_rows.labels("GetFeatures"))
+        self._read_features = tally.histogram(self.request_features)
         self._ok = self.requests.labels("GetFeatures", "OK")
+        self._reads = 0  # answered since the last flush
+        # Each view object's series (`view.ref` formats a string): id -> (view, series).
+        self._by_view: dict[int, tuple[object, _ViewSeries]] = {}
         self._views: dict[str, _ViewSeries] = {}
-        self._nodes: dict[tuple[str, int], Histogram] = {}
+        self._nodes: dict[tuple[str, int], PendingHistogram] = {}
         for method in METHODS:
             self.requests.labels(method, "OK")
         self.request_seconds.labels("WriteFeatures", "batch")
@@ -251,6 +256,7 @@ class ServerMetrics:
         """Start every view's labelled series at 0: served rows by status, value ages, corrupt
         rows, fallback rows by reason and source, written rows by outcome. A reload adds the
         new views' (series of views gone stay: their counts are history)."""
+        self._by_view.clear()
         for view in registry.views.values():
             ref = view.ref
             self._view(ref)
@@ -262,17 +268,25 @@ class ServerMetrics:
 
     def record_read(self, result: FeatureResult, seconds: float) -> None:
         """An answered GetFeatures call: its time, shape, per-node store time, what each view
-        served (statuses, value ages) and the rows served from fallbacks."""
-        self._ok.inc()
+        served (statuses, value ages) and the rows served from fallbacks. Pending until
+        `flush` (the servicer's, FLUSH_EVERY_S after; fallbacks are counted at once)."""
+        self._reads += 1
         (self._single if result.rows == 1 else self._batch).observe(seconds)
         self._read_rows.observe(result.rows)
-        self.request_features.observe(len(result.columns))
+        self._read_features.observe(len(result.columns))
         for timing in result.timings.nodes:
             if timing.answered_ns:  # batches with no answer are counted as fallbacks instead
                 self._node(timing).observe((timing.answered_ns - timing.sent_ns) / 1e9)
         now_us = time.time_ns() // 1000
+        by_view = self._by_view
         for served in result.served:
-            series = self._view(served.view.ref)
+            view = served.view
+            known = by_view.get(id(view))
+            if known is not None and known[0] is view:
+                series = known[1]
+            else:
+                series = self._view(view.ref)
+                by_view[id(view)] = (view, series)
             statuses = served.statuses
             if len(statuses) == 1:
                 status = int(statuses[0])
@@ -296,7 +310,7 @@ class ServerMetrics:
                 ages = (now_us - served.rows.event_time_us[valued]) / 1e6
             else:
                 continue
-            observe_many(series.age, self._age_bounds, ages)
+            series.age.observe_many(ages)
         for fallback in result.fallbacks:
             reason = REASON_NAMES[fallback.reason]
             if fallback.from_cache:
@@ -305,6 +319,14 @@ class ServerMetrics:
                 self.fallback_rows.labels(fallback.view, reason, "default").inc(
                     fallback.from_default
                 )
+
+    def flush(self) -> None:
+        """Add the reads recorded since the last flush to the exported metrics; their count
+        last, so a scrape that sees a call counted sees all it recorded."""
+        self.tally.flush()
+        if self._reads:
+            self._ok.inc(self._reads)
+            self._reads = 0
 
     def record_write(self, result: WriteResult, seconds: float) -> None:
         self.requests.labels("WriteFeatures", "OK").inc()
@@ -323,21 +345,24 @@ class ServerMetrics:
             series = self._views[ref] = _ViewSeries(self, ref)
         return series
 
-    def _node(self, timing: NodeTiming) -> Histogram:
+    def _node(self, timing: NodeTiming) -> PendingHistogram:
         child = self._nodes.get(timing.node)
         if child is None:
             host, port = timing.node
-            child = self._nodes[timing.node] = self.store_seconds.labels(f"{host}:{port}")
+            node = self.store_seconds.labels(f"{host}:{port}")
+            child = self._nodes[timing.node] = self.tally.histogram(node)
         return child
 
 
 class _ViewSeries:
-    """One view's pre-bound children: `rows[status]` (index = status number) and `age`."""
+    """One view's pre-bound children, pending in the metrics' tally: `rows[status]` (index =
+    status number), `age` and `corrupt`."""
 
     def __init__(self, metrics: ServerMetrics, ref: str) -> None:
-        placeholder = metrics.served_rows.labels(ref, "present")
-        self.rows = [placeholder] * (max(STATUS_NAMES) + 1)
+        tally = metrics.tally
+        placeholder = tally.counter(metrics.served_rows.labels(ref, "present"))
+        self.rows: list[PendingCount] = [placeholder] * (max(STATUS_NAMES) + 1)
         for status, name in STATUS_NAMES.items():
-            self.rows[status] = metrics.served_rows.labels(ref, name)
-        self.age = metrics.value_age.labels(ref)
-        self.corrupt = metrics.corrupt_rows.labels(ref)
+            self.rows[status] = tally.counter(metrics.served_rows.labels(ref, name))
+        self.age = tally.histogram(metrics.value_age.labels(ref))
+        self.corrupt = tally.counter(metrics.corrupt_rows.labels(ref))
