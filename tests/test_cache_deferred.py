@@ -103,3 +103,34 @@ async def test_a_fill_due_longer_than_the_race_window_is_dropped() -> None:
     await asyncio.sleep(5 * FILL_AFTER_S)
     assert len(cache) == 0
     assert cache.lookup((PREFIX,), [b"a"], time.monotonic())[1].tolist() == [0]
+
+
+def test_a_one_entity_lookup_answers_as_a_batch_would() -> None:
+    """A lookup of one entity takes a path of its own (no numpy pass): the same rows, hits and
+    misses as the same entity's place in a batch, fresh, expired, dropped or never cached."""
+    cache = ColumnarCache(CachePolicy(admit_after=1))
+    group = (PREFIX,)
+    tags = [b"fresh", b"short", b"dropped", b"never"]
+    stored = _rows([1.0, 2.0, 3.0], defs.now_us()) + [None]
+    cache.offer(group, [CODEC], tags[:1] + tags[2:], stored[:1] + stored[2:], 60.0, 0.0, 0)
+    cache.offer(group, [CODEC], tags[1:2], stored[1:2], 0.5, 0.0, 0)  # past its TTL at 1.0
+    cache.invalidate([PREFIX + b"dropped}"])
+    batch, batch_missed = cache.lookup(group, tags, 1.0)
+    assert batch is not None
+    assert batch_missed.tolist() == [1, 2]
+    for n, tag in enumerate(tags):
+        hits, misses = cache.stats.hits, cache.stats.misses
+        gathered, missed = cache.lookup(group, [tag], 1.0)
+        if n in batch_missed.tolist():
+            assert gathered is None
+            assert missed.tolist() == [0]
+            assert (cache.stats.hits, cache.stats.misses) == (hits, misses + 1)
+            continue
+        assert missed.tolist() == []
+        assert gathered is not None
+        assert (cache.stats.hits, cache.stats.misses) == (hits + 1, misses)
+        (one,) = gathered
+        at = batch[0].positions.tolist().index(n)
+        assert one.positions.tolist() == [0]
+        assert one.present.tolist() == [batch[0].present[at]]
+        assert one.fixed.tolist() == [batch[0].fixed[at].tolist()]

@@ -225,6 +225,15 @@ class ColumnarCache:
         if table is None:
             self.stats.misses += count
             return None, np.arange(count)
+        if count == 1:  # one entity (a single call, a ranking call's user): no numpy pass
+            slot = table.index.get(tags[0])
+            if slot is None or not table.fresh_until[slot] > now:
+                self.stats.misses += 1
+                return None, np.zeros(1, np.intp)
+            self.stats.hits += 1
+            only, none = np.zeros(1, np.intp), np.zeros(0, np.intp)
+            taken = np.full(1, slot, np.intp)
+            return [block.gather(only, none, taken) for block in table.blocks], none
         slots = table.find(tags)
         hit = table.fresh_until[slots] > now
         hits = np.flatnonzero(hit)
