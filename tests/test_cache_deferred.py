@@ -111,7 +111,7 @@ def test_a_one_entity_lookup_answers_as_a_batch_would() -> None:
     cache = ColumnarCache(CachePolicy(admit_after=1))
     group = (PREFIX,)
     tags = [b"fresh", b"short", b"dropped", b"never"]
-    stored = _rows([1.0, 2.0, 3.0], defs.now_us()) + [None]
+    stored = [*_rows([1.0, 2.0, 3.0], defs.now_us()), None]
     cache.offer(group, [CODEC], tags[:1] + tags[2:], stored[:1] + stored[2:], 60.0, 0.0, 0)
     cache.offer(group, [CODEC], tags[1:2], stored[1:2], 0.5, 0.0, 0)  # past its TTL at 1.0
     cache.invalidate([PREFIX + b"dropped}"])
