@@ -6,9 +6,11 @@ never misses rows an earlier read fetched."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import numpy as np
+import pytest
 
 from featurewell.devcluster import LocalCluster, call
 from featurewell.store.addressing import EntityRead
@@ -134,3 +136,27 @@ def test_a_one_entity_lookup_answers_as_a_batch_would() -> None:
         assert one.positions.tolist() == [0]
         assert one.present.tolist() == [batch[0].present[at]]
         assert one.fixed.tolist() == [batch[0].fixed[at].tolist()]
+
+
+async def test_a_fill_that_fails_does_not_fail_the_next_read(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A fill that raises (a bug: here, a decode missing for the view) is logged; the read
+    settling it still gets its answer, and the fills queued behind it are still made."""
+    cache = ColumnarCache(CachePolicy(admit_after=1))
+    group = (PREFIX,)
+    stored = _rows([1.0, 2.0], defs.now_us())
+    decoded = [CODEC.decode(stored[1:], CODEC.fixed_names)]
+    now = time.monotonic()
+    cache.offer_decoded(
+        group, [CODEC], [b"a"], stored[:1], [stored[:1]], [], [0], 60.0, now, 0, later=True
+    )
+    cache.offer_decoded(
+        group, [CODEC], [b"b"], stored[1:], [stored[1:]], decoded, [0], 60.0, now, 0, later=True
+    )
+    with caplog.at_level(logging.ERROR, "featurewell.store"):
+        gathered, missed = cache.lookup(group, [b"a", b"b"], now)
+    assert "could not take a read's rows" in caplog.text
+    assert missed.tolist() == [0]
+    assert gathered is not None
+    assert gathered[0].fixed["progress"].tolist() == [2.0]

@@ -19,7 +19,8 @@ the rows are copied out at once, so a slot reused while the read waits for Redis
 what it serves. The engine decodes only the rows Redis sent and places the gathered ones beside
 them (`merge`), so statuses, ages and max age are computed from the same event times as before.
 Fetched rows the cache admits enter the blocks from the read's own decode of them
-(`offer_decoded`, store/assembly.py): one numpy scatter per field, no second decode.
+(`offer_decoded`, store/assembly.py), once the answer is on its way (`FILL_AFTER_S`): one numpy
+scatter per field, no second decode.
 
 Every entry leaves this copy when it leaves the `HotKeyCache` (the `Listener` hooks), so the
 copy is never fresher than the raw entry; when invalidations may have been lost, nothing here
@@ -30,6 +31,7 @@ number of entries) and a table goes when its last entry does.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -47,15 +49,15 @@ from featurewell.store.gathered import Gathered, merge, time_field
 
 __all__ = ["ColumnarCache", "Gathered", "merge"]
 
+log = logging.getLogger("featurewell.store")
+
 _FIRST_CAPACITY = 8
 
-# Fetched rows the cache takes enter it this long after the read that fetched them: the answer
-# is then on its way (gRPC sends it after the handler returns, and Python work on the loop in
-# that window delays it, as for telemetry: serving/service.py's AFTER_ANSWER_S). A read's
-# lookup (or admission count, or fallback) first settles what is still due, so no read misses
-# an earlier read's rows; the fill keeps the read's own `since` and start time, so a write
-# announced in between keeps its row out exactly as before. (`len` and `stats` do not settle:
-# they are read from other threads.)
+# Fetched rows the cache takes enter it this long after the read's answer, which gRPC is then
+# sending (Python work on the loop before that delays it: serving/service.py's AFTER_ANSWER_S).
+# Reads, admission counts and fallbacks settle what is due first; the fill keeps the read's own
+# `since` and start, so a write announced meanwhile keeps its row out as before. (`len` and
+# `stats` do not settle: they are read from other threads.)
 FILL_AFTER_S = 0.002
 
 
@@ -217,9 +219,7 @@ class ColumnarCache:
     ) -> tuple[list[Gathered] | None, npt.NDArray[np.intp]]:
         """Each view's fresh cached rows, copied out (None: no row is cached), and the
         positions of the rows that missed."""
-        if self._due:
-            self.settle()
-        self._rows.expire_due(now)
+        self.rows.expire_due(now)  # (`rows` settles the fills still due first)
         table = self._tables.get(group)
         count = len(tags)
         if table is None:
@@ -245,14 +245,10 @@ class ColumnarCache:
         return [block.gather(hits, missed, taken) for block in table.blocks], missed
 
     def select(self, group: Group, tags: Sequence[bytes]) -> list[int]:
-        if self._due:
-            self.settle()
-        return self._rows.select(group, tags)
+        return self.rows.select(group, tags)
 
     def fallback(self, group: Group, tag: bytes, now: float) -> Row:
-        if self._due:
-            self.settle()
-        return self._rows.fallback(group, tag, now)
+        return self.rows.fallback(group, tag, now)
 
     def offer(
         self,
@@ -332,8 +328,12 @@ class ColumnarCache:
         oldest = time.monotonic() - self._rows.policy.race_window_s
         while due:
             args = due.popleft()
-            if args[8] > oldest:
+            if args[8] <= oldest:
+                continue
+            try:
                 self.offer_decoded(*args)
+            except Exception:  # a bug, not the next read's: its rows stay uncached
+                log.exception("the hot-key cache could not take a read's rows")
 
     def _fill(
         self,
