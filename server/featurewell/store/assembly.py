@@ -142,7 +142,17 @@ def _admit(
     if chosen:
         tags = read.tags if pending.rows is None else [read.tags[r] for r in fetched_rows]
         cache.offer_decoded(
-            pending.group, codecs, tags, part, raw, decoded, chosen, read.cache_ttl, now, since
+            pending.group,
+            codecs,
+            tags,
+            part,
+            raw,
+            decoded,
+            chosen,
+            read.cache_ttl,
+            now,
+            since,
+            later=True,  # once the answer is on its way
         )
     cached = pending.cached
     return [

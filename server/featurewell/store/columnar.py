@@ -19,7 +19,8 @@ the rows are copied out at once, so a slot reused while the read waits for Redis
 what it serves. The engine decodes only the rows Redis sent and places the gathered ones beside
 them (`merge`), so statuses, ages and max age are computed from the same event times as before.
 Fetched rows the cache admits enter the blocks from the read's own decode of them
-(`offer_decoded`, store/assembly.py): one numpy scatter per field, no second decode.
+(`offer_decoded`, store/assembly.py), once the answer is on its way (`FILL_AFTER_S`): one numpy
+scatter per field, no second decode.
 
 Every entry leaves this copy when it leaves the `HotKeyCache` (the `Listener` hooks), so the
 copy is never fresher than the raw entry; when invalidations may have been lost, nothing here
@@ -29,6 +30,10 @@ number of entries) and a table goes when its last entry does.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
 from itertools import repeat
@@ -44,7 +49,16 @@ from featurewell.store.gathered import Gathered, merge, time_field
 
 __all__ = ["ColumnarCache", "Gathered", "merge"]
 
+log = logging.getLogger("featurewell.store")
+
 _FIRST_CAPACITY = 8
+
+# Fetched rows the cache takes enter it this long after the read's answer, which gRPC is then
+# sending (Python work on the loop before that delays it: serving/service.py's AFTER_ANSWER_S).
+# Reads, admission counts and fallbacks settle what is due first; the fill keeps the read's own
+# `since` and start, so a write announced meanwhile keeps its row out as before. (`len` and
+# `stats` do not settle: they are read from other threads.)
+FILL_AFTER_S = 0.002
 
 
 class _Block:
@@ -151,10 +165,12 @@ class ColumnarCache:
 
     def __init__(self, policy: CachePolicy) -> None:
         # Each entry is held twice (raw, for fallbacks; decoded, for reads): counted twice.
-        self.rows = HotKeyCache(replace(policy, copies=2))
-        self.rows.listener = self
+        self._rows = HotKeyCache(replace(policy, copies=2))
+        self._rows.listener = self
         self._tables: dict[Group, _Table] = {}
         self._codecs: dict[FeatureView, RowCodec] = {}
+        self._due: deque[tuple[Any, ...]] = deque()  # `offer_decoded` arguments, in read order
+        self._armed = False
 
     def codecs(self, views: Sequence[FeatureView]) -> list[RowCodec]:
         """The codecs the blocks of these views decode rows with (built once per view)."""
@@ -168,39 +184,56 @@ class ColumnarCache:
             out.append(codec)
         return out
 
+    @property
+    def rows(self) -> HotKeyCache:
+        """The raw entries, with every fill still due settled (serving/single_cache.py checks
+        a kept answer's entries there, on the loop)."""
+        if self._due:
+            self.settle()
+        return self._rows
+
     # The policy's figures and hooks, as the store, the tracker and telemetry read them.
     @property
     def policy(self) -> CachePolicy:
-        return self.rows.policy
+        return self._rows.policy
 
     @property
     def stats(self) -> CacheStats:
-        return self.rows.stats
+        return self._rows.stats
 
     @property
     def sequence(self) -> int:
-        return self.rows.sequence
+        return self._rows.sequence
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self._rows)
 
     def invalidate(self, keys: Sequence[bytes]) -> None:
-        self.rows.invalidate(keys)
+        self._rows.invalidate(keys)
 
     def expire_all(self) -> None:
-        self.rows.expire_all()
+        self._rows.expire_all()
 
     def lookup(
         self, group: Group, tags: Sequence[bytes], now: float
     ) -> tuple[list[Gathered] | None, npt.NDArray[np.intp]]:
         """Each view's fresh cached rows, copied out (None: no row is cached), and the
         positions of the rows that missed."""
-        self.rows.expire_due(now)
+        self.rows.expire_due(now)  # (`rows` settles the fills still due first)
         table = self._tables.get(group)
         count = len(tags)
         if table is None:
             self.stats.misses += count
             return None, np.arange(count)
+        if count == 1:  # one entity (a single call, a ranking call's user): no numpy pass
+            slot = table.index.get(tags[0])
+            if slot is None or not table.fresh_until[slot] > now:
+                self.stats.misses += 1
+                return None, np.zeros(1, np.intp)
+            self.stats.hits += 1
+            only, none = np.zeros(1, np.intp), np.zeros(0, np.intp)
+            taken = np.full(1, slot, np.intp)
+            return [block.gather(only, none, taken) for block in table.blocks], none
         slots = table.find(tags)
         hit = table.fresh_until[slots] > now
         hits = np.flatnonzero(hit)
@@ -230,7 +263,7 @@ class ColumnarCache:
         """`HotKeyCache.offer`, then the rows it took decoded into their slots. A row that
         does not decode (its bytes do not fit the schema) stays out of the blocks: it is read
         from Redis each time, and served as it always is."""
-        taken = self.rows.offer(group, tags, replies, ttl, now, since)
+        taken = self._rows.offer(group, tags, replies, ttl, now, since)
         if not taken:
             return
         views = len(codecs)
@@ -253,18 +286,54 @@ class ColumnarCache:
         ttl: float,
         now: float,
         since: int,
+        *,
+        later: bool = False,
     ) -> None:
         """`offer` of the fetched rows at `chosen`, already decoded: `tags` and `replies` are
         every fetched row's, `raw` and `decoded` each view's rows of them (the fixed-width
         features, `RowCodec.fixed_names`, as `offer` decodes them). The same rows enter the
-        same slots as through `offer`, without decoding them a second time."""
-        taken = self.rows.offer(
+        same slots as through `offer`, without decoding them a second time. `later`: once the
+        read's answer is on its way (FILL_AFTER_S); the answer shares `raw` and `decoded`,
+        which nothing writes to."""
+        if later:
+            self._defer((group, codecs, tags, replies, raw, decoded, chosen, ttl, now, since))
+            return
+        taken = self._rows.offer(
             group, [tags[j] for j in chosen], [replies[j] for j in chosen], ttl, now, since
         )
         if not taken:
             return
         rows = [chosen[i] for i in taken]
         self._fill(group, codecs, [tags[j] for j in rows], raw, decoded, rows, now + ttl)
+
+    def _defer(self, args: tuple[Any, ...]) -> None:
+        """`offer_decoded(*args)`, FILL_AFTER_S from now (at once outside an event loop)."""
+        self._due.append(args)
+        if self._armed:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.settle()
+            return
+        self._armed = True
+        loop.call_later(FILL_AFTER_S, self.settle)
+
+    def settle(self) -> None:
+        """Take every fetched row still due (`offer_decoded(later=True)`), in the order they
+        were read. A fill from a read started more than the race window ago is dropped: the
+        invalidations its `since` is checked against may be forgotten by now (a refetch)."""
+        self._armed = False
+        due = self._due
+        oldest = time.monotonic() - self._rows.policy.race_window_s
+        while due:
+            args = due.popleft()
+            if args[8] <= oldest:
+                continue
+            try:
+                self.offer_decoded(*args)
+            except Exception:  # a bug, not the next read's: its rows stay uncached
+                log.exception("the hot-key cache could not take a read's rows")
 
     def _fill(
         self,
@@ -324,7 +393,7 @@ class ColumnarCache:
 
     @property
     def bytes(self) -> int:  # last: the name would shadow the type in the class body
-        return self.rows.bytes
+        return self._rows.bytes
 
 
 def _grown(array: npt.NDArray[Any], used: int, capacity: int) -> npt.NDArray[Any]:
