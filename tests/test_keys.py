@@ -15,7 +15,14 @@ from featurewell.definitions import Entity, EventSource, Feature, FeatureView, I
 from featurewell.devcluster import LocalCluster, call
 from featurewell.errors import DefinitionError
 from featurewell.store import keys
-from featurewell.store.keys import FAMILIES, families_of, key_slot, slot_of, slots_of
+from featurewell.store.keys import (
+    FAMILIES,
+    entity_tags,
+    families_of,
+    key_slot,
+    slot_of,
+    slots_of,
+)
 
 # Names that pass check_name and read like other families' parts or like versions.
 NAMES = [
@@ -298,3 +305,12 @@ def test_stream_overrides_outside_the_families_are_the_users() -> None:
         "fw:events:watches:0",
         "fw:events:watches:1",
     ]  # its own default, spelled out
+
+
+def test_string_keys_holding_a_nul_keep_their_own_tags() -> None:
+    # Tags are encoded in one pass joined by NUL; a value holding one must not shift the others.
+    values = ["a\0b", "c", "\0", "", "d{e}", "plain"]
+    tags = entity_tags([values], len(values))
+    assert tags == [entity_tags([[v]], 1)[0] for v in values]
+    assert tags[:3] == [b"a\0b", b"c", b"\0"]
+    assert tags[4] == b"d%7Be%7D"

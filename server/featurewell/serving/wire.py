@@ -85,7 +85,10 @@ def _inputs(columns: Mapping[str, pb.Values], what: str) -> dict[str, InputColum
         kind = column.WhichOneof("kind")
         if kind is None:
             raise InvalidRequest(f"{what} {shown(name)} has no values: set int64s, strings, ...")
-        out[name] = InputColumn(_INPUT_KINDS[kind], getattr(column, kind).values)
+        # A list, made once: each read of a protobuf repeated field makes its Python values
+        # anew (a str per item id), and the engine reads a key column three or four times
+        # (lengths, empty keys, the store's tags).
+        out[name] = InputColumn(_INPUT_KINDS[kind], list(getattr(column, kind).values))
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 import numpy.typing as npt
@@ -40,9 +41,13 @@ class EntityRead:
         """One GET/MGET per row (of `tags`, default all the read's rows). A row's command is
         `tag.join(template)`, the template depending only on the tag's length: one C call per
         row, no per-key objects."""
+        tags = self.tags if tags is None else tags
+        lengths = set(map(len, tags))
+        if len(lengths) == 1:  # ids of one width (the usual case): every row in one C loop
+            return list(map(bytes.join, tags, repeat(_row_template(self.prefixes, lengths.pop()))))
         templates: dict[int, list[bytes]] = {}
         out: list[bytes] = []
-        for tag in self.tags if tags is None else tags:
+        for tag in tags:
             template = templates.get(len(tag))
             if template is None:
                 template = templates[len(tag)] = _row_template(self.prefixes, len(tag))

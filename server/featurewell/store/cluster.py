@@ -6,34 +6,31 @@ order. It follows MOVED (and refreshes the slot map), ASK (with ASKING), TRYAGAI
 LOADING (brief backoff), and reconnects after a lost connection. redis-py's cluster pipeline takes
 ~15 ms for 501 GETs on these machines; this path takes ~1 ms because it builds no per-command
 objects: see docs/architecture.md.
+
+This module holds what outlives a call: the slot map, connections, breakers and the recovery
+task that follows failovers. One call's rounds (grouping, payloads, replies, redirects) are in
+store/rounds.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import hiredis
-import numpy as np
-import numpy.typing as npt
 
 from featurewell.errors import StoreUnavailable, StoreUnreachable
-from featurewell.store.batch import Failure, FailureReason, NodeTiming, Replies
+from featurewell.store import rounds
+from featurewell.store.batch import Replies
 from featurewell.store.breaker import Breaker, BreakerPolicy, BreakerState
-from featurewell.store.connection import Address, Connection, NodeAccess, encode_command
+from featurewell.store.connection import Address, Connection, NodeAccess
 from featurewell.store.slotmap import SlotMap
 
 log = logging.getLogger("featurewell.store")
-_ASKING = encode_command("ASKING")
-_CACHING_YES = encode_command("CLIENT", "CACHING", "YES")
-_MAX_ROUNDS = 5
-_RETRYABLE = ("TRYAGAIN", "CLUSTERDOWN", "LOADING", "MASTERDOWN")
 LOG_EVERY_S = 30.0  # a failing retry loop logs at most this often
 
 
@@ -92,7 +89,7 @@ class ClusterClient:
     async def start(self) -> None:
         await self.refresh_topology(force=True)
         for address in self.masters:
-            await self._connection(address)
+            await self.connection(address)
 
     async def close(self) -> None:
         if self._recovery is not None:
@@ -102,7 +99,7 @@ class ClusterClient:
 
     async def call(self, address: Address, *args: bytes | str | int) -> Any:
         """One command on one node, for rare administrative paths (script loading)."""
-        connection = await self._connection(address)
+        connection = await self.connection(address)
         return await connection.call(*args)
 
     async def refresh_topology(self, *, force: bool = False) -> None:
@@ -119,7 +116,7 @@ class ClusterClient:
                 name = f"{address[0]}:{address[1]}"
                 try:
                     async with asyncio.timeout(self._connect_timeout):
-                        connection = await self._connection(address)
+                        connection = await self.connection(address)
                         reply = await connection.call("CLUSTER", "SLOTS")
                 except (StoreUnavailable, TimeoutError) as exc:
                     problems.append(f"{name}: {exc or 'timed out'}")
@@ -147,7 +144,7 @@ class ClusterClient:
     def _closed(self, address: Address) -> bool:
         return self.breakers[address].state is BreakerState.CLOSED
 
-    def _ready(self, address: Address) -> Connection | None:
+    def ready(self, address: Address) -> Connection | None:
         pool = self._pools.get(address)
         if not pool:
             return None
@@ -155,8 +152,8 @@ class ClusterClient:
         connection = pool[self._round_robin % len(pool)]
         return None if connection.closed else connection
 
-    async def _connection(self, address: Address) -> Connection:
-        ready = self._ready(address)
+    async def connection(self, address: Address) -> Connection:
+        ready = self.ready(address)
         if ready is not None:
             return ready
         lock = self._opening.setdefault(address, asyncio.Lock())
@@ -187,7 +184,7 @@ class ClusterClient:
             breaker = self.breakers[address] = Breaker(self._policy)
         return breaker
 
-    def _node_failed(self, address: Address) -> None:
+    def node_failed(self, address: Address) -> None:
         if self._breaker(address).failure():
             log.warning(
                 "Redis node %s:%d failing: circuit open for %.1f s",
@@ -196,9 +193,9 @@ class ClusterClient:
                 self._policy.open_s,
             )
             self._close_node(address)
-            self._start_recovery()
+            self.start_recovery()
 
-    def _start_recovery(self) -> None:
+    def start_recovery(self) -> None:
         if self._recovery is None or self._recovery.done():
             self._recovery = asyncio.get_running_loop().create_task(self._recover())
 
@@ -238,7 +235,7 @@ class ClusterClient:
             for address in masters:
                 if address not in self._pools and self._closed_or_new(address):
                     try:
-                        await self._connection(address)
+                        await self.connection(address)
                     except StoreUnavailable:
                         continue
             failing = [a for a in masters if a in self.breakers and not self._closed(a)]
@@ -250,7 +247,7 @@ class ClusterClient:
     def _closed_or_new(self, address: Address) -> bool:
         return address not in self.breakers or self._closed(address)
 
-    # -- the batched path ----------------------------------------------------------------------
+    # -- the batched path (store/rounds.py) ---------------------------------------------------
 
     async def execute(
         self,
@@ -267,138 +264,7 @@ class ClusterClient:
         whose budget a short client deadline set, not the node's slowness). Reads of the
         commands in `tracked` are remembered by Redis for invalidation (connections run
         OPTIN tracking when the server caches)."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        call = _Call(commands, np.asarray(slots, dtype=np.int64), deadline, count_timeouts, tracked)
-        todo: Sequence[int] = range(len(commands))
-        for round_number in range(_MAX_ROUNDS):
-            todo = await self._round(call, todo)
-            if not todo:
-                return call.replies
-            delay = 0.002 * (2**round_number) if round_number else 0.0
-            if asyncio.get_running_loop().time() + delay >= deadline:
-                break
-            await asyncio.sleep(delay)
-        late = asyncio.get_running_loop().time() >= deadline
-        reason = FailureReason.TIMEOUT if late else FailureReason.UNAVAILABLE
-        call.fail(list(todo), None, reason, call.last_problem)
-        return call.replies
-
-    async def _round(self, call: _Call, todo: Sequence[int]) -> list[int]:
-        """Send one batch per node, wait until all answer or the deadline passes; return the
-        indexes to try again (redirected, retryable errors, connections lost in flight)."""
-        groups, unowned = self.slot_map.group(call.slots, todo, call.asking)
-        retry: list[int] = []
-        if unowned:
-            call.fail(unowned, None, FailureReason.UNAVAILABLE, "slots with no owner")
-            self._start_recovery()
-        in_flight: list[tuple[Address, list[int], asyncio.Future[list[Any]], int]] = []
-        now = time.monotonic()
-        for address, indexes in groups.items():
-            breaker = self.breakers.get(address)
-            if breaker is not None and not breaker.allow(now):
-                call.fail(indexes, address, FailureReason.CIRCUIT_OPEN, "circuit open")
-                continue
-            try:
-                connection = self._ready(address)
-                if connection is None:
-                    async with asyncio.timeout_at(call.deadline):
-                        connection = await self._connection(address)
-                future = connection.send(*self._payload(call, indexes))
-            except (StoreUnavailable, TimeoutError) as exc:
-                reason = FailureReason.TIMEOUT if isinstance(exc, TimeoutError) else None
-                call.fail(indexes, address, reason or FailureReason.UNAVAILABLE, str(exc))
-                self._node_failed(address)
-                continue
-            in_flight.append((address, indexes, future, time.perf_counter_ns()))
-            future.add_done_callback(call.answered)
-        if in_flight:
-            await _settle([future for _, _, future, _ in in_flight], call.deadline)
-        for address, indexes, future, sent_ns in in_flight:
-            call.replies.timings.append(
-                NodeTiming(address, sent_ns, call.answered_ns(future), len(indexes))
-            )
-            if not future.done() or future.cancelled():
-                future.cancel()
-                call.fail(indexes, address, FailureReason.TIMEOUT, "no reply within the budget")
-                if call.count_timeouts:
-                    self._node_failed(address)
-                continue
-            if future.exception() is not None:
-                retry.extend(indexes)  # connection lost: the next round reconnects
-                call.last_problem = str(future.exception())
-                continue
-            breaker = self.breakers.get(address)
-            if breaker is not None:
-                breaker.success()
-            self._collect(call, address, indexes, future.result(), retry)
-        return retry
-
-    def _collect(
-        self,
-        call: _Call,
-        address: Address,
-        indexes: list[int],
-        replies: list[Any],
-        retry: list[int],
-    ) -> None:
-        results = call.replies.values
-        if call.asking or call.tracked:
-            replies = self._strip_prefixes(call, replies, indexes)
-        if hiredis.ReplyError not in set(map(type, replies)):  # the usual case, checked in C
-            for i, reply in zip(indexes, replies, strict=True):
-                results[i] = reply
-            return
-        for i, reply in zip(indexes, replies, strict=True):
-            if type(reply) is not hiredis.ReplyError:
-                results[i] = reply
-                continue
-            message = str(reply)
-            if message.startswith("MOVED "):
-                _, slot, target = message.split(" ")
-                self.slot_map.move(int(slot), _parse_address(target, address))
-                self._start_recovery()
-            elif message.startswith("ASK "):
-                call.asking[i] = _parse_address(message.split(" ")[2], address)
-            elif not message.startswith(_RETRYABLE):
-                results[i] = reply
-                call.replies.errors.append(i)
-                continue
-            call.last_problem = message
-            retry.append(i)
-
-    @staticmethod
-    def _payload(call: _Call, indexes: list[int]) -> tuple[bytes, int]:
-        """The pipelined bytes for these commands: each preceded by ASKING after an ASK
-        redirect, and by CLIENT CACHING YES when its keys must be tracked (OPTIN tracking)."""
-        commands, asking, tracked = call.commands, call.asking, call.tracked
-        if not asking and not tracked:
-            return b"".join([commands[i] for i in indexes]), len(indexes)
-        parts: list[bytes] = []
-        for i in indexes:
-            # CACHING YES only holds for the very next command, so it goes after ASKING; a
-            # command sent with ASKING is then read untracked (its cache entry lives its TTL).
-            if i in asking:
-                parts.append(_ASKING)
-            elif i in tracked:
-                parts.append(_CACHING_YES)
-            parts.append(commands[i])
-        return b"".join(parts), len(parts)
-
-    @staticmethod
-    def _strip_prefixes(call: _Call, replies: list[Any], indexes: list[int]) -> list[Any]:
-        """The commands' own replies, without those of the ASKING/CACHING prefixes."""
-        asking, tracked = call.asking, call.tracked
-        out: list[Any] = []
-        position = 0
-        for i in indexes:
-            if i in asking:
-                position += 1
-                del asking[i]
-            elif i in tracked:
-                position += 1
-            out.append(replies[position])
-            position += 1
-        return out
+        return await rounds.execute(self, commands, slots, timeout, count_timeouts, tracked)
 
 
 def _unreachable(exc: BaseException) -> bool:
@@ -406,55 +272,3 @@ def _unreachable(exc: BaseException) -> bool:
     rather than misconfigured (TLS, password): only the first is worth waiting for."""
     cause = exc if isinstance(exc, TimeoutError) else exc.__cause__
     return isinstance(cause, OSError | TimeoutError) and not isinstance(cause, ssl.SSLError)
-
-
-def _parse_address(text: str, asked: Address) -> Address:
-    host, _, port = text.rpartition(":")
-    return (host or asked[0], int(port))
-
-
-@dataclass(slots=True)
-class _Call:
-    """One `execute` call's state across its rounds."""
-
-    commands: Sequence[bytes]
-    slots: npt.NDArray[np.int64]
-    deadline: float  # event-loop time
-    count_timeouts: bool
-    tracked: Collection[int] = ()
-    asking: dict[int, Address] = field(default_factory=dict)
-    last_problem: str = "no attempt made"
-    answered_at: dict[int, int] = field(default_factory=dict)  # id(future) -> perf_counter_ns
-    replies: Replies = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.replies = Replies([None] * len(self.commands), [], [], [])
-
-    def answered(self, future: asyncio.Future[list[Any]]) -> None:
-        if not future.cancelled():
-            self.answered_at[id(future)] = time.perf_counter_ns()
-
-    def answered_ns(self, future: asyncio.Future[list[Any]]) -> int:
-        """When `future` got its reply; 0 if it never did. A reply that landed in the same loop
-        turn as the one awaited may not have run its callback yet: then it arrived just now."""
-        if future.cancelled() or not future.done():
-            return 0
-        return self.answered_at.pop(id(future), 0) or time.perf_counter_ns()
-
-    def fail(
-        self, indexes: list[int], node: Address | None, reason: FailureReason, detail: str
-    ) -> None:
-        if indexes:
-            self.replies.failures.append(Failure(indexes, node, reason, detail))
-
-
-async def _settle(futures: list[asyncio.Future[list[Any]]], deadline: float) -> None:
-    """Wait until every future is done or the deadline passes; outcomes stay in the futures."""
-    try:
-        async with asyncio.timeout_at(deadline):
-            for future in futures:
-                if not future.done():
-                    with contextlib.suppress(StoreUnavailable):
-                        await future  # on timeout this cancels it: `_round` reads that as late
-    except TimeoutError:
-        pass
