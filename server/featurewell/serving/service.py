@@ -90,8 +90,11 @@ class AfterAnswer:
 
     def _flush(self) -> None:
         self._flush_armed = False
+        after_batch = self._after_batch
+        if after_batch is None:  # (never armed without it)
+            return
         try:
-            self._after_batch()  # type: ignore[misc]  # armed only when set
+            after_batch()
         except Exception:
             log.exception("telemetry of answered calls failed")
 

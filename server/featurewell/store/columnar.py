@@ -169,7 +169,8 @@ class ColumnarCache:
         self._rows.listener = self
         self._tables: dict[Group, _Table] = {}
         self._codecs: dict[FeatureView, RowCodec] = {}
-        self._due: deque[tuple[Any, ...]] = deque()  # `offer_decoded` arguments, in read order
+        # (the read's start, its `offer_decoded` arguments), in read order
+        self._due: deque[tuple[float, tuple[Any, ...]]] = deque()
         self._armed = False
 
     def codecs(self, views: Sequence[FeatureView]) -> list[RowCodec]:
@@ -296,7 +297,7 @@ class ColumnarCache:
         read's answer is on its way (FILL_AFTER_S); the answer shares `raw` and `decoded`,
         which nothing writes to."""
         if later:
-            self._defer((group, codecs, tags, replies, raw, decoded, chosen, ttl, now, since))
+            self._defer(now, (group, codecs, tags, replies, raw, decoded, chosen, ttl, now, since))
             return
         taken = self._rows.offer(
             group, [tags[j] for j in chosen], [replies[j] for j in chosen], ttl, now, since
@@ -306,9 +307,9 @@ class ColumnarCache:
         rows = [chosen[i] for i in taken]
         self._fill(group, codecs, [tags[j] for j in rows], raw, decoded, rows, now + ttl)
 
-    def _defer(self, args: tuple[Any, ...]) -> None:
+    def _defer(self, started: float, args: tuple[Any, ...]) -> None:
         """`offer_decoded(*args)`, FILL_AFTER_S from now (at once outside an event loop)."""
-        self._due.append(args)
+        self._due.append((started, args))
         if self._armed:
             return
         try:
@@ -327,8 +328,8 @@ class ColumnarCache:
         due = self._due
         oldest = time.monotonic() - self._rows.policy.race_window_s
         while due:
-            args = due.popleft()
-            if args[8] <= oldest:
+            started, args = due.popleft()
+            if started <= oldest:
                 continue
             try:
                 self.offer_decoded(*args)
