@@ -201,13 +201,17 @@ def test_readers_and_writers_during_compaction_see_one_consistent_history(tmp_pa
     thread = threading.Thread(target=reader)
     thread.start()
     try:
-        for round_ in range(6):
+        # At least 6 rounds, and on until the reader has finished two reads beside them: on a slow
+        # machine 6 compactions can end within one read. The cap keeps a hung reader a failure.
+        round_ = 0
+        while (round_ < 6 or reads < 2) and round_ < 200:
             # Rows known only after every label: they change no answer, but they are new small
             # files in old partitions for each compaction to merge.
             late = D0 + 25 * DAY
             rows = [(f"r{n}", D0 + n * DAY // 2, late, 9000.0 + round_) for n in range(30)]
             store.write(view, _rows(rows))
             compact(store, view, layout.date_of(START), settle_s=0)
+            round_ += 1
     finally:
         stop.set()
         thread.join(timeout=120)
