@@ -77,7 +77,7 @@ QUICK = Plan(
     100,
     1.5,
     2,
-    ("--iterations", "200", "--warmup", "100", "--items", "20000"),
+    ("--iterations", "200", "--warmup", "100", "--items", "20000", "--steady-rounds", "200"),
     ("--seconds", "1.5"),
 )
 SMOKE = Plan(20, 5, 0.4, 0, QUICK.zipf, QUICK.overload)  # for tests: does every part run at all

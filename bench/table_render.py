@@ -107,8 +107,10 @@ def zipf_rows(found: dict[str, Any], grpc: dict[str, Any] | None) -> Iterator[Ro
     setup = found.get("setup", {})
     for row in found.get("rows", []):
         phase = row["phase"]
-        if phase == "zipf":
+        if phase in ("zipf", "steady"):
             label = f"Zipf s={setup.get('s', '?')} over {setup.get('items', 0):,} items"
+            if phase == "steady":  # ranking calls only, evenly spaced: servers kept warm
+                label += f", {setup.get('steady_rate', 0):.0f} calls/s steady"
         else:
             label = f"{phase} items"
         config = str(row["config"]).replace("_", " ")

@@ -12,12 +12,19 @@ call has a scheduled send time and is timed from it, so a stall delays the calls
 instead of hiding them (the service time, from the actual send, is reported beside). Users are
 uniform over 5,000 (the user row mostly misses the cache). A second phase draws the 500 items
 from the 2,000 most popular only (a trending shelf). Each cached server's row hit ratio over a
-phase's measured calls comes from its /metrics. The cached servers run with a 120 s TTL: at this
+phase's measured calls comes from its /metrics. A third phase (`steady`) sends only ranking
+calls, Zipf-popular items again (other draws), at a steady rate (`--steady-rate`, calls/s over
+all servers, alternating): a ranker's server busy enough to stay warm. The first two phases'
+few calls a second per server leave each server idle ~160 ms between calls, long enough for the
+other processes on these two cores to push its cache's tables out of the CPU's caches, so
+every cached lookup pays memory latency (docs/caching.md: the cache's gain shows only in the
+steady phase here). The cached servers run with a 120 s TTL: at this
 bench's few calls a second, the default 5 s would expire most rows between two calls needing
 them, where a ranker serving hundreds of calls a second would find them cached; at 60 s the Zipf
 phase caches 76-78% of rows, and issue 20 judges the cache at 80% or more (120 s: 82%).
 
     python bench/zipf.py [--iterations 600] [--cache-ttl-s 120] [--items 100000] [--s 1.1]
+                         [--steady-rate 100] [--steady-rounds 2000] [--phases zipf,trending,steady]
                          [--json out.json] [--compare-tree DIR] [--variant NAME=FLAGS]
 
 `--json` writes `rows`: one per (phase, configuration, kind) with p50/p90/p99 ms, the ratio to
@@ -53,6 +60,7 @@ from featurewell.store.cluster import ClusterClient
 USERS = 5000
 TRENDING = 2000  # a trending shelf: candidates drawn from the most popular items only
 SLOT_S = {"ranking": 0.04, "single": 0.008, "raw": 0.02}  # scheduled gap after each call
+PHASES = ("zipf", "trending", "steady")
 Call = Callable[[str, list[str]], bool]  # (user, items) -> whether the answer had fallbacks
 
 
@@ -117,8 +125,20 @@ def main() -> None:
     )
     parser.add_argument(
         "--phases",
-        default="zipf,trending",
-        help="which phases to run, comma-separated (default both: zipf,trending)",
+        default=",".join(PHASES),
+        help=f"which phases to run, comma-separated (default all: {','.join(PHASES)})",
+    )
+    parser.add_argument(
+        "--steady-rate",
+        type=float,
+        default=100.0,
+        help="the steady phase's ranking calls per second, over all servers",
+    )
+    parser.add_argument(
+        "--steady-rounds",
+        type=int,
+        default=2000,
+        help="the steady phase's measured rounds (a ranking call to each server per round)",
     )
     args = parser.parse_args()
     compare = checkout(args.compare_tree) if args.compare_tree else None
@@ -133,6 +153,9 @@ def main() -> None:
         phases["zipf"] = zipf_candidates(calls, args.items, args.s, 500)
     if "trending" in wanted:
         phases["trending"] = zipf_candidates(calls, TRENDING, args.s, 500, seed=3)
+    if "steady" in wanted:
+        rounds = args.warmup + args.steady_rounds
+        phases["steady"] = zipf_candidates(rounds, args.items, args.s, 500, seed=5)
     load_before = load()
     with start_local_cluster(3, 1) as cluster:
         seeds = ",".join(f"{h}:{p}" for h, p in cluster.seeds)
@@ -165,7 +188,9 @@ def main() -> None:
             env = tree.env if tree is not None else None
             servers.append(subprocess.Popen(command, env=env))
         try:
-            results = measure(cluster.seeds, grpc_ports, metrics_ports, phases, args.warmup)
+            results = measure(
+                cluster.seeds, grpc_ports, metrics_ports, phases, args.warmup, args.steady_rate
+            )
         finally:
             for server in servers:
                 server.send_signal(signal.SIGTERM)
@@ -175,6 +200,8 @@ def main() -> None:
         "s": args.s,
         "iterations": args.iterations,
         "cache_ttl_s": args.cache_ttl_s,
+        "steady_rate": args.steady_rate,
+        "steady_rounds": args.steady_rounds,
         "cores": os.cpu_count(),
         "load_before": load_before,
         "load_after": load(),
@@ -191,6 +218,7 @@ def measure(
     metrics_ports: dict[str, int],
     phases: dict[str, list[list[str]]],
     warmup: int,
+    steady_rate: float,
 ) -> dict[str, Any]:
     for port in grpc_ports.values():
         grpc.channel_ready_future(grpc.insecure_channel(f"127.0.0.1:{port}")).result(timeout=60)
@@ -239,6 +267,10 @@ def measure(
             late = 0
             before: dict[str, tuple[float, float]] = {}
             calls = list(scenarios)
+            slot_s = SLOT_S
+            if phase == "steady":  # ranking calls only, evenly spaced
+                calls = [key for key in scenarios if key[1] == "ranking"]
+                slot_s = {"ranking": 1 / steady_rate}
             scheduled = time.perf_counter()
             for n, items in enumerate(candidates):
                 if n == warmup:
@@ -257,9 +289,11 @@ def measure(
                         service[key].append(done - sent)
                         degraded[key] += fell_back
                         late += sent - scheduled > 0.001
-                    scheduled += SLOT_S[key[1]]
+                    scheduled += slot_s[key[1]]
             out: dict[str, Any] = {}
             for (name, kind), values in samples.items():
+                if not values:  # a kind this phase does not send
+                    continue
                 out[f"{name} {kind}"] = percentiles(values) | {
                     "with_fallbacks": degraded[(name, kind)],
                     "service": percentiles(service[(name, kind)]),
@@ -282,7 +316,7 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per (phase, configuration, kind), with ratios to the cache-off server's figures
     of the same kind in the same run."""
     out = []
-    for phase in (p for p in ("zipf", "trending") if p in results):
+    for phase in (p for p in PHASES if p in results):
         figures = results[phase]
         for key, f in figures.items():
             if not isinstance(f, dict):
@@ -318,6 +352,11 @@ def report(results: dict[str, Any]) -> None:
         f"(zipf), or the {TRENDING} most popular of them (trending); load "
         f"{setup['load_before']} -> {setup['load_after']}"
     )
+    if "steady" in results:
+        print(
+            f"steady: ranking calls only, {setup['steady_rate']:.0f}/s over all servers "
+            f"(alternating), {setup['steady_rounds']} measured rounds"
+        )
     print(
         "\n| items | configuration | kind | p50 ms | p99 ms | p50 / off | p99 / off | hit ratio "
         "| service p50 / p99 ms | calls with fallbacks |\n|---|---|---|---|---|---|---|---|---|---|"

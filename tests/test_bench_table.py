@@ -130,7 +130,7 @@ def test_other_scripts_json_becomes_rows() -> None:
         },
     }
     zipf = {  # bench/zipf.py's shape: its rows, each with its ratios to cache off
-        "setup": {"s": 1.1, "items": 100_000},
+        "setup": {"s": 1.1, "items": 100_000, "steady_rate": 100.0},
         "rows": [
             {
                 "phase": "zipf",
@@ -152,6 +152,16 @@ def test_other_scripts_json_becomes_rows() -> None:
                 "p99_vs_off": 0.75,
                 "hit_ratio": 0.83,
             },
+            {  # the steady phase: ranking calls only, at a steady rate
+                "phase": "steady",
+                "config": "cache_on",
+                "kind": "ranking",
+                "p50_ms": 3.5,
+                "p99_ms": 5.5,
+                "p50_vs_off": 0.88,
+                "p99_vs_off": 0.9,
+                "hit_ratio": 0.93,
+            },
         ],
     }
     near = {  # bench/near_cache.py's shape: phases of modes, a floor measured beside them
@@ -170,6 +180,8 @@ def test_other_scripts_json_becomes_rows() -> None:
     assert "shed 4000 (p50 0.30 / p99 0.90 ms)" in level[6]
     cached = _row(table, "ranking, Zipf s=1.1 over 100,000 items: cache on")
     assert cached[3:7] == ["4.00", "6.00", "0.80x / 0.75x cache off", "rows from the cache: 83%"]
+    steady = _row(table, "100,000 items, 100 calls/s steady: cache on")
+    assert steady[3:7] == ["3.50", "5.50", "0.88x / 0.90x cache off", "rows from the cache: 93%"]
     assert _row(table, "raw Redis (its commands)")[5] == "floor"
     assert _row(table, "| hot / floor |")[5] == "floor"
     near_on = _row(table, "| hot / on |")
