@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from featurewell.store.blocks import Table
 from featurewell.store.cache import MISS, CachePolicy
 from featurewell.store.codec import DecodedRows, RowCodec
-from featurewell.store.columnar import ColumnarCache, _Table, merge
+from featurewell.store.columnar import ColumnarCache, merge
 from tests.test_cache_columnar import GROUP, ITEMS, PAIR, PROFILE, _assert_same, _profiles, _read
 
 
@@ -132,10 +133,10 @@ def test_a_row_dropped_while_admitted_elsewhere_leaves_no_decoded_copy() -> None
 
 
 def test_a_table_placing_batches_finds_every_tag_it_holds() -> None:
-    """Batches of new and known tags (`_Table.slots`, growing the blocks when needed) and
+    """Batches of new and known tags (`Table.slots`, growing the blocks when needed) and
     releases: every held tag found in its own slot, no slot handed out twice, none leaked."""
     rng = random.Random(11)
-    table = _Table([PROFILE])
+    table = Table([PROFILE])
     held: dict[bytes, int] = {}
     for _ in range(300):
         batch = list({b"t%d" % rng.randrange(3000) for _ in range(rng.randrange(1, 40))})
