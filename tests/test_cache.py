@@ -91,12 +91,33 @@ def test_a_read_that_raced_a_write_does_not_cache_its_old_value() -> None:
     assert _found(cache, G, [b"k", b"other"], 1.0) == [MISS, b"o"]
 
 
+def test_refreshed_entries_stay_in_place_and_the_eviction_order_stays_bounded() -> None:
+    """Past its TTL an entry is fetched again and re-dated in place, each refresh adding a
+    reference to the eviction order: compacting it keeps that bounded, and eviction still takes
+    an expired entry before a fresh one."""
+    cache = _cache(admit_after=1, max_entries=50)
+    tags = [b"t%d" % n for n in range(50)]
+    for round_ in range(200):  # every entry expires and is fetched again, 200 times
+        assert cache.select(G, tags) == list(range(50))  # (admitted at once; then: held)
+        cache.offer(G, tags, [b"v%d" % round_] * 50, 1.0, now=2.0 * round_, since=cache.sequence)
+    assert (len(cache), cache.stats.admissions, cache.stats.evictions) == (50, 50, 0)
+    assert cache.bytes == sum(cache._groups[G].sizes.values())
+    assert cache._order_tags <= 2 * len(cache) + 1024  # 10,000 refreshes, references bounded
+    assert _found(cache, G, tags[:2], 398.5) == [b"v199", b"v199"]
+    cache.offer(G, tags[:1], [b"new"], 10.0, now=399.5, since=cache.sequence)  # t0 fresh again
+    cache.offer(G, [b"extra"], [b"x"], 10.0, now=400.0, since=cache.sequence)  # one over
+    assert cache.stats.evictions == 1
+    assert _found(cache, G, [b"t0", b"extra"], 400.5) == [b"new", b"x"]  # an expired one left
+
+
 def test_lost_invalidations_keep_entries_only_as_fallbacks() -> None:
     cache = _cache(admit_after=1)
-    cache.offer(G, [b"k"], [b"v"], 10.0, now=0.0, since=0)
+    now = time.monotonic()  # `expire_all` reads the clock, as the store's reads do
+    cache.offer(G, [b"k"], [b"v"], 10.0, now=now, since=0)
     cache.expire_all()
-    assert _found(cache, G, [b"k"], 1.0) == [MISS]
-    assert cache.fallback(G, b"k", 1.0) == b"v"
+    assert _found(cache, G, [b"k"], now + 1.0) == [MISS]
+    assert cache.fallback(G, b"k", now + 1.0) == b"v"
+    assert cache.select(G, [b"k"]) == [0]  # fetched again (tracked) at the next read
 
 
 def test_frequency_counts_stay_bounded() -> None:

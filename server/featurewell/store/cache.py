@@ -9,10 +9,10 @@ decoded by the same codec), so a cached answer cannot differ from a fetched one.
   sketch), so the long tail of one-off items never pushes hot rows out. The store asks
   `select` before fetching, so Redis tracks (for invalidation) only the rows that will be cached.
 - **Bounded** by entries and by bytes (each entry counted by its real size: tag, reply and
-  overhead); expired entries leave first, then the oldest fresh ones. Rows of entities whose
-  hash tag exceeds `max_tag_bytes`, or whose entry would take over half of `max_bytes`, are
-  never cached (the tags not even counted for admission): a 60 MB entity id must not sit in
-  memory. The admission counts are bounded in bytes too (`max_seen_bytes`):
+  overhead); expired entries leave first, then those with the least freshness left. Rows of
+  entities whose hash tag exceeds `max_tag_bytes`, or whose entry would take over half of
+  `max_bytes`, are never cached (the tags not even counted for admission): a 60 MB entity id
+  must not sit in memory. The admission counts are bounded in bytes too (`max_seen_bytes`):
   a client inventing ids ages them early, it cannot grow them.
 - **Fresh for a per-view TTL** (the planner caps it at a fraction of the view's max age); past it
   an entry no longer answers reads but may still stand in for Redis as a *fallback* for
@@ -23,16 +23,17 @@ decoded by the same codec), so a cached answer cannot differ from a fetched one.
 
 Entries are whole entity rows as one read fetches them: the reply of the row's GET (one view)
 or MGET (several views of the same entity), keyed by the row's hash tag within its *group* (the
-views read together). A hit is then one C-level dict lookup per entity row, not per key: fresh
-entries live in their own dicts and expire in bulk (queues of insertion batches), so the read
-path never checks a timestamp per row.
+views read together). Reads are answered by the decoded copy (store/columnar.py), which checks
+freshness a batch at a time in numpy; here an entry's freshness is one timestamp, so the row a
+read fetches again after its TTL re-dates the entry in place (two dict writes) rather than
+moving it between dicts: with a short TTL most admissions are such refreshes.
 """
 
 from __future__ import annotations
 
 import operator
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
@@ -82,6 +83,7 @@ class CacheStats:
 
 Group = tuple[bytes, ...]  # the key prefixes of the views read together, in read order
 Row = Any  # a GET reply (bytes | None) or an MGET reply (list of bytes | None)
+_Batch = list[Any]  # [until, _Rows, tags, index of the first tag not yet evicted]
 
 
 class Listener(Protocol):
@@ -97,15 +99,14 @@ class _Rows:
     """One group's entries, keyed by hash tag (dicts keyed by the request's own tag objects,
     whose hashes Python has already computed, so each step is one cheap dict operation)."""
 
-    __slots__ = ("expired", "fresh", "fresh_until", "group", "seen", "seen_bytes", "sizes")
+    __slots__ = ("group", "held", "seen", "seen_bytes", "sizes", "until")
 
     def __init__(self, group: Group = ()) -> None:
         self.group = group
-        self.sizes: dict[bytes, int] = {}  # each entry's size in bytes (fresh or expired)
+        self.held: dict[bytes, Row] = {}  # every entry, fresh or expired
+        self.until: dict[bytes, float] = {}  # when each stops being fresh
+        self.sizes: dict[bytes, int] = {}  # each entry's size in bytes
         self.seen_bytes = 0
-        self.fresh: OrderedDict[bytes, Row] = OrderedDict()  # oldest first, for eviction
-        self.fresh_until: dict[bytes, float] = {}
-        self.expired: OrderedDict[bytes, tuple[Row, float]] = OrderedDict()  # (row, usable until)
         self.seen: dict[bytes, int] = {}
 
 
@@ -117,7 +118,11 @@ class HotKeyCache:
         self.sequence = 0  # counts invalidations; a read remembers it to detect races
         self._groups: dict[Group, _Rows] = {}
         self._groups_of: dict[bytes, list[_Rows]] = {}  # prefix -> groups holding that view
-        self._batches: deque[tuple[float, _Rows, list[bytes]]] = deque()  # by expiry
+        # Eviction order, per TTL (so each queue is in `until` order): the tags each `offer`
+        # took, as batches [until, group, tags, first not yet evicted]; a tag taken again since
+        # (or gone) has another `until` than its batch's there, and is skipped.
+        self._order: dict[float, deque[_Batch]] = {}
+        self._order_tags = 0
         self._entries = 0
         self._seen_limit = max(1024, 4 * policy.max_entries)
         self._seen_bytes_limit = policy.max_seen_bytes or max(1 << 20, policy.max_bytes // 8)
@@ -136,12 +141,12 @@ class HotKeyCache:
     ) -> tuple[list[Row], npt.NDArray[np.bool_]]:
         """Each row's fresh cached reply (None: known to have no row) or MISS, and which rows
         missed."""
-        self.expire_due(now)
         rows = self._groups.get(group)
         if rows is None:
             self.stats.misses += len(tags)
             return [MISS] * len(tags), np.ones(len(tags), dtype=np.bool_)
-        found = list(map(rows.fresh.get, tags, repeat(MISS)))
+        held, until = rows.held, rows.until
+        found = [held[tag] if until.get(tag, 0.0) > now else MISS for tag in tags]
         missed = np.fromiter(map(operator.is_, found, repeat(MISS)), np.bool_, len(found))
         misses = int(np.count_nonzero(missed))
         self.stats.misses += misses
@@ -152,15 +157,10 @@ class HotKeyCache:
         """One row's fresh cached reply (None: known to have no row) or MISS, like `lookup`
         but uncounted: for a caller checking that an entry it already read is still the one
         held (serving/single_cache.py), whose reads the engine counts."""
-        self.expire_due(now)
         rows = self._groups.get(group)
-        return MISS if rows is None else rows.fresh.get(tag, MISS)
-
-    def expire_due(self, now: float) -> None:
-        """Move entries past their TTL to the fallbacks (a check of one timestamp unless some
-        are due)."""
-        if self._batches and now >= self._batches[0][0]:
-            self._expire(now)
+        if rows is None or not rows.until.get(tag, 0.0) > now:
+            return MISS
+        return rows.held[tag]
 
     def fallback(self, group: Group, tag: bytes, now: float) -> Row:
         """The row's cached reply if still within the fallback horizon, fresh or not; else
@@ -168,26 +168,23 @@ class HotKeyCache:
         rows = self._groups.get(group)
         if rows is None:
             return MISS
-        row = rows.fresh.get(tag, MISS)
-        if row is MISS:
-            expired = rows.expired.get(tag)
-            if expired is None or expired[1] <= now:
-                return MISS
-            row = expired[0]
+        until = rows.until.get(tag)
+        if until is None or until + self.policy.fallback_s <= now:
+            return MISS
         self.stats.fallbacks += 1
-        return row
+        return rows.held[tag]
 
     def select(self, group: Group, tags: Sequence[bytes]) -> list[int]:
         """Of rows the cache missed and a read is about to fetch, the positions of those to
         cache when they arrive (seen often enough, or cached before): their reads must be
         tracked. The others' sightings are counted."""
         state = self._state(group)
-        expired, seen, admit_after = state.expired, state.seen, self.policy.admit_after
+        held, seen, admit_after = state.held, state.seen, self.policy.admit_after
         max_tag = self.policy.max_tag_bytes
         chosen: list[int] = []
         added = 0
         for position, tag in enumerate(tags):
-            if tag in expired:
+            if tag in held:  # cached before (expired, since the read missed it)
                 chosen.append(position)
                 continue
             if len(tag) > max_tag:
@@ -238,13 +235,7 @@ class HotKeyCache:
         invalidation count `since`: cache them for `ttl` seconds. Returns the positions of the
         rows it took (not those a concurrent read cached first, nor those a write raced)."""
         state = self._state(group)
-        fresh, fresh_until, expired, seen, sizes = (
-            state.fresh,
-            state.fresh_until,
-            state.expired,
-            state.seen,
-            state.sizes,
-        )
+        held, until_of, seen, sizes = state.held, state.until, state.seen, state.sizes
         raced = self.sequence != since
         until = now + ttl
         admitted: list[bytes] = []
@@ -254,7 +245,8 @@ class HotKeyCache:
         copies = self.policy.copies
         admissions = added = seen_freed = 0  # counted here, stored once: a batch's rows
         for position, (tag, row) in enumerate(zip(tags, rows, strict=True)):
-            if tag in fresh or len(tag) > max_tag:
+            was = until_of.get(tag)
+            if (was is not None and was > now) or len(tag) > max_tag:
                 continue  # a concurrent read cached it already; a tag too long to keep
             if raced and self._invalidated_since(group, tag, since):
                 continue  # fetched before a write that has since been announced: not cacheable
@@ -265,16 +257,16 @@ class HotKeyCache:
             size *= copies
             if size > max_entry:  # would push out many hot rows for one
                 continue
-            if expired.pop(tag, None) is None:
+            if was is None:
                 if seen.pop(tag, None) is not None:
                     seen_freed += len(tag) + _SEEN_OVERHEAD
                 admissions += 1
                 added += size
-            else:  # an expired entry refreshed: its new row may have another size
+            else:  # an expired entry refreshed, in place: its new row may have another size
                 added += size - sizes[tag]
             sizes[tag] = size
-            fresh[tag] = row
-            fresh_until[tag] = until
+            held[tag] = row
+            until_of[tag] = until
             admitted.append(tag)
             taken.append(position)
         state.seen_bytes -= seen_freed
@@ -283,12 +275,37 @@ class HotKeyCache:
         self._entries += admissions
         self.bytes += added
         if admitted:
-            self._batches.append((until, state, admitted))
-            if len(self._batches) > 1 and self._batches[-2][0] > until:  # a shorter TTL
-                self._batches = deque(sorted(self._batches, key=lambda batch: batch[0]))
+            self._remember(ttl, [until, state, admitted, 0])
         if self._evict():  # it may have taken some of these already
-            return [p for p in taken if tags[p] in fresh]
+            return [p for p in taken if tags[p] in held]
         return taken
+
+    def _remember(self, ttl: float, batch: _Batch) -> None:
+        """Add an `offer`'s batch to the eviction order."""
+        queue = self._order.get(ttl)
+        if queue is None:
+            queue = self._order[ttl] = deque()
+        queue.append(batch)
+        self._order_tags += len(batch[2]) - batch[3]
+        if self._order_tags > 2 * self._entries + 1024:
+            self._compact_order()
+
+    def _compact_order(self) -> None:
+        """Drop the eviction order's stale references (tags taken again since, or gone): each
+        entry is current in one place, so this leaves at most one reference per entry."""
+        total = 0
+        for ttl, queue in list(self._order.items()):
+            kept: deque[_Batch] = deque()
+            for until, state, tags, first in queue:
+                current = [tag for tag in tags[first:] if state.until.get(tag) == until]
+                if current:
+                    kept.append([until, state, current, 0])
+                    total += len(current)
+            if kept:
+                self._order[ttl] = kept
+            else:
+                del self._order[ttl]
+        self._order_tags = total
 
     def _state(self, group: Group) -> _Rows:
         state = self._groups.get(group)
@@ -316,39 +333,25 @@ class HotKeyCache:
         self.sequence += 1
         self._all_invalidated_at = self.sequence
         self._invalidated_before, self._invalidated = {}, {}
-        usable_until = time.monotonic() + self.policy.fallback_s
+        now = time.monotonic()
         for state in self._groups.values():
-            for tag, row in state.fresh.items():
-                state.expired[tag] = (row, usable_until)
-            state.fresh.clear()
-            state.fresh_until.clear()
-        self._batches.clear()
+            ended = [tag for tag, until in state.until.items() if until > now]
+            for tag in ended:
+                state.until[tag] = now  # a fallback for `fallback_s` from now
+            if ended:  # expired now: evicted before any entry fresh again later
+                self._remember(-1.0, [now, state, ended, 0])
         if self.listener is not None:
             self.listener.expired_all()
 
     def _drop(self, state: _Rows, tag: bytes) -> None:
-        if tag in state.fresh:
-            del state.fresh[tag], state.fresh_until[tag]
-        elif tag in state.expired:
-            del state.expired[tag]
-        else:
+        if tag not in state.held:
             return
+        del state.held[tag], state.until[tag]
         self.bytes -= state.sizes.pop(tag)
         self._entries -= 1
         self.stats.invalidations += 1
         if self.listener is not None:
             self.listener.dropped(state.group, tag)
-
-    def _expire(self, now: float) -> None:
-        """Move every entry past its TTL to the fallbacks, a batch of insertions at a time."""
-        usable_until = now + self.policy.fallback_s
-        batches = self._batches
-        while batches and batches[0][0] <= now:
-            expiry, state, tags = batches.popleft()
-            for tag in tags:
-                if state.fresh_until.get(tag) == expiry:  # not refreshed or dropped since
-                    del state.fresh_until[tag]
-                    state.expired[tag] = (state.fresh.pop(tag), usable_until)
 
     def _invalidated_since(self, group: Group, tag: bytes, since: int) -> bool:
         if self._all_invalidated_at > since:
@@ -366,21 +369,26 @@ class HotKeyCache:
             self._rotated_at = now
 
     def _evict(self) -> int:
-        """Evict down to the bounds; returns how many entries left."""
+        """Evict down to the bounds: expired entries first, then those with the least freshness
+        left (the front of each TTL's queue); returns how many entries left."""
         policy = self.policy
         evicted = 0
         while self._entries > policy.max_entries or self.bytes > policy.max_bytes:
-            states = list(self._groups.values())
-            with_expired = [s for s in states if s.expired]
-            if with_expired:  # expired entries go first, from the group holding the most
-                state = max(with_expired, key=lambda s: len(s.expired))
-                tag, _ = state.expired.popitem(last=False)
-            else:  # then the oldest fresh entry of the largest group
-                state = max(states, key=lambda s: len(s.fresh))
-                if not state.fresh:
-                    return evicted
-                tag, _ = state.fresh.popitem(last=False)
-                del state.fresh_until[tag]
+            fronts = [queue for queue in self._order.values() if queue]
+            if not fronts:
+                return evicted
+            queue = min(fronts, key=lambda q: q[0][0])
+            batch = queue[0]
+            until, state, tags, first = batch
+            if first == len(tags):
+                queue.popleft()
+                continue
+            batch[3] = first + 1
+            self._order_tags -= 1
+            tag = tags[first]
+            if state.until.get(tag) != until:
+                continue  # taken again since (it is later in the order), or gone
+            del state.held[tag], state.until[tag]
             self.bytes -= state.sizes.pop(tag)
             self._entries -= 1
             self.stats.evictions += 1

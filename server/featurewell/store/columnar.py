@@ -120,7 +120,8 @@ class ColumnarCache:
     ) -> tuple[list[Gathered] | None, npt.NDArray[np.intp]]:
         """Each view's fresh cached rows, copied out (None: no row is cached), and the
         positions of the rows that missed."""
-        self.rows.expire_due(now)  # (`rows` settles the fills still due first)
+        if self._due:  # fills still due first: their rows may answer this read
+            self.settle()
         table = self._tables.get(group)
         count = len(tags)
         if table is None:
