@@ -4,6 +4,7 @@ repo version swaps in atomically while calls are in flight, and a broken one cha
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from pathlib import Path
@@ -126,7 +127,11 @@ level = FeatureView("level", entity=user, features=[Feature("rank", Int64, defau
 
 
 def _write_repo(path: Path, extra: str) -> None:
-    path.write_text(_REPO.format(extra=extra))
+    # Whole at once (a rename): the repo watcher polls every 50 ms, and a loaded machine can
+    # let a poll fall between write_text's truncation and its write, reloading a partial file.
+    staged = path.with_name(path.name + ".tmp")  # not *.py: the fingerprint ignores it
+    staged.write_text(_REPO.format(extra=extra))
+    os.replace(staged, path)
 
 
 def test_reload_swaps_definitions_atomically_under_load(
