@@ -160,7 +160,7 @@ def test_default_deadline_bounds_a_call_to_a_server_that_never_answers() -> None
 def test_reads_are_retried_and_writes_are_not(
     cluster: LocalCluster, registry: Registry, ids: Ids
 ) -> None:
-    # The node sleeps 3 s: the occupant's read waits for it (the cap is 5 s) while the other
+    # The node sleeps 2 s: the occupant's read waits for it (the cap is 5 s) while the other
     # calls are shed. Everything inside that window is connected beforehand, so a slow machine
     # spends it on the calls only (1 s was once all of it: thread, connection, calls).
     server = ServerThread(
@@ -180,7 +180,7 @@ def test_reads_are_retried_and_writes_are_not(
         with FeatureClient(server.address, options=options) as client:
             grpc.channel_ready_future(client._channel).result(timeout=30)
             assert connected.wait(30)
-            sleeper = sleep_node(port, 3.0)
+            sleeper = sleep_node(port, 2.0)
             go.set()  # the occupant holds the server's only slot until the node wakes
             wait_until(
                 lambda: calls.in_flight > 0,
