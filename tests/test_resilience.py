@@ -264,8 +264,8 @@ def test_slow_node_opens_its_circuit_then_recovers(
         users, owners = _seed(server, cluster, "slow")
         user = users[0]
         with FeatureClient(server.address, timeout=5) as client:
-            # 3 s: the six calls below must all meet the node asleep, on a slow machine too.
-            sleeping = sleep_node(owners[0], 3.0)
+            # 2 s: the six calls below must all meet the node asleep, on a slow machine too.
+            sleeping = sleep_node(owners[0], 2.0)
             reasons: list[list[str]] = []
             for _ in range(6):
                 result = client.get_features(["profile:age"], entities={"user_id": [user]})
