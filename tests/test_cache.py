@@ -218,7 +218,7 @@ def test_a_failing_node_is_answered_from_the_expired_cache_entry(
                 age_of(client, user)
             time.sleep(0.1)  # the entry is past its TTL: it no longer answers reads...
             port = cluster.owner(_key(user)[1])
-            sleeper = sleep_node(port, 0.5)
+            sleeper = sleep_node(port, 1.5)  # the call below must meet it asleep, loaded or not
             try:
                 result = client.get_features(
                     ["profile:age", "profile:country"], entities={"user_id": [user]}
