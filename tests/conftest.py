@@ -27,7 +27,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[LocalCluster]:
-    # A node timeout well above the longest DEBUG SLEEP any test uses (1 s): the shared cluster
+    # A node timeout well above the longest DEBUG SLEEP any test uses (2 s): the shared cluster
     # must never fail over under the tests (test_resilience kills nodes on clusters of its own).
     with start_local_cluster(masters=3, replicas_per_master=1, node_timeout_ms=5000) as running:
         yield running

@@ -81,9 +81,10 @@ class Load:
     def between(self, start: float, end: float) -> list[Call]:
         return [c for c in self.calls if start <= c.started < end]
 
-    def wait_calls(self, count: int, since: float = 0.0, timeout: float = 10.0) -> None:
+    def wait_calls(self, count: int, since: float = 0.0, timeout: float = 60.0) -> None:
         """Until `count` calls started at or after `since` (a time.monotonic()) have been
-        answered: the load has run through the current phase of a test."""
+        answered: the load has run through the current phase of a test. (The timeout is only
+        spent when calls stop: generous, as a loaded 2-core machine answers slowly.)"""
         wait_until(
             lambda: len(self.between(since, float("inf"))) >= count,
             timeout,

@@ -198,7 +198,7 @@ def test_server_user_reads_but_cannot_write_or_promote(
         assert "redis_username" in str(refused.value)
         # The server records its callers (a bounded script) with its own user too.
         telemetry = reader.server.telemetry
-        wait_until(lambda: telemetry.consumers.pending > 0, 5.0, "the reads observed")
+        wait_until(lambda: telemetry.consumers.pending > 0, 30.0, "the reads observed")
         reader.run(telemetry.consumers.flush(reader.server.store, timeout=5.0))  # no NOPERM
         recorded = reader.run(read_consumers(reader.server.store.cluster))
         assert sum(c.calls for c in recorded if c.view.startswith("profile@")) >= 1

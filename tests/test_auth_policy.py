@@ -130,7 +130,7 @@ def test_lineage_records_the_principal(stack: AuthStack, ranker: FeatureClient) 
         seen = stack.mtls.run(consumers.read(server.store.cluster))
         return any(c.caller == expected and c.view == "secret@v1" for c in seen)
 
-    wait_until(recorded, 5, f"consumers to record {expected!r}", interval=0.1)
+    wait_until(recorded, 30, f"consumers to record {expected!r}", interval=0.1)
 
 
 REPO = """

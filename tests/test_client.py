@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
@@ -159,8 +160,11 @@ def test_default_deadline_bounds_a_call_to_a_server_that_never_answers() -> None
 def test_reads_are_retried_and_writes_are_not(
     cluster: LocalCluster, registry: Registry, ids: Ids
 ) -> None:
+    # The node sleeps 2 s: the occupant's read waits for it (the cap is 5 s) while the other
+    # calls are shed. Everything inside that window is connected beforehand, so a slow machine
+    # spends it on the calls only (1 s was once all of it: thread, connection, calls).
     server = ServerThread(
-        make_settings(cluster, max_in_flight=1, store_timeout_ms=3000.0, cache_entries=0),
+        make_settings(cluster, max_in_flight=1, store_timeout_ms=5000.0, cache_entries=0),
         registry,
     )
     try:
@@ -169,14 +173,21 @@ def test_reads_are_retried_and_writes_are_not(
             defs.write_profiles(setup, [user], ages=[1])
         port = cluster.owner(slot_of(entity_tags([[user]], 1)[0]))
         calls = server.server.service.calls
-        sleeper = sleep_node(port, 1.0)
-        occupant = threading.Thread(target=_read_once, args=(server.address, user))
-        occupant.start()  # holds the server's only slot until the node wakes
-        wait_until(
-            lambda: calls.in_flight > 0, 5, "the occupant's call to be in flight", interval=0.001
-        )
+        connected, go = threading.Event(), threading.Event()
+        occupant = threading.Thread(target=_read_once, args=(server.address, user, connected, go))
+        occupant.start()
         options = ClientOptions(timeout=0.6, read_attempts=3)
         with FeatureClient(server.address, options=options) as client:
+            grpc.channel_ready_future(client._channel).result(timeout=30)
+            assert connected.wait(30)
+            sleeper = sleep_node(port, 2.0)
+            go.set()  # the occupant holds the server's only slot until the node wakes
+            wait_until(
+                lambda: calls.in_flight > 0,
+                5,
+                "the occupant's call to be in flight",
+                interval=0.001,
+            )
             with pytest.raises(ResourceExhausted):
                 client.get_features(["profile:age"], entities={"user_id": [user]})
             shed_by_read = calls.shed
@@ -190,8 +201,11 @@ def test_reads_are_retried_and_writes_are_not(
         server.stop()
 
 
-def _read_once(address: str, user: str) -> None:
-    with FeatureClient(address, options=ClientOptions(timeout=5, read_attempts=1)) as client:
+def _read_once(address: str, user: str, connected: threading.Event, go: threading.Event) -> None:
+    with FeatureClient(address, options=ClientOptions(timeout=10, read_attempts=1)) as client:
+        grpc.channel_ready_future(client._channel).result(timeout=30)
+        connected.set()
+        go.wait(60)
         client.get_features(["profile:age"], entities={"user_id": [user]})
 
 

@@ -142,10 +142,12 @@ def test_a_merged_file_sorts_where_its_inputs_did(tmp_path: Path) -> None:
     e = D0 + HOUR  # every row below: rider a, the same event time and created
     store.write(view, _rows([("a", e, e, 1.0)]))
     store.write(view, _rows([("a", e, e, 2.0), ("b", e, e, 5.0)]))
-    time.sleep(1.0)
+    # Settled: the two files above are 2.5 s old; the next must still be younger than 2 s when
+    # compaction looks (was 0.5 s after a 1 s sleep: little for a loaded machine's write).
+    time.sleep(2.5)
     store.write(view, _rows([("a", e, e, 3.0)]))  # written after, not settled: not merged
     labels = pa.table({"rider_id": ["a", "b"], "event_timestamp": pa.array([e, e], pa.int64())})
-    done = compact(store, view, layout.date_of(D0 + DAY), settle_s=0.5)
+    done = compact(store, view, layout.date_of(D0 + DAY), settle_s=2.0)
     assert (done.files_in, done.files_out) == (2, 1)
     assert _train(store, labels, prune=True).column("rides:score").to_pylist() == [3.0, 5.0]
     names = sorted(p.name for p in (store.folder(view) / f"date={layout.date_of(e)}").iterdir())

@@ -281,7 +281,8 @@ def test_slow_store_falls_back_or_is_unavailable_or_deadline_exceeded(
     defs.write_profiles(client, [user], ages=[5])
     (tag,) = entity_tags([[user]], 1)
     port = next(p for p in cluster.masters if _owns(p, slot_of(tag)))
-    sleeper = sleep_node(port, 0.8)
+    asleep_s = 2.0  # the three calls below fit well inside it, on a loaded machine too
+    sleeper = sleep_node(port, asleep_s)
     try:
         # Non-strict: answered within the server's cap (50 ms), the value flagged as a fallback.
         started = time.monotonic()
@@ -308,7 +309,7 @@ def test_slow_store_falls_back_or_is_unavailable_or_deadline_exceeded(
                 ).rows
                 == 1
             ),
-            10,
+            30,
             "the node's breaker to close again",
             interval=0.05,
             retry_on=(FeatureClientError,),
@@ -318,7 +319,7 @@ def test_slow_store_falls_back_or_is_unavailable_or_deadline_exceeded(
     assert [(f.view, f.reason, f.from_cache, f.from_default) for f in degraded.fallbacks] == [
         ("profile@v2", FallbackReason.STORE_TIMEOUT, 0, 1)
     ]
-    assert answered_in < 0.8  # not held until the node woke up
+    assert answered_in < asleep_s - 0.5  # not held until the node woke up
     assert capped.value.code == grpc.StatusCode.UNAVAILABLE
     assert "strict call: 1 rows could not be read from Redis" in str(capped.value)
     assert "(timeout; the server log names the node)" in str(capped.value)

@@ -87,7 +87,7 @@ def test_an_idle_connection_is_closed(cluster: LocalCluster, registry: Registry)
             channel.subscribe(states.append)
             wait_until(
                 lambda: states and states[-1] == grpc.ChannelConnectivity.IDLE,
-                5.0,
+                30.0,
                 "the server to close the idle connection (the channel goes IDLE)",
             )
     finally:

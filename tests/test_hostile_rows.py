@@ -130,7 +130,7 @@ def test_a_corrupt_row_is_its_own_data_loss_and_the_rest_is_served(
     reads = 1 if wrong_type else 2
     wait_until(
         lambda: corrupt_rows_metric(server, "profile@v2") >= before + reads,
-        2.0,
+        30.0,
         "featurewell_corrupt_rows_total{view='profile@v2'} counting the reads that saw it",
     )
 

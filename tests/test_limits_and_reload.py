@@ -4,6 +4,7 @@ repo version swaps in atomically while calls are in flight, and a broken one cha
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from pathlib import Path
@@ -24,7 +25,15 @@ from featurewell.devcluster import LocalCluster
 from featurewell.store.keys import entity_tags, slot_of
 from tests import defs
 from tests.load import Load, median_ms
-from tests.tools import Ids, ServerThread, make_settings, scrape, sleep_node, wait_until
+from tests.tools import (
+    Ids,
+    NodeSleep,
+    ServerThread,
+    make_settings,
+    scrape,
+    sleep_node,
+    wait_until,
+)
 
 
 def test_calls_beyond_the_in_flight_limit_are_shed_at_once(
@@ -43,10 +52,18 @@ def test_calls_beyond_the_in_flight_limit_are_shed_at_once(
         port = cluster.owner(slot_of(entity_tags([[user]], 1)[0]))
         outcomes: list[tuple[float, str]] = []
         lock = threading.Lock()
+        # Every caller connects first; the node goes to sleep once all have (the barrier's
+        # action), and only then do they call: the 1.5 s sleep is spent on the calls alone,
+        # not on starting threads and connections (0.6 s for all of it once let calls arrive
+        # after the node woke, and be served).
+        connected = threading.Barrier(8, action=lambda: sleepers.append(sleep_node(port, 1.5)))
+        sleepers: list[NodeSleep] = []
 
         def call() -> None:
             # One attempt each: the client's retries of shed calls are test_client's subject.
             with FeatureClient(server.address, options=ClientOptions(5, read_attempts=1)) as own:
+                grpc.channel_ready_future(own._channel).result(timeout=30)
+                connected.wait(60)
                 try:
                     own.get_features(["profile:age"], entities={"user_id": [user]})
                     outcome = "served"
@@ -55,13 +72,14 @@ def test_calls_beyond_the_in_flight_limit_are_shed_at_once(
             with lock:
                 outcomes.append((time.monotonic(), outcome))
 
-        sleeper = sleep_node(port, 0.6)
         callers = [threading.Thread(target=call) for _ in range(8)]
         for caller in callers:
             caller.start()
         for caller in callers:
             caller.join()
-        sleeper.join()
+        for sleeper in sleepers:
+            sleeper.join()
+        assert len(sleepers) == 1  # every caller got through the barrier
         kinds = [kind for _, kind in sorted(outcomes)]
         assert kinds.count("served") == 2
         assert kinds.count("shed") == 6
@@ -109,7 +127,11 @@ level = FeatureView("level", entity=user, features=[Feature("rank", Int64, defau
 
 
 def _write_repo(path: Path, extra: str) -> None:
-    path.write_text(_REPO.format(extra=extra))
+    # Whole at once (a rename): the repo watcher polls every 50 ms, and a loaded machine can
+    # let a poll fall between write_text's truncation and its write, reloading a partial file.
+    staged = path.with_name(path.name + ".tmp")  # not *.py: the fingerprint ignores it
+    staged.write_text(_REPO.format(extra=extra))
+    os.replace(staged, path)
 
 
 def test_reload_swaps_definitions_atomically_under_load(
@@ -184,7 +206,7 @@ def test_watching_the_repo_reloads_when_its_files_change(
             )
             _write_repo(repo, _EXTRA.format(default=2))
             assert repo_fingerprint(str(repo)) != before  # same size: the mtime must tell
-            wait_until(lambda: server.server.reloads > 0, 5, "the watcher to reload the repo")
+            wait_until(lambda: server.server.reloads > 0, 30, "the watcher to reload the repo")
             assert server.server.reloads == 1
             result = client.get_features(["level:rank"], entities={"user_id": [user, "nobody"]})
             assert result.values("level:rank").tolist() == [3, 2]  # stored row kept; new default

@@ -9,6 +9,7 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -40,12 +41,15 @@ def _request(user: str) -> pb.GetFeaturesRequest:
     )
 
 
-def _concurrent(address: str, calls: int, timeout: float) -> list[tuple[float, str, str]]:
+def _concurrent(
+    address: str, calls: int, timeout: float, before: Callable[[], None] | None = None
+) -> list[tuple[float, str, str]]:
     """`calls` GetFeatures at once, one attempt each (raw stubs: no client retries); returns
-    (answered at, status code name, details) sorted by answer time."""
+    (answered at, status code name, details) sorted by answer time. `before` runs once every
+    caller is connected, just before they all call."""
     outcomes: list[tuple[float, str, str]] = []
     lock = threading.Lock()
-    start = threading.Barrier(calls)
+    start = threading.Barrier(calls, action=before)
 
     def one(i: int) -> None:
         with grpc.insecure_channel(address) as channel:
@@ -100,24 +104,20 @@ def test_calls_past_max_concurrent_rpcs_are_refused_before_they_queue(
 def _during_a_stall(server: ServerThread, calls: int, stall_s: float) -> list[str]:
     """`calls` GetFeatures sent at once while the server's event loop is blocked for `stall_s`
     (as a saturated loop, a GC pause or a preempted process is): their status code names, in
-    answer order."""
+    answer order. The stall begins once every caller is connected, so it is spent on the calls
+    alone (connecting them inside it let a slow machine send the last ones after it)."""
     blocked = threading.Event()
 
     def busy() -> None:
         blocked.set()
         time.sleep(stall_s)
 
-    threading.Timer(0.5, lambda: server.loop.call_soon_threadsafe(busy)).start()
-    outcomes: list[tuple[float, str, str]] = []
-
-    def send() -> None:
-        blocked.wait(5)
+    def stall() -> None:
+        server.loop.call_soon_threadsafe(busy)
+        assert blocked.wait(30)
         time.sleep(0.05)
-        outcomes.extend(_concurrent(server.address, calls, timeout=5.0))
 
-    sender = threading.Thread(target=send)
-    sender.start()
-    sender.join()
+    outcomes = _concurrent(server.address, calls, timeout=5.0, before=stall)
     return [code for _, code, _ in outcomes]
 
 
@@ -243,20 +243,21 @@ def test_the_adaptive_limit_sheds_when_handlers_slow_down(
 def test_calls_that_cannot_meet_their_deadline_are_dropped_before_any_work(
     cluster: LocalCluster, registry: Registry
 ) -> None:
-    # The server needs 100 ms to answer (its margin) and would then wait 300 ms (injected):
-    # a 50 ms call is refused by the server at once, not left to expire in the client.
+    # The server needs 4 s to answer (its margin) and would then wait 3 s (injected): a 2 s
+    # call is refused by the server at once, not left to expire in the client. (Seconds, not
+    # milliseconds: a 50 ms call could expire on a loaded machine before reaching the server.)
     server = ServerThread(
         make_settings(
             cluster,
-            deadline_margin_ms=100.0,
-            fault_delay="single:300ms",
+            deadline_margin_ms=4000.0,
+            fault_delay="single:3000ms",
             cache_entries=0,
             metrics_port=0,
         ),
         registry,
     )
     try:
-        outcomes = [_concurrent(server.address, 1, timeout=0.05)[0] for _ in range(3)]
+        outcomes = [_concurrent(server.address, 1, timeout=2.0)[0] for _ in range(3)]
         calls = server.server.service.calls
         assert server.server.metrics_port is not None
         metrics = scrape(server.server.metrics_port)
@@ -335,10 +336,14 @@ def test_the_client_retries_a_read_the_busy_core_refused(
             blocked.set()
             time.sleep(0.4)
 
+        threads_n = 12
+        connected = threading.Barrier(threads_n + 1)
+
         def call(kind: str, options: ClientOptions, user: str) -> None:
             with FeatureClient(server.address, options=options) as client:
-                grpc.channel_ready_future(client._channel).result(timeout=5)
-                blocked.wait(5)
+                grpc.channel_ready_future(client._channel).result(timeout=30)
+                connected.wait(60)
+                blocked.wait(30)
                 try:
                     client.get_features(["profile:age"], entities={"user_id": [user]})
                     outcome = "OK"
@@ -349,15 +354,15 @@ def test_the_client_retries_a_read_the_busy_core_refused(
 
         threads = [
             threading.Thread(target=call, args=(kind, options, f"u{i}"))
-            for i in range(6)
+            for i in range(threads_n // 2)
             for kind, options in (("retried", retried), ("once", once))
         ]
         for thread in threads:
             thread.start()
-        time.sleep(0.5)  # every client connected
+        connected.wait(60)  # every client connected (a fixed 0.5 s once was not enough)
         server.loop.call_soon_threadsafe(busy)
         for thread in threads:
-            thread.join(10)
+            thread.join(30)
     finally:
         server.stop()
     assert outcomes["retried"] == ["OK"] * 6

@@ -184,7 +184,8 @@ def _wait_for_sync(port: int, timeout: float = 15.0) -> None:
 def test_connections_reset_under_load_lose_no_call(
     cluster: LocalCluster, registry: Registry
 ) -> None:
-    server = _serve(cluster, registry)
+    # A long cache TTL: at the end only an invalidation can drop the deleted key in time.
+    server = _serve(cluster, registry, cache_ttl_s=60.0)
     try:
         users, owners = _seed(server, cluster, "reset")
         tracker = server.server.store.tracker
@@ -212,7 +213,7 @@ def test_connections_reset_under_load_lose_no_call(
                     .tolist()
                     == [Status.NOT_FOUND]
                 ),
-                2,
+                30,
                 "the cache to drop the deleted key",
             )
     finally:
@@ -263,7 +264,8 @@ def test_slow_node_opens_its_circuit_then_recovers(
         users, owners = _seed(server, cluster, "slow")
         user = users[0]
         with FeatureClient(server.address, timeout=5) as client:
-            sleeping = sleep_node(owners[0], 1.0)
+            # 2 s: the six calls below must all meet the node asleep, on a slow machine too.
+            sleeping = sleep_node(owners[0], 2.0)
             reasons: list[list[str]] = []
             for _ in range(6):
                 result = client.get_features(["profile:age"], entities={"user_id": [user]})
@@ -280,7 +282,7 @@ def test_slow_node_opens_its_circuit_then_recovers(
                     .tolist()
                     == [Status.PRESENT]
                 ),
-                2,
+                30,
                 "the node to be read again once its circuit closes",
             )
         breaker = server.server.store.cluster.breakers[("127.0.0.1", owners[0])]

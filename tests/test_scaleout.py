@@ -133,6 +133,8 @@ def test_workers_share_partitions_and_survive_a_sigkill(
 
     members, events = _events(name, 9000)
     ids: list[str] = []
+    killed = threading.Event()
+    split = 2 * len(events) // 3 // 45 * 45
 
     async def produce() -> None:  # ~1,500 events/s for ~6 s
         producer = await OnlineStore.connect(
@@ -140,6 +142,8 @@ def test_workers_share_partitions_and_survive_a_sigkill(
         )
         try:
             for start in range(0, len(events), 45):
+                if start == split:  # the last third waits for a's SIGKILL, however slow b's
+                    await asyncio.to_thread(killed.wait, 120)  # start and the hand-over were
                 ids.extend(await append(producer.cluster, source, events[start : start + 45]))
                 await asyncio.sleep(0.03)
         finally:
@@ -157,12 +161,14 @@ def test_workers_share_partitions_and_survive_a_sigkill(
         assert producer.is_alive()  # killed mid-run
         workers["a"].send_signal(signal.SIGKILL)
         workers["a"].wait(10)
+        killed.set()
         wait_until(_held(holders, "b"), 30, "b to take a's partitions over")
         producer.join(60)
         wait_until(lambda: outstanding() == 0, 60, "every event acknowledged")
         workers["b"].send_signal(signal.SIGTERM)
         assert workers["b"].wait(30) == 0
     finally:
+        killed.set()
         if producer.ident is not None:
             producer.join(60)
         for worker in workers.values():

@@ -172,7 +172,7 @@ def test_a_full_queue_drops_and_counts_without_blocking(start: Any, ids: Ids) ->
         lambda: (
             _metric(server, "featurewell_served_log_dropped_total", reason="queue_full") == 19 * 60
         ),
-        5,
+        30,
         "the dropped rows counted",
     )
     assert _log(server).queued_rows == 60
@@ -192,7 +192,7 @@ def test_a_failing_volume_loses_nothing_and_duplicates_drop_on_read(
     ]
     wait_until(
         lambda: _metric(server, "featurewell_served_log_write_failures_total") >= 1,
-        10,
+        30,
         "the writer failing",
     )
     blocker.unlink()

@@ -13,12 +13,13 @@ import pytest
 
 from featurewell.client import FeatureClient, Status
 from featurewell.devcluster import LocalCluster, call
-from featurewell.serving.service import AFTER_ANSWER_S, FLUSH_EVERY_S, AfterAnswer
+from featurewell.serving import service
+from featurewell.serving.service import AFTER_ANSWER_S, AfterAnswer
 from featurewell.store.codec import RowCodec
 from featurewell.store.keys import entity_tags, key_prefix
 from featurewell.values import Ragged
 from tests import defs
-from tests.tools import Ids, fixed
+from tests.tools import Ids, fixed, wait_until_async
 
 ITEM_STATS = RowCodec(defs.item_stats)  # fixed-width features only
 
@@ -148,7 +149,13 @@ async def test_after_answer_keeps_each_entry_until_it_is_due() -> None:
     assert all(r >= a + AFTER_ANSWER_S - 0.0006 for a, r in zip(added_at, ran_at, strict=True))
 
 
-async def test_after_answer_flushes_once_for_all_it_ran_in_a_while() -> None:
+async def test_after_answer_flushes_once_for_all_it_ran_in_a_while(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The flush comes 0.5 s after a run here (FLUSH_EVERY_S is 50 ms): the three runs below
+    # must fall within one flush's wait, and a loaded machine can stall a process 50 ms. The
+    # flushes are then awaited, not slept for: a run late after a stall arms its flush late.
+    monkeypatch.setattr(service, "FLUSH_EVERY_S", 0.5)
     ran: list[int] = []
     flushed: list[list[int]] = []  # what had run at each flush
     after = AfterAnswer(lambda: flushed.append(list(ran)))
@@ -157,8 +164,8 @@ async def test_after_answer_flushes_once_for_all_it_ran_in_a_while() -> None:
         await asyncio.sleep(AFTER_ANSWER_S * 2)  # each runs on a timer tick of its own
     assert ran == [0, 1, 2]
     assert flushed == []  # not one flush per run
-    await asyncio.sleep(FLUSH_EVERY_S * 2)
+    await wait_until_async(lambda: flushed, 30, "the flush")
     assert flushed == [[0, 1, 2]]
     after(ran.append, 3)  # the flush re-arms with the next run
-    await asyncio.sleep(FLUSH_EVERY_S * 2)
+    await wait_until_async(lambda: len(flushed) == 2, 30, "the second flush")
     assert flushed == [[0, 1, 2], [0, 1, 2, 3]]

@@ -179,17 +179,19 @@ def test_shutdown_counts_only_calls_cut_off_by_the_grace_period(
     cluster: LocalCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="featurewell.server")
-    running = ServerThread(make_settings(cluster, fault_delay="single:400ms"), defs.registry())
+    # Each call waits 2 s in its handler; the short calls' deadline is 0.5 s (a 50 ms one could
+    # expire on a loaded machine before its handler even began, and never count as cancelled).
+    running = ServerThread(make_settings(cluster, fault_delay="single:2000ms"), defs.registry())
     calls = running.server.service.calls
     stopped = False
     try:
         with FeatureClient(
-            running.address, options=ClientOptions(timeout=0.05, read_attempts=1)
+            running.address, options=ClientOptions(timeout=0.5, read_attempts=1)
         ) as client:
             for _ in range(3):  # deadline expires while the handler waits: the client cancels
                 with pytest.raises(FeatureClientError):
                     client.get_features(["profile:age"], entities={"user_id": ["u"]})
-        wait_until(lambda: calls.cancelled == 3 and calls.in_flight == 0, 10, "3 cancellations")
+        wait_until(lambda: calls.cancelled == 3 and calls.in_flight == 0, 30, "3 cancellations")
         outcome: list[str] = []
 
         def long_call() -> None:
@@ -204,8 +206,8 @@ def test_shutdown_counts_only_calls_cut_off_by_the_grace_period(
 
         caller = threading.Thread(target=long_call)
         caller.start()
-        wait_until(lambda: calls.in_flight == 1, 10, "the long call to be in flight")
-        running.run(running.server.stop(grace=0.05))  # 0.05 s < the 0.4 s injected delay
+        wait_until(lambda: calls.in_flight == 1, 30, "the long call to be in flight")
+        running.run(running.server.stop(grace=0.05))  # 0.05 s < the 2 s injected delay
         stopped = True
         caller.join(timeout=10)
         assert outcome in (["CANCELLED"], ["UNAVAILABLE"]), outcome

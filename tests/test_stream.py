@@ -332,7 +332,7 @@ def test_featurewell_stream_serves_an_appended_event_within_seconds(
             loop.run_until_complete(append(store.cluster, view.events, [event]))
             wait_until(
                 servable(expected_count),
-                10,
+                30,
                 f"event {expected_count} to become servable",
                 interval=0.02,
             )

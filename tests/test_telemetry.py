@@ -245,11 +245,14 @@ def test_freshness_gauges_follow_the_newest_write(
     metrics = scrape_until(port, lambda m: m.get(newest) == event_us / 1e6)
     assert metrics[newest] == event_us / 1e6
     # An older event does not move the marker back; the time of the last write does move.
+    # (Its bounds are taken around the write, not from the clock at scrape time: a slow
+    # machine may scrape seconds later.)
+    writing = time.time()
     write_orders(observed_client, [ids("f2")], [100.0], ["web"], event_us - 60_000_000)
     written = 'featurewell_view_last_write_timestamp_seconds{view="orders@v1"}'
-    metrics = scrape_until(port, lambda m: m.get(written, 0) >= time.time() - 2)
+    metrics = scrape_until(port, lambda m: m.get(written, 0) >= writing)
     assert metrics[newest] == event_us / 1e6
-    assert time.time() - 5 < metrics[written] <= time.time() + 1
+    assert writing <= metrics[written] <= time.time() + 1
     assert metrics['featurewell_view_freshness_sla_seconds{view="orders@v1"}'] == 600
     assert metrics['featurewell_view_max_age_seconds{view="orders@v1"}'] == 7200
     # A view with no SLA and no max age has no SLA gauge (nothing to alert on).
@@ -399,7 +402,7 @@ def traced(cluster: LocalCluster, spans: InMemorySpanExporter) -> Iterator[Serve
 def finished(exporter: InMemorySpanExporter, count: int) -> list[Any]:
     """The finished spans, once there are at least `count` (a call's spans are recorded just
     after its answer)."""
-    wait_until(lambda: len(exporter.get_finished_spans()) >= count, 3, f"{count} finished spans")
+    wait_until(lambda: len(exporter.get_finished_spans()) >= count, 30, f"{count} finished spans")
     return list(exporter.get_finished_spans())
 
 
@@ -528,9 +531,7 @@ def test_workers_metrics_are_aggregated_on_one_port(cluster: LocalCluster) -> No
         ok = 'featurewell_requests_total{code="OK",method="GetFeatures"}'
         timed = 'featurewell_request_duration_seconds_count{method="GetFeatures",shape="single"}'
         # Both at once: a worker writes the counter, then the histogram, while the parent reads.
-        got = scrape_until(
-            metrics, lambda m: m.get(ok) == calls and m.get(timed) == calls, timeout=5.0
-        )
+        got = scrape_until(metrics, lambda m: m.get(ok) == calls and m.get(timed) == calls)
         # Each worker counts its own calls; the parent's endpoint shows their sum.
         assert got[ok] == calls
         assert got[timed] == calls

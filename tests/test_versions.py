@@ -77,7 +77,7 @@ def test_promote_and_rollback_live_under_load(cluster: LocalCluster, tmp_path: P
             start = since or dict.fromkeys(labels, 0)
             wait_until(
                 lambda: all(len(seen.get(x, [])) >= start[x] + count for x in labels),
-                10,
+                30,
                 f"{count} answers for every caller",
             )
 
@@ -89,7 +89,7 @@ def test_promote_and_rollback_live_under_load(cluster: LocalCluster, tmp_path: P
             # Each server follows within its poll (0.2 s): then its calls all answer `expect`.
             wait_until(
                 lambda: all(seen[f"default-{n}"][-10:] == [expect] * 10 for n in range(2)),
-                10,
+                30,
                 f"both servers to serve {expect}",
             )
 

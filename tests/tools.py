@@ -24,9 +24,10 @@ import pytest
 
 from featurewell.app import start_server
 from featurewell.definitions import Registry
-from featurewell.devcluster import LocalCluster, call
+from featurewell.devcluster import LocalCluster
 from featurewell.serving.server import Server
 from featurewell.settings import Settings
+from featurewell.store.connection import encode_command
 from featurewell.telemetry.tracing import Tracing
 from featurewell.values import ColumnValues
 
@@ -143,16 +144,27 @@ class NodeSleep:
     def __init__(self, port: int, seconds: float) -> None:
         self.port = port
         self._replies: list[Any] = []
-        self._thread = threading.Thread(
-            target=lambda: self._replies.append(call(port, "DEBUG", "SLEEP", str(seconds)))
-        )
+        self.sent = threading.Event()  # the DEBUG SLEEP is on its way to the node
+        self._thread = threading.Thread(target=self._sleep, args=(seconds,))
         self._thread.start()
+
+    def _sleep(self, seconds: float) -> None:
+        reply = b""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=30) as sock:
+                sock.sendall(encode_command("DEBUG", "SLEEP", str(seconds)))
+                self.sent.set()
+                while not reply.endswith(b"\r\n") and (chunk := sock.recv(64)):
+                    reply += chunk  # a one-line reply: +OK once the node wakes, or an error
+        finally:
+            self._replies.append(reply)
+            self.sent.set()  # (a failure shows in join)
 
     def join(self) -> None:
         """Until the node has woken up; fails when it refused to sleep (the test proved
         nothing)."""
         self._thread.join()
-        assert self._replies == [b"OK"], f"DEBUG SLEEP on {self.port}: {self._replies}"
+        assert self._replies == [b"+OK\r\n"], f"DEBUG SLEEP on {self.port}: {self._replies}"
 
 
 def sleep_node(port: int, seconds: float) -> NodeSleep:
@@ -160,6 +172,10 @@ def sleep_node(port: int, seconds: float) -> NodeSleep:
     stopped answering (a PING on another connection goes unanswered), so tests never race it.
     `join()` the result before the test ends."""
     sleeping = NodeSleep(port, seconds)
+    # Probe only once the DEBUG SLEEP has been sent: on a loaded machine an awake node can
+    # leave a PING unanswered for 20 ms too, and taken for asleep before the DEBUG SLEEP even
+    # left, it would answer the test's own calls.
+    assert sleeping.sent.wait(30), f"DEBUG SLEEP to {port} never sent"
     wait_asleep(port)
     return sleeping
 
@@ -177,7 +193,7 @@ def wait_asleep(port: int) -> None:
                 return True
         return False
 
-    wait_until(asleep, 5, f"node {port} to go to sleep", interval=0.005)
+    wait_until(asleep, 30, f"node {port} to go to sleep", interval=0.005)
 
 
 # -- /metrics -------------------------------------------------------------------------------------
@@ -204,10 +220,11 @@ def scrape(port: int) -> dict[str, float]:
 
 
 def scrape_until(
-    port: int, check: Callable[[dict[str, float]], bool], timeout: float = 3.0
+    port: int, check: Callable[[dict[str, float]], bool], timeout: float = 30.0
 ) -> dict[str, float]:
     """Scrape until `check(metrics)` holds (telemetry is recorded just after each answer, so
-    a scrape may come a moment early); returns the last scrape either way, for the assert."""
+    a scrape may come a moment early); returns the last scrape either way, for the assert.
+    The timeout is only spent when the check never holds: generous, for a loaded machine."""
     deadline = time.monotonic() + timeout
     while True:
         metrics = scrape(port)
