@@ -66,6 +66,7 @@ class Server:
     promoted: dict[str, int] = field(default_factory=dict)  # as last read from Redis
     versions_task: asyncio.Task[None] | None = None
     connecting_task: asyncio.Task[None] | None = None
+    demote_task: asyncio.Task[None] | None = None  # with grpc_threads_nice
     stopping: bool = False
 
     @classmethod
@@ -155,6 +156,10 @@ class Server:
             gate,
             promoted=overrides,
         )
+        if settings.serving.grpc_threads_nice > 0:
+            server.demote_task = asyncio.get_running_loop().create_task(
+                _keep_grpc_threads_demoted(settings.serving.grpc_threads_nice)
+            )
         if unreachable is not None:
             server.connecting_task = asyncio.get_running_loop().create_task(
                 serve_when_connected(server, unreachable)
@@ -255,7 +260,7 @@ class Server:
         calls.cut_off_at = time.monotonic() + grace  # handlers cancelled from then on: cut off
         self.service.invalidations.close()  # near-cache streams end now, not at the grace's end
         await self._stop_grpc(grace)
-        for task in (self.telemetry_task, self.versions_task):
+        for task in (self.telemetry_task, self.versions_task, self.demote_task):
             if task is not None:
                 task.cancel()
         # The last calls' telemetry runs AFTER_ANSWER_S after their answers: let it, then add
@@ -350,3 +355,12 @@ def _serve_metrics(telemetry: Telemetry, settings: Settings) -> int | None:
             f"cannot serve /metrics on port {settings.listen.metrics_port} ({exc}); choose another "
             "--metrics-port, 0 for a free one, or -1 to turn it off"
         ) from None
+
+
+async def _keep_grpc_threads_demoted(nice: int) -> None:
+    """gRPC core starts threads as it needs them (its timer pool grows and shrinks): one started
+    from a thread it did not demote would run at the loop's priority. Demote any new one within
+    a second (reading /proc/self/task: tens of microseconds)."""
+    while True:
+        await asyncio.sleep(1.0)
+        demote_grpc_threads(nice)
