@@ -101,7 +101,7 @@ def test_refreshed_entries_stay_in_place_and_the_eviction_order_stays_bounded() 
         assert cache.select(G, tags) == list(range(50))  # (admitted at once; then: held)
         cache.offer(G, tags, [b"v%d" % round_] * 50, 1.0, now=2.0 * round_, since=cache.sequence)
     assert (len(cache), cache.stats.admissions, cache.stats.evictions) == (50, 50, 0)
-    assert cache.bytes == sum(cache._groups[G].sizes.values())
+    assert cache.bytes == sum(entry[2] for entry in cache._groups[G].held.values())
     assert cache._order_tags <= 2 * len(cache) + 1024  # 10,000 refreshes, references bounded
     assert _found(cache, G, tags[:2], 398.5) == [b"v199", b"v199"]
     cache.offer(G, tags[:1], [b"new"], 10.0, now=399.5, since=cache.sequence)  # t0 fresh again

@@ -40,7 +40,7 @@ def test_one_huge_row_is_not_cached_at_the_expense_of_many() -> None:
     cache.offer(G, [b"huge"], [b"z" * 500_000], 10.0, now=0.0, since=0)
     found, _ = cache.lookup(G, [b"a", b"b", b"huge"], now=1.0)
     assert found[:2] == [b"x" * 10, b"y" * 10]  # the hot rows stay
-    assert (len(cache), cache.bytes) == (2, sum(cache._groups[G].sizes.values()))
+    assert (len(cache), cache.bytes) == (2, sum(e[2] for e in cache._groups[G].held.values()))
     assert cache.bytes < 1000
 
 

@@ -25,7 +25,7 @@ Entries are whole entity rows as one read fetches them: the reply of the row's G
 or MGET (several views of the same entity), keyed by the row's hash tag within its *group* (the
 views read together). Reads are answered by the decoded copy (store/columnar.py), which checks
 freshness a batch at a time in numpy; here an entry's freshness is one timestamp, so the row a
-read fetches again after its TTL re-dates the entry in place (two dict writes) rather than
+read fetches again after its TTL re-dates the entry in place (one dict write) rather than
 moving it between dicts: with a short TTL most admissions are such refreshes.
 """
 
@@ -84,6 +84,9 @@ class CacheStats:
 Group = tuple[bytes, ...]  # the key prefixes of the views read together, in read order
 Row = Any  # a GET reply (bytes | None) or an MGET reply (list of bytes | None)
 _Batch = list[Any]  # [until, _Rows, tags, index of the first tag not yet evicted]
+# An entry: its row, when it stops being fresh, its size in bytes. One tuple in one dict: an
+# admission or refresh probes one large table, not one per field (each probe a cache miss).
+_Entry = tuple[Row, float, int]
 
 
 class Listener(Protocol):
@@ -99,13 +102,11 @@ class _Rows:
     """One group's entries, keyed by hash tag (dicts keyed by the request's own tag objects,
     whose hashes Python has already computed, so each step is one cheap dict operation)."""
 
-    __slots__ = ("group", "held", "seen", "seen_bytes", "sizes", "until")
+    __slots__ = ("group", "held", "seen", "seen_bytes")
 
     def __init__(self, group: Group = ()) -> None:
         self.group = group
-        self.held: dict[bytes, Row] = {}  # every entry, fresh or expired
-        self.until: dict[bytes, float] = {}  # when each stops being fresh
-        self.sizes: dict[bytes, int] = {}  # each entry's size in bytes
+        self.held: dict[bytes, _Entry] = {}  # every entry, fresh or expired
         self.seen_bytes = 0
         self.seen: dict[bytes, int] = {}
 
@@ -145,8 +146,8 @@ class HotKeyCache:
         if rows is None:
             self.stats.misses += len(tags)
             return [MISS] * len(tags), np.ones(len(tags), dtype=np.bool_)
-        held, until = rows.held, rows.until
-        found = [held[tag] if until.get(tag, 0.0) > now else MISS for tag in tags]
+        entries = map(rows.held.get, tags)
+        found = [MISS if e is None or e[1] <= now else e[0] for e in entries]
         missed = np.fromiter(map(operator.is_, found, repeat(MISS)), np.bool_, len(found))
         misses = int(np.count_nonzero(missed))
         self.stats.misses += misses
@@ -158,9 +159,8 @@ class HotKeyCache:
         but uncounted: for a caller checking that an entry it already read is still the one
         held (serving/single_cache.py), whose reads the engine counts."""
         rows = self._groups.get(group)
-        if rows is None or not rows.until.get(tag, 0.0) > now:
-            return MISS
-        return rows.held[tag]
+        entry = rows.held.get(tag) if rows is not None else None
+        return MISS if entry is None or entry[1] <= now else entry[0]
 
     def fallback(self, group: Group, tag: bytes, now: float) -> Row:
         """The row's cached reply if still within the fallback horizon, fresh or not; else
@@ -168,11 +168,11 @@ class HotKeyCache:
         rows = self._groups.get(group)
         if rows is None:
             return MISS
-        until = rows.until.get(tag)
-        if until is None or until + self.policy.fallback_s <= now:
+        entry = rows.held.get(tag)
+        if entry is None or entry[1] + self.policy.fallback_s <= now:
             return MISS
         self.stats.fallbacks += 1
-        return rows.held[tag]
+        return entry[0]
 
     def select(self, group: Group, tags: Sequence[bytes]) -> list[int]:
         """Of rows the cache missed and a read is about to fetch, the positions of those to
@@ -235,7 +235,7 @@ class HotKeyCache:
         invalidation count `since`: cache them for `ttl` seconds. Returns the positions of the
         rows it took (not those a concurrent read cached first, nor those a write raced)."""
         state = self._state(group)
-        held, until_of, seen, sizes = state.held, state.until, state.seen, state.sizes
+        held, seen = state.held, state.seen
         raced = self.sequence != since
         until = now + ttl
         admitted: list[bytes] = []
@@ -245,8 +245,8 @@ class HotKeyCache:
         copies = self.policy.copies
         admissions = added = seen_freed = 0  # counted here, stored once: a batch's rows
         for position, (tag, row) in enumerate(zip(tags, rows, strict=True)):
-            was = until_of.get(tag)
-            if (was is not None and was > now) or len(tag) > max_tag:
+            was = held.get(tag)
+            if (was is not None and was[1] > now) or len(tag) > max_tag:
                 continue  # a concurrent read cached it already; a tag too long to keep
             if raced and self._invalidated_since(group, tag, since):
                 continue  # fetched before a write that has since been announced: not cacheable
@@ -263,10 +263,8 @@ class HotKeyCache:
                 admissions += 1
                 added += size
             else:  # an expired entry refreshed, in place: its new row may have another size
-                added += size - sizes[tag]
-            sizes[tag] = size
-            held[tag] = row
-            until_of[tag] = until
+                added += size - was[2]
+            held[tag] = (row, until, size)
             admitted.append(tag)
             taken.append(position)
         state.seen_bytes -= seen_freed
@@ -297,7 +295,7 @@ class HotKeyCache:
         for ttl, queue in list(self._order.items()):
             kept: deque[_Batch] = deque()
             for until, state, tags, first in queue:
-                current = [tag for tag in tags[first:] if state.until.get(tag) == until]
+                current = [tag for tag in tags[first:] if _until(state.held.get(tag)) == until]
                 if current:
                     kept.append([until, state, current, 0])
                     total += len(current)
@@ -335,19 +333,21 @@ class HotKeyCache:
         self._invalidated_before, self._invalidated = {}, {}
         now = time.monotonic()
         for state in self._groups.values():
-            ended = [tag for tag, until in state.until.items() if until > now]
+            held = state.held
+            ended = [tag for tag, (_, until, _) in held.items() if until > now]
             for tag in ended:
-                state.until[tag] = now  # a fallback for `fallback_s` from now
+                row, _, size = held[tag]
+                held[tag] = (row, now, size)  # a fallback for `fallback_s` from now
             if ended:  # expired now: evicted before any entry fresh again later
                 self._remember(-1.0, [now, state, ended, 0])
         if self.listener is not None:
             self.listener.expired_all()
 
     def _drop(self, state: _Rows, tag: bytes) -> None:
-        if tag not in state.held:
+        entry = state.held.pop(tag, None)
+        if entry is None:
             return
-        del state.held[tag], state.until[tag]
-        self.bytes -= state.sizes.pop(tag)
+        self.bytes -= entry[2]
         self._entries -= 1
         self.stats.invalidations += 1
         if self.listener is not None:
@@ -386,13 +386,18 @@ class HotKeyCache:
             batch[3] = first + 1
             self._order_tags -= 1
             tag = tags[first]
-            if state.until.get(tag) != until:
+            entry = state.held.get(tag)
+            if entry is None or entry[1] != until:
                 continue  # taken again since (it is later in the order), or gone
-            del state.held[tag], state.until[tag]
-            self.bytes -= state.sizes.pop(tag)
+            del state.held[tag]
+            self.bytes -= entry[2]
             self._entries -= 1
             self.stats.evictions += 1
             evicted += 1
             if self.listener is not None:
                 self.listener.dropped(state.group, tag)
         return evicted
+
+
+def _until(entry: _Entry | None) -> float | None:
+    return None if entry is None else entry[1]
