@@ -141,6 +141,8 @@ def main() -> None:
         help="the steady phase's measured rounds (a ranking call to each server per round)",
     )
     args = parser.parse_args()
+    if args.steady_rate <= 0 or args.steady_rounds <= 0:
+        parser.error("--steady-rate and --steady-rounds must be positive")
     compare = checkout(args.compare_tree) if args.compare_tree else None
 
     print(f"generating {USERS} users x {args.items} items and a 3+3 cluster...", flush=True)
