@@ -11,7 +11,10 @@ sends its name to the subscriber once. Redis bounds its tracking table
 
 If a subscriber connection drops, invalidations for its node may be lost: every cached entry
 stops being fresh (entries stay usable as fallbacks) and the node's data connections are closed
-so they reconnect tracked by a new subscriber.
+so they reconnect tracked by a new subscriber. A data connection that closes (a node failing,
+its breaker opening, a failover, a proxy or Redis's `timeout` cutting it) loses its keys'
+invalidations as surely: Redis keeps a closed client's keys in its tracking table but sends
+their invalidations nowhere (seen on Redis 7.0), so that too ends every entry's freshness.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ class InvalidationTracker:
         self._access = access
         self._subscribers: dict[Address, tuple[Connection, int]] = {}
         self._tracked: dict[Address, list[Connection]] = {}
-        self.lost = 0  # subscriber connections lost: for tests and metrics
+        self._closed = False
+        self.lost = 0  # subscriber and tracked data connections lost: for tests and metrics
 
     async def prepare(self, connection: Connection) -> None:
         """Turn tracking on for a new data connection (the cluster's on-connect hook)."""
@@ -47,8 +51,10 @@ class InvalidationTracker:
             )
         tracked = [c for c in self._tracked.get(connection.address, []) if not c.closed]
         self._tracked[connection.address] = [*tracked, connection]
+        connection.on_lost = self._on_data_lost
 
     async def close(self) -> None:
+        self._closed = True
         for connection, _ in self._subscribers.values():
             connection.on_lost = None
             connection.close()
@@ -89,7 +95,14 @@ class InvalidationTracker:
         self._subscribers.pop(address, None)
         self._cache.expire_all()
         for connection in self._tracked.pop(address, []):
+            connection.on_lost = None  # (counted here, once)
             connection.close()
+
+    def _on_data_lost(self) -> None:
+        if self._closed:  # the store closing: nothing reads the cache any more
+            return
+        self.lost += 1
+        self._cache.expire_all()
 
 
 def _name(address: Address) -> str:
