@@ -9,73 +9,49 @@ import asyncio
 import logging
 import time
 
-import numpy as np
 import pytest
 
 from featurewell.devcluster import LocalCluster, call
-from featurewell.store.addressing import EntityRead
 from featurewell.store.cache import CachePolicy
-from featurewell.store.codec import RowCodec
 from featurewell.store.columnar import FILL_AFTER_S, ColumnarCache
-from featurewell.store.keys import key_prefix, slot_of
-from featurewell.store.online import OnlineStore
+from featurewell.store.keys import slot_of
 from tests import defs
+from tests.pair_rows import CODEC, PREFIX, connect, encoded, progress
 from tests.tools import Ids
-
-CODEC = RowCodec(defs.pair)
-PREFIX = key_prefix(defs.pair)
-
-
-def _rows(values: list[float], at_us: int) -> list[bytes]:
-    n = len(values)
-    progress = np.asarray(values, np.float32)
-    return CODEC.encode(np.full(n, at_us, np.int64), {"progress": progress})
-
-
-async def _progress(store: OnlineStore, tags: list[bytes]) -> list[float]:
-    read = EntityRead([PREFIX], tags, [slot_of(t) for t in tags], cache_ttl=60.0)
-    got = await store.read_keys([read], 2.0, codecs=[[CODEC]])
-    assert got.failures == []
-    ((view,),) = got.views
-    values = view.decode(CODEC).values["progress"]
-    assert isinstance(values, np.ndarray)
-    return [round(float(v), 3) for v in values]
 
 
 async def test_a_write_announced_before_the_deferred_fill_keeps_its_row_out(
     cluster: LocalCluster, ids: Ids
 ) -> None:
     cache = ColumnarCache(CachePolicy(admit_after=1))
-    store = await OnlineStore.connect(
-        cluster.seeds, connect_timeout=2, connections_per_node=1, cache=cache
-    )
+    store = await connect(cluster, cache)
     try:
         tags = [ids(f"deferred{i}").encode() for i in range(4)]
         at_us = defs.now_us()
-        for tag, row in zip(tags, _rows([0.1, 0.2, 0.3, 0.4], at_us), strict=True):
+        for tag, row in zip(tags, encoded([0.1, 0.2, 0.3, 0.4], at_us), strict=True):
             assert call(cluster.owner(slot_of(tag)), "SET", PREFIX + tag + b"}", row) == b"OK"
-        assert await _progress(store, tags) == [0.1, 0.2, 0.3, 0.4]
+        assert await progress(store, tags) == [0.1, 0.2, 0.3, 0.4]
         assert len(cache) == 0  # answered first: its rows enter the cache after
         # Before the fill runs, another client rewrites the first row, and Redis's
         # invalidation of it reaches this server (what the tracker does with it):
-        (newer,) = _rows([0.9], at_us + 1)
+        (newer,) = encoded([0.9], at_us + 1)
         key = PREFIX + tags[0] + b"}"
         assert call(cluster.owner(slot_of(tags[0])), "SET", key, newer) == b"OK"
         cache.invalidate([key])
         await asyncio.sleep(5 * FILL_AFTER_S)
         assert len(cache) == 3  # the other rows entered; the rewritten one stayed out
         assert cache.lookup((PREFIX,), tags, time.monotonic())[1].tolist() == [0]
-        assert await _progress(store, tags) == [0.9, 0.2, 0.3, 0.4]
+        assert await progress(store, tags) == [0.9, 0.2, 0.3, 0.4]
     finally:
         await store.close()
 
 
-async def test_a_read_right_after_another_finds_its_rows() -> None:
+async def test_a_read_right_after_another_finds_itsencoded() -> None:
     """The next read settles the fills still due before its lookup: it does not wait for
     the timer to find the rows the previous read fetched."""
     cache = ColumnarCache(CachePolicy(admit_after=1))
     tags = [b"a", b"b", b"c"]
-    stored = _rows([1.0, 2.0, 3.0], defs.now_us())
+    stored = encoded([1.0, 2.0, 3.0], defs.now_us())
     decoded = [CODEC.decode(stored, CODEC.fixed_names)]
     now = time.monotonic()
     group = (PREFIX,)
@@ -95,7 +71,7 @@ async def test_a_fill_due_longer_than_the_race_window_is_dropped() -> None:
     """Invalidations are remembered for the race window only: a fill from a read that started
     longer ago could no longer be checked against them, so it is not made."""
     cache = ColumnarCache(CachePolicy(admit_after=1, race_window_s=0.05))
-    stored = _rows([1.0], defs.now_us())
+    stored = encoded([1.0], defs.now_us())
     decoded = [CODEC.decode(stored, CODEC.fixed_names)]
     started = time.monotonic() - 0.06
     group = (PREFIX,)
@@ -113,7 +89,7 @@ def test_a_one_entity_lookup_answers_as_a_batch_would() -> None:
     cache = ColumnarCache(CachePolicy(admit_after=1))
     group = (PREFIX,)
     tags = [b"fresh", b"short", b"dropped", b"never"]
-    stored = [*_rows([1.0, 2.0, 3.0], defs.now_us()), None]
+    stored = [*encoded([1.0, 2.0, 3.0], defs.now_us()), None]
     cache.offer(group, [CODEC], tags[:1] + tags[2:], stored[:1] + stored[2:], 60.0, 0.0, 0)
     cache.offer(group, [CODEC], tags[1:2], stored[1:2], 0.5, 0.0, 0)  # past its TTL at 1.0
     cache.invalidate([PREFIX + b"dropped}"])
@@ -145,7 +121,7 @@ async def test_a_fill_that_fails_does_not_fail_the_next_read(
     settling it still gets its answer, and the fills queued behind it are still made."""
     cache = ColumnarCache(CachePolicy(admit_after=1))
     group = (PREFIX,)
-    stored = _rows([1.0, 2.0], defs.now_us())
+    stored = encoded([1.0, 2.0], defs.now_us())
     decoded = [CODEC.decode(stored[1:], CODEC.fixed_names)]
     now = time.monotonic()
     cache.offer_decoded(

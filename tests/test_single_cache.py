@@ -5,6 +5,7 @@ permissions are checked on every call."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -200,3 +201,33 @@ def test_permissions_are_checked_on_every_kept_answer(
         assert single.served > served  # the ranker's same request is now a kept answer
         with pytest.raises(PermissionDenied, match=f"principal '{WRITER}'"):
             writer.get_features(features, {"user_id": [user]})  # the same bytes, refused
+
+
+def test_a_hot_entity_served_from_kept_answers_never_expires_under_its_callers(
+    cluster: LocalCluster, ids: Ids
+) -> None:
+    """Kept answers bypass the cache's lookup, where refresh-ahead notes late rows: in the last
+    part of a TTL the engine answers instead, so the row is refreshed and every call past the
+    first TTL still finds it in the cache (no miss, no wait for Redis)."""
+    server = ServerThread(
+        make_settings(cluster, cache_ttl_s=1.0, cache_admit_after=1, cache_refresh_ahead=0.5),
+        defs.registry(),
+    )
+    try:
+        user = ids("refreshed")
+        with FeatureClient(server.address) as client:
+            defs.write_profiles(client, [user], ages=[33])
+            assert age_of(client, user) == (33, Status.PRESENT)  # fetched, and cached
+            cache = server.server.store.cache
+            assert cache is not None
+            wait_until(lambda: len(cache) == 1, 30, "the row to be cached")
+            misses, single = cache.stats.misses, _single(server)
+            ended = time.monotonic() + 2.5  # two and a half TTLs
+            while time.monotonic() < ended:
+                assert age_of(client, user) == (33, Status.PRESENT)
+                time.sleep(0.005)
+            assert cache.stats.misses == misses  # never expired
+            assert cache.stats.refreshes >= 2
+            assert single.served > 0  # most calls were still kept answers
+    finally:
+        server.stop()

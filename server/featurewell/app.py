@@ -60,6 +60,8 @@ def hot_key_cache(cache: CacheSettings, store_timeout_ms: float) -> ColumnarCach
             admit_after=cache.admit_after,
             fallback_s=cache.fallback_horizon_s,
             race_window_s=max(1.0, 2 * store_timeout_ms / 1000),
+            refresh_ahead=cache.refresh_ahead,
+            refresh_timeout_s=store_timeout_ms / 1000,
         )
     )
 

@@ -17,6 +17,10 @@ cache entries it was built from, and serves it while those very entries are stil
   transforms (they may read the clock), every value PRESENT, no fallbacks. Served only while
   no row has gone past its view's max age (past it the engine answers, with STALE). The
   registry in use is part of the key: a reload starts afresh.
+- **Late in a TTL, the engine answers.** With refresh-ahead on (store/refresh.py), the calls
+  made in the last part of a row's TTL go to the engine, whose cache lookup notes the row for a
+  refresh; the refreshed row is a new entry, and the next call keeps a new answer. (Served from
+  here to the end, a hot row would expire under its callers: refresh-ahead never hears of it.)
 - **Learned from the engine.** On a call without a kept answer, `before` notes the cache
   entries the call will read (if they are all fresh already), the engine answers as always, and
   `learn` keeps the answer if the same entries are still fresh afterwards: the engine read
@@ -67,6 +71,7 @@ class _Answer:
     planner: Planner
     rows: _Rows
     stale_at_us: int  # the answer's values turn STALE after this instant (0: never)
+    refresh_at: float  # from this monotonic instant calls go to the engine (see the docstring)
     kept: Kept
 
 
@@ -80,6 +85,7 @@ class Before:
     rows: _Rows
     max_ages_us: tuple[int, ...]
     request: FeatureRequest
+    refresh_at: float
 
 
 class SingleAnswers:
@@ -110,6 +116,8 @@ class SingleAnswers:
             del self._answers[request]
             return None
         now = time.monotonic()
+        if now >= answer.refresh_at:
+            return None  # kept until a refreshed row replaces one of its entries
         for group, tag, entry in answer.rows:
             if rows_cache.peek(group, tag, now) is not entry:
                 del self._answers[request]  # its row changed or left: learn it again
@@ -139,6 +147,8 @@ class SingleAnswers:
         if plan.transforms:
             return None
         now = time.monotonic()
+        ahead = rows_cache.policy.refresh_ahead
+        refresh_at = float("inf")
         rows: list[tuple[Group, bytes, Any]] = []
         for group in plan.groups:
             if group.cache_ttl_s <= 0:
@@ -156,8 +166,11 @@ class SingleAnswers:
             if type(entry) is not bytes and type(entry) is not list:
                 return None  # not cached (MISS), or cached as having no row
             rows.append((cached_as, tag, entry))
+            if ahead > 0:
+                until = rows_cache.fresh_until(cached_as, tag)
+                refresh_at = min(refresh_at, until - group.cache_ttl_s * ahead)
         max_ages = tuple(read.max_age_us for group in plan.groups for read in group.reads)
-        return Before(request, planner, tuple(rows), max_ages, asked)
+        return Before(request, planner, tuple(rows), max_ages, asked, refresh_at)
 
     def learn(
         self, before: Before, result: FeatureResult, response: pb.GetFeaturesResponse
@@ -174,6 +187,8 @@ class SingleAnswers:
         if rows_cache is None or before.planner is not self.engine.planner:
             return
         now = time.monotonic()
+        if now >= before.refresh_at:
+            return  # its rows are due for a refresh: the engine answers until they have one
         for group, tag, entry in before.rows:
             if rows_cache.peek(group, tag, now) is not entry:
                 return
@@ -190,5 +205,6 @@ class SingleAnswers:
             before.planner,
             before.rows,
             min(stale_at) if stale_at else 0,
+            before.refresh_at,
             Kept(before.request, shared, response),
         )

@@ -104,6 +104,12 @@ class CacheSettings(Group):
         "Fetches of a key (within the frequency window) before the cache admits it.",
         2,
     )
+    refresh_ahead: float = setting(
+        "cache_refresh_ahead",
+        "A cached row read in this last fraction of its TTL is fetched again in the background, "
+        "so hot rows do not expire under their readers (0: off; docs/caching.md).",
+        0.2,
+    )
     fallback_horizon_s: float = setting(
         "fallback_horizon_s",
         "How long past its TTL a cached row may still be served when Redis fails.",
@@ -112,7 +118,11 @@ class CacheSettings(Group):
 
     def check(self) -> None:
         positive(self, "mb", "ttl_fraction", "admit_after")
-        not_negative(self, "entries", "ttl_s", "fallback_horizon_s")
+        not_negative(self, "entries", "ttl_s", "fallback_horizon_s", "refresh_ahead")
+        if self.refresh_ahead >= 1:
+            raise ConfigError(
+                "setting cache_refresh_ahead must be below 1 (the last fraction of a TTL)"
+            )
         if self.ttl_fraction > 1:
             raise ConfigError(
                 "setting cache_ttl_fraction must be at most 1 (a fraction of max age)"

@@ -70,14 +70,18 @@ class Block:
 
 
 class Table:
-    """One group's slots: an index by hash tag and when each slot stops being fresh."""
+    """One group's slots: an index by hash tag, when each slot stops being fresh, and the
+    `fresh_until` at which its row was last handed to refresh-ahead (so a row is refreshed once
+    per TTL, however many reads see it late in it)."""
 
-    __slots__ = ("blocks", "free", "fresh_until", "index")
+    __slots__ = ("blocks", "codecs", "free", "fresh_until", "index", "noted")
 
     def __init__(self, codecs: Sequence[RowCodec]) -> None:
+        self.codecs = codecs
         self.index: dict[bytes, int] = {}
         self.free = list(range(FIRST_CAPACITY - 1, -1, -1))
         self.fresh_until = np.zeros(FIRST_CAPACITY + 1)  # the last: the sentinel, never fresh
+        self.noted = np.zeros(FIRST_CAPACITY + 1)
         self.blocks = [Block(codec, FIRST_CAPACITY) for codec in codecs]
 
     def slots(self, tags: list[bytes]) -> npt.NDArray[np.intp]:
@@ -110,6 +114,7 @@ class Table:
         used = len(self.fresh_until) - 1
         capacity = 2 * used
         self.fresh_until = _grown(self.fresh_until, used, capacity)
+        self.noted = _grown(self.noted, used, capacity)
         for block in self.blocks:
             block.grow(capacity)
         self.free[:0] = range(capacity - 1, used - 1, -1)  # after any still free: popped last

@@ -64,6 +64,10 @@ class CachePolicy:
     max_tag_bytes: int = 1024  # rows of longer entity hash tags are never cached
     max_seen_bytes: int = 0  # admission counts, in bytes over all groups (0: max_bytes / 8)
     copies: int = 1  # copies of each entry held (2: the columnar cache keeps it decoded too)
+    # Refresh-ahead (store/refresh.py): a row read in the last `refresh_ahead` of its TTL is
+    # fetched again after the answer, so a hot row does not expire under its readers (0: off).
+    refresh_ahead: float = 0.0
+    refresh_timeout_s: float = 0.05  # how long such a background read may take
 
 
 @dataclass(slots=True)
@@ -74,6 +78,7 @@ class CacheStats:
     evictions: int = 0
     invalidations: int = 0
     fallbacks: int = 0  # expired entries served because the store failed
+    refreshes: int = 0  # entries fetched again before their TTL ended (refresh-ahead)
 
     @property
     def hit_ratio(self) -> float:
@@ -162,6 +167,12 @@ class HotKeyCache:
         entry = rows.held.get(tag) if rows is not None else None
         return MISS if entry is None or entry[1] <= now else entry[0]
 
+    def fresh_until(self, group: Group, tag: bytes) -> float:
+        """When the row's entry stops being fresh (0.0: not held)."""
+        rows = self._groups.get(group)
+        entry = rows.held.get(tag) if rows is not None else None
+        return 0.0 if entry is None else entry[1]
+
     def fallback(self, group: Group, tag: bytes, now: float) -> Row:
         """The row's cached reply if still within the fallback horizon, fresh or not; else
         MISS."""
@@ -230,10 +241,15 @@ class HotKeyCache:
         ttl: float,
         now: float,
         since: int,
+        *,
+        refresh: bool = False,
     ) -> list[int]:
         """Rows `select` chose, just fetched (tracked) from Redis by a read that started at
         invalidation count `since`: cache them for `ttl` seconds. Returns the positions of the
-        rows it took (not those a concurrent read cached first, nor those a write raced)."""
+        rows it took (not those a concurrent read cached first, nor those a write raced).
+        `refresh`: rows of entries still held, fetched again before their TTL ended; each
+        replaces its entry unless the entry has gone (invalidated, evicted: the next read
+        fetches it) or was taken since by a read at least as recent."""
         state = self._state(group)
         held, seen = state.held, state.seen
         raced = self.sequence != since
@@ -246,7 +262,10 @@ class HotKeyCache:
         admissions = added = seen_freed = 0  # counted here, stored once: a batch's rows
         for position, (tag, row) in enumerate(zip(tags, rows, strict=True)):
             was = held.get(tag)
-            if (was is not None and was[1] > now) or len(tag) > max_tag:
+            if refresh:
+                if was is None or was[1] >= until:
+                    continue
+            elif (was is not None and was[1] > now) or len(tag) > max_tag:
                 continue  # a concurrent read cached it already; a tag too long to keep
             if raced and self._invalidated_since(group, tag, since):
                 continue  # fetched before a write that has since been announced: not cacheable
@@ -270,6 +289,8 @@ class HotKeyCache:
         state.seen_bytes -= seen_freed
         self._seen_bytes -= seen_freed
         self.stats.admissions += admissions
+        if refresh:
+            self.stats.refreshes += len(taken)
         self._entries += admissions
         self.bytes += added
         if admitted:

@@ -58,6 +58,8 @@ log = logging.getLogger("featurewell.store")
 # `stats` do not settle: they are read from other threads.)
 FILL_AFTER_S = 0.002
 
+_MAX_LATE = 100_000  # rows noted for a refresh at once: past it, rows expire as without one
+
 
 class ColumnarCache:
     """The serving cache: a `HotKeyCache` (`rows`) deciding what is cached, and its entries
@@ -72,6 +74,11 @@ class ColumnarCache:
         # (the read's start, its `offer_decoded` arguments), in read order
         self._due: deque[tuple[float, tuple[Any, ...]]] = deque()
         self._armed = False
+        # Rows read late in their TTL, for refresh-ahead (store/refresh.py): per group, the
+        # TTL they were read with and their tags.
+        self._late: dict[Group, tuple[float, list[bytes]]] = {}
+        self._late_count = 0
+        self._refresh_ahead = policy.refresh_ahead
 
     def codecs(self, views: Sequence[FeatureView]) -> list[RowCodec]:
         """The codecs the blocks of these views decode rows with (built once per view)."""
@@ -116,10 +123,11 @@ class ColumnarCache:
         self._rows.expire_all()
 
     def lookup(
-        self, group: Group, tags: Sequence[bytes], now: float
+        self, group: Group, tags: Sequence[bytes], now: float, ttl: float = 0.0
     ) -> tuple[list[Gathered] | None, npt.NDArray[np.intp]]:
         """Each view's fresh cached rows, copied out (None: no row is cached), and the
-        positions of the rows that missed."""
+        positions of the rows that missed. `ttl`, the read's: with refresh-ahead on, the rows
+        it finds in the last part of their TTL are noted for a refresh (`take_late`)."""
         if self._due:  # fills still due first: their rows may answer this read
             self.settle()
         table = self._tables.get(group)
@@ -135,6 +143,8 @@ class ColumnarCache:
             self.stats.hits += 1
             only, none = np.zeros(1, np.intp), np.zeros(0, np.intp)
             taken = np.full(1, slot, np.intp)
+            if ttl > 0 and self._refresh_ahead > 0:
+                self._note(group, table, tags, only, taken, now, ttl)
             return [block.gather(only, none, taken) for block in table.blocks], none
         slots = table.find(tags)
         hit = table.fresh_until[slots] > now
@@ -144,7 +154,50 @@ class ColumnarCache:
         if not len(hits):
             return None, np.arange(count)
         taken, missed = slots[hits], np.flatnonzero(~hit)
+        if ttl > 0 and self._refresh_ahead > 0:
+            self._note(group, table, tags, hits, taken, now, ttl)
         return [block.gather(hits, missed, taken) for block in table.blocks], missed
+
+    def _note(
+        self,
+        group: Group,
+        table: Table,
+        tags: Sequence[bytes],
+        hits: npt.NDArray[np.intp],
+        taken: npt.NDArray[np.intp],
+        now: float,
+        ttl: float,
+    ) -> None:
+        """Note the hits (at `hits` of `tags`, in slots `taken`) read in the last part of their
+        TTL that were not noted in this TTL yet."""
+        until = table.fresh_until[taken]
+        late = (until <= now + ttl * self._refresh_ahead) & (table.noted[taken] != until)
+        if not late.any() or self._late_count >= _MAX_LATE:
+            return
+        table.noted[taken[late]] = until[late]
+        noted = [tags[i] for i in hits[late].tolist()]
+        held = self._late.get(group)
+        if held is None:
+            self._late[group] = (ttl, noted)
+        else:
+            held[1].extend(noted)
+        self._late_count += len(noted)
+
+    def take_late(self) -> list[tuple[Group, float, Sequence[RowCodec], list[bytes]]]:
+        """The rows noted for a refresh since the last call, per group: its TTL, its codecs
+        and the rows' tags (a group whose rows have all gone since is left out)."""
+        late, self._late, self._late_count = self._late, {}, 0
+        out = []
+        for group, (ttl, tags) in late.items():
+            table = self._tables.get(group)
+            if table is not None:
+                out.append((group, ttl, table.codecs, tags))
+        return out
+
+    @property
+    def late(self) -> bool:
+        """Whether rows are noted for a refresh."""
+        return self._late_count > 0
 
     def select(self, group: Group, tags: Sequence[bytes]) -> list[int]:
         return self.rows.select(group, tags)
@@ -161,11 +214,13 @@ class ColumnarCache:
         ttl: float,
         now: float,
         since: int,
+        *,
+        refresh: bool = False,
     ) -> None:
         """`HotKeyCache.offer`, then the rows it took decoded into their slots. A row that
         does not decode (its bytes do not fit the schema) stays out of the blocks: it is read
         from Redis each time, and served as it always is."""
-        taken = self._rows.offer(group, tags, replies, ttl, now, since)
+        taken = self.rows.offer(group, tags, replies, ttl, now, since, refresh=refresh)
         if not taken:
             return
         views = len(codecs)

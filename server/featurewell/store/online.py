@@ -25,6 +25,7 @@ from featurewell.store.codec import RowCodec
 from featurewell.store.columnar import ColumnarCache
 from featurewell.store.connection import Address, NodeAccess, encode_command, refusal
 from featurewell.store.keys import META_SLOT, KeyColumn, freshness_key
+from featurewell.store.refresh import Refresher
 from featurewell.store.tracking import InvalidationTracker
 
 __all__ = ["OnlineStore", "StoreRead", "ViewRows", "WriteMarker", "WriteOutcome"]
@@ -93,6 +94,11 @@ class OnlineStore:
         self.cluster = cluster
         self.cache = cache
         self.tracker = tracker
+        self.refresher = (
+            Refresher(cluster, cache)
+            if cache is not None and cache.policy.refresh_ahead > 0
+            else None
+        )
         self._addresses = Addresses()
         # MGET answers nil for a key of another type, as for a missing key. Looking again costs
         # a round trip whenever a row misses a view (ordinary for sparse items), so it is the
@@ -134,9 +140,11 @@ class OnlineStore:
         return cls(cluster, cache, tracker)
 
     async def close(self) -> None:
-        await self.cluster.close()
-        if self.tracker is not None:
+        if self.refresher is not None:
+            await self.refresher.close()
+        if self.tracker is not None:  # first: the data connections' closing is not a loss
             await self.tracker.close()
+        await self.cluster.close()
 
     async def read(
         self, entities: Sequence[EntityRows], timeout: float, *, count_timeouts: bool = True
@@ -184,7 +192,7 @@ class OnlineStore:
                 slots += read.slots
                 continue
             group = tuple(read.prefixes)
-            cached, missed = cache.lookup(group, read.tags, now)
+            cached, missed = cache.lookup(group, read.tags, now, read.cache_ttl)
             if cached is None:  # nothing cached: every row fetched
                 missing, missing_tags = None, read.tags
             else:
@@ -200,6 +208,8 @@ class OnlineStore:
             if missing_tags:
                 commands += read.commands(missing_tags) if missing is not None else read.commands()
                 slots += [read.slots[r] for r in missing] if missing is not None else read.slots
+        if cache is not None and cache.late and self.refresher is not None:
+            self.refresher.schedule()
         replies = (
             await self.cluster.execute(
                 commands, slots, timeout, count_timeouts=count_timeouts, tracked=set(tracked)

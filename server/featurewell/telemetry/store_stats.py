@@ -22,6 +22,7 @@ _CACHE_COUNTS = (
     ("admissions", "Keys admitted once they proved hot."),
     ("evictions", "Entries evicted to stay within the bounds."),
     ("invalidations", "Entries dropped because of a write."),
+    ("refreshes", "Entries fetched again in the background before their TTL ended."),
 )
 
 
