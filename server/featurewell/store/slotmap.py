@@ -14,24 +14,33 @@ from featurewell.store.keys import SLOTS
 
 class SlotMap:
     """The owner of every slot as one numpy array of node positions, so grouping 500 commands by
-    node is a few vector operations rather than 500 dict lookups."""
+    node is a few vector operations rather than 500 dict lookups.
+
+    The array and the node list are one attribute, replaced whole by `apply`: metrics read the
+    map from another thread (a scrape), and an array of the new map beside the old map's node
+    list named positions the list did not have (an IndexError seen in a failover test). `move`
+    appends a node before any slot names it, so a reader's snapshot stays consistent."""
 
     def __init__(self) -> None:
-        self._owner = np.full(SLOTS, -1, dtype=np.int64)
-        self._nodes: list[Address] = []
+        self._map: tuple[npt.NDArray[np.int64], list[Address]] = (
+            np.full(SLOTS, -1, dtype=np.int64),
+            [],
+        )
 
     @property
     def nodes(self) -> list[Address]:
-        return list(self._nodes)
+        return list(self._map[1])
 
     @property
     def masters(self) -> list[Address]:
         """Addresses of the nodes that own at least one slot."""
-        return sorted({self._nodes[i] for i in np.unique(self._owner).tolist() if i >= 0})
+        owner, nodes = self._map
+        return sorted({nodes[i] for i in np.unique(owner).tolist() if i >= 0})
 
     def node_of(self, slot: int) -> Address | None:
-        index = int(self._owner[slot])
-        return self._nodes[index] if index >= 0 else None
+        owner, nodes = self._map
+        index = int(owner[slot])
+        return nodes[index] if index >= 0 else None
 
     def apply(self, reply: list[Any], asked: Address) -> None:
         """Replace the map with a CLUSTER SLOTS reply (from node `asked`)."""
@@ -45,36 +54,38 @@ class SlotMap:
             if position == len(nodes):
                 nodes.append(address)
             owner[start : end + 1] = position
-        self._owner, self._nodes = owner, nodes
+        self._map = (owner, nodes)
 
     def move(self, slot: int, address: Address) -> None:
         """A MOVED redirect: `slot` now lives on `address`."""
-        if address not in self._nodes:
-            self._nodes.append(address)
-        self._owner[slot] = self._nodes.index(address)
+        owner, nodes = self._map
+        if address not in nodes:
+            nodes.append(address)
+        owner[slot] = nodes.index(address)
 
     def group(
         self, slots: npt.NDArray[np.int64], todo: Sequence[int], asking: dict[int, Address]
     ) -> tuple[dict[Address, list[int]], list[int]]:
         """Command indexes per target node (in bulk: no per-key Python), and the indexes whose
         slot has no known owner."""
+        owner, nodes = self._map
         if len(todo) <= 16 and not asking:  # a model server's lookup: numpy costs more here
             groups: dict[Address, list[int]] = {}
             unowned: list[int] = []
             for i in todo:
-                position = int(self._owner[slots[i]])
+                position = int(owner[slots[i]])
                 if position < 0:
                     unowned.append(i)
                 else:
-                    groups.setdefault(self._nodes[position], []).append(i)
+                    groups.setdefault(nodes[position], []).append(i)
             return groups, unowned
         indexes = np.asarray(todo, dtype=np.int64)
-        owners = self._owner[slots[indexes]]
+        owners = owner[slots[indexes]]
         groups = {}
         for position in np.unique(owners).tolist():
             members = indexes[owners == position].tolist()
             if position >= 0:
-                groups[self._nodes[position]] = members
+                groups[nodes[position]] = members
         unowned = indexes[owners < 0].tolist()
         for i, target in asking.items():  # ASK redirects override the slot owner, rarely
             for members in groups.values():
