@@ -46,7 +46,7 @@ async def test_a_write_announced_before_the_deferred_fill_keeps_its_row_out(
         await store.close()
 
 
-async def test_a_read_right_after_another_finds_itsencoded() -> None:
+async def test_a_read_right_after_another_finds_its_rows() -> None:
     """The next read settles the fills still due before its lookup: it does not wait for
     the timer to find the rows the previous read fetched."""
     cache = ColumnarCache(CachePolicy(admit_after=1))

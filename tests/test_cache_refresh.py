@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from featurewell.devcluster import LocalCluster, call
+from featurewell.store.breaker import Breaker, BreakerPolicy, BreakerState
 from featurewell.store.cache import CachePolicy
 from featurewell.store.columnar import ColumnarCache
 from featurewell.store.keys import slot_of
@@ -97,6 +98,20 @@ def test_a_refresh_never_brings_back_a_row_a_write_ended() -> None:
     assert np.round(gathered[0].fixed["progress"], 3).tolist() == [2.5]
 
 
+def test_a_refresh_in_flight_when_invalidations_were_lost_keeps_nothing() -> None:
+    """A tracking connection lost while a refresh is in flight: its rows may have come through
+    the connection whose invalidations were lost, so the entries stay expired (fallbacks)."""
+    cache = ColumnarCache(CachePolicy(admit_after=1, refresh_ahead=0.2))
+    read_at = time.monotonic()
+    cache.offer(GROUP, [CODEC], [b"a"], encoded([1.0], defs.now_us()), 60.0, read_at, 0)
+    since = cache.sequence  # the refresh read goes out...
+    cache.expire_all()  # ...and the tracking connection drops
+    rows = encoded([1.5], defs.now_us())
+    cache.offer(GROUP, [CODEC], [b"a"], rows, 60.0, time.monotonic(), since, refresh=True)
+    assert cache.stats.refreshes == 0
+    assert cache.lookup(GROUP, [b"a"], time.monotonic())[1].tolist() == [0]
+
+
 async def test_a_hot_row_never_expires_under_its_readers(cluster: LocalCluster, ids: Ids) -> None:
     """End to end: rows read late in their TTL are fetched again in the background (one
     tracked read), and past the first TTL still answer from the cache."""
@@ -161,6 +176,42 @@ async def test_a_refresh_that_times_out_lets_the_rows_expire(
             sleeper.join()
         assert cache.stats.refreshes == 0
         assert _until(cache, tag) == first
-        assert all(b.opened == 0 for b in store.cluster.breakers.values())
+        assert all(b.failures == 0 for b in store.cluster.breakers.values())
+    finally:
+        await store.close()
+
+
+async def test_rows_of_a_node_whose_breaker_is_open_are_left_to_reads(
+    cluster: LocalCluster, ids: Ids
+) -> None:
+    """A refresh would take the half-open trial a read should make: the rows of a node whose
+    breaker is not closed are not refreshed (they expire; reads decide about the node)."""
+    cache = ColumnarCache(CachePolicy(admit_after=1, refresh_ahead=0.999))
+    store = await connect(cluster, cache)
+    try:
+        tags = [ids(f"shunned{i}").encode() for i in range(30)]
+        for tag, row in zip(tags, encoded([0.5] * 30, defs.now_us()), strict=True):
+            assert call(cluster.owner(slot_of(tag)), "SET", PREFIX + tag + b"}", row) == b"OK"
+        assert await progress(store, tags, 10.0) == [0.5] * 30
+        await wait_until_async(lambda: len(cache) == 30, 30, "the rows to be cached")
+        shunned = ("127.0.0.1", cluster.owner(slot_of(tags[0])))
+        # Open, its connections left as they are, and due for its half-open trial at once.
+        breaker = Breaker(BreakerPolicy(failures=1, open_s=0.001))
+        assert breaker.failure()
+        store.cluster.breakers[shunned] = breaker
+        first = {tag: _until(cache, tag) for tag in tags}
+        await wait_until_async(
+            lambda: time.monotonic() > max(first.values()) - 9.99, 30, "a late moment"
+        )
+        assert await progress(store, tags, 10.0) == [0.5] * 30  # every row from the cache
+        others = [t for t in tags if store.cluster.node_of(slot_of(t)) != shunned]
+        assert 0 < len(others) < 30
+        await wait_until_async(lambda: cache.stats.refreshes == len(others), 30, "the refresh")
+        assert [t for t in tags if _until(cache, t) == first[t]] == [
+            t for t in tags if t not in others
+        ]
+        assert breaker.state is BreakerState.OPEN  # its trial is still a read's to make
+        assert store.refresher is not None
+        assert store.refresher.failed == 0
     finally:
         await store.close()

@@ -51,6 +51,11 @@ class Breaker:
         self.opened = 0  # how many times it opened: for metrics and tests
 
     @property
+    def failures(self) -> int:
+        """Failures counted since the last success."""
+        return self._failures
+
+    @property
     def state(self) -> BreakerState:
         if self._trial:
             return BreakerState.HALF_OPEN

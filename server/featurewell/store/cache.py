@@ -34,9 +34,9 @@ from __future__ import annotations
 import operator
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import compress, repeat
 from typing import Any, Protocol
 
 import numpy as np
@@ -99,6 +99,8 @@ class Listener(Protocol):
     with them."""
 
     def dropped(self, group: Group, tag: bytes) -> None: ...
+
+    def expired(self, group: Group, tags: list[bytes]) -> None: ...
 
     def expired_all(self) -> None: ...
 
@@ -289,14 +291,14 @@ class HotKeyCache:
         state.seen_bytes -= seen_freed
         self._seen_bytes -= seen_freed
         self.stats.admissions += admissions
-        if refresh:
-            self.stats.refreshes += len(taken)
         self._entries += admissions
         self.bytes += added
         if admitted:
             self._remember(ttl, [until, state, admitted, 0])
         if self._evict():  # it may have taken some of these already
-            return [p for p in taken if tags[p] in held]
+            taken = [p for p in taken if tags[p] in held]
+        if refresh:
+            self.stats.refreshes += len(taken)
         return taken
 
     def _remember(self, ttl: float, batch: _Batch) -> None:
@@ -349,19 +351,30 @@ class HotKeyCache:
     def expire_all(self) -> None:
         """Invalidations may have been lost (the tracking connection dropped): nothing is fresh
         any more, but entries stay as fallbacks."""
+        self.expire()
+
+    def expire(self, chosen: Callable[[list[bytes]], Iterable[bool]] | None = None) -> None:
+        """`expire_all` of the entries whose tags `chosen` picks (all: None), for invalidations
+        lost on one node. Either way no read in flight keeps what it fetched: it may have come
+        through the connection whose invalidations were lost."""
         self.sequence += 1
         self._all_invalidated_at = self.sequence
-        self._invalidated_before, self._invalidated = {}, {}
+        if chosen is None:
+            self._invalidated_before, self._invalidated = {}, {}
         now = time.monotonic()
         for state in self._groups.values():
             held = state.held
             ended = [tag for tag, (_, until, _) in held.items() if until > now]
+            if chosen is not None and ended:
+                ended = list(compress(ended, chosen(ended)))
             for tag in ended:
                 row, _, size = held[tag]
                 held[tag] = (row, now, size)  # a fallback for `fallback_s` from now
             if ended:  # expired now: evicted before any entry fresh again later
                 self._remember(-1.0, [now, state, ended, 0])
-        if self.listener is not None:
+                if chosen is not None and self.listener is not None:
+                    self.listener.expired(state.group, ended)
+        if chosen is None and self.listener is not None:
             self.listener.expired_all()
 
     def _drop(self, state: _Rows, tag: bytes) -> None:

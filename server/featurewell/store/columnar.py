@@ -34,7 +34,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -74,9 +74,9 @@ class ColumnarCache:
         # (the read's start, its `offer_decoded` arguments), in read order
         self._due: deque[tuple[float, tuple[Any, ...]]] = deque()
         self._armed = False
-        # Rows read late in their TTL, for refresh-ahead (store/refresh.py): per group, the
-        # TTL they were read with and their tags.
-        self._late: dict[Group, tuple[float, list[bytes]]] = {}
+        # Rows read late in their TTL, for refresh-ahead (store/refresh.py): their tags, per
+        # group and the TTL they were read with (a reload may change a view's TTL).
+        self._late: dict[tuple[Group, float], list[bytes]] = {}
         self._late_count = 0
         self._refresh_ahead = policy.refresh_ahead
 
@@ -121,6 +121,10 @@ class ColumnarCache:
 
     def expire_all(self) -> None:
         self._rows.expire_all()
+
+    def expire(self, chosen: Callable[[list[bytes]], Iterable[bool]]) -> None:
+        """`HotKeyCache.expire`: the entries whose tags `chosen` picks are fresh no more."""
+        self._rows.expire(chosen)
 
     def lookup(
         self, group: Group, tags: Sequence[bytes], now: float, ttl: float = 0.0
@@ -176,11 +180,11 @@ class ColumnarCache:
             return
         table.noted[taken[late]] = until[late]
         noted = [tags[i] for i in hits[late].tolist()]
-        held = self._late.get(group)
+        held = self._late.get((group, ttl))
         if held is None:
-            self._late[group] = (ttl, noted)
+            self._late[(group, ttl)] = noted
         else:
-            held[1].extend(noted)
+            held.extend(noted)
         self._late_count += len(noted)
 
     def take_late(self) -> list[tuple[Group, float, Sequence[RowCodec], list[bytes]]]:
@@ -188,10 +192,10 @@ class ColumnarCache:
         and the rows' tags (a group whose rows have all gone since is left out)."""
         late, self._late, self._late_count = self._late, {}, 0
         out = []
-        for group, (ttl, tags) in late.items():
+        for (group, ttl), tags in late.items():
             table = self._tables.get(group)
-            if table is not None:
-                out.append((group, ttl, table.codecs, tags))
+            if table is not None:  # (a tag read twice by one call is noted twice)
+                out.append((group, ttl, table.codecs, list(dict.fromkeys(tags))))
         return out
 
     @property
@@ -343,6 +347,12 @@ class ColumnarCache:
                     block.stored[slot] = None  # the bytes go with the raw entry
         if not table.index:
             del self._tables[group]
+
+    def expired(self, group: Group, tags: list[bytes]) -> None:
+        table = self._tables.get(group)
+        if table is not None:
+            slots = [slot for slot in map(table.index.get, tags) if slot is not None]
+            table.fresh_until[slots] = 0.0
 
     def expired_all(self) -> None:
         for table in self._tables.values():

@@ -129,6 +129,8 @@ class OnlineStore:
             on_connect=tracker.prepare if tracker is not None else None,
             access=access,
         )
+        if tracker is not None:
+            tracker.slot_map = cluster.slot_map
         try:
             if connect_now:
                 await cluster.start()

@@ -12,8 +12,9 @@ refreshed: it expires as before, so rows that went cold still leave.
 Freshness is unchanged: a refreshed entry holds a row fetched from Redis, taken under the same
 race check as a read's (a write announced while it was in flight keeps it out), and ended by
 invalidations like any other. A refresh that fails costs only itself: its rows expire at their
-TTL and the next read fetches them (its timeouts do not count against a node's breaker, since
-reads judge nodes).
+TTL and the next read fetches them. Reads judge nodes: a refresh's timeouts do not count against
+a node's breaker, and rows of a node whose breaker is not closed are not refreshed (a refresh
+would take the half-open trial that a read should make).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from featurewell.errors import StoreError
 from featurewell.store import rowcheck
 from featurewell.store.addressing import EntityRead
 from featurewell.store.assembly import failed_commands
+from featurewell.store.breaker import BreakerState
 from featurewell.store.cluster import ClusterClient
 from featurewell.store.columnar import ColumnarCache
 from featurewell.store.keys import slots_of
@@ -73,18 +75,28 @@ class Refresher:
                 self.failed += 1
 
     async def _refresh(self) -> None:
-        late = self._cache.take_late()
+        cluster = self._cluster
+        shunned = {a for a, b in cluster.breakers.items() if b.state is not BreakerState.CLOSED}
+        late = []
         commands: list[bytes] = []
         slots: list[int] = []
-        for group, ttl, _, tags in late:
-            read = EntityRead(list(group), tags, slots_of(tags), ttl)
+        for group, ttl, codecs, tags in self._cache.take_late():
+            read_slots = slots_of(tags)
+            if shunned:
+                ours = [cluster.node_of(slot) not in shunned for slot in read_slots]
+                tags = [tag for tag, keep in zip(tags, ours, strict=True) if keep]
+                read_slots = [slot for slot, keep in zip(read_slots, ours, strict=True) if keep]
+            if not tags:
+                continue
+            late.append((group, ttl, codecs, tags))
+            read = EntityRead(list(group), tags, read_slots, ttl)
             commands += read.commands()
             slots += read.slots
         if not commands:
             return
         cache = self._cache
         since, now = cache.sequence, time.monotonic()
-        replies = await self._cluster.execute(
+        replies = await cluster.execute(
             commands,
             slots,
             cache.policy.refresh_timeout_s,

@@ -14,16 +14,23 @@ stops being fresh (entries stay usable as fallbacks) and the node's data connect
 so they reconnect tracked by a new subscriber. A data connection that closes (a node failing,
 its breaker opening, a failover, a proxy or Redis's `timeout` cutting it) loses its keys'
 invalidations as surely: Redis keeps a closed client's keys in its tracking table but sends
-their invalidations nowhere (seen on Redis 7.0), so that too ends every entry's freshness.
+their invalidations nowhere (seen on Redis 7.0). That ends the freshness of the entries of that
+node's slots (all entries, when the node no longer owns slots in the map: they may have moved),
+once per loop turn however many of its connections closed; the other nodes' entries stay
+fresh, still tracked by their own connections.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import hiredis
 
 from featurewell.errors import StoreUnavailable
 from featurewell.store.columnar import ColumnarCache
 from featurewell.store.connection import Address, Connection, NodeAccess, encode_command
+from featurewell.store.keys import slots_of
+from featurewell.store.slotmap import SlotMap
 
 _CHANNEL = b"__redis__:invalidate"
 
@@ -38,7 +45,10 @@ class InvalidationTracker:
         self._subscribers: dict[Address, tuple[Connection, int]] = {}
         self._tracked: dict[Address, list[Connection]] = {}
         self._closed = False
-        self.lost = 0  # subscriber and tracked data connections lost: for tests and metrics
+        self._cut_nodes: set[Address] = set()  # nodes whose data connections closed this turn
+        self.slot_map: SlotMap | None = None  # the cluster's (set once it exists)
+        self.lost = 0  # subscriber connections lost: for tests and metrics
+        self.cut = 0  # tracked data connections closed
 
     async def prepare(self, connection: Connection) -> None:
         """Turn tracking on for a new data connection (the cluster's on-connect hook)."""
@@ -51,7 +61,8 @@ class InvalidationTracker:
             )
         tracked = [c for c in self._tracked.get(connection.address, []) if not c.closed]
         self._tracked[connection.address] = [*tracked, connection]
-        connection.on_lost = self._on_data_lost
+        address = connection.address
+        connection.on_lost = lambda: self._on_cut(address)
 
     async def close(self) -> None:
         self._closed = True
@@ -98,11 +109,24 @@ class InvalidationTracker:
             connection.on_lost = None  # (counted here, once)
             connection.close()
 
-    def _on_data_lost(self) -> None:
+    def _on_cut(self, address: Address) -> None:
         if self._closed:  # the store closing: nothing reads the cache any more
             return
-        self.lost += 1
-        self._cache.expire_all()
+        self.cut += 1
+        if not self._cut_nodes:
+            asyncio.get_running_loop().call_soon(self._expire_cut)
+        self._cut_nodes.add(address)
+
+    def _expire_cut(self) -> None:
+        nodes, self._cut_nodes = self._cut_nodes, set()
+        slot_map = self.slot_map
+        if self._closed:
+            return
+        if slot_map is None or not nodes <= set(slot_map.masters):
+            self._cache.expire_all()
+            return
+        node_of = slot_map.node_of
+        self._cache.expire(lambda tags: [node_of(slot) in nodes for slot in slots_of(tags)])
 
 
 def _name(address: Address) -> str:

@@ -56,6 +56,16 @@ class StoreStats(Collector):
             "Invalidation connections lost (the cache stopped trusting its entries).",
             registry=registry,
         )
+        self._cut = Counter(
+            "featurewell_cache_tracked_connections_lost",
+            "Tracked data connections closed (the cache stopped trusting that node's entries).",
+            registry=registry,
+        )
+        self._refresh_failed = Counter(
+            "featurewell_cache_refresh_failures",
+            "Refresh-ahead reads that failed in part or whole (their rows expire as usual).",
+            registry=registry,
+        )
         self._open = Gauge(
             "featurewell_redis_circuit_open",
             "1 while a Redis node's circuit breaker is open or probing.",
@@ -88,6 +98,10 @@ class StoreStats(Collector):
         tracker = self._store.tracker
         if tracker is not None:
             self._advance("lost", self._lost, tracker.lost)
+            self._advance("cut", self._cut, tracker.cut)
+        refresher = self._store.refresher
+        if refresher is not None:
+            self._advance("refresh failed", self._refresh_failed, refresher.failed)
         cluster = self._store.cluster
         for host, port in cluster.masters:  # known nodes start at 0: panels and alerts see them
             if (host, port) not in cluster.breakers:
