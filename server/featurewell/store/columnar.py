@@ -148,10 +148,11 @@ class ColumnarCache:
             only, none = np.zeros(1, np.intp), np.zeros(0, np.intp)
             taken = np.full(1, slot, np.intp)
             if ttl > 0 and self._refresh_ahead > 0:
-                self._note(group, table, tags, only, taken, now, ttl)
+                self._note(group, table, tags, only, taken, table.fresh_until[taken], now, ttl)
             return [block.gather(only, none, taken) for block in table.blocks], none
         slots = table.find(tags)
-        hit = table.fresh_until[slots] > now
+        fresh_until = table.fresh_until[slots]
+        hit = fresh_until > now
         hits = np.flatnonzero(hit)
         self.stats.hits += len(hits)
         self.stats.misses += count - len(hits)
@@ -159,7 +160,7 @@ class ColumnarCache:
             return None, np.arange(count)
         taken, missed = slots[hits], np.flatnonzero(~hit)
         if ttl > 0 and self._refresh_ahead > 0:
-            self._note(group, table, tags, hits, taken, now, ttl)
+            self._note(group, table, tags, hits, taken, fresh_until[hits], now, ttl)
         return [block.gather(hits, missed, taken) for block in table.blocks], missed
 
     def _note(
@@ -169,12 +170,12 @@ class ColumnarCache:
         tags: Sequence[bytes],
         hits: npt.NDArray[np.intp],
         taken: npt.NDArray[np.intp],
+        until: npt.NDArray[np.float64],
         now: float,
         ttl: float,
     ) -> None:
-        """Note the hits (at `hits` of `tags`, in slots `taken`) read in the last part of their
-        TTL that were not noted in this TTL yet."""
-        until = table.fresh_until[taken]
+        """Note the hits (at `hits` of `tags`, in slots `taken`, fresh until `until`) read in
+        the last part of their TTL that were not noted in this TTL yet."""
         late = (until <= now + ttl * self._refresh_ahead) & (table.noted[taken] != until)
         if not late.any() or self._late_count >= _MAX_LATE:
             return
