@@ -115,7 +115,8 @@ def test_a_refresh_in_flight_when_invalidations_were_lost_keeps_nothing() -> Non
 async def test_a_hot_row_never_expires_under_its_readers(cluster: LocalCluster, ids: Ids) -> None:
     """End to end: rows read late in their TTL are fetched again in the background (one
     tracked read), and past the first TTL still answer from the cache."""
-    cache = ColumnarCache(CachePolicy(admit_after=1, refresh_ahead=0.999))
+    # A long refresh timeout: these runs must see the refresh through on a loaded machine.
+    cache = ColumnarCache(CachePolicy(admit_after=1, refresh_ahead=0.999, refresh_timeout_s=2.0))
     store = await connect(cluster, cache)
     assert store.refresher is not None
     try:
@@ -186,7 +187,8 @@ async def test_rows_of_a_node_whose_breaker_is_open_are_left_to_reads(
 ) -> None:
     """A refresh would take the half-open trial a read should make: the rows of a node whose
     breaker is not closed are not refreshed (they expire; reads decide about the node)."""
-    cache = ColumnarCache(CachePolicy(admit_after=1, refresh_ahead=0.999))
+    # A long refresh timeout: these runs must see the refresh through on a loaded machine.
+    cache = ColumnarCache(CachePolicy(admit_after=1, refresh_ahead=0.999, refresh_timeout_s=2.0))
     store = await connect(cluster, cache)
     try:
         tags = [ids(f"shunned{i}").encode() for i in range(30)]

@@ -210,7 +210,13 @@ def test_a_hot_entity_served_from_kept_answers_never_expires_under_its_callers(
     part of a TTL the engine answers instead, so the row is refreshed and every call past the
     first TTL still finds it in the cache (no miss, no wait for Redis)."""
     server = ServerThread(
-        make_settings(cluster, cache_ttl_s=1.0, cache_admit_after=1, cache_refresh_ahead=0.5),
+        make_settings(  # a store timeout a loaded machine's refresh reads always meet
+            cluster,
+            cache_ttl_s=1.0,
+            cache_admit_after=1,
+            cache_refresh_ahead=0.5,
+            store_timeout_ms=1000,
+        ),
         defs.registry(),
     )
     try:
