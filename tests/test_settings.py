@@ -131,3 +131,20 @@ def test_log_level_takes_any_case_and_refuses_unknown_levels() -> None:
     assert Settings.load(environ={"FEATUREWELL_LOG_LEVEL": "debug"}).log_level == "DEBUG"
     with pytest.raises(ConfigError, match="log_level must be DEBUG, INFO"):
         Settings.load({"log_level": "chatty"}, environ={})
+
+
+def test_refresh_ahead_is_a_fraction_of_the_ttl_below_one() -> None:
+    assert Settings.load({"cache_refresh_ahead": "0"}, environ={}).cache.refresh_ahead == 0.0
+    assert CacheSettings().refresh_ahead == 0.2
+    with pytest.raises(ConfigError, match="cache_refresh_ahead must be below 1"):
+        Settings.load({"cache_refresh_ahead": "1"}, environ={})
+    with pytest.raises(ConfigError, match="cache_refresh_ahead"):
+        Settings.load({"cache_refresh_ahead": "-0.1"}, environ={})
+    with pytest.raises(ConfigError, match="cache_refresh_ahead"):
+        Settings.load({"cache_refresh_ahead": "nan"}, environ={})
+
+
+def test_float_settings_refuse_values_that_are_not_finite() -> None:
+    for raw in ("nan", "inf", "-inf"):
+        with pytest.raises(ConfigError, match=f"store_timeout_ms: cannot parse '{raw}'"):
+            Settings.load({"store_timeout_ms": raw}, environ={})

@@ -10,6 +10,7 @@ module is the only place that reads the environment.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -130,7 +131,10 @@ class Spec:
             if self.kind == "int":
                 return int(raw)
             if self.kind == "float":
-                return float(raw)
+                value = float(raw)
+                if not math.isfinite(value):  # nan passes every bound check: refuse it here
+                    raise ValueError("not a finite number")
+                return value
             if self.kind == "bool":
                 return _bool(raw)
         except ValueError as exc:
