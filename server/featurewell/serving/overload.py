@@ -125,6 +125,8 @@ class Admission:
         self.cancelled = 0
         self.cut_off = 0
         self.cut_off_at: float | None = None  # time.monotonic() when the grace period ends
+        # Called when the last call in flight has left (serving/gc_pacing.py collects then).
+        self.on_idle: Callable[[], None] | None = None
 
     @property
     def limit(self) -> int:
@@ -180,6 +182,8 @@ class Admission:
         now = now_ns / 1e9
         self.adaptive.done((now_ns - started_ns) / 1e9, self.in_flight, now)
         self.in_flight -= 1
+        if self.in_flight == 0 and self.on_idle is not None:
+            self.on_idle()
 
     def was_cancelled(self) -> None:
         """A call `enter` admitted was cancelled before it ended (`leave` still follows)."""

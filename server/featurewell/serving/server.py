@@ -23,6 +23,7 @@ from featurewell.engine.plan import Planner
 from featurewell.errors import ConfigError, FeaturewellError, StoreError, StoreUnreachable
 from featurewell.serving import transport
 from featurewell.serving.authz import Authoriser
+from featurewell.serving.gc_pacing import GcPacer
 from featurewell.serving.grpc_options import demote_grpc_threads
 from featurewell.serving.service import AFTER_ANSWER_S, FeatureService
 from featurewell.serving.startup import (
@@ -67,6 +68,7 @@ class Server:
     versions_task: asyncio.Task[None] | None = None
     connecting_task: asyncio.Task[None] | None = None
     demote_task: asyncio.Task[None] | None = None  # with grpc_threads_nice
+    gc_pacer: GcPacer | None = None
     stopping: bool = False
 
     @classmethod
@@ -141,8 +143,15 @@ class Server:
         gc.collect()
         gc.freeze()
         # A ranking call allocates a few thousand short-lived objects; the default gen-0
-        # threshold (700) would collect several times per call. Collect young objects less often.
+        # threshold (700) would collect several times per call. Collect young objects less often
+        # automatically, and in small passes when no call is in a handler (gc_pacing.py).
         gc.set_threshold(settings.serving.gc_gen0_threshold, 20, 100)
+        calls = service.calls
+        pacer = GcPacer(
+            settings.serving.gc_pace_objects, lambda: calls.in_flight > 0, AFTER_ANSWER_S
+        )
+        calls.on_idle = pacer.idle
+        telemetry.watch_gc(pacer.drain)
         server = cls(
             settings,
             port,
@@ -155,6 +164,7 @@ class Server:
             telemetry_task,
             gate,
             promoted=overrides,
+            gc_pacer=pacer,
         )
         if settings.serving.grpc_threads_nice > 0:
             server.demote_task = asyncio.get_running_loop().create_task(
@@ -269,6 +279,8 @@ class Server:
         if self.ready:
             with contextlib.suppress(FeaturewellError):
                 await self.telemetry.consumers.flush(self.store, timeout=1.0)
+        if self.gc_pacer is not None:
+            self.gc_pacer.close()
         self.telemetry.close()
         await self.store.close()
         log.info(

@@ -125,7 +125,16 @@ class ServingSettings(Group):
         "grace_period_s", "On SIGTERM, how long in-flight calls may finish.", 10.0
     )
     gc_gen0_threshold: int = setting(
-        "gc_gen0_threshold", "Allocations between young-generation GC passes.", 50_000
+        "gc_gen0_threshold",
+        "Allocations between CPython's automatic young-generation GC passes, which may land "
+        "inside calls: the backstop for a server never idle (gc_pace_objects).",
+        50_000,
+    )
+    gc_pace_objects: int = setting(
+        "gc_pace_objects",
+        "Young objects that prompt a small GC pass as soon as no call is in a handler, so "
+        "calls do not wait on a large automatic one (0: off).",
+        1_000,
     )
     row_type_checks: bool = setting(
         "row_type_checks",
@@ -249,7 +258,7 @@ class ServingSettings(Group):
             "max_event_age_days",
             "max_entity_key_bytes",
         )
-        not_negative(self, "reload_interval_s")
+        not_negative(self, "reload_interval_s", "gc_pace_objects")
         faults.parse(self.fault_delay)
         not_negative(self, "max_concurrent_rpcs", "overload_latency_ms", "max_pending_calls")
         if not 0 <= self.grpc_threads_nice <= 19:

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from importlib import metadata
 
 import grpc
@@ -65,7 +65,13 @@ class Telemetry:
         self.served_log = _served_log(settings, offline, self.metrics)
         self._write_history = offline is not None and offline.write_history
         self._registry = registry
+        self._gc_pauses: Callable[[], Iterable[tuple[int, str, float]]] | None = None
         self.use(registry)
+
+    def watch_gc(self, pauses: Callable[[], Iterable[tuple[int, str, float]]]) -> None:
+        """Record the collector's passes, taken from `pauses` (serving/gc_pacing.py's `drain`:
+        (generation, trigger, seconds) since the last call) every second."""
+        self._gc_pauses = pauses
 
     def use(self, registry: Registry) -> None:
         """Follow a (re)loaded registry: its views' SLAs and its features' baselines."""
@@ -190,7 +196,7 @@ class Telemetry:
     # -- the loop --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Sync cache/breaker counts every second, read freshness markers every
+        """Sync cache/breaker counts and GC pauses every second, read freshness markers every
         `freshness_interval_s`, compare drift every `drift_window_s`. Never raises: a failed
         step is logged and tried again next time."""
         next_freshness = next_drift = 0.0
@@ -199,6 +205,7 @@ class Telemetry:
             now = time.monotonic()
             self.flush()
             self.store_stats.sync()
+            self._record_gc()
             if now >= next_consumers:
                 next_consumers = now + self.settings.consumers_flush_s
                 try:
@@ -218,8 +225,16 @@ class Telemetry:
             wake = min(next_freshness, next_drift, next_consumers, now + SYNC_INTERVAL_S)
             await asyncio.sleep(max(0.0, wake - time.monotonic()))
 
+    def _record_gc(self) -> None:
+        if self._gc_pauses is None:
+            return
+        histogram = self.metrics.gc_pause_seconds
+        for generation, trigger, seconds in self._gc_pauses():
+            histogram.labels(str(generation), trigger).observe(seconds)
+
     def close(self) -> None:
         self.flush()
+        self._record_gc()
         if self.served_log is not None:
             self.served_log.close()
         if self.tracing is not None:

@@ -45,6 +45,8 @@ LATENCY_BUCKETS = (
     1.0,
     2.5,
 )
+# A paced young pass takes ~0.5 ms, a full or unpaced one tens of milliseconds.
+GC_PAUSE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
 ROW_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 FEATURE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 # Value ages from seconds (streamed) to a month (weekly batch jobs plus slack).
@@ -87,6 +89,8 @@ REASON_NAMES = {
 METHODS = ("GetFeatures", "WriteFeatures", "ListFeatures")
 SHED_METHODS = ("GetFeatures", "WriteFeatures")  # the calls max_in_flight counts
 SHED_REASONS = ("max_in_flight", "adaptive_limit", "deadline")  # as serving/overload.py
+GC_GENERATIONS = (0, 1, 2)
+GC_TRIGGERS = ("paced", "automatic")  # as serving/gc_pacing.py
 WRITE_OUTCOMES = ("written", "skipped_older")
 FALLBACK_SOURCES = ("cache", "default")
 RELOAD_RESULTS = ("ok", "failed")
@@ -188,6 +192,17 @@ class ServerMetrics:
             ["method", "reason"],
             registry=registry,
         )
+        self.gc_pause_seconds = Histogram(
+            "featurewell_gc_pause_seconds",
+            "Garbage-collector passes in the server process and how long each stopped it, by "
+            "generation (0: young, 2: full) and trigger (paced: at a moment no call was in a "
+            "handler; automatic: CPython's threshold, at any moment, so calls may wait on it). "
+            "Automatic passes in steady serving say pacing does not keep up: "
+            "docs/architecture.md.",
+            ["generation", "trigger"],
+            buckets=GC_PAUSE_BUCKETS,
+            registry=registry,
+        )
         self.reloads = Counter(
             "featurewell_reloads",
             "Feature repo reloads, by result (ok: swapped in; failed: previous one kept).",
@@ -247,6 +262,9 @@ class ServerMetrics:
         for method in SHED_METHODS:
             for reason in SHED_REASONS:
                 self.shed_calls.labels(method, reason)
+        for generation in GC_GENERATIONS:
+            for trigger in GC_TRIGGERS:
+                self.gc_pause_seconds.labels(str(generation), trigger)
         for result in RELOAD_RESULTS:
             self.reloads.labels(result)
         for reason in NEAR_CACHE_RESETS:
