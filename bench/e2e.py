@@ -90,7 +90,7 @@ def raw_redis(store: ClusterClient, loop: asyncio.AbstractEventLoop) -> Callable
     def raw(user: str, items: list[str] | None, pairs: bool = False) -> None:
         reads = raw_reads(user, items, pairs)
         commands = [c for r in reads for c in r.commands()]
-        slots = [s for r in reads for s in r.slots]
+        slots = [s for r in reads for s in r.row_slots()]
         loop.run_until_complete(store.execute(commands, slots, 1.0))
 
     return raw

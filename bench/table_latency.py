@@ -147,7 +147,7 @@ def calls(store: ClusterClient, off: AsyncFeatureClient, on: AsyncFeatureClient)
     async def raw(user: str, items: list[str] | None) -> None:
         reads = raw_reads(user, items)
         commands = [c for r in reads for c in r.commands()]
-        await store.execute(commands, [s for r in reads for s in r.slots], 1.0)
+        await store.execute(commands, [s for r in reads for s in r.row_slots()], 1.0)
 
     def ranking(client: AsyncFeatureClient) -> Call:
         async def call(user: str, items: list[str]) -> None:

@@ -234,7 +234,7 @@ def measure(
     def raw(user: str, items: list[str]) -> bool:
         reads = raw_reads(user, items)
         commands = [c for r in reads for c in r.commands()]
-        slots = [s for r in reads for s in r.slots]
+        slots = [s for r in reads for s in r.row_slots()]
         loop.run_until_complete(store.execute(commands, slots, 1.0))
         return False
 

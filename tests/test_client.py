@@ -67,6 +67,20 @@ def test_ranking_matrix_broadcasts_the_user_and_counts_statuses(
     assert stale.stale_count == 2
 
 
+def test_string_ids_reach_the_server_as_given(client: FeatureClient, ids: Ids) -> None:
+    user = ids("nul")
+    # Through numpy (a unicode array) a trailing NUL was dropped: two users became one.
+    users = [user, user + "\x00"]
+    defs.write_profiles(client, users, ages=[30, 40])
+    read = client.get_features(["profile:age"], entities={"user_id": users})
+    assert read.values("profile:age").tolist() == [30, 40]
+    # A list that is not all strings is still a string column: the number becomes its digits.
+    number = int(ids("n").rsplit("-", 1)[1], 16)  # unique to this run, as `ids` are
+    defs.write_profiles(client, [str(number)], ages=[50])
+    mixed = client.get_features(["profile:age"], entities={"user_id": [user, number]})
+    assert mixed.values("profile:age").tolist() == [30, 50]
+
+
 def test_to_numpy_dtypes_never_narrow_silently(client: FeatureClient, ids: Ids) -> None:
     user = ids("wide")
     big = 1_796_141_823  # a Unix time in seconds: float32 keeps 24 bits of it

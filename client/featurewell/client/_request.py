@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,6 +15,12 @@ from featurewell.v1.columns import fill_column
 
 def to_values(column: Sequence[Any] | np.ndarray[Any, Any]) -> pb.Values:
     """A Python or numpy column as typed Values (ints, strings, floats or bools)."""
+    if type(column) is list and column and type(column[0]) is str:
+        # A list of ids (a ranker's 500 candidates): protobuf takes it as it is, in C, and
+        # refuses it if any value is not a str (then it goes the way of every other column).
+        # Through numpy it cost ~0.15 ms a call: a unicode array, then a list again.
+        with contextlib.suppress(TypeError):
+            return pb.Values(strings=pb.StringList(values=column))
     array = np.asarray(column)
     if array.dtype.kind in "iu":
         return pb.Values(int64s=pb.Int64List(values=array.tolist()))

@@ -191,7 +191,7 @@ class OnlineStore:
             if cache is None or read.cache_ttl <= 0 or not read_codecs:
                 pending.append(Pending(read, len(commands), None))
                 commands += read.commands()
-                slots += read.slots
+                slots += read.row_slots()
                 continue
             group = tuple(read.prefixes)
             cached, missed = cache.lookup(group, read.tags, now, read.cache_ttl)
@@ -209,7 +209,7 @@ class OnlineStore:
             )
             if missing_tags:
                 commands += read.commands(missing_tags) if missing is not None else read.commands()
-                slots += [read.slots[r] for r in missing] if missing is not None else read.slots
+                slots += read.row_slots(missing_tags if missing is not None else None)
         if cache is not None and cache.late and self.refresher is not None:
             self.refresher.schedule()
         replies = (

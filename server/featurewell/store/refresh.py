@@ -91,7 +91,7 @@ class Refresher:
             late.append((group, ttl, codecs, tags))
             read = EntityRead(list(group), tags, read_slots, ttl)
             commands += read.commands()
-            slots += read.slots
+            slots += read_slots
         if not commands:
             return
         cache = self._cache

@@ -64,7 +64,7 @@ async def mark_wrong_types(
             for v, row in enumerate(reply):
                 if row is None:
                     commands.append(encode_command(b"TYPE", prefixes[v] + read.tags[r] + b"}"))
-                    slots.append(read.slots[r])
+                    slots += read.row_slots([read.tags[r]])
                     where.append((start + j, v))
     if not commands or timeout <= 0:
         return
