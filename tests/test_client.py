@@ -74,11 +74,14 @@ def test_string_ids_reach_the_server_as_given(client: FeatureClient, ids: Ids) -
     defs.write_profiles(client, users, ages=[30, 40])
     read = client.get_features(["profile:age"], entities={"user_id": users})
     assert read.values("profile:age").tolist() == [30, 40]
-    # A list that is not all strings is still a string column: the number becomes its digits.
+    # The same as a tuple, and beside a value that is not a string (a string column still:
+    # the number becomes its digits).
     number = int(ids("n").rsplit("-", 1)[1], 16)  # unique to this run, as `ids` are
     defs.write_profiles(client, [str(number)], ages=[50])
-    mixed = client.get_features(["profile:age"], entities={"user_id": [user, number]})
-    assert mixed.values("profile:age").tolist() == [30, 50]
+    as_tuple = client.get_features(["profile:age"], entities={"user_id": tuple(users)})
+    assert as_tuple.values("profile:age").tolist() == [30, 40]
+    mixed = client.get_features(["profile:age"], entities={"user_id": [number, users[1]]})
+    assert mixed.values("profile:age").tolist() == [50, 40]
 
 
 def test_to_numpy_dtypes_never_narrow_silently(client: FeatureClient, ids: Ids) -> None:

@@ -144,6 +144,16 @@ def test_refresh_ahead_is_a_fraction_of_the_ttl_below_one() -> None:
         Settings.load({"cache_refresh_ahead": "nan"}, environ={})
 
 
+def test_gc_pacing_is_off_or_between_a_floor_and_the_automatic_threshold() -> None:
+    assert Settings.load({"gc_pace_objects": "0"}, environ={}).serving.gc_pace_objects == 0
+    assert Settings.load(environ={}).serving.gc_pace_objects == 1000
+    for raw in ("50", "50000", "-1"):  # a pass per call; never before CPython's own; nonsense
+        with pytest.raises(ConfigError, match="gc_pace_objects must be 0"):
+            Settings.load({"gc_pace_objects": raw}, environ={})
+    lowered = Settings.load({"gc_pace_objects": "5000", "gc_gen0_threshold": "6000"}, environ={})
+    assert lowered.serving.gc_pace_objects == 5000
+
+
 def test_float_settings_refuse_values_that_are_not_finite() -> None:
     for raw in ("nan", "inf", "-inf"):
         with pytest.raises(ConfigError, match=f"store_timeout_ms: cannot parse '{raw}'"):

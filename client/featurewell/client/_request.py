@@ -14,11 +14,12 @@ from featurewell.v1.columns import fill_column
 
 
 def to_values(column: Sequence[Any] | np.ndarray[Any, Any]) -> pb.Values:
-    """A Python or numpy column as typed Values (ints, strings, floats or bools)."""
-    if type(column) is list and column and type(column[0]) is str:
-        # A list of ids (a ranker's 500 candidates): protobuf takes it as it is, in C, and
-        # refuses it if any value is not a str (then it goes the way of every other column).
-        # Through numpy it cost ~0.15 ms a call: a unicode array, then a list again.
+    """A Python or numpy column as typed Values (ints, strings, floats or bools). A column that
+    is not all numbers or all bools is strings; values given as `str` are sent as they are."""
+    if type(column) in (list, tuple) and column and type(column[0]) is str:
+        # Ids (a ranker's 500 candidates): protobuf takes them as they are, in C, and refuses
+        # them if any value is not a str (then they go the way of every other column).
+        # Through numpy they cost ~50 us more a call: a unicode array, then a list again.
         with contextlib.suppress(TypeError):
             return pb.Values(strings=pb.StringList(values=column))
     array = np.asarray(column)
@@ -28,7 +29,12 @@ def to_values(column: Sequence[Any] | np.ndarray[Any, Any]) -> pb.Values:
         return pb.Values(doubles=pb.DoubleList(values=array.tolist()))
     if array.dtype.kind == "b":
         return pb.Values(bools=pb.BoolList(values=array.tolist()))
-    return pb.Values(strings=pb.StringList(values=[str(v) for v in array.tolist()]))
+    # The values themselves, not the array's: a unicode array drops trailing NULs, so "u1" and
+    # "u1\x00" would be one entity. (A numpy unicode array given as such has lost them already.)
+    values = array.tolist() if isinstance(column, np.ndarray) else column
+    return pb.Values(
+        strings=pb.StringList(values=[v if type(v) is str else str(v) for v in values])
+    )
 
 
 def build_request(

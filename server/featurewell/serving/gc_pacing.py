@@ -11,10 +11,15 @@ that does come frees tens of thousands of objects at once and stopped the event 
 Paced, a pass runs once `young_objects` have piled up and the last call in flight has left:
 `after_s` later (its answer is out by then), if no call is in a handler at that moment. It frees
 about that many objects (0.6 ms at 1,000, measured) while no call waits. Older generations follow
-CPython's own counts (a generation-1 pass after `gc.get_threshold()[1]` paced young ones, a full
-one after `[2]` of those), also at idle moments; unlike CPython, a full pass does not wait for
-the long-lived heap to grow by a quarter. CPython's automatic collection stays on as the backstop
-for a server never idle: its threshold is reached only when pacing could not keep up.
+CPython's own counts (a generation-1 pass once more than `gc.get_threshold()[1]` paced young ones
+ran, a full one once more than `[2]` of those did), also at idle moments. CPython also holds a
+full pass back until the long-lived heap has grown by a quarter, a count Python cannot read; here
+a full pass waits at least `FULL_PASS_EVERY_S` since the last one instead (a generation-1 pass
+runs meanwhile), so no setting makes full passes frequent. CPython's automatic collection stays
+on as the backstop for a server never idle: its threshold is reached only when pacing could not
+keep up. Python 3.14's incremental collector gives the counts another meaning: there, passes are
+timed but not paced. One pacer per server: several servers in one process (tests) each pace at
+their own idle moments, and each sees the others' passes as automatic.
 
 Every pass, paced or automatic, in any thread, is timed (`pauses`) for the
 `featurewell_gc_pause_seconds` histogram: an automatic pass there says pacing did not keep up.
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -32,6 +38,8 @@ from typing import Any
 from featurewell.telemetry.metrics import GC_TRIGGERS
 
 PACED, AUTOMATIC = GC_TRIGGERS
+FULL_PASS_EVERY_S = 60.0  # at least this long between paced full passes
+PACING_SUPPORTED = sys.version_info < (3, 14)  # the generational counts this module reads
 _KEPT_PAUSES = 10_000  # undrained pauses kept (bounded: nothing may grow if no one drains)
 
 
@@ -42,9 +50,10 @@ class GcPacer:
     in the process until `close()`."""
 
     def __init__(self, young_objects: int, busy: Callable[[], bool], after_s: float = 0.0) -> None:
-        self.young_objects = young_objects
+        self.young_objects = young_objects if PACING_SUPPORTED else 0
         self._busy = busy
         self._after_s = after_s
+        self._last_full = time.monotonic()  # start-up's own full pass just ran (server.py)
         self._armed = False
         self._pacing = False
         self._started = 0.0
@@ -77,9 +86,16 @@ class GcPacer:
         self._armed = False
         if self._busy():  # a call came in meanwhile: the next idle moment
             return
+        generation = due_generation()
+        if generation == 2:
+            now = time.monotonic()
+            if now - self._last_full < FULL_PASS_EVERY_S:
+                generation = 1
+            else:
+                self._last_full = now
         self._pacing = True
         try:
-            gc.collect(due_generation())
+            gc.collect(generation)
         finally:
             self._pacing = False
 
@@ -96,10 +112,10 @@ class GcPacer:
 
 def due_generation() -> int:
     """The oldest generation due by CPython's counts: each pass of a generation adds one to the
-    next one's count, and a generation is due at its threshold."""
+    next one's count, and a generation is due once its count is above its threshold."""
     count, threshold = gc.get_count(), gc.get_threshold()
-    if count[2] >= threshold[2]:
+    if count[2] > threshold[2]:
         return 2
-    if count[1] >= threshold[1]:
+    if count[1] > threshold[1]:
         return 1
     return 0

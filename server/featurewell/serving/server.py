@@ -257,6 +257,13 @@ class Server:
         gRPC core cancels calls that arrived in the instant of stopping but never reached a
         handler; they were not processed, so clients may retry them (the client retries reads).
         """
+        try:
+            await self._stop(grace, drain_delay)
+        finally:  # however stopping ends: the collector's callback must not outlive the server
+            if self.gc_pacer is not None:
+                self.gc_pacer.close()
+
+    async def _stop(self, grace: float | None, drain_delay: float) -> None:
         self.stopping = True
         if self.connecting_task is not None:
             self.connecting_task.cancel()
@@ -279,8 +286,6 @@ class Server:
         if self.ready:
             with contextlib.suppress(FeaturewellError):
                 await self.telemetry.consumers.flush(self.store, timeout=1.0)
-        if self.gc_pacer is not None:
-            self.gc_pacer.close()
         self.telemetry.close()
         await self.store.close()
         log.info(

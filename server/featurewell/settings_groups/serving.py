@@ -133,7 +133,8 @@ class ServingSettings(Group):
     gc_pace_objects: int = setting(
         "gc_pace_objects",
         "Young objects that prompt a small GC pass as soon as no call is in a handler, so "
-        "calls do not wait on a large automatic one (0: off).",
+        "calls do not wait on a large automatic one (0: off; else 100 to below "
+        "gc_gen0_threshold).",
         1_000,
     )
     row_type_checks: bool = setting(
@@ -258,7 +259,13 @@ class ServingSettings(Group):
             "max_event_age_days",
             "max_entity_key_bytes",
         )
-        not_negative(self, "reload_interval_s", "gc_pace_objects")
+        not_negative(self, "reload_interval_s")
+        if self.gc_pace_objects and not 100 <= self.gc_pace_objects < self.gc_gen0_threshold:
+            raise ConfigError(
+                "setting gc_pace_objects must be 0 (off) or from 100 to below gc_gen0_threshold "
+                f"({self.gc_gen0_threshold}), got {self.gc_pace_objects}: fewer makes a pass per "
+                "call, and at the threshold CPython collects before pacing can"
+            )
         faults.parse(self.fault_delay)
         not_negative(self, "max_concurrent_rpcs", "overload_latency_ms", "max_pending_calls")
         if not 0 <= self.grpc_threads_nice <= 19:
