@@ -8,6 +8,7 @@ options the domain code takes, and calls it: argparse stops here.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -20,6 +21,28 @@ from featurewell.settings import Group, Settings, Spec, specs
 
 T = TypeVar("T")
 Handler = Callable[[Settings, argparse.Namespace], None]
+
+
+def number(*, positive: bool = False) -> Callable[[str], float]:
+    """An argparse type for a command's own float flags (settings check theirs where they are
+    parsed): a finite number, not negative, above 0 with `positive`. `nan` passes every
+    comparison, so `--fail-above nan` never failed a check and `--checkpoint-s nan` scheduled
+    timers for never: refused here, by name, before anything runs."""
+
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {raw!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {raw!r}")
+        if value < 0 or (positive and value == 0):
+            bound = "above 0" if positive else "0 or more"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {raw!r}")
+        return value
+
+    parse.__name__ = "positive number" if positive else "number"  # argparse's error wording
+    return parse
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any
 from featurewell.app import connected
 from featurewell.client import ClientOptions, FeatureClient, FeatureClientError, ViewStatus
 from featurewell.commands import _tables
-from featurewell.commands._command import Command, registry_of, run
+from featurewell.commands._command import Command, number, registry_of, run
 from featurewell.errors import ConfigError, FeaturewellError
 from featurewell.lifecycle import impact as impacts
 from featurewell.settings import RedisSettings, Settings
@@ -34,7 +34,9 @@ def _client_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--caller", default="featurewell-cli", help="the name calls carry (x-featurewell-model)"
     )
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds per call")
+    parser.add_argument(
+        "--timeout", type=number(positive=True), default=5.0, help="seconds per call"
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 

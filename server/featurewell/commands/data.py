@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from featurewell.app import connected
-from featurewell.commands._command import Command, event_source, registry_of, run
+from featurewell.commands._command import Command, event_source, number, registry_of, run
 from featurewell.commands.progress import Progress
 from featurewell.compute.backfill import backfill, backfill_logs, read_log
 from featurewell.compute.kafka import KafkaSource
@@ -41,7 +41,9 @@ def _materialize_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-rows", type=int, default=2000)
     parser.add_argument(
-        "--max-rows-per-second", type=float, help="pace the load to protect serving"
+        "--max-rows-per-second",
+        type=number(),
+        help="pace the load to protect serving (0 or none: unpaced)",
     )
 
 
@@ -100,13 +102,13 @@ def _stream_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT,...",
         help="read the source's Kafka topic instead of its Redis Streams",
     )
-    parser.add_argument("--allowed-lateness-s", type=float, default=3600.0)
+    parser.add_argument("--allowed-lateness-s", type=number(), default=3600.0)
     parser.add_argument("--batch-size", type=int, default=1000)
-    parser.add_argument("--checkpoint-s", type=float, default=5.0)
-    parser.add_argument("--refresh-s", type=float, default=60.0)
+    parser.add_argument("--checkpoint-s", type=number(positive=True), default=5.0)
+    parser.add_argument("--refresh-s", type=number(positive=True), default=60.0)
     parser.add_argument(
         "--lease-s",
-        type=float,
+        type=number(),
         default=0.0,
         help="share the source's partitions with the group's other consumers (Redis Streams): "
         "each partition leased to one at a time for this long, renewed every third of it; a "
@@ -228,10 +230,12 @@ def _kafka_options(args: argparse.Namespace) -> dict[str, str]:
 def _backfill_arguments(parser: argparse.ArgumentParser) -> None:
     _source_argument(parser)
     parser.add_argument("--log", help="Parquet event log (default: the source's parquet=)")
-    parser.add_argument("--max-rows-per-second", type=float, help="pace online writes")
+    parser.add_argument(
+        "--max-rows-per-second", type=number(), help="pace online writes (0 or none: unpaced)"
+    )
     parser.add_argument("--history-out", help="write the values as of every step here (Parquet)")
-    parser.add_argument("--history-step-h", type=float, default=24.0)
-    parser.add_argument("--allowed-lateness-s", type=float, default=3600.0)
+    parser.add_argument("--history-step-h", type=number(positive=True), default=24.0)
+    parser.add_argument("--allowed-lateness-s", type=number(), default=3600.0)
     parser.add_argument(
         "--group",
         default="featurewell",
@@ -282,10 +286,10 @@ def _parity_arguments(parser: argparse.ArgumentParser) -> None:
     _source_argument(parser)
     parser.add_argument("--log", help="Parquet event log (default: the source's parquet=)")
     parser.add_argument("--sample", type=int, default=200, help="entities per view")
-    parser.add_argument("--allowed-lateness-s", type=float, default=3600.0)
+    parser.add_argument("--allowed-lateness-s", type=number(), default=3600.0)
     parser.add_argument(
         "--fail-above",
-        type=float,
+        type=number(),
         default=0.0,
         metavar="RATE",
         help="exit 1 when a feature's mismatch rate is above this",

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from featurewell.app import connected
-from featurewell.commands._command import Command, registry_of, run
+from featurewell.commands._command import Command, number, registry_of, run
 from featurewell.commands.progress import Progress
 from featurewell.definitions import Registry
 from featurewell.engine.engine import FeatureEngine
@@ -117,7 +117,7 @@ def _validate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from", type=int, required=True, help="the version serving now")
     parser.add_argument("--to", type=int, required=True, help="the version to promote")
     parser.add_argument("--sample", type=int, default=1000, help="entities to compare")
-    parser.add_argument("--fail-above", type=float, default=0.25, help="largest PSI allowed")
+    parser.add_argument("--fail-above", type=number(), default=0.25, help="largest PSI allowed")
 
 
 def _validate(settings: Settings, args: argparse.Namespace) -> None:

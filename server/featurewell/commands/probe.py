@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from featurewell.commands._command import Command
+from featurewell.commands._command import Command, number
 from featurewell.errors import ConfigError, FeaturewellError
 from featurewell.settings import Settings
 
@@ -34,7 +34,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--server-name", default="", help="the name the server's certificate must carry"
     )
-    parser.add_argument("--timeout", type=float, default=2.0, help="seconds")
+    parser.add_argument("--timeout", type=number(positive=True), default=2.0, help="seconds")
 
 
 def _read(path: Path | None) -> bytes | None:

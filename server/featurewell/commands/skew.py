@@ -15,7 +15,7 @@ from types import FrameType
 
 import pyarrow as pa
 
-from featurewell.commands._command import Command, pairs, registry_of
+from featurewell.commands._command import Command, number, pairs, registry_of
 from featurewell.commands.training import _served_defaults
 from featurewell.compute.backfill import read_log
 from featurewell.definitions import Registry
@@ -83,13 +83,13 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
         "--metrics-port", type=int, help="serve the gauges at :PORT/metrics (0: any free port)"
     )
     parser.add_argument("--metrics-host", default="127.0.0.1")
-    parser.add_argument("--threshold", type=float, default=0.01, help="ratio marked SKEW")
+    parser.add_argument("--threshold", type=number(), default=0.01, help="ratio marked SKEW")
     parser.add_argument(
-        "--fail-above", type=float, metavar="RATIO", help="exit 1 when a ratio is above this"
+        "--fail-above", type=number(), metavar="RATIO", help="exit 1 when a ratio is above this"
     )
-    parser.add_argument("--rtol", type=float, default=Tolerance.rtol, help="floats")
-    parser.add_argument("--atol", type=float, default=Tolerance.atol, help="floats near 0")
-    parser.add_argument("--cosine", type=float, default=Tolerance.cosine, help="embeddings")
+    parser.add_argument("--rtol", type=number(), default=Tolerance.rtol, help="floats")
+    parser.add_argument("--atol", type=number(), default=Tolerance.atol, help="floats near 0")
+    parser.add_argument("--cosine", type=number(), default=Tolerance.cosine, help="embeddings")
     parser.add_argument(
         "--log",
         action="append",
@@ -100,7 +100,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
         "--batch", action="store_true", help="compare computed views with their source's parquet="
     )
     parser.add_argument("--batch-times", type=int, default=50, help="distinct as-of times")
-    parser.add_argument("--allowed-lateness-s", type=float, default=3600.0)
+    parser.add_argument("--allowed-lateness-s", type=number(), default=3600.0)
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     parser.add_argument("--defaults", metavar="FILE", help="promoted defaults (transforms)")
 

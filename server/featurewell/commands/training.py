@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from featurewell.app import connected
-from featurewell.commands._command import Command, pairs, registry_of, run
+from featurewell.commands._command import Command, number, pairs, registry_of, run
 from featurewell.commands.progress import Progress
 from featurewell.definitions import Registry
 from featurewell.errors import ConfigError, InvalidRequest, StoreUnavailable
@@ -207,7 +207,7 @@ def _compact_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--settle-s",
-        type=float,
+        type=number(),
         default=60.0,
         help="leave files younger than this for the next run (default: 60)",
     )
@@ -315,7 +315,7 @@ def _drift_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", help="offline: a baseline JSON")
     parser.add_argument(
         "--fail-above",
-        type=float,
+        type=number(),
         metavar="PSI",
         help="exit 1 when any feature's PSI is above this (for CI)",
     )

@@ -8,7 +8,7 @@ import socket
 
 import uvicorn
 
-from featurewell.commands._command import Command, registry_of, run
+from featurewell.commands._command import Command, number, registry_of, run
 from featurewell.errors import ConfigError
 from featurewell.settings import AuthSettings, RedisSettings, Settings
 from featurewell.ui.app import build
@@ -24,7 +24,9 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="where the UI listens")
     parser.add_argument("--port", type=int, default=8080, help="0: any free port")
-    parser.add_argument("--scrape-s", type=float, default=5.0, help="how often to read /metrics")
+    parser.add_argument(
+        "--scrape-s", type=number(positive=True), default=5.0, help="how often to read /metrics"
+    )
 
 
 def _ui(settings: Settings, args: argparse.Namespace) -> None:
