@@ -83,9 +83,9 @@ class Refresher:
         for group, ttl, codecs, tags in self._cache.take_late():
             read_slots = slots_of(tags)
             if shunned:
-                ours = [cluster.node_of(slot) not in shunned for slot in read_slots]
-                tags = [tag for tag, keep in zip(tags, ours, strict=True) if keep]
-                read_slots = [slot for slot, keep in zip(read_slots, ours, strict=True) if keep]
+                theirs = cluster.slot_map.owned_by(read_slots, shunned)
+                tags = [tag for tag, skip in zip(tags, theirs, strict=True) if not skip]
+                read_slots = [s for s, skip in zip(read_slots, theirs, strict=True) if not skip]
             if not tags:
                 continue
             late.append((group, ttl, codecs, tags))

@@ -42,6 +42,14 @@ class SlotMap:
         index = int(owner[slot])
         return nodes[index] if index >= 0 else None
 
+    def owned_by(self, slots: Sequence[int], addresses: set[Address]) -> list[bool]:
+        """For each slot, whether one of `addresses` owns it (one vector lookup, not a
+        `node_of` per slot)."""
+        owner, nodes = self._map
+        positions = [i for i, address in enumerate(nodes) if address in addresses]
+        owned: list[bool] = np.isin(owner[np.asarray(slots, dtype=np.int64)], positions).tolist()
+        return owned
+
     def apply(self, reply: list[Any], asked: Address) -> None:
         """Replace the map with a CLUSTER SLOTS reply (from node `asked`)."""
         owner = np.full(SLOTS, -1, dtype=np.int64)

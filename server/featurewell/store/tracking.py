@@ -125,8 +125,7 @@ class InvalidationTracker:
         if slot_map is None or not nodes <= set(slot_map.masters):
             self._cache.expire_all()
             return
-        node_of = slot_map.node_of
-        self._cache.expire(lambda tags: [node_of(slot) in nodes for slot in slots_of(tags)])
+        self._cache.expire(lambda tags: slot_map.owned_by(slots_of(tags), nodes))
 
 
 def _name(address: Address) -> str:
