@@ -66,6 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--probe-single-rps", type=float, default=60.0)
     parser.add_argument("--probe-ranker-rps", type=float, default=15.0)
+    parser.add_argument(
+        "--probe-arrivals",
+        choices=("poisson", "grid"),
+        default="poisson",
+        help="the probes' due times: random (default) or a fixed grid, which locks in phase "
+        "with Locust's grid (probe.py)",
+    )
     parser.add_argument("--budget-single-ms", type=float, default=5.0, help="client p99")
     parser.add_argument("--budget-ranker-ms", type=float, default=5.0, help="client p99")
     parser.add_argument(
@@ -210,6 +217,7 @@ def _start_probe(
         *(sys.executable, str(HERE / "probe.py"), "--kind", kind, "--host", args.host),
         *("--rate", str(rate), "--start-at", repr(start_at), "--duration", str(args.duration)),
         *("--cpus", placement.client_cpus, "--fifo", str(fifo)),
+        *("--arrivals", args.probe_arrivals),
     ]
     return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
 

@@ -3,14 +3,21 @@ schedule, in its own process, each call timed from its *scheduled* send time to 
 answer.
 
     python loadtest/probe.py --kind single --rate 60 --start-at MONOTONIC --duration 40
-        [--host 127.0.0.1:50051] [--cpus 1] [--fifo 10] [--seed 7]
+        [--host 127.0.0.1:50051] [--cpus 1] [--fifo 10] [--seed 7] [--arrivals poisson|grid]
 
 Why each choice:
-- Open loop, from the scheduled time (no coordinated omission). Call i is due at
-  start + i/rate. When the probe sends late (its previous call was slow, or it woke late), the
-  lateness is in that call's time, as it would be for a client that sent on time and waited in
-  a queue. Every scheduled call is made: behind schedule, the next ones go back to back until
-  the probe is on time again, each timed from its own due time.
+- Open loop, from the scheduled time (no coordinated omission). When the probe sends late (its
+  previous call was slow, or it woke late), the lateness is in that call's time, as it would be
+  for a client that sent on time and waited in a queue. Every scheduled call is made: behind
+  schedule, the next ones go back to back until the probe is on time again, each timed from its
+  own due time.
+- Random arrival times (`--arrivals poisson`, the default), so the probe sees the server at
+  every moment alike. Calls on a fixed grid (`grid`: call i at start + i/rate) lock in phase
+  with the load, which is on a grid too: at 60/s the single probe's period is a third of the
+  50 ms between two of Locust's 20 rankings/s, so a whole run sampled the same three moments of
+  that cycle, and whether one of them fell just after a ranking decided the run (measured, see
+  `due_offsets`). Gaps are exponential above a floor of a quarter of the mean gap: no phase is
+  favoured, and the probe's own previous call is rarely still running when the next is due.
 - Its own process, one per kind. It shares no GIL or event loop with Locust, and a ranking
   call's client work (building 500 keys, decoding a 500-row matrix) never delays a single-entity
   call's send, as it would in one sequential client.
@@ -26,8 +33,8 @@ Why each choice:
 - Arguments for every call (ids, item lists) are drawn before the window; what is timed is what
   a client does per call: build the request, call, decode to numpy.
 
-Prints JSON: {"kind", "scheduling", "start_at", "rate", "latency_ms": [...], "lag_ms": [...],
-"failures": n, "errors": [...]}
+Prints JSON: {"kind", "scheduling", "start_at", "rate", "arrivals", "due_s": [...],
+"latency_ms": [...], "lag_ms": [...], "failures": n, "errors": [...]}
 (`lag_ms`: how late each call was sent, part of its latency, reported to tell instrument
 trouble from server trouble).
 """
@@ -42,6 +49,27 @@ import sys
 import time
 
 SPIN_S = 200e-6  # spin this long before a due call instead of trusting sleep's wake-up
+MIN_GAP = 0.25  # of the mean gap between two calls: the floor of a random gap
+
+
+def due_offsets(calls: int, rate: float, arrivals: str, seed: int) -> list[float]:
+    """Each call's due time in seconds after the first, which is due at 0; the last is due at
+    (calls - 1) / rate, as on the grid.
+
+    `poisson`: gaps of MIN_GAP of the mean plus an exponential rest, scaled to end on time.
+    Any gap law that is not a lattice spreads a long run's calls evenly over the phases of
+    every periodic load; the floor keeps the probe, one call at a time, from being its own
+    queue."""
+    if calls <= 1:
+        return [0.0] * calls
+    if arrivals == "grid":
+        return [i / rate for i in range(calls)]
+    import numpy as np
+
+    mean = 1 / rate
+    gaps = mean * MIN_GAP + np.random.default_rng(seed).exponential(mean * (1 - MIN_GAP), calls - 1)
+    offsets = np.concatenate(([0.0], np.cumsum(gaps)))
+    return [float(t) for t in offsets * ((calls - 1) * mean / offsets[-1])]
 
 
 def _schedule(cpus: str, fifo: int) -> list[str]:
@@ -71,6 +99,12 @@ def main() -> None:
     parser.add_argument("--cpus", default="", help="pin to these cpus (comma-separated)")
     parser.add_argument("--fifo", type=int, default=0, help="SCHED_FIFO priority (0: none)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--arrivals",
+        choices=("poisson", "grid"),
+        default="poisson",
+        help="random due times (default) or a fixed grid, which locks in phase with grid load",
+    )
     args = parser.parse_args()
     scheduling = _schedule(args.cpus, args.fifo)
 
@@ -92,6 +126,10 @@ def main() -> None:
         else {"user_id": [next_user()], "item_id": items_for(rng, items)}
         for _ in range(calls)
     ]
+    # Each kind its own draw: the two probes' gaps are not one sequence at two scales.
+    due = due_offsets(
+        calls, args.rate, args.arrivals, args.seed + (2 if args.kind == "single" else 3)
+    )
     latency: list[float] = []
     lag: list[float] = []
     errors: list[str] = []
@@ -104,27 +142,29 @@ def main() -> None:
         gc.collect()
         gc.freeze()
         gc.disable()
-        for i, asked in enumerate(entities):
-            due = start + i / args.rate
-            pause = due - time.monotonic() - SPIN_S
+        for offset, asked in zip(due, entities, strict=True):
+            due_at = start + offset
+            pause = due_at - time.monotonic() - SPIN_S
             if pause > 0:
                 time.sleep(pause)
-            while time.monotonic() < due:
+            while time.monotonic() < due_at:
                 pass
             sent = time.monotonic()
             try:
                 client.get_features(features, asked).to_numpy()
             except Exception as exc:  # counted and named, never swallowed
                 errors.append(f"{type(exc).__name__}: {exc}")
-            latency.append((time.monotonic() - due) * 1000)
-            lag.append((sent - due) * 1000)
+            latency.append((time.monotonic() - due_at) * 1000)
+            lag.append((sent - due_at) * 1000)
         gc.enable()
     json.dump(
         {
             "kind": args.kind,
             "scheduling": scheduling,
-            "start_at": start,  # time.monotonic() of call 0's due time: call i is due i/rate later
+            "start_at": start,  # time.monotonic() of call 0's due time
             "rate": args.rate,
+            "arrivals": args.arrivals,
+            "due_s": due,  # each call's due time after call 0's
             "latency_ms": latency,
             "lag_ms": lag,
             "failures": len(errors),
