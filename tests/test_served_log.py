@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -251,3 +252,35 @@ def test_an_id_means_rows_were_logged(start: Any, tmp_path: Path, ids: Ids) -> N
     adult = served.read(served.transform_folder(tmp_path, "birth"))
     assert adult.column("request_id").to_pylist() == [transform.request_id]
     assert not served.view_folder(tmp_path, registry.view("profile")).exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+@pytest.mark.parametrize(("nice", "added"), [(None, 19), (5, 5), (0, 0)])
+def test_the_writer_thread_alone_runs_at_a_lower_priority(
+    start: Any, ids: Ids, nice: int | None, added: int
+) -> None:
+    """Its batches share the serving loop's core: the writer yields it (served_log_nice, 19 by
+    default), and no other thread of the server is touched."""
+    before = os.getpriority(os.PRIO_PROCESS, 0)  # this thread's (Linux: PRIO_PROCESS 0)
+    server = start(
+        served_log_rate=1.0,
+        served_log_flush_s=0.1,
+        **({} if nice is None else {"served_log_nice": nice}),
+    )
+    writer = _log(server)._thread.native_id
+    assert writer is not None
+    expected = min(before + added, 19)
+    wait_until(
+        lambda: os.getpriority(os.PRIO_PROCESS, writer) == expected,
+        5,
+        f"the writer at niceness {expected}",
+    )
+    loop_thread = server._thread.native_id
+    assert loop_thread is not None
+    assert os.getpriority(os.PRIO_PROCESS, loop_thread) == before
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before
+    # It still writes: a logged call's rows land (at a lower priority, not never).
+    result = _client(server).get_features(PROFILE, entities={"user_id": [ids("u")]})
+    assert result.request_id
+    assert _log(server).flush()
+    assert _metric(server, "featurewell_served_log_rows_total", kind="served") == 1

@@ -154,6 +154,14 @@ def test_gc_pacing_is_off_or_between_a_floor_and_the_automatic_threshold() -> No
     assert lowered.serving.gc_pace_objects == 5000
 
 
+def test_the_served_log_writer_yields_by_default_within_niceness_bounds() -> None:
+    assert Settings.load(environ={}).telemetry.served_log_nice == 19
+    assert Settings.load({"served_log_nice": "0"}, environ={}).telemetry.served_log_nice == 0
+    for raw in ("20", "-1"):
+        with pytest.raises(ConfigError, match="served_log_nice must be 0-19"):
+            Settings.load({"served_log_nice": raw}, environ={})
+
+
 def test_float_settings_refuse_values_that_are_not_finite() -> None:
     for raw in ("nan", "inf", "-inf"):
         with pytest.raises(ConfigError, match=f"store_timeout_ms: cannot parse '{raw}'"):

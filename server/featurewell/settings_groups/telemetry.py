@@ -79,6 +79,14 @@ class TelemetrySettings(Group):
     served_log_batch_rows: int = setting(
         "served_log_batch_rows", "Queued rows that start a served-log write early.", 50_000
     )
+    served_log_nice: int = setting(
+        "served_log_nice",
+        "Niceness added to the served-log writer's thread (Linux; 0: off, up to 19). Its "
+        "Parquet writes share the event loop's core; at a lower priority the loop takes the "
+        "core whenever both want it, and the writer runs late, not in the answers' time "
+        '(docs/observability.md, "The served-feature log").',
+        19,
+    )
 
     def check(self) -> None:
         positive(self, "freshness_interval_s", "drift_window_s", "drift_reservoir")
@@ -87,6 +95,8 @@ class TelemetrySettings(Group):
         if not 0 <= self.served_log_rate <= 1:
             raise ConfigError("setting served_log_rate must be in [0, 1] (a share of calls)")
         positive(self, "served_log_queue_rows", "served_log_flush_s", "served_log_batch_rows")
+        if not 0 <= self.served_log_nice <= 19:
+            raise ConfigError(f"setting served_log_nice must be 0-19, got {self.served_log_nice}")
         rate_list(self.served_log_callers, "served_log_callers")
         rate_list(self.served_log_views, "served_log_views")
         if self.traces_exporter not in ("otlp", "console", "none"):

@@ -266,6 +266,7 @@ def _served_log(
         queue_rows=settings.served_log_queue_rows,
         flush_s=settings.served_log_flush_s,
         batch_rows=settings.served_log_batch_rows,
+        nice=settings.served_log_nice,
     )
 
 
