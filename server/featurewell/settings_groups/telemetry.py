@@ -84,7 +84,7 @@ class TelemetrySettings(Group):
         "Niceness added to the served-log writer's thread (Linux; 0: off, up to 19). Its "
         "Parquet writes share the event loop's core; at a lower priority the loop takes the "
         "core whenever both want it, and the writer runs late, not in the answers' time "
-        '(docs/observability.md, "The served-feature log").',
+        '(docs/skew.md, "How it is written, and why this way").',
         19,
     )
 
