@@ -69,7 +69,8 @@ def due_offsets(calls: int, rate: float, arrivals: str, seed: int) -> list[float
     mean = 1 / rate
     gaps = mean * MIN_GAP + np.random.default_rng(seed).exponential(mean * (1 - MIN_GAP), calls - 1)
     offsets = np.concatenate(([0.0], np.cumsum(gaps)))
-    return [float(t) for t in offsets * ((calls - 1) * mean / offsets[-1])]
+    scaled: list[float] = (offsets * ((calls - 1) * mean / offsets[-1])).tolist()
+    return scaled
 
 
 def _schedule(cpus: str, fifo: int) -> list[str]:

@@ -41,5 +41,14 @@ def not_negative(group: Group, *names: str) -> None:
             )
 
 
+def niceness(group: Group, *names: str) -> None:
+    """Settings that add to a thread's niceness: Linux takes 0-19."""
+    for name in names:
+        if not 0 <= getattr(group, name) <= 19:
+            raise ConfigError(
+                f"setting {_public(group, name)} must be 0-19, got {getattr(group, name)}"
+            )
+
+
 def _public(group: Group, attribute: str) -> str:
     return str(next(f.metadata["name"] for f in fields(group) if f.name == attribute))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from featurewell import faults
 from featurewell.errors import ConfigError
-from featurewell.settings_groups.group import Group, not_negative, positive, setting
+from featurewell.settings_groups.group import Group, niceness, not_negative, positive, setting
 
 
 @dataclass(frozen=True)
@@ -268,10 +268,7 @@ class ServingSettings(Group):
             )
         faults.parse(self.fault_delay)
         not_negative(self, "max_concurrent_rpcs", "overload_latency_ms", "max_pending_calls")
-        if not 0 <= self.grpc_threads_nice <= 19:
-            raise ConfigError(
-                f"setting grpc_threads_nice must be 0-19, got {self.grpc_threads_nice}"
-            )
+        niceness(self, "grpc_threads_nice")
         if not 0 <= self.port < 65536:
             raise ConfigError(f"setting port must be 0-65535, got {self.port}")
         if self.workers > 1 and self.port == 0:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from featurewell.errors import ConfigError
-from featurewell.settings_groups.group import Group, positive, setting
+from featurewell.settings_groups.group import Group, niceness, positive, setting
 
 
 @dataclass(frozen=True)
@@ -95,8 +95,7 @@ class TelemetrySettings(Group):
         if not 0 <= self.served_log_rate <= 1:
             raise ConfigError("setting served_log_rate must be in [0, 1] (a share of calls)")
         positive(self, "served_log_queue_rows", "served_log_flush_s", "served_log_batch_rows")
-        if not 0 <= self.served_log_nice <= 19:
-            raise ConfigError(f"setting served_log_nice must be 0-19, got {self.served_log_nice}")
+        niceness(self, "served_log_nice")
         rate_list(self.served_log_callers, "served_log_callers")
         rate_list(self.served_log_views, "served_log_views")
         if self.traces_exporter not in ("otlp", "console", "none"):
