@@ -67,6 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-single-rps", type=float, default=60.0)
     parser.add_argument("--probe-ranker-rps", type=float, default=15.0)
     parser.add_argument(
+        "--load-arrivals",
+        choices=("poisson", "grid"),
+        default="poisson",
+        help="Locust users' due times: random (default), or fixed grids, every kind's from the "
+        "same instant (locustfile.py)",
+    )
+    parser.add_argument(
         "--probe-arrivals",
         choices=("poisson", "grid"),
         default="poisson",
@@ -181,7 +188,8 @@ def _with_local_server(args: argparse.Namespace) -> int:
 def _gate(args: argparse.Namespace, placement: cores.Placement, serving: int | None) -> int:
     rates = {"single": args.single_rps, "ranker": args.ranker_rps, "writer": args.writer_rps}
     users = {name: max(1, math.ceil(rps / PER_USER_RPS[name])) for name, rps in rates.items()}
-    # The locustfile reads each user's pace from the environment at import.
+    # The locustfile reads each user's pace and arrivals from the environment at import.
+    os.environ["FEATUREWELL_LOAD_ARRIVALS"] = args.load_arrivals
     for name, rps in rates.items():  # a scenario switched off keeps a valid (unused) pace
         pace = rps / users[name] if rps > 0 else PER_USER_RPS[name]
         os.environ[f"FEATUREWELL_{name.upper()}_RATE"] = str(pace)

@@ -16,12 +16,17 @@ each call runs on a real OS thread (gevent's thread pool) with the plain grpc cl
 time is taken inside that thread, around the call alone: the generator's own scheduling is not
 in it. Each user keeps a fixed schedule, so a run is a fixed-throughput test.
 
-Why each kind's users are spread over their period: N users of a kind calling every 1/rate s
-and started together (Locust spawns them milliseconds apart) stay in step, so the server saw
-the gate's 20 rankings/s as 4 at once every 200 ms, 8-10 ms of ranking work at a time, and
-single calls arriving then waited it out (the single probe's slow calls came every 200 ms).
-No clients in production move in lockstep like that; each user here starts at its own slot of
-the period (user k of N at k/N of it) and keeps to it, so each kind's calls arrive evenly.
+Why each user's calls come at random moments (FEATUREWELL_LOAD_ARRIVALS=poisson, the default):
+users on fixed grids lock in phase with one another. N users of a kind started together stayed
+in step (the gate's 20 rankings/s came as 4 at once every 200 ms); users spread over their
+kind's period fixed that, but every kind's grid still started at the same instant, so the
+writer's call (every 100 ms) and a ranking (every 50 ms) reached the server together 10 times a
+second for a whole run, and the single calls beside them took the slowest 2% of the gate's
+samples (loadtest/README.md). Clients in production are independent: each user here starts at
+a random moment of its period and draws its gaps like the probes (scenarios.schedule), each
+block of gaps scaled to its mean, so a user keeps its rate exactly while no two users,
+of a kind or of two kinds, keep a phase. `grid` keeps the fixed grids (user k of N at k/N of
+its kind's period, every kind from the same instant), to compare.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
@@ -39,7 +44,7 @@ from locust import User, task
 from featurewell.client import ClientOptions, FeatureClient
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from scenarios import RANKING, SINGLE, items_for, zipf_ids
+from scenarios import RANKING, SINGLE, items_for, schedule, zipf_ids
 
 USERS = int(os.environ.get("FEATUREWELL_LOAD_USERS", "5000"))
 ITEMS = int(os.environ.get("FEATUREWELL_LOAD_ITEMS", "2000"))
@@ -47,6 +52,9 @@ ITEMS = int(os.environ.get("FEATUREWELL_LOAD_ITEMS", "2000"))
 SINGLE_RATE = float(os.environ.get("FEATUREWELL_SINGLE_RATE", "50"))
 RANKER_RATE = float(os.environ.get("FEATUREWELL_RANKER_RATE", "5"))
 WRITER_RATE = float(os.environ.get("FEATUREWELL_WRITER_RATE", "10"))
+ARRIVALS = os.environ.get("FEATUREWELL_LOAD_ARRIVALS", "poisson")
+if ARRIVALS not in ("poisson", "grid"):
+    raise SystemExit(f"FEATUREWELL_LOAD_ARRIVALS is {ARRIVALS!r}: poisson or grid")
 DEVICES = np.array(["tv", "phone", "tablet", "web"], dtype=object)
 
 
@@ -60,14 +68,14 @@ class GrpcUser(User):
         # One attempt: a retried call would hide a failure from the gate.
         options = ClientOptions(timeout=2.0, read_attempts=1)
         self.client = FeatureClient(self.host or "127.0.0.1:50051", options=options)
-        self._due = _slot(type(self))
+        self._due, self._gaps = _schedule(type(self))
         gevent.sleep(max(0.0, self._due - time.monotonic()))
 
     def wait_time(self) -> float:
-        """Until this user's next slot: one call per 1/rate s on a fixed grid. Behind it (a
-        slow call), the next call goes at once, and the grid moves rather than bursting."""
+        """Until this user's next call is due. Behind (a slow call), the next call goes at
+        once, and the schedule moves rather than bursting."""
         now = time.monotonic()
-        self._due = max(self._due + 1 / self.rate, now)
+        self._due = max(self._due + next(self._gaps), now)
         return self._due - now
 
     def on_stop(self) -> None:
@@ -96,15 +104,11 @@ class GrpcUser(User):
 _STARTED: dict[type[GrpcUser], int] = {}
 
 
-def _slot(cls: type[GrpcUser]) -> float:
-    """The next monotonic time at user k of N's slot of `cls`'s period (k: the order users of
-    `cls` start in; N: `cls.fixed_count`, else 1), on a grid shared by all of them."""
+def _schedule(cls: type[GrpcUser]) -> tuple[float, Iterator[float]]:
+    """The next user of `cls` to start: its first due time (monotonic) and gaps after it."""
     index = _STARTED.get(cls, 0)
     _STARTED[cls] = index + 1
-    period = 1 / cls.rate
-    offset = index % max(1, cls.fixed_count) * period / max(1, cls.fixed_count)
-    now = time.monotonic()
-    return now + (offset - now) % period
+    return schedule(cls.__name__, index, cls.fixed_count, cls.rate, ARRIVALS, time.monotonic())
 
 
 class ModelServerUser(GrpcUser):

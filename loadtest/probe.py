@@ -49,14 +49,13 @@ import sys
 import time
 
 SPIN_S = 200e-6  # spin this long before a due call instead of trusting sleep's wake-up
-MIN_GAP = 0.25  # of the mean gap between two calls: the floor of a random gap
 
 
 def due_offsets(calls: int, rate: float, arrivals: str, seed: int) -> list[float]:
     """Each call's due time in seconds after the first, which is due at 0; the last is due at
     (calls - 1) / rate, as on the grid.
 
-    `poisson`: gaps of MIN_GAP of the mean plus an exponential rest, scaled to end on time.
+    `poisson`: gaps drawn by `scenarios.random_gaps`, scaled to end on time.
     Any gap law that is not a lattice spreads a long run's calls evenly over the phases of
     every periodic load; the floor keeps the probe, one call at a time, from being its own
     queue."""
@@ -65,9 +64,10 @@ def due_offsets(calls: int, rate: float, arrivals: str, seed: int) -> list[float
     if arrivals == "grid":
         return [i / rate for i in range(calls)]
     import numpy as np
+    from scenarios import random_gaps  # on the path: main() put it there, or the caller
 
     mean = 1 / rate
-    gaps = mean * MIN_GAP + np.random.default_rng(seed).exponential(mean * (1 - MIN_GAP), calls - 1)
+    gaps = random_gaps(np.random.default_rng(seed), mean, calls - 1)
     offsets = np.concatenate(([0.0], np.cumsum(gaps)))
     scaled: list[float] = (offsets * ((calls - 1) * mean / offsets[-1])).tolist()
     return scaled

@@ -185,7 +185,14 @@ def report(
         writer.failures_csv(csv.writer(failures_file))
     html: str = get_html_report(env)  # type: ignore[no-untyped-call]  # Locust leaves it untyped
     (args.out / "gate_report.html").write_text(html)
-    summary = {"placement": placement, "waits": waited, "figures": figures, "verdicts": verdicts}
+    arrivals = {"load": args.load_arrivals, "probes": args.probe_arrivals}
+    summary = {
+        "placement": placement,
+        "arrivals": arrivals,
+        "waits": waited,
+        "figures": figures,
+        "verdicts": verdicts,
+    }
     (args.out / "gate_summary.json").write_text(json.dumps(summary, indent=1, default=str))
 
     print(f"\n{args.host}, {args.duration:g} s after {args.warmup:g} s of warm-up; {placement}")
@@ -193,6 +200,7 @@ def report(
         (f["probe_scheduling"] for f in figures.values() if "probe_scheduling" in f), []
     )
     print(f"probes: {', '.join(probe) or 'not pinned, normal priority'}")
+    print(f"arrivals: Locust's users {args.load_arrivals}, the probes {args.probe_arrivals}")
     # Time other programs took from this run: a red gate on a busy machine says so here.
     window_ms = args.duration * 1000
     if "cpu_pressure_ms" in waited:

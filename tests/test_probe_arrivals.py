@@ -12,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "loadtest"))
 import probe
+import scenarios
 
 RATE = 60.0
 CALLS = 2_400  # the gate's 40 s window at 60/s
@@ -46,7 +47,7 @@ def test_random_arrivals_keep_the_window_the_count_and_a_gap_floor() -> None:
     assert offsets[0] == 0.0
     # The last call is due when the grid's would be: the window (and Locust's load) covers it.
     assert offsets[-1] == pytest.approx((CALLS - 1) / RATE)
-    assert gaps.min() >= 0.9 * probe.MIN_GAP / RATE
+    assert gaps.min() >= 0.9 * scenarios.MIN_GAP / RATE
     assert gaps.mean() == pytest.approx(1 / RATE, rel=0.01)
     # Irregular, not a grid with noise: exponential rests have a spread near their mean.
     assert gaps.std() > 0.5 / RATE
