@@ -76,8 +76,9 @@ screenshots: install chromium
 ## 10 write calls/s), open-loop probes judging client p99 per kind (target 5 ms), server + Redis on
 ## core 0 and Locust + probes on core 1 (exits 1 when a budget is broken)
 # CI holds clients to 10 ms p99 single and 20 ms ranking, the server's histogram to 5 ms (single)
-# and 10 ms (ranking): the 5 ms client target (gate.py's default) is met by single calls in 3 of
-# 5 quiet runs and by rankings in none, on CI's two shared cores (loadtest/README.md).
+# and 10 ms (ranking): the 5 ms client target (gate.py's default) is met by single calls in 15
+# of 15 quiet runs and by rankings in 6, on CI's two shared cores; slow windows have seen
+# rankings at 10-15 ms (loadtest/README.md).
 # GATE_FLAGS= runs the target.
 GATE_FLAGS ?= --budget-single-ms 10 --budget-ranker-ms 20 \
 	--server-budget-single-ms 5 --server-budget-ranker-ms 10

@@ -372,7 +372,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
                 f"p99 {row['p99_ms']} ms, {row['failed']} of {row['calls']} failed {row['codes']}"
                 + (
                     f", {row['hot_users']} hot users, hits {row['cache_hit_ratio']}"
-                    * ("hot_users" in row)
+                    if "hot_users" in row
+                    else ""
                 )
             )
     print(f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
