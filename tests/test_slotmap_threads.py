@@ -50,3 +50,22 @@ def test_readers_on_other_threads_always_see_a_whole_map() -> None:
         sys.setswitchinterval(interval)
     assert errors == []
     assert seen <= {1, 6}
+
+
+def test_masters_follow_every_change_of_the_map() -> None:
+    # `masters` is kept between changes (telemetry asks every second): each apply, and each
+    # MOVED redirect changing the map in place, must show in the next answer.
+    slot_map = SlotMap()
+    assert slot_map.masters == []
+    slot_map.apply(_reply(2), ("127.0.0.1", 7000))
+    assert slot_map.masters == [("127.0.0.1", 7000), ("127.0.0.1", 7001)]
+    slot_map.move(0, ("127.0.0.1", 7009))  # a node the map did not know takes one slot
+    assert slot_map.masters == [("127.0.0.1", 7000), ("127.0.0.1", 7001), ("127.0.0.1", 7009)]
+    for slot in range(8192, 16384):  # 7001's slots all move to 7000: it owns none
+        slot_map.move(slot, ("127.0.0.1", 7000))
+    assert slot_map.masters == [("127.0.0.1", 7000), ("127.0.0.1", 7009)]
+    slot_map.apply(_reply(1), ("127.0.0.1", 7000))
+    assert slot_map.masters == [("127.0.0.1", 7000)]
+    listed = slot_map.masters
+    listed.append(("127.0.0.1", 1))  # a caller's list is its own
+    assert slot_map.masters == [("127.0.0.1", 7000)]

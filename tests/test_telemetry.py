@@ -173,6 +173,30 @@ def test_tallied_observations_match_prometheus_one_by_one() -> None:
     assert b'age_seconds_bucket{le="1.0",view="v"} 4.0' in lines[1]
 
 
+def test_tallied_repeats_match_observing_each_value_that_many_times() -> None:
+    # Calls answered alike are recorded as one group (telemetry/alike.py): `times` repeats.
+    values = np.array([0.5, 1.0, 3.0, 7.5])
+    one, many = CollectorRegistry(), CollectorRegistry()
+    single, bulk = (
+        Histogram("age_seconds", "x", buckets=(1, 2, 5), registry=registry)
+        for registry in (one, many)
+    )
+    for value in [*values.tolist() * 3, 2.0, 2.0]:
+        single.observe(float(value))
+    tally = Tally()
+    pending = tally.histogram(bulk)
+    pending.observe_many(values, times=3)
+    pending.observe_times(2.0, 2)
+    pending.observe_times(9.0, 0)  # no calls: nothing
+    pending.observe_many(values, times=0)
+    tally.flush()
+    exported = [
+        [line for line in generate_latest(r).splitlines() if b"_created" not in line]
+        for r in (one, many)
+    ]
+    assert exported[0] == exported[1]
+
+
 def test_calls_move_the_rpc_store_and_view_metrics(
     observed: ServerThread, observed_client: FeatureClient, cluster: LocalCluster, ids: Ids
 ) -> None:
@@ -305,6 +329,8 @@ def test_drift_sampling_takes_only_the_features_a_call_asked_for(
     before = (amount.defaults, channel.defaults)
     drift.observe(result)  # the sample rate is 1: every call is sampled
     assert (amount.defaults, channel.defaults) == (before[0] + 1, before[1])
+    drift.observe(result, calls=3)  # three calls answered alike: each one sampled
+    assert (amount.defaults, channel.defaults) == (before[0] + 4, before[1])
 
 
 PSI = 'featurewell_feature_drift_psi{feature="%s",view="orders@v1"}'

@@ -56,16 +56,22 @@ class AfterAnswer:
     call's CPU (docs/performance.md). `after_batch` (telemetry's flush of the metrics those
     calls recorded) runs FLUSH_EVERY_S after a run, for every run in that time."""
 
-    __slots__ = ("_after_batch", "_armed", "_due", "_flush_armed")
+    __slots__ = ("_after_batch", "_armed", "_due", "_flush_armed", "_loop")
 
     def __init__(self, after_batch: Callable[[], None] | None = None) -> None:
         self._due: deque[tuple[float, Callable[..., None], tuple[Any, ...]]] = deque()
         self._armed = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the armed timer's loop
         self._after_batch = after_batch
         self._flush_armed = False
 
     def __call__(self, record: Callable[..., None], *args: Any) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None or not self._armed:
+            # Asked once per run of calls, not per call: asyncio.get_running_loop makes a
+            # getpid() system call each time, ~1% of a kept single-entity call in a py-spy
+            # profile (docs/performance.md). While armed, calls run on the timer's loop.
+            loop = self._loop = asyncio.get_running_loop()
         self._due.append((loop.time() + AFTER_ANSWER_S, record, args))
         if not self._armed:
             self._armed = True
@@ -84,9 +90,14 @@ class AfterAnswer:
             loop.call_at(due[0][0], self._run, loop)
         else:
             self._armed = False
+        self.flush_soon(loop)
+
+    def flush_soon(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Arm `after_batch` FLUSH_EVERY_S from now unless it is armed (for telemetry recorded
+        without the queue too: calls answered alike, telemetry/alike.py)."""
         if self._after_batch is not None and not self._flush_armed:
             self._flush_armed = True
-            loop.call_later(FLUSH_EVERY_S, self._flush)
+            (loop or asyncio.get_running_loop()).call_later(FLUSH_EVERY_S, self._flush)
 
     def _flush(self) -> None:
         self._flush_armed = False
@@ -189,6 +200,14 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
                 calls.leave(started)
         except Exception as exc:
             await self._abort("GetFeatures", exc, context, started)
+        if kept is not None and sampled is None and self.telemetry.tracing is None:
+            # A kept answer's calls are counted together (telemetry/alike.py): a few dict
+            # operations now, the rest once per flush.
+            self.telemetry.read_alike(
+                result, (time.perf_counter_ns() - started) / 1e9, metadata, auth.principal()
+            )
+            self._after_answer.flush_soon()
+            return response
         # Telemetry runs once the call has ended (its answer sent), not inside its time.
         self._after_answer(
             self.telemetry.read_done,

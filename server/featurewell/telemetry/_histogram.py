@@ -87,18 +87,29 @@ class PendingHistogram:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.total += value
 
-    def observe_many(self, values: npt.NDArray[Any]) -> None:
-        """`observe(v)` for every v in `values`, in a handful of numpy calls."""
-        if len(values) == 0:
+    def observe_times(self, value: float, times: int) -> None:
+        """`observe(value)` `times` times."""
+        if times <= 0:
             return
         if not self.observed:
             self._tally.dirty.append(self)
-        self.observed += len(values)
+        self.observed += times
+        self.counts[bisect_left(self.bounds, value)] += times
+        self.total += value * times
+
+    def observe_many(self, values: npt.NDArray[Any], times: int = 1) -> None:
+        """`observe(v)` for every v in `values` (`times` times each), in a handful of numpy
+        calls."""
+        if len(values) == 0 or times <= 0:
+            return
+        if not self.observed:
+            self._tally.dirty.append(self)
+        self.observed += len(values) * times
         found = np.bincount(np.searchsorted(self._array, values, side="left"))
         counts = self.counts
         for index in np.flatnonzero(found).tolist():
-            counts[index] += int(found[index])
-        self.total += float(values.sum())
+            counts[index] += int(found[index]) * times
+        self.total += float(values.sum()) * times
 
     def flush(self) -> None:
         child, counts = self.child, self.counts

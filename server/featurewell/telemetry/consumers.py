@@ -48,14 +48,17 @@ class Consumers:
         # View objects' references (`ref` formats a string per read): id -> (view, ref).
         self._refs: dict[int, tuple[object, str]] = {}
 
-    def observe(self, metadata: Iterable[tuple[str, str | bytes]], result: FeatureResult) -> None:
+    def observe(
+        self, metadata: Iterable[tuple[str, str | bytes]], result: FeatureResult, calls: int = 1
+    ) -> None:
+        """A read (or `calls` reads answered `result` alike) by the caller `metadata` names."""
         caller = ANONYMOUS
         for key, value in metadata:
             if key == CALLER_HEADER:
                 caller = caller_name(value)
                 break
         now = int(time.time())
-        calls, refs = self._calls, self._refs
+        counts, refs = self._calls, self._refs
         for served in result.served:
             view = served.view
             known = refs.get(id(view))
@@ -67,14 +70,14 @@ class Consumers:
                 ref = view.ref
                 refs[id(view)] = (view, ref)
             pair = (caller, ref)
-            count = calls.get(pair)
+            count = counts.get(pair)
             if count is None:
-                if len(calls) >= self.max_pairs:
+                if len(counts) >= self.max_pairs:
                     pair = (OVERFLOW, ref)
-                    count = calls.get(pair, 0)
+                    count = counts.get(pair, 0)
                 else:
                     count = 0
-            calls[pair] = count + 1
+            counts[pair] = count + calls
             self._seen[pair] = now
 
     @property

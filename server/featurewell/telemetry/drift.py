@@ -163,10 +163,18 @@ class DriftMonitor:
         for view, feature in baselines:
             self._by_view.setdefault(view, []).append(feature)
 
-    def observe(self, result: FeatureResult) -> None:
-        """Sample a served call (most calls return at the first line)."""
-        if self._draw() >= self.sample_rate:
-            return
+    def observe(self, result: FeatureResult, calls: int = 1) -> None:
+        """Sample a served call, or `calls` calls answered `result` alike, each drawn on its
+        own (most calls return at the first lines)."""
+        sampled = 0
+        for _ in range(calls):
+            if self._draw() < self.sample_rate:
+                sampled += 1
+        if sampled:
+            for _ in range(sampled):
+                self._add(result)
+
+    def _add(self, result: FeatureResult) -> None:
         for served in result.served:
             features = self._by_view.get(served.view.ref)
             if not features:

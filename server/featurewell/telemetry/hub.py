@@ -21,6 +21,7 @@ from featurewell.settings import OfflineSettings, TelemetrySettings
 from featurewell.settings_groups import rate_list
 from featurewell.store.online import OnlineStore
 from featurewell.telemetry import baseline
+from featurewell.telemetry.alike import AlikeCalls
 from featurewell.telemetry.consumers import CALLER_HEADER, Consumers, as_principal, caller_name
 from featurewell.telemetry.drift import DriftMonitor
 from featurewell.telemetry.freshness import FreshnessMonitor
@@ -59,6 +60,7 @@ class Telemetry:
             reservoir_size=settings.drift_reservoir,
         )
         self.consumers = Consumers()
+        self.alike = AlikeCalls()  # kept answers' calls, recorded at the next flush
         self.tracing = tracing
         self._computed = baseline.load(settings.drift_baseline) if settings.drift_baseline else {}
         self.metrics.build_info.labels(_version()).set(1)
@@ -139,9 +141,38 @@ class Telemetry:
                 },
             )
 
+    def read_alike(
+        self,
+        result: FeatureResult,
+        seconds: float,
+        metadata: Metadata,
+        principal: str | None,
+    ) -> None:
+        """A call answered with a kept answer's `result` (one object for all its calls),
+        neither traced nor logged: its time now, the rest with its group's at the next flush
+        (telemetry/alike.py). Cheap enough to run before the answer goes out."""
+        self.metrics.record_read_time(result.rows, seconds)
+        caller = None
+        for key, value in metadata:
+            if key == CALLER_HEADER:
+                caller = value
+                break
+        self.alike.add(result, caller, principal, time.time_ns() // 1000)
+
     def flush(self) -> None:
-        """Export what the calls recorded since the last flush (the servicer flushes after each
-        batch of calls it records; the loop below every second, whatever else happens)."""
+        """Record the groups of calls answered alike, then export what the calls recorded
+        since the last flush (the servicer flushes after each batch of calls it records; the
+        loop below every second, whatever else happens)."""
+        for group in self.alike.drain():
+            try:
+                self.metrics.record_served(group.result, group.calls, group.at_us)
+                self.drift.observe(group.result, group.calls)
+                metadata = () if group.caller is None else ((CALLER_HEADER, group.caller),)
+                self.consumers.observe(
+                    as_principal(metadata, group.principal), group.result, group.calls
+                )
+            except Exception:  # as for a call's own telemetry: log, go on with the others
+                log.exception("telemetry of %d answered calls failed", group.calls)
         self.metrics.flush()
 
     def write_done(

@@ -285,17 +285,30 @@ class ServerMetrics:
                 self.written_rows.labels(ref, outcome)
 
     def record_read(self, result: FeatureResult, seconds: float) -> None:
-        """An answered GetFeatures call: its time, shape, per-node store time, what each view
-        served (statuses, value ages) and the rows served from fallbacks. Pending until
-        `flush` (the servicer's, FLUSH_EVERY_S after; fallbacks are counted at once)."""
+        """An answered GetFeatures call: its time (`record_read_time`) and what it served
+        (`record_served`). Pending until `flush` (the servicer's, FLUSH_EVERY_S after;
+        fallbacks are counted at once)."""
         self._reads += 1
         (self._single if result.rows == 1 else self._batch).observe(seconds)
-        self._read_rows.observe(result.rows)
-        self._read_features.observe(len(result.columns))
+        self.record_served(result)
+
+    def record_read_time(self, rows: int, seconds: float) -> None:
+        """An answered GetFeatures call's time, alone: `record_served` follows for it later
+        (telemetry/alike.py counts calls answered alike together)."""
+        self._reads += 1
+        (self._single if rows == 1 else self._batch).observe(seconds)
+
+    def record_served(self, result: FeatureResult, calls: int = 1, at_us: int = 0) -> None:
+        """What `calls` answers of `result` served: their shape, per-node store time, each
+        view's statuses and value ages (at wall-clock `at_us`; 0: now) and the rows served
+        from fallbacks."""
+        self._read_rows.observe_times(result.rows, calls)
+        self._read_features.observe_times(len(result.columns), calls)
         for timing in result.timings.nodes:
             if timing.answered_ns:  # batches with no answer are counted as fallbacks instead
-                self._node(timing).observe((timing.answered_ns - timing.sent_ns) / 1e9)
-        now_us = time.time_ns() // 1000
+                seconds = (timing.answered_ns - timing.sent_ns) / 1e9
+                self._node(timing).observe_times(seconds, calls)
+        now_us = at_us or time.time_ns() // 1000
         by_view = self._by_view
         for served in result.served:
             view = served.view
@@ -308,18 +321,19 @@ class ServerMetrics:
             statuses = served.statuses
             if len(statuses) == 1:
                 status = int(statuses[0])
-                series.rows[status].inc()
+                series.rows[status].inc(calls)
                 if status == DATA_LOSS:
-                    series.corrupt.inc()
+                    series.corrupt.inc(calls)
                 if status in (PRESENT, STALE):
-                    series.age.observe((now_us - int(served.rows.event_time_us[0])) / 1e6)
+                    age = (now_us - int(served.rows.event_time_us[0])) / 1e6
+                    series.age.observe_times(age, calls)
                 continue
             counts = np.bincount(statuses, minlength=len(series.rows)).tolist()
             for status, count in enumerate(counts):
                 if count:
-                    series.rows[status].inc(count)
+                    series.rows[status].inc(count * calls)
             if counts[DATA_LOSS]:
-                series.corrupt.inc(counts[DATA_LOSS])
+                series.corrupt.inc(counts[DATA_LOSS] * calls)
             with_value = counts[PRESENT] + counts[STALE]
             if with_value == len(statuses):  # the usual case: no mask to build
                 ages = (now_us - served.rows.event_time_us) / 1e6
@@ -328,14 +342,16 @@ class ServerMetrics:
                 ages = (now_us - served.rows.event_time_us[valued]) / 1e6
             else:
                 continue
-            series.age.observe_many(ages)
+            series.age.observe_many(ages, calls)
         for fallback in result.fallbacks:
             reason = REASON_NAMES[fallback.reason]
             if fallback.from_cache:
-                self.fallback_rows.labels(fallback.view, reason, "cache").inc(fallback.from_cache)
+                self.fallback_rows.labels(fallback.view, reason, "cache").inc(
+                    fallback.from_cache * calls
+                )
             if fallback.from_default:
                 self.fallback_rows.labels(fallback.view, reason, "default").inc(
-                    fallback.from_default
+                    fallback.from_default * calls
                 )
 
     def flush(self) -> None:

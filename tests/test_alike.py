@@ -1,0 +1,122 @@
+"""Calls answered alike (kept answers) are recorded in groups (telemetry/alike.py), and what a
+server exports for them must be what it exports when every call is recorded on its own: two
+real servers on the real cluster, one serving kept answers, one without a cache, asked the
+same calls by the same two callers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from featurewell.client import ClientOptions, FeatureClient
+from featurewell.devcluster import LocalCluster
+from featurewell.engine.calls import FeatureResult
+from featurewell.store import consumers as stored
+from featurewell.telemetry.alike import AlikeCalls
+from tests import defs
+from tests.tools import Ids, ServerThread, make_settings, wait_until
+
+FEATURES = ["profile:age", "profile:taste"]
+VIEW = "profile@v2"
+CALLS = {"a": 7, "b": 5}
+
+
+@pytest.fixture(scope="module")
+def servers(cluster: LocalCluster) -> Iterator[tuple[ServerThread, ServerThread]]:
+    registry = defs.registry()
+    kept = ServerThread(make_settings(cluster, cache_ttl_s=60.0, cache_admit_after=1), registry)
+    fetched = ServerThread(make_settings(cluster, cache_entries=0), registry)
+    yield kept, fetched
+    kept.stop()
+    fetched.stop()
+
+
+def _exported(server: ServerThread) -> dict[str, float]:
+    """The read series both servers export alike (not the cache's), from their registry."""
+    registry = server.server.telemetry.metrics.registry
+    names = {
+        "ok": ("featurewell_requests_total", {"method": "GetFeatures", "code": "OK"}),
+        "timed": (
+            "featurewell_request_duration_seconds_count",
+            {"method": "GetFeatures", "shape": "single"},
+        ),
+        "present": ("featurewell_served_rows_total", {"view": VIEW, "status": "present"}),
+        "aged": ("featurewell_served_value_age_seconds_count", {"view": VIEW}),
+        "age_sum": ("featurewell_served_value_age_seconds_sum", {"view": VIEW}),
+        "one_row": ("featurewell_request_rows_count", {"method": "GetFeatures"}),
+    }
+    return {key: registry.get_sample_value(n, labels) or 0.0 for key, (n, labels) in names.items()}
+
+
+def test_calls_answered_alike_are_exported_as_calls_recorded_one_by_one(
+    servers: tuple[ServerThread, ServerThread], ids: Ids
+) -> None:
+    kept, fetched = servers
+    user = ids("alike")
+    with FeatureClient(kept.address) as client:
+        defs.write_profiles(client, [user], ages=[44])
+    written_s = time.time()
+    callers = {s: {c: ids(f"model-{c}-{n}") for c in CALLS} for n, s in enumerate(servers)}
+    before = {server: _exported(server) for server in servers}
+    served_before = kept.server.service.single.served
+    for server in servers:
+        for caller, count in CALLS.items():
+            options = ClientOptions(caller=callers[server][caller])
+            with FeatureClient(server.address, options=options) as c:
+                for _ in range(count):
+                    c.get_features(FEATURES, {"user_id": [user]})
+    asked_s = time.time()
+    total = sum(CALLS.values())
+
+    def delta(server: ServerThread) -> dict[str, float]:
+        now = _exported(server)
+        return {key: now[key] - before[server][key] for key in now}
+
+    wait_until(lambda: all(delta(s)["ok"] == total for s in servers), 30, "the calls recorded")
+    # The first call or two are fetched and learned; the rest are kept answers, recorded alike.
+    assert kept.server.service.single.served >= served_before + total - 3
+    got = {server: delta(server) for server in servers}
+    for server in servers:
+        assert got[server]["timed"] == got[server]["present"] == got[server]["aged"] == total
+        assert got[server]["one_row"] == total
+        # Every value age lies between the write (the row's event time) and the last call.
+        mean_age = got[server]["age_sum"] / total
+        assert 0.0 <= mean_age <= asked_s - written_s + 1.0
+    assert {k: v for k, v in got[kept].items() if k != "age_sum"} == {
+        k: v for k, v in got[fetched].items() if k != "age_sum"
+    }
+    # Who read what (lineage): each caller's reads, counted per call on both servers.
+    for server in servers:
+        server.run(server.server.telemetry.consumers.flush(server.server.store, timeout=5.0))
+    recorded = kept.run(stored.read(kept.server.store.cluster, timeout=5.0))
+    for server in servers:
+        for caller, count in CALLS.items():
+            assert recorded[(callers[server][caller], VIEW)][0] == count
+
+
+def _result() -> FeatureResult:
+    return FeatureResult(1, [])
+
+
+def test_groups_are_one_per_answer_caller_and_principal_with_their_mean_time() -> None:
+    alike = AlikeCalls()
+    first, second = _result(), _result()
+    alike.add(first, "ranker/1", None, 1_000)
+    alike.add(first, "ranker/1", None, 3_000)
+    alike.add(first, b"ranker/1", None, 5_000)  # a header's bytes are a caller of their own
+    alike.add(first, "ranker/1", "spiffe://prod/ranker", 7_000)
+    alike.add(second, "ranker/1", None, 9_000)
+    alike.add(first, None, None, 11_000)
+    assert len(alike) == 5
+    groups = alike.drain()
+    assert [(g.result is first, g.caller, g.principal, g.calls, g.at_us) for g in groups] == [
+        (True, "ranker/1", None, 2, 2_000),
+        (True, b"ranker/1", None, 1, 5_000),
+        (True, "ranker/1", "spiffe://prod/ranker", 1, 7_000),
+        (False, "ranker/1", None, 1, 9_000),
+        (True, None, None, 1, 11_000),
+    ]
+    assert len(alike) == 0
+    assert alike.drain() == []
