@@ -13,6 +13,7 @@ import pytest
 from featurewell.client import ClientOptions, FeatureClient
 from featurewell.devcluster import LocalCluster
 from featurewell.engine.calls import FeatureResult
+from featurewell.serving import service
 from featurewell.store import consumers as stored
 from featurewell.telemetry.alike import AlikeCalls
 from tests import defs
@@ -120,3 +121,28 @@ def test_groups_are_one_per_answer_caller_and_principal_with_their_mean_time() -
     ]
     assert len(alike) == 0
     assert alike.drain() == []
+
+
+def test_a_stopping_server_records_its_last_groups_callers(
+    servers: tuple[ServerThread, ServerThread],
+    cluster: LocalCluster,
+    ids: Ids,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Groups wait for the next flush; a server stopping before it must still count their
+    # callers' reads (lineage), as it did when every call was recorded 2 ms after its answer.
+    monkeypatch.setattr(service, "FLUSH_EVERY_S", 30.0)
+    settings = make_settings(cluster, cache_ttl_s=60.0, cache_admit_after=1)
+    server = ServerThread(settings.with_changes(consumers_flush_s=3600.0), defs.registry())
+    user, caller = ids("stopping"), ids("model-stopping")
+    try:
+        with FeatureClient(server.address, options=ClientOptions(caller=caller)) as client:
+            defs.write_profiles(client, [user], ages=[45])
+            for _ in range(6):
+                client.get_features(FEATURES, {"user_id": [user]})
+        assert server.server.service.single.served >= 3  # kept answers, in a group
+    finally:
+        server.stop()
+    reader = servers[0]  # another server, to read what Redis holds
+    recorded = reader.run(stored.read(reader.server.store.cluster, timeout=5.0))
+    assert recorded[(caller, VIEW)][0] == 6

@@ -280,9 +280,11 @@ class Server:
         for task in (self.telemetry_task, self.versions_task, self.demote_task):
             if task is not None:
                 task.cancel()
-        # The last calls' telemetry runs AFTER_ANSWER_S after their answers: let it, then add
-        # their callers to the consumers too (if Redis is up).
+        # The last calls' telemetry runs AFTER_ANSWER_S after their answers: let it, record the
+        # kept answers' groups (telemetry/alike.py: at the next flush otherwise), then add their
+        # callers to the consumers too (if Redis is up).
         await asyncio.sleep(4 * AFTER_ANSWER_S)
+        self.telemetry.flush()
         if self.ready:
             with contextlib.suppress(FeaturewellError):
                 await self.telemetry.consumers.flush(self.store, timeout=1.0)
