@@ -146,3 +146,21 @@ def test_a_stopping_server_records_its_last_groups_callers(
     reader = servers[0]  # another server, to read what Redis holds
     recorded = reader.run(stored.read(reader.server.store.cluster, timeout=5.0))
     assert recorded[(caller, VIEW)][0] == 6
+
+
+def test_a_failing_group_record_never_fails_the_answered_call(
+    servers: tuple[ServerThread, ServerThread], ids: Ids, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kept, _ = servers
+    user = ids("unrecorded")
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a telemetry bug")
+
+    monkeypatch.setattr(kept.server.telemetry, "read_alike", broken)
+    served = kept.server.service.single.served
+    with FeatureClient(kept.address) as client:
+        defs.write_profiles(client, [user], ages=[46])
+        ages = [client.get_features(FEATURES, {"user_id": [user]}) for _ in range(5)]
+    assert kept.server.service.single.served >= served + 2  # kept answers took the broken path
+    assert [result["profile:age"].values.tolist() for result in ages] == [[46]] * 5

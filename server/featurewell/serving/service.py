@@ -203,10 +203,13 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         if kept is not None and sampled is None and self.telemetry.tracing is None:
             # A kept answer's calls are counted together (telemetry/alike.py): a few dict
             # operations now, the rest once per flush.
-            self.telemetry.read_alike(
-                result, (time.perf_counter_ns() - started) / 1e9, metadata, auth.principal()
-            )
-            self._after_answer.flush_soon()
+            try:
+                self.telemetry.read_alike(
+                    result, (time.perf_counter_ns() - started) / 1e9, metadata, auth.principal()
+                )
+                self._after_answer.flush_soon()
+            except Exception:  # telemetry never fails an answered call
+                log.exception("telemetry of an answered call failed")
             return response
         # Telemetry runs once the call has ended (its answer sent), not inside its time.
         self._after_answer(
