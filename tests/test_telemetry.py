@@ -318,7 +318,7 @@ def test_a_stopped_writer_fires_the_freshness_alert(
 
 
 def test_drift_sampling_takes_only_the_features_a_call_asked_for(
-    observed: ServerThread, ids: Ids
+    observed: ServerThread, ids: Ids, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine, drift = observed.server.service.engine, observed.server.telemetry.drift
     request = FeatureRequest(
@@ -331,6 +331,11 @@ def test_drift_sampling_takes_only_the_features_a_call_asked_for(
     assert (amount.defaults, channel.defaults) == (before[0] + 1, before[1])
     drift.observe(result, calls=3)  # three calls answered alike: each one sampled
     assert (amount.defaults, channel.defaults) == (before[0] + 4, before[1])
+    # Each call of a group draws on its own: at half the calls, two of these three.
+    monkeypatch.setattr(drift, "sample_rate", 0.5)
+    monkeypatch.setattr(drift, "_draw", iter([0.0, 0.9, 0.2]).__next__)
+    drift.observe(result, calls=3)
+    assert (amount.defaults, channel.defaults) == (before[0] + 6, before[1])
 
 
 PSI = 'featurewell_feature_drift_psi{feature="%s",view="orders@v1"}'

@@ -204,9 +204,9 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
             # A kept answer's calls are counted together (telemetry/alike.py): a few dict
             # operations now, the rest once per flush.
             try:
-                self.telemetry.read_alike(
-                    result, (time.perf_counter_ns() - started) / 1e9, metadata, auth.principal()
-                )
+                seconds = (time.perf_counter_ns() - started) / 1e9
+                if self.telemetry.read_alike(result, seconds, metadata, auth.principal()):
+                    self._after_answer(self.telemetry.record_alike)
                 self._after_answer.flush_soon()
             except Exception:  # telemetry never fails an answered call
                 log.exception("telemetry of an answered call failed")

@@ -14,9 +14,14 @@ bucket can differ only when a bucket bound (1 s at the finest) falls inside one 
 (50 ms). Drift draws its sample per call, as before. Traced and logged calls are recorded one
 by one, as every other call is (serving/service.py decides).
 
-Bounds: a group per distinct (answer, caller, principal) between two flushes, so at most one
-per call in a flush interval, as the after-answer queue it replaces; caller names are checked
-where they are counted (telemetry/consumers.py).
+Bounds: a group per distinct (answer, caller, principal) until recorded. With many hot
+entities or callers there are nearly as many groups as calls, so every BATCH new groups are
+recorded a moment after the answer that made them (the servicer queues
+`Telemetry.record_alike` as it queues any call's telemetry), not all at the flush: the loop
+stops for about BATCH groups' work at a time (more only if more arrive within those 2 ms),
+and the table stays small. Caller names
+are checked where they are counted (telemetry/consumers.py); a header value too long to be
+one is kept as a short marker counted alike.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from featurewell.engine.calls import FeatureResult
+
+BATCH = 32  # groups recorded at once, a moment after the answer that made the BATCH-th
 
 
 class Group(NamedTuple):
@@ -56,14 +63,16 @@ class AlikeCalls:
 
     def add(
         self, result: FeatureResult, caller: str | bytes | None, principal: str | None, at_us: int
-    ) -> None:
+    ) -> bool:
+        """Count a call in its group; True when its group was the BATCH-th (record them)."""
         key = (id(result), caller, principal)
         pending = self._groups.get(key)
         if pending is None:
             self._groups[key] = _Pending(result, at_us)
-        else:
-            pending.calls += 1
-            pending.total_us += at_us
+            return len(self._groups) == BATCH
+        pending.calls += 1
+        pending.total_us += at_us
+        return False
 
     def drain(self) -> list[Group]:
         """The groups added since the last drain, oldest first; starts afresh."""

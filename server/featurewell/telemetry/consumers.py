@@ -127,6 +127,24 @@ async def read(cluster: ClusterClient, timeout: float = 5.0) -> list[Consumer]:
     return sorted(out, key=lambda c: (c.view, -c.calls))
 
 
+# What a too long header value is kept as until it is counted: a value no caller name may hold
+# ('|'), so it counts as INVALID as the long value itself would, alone or beside a principal.
+TOO_LONG = "|(too long)"
+
+
+def caller_header(
+    metadata: Iterable[tuple[str, str | bytes]], principal: str | None
+) -> str | bytes | None:
+    """The `x-featurewell-model` value a read is counted under, picked as `as_principal` and
+    `Consumers.observe` pick it (with a principal: the first non-empty one; without: the
+    first), None when there is none; a value past MAX_CALLER_CHARS as TOO_LONG (invalid
+    either way), so what waits to be counted stays small (telemetry/alike.py)."""
+    for key, value in metadata:
+        if key == CALLER_HEADER and (principal is None or value):
+            return TOO_LONG if len(value) > MAX_CALLER_CHARS else value
+    return None
+
+
 def as_principal(
     metadata: Iterable[tuple[str, str | bytes]], principal: str | None
 ) -> Iterable[tuple[str, str | bytes]]:

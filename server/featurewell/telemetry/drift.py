@@ -166,12 +166,14 @@ class DriftMonitor:
     def observe(self, result: FeatureResult, calls: int = 1) -> None:
         """Sample a served call, or `calls` calls answered `result` alike, each drawn on its
         own (most calls return at the first lines)."""
-        sampled = 0
+        if calls == 1:
+            if self._draw() < self.sample_rate:
+                self._add(result)
+            return
+        if self.sample_rate <= 0:
+            return
         for _ in range(calls):
             if self._draw() < self.sample_rate:
-                sampled += 1
-        if sampled:
-            for _ in range(sampled):
                 self._add(result)
 
     def _add(self, result: FeatureResult) -> None:

@@ -22,7 +22,13 @@ from featurewell.settings_groups import rate_list
 from featurewell.store.online import OnlineStore
 from featurewell.telemetry import baseline
 from featurewell.telemetry.alike import AlikeCalls
-from featurewell.telemetry.consumers import CALLER_HEADER, Consumers, as_principal, caller_name
+from featurewell.telemetry.consumers import (
+    CALLER_HEADER,
+    Consumers,
+    as_principal,
+    caller_header,
+    caller_name,
+)
 from featurewell.telemetry.drift import DriftMonitor
 from featurewell.telemetry.freshness import FreshnessMonitor
 from featurewell.telemetry.metrics import ServerMetrics
@@ -147,32 +153,40 @@ class Telemetry:
         seconds: float,
         metadata: Metadata,
         principal: str | None,
-    ) -> None:
+    ) -> bool:
         """A call answered with a kept answer's `result` (one object for all its calls),
-        neither traced nor logged: its time now, the rest with its group's at the next flush
-        (telemetry/alike.py). Cheap enough to run before the answer goes out."""
+        neither traced nor logged: its time now, the rest with its group's (telemetry/alike.py).
+        Cheap enough to run before the answer goes out. True when a batch of groups waits:
+        queue `record_alike` after the answer."""
         self.metrics.record_read_time(result.rows, seconds)
-        caller = None
-        for key, value in metadata:
-            if key == CALLER_HEADER:
-                caller = value
-                break
-        self.alike.add(result, caller, principal, time.time_ns() // 1000)
+        caller = caller_header(metadata, principal)
+        return self.alike.add(result, caller, principal, time.time_ns() // 1000)
+
+    def record_alike(self) -> None:
+        """Record the groups of calls answered alike (their metrics pending until `flush`)."""
+        for group in self.alike.drain():
+            result, calls = group.result, group.calls
+            # Each part on its own, as for a call's own telemetry: one failing (logged) leaves
+            # the others their counts.
+            try:
+                self.metrics.record_served(result, calls, group.at_us)
+            except Exception:
+                log.exception("metrics of %d answered calls failed", calls)
+            try:
+                self.drift.observe(result, calls)
+            except Exception:
+                log.exception("drift samples of %d answered calls failed", calls)
+            try:
+                metadata = () if group.caller is None else ((CALLER_HEADER, group.caller),)
+                self.consumers.observe(as_principal(metadata, group.principal), result, calls)
+            except Exception:
+                log.exception("lineage of %d answered calls failed", calls)
 
     def flush(self) -> None:
         """Record the groups of calls answered alike, then export what the calls recorded
         since the last flush (the servicer flushes after each batch of calls it records; the
         loop below every second, whatever else happens)."""
-        for group in self.alike.drain():
-            try:
-                self.metrics.record_served(group.result, group.calls, group.at_us)
-                self.drift.observe(group.result, group.calls)
-                metadata = () if group.caller is None else ((CALLER_HEADER, group.caller),)
-                self.consumers.observe(
-                    as_principal(metadata, group.principal), group.result, group.calls
-                )
-            except Exception:  # as for a call's own telemetry: log, go on with the others
-                log.exception("telemetry of %d answered calls failed", group.calls)
+        self.record_alike()
         self.metrics.flush()
 
     def write_done(
