@@ -345,14 +345,10 @@ class ServerMetrics:
             series.age.observe_many(ages, calls)
         for fallback in result.fallbacks:
             reason = REASON_NAMES[fallback.reason]
-            if fallback.from_cache:
-                self.fallback_rows.labels(fallback.view, reason, "cache").inc(
-                    fallback.from_cache * calls
-                )
-            if fallback.from_default:
-                self.fallback_rows.labels(fallback.view, reason, "default").inc(
-                    fallback.from_default * calls
-                )
+            served_by = fallback.from_cache, fallback.from_default  # as FALLBACK_SOURCES
+            for source, rows in zip(FALLBACK_SOURCES, served_by, strict=True):
+                if rows:
+                    self.fallback_rows.labels(fallback.view, reason, source).inc(rows * calls)
 
     def flush(self) -> None:
         """Add the reads recorded since the last flush to the exported metrics; their count
