@@ -52,11 +52,8 @@ class Consumers:
         self, metadata: Iterable[tuple[str, str | bytes]], result: FeatureResult, calls: int = 1
     ) -> None:
         """A read (or `calls` reads answered `result` alike) by the caller `metadata` names."""
-        caller = ANONYMOUS
-        for key, value in metadata:
-            if key == CALLER_HEADER:
-                caller = caller_name(value)
-                break
+        header = caller_header(metadata, None)
+        caller = ANONYMOUS if header is None else caller_name(header)
         now = int(time.time())
         counts, refs = self._calls, self._refs
         for served in result.served:

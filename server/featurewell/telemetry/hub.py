@@ -98,11 +98,8 @@ class Telemetry:
         served_log = self.served_log
         if served_log is None or not served_log.sampler.on:
             return None
-        caller = ""
-        for key, value in metadata:
-            if key == CALLER_HEADER:
-                caller = caller_name(value)  # "(invalid)" for a hostile one
-                break
+        header = caller_header(metadata, None)
+        caller = "" if header is None else caller_name(header)  # "(invalid)" for a hostile one
         widest = served_log.sampler.widest(caller)
         if widest <= 0:
             return None
