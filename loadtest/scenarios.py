@@ -3,6 +3,7 @@ the moments calls are due."""
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from collections.abc import Callable, Iterator
 
@@ -58,14 +59,9 @@ def schedule(
     period = 1 / rate
     if arrivals == "grid":
         offset = index % max(1, users) * period / max(1, users)
-        return now + (offset - now) % period, _fixed(period)
+        return now + (offset - now) % period, itertools.repeat(period)
     rng = np.random.default_rng(zlib.crc32(f"{kind}/{index}".encode()))
     return now + rng.uniform(0, period), _random(rng, period)
-
-
-def _fixed(period: float) -> Iterator[float]:
-    while True:
-        yield period
 
 
 def _random(rng: np.random.Generator, period: float) -> Iterator[float]:
