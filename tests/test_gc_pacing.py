@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -17,10 +18,13 @@ from featurewell.serving.gc_pacing import (
     AUTOMATIC,
     FULL_PASS_EVERY_S,
     PACED,
+    YOUNG_PASSES_PER_FULL,
     GcPacer,
     due_generation,
+    older_thresholds,
 )
 from featurewell.serving.overload import Admission
+from featurewell.settings import Settings
 from tests.tools import ServerThread, free_port, make_settings, scrape, scrape_until
 
 PAUSES = "featurewell_gc_pause_seconds_count"
@@ -158,3 +162,35 @@ def test_a_serving_server_collects_between_calls_and_exports_its_passes(
         assert (after[young] > before[young]) is paced
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(("every", "full"), [(20, 100), (5, 400), (7, 285), (3000, 1)])
+def test_full_passes_stay_as_rare_when_generation_one_passes_come_oftener(
+    every: int, full: int
+) -> None:
+    serving = Settings.load({"gc_gen1_every": str(every)}, environ={}).serving
+    assert older_thresholds(serving) == (every, full)
+    # By the counts, a full pass is due after about as many young passes whatever `every` is
+    # (never fewer than one generation-1 pass between two full ones).
+    assert every * full <= max(YOUNG_PASSES_PER_FULL, every)
+    assert every * (full + 1) > YOUNG_PASSES_PER_FULL
+
+
+def test_a_starting_server_sets_the_collector_and_the_gil_turns_from_its_settings(
+    cluster: LocalCluster, registry: Registry, thresholds: None
+) -> None:
+    switch_interval = sys.getswitchinterval()
+    settings = make_settings(
+        cluster,
+        metrics_port=-1,
+        gc_gen0_threshold=40_000,
+        gc_gen1_every=7,
+        gil_switch_interval_ms=2.0,
+    )
+    server = ServerThread(settings, registry)
+    try:
+        assert gc.get_threshold() == (40_000, 7, 285)
+        assert sys.getswitchinterval() == pytest.approx(0.002)
+    finally:
+        server.stop()
+        sys.setswitchinterval(switch_interval)

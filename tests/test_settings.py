@@ -154,6 +154,20 @@ def test_gc_pacing_is_off_or_between_a_floor_and_the_automatic_threshold() -> No
     assert lowered.serving.gc_pace_objects == 5000
 
 
+def test_generation_one_passes_and_the_gil_turns_have_bounded_settings() -> None:
+    serving = Settings.load(environ={}).serving
+    assert (serving.gc_gen1_every, serving.gil_switch_interval_ms) == (5, 0.5)
+    given = Settings.load({"gc_gen1_every": "20", "gil_switch_interval_ms": "5"}, environ={})
+    assert (given.serving.gc_gen1_every, given.serving.gil_switch_interval_ms) == (20, 5.0)
+    # None, negative, not a number, or a wait no caller would want: each named.
+    for raw in ("0", "-1", "nan", "inf", "100.5"):
+        with pytest.raises(ConfigError, match="gil_switch_interval_ms"):
+            Settings.load({"gil_switch_interval_ms": raw}, environ={})
+    for raw in ("0", "-2", "1.5"):
+        with pytest.raises(ConfigError, match="gc_gen1_every"):
+            Settings.load({"gc_gen1_every": raw}, environ={})
+
+
 def test_the_served_log_writer_yields_by_default_within_niceness_bounds() -> None:
     assert Settings.load(environ={}).telemetry.served_log_nice == 19
     assert Settings.load({"served_log_nice": "0"}, environ={}).telemetry.served_log_nice == 0

@@ -23,7 +23,7 @@ from featurewell.engine.plan import Planner
 from featurewell.errors import ConfigError, FeaturewellError, StoreError, StoreUnreachable
 from featurewell.serving import transport
 from featurewell.serving.authz import Authoriser
-from featurewell.serving.gc_pacing import GcPacer
+from featurewell.serving.gc_pacing import GcPacer, older_thresholds
 from featurewell.serving.grpc_options import demote_grpc_threads
 from featurewell.serving.service import AFTER_ANSWER_S, FeatureService
 from featurewell.serving.startup import (
@@ -145,7 +145,9 @@ class Server:
         # A ranking call allocates a few thousand short-lived objects; the default gen-0
         # threshold (700) would collect several times per call. Collect young objects less often
         # automatically, and in small passes when no call is in a handler (gc_pacing.py).
-        gc.set_threshold(settings.serving.gc_gen0_threshold, 20, 100)
+        gc.set_threshold(settings.serving.gc_gen0_threshold, *older_thresholds(settings.serving))
+        # The loop's wait for the GIL held by another of our threads: docs/performance.md.
+        sys.setswitchinterval(settings.serving.gil_switch_interval_ms / 1000)
         calls = service.calls
         pacer = GcPacer(
             settings.serving.gc_pace_objects, lambda: calls.in_flight > 0, AFTER_ANSWER_S
@@ -214,8 +216,7 @@ class Server:
         that fails to load is logged and the current one kept. Returns whether it swapped."""
         engine = self.service.engine
         # In a thread: executing the repo and planning must not stall calls in flight. It still
-        # competes for the GIL, which by default the loop may wait 5 ms to get back; ask for
-        # 0.5 ms turns while it runs.
+        # competes for the GIL: at most 0.5 ms turns while it runs, whatever the setting.
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(min(switch_interval, 0.0005))
         try:

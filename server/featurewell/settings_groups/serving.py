@@ -9,6 +9,8 @@ from featurewell import faults
 from featurewell.errors import ConfigError
 from featurewell.settings_groups.group import Group, niceness, not_negative, positive, setting
 
+MAX_GIL_SWITCH_INTERVAL_MS = 100.0  # twenty times CPython's default
+
 
 @dataclass(frozen=True)
 class ListenSettings(Group):
@@ -137,6 +139,21 @@ class ServingSettings(Group):
         "gc_gen0_threshold).",
         1_000,
     )
+    gc_gen1_every: int = setting(
+        "gc_gen1_every",
+        "Young-generation GC passes between two generation-1 passes. A generation-1 pass walks "
+        "every object that survived since the last one (kept answers, cached rows), so fewer "
+        "passes between make each shorter (docs/architecture.md#garbage-collection).",
+        5,
+    )
+    gil_switch_interval_ms: float = setting(
+        "gil_switch_interval_ms",
+        "How long the event loop waits for another of the server's Python threads (the "
+        "/metrics exposition, the served-log writer, a reload) before that thread must hand "
+        "back the GIL. CPython's 5 ms made each /metrics scrape stall every call by 8-9 ms "
+        "(docs/performance.md).",
+        0.5,
+    )
     row_type_checks: bool = setting(
         "row_type_checks",
         "Multi-view reads (one MGET per entity) see a key of another Redis type as missing "
@@ -253,6 +270,8 @@ class ServingSettings(Group):
             "max_features",
             "max_message_mb",
             "gc_gen0_threshold",
+            "gc_gen1_every",
+            "gil_switch_interval_ms",
             "write_timeout_s",
             "max_in_flight",
             "max_future_skew_s",
@@ -260,6 +279,11 @@ class ServingSettings(Group):
             "max_entity_key_bytes",
         )
         not_negative(self, "reload_interval_s")
+        if self.gil_switch_interval_ms > MAX_GIL_SWITCH_INTERVAL_MS:
+            raise ConfigError(
+                f"setting gil_switch_interval_ms must be at most {MAX_GIL_SWITCH_INTERVAL_MS:g} "
+                f"(the loop's longest wait for the GIL), got {self.gil_switch_interval_ms:g}"
+            )
         if self.gc_pace_objects and not 100 <= self.gc_pace_objects < self.gc_gen0_threshold:
             raise ConfigError(
                 "setting gc_pace_objects must be 0 (off) or from 100 to below gc_gen0_threshold "
