@@ -22,7 +22,7 @@ from featurewell.devcluster import LocalCluster
 from featurewell.errors import ConfigError
 from featurewell.offline import served
 from featurewell.settings_groups import rate_list
-from featurewell.telemetry.served_log import ServedLog
+from featurewell.telemetry.served_log import Sampler, ServedLog
 from featurewell.values import Status
 from tests import defs
 from tests.tools import Ids, ServerThread, make_settings, wait_until
@@ -155,6 +155,22 @@ def test_rates_hold_per_view_and_caller(start: Any, tmp_path: Path, ids: Ids) ->
     stats = served.read(served.view_folder(tmp_path, registry.view("item_stats")))
     # item_stats is listed at 0: only the caller whose own rate replaces it logs it.
     assert stats.column("request_id").to_pylist() == [everything.request_id]
+
+
+def test_a_logged_calls_id_starts_with_its_draw_and_draws_are_uniform() -> None:
+    fractions = [Sampler.fraction() for _ in range(20_000)]
+    assert all(0.0 <= f < 1.0 for f in fractions)
+    assert 0.23 < sum(f < 0.25 for f in fractions) / len(fractions) < 0.27
+    assert 0.73 < sum(f < 0.75 for f in fractions) / len(fractions) < 0.77
+    ids = [Sampler.request_id(f) for f in fractions[:2000]]
+    for fraction, request_id in zip(fractions, ids, strict=False):
+        assert len(request_id) == 32
+        assert set(request_id) <= set("0123456789abcdef")
+        assert int(request_id[:8], 16) / 2**32 == fraction  # what a reader recomputes
+    assert len(set(ids)) == len(ids)
+    # The extremes of a draw keep their 8 digits.
+    assert Sampler.request_id(0.0)[:8] == "00000000"
+    assert Sampler.request_id((2**32 - 1) / 2**32)[:8] == "ffffffff"
 
 
 def test_a_full_queue_drops_and_counts_without_blocking(start: Any, ids: Ids) -> None:

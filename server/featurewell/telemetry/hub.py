@@ -103,10 +103,10 @@ class Telemetry:
         widest = served_log.sampler.widest(caller)
         if widest <= 0:
             return None
-        request_id, fraction = served_log.sampler.draw()
+        fraction = served_log.sampler.fraction()
         if fraction >= widest or not served_log.logs_any(result, fraction, caller):
             return None
-        return request_id, fraction, caller, time.time_ns() // 1000
+        return served_log.sampler.request_id(fraction), fraction, caller, time.time_ns() // 1000
 
     # -- calls: run a moment after the answer (service.AFTER_ANSWER_S), off the call's path.
     # `metadata` is the call's: the caller's trace context (None unless tracing is on; reads
