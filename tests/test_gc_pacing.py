@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import sys
 from collections.abc import Iterator
 
@@ -22,6 +23,7 @@ from featurewell.serving.gc_pacing import (
     GcPacer,
     due_generation,
     older_thresholds,
+    trim_heap,
 )
 from featurewell.serving.overload import Admission
 from featurewell.settings import Settings
@@ -194,3 +196,23 @@ def test_a_starting_server_sets_the_collector_and_the_gil_turns_from_its_setting
     finally:
         server.stop()
         sys.setswitchinterval(switch_interval)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_trimming_hands_freed_heap_pages_back_to_the_os() -> None:
+    # 64 MB in 64 KB blocks (malloc's heap: under its 128 KB mmap threshold), then every other
+    # one freed: holes that no automatic trim of the heap's top gives back, only a walk.
+    blocks = [bytes(65_536) for _ in range(1_000)]
+    del blocks[::2]
+    gc.collect()
+    before = _rss_bytes()
+    seconds = trim_heap()
+    after = _rss_bytes()
+    assert seconds > 0.0
+    assert before - after > 20 * 1024 * 1024, (before, after)
+    assert len(blocks) == 500  # what is still held stays

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib.util
 import re
 import shutil
@@ -35,6 +36,7 @@ from featurewell.demo_skew import (
 from featurewell.devcluster import DIE_WITH_PARENT, start_local_cluster
 from featurewell.errors import ConfigError, DefinitionError
 from featurewell.ingest.materialize import materialize
+from featurewell.serving.gc_pacing import trim_heap
 from featurewell.serving.server import Server
 from featurewell.settings import Settings
 from featurewell.telemetry.report import compute_baselines
@@ -169,6 +171,10 @@ async def _load_and_stream(
             f"({sum(c.history_rows for c in computed):,} history rows in {settings.offline.dir})",
             flush=True,
         )
+    # Loading the sample data freed much memory: back to the OS now, not inside a call
+    # (gc_pacing.trim_heap).
+    gc.collect()
+    trim_heap()
     address = f"{settings.listen.host}:{server.port}"
     for source in _sources(registry):
         await _start_stream(settings, source, streams)

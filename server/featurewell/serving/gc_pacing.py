@@ -28,6 +28,7 @@ Every pass, paced or automatic, in any thread, is timed (`pauses`) for the
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import sys
 import time
@@ -133,3 +134,29 @@ def due_generation() -> int:
     if count[1] > threshold[1]:
         return 1
     return 0
+
+
+def trim_heap() -> float:
+    """Hand the C heap's free pages back to the OS now (glibc's `malloc_trim`); the seconds
+    it took, 0.0 without glibc.
+
+    Why: protobuf's upb backend calls `malloc_trim(0)` itself after every 10,000 arena blocks
+    it frees, on whichever thread frees them: the event loop. The first such trim after
+    start-up (or a reload, or the demo's data load) freed much memory stopped the loop for
+    33 ms in the gate; the ones after it, every ~6 s, took 0.4-0.9 ms (perf uprobes on
+    `malloc_trim`, docs/architecture.md#garbage-collection). Trimmed here first, before
+    calls come, upb's first trim is one of the short ones."""
+    trim = _malloc_trim()
+    if trim is None:
+        return 0.0
+    started = time.perf_counter()
+    trim(0)
+    return time.perf_counter() - started
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+        return trim
+    except (AttributeError, OSError):  # not glibc (musl, macOS): no such call
+        return None

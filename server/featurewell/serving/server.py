@@ -23,7 +23,7 @@ from featurewell.engine.plan import Planner
 from featurewell.errors import ConfigError, FeaturewellError, StoreError, StoreUnreachable
 from featurewell.serving import transport
 from featurewell.serving.authz import Authoriser
-from featurewell.serving.gc_pacing import GcPacer, older_thresholds
+from featurewell.serving.gc_pacing import GcPacer, older_thresholds, trim_heap
 from featurewell.serving.grpc_options import demote_grpc_threads
 from featurewell.serving.service import AFTER_ANSWER_S, FeatureService
 from featurewell.serving.startup import (
@@ -142,6 +142,7 @@ class Server:
         # collection, or a full GC pass over them stalls calls for tens of milliseconds.
         gc.collect()
         gc.freeze()
+        trim_heap()  # now, not in the first calls: gc_pacing.trim_heap
         # A ranking call allocates a few thousand short-lived objects; the default gen-0
         # threshold (700) would collect several times per call. Collect young objects less often
         # automatically, and in small passes when no call is in a handler (gc_pacing.py).
@@ -236,6 +237,7 @@ class Server:
             sys.setswitchinterval(switch_interval)
         self._serve(planner)
         gc.freeze()  # like start-up objects, the new definitions live until the next reload
+        trim_heap()  # the old definitions' memory back to the OS now: gc_pacing.trim_heap
         self.reloads += 1
         self.telemetry.metrics.reloads.labels("ok").inc()
         log.info("reloaded %s: %d views", self.settings.repo, len(planner.registry.views))
