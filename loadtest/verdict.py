@@ -105,8 +105,36 @@ def judge(
     return verdicts
 
 
-Times = tuple[int | None, dict[str, tuple[float, float]], tuple[float, float] | None]
+Times = tuple[
+    int | None,
+    dict[str, tuple[float, float]],
+    tuple[float, float] | None,
+    tuple[float, float] | None,
+]
 ON_SERVING_CORE = ("featurewell demo", "redis-server")  # the helpers run on the client core
+MAX_STOLEN_SHARE = 0.01  # of a core's window: the p99 judged is the slowest 1% of calls
+
+
+def inconclusive(verdicts: list[str], waited: dict[str, Any], window_s: float) -> str | None:
+    """Why a red run proves nothing about the server, else None: every verdict is a p99
+    above its budget, and the hypervisor took at least `MAX_STOLEN_SHARE` of the window from
+    the serving core or the probes' core. A p99 is the slowest 1% of calls: with that much of
+    the time taken from a core, it can be the hypervisor's stalls alone, whatever the server
+    did. A failed call, or a run short of calls, is never excused."""
+    if not verdicts or not all(" p99 " in v for v in verdicts):
+        return None
+    for key, label in (("serving_core", "the serving core"), ("client_core", "the probes' core")):
+        core = waited.get(key)
+        if core is None:
+            continue
+        share = core["steal_ms"] / (window_s * 1000)
+        if share >= MAX_STOLEN_SHARE:
+            return (
+                f"the hypervisor took {core['steal_ms']:.0f} ms of {label} in the "
+                f"{window_s:g} s window ({share:.1%}, at least {MAX_STOLEN_SHARE:.0%}): the "
+                "p99 can be its stalls alone"
+            )
+    return None
 
 
 def waits(before: Times, after: Times) -> dict[str, Any]:
@@ -127,6 +155,9 @@ def waits(before: Times, after: Times) -> dict[str, Any]:
             "others_ms": max(0.0, busy - ours),
             "steal_ms": steal,
         }
+    if before[3] is not None and after[3] is not None:
+        busy, steal = (a - b for a, b in zip(after[3], before[3], strict=True))
+        out["client_core"] = {"busy_ms": busy, "steal_ms": steal}
     return out
 
 
@@ -174,6 +205,7 @@ def report(
     args: argparse.Namespace,
     placement: str,
     waited: dict[str, Any],
+    unjudged: str | None = None,
 ) -> None:
     from locust.html import get_html_report
     from locust.stats import PERCENTILES_TO_REPORT, StatsCSVFileWriter
@@ -192,6 +224,7 @@ def report(
         "waits": waited,
         "figures": figures,
         "verdicts": verdicts,
+        "inconclusive": unjudged,
     }
     (args.out / "gate_summary.json").write_text(json.dumps(summary, indent=1, default=str))
 
@@ -217,6 +250,12 @@ def report(
         print(
             f"serving core: busy {core['busy_ms']:.0f} ms, {core['others_ms']:.0f} of it other "
             f"programs'; {core['steal_ms']:.0f} ms taken by the hypervisor"
+        )
+    client = waited.get("client_core")
+    if client is not None:
+        print(
+            f"probes' core: busy {client['busy_ms']:.0f} ms; {client['steal_ms']:.0f} ms taken "
+            "by the hypervisor"
         )
     print(
         "| kind | probe calls | client p50 ms | client p99 ms | client max ms | send lag p99 ms "
@@ -244,5 +283,8 @@ def report(
             f"≤ {args.server_budget_ranker_ms or '-'} ms ranking"
         )
     print(f"{budgets}; no failed call")
-    print("\n" + ("GATE RED:\n  " + "\n  ".join(verdicts) if verdicts else "GATE GREEN"))
+    if unjudged is not None:
+        print(f"\nGATE INCONCLUSIVE: {unjudged}. Red, were it judged:\n  " + "\n  ".join(verdicts))
+    else:
+        print("\n" + ("GATE RED:\n  " + "\n  ".join(verdicts) if verdicts else "GATE GREEN"))
     print(f"reports in {args.out}/")

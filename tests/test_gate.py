@@ -32,6 +32,9 @@ def _gate(out: Path, fault_delay: str, *budgets: str) -> subprocess.CompletedPro
             *("--min-single-samples", "300", "--min-ranking-samples", "75"),
             *budgets,
             *("--out", str(out), "--local-server-args", f"--fault-delay {fault_delay}"),
+            # One run: on a machine whose hypervisor takes the CPU, the red the delay makes is
+            # reported as inconclusive (exit 3) rather than measured again.
+            *("--attempts", "1"),
         ],
         capture_output=True,
         text=True,
@@ -41,8 +44,10 @@ def _gate(out: Path, fault_delay: str, *budgets: str) -> subprocess.CompletedPro
 
 
 def _verdicts(stdout: str) -> list[str]:
-    assert "GATE RED:" in stdout, stdout
-    return [line.strip() for line in stdout.split("GATE RED:")[1].splitlines()[1:-1]]
+    # Red, or red but inconclusive (the hypervisor took the CPU): the verdicts are the same.
+    marker = "GATE RED:" if "GATE RED:" in stdout else "Red, were it judged:"
+    assert marker in stdout, stdout
+    return [line.strip() for line in stdout.split(marker)[1].splitlines()[1:-1]]
 
 
 @pytest.mark.timeout(200)
@@ -66,7 +71,7 @@ def test_gate_goes_red_naming_the_kind_of_call_slowed(
         *(f"--budget-{slowed}-ms", "20", f"--server-budget-{slowed}-ms", "20"),
     )
 
-    assert run.returncode == 1, run.stdout + run.stderr
+    assert run.returncode in (1, 3), run.stdout + run.stderr  # 3: red, the hypervisor busy too
     verdicts = _verdicts(run.stdout)
     assert any(v.startswith(f"{red}: client p99") for v in verdicts), verdicts
     # (A neighbour's load may fail calls or slow Locust on a shared machine: those verdicts say

@@ -24,6 +24,7 @@ def test_others_on_the_serving_core_are_its_busy_time_less_the_serving_sides() -
         0,
         {"featurewell demo": (1000.0, 0.0), "redis-server": (100.0, 0.0)},
         (5000.0, 10.0),
+        None,
     )
     after: verdict.Times = (
         4_000_000,
@@ -33,10 +34,20 @@ def test_others_on_the_serving_core_are_its_busy_time_less_the_serving_sides() -
             "featurewell stream": (900.0, 500.0),  # runs on the client core: not subtracted
         },
         (25000.0, 60.0),
+        None,
     )
     waits = verdict.waits(before, after)
     assert waits["serving_core"] == {"busy_ms": 20000.0, "others_ms": 4900.0, "steal_ms": 50.0}
     assert waits["cpu_pressure_ms"] == 4000.0
+    assert "client_core" not in waits  # not pinned there: not known
+
+
+def test_the_probes_core_is_accounted_too() -> None:
+    before: verdict.Times = (0, {}, (1000.0, 100.0), (2000.0, 10.0))
+    after: verdict.Times = (0, {}, (1500.0, 600.0), (2900.0, 30.0))
+    waits = verdict.waits(before, after)
+    assert waits["serving_core"]["steal_ms"] == 500.0
+    assert waits["client_core"] == {"busy_ms": 900.0, "steal_ms": 20.0}
 
 
 def test_core_times_count_a_busy_core() -> None:
