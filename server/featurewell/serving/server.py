@@ -237,7 +237,9 @@ class Server:
             sys.setswitchinterval(switch_interval)
         self._serve(planner)
         gc.freeze()  # like start-up objects, the new definitions live until the next reload
-        trim_heap()  # the old definitions' memory back to the OS now: gc_pacing.trim_heap
+        # The old definitions' memory back to the OS now (gc_pacing.trim_heap), in a thread:
+        # ctypes lets go of the GIL, so calls go on meanwhile.
+        await asyncio.to_thread(trim_heap)
         self.reloads += 1
         self.telemetry.metrics.reloads.labels("ok").inc()
         log.info("reloaded %s: %d views", self.settings.repo, len(planner.registry.views))

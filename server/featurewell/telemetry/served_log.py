@@ -8,11 +8,12 @@ their rate, and a logged call gets a request id (32 hex digits) whose first 8 ar
 So sampling is a function of the id (a reader can check it), and a call logged at 1% logs
 every view whose rate is 1% or more.
 
-Off the answer's path: the handler only draws the id and sets the trailing metadata; the record
-is queued (by reference: the call's result and request are never changed after the answer) a
-moment after the answer (service.AFTER_ANSWER_S), and a thread turns the queue into Parquet
-files every `served_log_flush_s` or `served_log_batch_rows` rows. The queue holds at most
-`served_log_queue_rows` rows: a record that does not fit is dropped and counted
+Off the answer's path: the handler only draws (and, for a logged call, sets the id in the
+trailing metadata); the record is queued (by reference: the call's result and request are
+never changed after the answer) a moment after the answer (service.AFTER_ANSWER_S), and a
+thread turns the queue into Parquet files every `served_log_flush_s` or `served_log_batch_rows`
+rows. The queue holds at most `served_log_queue_rows` rows: a record that does not fit is
+dropped and counted
 (`featurewell_served_log_dropped_total{reason="queue_full"}`), never waited for.
 
 At least once: a batch whose files cannot be written (a full or unmounted volume) stays queued
