@@ -16,6 +16,9 @@ send time (no coordinated omission), over a 40 s window after a 5 s warm-up: 2,4
   proves nothing).
 - with --server-budget-single-ms / --server-budget-ranker-ms, the server's own histogram p99
   is above it.
+A run red only for p99s (or Locust short of its rate) while the hypervisor took at least 1% of
+the serving or the probes' core proves nothing about the server: it exits 3 (inconclusive), and
+the gate measures again in a fresh process, `--attempts` (3) runs at most; none judged is red.
 The server's own histogram is a second column: it is a part of what the probes time (it leaves
 out queueing before the handler, the network and the client), so a client p99 within budget
 holds it within budget too; beside the client's, it says whether time went in the handler or
