@@ -89,10 +89,13 @@ def run(seeds: str, repo: Path, args: argparse.Namespace) -> dict[str, Any]:
                 *("--port", str(port), "--metrics-port", str(metrics_port)),
                 *("--gil-switch-interval-ms", interval),
             ]
+            # Both started before this process has any gRPC thread: preexec_fn runs in the
+            # forked child, which must not inherit a thread that holds a lock.
             process = subprocess.Popen(command, preexec_fn=lambda: _pin(0))
             address = f"127.0.0.1:{port}"
-            grpc.channel_ready_future(grpc.insecure_channel(address)).result(timeout=60)
             servers[name] = (process, address, f"http://127.0.0.1:{metrics_port}/metrics")
+        for _, address, _ in servers.values():
+            grpc.channel_ready_future(grpc.insecure_channel(address)).result(timeout=60)
         _pin(1)
         rng = random.Random(7)
         for _ in range(args.rounds):

@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         "serving or the probes' core in the window): each in a fresh process",
     )
     args = parser.parse_args(argv)
+    if args.attempts < 1:
+        parser.error(f"--attempts must be at least 1, got {args.attempts}")
     if args.attempts > 1 and not os.environ.get(_ONE_RUN):
         command = [sys.executable, str(Path(__file__).resolve()), *(argv or sys.argv[1:])]
         environment = {**os.environ, _ONE_RUN: "1"}
